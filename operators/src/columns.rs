@@ -1,0 +1,137 @@
+//! Typed access to input columns, with errors that name the column and the problem.
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampNanosecondType};
+
+use crate::{OperatorError, Result};
+
+fn bad(msg: String) -> OperatorError {
+    OperatorError::BadInput(msg)
+}
+
+fn non_null(array: &dyn Array, name: &str) -> Result<()> {
+    if array.null_count() > 0 {
+        let row = (0..array.len()).find(|&i| array.is_null(i)).unwrap_or(0);
+        return Err(bad(format!("column {name:?} is null at row {row}")));
+    }
+    Ok(())
+}
+
+fn get<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| bad(format!("missing column {name:?}")))
+}
+
+/// Event times as nanoseconds since the epoch (UTC). Accepts any timestamp unit.
+pub(crate) fn event_times(batch: &RecordBatch, name: &str) -> Result<Vec<i64>> {
+    let col = get(batch, name)?;
+    non_null(col.as_ref(), name)?;
+    match col.data_type() {
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            Ok(col.as_primitive::<TimestampNanosecondType>().values().to_vec())
+        }
+        DataType::Timestamp(_, tz) => {
+            let ns = cast(col, &DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()))
+                .map_err(|e| bad(format!("column {name:?}: {e}")))?;
+            Ok(ns.as_primitive::<TimestampNanosecondType>().values().to_vec())
+        }
+        other => Err(bad(format!(
+            "column {name:?} must be a timestamp, found {other}"
+        ))),
+    }
+}
+
+/// A numeric column as f64 values.
+pub(crate) fn f64_values(batch: &RecordBatch, name: &str) -> Result<Float64Array> {
+    let col = get(batch, name)?;
+    non_null(col.as_ref(), name)?;
+    if !col.data_type().is_numeric() {
+        return Err(bad(format!(
+            "column {name:?} must be numeric, found {}",
+            col.data_type()
+        )));
+    }
+    let cast = cast(col, &DataType::Float64).map_err(|e| bad(format!("column {name:?}: {e}")))?;
+    Ok(cast.as_primitive::<Float64Type>().clone())
+}
+
+/// An integer column as i64 values.
+pub(crate) fn i64_values(batch: &RecordBatch, name: &str) -> Result<Int64Array> {
+    let col = get(batch, name)?;
+    non_null(col.as_ref(), name)?;
+    if !col.data_type().is_integer() {
+        return Err(bad(format!(
+            "column {name:?} must be an integer, found {}",
+            col.data_type()
+        )));
+    }
+    let cast = cast(col, &DataType::Int64).map_err(|e| bad(format!("column {name:?}: {e}")))?;
+    Ok(cast.as_primitive::<Int64Type>().clone())
+}
+
+/// A key column: integers or strings.
+#[derive(Debug)]
+pub(crate) enum Keys {
+    Int(Int64Array),
+    Str(StringArray),
+}
+
+pub(crate) fn keys(batch: &RecordBatch, name: &str) -> Result<Keys> {
+    let col = get(batch, name)?;
+    non_null(col.as_ref(), name)?;
+    let dt = col.data_type();
+    if dt.is_integer() {
+        return i64_values(batch, name).map(Keys::Int);
+    }
+    if matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+        let s = cast(col, &DataType::Utf8).map_err(|e| bad(format!("column {name:?}: {e}")))?;
+        return Ok(Keys::Str(s.as_string::<i32>().clone()));
+    }
+    Err(bad(format!(
+        "key column {name:?} must be an integer or a string, found {dt}"
+    )))
+}
+
+/// Per-key state, for integer and string keys alike.
+#[derive(Debug)]
+pub(crate) struct KeyedState<S> {
+    ints: HashMap<i64, S, ahash::RandomState>,
+    strs: HashMap<String, S, ahash::RandomState>,
+}
+
+impl<S> Default for KeyedState<S> {
+    fn default() -> Self {
+        Self {
+            ints: HashMap::default(),
+            strs: HashMap::default(),
+        }
+    }
+}
+
+impl<S: Default> KeyedState<S> {
+    /// Calls `f(row, state_of_row's_key)` for every row, in order.
+    pub(crate) fn for_each_row(&mut self, keys: &Keys, mut f: impl FnMut(usize, &mut S)) {
+        match keys {
+            Keys::Int(a) => {
+                for (row, k) in a.values().iter().enumerate() {
+                    f(row, self.ints.entry(*k).or_default());
+                }
+            }
+            Keys::Str(a) => {
+                for row in 0..a.len() {
+                    let k = a.value(row);
+                    if !self.strs.contains_key(k) {
+                        self.strs.insert(k.to_owned(), S::default());
+                    }
+                    if let Some(state) = self.strs.get_mut(k) {
+                        f(row, state);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The feature configuration: the one place each feature is defined.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use arrow::datatypes::{DataType, Schema};
+use serde::Deserialize;
+
+use crate::{
+    CalendarFlags, FeatureChain, LabelRisk, Operator, OperatorError, Result, SqlFeature,
+    WindowAggregate, window::Aggregate,
+};
+
+/// Every feature of a pipeline. Compiled to the streaming [`FeatureChain`] and to the batch
+/// DataFusion query alike.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureConfig {
+    /// Event-time column of the transactions (a UTC timestamp).
+    #[serde(default = "default_event_time")]
+    pub event_time: String,
+    /// Column ordering events of equal event time (e.g. the transaction id).
+    #[serde(default = "default_order_by")]
+    pub order_by: String,
+    /// Calendar flags of the event time.
+    #[serde(default)]
+    pub calendar: Option<CalendarConfig>,
+    /// Keyed sliding-window aggregates over (t - span, t].
+    #[serde(default)]
+    pub windows: Vec<WindowConfig>,
+    /// Keyed fraud rates from delayed labels over (t - delay - span, t - delay].
+    #[serde(default)]
+    pub label_risk: Vec<LabelRiskConfig>,
+    /// SQL expressions over the columns (input and earlier features), evaluated with DataFusion.
+    #[serde(default)]
+    pub sql: Vec<SqlFeatureConfig>,
+}
+
+fn default_event_time() -> String {
+    riskpipe_schemas::tx::TX_DATETIME.into()
+}
+fn default_order_by() -> String {
+    riskpipe_schemas::tx::TRANSACTION_ID.into()
+}
+fn default_night_last_hour() -> u32 {
+    6
+}
+fn default_label() -> String {
+    riskpipe_schemas::label::TX_FRAUD.into()
+}
+fn default_label_time() -> String {
+    riskpipe_schemas::label::LABEL_TIME.into()
+}
+
+/// Calendar flags (UTC): 1 or 0 per event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarConfig {
+    /// Output column: 1 on Saturday and Sunday.
+    pub weekend: Option<String>,
+    /// Output column: 1 when the hour of day is at most `night_last_hour`.
+    pub night: Option<String>,
+    /// Last hour (0–23) that counts as night.
+    #[serde(default = "default_night_last_hour")]
+    pub night_last_hour: u32,
+}
+
+/// Count / sum / mean of `value` per `key` over the events in (t - span, t], counting the
+/// current event and, among events of equal time, only those earlier in the order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Key column (integer or string).
+    pub key: String,
+    /// Numeric column aggregated by `sum` and `mean`.
+    pub value: String,
+    /// Window lengths, e.g. `["1d", "7d"]`.
+    #[serde(deserialize_with = "durations")]
+    pub spans: Vec<Duration>,
+    /// Output name template for the count (`{key}`, `{days}`, `{span}` are replaced).
+    pub count: Option<String>,
+    /// Output name template for the sum.
+    pub sum: Option<String>,
+    /// Output name template for the mean.
+    pub mean: Option<String>,
+}
+
+/// Per `key`, the number of the key's events in (t - delay - span, t - delay] and the fraction of
+/// them labelled fraud, with labels known only from label events (known at their label time).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRiskConfig {
+    /// Key column, present in transactions and in label events.
+    pub key: String,
+    /// How long after a transaction its label is assumed known (> 0).
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    /// Window lengths, e.g. `["1d", "7d"]`.
+    #[serde(deserialize_with = "durations")]
+    pub spans: Vec<Duration>,
+    /// Output name template for the count of the key's events in the window.
+    pub count: Option<String>,
+    /// Output name template for the fraud rate (0 when the window is empty).
+    pub risk: Option<String>,
+    /// Label column in label events (and in histories used for batch export).
+    #[serde(default = "default_label")]
+    pub label: String,
+    /// Column of label events saying when the label became known.
+    #[serde(default = "default_label_time")]
+    pub label_time: String,
+}
+
+/// A feature computed by a SQL expression, e.g. `ln("TX_AMOUNT" + 1)`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlFeatureConfig {
+    /// Output column.
+    pub name: String,
+    /// DataFusion SQL expression over the input columns and earlier features (case-sensitive).
+    pub expr: String,
+}
+
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<Duration>, D::Error> {
+    let raw: Vec<String> = Vec::deserialize(d)?;
+    raw.iter()
+        .map(|s| humantime::parse_duration(s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}"))))
+        .collect()
+}
+
+const DAY_NS: u128 = 86_400 * 1_000_000_000;
+
+/// Fills a name template: `{key}`, `{span}` (e.g. `7days`) and `{days}` (whole days).
+pub(crate) fn feature_name(template: &str, key: &str, span: Duration) -> std::result::Result<String, String> {
+    let mut name = template.replace("{key}", key).replace("{span}", &humantime::format_duration(span).to_string().replace(' ', ""));
+    if name.contains("{days}") {
+        if span.as_nanos() % DAY_NS != 0 {
+            return Err(format!("template {template:?} uses {{days}} but span {} is not whole days", humantime::format_duration(span)));
+        }
+        name = name.replace("{days}", &(span.as_nanos() / DAY_NS).to_string());
+    }
+    if name.contains('{') || name.contains('}') {
+        return Err(format!("template {template:?} has an unknown placeholder (known: {{key}}, {{days}}, {{span}})"));
+    }
+    Ok(name)
+}
+
+pub(crate) fn ns(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+impl FeatureConfig {
+    /// Output names of the window outputs as (aggregate, span index, name).
+    pub(crate) fn window_outputs(w: &WindowConfig) -> std::result::Result<Vec<(Aggregate, usize, String)>, String> {
+        let mut out = Vec::new();
+        for (i, span) in w.spans.iter().enumerate() {
+            for (agg, template) in [(Aggregate::Count, &w.count), (Aggregate::Sum, &w.sum), (Aggregate::Mean, &w.mean)] {
+                if let Some(t) = template {
+                    out.push((agg, i, feature_name(t, &w.key, *span)?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Output names of a label-risk block as (span index, count name, risk name).
+    pub(crate) fn risk_outputs(r: &LabelRiskConfig) -> std::result::Result<Vec<(usize, Option<String>, Option<String>)>, String> {
+        r.spans
+            .iter()
+            .enumerate()
+            .map(|(i, span)| {
+                let c = r.count.as_deref().map(|t| feature_name(t, &r.key, *span)).transpose()?;
+                let k = r.risk.as_deref().map(|t| feature_name(t, &r.key, *span)).transpose()?;
+                Ok((i, c, k))
+            })
+            .collect()
+    }
+
+    /// Every problem with this configuration against the transaction schema (and the label
+    /// schema, where label features are configured), all at once.
+    pub fn validate(&self, transactions: &Schema, labels: Option<&Schema>) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut names: HashSet<String> = transactions.fields().iter().map(|f| f.name().clone()).collect();
+        let mut add_name = |problems: &mut Vec<String>, n: String| {
+            if !names.insert(n.clone()) {
+                problems.push(format!("feature {n:?} is defined twice or clashes with an input column"));
+            }
+        };
+        let col = |schema: &Schema, name: &str, what: &str, ok: fn(&DataType) -> bool, problems: &mut Vec<String>| match schema.field_with_name(name) {
+            Ok(f) if ok(f.data_type()) => {}
+            Ok(f) => problems.push(format!("{what} column {name:?} has type {}, which does not fit", f.data_type())),
+            Err(_) => problems.push(format!("{what} column {name:?} is not in the input")),
+        };
+        let is_time = |d: &DataType| matches!(d, DataType::Timestamp(..));
+        let is_key = |d: &DataType| d.is_integer() || matches!(d, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+        let is_num = |d: &DataType| d.is_numeric();
+        col(transactions, &self.event_time, "event_time", is_time, &mut problems);
+        col(transactions, &self.order_by, "order_by", |d| d.is_numeric() || matches!(d, DataType::Timestamp(..) | DataType::Utf8), &mut problems);
+        if let Some(c) = &self.calendar {
+            if c.weekend.is_none() && c.night.is_none() {
+                problems.push("calendar: name at least one of weekend, night".into());
+            }
+            if c.night_last_hour > 23 {
+                problems.push(format!("calendar.night_last_hour must be 0..=23, not {}", c.night_last_hour));
+            }
+            for n in c.weekend.iter().chain(c.night.iter()) {
+                add_name(&mut problems, n.clone());
+            }
+        }
+        for (i, w) in self.windows.iter().enumerate() {
+            col(transactions, &w.key, &format!("windows[{i}].key"), is_key, &mut problems);
+            col(transactions, &w.value, &format!("windows[{i}].value"), is_num, &mut problems);
+            if w.spans.is_empty() {
+                problems.push(format!("windows[{i}]: spans is empty"));
+            }
+            if w.spans.iter().any(|s| s.is_zero()) {
+                problems.push(format!("windows[{i}]: a span must be longer than zero"));
+            }
+            if w.count.is_none() && w.sum.is_none() && w.mean.is_none() {
+                problems.push(format!("windows[{i}]: name at least one of count, sum, mean"));
+            }
+            match Self::window_outputs(w) {
+                Ok(outs) => outs.into_iter().for_each(|(_, _, n)| add_name(&mut problems, n)),
+                Err(e) => problems.push(format!("windows[{i}]: {e}")),
+            }
+        }
+        for (i, r) in self.label_risk.iter().enumerate() {
+            col(transactions, &r.key, &format!("label_risk[{i}].key"), is_key, &mut problems);
+            match labels {
+                Some(l) => {
+                    col(l, &r.key, &format!("label_risk[{i}].key (labels)"), is_key, &mut problems);
+                    col(l, &self.event_time, "event_time (labels)", is_time, &mut problems);
+                    col(l, &r.label_time, &format!("label_risk[{i}].label_time"), is_time, &mut problems);
+                    col(l, &r.label, &format!("label_risk[{i}].label"), |d| d.is_integer() || d == &DataType::Boolean, &mut problems);
+                }
+                None => problems.push(format!("label_risk[{i}]: needs a fraud-label source")),
+            }
+            if r.delay.is_zero() {
+                problems.push(format!("label_risk[{i}]: delay must be longer than zero (a zero delay would read the current event's own label)"));
+            }
+            if r.spans.is_empty() || r.spans.iter().any(|s| s.is_zero()) {
+                problems.push(format!("label_risk[{i}]: spans must be non-empty and longer than zero"));
+            }
+            if r.count.is_none() && r.risk.is_none() {
+                problems.push(format!("label_risk[{i}]: name at least one of count, risk"));
+            }
+            match Self::risk_outputs(r) {
+                Ok(outs) => outs.into_iter().flat_map(|(_, c, k)| c.into_iter().chain(k)).for_each(|n| add_name(&mut problems, n)),
+                Err(e) => problems.push(format!("label_risk[{i}]: {e}")),
+            }
+        }
+        for (i, s) in self.sql.iter().enumerate() {
+            if let Err(e) = SqlFeature::check_syntax(&s.expr) {
+                problems.push(format!("sql[{i}] ({}): {e}", s.name));
+            }
+            add_name(&mut problems, s.name.clone());
+        }
+        problems
+    }
+
+    /// Builds the streaming operators. Configuration errors are reported all together.
+    pub fn build_chain(&self) -> Result<FeatureChain> {
+        let mut problems = Vec::new();
+        let mut ops: Vec<Box<dyn Operator>> = Vec::new();
+        if let Some(c) = &self.calendar {
+            ops.push(Box::new(CalendarFlags::new(&self.event_time, c.weekend.clone(), c.night.clone(), c.night_last_hour)));
+        }
+        for (i, w) in self.windows.iter().enumerate() {
+            match Self::window_outputs(w) {
+                Ok(outs) => ops.push(Box::new(WindowAggregate::new(&w.key, &w.value, &self.event_time, w.spans.iter().map(|s| ns(*s)).collect(), outs))),
+                Err(e) => problems.push(format!("windows[{i}]: {e}")),
+            }
+        }
+        for (i, r) in self.label_risk.iter().enumerate() {
+            match Self::risk_outputs(r) {
+                Ok(outs) => ops.push(Box::new(LabelRisk::new(r, &self.event_time, outs))),
+                Err(e) => problems.push(format!("label_risk[{i}]: {e}")),
+            }
+        }
+        for s in &self.sql {
+            ops.push(Box::new(SqlFeature::new(&s.name, &s.expr)));
+        }
+        if !problems.is_empty() {
+            return Err(OperatorError::Config(problems));
+        }
+        Ok(FeatureChain::new(ops))
+    }
+
+    /// Names of every feature column, in the order the chain appends them.
+    pub fn feature_names(&self) -> Result<Vec<String>> {
+        Ok(self.build_chain()?.feature_names())
+    }
+}

@@ -1,0 +1,157 @@
+//! Feature operators: Arrow `RecordBatch` in, the same batch with feature columns appended out.
+//!
+//! A [`FeatureConfig`] (one TOML table, see `config/fraud-handbook.toml`) is the single
+//! definition of every feature. It compiles two ways:
+//! - [`FeatureConfig::build_chain`] builds the streaming [`FeatureChain`] that live scoring and
+//!   replay both run: events ordered by (event time, tie-break column) flow through
+//!   [`CalendarFlags`], [`WindowAggregate`]s, [`LabelRisk`]s and [`SqlFeature`]s, each keeping its
+//!   per-key state across batches; fraud-label events reach the stateful operators through
+//!   [`Operator::observe_labels`];
+//! - [`batch::batch_features`] compiles the same definitions to one DataFusion query with window
+//!   frames over event time, which exports training sets over a whole history.
+//!
+//! Tests prove the two produce the same values, which is what keeps training and serving equal.
+
+pub mod batch;
+mod calendar;
+mod columns;
+mod config;
+mod label_risk;
+mod sql;
+mod window;
+
+use std::fmt;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{FieldRef, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use riskpipe_schemas::Fault;
+
+pub use calendar::CalendarFlags;
+pub use config::{CalendarConfig, FeatureConfig, LabelRiskConfig, SqlFeatureConfig, WindowConfig};
+pub use label_risk::LabelRisk;
+pub use sql::SqlFeature;
+pub use window::{Aggregate, WindowAggregate};
+
+/// Errors of the operators crate.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// The batch does not fit what the operator needs (missing column, wrong type, null).
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// The feature configuration is invalid; every problem is listed.
+    #[error("invalid feature config:\n  - {}", .0.join("\n  - "))]
+    Config(Vec<String>),
+    /// Arrow failed on data that had passed the checks: a bug.
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
+    /// DataFusion failed planning or running a feature query.
+    #[error("datafusion: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+}
+
+impl OperatorError {
+    /// Whose fault the error is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            OperatorError::BadInput(_) => Fault::BadInput,
+            OperatorError::Config(_) | OperatorError::Arrow(_) | OperatorError::DataFusion(_) => {
+                Fault::Bug
+            }
+        }
+    }
+}
+
+/// Result of this crate.
+pub type Result<T, E = OperatorError> = std::result::Result<T, E>;
+
+/// One feature stage. Operators are fed transactions in event-time order and append their
+/// columns; stateful ones keep per-key state between batches.
+pub trait Operator: Send + fmt::Debug {
+    /// Name used in logs and metrics.
+    fn name(&self) -> &str;
+    /// The columns this operator appends, in order.
+    fn output_fields(&self) -> &[FieldRef];
+    /// Appends this operator's feature columns to `batch`.
+    fn process(&mut self, batch: RecordBatch) -> Result<RecordBatch>;
+    /// Takes fraud-label events. Operators that do not use labels ignore them.
+    fn observe_labels(&mut self, _labels: &RecordBatch) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The operators of one feature configuration, in order.
+#[derive(Debug)]
+pub struct FeatureChain {
+    operators: Vec<Box<dyn Operator>>,
+}
+
+impl FeatureChain {
+    /// A chain of the given operators.
+    pub fn new(operators: Vec<Box<dyn Operator>>) -> Self {
+        Self { operators }
+    }
+
+    /// Runs `batch` through every operator.
+    pub fn process(&mut self, mut batch: RecordBatch) -> Result<RecordBatch> {
+        for op in &mut self.operators {
+            batch = op.process(batch)?;
+        }
+        Ok(batch)
+    }
+
+    /// Hands label events to every operator.
+    pub fn observe_labels(&mut self, labels: &RecordBatch) -> Result<()> {
+        for op in &mut self.operators {
+            op.observe_labels(labels)?;
+        }
+        Ok(())
+    }
+
+    /// Names of all feature columns the chain appends, in order.
+    pub fn feature_names(&self) -> Vec<String> {
+        self.operators
+            .iter()
+            .flat_map(|op| op.output_fields().iter().map(|f| f.name().clone()))
+            .collect()
+    }
+}
+
+/// Appends columns to batches, rebuilding the output schema only when the input schema changes
+/// (not once per batch).
+#[derive(Debug, Default)]
+pub(crate) struct Appender {
+    cached: Option<(SchemaRef, SchemaRef)>,
+}
+
+impl Appender {
+    pub(crate) fn append(
+        &mut self,
+        batch: RecordBatch,
+        fields: &[FieldRef],
+        arrays: Vec<ArrayRef>,
+    ) -> Result<RecordBatch> {
+        let input = batch.schema();
+        let output = match &self.cached {
+            Some((i, o)) if i == &input => o.clone(),
+            _ => {
+                for f in fields {
+                    if input.column_with_name(f.name()).is_some() {
+                        return Err(OperatorError::BadInput(format!(
+                            "input already has a column named {:?}, which a feature would overwrite",
+                            f.name()
+                        )));
+                    }
+                }
+                let mut all: Vec<FieldRef> = input.fields().iter().cloned().collect();
+                all.extend(fields.iter().cloned());
+                let o = SchemaRef::new(Schema::new_with_metadata(all, input.metadata().clone()));
+                self.cached = Some((input, o.clone()));
+                o
+            }
+        };
+        let mut columns = batch.columns().to_vec();
+        columns.extend(arrays);
+        Ok(RecordBatch::try_new(output, columns)?)
+    }
+}

@@ -1,0 +1,314 @@
+//! Hand-computed windows: ties, empty windows, edges exactly at t - span, delayed labels.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, TimeUnit};
+use riskpipe_operators::{FeatureConfig, OperatorError};
+
+const S: i64 = 1_000_000_000;
+const DAY: i64 = 86_400 * S;
+const HOUR: i64 = 3_600 * S;
+
+fn ts(v: Vec<i64>) -> Arc<TimestampNanosecondArray> {
+    Arc::new(TimestampNanosecondArray::from(v).with_timezone("UTC"))
+}
+
+fn utc() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+}
+
+/// Transactions as (id, time ns, customer, terminal, amount).
+fn tx(rows: &[(i64, i64, i64, i64, f64)]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("TRANSACTION_ID", DataType::Int64, false),
+        Field::new("TX_DATETIME", utc(), false),
+        Field::new("CUSTOMER_ID", DataType::Int64, false),
+        Field::new("TERMINAL_ID", DataType::Int64, false),
+        Field::new("TX_AMOUNT", DataType::Float64, false),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            ts(rows.iter().map(|r| r.1).collect()),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.4))),
+        ],
+    )
+    .expect("batch")
+}
+
+/// Fraud labels as (terminal, transaction time, label time, label).
+fn labels(rows: &[(i64, i64, i64, i64)]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("TERMINAL_ID", DataType::Int64, false),
+        Field::new("TX_DATETIME", utc(), false),
+        Field::new("LABEL_TIME", utc(), false),
+        Field::new("TX_FRAUD", DataType::Int64, false),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            ts(rows.iter().map(|r| r.1).collect()),
+            ts(rows.iter().map(|r| r.2).collect()),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3))),
+        ],
+    )
+    .expect("labels")
+}
+
+fn config(text: &str) -> FeatureConfig {
+    toml::from_str(text).expect("config")
+}
+
+fn ints(b: &RecordBatch, c: &str) -> Vec<i64> {
+    b.column_by_name(c)
+        .unwrap_or_else(|| panic!("no {c}"))
+        .as_primitive::<Int64Type>()
+        .values()
+        .to_vec()
+}
+
+fn floats(b: &RecordBatch, c: &str) -> Vec<f64> {
+    b.column_by_name(c)
+        .unwrap_or_else(|| panic!("no {c}"))
+        .as_primitive::<Float64Type>()
+        .values()
+        .to_vec()
+}
+
+const CUSTOMER: &str = r#"
+[[windows]]
+key = "CUSTOMER_ID"
+value = "TX_AMOUNT"
+spans = ["1d", "2d"]
+count = "N_{days}"
+sum = "S_{days}"
+mean = "M_{days}"
+"#;
+
+#[test]
+fn customer_windows_by_hand() {
+    let mut chain = config(CUSTOMER).build_chain().expect("chain");
+    // Customer 1: t=0 (10), t=0 (20, a tie later in the order), t=1d exactly (30: the t=0
+    // events sit exactly at t - 1d and leave the 1-day window), t=1d+1s (40). Customer 2 between.
+    let out = chain
+        .process(tx(&[
+            (1, 0, 1, 9, 10.0),
+            (2, 0, 1, 9, 20.0),
+            (3, 5 * S, 2, 9, 7.0),
+            (4, DAY, 1, 9, 30.0),
+            (5, DAY + S, 1, 9, 40.0),
+        ]))
+        .expect("process");
+    assert_eq!(ints(&out, "N_1"), vec![1, 2, 1, 1, 2]);
+    assert_eq!(floats(&out, "S_1"), vec![10.0, 30.0, 7.0, 30.0, 70.0]);
+    assert_eq!(floats(&out, "M_1"), vec![10.0, 15.0, 7.0, 30.0, 35.0]);
+    assert_eq!(ints(&out, "N_2"), vec![1, 2, 1, 3, 4]);
+    assert_eq!(floats(&out, "M_2"), vec![10.0, 15.0, 7.0, 20.0, 25.0]);
+    // State carries across batches; at exactly 2d the t=0 events leave the 2-day window.
+    let out = chain.process(tx(&[(6, 2 * DAY, 1, 9, 50.0)])).expect("process");
+    assert_eq!(ints(&out, "N_1"), vec![2]); // 40 (1d+1s) and 50; 30 sits at the edge
+    assert_eq!(ints(&out, "N_2"), vec![3]); // 30, 40, 50
+    assert_eq!(floats(&out, "S_2"), vec![120.0]);
+}
+
+const TERMINAL: &str = r#"
+[[label_risk]]
+key = "TERMINAL_ID"
+delay = "7d"
+spans = ["1d"]
+count = "NB_{days}"
+risk = "RISK_{days}"
+"#;
+
+#[test]
+fn delayed_label_risk_by_hand() {
+    let mut chain = config(TERMINAL).build_chain().expect("chain");
+    // Terminal 5: transactions at 0, 12h, 1d; the one at 12h is a fraud, known at 7d12h.
+    chain
+        .observe_labels(&labels(&[(5, 12 * HOUR, 7 * DAY + 12 * HOUR, 1)]))
+        .expect("labels");
+    let first = chain
+        .process(tx(&[(1, 0, 1, 5, 1.0), (2, 12 * HOUR, 1, 5, 1.0), (3, DAY, 1, 5, 1.0)]))
+        .expect("process");
+    // Nothing is 7 days old yet: empty windows give count 0 and risk 0.
+    assert_eq!(ints(&first, "NB_1"), vec![0, 0, 0]);
+    assert_eq!(floats(&first, "RISK_1"), vec![0.0, 0.0, 0.0]);
+    let out = chain
+        .process(tx(&[
+            (4, 7 * DAY, 2, 5, 1.0),                // window (-1d, 0]: the t=0 transaction
+            (5, 7 * DAY + 12 * HOUR - S, 2, 5, 1.0), // (-12h-1s, 12h-1s]: t=0 only
+            (6, 7 * DAY + 12 * HOUR, 2, 5, 1.0),    // (-12h, 12h]: t=0 and the fraud, now known
+            (7, 8 * DAY, 2, 5, 1.0),                // (0, 1d]: 12h and 1d; t=0 is at the edge
+            (8, 8 * DAY, 2, 6, 1.0),                // another terminal: empty window
+        ]))
+        .expect("process");
+    assert_eq!(ints(&out, "NB_1"), vec![1, 1, 2, 2, 0]);
+    assert_eq!(floats(&out, "RISK_1"), vec![0.0, 0.0, 0.5, 0.5, 0.0]);
+}
+
+#[test]
+fn labels_are_used_only_from_their_label_time() {
+    let mut chain = config(TERMINAL).build_chain().expect("chain");
+    chain.process(tx(&[(1, 0, 1, 5, 1.0)])).expect("process");
+    // The label reaches the operator early but is known only at 9d.
+    chain.observe_labels(&labels(&[(5, 0, 9 * DAY, 1)])).expect("labels");
+    let out = chain
+        .process(tx(&[(2, 7 * DAY, 1, 5, 1.0), (3, 9 * DAY - 1, 1, 5, 1.0)]))
+        .expect("process");
+    assert_eq!(floats(&out, "RISK_1"), vec![0.0, 0.0]);
+    // Genuine labels (0) never count as fraud.
+    chain.observe_labels(&labels(&[(5, 7 * DAY, 7 * DAY, 0)])).expect("labels");
+    let out = chain.process(tx(&[(4, 14 * DAY, 1, 5, 1.0)])).expect("process");
+    assert_eq!(ints(&out, "NB_1"), vec![1]);
+    assert_eq!(floats(&out, "RISK_1"), vec![0.0]);
+}
+
+#[test]
+fn calendar_flags_by_hand() {
+    let cfg = config("[calendar]\nweekend = \"WE\"\nnight = \"NI\"\nnight_last_hour = 6\n");
+    let mut chain = cfg.build_chain().expect("chain");
+    // 2018-04-01T00:00:00Z (1522540800 s) was a Sunday.
+    let sunday = 1_522_540_800 * S;
+    let out = chain
+        .process(tx(&[
+            (1, sunday, 1, 1, 1.0),
+            (2, sunday + 6 * HOUR + 3599 * S, 1, 1, 1.0), // 06:59:59: night
+            (3, sunday + 7 * HOUR, 1, 1, 1.0),            // 07:00: day
+            (4, sunday + DAY + 23 * HOUR, 1, 1, 1.0),     // Monday 23:00
+            (5, sunday - DAY + HOUR, 1, 1, 1.0),          // Saturday 01:00
+        ]))
+        .expect("process");
+    assert_eq!(ints(&out, "WE"), vec![1, 1, 1, 0, 1]);
+    assert_eq!(ints(&out, "NI"), vec![1, 1, 0, 0, 1]);
+}
+
+#[test]
+fn sql_features_see_earlier_features() {
+    let cfg = config(&format!(
+        "{CUSTOMER}\n[[sql]]\nname = \"LOG_AMOUNT\"\nexpr = \"ln(TX_AMOUNT + 1)\"\n\
+         [[sql]]\nname = \"RATIO\"\nexpr = \"TX_AMOUNT / M_1\"\n"
+    ));
+    let mut chain = cfg.build_chain().expect("chain");
+    let out = chain
+        .process(tx(&[(1, 0, 1, 1, 10.0), (2, S, 1, 1, 30.0)]))
+        .expect("process");
+    let log = floats(&out, "LOG_AMOUNT");
+    assert!((log[0] - 11f64.ln()).abs() < 1e-12 && (log[1] - 31f64.ln()).abs() < 1e-12);
+    assert_eq!(floats(&out, "RATIO"), vec![1.0, 1.5]);
+}
+
+#[test]
+fn string_keys_work_like_integer_keys() {
+    let cfg = config(
+        "[[windows]]\nkey = \"CARD\"\nvalue = \"TX_AMOUNT\"\nspans = [\"1h\"]\ncount = \"N\"\n",
+    );
+    let mut chain = cfg.build_chain().expect("chain");
+    let schema = Schema::new(vec![
+        Field::new("TX_DATETIME", utc(), false),
+        Field::new("CARD", DataType::Utf8, false),
+        Field::new("TX_AMOUNT", DataType::Float64, false),
+    ]);
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            ts(vec![0, S, 2 * S]),
+            Arc::new(StringArray::from(vec!["x", "y", "x"])),
+            Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0])),
+        ],
+    )
+    .expect("batch");
+    assert_eq!(ints(&chain.process(batch).expect("process"), "N"), vec![1, 1, 2]);
+}
+
+#[test]
+fn malformed_batches_get_clear_errors() {
+    let mut chain = config(CUSTOMER).build_chain().expect("chain");
+    let good = tx(&[(1, 0, 1, 1, 1.0), (2, 1, 1, 1, 2.0)]);
+    let mut cols = good.columns().to_vec();
+    cols[4] = Arc::new(Float64Array::from(vec![Some(1.0), None]));
+    let nullable = Schema::new(
+        good.schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    );
+    let bad = RecordBatch::try_new(Arc::new(nullable), cols).expect("batch");
+    let err = chain.process(bad).expect_err("null amount");
+    assert!(matches!(err, OperatorError::BadInput(_)));
+    assert!(err.to_string().contains("\"TX_AMOUNT\" is null at row 1"), "{err}");
+    let err = chain
+        .process(good.project(&[0, 1, 2]).expect("project"))
+        .expect_err("missing");
+    assert!(err.to_string().contains("missing column \"TX_AMOUNT\""), "{err}");
+    assert_eq!(err.fault(), riskpipe_schemas::Fault::BadInput);
+    let wrong_time = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("TX_DATETIME", DataType::Int64, false),
+            Field::new("CUSTOMER_ID", DataType::Int64, false),
+            Field::new("TX_AMOUNT", DataType::Float64, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1])) as Arc<dyn Array>,
+            Arc::new(Int64Array::from(vec![1])),
+            Arc::new(Float64Array::from(vec![1.0])),
+        ],
+    )
+    .expect("batch");
+    let err = chain.process(wrong_time).expect_err("int time");
+    assert!(err.to_string().contains("must be a timestamp"), "{err}");
+}
+
+#[test]
+fn invalid_config_lists_every_problem() {
+    let cfg = config(
+        r#"
+event_time = "WHEN"
+[calendar]
+night_last_hour = 30
+[[windows]]
+key = "NOPE"
+value = "TX_AMOUNT"
+spans = ["1d", "12h"]
+count = "N_{days}"
+[[label_risk]]
+key = "TERMINAL_ID"
+delay = "0s"
+spans = ["1d"]
+risk = "TX_AMOUNT"
+"#,
+    );
+    let problems = cfg.validate(
+        &riskpipe_schemas::transaction_schema(),
+        Some(&riskpipe_schemas::fraud_label_schema()),
+    );
+    let all = problems.join("\n");
+    for expected in [
+        "event_time column \"WHEN\" is not in the input",
+        "calendar: name at least one of weekend, night",
+        "night_last_hour must be 0..=23",
+        "windows[0].key column \"NOPE\" is not in the input",
+        "span 12h is not whole days",
+        "delay must be longer than zero",
+        "\"TX_AMOUNT\" is defined twice or clashes",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+    assert!(problems.len() >= 7);
+}
+
+#[test]
+fn unknown_config_keys_are_rejected() {
+    let err = toml::from_str::<FeatureConfig>(
+        "[[windows]]\nkey = \"A\"\nvalue = \"B\"\nspans = [\"1d\"]\ncuont = \"x\"\n",
+    )
+    .expect_err("typo");
+    assert!(err.to_string().contains("unknown field `cuont`"), "{err}");
+}

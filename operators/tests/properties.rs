@@ -1,0 +1,208 @@
+//! Window invariants on random event streams, and the promise of zero train/serve skew: the
+//! streaming chain and the DataFusion batch query agree on every row.
+
+use std::sync::Arc;
+
+use arrow::array::{AsArray, Float64Array, Int64Array, RecordBatch, TimestampNanosecondArray};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, TimeUnit};
+use proptest::prelude::*;
+use riskpipe_operators::FeatureConfig;
+use riskpipe_operators::batch::{batch_features, session};
+
+const HOUR: i64 = 3_600_000_000_000;
+
+const CONFIG: &str = r#"
+[calendar]
+weekend = "WE"
+night = "NI"
+
+[[windows]]
+key = "CUSTOMER_ID"
+value = "TX_AMOUNT"
+spans = ["1d", "2d"]
+count = "C_N_{days}"
+sum = "C_S_{days}"
+mean = "C_M_{days}"
+
+[[label_risk]]
+key = "TERMINAL_ID"
+delay = "1d"
+spans = ["1d", "2d"]
+count = "T_N_{days}"
+risk = "T_R_{days}"
+
+[[sql]]
+name = "LOG_AMOUNT"
+expr = "ln(TX_AMOUNT + 1)"
+"#;
+
+#[derive(Debug, Clone)]
+struct Event {
+    id: i64,
+    time: i64,
+    customer: i64,
+    terminal: i64,
+    amount: f64,
+    fraud: i64,
+}
+
+/// Events on a 6-hour grid over 5 days: many ties and many events exactly on window edges.
+fn events() -> impl Strategy<Value = Vec<Event>> {
+    prop::collection::vec((0i64..20, 0i64..4, 0i64..3, 1u32..500, prop::bool::weighted(0.2)), 1..60).prop_map(|raw| {
+        let mut ev: Vec<Event> = raw
+            .into_iter()
+            .enumerate()
+            .map(|(i, (slot, customer, terminal, cents, fraud))| Event {
+                id: i as i64,
+                time: slot * 6 * HOUR,
+                customer,
+                terminal,
+                amount: f64::from(cents) / 4.0,
+                fraud: i64::from(fraud),
+            })
+            .collect();
+        ev.sort_by_key(|e| (e.time, e.id));
+        ev
+    })
+}
+
+fn utc() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+}
+
+fn batch(ev: &[Event]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("TRANSACTION_ID", DataType::Int64, false),
+        Field::new("TX_DATETIME", utc(), false),
+        Field::new("CUSTOMER_ID", DataType::Int64, false),
+        Field::new("TERMINAL_ID", DataType::Int64, false),
+        Field::new("TX_AMOUNT", DataType::Float64, false),
+        Field::new("TX_FRAUD", DataType::Int64, false),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(Int64Array::from_iter_values(ev.iter().map(|e| e.id))),
+            Arc::new(TimestampNanosecondArray::from_iter_values(ev.iter().map(|e| e.time)).with_timezone("UTC")),
+            Arc::new(Int64Array::from_iter_values(ev.iter().map(|e| e.customer))),
+            Arc::new(Int64Array::from_iter_values(ev.iter().map(|e| e.terminal))),
+            Arc::new(Float64Array::from_iter_values(ev.iter().map(|e| e.amount))),
+            Arc::new(Int64Array::from_iter_values(ev.iter().map(|e| e.fraud))),
+        ],
+    )
+    .expect("batch")
+}
+
+/// Label events: each fraud known one day (the configured delay) after its transaction.
+fn labels(ev: &[Event]) -> RecordBatch {
+    let frauds: Vec<&Event> = ev.iter().filter(|e| e.fraud == 1).collect();
+    let schema = Schema::new(vec![
+        Field::new("TERMINAL_ID", DataType::Int64, false),
+        Field::new("TX_DATETIME", utc(), false),
+        Field::new("LABEL_TIME", utc(), false),
+        Field::new("TX_FRAUD", DataType::Int64, false),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(Int64Array::from_iter_values(frauds.iter().map(|e| e.terminal))),
+            Arc::new(TimestampNanosecondArray::from_iter_values(frauds.iter().map(|e| e.time)).with_timezone("UTC")),
+            Arc::new(TimestampNanosecondArray::from_iter_values(frauds.iter().map(|e| e.time + 24 * HOUR)).with_timezone("UTC")),
+            Arc::new(Int64Array::from_iter_values(frauds.iter().map(|_| 1))),
+        ],
+    )
+    .expect("labels")
+}
+
+fn config() -> FeatureConfig {
+    toml::from_str(CONFIG).expect("config")
+}
+
+/// Runs the streaming chain over `ev` cut into batches at `cuts`; labels all arrive first (the
+/// operators must only use each from its label time on).
+fn stream(ev: &[Event], cuts: &[usize]) -> RecordBatch {
+    let mut chain = config().build_chain().expect("chain");
+    chain.observe_labels(&labels(ev)).expect("labels");
+    let all = batch(ev);
+    let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (ev.len() + 1)).collect();
+    bounds.extend([0, ev.len()]);
+    bounds.sort_unstable();
+    bounds.dedup();
+    let outs: Vec<RecordBatch> = bounds
+        .windows(2)
+        .map(|w| chain.process(all.slice(w[0], w[1] - w[0])).expect("process"))
+        .collect();
+    concat_batches(&outs[0].schema(), &outs).expect("concat")
+}
+
+fn batch_query(ev: &[Event]) -> RecordBatch {
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    rt.block_on(async {
+        let ctx = session();
+        ctx.register_batch("history", batch(ev)).expect("register");
+        let keep: Vec<String> = batch(ev).schema().fields().iter().map(|f| f.name().clone()).collect();
+        let df = batch_features(&ctx, &config(), "history", &keep).await.expect("plan");
+        let out = df.collect().await.expect("run");
+        concat_batches(&out[0].schema(), &out).expect("concat")
+    })
+}
+
+fn close(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn batch_boundaries_do_not_change_results(ev in events(), cuts in prop::collection::vec(0usize..64, 0..6)) {
+        let whole = stream(&ev, &[]);
+        let split = stream(&ev, &cuts);
+        prop_assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn window_invariants(ev in events()) {
+        let out = stream(&ev, &[]);
+        let c = |n: &str| out.column_by_name(n).expect("col").as_primitive::<Int64Type>().values().to_vec();
+        let f = |n: &str| out.column_by_name(n).expect("col").as_primitive::<Float64Type>().values().to_vec();
+        let (n1, n2, s1, m1, m2) = (c("C_N_1"), c("C_N_2"), f("C_S_1"), f("C_M_1"), f("C_M_2"));
+        let (tn1, tn2, tr1) = (c("T_N_1"), c("T_N_2"), f("T_R_1"));
+        for i in 0..ev.len() {
+            // The current event always counts; a longer window holds at least as much.
+            prop_assert!(n1[i] >= 1 && n2[i] >= n1[i]);
+            prop_assert!(close(s1[i], m1[i] * n1[i] as f64));
+            // A mean lies within the customer's amounts.
+            let amounts: Vec<f64> = ev.iter().filter(|e| e.customer == ev[i].customer).map(|e| e.amount).collect();
+            let (lo, hi) = amounts.iter().fold((f64::MAX, f64::MIN), |(l, h), a| (l.min(*a), h.max(*a)));
+            prop_assert!(m2[i] >= lo - 1e-9 && m2[i] <= hi + 1e-9);
+            prop_assert!(tn2[i] >= tn1[i]);
+            prop_assert!((0.0..=1.0).contains(&tr1[i]));
+        }
+    }
+
+    #[test]
+    fn stream_equals_batch_query(ev in events()) {
+        let s = stream(&ev, &[3, 17]);
+        let b = batch_query(&ev);
+        prop_assert_eq!(s.num_rows(), b.num_rows());
+        for field in b.schema().fields() {
+            let name = field.name();
+            let (sc, bc) = (s.column_by_name(name).expect("stream col"), b.column_by_name(name).expect("batch col"));
+            match sc.data_type() {
+                DataType::Float64 => {
+                    let (x, y) = (sc.as_primitive::<Float64Type>(), bc.as_primitive::<Float64Type>());
+                    for i in 0..x.len() {
+                        prop_assert!(close(x.value(i), y.value(i)), "{} row {}: stream {} batch {}", name, i, x.value(i), y.value(i));
+                    }
+                }
+                DataType::Int64 => {
+                    let y = arrow::compute::cast(bc, &DataType::Int64).expect("cast");
+                    prop_assert_eq!(sc.as_primitive::<Int64Type>().values(), y.as_primitive::<Int64Type>().values(), "{}", name);
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The backtest report: a printed table, a JSON file and a PNG of the ROC and precision-recall
+//! curves.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
+use serde::Serialize;
+
+use crate::metrics::{self, Scored};
+use crate::{PipelineError, Result};
+
+/// Metrics of one backtest.
+#[derive(Debug, Clone, Serialize)]
+pub struct FraudReport {
+    /// Model name.
+    pub model: String,
+    /// What was evaluated (e.g. the split).
+    pub evaluated_on: String,
+    /// Transactions evaluated.
+    pub transactions: usize,
+    /// Frauds among them.
+    pub frauds: usize,
+    /// Area under the ROC curve.
+    pub auc_roc: Option<f64>,
+    /// Average precision.
+    pub average_precision: Option<f64>,
+    /// Card Precision@100, mean over days.
+    pub card_precision_at_100: f64,
+    /// Card Precision@100 of each day.
+    pub card_precision_at_100_per_day: Vec<f64>,
+    /// The alert threshold.
+    pub alert_threshold: f64,
+    /// Precision of alerts.
+    pub precision: f64,
+    /// Recall of alerts.
+    pub recall: f64,
+    /// F1 of alerts.
+    pub f1: f64,
+    /// Alerts per evaluated day.
+    pub alerts_per_day: f64,
+}
+
+impl FraudReport {
+    /// Computes every metric over `rows`.
+    pub fn compute(model: &str, evaluated_on: &str, rows: &[Scored], threshold: f64) -> Self {
+        let (precision, recall, f1) = metrics::at_threshold(rows, threshold);
+        let (cp, cp_days) = metrics::card_precision_at_k(rows, 100);
+        let days = rows.iter().map(|r| r.day).collect::<std::collections::HashSet<_>>().len().max(1);
+        let alerts = rows.iter().filter(|r| r.score >= threshold).count();
+        Self {
+            model: model.into(),
+            evaluated_on: evaluated_on.into(),
+            transactions: rows.len(),
+            frauds: rows.iter().filter(|r| r.fraud).count(),
+            auc_roc: metrics::auc_roc(rows),
+            average_precision: metrics::average_precision(rows),
+            card_precision_at_100: cp,
+            card_precision_at_100_per_day: cp_days,
+            alert_threshold: threshold,
+            precision,
+            recall,
+            f1,
+            alerts_per_day: alerts as f64 / days as f64,
+        }
+    }
+
+    /// A human-readable table.
+    pub fn table(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+        let rows = [
+            ("model", self.model.clone()),
+            ("evaluated on", self.evaluated_on.clone()),
+            ("transactions", self.transactions.to_string()),
+            ("frauds", self.frauds.to_string()),
+            ("AUC ROC", opt(self.auc_roc)),
+            ("average precision", opt(self.average_precision)),
+            ("Card Precision@100", format!("{:.4}", self.card_precision_at_100)),
+            ("alert threshold", format!("{}", self.alert_threshold)),
+            ("precision @ threshold", format!("{:.4}", self.precision)),
+            ("recall @ threshold", format!("{:.4}", self.recall)),
+            ("F1 @ threshold", format!("{:.4}", self.f1)),
+            ("alerts per day", format!("{:.1}", self.alerts_per_day)),
+        ];
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for (k, v) in rows {
+            out.push_str(&format!("  {k:<width$}  {v}\n"));
+        }
+        out
+    }
+
+    /// Writes the report as JSON.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| PipelineError::Bug(e.to_string()))?;
+        std::fs::write(path, text).map_err(|e| PipelineError::External(format!("writing {}: {e}", path.display())))
+    }
+}
+
+fn ensure_font() {
+    static FONT: std::sync::Once = std::sync::Once::new();
+    FONT.call_once(|| {
+        // An embedded font: the plots need no fonts installed on the machine.
+        let _ = register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+}
+
+fn plot_err(e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::External(format!("drawing plot: {e}"))
+}
+
+/// Draws ROC and precision-recall curves side by side.
+pub fn plot_curves(rows: &[Scored], report: &FraudReport, path: &Path) -> Result<()> {
+    ensure_font();
+    let (roc, pr) = metrics::curves(rows);
+    let root = BitMapBackend::new(path, (1200, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let (left, right) = root.split_horizontally(600);
+    let panels = [
+        (left, format!("ROC (AUC {:.3})", report.auc_roc.unwrap_or(f64::NAN)), "false positive rate", "true positive rate", roc, true),
+        (right, format!("Precision-recall (AP {:.3})", report.average_precision.unwrap_or(f64::NAN)), "recall", "precision", pr, false),
+    ];
+    for (area, title, xl, yl, points, diagonal) in panels {
+        let mut chart = ChartBuilder::on(&area)
+            .caption(title, ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..1f64, 0f64..1f64)
+            .map_err(plot_err)?;
+        chart.configure_mesh().x_desc(xl).y_desc(yl).draw().map_err(plot_err)?;
+        chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2))).map_err(plot_err)?;
+        if diagonal {
+            chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3))).map_err(plot_err)?;
+        }
+    }
+    root.present().map_err(plot_err)?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! Event schemas of riskpipe: one Arrow schema and one serde type per topic payload.
+//!
+//! Sources decode payloads (Kafka JSON, Parquet, CSV) into Arrow `RecordBatch`es with the
+//! schemas defined here; operators append feature columns; the scoring stage appends the score;
+//! sinks turn score rows back into [`Score`] and [`Alert`] payloads. The JSON Schema files under
+//! `schemas/json/` document the same payloads for users and are checked against these types in
+//! tests. Column names follow the Fraud Detection Handbook so that its feature names carry over.
+//!
+//! [`Fault`] is the shared vocabulary each crate's error type uses to say whose fault an error is,
+//! which in turn decides dead-letter (bad input), retry (outside system) or stop (bug).
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+
+/// Whose fault an error is; decides what the pipeline does with the input that caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The input is malformed: dead-letter it with the reason and keep going; never retry.
+    BadInput,
+    /// An outside system (broker, file system, runtime library) failed: retrying may help.
+    External,
+    /// riskpipe itself is wrong (or misconfigured): stop rather than emit wrong scores.
+    Bug,
+}
+
+impl Fault {
+    /// Whether retrying the same input can succeed.
+    pub fn retryable(self) -> bool {
+        matches!(self, Fault::External)
+    }
+}
+
+/// Transaction columns.
+pub mod tx {
+    /// Unique transaction id, increasing with time; breaks ties between equal event times.
+    pub const TRANSACTION_ID: &str = "TRANSACTION_ID";
+    /// Event time (UTC).
+    pub const TX_DATETIME: &str = "TX_DATETIME";
+    /// Card / customer id.
+    pub const CUSTOMER_ID: &str = "CUSTOMER_ID";
+    /// Merchant terminal id.
+    pub const TERMINAL_ID: &str = "TERMINAL_ID";
+    /// Amount.
+    pub const TX_AMOUNT: &str = "TX_AMOUNT";
+}
+
+/// Fraud-label columns beyond the transaction's own.
+pub mod label {
+    /// When the label became known to the pipeline (UTC).
+    pub const LABEL_TIME: &str = "LABEL_TIME";
+    /// 1 for fraud, 0 for genuine.
+    pub const TX_FRAUD: &str = "TX_FRAUD";
+}
+
+/// Score columns appended by the pipeline.
+pub mod score {
+    /// Model score in [0, 1].
+    pub const SCORE: &str = "SCORE";
+    /// Whether the score reached the alert threshold.
+    pub const ALERT: &str = "ALERT";
+}
+
+fn utc_ns() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+}
+
+/// Arrow type of every event-time column.
+pub fn event_time_type() -> DataType {
+    utc_ns()
+}
+
+/// The transaction event as Arrow columns.
+pub fn transaction_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(tx::TRANSACTION_ID, DataType::Int64, false),
+        Field::new(tx::TX_DATETIME, utc_ns(), false),
+        Field::new(tx::CUSTOMER_ID, DataType::Int64, false),
+        Field::new(tx::TERMINAL_ID, DataType::Int64, false),
+        Field::new(tx::TX_AMOUNT, DataType::Float64, false),
+    ]))
+}
+
+/// The fraud-label event as Arrow columns: the labelled transaction's keys and time, when the
+/// label became known, and the label.
+pub fn fraud_label_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(tx::TRANSACTION_ID, DataType::Int64, false),
+        Field::new(tx::CUSTOMER_ID, DataType::Int64, false),
+        Field::new(tx::TERMINAL_ID, DataType::Int64, false),
+        Field::new(tx::TX_DATETIME, utc_ns(), false),
+        Field::new(label::LABEL_TIME, utc_ns(), false),
+        Field::new(label::TX_FRAUD, DataType::Int64, false),
+    ]))
+}
+
+/// A card transaction (topic payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transaction {
+    /// Unique id, increasing with time.
+    #[serde(rename = "TRANSACTION_ID")]
+    pub transaction_id: i64,
+    /// Event time, RFC 3339 in UTC.
+    #[serde(rename = "TX_DATETIME")]
+    pub tx_datetime: String,
+    /// Card / customer id.
+    #[serde(rename = "CUSTOMER_ID")]
+    pub customer_id: i64,
+    /// Merchant terminal id.
+    #[serde(rename = "TERMINAL_ID")]
+    pub terminal_id: i64,
+    /// Amount.
+    #[serde(rename = "TX_AMOUNT")]
+    pub tx_amount: f64,
+}
+
+/// A fraud label that became known after the transaction (topic payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FraudLabel {
+    /// The labelled transaction.
+    #[serde(rename = "TRANSACTION_ID")]
+    pub transaction_id: i64,
+    /// Its customer.
+    #[serde(rename = "CUSTOMER_ID")]
+    pub customer_id: i64,
+    /// Its terminal.
+    #[serde(rename = "TERMINAL_ID")]
+    pub terminal_id: i64,
+    /// Its event time, RFC 3339 in UTC.
+    #[serde(rename = "TX_DATETIME")]
+    pub tx_datetime: String,
+    /// When the label became known, RFC 3339 in UTC.
+    #[serde(rename = "LABEL_TIME")]
+    pub label_time: String,
+    /// 1 for fraud, 0 for genuine.
+    #[serde(rename = "TX_FRAUD")]
+    pub tx_fraud: i64,
+}
+
+/// One score per transaction (topic payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Score {
+    /// The scored transaction.
+    #[serde(rename = "TRANSACTION_ID")]
+    pub transaction_id: i64,
+    /// Its customer (the message key).
+    #[serde(rename = "CUSTOMER_ID")]
+    pub customer_id: i64,
+    /// Its event time, RFC 3339 in UTC.
+    #[serde(rename = "TX_DATETIME")]
+    pub tx_datetime: String,
+    /// Fraud probability in [0, 1].
+    #[serde(rename = "SCORE")]
+    pub score: f64,
+    /// Whether the score reached the alert threshold.
+    #[serde(rename = "ALERT")]
+    pub alert: bool,
+    /// Which model produced it.
+    #[serde(rename = "MODEL")]
+    pub model: String,
+}
+
+/// A feature that pushed a score up, reported with an alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    /// Feature column name.
+    pub feature: String,
+    /// Its value for this transaction.
+    pub value: f64,
+}
+
+/// A real-time fraud alert: a transaction whose score reached the threshold (topic payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alert {
+    /// The alerted transaction.
+    #[serde(rename = "TRANSACTION_ID")]
+    pub transaction_id: i64,
+    /// Its customer.
+    #[serde(rename = "CUSTOMER_ID")]
+    pub customer_id: i64,
+    /// Its terminal.
+    #[serde(rename = "TERMINAL_ID")]
+    pub terminal_id: i64,
+    /// Its event time, RFC 3339 in UTC.
+    #[serde(rename = "TX_DATETIME")]
+    pub tx_datetime: String,
+    /// Its amount.
+    #[serde(rename = "TX_AMOUNT")]
+    pub tx_amount: f64,
+    /// The score.
+    #[serde(rename = "SCORE")]
+    pub score: f64,
+    /// The threshold it reached.
+    #[serde(rename = "THRESHOLD")]
+    pub threshold: f64,
+    /// Which model produced it.
+    #[serde(rename = "MODEL")]
+    pub model: String,
+    /// Top contributing features.
+    #[serde(rename = "REASONS")]
+    pub reasons: Vec<Reason>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_decides_retry() {
+        assert!(Fault::External.retryable());
+        assert!(!Fault::BadInput.retryable());
+        assert!(!Fault::Bug.retryable());
+    }
+
+    #[test]
+    fn schemas_have_unique_columns() {
+        for schema in [transaction_schema(), fraud_label_schema()] {
+            let mut names: Vec<_> = schema.fields().iter().map(|f| f.name().clone()).collect();
+            let n = names.len();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), n);
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The JSON Schema files under `schemas/json/` describe exactly what the serde types write.
+
+use riskpipe_schemas::{Alert, FraudLabel, Reason, Score, Transaction};
+use serde::Serialize;
+
+fn check<T: Serialize>(file: &str, value: &T) {
+    let path = format!("{}/json/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("read schema");
+    let schema: serde_json::Value = serde_json::from_str(&text).expect("parse schema");
+    let validator = jsonschema::validator_for(&schema).expect("valid JSON Schema");
+    let instance = serde_json::to_value(value).expect("serialize");
+    let errors: Vec<String> = validator.iter_errors(&instance).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{file}: {errors:?}");
+    // A payload with an unknown field is rejected by the schema as by serde.
+    let mut extra = instance.clone();
+    extra["SURPRISE"] = serde_json::json!(1);
+    assert!(!validator.is_valid(&extra), "{file} accepts unknown fields");
+}
+
+#[test]
+fn serde_payloads_match_their_json_schemas() {
+    let time = "2018-04-01T00:02:10Z".to_string();
+    check(
+        "transaction.schema.json",
+        &Transaction {
+            transaction_id: 1,
+            tx_datetime: time.clone(),
+            customer_id: 596,
+            terminal_id: 3156,
+            tx_amount: 57.16,
+        },
+    );
+    check(
+        "fraud_label.schema.json",
+        &FraudLabel {
+            transaction_id: 1,
+            customer_id: 596,
+            terminal_id: 3156,
+            tx_datetime: time.clone(),
+            label_time: "2018-04-08T00:02:10Z".into(),
+            tx_fraud: 1,
+        },
+    );
+    check(
+        "score.schema.json",
+        &Score {
+            transaction_id: 1,
+            customer_id: 596,
+            tx_datetime: time.clone(),
+            score: 0.93,
+            alert: true,
+            model: "fraud_gbm".into(),
+        },
+    );
+    check(
+        "alert.schema.json",
+        &Alert {
+            transaction_id: 1,
+            customer_id: 596,
+            terminal_id: 3156,
+            tx_datetime: time,
+            tx_amount: 57.16,
+            score: 0.93,
+            threshold: 0.5,
+            model: "fraud_gbm".into(),
+            reasons: vec![Reason { feature: "TERMINAL_ID_RISK_7DAY_WINDOW".into(), value: 0.4 }],
+        },
+    );
+}
+
+#[test]
+fn serde_rejects_malformed_payloads_with_a_reason() {
+    let err = serde_json::from_str::<Transaction>(r#"{"TRANSACTION_ID": "x"}"#).expect_err("bad");
+    assert!(err.to_string().contains("invalid type"), "{err}");
+    let err = serde_json::from_str::<Transaction>(
+        r#"{"TRANSACTION_ID": 1, "TX_DATETIME": "t", "CUSTOMER_ID": 1, "TERMINAL_ID": 1}"#,
+    )
+    .expect_err("missing");
+    assert!(err.to_string().contains("missing field `TX_AMOUNT`"), "{err}");
+}

@@ -1,0 +1,146 @@
+//! The `riskpipe` binary as users run it: backtests of small files, malformed input, configs
+//! with several problems, and a missing ONNX Runtime.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn riskpipe(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_riskpipe"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run riskpipe")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A small CSV history: two customers, two terminals, one fraud, spread over three weeks.
+fn small_csv(dir: &Path) -> PathBuf {
+    let mut csv = String::from("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n");
+    for i in 0..300 {
+        let day = i / 14;
+        let hour = (i * 7) % 24;
+        let fraud = i64::from(i % 37 == 5);
+        csv.push_str(&format!(
+            "{i},2018-04-{:02}T{hour:02}:00:00Z,{},{},{}.5,{fraud}\n",
+            day + 1,
+            i % 2,
+            i % 3,
+            10 + (i * 13) % 90
+        ));
+    }
+    let path = dir.join("small.csv");
+    std::fs::write(&path, csv).expect("write csv");
+    path
+}
+
+#[test]
+fn backtest_of_a_small_csv_writes_scores_report_and_plot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = small_csv(dir.path());
+    let out = dir.path().join("out");
+    let o = riskpipe(
+        &["backtest", "--quiet", "--input", input.to_str().expect("utf8"), "--output", out.to_str().expect("utf8")],
+        &repo(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("replayed 300 transactions"), "{t}");
+    assert!(t.contains("Card Precision@100"), "{t}");
+    for f in ["scores.parquet", "report.json", "curves.png"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("json")).expect("parse");
+    // The small file has no handbook split dates, so its test days hold nothing.
+    assert_eq!(report["transactions"].as_u64(), Some(0));
+}
+
+#[test]
+fn malformed_rows_get_an_error_naming_the_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("bad.csv");
+    std::fs::write(
+        &input,
+        "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n\
+         1,2018-04-01T00:00:00Z,1,1,10.0,0\n\
+         2,2018-04-01T00:01:00Z,,1,11.0,0\n",
+    )
+    .expect("write");
+    let o = riskpipe(&["backtest", "--quiet", "--input", input.to_str().expect("utf8")], dir.path());
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("\"CUSTOMER_ID\" is empty or malformed in row 2"), "{t}");
+
+    std::fs::write(
+        &input,
+        "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n\
+         1,2018-04-01T00:00:00Z,1,1,10.0,0\n\
+         2,2018-04-01T00:01:00Z,1,1,eleven,0\n",
+    )
+    .expect("write");
+    let o = riskpipe(&["backtest", "--quiet", "--input", input.to_str().expect("utf8")], dir.path());
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("\"TX_AMOUNT\" is Utf8, expected numeric"), "{t}");
+}
+
+#[test]
+fn validate_lists_every_problem_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        r#"
+[features]
+event_time = "TX_DATETIME"
+[[features.windows]]
+key = "NO_SUCH_KEY"
+value = "TX_AMOUNT"
+spans = ["1d"]
+count = "N"
+[model]
+path = "missing.onnx"
+[alerts]
+threshold = 1.5
+[replay]
+batch_rows = 0
+"#,
+    )
+    .expect("write");
+    let o = riskpipe(&["validate", "--config", config.to_str().expect("utf8")], dir.path());
+    assert!(!o.status.success());
+    let t = text(&o);
+    for expected in ["NO_SUCH_KEY", "missing.onnx does not exist", "alerts.threshold", "batch_rows"] {
+        assert!(t.contains(expected), "missing {expected:?} in {t}");
+    }
+}
+
+#[test]
+fn validate_accepts_the_shipped_config_and_checks_the_model_inputs() {
+    let o = riskpipe(&["validate", "--config", "config/fraud-handbook.toml"], &repo());
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("ok"), "{t}");
+    assert!(t.contains("execution provider Cpu"), "one log line names the provider: {t}");
+}
+
+#[test]
+fn a_missing_onnx_runtime_is_a_clear_error_not_a_panic() {
+    let o = Command::new(env!("CARGO_BIN_EXE_riskpipe"))
+        .args(["validate", "--config", "config/fraud-handbook.toml"])
+        .current_dir(repo())
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("ONNX Runtime unavailable: ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so is not a file"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+}
