@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 import pyarrow.parquet as pq
 from onnxmltools.convert import convert_lightgbm
+from onnxmltools.convert.common.data_types import FloatTensorType as MlFloatTensorType
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -94,6 +95,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--features", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--params", help="JSON hyperparameters: skip the validation search")
     args = ap.parse_args()
     X, y, day, customer = load(args.features)
 
@@ -106,8 +108,9 @@ def main():
         "min_child_samples": [20, 100],
     }
     best = None
-    for values in itertools.product(*grid.values()):
-        params = dict(zip(grid.keys(), values))
+    candidates = [json.loads(args.params)] if args.params else [
+        dict(zip(grid.keys(), values)) for values in itertools.product(*grid.values())]
+    for params in candidates:
         ms = []
         for tr, te in folds:
             m = gbm(params).fit(X[tr], y[tr])
@@ -136,8 +139,8 @@ def main():
 
     train, test = split(y, day, customer, TRAIN_START)
     model = gbm(params).fit(X[train], y[train])
-    onx = convert_lightgbm(model, initial_types=[("features", FloatTensorType([None, len(FEATURES)]))],
-                           zipmap=False, target_opset={"": 17, "ai.onnx.ml": 3})
+    onx = convert_lightgbm(model, initial_types=[("features", MlFloatTensorType([None, len(FEATURES)]))],
+                           zipmap=False, target_opset=15)
     metrics = export(onx, "fraud_gbm", args.out, X, y, day, customer, test, model.predict_proba)
     metrics.update({"params": params, "validation": validation, "alert_threshold": best_t,
                     "alert_threshold_validation_f1": best_f1})
