@@ -18,8 +18,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     // `cargo bench` passes `--bench`; anything else (e.g. a filter) is ignored.
-    let runs: usize = std::env::var("RISKPIPE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let input = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/handbook/transactions.parquet");
+    let runs: usize = std::env::var("RISKPIPE_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let input = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/handbook/transactions.parquet");
     assert!(input.is_file(), "missing {}", input.display());
     let cfg = PipelineConfig::handbook().expect("config");
     let model_bytes = std::fs::metadata(&cfg.model.path).expect("model").len();
@@ -54,9 +58,29 @@ fn main() {
     }
     let (replay, scoring) = (median(replay_times), median(score_times));
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
-    println!("riskpipe replay benchmark ({rows} transactions, median of {runs} runs, batch {} rows)", cfg.replay.batch_rows);
-    println!("  model: {} ({:.1} KiB, {} features, {} intra-op thread(s))", cfg.model.path.display(), model_bytes as f64 / 1024.0, scorer.features().len(), cfg.model.threads);
-    println!("  full replay (read + order + features + scoring): {:>7.2} s  {:>10.0} events/s", replay.as_secs_f64(), rate(replay));
-    println!("  scoring alone (same rows, same model/threads):   {:>7.2} s  {:>10.0} rows/s", scoring.as_secs_f64(), rate(scoring));
-    println!("  ratio replay / scoring alone: {:.3} (target <= 1.30)", replay.as_secs_f64() / scoring.as_secs_f64());
+    println!(
+        "riskpipe replay benchmark ({rows} transactions, median of {runs} runs, batch {} rows)",
+        cfg.replay.batch_rows
+    );
+    println!(
+        "  model: {} ({:.1} KiB, {} features, {} intra-op thread(s))",
+        cfg.model.path.display(),
+        model_bytes as f64 / 1024.0,
+        scorer.features().len(),
+        cfg.model.threads
+    );
+    println!(
+        "  full replay (read + order + features + scoring): {:>7.2} s  {:>10.0} events/s",
+        replay.as_secs_f64(),
+        rate(replay)
+    );
+    println!(
+        "  scoring alone (same rows, same model/threads):   {:>7.2} s  {:>10.0} rows/s",
+        scoring.as_secs_f64(),
+        rate(scoring)
+    );
+    println!(
+        "  ratio replay / scoring alone: {:.3} (target <= 1.30)",
+        replay.as_secs_f64() / scoring.as_secs_f64()
+    );
 }

@@ -22,7 +22,11 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     // target/<profile>/build/<pkg>/out -> target/<profile>: one copy per profile, kept across
     // rebuilds of this crate.
-    let cache = out_dir.ancestors().nth(3).unwrap_or(&out_dir).join(format!("onnxruntime-{VERSION}"));
+    let cache = out_dir
+        .ancestors()
+        .nth(3)
+        .unwrap_or(&out_dir)
+        .join(format!("onnxruntime-{VERSION}"));
     let lib = cache.join(format!("libonnxruntime.so.{VERSION}"));
     if !lib.exists() {
         if let Err(e) = provision(&cache, &lib) {
@@ -40,7 +44,14 @@ fn provision(cache: &Path, lib: &Path) -> Result<(), String> {
     let wheels = cache.join("wheel");
     std::fs::create_dir_all(&wheels).map_err(|e| format!("creating {}: {e}", wheels.display()))?;
     let status = Command::new("python3")
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+        ])
         .arg(format!("onnxruntime=={VERSION}"))
         .arg("-d")
         .arg(&wheels)
@@ -65,7 +76,9 @@ fn provision(cache: &Path, lib: &Path) -> Result<(), String> {
         .status()
         .map_err(|e| format!("running python3: {e}"))?;
     if !status.success() {
-        return Err(format!("extracting the library from the wheel exited with {status}"));
+        return Err(format!(
+            "extracting the library from the wheel exited with {status}"
+        ));
     }
     let part = PathBuf::from(format!("{}.part", lib.display()));
     std::fs::rename(&part, lib).map_err(|e| format!("renaming {}: {e}", part.display()))?;

@@ -67,7 +67,12 @@ fn load_config(path: Option<&Path>) -> Result<PipelineConfig, PipelineError> {
 
 fn run(cli: Cli) -> Result<(), PipelineError> {
     match cli.command {
-        Command::Backtest { config, input, output, quiet } => {
+        Command::Backtest {
+            config,
+            input,
+            output,
+            quiet,
+        } => {
             let cfg = load_config(config.as_deref())?;
             let outcome = riskpipe_pipeline::backtest(&cfg, &input, &output, !quiet)?;
             println!(
@@ -81,7 +86,11 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                 println!("wrote {}", f.display());
             }
         }
-        Command::Features { config, input, output } => {
+        Command::Features {
+            config,
+            input,
+            output,
+        } => {
             let cfg = load_config(config.as_deref())?;
             // The export needs no model: check only the features.
             let problems = cfg.features.validate(
@@ -92,7 +101,11 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                 return Err(PipelineError::Config(problems));
             }
             let rows = riskpipe_pipeline::export_features(&cfg.features, &input, &output)?;
-            println!("wrote {rows} rows with features {:?} to {}", cfg.features.feature_names()?, output.display());
+            println!(
+                "wrote {rows} rows with features {:?} to {}",
+                cfg.features.feature_names()?,
+                output.display()
+            );
         }
         Command::Validate { config } => {
             let cfg = PipelineConfig::load(&config)?;
@@ -123,11 +136,19 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     if cli.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

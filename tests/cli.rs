@@ -17,12 +17,17 @@ fn repo() -> PathBuf {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// A small CSV history: two customers, two terminals, one fraud, spread over three weeks.
 fn small_csv(dir: &Path) -> PathBuf {
-    let mut csv = String::from("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n");
+    let mut csv =
+        String::from("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n");
     for i in 0..300 {
         let day = i / 14;
         let hour = (i * 7) % 24;
@@ -46,7 +51,14 @@ fn backtest_of_a_small_csv_writes_scores_report_and_plot() {
     let input = small_csv(dir.path());
     let out = dir.path().join("out");
     let o = riskpipe(
-        &["backtest", "--quiet", "--input", input.to_str().expect("utf8"), "--output", out.to_str().expect("utf8")],
+        &[
+            "backtest",
+            "--quiet",
+            "--input",
+            input.to_str().expect("utf8"),
+            "--output",
+            out.to_str().expect("utf8"),
+        ],
         &repo(),
     );
     assert!(o.status.success(), "{}", text(&o));
@@ -57,7 +69,8 @@ fn backtest_of_a_small_csv_writes_scores_report_and_plot() {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("json")).expect("parse");
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("json"))
+            .expect("parse");
     // The small file has no handbook split dates, so its test days hold nothing.
     assert_eq!(report["transactions"].as_u64(), Some(0));
 }
@@ -73,10 +86,21 @@ fn malformed_rows_get_an_error_naming_the_row() {
          2,2018-04-01T00:01:00Z,,1,11.0,0\n",
     )
     .expect("write");
-    let o = riskpipe(&["backtest", "--quiet", "--input", input.to_str().expect("utf8")], dir.path());
+    let o = riskpipe(
+        &[
+            "backtest",
+            "--quiet",
+            "--input",
+            input.to_str().expect("utf8"),
+        ],
+        dir.path(),
+    );
     assert!(!o.status.success());
     let t = text(&o);
-    assert!(t.contains("\"CUSTOMER_ID\" is empty or malformed in row 2"), "{t}");
+    assert!(
+        t.contains("\"CUSTOMER_ID\" is empty or malformed in row 2"),
+        "{t}"
+    );
 
     std::fs::write(
         &input,
@@ -85,7 +109,15 @@ fn malformed_rows_get_an_error_naming_the_row() {
          2,2018-04-01T00:01:00Z,1,1,eleven,0\n",
     )
     .expect("write");
-    let o = riskpipe(&["backtest", "--quiet", "--input", input.to_str().expect("utf8")], dir.path());
+    let o = riskpipe(
+        &[
+            "backtest",
+            "--quiet",
+            "--input",
+            input.to_str().expect("utf8"),
+        ],
+        dir.path(),
+    );
     assert!(!o.status.success());
     let t = text(&o);
     assert!(t.contains("\"TX_AMOUNT\" is Utf8, expected numeric"), "{t}");
@@ -114,21 +146,35 @@ batch_rows = 0
 "#,
     )
     .expect("write");
-    let o = riskpipe(&["validate", "--config", config.to_str().expect("utf8")], dir.path());
+    let o = riskpipe(
+        &["validate", "--config", config.to_str().expect("utf8")],
+        dir.path(),
+    );
     assert!(!o.status.success());
     let t = text(&o);
-    for expected in ["NO_SUCH_KEY", "missing.onnx does not exist", "alerts.threshold", "batch_rows"] {
+    for expected in [
+        "NO_SUCH_KEY",
+        "missing.onnx does not exist",
+        "alerts.threshold",
+        "batch_rows",
+    ] {
         assert!(t.contains(expected), "missing {expected:?} in {t}");
     }
 }
 
 #[test]
 fn validate_accepts_the_shipped_config_and_checks_the_model_inputs() {
-    let o = riskpipe(&["validate", "--config", "config/fraud-handbook.toml"], &repo());
+    let o = riskpipe(
+        &["validate", "--config", "config/fraud-handbook.toml"],
+        &repo(),
+    );
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
     assert!(t.contains("ok"), "{t}");
-    assert!(t.contains("execution provider Cpu"), "one log line names the provider: {t}");
+    assert!(
+        t.contains("execution provider Cpu"),
+        "one log line names the provider: {t}"
+    );
 }
 
 #[test]
@@ -141,6 +187,11 @@ fn a_missing_onnx_runtime_is_a_clear_error_not_a_panic() {
         .expect("run");
     assert!(!o.status.success());
     let t = text(&o);
-    assert!(t.contains("ONNX Runtime unavailable: ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so is not a file"), "{t}");
+    assert!(
+        t.contains(
+            "ONNX Runtime unavailable: ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so is not a file"
+        ),
+        "{t}"
+    );
     assert!(!t.contains("panicked"), "{t}");
 }

@@ -129,15 +129,21 @@ pub fn runtime_library() -> Result<PathBuf> {
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(ModelError::Runtime(format!("ORT_DYLIB_PATH={} is not a file", p.display())))
+            Err(ModelError::Runtime(format!(
+                "ORT_DYLIB_PATH={} is not a file",
+                p.display()
+            )))
         };
     }
     let beside_exe = std::env::current_exe().ok().and_then(|exe| {
         let dir = exe.parent()?.to_path_buf();
-        [format!("libonnxruntime.so.{ORT_VERSION}"), "libonnxruntime.so".to_string()]
-            .into_iter()
-            .map(|n| dir.join(n))
-            .find(|p| p.is_file())
+        [
+            format!("libonnxruntime.so.{ORT_VERSION}"),
+            "libonnxruntime.so".to_string(),
+        ]
+        .into_iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
     });
     if let Some(p) = beside_exe {
         return Ok(p);
@@ -158,7 +164,8 @@ pub fn environment() -> Result<Environment> {
     static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
     ENV.get_or_init(|| {
         let lib = runtime_library().map_err(|e| e.to_string())?;
-        let builder = ort::init_from(&lib).map_err(|e| format!("loading {}: {e}", lib.display()))?;
+        let builder =
+            ort::init_from(&lib).map_err(|e| format!("loading {}: {e}", lib.display()))?;
         builder
             .with_name("riskpipe")
             .build()
@@ -168,8 +175,14 @@ pub fn environment() -> Result<Environment> {
     .map_err(ModelError::Runtime)
 }
 
-fn try_provider(builder: &mut SessionBuilder, provider: Provider) -> std::result::Result<(), String> {
-    fn register<E: ExecutionProvider>(ep: E, b: &mut SessionBuilder) -> std::result::Result<(), String> {
+fn try_provider(
+    builder: &mut SessionBuilder,
+    provider: Provider,
+) -> std::result::Result<(), String> {
+    fn register<E: ExecutionProvider>(
+        ep: E,
+        b: &mut SessionBuilder,
+    ) -> std::result::Result<(), String> {
         match E::is_available() {
             Ok(true) => ep.register(b).map_err(|e| e.to_string()),
             Ok(false) => Err("not compiled into this ONNX Runtime library".into()),
@@ -201,7 +214,10 @@ impl Scorer {
     pub fn load(cfg: &ModelConfig) -> Result<Self> {
         let env = environment()?;
         let path_str = cfg.path.display().to_string();
-        let model_err = |reason: String| ModelError::Model { path: path_str.clone(), reason };
+        let model_err = |reason: String| ModelError::Model {
+            path: path_str.clone(),
+            reason,
+        };
         if !cfg.path.is_file() {
             return Err(model_err("file not found".into()));
         }
@@ -221,7 +237,9 @@ impl Scorer {
         }
         // CPU is always there, also when the list names only unavailable accelerators.
         let provider = active.unwrap_or(Provider::Cpu);
-        let session = builder.commit_from_file(&cfg.path).map_err(|e| model_err(e.to_string()))?;
+        let session = builder
+            .commit_from_file(&cfg.path)
+            .map_err(|e| model_err(e.to_string()))?;
         if skipped.is_empty() {
             tracing::info!(model = %path_str, provider = ?provider, "scoring with execution provider {provider:?}");
         } else {
@@ -238,11 +256,18 @@ impl Scorer {
         };
         let name = metadata
             .custom("riskpipe.model")
-            .or_else(|| cfg.path.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .or_else(|| {
+                cfg.path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+            })
             .unwrap_or_default();
         drop(metadata);
         let [input] = session.inputs() else {
-            return Err(model_err(format!("expected one input tensor, found {}", session.inputs().len())));
+            return Err(model_err(format!(
+                "expected one input tensor, found {}",
+                session.inputs().len()
+            )));
         };
         if let Some(dims) = input.dtype().tensor_shape() {
             if let Some(&width) = dims.get(1) {
@@ -258,10 +283,26 @@ impl Scorer {
         }
         let input = input.name().to_string();
         if !session.outputs().iter().any(|o| o.name() == cfg.output) {
-            let names: Vec<_> = session.outputs().iter().map(|o| o.name().to_string()).collect();
-            return Err(model_err(format!("no output {:?} (outputs: {})", cfg.output, names.join(", "))));
+            let names: Vec<_> = session
+                .outputs()
+                .iter()
+                .map(|o| o.name().to_string())
+                .collect();
+            return Err(model_err(format!(
+                "no output {:?} (outputs: {})",
+                cfg.output,
+                names.join(", ")
+            )));
         }
-        Ok(Self { session, name, input, output: cfg.output.clone(), features, provider, buffer: Vec::new() })
+        Ok(Self {
+            session,
+            name,
+            input,
+            output: cfg.output.clone(),
+            features,
+            provider,
+            buffer: Vec::new(),
+        })
     }
 
     /// Feature columns the model reads, in order.
@@ -289,13 +330,24 @@ impl Scorer {
                 .column_by_name(name)
                 .ok_or_else(|| ModelError::BadInput(format!("missing feature column {name:?}")))?;
             if col.null_count() > 0 {
-                return Err(ModelError::BadInput(format!("feature column {name:?} has nulls")));
+                return Err(ModelError::BadInput(format!(
+                    "feature column {name:?} has nulls"
+                )));
             }
             if !col.data_type().is_numeric() {
-                return Err(ModelError::BadInput(format!("feature column {name:?} is {}, not numeric", col.data_type())));
+                return Err(ModelError::BadInput(format!(
+                    "feature column {name:?} is {}, not numeric",
+                    col.data_type()
+                )));
             }
-            let values = cast(col, &DataType::Float32).map_err(|e| ModelError::BadInput(format!("feature {name:?}: {e}")))?;
-            for (i, v) in values.as_primitive::<Float32Type>().values().iter().enumerate() {
+            let values = cast(col, &DataType::Float32)
+                .map_err(|e| ModelError::BadInput(format!("feature {name:?}: {e}")))?;
+            for (i, v) in values
+                .as_primitive::<Float32Type>()
+                .values()
+                .iter()
+                .enumerate()
+            {
                 out[i * f + j] = *v;
             }
         }
@@ -308,7 +360,9 @@ impl Scorer {
             return Ok(Vec::new());
         }
         let tensor = TensorRef::from_array_view(([rows, self.features.len()], matrix))?;
-        let outputs = self.session.run(ort::inputs![self.input.as_str() => tensor])?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input.as_str() => tensor])?;
         let scores = outputs[self.output.as_str()].try_extract_array::<f32>()?;
         let shape = scores.shape().to_vec();
         match shape.as_slice() {
@@ -317,7 +371,10 @@ impl Scorer {
             [r, 2] if *r == rows => Ok(scores.rows().into_iter().map(|row| row[1]).collect()),
             _ => Err(ModelError::Model {
                 path: self.name.clone(),
-                reason: format!("output {:?} has shape {shape:?}, expected [{rows}], [{rows}, 1] or [{rows}, 2]", self.output),
+                reason: format!(
+                    "output {:?} has shape {shape:?}, expected [{rows}], [{rows}, 1] or [{rows}, 2]",
+                    self.output
+                ),
             }),
         }
     }

@@ -7,12 +7,25 @@ use arrow::datatypes::{DataType, Field, Schema};
 use riskpipe_models::{ModelConfig, ModelError, Provider, Scorer};
 
 fn fixture() -> ModelConfig {
-    ModelConfig::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/logistic.onnx"))
+    ModelConfig::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/logistic.onnx"
+    ))
 }
 
 fn batch(a: Vec<f64>, b: Vec<i64>) -> RecordBatch {
-    let schema = Schema::new(vec![Field::new("a", DataType::Float64, false), Field::new("b", DataType::Int64, false)]);
-    RecordBatch::try_new(Arc::new(schema), vec![Arc::new(Float64Array::from(a)), Arc::new(Int64Array::from(b))]).expect("batch")
+    let schema = Schema::new(vec![
+        Field::new("a", DataType::Float64, false),
+        Field::new("b", DataType::Int64, false),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(Float64Array::from(a)),
+            Arc::new(Int64Array::from(b)),
+        ],
+    )
+    .expect("batch")
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -24,14 +37,26 @@ fn scores_match_the_hand_computed_logistic() {
     let mut scorer = Scorer::load(&fixture()).expect("load");
     assert_eq!(scorer.features(), ["a", "b"]);
     assert_eq!(scorer.name(), "logistic-fixture");
-    let scores = scorer.score(&batch(vec![0.0, 1.0, 3.0, -2.0], vec![0, 1, -1, 2])).expect("score");
-    let expected = [sigmoid(0.5), sigmoid(0.5 + 1.0 - 2.0), sigmoid(0.5 + 3.0 + 2.0), sigmoid(0.5 - 2.0 - 4.0)];
+    let scores = scorer
+        .score(&batch(vec![0.0, 1.0, 3.0, -2.0], vec![0, 1, -1, 2]))
+        .expect("score");
+    let expected = [
+        sigmoid(0.5),
+        sigmoid(0.5 + 1.0 - 2.0),
+        sigmoid(0.5 + 3.0 + 2.0),
+        sigmoid(0.5 - 2.0 - 4.0),
+    ];
     assert_eq!(scores.len(), 4);
     for (s, e) in scores.iter().zip(expected) {
         assert!((f64::from(*s) - e).abs() < 1e-6, "{s} vs {e}");
     }
     // An empty batch scores to nothing rather than failing.
-    assert!(scorer.score(&batch(vec![], vec![])).expect("empty").is_empty());
+    assert!(
+        scorer
+            .score(&batch(vec![], vec![]))
+            .expect("empty")
+            .is_empty()
+    );
 }
 
 #[test]
@@ -59,7 +84,11 @@ fn wrong_feature_count_is_a_clear_model_error() {
     cfg.features = Some(vec!["a".into()]);
     let err = Scorer::load(&cfg).expect_err("must fail");
     assert!(matches!(err, ModelError::Model { .. }), "{err}");
-    assert!(err.to_string().contains("takes 2 features but 1 are configured"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("takes 2 features but 1 are configured"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -71,14 +100,29 @@ fn bad_batches_are_bad_input() {
     )
     .expect("batch");
     let err = scorer.score(&missing).expect_err("missing b");
-    assert!(err.to_string().contains("missing feature column \"b\""), "{err}");
+    assert!(
+        err.to_string().contains("missing feature column \"b\""),
+        "{err}"
+    );
     assert_eq!(err.fault(), riskpipe_schemas::Fault::BadInput);
     let text = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new("a", DataType::Float64, false), Field::new("b", DataType::Utf8, false)])),
-        vec![Arc::new(Float64Array::from(vec![1.0])), Arc::new(StringArray::from(vec!["x"]))],
+        Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Float64, false),
+            Field::new("b", DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new(Float64Array::from(vec![1.0])),
+            Arc::new(StringArray::from(vec!["x"])),
+        ],
     )
     .expect("batch");
-    assert!(scorer.score(&text).expect_err("text").to_string().contains("not numeric"));
+    assert!(
+        scorer
+            .score(&text)
+            .expect_err("text")
+            .to_string()
+            .contains("not numeric")
+    );
 }
 
 #[test]

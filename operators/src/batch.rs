@@ -16,7 +16,8 @@ use crate::{OperatorError, Result};
 /// A DataFusion session configured like every riskpipe query: identifiers are case-sensitive
 /// as written, so `TX_AMOUNT` means the column `TX_AMOUNT`.
 pub fn session() -> SessionContext {
-    let config = SessionConfig::new().set_bool("datafusion.sql_parser.enable_ident_normalization", false);
+    let config =
+        SessionConfig::new().set_bool("datafusion.sql_parser.enable_ident_normalization", false);
     SessionContext::new_with_config(config)
 }
 
@@ -35,30 +36,47 @@ pub fn batch_sql(cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<St
     let mut finals = Vec::new(); // level 3
     if let Some(c) = &cfg.calendar {
         if let Some(w) = &c.weekend {
-            raw.push(format!("CASE WHEN date_part('dow', {t}) IN (0, 6) THEN 1 ELSE 0 END AS {}", q(w)));
+            raw.push(format!(
+                "CASE WHEN date_part('dow', {t}) IN (0, 6) THEN 1 ELSE 0 END AS {}",
+                q(w)
+            ));
             finals.push(q(w));
         }
         if let Some(n) = &c.night {
-            raw.push(format!("CASE WHEN date_part('hour', {t}) <= {} THEN 1 ELSE 0 END AS {}", c.night_last_hour, q(n)));
+            raw.push(format!(
+                "CASE WHEN date_part('hour', {t}) <= {} THEN 1 ELSE 0 END AS {}",
+                c.night_last_hour,
+                q(n)
+            ));
             finals.push(q(n));
         }
     }
     let config_err = |e: String| OperatorError::Config(vec![e]);
     for (i, w) in cfg.windows.iter().enumerate() {
         let (k, v) = (q(&w.key), format!("CAST({} AS DOUBLE)", q(&w.value)));
-        let later = format!("OVER (PARTITION BY {k}, \"__t\" ORDER BY {ord} ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING)");
+        let later = format!(
+            "OVER (PARTITION BY {k}, \"__t\" ORDER BY {ord} ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING)"
+        );
         peers.push(format!("COUNT(*) {later} AS \"__pc{i}\""));
         peers.push(format!("COALESCE(SUM({v}) {later}, 0) AS \"__ps{i}\""));
         for (s, span) in w.spans.iter().enumerate() {
-            let frame = format!("OVER (PARTITION BY {k} ORDER BY \"__t\" RANGE BETWEEN {} PRECEDING AND CURRENT ROW)", ns(*span) - 1);
+            let frame = format!(
+                "OVER (PARTITION BY {k} ORDER BY \"__t\" RANGE BETWEEN {} PRECEDING AND CURRENT ROW)",
+                ns(*span) - 1
+            );
             raw.push(format!("COUNT(*) {frame} - \"__pc{i}\" AS \"__c{i}_{s}\""));
-            raw.push(format!("COALESCE(SUM({v}) {frame}, 0) - \"__ps{i}\" AS \"__s{i}_{s}\""));
+            raw.push(format!(
+                "COALESCE(SUM({v}) {frame}, 0) - \"__ps{i}\" AS \"__s{i}_{s}\""
+            ));
         }
         for (agg, s, name) in FeatureConfig::window_outputs(w).map_err(config_err)? {
             finals.push(match agg {
                 Aggregate::Count => format!("\"__c{i}_{s}\" AS {}", q(&name)),
                 Aggregate::Sum => format!("\"__s{i}_{s}\" AS {}", q(&name)),
-                Aggregate::Mean => format!("\"__s{i}_{s}\" / CAST(\"__c{i}_{s}\" AS DOUBLE) AS {}", q(&name)),
+                Aggregate::Mean => format!(
+                    "\"__s{i}_{s}\" / CAST(\"__c{i}_{s}\" AS DOUBLE) AS {}",
+                    q(&name)
+                ),
             });
         }
     }
@@ -66,7 +84,10 @@ pub fn batch_sql(cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<St
         let k = q(&r.key);
         let d = ns(r.delay);
         for (s, span) in r.spans.iter().enumerate() {
-            let frame = format!("OVER (PARTITION BY {k} ORDER BY \"__t\" RANGE BETWEEN {} PRECEDING AND {d} PRECEDING)", d + ns(*span) - 1);
+            let frame = format!(
+                "OVER (PARTITION BY {k} ORDER BY \"__t\" RANGE BETWEEN {} PRECEDING AND {d} PRECEDING)",
+                d + ns(*span) - 1
+            );
             raw.push(format!("COUNT(*) {frame} AS \"__rc{j}_{s}\""));
             raw.push(format!("COALESCE(SUM(CASE WHEN CAST({} AS BIGINT) <> 0 THEN 1 ELSE 0 END) {frame}, 0) AS \"__rf{j}_{s}\"", q(&r.label)));
         }
@@ -83,11 +104,21 @@ pub fn batch_sql(cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<St
         }
     }
     let keep_cols: Vec<String> = keep.iter().map(|c| q(c)).collect();
-    let with_extra = |level: &Vec<String>| if level.is_empty() { String::new() } else { format!(", {}", level.join(", ")) };
+    let with_extra = |level: &Vec<String>| {
+        if level.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", level.join(", "))
+        }
+    };
     let mut sql = format!(
         "SELECT {keep}, {finals}, \"__t\" FROM (SELECT *{raw} FROM (SELECT *{peers} FROM (SELECT *, CAST({t} AS BIGINT) AS \"__t\" FROM {table})))",
         keep = keep_cols.join(", "),
-        finals = if finals.is_empty() { "1 AS \"__none\"".into() } else { finals.join(", ") },
+        finals = if finals.is_empty() {
+            "1 AS \"__none\"".into()
+        } else {
+            finals.join(", ")
+        },
         raw = with_extra(&raw),
         peers = with_extra(&peers),
         table = q(table),
@@ -98,11 +129,19 @@ pub fn batch_sql(cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<St
     }
     let mut out: Vec<String> = keep_cols;
     out.extend(cfg.feature_names()?.iter().map(|n| q(n)));
-    Ok(format!("SELECT {} FROM ({sql}) ORDER BY \"__t\", {ord}", out.join(", ")))
+    Ok(format!(
+        "SELECT {} FROM ({sql}) ORDER BY \"__t\", {ord}",
+        out.join(", ")
+    ))
 }
 
 /// Runs [`batch_sql`] on a registered table.
-pub async fn batch_features(ctx: &SessionContext, cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<DataFrame> {
+pub async fn batch_features(
+    ctx: &SessionContext,
+    cfg: &FeatureConfig,
+    table: &str,
+    keep: &[String],
+) -> Result<DataFrame> {
     let sql = batch_sql(cfg, table, keep)?;
     Ok(ctx.sql(&sql).await?)
 }

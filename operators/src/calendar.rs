@@ -34,7 +34,12 @@ pub struct CalendarFlags {
 
 impl CalendarFlags {
     /// Flags named `weekend` / `night` (either may be absent).
-    pub fn new(time: &str, weekend: Option<String>, night: Option<String>, night_last_hour: u32) -> Self {
+    pub fn new(
+        time: &str,
+        weekend: Option<String>,
+        night: Option<String>,
+        night_last_hour: u32,
+    ) -> Self {
         let fields = weekend
             .iter()
             .chain(night.iter())
@@ -64,7 +69,9 @@ impl Operator for CalendarFlags {
         let times = columns::event_times(&batch, &self.time)?;
         let mut arrays: Vec<ArrayRef> = Vec::new();
         if self.weekend {
-            let w = times.iter().map(|&t| i64::from(matches!(weekday(t), 0 | 6)));
+            let w = times
+                .iter()
+                .map(|&t| i64::from(matches!(weekday(t), 0 | 6)));
             arrays.push(Arc::new(Int64Array::from_iter_values(w)));
         }
         if self.night {

@@ -31,13 +31,17 @@ pub(crate) fn event_times(batch: &RecordBatch, name: &str) -> Result<Vec<i64>> {
     let col = get(batch, name)?;
     non_null(col.as_ref(), name)?;
     match col.data_type() {
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            Ok(col.as_primitive::<TimestampNanosecondType>().values().to_vec())
-        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => Ok(col
+            .as_primitive::<TimestampNanosecondType>()
+            .values()
+            .to_vec()),
         DataType::Timestamp(_, tz) => {
             let ns = cast(col, &DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()))
                 .map_err(|e| bad(format!("column {name:?}: {e}")))?;
-            Ok(ns.as_primitive::<TimestampNanosecondType>().values().to_vec())
+            Ok(ns
+                .as_primitive::<TimestampNanosecondType>()
+                .values()
+                .to_vec())
         }
         other => Err(bad(format!(
             "column {name:?} must be a timestamp, found {other}"
@@ -87,7 +91,10 @@ pub(crate) fn keys(batch: &RecordBatch, name: &str) -> Result<Keys> {
     if dt.is_integer() {
         return i64_values(batch, name).map(Keys::Int);
     }
-    if matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+    if matches!(
+        dt,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) {
         let s = cast(col, &DataType::Utf8).map_err(|e| bad(format!("column {name:?}: {e}")))?;
         return Ok(Keys::Str(s.as_string::<i32>().clone()));
     }

@@ -120,26 +120,45 @@ pub struct SqlFeatureConfig {
     pub expr: String,
 }
 
-fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<Duration>, D::Error> {
+fn durations<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<Duration>, D::Error> {
     let raw: Vec<String> = Vec::deserialize(d)?;
     raw.iter()
-        .map(|s| humantime::parse_duration(s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}"))))
+        .map(|s| {
+            humantime::parse_duration(s)
+                .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+        })
         .collect()
 }
 
 const DAY_NS: u128 = 86_400 * 1_000_000_000;
 
 /// Fills a name template: `{key}`, `{span}` (e.g. `7days`) and `{days}` (whole days).
-pub(crate) fn feature_name(template: &str, key: &str, span: Duration) -> std::result::Result<String, String> {
-    let mut name = template.replace("{key}", key).replace("{span}", &humantime::format_duration(span).to_string().replace(' ', ""));
+pub(crate) fn feature_name(
+    template: &str,
+    key: &str,
+    span: Duration,
+) -> std::result::Result<String, String> {
+    let mut name = template.replace("{key}", key).replace(
+        "{span}",
+        &humantime::format_duration(span)
+            .to_string()
+            .replace(' ', ""),
+    );
     if name.contains("{days}") {
         if span.as_nanos() % DAY_NS != 0 {
-            return Err(format!("template {template:?} uses {{days}} but span {} is not whole days", humantime::format_duration(span)));
+            return Err(format!(
+                "template {template:?} uses {{days}} but span {} is not whole days",
+                humantime::format_duration(span)
+            ));
         }
         name = name.replace("{days}", &(span.as_nanos() / DAY_NS).to_string());
     }
     if name.contains('{') || name.contains('}') {
-        return Err(format!("template {template:?} has an unknown placeholder (known: {{key}}, {{days}}, {{span}})"));
+        return Err(format!(
+            "template {template:?} has an unknown placeholder (known: {{key}}, {{days}}, {{span}})"
+        ));
     }
     Ok(name)
 }
@@ -150,10 +169,16 @@ pub(crate) fn ns(d: Duration) -> i64 {
 
 impl FeatureConfig {
     /// Output names of the window outputs as (aggregate, span index, name).
-    pub(crate) fn window_outputs(w: &WindowConfig) -> std::result::Result<Vec<(Aggregate, usize, String)>, String> {
+    pub(crate) fn window_outputs(
+        w: &WindowConfig,
+    ) -> std::result::Result<Vec<(Aggregate, usize, String)>, String> {
         let mut out = Vec::new();
         for (i, span) in w.spans.iter().enumerate() {
-            for (agg, template) in [(Aggregate::Count, &w.count), (Aggregate::Sum, &w.sum), (Aggregate::Mean, &w.mean)] {
+            for (agg, template) in [
+                (Aggregate::Count, &w.count),
+                (Aggregate::Sum, &w.sum),
+                (Aggregate::Mean, &w.mean),
+            ] {
                 if let Some(t) = template {
                     out.push((agg, i, feature_name(t, &w.key, *span)?));
                 }
@@ -163,13 +188,23 @@ impl FeatureConfig {
     }
 
     /// Output names of a label-risk block as (span index, count name, risk name).
-    pub(crate) fn risk_outputs(r: &LabelRiskConfig) -> std::result::Result<Vec<(usize, Option<String>, Option<String>)>, String> {
+    pub(crate) fn risk_outputs(
+        r: &LabelRiskConfig,
+    ) -> std::result::Result<Vec<(usize, Option<String>, Option<String>)>, String> {
         r.spans
             .iter()
             .enumerate()
             .map(|(i, span)| {
-                let c = r.count.as_deref().map(|t| feature_name(t, &r.key, *span)).transpose()?;
-                let k = r.risk.as_deref().map(|t| feature_name(t, &r.key, *span)).transpose()?;
+                let c = r
+                    .count
+                    .as_deref()
+                    .map(|t| feature_name(t, &r.key, *span))
+                    .transpose()?;
+                let k = r
+                    .risk
+                    .as_deref()
+                    .map(|t| feature_name(t, &r.key, *span))
+                    .transpose()?;
                 Ok((i, c, k))
             })
             .collect()
@@ -179,36 +214,79 @@ impl FeatureConfig {
     /// schema, where label features are configured), all at once.
     pub fn validate(&self, transactions: &Schema, labels: Option<&Schema>) -> Vec<String> {
         let mut problems = Vec::new();
-        let mut names: HashSet<String> = transactions.fields().iter().map(|f| f.name().clone()).collect();
+        let mut names: HashSet<String> = transactions
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         let mut add_name = |problems: &mut Vec<String>, n: String| {
             if !names.insert(n.clone()) {
-                problems.push(format!("feature {n:?} is defined twice or clashes with an input column"));
+                problems.push(format!(
+                    "feature {n:?} is defined twice or clashes with an input column"
+                ));
             }
         };
-        let col = |schema: &Schema, name: &str, what: &str, ok: fn(&DataType) -> bool, problems: &mut Vec<String>| match schema.field_with_name(name) {
+        let col = |schema: &Schema,
+                   name: &str,
+                   what: &str,
+                   ok: fn(&DataType) -> bool,
+                   problems: &mut Vec<String>| match schema.field_with_name(name)
+        {
             Ok(f) if ok(f.data_type()) => {}
-            Ok(f) => problems.push(format!("{what} column {name:?} has type {}, which does not fit", f.data_type())),
+            Ok(f) => problems.push(format!(
+                "{what} column {name:?} has type {}, which does not fit",
+                f.data_type()
+            )),
             Err(_) => problems.push(format!("{what} column {name:?} is not in the input")),
         };
         let is_time = |d: &DataType| matches!(d, DataType::Timestamp(..));
-        let is_key = |d: &DataType| d.is_integer() || matches!(d, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+        let is_key = |d: &DataType| {
+            d.is_integer() || matches!(d, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+        };
         let is_num = |d: &DataType| d.is_numeric();
-        col(transactions, &self.event_time, "event_time", is_time, &mut problems);
-        col(transactions, &self.order_by, "order_by", |d| d.is_numeric() || matches!(d, DataType::Timestamp(..) | DataType::Utf8), &mut problems);
+        col(
+            transactions,
+            &self.event_time,
+            "event_time",
+            is_time,
+            &mut problems,
+        );
+        col(
+            transactions,
+            &self.order_by,
+            "order_by",
+            |d| d.is_numeric() || matches!(d, DataType::Timestamp(..) | DataType::Utf8),
+            &mut problems,
+        );
         if let Some(c) = &self.calendar {
             if c.weekend.is_none() && c.night.is_none() {
                 problems.push("calendar: name at least one of weekend, night".into());
             }
             if c.night_last_hour > 23 {
-                problems.push(format!("calendar.night_last_hour must be 0..=23, not {}", c.night_last_hour));
+                problems.push(format!(
+                    "calendar.night_last_hour must be 0..=23, not {}",
+                    c.night_last_hour
+                ));
             }
             for n in c.weekend.iter().chain(c.night.iter()) {
                 add_name(&mut problems, n.clone());
             }
         }
         for (i, w) in self.windows.iter().enumerate() {
-            col(transactions, &w.key, &format!("windows[{i}].key"), is_key, &mut problems);
-            col(transactions, &w.value, &format!("windows[{i}].value"), is_num, &mut problems);
+            col(
+                transactions,
+                &w.key,
+                &format!("windows[{i}].key"),
+                is_key,
+                &mut problems,
+            );
+            col(
+                transactions,
+                &w.value,
+                &format!("windows[{i}].value"),
+                is_num,
+                &mut problems,
+            );
             if w.spans.is_empty() {
                 problems.push(format!("windows[{i}]: spans is empty"));
             }
@@ -216,21 +294,55 @@ impl FeatureConfig {
                 problems.push(format!("windows[{i}]: a span must be longer than zero"));
             }
             if w.count.is_none() && w.sum.is_none() && w.mean.is_none() {
-                problems.push(format!("windows[{i}]: name at least one of count, sum, mean"));
+                problems.push(format!(
+                    "windows[{i}]: name at least one of count, sum, mean"
+                ));
             }
             match Self::window_outputs(w) {
-                Ok(outs) => outs.into_iter().for_each(|(_, _, n)| add_name(&mut problems, n)),
+                Ok(outs) => outs
+                    .into_iter()
+                    .for_each(|(_, _, n)| add_name(&mut problems, n)),
                 Err(e) => problems.push(format!("windows[{i}]: {e}")),
             }
         }
         for (i, r) in self.label_risk.iter().enumerate() {
-            col(transactions, &r.key, &format!("label_risk[{i}].key"), is_key, &mut problems);
+            col(
+                transactions,
+                &r.key,
+                &format!("label_risk[{i}].key"),
+                is_key,
+                &mut problems,
+            );
             match labels {
                 Some(l) => {
-                    col(l, &r.key, &format!("label_risk[{i}].key (labels)"), is_key, &mut problems);
-                    col(l, &self.event_time, "event_time (labels)", is_time, &mut problems);
-                    col(l, &r.label_time, &format!("label_risk[{i}].label_time"), is_time, &mut problems);
-                    col(l, &r.label, &format!("label_risk[{i}].label"), |d| d.is_integer() || d == &DataType::Boolean, &mut problems);
+                    col(
+                        l,
+                        &r.key,
+                        &format!("label_risk[{i}].key (labels)"),
+                        is_key,
+                        &mut problems,
+                    );
+                    col(
+                        l,
+                        &self.event_time,
+                        "event_time (labels)",
+                        is_time,
+                        &mut problems,
+                    );
+                    col(
+                        l,
+                        &r.label_time,
+                        &format!("label_risk[{i}].label_time"),
+                        is_time,
+                        &mut problems,
+                    );
+                    col(
+                        l,
+                        &r.label,
+                        &format!("label_risk[{i}].label"),
+                        |d| d.is_integer() || d == &DataType::Boolean,
+                        &mut problems,
+                    );
                 }
                 None => problems.push(format!("label_risk[{i}]: needs a fraud-label source")),
             }
@@ -238,13 +350,18 @@ impl FeatureConfig {
                 problems.push(format!("label_risk[{i}]: delay must be longer than zero (a zero delay would read the current event's own label)"));
             }
             if r.spans.is_empty() || r.spans.iter().any(|s| s.is_zero()) {
-                problems.push(format!("label_risk[{i}]: spans must be non-empty and longer than zero"));
+                problems.push(format!(
+                    "label_risk[{i}]: spans must be non-empty and longer than zero"
+                ));
             }
             if r.count.is_none() && r.risk.is_none() {
                 problems.push(format!("label_risk[{i}]: name at least one of count, risk"));
             }
             match Self::risk_outputs(r) {
-                Ok(outs) => outs.into_iter().flat_map(|(_, c, k)| c.into_iter().chain(k)).for_each(|n| add_name(&mut problems, n)),
+                Ok(outs) => outs
+                    .into_iter()
+                    .flat_map(|(_, c, k)| c.into_iter().chain(k))
+                    .for_each(|n| add_name(&mut problems, n)),
                 Err(e) => problems.push(format!("label_risk[{i}]: {e}")),
             }
         }
@@ -262,11 +379,22 @@ impl FeatureConfig {
         let mut problems = Vec::new();
         let mut ops: Vec<Box<dyn Operator>> = Vec::new();
         if let Some(c) = &self.calendar {
-            ops.push(Box::new(CalendarFlags::new(&self.event_time, c.weekend.clone(), c.night.clone(), c.night_last_hour)));
+            ops.push(Box::new(CalendarFlags::new(
+                &self.event_time,
+                c.weekend.clone(),
+                c.night.clone(),
+                c.night_last_hour,
+            )));
         }
         for (i, w) in self.windows.iter().enumerate() {
             match Self::window_outputs(w) {
-                Ok(outs) => ops.push(Box::new(WindowAggregate::new(&w.key, &w.value, &self.event_time, w.spans.iter().map(|s| ns(*s)).collect(), outs))),
+                Ok(outs) => ops.push(Box::new(WindowAggregate::new(
+                    &w.key,
+                    &w.value,
+                    &self.event_time,
+                    w.spans.iter().map(|s| ns(*s)).collect(),
+                    outs,
+                ))),
                 Err(e) => problems.push(format!("windows[{i}]: {e}")),
             }
         }

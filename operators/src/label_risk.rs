@@ -63,7 +63,11 @@ pub struct LabelRisk {
 
 impl LabelRisk {
     /// Builds the operator from its config and the outputs (span index, count name, risk name).
-    pub fn new(cfg: &LabelRiskConfig, time: &str, outputs: Vec<(usize, Option<String>, Option<String>)>) -> Self {
+    pub fn new(
+        cfg: &LabelRiskConfig,
+        time: &str,
+        outputs: Vec<(usize, Option<String>, Option<String>)>,
+    ) -> Self {
         let mut fields: Vec<FieldRef> = Vec::new();
         for (_, c, r) in &outputs {
             if let Some(c) = c {
@@ -84,7 +88,10 @@ impl LabelRisk {
             delay,
             horizon: delay.saturating_add(spans.iter().copied().max().unwrap_or(0)),
             spans,
-            outputs: outputs.into_iter().map(|(s, c, r)| (s, c.is_some(), r.is_some())).collect(),
+            outputs: outputs
+                .into_iter()
+                .map(|(s, c, r)| (s, c.is_some(), r.is_some()))
+                .collect(),
             fields,
             state: KeyedState::default(),
             appender: Appender::default(),
@@ -111,11 +118,18 @@ impl Operator for LabelRisk {
         let is_fraud: Vec<bool> = match labels.column_by_name(&self.label) {
             Some(c) if c.data_type() == &DataType::Boolean => {
                 if c.null_count() > 0 {
-                    return Err(OperatorError::BadInput(format!("column {:?} has nulls", self.label)));
+                    return Err(OperatorError::BadInput(format!(
+                        "column {:?} has nulls",
+                        self.label
+                    )));
                 }
                 c.as_boolean().values().iter().collect()
             }
-            _ => columns::i64_values(labels, &self.label)?.values().iter().map(|&v| v != 0).collect(),
+            _ => columns::i64_values(labels, &self.label)?
+                .values()
+                .iter()
+                .map(|&v| v != 0)
+                .collect(),
         };
         self.state.for_each_row(&keys, |row, h| {
             if is_fraud[row] {
@@ -153,12 +167,18 @@ impl Operator for LabelRisk {
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.fields.len());
         for &(s, count, risk) in &self.outputs {
             if count {
-                arrays.push(Arc::new(Int64Array::from_iter_values((0..n).map(|r| counts[r * ns + s]))));
+                arrays.push(Arc::new(Int64Array::from_iter_values(
+                    (0..n).map(|r| counts[r * ns + s]),
+                )));
             }
             if risk {
                 arrays.push(Arc::new(Float64Array::from_iter_values((0..n).map(|r| {
                     let c = counts[r * ns + s];
-                    if c == 0 { 0.0 } else { frauds[r * ns + s] as f64 / c as f64 }
+                    if c == 0 {
+                        0.0
+                    } else {
+                        frauds[r * ns + s] as f64 / c as f64
+                    }
                 }))));
             }
         }

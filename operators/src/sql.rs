@@ -55,7 +55,11 @@ impl SqlFeature {
             .map_err(|e| OperatorError::BadInput(format!("sql feature {:?}: {e}", self.name)))?;
         let physical = ctx.create_physical_expr(logical, &df_schema)?;
         let dt = physical.data_type(schema)?;
-        self.fields = vec![Arc::new(Field::new(&self.name, dt, physical.nullable(schema)?))];
+        self.fields = vec![Arc::new(Field::new(
+            &self.name,
+            dt,
+            physical.nullable(schema)?,
+        ))];
         self.compiled = Some((schema.clone(), physical.clone()));
         Ok(physical)
     }

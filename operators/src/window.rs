@@ -45,7 +45,11 @@ impl Series {
         }
         // A late event: slot it in and shift the prefix sums after it.
         let pos = self.times.partition_point(|&x| x <= t);
-        let before = if pos == 0 { self.evicted } else { self.prefix[pos - 1] };
+        let before = if pos == 0 {
+            self.evicted
+        } else {
+            self.prefix[pos - 1]
+        };
         self.times.insert(pos, t);
         self.prefix.insert(pos, before + v);
         for p in self.prefix.iter_mut().skip(pos + 1) {
@@ -57,7 +61,11 @@ impl Series {
     /// Count and sum over events with time > `after` up to and including position `pos`.
     fn window(&self, pos: usize, after: i64) -> (i64, f64) {
         let lo = self.times.partition_point(|&x| x <= after);
-        let before = if lo == 0 { self.evicted } else { self.prefix[lo - 1] };
+        let before = if lo == 0 {
+            self.evicted
+        } else {
+            self.prefix[lo - 1]
+        };
         ((pos + 1 - lo) as i64, self.prefix[pos] - before)
     }
 
@@ -94,11 +102,21 @@ pub struct WindowAggregate {
 
 impl WindowAggregate {
     /// `spans` in nanoseconds; `outputs` as (aggregate, index into spans, column name).
-    pub fn new(key: &str, value: &str, time: &str, spans: Vec<i64>, outputs: Vec<(Aggregate, usize, String)>) -> Self {
+    pub fn new(
+        key: &str,
+        value: &str,
+        time: &str,
+        spans: Vec<i64>,
+        outputs: Vec<(Aggregate, usize, String)>,
+    ) -> Self {
         let fields = outputs
             .iter()
             .map(|(agg, _, name)| {
-                let dt = if *agg == Aggregate::Count { DataType::Int64 } else { DataType::Float64 };
+                let dt = if *agg == Aggregate::Count {
+                    DataType::Int64
+                } else {
+                    DataType::Float64
+                };
                 Arc::new(Field::new(name, dt, false))
             })
             .collect();
@@ -152,7 +170,9 @@ impl Operator for WindowAggregate {
                 match a {
                     Aggregate::Count => Arc::new(Int64Array::from_iter_values(col.map(|(c, _)| c))),
                     Aggregate::Sum => Arc::new(Float64Array::from_iter_values(col.map(|(_, x)| x))),
-                    Aggregate::Mean => Arc::new(Float64Array::from_iter_values(col.map(|(c, x)| x / c as f64))),
+                    Aggregate::Mean => Arc::new(Float64Array::from_iter_values(
+                        col.map(|(c, x)| x / c as f64),
+                    )),
                 }
             })
             .collect();

@@ -112,7 +112,9 @@ fn customer_windows_by_hand() {
     assert_eq!(ints(&out, "N_2"), vec![1, 2, 1, 3, 4]);
     assert_eq!(floats(&out, "M_2"), vec![10.0, 15.0, 7.0, 20.0, 25.0]);
     // State carries across batches; at exactly 2d the t=0 events leave the 2-day window.
-    let out = chain.process(tx(&[(6, 2 * DAY, 1, 9, 50.0)])).expect("process");
+    let out = chain
+        .process(tx(&[(6, 2 * DAY, 1, 9, 50.0)]))
+        .expect("process");
     assert_eq!(ints(&out, "N_1"), vec![2]); // 40 (1d+1s) and 50; 30 sits at the edge
     assert_eq!(ints(&out, "N_2"), vec![3]); // 30, 40, 50
     assert_eq!(floats(&out, "S_2"), vec![120.0]);
@@ -135,18 +137,22 @@ fn delayed_label_risk_by_hand() {
         .observe_labels(&labels(&[(5, 12 * HOUR, 7 * DAY + 12 * HOUR, 1)]))
         .expect("labels");
     let first = chain
-        .process(tx(&[(1, 0, 1, 5, 1.0), (2, 12 * HOUR, 1, 5, 1.0), (3, DAY, 1, 5, 1.0)]))
+        .process(tx(&[
+            (1, 0, 1, 5, 1.0),
+            (2, 12 * HOUR, 1, 5, 1.0),
+            (3, DAY, 1, 5, 1.0),
+        ]))
         .expect("process");
     // Nothing is 7 days old yet: empty windows give count 0 and risk 0.
     assert_eq!(ints(&first, "NB_1"), vec![0, 0, 0]);
     assert_eq!(floats(&first, "RISK_1"), vec![0.0, 0.0, 0.0]);
     let out = chain
         .process(tx(&[
-            (4, 7 * DAY, 2, 5, 1.0),                // window (-1d, 0]: the t=0 transaction
+            (4, 7 * DAY, 2, 5, 1.0), // window (-1d, 0]: the t=0 transaction
             (5, 7 * DAY + 12 * HOUR - S, 2, 5, 1.0), // (-12h-1s, 12h-1s]: t=0 only
-            (6, 7 * DAY + 12 * HOUR, 2, 5, 1.0),    // (-12h, 12h]: t=0 and the fraud, now known
-            (7, 8 * DAY, 2, 5, 1.0),                // (0, 1d]: 12h and 1d; t=0 is at the edge
-            (8, 8 * DAY, 2, 6, 1.0),                // another terminal: empty window
+            (6, 7 * DAY + 12 * HOUR, 2, 5, 1.0), // (-12h, 12h]: t=0 and the fraud, now known
+            (7, 8 * DAY, 2, 5, 1.0), // (0, 1d]: 12h and 1d; t=0 is at the edge
+            (8, 8 * DAY, 2, 6, 1.0), // another terminal: empty window
         ]))
         .expect("process");
     assert_eq!(ints(&out, "NB_1"), vec![1, 1, 2, 2, 0]);
@@ -158,14 +164,20 @@ fn labels_are_used_only_from_their_label_time() {
     let mut chain = config(TERMINAL).build_chain().expect("chain");
     chain.process(tx(&[(1, 0, 1, 5, 1.0)])).expect("process");
     // The label reaches the operator early but is known only at 9d.
-    chain.observe_labels(&labels(&[(5, 0, 9 * DAY, 1)])).expect("labels");
+    chain
+        .observe_labels(&labels(&[(5, 0, 9 * DAY, 1)]))
+        .expect("labels");
     let out = chain
         .process(tx(&[(2, 7 * DAY, 1, 5, 1.0), (3, 9 * DAY - 1, 1, 5, 1.0)]))
         .expect("process");
     assert_eq!(floats(&out, "RISK_1"), vec![0.0, 0.0]);
     // Genuine labels (0) never count as fraud.
-    chain.observe_labels(&labels(&[(5, 7 * DAY, 7 * DAY, 0)])).expect("labels");
-    let out = chain.process(tx(&[(4, 14 * DAY, 1, 5, 1.0)])).expect("process");
+    chain
+        .observe_labels(&labels(&[(5, 7 * DAY, 7 * DAY, 0)]))
+        .expect("labels");
+    let out = chain
+        .process(tx(&[(4, 14 * DAY, 1, 5, 1.0)]))
+        .expect("process");
     assert_eq!(ints(&out, "NB_1"), vec![1]);
     assert_eq!(floats(&out, "RISK_1"), vec![0.0]);
 }
@@ -224,7 +236,10 @@ fn string_keys_work_like_integer_keys() {
         ],
     )
     .expect("batch");
-    assert_eq!(ints(&chain.process(batch).expect("process"), "N"), vec![1, 1, 2]);
+    assert_eq!(
+        ints(&chain.process(batch).expect("process"), "N"),
+        vec![1, 1, 2]
+    );
 }
 
 #[test]
@@ -243,11 +258,17 @@ fn malformed_batches_get_clear_errors() {
     let bad = RecordBatch::try_new(Arc::new(nullable), cols).expect("batch");
     let err = chain.process(bad).expect_err("null amount");
     assert!(matches!(err, OperatorError::BadInput(_)));
-    assert!(err.to_string().contains("\"TX_AMOUNT\" is null at row 1"), "{err}");
+    assert!(
+        err.to_string().contains("\"TX_AMOUNT\" is null at row 1"),
+        "{err}"
+    );
     let err = chain
         .process(good.project(&[0, 1, 2]).expect("project"))
         .expect_err("missing");
-    assert!(err.to_string().contains("missing column \"TX_AMOUNT\""), "{err}");
+    assert!(
+        err.to_string().contains("missing column \"TX_AMOUNT\""),
+        "{err}"
+    );
     assert_eq!(err.fault(), riskpipe_schemas::Fault::BadInput);
     let wrong_time = RecordBatch::try_new(
         Arc::new(Schema::new(vec![

@@ -49,7 +49,17 @@ struct Event {
 
 /// Events on a 6-hour grid over 5 days: many ties and many events exactly on window edges.
 fn events() -> impl Strategy<Value = Vec<Event>> {
-    prop::collection::vec((0i64..20, 0i64..4, 0i64..3, 1u32..500, prop::bool::weighted(0.2)), 1..60).prop_map(|raw| {
+    prop::collection::vec(
+        (
+            0i64..20,
+            0i64..4,
+            0i64..3,
+            1u32..500,
+            prop::bool::weighted(0.2),
+        ),
+        1..60,
+    )
+    .prop_map(|raw| {
         let mut ev: Vec<Event> = raw
             .into_iter()
             .enumerate()
@@ -84,7 +94,10 @@ fn batch(ev: &[Event]) -> RecordBatch {
         Arc::new(schema),
         vec![
             Arc::new(Int64Array::from_iter_values(ev.iter().map(|e| e.id))),
-            Arc::new(TimestampNanosecondArray::from_iter_values(ev.iter().map(|e| e.time)).with_timezone("UTC")),
+            Arc::new(
+                TimestampNanosecondArray::from_iter_values(ev.iter().map(|e| e.time))
+                    .with_timezone("UTC"),
+            ),
             Arc::new(Int64Array::from_iter_values(ev.iter().map(|e| e.customer))),
             Arc::new(Int64Array::from_iter_values(ev.iter().map(|e| e.terminal))),
             Arc::new(Float64Array::from_iter_values(ev.iter().map(|e| e.amount))),
@@ -106,9 +119,19 @@ fn labels(ev: &[Event]) -> RecordBatch {
     RecordBatch::try_new(
         Arc::new(schema),
         vec![
-            Arc::new(Int64Array::from_iter_values(frauds.iter().map(|e| e.terminal))),
-            Arc::new(TimestampNanosecondArray::from_iter_values(frauds.iter().map(|e| e.time)).with_timezone("UTC")),
-            Arc::new(TimestampNanosecondArray::from_iter_values(frauds.iter().map(|e| e.time + 24 * HOUR)).with_timezone("UTC")),
+            Arc::new(Int64Array::from_iter_values(
+                frauds.iter().map(|e| e.terminal),
+            )),
+            Arc::new(
+                TimestampNanosecondArray::from_iter_values(frauds.iter().map(|e| e.time))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(
+                TimestampNanosecondArray::from_iter_values(
+                    frauds.iter().map(|e| e.time + 24 * HOUR),
+                )
+                .with_timezone("UTC"),
+            ),
             Arc::new(Int64Array::from_iter_values(frauds.iter().map(|_| 1))),
         ],
     )
@@ -131,18 +154,31 @@ fn stream(ev: &[Event], cuts: &[usize]) -> RecordBatch {
     bounds.dedup();
     let outs: Vec<RecordBatch> = bounds
         .windows(2)
-        .map(|w| chain.process(all.slice(w[0], w[1] - w[0])).expect("process"))
+        .map(|w| {
+            chain
+                .process(all.slice(w[0], w[1] - w[0]))
+                .expect("process")
+        })
         .collect();
     concat_batches(&outs[0].schema(), &outs).expect("concat")
 }
 
 fn batch_query(ev: &[Event]) -> RecordBatch {
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let ctx = session();
         ctx.register_batch("history", batch(ev)).expect("register");
-        let keep: Vec<String> = batch(ev).schema().fields().iter().map(|f| f.name().clone()).collect();
-        let df = batch_features(&ctx, &config(), "history", &keep).await.expect("plan");
+        let keep: Vec<String> = batch(ev)
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let df = batch_features(&ctx, &config(), "history", &keep)
+            .await
+            .expect("plan");
         let out = df.collect().await.expect("run");
         concat_batches(&out[0].schema(), &out).expect("concat")
     })

@@ -70,7 +70,11 @@ pub struct ReplayConfig {
 
 impl Default for ReplayConfig {
     fn default() -> Self {
-        Self { batch_rows: default_batch_rows(), label_delay: default_label_delay(), label: default_label() }
+        Self {
+            batch_rows: default_batch_rows(),
+            label_delay: default_label_delay(),
+            label: default_label(),
+        }
     }
 }
 
@@ -118,7 +122,10 @@ impl PipelineConfig {
             Some(&riskpipe_schemas::fraud_label_schema()),
         );
         if !(0.0..=1.0).contains(&self.alerts.threshold) {
-            p.push(format!("alerts.threshold must be within 0..=1, not {}", self.alerts.threshold));
+            p.push(format!(
+                "alerts.threshold must be within 0..=1, not {}",
+                self.alerts.threshold
+            ));
         }
         if self.replay.batch_rows == 0 {
             p.push("replay.batch_rows must be at least 1".into());
@@ -130,11 +137,17 @@ impl PipelineConfig {
             p.push("model.providers is empty (list at least \"cpu\")".into());
         }
         if !self.model.path.is_file() {
-            p.push(format!("model.path {} does not exist", self.model.path.display()));
+            p.push(format!(
+                "model.path {} does not exist",
+                self.model.path.display()
+            ));
         }
         if let Some(s) = &self.backtest {
             if chrono::NaiveDate::parse_from_str(&s.train_start, "%Y-%m-%d").is_err() {
-                p.push(format!("backtest.train_start {:?} is not a YYYY-MM-DD date", s.train_start));
+                p.push(format!(
+                    "backtest.train_start {:?} is not a YYYY-MM-DD date",
+                    s.train_start
+                ));
             }
             if s.train_days == 0 || s.test_days == 0 {
                 p.push("backtest.train_days and backtest.test_days must be at least 1".into());
@@ -146,6 +159,10 @@ impl PipelineConfig {
     /// [`Self::problems`] as an error when there are any.
     pub fn validate(&self) -> Result<()> {
         let p = self.problems();
-        if p.is_empty() { Ok(()) } else { Err(PipelineError::Config(p)) }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(PipelineError::Config(p))
+        }
     }
 }

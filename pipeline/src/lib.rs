@@ -69,7 +69,10 @@ impl PipelineError {
         match self {
             PipelineError::BadInput(_) => Fault::BadInput,
             PipelineError::External(_) | PipelineError::Parquet(_) => Fault::External,
-            PipelineError::Config(_) | PipelineError::Bug(_) | PipelineError::Arrow(_) | PipelineError::DataFusion(_) => Fault::Bug,
+            PipelineError::Config(_)
+            | PipelineError::Bug(_)
+            | PipelineError::Arrow(_)
+            | PipelineError::DataFusion(_) => Fault::Bug,
             PipelineError::Operator(e) => e.fault(),
             PipelineError::Model(e) => e.fault(),
         }
@@ -87,7 +90,9 @@ pub fn progress_bar(rows: u64, visible: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(rows);
-    if let Ok(style) = ProgressStyle::with_template("{spinner} replay [{bar:40}] {human_pos}/{human_len} events  {per_sec}  eta {eta}") {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} replay [{bar:40}] {human_pos}/{human_len} events  {per_sec}  eta {eta}",
+    ) {
         pb.set_style(style.progress_chars("=> "));
     }
     pb
@@ -100,7 +105,11 @@ pub fn load_history(cfg: &PipelineConfig, input: &Path) -> Result<source::Histor
 }
 
 /// Replays a prepared history through features and model; returns the scored batches.
-pub fn score_history(cfg: &PipelineConfig, history: &source::History, progress: &ProgressBar) -> Result<Vec<RecordBatch>> {
+pub fn score_history(
+    cfg: &PipelineConfig,
+    history: &source::History,
+    progress: &ProgressBar,
+) -> Result<Vec<RecordBatch>> {
     let chain = cfg.features.build_chain()?;
     let scorer = Scorer::load(&cfg.model)?;
     let produced = chain.feature_names();
@@ -117,7 +126,14 @@ pub fn score_history(cfg: &PipelineConfig, history: &source::History, progress: 
         )]));
     }
     let scoring = ScoringStage::new(scorer, cfg.alerts.threshold);
-    stages::replay(history, &cfg.features, chain, scoring, cfg.replay.batch_rows, progress)
+    stages::replay(
+        history,
+        &cfg.features,
+        chain,
+        scoring,
+        cfg.replay.batch_rows,
+        progress,
+    )
 }
 
 /// What a backtest produced.
@@ -134,7 +150,12 @@ pub struct BacktestOutcome {
 }
 
 /// Replays `input` and writes `scores.parquet`, `report.json` and `curves.png` into `out_dir`.
-pub fn backtest(cfg: &PipelineConfig, input: &Path, out_dir: &Path, show_progress: bool) -> Result<BacktestOutcome> {
+pub fn backtest(
+    cfg: &PipelineConfig,
+    input: &Path,
+    out_dir: &Path,
+    show_progress: bool,
+) -> Result<BacktestOutcome> {
     cfg.validate()?;
     let started = Instant::now();
     let history = load_history(cfg, input)?;
@@ -142,7 +163,8 @@ pub fn backtest(cfg: &PipelineConfig, input: &Path, out_dir: &Path, show_progres
     let scored = score_history(cfg, &history, &pb)?;
     pb.finish_and_clear();
     let replay_time = started.elapsed();
-    std::fs::create_dir_all(out_dir).map_err(|e| PipelineError::External(format!("creating {}: {e}", out_dir.display())))?;
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| PipelineError::External(format!("creating {}: {e}", out_dir.display())))?;
     let features = cfg.features.feature_names()?;
     let scores_path = out_dir.join("scores.parquet");
     write_scores(&scored, &cfg.features.order_by, &features, &scores_path)?;
@@ -153,9 +175,21 @@ pub fn backtest(cfg: &PipelineConfig, input: &Path, out_dir: &Path, show_progres
             let start = chrono::NaiveDate::parse_from_str(&s.train_start, "%Y-%m-%d")
                 .map_err(|e| PipelineError::Config(vec![format!("backtest.train_start: {e}")]))?;
             let start_day = start.signed_duration_since(epoch()).num_days();
-            let test = metrics::handbook_test_set(&rows, start_day, s.train_days.into(), s.delay_days.into(), s.test_days.into());
+            let test = metrics::handbook_test_set(
+                &rows,
+                start_day,
+                s.train_days.into(),
+                s.delay_days.into(),
+                s.test_days.into(),
+            );
             let first_test = start + chrono::Days::new(u64::from(s.train_days + s.delay_days));
-            (test, format!("{} test days from {first_test} (train {} days from {}, delay {} days), known-compromised cards removed", s.test_days, s.train_days, s.train_start, s.delay_days))
+            (
+                test,
+                format!(
+                    "{} test days from {first_test} (train {} days from {}, delay {} days), known-compromised cards removed",
+                    s.test_days, s.train_days, s.train_start, s.delay_days
+                ),
+            )
         }
         None => (rows, "the whole history".to_string()),
     };
@@ -164,7 +198,12 @@ pub fn backtest(cfg: &PipelineConfig, input: &Path, out_dir: &Path, show_progres
     report.write_json(&json)?;
     let png = out_dir.join("curves.png");
     report::plot_curves(&evaluated, &report, &png)?;
-    Ok(BacktestOutcome { report, replayed: history.transactions.num_rows(), replay_time, files: vec![scores_path, json, png] })
+    Ok(BacktestOutcome {
+        report,
+        replayed: history.transactions.num_rows(),
+        replay_time,
+        files: vec![scores_path, json, png],
+    })
 }
 
 fn epoch() -> chrono::NaiveDate {
@@ -172,38 +211,65 @@ fn epoch() -> chrono::NaiveDate {
 }
 
 fn model_name(cfg: &PipelineConfig) -> String {
-    cfg.model.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    cfg.model
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// The rows the metrics need, from scored batches.
 pub fn scored_rows(scored: &[RecordBatch], cfg: &PipelineConfig) -> Result<Vec<Scored>> {
     let mut rows = Vec::new();
     for b in scored {
-        let time = b.column_by_name(&cfg.features.event_time).ok_or_else(|| PipelineError::Bug("no event time".into()))?;
+        let time = b
+            .column_by_name(&cfg.features.event_time)
+            .ok_or_else(|| PipelineError::Bug("no event time".into()))?;
         let time = time.as_primitive::<TimestampNanosecondType>().values();
         let customer = source::int_column(b, tx::CUSTOMER_ID)?;
         let fraud = source::int_column(b, &cfg.replay.label)?;
-        let score = b.column_by_name(score::SCORE).ok_or_else(|| PipelineError::Bug("no score".into()))?;
+        let score = b
+            .column_by_name(score::SCORE)
+            .ok_or_else(|| PipelineError::Bug("no score".into()))?;
         let score = score.as_primitive::<Float32Type>().values();
         for i in 0..b.num_rows() {
-            rows.push(Scored { day: time[i].div_euclid(DAY_NS), customer: customer[i], fraud: fraud[i] != 0, score: f64::from(score[i]) });
+            rows.push(Scored {
+                day: time[i].div_euclid(DAY_NS),
+                customer: customer[i],
+                fraud: fraud[i] != 0,
+                score: f64::from(score[i]),
+            });
         }
     }
     Ok(rows)
 }
 
 /// Writes one row per transaction: the id, every feature, the score and the alert flag.
-pub fn write_scores(scored: &[RecordBatch], id: &str, features: &[String], path: &Path) -> Result<()> {
+pub fn write_scores(
+    scored: &[RecordBatch],
+    id: &str,
+    features: &[String],
+    path: &Path,
+) -> Result<()> {
     let mut columns: Vec<&str> = vec![id];
     columns.extend(features.iter().map(String::as_str));
     columns.extend([score::SCORE, score::ALERT]);
-    let file = File::create(path).map_err(|e| PipelineError::External(format!("creating {}: {e}", path.display())))?;
+    let file = File::create(path)
+        .map_err(|e| PipelineError::External(format!("creating {}: {e}", path.display())))?;
     let mut writer: Option<ArrowWriter<File>> = None;
     for b in scored {
-        let idx: Vec<usize> = columns.iter().map(|c| b.schema().index_of(c)).collect::<std::result::Result<_, _>>()?;
+        let idx: Vec<usize> = columns
+            .iter()
+            .map(|c| b.schema().index_of(c))
+            .collect::<std::result::Result<_, _>>()?;
         let projected = b.project(&idx)?;
         if writer.is_none() {
-            writer = Some(ArrowWriter::try_new(file.try_clone().map_err(|e| PipelineError::External(e.to_string()))?, projected.schema(), None)?);
+            writer = Some(ArrowWriter::try_new(
+                file.try_clone()
+                    .map_err(|e| PipelineError::External(e.to_string()))?,
+                projected.schema(),
+                None,
+            )?);
         }
         if let Some(w) = writer.as_mut() {
             w.write(&projected)?;
@@ -224,7 +290,11 @@ pub fn write_scores(scored: &[RecordBatch], id: &str, features: &[String], path:
 /// Computes every configured feature over a whole history with DataFusion (the batch twin of
 /// the streaming chain) and writes the input columns plus the features to Parquet, ordered by
 /// event time. This is the training-set export: the same feature definitions as live scoring.
-pub fn export_features(cfg: &riskpipe_operators::FeatureConfig, input: &Path, output: &Path) -> Result<usize> {
+pub fn export_features(
+    cfg: &riskpipe_operators::FeatureConfig,
+    input: &Path,
+    output: &Path,
+) -> Result<usize> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -233,17 +303,27 @@ pub fn export_features(cfg: &riskpipe_operators::FeatureConfig, input: &Path, ou
         let ctx = riskpipe_operators::batch::session();
         let path = input.to_string_lossy().to_string();
         if path.to_lowercase().ends_with(".csv") {
-            ctx.register_csv("history", &path, datafusion::prelude::CsvReadOptions::new()).await?;
+            ctx.register_csv("history", &path, datafusion::prelude::CsvReadOptions::new())
+                .await?;
         } else {
-            ctx.register_parquet("history", &path, datafusion::prelude::ParquetReadOptions::default()).await?;
+            ctx.register_parquet(
+                "history",
+                &path,
+                datafusion::prelude::ParquetReadOptions::default(),
+            )
+            .await?;
         }
         let schema = ctx.table("history").await?.schema().as_arrow().clone();
         let keep: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let df = riskpipe_operators::batch::batch_features(&ctx, cfg, "history", &keep).await?;
         let batches = df.collect().await?;
         let mut rows = 0;
-        let file = File::create(output).map_err(|e| PipelineError::External(format!("creating {}: {e}", output.display())))?;
-        let out_schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty()));
+        let file = File::create(output)
+            .map_err(|e| PipelineError::External(format!("creating {}: {e}", output.display())))?;
+        let out_schema = batches
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| Arc::new(Schema::empty()));
         let mut writer = ArrowWriter::try_new(file, out_schema, None)?;
         for b in &batches {
             rows += b.num_rows();

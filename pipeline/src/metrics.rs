@@ -24,7 +24,11 @@ fn by_threshold(rows: &[Scored]) -> Vec<(f64, u64, u64)> {
     for r in sorted {
         match out.last_mut() {
             Some((s, tp, fp)) if *s == r.score => {
-                if r.fraud { *tp += 1 } else { *fp += 1 }
+                if r.fraud {
+                    *tp += 1
+                } else {
+                    *fp += 1
+                }
             }
             _ => out.push((r.score, u64::from(r.fraud), u64::from(!r.fraud))),
         }
@@ -83,24 +87,39 @@ pub fn curves(rows: &[Scored]) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
 /// compromise was detected on an earlier day removed); the share of them with a fraud that day;
 /// averaged over days. Returns (mean, per-day values).
 pub fn card_precision_at_k(rows: &[Scored], k: usize) -> (f64, Vec<f64>) {
-    let mut days: Vec<i64> = rows.iter().map(|r| r.day).collect::<HashSet<_>>().into_iter().collect();
+    let mut days: Vec<i64> = rows
+        .iter()
+        .map(|r| r.day)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     days.sort_unstable();
     let mut detected: HashSet<i64> = HashSet::new();
     let mut per_day = Vec::new();
     for day in days {
         let mut cards: HashMap<i64, (f64, bool)> = HashMap::new();
-        for r in rows.iter().filter(|r| r.day == day && !detected.contains(&r.customer)) {
-            let e = cards.entry(r.customer).or_insert((f64::NEG_INFINITY, false));
+        for r in rows
+            .iter()
+            .filter(|r| r.day == day && !detected.contains(&r.customer))
+        {
+            let e = cards
+                .entry(r.customer)
+                .or_insert((f64::NEG_INFINITY, false));
             e.0 = e.0.max(r.score);
             e.1 |= r.fraud;
         }
-        let mut ranked: Vec<(i64, f64, bool)> = cards.into_iter().map(|(c, (s, f))| (c, s, f)).collect();
+        let mut ranked: Vec<(i64, f64, bool)> =
+            cards.into_iter().map(|(c, (s, f))| (c, s, f)).collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let top: Vec<i64> = ranked.iter().take(k).filter(|c| c.2).map(|c| c.0).collect();
         per_day.push(top.len() as f64 / k as f64);
         detected.extend(top);
     }
-    let mean = if per_day.is_empty() { 0.0 } else { per_day.iter().sum::<f64>() / per_day.len() as f64 };
+    let mean = if per_day.is_empty() {
+        0.0
+    } else {
+        per_day.iter().sum::<f64>() / per_day.len() as f64
+    };
     (mean, per_day)
 }
 
@@ -115,16 +134,34 @@ pub fn at_threshold(rows: &[Scored], threshold: f64) -> (f64, f64, f64) {
             _ => {}
         }
     }
-    let precision = if tp + fp == 0 { 0.0 } else { tp as f64 / (tp + fp) as f64 };
-    let recall = if tp + fn_ == 0 { 0.0 } else { tp as f64 / (tp + fn_) as f64 };
-    let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
+    let precision = if tp + fp == 0 {
+        0.0
+    } else {
+        tp as f64 / (tp + fp) as f64
+    };
+    let recall = if tp + fn_ == 0 {
+        0.0
+    } else {
+        tp as f64 / (tp + fn_) as f64
+    };
+    let f1 = if precision + recall == 0.0 {
+        0.0
+    } else {
+        2.0 * precision * recall / (precision + recall)
+    };
     (precision, recall, f1)
 }
 
 /// The handbook's test set: test day k (k = 0..test_days) is `train_start + train_days +
 /// delay_days + k`; on it, customers already known compromised are dropped: those with a fraud
 /// in the training days or on `train_start + train_days + j` for any j < k.
-pub fn handbook_test_set(rows: &[Scored], train_start: i64, train_days: i64, delay_days: i64, test_days: i64) -> Vec<Scored> {
+pub fn handbook_test_set(
+    rows: &[Scored],
+    train_start: i64,
+    train_days: i64,
+    delay_days: i64,
+    test_days: i64,
+) -> Vec<Scored> {
     let mut known: HashSet<i64> = rows
         .iter()
         .filter(|r| r.fraud && r.day >= train_start && r.day < train_start + train_days)
@@ -134,10 +171,18 @@ pub fn handbook_test_set(rows: &[Scored], train_start: i64, train_days: i64, del
     for k in 0..test_days {
         if k > 0 {
             let delay_day = train_start + train_days + k - 1;
-            known.extend(rows.iter().filter(|r| r.fraud && r.day == delay_day).map(|r| r.customer));
+            known.extend(
+                rows.iter()
+                    .filter(|r| r.fraud && r.day == delay_day)
+                    .map(|r| r.customer),
+            );
         }
         let day = train_start + train_days + delay_days + k;
-        test.extend(rows.iter().filter(|r| r.day == day && !known.contains(&r.customer)).copied());
+        test.extend(
+            rows.iter()
+                .filter(|r| r.day == day && !known.contains(&r.customer))
+                .copied(),
+        );
     }
     test
 }
@@ -147,7 +192,12 @@ mod tests {
     use super::*;
 
     fn s(day: i64, customer: i64, fraud: bool, score: f64) -> Scored {
-        Scored { day, customer, fraud, score }
+        Scored {
+            day,
+            customer,
+            fraud,
+            score,
+        }
     }
 
     #[test]
@@ -159,7 +209,12 @@ mod tests {
         assert_eq!(auc_roc(&inverted), Some(0.0));
         // Pairs (fraud, genuine): (0.8 vs 0.8) tie = 0.5, (0.8 vs 0.3) = 1, (0.2 vs 0.8) = 0,
         // (0.2 vs 0.3) = 0 -> 1.5 / 4.
-        let tied = [s(0, 1, true, 0.8), s(0, 2, true, 0.2), s(0, 3, false, 0.8), s(0, 4, false, 0.3)];
+        let tied = [
+            s(0, 1, true, 0.8),
+            s(0, 2, true, 0.2),
+            s(0, 3, false, 0.8),
+            s(0, 4, false, 0.3),
+        ];
         assert_eq!(auc_roc(&tied), Some(0.375));
         assert_eq!(auc_roc(&[s(0, 1, true, 0.5)]), None);
     }
@@ -176,8 +231,12 @@ mod tests {
     fn card_precision_removes_detected_cards() {
         // Day 0: card 1 fraud (top), card 2 genuine. Day 1: card 1 again (removed), card 3 fraud.
         let rows = [
-            s(0, 1, true, 0.9), s(0, 2, false, 0.5), s(0, 1, false, 0.1),
-            s(1, 1, true, 0.99), s(1, 3, true, 0.4), s(1, 4, false, 0.3),
+            s(0, 1, true, 0.9),
+            s(0, 2, false, 0.5),
+            s(0, 1, false, 0.1),
+            s(1, 1, true, 0.99),
+            s(1, 3, true, 0.4),
+            s(1, 4, false, 0.3),
         ];
         let (mean, per_day) = card_precision_at_k(&rows, 2);
         assert_eq!(per_day, vec![0.5, 0.5]);
@@ -186,7 +245,12 @@ mod tests {
 
     #[test]
     fn threshold_metrics() {
-        let rows = [s(0, 1, true, 0.9), s(0, 2, false, 0.8), s(0, 3, true, 0.2), s(0, 4, false, 0.1)];
+        let rows = [
+            s(0, 1, true, 0.9),
+            s(0, 2, false, 0.8),
+            s(0, 3, true, 0.2),
+            s(0, 4, false, 0.1),
+        ];
         let (p, r, f1) = at_threshold(&rows, 0.5);
         assert_eq!((p, r), (0.5, 0.5));
         assert!((f1 - 0.5).abs() < 1e-12);

@@ -46,7 +46,12 @@ impl FraudReport {
     pub fn compute(model: &str, evaluated_on: &str, rows: &[Scored], threshold: f64) -> Self {
         let (precision, recall, f1) = metrics::at_threshold(rows, threshold);
         let (cp, cp_days) = metrics::card_precision_at_k(rows, 100);
-        let days = rows.iter().map(|r| r.day).collect::<std::collections::HashSet<_>>().len().max(1);
+        let days = rows
+            .iter()
+            .map(|r| r.day)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            .max(1);
         let alerts = rows.iter().filter(|r| r.score >= threshold).count();
         Self {
             model: model.into(),
@@ -75,7 +80,10 @@ impl FraudReport {
             ("frauds", self.frauds.to_string()),
             ("AUC ROC", opt(self.auc_roc)),
             ("average precision", opt(self.average_precision)),
-            ("Card Precision@100", format!("{:.4}", self.card_precision_at_100)),
+            (
+                "Card Precision@100",
+                format!("{:.4}", self.card_precision_at_100),
+            ),
             ("alert threshold", format!("{}", self.alert_threshold)),
             ("precision @ threshold", format!("{:.4}", self.precision)),
             ("recall @ threshold", format!("{:.4}", self.recall)),
@@ -92,8 +100,10 @@ impl FraudReport {
 
     /// Writes the report as JSON.
     pub fn write_json(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| PipelineError::Bug(e.to_string()))?;
-        std::fs::write(path, text).map_err(|e| PipelineError::External(format!("writing {}: {e}", path.display())))
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| PipelineError::Bug(e.to_string()))?;
+        std::fs::write(path, text)
+            .map_err(|e| PipelineError::External(format!("writing {}: {e}", path.display())))
     }
 }
 
@@ -117,8 +127,25 @@ pub fn plot_curves(rows: &[Scored], report: &FraudReport, path: &Path) -> Result
     root.fill(&WHITE).map_err(plot_err)?;
     let (left, right) = root.split_horizontally(600);
     let panels = [
-        (left, format!("ROC (AUC {:.3})", report.auc_roc.unwrap_or(f64::NAN)), "false positive rate", "true positive rate", roc, true),
-        (right, format!("Precision-recall (AP {:.3})", report.average_precision.unwrap_or(f64::NAN)), "recall", "precision", pr, false),
+        (
+            left,
+            format!("ROC (AUC {:.3})", report.auc_roc.unwrap_or(f64::NAN)),
+            "false positive rate",
+            "true positive rate",
+            roc,
+            true,
+        ),
+        (
+            right,
+            format!(
+                "Precision-recall (AP {:.3})",
+                report.average_precision.unwrap_or(f64::NAN)
+            ),
+            "recall",
+            "precision",
+            pr,
+            false,
+        ),
     ];
     for (area, title, xl, yl, points, diagonal) in panels {
         let mut chart = ChartBuilder::on(&area)
@@ -128,10 +155,19 @@ pub fn plot_curves(rows: &[Scored], report: &FraudReport, path: &Path) -> Result
             .y_label_area_size(50)
             .build_cartesian_2d(0f64..1f64, 0f64..1f64)
             .map_err(plot_err)?;
-        chart.configure_mesh().x_desc(xl).y_desc(yl).draw().map_err(plot_err)?;
-        chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2))).map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(xl)
+            .y_desc(yl)
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
+            .map_err(plot_err)?;
         if diagonal {
-            chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3))).map_err(plot_err)?;
+            chart
+                .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
+                .map_err(plot_err)?;
         }
     }
     root.present().map_err(plot_err)?;

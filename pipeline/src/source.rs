@@ -6,10 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampNanosecondArray};
-use arrow::compute::{SortColumn, cast, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::compute::{
+    SortColumn, cast, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
+};
 use arrow::csv::ReaderBuilder;
 use arrow::csv::reader::Format;
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use riskpipe_operators::FeatureConfig;
 
@@ -32,11 +34,15 @@ fn bad(path: &Path, msg: impl std::fmt::Display) -> PipelineError {
 /// Reads every row of a Parquet or CSV file (by extension; `.csv` and `.csv.gz`-less CSV only).
 pub fn read_file(path: &Path) -> Result<RecordBatch> {
     let name = path.to_string_lossy().to_lowercase();
-    let file = File::open(path).map_err(|e| PipelineError::External(format!("opening {}: {e}", path.display())))?;
+    let file = File::open(path)
+        .map_err(|e| PipelineError::External(format!("opening {}: {e}", path.display())))?;
     let (schema, batches): (SchemaRef, Vec<RecordBatch>) = if name.ends_with(".csv") {
         let format = Format::default().with_header(true);
         let (schema, _) = format
-            .infer_schema(File::open(path).map_err(|e| PipelineError::External(e.to_string()))?, Some(10_000))
+            .infer_schema(
+                File::open(path).map_err(|e| PipelineError::External(e.to_string()))?,
+                Some(10_000),
+            )
             .map_err(|e| bad(path, e))?;
         let schema = Arc::new(schema);
         let reader = ReaderBuilder::new(schema.clone())
@@ -44,13 +50,20 @@ pub fn read_file(path: &Path) -> Result<RecordBatch> {
             .with_batch_size(65_536)
             .build(file)
             .map_err(|e| bad(path, e))?;
-        let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| bad(path, e))?;
+        let batches = reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| bad(path, e))?;
         (schema, batches)
     } else if name.ends_with(".parquet") || name.ends_with(".pq") {
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(path, e))?;
         let schema = builder.schema().clone();
-        let reader = builder.with_batch_size(65_536).build().map_err(|e| bad(path, e))?;
-        let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| bad(path, e))?;
+        let reader = builder
+            .with_batch_size(65_536)
+            .build()
+            .map_err(|e| bad(path, e))?;
+        let batches = reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| bad(path, e))?;
         (schema, batches)
     } else {
         return Err(bad(path, "unknown file type: expected .parquet or .csv"));
@@ -60,28 +73,61 @@ pub fn read_file(path: &Path) -> Result<RecordBatch> {
 
 /// Checks the columns replay needs (present, right type, no nulls — naming the first bad row),
 /// turns the event time into UTC nanoseconds and orders by (event time, tie-break).
-pub fn prepare(path: &Path, batch: RecordBatch, features: &FeatureConfig, replay: &ReplayConfig) -> Result<History> {
+pub fn prepare(
+    path: &Path,
+    batch: RecordBatch,
+    features: &FeatureConfig,
+    replay: &ReplayConfig,
+) -> Result<History> {
     let utc = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
     let mut required: Vec<(&str, fn(&DataType) -> bool, &str)> = vec![
-        (&features.event_time, |d| matches!(d, DataType::Timestamp(..) | DataType::Utf8 | DataType::LargeUtf8), "a timestamp"),
-        (&features.order_by, |d| d.is_numeric() || matches!(d, DataType::Utf8 | DataType::Timestamp(..)), "sortable"),
+        (
+            &features.event_time,
+            |d| {
+                matches!(
+                    d,
+                    DataType::Timestamp(..) | DataType::Utf8 | DataType::LargeUtf8
+                )
+            },
+            "a timestamp",
+        ),
+        (
+            &features.order_by,
+            |d| d.is_numeric() || matches!(d, DataType::Utf8 | DataType::Timestamp(..)),
+            "sortable",
+        ),
         (&replay.label, |d| d.is_integer(), "an integer"),
     ];
     for w in &features.windows {
-        required.push((&w.key, |d| d.is_integer() || matches!(d, DataType::Utf8), "an integer or string key"));
+        required.push((
+            &w.key,
+            |d| d.is_integer() || matches!(d, DataType::Utf8),
+            "an integer or string key",
+        ));
         required.push((&w.value, |d| d.is_numeric(), "numeric"));
     }
     for r in &features.label_risk {
-        required.push((&r.key, |d| d.is_integer() || matches!(d, DataType::Utf8), "an integer or string key"));
+        required.push((
+            &r.key,
+            |d| d.is_integer() || matches!(d, DataType::Utf8),
+            "an integer or string key",
+        ));
     }
     let mut problems = Vec::new();
     for (col, ok, what) in &required {
         match batch.column_by_name(col) {
             None => problems.push(format!("missing column {col:?}")),
-            Some(a) if !ok(a.data_type()) => problems.push(format!("column {col:?} is {}, expected {what}", a.data_type())),
+            Some(a) if !ok(a.data_type()) => problems.push(format!(
+                "column {col:?} is {}, expected {what}",
+                a.data_type()
+            )),
             Some(a) if a.null_count() > 0 => {
                 let row = (0..a.len()).find(|&i| a.is_null(i)).unwrap_or(0);
-                problems.push(format!("column {col:?} is empty or malformed in row {} (of {})", row + 1, a.len()));
+                problems.push(format!(
+                    "column {col:?} is empty or malformed in row {} (of {})",
+                    row + 1,
+                    a.len()
+                ));
             }
             Some(_) => {}
         }
@@ -90,34 +136,70 @@ pub fn prepare(path: &Path, batch: RecordBatch, features: &FeatureConfig, replay
         return Err(bad(path, problems.join("; ")));
     }
     // Event time as UTC nanoseconds; strings are parsed (RFC 3339 / ISO 8601).
-    let time_col = batch.column_by_name(&features.event_time).cloned().ok_or_else(|| bad(path, "no event time"))?;
-    let time_ns = cast(&time_col, &utc).map_err(|e| bad(path, format!("column {:?}: {e}", features.event_time)))?;
+    let time_col = batch
+        .column_by_name(&features.event_time)
+        .cloned()
+        .ok_or_else(|| bad(path, "no event time"))?;
+    let time_ns = cast(&time_col, &utc)
+        .map_err(|e| bad(path, format!("column {:?}: {e}", features.event_time)))?;
     if time_ns.null_count() > 0 {
-        let row = (0..time_ns.len()).find(|&i| time_ns.is_null(i)).unwrap_or(0);
-        return Err(bad(path, format!("column {:?} is not a valid time in row {}", features.event_time, row + 1)));
+        let row = (0..time_ns.len())
+            .find(|&i| time_ns.is_null(i))
+            .unwrap_or(0);
+        return Err(bad(
+            path,
+            format!(
+                "column {:?} is not a valid time in row {}",
+                features.event_time,
+                row + 1
+            ),
+        ));
     }
     let schema = batch.schema();
-    let time_idx = schema.index_of(&features.event_time).map_err(|e| bad(path, e))?;
+    let time_idx = schema
+        .index_of(&features.event_time)
+        .map_err(|e| bad(path, e))?;
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields[time_idx] = Field::new(&features.event_time, utc.clone(), false);
     let mut columns = batch.columns().to_vec();
     columns[time_idx] = time_ns.clone();
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-    let order_col = batch.column_by_name(&features.order_by).cloned().ok_or_else(|| bad(path, "no order column"))?;
+    let order_col = batch
+        .column_by_name(&features.order_by)
+        .cloned()
+        .ok_or_else(|| bad(path, "no order column"))?;
     let indices = lexsort_to_indices(
-        &[SortColumn { values: time_ns, options: None }, SortColumn { values: order_col, options: None }],
+        &[
+            SortColumn {
+                values: time_ns,
+                options: None,
+            },
+            SortColumn {
+                values: order_col,
+                options: None,
+            },
+        ],
         None,
     )?;
     let transactions = take_record_batch(&batch, &indices)?;
     let labels = derive_labels(&transactions, features, replay)?;
-    Ok(History { transactions, labels })
+    Ok(History {
+        transactions,
+        labels,
+    })
 }
 
 /// The label events of a replay: each fraud's label becomes known `label_delay` after its
 /// transaction. Carries the label-risk keys, the event time, the label time and the label.
-pub fn derive_labels(transactions: &RecordBatch, features: &FeatureConfig, replay: &ReplayConfig) -> Result<RecordBatch> {
+pub fn derive_labels(
+    transactions: &RecordBatch,
+    features: &FeatureConfig,
+    replay: &ReplayConfig,
+) -> Result<RecordBatch> {
     let label = cast(
-        transactions.column_by_name(&replay.label).ok_or_else(|| PipelineError::BadInput(format!("missing label column {:?}", replay.label)))?,
+        transactions.column_by_name(&replay.label).ok_or_else(|| {
+            PipelineError::BadInput(format!("missing label column {:?}", replay.label))
+        })?,
         &DataType::Int64,
     )?;
     let frauds = arrow::compute::kernels::cmp::neq(&label, &Int64Array::new_scalar(0))?;
@@ -127,7 +209,9 @@ pub fn derive_labels(transactions: &RecordBatch, features: &FeatureConfig, repla
         .column_by_name(&features.event_time)
         .ok_or_else(|| PipelineError::Bug("event time vanished".into()))?;
     let time = time.as_primitive::<arrow::datatypes::TimestampNanosecondType>();
-    let label_time: TimestampNanosecondArray = time.unary::<_, arrow::datatypes::TimestampNanosecondType>(|t| t.saturating_add(delay)).with_timezone("UTC");
+    let label_time: TimestampNanosecondArray = time
+        .unary::<_, arrow::datatypes::TimestampNanosecondType>(|t| t.saturating_add(delay))
+        .with_timezone("UTC");
     let mut names: Vec<String> = features.label_risk.iter().map(|r| r.key.clone()).collect();
     names.extend([features.order_by.clone(), features.event_time.clone()]);
     names.dedup();
@@ -137,13 +221,27 @@ pub fn derive_labels(transactions: &RecordBatch, features: &FeatureConfig, repla
         if fields.iter().any(|f: &Field| f.name() == n) {
             continue;
         }
-        let c = frauds_only.column_by_name(n).ok_or_else(|| PipelineError::BadInput(format!("missing column {n:?}")))?;
+        let c = frauds_only
+            .column_by_name(n)
+            .ok_or_else(|| PipelineError::BadInput(format!("missing column {n:?}")))?;
         fields.push(Field::new(n, c.data_type().clone(), false));
         cols.push(c.clone());
     }
-    let label_time_name = features.label_risk.first().map(|r| r.label_time.clone()).unwrap_or_else(|| riskpipe_schemas::label::LABEL_TIME.into());
-    let label_name = features.label_risk.first().map(|r| r.label.clone()).unwrap_or_else(|| replay.label.clone());
-    fields.push(Field::new(&label_time_name, label_time.data_type().clone(), false));
+    let label_time_name = features
+        .label_risk
+        .first()
+        .map(|r| r.label_time.clone())
+        .unwrap_or_else(|| riskpipe_schemas::label::LABEL_TIME.into());
+    let label_name = features
+        .label_risk
+        .first()
+        .map(|r| r.label.clone())
+        .unwrap_or_else(|| replay.label.clone());
+    fields.push(Field::new(
+        &label_time_name,
+        label_time.data_type().clone(),
+        false,
+    ));
     cols.push(Arc::new(label_time));
     fields.push(Field::new(&label_name, DataType::Int64, false));
     let ones = frauds_only.num_rows();
@@ -155,18 +253,27 @@ pub fn derive_labels(transactions: &RecordBatch, features: &FeatureConfig, repla
 
 /// Label events whose label time is at most `until` (ns), starting at `from`; returns the slice
 /// and the next start.
-pub fn labels_until(labels: &RecordBatch, from: usize, until: i64, label_time: &str) -> (RecordBatch, usize) {
+pub fn labels_until(
+    labels: &RecordBatch,
+    from: usize,
+    until: i64,
+    label_time: &str,
+) -> (RecordBatch, usize) {
     let Some(times) = labels.column_by_name(label_time) else {
         return (labels.slice(from, 0), from);
     };
-    let times = times.as_primitive::<arrow::datatypes::TimestampNanosecondType>().values();
+    let times = times
+        .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+        .values();
     let end = from + times[from..].partition_point(|&t| t <= until);
     (labels.slice(from, end - from), end)
 }
 
 /// Integer view of a column, for reports.
 pub fn int_column(batch: &RecordBatch, name: &str) -> Result<Vec<i64>> {
-    let c = batch.column_by_name(name).ok_or_else(|| PipelineError::BadInput(format!("missing column {name:?}")))?;
+    let c = batch
+        .column_by_name(name)
+        .ok_or_else(|| PipelineError::BadInput(format!("missing column {name:?}")))?;
     let c = cast(c, &DataType::Int64)?;
     Ok(c.as_primitive::<Int64Type>().values().to_vec())
 }

@@ -25,7 +25,11 @@ pub struct ScoringStage {
 impl ScoringStage {
     /// A stage alerting at `threshold`.
     pub fn new(scorer: Scorer, threshold: f64) -> Self {
-        Self { scorer, threshold: threshold as f32, schemas: None }
+        Self {
+            scorer,
+            threshold: threshold as f32,
+            schemas: None,
+        }
     }
 
     /// The model.
@@ -90,7 +94,8 @@ pub fn replay(
             while start < tx.num_rows() {
                 let len = batch_rows.min(tx.num_rows() - start);
                 let last_time = times[start + len - 1];
-                let (labels, next) = labels_until(&history.labels, next_label, last_time, &label_time);
+                let (labels, next) =
+                    labels_until(&history.labels, next_label, last_time, &label_time);
                 next_label = next;
                 chain.observe_labels(&labels)?;
                 let out = chain.process(tx.slice(start, len))?;
@@ -115,7 +120,9 @@ pub fn replay(
             progress.inc(rows);
         }
         drop(recv);
-        let features_result = feature_thread.join().map_err(|_| PipelineError::Bug("feature thread panicked".into()))?;
+        let features_result = feature_thread
+            .join()
+            .map_err(|_| PipelineError::Bug("feature thread panicked".into()))?;
         if let Some(e) = failure {
             return Err(e);
         }

@@ -9,7 +9,10 @@ fn check<T: Serialize>(file: &str, value: &T) {
     let schema: serde_json::Value = serde_json::from_str(&text).expect("parse schema");
     let validator = jsonschema::validator_for(&schema).expect("valid JSON Schema");
     let instance = serde_json::to_value(value).expect("serialize");
-    let errors: Vec<String> = validator.iter_errors(&instance).map(|e| e.to_string()).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(&instance)
+        .map(|e| e.to_string())
+        .collect();
     assert!(errors.is_empty(), "{file}: {errors:?}");
     // A payload with an unknown field is rejected by the schema as by serde.
     let mut extra = instance.clone();
@@ -63,7 +66,10 @@ fn serde_payloads_match_their_json_schemas() {
             score: 0.93,
             threshold: 0.5,
             model: "fraud_gbm".into(),
-            reasons: vec![Reason { feature: "TERMINAL_ID_RISK_7DAY_WINDOW".into(), value: 0.4 }],
+            reasons: vec![Reason {
+                feature: "TERMINAL_ID_RISK_7DAY_WINDOW".into(),
+                value: 0.4,
+            }],
         },
     );
 }
@@ -76,5 +82,8 @@ fn serde_rejects_malformed_payloads_with_a_reason() {
         r#"{"TRANSACTION_ID": 1, "TX_DATETIME": "t", "CUSTOMER_ID": 1, "TERMINAL_ID": 1}"#,
     )
     .expect_err("missing");
-    assert!(err.to_string().contains("missing field `TX_AMOUNT`"), "{err}");
+    assert!(
+        err.to_string().contains("missing field `TX_AMOUNT`"),
+        "{err}"
+    );
 }
