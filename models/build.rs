@@ -28,14 +28,14 @@ fn main() {
         .unwrap_or(&out_dir)
         .join(format!("onnxruntime-{VERSION}"));
     let lib = cache.join(format!("libonnxruntime.so.{VERSION}"));
-    if !lib.exists() {
-        if let Err(e) = provision(&cache, &lib) {
-            panic!(
-                "riskpipe could not provision ONNX Runtime {VERSION}: {e}\n\
-                 Either make `python3 -m pip` able to download the `onnxruntime=={VERSION}` wheel, \
-                 or build with ORT_DYLIB_PATH=/path/to/libonnxruntime.so (API 31 or newer)."
-            );
-        }
+    if !lib.exists()
+        && let Err(e) = provision(&cache, &lib)
+    {
+        panic!(
+            "riskpipe could not provision ONNX Runtime {VERSION}: {e}\n\
+             Either make `python3 -m pip` able to download the `onnxruntime=={VERSION}` wheel, \
+             or build with ORT_DYLIB_PATH=/path/to/libonnxruntime.so (API 31 or newer)."
+        );
     }
     println!("cargo:rustc-env=RISKPIPE_BUNDLED_ORT={}", lib.display());
 }

@@ -269,17 +269,17 @@ impl Scorer {
                 session.inputs().len()
             )));
         };
-        if let Some(dims) = input.dtype().tensor_shape() {
-            if let Some(&width) = dims.get(1) {
-                if width > 0 && width as usize != features.len() {
-                    return Err(model_err(format!(
-                        "input {:?} takes {width} features but {} are configured: {}",
-                        input.name(),
-                        features.len(),
-                        features.join(", ")
-                    )));
-                }
-            }
+        if let Some(dims) = input.dtype().tensor_shape()
+            && let Some(&width) = dims.get(1)
+            && width > 0
+            && width as usize != features.len()
+        {
+            return Err(model_err(format!(
+                "input {:?} takes {width} features but {} are configured: {}",
+                input.name(),
+                features.len(),
+                features.join(", ")
+            )));
         }
         let input = input.name().to_string();
         if !session.outputs().iter().any(|o| o.name() == cfg.output) {

@@ -10,6 +10,6 @@ if [ ! -x "$here/.venv/bin/python" ]; then
 fi
 "$here/.venv/bin/pip" install --quiet -r "$here/requirements.txt"
 mkdir -p "$here/work"
-history=${1:-$root/../shared/data/handbook/transactions.parquet}
+history=${RISKPIPE_HISTORY:-$root/../shared/data/handbook/transactions.parquet}
 (cd "$root" && cargo run --release --quiet -- features --input "$history" --output "$here/work/features.parquet")
-"$here/.venv/bin/python" "$here/train.py" --features "$here/work/features.parquet" --out "$root/models"
+"$here/.venv/bin/python" "$here/train.py" --features "$here/work/features.parquet" --out "$root/models" "$@"

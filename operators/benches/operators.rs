@@ -50,26 +50,14 @@ fn events() -> RecordBatch {
 }
 
 fn bench(c: &mut Criterion) {
-    let cfg: FeatureConfig = toml::from_str(
-        r#"
-[calendar]
-weekend = "TX_DURING_WEEKEND"
-night = "TX_DURING_NIGHT"
-[[windows]]
-key = "CUSTOMER_ID"
-value = "TX_AMOUNT"
-spans = ["1d", "7d", "30d"]
-count = "{key}_NB_TX_{days}DAY_WINDOW"
-mean = "{key}_AVG_AMOUNT_{days}DAY_WINDOW"
-[[label_risk]]
-key = "TERMINAL_ID"
-delay = "7d"
-spans = ["1d", "7d", "30d"]
-count = "{key}_NB_TX_{days}DAY_WINDOW"
-risk = "{key}_RISK_{days}DAY_WINDOW"
-"#,
-    )
-    .expect("config");
+    // The shipped handbook features, as defined once in config/fraud-handbook.toml.
+    #[derive(serde::Deserialize)]
+    struct Shipped {
+        features: FeatureConfig,
+    }
+    let shipped: Shipped =
+        toml::from_str(include_str!("../../config/fraud-handbook.toml")).expect("config");
+    let cfg = shipped.features;
     let input = events();
     let mut group = c.benchmark_group("handbook_features");
     group.throughput(Throughput::Elements(EVENTS as u64));

@@ -132,6 +132,9 @@ fn durations<'de, D: serde::Deserializer<'de>>(
         .collect()
 }
 
+/// A label-risk output: (span index, count column, risk column).
+pub(crate) type RiskOutput = (usize, Option<String>, Option<String>);
+
 const DAY_NS: u128 = 86_400 * 1_000_000_000;
 
 /// Fills a name template: `{key}`, `{span}` (e.g. `7days`) and `{days}` (whole days).
@@ -147,7 +150,7 @@ pub(crate) fn feature_name(
             .replace(' ', ""),
     );
     if name.contains("{days}") {
-        if span.as_nanos() % DAY_NS != 0 {
+        if !span.as_nanos().is_multiple_of(DAY_NS) {
             return Err(format!(
                 "template {template:?} uses {{days}} but span {} is not whole days",
                 humantime::format_duration(span)
@@ -190,7 +193,7 @@ impl FeatureConfig {
     /// Output names of a label-risk block as (span index, count name, risk name).
     pub(crate) fn risk_outputs(
         r: &LabelRiskConfig,
-    ) -> std::result::Result<Vec<(usize, Option<String>, Option<String>)>, String> {
+    ) -> std::result::Result<Vec<RiskOutput>, String> {
         r.spans
             .iter()
             .enumerate()

@@ -7,7 +7,7 @@ use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBat
 use arrow::datatypes::{DataType, Field, FieldRef};
 
 use crate::columns::{self, KeyedState};
-use crate::config::{LabelRiskConfig, ns};
+use crate::config::{LabelRiskConfig, RiskOutput, ns};
 use crate::{Appender, Operator, OperatorError, Result};
 
 #[derive(Debug, Default)]
@@ -63,11 +63,7 @@ pub struct LabelRisk {
 
 impl LabelRisk {
     /// Builds the operator from its config and the outputs (span index, count name, risk name).
-    pub fn new(
-        cfg: &LabelRiskConfig,
-        time: &str,
-        outputs: Vec<(usize, Option<String>, Option<String>)>,
-    ) -> Self {
+    pub fn new(cfg: &LabelRiskConfig, time: &str, outputs: Vec<RiskOutput>) -> Self {
         let mut fields: Vec<FieldRef> = Vec::new();
         for (_, c, r) in &outputs {
             if let Some(c) = c {

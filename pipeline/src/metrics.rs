@@ -67,8 +67,11 @@ pub fn average_precision(rows: &[Scored]) -> Option<f64> {
     Some(ap)
 }
 
+/// Points of a curve, (x, y).
+pub type Curve = Vec<(f64, f64)>;
+
 /// ROC points (false positive rate, true positive rate) and PR points (recall, precision).
-pub fn curves(rows: &[Scored]) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+pub fn curves(rows: &[Scored]) -> (Curve, Curve) {
     let p = rows.iter().filter(|r| r.fraud).count().max(1) as f64;
     let n = (rows.len() as f64 - rows.iter().filter(|r| r.fraud).count() as f64).max(1.0);
     let (mut tp, mut fp) = (0.0, 0.0);

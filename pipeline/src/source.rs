@@ -71,6 +71,9 @@ pub fn read_file(path: &Path) -> Result<RecordBatch> {
     concat_batches(&schema, &batches).map_err(|e| bad(path, e))
 }
 
+/// A column replay needs: name, type check, what the type should be.
+type Requirement<'a> = (&'a str, fn(&DataType) -> bool, &'a str);
+
 /// Checks the columns replay needs (present, right type, no nulls — naming the first bad row),
 /// turns the event time into UTC nanoseconds and orders by (event time, tie-break).
 pub fn prepare(
@@ -80,7 +83,7 @@ pub fn prepare(
     replay: &ReplayConfig,
 ) -> Result<History> {
     let utc = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
-    let mut required: Vec<(&str, fn(&DataType) -> bool, &str)> = vec![
+    let mut required: Vec<Requirement> = vec![
         (
             &features.event_time,
             |d| {
