@@ -46,6 +46,18 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Measure a full replay against scoring the same rows alone (median of --runs).
+    Bench {
+        /// Pipeline config (TOML); default: the shipped handbook fraud pipeline.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// History: Parquet or CSV.
+        #[arg(long, default_value = default_history())]
+        input: PathBuf,
+        /// Repetitions.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Check a config and its model without touching any data; lists every problem.
     Validate {
         /// Pipeline config (TOML).
@@ -105,6 +117,18 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                 "wrote {rows} rows with features {:?} to {}",
                 cfg.features.feature_names()?,
                 output.display()
+            );
+        }
+        Command::Bench {
+            config,
+            input,
+            runs,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            cfg.validate()?;
+            println!(
+                "{}",
+                riskpipe_pipeline::bench::replay_vs_scoring(&cfg, &input, runs)?
             );
         }
         Command::Validate { config } => {

@@ -8,6 +8,7 @@
 //! [`export_features`] computes the same features with DataFusion over a whole history, which
 //! is how training sets are made. The live Kafka path drives the same stages.
 
+pub mod bench;
 pub mod config;
 pub mod metrics;
 pub mod report;
