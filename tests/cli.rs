@@ -75,17 +75,11 @@ fn backtest_of_a_small_csv_writes_scores_report_and_plot() {
     assert_eq!(report["transactions"].as_u64(), Some(0));
 }
 
-#[test]
-fn malformed_rows_get_an_error_naming_the_row() {
+/// Backtests a CSV with the given content, expects failure, returns what was printed.
+fn failed_backtest_output(csv: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("bad.csv");
-    std::fs::write(
-        &input,
-        "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n\
-         1,2018-04-01T00:00:00Z,1,1,10.0,0\n\
-         2,2018-04-01T00:01:00Z,,1,11.0,0\n",
-    )
-    .expect("write");
+    std::fs::write(&input, csv).expect("write");
     let o = riskpipe(
         &[
             "backtest",
@@ -96,30 +90,25 @@ fn malformed_rows_get_an_error_naming_the_row() {
         dir.path(),
     );
     assert!(!o.status.success());
-    let t = text(&o);
+    text(&o)
+}
+
+#[test]
+fn malformed_rows_get_an_error_naming_the_row() {
+    let t = failed_backtest_output(
+        "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n\
+         1,2018-04-01T00:00:00Z,1,1,10.0,0\n\
+         2,2018-04-01T00:01:00Z,,1,11.0,0\n",
+    );
     assert!(
         t.contains("\"CUSTOMER_ID\" is empty or malformed in row 2"),
         "{t}"
     );
-
-    std::fs::write(
-        &input,
+    let t = failed_backtest_output(
         "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n\
          1,2018-04-01T00:00:00Z,1,1,10.0,0\n\
          2,2018-04-01T00:01:00Z,1,1,eleven,0\n",
-    )
-    .expect("write");
-    let o = riskpipe(
-        &[
-            "backtest",
-            "--quiet",
-            "--input",
-            input.to_str().expect("utf8"),
-        ],
-        dir.path(),
     );
-    assert!(!o.status.success());
-    let t = text(&o);
     assert!(t.contains("\"TX_AMOUNT\" is Utf8, expected numeric"), "{t}");
 }
 

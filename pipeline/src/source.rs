@@ -217,7 +217,6 @@ pub fn derive_labels(
         .with_timezone("UTC");
     let mut names: Vec<String> = features.label_risk.iter().map(|r| r.key.clone()).collect();
     names.extend([features.order_by.clone(), features.event_time.clone()]);
-    names.dedup();
     let mut fields = Vec::new();
     let mut cols: Vec<ArrayRef> = Vec::new();
     for n in &names {
