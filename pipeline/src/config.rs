@@ -7,6 +7,7 @@ use riskpipe_models::ModelConfig;
 use riskpipe_operators::FeatureConfig;
 use serde::Deserialize;
 
+use crate::kafka::KafkaConfig;
 use crate::{PipelineError, Result};
 
 /// The shipped fraud pipeline (handbook features, shipped model): the embedded default.
@@ -33,6 +34,21 @@ pub struct PipelineConfig {
     /// The backtest's train/delay/test split; without it the whole history is evaluated.
     #[serde(default)]
     pub backtest: Option<SplitConfig>,
+    /// Kafka source and sinks of the live pipeline (`riskpipe run`, `riskpipe replay`).
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
+    /// Metrics and health endpoints.
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
+}
+
+/// Where the Prometheus and health endpoints listen.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservabilityConfig {
+    /// `host:port` of `/metrics`, `/health` and `/ready` (e.g. "0.0.0.0:9898"); none = off.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// When a score becomes an alert.
@@ -141,6 +157,16 @@ impl PipelineConfig {
                 "model.path {} does not exist",
                 self.model.path.display()
             ));
+        }
+        if let Some(k) = &self.kafka {
+            p.extend(k.problems());
+        }
+        if let Some(listen) = &self.observability.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                p.push(format!(
+                    "observability.listen {listen:?} is not a host:port socket address"
+                ));
+            }
         }
         if let Some(s) = &self.backtest {
             if chrono::NaiveDate::parse_from_str(&s.train_start, "%Y-%m-%d").is_err() {

@@ -6,10 +6,12 @@
 //! through the [`ScoringStage`](stages::ScoringStage), on two threads joined by a bounded queue.
 //! [`backtest`] writes the scored rows to Parquet and evaluates them ([`metrics`], [`report`]);
 //! [`export_features`] computes the same features with DataFusion over a whole history, which
-//! is how training sets are made. The live Kafka path drives the same stages.
+//! is how training sets are made. The live Kafka path ([`kafka`]) drives the same stages; only
+//! its source and sinks differ.
 
 pub mod bench;
 pub mod config;
+pub mod kafka;
 pub mod metrics;
 pub mod report;
 pub mod source;
@@ -62,6 +64,9 @@ pub enum PipelineError {
     /// From DataFusion.
     #[error("datafusion: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
+    /// From Kafka (broker unreachable, delivery failed, …).
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
 }
 
 impl PipelineError {
@@ -69,7 +74,9 @@ impl PipelineError {
     pub fn fault(&self) -> Fault {
         match self {
             PipelineError::BadInput(_) => Fault::BadInput,
-            PipelineError::External(_) | PipelineError::Parquet(_) => Fault::External,
+            PipelineError::External(_) | PipelineError::Parquet(_) | PipelineError::Kafka(_) => {
+                Fault::External
+            }
             PipelineError::Config(_)
             | PipelineError::Bug(_)
             | PipelineError::Arrow(_)
@@ -113,8 +120,25 @@ pub fn score_history(
 ) -> Result<Vec<RecordBatch>> {
     let chain = cfg.features.build_chain()?;
     let scorer = Scorer::load(&cfg.model)?;
-    let produced = chain.feature_names();
-    let input_schema = history.transactions.schema();
+    check_model_inputs(cfg, &scorer, &history.transactions.schema())?;
+    let scoring = ScoringStage::new(scorer, cfg.alerts.threshold);
+    stages::replay(
+        history,
+        &cfg.features,
+        chain,
+        scoring,
+        cfg.replay.batch_rows,
+        progress,
+    )
+}
+
+/// Fails unless every model input is an input column or a configured feature.
+pub(crate) fn check_model_inputs(
+    cfg: &PipelineConfig,
+    scorer: &Scorer,
+    input_schema: &Schema,
+) -> Result<()> {
+    let produced = cfg.features.feature_names()?;
     let missing: Vec<&String> = scorer
         .features()
         .iter()
@@ -126,15 +150,7 @@ pub fn score_history(
             cfg.model.path.display()
         )]));
     }
-    let scoring = ScoringStage::new(scorer, cfg.alerts.threshold);
-    stages::replay(
-        history,
-        &cfg.features,
-        chain,
-        scoring,
-        cfg.replay.batch_rows,
-        progress,
-    )
+    Ok(())
 }
 
 /// What a backtest produced.
@@ -160,8 +176,19 @@ pub fn backtest(
     cfg.validate()?;
     let started = Instant::now();
     let history = load_history(cfg, input)?;
+    backtest_history(cfg, &history, started, out_dir, show_progress)
+}
+
+/// Replays a prepared history (from a file or a Kafka range) and writes the backtest outputs.
+pub fn backtest_history(
+    cfg: &PipelineConfig,
+    history: &source::History,
+    started: Instant,
+    out_dir: &Path,
+    show_progress: bool,
+) -> Result<BacktestOutcome> {
     let pb = progress_bar(history.transactions.num_rows() as u64, show_progress);
-    let scored = score_history(cfg, &history, &pb)?;
+    let scored = score_history(cfg, history, &pb)?;
     pb.finish_and_clear();
     let replay_time = started.elapsed();
     std::fs::create_dir_all(out_dir)
@@ -211,7 +238,7 @@ fn epoch() -> chrono::NaiveDate {
     chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()
 }
 
-fn model_name(cfg: &PipelineConfig) -> String {
+pub(crate) fn model_name(cfg: &PipelineConfig) -> String {
     cfg.model
         .path
         .file_name()

@@ -172,6 +172,9 @@ pub struct Reason {
     pub feature: String,
     /// Its value for this transaction.
     pub value: f64,
+    /// How much the score drops when this feature alone is set to its running mean
+    /// (occlusion attribution; positive = the feature pushed the score up).
+    pub contribution: f64,
 }
 
 /// A real-time fraud alert: a transaction whose score reached the threshold (topic payload).

@@ -69,6 +69,7 @@ fn serde_payloads_match_their_json_schemas() {
             reasons: vec![Reason {
                 feature: "TERMINAL_ID_RISK_7DAY_WINDOW".into(),
                 value: 0.4,
+                contribution: 0.21,
             }],
         },
     );

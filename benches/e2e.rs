@@ -1,0 +1,195 @@
+//! End-to-end benchmark of the live path against the broker process (`riskpipe-test-broker`).
+//!
+//! In one run, on the same handbook messages:
+//! 1. ceiling A: a bare rdkafka consume loop (no work) over the transactions topic;
+//! 2. ceiling B: bare ONNX scoring of the same rows' features with the shipped model, one
+//!    thread, in the pipeline's batch size;
+//! 3. riskpipe's live pipeline (the code `riskpipe run` runs): transactions → scores, from the
+//!    first consumed message to the broker's acknowledgement of the last score;
+//! 4. latency from a transaction's send to its score's arrival at a downstream consumer, at a
+//!    fixed offered load of half the measured throughput: p50 / p99 / p99.9.
+//!
+//! `cargo bench --bench e2e`. RISKPIPE_E2E_TRANSACTIONS (default 100000) and
+//! RISKPIPE_E2E_LATENCY_SECS (default 10) size it. Targets: throughput ≥ 70% of the lower
+//! ceiling; p99 ≤ 10 ms at half the measured throughput.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use riskpipe_pipeline::PipelineConfig;
+use riskpipe_pipeline::kafka::KafkaConfig;
+use riskpipe_pipeline::kafka::demo::{Feed, Feeder, Watcher, feed, feed_producer, reader};
+use riskpipe_pipeline::kafka::live::{Health, LiveCounters, run};
+use riskpipe_pipeline::source::History;
+
+fn env_or(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn topics(prefix: &str) -> Vec<(String, i32)> {
+    [("transactions", 1), ("fraud-labels", 1), ("scores", 4), ("alerts", 1), ("dead-letter", 1)]
+        .iter()
+        .map(|(t, p)| (format!("{prefix}{t}"), *p))
+        .collect()
+}
+
+fn kafka_for(bootstrap: &str, prefix: &str, group: &str) -> KafkaConfig {
+    let mut k = KafkaConfig::for_bootstrap(bootstrap);
+    k.group_id = group.into();
+    k.topics.transactions = format!("{prefix}transactions");
+    k.topics.labels = format!("{prefix}fraud-labels");
+    k.topics.scores = format!("{prefix}scores");
+    k.topics.alerts = format!("{prefix}alerts");
+    k.topics.dead_letter = format!("{prefix}dead-letter");
+    k
+}
+
+fn bare_consume(bootstrap: &str, topic: &str, n: usize) -> Duration {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bare")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).expect("tpl");
+    consumer.assign(&tpl).expect("assign");
+    let mut got = 0;
+    let mut started = None;
+    while got < n {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            m.expect("consume");
+            started.get_or_insert_with(Instant::now);
+            got += 1;
+        }
+    }
+    started.map(|s| s.elapsed()).unwrap_or_default()
+}
+
+fn bare_scoring(cfg: &PipelineConfig, history: &History, skip: usize, n: usize, batch: usize) -> Duration {
+    let mut chain = cfg.features.build_chain().expect("chain");
+    let mut scorer = riskpipe_models::Scorer::load(&cfg.model).expect("model");
+    chain.observe_labels(&history.labels).expect("labels");
+    let rows = history.transactions.slice(skip, n);
+    let features = chain.process(rows).expect("features");
+    let started = Instant::now();
+    let mut at = 0;
+    while at < n {
+        let len = batch.min(n - at);
+        let s = scorer.score(&features.slice(at, len)).expect("score");
+        assert_eq!(s.len(), len);
+        at += len;
+    }
+    started.elapsed()
+}
+
+fn main() {
+    let n = env_or("RISKPIPE_E2E_TRANSACTIONS", 100_000.0) as usize;
+    let latency_secs = env_or("RISKPIPE_E2E_LATENCY_SECS", 10.0);
+    let skip = 300_000;
+    let mut all_topics = topics("tp-");
+    all_topics.extend(topics("lat-"));
+    let specs: Vec<(&str, i32)> = all_topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+    let broker = support::Broker::start(&specs);
+    let mut cfg = PipelineConfig::handbook().expect("config");
+    let history = riskpipe_pipeline::load_history(&cfg, &support::handbook_data()).expect("history");
+    let feed_all = feed(&history, &cfg, skip, n).expect("feed");
+    let kafka = kafka_for(&broker.bootstrap, "tp-", "bench-throughput");
+    let producer = feed_producer(&kafka).expect("producer");
+    Feeder::new(&feed_all, Instant::now())
+        .publish(&producer, &kafka, &feed_all, 0.0, &AtomicBool::new(false))
+        .expect("publish");
+
+    // Ceiling A: consume the same messages, doing nothing.
+    let consume = bare_consume(&broker.bootstrap, &kafka.topics.transactions, n);
+    // Ceiling B: score the same rows alone.
+    let scoring = bare_scoring(&cfg, &history, skip, n, kafka.batch.max_rows);
+
+    // riskpipe: the live pipeline over the same messages.
+    cfg.kafka = Some(kafka.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let health = Arc::new(Health::default());
+    let counters = Arc::new(LiveCounters::default());
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    rt.block_on(run(&cfg, health.clone(), counters.clone(), async {
+        loop {
+            let consumed = counters.transactions.load(Ordering::Relaxed);
+            if consumed > 0 && first.is_none() {
+                first = Some(Instant::now());
+            }
+            if counters.scores.load(Ordering::Relaxed) >= n as u64 {
+                last = Instant::now();
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }))
+    .expect("pipeline");
+    let pipeline = last - first.unwrap_or(last);
+
+    let eps = |d: Duration| n as f64 / d.as_secs_f64();
+    let (tp, ca, cb) = (eps(pipeline), eps(consume), eps(scoring));
+    let ceiling = ca.min(cb);
+
+    // Latency at half the measured throughput, on fresh topics.
+    let rate = tp / 2.0;
+    let m = ((rate * latency_secs) as usize).max(1000);
+    let feed_lat: Feed = feed(&history, &cfg, skip + n, m).expect("feed");
+    let kafka = kafka_for(&broker.bootstrap, "lat-", "bench-latency");
+    cfg.kafka = Some(kafka.clone());
+    let epoch = Instant::now();
+    let feeder = Feeder::new(&feed_lat, epoch);
+    let watcher = Watcher::default();
+    let done = AtomicBool::new(false);
+    let producer = feed_producer(&kafka).expect("producer");
+    let watch_reader = reader(&kafka, &[&kafka.topics.scores]).expect("reader");
+    let health = Arc::new(Health::default());
+    let counters = Arc::new(LiveCounters::default());
+    std::thread::scope(|s| {
+        let feeding = s.spawn(|| {
+            while !health.ready.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // Let the group settle before the clock starts.
+            std::thread::sleep(Duration::from_millis(500));
+            feeder
+                .publish(&producer, &kafka, &feed_lat, rate, &done)
+                .expect("publish");
+        });
+        let watching = s.spawn(|| watcher.watch(&watch_reader, &kafka, &feed_lat, &feeder, &done));
+        rt.block_on(run(&cfg, health.clone(), counters.clone(), async {
+            while watcher.distinct.load(Ordering::Relaxed) < m as u64 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }))
+        .expect("pipeline");
+        done.store(true, Ordering::Relaxed);
+        feeding.join().expect("feeder");
+        watching.join().expect("watcher").expect("watch");
+    });
+
+    println!("end-to-end benchmark ({n} handbook transactions via riskpipe-test-broker, 2 cores shared)");
+    println!("  bare consume loop (ceiling A)      {ca:>10.0} msg/s   {:>7.3} s", consume.as_secs_f64());
+    println!("  bare ONNX scoring (ceiling B)      {cb:>10.0} rows/s  {:>7.3} s", scoring.as_secs_f64());
+    println!("  riskpipe live: tx -> scores acked  {tp:>10.0} ev/s    {:>7.3} s", pipeline.as_secs_f64());
+    println!("  throughput / lower ceiling         {:>10.3}   (target >= 0.70)", tp / ceiling);
+    println!(
+        "  latency at {rate:.0} ev/s offered ({m} tx): p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  (target p99 <= 10 ms)",
+        watcher.latency_ms(0.5),
+        watcher.latency_ms(0.99),
+        watcher.latency_ms(0.999)
+    );
+}

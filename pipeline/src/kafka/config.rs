@@ -1,0 +1,277 @@
+//! The `[kafka]` section of a pipeline config: where to read and publish, how to batch.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+/// Kafka source and sinks of the live pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// librdkafka properties given to every client as-is (`bootstrap.servers`,
+    /// `security.protocol`, `sasl.*`, `ssl.*`, `compression.type`, …).
+    pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the consumer only.
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the producer only (e.g. `linger.ms`, `acks`).
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
+    /// Consumer group of the pipeline.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Topic names.
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    /// Micro-batching of consumed messages.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Payloads larger than this many bytes are dead-lettered, not decoded.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Batches that may be in flight between consuming and the broker's acknowledgement of
+    /// their outputs; when full, consumption waits (backpressure instead of memory growth).
+    #[serde(default = "default_in_flight")]
+    pub in_flight_batches: usize,
+    /// Offsets of fully acknowledged input are committed this often (and on shutdown).
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Top contributing features reported with each alert.
+    #[serde(default = "default_reasons")]
+    pub alert_reasons: usize,
+}
+
+/// Topic names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Transactions to score (JSON, `schemas/json/transaction.schema.json`).
+    #[serde(default = "default_transactions")]
+    pub transactions: String,
+    /// Fraud labels feeding the delayed-label features; empty string for none.
+    #[serde(default = "default_labels")]
+    pub labels: String,
+    /// One score per transaction.
+    #[serde(default = "default_scores")]
+    pub scores: String,
+    /// Transactions whose score reached the threshold.
+    #[serde(default = "default_alerts")]
+    pub alerts: String,
+    /// Messages that could not be decoded, with the reason in headers.
+    #[serde(default = "default_dead_letter")]
+    pub dead_letter: String,
+}
+
+/// When a micro-batch is handed to the operators.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// At most this many messages per batch.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+    /// A batch is closed at the latest this long after its first message arrived.
+    #[serde(default = "default_max_delay", with = "humantime_serde")]
+    pub max_delay: Duration,
+}
+
+fn default_group() -> String {
+    "riskpipe".into()
+}
+fn default_max_message_bytes() -> usize {
+    64 * 1024
+}
+fn default_in_flight() -> usize {
+    8
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_reasons() -> usize {
+    3
+}
+fn default_transactions() -> String {
+    "transactions".into()
+}
+fn default_labels() -> String {
+    "fraud-labels".into()
+}
+fn default_scores() -> String {
+    "scores".into()
+}
+fn default_alerts() -> String {
+    "alerts".into()
+}
+fn default_dead_letter() -> String {
+    "riskpipe-dead-letter".into()
+}
+fn default_max_rows() -> usize {
+    1024
+}
+fn default_max_delay() -> Duration {
+    Duration::from_millis(5)
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            transactions: default_transactions(),
+            labels: default_labels(),
+            scores: default_scores(),
+            alerts: default_alerts(),
+            dead_letter: default_dead_letter(),
+        }
+    }
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: default_max_rows(),
+            max_delay: default_max_delay(),
+        }
+    }
+}
+
+/// Properties riskpipe sets itself because delivery guarantees depend on them.
+const OWNED: [&str; 4] = [
+    "group.id",
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+];
+
+impl KafkaConfig {
+    /// A config for `bootstrap` with every other setting at its default.
+    pub fn for_bootstrap(bootstrap: &str) -> Self {
+        let mut properties = BTreeMap::new();
+        properties.insert("bootstrap.servers".to_string(), bootstrap.to_string());
+        Self {
+            properties,
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+            group_id: default_group(),
+            topics: TopicsConfig::default(),
+            batch: BatchConfig::default(),
+            max_message_bytes: default_max_message_bytes(),
+            in_flight_batches: default_in_flight(),
+            commit_interval: default_commit_interval(),
+            alert_reasons: default_reasons(),
+        }
+    }
+
+    /// Every problem of this section, checked without connecting (librdkafka validates each
+    /// property name and value when a client config is built).
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !self.properties.contains_key("bootstrap.servers") {
+            p.push("kafka.properties must set \"bootstrap.servers\"".into());
+        }
+        let all = self
+            .properties
+            .iter()
+            .map(|kv| ("properties", kv))
+            .chain(self.consumer_properties.iter().map(|kv| ("consumer_properties", kv)))
+            .chain(self.producer_properties.iter().map(|kv| ("producer_properties", kv)));
+        for (section, (k, v)) in all {
+            if OWNED.contains(&k.as_str()) {
+                p.push(format!(
+                    "kafka.{section}.{k:?} is set by riskpipe (at-least-once delivery depends on it); use kafka.group_id / kafka.commit_interval"
+                ));
+                continue;
+            }
+            let mut one = ClientConfig::new();
+            one.set(k, v);
+            if let Err(e) = one.create_native_config() {
+                p.push(format!("kafka.{section}.{k:?} = {v:?}: {e}"));
+            }
+        }
+        if self.group_id.is_empty() {
+            p.push("kafka.group_id is empty".into());
+        }
+        let t = &self.topics;
+        for (name, value) in [
+            ("transactions", &t.transactions),
+            ("scores", &t.scores),
+            ("alerts", &t.alerts),
+            ("dead_letter", &t.dead_letter),
+        ] {
+            if value.is_empty() {
+                p.push(format!("kafka.topics.{name} is empty"));
+            }
+        }
+        let inputs = [&t.transactions, &t.labels];
+        for (name, out) in [
+            ("scores", &t.scores),
+            ("alerts", &t.alerts),
+            ("dead_letter", &t.dead_letter),
+        ] {
+            if inputs.contains(&out) {
+                p.push(format!(
+                    "kafka.topics.{name} {out:?} is also an input topic (the pipeline would consume its own output)"
+                ));
+            }
+        }
+        if self.batch.max_rows == 0 {
+            p.push("kafka.batch.max_rows must be at least 1".into());
+        }
+        if self.batch.max_delay.is_zero() {
+            p.push("kafka.batch.max_delay must be more than 0".into());
+        }
+        if self.max_message_bytes == 0 {
+            p.push("kafka.max_message_bytes must be at least 1".into());
+        }
+        if self.in_flight_batches == 0 {
+            p.push("kafka.in_flight_batches must be at least 1".into());
+        }
+        if self.commit_interval.is_zero() {
+            p.push("kafka.commit_interval must be more than 0".into());
+        }
+        p
+    }
+
+    /// Client config with the user's properties.
+    pub fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// Input topics.
+    pub fn inputs(&self) -> Vec<&str> {
+        let mut v = vec![self.topics.transactions.as_str()];
+        if !self.topics.labels.is_empty() {
+            v.push(self.topics.labels.as_str());
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let mut k = KafkaConfig::for_bootstrap("localhost:9092");
+        k.properties
+            .insert("no.such.property".into(), "1".into());
+        k.properties
+            .insert("enable.auto.offset.store".into(), "true".into());
+        k.properties
+            .insert("security.protocol".into(), "carrier-pigeon".into());
+        k.topics.scores = "transactions".into();
+        k.batch.max_rows = 0;
+        let p = k.problems();
+        assert_eq!(p.len(), 5, "{p:#?}");
+        assert!(p.iter().any(|s| s.contains("no.such.property")));
+        assert!(p.iter().any(|s| s.contains("carrier-pigeon")));
+        assert!(p.iter().any(|s| s.contains("enable.auto.offset.store")));
+        assert!(p.iter().any(|s| s.contains("input topic")));
+        assert!(p.iter().any(|s| s.contains("max_rows")));
+        assert!(KafkaConfig::for_bootstrap("x:1").problems().is_empty());
+    }
+}

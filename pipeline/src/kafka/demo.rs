@@ -1,0 +1,462 @@
+//! `riskpipe demo`: the live pipeline end to end with no outside service, and the pieces the
+//! end-to-end benchmark reuses against a broker process.
+//!
+//! A [`Feeder`] publishes handbook transactions in event-time order, each fraud's label at its
+//! label time (before the transactions of that instant), at a chosen rate, recording when each
+//! transaction was sent. A [`Watcher`] reads the scores and alerts topics and measures the
+//! latency from a transaction's send to its score's arrival. [`run_demo`] starts librdkafka's
+//! in-process mock cluster, wires the three together around [`super::live::run`] and prints a
+//! summary.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int64Type, TimestampNanosecondType};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use riskpipe_schemas::{FraudLabel, Score, Transaction, label, tx};
+
+use super::KafkaConfig;
+use super::encode::rfc3339;
+use super::live::{Health, LiveCounters, LiveSummary};
+use crate::source::History;
+use crate::{PipelineConfig, PipelineError, Result};
+
+/// The transactions and label events to publish, as JSON payloads in publishing order.
+#[derive(Debug, Default)]
+pub struct Feed {
+    /// `(is_label, customer key, payload, transaction index)` in publishing order.
+    pub messages: Vec<(bool, String, Vec<u8>, usize)>,
+    /// Transactions in the feed.
+    pub transactions: usize,
+    /// Transaction ids in feed order (index = the `transaction index` above).
+    pub ids: Vec<i64>,
+    /// Which transactions are frauds (from the history's label column).
+    pub frauds: Vec<bool>,
+}
+
+fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::ArrayRef> {
+    b.column_by_name(name)
+        .ok_or_else(|| PipelineError::BadInput(format!("history lacks column {name:?}")))
+}
+
+/// The first `count` transactions after skipping `skip`, interleaved with the label events
+/// whose label time is reached (labels first at equal times, as in replay).
+pub fn feed(history: &History, cfg: &PipelineConfig, skip: usize, count: usize) -> Result<Feed> {
+    let t = &history.transactions;
+    let end = (skip + count).min(t.num_rows());
+    let start = skip.min(end);
+    let id = column(t, tx::TRANSACTION_ID)?.as_primitive::<Int64Type>();
+    let customer = column(t, tx::CUSTOMER_ID)?.as_primitive::<Int64Type>();
+    let terminal = column(t, tx::TERMINAL_ID)?.as_primitive::<Int64Type>();
+    let amount = column(t, tx::TX_AMOUNT)?.as_primitive::<Float64Type>();
+    let time = column(t, &cfg.features.event_time)?.as_primitive::<TimestampNanosecondType>();
+    let truth = crate::source::int_column(t, &cfg.replay.label)?;
+    let l = &history.labels;
+    let l_id = column(l, tx::TRANSACTION_ID)?.as_primitive::<Int64Type>();
+    let l_customer = column(l, tx::CUSTOMER_ID)?.as_primitive::<Int64Type>();
+    let l_terminal = column(l, tx::TERMINAL_ID)?.as_primitive::<Int64Type>();
+    let l_time = column(l, &cfg.features.event_time)?.as_primitive::<TimestampNanosecondType>();
+    let l_label_time = column(l, label::LABEL_TIME)?.as_primitive::<TimestampNanosecondType>();
+    let l_flag = crate::source::int_column(l, label::TX_FRAUD)?;
+    let first_time = if start < end { time.value(start) } else { 0 };
+    let json = |e: serde_json::Error| PipelineError::Bug(format!("encoding JSON: {e}"));
+    let mut out = Feed::default();
+    // Labels of transactions before the slice would count frauds the windows never saw.
+    let mut next_label = 0;
+    for i in start..end {
+        let t_i = time.value(i);
+        while next_label < l.num_rows() && l_label_time.value(next_label) <= t_i {
+            let j = next_label;
+            next_label += 1;
+            if l_time.value(j) < first_time {
+                continue;
+            }
+            let payload = serde_json::to_vec(&FraudLabel {
+                transaction_id: l_id.value(j),
+                customer_id: l_customer.value(j),
+                terminal_id: l_terminal.value(j),
+                tx_datetime: rfc3339(l_time.value(j)),
+                label_time: rfc3339(l_label_time.value(j)),
+                tx_fraud: l_flag[j],
+            })
+            .map_err(json)?;
+            out.messages
+                .push((true, l_customer.value(j).to_string(), payload, usize::MAX));
+        }
+        let payload = serde_json::to_vec(&Transaction {
+            transaction_id: id.value(i),
+            tx_datetime: rfc3339(t_i),
+            customer_id: customer.value(i),
+            terminal_id: terminal.value(i),
+            tx_amount: amount.value(i),
+        })
+        .map_err(json)?;
+        out.messages.push((
+            false,
+            customer.value(i).to_string(),
+            payload,
+            out.transactions,
+        ));
+        out.ids.push(id.value(i));
+        out.frauds.push(truth[i] != 0);
+        out.transactions += 1;
+    }
+    Ok(out)
+}
+
+/// Publishes a [`Feed`] and records when each transaction was handed to the producer.
+#[derive(Debug)]
+pub struct Feeder {
+    /// Send time of each transaction, µs since `epoch` (0 = not sent yet).
+    pub sent_us: Arc<Vec<AtomicU64>>,
+    /// The clock origin shared with the [`Watcher`].
+    pub epoch: Instant,
+}
+
+/// Producer settings for feeding: zstd-compressed (the mock broker keeps ~5 MiB per partition).
+pub fn feed_producer(kafka: &KafkaConfig) -> Result<ThreadedProducer<DefaultProducerContext>> {
+    let mut c = kafka.client();
+    c.set("compression.type", "zstd").set("linger.ms", "1");
+    Ok(c.create()?)
+}
+
+impl Feeder {
+    /// A feeder for `feed`.
+    pub fn new(feed: &Feed, epoch: Instant) -> Self {
+        Self {
+            sent_us: Arc::new((0..feed.transactions).map(|_| AtomicU64::new(0)).collect()),
+            epoch,
+        }
+    }
+
+    /// Publishes everything at `rate` transactions/s (0 = as fast as possible), then flushes.
+    pub fn publish(
+        &self,
+        producer: &ThreadedProducer<DefaultProducerContext>,
+        kafka: &KafkaConfig,
+        feed: &Feed,
+        rate: f64,
+        stop: &AtomicBool,
+    ) -> Result<()> {
+        let started = Instant::now();
+        for (is_label, key, payload, index) in &feed.messages {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if !is_label && rate > 0.0 {
+                let due = started + Duration::from_secs_f64(*index as f64 / rate);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+            }
+            let topic = if *is_label {
+                &kafka.topics.labels
+            } else {
+                &kafka.topics.transactions
+            };
+            if !is_label && let Some(slot) = self.sent_us.get(*index) {
+                slot.store(
+                    self.epoch.elapsed().as_micros().max(1) as u64,
+                    Ordering::Relaxed,
+                );
+            }
+            let mut record = BaseRecord::to(topic).key(key.as_str()).payload(payload.as_slice());
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(60))?;
+        Ok(())
+    }
+}
+
+/// Reads the scores and alerts topics from their start and measures latency.
+#[derive(Debug)]
+pub struct Watcher {
+    /// Scores seen (duplicates included).
+    pub scores: AtomicU64,
+    /// Distinct transactions scored.
+    pub distinct: AtomicU64,
+    /// Alerts seen.
+    pub alerts: AtomicU64,
+    /// Alerts on fraudulent transactions.
+    pub true_alerts: AtomicU64,
+    /// Send-to-score latency, µs.
+    pub latency: std::sync::Mutex<Histogram<u64>>,
+}
+
+impl Default for Watcher {
+    fn default() -> Self {
+        Self {
+            scores: AtomicU64::new(0),
+            distinct: AtomicU64::new(0),
+            alerts: AtomicU64::new(0),
+            true_alerts: AtomicU64::new(0),
+            latency: std::sync::Mutex::new(
+                Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant, valid bounds"),
+            ),
+        }
+    }
+}
+
+/// An assigned consumer of every partition of `topics` from the start (no group join).
+pub fn reader(kafka: &KafkaConfig, topics: &[&str]) -> Result<BaseConsumer> {
+    let mut c = kafka.client();
+    c.set("group.id", format!("{}-watch", kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5");
+    let consumer: BaseConsumer = c.create()?;
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        let md = consumer.fetch_metadata(Some(t), Duration::from_secs(10))?;
+        for topic in md.topics() {
+            for p in topic.partitions() {
+                tpl.add_partition_offset(t, p.id(), Offset::Beginning)?;
+            }
+        }
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+impl Watcher {
+    /// Consumes until `done` is set; `feed` maps ids to send times and truth. The ids of a
+    /// feed slice are contiguous, so a transaction's slot is its id minus the first id.
+    pub fn watch(
+        &self,
+        consumer: &BaseConsumer,
+        kafka: &KafkaConfig,
+        feed: &Feed,
+        feeder: &Feeder,
+        done: &AtomicBool,
+    ) -> Result<()> {
+        let base = feed.ids.first().copied().unwrap_or(0);
+        let mut seen = vec![false; feed.transactions];
+        while !done.load(Ordering::Relaxed) {
+            let Some(m) = consumer.poll(Duration::from_millis(50)) else {
+                continue;
+            };
+            let m = m?;
+            let now = feeder.epoch.elapsed().as_micros() as u64;
+            let payload = m.payload().unwrap_or_default();
+            if m.topic() == kafka.topics.alerts {
+                self.alerts.fetch_add(1, Ordering::Relaxed);
+                if let Ok(a) = serde_json::from_slice::<riskpipe_schemas::Alert>(payload) {
+                    let slot = usize::try_from(a.transaction_id - base).ok();
+                    if slot.and_then(|s| feed.frauds.get(s)).copied().unwrap_or(false) {
+                        self.true_alerts.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                continue;
+            }
+            let Ok(s) = serde_json::from_slice::<Score>(payload) else {
+                continue;
+            };
+            self.scores.fetch_add(1, Ordering::Relaxed);
+            let Some(slot) = usize::try_from(s.transaction_id - base)
+                .ok()
+                .filter(|&i| i < seen.len())
+            else {
+                continue;
+            };
+            if !seen[slot] {
+                seen[slot] = true;
+                self.distinct.fetch_add(1, Ordering::Relaxed);
+                let sent = feeder.sent_us[slot].load(Ordering::Relaxed);
+                if sent > 0
+                    && let Ok(mut h) = self.latency.lock()
+                {
+                    let _ = h.record(now.saturating_sub(sent).max(1));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Latency quantile in ms.
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        self.latency
+            .lock()
+            .map(|h| h.value_at_quantile(q) as f64 / 1e3)
+            .unwrap_or(f64::NAN)
+    }
+}
+
+/// Options of `riskpipe demo`.
+#[derive(Debug)]
+pub struct DemoOptions {
+    /// Transactions to publish.
+    pub transactions: usize,
+    /// Transactions to skip from the start of the history.
+    pub skip: usize,
+    /// Publishing rate, transactions/s (0 = as fast as possible).
+    pub rate: f64,
+    /// Partitions of the transactions topic.
+    pub partitions: i32,
+    /// Show the live status line.
+    pub show_progress: bool,
+    /// Where to serve metrics and health, if anywhere.
+    pub metrics: Option<std::net::TcpListener>,
+}
+
+/// What the demo measured.
+#[derive(Debug, Clone)]
+pub struct DemoSummary {
+    /// The pipeline's own counts.
+    pub pipeline: LiveSummary,
+    /// Distinct transactions whose score arrived.
+    pub scored: u64,
+    /// Alerts seen and how many were frauds.
+    pub alerts: (u64, u64),
+    /// Wall time from first publish to last score.
+    pub elapsed: Duration,
+    /// Send-to-score latency p50 / p99 / p99.9 (ms).
+    pub latency_ms: [f64; 3],
+}
+
+/// Runs the demo on `rt`: mock cluster, feeder, live pipeline, watcher; returns when every
+/// published transaction has its score (or on Ctrl-C).
+pub fn run_demo(
+    rt: &tokio::runtime::Runtime,
+    cfg: &mut PipelineConfig,
+    history: &History,
+    opts: DemoOptions,
+) -> Result<DemoSummary> {
+    let cluster = MockCluster::new(1)?;
+    let bootstrap = cluster.bootstrap_servers();
+    let mut kafka = cfg
+        .kafka
+        .clone()
+        .unwrap_or_else(|| KafkaConfig::for_bootstrap(&bootstrap));
+    kafka
+        .properties
+        .insert("bootstrap.servers".into(), bootstrap.clone());
+    kafka.group_id = "riskpipe-demo".into();
+    let t = &kafka.topics;
+    cluster.create_topic(&t.transactions, opts.partitions.max(1), 1)?;
+    for topic in [&t.labels, &t.scores, &t.alerts, &t.dead_letter] {
+        if !topic.is_empty() {
+            cluster.create_topic(topic, 1, 1)?;
+        }
+    }
+    cfg.kafka = Some(kafka.clone());
+    let feed = feed(history, cfg, opts.skip, opts.transactions)?;
+    let total = feed.transactions as u64;
+    let epoch = Instant::now();
+    let feeder = Feeder::new(&feed, epoch);
+    let watcher = Watcher::default();
+    let health = Arc::new(Health::default());
+    let counters = Arc::new(LiveCounters::default());
+    if let Some(listener) = opts.metrics {
+        let handle = super::observe::install()?;
+        let _guard = rt.enter();
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| PipelineError::External(e.to_string()))?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| PipelineError::External(e.to_string()))?;
+        rt.spawn(super::observe::serve(listener, handle, health.clone()));
+    }
+    let done = AtomicBool::new(false);
+    let pb = if opts.show_progress {
+        let pb = ProgressBar::new(total);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} live [{bar:30}] {human_pos}/{human_len} scored  {msg}",
+        ) {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let producer = feed_producer(&kafka)?;
+    let reader = reader(&kafka, &[&kafka.topics.scores, &kafka.topics.alerts])?;
+    let started = Instant::now();
+    let pipeline = std::thread::scope(|scope| -> Result<LiveSummary> {
+        let feeding = scope.spawn(|| {
+            // Wait for the consumer group before publishing, so latency counts work, not the join.
+            while !health.ready.load(Ordering::Relaxed) && !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            feeder.publish(&producer, &kafka, &feed, opts.rate, &done)
+        });
+        let watching = scope.spawn(|| watcher.watch(&reader, &kafka, &feed, &feeder, &done));
+        let status = scope.spawn(|| {
+            let mut last = (Instant::now(), 0u64);
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                let n = watcher.distinct.load(Ordering::Relaxed);
+                let dt = last.0.elapsed().as_secs_f64();
+                let rate = (n - last.1) as f64 / dt.max(1e-9);
+                last = (Instant::now(), n);
+                pb.set_position(n);
+                pb.set_message(format!(
+                    "{rate:>8.0} ev/s  p50 {:.1} ms  p99 {:.1} ms  alerts {}",
+                    watcher.latency_ms(0.5),
+                    watcher.latency_ms(0.99),
+                    watcher.alerts.load(Ordering::Relaxed)
+                ));
+                if n >= total {
+                    done.store(true, Ordering::Relaxed);
+                }
+            }
+        });
+        let finished = async {
+            loop {
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => { done.store(true, Ordering::Relaxed); break; }
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+        };
+        let summary = rt.block_on(super::live::run(cfg, health.clone(), counters.clone(), finished));
+        done.store(true, Ordering::Relaxed);
+        let fed = feeding
+            .join()
+            .map_err(|_| PipelineError::Bug("feeder panicked".into()))?;
+        let watched = watching
+            .join()
+            .map_err(|_| PipelineError::Bug("watcher panicked".into()))?;
+        status
+            .join()
+            .map_err(|_| PipelineError::Bug("status thread panicked".into()))?;
+        fed?;
+        watched?;
+        summary
+    })?;
+    pb.finish_and_clear();
+    Ok(DemoSummary {
+        pipeline,
+        scored: watcher.distinct.load(Ordering::Relaxed),
+        alerts: (
+            watcher.alerts.load(Ordering::Relaxed),
+            watcher.true_alerts.load(Ordering::Relaxed),
+        ),
+        elapsed: started.elapsed(),
+        latency_ms: [
+            watcher.latency_ms(0.5),
+            watcher.latency_ms(0.99),
+            watcher.latency_ms(0.999),
+        ],
+    })
+}

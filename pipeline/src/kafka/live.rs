@@ -1,0 +1,705 @@
+//! The live pipeline: consume → micro-batch → decode → features → score → publish → ack → store
+//! offsets.
+//!
+//! Four stages joined by bounded queues, so a slow broker slows consumption instead of growing
+//! memory:
+//! 1. the consumer task closes a micro-batch at `max_rows` messages or `max_delay` after its
+//!    first message (per-partition order is kept: messages stay in arrival order);
+//! 2. a dedicated thread decodes, runs the [`FeatureChain`] and the [`ScoringStage`] (CPU-heavy,
+//!    off the async reactor) and encodes scores, alerts and dead letters;
+//! 3. the producer task hands every record to librdkafka;
+//! 4. the ack task awaits the broker's acknowledgement of every record of a batch, in batch
+//!    order, and only then stores the batch's offsets; librdkafka commits stored offsets every
+//!    `commit_interval` and riskpipe commits synchronously on shutdown. This is at-least-once:
+//!    an offset is never committed before all outputs derived from it are acknowledged.
+//!
+//! A delivery that fails for good stops the pipeline (without storing that batch's offsets),
+//! so a restart re-processes it instead of losing it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::join_all;
+use metrics::{counter, gauge, histogram};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, TopicPartitionList};
+use riskpipe_models::Scorer;
+use riskpipe_operators::FeatureChain;
+use riskpipe_schemas::{Fault, fraud_label_schema, transaction_schema};
+use tokio::sync::mpsc;
+
+use super::KafkaConfig;
+use super::decode::decode;
+use super::encode::{Record, alert_rows, encode};
+use crate::stages::ScoringStage;
+use crate::{PipelineConfig, PipelineError, Result};
+
+/// Liveness and readiness, shared with the health endpoint.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The consumer holds a partition assignment.
+    pub ready: AtomicBool,
+    /// Set once the pipeline has stopped.
+    pub stopped: AtomicBool,
+}
+
+/// Counts of a live run, updated as it goes (the demo shows them while it runs).
+#[derive(Debug, Default)]
+pub struct LiveCounters {
+    /// Transaction messages consumed.
+    pub transactions: AtomicU64,
+    /// Label messages consumed.
+    pub labels: AtomicU64,
+    /// Score records acknowledged by the broker.
+    pub scores: AtomicU64,
+    /// Alert records acknowledged by the broker.
+    pub alerts: AtomicU64,
+    /// Dead letters acknowledged by the broker.
+    pub dead_letters: AtomicU64,
+    /// Batches fully acknowledged (their offsets stored).
+    pub batches: AtomicU64,
+}
+
+/// What a live run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSummary {
+    /// Transaction messages consumed.
+    pub transactions: u64,
+    /// Label messages consumed.
+    pub labels: u64,
+    /// Scores published.
+    pub scores: u64,
+    /// Alerts published.
+    pub alerts: u64,
+    /// Dead letters published.
+    pub dead_letters: u64,
+}
+
+impl LiveCounters {
+    /// A snapshot.
+    pub fn summary(&self) -> LiveSummary {
+        LiveSummary {
+            transactions: self.transactions.load(Ordering::Relaxed),
+            labels: self.labels.load(Ordering::Relaxed),
+            scores: self.scores.load(Ordering::Relaxed),
+            alerts: self.alerts.load(Ordering::Relaxed),
+            dead_letters: self.dead_letters.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct SourceContext {
+    health: Arc<Health>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    gauge!("riskpipe_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                self.health.ready.store(tpl.count() > 0, Ordering::Relaxed);
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                self.health.ready.store(false, Ordering::Relaxed);
+            }
+            Rebalance::Error(e) => tracing::warn!("rebalance error: {e}"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => counter!("riskpipe_commits_total", "result" => "ok").increment(1),
+            // Nothing stored since the last commit: not a failure.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                counter!("riskpipe_commits_total", "result" => "error").increment(1);
+                tracing::warn!("offset commit failed (will be retried with the next): {e}");
+            }
+        }
+    }
+}
+
+type Source = StreamConsumer<SourceContext>;
+
+/// One consumed message, copied out of librdkafka's buffer.
+struct Raw {
+    labels: bool,
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    /// Producer timestamp (CreateTime), ms since the epoch.
+    created_ms: Option<i64>,
+}
+
+/// Records to publish for one batch, and the input offsets they settle.
+struct Processed {
+    scores: Vec<Record>,
+    alerts: Vec<Record>,
+    dead: Vec<(Raw, String, &'static str)>,
+    /// Highest offset per (topic, partition) in the batch.
+    offsets: BTreeMap<(Arc<str>, i32), i64>,
+    /// Producer timestamps of the scored transactions (for end-to-end latency).
+    created_ms: Vec<i64>,
+}
+
+struct Pending {
+    deliveries: Vec<(DeliveryFuture, Kind)>,
+    offsets: BTreeMap<(Arc<str>, i32), i64>,
+    created_ms: Vec<i64>,
+    sent: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Score,
+    Alert,
+    Dead,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Checks the config, loads the model and builds the stages, without connecting anywhere.
+pub fn prepare(cfg: &PipelineConfig) -> Result<(FeatureChain, ScoringStage, &KafkaConfig)> {
+    let kafka = cfg.kafka.as_ref().ok_or_else(|| {
+        PipelineError::Config(vec!["no [kafka] section: the live pipeline needs one".into()])
+    })?;
+    cfg.validate()?;
+    let chain = cfg.features.build_chain()?;
+    let scorer = Scorer::load(&cfg.model)?;
+    crate::check_model_inputs(cfg, &scorer, &transaction_schema())?;
+    Ok((chain, ScoringStage::new(scorer, cfg.alerts.threshold), kafka))
+}
+
+/// Runs the live pipeline until `shutdown` resolves (then drains, flushes, commits and
+/// returns) or a stage fails for good.
+pub async fn run(
+    cfg: &PipelineConfig,
+    health: Arc<Health>,
+    counters: Arc<LiveCounters>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<LiveSummary> {
+    let (chain, scoring, kafka) = prepare(cfg)?;
+    let kafka = kafka.clone();
+    let external = |what: &str, e: KafkaError| PipelineError::External(format!("{what}: {e}"));
+
+    let mut consumer_cfg = kafka.client();
+    consumer_cfg
+        .set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "true")
+        .set(
+            "auto.commit.interval.ms",
+            kafka.commit_interval.as_millis().max(1).to_string(),
+        )
+        .set("enable.auto.offset.store", "false")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    for (k, default) in [
+        ("auto.offset.reset", "earliest"),
+        ("statistics.interval.ms", "5000"),
+    ] {
+        if consumer_cfg.get(k).is_none() {
+            consumer_cfg.set(k, default);
+        }
+    }
+    for (k, v) in &kafka.consumer_properties {
+        consumer_cfg.set(k, v);
+    }
+    let consumer: Arc<Source> = Arc::new(
+        consumer_cfg
+            .create_with_context(SourceContext {
+                health: health.clone(),
+            })
+            .map_err(|e| external("creating consumer", e))?,
+    );
+    consumer
+        .subscribe(&kafka.inputs())
+        .map_err(|e| external("subscribing", e))?;
+
+    let mut producer_cfg = kafka.client();
+    if producer_cfg.get("linger.ms").is_none() {
+        // librdkafka's 5 ms default would spend half of a 10 ms latency budget waiting.
+        producer_cfg.set("linger.ms", "1");
+    }
+    for (k, v) in &kafka.producer_properties {
+        producer_cfg.set(k, v);
+    }
+    let producer: FutureProducer = producer_cfg
+        .create()
+        .map_err(|e| external("creating producer", e))?;
+
+    let (batch_tx, batch_rx) = mpsc::channel::<Vec<Raw>>(kafka.in_flight_batches);
+    let (processed_tx, processed_rx) = mpsc::channel::<Processed>(kafka.in_flight_batches);
+    let (pending_tx, pending_rx) = mpsc::channel::<Pending>(kafka.in_flight_batches);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    let worker = {
+        let kafka = kafka.clone();
+        let event_time = cfg.features.event_time.clone();
+        let model = crate::model_name(cfg);
+        let stop_tx = stop_tx.clone();
+        std::thread::Builder::new()
+            .name("riskpipe-score".into())
+            .spawn(move || {
+                let r = process_loop(
+                    batch_rx,
+                    processed_tx,
+                    chain,
+                    scoring,
+                    &kafka,
+                    &event_time,
+                    &model,
+                );
+                if r.is_err() {
+                    let _ = stop_tx.send(true);
+                }
+                r
+            })
+            .map_err(|e| PipelineError::External(format!("starting scoring thread: {e}")))?
+    };
+
+    let produce = tokio::spawn(produce_loop(
+        producer.clone(),
+        kafka.clone(),
+        processed_rx,
+        pending_tx,
+    ));
+    let ack = {
+        let consumer = consumer.clone();
+        let counters = counters.clone();
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            let r = ack_loop(consumer, pending_rx, counters).await;
+            if r.is_err() {
+                let _ = stop_tx.send(true);
+            }
+            r
+        })
+    };
+
+    let consumed = consume_loop(&consumer, &kafka, batch_tx, shutdown, stop_rx, &counters).await;
+
+    // Drain: the batch queue is closed, so each stage ends after its last batch.
+    let produced = produce
+        .await
+        .map_err(|e| PipelineError::Bug(format!("producer task: {e}")))?;
+    let acked = ack
+        .await
+        .map_err(|e| PipelineError::Bug(format!("ack task: {e}")))?;
+    let processed = tokio::task::spawn_blocking(move || worker.join())
+        .await
+        .map_err(|e| PipelineError::Bug(format!("joining scoring thread: {e}")))?
+        .map_err(|_| PipelineError::Bug("scoring thread panicked".into()))?;
+    health.stopped.store(true, Ordering::Relaxed);
+    health.ready.store(false, Ordering::Relaxed);
+    processed?;
+    produced?;
+    acked?;
+    consumed?;
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => counter!("riskpipe_commits_total", "result" => "ok").increment(1),
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => return Err(external("final offset commit", e)),
+    }
+    Ok(counters.summary())
+}
+
+async fn consume_loop(
+    consumer: &Source,
+    kafka: &KafkaConfig,
+    batches: mpsc::Sender<Vec<Raw>>,
+    shutdown: impl Future<Output = ()>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    counters: &LiveCounters,
+) -> Result<()> {
+    tokio::pin!(shutdown);
+    let labels_topic = kafka.topics.labels.as_str();
+    let mut topics: BTreeMap<String, Arc<str>> = BTreeMap::new();
+    let mut batch: Vec<Raw> = Vec::with_capacity(kafka.batch.max_rows);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let flush_at = deadline;
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            _ = stop.changed() => break,
+            () = async { if let Some(d) = flush_at { tokio::time::sleep_until(d).await } }, if flush_at.is_some() => {
+                deadline = None;
+                if batches.send(std::mem::take(&mut batch)).await.is_err() { break; }
+            }
+            m = consumer.recv() => match m {
+                Ok(m) => {
+                    let topic = match topics.get(m.topic()) {
+                        Some(t) => t.clone(),
+                        None => {
+                            let t: Arc<str> = Arc::from(m.topic());
+                            topics.insert(m.topic().to_string(), t.clone());
+                            t
+                        }
+                    };
+                    let labels = &*topic == labels_topic;
+                    if labels {
+                        counters.labels.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        counters.transactions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    counter!("riskpipe_events_in_total", "topic" => topic.to_string()).increment(1);
+                    batch.push(Raw {
+                        labels,
+                        topic,
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        created_ms: m.timestamp().to_millis(),
+                    });
+                    if deadline.is_none() {
+                        deadline = Some(tokio::time::Instant::now() + kafka.batch.max_delay);
+                    }
+                    if batch.len() >= kafka.batch.max_rows {
+                        deadline = None;
+                        if batches.send(std::mem::replace(&mut batch, Vec::with_capacity(kafka.batch.max_rows))).await.is_err() { break; }
+                    }
+                }
+                Err(e) => {
+                    counter!("riskpipe_consumer_errors_total").increment(1);
+                    tracing::warn!("consumer: {e}");
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = batches.send(batch).await;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn process_loop(
+    mut batches: mpsc::Receiver<Vec<Raw>>,
+    out: mpsc::Sender<Processed>,
+    mut chain: FeatureChain,
+    mut scoring: ScoringStage,
+    kafka: &KafkaConfig,
+    event_time: &str,
+    model: &str,
+) -> Result<()> {
+    let tx_schema = transaction_schema();
+    let label_schema = fraud_label_schema();
+    while let Some(batch) = batches.blocking_recv() {
+        let started = Instant::now();
+        histogram!("riskpipe_batch_rows").record(batch.len() as f64);
+        let mut offsets = BTreeMap::new();
+        for m in &batch {
+            let e = offsets.entry((m.topic.clone(), m.partition)).or_insert(m.offset);
+            *e = (*e).max(m.offset);
+        }
+        let (labels, txs): (Vec<Raw>, Vec<Raw>) = batch.into_iter().partition(|m| m.labels);
+        let mut dead = Vec::new();
+
+        // Labels first: operators use a label only from its label time on.
+        let payloads: Vec<&[u8]> = labels.iter().map(|m| m.payload.as_slice()).collect();
+        let decoded = decode(&label_schema, &payloads, kafka.max_message_bytes);
+        drop(payloads);
+        if decoded.batch.num_rows() > 0 {
+            chain.observe_labels(&decoded.batch)?;
+        }
+        collect_dead(labels, decoded.rejected, &mut dead);
+
+        let payloads: Vec<&[u8]> = txs.iter().map(|m| m.payload.as_slice()).collect();
+        let decoded = decode(&tx_schema, &payloads, kafka.max_message_bytes);
+        drop(payloads);
+        let decode_done = Instant::now();
+        histogram!("riskpipe_stage_seconds", "stage" => "decode")
+            .record(decode_done.duration_since(started).as_secs_f64());
+        let created_ms = decoded
+            .accepted
+            .iter()
+            .map(|&i| txs[i].created_ms.unwrap_or_else(now_ms))
+            .collect();
+        let mut scores = Vec::new();
+        let mut alerts = Vec::new();
+        if decoded.batch.num_rows() > 0 {
+            match score_batch(&mut chain, &mut scoring, decoded.batch, kafka, event_time, model) {
+                Ok((s, a)) => {
+                    scores = s;
+                    alerts = a;
+                }
+                Err(e) if e.fault() == Fault::BadInput => {
+                    // The whole batch failed a check: dead-letter every transaction of it.
+                    let reason = e.to_string();
+                    let rejected = decoded
+                        .accepted
+                        .iter()
+                        .map(|&index| super::decode::Rejection {
+                            index,
+                            reason: reason.clone(),
+                            kind: "schema",
+                        })
+                        .collect();
+                    collect_dead_some(&txs, rejected, &mut dead);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        collect_dead(txs, decoded.rejected, &mut dead);
+        histogram!("riskpipe_stage_seconds", "stage" => "process")
+            .record(started.elapsed().as_secs_f64());
+        let processed = Processed {
+            scores,
+            alerts,
+            dead,
+            offsets,
+            created_ms,
+        };
+        if out.blocking_send(processed).is_err() {
+            break; // the producer stopped; it reports why
+        }
+    }
+    Ok(())
+}
+
+fn score_batch(
+    chain: &mut FeatureChain,
+    scoring: &mut ScoringStage,
+    transactions: arrow::array::RecordBatch,
+    kafka: &KafkaConfig,
+    event_time: &str,
+    model: &str,
+) -> Result<(Vec<Record>, Vec<Record>)> {
+    let t0 = Instant::now();
+    let features = chain.process(transactions)?;
+    let t1 = Instant::now();
+    histogram!("riskpipe_stage_seconds", "stage" => "features").record((t1 - t0).as_secs_f64());
+    let scored = scoring.process(features)?;
+    let alerted = alert_rows(&scored)?;
+    let reasons = scoring.explain(&alerted, kafka.alert_reasons)?;
+    let t2 = Instant::now();
+    histogram!("riskpipe_stage_seconds", "stage" => "score").record((t2 - t1).as_secs_f64());
+    let out = encode(
+        &scored,
+        event_time,
+        model,
+        scoring.threshold(),
+        &alerted,
+        reasons,
+    )?;
+    histogram!("riskpipe_stage_seconds", "stage" => "encode").record(t2.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+fn collect_dead(
+    messages: Vec<Raw>,
+    rejected: Vec<super::decode::Rejection>,
+    dead: &mut Vec<(Raw, String, &'static str)>,
+) {
+    if rejected.is_empty() {
+        return;
+    }
+    let mut slots: Vec<Option<Raw>> = messages.into_iter().map(Some).collect();
+    for r in rejected {
+        if let Some(m) = slots.get_mut(r.index).and_then(Option::take) {
+            dead.push((m, r.reason, r.kind));
+        }
+    }
+}
+
+fn collect_dead_some(
+    messages: &[Raw],
+    rejected: Vec<super::decode::Rejection>,
+    dead: &mut Vec<(Raw, String, &'static str)>,
+) {
+    for r in rejected {
+        if let Some(m) = messages.get(r.index) {
+            dead.push((
+                Raw {
+                    labels: m.labels,
+                    topic: m.topic.clone(),
+                    partition: m.partition,
+                    offset: m.offset,
+                    key: m.key.clone(),
+                    payload: m.payload.clone(),
+                    created_ms: m.created_ms,
+                },
+                r.reason,
+                r.kind,
+            ));
+        }
+    }
+}
+
+/// Hands a record to librdkafka, waiting while its queue is full (backpressure).
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+) -> Result<DeliveryFuture> {
+    loop {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(h) = headers.clone() {
+            record = record.headers(h);
+        }
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err((e, _)) => {
+                return Err(PipelineError::External(format!(
+                    "producing to {topic}: {e}"
+                )));
+            }
+        }
+    }
+}
+
+async fn produce_loop(
+    producer: FutureProducer,
+    kafka: KafkaConfig,
+    mut processed: mpsc::Receiver<Processed>,
+    pending: mpsc::Sender<Pending>,
+) -> Result<()> {
+    let topics = &kafka.topics;
+    while let Some(p) = processed.recv().await {
+        let mut deliveries = Vec::with_capacity(p.scores.len() + p.alerts.len() + p.dead.len());
+        for r in &p.scores {
+            let d = send(&producer, &topics.scores, Some(r.key.as_bytes()), &r.payload, None).await?;
+            deliveries.push((d, Kind::Score));
+        }
+        for r in &p.alerts {
+            let d = send(&producer, &topics.alerts, Some(r.key.as_bytes()), &r.payload, None).await?;
+            deliveries.push((d, Kind::Alert));
+        }
+        for (m, reason, kind) in &p.dead {
+            counter!("riskpipe_dead_letters_total", "kind" => *kind).increment(1);
+            tracing::warn!(
+                topic = &*m.topic,
+                partition = m.partition,
+                offset = m.offset,
+                kind = *kind,
+                "dead letter: {reason}"
+            );
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "riskpipe.source.topic",
+                    value: Some(m.topic.as_bytes()),
+                })
+                .insert(Header {
+                    key: "riskpipe.source.partition",
+                    value: Some(m.partition.to_string().as_bytes()),
+                })
+                .insert(Header {
+                    key: "riskpipe.source.offset",
+                    value: Some(m.offset.to_string().as_bytes()),
+                })
+                .insert(Header {
+                    key: "riskpipe.error.kind",
+                    value: Some(kind.as_bytes()),
+                })
+                .insert(Header {
+                    key: "riskpipe.error",
+                    value: Some(reason.as_bytes()),
+                });
+            let d = send(
+                &producer,
+                &topics.dead_letter,
+                m.key.as_deref(),
+                &m.payload,
+                Some(headers),
+            )
+            .await?;
+            deliveries.push((d, Kind::Dead));
+        }
+        let batch = Pending {
+            deliveries,
+            offsets: p.offsets,
+            created_ms: p.created_ms,
+            sent: Instant::now(),
+        };
+        if pending.send(batch).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn ack_loop(
+    consumer: Arc<Source>,
+    mut pending: mpsc::Receiver<Pending>,
+    counters: Arc<LiveCounters>,
+) -> Result<()> {
+    while let Some(p) = pending.recv().await {
+        let kinds: Vec<Kind> = p.deliveries.iter().map(|(_, k)| *k).collect();
+        let results = join_all(p.deliveries.into_iter().map(|(d, _)| d)).await;
+        let mut acked = [0u64; 3];
+        for (result, kind) in results.into_iter().zip(kinds) {
+            match result {
+                Ok(Ok(_)) => acked[kind as usize] += 1,
+                Ok(Err((e, m))) => {
+                    return Err(PipelineError::External(format!(
+                        "broker did not acknowledge a record for {}: {e}; offsets of this batch stay uncommitted",
+                        m.topic()
+                    )));
+                }
+                Err(_) => {
+                    return Err(PipelineError::External(
+                        "producer dropped a delivery report; offsets of this batch stay uncommitted"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        let now = now_ms();
+        histogram!("riskpipe_stage_seconds", "stage" => "publish").record(p.sent.elapsed().as_secs_f64());
+        for created in &p.created_ms {
+            histogram!("riskpipe_end_to_end_seconds").record((now - created).max(0) as f64 / 1e3);
+        }
+        counters.scores.fetch_add(acked[0], Ordering::Relaxed);
+        counters.alerts.fetch_add(acked[1], Ordering::Relaxed);
+        counters.dead_letters.fetch_add(acked[2], Ordering::Relaxed);
+        for (kind, n) in [("scores", acked[0]), ("alerts", acked[1]), ("dead_letter", acked[2])] {
+            counter!("riskpipe_events_out_total", "topic" => kind).increment(n);
+        }
+        for ((topic, partition), offset) in &p.offsets {
+            match consumer.store_offset(topic, *partition, *offset) {
+                Ok(()) => {}
+                // The partition moved to another member in a rebalance: it re-processes from
+                // the last commit, which is still at-least-once.
+                Err(e) => tracing::warn!(%topic, partition, offset, "offset not stored: {e}"),
+            }
+        }
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}

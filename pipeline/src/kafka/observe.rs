@@ -1,0 +1,72 @@
+//! Prometheus metrics and health endpoints over HTTP.
+//!
+//! `GET /metrics` renders every `metrics` counter, gauge and histogram of the process;
+//! `GET /health` answers 200 while the process runs; `GET /ready` answers 200 once the consumer
+//! holds partitions and 503 otherwise (Kubernetes readiness).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use super::live::Health;
+use crate::{PipelineError, Result};
+
+/// Latency histograms are exported with these buckets (seconds).
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle).
+pub fn install() -> Result<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&LATENCY_BUCKETS)
+        .map_err(|e| PipelineError::Bug(format!("metric buckets: {e}")))?
+        .install_recorder()
+        .map_err(|e| PipelineError::External(format!("installing metrics recorder: {e}")))?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+#[derive(Clone)]
+struct Endpoints {
+    metrics: PrometheusHandle,
+    health: Arc<Health>,
+}
+
+/// Serves the endpoints on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: PrometheusHandle,
+    health: Arc<Health>,
+) -> Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .with_state(Endpoints { metrics, health });
+    axum::serve(listener, app)
+        .await
+        .map_err(|e| PipelineError::External(format!("metrics endpoint: {e}")))
+}
+
+async fn render(State(e): State<Endpoints>) -> String {
+    e.metrics.run_upkeep();
+    e.metrics.render()
+}
+
+async fn ready(State(e): State<Endpoints>) -> (StatusCode, &'static str) {
+    if e.health.ready.load(Ordering::Relaxed) && !e.health.stopped.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no partitions assigned\n")
+    }
+}

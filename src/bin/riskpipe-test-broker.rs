@@ -1,0 +1,115 @@
+//! A Kafka-protocol broker for tests and benchmarks: librdkafka's mock cluster hosted in its own
+//! process, listening on a free loopback port.
+//!
+//! No Apache Kafka distribution is reachable from the build machines and `tansu` 0.6 loses
+//! messages when a consumer resumes inside a record batch, so tests talk over TCP to this
+//! process instead. It prints `BOOTSTRAP=<host:port,...>` on its first stdout line, then reads
+//! fault-injection commands from stdin, one per line, answering `ok` or `error: ...`:
+//!
+//! - `topic <name> <partitions>` — create a topic;
+//! - `down <broker>` / `up <broker>` — take a broker's listener down / up;
+//! - `rtt <broker> <ms>` — add round-trip latency to a broker;
+//! - `produce-errors <count>` — fail the next `count` produce requests with a retriable error;
+//! - `disconnect-produce <count>` — drop the connection on the next `count` produce requests.
+//!
+//! It exits when stdin closes (its parent went away) or on SIGTERM.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+/// Host librdkafka's mock Kafka cluster in a process of its own.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Number of brokers.
+    #[arg(long, default_value_t = 1)]
+    brokers: i32,
+    /// Topics to create up front, as `name:partitions`.
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+}
+
+fn apply(cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>, line: &str) -> Result<(), String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let int = |i: usize| -> Result<i64, String> {
+        words
+            .get(i)
+            .ok_or_else(|| format!("missing argument {i}"))?
+            .parse::<i64>()
+            .map_err(|e| format!("argument {i}: {e}"))
+    };
+    let small = |i: usize| -> Result<i32, String> {
+        i32::try_from(int(i)?).map_err(|e| format!("argument {i}: {e}"))
+    };
+    let e = |e: rdkafka::error::KafkaError| e.to_string();
+    match words.first().copied() {
+        Some("topic") => {
+            let name = words.get(1).ok_or("missing topic name")?;
+            cluster.create_topic(name, small(2)?, 1).map_err(e)
+        }
+        Some("down") => cluster.broker_down(small(1)?).map_err(e),
+        Some("up") => cluster.broker_up(small(1)?).map_err(e),
+        Some("rtt") => cluster
+            .broker_round_trip_time(small(1)?, Duration::from_millis(int(2)?.max(0) as u64))
+            .map_err(e),
+        Some("produce-errors") => {
+            let n = usize::try_from(int(1)?).map_err(|e| e.to_string())?;
+            let errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; n];
+            cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+            Ok(())
+        }
+        Some("disconnect-produce") => {
+            let n = usize::try_from(int(1)?).map_err(|e| e.to_string())?;
+            let errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT; n];
+            cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command {other:?}")),
+        None => Ok(()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cluster = match MockCluster::new(args.brokers) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: starting mock cluster: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for t in &args.topics {
+        let (name, partitions) = t.split_once(':').unwrap_or((t.as_str(), "1"));
+        let created = partitions
+            .parse::<i32>()
+            .map_err(|e| e.to_string())
+            .and_then(|p| cluster.create_topic(name, p, 1).map_err(|e| e.to_string()));
+        if let Err(e) = created {
+            eprintln!("error: creating topic {t:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "BOOTSTRAP={}", cluster.bootstrap_servers())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        return ExitCode::FAILURE;
+    }
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let reply = match apply(&cluster, &line) {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        if writeln!(out, "{reply}").and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
+}

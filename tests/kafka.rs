@@ -1,0 +1,353 @@
+//! The live Kafka path against a broker process (`riskpipe-test-broker`, librdkafka's mock
+//! cluster over TCP) and the `riskpipe` binary: live == backtest, restarts lose nothing, bad
+//! messages are dead-lettered with reasons.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use arrow::array::AsArray;
+use arrow::datatypes::{Float32Type, Int64Type};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use riskpipe_pipeline::kafka::KafkaConfig;
+use riskpipe_pipeline::kafka::demo::{Feed, Feeder, feed, feed_producer};
+use riskpipe_pipeline::source::History;
+use riskpipe_pipeline::{PipelineConfig, score_history};
+use riskpipe_schemas::{Alert, Score};
+use support::{Broker, Pipeline, collect, drain, kafka_section, reader, write_config};
+
+const TOPICS: [(&str, i32); 5] = [
+    ("transactions", 1),
+    ("fraud-labels", 1),
+    ("scores", 4),
+    ("alerts", 1),
+    ("riskpipe-dead-letter", 1),
+];
+
+fn handbook() -> &'static (PipelineConfig, History) {
+    static H: OnceLock<(PipelineConfig, History)> = OnceLock::new();
+    H.get_or_init(|| {
+        let cfg = PipelineConfig::handbook().expect("shipped config");
+        let history =
+            riskpipe_pipeline::load_history(&cfg, &support::handbook_data()).expect("history");
+        (cfg, history)
+    })
+}
+
+fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    feed_producer(&KafkaConfig::for_bootstrap(bootstrap)).expect("producer")
+}
+
+fn publish(feed: &Feed, p: &ThreadedProducer<DefaultProducerContext>, bootstrap: &str, labels: bool) {
+    let kafka = KafkaConfig::for_bootstrap(bootstrap);
+    let only = Feed {
+        messages: feed
+            .messages
+            .iter()
+            .filter(|m| m.0 == labels)
+            .cloned()
+            .collect(),
+        transactions: feed.transactions,
+        ids: feed.ids.clone(),
+        frauds: feed.frauds.clone(),
+    };
+    Feeder::new(&only, Instant::now())
+        .publish(p, &kafka, &only, 0.0, &AtomicBool::new(false))
+        .expect("publish");
+}
+
+fn scores_of(records: &[support::Got]) -> Vec<Score> {
+    records
+        .iter()
+        .map(|g| serde_json::from_slice::<Score>(&g.payload).expect("score payload"))
+        .collect()
+}
+
+#[test]
+fn live_scores_equal_backtest_scores_one_per_transaction() {
+    let (cfg, history) = handbook();
+    // 9.4 days: labels (7-day delay) start feeding the terminal risk features.
+    let n = 90_000;
+    let feed = feed(history, cfg, 0, n).expect("feed");
+    let labels = feed.messages.iter().filter(|m| m.0).count();
+    assert!(labels > 50, "slice must exercise the label features: {labels}");
+
+    let broker = Broker::start(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &kafka_section(&broker.bootstrap, "live-eq", ""));
+    let p = producer(&broker.bootstrap);
+    // Labels first: an operator uses a label only from its label time on, so early labels
+    // change nothing, and the run is deterministic however the two topics interleave.
+    publish(&feed, &p, &broker.bootstrap, true);
+    let mut pipeline = Pipeline::start(&config);
+    pipeline.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pipeline.metric("riskpipe_events_in_total", "topic=\"fraud-labels\"") < labels as f64 {
+        assert!(Instant::now() < deadline, "labels not consumed: {:#?}", pipeline.drain_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    publish(&feed, &p, &broker.bootstrap, false);
+
+    let scores_reader = reader(&broker.bootstrap, "scores");
+    let got = collect(&scores_reader, Duration::from_secs(600), |r| r.len() >= n);
+    let got_scores = scores_of(&got);
+    let extra = drain(&scores_reader, Duration::from_secs(1));
+    assert!(extra.is_empty(), "{} scores beyond one per transaction", extra.len());
+
+    // The backtest engine over the same transactions and labels.
+    let slice = History {
+        transactions: history.transactions.slice(0, n),
+        labels: history.labels.clone(),
+    };
+    let scored = score_history(cfg, &slice, &indicatif::ProgressBar::hidden()).expect("replay");
+    let mut expected: HashMap<i64, f32> = HashMap::new();
+    for b in &scored {
+        let id = b.column_by_name("TRANSACTION_ID").expect("id").as_primitive::<Int64Type>();
+        let s = b.column_by_name("SCORE").expect("score").as_primitive::<Float32Type>();
+        for i in 0..b.num_rows() {
+            expected.insert(id.value(i), s.value(i));
+        }
+    }
+    assert_eq!(expected.len(), n);
+    let mut seen = BTreeSet::new();
+    let mut differ = 0;
+    for s in &got_scores {
+        assert!(seen.insert(s.transaction_id), "duplicate score for {}", s.transaction_id);
+        let want = expected.get(&s.transaction_id).expect("scored id was published");
+        if (s.score as f32) != *want {
+            differ += 1;
+        }
+    }
+    assert_eq!(seen.len(), n);
+    assert_eq!(differ, 0, "{differ} live scores differ from the backtest's");
+    let alerts_expected = expected.values().filter(|&&s| f64::from(s) >= cfg.alerts.threshold).count();
+    assert!(alerts_expected > 0, "slice should raise alerts");
+
+    let alerts = collect(&reader(&broker.bootstrap, "alerts"), Duration::from_secs(60), |r| {
+        r.len() >= alerts_expected
+    });
+    for a in &alerts {
+        let a: Alert = serde_json::from_slice(&a.payload).expect("alert payload");
+        assert!(a.score >= a.threshold);
+        assert!(a.reasons.len() <= 3 && !a.reasons.is_empty(), "{a:?}");
+        assert!(a.reasons.windows(2).all(|w| w[0].contribution >= w[1].contribution));
+    }
+
+    assert_eq!(pipeline.get("/health").0, 200);
+    let metrics = pipeline.get("/metrics").1;
+    for name in [
+        "riskpipe_events_in_total",
+        "riskpipe_events_out_total",
+        "riskpipe_batch_rows",
+        "riskpipe_stage_seconds",
+        "riskpipe_end_to_end_seconds",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}");
+    }
+    assert_eq!(
+        pipeline.metric("riskpipe_events_in_total", "topic=\"transactions\""),
+        n as f64
+    );
+    let (ok, out) = pipeline.terminate();
+    assert!(ok, "SIGTERM must end with exit 0");
+    assert!(out.contains(&format!("{n} scores")), "{out}");
+}
+
+#[test]
+fn restarts_lose_nothing_and_duplicate_only_the_uncommitted_tail() {
+    let (cfg, history) = handbook();
+    let n = 24_000;
+    let feed = feed(history, cfg, 200_000, n).expect("feed");
+    let broker = Broker::start(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &kafka_section(&broker.bootstrap, "restart", "commit_interval = \"200ms\""),
+    );
+    let bootstrap = broker.bootstrap.clone();
+    let feeding = std::thread::spawn({
+        let feed_tx = Feed {
+            messages: feed.messages.iter().filter(|m| !m.0).cloned().collect(),
+            transactions: feed.transactions,
+            ids: feed.ids.clone(),
+            frauds: feed.frauds.clone(),
+        };
+        move || {
+            let p = producer(&bootstrap);
+            Feeder::new(&feed_tx, Instant::now())
+                .publish(&p, &KafkaConfig::for_bootstrap(&bootstrap), &feed_tx, 3_000.0, &AtomicBool::new(false))
+                .expect("publish");
+        }
+    });
+    let scores = reader(&broker.bootstrap, "scores");
+    let ids = |r: &[support::Got]| -> Vec<i64> {
+        scores_of(r).iter().map(|s| s.transaction_id).collect()
+    };
+
+    // Phase 1: clean stop.
+    let mut p1 = Pipeline::start(&config);
+    p1.wait_ready();
+    let mut phase1 = collect(&scores, Duration::from_secs(120), |r| r.len() >= 3_000);
+    let (ok, _) = p1.terminate();
+    assert!(ok, "SIGTERM exits 0");
+    phase1.extend(drain(&scores, Duration::from_secs(1)));
+    let phase1 = ids(&phase1);
+
+    // Phase 2: killed mid-stream.
+    let mut p2 = Pipeline::start(&config);
+    p2.wait_ready();
+    let mut phase2 = collect(&scores, Duration::from_secs(120), |r| r.len() >= 6_000);
+    p2.kill();
+    phase2.extend(drain(&scores, Duration::from_secs(1)));
+    let phase2 = ids(&phase2);
+
+    // Phase 3: runs to the end.
+    let mut p3 = Pipeline::start(&config);
+    p3.wait_ready();
+    feeding.join().expect("feeder");
+    let all_ids: BTreeSet<i64> = feed.ids.iter().copied().collect();
+    let mut seen: BTreeSet<i64> = phase1.iter().chain(&phase2).copied().collect();
+    let mut phase3 = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while seen.len() < n {
+        assert!(Instant::now() < deadline, "{} of {n} scored", seen.len());
+        let more = ids(&drain(&scores, Duration::from_millis(500)));
+        seen.extend(&more);
+        phase3.extend(more);
+    }
+    let (ok, _) = p3.terminate();
+    assert!(ok);
+    phase3.extend(ids(&drain(&scores, Duration::from_secs(1))));
+
+    assert_eq!(seen, all_ids, "every transaction has a score");
+    let mut count: HashMap<i64, usize> = HashMap::new();
+    for id in phase1.iter().chain(&phase2).chain(&phase3) {
+        *count.entry(*id).or_default() += 1;
+    }
+    // Nothing scored before the clean stop is scored again.
+    for id in &phase1 {
+        assert_eq!(count[id], 1, "transaction {id} re-scored after a clean stop");
+    }
+    // After SIGKILL only the uncommitted tail repeats: a contiguous run of phase 2's last ids.
+    let dups: BTreeSet<i64> = count.iter().filter(|(_, &c)| c > 1).map(|(&id, _)| id).collect();
+    let p2: BTreeSet<i64> = phase2.iter().copied().collect();
+    assert!(dups.is_subset(&p2), "duplicates outside the killed phase");
+    if let Some(first) = dups.first() {
+        let tail: BTreeSet<i64> = p2.range(first..).copied().collect();
+        assert_eq!(dups, tail, "duplicates are not the uncommitted tail");
+    }
+    assert!(dups.len() < p2.len(), "phase 2 committed nothing");
+}
+
+#[test]
+fn malformed_messages_are_dead_lettered_with_reasons_and_neighbours_scored() {
+    let broker = Broker::start(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &kafka_section(&broker.bootstrap, "dlq", "max_message_bytes = 1024"),
+    );
+    let mut pipeline = Pipeline::start(&config);
+    pipeline.wait_ready();
+    let tx = |id: i64| {
+        format!(
+            r#"{{"TRANSACTION_ID":{id},"TX_DATETIME":"2018-04-01T00:00:{id:02}Z","CUSTOMER_ID":7,"TERMINAL_ID":9,"TX_AMOUNT":12.5}}"#
+        )
+    };
+    let bad: Vec<(&str, String)> = vec![
+        ("transactions", tx(2)[..30].to_string()),
+        ("transactions", tx(3).replace("12.5", "\"twelve\"")),
+        ("transactions", "<xml>not json</xml>".to_string()),
+        ("transactions", format!("{}{}", tx(4), " ".repeat(2000))),
+        ("transactions", tx(5).replace(",\"TERMINAL_ID\":9", "")),
+        ("transactions", tx(6).replace('}', ",\"SURPRISE\":1}")),
+        ("fraud-labels", "{\"TRANSACTION_ID\":1}".to_string()),
+    ];
+    let p = producer(&broker.bootstrap);
+    let send = |topic: &str, payload: &str| {
+        let record: BaseRecord<'_, str, str> = BaseRecord::to(topic).key("7").payload(payload);
+        p.send(record).map_err(|(e, _)| e).expect("send");
+    };
+    send("transactions", &tx(1));
+    for (topic, payload) in &bad {
+        send(topic, payload);
+    }
+    send("transactions", &tx(7));
+    p.flush(Duration::from_secs(10)).expect("flush");
+
+    let dead = collect(&reader(&broker.bootstrap, "riskpipe-dead-letter"), Duration::from_secs(60), |r| {
+        r.len() >= bad.len()
+    });
+    assert_eq!(dead.len(), bad.len());
+    for (d, (topic, payload)) in dead.iter().zip(&bad) {
+        assert_eq!(String::from_utf8_lossy(&d.payload), *payload, "original bytes kept");
+        assert_eq!(d.headers.get("riskpipe.source.topic").map(String::as_str), Some(*topic));
+        assert!(d.headers.contains_key("riskpipe.source.partition"));
+        assert!(d.headers["riskpipe.source.offset"].parse::<i64>().is_ok());
+        assert!(!d.headers["riskpipe.error"].is_empty(), "reason given");
+    }
+    assert_eq!(dead[3].headers["riskpipe.error.kind"], "oversized");
+    let scored = scores_of(&collect(&reader(&broker.bootstrap, "scores"), Duration::from_secs(60), |r| {
+        r.len() >= 2
+    }));
+    let ids: BTreeSet<i64> = scored.iter().map(|s| s.transaction_id).collect();
+    assert_eq!(ids, BTreeSet::from([1, 7]));
+    assert_eq!(pipeline.metric("riskpipe_dead_letters_total", ""), bad.len() as f64);
+    let (ok, _) = pipeline.terminate();
+    assert!(ok);
+}
+
+#[test]
+fn validate_lists_every_kafka_problem_without_connecting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        "\n[kafka]\nin_flight_batches = 0\n[kafka.topics]\nscores = \"transactions\"\n[kafka.properties]\n\"security.protocol\" = \"smoke-signals\"\n\"enable.auto.offset.store\" = \"true\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .expect("riskpipe");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "bootstrap.servers",
+        "smoke-signals",
+        "enable.auto.offset.store",
+        "input topic",
+        "in_flight_batches",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn demo_runs_embedded_and_scores_every_published_transaction() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
+        .args(["demo", "--transactions", "5000", "--skip", "100000", "--quiet"])
+        .arg("--input")
+        .arg(support::handbook_data())
+        .output()
+        .expect("riskpipe demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| -> u64 {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.parse().ok()))
+            .unwrap_or_else(|| panic!("no {name:?} in:\n{stdout}"))
+    };
+    assert_eq!(field("transactions published"), 5000);
+    assert_eq!(field("distinct scored"), 5000);
+    assert_eq!(field("dead letters"), 0);
+    assert!(stdout.contains("p99"), "{stdout}");
+}

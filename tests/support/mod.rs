@@ -1,0 +1,344 @@
+//! Test and bench harness: the broker process, the pipeline process, configs, readers.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// The `riskpipe-test-broker` process (librdkafka mock cluster on a free loopback port).
+pub struct Broker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// `bootstrap.servers` of the broker.
+    pub bootstrap: String,
+}
+
+impl Broker {
+    /// Starts the broker with `topics` (name, partitions) created.
+    pub fn start(topics: &[(&str, i32)]) -> Broker {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_riskpipe-test-broker"));
+        for (t, p) in topics {
+            cmd.arg("--topic").arg(format!("{t}:{p}"));
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the test broker binary is built by cargo for this test; it must start");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("broker prints its address");
+        let bootstrap = line
+            .trim()
+            .strip_prefix("BOOTSTRAP=")
+            .unwrap_or_else(|| panic!("unexpected broker greeting {line:?}"))
+            .to_string();
+        assert!(bootstrap.starts_with("127.0.0.1:") || bootstrap.contains(':'), "{bootstrap}");
+        Broker {
+            child,
+            stdin,
+            stdout,
+            bootstrap,
+        }
+    }
+
+    /// Sends a fault-injection command; panics unless the broker answers `ok`.
+    pub fn command(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").expect("broker stdin");
+        self.stdin.flush().expect("broker stdin");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("broker reply");
+        assert_eq!(line.trim(), "ok", "broker command {cmd:?}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped handbook history.
+pub fn handbook_data() -> PathBuf {
+    let p = root().join("../shared/data/handbook/transactions.parquet");
+    assert!(
+        p.is_file(),
+        "{} is missing: the suite needs ../shared/data beside the checkout",
+        p.display()
+    );
+    p
+}
+
+/// The handbook pipeline config without its backtest split, with `kafka` appended, written to
+/// `dir/pipeline.toml`.
+pub fn write_config(dir: &Path, kafka: &str) -> PathBuf {
+    let base = std::fs::read_to_string(root().join("config/fraud-handbook.toml"))
+        .expect("shipped config");
+    let mut text = String::new();
+    let mut skipping = false;
+    for line in base.lines() {
+        if line.starts_with('[') {
+            let t = line.trim();
+            skipping = t == "[backtest]" || t == "[observability]" || t.starts_with("[kafka");
+        }
+        if skipping {
+            continue;
+        }
+        let line = if line.starts_with("path = ") {
+            format!(
+                "path = {:?}",
+                root().join("models/fraud_blend.onnx").display().to_string()
+            )
+        } else {
+            line.to_string()
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text.push_str(kafka);
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).expect("writing config");
+    path
+}
+
+/// A `[kafka]` section for `bootstrap`.
+pub fn kafka_section(bootstrap: &str, group: &str, extra: &str) -> String {
+    format!(
+        "\n[kafka]\ngroup_id = {group:?}\n{extra}\n[kafka.properties]\n\"bootstrap.servers\" = {bootstrap:?}\n\"compression.type\" = \"lz4\"\n"
+    )
+}
+
+/// A running `riskpipe run` process.
+pub struct Pipeline {
+    /// The process.
+    pub child: Child,
+    /// Metrics/health address.
+    pub metrics: String,
+    stderr_lines: std::sync::mpsc::Receiver<String>,
+    /// stderr so far (for failure messages).
+    pub log: Vec<String>,
+}
+
+impl Pipeline {
+    /// Starts `riskpipe run --config config` with metrics on a free port.
+    pub fn start(config: &Path) -> Pipeline {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_riskpipe"))
+            .args(["run", "--config"])
+            .arg(config)
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("riskpipe binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (send, recv) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = Pipeline {
+            child,
+            metrics: String::new(),
+            stderr_lines: recv,
+            log: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while p.metrics.is_empty() {
+            assert!(Instant::now() < deadline, "pipeline did not start: {:#?}", p.log);
+            if let Ok(line) = p.stderr_lines.recv_timeout(Duration::from_millis(200)) {
+                if let Some(i) = line.find("http://") {
+                    p.metrics = line[i + 7..].trim().to_string();
+                }
+                p.log.push(line);
+            }
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("pipeline exited with {status}: {:#?}", p.log);
+            }
+        }
+        p
+    }
+
+    /// GET `path` on the metrics endpoint: (status code, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(&self.metrics, path)
+    }
+
+    /// Waits until the consumer holds partitions.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.get("/ready").0 != 200 {
+            assert!(Instant::now() < deadline, "never ready: {:#?}", self.drain_log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Value of a counter in /metrics (summed over labels matching `labels`).
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Collected stderr lines.
+    pub fn drain_log(&mut self) -> Vec<String> {
+        while let Ok(l) = self.stderr_lines.try_recv() {
+            self.log.push(l);
+        }
+        self.log.clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns its success and stdout.
+    pub fn terminate(mut self) -> (bool, String) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                let mut out = String::new();
+                if let Some(mut o) = self.child.stdout.take() {
+                    let _ = o.read_to_string(&mut out);
+                }
+                if !s.success() {
+                    eprintln!("pipeline log: {:#?}", self.drain_log());
+                }
+                return (s.success(), out);
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no draining, no commit.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// Minimal HTTP/1.0 GET for the metrics endpoint.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (code, body)
+}
+
+/// A consumer assigned to every partition of `topic` from the start.
+pub fn reader(bootstrap: &str, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("tpl");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    consumer
+}
+
+/// One consumed record.
+#[derive(Debug, Clone)]
+pub struct Got {
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Headers as strings.
+    pub headers: HashMap<String, String>,
+}
+
+/// Polls `consumer` until `done(records)` or the timeout (panics on timeout).
+pub fn collect(consumer: &BaseConsumer, timeout: Duration, mut done: impl FnMut(&[Got]) -> bool) -> Vec<Got> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&out) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {} records",
+            out.len()
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.expect("consume");
+            let mut headers = HashMap::new();
+            if let Some(h) = m.headers() {
+                for i in 0..h.count() {
+                    let hd = h.get(i);
+                    headers.insert(
+                        hd.key.to_string(),
+                        String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            out.push(Got {
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+/// Drains whatever arrives within `quiet` of the last record.
+pub fn drain(consumer: &BaseConsumer, quiet: Duration) -> Vec<Got> {
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < quiet {
+        if let Some(m) = consumer.poll(Duration::from_millis(50)) {
+            let m = m.expect("consume");
+            out.push(Got {
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers: HashMap::new(),
+            });
+            last = Instant::now();
+        }
+    }
+    out
+}
