@@ -36,10 +36,16 @@ fn env_or(name: &str, default: f64) -> f64 {
 }
 
 fn topics(prefix: &str) -> Vec<(String, i32)> {
-    [("transactions", 1), ("fraud-labels", 1), ("scores", 4), ("alerts", 1), ("dead-letter", 1)]
-        .iter()
-        .map(|(t, p)| (format!("{prefix}{t}"), *p))
-        .collect()
+    [
+        ("transactions", 1),
+        ("fraud-labels", 1),
+        ("scores", 4),
+        ("alerts", 1),
+        ("dead-letter", 1),
+    ]
+    .iter()
+    .map(|(t, p)| (format!("{prefix}{t}"), *p))
+    .collect()
 }
 
 fn kafka_for(bootstrap: &str, prefix: &str, group: &str) -> KafkaConfig {
@@ -61,7 +67,8 @@ fn bare_consume(bootstrap: &str, topic: &str, n: usize) -> Duration {
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).expect("tpl");
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("tpl");
     consumer.assign(&tpl).expect("assign");
     let mut got = 0;
     let mut started = None;
@@ -75,7 +82,13 @@ fn bare_consume(bootstrap: &str, topic: &str, n: usize) -> Duration {
     started.map(|s| s.elapsed()).unwrap_or_default()
 }
 
-fn bare_scoring(cfg: &PipelineConfig, history: &History, skip: usize, n: usize, batch: usize) -> Duration {
+fn bare_scoring(
+    cfg: &PipelineConfig,
+    history: &History,
+    skip: usize,
+    n: usize,
+    batch: usize,
+) -> Duration {
     let mut chain = cfg.features.build_chain().expect("chain");
     let mut scorer = riskpipe_models::Scorer::load(&cfg.model).expect("model");
     chain.observe_labels(&history.labels).expect("labels");
@@ -101,7 +114,8 @@ fn main() {
     let specs: Vec<(&str, i32)> = all_topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
     let broker = support::Broker::start(&specs);
     let mut cfg = PipelineConfig::handbook().expect("config");
-    let history = riskpipe_pipeline::load_history(&cfg, &support::handbook_data()).expect("history");
+    let history =
+        riskpipe_pipeline::load_history(&cfg, &support::handbook_data()).expect("history");
     let feed_all = feed(&history, &cfg, skip, n).expect("feed");
     let kafka = kafka_for(&broker.bootstrap, "tp-", "bench-throughput");
     let producer = feed_producer(&kafka).expect("producer");
@@ -181,11 +195,25 @@ fn main() {
         watching.join().expect("watcher").expect("watch");
     });
 
-    println!("end-to-end benchmark ({n} handbook transactions via riskpipe-test-broker, 2 cores shared)");
-    println!("  bare consume loop (ceiling A)      {ca:>10.0} msg/s   {:>7.3} s", consume.as_secs_f64());
-    println!("  bare ONNX scoring (ceiling B)      {cb:>10.0} rows/s  {:>7.3} s", scoring.as_secs_f64());
-    println!("  riskpipe live: tx -> scores acked  {tp:>10.0} ev/s    {:>7.3} s", pipeline.as_secs_f64());
-    println!("  throughput / lower ceiling         {:>10.3}   (target >= 0.70)", tp / ceiling);
+    println!(
+        "end-to-end benchmark ({n} handbook transactions via riskpipe-test-broker, 2 cores shared)"
+    );
+    println!(
+        "  bare consume loop (ceiling A)      {ca:>10.0} msg/s   {:>7.3} s",
+        consume.as_secs_f64()
+    );
+    println!(
+        "  bare ONNX scoring (ceiling B)      {cb:>10.0} rows/s  {:>7.3} s",
+        scoring.as_secs_f64()
+    );
+    println!(
+        "  riskpipe live: tx -> scores acked  {tp:>10.0} ev/s    {:>7.3} s",
+        pipeline.as_secs_f64()
+    );
+    println!(
+        "  throughput / lower ceiling         {:>10.3}   (target >= 0.70)",
+        tp / ceiling
+    );
     println!(
         "  latency at {rate:.0} ev/s offered ({m} tx): p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  (target p99 <= 10 ms)",
         watcher.latency_ms(0.5),

@@ -41,7 +41,12 @@ fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
     feed_producer(&KafkaConfig::for_bootstrap(bootstrap)).expect("producer")
 }
 
-fn publish(feed: &Feed, p: &ThreadedProducer<DefaultProducerContext>, bootstrap: &str, labels: bool) {
+fn publish(
+    feed: &Feed,
+    p: &ThreadedProducer<DefaultProducerContext>,
+    bootstrap: &str,
+    labels: bool,
+) {
     let kafka = KafkaConfig::for_bootstrap(bootstrap);
     let only = Feed {
         messages: feed
@@ -69,11 +74,14 @@ fn scores_of(records: &[support::Got]) -> Vec<Score> {
 #[test]
 fn live_scores_equal_backtest_scores_one_per_transaction() {
     let (cfg, history) = handbook();
-    // 9.4 days: labels (7-day delay) start feeding the terminal risk features.
-    let n = 90_000;
+    // 12.5 days: labels (7-day delay) feed the terminal risk features for the last 5.5.
+    let n = 120_000;
     let feed = feed(history, cfg, 0, n).expect("feed");
     let labels = feed.messages.iter().filter(|m| m.0).count();
-    assert!(labels > 50, "slice must exercise the label features: {labels}");
+    assert!(
+        labels > 20,
+        "slice must exercise the label features: {labels}"
+    );
 
     let broker = Broker::start(&TOPICS);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -86,7 +94,11 @@ fn live_scores_equal_backtest_scores_one_per_transaction() {
     pipeline.wait_ready();
     let deadline = Instant::now() + Duration::from_secs(120);
     while pipeline.metric("riskpipe_events_in_total", "topic=\"fraud-labels\"") < labels as f64 {
-        assert!(Instant::now() < deadline, "labels not consumed: {:#?}", pipeline.drain_log());
+        assert!(
+            Instant::now() < deadline,
+            "labels not consumed: {:#?}",
+            pipeline.drain_log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     publish(&feed, &p, &broker.bootstrap, false);
@@ -95,7 +107,11 @@ fn live_scores_equal_backtest_scores_one_per_transaction() {
     let got = collect(&scores_reader, Duration::from_secs(600), |r| r.len() >= n);
     let got_scores = scores_of(&got);
     let extra = drain(&scores_reader, Duration::from_secs(1));
-    assert!(extra.is_empty(), "{} scores beyond one per transaction", extra.len());
+    assert!(
+        extra.is_empty(),
+        "{} scores beyond one per transaction",
+        extra.len()
+    );
 
     // The backtest engine over the same transactions and labels.
     let slice = History {
@@ -105,8 +121,14 @@ fn live_scores_equal_backtest_scores_one_per_transaction() {
     let scored = score_history(cfg, &slice, &indicatif::ProgressBar::hidden()).expect("replay");
     let mut expected: HashMap<i64, f32> = HashMap::new();
     for b in &scored {
-        let id = b.column_by_name("TRANSACTION_ID").expect("id").as_primitive::<Int64Type>();
-        let s = b.column_by_name("SCORE").expect("score").as_primitive::<Float32Type>();
+        let id = b
+            .column_by_name("TRANSACTION_ID")
+            .expect("id")
+            .as_primitive::<Int64Type>();
+        let s = b
+            .column_by_name("SCORE")
+            .expect("score")
+            .as_primitive::<Float32Type>();
         for i in 0..b.num_rows() {
             expected.insert(id.value(i), s.value(i));
         }
@@ -115,25 +137,40 @@ fn live_scores_equal_backtest_scores_one_per_transaction() {
     let mut seen = BTreeSet::new();
     let mut differ = 0;
     for s in &got_scores {
-        assert!(seen.insert(s.transaction_id), "duplicate score for {}", s.transaction_id);
-        let want = expected.get(&s.transaction_id).expect("scored id was published");
+        assert!(
+            seen.insert(s.transaction_id),
+            "duplicate score for {}",
+            s.transaction_id
+        );
+        let want = expected
+            .get(&s.transaction_id)
+            .expect("scored id was published");
         if (s.score as f32) != *want {
             differ += 1;
         }
     }
     assert_eq!(seen.len(), n);
     assert_eq!(differ, 0, "{differ} live scores differ from the backtest's");
-    let alerts_expected = expected.values().filter(|&&s| f64::from(s) >= cfg.alerts.threshold).count();
+    let alerts_expected = expected
+        .values()
+        .filter(|&&s| f64::from(s) >= cfg.alerts.threshold)
+        .count();
     assert!(alerts_expected > 0, "slice should raise alerts");
 
-    let alerts = collect(&reader(&broker.bootstrap, "alerts"), Duration::from_secs(60), |r| {
-        r.len() >= alerts_expected
-    });
+    let alerts = collect(
+        &reader(&broker.bootstrap, "alerts"),
+        Duration::from_secs(60),
+        |r| r.len() >= alerts_expected,
+    );
     for a in &alerts {
         let a: Alert = serde_json::from_slice(&a.payload).expect("alert payload");
         assert!(a.score >= a.threshold);
         assert!(a.reasons.len() <= 3 && !a.reasons.is_empty(), "{a:?}");
-        assert!(a.reasons.windows(2).all(|w| w[0].contribution >= w[1].contribution));
+        assert!(
+            a.reasons
+                .windows(2)
+                .all(|w| w[0].contribution >= w[1].contribution)
+        );
     }
 
     assert_eq!(pipeline.get("/health").0, 200);
@@ -178,7 +215,13 @@ fn restarts_lose_nothing_and_duplicate_only_the_uncommitted_tail() {
         move || {
             let p = producer(&bootstrap);
             Feeder::new(&feed_tx, Instant::now())
-                .publish(&p, &KafkaConfig::for_bootstrap(&bootstrap), &feed_tx, 3_000.0, &AtomicBool::new(false))
+                .publish(
+                    &p,
+                    &KafkaConfig::for_bootstrap(&bootstrap),
+                    &feed_tx,
+                    3_000.0,
+                    &AtomicBool::new(false),
+                )
                 .expect("publish");
         }
     });
@@ -229,10 +272,13 @@ fn restarts_lose_nothing_and_duplicate_only_the_uncommitted_tail() {
     }
     // Nothing scored before the clean stop is scored again.
     for id in &phase1 {
-        assert_eq!(count[id], 1, "transaction {id} re-scored after a clean stop");
+        assert_eq!(
+            count[id], 1,
+            "transaction {id} re-scored after a clean stop"
+        );
     }
     // After SIGKILL only the uncommitted tail repeats: a contiguous run of phase 2's last ids.
-    let dups: BTreeSet<i64> = count.iter().filter(|(_, &c)| c > 1).map(|(&id, _)| id).collect();
+    let dups: BTreeSet<i64> = count.iter().filter(|e| *e.1 > 1).map(|e| *e.0).collect();
     let p2: BTreeSet<i64> = phase2.iter().copied().collect();
     assert!(dups.is_subset(&p2), "duplicates outside the killed phase");
     if let Some(first) = dups.first() {
@@ -278,24 +324,42 @@ fn malformed_messages_are_dead_lettered_with_reasons_and_neighbours_scored() {
     send("transactions", &tx(7));
     p.flush(Duration::from_secs(10)).expect("flush");
 
-    let dead = collect(&reader(&broker.bootstrap, "riskpipe-dead-letter"), Duration::from_secs(60), |r| {
-        r.len() >= bad.len()
-    });
+    let dead = collect(
+        &reader(&broker.bootstrap, "riskpipe-dead-letter"),
+        Duration::from_secs(60),
+        |r| r.len() >= bad.len(),
+    );
     assert_eq!(dead.len(), bad.len());
-    for (d, (topic, payload)) in dead.iter().zip(&bad) {
-        assert_eq!(String::from_utf8_lossy(&d.payload), *payload, "original bytes kept");
-        assert_eq!(d.headers.get("riskpipe.source.topic").map(String::as_str), Some(*topic));
+    for (topic, payload) in &bad {
+        // Original bytes kept; the order across topics is not defined.
+        let d = dead
+            .iter()
+            .find(|d| d.payload == payload.as_bytes())
+            .unwrap_or_else(|| panic!("no dead letter for {payload:?}"));
+        assert_eq!(
+            d.headers.get("riskpipe.source.topic").map(String::as_str),
+            Some(*topic)
+        );
         assert!(d.headers.contains_key("riskpipe.source.partition"));
         assert!(d.headers["riskpipe.source.offset"].parse::<i64>().is_ok());
         assert!(!d.headers["riskpipe.error"].is_empty(), "reason given");
     }
-    assert_eq!(dead[3].headers["riskpipe.error.kind"], "oversized");
-    let scored = scores_of(&collect(&reader(&broker.bootstrap, "scores"), Duration::from_secs(60), |r| {
-        r.len() >= 2
-    }));
+    let oversized = dead
+        .iter()
+        .find(|d| d.payload.len() > 1024)
+        .expect("oversized dead letter");
+    assert_eq!(oversized.headers["riskpipe.error.kind"], "oversized");
+    let scored = scores_of(&collect(
+        &reader(&broker.bootstrap, "scores"),
+        Duration::from_secs(60),
+        |r| r.len() >= 2,
+    ));
     let ids: BTreeSet<i64> = scored.iter().map(|s| s.transaction_id).collect();
     assert_eq!(ids, BTreeSet::from([1, 7]));
-    assert_eq!(pipeline.metric("riskpipe_dead_letters_total", ""), bad.len() as f64);
+    assert_eq!(
+        pipeline.metric("riskpipe_dead_letters_total", ""),
+        bad.len() as f64
+    );
     let (ok, _) = pipeline.terminate();
     assert!(ok);
 }
@@ -328,7 +392,14 @@ fn validate_lists_every_kafka_problem_without_connecting() {
 #[test]
 fn demo_runs_embedded_and_scores_every_published_transaction() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
-        .args(["demo", "--transactions", "5000", "--skip", "100000", "--quiet"])
+        .args([
+            "demo",
+            "--transactions",
+            "5000",
+            "--skip",
+            "100000",
+            "--quiet",
+        ])
         .arg("--input")
         .arg(support::handbook_data())
         .output()

@@ -161,12 +161,12 @@ impl PipelineConfig {
         if let Some(k) = &self.kafka {
             p.extend(k.problems());
         }
-        if let Some(listen) = &self.observability.listen {
-            if listen.parse::<std::net::SocketAddr>().is_err() {
-                p.push(format!(
-                    "observability.listen {listen:?} is not a host:port socket address"
-                ));
-            }
+        if let Some(listen) = &self.observability.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            p.push(format!(
+                "observability.listen {listen:?} is not a host:port socket address"
+            ));
         }
         if let Some(s) = &self.backtest {
             if chrono::NaiveDate::parse_from_str(&s.train_start, "%Y-%m-%d").is_err() {

@@ -218,7 +218,10 @@ pub fn derive_labels(
     let mut names: Vec<String> = features.label_risk.iter().map(|r| r.key.clone()).collect();
     names.extend([features.order_by.clone(), features.event_time.clone()]);
     // The label event carries the transaction's keys (schemas: fraud label), where present.
-    for key in [riskpipe_schemas::tx::CUSTOMER_ID, riskpipe_schemas::tx::TERMINAL_ID] {
+    for key in [
+        riskpipe_schemas::tx::CUSTOMER_ID,
+        riskpipe_schemas::tx::TERMINAL_ID,
+    ] {
         if frauds_only.column_by_name(key).is_some() {
             names.push(key.to_string());
         }

@@ -108,10 +108,10 @@ impl ScoringStage {
                 .get(r * width..(r + 1) * width)
                 .ok_or_else(|| PipelineError::Bug(format!("explain row {r} not in last batch")))?;
             probe.extend_from_slice(x);
-            for j in 0..width {
+            for (j, mean) in means.iter().enumerate() {
                 probe.extend_from_slice(x);
                 let at = probe.len() - width + j;
-                probe[at] = means[j];
+                probe[at] = *mean;
             }
         }
         let scores = self.scorer.score_matrix(&probe, rows.len() * (width + 1))?;

@@ -34,7 +34,10 @@ struct Args {
     topics: Vec<String>,
 }
 
-fn apply(cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>, line: &str) -> Result<(), String> {
+fn apply(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    line: &str,
+) -> Result<(), String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let int = |i: usize| -> Result<i64, String> {
         words

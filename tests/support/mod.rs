@@ -36,13 +36,18 @@ impl Broker {
         let stdin = child.stdin.take().expect("piped stdin");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
-        stdout.read_line(&mut line).expect("broker prints its address");
+        stdout
+            .read_line(&mut line)
+            .expect("broker prints its address");
         let bootstrap = line
             .trim()
             .strip_prefix("BOOTSTRAP=")
             .unwrap_or_else(|| panic!("unexpected broker greeting {line:?}"))
             .to_string();
-        assert!(bootstrap.starts_with("127.0.0.1:") || bootstrap.contains(':'), "{bootstrap}");
+        assert!(
+            bootstrap.starts_with("127.0.0.1:") || bootstrap.contains(':'),
+            "{bootstrap}"
+        );
         Broker {
             child,
             stdin,
@@ -87,8 +92,8 @@ pub fn handbook_data() -> PathBuf {
 /// The handbook pipeline config without its backtest split, with `kafka` appended, written to
 /// `dir/pipeline.toml`.
 pub fn write_config(dir: &Path, kafka: &str) -> PathBuf {
-    let base = std::fs::read_to_string(root().join("config/fraud-handbook.toml"))
-        .expect("shipped config");
+    let base =
+        std::fs::read_to_string(root().join("config/fraud-handbook.toml")).expect("shipped config");
     let mut text = String::new();
     let mut skipping = false;
     for line in base.lines() {
@@ -163,7 +168,11 @@ impl Pipeline {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while p.metrics.is_empty() {
-            assert!(Instant::now() < deadline, "pipeline did not start: {:#?}", p.log);
+            assert!(
+                Instant::now() < deadline,
+                "pipeline did not start: {:#?}",
+                p.log
+            );
             if let Ok(line) = p.stderr_lines.recv_timeout(Duration::from_millis(200)) {
                 if let Some(i) = line.find("http://") {
                     p.metrics = line[i + 7..].trim().to_string();
@@ -186,7 +195,11 @@ impl Pipeline {
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.get("/ready").0 != 200 {
-            assert!(Instant::now() < deadline, "never ready: {:#?}", self.drain_log());
+            assert!(
+                Instant::now() < deadline,
+                "never ready: {:#?}",
+                self.drain_log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -260,7 +273,11 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
     (code, body)
 }
 
@@ -296,7 +313,11 @@ pub struct Got {
 }
 
 /// Polls `consumer` until `done(records)` or the timeout (panics on timeout).
-pub fn collect(consumer: &BaseConsumer, timeout: Duration, mut done: impl FnMut(&[Got]) -> bool) -> Vec<Got> {
+pub fn collect(
+    consumer: &BaseConsumer,
+    timeout: Duration,
+    mut done: impl FnMut(&[Got]) -> bool,
+) -> Vec<Got> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while !done(&out) {

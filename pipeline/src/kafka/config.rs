@@ -71,7 +71,8 @@ pub struct BatchConfig {
     /// At most this many messages per batch.
     #[serde(default = "default_max_rows")]
     pub max_rows: usize,
-    /// A batch is closed at the latest this long after its first message arrived.
+    /// How long a batch may wait for more messages after its first one when fewer than
+    /// `max_rows` are ready; 0 (the default) closes it as soon as no further message is ready.
     #[serde(default = "default_max_delay", with = "humantime_serde")]
     pub max_delay: Duration,
 }
@@ -110,7 +111,7 @@ fn default_max_rows() -> usize {
     1024
 }
 fn default_max_delay() -> Duration {
-    Duration::from_millis(5)
+    Duration::ZERO
 }
 
 impl Default for TopicsConfig {
@@ -172,8 +173,16 @@ impl KafkaConfig {
             .properties
             .iter()
             .map(|kv| ("properties", kv))
-            .chain(self.consumer_properties.iter().map(|kv| ("consumer_properties", kv)))
-            .chain(self.producer_properties.iter().map(|kv| ("producer_properties", kv)));
+            .chain(
+                self.consumer_properties
+                    .iter()
+                    .map(|kv| ("consumer_properties", kv)),
+            )
+            .chain(
+                self.producer_properties
+                    .iter()
+                    .map(|kv| ("producer_properties", kv)),
+            );
         for (section, (k, v)) in all {
             if OWNED.contains(&k.as_str()) {
                 p.push(format!(
@@ -216,9 +225,6 @@ impl KafkaConfig {
         if self.batch.max_rows == 0 {
             p.push("kafka.batch.max_rows must be at least 1".into());
         }
-        if self.batch.max_delay.is_zero() {
-            p.push("kafka.batch.max_delay must be more than 0".into());
-        }
         if self.max_message_bytes == 0 {
             p.push("kafka.max_message_bytes must be at least 1".into());
         }
@@ -257,8 +263,7 @@ mod tests {
     #[test]
     fn every_problem_is_listed_at_once() {
         let mut k = KafkaConfig::for_bootstrap("localhost:9092");
-        k.properties
-            .insert("no.such.property".into(), "1".into());
+        k.properties.insert("no.such.property".into(), "1".into());
         k.properties
             .insert("enable.auto.offset.store".into(), "true".into());
         k.properties

@@ -47,7 +47,10 @@ pub fn decode(schema: &SchemaRef, payloads: &[&[u8]], max_bytes: usize) -> Decod
         if p.len() > max_bytes {
             rejected.push(Rejection {
                 index,
-                reason: format!("payload of {} bytes exceeds max_message_bytes {max_bytes}", p.len()),
+                reason: format!(
+                    "payload of {} bytes exceeds max_message_bytes {max_bytes}",
+                    p.len()
+                ),
                 kind: "oversized",
             });
         } else if p.iter().all(u8::is_ascii_whitespace) {
@@ -212,7 +215,10 @@ mod tests {
         assert_eq!(kinds[6], "oversized");
         assert_eq!(kinds[7], "empty");
         assert!(d.rejected.iter().all(|r| !r.reason.is_empty()));
-        assert!(d.rejected[1].reason.contains("lots") || d.rejected[1].reason.contains("TX_AMOUNT"),
-            "{}", d.rejected[1].reason);
+        assert!(
+            d.rejected[1].reason.contains("lots") || d.rejected[1].reason.contains("TX_AMOUNT"),
+            "{}",
+            d.rejected[1].reason
+        );
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! Four stages joined by bounded queues, so a slow broker slows consumption instead of growing
 //! memory:
-//! 1. the consumer task closes a micro-batch at `max_rows` messages or `max_delay` after its
-//!    first message (per-partition order is kept: messages stay in arrival order);
+//! 1. the consumer task closes a micro-batch once librdkafka holds no further message ready, at
+//!    `max_rows` messages, or at the latest `max_delay` after its first message, so batches are
+//!    full under load and nothing waits when the topic is quiet (per-partition order is kept:
+//!    messages stay in arrival order);
 //! 2. a dedicated thread decodes, runs the [`FeatureChain`] and the [`ScoringStage`] (CPU-heavy,
 //!    off the async reactor) and encodes scores, alerts and dead letters;
 //! 3. the producer task hands every record to librdkafka;
@@ -22,9 +24,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use futures::future::join_all;
 use metrics::{counter, gauge, histogram};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -65,6 +70,23 @@ pub struct LiveCounters {
     pub dead_letters: AtomicU64,
     /// Batches fully acknowledged (their offsets stored).
     pub batches: AtomicU64,
+    /// Latency from a transaction's producer timestamp (Kafka CreateTime, ms) to the broker's
+    /// acknowledgement of its score, µs (over-states by under 1 ms: CreateTime is truncated).
+    pub end_to_end_us: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+impl LiveCounters {
+    /// End-to-end latency quantile in ms (NaN before any score).
+    pub fn end_to_end_ms(&self, q: f64) -> f64 {
+        match self.end_to_end_us.lock() {
+            Ok(h) => h
+                .as_ref()
+                .filter(|h| !h.is_empty())
+                .map(|h| h.value_at_quantile(q) as f64 / 1e3)
+                .unwrap_or(f64::NAN),
+            Err(_) => f64::NAN,
+        }
+    }
 }
 
 /// What a live run did.
@@ -189,13 +211,19 @@ fn now_ms() -> i64 {
 /// Checks the config, loads the model and builds the stages, without connecting anywhere.
 pub fn prepare(cfg: &PipelineConfig) -> Result<(FeatureChain, ScoringStage, &KafkaConfig)> {
     let kafka = cfg.kafka.as_ref().ok_or_else(|| {
-        PipelineError::Config(vec!["no [kafka] section: the live pipeline needs one".into()])
+        PipelineError::Config(vec![
+            "no [kafka] section: the live pipeline needs one".into(),
+        ])
     })?;
     cfg.validate()?;
     let chain = cfg.features.build_chain()?;
     let scorer = Scorer::load(&cfg.model)?;
     crate::check_model_inputs(cfg, &scorer, &transaction_schema())?;
-    Ok((chain, ScoringStage::new(scorer, cfg.alerts.threshold), kafka))
+    Ok((
+        chain,
+        ScoringStage::new(scorer, cfg.alerts.threshold),
+        kafka,
+    ))
 }
 
 /// Runs the live pipeline until `shutdown` resolves (then drains, flushes, commits and
@@ -223,6 +251,9 @@ pub async fn run(
     for (k, default) in [
         ("auto.offset.reset", "earliest"),
         ("statistics.interval.ms", "5000"),
+        // A broker holds an empty fetch this long; librdkafka's 500 ms would dominate latency
+        // whenever the topic goes quiet between micro-batches.
+        ("fetch.wait.max.ms", "5"),
     ] {
         if consumer_cfg.get(k).is_none() {
             consumer_cfg.set(k, default);
@@ -330,6 +361,39 @@ pub async fn run(
     Ok(counters.summary())
 }
 
+fn push(
+    batch: &mut Vec<Raw>,
+    topics: &mut BTreeMap<String, Arc<str>>,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    labels_topic: &str,
+    counters: &LiveCounters,
+) {
+    let topic = match topics.get(m.topic()) {
+        Some(t) => t.clone(),
+        None => {
+            let t: Arc<str> = Arc::from(m.topic());
+            topics.insert(m.topic().to_string(), t.clone());
+            t
+        }
+    };
+    let labels = &*topic == labels_topic;
+    if labels {
+        counters.labels.fetch_add(1, Ordering::Relaxed);
+    } else {
+        counters.transactions.fetch_add(1, Ordering::Relaxed);
+    }
+    counter!("riskpipe_events_in_total", "topic" => topic.to_string()).increment(1);
+    batch.push(Raw {
+        labels,
+        topic,
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        created_ms: m.timestamp().to_millis(),
+    });
+}
+
 async fn consume_loop(
     consumer: &Source,
     kafka: &KafkaConfig,
@@ -355,37 +419,29 @@ async fn consume_loop(
             }
             m = consumer.recv() => match m {
                 Ok(m) => {
-                    let topic = match topics.get(m.topic()) {
-                        Some(t) => t.clone(),
-                        None => {
-                            let t: Arc<str> = Arc::from(m.topic());
-                            topics.insert(m.topic().to_string(), t.clone());
-                            t
-                        }
-                    };
-                    let labels = &*topic == labels_topic;
-                    if labels {
-                        counters.labels.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        counters.transactions.fetch_add(1, Ordering::Relaxed);
-                    }
-                    counter!("riskpipe_events_in_total", "topic" => topic.to_string()).increment(1);
-                    batch.push(Raw {
-                        labels,
-                        topic,
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                        created_ms: m.timestamp().to_millis(),
-                    });
+                    push(&mut batch, &mut topics, &m, labels_topic, counters);
                     if deadline.is_none() {
                         deadline = Some(tokio::time::Instant::now() + kafka.batch.max_delay);
                     }
-                    if batch.len() >= kafka.batch.max_rows {
-                        deadline = None;
-                        if batches.send(std::mem::replace(&mut batch, Vec::with_capacity(kafka.batch.max_rows))).await.is_err() { break; }
+                    // Take whatever librdkafka already holds, then close the batch at once:
+                    // full batches under load, no waiting for max_delay when the topic is quiet.
+                    while batch.len() < kafka.batch.max_rows {
+                        match consumer.recv().now_or_never() {
+                            Some(Ok(m)) => push(&mut batch, &mut topics, &m, labels_topic, counters),
+                            Some(Err(e)) => {
+                                counter!("riskpipe_consumer_errors_total").increment(1);
+                                tracing::warn!("consumer: {e}");
+                                break;
+                            }
+                            None => break,
+                        }
                     }
+                    if batch.len() < kafka.batch.max_rows && !kafka.batch.max_delay.is_zero() {
+                        continue; // wait for more until the deadline (bigger batches, more latency)
+                    }
+                    deadline = None;
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(kafka.batch.max_rows));
+                    if batches.send(full).await.is_err() { break; }
                 }
                 Err(e) => {
                     counter!("riskpipe_consumer_errors_total").increment(1);
@@ -417,7 +473,9 @@ fn process_loop(
         histogram!("riskpipe_batch_rows").record(batch.len() as f64);
         let mut offsets = BTreeMap::new();
         for m in &batch {
-            let e = offsets.entry((m.topic.clone(), m.partition)).or_insert(m.offset);
+            let e = offsets
+                .entry((m.topic.clone(), m.partition))
+                .or_insert(m.offset);
             *e = (*e).max(m.offset);
         }
         let (labels, txs): (Vec<Raw>, Vec<Raw>) = batch.into_iter().partition(|m| m.labels);
@@ -446,7 +504,14 @@ fn process_loop(
         let mut scores = Vec::new();
         let mut alerts = Vec::new();
         if decoded.batch.num_rows() > 0 {
-            match score_batch(&mut chain, &mut scoring, decoded.batch, kafka, event_time, model) {
+            match score_batch(
+                &mut chain,
+                &mut scoring,
+                decoded.batch,
+                kafka,
+                event_time,
+                model,
+            ) {
                 Ok((s, a)) => {
                     scores = s;
                     alerts = a;
@@ -594,11 +659,25 @@ async fn produce_loop(
     while let Some(p) = processed.recv().await {
         let mut deliveries = Vec::with_capacity(p.scores.len() + p.alerts.len() + p.dead.len());
         for r in &p.scores {
-            let d = send(&producer, &topics.scores, Some(r.key.as_bytes()), &r.payload, None).await?;
+            let d = send(
+                &producer,
+                &topics.scores,
+                Some(r.key.as_bytes()),
+                &r.payload,
+                None,
+            )
+            .await?;
             deliveries.push((d, Kind::Score));
         }
         for r in &p.alerts {
-            let d = send(&producer, &topics.alerts, Some(r.key.as_bytes()), &r.payload, None).await?;
+            let d = send(
+                &producer,
+                &topics.alerts,
+                Some(r.key.as_bytes()),
+                &r.payload,
+                None,
+            )
+            .await?;
             deliveries.push((d, Kind::Alert));
         }
         for (m, reason, kind) in &p.dead {
@@ -680,15 +759,31 @@ async fn ack_loop(
                 }
             }
         }
-        let now = now_ms();
-        histogram!("riskpipe_stage_seconds", "stage" => "publish").record(p.sent.elapsed().as_secs_f64());
-        for created in &p.created_ms {
-            histogram!("riskpipe_end_to_end_seconds").record((now - created).max(0) as f64 / 1e3);
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        histogram!("riskpipe_stage_seconds", "stage" => "publish")
+            .record(p.sent.elapsed().as_secs_f64());
+        if let Ok(mut h) = counters.end_to_end_us.lock() {
+            let h = h.get_or_insert_with(|| {
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .expect("constant, valid bounds")
+            });
+            for created in &p.created_ms {
+                let us = (now_us - created * 1000).max(1);
+                histogram!("riskpipe_end_to_end_seconds").record(us as f64 / 1e6);
+                let _ = h.record(us as u64);
+            }
         }
         counters.scores.fetch_add(acked[0], Ordering::Relaxed);
         counters.alerts.fetch_add(acked[1], Ordering::Relaxed);
         counters.dead_letters.fetch_add(acked[2], Ordering::Relaxed);
-        for (kind, n) in [("scores", acked[0]), ("alerts", acked[1]), ("dead_letter", acked[2])] {
+        for (kind, n) in [
+            ("scores", acked[0]),
+            ("alerts", acked[1]),
+            ("dead_letter", acked[2]),
+        ] {
             counter!("riskpipe_events_out_total", "topic" => kind).increment(n);
         }
         for ((topic, partition), offset) in &p.offsets {

@@ -67,6 +67,9 @@ async fn ready(State(e): State<Endpoints>) -> (StatusCode, &'static str) {
     if e.health.ready.load(Ordering::Relaxed) && !e.health.stopped.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no partitions assigned\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no partitions assigned\n",
+        )
     }
 }

@@ -134,7 +134,11 @@ pub fn read_topic(kafka: &KafkaConfig, topic: &str, from: Bound, to: Bound) -> R
 
 /// A history from Kafka: the transactions of the range, ordered like a file replay, with the
 /// label column set from the fraud-label topic, and those labels as label events.
-pub fn history_from_kafka(cfg: &PipelineConfig, from: Bound, to: Bound) -> Result<(History, usize)> {
+pub fn history_from_kafka(
+    cfg: &PipelineConfig,
+    from: Bound,
+    to: Bound,
+) -> Result<(History, usize)> {
     let kafka = cfg.kafka.as_ref().ok_or_else(|| {
         PipelineError::Config(vec!["no [kafka] section: replay reads from Kafka".into()])
     })?;
@@ -143,7 +147,11 @@ pub fn history_from_kafka(cfg: &PipelineConfig, from: Bound, to: Bound) -> Resul
     let decoded = decode(&transaction_schema(), &refs, kafka.max_message_bytes);
     let rejected = decoded.rejected.len();
     for r in decoded.rejected.iter().take(5) {
-        tracing::warn!("skipping undecodable transaction #{}: {}", r.index, r.reason);
+        tracing::warn!(
+            "skipping undecodable transaction #{}: {}",
+            r.index,
+            r.reason
+        );
     }
     let transactions = decoded.batch;
     let labels = if kafka.topics.labels.is_empty() {
@@ -158,7 +166,13 @@ pub fn history_from_kafka(cfg: &PipelineConfig, from: Bound, to: Bound) -> Resul
     // the windows never saw.
     let ids: HashSet<i64> = transactions
         .column_by_name(tx::TRANSACTION_ID)
-        .map(|c| c.as_primitive::<Int64Type>().values().iter().copied().collect())
+        .map(|c| {
+            c.as_primitive::<Int64Type>()
+                .values()
+                .iter()
+                .copied()
+                .collect()
+        })
         .unwrap_or_default();
     let label_ids = labels
         .column_by_name(tx::TRANSACTION_ID)
@@ -193,7 +207,11 @@ pub fn history_from_kafka(cfg: &PipelineConfig, from: Bound, to: Bound) -> Resul
         .map(|id| Some(i64::from(frauds.contains(id))))
         .collect();
     let mut fields: Vec<Arc<Field>> = transactions.schema().fields().iter().cloned().collect();
-    fields.push(Arc::new(Field::new(&cfg.replay.label, DataType::Int64, false)));
+    fields.push(Arc::new(Field::new(
+        &cfg.replay.label,
+        DataType::Int64,
+        false,
+    )));
     let mut columns = transactions.columns().to_vec();
     columns.push(Arc::new(truth));
     let with_truth = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
