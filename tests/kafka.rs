@@ -17,7 +17,9 @@ use riskpipe_pipeline::kafka::demo::{Feed, Feeder, feed, feed_producer};
 use riskpipe_pipeline::source::History;
 use riskpipe_pipeline::{PipelineConfig, score_history};
 use riskpipe_schemas::{Alert, Score};
-use support::{Broker, Pipeline, collect, drain, kafka_section, reader, write_config};
+use support::{
+    Broker, Pipeline, collect, drain, drain_to_end, kafka_section, reader, write_config,
+};
 
 const TOPICS: [(&str, i32); 5] = [
     ("transactions", 1),
@@ -202,7 +204,12 @@ fn restarts_lose_nothing_and_duplicate_only_the_uncommitted_tail() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
         dir.path(),
-        &kafka_section(&broker.bootstrap, "restart", "commit_interval = \"200ms\""),
+        &kafka_section(
+            &broker.bootstrap,
+            "restart",
+            // A killed member holds its partition until its session times out: keep that short.
+            "commit_interval = \"200ms\"\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"",
+        ),
     );
     let bootstrap = broker.bootstrap.clone();
     let feeding = std::thread::spawn({
@@ -236,7 +243,7 @@ fn restarts_lose_nothing_and_duplicate_only_the_uncommitted_tail() {
     let mut phase1 = collect(&scores, Duration::from_secs(120), |r| r.len() >= 3_000);
     let (ok, _) = p1.terminate();
     assert!(ok, "SIGTERM exits 0");
-    phase1.extend(drain(&scores, Duration::from_secs(1)));
+    phase1.extend(drain_to_end(&scores, "scores"));
     let phase1 = ids(&phase1);
 
     // Phase 2: killed mid-stream.
@@ -244,7 +251,7 @@ fn restarts_lose_nothing_and_duplicate_only_the_uncommitted_tail() {
     p2.wait_ready();
     let mut phase2 = collect(&scores, Duration::from_secs(120), |r| r.len() >= 6_000);
     p2.kill();
-    phase2.extend(drain(&scores, Duration::from_secs(1)));
+    phase2.extend(drain_to_end(&scores, "scores"));
     let phase2 = ids(&phase2);
 
     // Phase 3: runs to the end.
@@ -263,7 +270,7 @@ fn restarts_lose_nothing_and_duplicate_only_the_uncommitted_tail() {
     }
     let (ok, _) = p3.terminate();
     assert!(ok);
-    phase3.extend(ids(&drain(&scores, Duration::from_secs(1))));
+    phase3.extend(ids(&drain_to_end(&scores, "scores")));
 
     assert_eq!(seen, all_ids, "every transaction has a score");
     let mut count: HashMap<i64, usize> = HashMap::new();
@@ -283,7 +290,14 @@ fn restarts_lose_nothing_and_duplicate_only_the_uncommitted_tail() {
     assert!(dups.is_subset(&p2), "duplicates outside the killed phase");
     if let Some(first) = dups.first() {
         let tail: BTreeSet<i64> = p2.range(first..).copied().collect();
-        assert_eq!(dups, tail, "duplicates are not the uncommitted tail");
+        let gaps: Vec<&i64> = tail.difference(&dups).take(10).collect();
+        assert!(
+            gaps.is_empty(),
+            "duplicates are not the uncommitted tail: {} dups from {first}, phase 2 {}..={:?}, not re-scored: {gaps:?}",
+            dups.len(),
+            p2.first().copied().unwrap_or_default(),
+            p2.last()
+        );
     }
     assert!(dups.len() < p2.len(), "phase 2 committed nothing");
 }

@@ -363,3 +363,46 @@ pub fn drain(consumer: &BaseConsumer, quiet: Duration) -> Vec<Got> {
     }
     out
 }
+
+/// Reads everything up to the current end of every assigned partition (deterministic, unlike
+/// waiting for a quiet period on a loaded machine).
+pub fn drain_to_end(consumer: &BaseConsumer, topic: &str) -> Vec<Got> {
+    let assignment = consumer.assignment().expect("assignment");
+    let mut ends = HashMap::new();
+    for e in assignment.elements_for_topic(topic) {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
+            .expect("watermarks");
+        ends.insert(e.partition(), high);
+    }
+    // Where the reader stands now: partitions already read to their end need nothing more.
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    let position = consumer.position().expect("position");
+    for e in position.elements_for_topic(topic) {
+        if let Offset::Offset(o) = e.offset() {
+            next.insert(e.partition(), o);
+        }
+    }
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let behind = ends
+            .iter()
+            .any(|(p, &high)| next.get(p).copied().unwrap_or(0) < high);
+        if !behind {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "could not read {topic} to its end"
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.expect("consume");
+            next.insert(m.partition(), m.offset() + 1);
+            out.push(Got {
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers: HashMap::new(),
+            });
+        }
+    }
+}

@@ -7,9 +7,10 @@
 //!    `max_rows` messages, or at the latest `max_delay` after its first message, so batches are
 //!    full under load and nothing waits when the topic is quiet (per-partition order is kept:
 //!    messages stay in arrival order);
-//! 2. a dedicated thread decodes, runs the [`FeatureChain`] and the [`ScoringStage`] (CPU-heavy,
-//!    off the async reactor) and encodes scores, alerts and dead letters;
-//! 3. the producer task hands every record to librdkafka;
+//! 2. a decode thread turns JSON into Arrow batches (rejects become dead letters), and a scoring
+//!    thread runs the [`FeatureChain`] and the [`ScoringStage`] (CPU-heavy, off the async
+//!    reactor, overlapping the decoding of the next batch);
+//! 3. the producer task encodes scores and alerts and hands every record to librdkafka;
 //! 4. the ack task awaits the broker's acknowledgement of every record of a batch, in batch
 //!    order, and only then stores the batch's offsets; librdkafka commits stored offsets every
 //!    `commit_interval` and riskpipe commits synchronously on shutdown. This is at-least-once:
@@ -42,7 +43,7 @@ use tokio::sync::mpsc;
 
 use super::KafkaConfig;
 use super::decode::decode;
-use super::encode::{Record, alert_rows, encode};
+use super::encode::{alert_rows, encode};
 use crate::stages::ScoringStage;
 use crate::{PipelineConfig, PipelineError, Result};
 
@@ -165,6 +166,7 @@ impl ConsumerContext for SourceContext {
 type Source = StreamConsumer<SourceContext>;
 
 /// One consumed message, copied out of librdkafka's buffer.
+#[derive(Clone)]
 struct Raw {
     labels: bool,
     topic: Arc<str>,
@@ -176,10 +178,9 @@ struct Raw {
     created_ms: Option<i64>,
 }
 
-/// Records to publish for one batch, and the input offsets they settle.
+/// Outputs of one batch, and the input offsets they settle.
 struct Processed {
-    scores: Vec<Record>,
-    alerts: Vec<Record>,
+    scored: Option<ScoredBatch>,
     dead: Vec<(Raw, String, &'static str)>,
     /// Highest offset per (topic, partition) in the batch.
     offsets: BTreeMap<(Arc<str>, i32), i64>,
@@ -290,23 +291,21 @@ pub async fn run(
     let (pending_tx, pending_rx) = mpsc::channel::<Pending>(kafka.in_flight_batches);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
+    let (decoded_tx, decoded_rx) = mpsc::channel::<Decoded>(kafka.in_flight_batches);
+    let decoder = {
+        let kafka = kafka.clone();
+        std::thread::Builder::new()
+            .name("riskpipe-decode".into())
+            .spawn(move || decode_loop(batch_rx, decoded_tx, &kafka))
+            .map_err(|e| PipelineError::External(format!("starting decode thread: {e}")))?
+    };
     let worker = {
         let kafka = kafka.clone();
-        let event_time = cfg.features.event_time.clone();
-        let model = crate::model_name(cfg);
         let stop_tx = stop_tx.clone();
         std::thread::Builder::new()
             .name("riskpipe-score".into())
             .spawn(move || {
-                let r = process_loop(
-                    batch_rx,
-                    processed_tx,
-                    chain,
-                    scoring,
-                    &kafka,
-                    &event_time,
-                    &model,
-                );
+                let r = score_loop(decoded_rx, processed_tx, chain, scoring, &kafka);
                 if r.is_err() {
                     let _ = stop_tx.send(true);
                 }
@@ -314,10 +313,16 @@ pub async fn run(
             })
             .map_err(|e| PipelineError::External(format!("starting scoring thread: {e}")))?
     };
+    let encoding = Encoding {
+        event_time: cfg.features.event_time.clone(),
+        model: crate::model_name(cfg),
+        threshold: cfg.alerts.threshold,
+    };
 
     let produce = tokio::spawn(produce_loop(
         producer.clone(),
         kafka.clone(),
+        encoding,
         processed_rx,
         pending_tx,
     ));
@@ -343,6 +348,10 @@ pub async fn run(
     let acked = ack
         .await
         .map_err(|e| PipelineError::Bug(format!("ack task: {e}")))?;
+    tokio::task::spawn_blocking(move || decoder.join())
+        .await
+        .map_err(|e| PipelineError::Bug(format!("joining decode thread: {e}")))?
+        .map_err(|_| PipelineError::Bug("decode thread panicked".into()))?;
     let processed = tokio::task::spawn_blocking(move || worker.join())
         .await
         .map_err(|e| PipelineError::Bug(format!("joining scoring thread: {e}")))?
@@ -382,7 +391,6 @@ fn push(
     } else {
         counters.transactions.fetch_add(1, Ordering::Relaxed);
     }
-    counter!("riskpipe_events_in_total", "topic" => topic.to_string()).increment(1);
     batch.push(Raw {
         labels,
         topic,
@@ -456,21 +464,36 @@ async fn consume_loop(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn process_loop(
+/// A micro-batch decoded into Arrow, with the messages that could not be.
+struct Decoded {
+    labels: arrow::array::RecordBatch,
+    transactions: arrow::array::RecordBatch,
+    /// Index in `txs` of each row of `transactions`.
+    accepted: Vec<usize>,
+    txs: Vec<Raw>,
+    dead: Vec<(Raw, String, &'static str)>,
+    offsets: BTreeMap<(Arc<str>, i32), i64>,
+    created_ms: Vec<i64>,
+}
+
+/// Stage 2a: JSON to Arrow (its own thread, so decoding overlaps scoring).
+fn decode_loop(
     mut batches: mpsc::Receiver<Vec<Raw>>,
-    out: mpsc::Sender<Processed>,
-    mut chain: FeatureChain,
-    mut scoring: ScoringStage,
+    out: mpsc::Sender<Decoded>,
     kafka: &KafkaConfig,
-    event_time: &str,
-    model: &str,
-) -> Result<()> {
+) {
     let tx_schema = transaction_schema();
     let label_schema = fraud_label_schema();
     while let Some(batch) = batches.blocking_recv() {
         let started = Instant::now();
         histogram!("riskpipe_batch_rows").record(batch.len() as f64);
+        let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
+        for m in &batch {
+            *per_topic.entry(&*m.topic).or_default() += 1;
+        }
+        for (topic, n) in per_topic {
+            counter!("riskpipe_events_in_total", "topic" => topic.to_string()).increment(n);
+        }
         let mut offsets = BTreeMap::new();
         for m in &batch {
             let e = offsets
@@ -480,68 +503,77 @@ fn process_loop(
         }
         let (labels, txs): (Vec<Raw>, Vec<Raw>) = batch.into_iter().partition(|m| m.labels);
         let mut dead = Vec::new();
-
-        // Labels first: operators use a label only from its label time on.
         let payloads: Vec<&[u8]> = labels.iter().map(|m| m.payload.as_slice()).collect();
-        let decoded = decode(&label_schema, &payloads, kafka.max_message_bytes);
+        let decoded_labels = decode(&label_schema, &payloads, kafka.max_message_bytes);
         drop(payloads);
-        if decoded.batch.num_rows() > 0 {
-            chain.observe_labels(&decoded.batch)?;
-        }
-        collect_dead(labels, decoded.rejected, &mut dead);
-
+        collect_dead(labels, decoded_labels.rejected, &mut dead);
         let payloads: Vec<&[u8]> = txs.iter().map(|m| m.payload.as_slice()).collect();
         let decoded = decode(&tx_schema, &payloads, kafka.max_message_bytes);
         drop(payloads);
-        let decode_done = Instant::now();
-        histogram!("riskpipe_stage_seconds", "stage" => "decode")
-            .record(decode_done.duration_since(started).as_secs_f64());
         let created_ms = decoded
             .accepted
             .iter()
             .map(|&i| txs[i].created_ms.unwrap_or_else(now_ms))
             .collect();
-        let mut scores = Vec::new();
-        let mut alerts = Vec::new();
-        if decoded.batch.num_rows() > 0 {
-            match score_batch(
-                &mut chain,
-                &mut scoring,
-                decoded.batch,
-                kafka,
-                event_time,
-                model,
-            ) {
-                Ok((s, a)) => {
-                    scores = s;
-                    alerts = a;
-                }
+        for r in decoded.rejected {
+            if let Some(m) = txs.get(r.index) {
+                dead.push((m.clone(), r.reason, r.kind));
+            }
+        }
+        histogram!("riskpipe_stage_seconds", "stage" => "decode")
+            .record(started.elapsed().as_secs_f64());
+        let d = Decoded {
+            labels: decoded_labels.batch,
+            transactions: decoded.batch,
+            accepted: decoded.accepted,
+            txs,
+            dead,
+            offsets,
+            created_ms,
+        };
+        if out.blocking_send(d).is_err() {
+            break;
+        }
+    }
+}
+
+/// Stage 2b: features and model (its own thread: CPU-heavy, off the async reactor).
+fn score_loop(
+    mut batches: mpsc::Receiver<Decoded>,
+    out: mpsc::Sender<Processed>,
+    mut chain: FeatureChain,
+    mut scoring: ScoringStage,
+    kafka: &KafkaConfig,
+) -> Result<()> {
+    while let Some(mut d) = batches.blocking_recv() {
+        let started = Instant::now();
+        // Labels first: operators use a label only from its label time on.
+        if d.labels.num_rows() > 0 {
+            chain.observe_labels(&d.labels)?;
+        }
+        let mut scored = None;
+        if d.transactions.num_rows() > 0 {
+            match score_batch(&mut chain, &mut scoring, d.transactions, kafka) {
+                Ok(s) => scored = Some(s),
                 Err(e) if e.fault() == Fault::BadInput => {
                     // The whole batch failed a check: dead-letter every transaction of it.
                     let reason = e.to_string();
-                    let rejected = decoded
-                        .accepted
-                        .iter()
-                        .map(|&index| super::decode::Rejection {
-                            index,
-                            reason: reason.clone(),
-                            kind: "schema",
-                        })
-                        .collect();
-                    collect_dead_some(&txs, rejected, &mut dead);
+                    for &i in &d.accepted {
+                        if let Some(m) = d.txs.get(i) {
+                            d.dead.push((m.clone(), reason.clone(), "schema"));
+                        }
+                    }
                 }
                 Err(e) => return Err(e),
             }
         }
-        collect_dead(txs, decoded.rejected, &mut dead);
         histogram!("riskpipe_stage_seconds", "stage" => "process")
             .record(started.elapsed().as_secs_f64());
         let processed = Processed {
-            scores,
-            alerts,
-            dead,
-            offsets,
-            created_ms,
+            scored,
+            dead: d.dead,
+            offsets: d.offsets,
+            created_ms: d.created_ms,
         };
         if out.blocking_send(processed).is_err() {
             break; // the producer stopped; it reports why
@@ -550,33 +582,32 @@ fn process_loop(
     Ok(())
 }
 
+/// A scored batch, its alerted rows and their reasons.
+struct ScoredBatch {
+    batch: arrow::array::RecordBatch,
+    alerted: Vec<usize>,
+    reasons: Vec<Vec<riskpipe_schemas::Reason>>,
+}
+
 fn score_batch(
     chain: &mut FeatureChain,
     scoring: &mut ScoringStage,
     transactions: arrow::array::RecordBatch,
     kafka: &KafkaConfig,
-    event_time: &str,
-    model: &str,
-) -> Result<(Vec<Record>, Vec<Record>)> {
+) -> Result<ScoredBatch> {
     let t0 = Instant::now();
     let features = chain.process(transactions)?;
     let t1 = Instant::now();
     histogram!("riskpipe_stage_seconds", "stage" => "features").record((t1 - t0).as_secs_f64());
-    let scored = scoring.process(features)?;
-    let alerted = alert_rows(&scored)?;
+    let batch = scoring.process(features)?;
+    let alerted = alert_rows(&batch)?;
     let reasons = scoring.explain(&alerted, kafka.alert_reasons)?;
-    let t2 = Instant::now();
-    histogram!("riskpipe_stage_seconds", "stage" => "score").record((t2 - t1).as_secs_f64());
-    let out = encode(
-        &scored,
-        event_time,
-        model,
-        scoring.threshold(),
-        &alerted,
+    histogram!("riskpipe_stage_seconds", "stage" => "score").record(t1.elapsed().as_secs_f64());
+    Ok(ScoredBatch {
+        batch,
+        alerted,
         reasons,
-    )?;
-    histogram!("riskpipe_stage_seconds", "stage" => "encode").record(t2.elapsed().as_secs_f64());
-    Ok(out)
+    })
 }
 
 fn collect_dead(
@@ -591,30 +622,6 @@ fn collect_dead(
     for r in rejected {
         if let Some(m) = slots.get_mut(r.index).and_then(Option::take) {
             dead.push((m, r.reason, r.kind));
-        }
-    }
-}
-
-fn collect_dead_some(
-    messages: &[Raw],
-    rejected: Vec<super::decode::Rejection>,
-    dead: &mut Vec<(Raw, String, &'static str)>,
-) {
-    for r in rejected {
-        if let Some(m) = messages.get(r.index) {
-            dead.push((
-                Raw {
-                    labels: m.labels,
-                    topic: m.topic.clone(),
-                    partition: m.partition,
-                    offset: m.offset,
-                    key: m.key.clone(),
-                    payload: m.payload.clone(),
-                    created_ms: m.created_ms,
-                },
-                r.reason,
-                r.kind,
-            ));
         }
     }
 }
@@ -649,16 +656,42 @@ async fn send(
     }
 }
 
+/// What the producer needs to encode score and alert records.
+struct Encoding {
+    event_time: String,
+    model: String,
+    threshold: f64,
+}
+
+/// Stage 3: encode (JSON) and hand every record to librdkafka.
 async fn produce_loop(
     producer: FutureProducer,
     kafka: KafkaConfig,
+    encoding: Encoding,
     mut processed: mpsc::Receiver<Processed>,
     pending: mpsc::Sender<Pending>,
 ) -> Result<()> {
     let topics = &kafka.topics;
     while let Some(p) = processed.recv().await {
-        let mut deliveries = Vec::with_capacity(p.scores.len() + p.alerts.len() + p.dead.len());
-        for r in &p.scores {
+        let (scores, alerts) = match p.scored {
+            Some(s) => {
+                let t = Instant::now();
+                let out = encode(
+                    &s.batch,
+                    &encoding.event_time,
+                    &encoding.model,
+                    encoding.threshold,
+                    &s.alerted,
+                    s.reasons,
+                )?;
+                histogram!("riskpipe_stage_seconds", "stage" => "encode")
+                    .record(t.elapsed().as_secs_f64());
+                out
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut deliveries = Vec::with_capacity(scores.len() + alerts.len() + p.dead.len());
+        for r in &scores {
             let d = send(
                 &producer,
                 &topics.scores,
@@ -669,7 +702,7 @@ async fn produce_loop(
             .await?;
             deliveries.push((d, Kind::Score));
         }
-        for r in &p.alerts {
+        for r in &alerts {
             let d = send(
                 &producer,
                 &topics.alerts,
@@ -770,9 +803,10 @@ async fn ack_loop(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
                     .expect("constant, valid bounds")
             });
+            let exported = histogram!("riskpipe_end_to_end_seconds");
             for created in &p.created_ms {
                 let us = (now_us - created * 1000).max(1);
-                histogram!("riskpipe_end_to_end_seconds").record(us as f64 / 1e6);
+                exported.record(us as f64 / 1e6);
                 let _ = h.record(us as u64);
             }
         }
