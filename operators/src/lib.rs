@@ -17,6 +17,7 @@ mod calendar;
 mod columns;
 mod config;
 mod label_risk;
+mod market;
 mod sql;
 mod window;
 
@@ -30,6 +31,7 @@ use riskpipe_schemas::Fault;
 pub use calendar::CalendarFlags;
 pub use config::{CalendarConfig, FeatureConfig, LabelRiskConfig, SqlFeatureConfig, WindowConfig};
 pub use label_risk::LabelRisk;
+pub use market::{SeriesFeatures, SeriesOperator};
 pub use sql::SqlFeature;
 pub use window::{Aggregate, WindowAggregate};
 
