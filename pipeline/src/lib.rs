@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod report;
 pub mod source;
 pub mod stages;
+pub mod var;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
