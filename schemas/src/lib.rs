@@ -210,6 +210,134 @@ pub struct Alert {
     pub reasons: Vec<Reason>,
 }
 
+/// Market columns (ticks / daily bars and positions).
+pub mod market {
+    /// Instrument id (ticker).
+    pub const INSTRUMENT: &str = "INSTRUMENT";
+    /// Event time (UTC).
+    pub const TIME: &str = "TIME";
+    /// Price (for daily bars: the adjusted close).
+    pub const PRICE: &str = "PRICE";
+    /// Traded size, when known.
+    pub const SIZE: &str = "SIZE";
+    /// Portfolio id.
+    pub const PORTFOLIO: &str = "PORTFOLIO";
+    /// Position quantity (units of the instrument; negative = short).
+    pub const QUANTITY: &str = "QUANTITY";
+}
+
+/// A market tick or bar as Arrow columns.
+pub fn market_tick_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(market::INSTRUMENT, DataType::Utf8, false),
+        Field::new(market::TIME, utc_ns(), false),
+        Field::new(market::PRICE, DataType::Float64, false),
+        Field::new(market::SIZE, DataType::Float64, true),
+    ]))
+}
+
+/// A position as Arrow columns.
+pub fn position_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(market::PORTFOLIO, DataType::Utf8, false),
+        Field::new(market::INSTRUMENT, DataType::Utf8, false),
+        Field::new(market::TIME, utc_ns(), false),
+        Field::new(market::QUANTITY, DataType::Float64, false),
+    ]))
+}
+
+/// A price observation of one instrument (topic payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketTick {
+    /// Instrument id.
+    #[serde(rename = "INSTRUMENT")]
+    pub instrument: String,
+    /// Event time, RFC 3339 in UTC.
+    #[serde(rename = "TIME")]
+    pub time: String,
+    /// Price (positive).
+    #[serde(rename = "PRICE")]
+    pub price: f64,
+    /// Traded size, when known.
+    #[serde(rename = "SIZE", default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<f64>,
+}
+
+/// A portfolio's holding of one instrument from `time` on (topic payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Position {
+    /// Portfolio id.
+    #[serde(rename = "PORTFOLIO")]
+    pub portfolio: String,
+    /// Instrument id.
+    #[serde(rename = "INSTRUMENT")]
+    pub instrument: String,
+    /// Effective from, RFC 3339 in UTC.
+    #[serde(rename = "TIME")]
+    pub time: String,
+    /// Units held (negative = short).
+    #[serde(rename = "QUANTITY")]
+    pub quantity: f64,
+}
+
+/// A market-risk score: predicted 1-day VaR of an instrument or portfolio (topic payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskScore {
+    /// Instrument id, for an instrument's score.
+    #[serde(
+        rename = "INSTRUMENT",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instrument: Option<String>,
+    /// Portfolio id, for a portfolio's score.
+    #[serde(rename = "PORTFOLIO", default, skip_serializing_if = "Option::is_none")]
+    pub portfolio: Option<String>,
+    /// Time of the last price used, RFC 3339 in UTC.
+    #[serde(rename = "TIME")]
+    pub time: String,
+    /// Predicted next-day VaR as a positive loss fraction (0.03 = 3% of value), or in currency
+    /// for a portfolio.
+    #[serde(rename = "VAR")]
+    pub var: f64,
+    /// Its confidence level (e.g. 0.99).
+    #[serde(rename = "CONFIDENCE")]
+    pub confidence: f64,
+    /// Volatility estimate (daily, as a return standard deviation).
+    #[serde(rename = "VOLATILITY")]
+    pub volatility: f64,
+    /// Which model produced it.
+    #[serde(rename = "MODEL")]
+    pub model: String,
+}
+
+/// A portfolio whose VaR exceeds its configured limit (topic payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitBreach {
+    /// Portfolio id.
+    #[serde(rename = "PORTFOLIO")]
+    pub portfolio: String,
+    /// Time of the score, RFC 3339 in UTC.
+    #[serde(rename = "TIME")]
+    pub time: String,
+    /// The portfolio's VaR.
+    #[serde(rename = "VAR")]
+    pub var: f64,
+    /// Its limit.
+    #[serde(rename = "LIMIT")]
+    pub limit: f64,
+    /// Confidence of the VaR.
+    #[serde(rename = "CONFIDENCE")]
+    pub confidence: f64,
+    /// Which model produced it.
+    #[serde(rename = "MODEL")]
+    pub model: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,7 +351,12 @@ mod tests {
 
     #[test]
     fn schemas_have_unique_columns() {
-        for schema in [transaction_schema(), fraud_label_schema()] {
+        for schema in [
+            transaction_schema(),
+            fraud_label_schema(),
+            market_tick_schema(),
+            position_schema(),
+        ] {
             let mut names: Vec<_> = schema.fields().iter().map(|f| f.name().clone()).collect();
             let n = names.len();
             names.sort();

@@ -1,6 +1,8 @@
 //! The JSON Schema files under `schemas/json/` describe exactly what the serde types write.
 
-use riskpipe_schemas::{Alert, FraudLabel, Reason, Score, Transaction};
+use riskpipe_schemas::{
+    Alert, FraudLabel, LimitBreach, MarketTick, Position, Reason, RiskScore, Score, Transaction,
+};
 use serde::Serialize;
 
 fn check<T: Serialize>(file: &str, value: &T) {
@@ -86,5 +88,51 @@ fn serde_rejects_malformed_payloads_with_a_reason() {
     assert!(
         err.to_string().contains("missing field `TX_AMOUNT`"),
         "{err}"
+    );
+}
+
+#[test]
+fn market_payloads_match_their_json_schemas() {
+    let time = "1999-01-05T00:00:00Z".to_string();
+    check(
+        "market_tick.schema.json",
+        &MarketTick {
+            instrument: "^IXIC".into(),
+            time: time.clone(),
+            price: 2251.27,
+            size: Some(948_350_000.0),
+        },
+    );
+    check(
+        "position.schema.json",
+        &Position {
+            portfolio: "growth".into(),
+            instrument: "^IXIC".into(),
+            time: time.clone(),
+            quantity: -10.0,
+        },
+    );
+    check(
+        "risk_score.schema.json",
+        &RiskScore {
+            instrument: Some("^IXIC".into()),
+            portfolio: None,
+            time: time.clone(),
+            var: 0.031,
+            confidence: 0.99,
+            volatility: 0.013,
+            model: "var_quantile.onnx".into(),
+        },
+    );
+    check(
+        "limit_breach.schema.json",
+        &LimitBreach {
+            portfolio: "growth".into(),
+            time,
+            var: 125_000.0,
+            limit: 100_000.0,
+            confidence: 0.99,
+            model: "var_quantile.onnx".into(),
+        },
     );
 }
