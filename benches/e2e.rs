@@ -20,8 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use riskpipe_pipeline::PipelineConfig;
 use riskpipe_pipeline::kafka::KafkaConfig;
 use riskpipe_pipeline::kafka::demo::{Feed, Feeder, Watcher, feed, feed_producer, reader};
@@ -61,16 +59,7 @@ fn kafka_for(bootstrap: &str, prefix: &str, group: &str) -> KafkaConfig {
 }
 
 fn bare_consume(bootstrap: &str, topic: &str, n: usize) -> Duration {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "bare")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .expect("tpl");
-    consumer.assign(&tpl).expect("assign");
+    let consumer = support::reader(bootstrap, topic);
     let mut got = 0;
     let mut started = None;
     while got < n {

@@ -186,6 +186,19 @@ fn parse_time(s: &str) -> Result<i64, PipelineError> {
         .map_err(|e| PipelineError::Config(vec![format!("{s:?} is not an RFC 3339 time: {e}")]))
 }
 
+fn print_outcome(outcome: &riskpipe_pipeline::BacktestOutcome, source: &str) {
+    println!(
+        "replayed {} transactions {source}in {:.1} s ({:.0} events/s)\n",
+        outcome.replayed,
+        outcome.replay_time.as_secs_f64(),
+        outcome.replayed as f64 / outcome.replay_time.as_secs_f64()
+    );
+    print!("{}", outcome.report.table());
+    for f in &outcome.files {
+        println!("wrote {}", f.display());
+    }
+}
+
 fn run(cli: Cli) -> Result<(), PipelineError> {
     match cli.command {
         Command::Run {
@@ -245,15 +258,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             }
             let outcome =
                 riskpipe_pipeline::backtest_history(&cfg, &history, started, &output, !quiet)?;
-            println!(
-                "replayed {} transactions from Kafka in {:.1} s\n",
-                outcome.replayed,
-                outcome.replay_time.as_secs_f64()
-            );
-            print!("{}", outcome.report.table());
-            for f in &outcome.files {
-                println!("wrote {}", f.display());
-            }
+            print_outcome(&outcome, "from Kafka ");
         }
         Command::Demo {
             config,
@@ -336,16 +341,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
         } => {
             let cfg = load_config(config.as_deref())?;
             let outcome = riskpipe_pipeline::backtest(&cfg, &input, &output, !quiet)?;
-            println!(
-                "replayed {} transactions in {:.1} s ({:.0} events/s)\n",
-                outcome.replayed,
-                outcome.replay_time.as_secs_f64(),
-                outcome.replayed as f64 / outcome.replay_time.as_secs_f64()
-            );
-            print!("{}", outcome.report.table());
-            for f in &outcome.files {
-                println!("wrote {}", f.display());
-            }
+            print_outcome(&outcome, "");
         }
         Command::Features {
             config,

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use arrow::array::AsArray;
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int64Type};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use riskpipe_pipeline::kafka::KafkaConfig;
@@ -50,20 +50,29 @@ fn publish(
     labels: bool,
 ) {
     let kafka = KafkaConfig::for_bootstrap(bootstrap);
-    let only = Feed {
-        messages: feed
-            .messages
-            .iter()
-            .filter(|m| m.0 == labels)
-            .cloned()
-            .collect(),
-        transactions: feed.transactions,
-        ids: feed.ids.clone(),
-        frauds: feed.frauds.clone(),
-    };
+    let only = feed.only(labels);
     Feeder::new(&only, Instant::now())
         .publish(p, &kafka, &only, 0.0, &AtomicBool::new(false))
         .expect("publish");
+}
+
+/// TRANSACTION_ID → SCORE of scored batches.
+fn scores_by_id(batches: impl IntoIterator<Item = RecordBatch>) -> HashMap<i64, f32> {
+    let mut out = HashMap::new();
+    for b in batches {
+        let id = b
+            .column_by_name("TRANSACTION_ID")
+            .expect("id")
+            .as_primitive::<Int64Type>();
+        let s = b
+            .column_by_name("SCORE")
+            .expect("score")
+            .as_primitive::<Float32Type>();
+        for i in 0..b.num_rows() {
+            out.insert(id.value(i), s.value(i));
+        }
+    }
+    out
 }
 
 fn scores_of(records: &[support::Got]) -> Vec<Score> {
@@ -121,20 +130,7 @@ fn live_scores_equal_backtest_scores_one_per_transaction() {
         labels: history.labels.clone(),
     };
     let scored = score_history(cfg, &slice, &indicatif::ProgressBar::hidden()).expect("replay");
-    let mut expected: HashMap<i64, f32> = HashMap::new();
-    for b in &scored {
-        let id = b
-            .column_by_name("TRANSACTION_ID")
-            .expect("id")
-            .as_primitive::<Int64Type>();
-        let s = b
-            .column_by_name("SCORE")
-            .expect("score")
-            .as_primitive::<Float32Type>();
-        for i in 0..b.num_rows() {
-            expected.insert(id.value(i), s.value(i));
-        }
-    }
+    let expected = scores_by_id(scored);
     assert_eq!(expected.len(), n);
     let mut seen = BTreeSet::new();
     let mut differ = 0;
@@ -213,12 +209,7 @@ fn restarts_lose_nothing_and_duplicate_only_the_uncommitted_tail() {
     );
     let bootstrap = broker.bootstrap.clone();
     let feeding = std::thread::spawn({
-        let feed_tx = Feed {
-            messages: feed.messages.iter().filter(|m| !m.0).cloned().collect(),
-            transactions: feed.transactions,
-            ids: feed.ids.clone(),
-            frauds: feed.frauds.clone(),
-        };
+        let feed_tx = feed.only(false);
         move || {
             let p = producer(&bootstrap);
             Feeder::new(&feed_tx, Instant::now())
@@ -471,21 +462,7 @@ fn replay_of_a_topic_range_writes_the_backtest_outputs_with_the_same_scores() {
         .expect("parquet")
         .build()
         .expect("reader");
-    let mut got: HashMap<i64, f32> = HashMap::new();
-    for b in reader {
-        let b = b.expect("batch");
-        let id = b
-            .column_by_name("TRANSACTION_ID")
-            .expect("id")
-            .as_primitive::<Int64Type>();
-        let s = b
-            .column_by_name("SCORE")
-            .expect("score")
-            .as_primitive::<Float32Type>();
-        for i in 0..b.num_rows() {
-            got.insert(id.value(i), s.value(i));
-        }
-    }
+    let got = scores_by_id(reader.map(|b| b.expect("batch")));
     assert_eq!(got.len(), n - 10_000);
     // The same range replayed from the file history: a cold start at the range's first event.
     let slice = History {
@@ -493,25 +470,9 @@ fn replay_of_a_topic_range_writes_the_backtest_outputs_with_the_same_scores() {
         labels: history.labels.clone(),
     };
     let scored = score_history(cfg, &slice, &indicatif::ProgressBar::hidden()).expect("replay");
-    let mut compared = 0;
-    for b in &scored {
-        let id = b
-            .column_by_name("TRANSACTION_ID")
-            .expect("id")
-            .as_primitive::<Int64Type>();
-        let s = b
-            .column_by_name("SCORE")
-            .expect("score")
-            .as_primitive::<Float32Type>();
-        for i in 0..b.num_rows() {
-            assert_eq!(
-                got.get(&id.value(i)),
-                Some(&s.value(i)),
-                "id {}",
-                id.value(i)
-            );
-            compared += 1;
-        }
+    let expected = scores_by_id(scored);
+    for (id, score) in &expected {
+        assert_eq!(got.get(id), Some(score), "id {id}");
     }
-    assert_eq!(compared, n - 10_000);
+    assert_eq!(expected.len(), n - 10_000);
 }

@@ -61,10 +61,11 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
 }
 
-fn sample_std(values: &VecDeque<f64>) -> f64 {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+/// Sample standard deviation (n − 1) of the last `n` values.
+fn sample_std(values: &VecDeque<f64>, n: usize) -> f64 {
+    let last = || values.range(values.len() - n..);
+    let mean = last().sum::<f64>() / n as f64;
+    (last().map(|v| (v - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt()
 }
 
 impl SeriesOperator {
@@ -182,12 +183,11 @@ impl Operator for SeriesOperator {
             s.last_time = Some(t);
             ret.push(r);
             var.push(s.ewma);
-            vol.push(spec.rolling_volatility.as_ref().and_then(|(_, n)| {
-                (s.returns.len() >= *n).then(|| {
-                    let tail: VecDeque<f64> = s.returns.iter().rev().take(*n).copied().collect();
-                    sample_std(&tail)
-                })
-            }));
+            vol.push(
+                spec.rolling_volatility
+                    .as_ref()
+                    .and_then(|(_, n)| (s.returns.len() >= *n).then(|| sample_std(&s.returns, *n))),
+            );
             qua.push(spec.rolling_quantile.as_ref().and_then(|(_, n, q)| {
                 (s.returns.len() >= *n).then(|| {
                     sorted.clear();

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rdkafka::Offset;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The `riskpipe-test-broker` process (librdkafka mock cluster on a free loopback port).
 pub struct Broker {
@@ -281,26 +281,11 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, body)
 }
 
-/// A consumer assigned to every partition of `topic` from the start.
+/// A consumer assigned to every partition of `topic` from the start (the demo's reader).
 pub fn reader(bootstrap: &str, topic: &str) -> BaseConsumer {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .expect("tpl");
-        }
-    }
-    consumer.assign(&tpl).expect("assign");
-    consumer
+    let mut kafka = riskpipe_pipeline::kafka::KafkaConfig::for_bootstrap(bootstrap);
+    kafka.group_id = "test".into();
+    riskpipe_pipeline::kafka::demo::reader(&kafka, &[topic]).expect("reader")
 }
 
 /// One consumed record.
@@ -310,6 +295,24 @@ pub struct Got {
     pub payload: Vec<u8>,
     /// Headers as strings.
     pub headers: HashMap<String, String>,
+}
+
+impl Got {
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Got {
+        let mut headers = HashMap::new();
+        if let Some(h) = m.headers() {
+            for hd in h.iter() {
+                headers.insert(
+                    hd.key.to_string(),
+                    String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        Got {
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers,
+        }
+    }
 }
 
 /// Polls `consumer` until `done(records)` or the timeout (panics on timeout).
@@ -327,21 +330,7 @@ pub fn collect(
             out.len()
         );
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m.expect("consume");
-            let mut headers = HashMap::new();
-            if let Some(h) = m.headers() {
-                for i in 0..h.count() {
-                    let hd = h.get(i);
-                    headers.insert(
-                        hd.key.to_string(),
-                        String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
-                    );
-                }
-            }
-            out.push(Got {
-                payload: m.payload().unwrap_or_default().to_vec(),
-                headers,
-            });
+            out.push(Got::of(&m.expect("consume")));
         }
     }
     out
@@ -353,11 +342,7 @@ pub fn drain(consumer: &BaseConsumer, quiet: Duration) -> Vec<Got> {
     let mut last = Instant::now();
     while last.elapsed() < quiet {
         if let Some(m) = consumer.poll(Duration::from_millis(50)) {
-            let m = m.expect("consume");
-            out.push(Got {
-                payload: m.payload().unwrap_or_default().to_vec(),
-                headers: HashMap::new(),
-            });
+            out.push(Got::of(&m.expect("consume")));
             last = Instant::now();
         }
     }
@@ -399,10 +384,7 @@ pub fn drain_to_end(consumer: &BaseConsumer, topic: &str) -> Vec<Got> {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.expect("consume");
             next.insert(m.partition(), m.offset() + 1);
-            out.push(Got {
-                payload: m.payload().unwrap_or_default().to_vec(),
-                headers: HashMap::new(),
-            });
+            out.push(Got::of(&m));
         }
     }
 }

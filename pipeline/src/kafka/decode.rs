@@ -131,28 +131,16 @@ fn decode_one(schema: &SchemaRef, payload: &[u8]) -> Result<(), (&'static str, S
     }
 }
 
+/// Arrow names the column when a value does not fit the schema ("column 'x' not found",
+/// "non-nullable", "cannot parse"); anything else is broken JSON.
 fn classify(message: &str) -> (&'static str, String) {
-    let kind = if message.contains("Encountered unexpected")
-        || message.contains("expected")
-        || message.contains("Invalid")
-        || message.contains("invalid")
-        || message.contains("trailing")
-    {
-        "malformed"
-    } else {
-        "schema"
-    };
-    // Arrow says "column 'x' not found" / "non-nullable" / "cannot parse": all schema problems.
-    let kind = if message.contains("column")
-        || message.contains("nullable")
-        || message.contains("parse")
-        || message.contains("not found")
-    {
-        "schema"
-    } else {
-        kind
-    };
-    (kind, message.to_string())
+    let schema = ["column", "nullable", "parse", "not found"]
+        .iter()
+        .any(|w| message.contains(w));
+    (
+        if schema { "schema" } else { "malformed" },
+        message.to_string(),
+    )
 }
 
 #[cfg(test)]

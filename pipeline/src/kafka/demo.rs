@@ -43,6 +43,23 @@ pub struct Feed {
     pub frauds: Vec<bool>,
 }
 
+impl Feed {
+    /// The same feed with only its label messages (`labels`) or only its transactions.
+    pub fn only(&self, labels: bool) -> Feed {
+        Feed {
+            messages: self
+                .messages
+                .iter()
+                .filter(|m| m.0 == labels)
+                .cloned()
+                .collect(),
+            transactions: self.transactions,
+            ids: self.ids.clone(),
+            frauds: self.frauds.clone(),
+        }
+    }
+}
+
 fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::ArrayRef> {
     b.column_by_name(name)
         .ok_or_else(|| PipelineError::BadInput(format!("history lacks column {name:?}")))

@@ -634,17 +634,14 @@ async fn send(
     payload: &[u8],
     headers: Option<OwnedHeaders>,
 ) -> Result<DeliveryFuture> {
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload);
+    record.key = key;
+    record.headers = headers;
     loop {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(h) = headers.clone() {
-            record = record.headers(h);
-        }
         match producer.send_result(record) {
             Ok(delivery) => return Ok(delivery),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             Err((e, _)) => {
@@ -691,27 +688,14 @@ async fn produce_loop(
             None => (Vec::new(), Vec::new()),
         };
         let mut deliveries = Vec::with_capacity(scores.len() + alerts.len() + p.dead.len());
-        for r in &scores {
-            let d = send(
-                &producer,
-                &topics.scores,
-                Some(r.key.as_bytes()),
-                &r.payload,
-                None,
-            )
-            .await?;
-            deliveries.push((d, Kind::Score));
-        }
-        for r in &alerts {
-            let d = send(
-                &producer,
-                &topics.alerts,
-                Some(r.key.as_bytes()),
-                &r.payload,
-                None,
-            )
-            .await?;
-            deliveries.push((d, Kind::Alert));
+        for (records, topic, kind) in [
+            (&scores, &topics.scores, Kind::Score),
+            (&alerts, &topics.alerts, Kind::Alert),
+        ] {
+            for r in records {
+                let d = send(&producer, topic, Some(r.key.as_bytes()), &r.payload, None).await?;
+                deliveries.push((d, kind));
+            }
         }
         for (m, reason, kind) in &p.dead {
             counter!("riskpipe_dead_letters_total", "kind" => *kind).increment(1);

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, Int64Array, RecordBatch};
-use arrow::compute::{concat_batches, filter_record_batch, sort_to_indices, take_record_batch};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimestampNanosecondType};
+use arrow::compute::{filter_record_batch, sort_to_indices, take_record_batch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -226,8 +226,6 @@ pub fn history_from_kafka(
         .column_by_name(label::LABEL_TIME)
         .ok_or_else(|| PipelineError::Bug("label batch without LABEL_TIME".into()))?;
     let order = sort_to_indices(label_time, None, None)?;
-    let labels = take_record_batch(&labels, &order)?;
-    let _ = label_time.as_primitive::<TimestampNanosecondType>();
-    history.labels = concat_batches(&labels.schema(), [&labels])?;
+    history.labels = take_record_batch(&labels, &order)?;
     Ok((history, rejected))
 }
