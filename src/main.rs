@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use riskpipe_pipeline::kafka::demo::DemoOptions;
 use riskpipe_pipeline::kafka::live::{Health, LiveCounters};
 use riskpipe_pipeline::kafka::replay::Bound;
+use riskpipe_pipeline::market::{self, MarketConfig};
 use riskpipe_pipeline::{PipelineConfig, PipelineError, kafka};
 
 /// Streaming risk scoring: Arrow feature operators and ONNX Runtime models, live and in replay.
@@ -24,15 +25,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Replay a history file through features and model, write scores and a report.
+    /// Replay a history file through features and model, write scores and a report (a fraud
+    /// pipeline: ROC/PR report; a market pipeline: VaR backtest with the RiskMetrics baseline).
     Backtest {
         /// Pipeline config (TOML); default: the shipped handbook fraud pipeline.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// History: Parquet or CSV with transactions and their fraud labels.
-        #[arg(long, default_value = default_history())]
-        input: PathBuf,
-        /// Directory for scores.parquet, report.json and curves.png.
+        /// History: Parquet or CSV (default: the handbook transactions, or a market config's
+        /// backtest.input).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Market pipelines: the instrument whose VaR is evaluated (default: the first).
+        #[arg(long)]
+        instrument: Option<String>,
+        /// Directory for scores.parquet, report.json and curves.png / var.png.
         #[arg(long, default_value = "out/backtest")]
         output: PathBuf,
         /// No progress bar.
@@ -44,9 +50,9 @@ enum Command {
         /// Pipeline config (TOML); default: the shipped handbook fraud pipeline.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// History: Parquet or CSV.
-        #[arg(long, default_value = default_history())]
-        input: PathBuf,
+        /// History: Parquet or CSV (default as for backtest).
+        #[arg(long)]
+        input: Option<PathBuf>,
         /// Output Parquet file.
         #[arg(long)]
         output: PathBuf,
@@ -142,6 +148,22 @@ fn load_config(path: Option<&Path>) -> Result<PipelineConfig, PipelineError> {
         Some(p) => PipelineConfig::load(p),
         None => PipelineConfig::handbook(),
     }
+}
+
+/// The market config at `path`, when it is one.
+fn market_config(path: Option<&Path>) -> Result<Option<MarketConfig>, PipelineError> {
+    match path {
+        Some(p) if market::is_market_config(p)? => Ok(Some(MarketConfig::load(p)?)),
+        _ => Ok(None),
+    }
+}
+
+fn market_input(input: Option<PathBuf>, cfg: &MarketConfig) -> Result<PathBuf, PipelineError> {
+    input.or_else(|| cfg.backtest.input.clone()).ok_or_else(|| {
+        PipelineError::Config(vec![
+            "no --input and no backtest.input in the market config".into(),
+        ])
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, PipelineError> {
@@ -336,10 +358,27 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
         Command::Backtest {
             config,
             input,
+            instrument,
             output,
             quiet,
         } => {
+            if let Some(cfg) = market_config(config.as_deref())? {
+                let input = market_input(input, &cfg)?;
+                let started = std::time::Instant::now();
+                let outcome = market::backtest(&cfg, &input, &output, instrument.as_deref())?;
+                println!(
+                    "replayed {} ticks in {:.2} s\n",
+                    outcome.scored.iter().map(|b| b.num_rows()).sum::<usize>(),
+                    started.elapsed().as_secs_f64()
+                );
+                print!("{}", outcome.report.table());
+                for f in &outcome.files {
+                    println!("wrote {}", f.display());
+                }
+                return Ok(());
+            }
             let cfg = load_config(config.as_deref())?;
+            let input = input.unwrap_or_else(|| default_history().into());
             let outcome = riskpipe_pipeline::backtest(&cfg, &input, &output, !quiet)?;
             print_outcome(&outcome, "");
         }
@@ -348,7 +387,18 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             input,
             output,
         } => {
+            if let Some(cfg) = market_config(config.as_deref())? {
+                let input = market_input(input, &cfg)?;
+                let rows = market::export_features(&cfg, &input, &output)?;
+                println!(
+                    "wrote {rows} ticks with features {:?} to {}",
+                    cfg.market.features.names(),
+                    output.display()
+                );
+                return Ok(());
+            }
             let cfg = load_config(config.as_deref())?;
+            let input = input.unwrap_or_else(|| default_history().into());
             // The export needs no model: check only the features.
             let problems = cfg.features.validate(
                 &riskpipe_schemas::transaction_schema(),
@@ -377,6 +427,19 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             );
         }
         Command::Validate { config } => {
+            if let Some(cfg) = market_config(Some(&config))? {
+                let mut problems = cfg.problems();
+                if problems.is_empty()
+                    && let Err(e) = market::MarketStage::new(&cfg)
+                {
+                    problems.push(e.to_string());
+                }
+                if !problems.is_empty() {
+                    return Err(PipelineError::Config(problems));
+                }
+                println!("{}: ok", config.display());
+                return Ok(());
+            }
             let cfg = PipelineConfig::load(&config)?;
             let mut problems = cfg.problems();
             if problems.is_empty() {

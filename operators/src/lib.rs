@@ -31,7 +31,7 @@ use riskpipe_schemas::Fault;
 pub use calendar::CalendarFlags;
 pub use config::{CalendarConfig, FeatureConfig, LabelRiskConfig, SqlFeatureConfig, WindowConfig};
 pub use label_risk::LabelRisk;
-pub use market::{SeriesFeatures, SeriesOperator};
+pub use market::{Ewma, QuantileOf, Rolling, RollingQuantile, SeriesFeatures, SeriesOperator};
 pub use sql::SqlFeature;
 pub use window::{Aggregate, WindowAggregate};
 

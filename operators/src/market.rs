@@ -11,24 +11,158 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, FieldRef};
 
+use serde::Deserialize;
+
 use crate::columns::{self, KeyedState};
 use crate::{Appender, Operator, OperatorError, Result};
 
-/// Which series features to compute, and their column names.
-#[derive(Debug, Clone, Default)]
+/// Which series features to compute, and their column names. Deserialized from a pipeline
+/// config's `[market.features]`: the one place each market feature is defined.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SeriesFeatures {
-    /// `ln(p_t / p_{t-1})`.
+    /// Output column of `ln(p_t / p_{t-1})`.
+    #[serde(default)]
     pub log_return: Option<String>,
     /// RiskMetrics EWMA variance after observing r_t: `σ²_t = λ σ²_{t-1} + (1-λ) r_t²`, started
-    /// at `σ²_1 = r_1²`; the forecast of the next period's variance. `(name, λ)`.
-    pub ewma_variance: Option<(String, f64)>,
-    /// Sample standard deviation (n − 1) of the last N returns. `(name, N)`.
-    pub rolling_volatility: Option<(String, usize)>,
-    /// Empirical q-quantile of the last N returns, linear interpolation between order
-    /// statistics (numpy's default). `(name, N, q)`.
-    pub rolling_quantile: Option<(String, usize, f64)>,
-    /// `p_t / max_{s <= t} p_s − 1` (0 at a new high, negative below it).
+    /// at `σ²_1 = r_1²`; the forecast of the next period's variance.
+    #[serde(default)]
+    pub ewma_variance: Option<Ewma>,
+    /// Output column of the standardized loss `z_t = −r_t / σ_{t−1}` (the loss in units of the
+    /// EWMA volatility forecast made the day before); needs `ewma_variance`.
+    #[serde(default)]
+    pub standardized_loss: Option<String>,
+    /// Sample standard deviations (n − 1) of the last N returns.
+    #[serde(default)]
+    pub rolling_volatility: Vec<Rolling>,
+    /// Empirical quantiles over the last N observations of returns or standardized losses.
+    #[serde(default)]
+    pub rolling_quantile: Vec<RollingQuantile>,
+    /// Output column of `p_t / max_{s <= t} p_s − 1` (0 at a new high, negative below it).
+    #[serde(default)]
     pub drawdown: Option<String>,
+}
+
+/// An EWMA variance feature.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ewma {
+    /// Output column.
+    pub name: String,
+    /// Decay λ within (0, 1); RiskMetrics uses 0.94 for daily data.
+    pub lambda: f64,
+}
+
+/// A rolling-window feature over the last `n` returns.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rolling {
+    /// Output column.
+    pub name: String,
+    /// Window length in observations.
+    pub n: usize,
+}
+
+/// What a rolling quantile is taken of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantileOf {
+    /// Log returns r_t.
+    #[default]
+    Return,
+    /// Standardized losses z_t = −r_t / σ_{t−1} (needs `ewma_variance`).
+    StandardizedLoss,
+}
+
+/// An empirical quantile over the last `n` observations, linear interpolation between order
+/// statistics (numpy's default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollingQuantile {
+    /// Output column.
+    pub name: String,
+    /// Window length in observations.
+    pub n: usize,
+    /// Quantile level within 0..=1.
+    pub q: f64,
+    /// The series the quantile is taken of.
+    #[serde(default)]
+    pub of: QuantileOf,
+    /// Emit once this many observations are in the window (then over all of them, up to `n`);
+    /// default `n`.
+    #[serde(default)]
+    pub min_obs: Option<usize>,
+}
+
+impl RollingQuantile {
+    fn min_obs(&self) -> usize {
+        self.min_obs.unwrap_or(self.n).clamp(1, self.n.max(1))
+    }
+}
+
+impl SeriesFeatures {
+    /// Output columns in output order.
+    pub fn names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        names.extend(self.log_return.clone());
+        names.extend(self.ewma_variance.as_ref().map(|e| e.name.clone()));
+        names.extend(self.standardized_loss.clone());
+        names.extend(self.rolling_volatility.iter().map(|r| r.name.clone()));
+        names.extend(self.rolling_quantile.iter().map(|r| r.name.clone()));
+        names.extend(self.drawdown.clone());
+        names
+    }
+
+    /// Every problem of the parameters at once.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(e) = &self.ewma_variance
+            && !(e.lambda > 0.0 && e.lambda < 1.0)
+        {
+            problems.push(format!("EWMA λ must be within (0, 1), not {}", e.lambda));
+        }
+        for r in &self.rolling_volatility {
+            if r.n < 2 {
+                problems.push(format!(
+                    "rolling volatility {} needs n >= 2, not {}",
+                    r.name, r.n
+                ));
+            }
+        }
+        for r in &self.rolling_quantile {
+            if r.n < 1 {
+                problems.push(format!("rolling quantile {} needs n >= 1", r.name));
+            }
+            if !(0.0..=1.0).contains(&r.q) {
+                problems.push(format!(
+                    "rolling quantile {}: q must be within 0..=1, not {}",
+                    r.name, r.q
+                ));
+            }
+            if r.min_obs.is_some_and(|m| m < 1 || m > r.n) {
+                problems.push(format!(
+                    "rolling quantile {}: min_obs must be within 1..=n",
+                    r.name
+                ));
+            }
+        }
+        let needs_ewma = self.standardized_loss.is_some()
+            || self
+                .rolling_quantile
+                .iter()
+                .any(|r| r.of == QuantileOf::StandardizedLoss);
+        if needs_ewma && self.ewma_variance.is_none() {
+            problems.push("standardized losses need ewma_variance".into());
+        }
+        let names = self.names();
+        let mut seen = std::collections::HashSet::new();
+        for n in &names {
+            if !seen.insert(n) {
+                problems.push(format!("feature column {n:?} is defined twice"));
+            }
+        }
+        problems
+    }
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +171,7 @@ struct Series {
     last_price: Option<f64>,
     ewma: Option<f64>,
     returns: VecDeque<f64>,
+    losses: VecDeque<f64>,
     peak: f64,
 }
 
@@ -47,7 +182,8 @@ pub struct SeriesOperator {
     time: String,
     price: String,
     spec: SeriesFeatures,
-    window: usize,
+    return_window: usize,
+    loss_window: usize,
     fields: Vec<FieldRef>,
     state: KeyedState<Series>,
     appender: Appender,
@@ -68,57 +204,50 @@ fn sample_std(values: &VecDeque<f64>, n: usize) -> f64 {
     (last().map(|v| (v - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt()
 }
 
+fn push_bounded(values: &mut VecDeque<f64>, v: f64, cap: usize) {
+    if cap > 0 {
+        values.push_back(v);
+        if values.len() > cap {
+            values.pop_front();
+        }
+    }
+}
+
 impl SeriesOperator {
     /// Features of `price` per `key`, events ordered by `time`; checks the parameters.
     pub fn new(key: &str, time: &str, price: &str, spec: SeriesFeatures) -> Result<Self> {
-        let mut problems = Vec::new();
-        if let Some((_, lambda)) = &spec.ewma_variance
-            && !(*lambda > 0.0 && *lambda < 1.0)
-        {
-            problems.push(format!("EWMA λ must be within (0, 1), not {lambda}"));
-        }
-        if let Some((_, n)) = &spec.rolling_volatility
-            && *n < 2
-        {
-            problems.push(format!("rolling volatility needs N >= 2, not {n}"));
-        }
-        if let Some((_, n, q)) = &spec.rolling_quantile {
-            if *n < 1 {
-                problems.push("rolling quantile needs N >= 1".into());
-            }
-            if !(0.0..=1.0).contains(q) {
-                problems.push(format!("quantile must be within 0..=1, not {q}"));
-            }
-        }
+        let problems = spec.problems();
         if !problems.is_empty() {
             return Err(OperatorError::Config(problems));
         }
-        let names = [
-            spec.log_return.clone(),
-            spec.ewma_variance.as_ref().map(|(n, _)| n.clone()),
-            spec.rolling_volatility.as_ref().map(|(n, _)| n.clone()),
-            spec.rolling_quantile.as_ref().map(|(n, _, _)| n.clone()),
-            spec.drawdown.clone(),
-        ];
-        let fields = names
+        let fields = spec
+            .names()
             .iter()
-            .flatten()
             .map(|n| Arc::new(Field::new(n, DataType::Float64, true)))
             .collect();
-        let window = spec
+        let window_of = |of: QuantileOf| {
+            spec.rolling_quantile
+                .iter()
+                .filter(|r| r.of == of)
+                .map(|r| r.n)
+                .max()
+                .unwrap_or(0)
+        };
+        let return_window = spec
             .rolling_volatility
-            .as_ref()
-            .map(|(_, n)| *n)
-            .into_iter()
-            .chain(spec.rolling_quantile.as_ref().map(|(_, n, _)| *n))
+            .iter()
+            .map(|r| r.n)
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(window_of(QuantileOf::Return));
+        let loss_window = window_of(QuantileOf::StandardizedLoss);
         Ok(Self {
             key: key.into(),
             time: time.into(),
             price: price.into(),
             spec,
-            window,
+            return_window,
+            loss_window,
             fields,
             state: KeyedState::default(),
             appender: Appender::default(),
@@ -140,16 +269,17 @@ impl Operator for SeriesOperator {
         let times = columns::event_times(&batch, &self.time)?;
         let prices = columns::f64_values(&batch, &self.price)?;
         let n = batch.num_rows();
+        let spec = &self.spec;
         let mut ret = Vec::with_capacity(n);
         let mut var = Vec::with_capacity(n);
-        let mut vol = Vec::with_capacity(n);
-        let mut qua = Vec::with_capacity(n);
+        let mut std_loss = Vec::with_capacity(n);
+        let mut vols = vec![Vec::with_capacity(n); spec.rolling_volatility.len()];
+        let mut quants = vec![Vec::with_capacity(n); spec.rolling_quantile.len()];
         let mut dd = Vec::with_capacity(n);
         let mut problem: Option<String> = None;
-        let spec = &self.spec;
         let price_name = self.price.as_str();
-        let window = self.window;
-        let mut sorted = Vec::with_capacity(window);
+        let (return_window, loss_window) = (self.return_window, self.loss_window);
+        let mut sorted = Vec::with_capacity(return_window.max(loss_window));
         self.state.for_each_row(&keys, |row, s| {
             let (t, p) = (times[row], prices.value(row));
             if problem.is_none() {
@@ -164,18 +294,19 @@ impl Operator for SeriesOperator {
                 }
             }
             let r = s.last_price.map(|last| (p / last).ln());
+            let mut z = None;
             if let Some(r) = r {
-                if let Some((_, lambda)) = &spec.ewma_variance {
+                // The loss is standardized by the forecast made before it was seen.
+                z = s.ewma.filter(|v| *v > 0.0).map(|v| -r / v.sqrt());
+                if let Some(e) = &spec.ewma_variance {
                     s.ewma = Some(match s.ewma {
-                        Some(v) => lambda * v + (1.0 - lambda) * r * r,
+                        Some(v) => e.lambda * v + (1.0 - e.lambda) * r * r,
                         None => r * r,
                     });
                 }
-                if window > 0 {
-                    s.returns.push_back(r);
-                    if s.returns.len() > window {
-                        s.returns.pop_front();
-                    }
+                push_bounded(&mut s.returns, r, return_window);
+                if let Some(z) = z {
+                    push_bounded(&mut s.losses, z, loss_window);
                 }
             }
             s.peak = s.peak.max(p);
@@ -183,19 +314,22 @@ impl Operator for SeriesOperator {
             s.last_time = Some(t);
             ret.push(r);
             var.push(s.ewma);
-            vol.push(
-                spec.rolling_volatility
-                    .as_ref()
-                    .and_then(|(_, n)| (s.returns.len() >= *n).then(|| sample_std(&s.returns, *n))),
-            );
-            qua.push(spec.rolling_quantile.as_ref().and_then(|(_, n, q)| {
-                (s.returns.len() >= *n).then(|| {
+            std_loss.push(z);
+            for (out, w) in vols.iter_mut().zip(&spec.rolling_volatility) {
+                out.push((s.returns.len() >= w.n).then(|| sample_std(&s.returns, w.n)));
+            }
+            for (out, w) in quants.iter_mut().zip(&spec.rolling_quantile) {
+                let values = match w.of {
+                    QuantileOf::Return => &s.returns,
+                    QuantileOf::StandardizedLoss => &s.losses,
+                };
+                out.push((values.len() >= w.min_obs()).then(|| {
                     sorted.clear();
-                    sorted.extend(s.returns.iter().rev().take(*n).copied());
+                    sorted.extend(values.iter().rev().take(w.n).copied());
                     sorted.sort_by(f64::total_cmp);
-                    quantile(&sorted, *q)
-                })
-            }));
+                    quantile(&sorted, w.q)
+                }));
+            }
             dd.push(p / s.peak - 1.0);
         });
         if let Some(p) = problem {
@@ -208,11 +342,14 @@ impl Operator for SeriesOperator {
         if spec.ewma_variance.is_some() {
             arrays.push(Arc::new(Float64Array::from(var)));
         }
-        if spec.rolling_volatility.is_some() {
-            arrays.push(Arc::new(Float64Array::from(vol)));
+        if spec.standardized_loss.is_some() {
+            arrays.push(Arc::new(Float64Array::from(std_loss)));
         }
-        if spec.rolling_quantile.is_some() {
-            arrays.push(Arc::new(Float64Array::from(qua)));
+        for v in vols {
+            arrays.push(Arc::new(Float64Array::from(v)));
+        }
+        for q in quants {
+            arrays.push(Arc::new(Float64Array::from(q)));
         }
         if spec.drawdown.is_some() {
             arrays.push(Arc::new(Float64Array::from_iter_values(dd)));
@@ -254,9 +391,31 @@ mod tests {
     fn all() -> SeriesFeatures {
         SeriesFeatures {
             log_return: Some("R".into()),
-            ewma_variance: Some(("V".into(), 0.5)),
-            rolling_volatility: Some(("VOL".into(), 2)),
-            rolling_quantile: Some(("Q".into(), 3, 0.25)),
+            ewma_variance: Some(Ewma {
+                name: "V".into(),
+                lambda: 0.5,
+            }),
+            standardized_loss: Some("Z".into()),
+            rolling_volatility: vec![Rolling {
+                name: "VOL".into(),
+                n: 2,
+            }],
+            rolling_quantile: vec![
+                RollingQuantile {
+                    name: "Q".into(),
+                    n: 3,
+                    q: 0.25,
+                    of: QuantileOf::Return,
+                    min_obs: None,
+                },
+                RollingQuantile {
+                    name: "ZQ".into(),
+                    n: 2,
+                    q: 0.5,
+                    of: QuantileOf::StandardizedLoss,
+                    min_obs: Some(1),
+                },
+            ],
             drawdown: Some("DD".into()),
         }
     }
@@ -303,6 +462,15 @@ mod tests {
             &col(&out, "Q"),
             &[None, None, None, Some(b + 0.5 * (a - b))],
         );
+        // Standardized losses use the variance forecast of the day before: none on row 1 (no
+        // forecast yet), −b/√(a²) on row 2, −a/√v2 on row 3.
+        let (z2, z3) = (-b / a, -a / v2.sqrt());
+        close(&col(&out, "Z"), &[None, None, Some(z2), Some(z3)]);
+        // Median of the last two standardized losses, from the first one on (min_obs 1).
+        close(
+            &col(&out, "ZQ"),
+            &[None, None, Some(z2), Some(0.5 * (z2 + z3))],
+        );
         // Peak 110 from row 1: 0, 0, 99/110 − 1, 108.9/110 − 1.
         close(
             &col(&out, "DD"),
@@ -327,7 +495,7 @@ mod tests {
             .expect("first");
         let b2 = batch(&keys, &prices).slice(3, 4);
         let second = split.process(b2).expect("second");
-        for name in ["R", "V", "VOL", "Q", "DD"] {
+        for name in ["R", "V", "Z", "VOL", "Q", "ZQ", "DD"] {
             let mut joined = col(&first, name);
             joined.extend(col(&second, name));
             close(&joined, &col(&one, name));
@@ -344,13 +512,19 @@ mod tests {
             .expect_err("negative");
         assert!(e.to_string().contains("P must be a positive price"), "{e}");
         let bad = SeriesFeatures {
-            ewma_variance: Some(("V".into(), 1.5)),
-            rolling_volatility: Some(("S".into(), 1)),
+            ewma_variance: Some(Ewma {
+                name: "V".into(),
+                lambda: 1.5,
+            }),
+            rolling_volatility: vec![Rolling {
+                name: "V".into(),
+                n: 1,
+            }],
             ..SeriesFeatures::default()
         };
         let e = SeriesOperator::new("ID", "T", "P", bad).expect_err("config");
         assert!(
-            matches!(e, OperatorError::Config(ref p) if p.len() == 2),
+            matches!(e, OperatorError::Config(ref p) if p.len() == 3),
             "{e}"
         );
     }

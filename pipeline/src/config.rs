@@ -108,22 +108,37 @@ pub struct SplitConfig {
     pub test_days: u32,
 }
 
+/// Parses a TOML config; every config error is a [`PipelineError::Config`].
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    toml::from_str(text).map_err(|e| PipelineError::Config(vec![e.to_string()]))
+}
+
+/// A config file's text and the directory its relative paths are resolved against.
+pub(crate) fn read_config(path: &Path) -> Result<(String, &Path)> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| PipelineError::Config(vec![format!("reading {}: {e}", path.display())]))?;
+    Ok((text, path.parent().unwrap_or(Path::new("."))))
+}
+
+/// `path` resolved against `base_dir` when relative.
+pub(crate) fn resolve(path: &mut PathBuf, base_dir: &Path) {
+    if path.is_relative() {
+        *path = base_dir.join(&*path);
+    }
+}
+
 impl PipelineConfig {
     /// Parses a config; relative paths are resolved against `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self> {
-        let mut cfg: PipelineConfig =
-            toml::from_str(text).map_err(|e| PipelineError::Config(vec![e.to_string()]))?;
-        if cfg.model.path.is_relative() {
-            cfg.model.path = base_dir.join(&cfg.model.path);
-        }
+        let mut cfg: PipelineConfig = parse_toml(text)?;
+        resolve(&mut cfg.model.path, base_dir);
         Ok(cfg)
     }
 
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| PipelineError::Config(vec![format!("reading {}: {e}", path.display())]))?;
-        Self::from_toml(&text, path.parent().unwrap_or(Path::new(".")))
+        let (text, dir) = read_config(path)?;
+        Self::from_toml(&text, dir)
     }
 
     /// The embedded default: the handbook fraud pipeline with the shipped model.

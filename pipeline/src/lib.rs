@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod config;
 pub mod kafka;
+pub mod market;
 pub mod metrics;
 pub mod report;
 pub mod source;

@@ -107,7 +107,7 @@ impl FraudReport {
     }
 }
 
-fn ensure_font() {
+pub(crate) fn ensure_font() {
     static FONT: std::sync::Once = std::sync::Once::new();
     FONT.call_once(|| {
         // An embedded font: the plots need no fonts installed on the machine.
