@@ -227,8 +227,13 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             config,
             metrics_addr,
         } => {
-            let cfg = PipelineConfig::load(&config)?;
-            let listen = metrics_addr.or_else(|| cfg.observability.listen.clone());
+            let market = market_config(Some(&config))?;
+            let fraud = match market {
+                Some(_) => None,
+                None => Some(PipelineConfig::load(&config)?),
+            };
+            let listen = metrics_addr
+                .or_else(|| fraud.as_ref().and_then(|c| c.observability.listen.clone()));
             let rt = runtime()?;
             let summary = rt.block_on(async {
                 let health = Arc::new(Health::default());
@@ -242,10 +247,16 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                     tokio::spawn(kafka::observe::serve(listener, handle, health.clone()));
                 }
                 let counters = Arc::new(LiveCounters::default());
-                kafka::live::run(&cfg, health, counters, termination()).await
+                match (&market, &fraud) {
+                    (Some(m), _) => {
+                        kafka::live::run_market(m, health, counters, termination()).await
+                    }
+                    (None, Some(f)) => kafka::live::run(f, health, counters, termination()).await,
+                    (None, None) => Err(PipelineError::Bug("no config".into())),
+                }
             })?;
             println!(
-                "stopped: {} transactions, {} labels consumed; {} scores, {} alerts, {} dead letters published",
+                "stopped: {} events, {} labels consumed; {} scores, {} alerts, {} dead letters published",
                 summary.transactions,
                 summary.labels,
                 summary.scores,

@@ -4,6 +4,9 @@
 //! text: RiskMetrics gives about 1.8% exceedances here and green in about half of the 250-day
 //! windows; the model must give 0.8-1.3%, Kupiec p > 0.05 and green in at least 85%.
 
+mod support;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -346,4 +349,149 @@ positions = {}
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
     assert!(stderr.contains("data row 2"), "{stderr}");
+}
+
+#[test]
+fn live_market_pipeline_scores_like_the_backtest_and_dead_letters_bad_ticks() {
+    use rdkafka::producer::{BaseRecord, Producer};
+    use riskpipe_schemas::{LimitBreach, MarketTick, RiskScore};
+    use std::time::Duration;
+
+    let cfg = shipped();
+    let all = nasdaq(&cfg);
+    // 1,500 days (1999-2004): the warm-up, then forecasts through the dot-com crash, when the
+    // example book breaches its limit.
+    let ticks = all.slice(0, 1_500);
+    let (_, expected) = market::replay(&cfg, &ticks).expect("backtest replay");
+    let mut want_instrument: Vec<RiskScore> = Vec::new();
+    let (mut want_portfolio, mut want_breaches) = (Vec::new(), Vec::new());
+    for o in &expected {
+        want_instrument.extend(o.instrument_scores().expect("scores"));
+        want_portfolio.extend(o.portfolio_scores.clone());
+        want_breaches.extend(o.breaches.clone());
+    }
+    assert!(want_instrument.len() > 1_000 && !want_breaches.is_empty());
+
+    let broker = support::Broker::start(&[
+        ("market-ticks", 1),
+        ("market-risk", 2),
+        ("limit-breaches", 1),
+        ("riskpipe-dead-letter", 1),
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(root().join("config/market-nasdaq.toml"))
+        .expect("config")
+        .replace(
+            "path = \"../models/var_nasdaq.onnx\"",
+            &format!("path = {:?}", root().join("models/var_nasdaq.onnx")),
+        );
+    let topics = "[kafka.topics]\nticks = \"market-ticks\"\nlabels = \"\"\nscores = \"market-risk\"\nalerts = \"limit-breaches\"\n";
+    let config = dir.path().join("market.toml");
+    std::fs::write(
+        &config,
+        text + &support::kafka_section(&broker.bootstrap, "market", topics),
+    )
+    .expect("write config");
+    let mut pipeline = support::Pipeline::start(&config);
+    pipeline.wait_ready();
+
+    let ids = ticks.column(0).as_string::<i32>();
+    let times = ticks.column(1).as_primitive::<TimestampNanosecondType>();
+    let prices = ticks.column(2).as_primitive::<Float64Type>();
+    let tick = |i: usize, price: f64, time: i64| {
+        serde_json::to_string(&MarketTick {
+            instrument: ids.value(i).to_string(),
+            time: chrono::DateTime::from_timestamp_nanos(time).to_rfc3339(),
+            price,
+            size: None,
+        })
+        .expect("json")
+    };
+    let producer = riskpipe_pipeline::kafka::demo::feed_producer(
+        &riskpipe_pipeline::kafka::KafkaConfig::for_bootstrap(&broker.bootstrap),
+    )
+    .expect("producer");
+    let send = |payload: &str| loop {
+        let record: BaseRecord<'_, str, str> =
+            BaseRecord::to("market-ticks").key("^IXIC").payload(payload);
+        match producer.send(record) {
+            Ok(()) => break,
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    // Three bad ticks among the good ones: a negative price, a tick older than the
+    // instrument's last one, and a message that is not a tick.
+    let bad = [
+        (700, tick(700, -5.0, times.value(700))),
+        (900, tick(900, 2_000.0, times.value(0) - 86_400_000_000_000)),
+        (1_000, "{\"INSTRUMENT\": 5".to_string()),
+    ];
+    for i in 0..ticks.num_rows() {
+        for (_, payload) in bad.iter().filter(|(at, _)| *at == i) {
+            send(payload);
+        }
+        send(&tick(i, prices.value(i), times.value(i)));
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+
+    let want_scores = want_instrument.len() + want_portfolio.len();
+    let got = support::collect(
+        &support::reader(&broker.bootstrap, "market-risk"),
+        Duration::from_secs(120),
+        |r| r.len() >= want_scores,
+    );
+    let scores: Vec<RiskScore> = got
+        .iter()
+        .map(|g| serde_json::from_slice(&g.payload).expect("risk score JSON"))
+        .collect();
+    let by_time = |v: Vec<RiskScore>| -> HashMap<(Option<String>, String), f64> {
+        v.into_iter()
+            .map(|s| ((s.portfolio.clone(), s.time.clone()), s.var))
+            .collect()
+    };
+    let live = by_time(scores.clone());
+    assert_eq!(
+        scores.len(),
+        want_scores,
+        "exactly one score per tick with a VaR and per portfolio day"
+    );
+    for s in want_instrument.iter().chain(&want_portfolio) {
+        let key = (s.portfolio.clone(), s.time.clone());
+        assert_eq!(
+            live.get(&key),
+            Some(&s.var),
+            "{key:?}: live differs from backtest"
+        );
+    }
+    let breaches: Vec<LimitBreach> = support::collect(
+        &support::reader(&broker.bootstrap, "limit-breaches"),
+        Duration::from_secs(60),
+        |r| r.len() >= want_breaches.len(),
+    )
+    .iter()
+    .map(|g| serde_json::from_slice(&g.payload).expect("breach JSON"))
+    .collect();
+    assert_eq!(breaches, want_breaches);
+    let dead = support::collect(
+        &support::reader(&broker.bootstrap, "riskpipe-dead-letter"),
+        Duration::from_secs(60),
+        |r| r.len() >= bad.len(),
+    );
+    let reason = |payload: &str| {
+        let d = dead
+            .iter()
+            .find(|d| d.payload == payload.as_bytes())
+            .unwrap_or_else(|| panic!("no dead letter for {payload}"));
+        (
+            d.headers["riskpipe.error.kind"].clone(),
+            d.headers["riskpipe.error"].clone(),
+        )
+    };
+    let (kind, why) = reason(&bad[0].1);
+    assert!(kind == "invalid" && why.contains("not positive"), "{why}");
+    let (kind, why) = reason(&bad[1].1);
+    assert!(kind == "invalid" && why.contains("older than"), "{why}");
+    assert_eq!(reason(&bad[2].1).0, "malformed");
+    let (ok, stdout) = pipeline.terminate();
+    assert!(ok, "{stdout}");
 }

@@ -426,7 +426,7 @@ pub fn normal_quantile(p: f64) -> f64 {
 }
 
 fn rfc3339(ns: i64) -> String {
-    DateTime::<Utc>::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    DateTime::<Utc>::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// What one batch of ticks produced.
@@ -439,6 +439,39 @@ pub struct MarketOutput {
     pub portfolio_scores: Vec<RiskScore>,
     /// Portfolio scores over their limit.
     pub breaches: Vec<LimitBreach>,
+    /// VaR confidence of every score.
+    pub confidence: f64,
+    /// The model's name.
+    pub model: String,
+}
+
+impl MarketOutput {
+    /// One score per tick that has a VaR (ticks in their warm-up have none).
+    pub fn instrument_scores(&self) -> Result<Vec<RiskScore>> {
+        let b = &self.scored;
+        let ids = b.column(0).as_string::<i32>();
+        let times = b
+            .column(1)
+            .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        let column = |name: &str| {
+            b.column_by_name(name)
+                .map(|c| c.as_primitive::<Float64Type>().clone())
+                .ok_or_else(|| PipelineError::Bug(format!("{name} missing")))
+        };
+        let (var, vol) = (column(VAR)?, column(VOLATILITY)?);
+        Ok((0..b.num_rows())
+            .filter(|&i| var.is_valid(i))
+            .map(|i| RiskScore {
+                instrument: Some(ids.value(i).to_string()),
+                portfolio: None,
+                time: rfc3339(times.value(i)),
+                var: var.value(i),
+                confidence: self.confidence,
+                volatility: if vol.is_valid(i) { vol.value(i) } else { 0.0 },
+                model: self.model.clone(),
+            })
+            .collect())
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -459,6 +492,8 @@ pub struct MarketStage {
     universe: Vec<String>,
     latest: HashMap<String, Latest>,
     covariance: EwmaCovariance,
+    /// Event time of each instrument's last processed tick.
+    last_time: HashMap<String, i64>,
 }
 
 /// RiskMetrics EWMA covariance of a fixed set of return series:
@@ -564,6 +599,7 @@ impl MarketStage {
             universe: universe.clone(),
             covariance: EwmaCovariance::new(universe.len(), cfg.market.correlation_lambda),
             latest: HashMap::new(),
+            last_time: HashMap::new(),
         })
     }
 
@@ -577,9 +613,65 @@ impl MarketStage {
         self.scorer.features()
     }
 
+    /// Splits off the ticks no series can take: a non-positive or non-finite price, or an
+    /// event time before the instrument's last tick (late data). Returns the rest, in order,
+    /// and each rejected row with its reason.
+    pub fn split_invalid(
+        &self,
+        ticks: &RecordBatch,
+    ) -> Result<(RecordBatch, Vec<(usize, String)>)> {
+        let ticks = conform(ticks.clone())?;
+        let ids = ticks.column(0).as_string::<i32>();
+        let times = ticks
+            .column(1)
+            .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        let prices = ticks.column(2).as_primitive::<Float64Type>();
+        let mut last: HashMap<&str, i64> = HashMap::new();
+        let mut keep = Vec::with_capacity(ticks.num_rows());
+        let mut rejected = Vec::new();
+        for i in 0..ticks.num_rows() {
+            let (id, t, p) = (ids.value(i), times.value(i), prices.value(i));
+            let previous = last
+                .get(id)
+                .copied()
+                .or_else(|| self.last_time.get(id).copied());
+            let reason = if !(p.is_finite() && p > 0.0) {
+                Some(format!("{}: price {p} is not positive", market::PRICE))
+            } else if previous.is_some_and(|prev| t < prev) {
+                Some(format!(
+                    "{id}: tick at {} is older than the instrument's last tick at {}",
+                    rfc3339(t),
+                    rfc3339(previous.unwrap_or_default())
+                ))
+            } else {
+                None
+            };
+            keep.push(reason.is_none());
+            match reason {
+                Some(r) => rejected.push((i, r)),
+                None => {
+                    last.insert(id, t);
+                }
+            }
+        }
+        Ok((
+            filter_record_batch(&ticks, &BooleanArray::from(keep))?,
+            rejected,
+        ))
+    }
+
     /// Processes ticks ordered by event time.
     pub fn process(&mut self, ticks: RecordBatch) -> Result<MarketOutput> {
+        let ticks = conform(ticks)?;
         let with_features = self.features.process(ticks)?;
+        let ids = with_features.column(0).as_string::<i32>();
+        let times = with_features
+            .column(1)
+            .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        for i in 0..with_features.num_rows() {
+            self.last_time
+                .insert(ids.value(i).to_string(), times.value(i));
+        }
         let n = with_features.num_rows();
         // Score only rows whose model inputs are all defined (warm-up rows get a null VaR).
         let mut ready = vec![true; n];
@@ -622,6 +714,8 @@ impl MarketStage {
             scored,
             portfolio_scores,
             breaches,
+            confidence: self.confidence,
+            model: self.scorer.name().to_string(),
         })
     }
 
@@ -979,13 +1073,8 @@ pub fn backtest(
     let scores_path = output.join("scores.parquet");
     write_parquet(&scored, &scores_path)?;
     files.push(scores_path);
-    let json = |path: PathBuf, value: &dyn erased::Json| -> Result<PathBuf> {
-        std::fs::write(&path, value.json()?)
-            .map_err(|e| PipelineError::External(format!("writing {}: {e}", path.display())))?;
-        Ok(path)
-    };
-    files.push(json(output.join("report.json"), &report)?);
-    files.push(json(
+    files.push(write_json(output.join("report.json"), &report)?);
+    files.push(write_json(
         output.join("portfolio.json"),
         &PortfolioFile {
             scores: &portfolio_scores,
@@ -1010,19 +1099,12 @@ struct PortfolioFile<'a> {
     breaches: &'a [LimitBreach],
 }
 
-mod erased {
-    use crate::{PipelineError, Result};
-
-    /// Pretty JSON of any serializable value, behind one object-safe trait.
-    pub trait Json {
-        fn json(&self) -> Result<String>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> Result<String> {
-            serde_json::to_string_pretty(self).map_err(|e| PipelineError::Bug(e.to_string()))
-        }
-    }
+fn write_json<T: Serialize>(path: PathBuf, value: &T) -> Result<PathBuf> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| PipelineError::Bug(e.to_string()))?;
+    std::fs::write(&path, text)
+        .map_err(|e| PipelineError::External(format!("writing {}: {e}", path.display())))?;
+    Ok(path)
 }
 
 fn instrument_days_baseline(baseline: &RecordBatch) -> Result<BTreeMap<String, Vec<Option<f64>>>> {

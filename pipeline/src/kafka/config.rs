@@ -47,7 +47,9 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicsConfig {
-    /// Transactions to score (JSON, `schemas/json/transaction.schema.json`).
+    /// Events to score: transactions (JSON, `schemas/json/transaction.schema.json`), or for a
+    /// market pipeline price ticks (`market_tick.schema.json`; also accepted as `ticks`).
+    #[serde(alias = "ticks")]
     #[serde(default = "default_transactions")]
     pub transactions: String,
     /// Fraud labels feeding the delayed-label features; empty string for none.

@@ -44,6 +44,7 @@ use tokio::sync::mpsc;
 use super::KafkaConfig;
 use super::decode::decode;
 use super::encode::{alert_rows, encode};
+use crate::market::{MarketConfig, MarketOutput, MarketStage};
 use crate::stages::ScoringStage;
 use crate::{PipelineConfig, PipelineError, Result};
 
@@ -181,6 +182,8 @@ struct Raw {
 /// Outputs of one batch, and the input offsets they settle.
 struct Processed {
     scored: Option<ScoredBatch>,
+    /// Records already encoded by the job (the market pipeline's scores and breaches).
+    records: Vec<Record>,
     dead: Vec<(Raw, String, &'static str)>,
     /// Highest offset per (topic, partition) in the batch.
     offsets: BTreeMap<(Arc<str>, i32), i64>,
@@ -200,6 +203,21 @@ enum Kind {
     Score,
     Alert,
     Dead,
+}
+
+/// An encoded output record.
+struct Record {
+    kind: Kind,
+    key: String,
+    payload: Vec<u8>,
+}
+
+/// What the scoring thread runs after decoding: the fraud chain and model, or the market
+/// stage. Everything else (consuming, batching, decoding, publishing, acknowledging, storing
+/// offsets) is shared.
+enum Job {
+    Fraud(Box<(FeatureChain, ScoringStage)>),
+    Market(Box<MarketStage>),
 }
 
 fn now_ms() -> i64 {
@@ -227,7 +245,7 @@ pub fn prepare(cfg: &PipelineConfig) -> Result<(FeatureChain, ScoringStage, &Kaf
     ))
 }
 
-/// Runs the live pipeline until `shutdown` resolves (then drains, flushes, commits and
+/// Runs the live fraud pipeline until `shutdown` resolves (then drains, flushes, commits and
 /// returns) or a stage fails for good.
 pub async fn run(
     cfg: &PipelineConfig,
@@ -236,7 +254,64 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<LiveSummary> {
     let (chain, scoring, kafka) = prepare(cfg)?;
-    let kafka = kafka.clone();
+    let encoding = Encoding {
+        event_time: cfg.features.event_time.clone(),
+        model: crate::model_name(cfg),
+        threshold: cfg.alerts.threshold,
+    };
+    let job = Job::Fraud(Box::new((chain, scoring)));
+    run_job(
+        kafka.clone(),
+        job,
+        transaction_schema(),
+        encoding,
+        health,
+        counters,
+        shutdown,
+    )
+    .await
+}
+
+/// Runs the live market pipeline: ticks in, instrument and portfolio VaR scores to
+/// `topics.scores`, limit breaches to `topics.alerts`; same delivery guarantees as [`run`].
+pub async fn run_market(
+    cfg: &MarketConfig,
+    health: Arc<Health>,
+    counters: Arc<LiveCounters>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<LiveSummary> {
+    let kafka = cfg.kafka.clone().ok_or_else(|| {
+        PipelineError::Config(vec![
+            "no [kafka] section: the live pipeline needs one".into(),
+        ])
+    })?;
+    let stage = MarketStage::new(cfg)?;
+    let encoding = Encoding {
+        event_time: riskpipe_schemas::market::TIME.into(),
+        model: stage.model().to_string(),
+        threshold: cfg.market.confidence,
+    };
+    run_job(
+        kafka,
+        Job::Market(Box::new(stage)),
+        riskpipe_schemas::market_tick_schema(),
+        encoding,
+        health,
+        counters,
+        shutdown,
+    )
+    .await
+}
+
+async fn run_job(
+    kafka: KafkaConfig,
+    job: Job,
+    input_schema: arrow::datatypes::SchemaRef,
+    encoding: Encoding,
+    health: Arc<Health>,
+    counters: Arc<LiveCounters>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<LiveSummary> {
     let external = |what: &str, e: KafkaError| PipelineError::External(format!("{what}: {e}"));
 
     let mut consumer_cfg = kafka.client();
@@ -296,7 +371,7 @@ pub async fn run(
         let kafka = kafka.clone();
         std::thread::Builder::new()
             .name("riskpipe-decode".into())
-            .spawn(move || decode_loop(batch_rx, decoded_tx, &kafka))
+            .spawn(move || decode_loop(batch_rx, decoded_tx, &kafka, &input_schema))
             .map_err(|e| PipelineError::External(format!("starting decode thread: {e}")))?
     };
     let worker = {
@@ -305,7 +380,7 @@ pub async fn run(
         std::thread::Builder::new()
             .name("riskpipe-score".into())
             .spawn(move || {
-                let r = score_loop(decoded_rx, processed_tx, chain, scoring, &kafka);
+                let r = score_loop(decoded_rx, processed_tx, job, &kafka);
                 if r.is_err() {
                     let _ = stop_tx.send(true);
                 }
@@ -313,12 +388,6 @@ pub async fn run(
             })
             .map_err(|e| PipelineError::External(format!("starting scoring thread: {e}")))?
     };
-    let encoding = Encoding {
-        event_time: cfg.features.event_time.clone(),
-        model: crate::model_name(cfg),
-        threshold: cfg.alerts.threshold,
-    };
-
     let produce = tokio::spawn(produce_loop(
         producer.clone(),
         kafka.clone(),
@@ -481,8 +550,8 @@ fn decode_loop(
     mut batches: mpsc::Receiver<Vec<Raw>>,
     out: mpsc::Sender<Decoded>,
     kafka: &KafkaConfig,
+    tx_schema: &arrow::datatypes::SchemaRef,
 ) {
-    let tx_schema = transaction_schema();
     let label_schema = fraud_label_schema();
     while let Some(batch) = batches.blocking_recv() {
         let started = Instant::now();
@@ -508,7 +577,7 @@ fn decode_loop(
         drop(payloads);
         collect_dead(labels, decoded_labels.rejected, &mut dead);
         let payloads: Vec<&[u8]> = txs.iter().map(|m| m.payload.as_slice()).collect();
-        let decoded = decode(&tx_schema, &payloads, kafka.max_message_bytes);
+        let decoded = decode(tx_schema, &payloads, kafka.max_message_bytes);
         drop(payloads);
         let created_ms = decoded
             .accepted
@@ -541,36 +610,56 @@ fn decode_loop(
 fn score_loop(
     mut batches: mpsc::Receiver<Decoded>,
     out: mpsc::Sender<Processed>,
-    mut chain: FeatureChain,
-    mut scoring: ScoringStage,
+    mut job: Job,
     kafka: &KafkaConfig,
 ) -> Result<()> {
     while let Some(mut d) = batches.blocking_recv() {
         let started = Instant::now();
-        // Labels first: operators use a label only from its label time on.
-        if d.labels.num_rows() > 0 {
-            chain.observe_labels(&d.labels)?;
-        }
         let mut scored = None;
-        if d.transactions.num_rows() > 0 {
-            match score_batch(&mut chain, &mut scoring, d.transactions, kafka) {
-                Ok(s) => scored = Some(s),
-                Err(e) if e.fault() == Fault::BadInput => {
-                    // The whole batch failed a check: dead-letter every transaction of it.
-                    let reason = e.to_string();
-                    for &i in &d.accepted {
-                        if let Some(m) = d.txs.get(i) {
-                            d.dead.push((m.clone(), reason.clone(), "schema"));
+        let mut records = Vec::new();
+        match &mut job {
+            Job::Fraud(fraud) => {
+                let (chain, scoring) = &mut **fraud;
+                // Labels first: operators use a label only from its label time on.
+                if d.labels.num_rows() > 0 {
+                    chain.observe_labels(&d.labels)?;
+                }
+                if d.transactions.num_rows() > 0 {
+                    match score_batch(chain, scoring, d.transactions, kafka) {
+                        Ok(s) => scored = Some(s),
+                        Err(e) if e.fault() == Fault::BadInput => {
+                            // The whole batch failed a check: dead-letter every transaction.
+                            let reason = e.to_string();
+                            for &i in &d.accepted {
+                                if let Some(m) = d.txs.get(i) {
+                                    d.dead.push((m.clone(), reason.clone(), "schema"));
+                                }
+                            }
                         }
+                        Err(e) => return Err(e),
                     }
                 }
-                Err(e) => return Err(e),
+            }
+            Job::Market(stage) => {
+                if d.transactions.num_rows() > 0 {
+                    // Ticks a series cannot take (non-positive price, older than the
+                    // instrument's last tick) are dead letters; they never touch the state.
+                    let (ticks, rejected) = stage.split_invalid(&d.transactions)?;
+                    for (row, reason) in rejected {
+                        if let Some(m) = d.accepted.get(row).and_then(|&i| d.txs.get(i)) {
+                            d.dead.push((m.clone(), reason, "invalid"));
+                        }
+                    }
+                    let output = stage.process(ticks)?;
+                    records = encode_market(&output)?;
+                }
             }
         }
         histogram!("riskpipe_stage_seconds", "stage" => "process")
             .record(started.elapsed().as_secs_f64());
         let processed = Processed {
             scored,
+            records,
             dead: d.dead,
             offsets: d.offsets,
             created_ms: d.created_ms,
@@ -580,6 +669,37 @@ fn score_loop(
         }
     }
     Ok(())
+}
+
+/// Instrument scores (ticks with a VaR), portfolio scores and limit breaches as JSON records.
+fn encode_market(output: &MarketOutput) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for s in output.instrument_scores()? {
+        records.push(Record {
+            kind: Kind::Score,
+            key: s.instrument.clone().unwrap_or_default(),
+            payload: to_json(&s)?,
+        });
+    }
+    for s in &output.portfolio_scores {
+        records.push(Record {
+            kind: Kind::Score,
+            key: s.portfolio.clone().unwrap_or_default(),
+            payload: to_json(s)?,
+        });
+    }
+    for b in &output.breaches {
+        records.push(Record {
+            kind: Kind::Alert,
+            key: b.portfolio.clone(),
+            payload: to_json(b)?,
+        });
+    }
+    Ok(records)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| PipelineError::Bug(e.to_string()))
 }
 
 /// A scored batch, its alerted rows and their reasons.
@@ -687,7 +807,16 @@ async fn produce_loop(
             }
             None => (Vec::new(), Vec::new()),
         };
-        let mut deliveries = Vec::with_capacity(scores.len() + alerts.len() + p.dead.len());
+        let mut deliveries =
+            Vec::with_capacity(scores.len() + alerts.len() + p.records.len() + p.dead.len());
+        for r in &p.records {
+            let topic = match r.kind {
+                Kind::Alert => &topics.alerts,
+                _ => &topics.scores,
+            };
+            let d = send(&producer, topic, Some(r.key.as_bytes()), &r.payload, None).await?;
+            deliveries.push((d, r.kind));
+        }
         for (records, topic, kind) in [
             (&scores, &topics.scores, Kind::Score),
             (&alerts, &topics.alerts, Kind::Alert),
