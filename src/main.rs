@@ -150,6 +150,34 @@ fn load_config(path: Option<&Path>) -> Result<PipelineConfig, PipelineError> {
     }
 }
 
+#[cfg(feature = "sql")]
+fn export_fraud_features(
+    cfg: &PipelineConfig,
+    input: &Path,
+    output: &Path,
+) -> Result<(), PipelineError> {
+    let rows = riskpipe_pipeline::export_features(&cfg.features, input, output)?;
+    println!(
+        "wrote {rows} rows with features {:?} to {}",
+        cfg.features.feature_names()?,
+        output.display()
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "sql"))]
+fn export_fraud_features(
+    _cfg: &PipelineConfig,
+    _input: &Path,
+    _output: &Path,
+) -> Result<(), PipelineError> {
+    Err(PipelineError::Config(vec![
+        "the fraud training-set export runs on DataFusion: build riskpipe with `--features sql` \
+         (models/train/run.sh does)"
+            .into(),
+    ]))
+}
+
 /// The market config at `path`, when it is one.
 fn market_config(path: Option<&Path>) -> Result<Option<MarketConfig>, PipelineError> {
     match path {
@@ -418,12 +446,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             if !problems.is_empty() {
                 return Err(PipelineError::Config(problems));
             }
-            let rows = riskpipe_pipeline::export_features(&cfg.features, &input, &output)?;
-            println!(
-                "wrote {rows} rows with features {:?} to {}",
-                cfg.features.feature_names()?,
-                output.display()
-            );
+            export_fraud_features(&cfg, &input, &output)?;
         }
         Command::Bench {
             config,

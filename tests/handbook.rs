@@ -4,9 +4,6 @@
 
 use std::path::PathBuf;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::{cast, concat_batches};
-use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use riskpipe_pipeline::{PipelineConfig, source};
 
 const ROWS: usize = 1_754_155;
@@ -22,96 +19,105 @@ fn history_path() -> PathBuf {
     p
 }
 
-fn streaming_features(cfg: &PipelineConfig, history: &source::History) -> RecordBatch {
-    let mut chain = cfg.features.build_chain().expect("chain");
-    let tx = &history.transactions;
-    let times = tx
-        .column_by_name(&cfg.features.event_time)
-        .expect("time")
-        .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
-        .values()
-        .clone();
-    let (mut next_label, mut start, mut outs) = (0, 0, Vec::new());
-    while start < tx.num_rows() {
-        let len = 10_000.min(tx.num_rows() - start);
-        let (labels, next) = source::labels_until(
-            &history.labels,
-            next_label,
-            times[start + len - 1],
-            "LABEL_TIME",
-        );
-        next_label = next;
-        chain.observe_labels(&labels).expect("labels");
-        outs.push(chain.process(tx.slice(start, len)).expect("process"));
-        start += len;
-    }
-    concat_batches(&outs[0].schema(), &outs).expect("concat")
-}
+/// The DataFusion batch twin (the `sql` feature) against the streaming chain.
+#[cfg(feature = "sql")]
+mod batch_twin {
+    use super::*;
+    use arrow::array::{Array, AsArray, RecordBatch};
+    use arrow::compute::{cast, concat_batches};
+    use arrow::datatypes::{DataType, Float64Type, Int64Type};
 
-fn batch_features(cfg: &PipelineConfig, path: &std::path::Path) -> RecordBatch {
-    let out = tempfile::tempdir().expect("tempdir");
-    let file = out.path().join("features.parquet");
-    let rows = riskpipe_pipeline::export_features(&cfg.features, path, &file).expect("export");
-    assert_eq!(rows, ROWS);
-    source::read_file(&file).expect("read export")
-}
-
-#[test]
-fn streaming_and_batch_features_agree_on_the_full_history() {
-    let path = history_path();
-    let cfg = PipelineConfig::handbook().expect("config");
-    let history = riskpipe_pipeline::load_history(&cfg, &path).expect("history");
-    assert_eq!(history.transactions.num_rows(), ROWS);
-    let stream = streaming_features(&cfg, &history);
-    let batch = batch_features(&cfg, &path);
-    assert_eq!(stream.num_rows(), batch.num_rows());
-    // Both are ordered by (event time, transaction id).
-    let ids = |b: &RecordBatch| {
-        cast(
-            b.column_by_name("TRANSACTION_ID").expect("id"),
-            &DataType::Int64,
-        )
-        .expect("cast")
-    };
-    assert_eq!(
-        ids(&stream).as_primitive::<Int64Type>().values(),
-        ids(&batch).as_primitive::<Int64Type>().values()
-    );
-    let names = cfg.features.feature_names().expect("names");
-    assert_eq!(names.len(), 2 + 6 + 6, "{names:?}");
-    let mut worst = 0f64;
-    for name in &names {
-        let s = stream.column_by_name(name).expect("stream column");
-        let b = batch.column_by_name(name).expect("batch column");
-        assert_eq!(b.null_count(), 0, "{name}");
-        match s.data_type() {
-            DataType::Int64 => {
-                let b = cast(b, &DataType::Int64).expect("cast");
-                let (s, b) = (
-                    s.as_primitive::<Int64Type>().values(),
-                    b.as_primitive::<Int64Type>().values(),
-                );
-                let diff = s.iter().zip(b.iter()).position(|(x, y)| x != y);
-                assert!(diff.is_none(), "{name} differs at row {diff:?}");
-            }
-            DataType::Float64 => {
-                let (s, b) = (
-                    s.as_primitive::<Float64Type>().values(),
-                    b.as_primitive::<Float64Type>().values(),
-                );
-                for (i, (x, y)) in s.iter().zip(b.iter()).enumerate() {
-                    // Relative 1e-9; near zero (windows of zero amounts, where the batch
-                    // engine's sliding sum leaves a ~1e-14 residue) a billionth of a unit.
-                    let scale = x.abs().max(y.abs()).max(1.0);
-                    let rel = (x - y).abs() / scale;
-                    worst = worst.max(rel);
-                    assert!(rel <= 1e-9, "{name} row {i}: stream {x} batch {y}");
-                }
-            }
-            other => panic!("{name}: unexpected type {other}"),
+    fn streaming_features(cfg: &PipelineConfig, history: &source::History) -> RecordBatch {
+        let mut chain = cfg.features.build_chain().expect("chain");
+        let tx = &history.transactions;
+        let times = tx
+            .column_by_name(&cfg.features.event_time)
+            .expect("time")
+            .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+            .values()
+            .clone();
+        let (mut next_label, mut start, mut outs) = (0, 0, Vec::new());
+        while start < tx.num_rows() {
+            let len = 10_000.min(tx.num_rows() - start);
+            let (labels, next) = source::labels_until(
+                &history.labels,
+                next_label,
+                times[start + len - 1],
+                "LABEL_TIME",
+            );
+            next_label = next;
+            chain.observe_labels(&labels).expect("labels");
+            outs.push(chain.process(tx.slice(start, len)).expect("process"));
+            start += len;
         }
+        concat_batches(&outs[0].schema(), &outs).expect("concat")
     }
-    eprintln!("largest relative difference of a mean or risk: {worst:e}");
+
+    fn batch_features(cfg: &PipelineConfig, path: &std::path::Path) -> RecordBatch {
+        let out = tempfile::tempdir().expect("tempdir");
+        let file = out.path().join("features.parquet");
+        let rows = riskpipe_pipeline::export_features(&cfg.features, path, &file).expect("export");
+        assert_eq!(rows, ROWS);
+        source::read_file(&file).expect("read export")
+    }
+
+    #[test]
+    fn streaming_and_batch_features_agree_on_the_full_history() {
+        let path = history_path();
+        let cfg = PipelineConfig::handbook().expect("config");
+        let history = riskpipe_pipeline::load_history(&cfg, &path).expect("history");
+        assert_eq!(history.transactions.num_rows(), ROWS);
+        let stream = streaming_features(&cfg, &history);
+        let batch = batch_features(&cfg, &path);
+        assert_eq!(stream.num_rows(), batch.num_rows());
+        // Both are ordered by (event time, transaction id).
+        let ids = |b: &RecordBatch| {
+            cast(
+                b.column_by_name("TRANSACTION_ID").expect("id"),
+                &DataType::Int64,
+            )
+            .expect("cast")
+        };
+        assert_eq!(
+            ids(&stream).as_primitive::<Int64Type>().values(),
+            ids(&batch).as_primitive::<Int64Type>().values()
+        );
+        let names = cfg.features.feature_names().expect("names");
+        assert_eq!(names.len(), 2 + 6 + 6, "{names:?}");
+        let mut worst = 0f64;
+        for name in &names {
+            let s = stream.column_by_name(name).expect("stream column");
+            let b = batch.column_by_name(name).expect("batch column");
+            assert_eq!(b.null_count(), 0, "{name}");
+            match s.data_type() {
+                DataType::Int64 => {
+                    let b = cast(b, &DataType::Int64).expect("cast");
+                    let (s, b) = (
+                        s.as_primitive::<Int64Type>().values(),
+                        b.as_primitive::<Int64Type>().values(),
+                    );
+                    let diff = s.iter().zip(b.iter()).position(|(x, y)| x != y);
+                    assert!(diff.is_none(), "{name} differs at row {diff:?}");
+                }
+                DataType::Float64 => {
+                    let (s, b) = (
+                        s.as_primitive::<Float64Type>().values(),
+                        b.as_primitive::<Float64Type>().values(),
+                    );
+                    for (i, (x, y)) in s.iter().zip(b.iter()).enumerate() {
+                        // Relative 1e-9; near zero (windows of zero amounts, where the batch
+                        // engine's sliding sum leaves a ~1e-14 residue) a billionth of a unit.
+                        let scale = x.abs().max(y.abs()).max(1.0);
+                        let rel = (x - y).abs() / scale;
+                        worst = worst.max(rel);
+                        assert!(rel <= 1e-9, "{name} row {i}: stream {x} batch {y}");
+                    }
+                }
+                other => panic!("{name}: unexpected type {other}"),
+            }
+        }
+        eprintln!("largest relative difference of a mean or risk: {worst:e}");
+    }
 }
 
 #[test]

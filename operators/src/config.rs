@@ -7,8 +7,8 @@ use arrow::datatypes::{DataType, Schema};
 use serde::Deserialize;
 
 use crate::{
-    CalendarFlags, FeatureChain, LabelRisk, Operator, OperatorError, Result, SqlFeature,
-    WindowAggregate, window::Aggregate,
+    CalendarFlags, FeatureChain, LabelRisk, Operator, OperatorError, Result, WindowAggregate,
+    window::Aggregate,
 };
 
 /// Every feature of a pipeline. Compiled to the streaming [`FeatureChain`] and to the batch
@@ -369,9 +369,15 @@ impl FeatureConfig {
             }
         }
         for (i, s) in self.sql.iter().enumerate() {
-            if let Err(e) = SqlFeature::check_syntax(&s.expr) {
+            #[cfg(feature = "sql")]
+            if let Err(e) = crate::SqlFeature::check_syntax(&s.expr) {
                 problems.push(format!("sql[{i}] ({}): {e}", s.name));
             }
+            #[cfg(not(feature = "sql"))]
+            problems.push(format!(
+                "sql[{i}] ({}): SQL features need riskpipe built with `--features sql`",
+                s.name
+            ));
             add_name(&mut problems, s.name.clone());
         }
         problems
@@ -407,8 +413,16 @@ impl FeatureConfig {
                 Err(e) => problems.push(format!("label_risk[{i}]: {e}")),
             }
         }
+        #[cfg(feature = "sql")]
         for s in &self.sql {
-            ops.push(Box::new(SqlFeature::new(&s.name, &s.expr)));
+            ops.push(Box::new(crate::SqlFeature::new(&s.name, &s.expr)));
+        }
+        #[cfg(not(feature = "sql"))]
+        for s in &self.sql {
+            problems.push(format!(
+                "sql feature {}: SQL features need riskpipe built with `--features sql`",
+                s.name
+            ));
         }
         if !problems.is_empty() {
             return Err(OperatorError::Config(problems));

@@ -4,20 +4,23 @@
 //! definition of every feature. It compiles two ways:
 //! - [`FeatureConfig::build_chain`] builds the streaming [`FeatureChain`] that live scoring and
 //!   replay both run: events ordered by (event time, tie-break column) flow through
-//!   [`CalendarFlags`], [`WindowAggregate`]s, [`LabelRisk`]s and [`SqlFeature`]s, each keeping its
+//!   [`CalendarFlags`], [`WindowAggregate`]s, [`LabelRisk`]s and SQL features, each keeping its
 //!   per-key state across batches; fraud-label events reach the stateful operators through
 //!   [`Operator::observe_labels`];
-//! - [`batch::batch_features`] compiles the same definitions to one DataFusion query with window
-//!   frames over event time, which exports training sets over a whole history.
+//! - with the `sql` cargo feature, `batch::batch_features` compiles the same definitions to one
+//!   DataFusion query with window frames over event time, which exports training sets over a
+//!   whole history, and `SqlFeature`s evaluate SQL expressions on each batch.
 //!
 //! Tests prove the two produce the same values, which is what keeps training and serving equal.
 
+#[cfg(feature = "sql")]
 pub mod batch;
 mod calendar;
 mod columns;
 mod config;
 mod label_risk;
 mod market;
+#[cfg(feature = "sql")]
 mod sql;
 mod window;
 
@@ -32,6 +35,7 @@ pub use calendar::CalendarFlags;
 pub use config::{CalendarConfig, FeatureConfig, LabelRiskConfig, SqlFeatureConfig, WindowConfig};
 pub use label_risk::LabelRisk;
 pub use market::{Ewma, QuantileOf, Rolling, RollingQuantile, SeriesFeatures, SeriesOperator};
+#[cfg(feature = "sql")]
 pub use sql::SqlFeature;
 pub use window::{Aggregate, WindowAggregate};
 
@@ -48,6 +52,7 @@ pub enum OperatorError {
     #[error("arrow: {0}")]
     Arrow(#[from] ArrowError),
     /// DataFusion failed planning or running a feature query.
+    #[cfg(feature = "sql")]
     #[error("datafusion: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
 }
@@ -57,9 +62,9 @@ impl OperatorError {
     pub fn fault(&self) -> Fault {
         match self {
             OperatorError::BadInput(_) => Fault::BadInput,
-            OperatorError::Config(_) | OperatorError::Arrow(_) | OperatorError::DataFusion(_) => {
-                Fault::Bug
-            }
+            #[cfg(feature = "sql")]
+            OperatorError::DataFusion(_) => Fault::Bug,
+            OperatorError::Config(_) | OperatorError::Arrow(_) => Fault::Bug,
         }
     }
 }

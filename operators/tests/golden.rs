@@ -201,6 +201,17 @@ fn calendar_flags_by_hand() {
     assert_eq!(ints(&out, "NI"), vec![1, 1, 0, 0, 1]);
 }
 
+#[cfg(not(feature = "sql"))]
+#[test]
+fn sql_features_without_the_sql_build_are_a_clear_config_error() {
+    let cfg = config(&format!(
+        "{CUSTOMER}\n[[sql]]\nname = \"LOG_AMOUNT\"\nexpr = \"ln(TX_AMOUNT + 1)\"\n"
+    ));
+    let e = cfg.build_chain().expect_err("no DataFusion in this build");
+    assert!(e.to_string().contains("--features sql"), "{e}");
+}
+
+#[cfg(feature = "sql")]
 #[test]
 fn sql_features_see_earlier_features() {
     let cfg = config(&format!(

@@ -1,5 +1,6 @@
 //! Window invariants on random event streams, and the promise of zero train/serve skew: the
-//! streaming chain and the DataFusion batch query agree on every row.
+//! streaming chain and the DataFusion batch query agree on every row (the `sql` feature).
+#![cfg(feature = "sql")]
 
 use std::sync::Arc;
 

@@ -64,6 +64,7 @@ pub enum PipelineError {
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
     /// From DataFusion.
+    #[cfg(feature = "sql")]
     #[error("datafusion: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
     /// From Kafka (broker unreachable, delivery failed, …).
@@ -79,10 +80,11 @@ impl PipelineError {
             PipelineError::External(_) | PipelineError::Parquet(_) | PipelineError::Kafka(_) => {
                 Fault::External
             }
-            PipelineError::Config(_)
-            | PipelineError::Bug(_)
-            | PipelineError::Arrow(_)
-            | PipelineError::DataFusion(_) => Fault::Bug,
+            PipelineError::Config(_) | PipelineError::Bug(_) | PipelineError::Arrow(_) => {
+                Fault::Bug
+            }
+            #[cfg(feature = "sql")]
+            PipelineError::DataFusion(_) => Fault::Bug,
             PipelineError::Operator(e) => e.fault(),
             PipelineError::Model(e) => e.fault(),
         }
@@ -320,6 +322,7 @@ pub fn write_scores(
 /// Computes every configured feature over a whole history with DataFusion (the batch twin of
 /// the streaming chain) and writes the input columns plus the features to Parquet, ordered by
 /// event time. This is the training-set export: the same feature definitions as live scoring.
+#[cfg(feature = "sql")]
 pub fn export_features(
     cfg: &riskpipe_operators::FeatureConfig,
     input: &Path,
