@@ -241,6 +241,13 @@ fn restarts_lose_nothing_and_duplicate_only_the_uncommitted_tail() {
     let mut p2 = Pipeline::start(&config);
     p2.wait_ready();
     let mut phase2 = collect(&scores, Duration::from_secs(120), |r| r.len() >= 6_000);
+    // A backlog can be scored faster than the first auto-commit: kill only once phase 2 has
+    // committed something, so that the uncommitted tail is a strict part of it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p2.metric("riskpipe_commits_total", "result=\"ok\"") < 1.0 {
+        assert!(Instant::now() < deadline, "phase 2 never committed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     p2.kill();
     phase2.extend(drain_to_end(&scores, "scores"));
     let phase2 = ids(&phase2);
