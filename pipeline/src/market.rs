@@ -615,12 +615,11 @@ impl MarketStage {
 
     /// Splits off the ticks no series can take: a non-positive or non-finite price, or an
     /// event time before the instrument's last tick (late data). Returns the rest, in order,
-    /// and each rejected row with its reason.
+    /// and each rejected row with its reason. `ticks` are in the tick schema.
     pub fn split_invalid(
         &self,
         ticks: &RecordBatch,
     ) -> Result<(RecordBatch, Vec<(usize, String)>)> {
-        let ticks = conform(ticks.clone())?;
         let ids = ticks.column(0).as_string::<i32>();
         let times = ticks
             .column(1)
@@ -655,22 +654,28 @@ impl MarketStage {
             }
         }
         Ok((
-            filter_record_batch(&ticks, &BooleanArray::from(keep))?,
+            filter_record_batch(ticks, &BooleanArray::from(keep))?,
             rejected,
         ))
     }
 
-    /// Processes ticks ordered by event time.
+    /// Processes ticks ordered by event time, in the tick schema (as every source yields them:
+    /// [`read_ticks`] and the Kafka decoder).
     pub fn process(&mut self, ticks: RecordBatch) -> Result<MarketOutput> {
-        let ticks = conform(ticks)?;
         let with_features = self.features.process(ticks)?;
         let ids = with_features.column(0).as_string::<i32>();
         let times = with_features
             .column(1)
             .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
         for i in 0..with_features.num_rows() {
-            self.last_time
-                .insert(ids.value(i).to_string(), times.value(i));
+            // An instrument's id is allocated once, not per tick.
+            match self.last_time.get_mut(ids.value(i)) {
+                Some(t) => *t = times.value(i),
+                None => {
+                    self.last_time
+                        .insert(ids.value(i).to_string(), times.value(i));
+                }
+            }
         }
         let n = with_features.num_rows();
         // Score only rows whose model inputs are all defined (warm-up rows get a null VaR).
@@ -683,7 +688,7 @@ impl MarketStage {
                 *r &= c.is_valid(i);
             }
         }
-        let mask = BooleanArray::from(ready.clone());
+        let mask: BooleanArray = ready.iter().copied().map(Some).collect();
         let scores = self
             .scorer
             .score(&filter_record_batch(&with_features, &mask)?)?;
@@ -734,11 +739,16 @@ impl MarketStage {
             .ok_or_else(|| PipelineError::Bug("VAR missing".into()))?
             .as_primitive::<Float64Type>();
         let (mut out, mut breaches) = (Vec::new(), Vec::new());
-        let mut step: HashMap<String, f64> = HashMap::new();
+        let mut step: HashMap<&str, f64> = HashMap::new();
         let n = scored.num_rows();
         for i in 0..n {
             let id = ids.value(i);
-            let entry = self.latest.entry(id.to_string()).or_default();
+            if !self.latest.contains_key(id) {
+                self.latest.insert(id.to_string(), Latest::default());
+            }
+            let Some(entry) = self.latest.get_mut(id) else {
+                continue;
+            };
             let ret = if entry.price > 0.0 {
                 (prices.value(i) / entry.price).ln()
             } else {
@@ -748,7 +758,7 @@ impl MarketStage {
                 price: prices.value(i),
                 var: var.is_valid(i).then(|| var.value(i)),
             };
-            step.insert(id.to_string(), ret);
+            step.insert(id, ret);
             let last_of_time = i + 1 == n || times.value(i + 1) != times.value(i);
             if last_of_time {
                 self.update_covariance(&step);
@@ -759,11 +769,11 @@ impl MarketStage {
         Ok((out, breaches))
     }
 
-    fn update_covariance(&mut self, step: &HashMap<String, f64>) {
+    fn update_covariance(&mut self, step: &HashMap<&str, f64>) {
         let r: Vec<f64> = self
             .universe
             .iter()
-            .map(|i| step.get(i).copied().unwrap_or(0.0))
+            .map(|i| step.get(i.as_str()).copied().unwrap_or(0.0))
             .collect();
         self.covariance.update(&r);
     }

@@ -264,7 +264,7 @@ pub async fn run(
         kafka.clone(),
         job,
         transaction_schema(),
-        encoding,
+        Some(encoding),
         health,
         counters,
         shutdown,
@@ -286,16 +286,12 @@ pub async fn run_market(
         ])
     })?;
     let stage = MarketStage::new(cfg)?;
-    let encoding = Encoding {
-        event_time: riskpipe_schemas::market::TIME.into(),
-        model: stage.model().to_string(),
-        threshold: cfg.market.confidence,
-    };
+    // The market stage encodes its own records: no fraud score encoding.
     run_job(
         kafka,
         Job::Market(Box::new(stage)),
         riskpipe_schemas::market_tick_schema(),
-        encoding,
+        None,
         health,
         counters,
         shutdown,
@@ -307,7 +303,7 @@ async fn run_job(
     kafka: KafkaConfig,
     job: Job,
     input_schema: arrow::datatypes::SchemaRef,
-    encoding: Encoding,
+    encoding: Option<Encoding>,
     health: Arc<Health>,
     counters: Arc<LiveCounters>,
     shutdown: impl Future<Output = ()>,
@@ -784,7 +780,7 @@ struct Encoding {
 async fn produce_loop(
     producer: FutureProducer,
     kafka: KafkaConfig,
-    encoding: Encoding,
+    encoding: Option<Encoding>,
     mut processed: mpsc::Receiver<Processed>,
     pending: mpsc::Sender<Pending>,
 ) -> Result<()> {
@@ -793,6 +789,9 @@ async fn produce_loop(
         let (scores, alerts) = match p.scored {
             Some(s) => {
                 let t = Instant::now();
+                let encoding = encoding.as_ref().ok_or_else(|| {
+                    PipelineError::Bug("fraud scores in a job without their encoding".into())
+                })?;
                 let out = encode(
                     &s.batch,
                     &encoding.event_time,
