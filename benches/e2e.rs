@@ -20,11 +20,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use riskpipe_pipeline::PipelineConfig;
+use riskpipe_pipeline::demo::{Feed, Feeder, Watcher, feed, feed_producer, reader};
+use riskpipe_pipeline::driver::Counters;
 use riskpipe_pipeline::kafka::KafkaConfig;
-use riskpipe_pipeline::kafka::demo::{Feed, Feeder, Watcher, feed, feed_producer, reader};
-use riskpipe_pipeline::kafka::live::{Health, LiveCounters, run};
-use riskpipe_pipeline::source::History;
+use riskpipe_pipeline::live::run;
+use riskpipe_pipeline::observe::Health;
+use riskpipe_pipeline::sources::history::History;
+use riskpipe_pipeline::{PipelineConfig, backtest};
 
 fn env_or(name: &str, default: f64) -> f64 {
     std::env::var(name)
@@ -50,8 +52,8 @@ fn kafka_for(bootstrap: &str, prefix: &str, group: &str) -> KafkaConfig {
     let mut k = KafkaConfig::for_bootstrap(bootstrap);
     k.group_id = group.into();
     k.batch.max_delay = Duration::from_micros(env_or("RISKPIPE_E2E_MAX_DELAY_US", 0.0) as u64);
-    k.topics.transactions = format!("{prefix}transactions");
-    k.topics.labels = format!("{prefix}fraud-labels");
+    k.topics.events = Some(format!("{prefix}transactions"));
+    k.topics.labels = Some(format!("{prefix}fraud-labels"));
     k.topics.scores = format!("{prefix}scores");
     k.topics.alerts = format!("{prefix}alerts");
     k.topics.dead_letter = format!("{prefix}dead-letter");
@@ -79,10 +81,13 @@ fn bare_scoring(
     n: usize,
     batch: usize,
 ) -> Duration {
-    let mut chain = cfg.features.build_chain().expect("chain");
+    let fraud = cfg.fraud().expect("a fraud config");
+    let mut chain = fraud.features.build_chain().expect("chain");
     let mut scorer = riskpipe_models::Scorer::load(&cfg.model).expect("model");
-    chain.observe_labels(&history.labels).expect("labels");
-    let rows = history.transactions.slice(skip, n);
+    if let Some(labels) = &history.side {
+        chain.observe_labels(labels).expect("labels");
+    }
+    let rows = history.events.slice(skip, n);
     let features = chain.process(rows).expect("features");
     let started = Instant::now();
     let mut at = 0;
@@ -104,8 +109,7 @@ fn main() {
     let specs: Vec<(&str, i32)> = all_topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
     let broker = support::Broker::start(&specs);
     let mut cfg = PipelineConfig::handbook().expect("config");
-    let history =
-        riskpipe_pipeline::load_history(&cfg, &support::handbook_data()).expect("history");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
     let feed_all = feed(&history, &cfg, skip, n).expect("feed");
     let kafka = kafka_for(&broker.bootstrap, "tp-", "bench-throughput");
     let producer = feed_producer(&kafka).expect("producer");
@@ -115,7 +119,11 @@ fn main() {
     drop(producer); // its polling thread would compete for the 2 cores
 
     // Ceiling A: consume the same messages, doing nothing.
-    let consume = bare_consume(&broker.bootstrap, &kafka.topics.transactions, n);
+    let consume = bare_consume(
+        &broker.bootstrap,
+        kafka.topics.events.as_deref().expect("set above"),
+        n,
+    );
     // Ceiling B: score the same rows alone.
     let scoring = bare_scoring(&cfg, &history, skip, n, kafka.batch.max_rows);
 
@@ -126,12 +134,12 @@ fn main() {
         .build()
         .expect("runtime");
     let health = Arc::new(Health::default());
-    let counters = Arc::new(LiveCounters::default());
+    let counters = Arc::new(Counters::default());
     let mut first: Option<Instant> = None;
     let mut last = Instant::now();
     rt.block_on(run(&cfg, health.clone(), counters.clone(), async {
         loop {
-            let consumed = counters.transactions.load(Ordering::Relaxed);
+            let consumed = counters.events.load(Ordering::Relaxed);
             if consumed > 0 && first.is_none() {
                 first = Some(Instant::now());
             }
@@ -163,7 +171,7 @@ fn main() {
     let producer = feed_producer(&kafka).expect("producer");
     let watch_reader = reader(&kafka, &[&kafka.topics.scores]).expect("reader");
     let health = Arc::new(Health::default());
-    let counters = Arc::new(LiveCounters::default());
+    let counters = Arc::new(Counters::default());
     std::thread::scope(|s| {
         let feeding = s.spawn(|| {
             while !health.ready.load(Ordering::Relaxed) {

@@ -2,15 +2,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
 use std::sync::Arc;
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use riskpipe_pipeline::kafka::demo::DemoOptions;
-use riskpipe_pipeline::kafka::live::{Health, LiveCounters};
-use riskpipe_pipeline::kafka::replay::Bound;
-use riskpipe_pipeline::market::{self, MarketConfig};
-use riskpipe_pipeline::{PipelineConfig, PipelineError, kafka};
+use riskpipe_pipeline::backtest::{self, Outcome};
+use riskpipe_pipeline::config::JobConfig;
+use riskpipe_pipeline::demo::DemoOptions;
+use riskpipe_pipeline::driver::Counters;
+use riskpipe_pipeline::observe::{self, Health};
+use riskpipe_pipeline::sources::kafka_range::{self, Bound};
+use riskpipe_pipeline::{PipelineConfig, PipelineError, bench, decoders, demo, export, jobs, live};
 
 /// Streaming risk scoring: Arrow feature operators and ONNX Runtime models, live and in replay.
 #[derive(Debug, Parser)]
@@ -150,61 +152,22 @@ fn load_config(path: Option<&Path>) -> Result<PipelineConfig, PipelineError> {
     }
 }
 
-#[cfg(feature = "sql")]
-fn export_fraud_features(
-    cfg: &PipelineConfig,
-    input: &Path,
-    output: &Path,
-) -> Result<(), PipelineError> {
-    let rows = riskpipe_pipeline::export_features(&cfg.features, input, output)?;
-    println!(
-        "wrote {rows} rows with features {:?} to {}",
-        cfg.features.feature_names()?,
-        output.display()
-    );
-    Ok(())
-}
-
-#[cfg(not(feature = "sql"))]
-fn export_fraud_features(
-    _cfg: &PipelineConfig,
-    _input: &Path,
-    _output: &Path,
-) -> Result<(), PipelineError> {
-    Err(PipelineError::Config(vec![
-        "the fraud training-set export runs on DataFusion: build riskpipe with `--features sql` \
-         (models/train/run.sh does)"
-            .into(),
-    ]))
-}
-
-/// The market config at `path`, when it is one.
-fn market_config(path: Option<&Path>) -> Result<Option<MarketConfig>, PipelineError> {
-    match path {
-        Some(p) if market::is_market_config(p)? => Ok(Some(MarketConfig::load(p)?)),
-        _ => Ok(None),
-    }
-}
-
-fn market_input(input: Option<PathBuf>, cfg: &MarketConfig) -> Result<PathBuf, PipelineError> {
-    input.or_else(|| cfg.backtest.input.clone()).ok_or_else(|| {
-        PipelineError::Config(vec![
-            "no --input and no backtest.input in the market config".into(),
-        ])
-    })
+/// The history a backtest or export reads: `--input`, else a market job's `backtest.input`,
+/// else the handbook transactions.
+fn input_of(input: Option<PathBuf>, cfg: &PipelineConfig) -> PathBuf {
+    input
+        .or_else(|| match &cfg.job {
+            JobConfig::Market(m) => m.backtest.input.clone(),
+            JobConfig::Fraud(_) => None,
+        })
+        .unwrap_or_else(|| default_history().into())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, PipelineError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| PipelineError::External(format!("starting async runtime: {e}")))
-}
-
-async fn bind(addr: &str) -> Result<tokio::net::TcpListener, PipelineError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| PipelineError::External(format!("binding metrics endpoint {addr}: {e}")))
+        .map_err(PipelineError::runtime("starting the async runtime"))
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -236,13 +199,25 @@ fn parse_time(s: &str) -> Result<i64, PipelineError> {
         .map_err(|e| PipelineError::Config(vec![format!("{s:?} is not an RFC 3339 time: {e}")]))
 }
 
-fn print_outcome(outcome: &riskpipe_pipeline::BacktestOutcome, source: &str) {
+fn print_outcome(outcome: &Outcome, source: &str) {
     println!(
-        "replayed {} transactions {source}in {:.1} s ({:.0} events/s)\n",
+        "replayed {} {} {source}in {:.2} s ({:.0} events/s)",
         outcome.replayed,
+        outcome.report.events(),
         outcome.replay_time.as_secs_f64(),
         outcome.replayed as f64 / outcome.replay_time.as_secs_f64()
     );
+    let (rejected, reasons) = &outcome.rejected;
+    if *rejected > 0 {
+        println!(
+            "rejected {rejected} {} (not scored):",
+            outcome.report.events()
+        );
+        for r in reasons {
+            println!("  {r}");
+        }
+    }
+    println!();
     print!("{}", outcome.report.table());
     for f in &outcome.files {
         println!("wrote {}", f.display());
@@ -255,41 +230,27 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             config,
             metrics_addr,
         } => {
-            let market = market_config(Some(&config))?;
-            let fraud = match market {
-                Some(_) => None,
-                None => Some(PipelineConfig::load(&config)?),
-            };
-            let listen = metrics_addr
-                .or_else(|| fraud.as_ref().and_then(|c| c.observability.listen.clone()));
+            let cfg = PipelineConfig::load(&config)?;
+            let listen = metrics_addr.or_else(|| cfg.observability.listen.clone());
             let rt = runtime()?;
             let summary = rt.block_on(async {
                 let health = Arc::new(Health::default());
                 if let Some(addr) = listen {
-                    let listener = bind(&addr).await?;
+                    let listener = tokio::net::TcpListener::bind(&addr)
+                        .await
+                        .map_err(PipelineError::runtime("binding the metrics endpoint"))?;
                     let local = listener
                         .local_addr()
-                        .map_err(|e| PipelineError::External(e.to_string()))?;
+                        .map_err(PipelineError::runtime("binding the metrics endpoint"))?;
                     tracing::info!("metrics and health on http://{local}");
-                    let handle = kafka::observe::install()?;
-                    tokio::spawn(kafka::observe::serve(listener, handle, health.clone()));
+                    let handle = observe::install()?;
+                    tokio::spawn(observe::serve(listener, handle, health.clone()));
                 }
-                let counters = Arc::new(LiveCounters::default());
-                match (&market, &fraud) {
-                    (Some(m), _) => {
-                        kafka::live::run_market(m, health, counters, termination()).await
-                    }
-                    (None, Some(f)) => kafka::live::run(f, health, counters, termination()).await,
-                    (None, None) => Err(PipelineError::Bug("no config".into())),
-                }
+                live::run(&cfg, health, Arc::new(Counters::default()), termination()).await
             })?;
             println!(
-                "stopped: {} events, {} labels consumed; {} scores, {} alerts, {} dead letters published",
-                summary.transactions,
-                summary.labels,
-                summary.scores,
-                summary.alerts,
-                summary.dead_letters
+                "stopped: {} events, {} side events (labels) consumed; {} scores, {} alerts, {} dead letters published",
+                summary.events, summary.side, summary.scores, summary.alerts, summary.dead_letters
             );
         }
         Command::Replay {
@@ -312,13 +273,20 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                     })
                 };
             let (from, to) = (bound(from_offset, from_time)?, bound(to_offset, to_time)?);
-            let started = std::time::Instant::now();
-            let (history, rejected) = kafka::replay::history_from_kafka(&cfg, from, to)?;
+            let started = Instant::now();
+            let kafka = cfg.kafka.as_ref().ok_or_else(|| {
+                PipelineError::Config(vec!["no [kafka] section: replay reads from Kafka".into()])
+            })?;
+            let decoder = decoders::build(kafka.format, kafka.max_message_bytes);
+            let (history, rejected) = kafka_range::history(&cfg, decoder.as_ref(), from, to)?;
             if rejected > 0 {
-                eprintln!("skipped {rejected} undecodable transaction messages (see the log)");
+                eprintln!("skipped {rejected} undecodable event messages (see the log)");
             }
-            let outcome =
-                riskpipe_pipeline::backtest_history(&cfg, &history, started, &output, !quiet)?;
+            let opts = backtest::Options {
+                show_progress: !quiet,
+                instrument: None,
+            };
+            let outcome = backtest::run(&cfg, Arc::new(history), started, &output, &opts)?;
             print_outcome(&outcome, "from Kafka ");
         }
         Command::Demo {
@@ -336,12 +304,13 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             if !quiet {
                 eprintln!("loading {} ...", input.display());
             }
-            let history = riskpipe_pipeline::load_history(&cfg, &input)?;
+            let history = backtest::load(&cfg, &input)?;
             let rt = runtime()?;
             let metrics = match metrics_addr {
-                Some(a) => Some(std::net::TcpListener::bind(&a).map_err(|e| {
-                    PipelineError::External(format!("binding metrics endpoint {a}: {e}"))
-                })?),
+                Some(a) => Some(
+                    std::net::TcpListener::bind(&a)
+                        .map_err(PipelineError::runtime("binding the metrics endpoint"))?,
+                ),
                 None => None,
             };
             let opts = DemoOptions {
@@ -352,45 +321,12 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                 show_progress: !quiet,
                 metrics,
             };
-            let summary = kafka::demo::run_demo(&rt, &mut cfg, &history, opts)?;
-            let secs = summary.elapsed.as_secs_f64();
-            println!("riskpipe demo (in-process Kafka mock cluster, live pipeline)");
-            println!(
-                "  transactions published   {:>10}",
-                summary.pipeline.transactions
-            );
-            println!("  fraud labels published   {:>10}", summary.pipeline.labels);
-            println!("  scores published         {:>10}", summary.pipeline.scores);
-            println!("  distinct scored          {:>10}", summary.scored);
-            println!(
-                "  dead letters             {:>10}",
-                summary.pipeline.dead_letters
-            );
-            println!(
-                "  alerts                   {:>10}  ({} on frauds, precision {:.3})",
-                summary.alerts.0,
-                summary.alerts.1,
-                summary.alerts.1 as f64 / summary.alerts.0.max(1) as f64
-            );
-            println!("  wall time                {secs:>10.2} s");
-            println!(
-                "  throughput               {:>10.0} events/s",
-                summary.scored as f64 / secs
-            );
-            println!(
-                "  latency produce->ack     p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  (transaction produced -> its score acknowledged)",
-                summary.pipeline_latency_ms[0],
-                summary.pipeline_latency_ms[1],
-                summary.pipeline_latency_ms[2]
-            );
-            println!(
-                "  latency send->consumer   p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  (... -> score read by a downstream consumer)",
-                summary.latency_ms[0], summary.latency_ms[1], summary.latency_ms[2]
-            );
-            if summary.scored < summary.pipeline.transactions {
-                return Err(PipelineError::External(format!(
+            let summary = demo::run_demo(&rt, &mut cfg, &history, opts)?;
+            print!("{summary}");
+            if summary.scored < summary.pipeline.events {
+                return Err(PipelineError::BadInput(format!(
                     "only {} of {} transactions were scored",
-                    summary.scored, summary.pipeline.transactions
+                    summary.scored, summary.pipeline.events
                 )));
             }
         }
@@ -401,24 +337,15 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             output,
             quiet,
         } => {
-            if let Some(cfg) = market_config(config.as_deref())? {
-                let input = market_input(input, &cfg)?;
-                let started = std::time::Instant::now();
-                let outcome = market::backtest(&cfg, &input, &output, instrument.as_deref())?;
-                println!(
-                    "replayed {} ticks in {:.2} s\n",
-                    outcome.scored.iter().map(|b| b.num_rows()).sum::<usize>(),
-                    started.elapsed().as_secs_f64()
-                );
-                print!("{}", outcome.report.table());
-                for f in &outcome.files {
-                    println!("wrote {}", f.display());
-                }
-                return Ok(());
-            }
             let cfg = load_config(config.as_deref())?;
-            let input = input.unwrap_or_else(|| default_history().into());
-            let outcome = riskpipe_pipeline::backtest(&cfg, &input, &output, !quiet)?;
+            cfg.validate()?;
+            let started = Instant::now();
+            let history = backtest::load(&cfg, &input_of(input, &cfg))?;
+            let opts = backtest::Options {
+                show_progress: !quiet,
+                instrument,
+            };
+            let outcome = backtest::run(&cfg, Arc::new(history), started, &output, &opts)?;
             print_outcome(&outcome, "");
         }
         Command::Features {
@@ -426,27 +353,12 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             input,
             output,
         } => {
-            if let Some(cfg) = market_config(config.as_deref())? {
-                let input = market_input(input, &cfg)?;
-                let rows = market::export_features(&cfg, &input, &output)?;
-                println!(
-                    "wrote {rows} ticks with features {:?} to {}",
-                    cfg.market.features.names(),
-                    output.display()
-                );
-                return Ok(());
-            }
             let cfg = load_config(config.as_deref())?;
-            let input = input.unwrap_or_else(|| default_history().into());
-            // The export needs no model: check only the features.
-            let problems = cfg.features.validate(
-                &riskpipe_schemas::transaction_schema(),
-                Some(&riskpipe_schemas::fraud_label_schema()),
+            let rows = export::features(&cfg, &input_of(input, &cfg), &output)?;
+            println!(
+                "wrote {rows} rows with every feature to {}",
+                output.display()
             );
-            if !problems.is_empty() {
-                return Err(PipelineError::Config(problems));
-            }
-            export_fraud_features(&cfg, &input, &output)?;
         }
         Command::Bench {
             config,
@@ -455,40 +367,16 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
         } => {
             let cfg = load_config(config.as_deref())?;
             cfg.validate()?;
-            println!(
-                "{}",
-                riskpipe_pipeline::bench::replay_vs_scoring(&cfg, &input, runs)?
-            );
+            println!("{}", bench::replay_vs_scoring(&cfg, &input, runs)?);
         }
         Command::Validate { config } => {
-            if let Some(cfg) = market_config(Some(&config))? {
-                let mut problems = cfg.problems();
-                if problems.is_empty()
-                    && let Err(e) = market::MarketStage::new(&cfg)
-                {
-                    problems.push(e.to_string());
-                }
-                if !problems.is_empty() {
-                    return Err(PipelineError::Config(problems));
-                }
-                println!("{}: ok", config.display());
-                return Ok(());
-            }
             let cfg = PipelineConfig::load(&config)?;
             let mut problems = cfg.problems();
             if problems.is_empty() {
-                // Load the model to check its inputs against the configured features.
-                match riskpipe_models::Scorer::load(&cfg.model) {
-                    Ok(scorer) => {
-                        let features = cfg.features.feature_names()?;
-                        let schema = riskpipe_schemas::transaction_schema();
-                        for f in scorer.features() {
-                            if !features.contains(f) && schema.column_with_name(f).is_none() {
-                                problems.push(format!("model input {f:?} is neither a configured feature nor a transaction column"));
-                            }
-                        }
-                    }
-                    Err(e) => problems.push(e.to_string()),
+                // Load the model and check its inputs against what the job computes: the same
+                // check `run` and `backtest` make.
+                if let Err(e) = jobs::build(&cfg) {
+                    problems.push(e.to_string());
                 }
             }
             if !problems.is_empty() {

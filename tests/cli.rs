@@ -71,8 +71,84 @@ fn backtest_of_a_small_csv_writes_scores_report_and_plot() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("json"))
             .expect("parse");
-    // The small file has no handbook split dates, so its test days hold nothing.
+    // The shipped split's dates are not in this file: its test days hold nothing.
     assert_eq!(report["transactions"].as_u64(), Some(0));
+}
+
+/// The small file evaluated whole (a config without a split): every transaction is scored and
+/// evaluated, and the metrics are those of the scores written to scores.parquet.
+#[test]
+fn backtest_without_a_split_evaluates_every_transaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = small_csv(dir.path());
+    let shipped =
+        std::fs::read_to_string(repo().join("config/fraud-handbook.toml")).expect("config");
+    let mut config = String::new();
+    let mut skipping = false;
+    for line in shipped.lines() {
+        if line.starts_with('[') {
+            skipping = line.trim() == "[job.backtest]";
+        }
+        if !skipping {
+            config.push_str(&line.replace("../models/", &format!("{}/models/", repo().display())));
+            config.push('\n');
+        }
+    }
+    let config_path = dir.path().join("whole.toml");
+    std::fs::write(&config_path, config).expect("write config");
+    let out = dir.path().join("out");
+    let o = riskpipe(
+        &[
+            "backtest",
+            "--quiet",
+            "--config",
+            config_path.to_str().expect("utf8"),
+            "--input",
+            input.to_str().expect("utf8"),
+            "--output",
+            out.to_str().expect("utf8"),
+        ],
+        &repo(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("json"))
+            .expect("parse");
+    // i % 37 == 5 for i in 0..300: 5, 42, 79, 116, 153, 190, 227, 264.
+    assert_eq!(report["transactions"].as_u64(), Some(300));
+    assert_eq!(report["frauds"].as_u64(), Some(8));
+    assert_eq!(report["evaluated_on"].as_str(), Some("the whole history"));
+    // The alert count the report implies matches the scores written.
+    let scores = std::fs::File::open(out.join("scores.parquet")).expect("scores");
+    let batches: Vec<arrow::array::RecordBatch> =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(scores)
+            .expect("parquet")
+            .build()
+            .expect("reader")
+            .map(|b| b.expect("batch"))
+            .collect();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 300);
+    let alerts: usize = batches
+        .iter()
+        .map(|b| {
+            let a = b
+                .column_by_name("ALERT")
+                .expect("ALERT")
+                .as_any()
+                .downcast_ref::<arrow::array::BooleanArray>()
+                .expect("boolean");
+            a.true_count()
+        })
+        .sum();
+    let days = report["alerts_per_day"].as_f64().expect("alerts per day");
+    // 300 transactions over 22 days (14 per day).
+    assert!(
+        (days * 22.0 - alerts as f64).abs() < 1e-9,
+        "{days} vs {alerts}"
+    );
+    let auc = report["auc_roc"].as_f64().expect("both classes: an AUC");
+    assert!((0.0..=1.0).contains(&auc), "{auc}");
 }
 
 /// Backtests a CSV with the given content, expects failure, returns what was printed.
@@ -119,19 +195,21 @@ fn validate_lists_every_problem_at_once() {
     std::fs::write(
         &config,
         r#"
-[features]
+[job]
+kind = "fraud"
+[job.features]
 event_time = "TX_DATETIME"
-[[features.windows]]
+[[job.features.windows]]
 key = "NO_SUCH_KEY"
 value = "TX_AMOUNT"
 spans = ["1d"]
 count = "N"
+[job.replay]
+batch_rows = 0
 [model]
 path = "missing.onnx"
 [alerts]
 threshold = 1.5
-[replay]
-batch_rows = 0
 "#,
     )
     .expect("write");

@@ -1,10 +1,13 @@
 //! The full handbook history (1,754,155 transactions from `../shared/data`): the streaming
-//! operators and the DataFusion batch query agree on every feature of every row, and the shipped
-//! model meets the quality bar on the handbook's split.
+//! operators, run by the product's driver exactly as a backtest or the live path runs them, and
+//! the DataFusion batch query agree on every feature of every row; and the shipped model meets
+//! the quality bar on the handbook's split.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use riskpipe_pipeline::{PipelineConfig, source};
+use riskpipe_pipeline::sources::file;
+use riskpipe_pipeline::{PipelineConfig, backtest};
 
 const ROWS: usize = 1_754_155;
 
@@ -26,48 +29,39 @@ mod batch_twin {
     use arrow::array::{Array, AsArray, RecordBatch};
     use arrow::compute::{cast, concat_batches};
     use arrow::datatypes::{DataType, Float64Type, Int64Type};
+    use riskpipe_pipeline::sources::history::History;
 
-    fn streaming_features(cfg: &PipelineConfig, history: &source::History) -> RecordBatch {
-        let mut chain = cfg.features.build_chain().expect("chain");
-        let tx = &history.transactions;
-        let times = tx
-            .column_by_name(&cfg.features.event_time)
-            .expect("time")
-            .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
-            .values()
-            .clone();
-        let (mut next_label, mut start, mut outs) = (0, 0, Vec::new());
-        while start < tx.num_rows() {
-            let len = 10_000.min(tx.num_rows() - start);
-            let (labels, next) = source::labels_until(
-                &history.labels,
-                next_label,
-                times[start + len - 1],
-                "LABEL_TIME",
-            );
-            next_label = next;
-            chain.observe_labels(&labels).expect("labels");
-            outs.push(chain.process(tx.slice(start, len)).expect("process"));
-            start += len;
-        }
+    /// The features as the product computes them: the fraud job's stages on the driver, in
+    /// micro-batches of 10,000 (labels before each batch, as the history source cuts them).
+    fn streaming_features(cfg: &PipelineConfig, history: History) -> RecordBatch {
+        let job = riskpipe_pipeline::jobs::build(cfg).expect("job");
+        let replayed = backtest::replay_job(
+            job,
+            Arc::new(history),
+            10_000,
+            &indicatif::ProgressBar::hidden(),
+        )
+        .expect("replay");
+        assert!(replayed.rejected().is_empty(), "no transaction is rejected");
+        let outs = replayed.scored();
         concat_batches(&outs[0].schema(), &outs).expect("concat")
     }
 
     fn batch_features(cfg: &PipelineConfig, path: &std::path::Path) -> RecordBatch {
         let out = tempfile::tempdir().expect("tempdir");
-        let file = out.path().join("features.parquet");
-        let rows = riskpipe_pipeline::export_features(&cfg.features, path, &file).expect("export");
+        let export = out.path().join("features.parquet");
+        let rows = riskpipe_pipeline::export::features(cfg, path, &export).expect("export");
         assert_eq!(rows, ROWS);
-        source::read_file(&file).expect("read export")
+        file::read_file(&export).expect("read export")
     }
 
     #[test]
     fn streaming_and_batch_features_agree_on_the_full_history() {
         let path = history_path();
         let cfg = PipelineConfig::handbook().expect("config");
-        let history = riskpipe_pipeline::load_history(&cfg, &path).expect("history");
-        assert_eq!(history.transactions.num_rows(), ROWS);
-        let stream = streaming_features(&cfg, &history);
+        let history = backtest::load(&cfg, &path).expect("history");
+        assert_eq!(history.events.num_rows(), ROWS);
+        let stream = streaming_features(&cfg, history);
         let batch = batch_features(&cfg, &path);
         assert_eq!(stream.num_rows(), batch.num_rows());
         // Both are ordered by (event time, transaction id).
@@ -82,7 +76,12 @@ mod batch_twin {
             ids(&stream).as_primitive::<Int64Type>().values(),
             ids(&batch).as_primitive::<Int64Type>().values()
         );
-        let names = cfg.features.feature_names().expect("names");
+        let names = cfg
+            .fraud()
+            .expect("fraud job")
+            .features
+            .feature_names()
+            .expect("names");
         assert_eq!(names.len(), 2 + 6 + 6, "{names:?}");
         let mut worst = 0f64;
         for name in &names {
@@ -125,8 +124,18 @@ fn shipped_model_meets_the_quality_bar_on_the_handbook_split() {
     let path = history_path();
     let cfg = PipelineConfig::handbook().expect("config");
     let out = tempfile::tempdir().expect("tempdir");
-    let outcome = riskpipe_pipeline::backtest(&cfg, &path, out.path(), false).expect("backtest");
-    let r = &outcome.report;
+    let history = backtest::load(&cfg, &path).expect("history");
+    let outcome = backtest::run(
+        &cfg,
+        Arc::new(history),
+        std::time::Instant::now(),
+        out.path(),
+        &backtest::Options::default(),
+    )
+    .expect("backtest");
+    let backtest::Report::Fraud(r) = &outcome.report else {
+        panic!("a fraud report");
+    };
     eprintln!("{}", r.table());
     assert_eq!(outcome.replayed, ROWS);
     assert!(r.auc_roc.unwrap_or(0.0) >= 0.87, "AUC ROC {:?}", r.auc_roc);
@@ -142,10 +151,16 @@ fn shipped_model_meets_the_quality_bar_on_the_handbook_split() {
     );
     assert_eq!(r.card_precision_at_100_per_day.len(), 7);
     // One output row per transaction with the id, every feature, the score and the alert flag.
-    let scores = source::read_file(&out.path().join("scores.parquet")).expect("scores");
+    let scores = file::read_file(&out.path().join("scores.parquet")).expect("scores");
     assert_eq!(scores.num_rows(), ROWS);
     let mut expected = vec!["TRANSACTION_ID".to_string()];
-    expected.extend(cfg.features.feature_names().expect("names"));
+    expected.extend(
+        cfg.fraud()
+            .expect("fraud job")
+            .features
+            .feature_names()
+            .expect("names"),
+    );
     expected.extend(["SCORE".to_string(), "ALERT".to_string()]);
     let got: Vec<String> = scores
         .schema()

@@ -5,17 +5,17 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int64Type};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use riskpipe_pipeline::demo::{Feed, Feeder, feed, feed_producer};
 use riskpipe_pipeline::kafka::KafkaConfig;
-use riskpipe_pipeline::kafka::demo::{Feed, Feeder, feed, feed_producer};
-use riskpipe_pipeline::source::History;
-use riskpipe_pipeline::{PipelineConfig, score_history};
+use riskpipe_pipeline::sources::history::History;
+use riskpipe_pipeline::{PipelineConfig, backtest};
 use riskpipe_schemas::{Alert, Score};
 use support::{
     Broker, Pipeline, collect, drain, drain_to_end, kafka_section, reader, write_config,
@@ -33,8 +33,7 @@ fn handbook() -> &'static (PipelineConfig, History) {
     static H: OnceLock<(PipelineConfig, History)> = OnceLock::new();
     H.get_or_init(|| {
         let cfg = PipelineConfig::handbook().expect("shipped config");
-        let history =
-            riskpipe_pipeline::load_history(&cfg, &support::handbook_data()).expect("history");
+        let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
         (cfg, history)
     })
 }
@@ -73,6 +72,13 @@ fn scores_by_id(batches: impl IntoIterator<Item = RecordBatch>) -> HashMap<i64, 
         }
     }
     out
+}
+
+/// TRANSACTION_ID → SCORE of the backtest (the product's driver over the file history).
+fn backtest_scores(cfg: &PipelineConfig, history: History) -> HashMap<i64, f32> {
+    let replayed = backtest::replay(cfg, Arc::new(history), &indicatif::ProgressBar::hidden())
+        .expect("replay");
+    scores_by_id(replayed.scored())
 }
 
 fn scores_of(records: &[support::Got]) -> Vec<Score> {
@@ -125,12 +131,7 @@ fn live_scores_equal_backtest_scores_one_per_transaction() {
     );
 
     // The backtest engine over the same transactions and labels.
-    let slice = History {
-        transactions: history.transactions.slice(0, n),
-        labels: history.labels.clone(),
-    };
-    let scored = score_history(cfg, &slice, &indicatif::ProgressBar::hidden()).expect("replay");
-    let expected = scores_by_id(scored);
+    let expected = backtest_scores(cfg, history.head(n));
     assert_eq!(expected.len(), n);
     let mut seen = BTreeSet::new();
     let mut differ = 0;
@@ -151,7 +152,7 @@ fn live_scores_equal_backtest_scores_one_per_transaction() {
     assert_eq!(differ, 0, "{differ} live scores differ from the backtest's");
     let alerts_expected = expected
         .values()
-        .filter(|&&s| f64::from(s) >= cfg.alerts.threshold)
+        .filter(|&&s| f64::from(s) >= cfg.alerts.threshold.expect("fraud threshold"))
         .count();
     assert!(alerts_expected > 0, "slice should raise alerts");
 
@@ -473,11 +474,10 @@ fn replay_of_a_topic_range_writes_the_backtest_outputs_with_the_same_scores() {
     assert_eq!(got.len(), n - 10_000);
     // The same range replayed from the file history: a cold start at the range's first event.
     let slice = History {
-        transactions: history.transactions.slice(10_000, n - 10_000),
-        labels: history.labels.clone(),
+        events: history.events.slice(10_000, n - 10_000),
+        ..history.clone()
     };
-    let scored = score_history(cfg, &slice, &indicatif::ProgressBar::hidden()).expect("replay");
-    let expected = scores_by_id(scored);
+    let expected = backtest_scores(cfg, slice);
     for (id, score) in &expected {
         assert_eq!(got.get(id), Some(score), "id {id}");
     }

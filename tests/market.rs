@@ -14,25 +14,66 @@ use std::sync::Arc;
 use arrow::array::{AsArray, Float64Array, RecordBatch};
 use arrow::datatypes::{Float64Type, TimestampNanosecondType};
 use riskpipe_operators::{Operator, SeriesFeatures, SeriesOperator};
-use riskpipe_pipeline::market::{self, MarketConfig};
-use riskpipe_pipeline::var::var_stats;
+use riskpipe_pipeline::PipelineConfig;
+use riskpipe_pipeline::backtest::{self, Replayed};
+use riskpipe_pipeline::config::JobConfig;
+use riskpipe_pipeline::jobs::market::var::var_stats;
+use riskpipe_pipeline::jobs::market::{self, MarketConfig};
+use riskpipe_pipeline::sources::history::History;
+use riskpipe_schemas::{LimitBreach, RiskScore};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn shipped() -> MarketConfig {
-    MarketConfig::load(&root().join("config/market-nasdaq.toml")).expect("shipped market config")
+fn shipped() -> PipelineConfig {
+    PipelineConfig::load(&root().join("config/market-nasdaq.toml")).expect("shipped market config")
 }
 
-fn input(cfg: &MarketConfig) -> PathBuf {
-    let p = cfg.backtest.input.clone().expect("backtest.input");
+fn job(cfg: &PipelineConfig) -> &MarketConfig {
+    match &cfg.job {
+        JobConfig::Market(m) => m,
+        JobConfig::Fraud(_) => panic!("the market config holds a market job"),
+    }
+}
+
+fn input(cfg: &PipelineConfig) -> PathBuf {
+    let p = job(cfg).backtest.input.clone().expect("backtest.input");
     assert!(p.is_file(), "{} is needed beside the checkout", p.display());
     p
 }
 
-fn nasdaq(cfg: &MarketConfig) -> RecordBatch {
-    market::read_ticks(&input(cfg), cfg.backtest.csv.as_ref()).expect("NASDAQ ticks")
+fn nasdaq(cfg: &PipelineConfig) -> RecordBatch {
+    backtest::load(cfg, &input(cfg))
+        .expect("NASDAQ ticks")
+        .events
+}
+
+/// The ticks through the market job on the product's driver, as a backtest runs them.
+fn replay(cfg: &PipelineConfig, ticks: &RecordBatch) -> Replayed {
+    let history = History {
+        events: ticks.clone(),
+        event_time: "TIME".into(),
+        side: None,
+        side_time: String::new(),
+        source_rows: None,
+    };
+    backtest::replay(cfg, Arc::new(history), &indicatif::ProgressBar::hidden()).expect("replay")
+}
+
+/// Instrument and portfolio scores, and breaches, as the live pipeline publishes them.
+fn published(r: &Replayed) -> (Vec<RiskScore>, Vec<RiskScore>, Vec<LimitBreach>) {
+    let (scores, breaches) = r.records().expect("records");
+    let scores: Vec<RiskScore> = scores
+        .into_iter()
+        .map(|v| serde_json::from_value(v).expect("risk score"))
+        .collect();
+    let (portfolio, instrument) = scores.into_iter().partition(|s| s.portfolio.is_some());
+    let breaches = breaches
+        .into_iter()
+        .map(|v| serde_json::from_value(v).expect("breach"))
+        .collect();
+    (instrument, portfolio, breaches)
 }
 
 fn f64s(b: &RecordBatch, name: &str) -> Vec<Option<f64>> {
@@ -102,8 +143,19 @@ fn riskmetrics_baseline_on_nasdaq_matches_the_known_figures() {
 fn var_model_meets_the_acceptance_on_nasdaq_beside_riskmetrics() {
     let cfg = shipped();
     let out = tempfile::tempdir().expect("tempdir");
-    let outcome = market::backtest(&cfg, &input(&cfg), out.path(), None).expect("backtest");
-    let report = &outcome.report;
+    let history = backtest::load(&cfg, &input(&cfg)).expect("history");
+    let outcome = backtest::run(
+        &cfg,
+        Arc::new(history),
+        std::time::Instant::now(),
+        out.path(),
+        &backtest::Options::default(),
+    )
+    .expect("backtest");
+    let backtest::Report::Market(report) = &outcome.report else {
+        panic!("a market report");
+    };
+    assert_eq!(outcome.rejected.0, 0, "{:?}", outcome.rejected.1);
     eprintln!("{}", report.table());
     assert_eq!(report.instrument, "^IXIC");
     let (model, baseline) = (&report.rows[0].stats, &report.rows[1].stats);
@@ -155,24 +207,20 @@ fn var_model_meets_the_acceptance_on_nasdaq_beside_riskmetrics() {
 #[test]
 fn portfolio_scores_follow_the_instrument_var_and_breach_their_limit() {
     let cfg = shipped();
-    let (_, outputs) = market::replay(&cfg, &nasdaq(&cfg)).expect("replay");
-    let scored = concat(&outputs.iter().map(|o| o.scored.clone()).collect::<Vec<_>>());
-    let scores: Vec<_> = outputs
-        .iter()
-        .flat_map(|o| o.portfolio_scores.clone())
-        .collect();
-    let breaches: Vec<_> = outputs.iter().flat_map(|o| o.breaches.clone()).collect();
+    let replayed = replay(&cfg, &nasdaq(&cfg));
+    let scored = concat(&replayed.scored());
+    let (_, scores, breaches) = published(&replayed);
     let (var, price) = (f64s(&scored, market::VAR), f64s(&scored, "PRICE"));
     let with_var: Vec<usize> = (0..var.len()).filter(|&i| var[i].is_some()).collect();
     // One score per day once the instrument has a VaR; one instrument: its own VaR × value.
     assert_eq!(scores.len(), with_var.len());
-    let quantity = cfg.portfolios[0].positions["^IXIC"];
+    let quantity = job(&cfg).portfolios[0].positions["^IXIC"];
     for (s, &i) in scores.iter().zip(&with_var) {
         let want = quantity * price[i].expect("price") * var[i].expect("var");
         assert!((s.var - want).abs() <= 1e-9 * want, "{} vs {want}", s.var);
         assert_eq!(s.portfolio.as_deref(), Some("nasdaq-book"));
     }
-    let limit = cfg.portfolios[0].limit;
+    let limit = job(&cfg).portfolios[0].limit;
     let over: Vec<_> = scores.iter().filter(|s| s.var > limit).collect();
     assert_eq!(breaches.len(), over.len());
     assert!(
@@ -200,10 +248,8 @@ fn noise(seed: &mut u64) -> f64 {
 fn changing_future_prices_never_changes_an_earlier_forecast() {
     let mut cfg = shipped();
     let ticks = nasdaq(&cfg);
-    let (_, base) = market::replay(&cfg, &ticks).expect("replay");
-    let base = concat(&base.iter().map(|o| o.scored.clone()).collect::<Vec<_>>());
-    let columns: Vec<String> = cfg
-        .market
+    let base = concat(&replay(&cfg, &ticks).scored());
+    let columns: Vec<String> = job(&cfg)
         .features
         .names()
         .into_iter()
@@ -227,9 +273,10 @@ fn changing_future_prices_never_changes_an_earlier_forecast() {
         cols[2] = Arc::new(changed);
         let altered = RecordBatch::try_new(ticks.schema(), cols).expect("batch");
         // Another micro-batch size too: batching must not matter either.
-        cfg.backtest.batch_rows = 97;
-        let (_, out) = market::replay(&cfg, &altered).expect("replay");
-        let out = concat(&out.iter().map(|o| o.scored.clone()).collect::<Vec<_>>());
+        if let JobConfig::Market(m) = &mut cfg.job {
+            m.backtest.batch_rows = 97;
+        }
+        let out = concat(&replay(&cfg, &altered).scored());
         for c in &columns {
             let (a, b) = (f64s(&base, c), f64s(&out, c));
             for t in 0..=k {
@@ -294,21 +341,22 @@ fn cli_backtests_and_validates_a_market_config() {
     std::fs::write(
         &bad,
         r#"
-[market]
+[job]
+kind = "market"
 confidence = 1.5
-[market.features]
+[job.features]
 ewma_variance = { name = "V", lambda = 2.0 }
-[[market.features.rolling_quantile]]
+[[job.features.rolling_quantile]]
 name = "Q"
 n = 10
 q = 7.0
 of = "standardized_loss"
-[model]
-path = "missing.onnx"
-[[portfolios]]
+[[job.portfolios]]
 name = "p"
 limit = -1.0
 positions = {}
+[model]
+path = "missing.onnx"
 "#,
     )
     .expect("write");
@@ -318,7 +366,7 @@ positions = {}
     for needle in [
         "λ must be within (0, 1)",
         "q must be within 0..=1",
-        "market.confidence",
+        "job.confidence",
         "missing.onnx",
         "limit must be positive",
         "has no positions",
@@ -354,7 +402,7 @@ positions = {}
 #[test]
 fn live_market_pipeline_scores_like_the_backtest_and_dead_letters_bad_ticks() {
     use rdkafka::producer::{BaseRecord, Producer};
-    use riskpipe_schemas::{LimitBreach, MarketTick, RiskScore};
+    use riskpipe_schemas::MarketTick;
     use std::time::Duration;
 
     let cfg = shipped();
@@ -362,14 +410,7 @@ fn live_market_pipeline_scores_like_the_backtest_and_dead_letters_bad_ticks() {
     // 1,500 days (1999-2004): the warm-up, then forecasts through the dot-com crash, when the
     // example book breaches its limit.
     let ticks = all.slice(0, 1_500);
-    let (_, expected) = market::replay(&cfg, &ticks).expect("backtest replay");
-    let mut want_instrument: Vec<RiskScore> = Vec::new();
-    let (mut want_portfolio, mut want_breaches) = (Vec::new(), Vec::new());
-    for o in &expected {
-        want_instrument.extend(o.instrument_scores().expect("scores"));
-        want_portfolio.extend(o.portfolio_scores.clone());
-        want_breaches.extend(o.breaches.clone());
-    }
+    let (want_instrument, want_portfolio, want_breaches) = published(&replay(&cfg, &ticks));
     assert!(want_instrument.len() > 1_000 && !want_breaches.is_empty());
 
     let broker = support::Broker::start(&[
@@ -407,7 +448,7 @@ fn live_market_pipeline_scores_like_the_backtest_and_dead_letters_bad_ticks() {
         })
         .expect("json")
     };
-    let producer = riskpipe_pipeline::kafka::demo::feed_producer(
+    let producer = riskpipe_pipeline::demo::feed_producer(
         &riskpipe_pipeline::kafka::KafkaConfig::for_bootstrap(&broker.bootstrap),
     )
     .expect("producer");

@@ -200,6 +200,7 @@ fn try_provider(
 #[derive(Debug)]
 pub struct Scorer {
     session: Session,
+    path: PathBuf,
     name: String,
     input: String,
     output: String,
@@ -296,6 +297,7 @@ impl Scorer {
         }
         Ok(Self {
             session,
+            path: cfg.path.clone(),
             name,
             input,
             output: cfg.output.clone(),
@@ -370,7 +372,7 @@ impl Scorer {
             [r, 1] if *r == rows => Ok(scores.iter().copied().collect()),
             [r, 2] if *r == rows => Ok(scores.rows().into_iter().map(|row| row[1]).collect()),
             _ => Err(ModelError::Model {
-                path: self.name.clone(),
+                path: self.path.display().to_string(),
                 reason: format!(
                     "output {:?} has shape {shape:?}, expected [{rows}], [{rows}, 1] or [{rows}, 2]",
                     self.output

@@ -1,8 +1,12 @@
-//! Typed access to input columns, with errors that name the column and the problem.
+//! Typed access to input columns, with errors that name the column and the problem: the only
+//! way riskpipe reads a column of data that came from outside (no unchecked downcasts).
 
 use std::collections::HashMap;
 
-use arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{
+    Array, ArrowPrimitiveType, AsArray, BooleanArray, Float64Array, Int64Array, PrimitiveArray,
+    RecordBatch, StringArray,
+};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampNanosecondType};
 
@@ -20,14 +24,53 @@ fn non_null(array: &dyn Array, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn get<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::ArrayRef> {
+/// The column `name`, or a bad-input error naming it.
+pub fn get<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::ArrayRef> {
     batch
         .column_by_name(name)
         .ok_or_else(|| bad(format!("missing column {name:?}")))
 }
 
+/// The column `name` as a `T` array, without copying; a bad-input error naming the column and
+/// its type when it is missing or of another type.
+pub fn primitive<'a, T: ArrowPrimitiveType>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a PrimitiveArray<T>> {
+    let col = get(batch, name)?;
+    col.as_primitive_opt::<T>().ok_or_else(|| {
+        bad(format!(
+            "column {name:?} is {}, expected {}",
+            col.data_type(),
+            T::DATA_TYPE
+        ))
+    })
+}
+
+/// The column `name` as a `Utf8` array, without copying.
+pub fn string<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
+    let col = get(batch, name)?;
+    col.as_string_opt::<i32>().ok_or_else(|| {
+        bad(format!(
+            "column {name:?} is {}, expected Utf8",
+            col.data_type()
+        ))
+    })
+}
+
+/// The column `name` as a boolean array, without copying.
+pub fn boolean<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a BooleanArray> {
+    let col = get(batch, name)?;
+    col.as_boolean_opt().ok_or_else(|| {
+        bad(format!(
+            "column {name:?} is {}, expected Boolean",
+            col.data_type()
+        ))
+    })
+}
+
 /// Event times as nanoseconds since the epoch (UTC). Accepts any timestamp unit.
-pub(crate) fn event_times(batch: &RecordBatch, name: &str) -> Result<Vec<i64>> {
+pub fn event_times(batch: &RecordBatch, name: &str) -> Result<Vec<i64>> {
     let col = get(batch, name)?;
     non_null(col.as_ref(), name)?;
     match col.data_type() {
@@ -50,7 +93,7 @@ pub(crate) fn event_times(batch: &RecordBatch, name: &str) -> Result<Vec<i64>> {
 }
 
 /// A numeric column as f64 values.
-pub(crate) fn f64_values(batch: &RecordBatch, name: &str) -> Result<Float64Array> {
+pub fn f64_values(batch: &RecordBatch, name: &str) -> Result<Float64Array> {
     let col = get(batch, name)?;
     non_null(col.as_ref(), name)?;
     if !col.data_type().is_numeric() {
@@ -64,7 +107,7 @@ pub(crate) fn f64_values(batch: &RecordBatch, name: &str) -> Result<Float64Array
 }
 
 /// An integer column as i64 values.
-pub(crate) fn i64_values(batch: &RecordBatch, name: &str) -> Result<Int64Array> {
+pub fn i64_values(batch: &RecordBatch, name: &str) -> Result<Int64Array> {
     let col = get(batch, name)?;
     non_null(col.as_ref(), name)?;
     if !col.data_type().is_integer() {

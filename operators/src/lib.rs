@@ -16,7 +16,7 @@
 #[cfg(feature = "sql")]
 pub mod batch;
 mod calendar;
-mod columns;
+pub mod columns;
 mod config;
 mod label_risk;
 mod market;

@@ -4,11 +4,13 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use riskpipe_models::Scorer;
 
-use crate::{PipelineConfig, Result, load_history, progress_bar, score_history};
+use crate::backtest::{self, progress_bar};
+use crate::{PipelineConfig, Result};
 
 /// Median timings of both measurements.
 #[derive(Debug, Clone)]
@@ -36,13 +38,14 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 /// Measures `runs` full replays of `input` and `runs` passes of scoring the same rows alone.
 pub fn replay_vs_scoring(cfg: &PipelineConfig, input: &Path, runs: usize) -> Result<ReplayBench> {
+    let fraud = cfg.fraud()?;
     let runs = runs.max(1);
     let mut replay_times = Vec::new();
     let mut scored = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
-        let history = load_history(cfg, input)?;
-        scored = score_history(cfg, &history, &progress_bar(0, false))?;
+        let history = Arc::new(backtest::load(cfg, input)?);
+        scored = backtest::replay(cfg, history, &progress_bar(0, false))?.scored();
         replay_times.push(started.elapsed());
     }
     let mut scorer = Scorer::load(&cfg.model)?;
@@ -74,7 +77,7 @@ pub fn replay_vs_scoring(cfg: &PipelineConfig, input: &Path, runs: usize) -> Res
             scorer.features().len(),
             cfg.model.threads
         ),
-        batch_rows: cfg.replay.batch_rows,
+        batch_rows: fraud.replay.batch_rows,
     })
 }
 

@@ -1,12 +1,14 @@
-//! The pipeline configuration file (TOML): features, model, alerts, replay and backtest split.
+//! The pipeline configuration file (TOML): one root for every job. The shared sections
+//! (`[model]`, `[alerts]`, `[kafka]`, `[observability]`) appear once; `[job]` says which job runs
+//! (`kind = "fraud"` or `kind = "market"`) with that job's own settings.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use riskpipe_models::ModelConfig;
-use riskpipe_operators::FeatureConfig;
 use serde::Deserialize;
 
+use crate::jobs::fraud::FraudConfig;
+use crate::jobs::market::MarketConfig;
 use crate::kafka::KafkaConfig;
 use crate::{PipelineError, Result};
 
@@ -18,28 +20,33 @@ pub fn handbook_config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../config")
 }
 
-/// One pipeline: what to compute, how to score, when to alert.
+/// One pipeline: which job, its model, alerting, Kafka and observability.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Feature definitions, shared by live scoring, replay and the batch export.
-    pub features: FeatureConfig,
+    /// The job and its settings (features, replay, backtest split, portfolios, ...).
+    pub job: JobConfig,
     /// The scoring model.
     pub model: ModelConfig,
     /// Alerting.
+    #[serde(default)]
     pub alerts: AlertConfig,
-    /// Replay settings.
-    #[serde(default)]
-    pub replay: ReplayConfig,
-    /// The backtest's train/delay/test split; without it the whole history is evaluated.
-    #[serde(default)]
-    pub backtest: Option<SplitConfig>,
     /// Kafka source and sinks of the live pipeline (`riskpipe run`, `riskpipe replay`).
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
     /// Metrics and health endpoints.
     #[serde(default)]
     pub observability: ObservabilityConfig,
+}
+
+/// The job a pipeline runs, by `kind`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum JobConfig {
+    /// Card-fraud scoring: transactions and delayed fraud labels in, scores and alerts out.
+    Fraud(FraudConfig),
+    /// Market risk: price ticks in, instrument and portfolio VaR and limit breaches out.
+    Market(MarketConfig),
 }
 
 /// Where the Prometheus and health endpoints listen.
@@ -51,73 +58,35 @@ pub struct ObservabilityConfig {
     pub listen: Option<String>,
 }
 
+fn default_reasons() -> usize {
+    3
+}
+
 /// When a score becomes an alert.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertConfig {
-    /// Scores at or above this raise an alert (0–1).
-    pub threshold: f64,
+    /// Fraud jobs: scores at or above this raise an alert (0–1). Market jobs alert on portfolio
+    /// limits instead (`[[job.portfolios]]`).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Fraud jobs: top contributing features reported with each alert.
+    #[serde(default = "default_reasons")]
+    pub reasons: usize,
 }
 
-fn default_batch_rows() -> usize {
-    8192
-}
-fn default_label_delay() -> Duration {
-    Duration::from_secs(7 * 86_400)
-}
-fn default_label() -> String {
-    riskpipe_schemas::label::TX_FRAUD.into()
-}
-
-/// How a history file is replayed.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplayConfig {
-    /// Rows per micro-batch.
-    #[serde(default = "default_batch_rows")]
-    pub batch_rows: usize,
-    /// A fraud's label event is emitted this long after its transaction.
-    #[serde(default = "default_label_delay", with = "humantime_serde")]
-    pub label_delay: Duration,
-    /// Label column of the history (1 = fraud).
-    #[serde(default = "default_label")]
-    pub label: String,
-}
-
-impl Default for ReplayConfig {
+impl Default for AlertConfig {
     fn default() -> Self {
         Self {
-            batch_rows: default_batch_rows(),
-            label_delay: default_label_delay(),
-            label: default_label(),
+            threshold: None,
+            reasons: default_reasons(),
         }
     }
 }
 
-/// The handbook's evaluation split.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SplitConfig {
-    /// First training day (UTC date, `YYYY-MM-DD`).
-    pub train_start: String,
-    /// Training days.
-    pub train_days: u32,
-    /// Days between training and test during which labels are not yet known.
-    pub delay_days: u32,
-    /// Test days.
-    pub test_days: u32,
-}
-
 /// Parses a TOML config; every config error is a [`PipelineError::Config`].
-pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
     toml::from_str(text).map_err(|e| PipelineError::Config(vec![e.to_string()]))
-}
-
-/// A config file's text and the directory its relative paths are resolved against.
-pub(crate) fn read_config(path: &Path) -> Result<(String, &Path)> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| PipelineError::Config(vec![format!("reading {}: {e}", path.display())]))?;
-    Ok((text, path.parent().unwrap_or(Path::new("."))))
 }
 
 /// `path` resolved against `base_dir` when relative.
@@ -132,13 +101,19 @@ impl PipelineConfig {
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self> {
         let mut cfg: PipelineConfig = parse_toml(text)?;
         resolve(&mut cfg.model.path, base_dir);
+        if let JobConfig::Market(m) = &mut cfg.job
+            && let Some(input) = &mut m.backtest.input
+        {
+            resolve(input, base_dir);
+        }
         Ok(cfg)
     }
 
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Self> {
-        let (text, dir) = read_config(path)?;
-        Self::from_toml(&text, dir)
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PipelineError::Config(vec![format!("reading {}: {e}", path.display())]))?;
+        Self::from_toml(&text, path.parent().unwrap_or(Path::new(".")))
     }
 
     /// The embedded default: the handbook fraud pipeline with the shipped model.
@@ -146,20 +121,42 @@ impl PipelineConfig {
         Self::from_toml(HANDBOOK_CONFIG, &handbook_config_dir())
     }
 
+    /// The fraud job's settings, or a config error for a market job.
+    pub fn fraud(&self) -> Result<&FraudConfig> {
+        match &self.job {
+            JobConfig::Fraud(f) => Ok(f),
+            JobConfig::Market(_) => Err(PipelineError::Config(vec![
+                "this needs a fraud job (job.kind = \"fraud\")".into(),
+            ])),
+        }
+    }
+
+    /// The input topics of the live pipeline: events, and the side input if the job has one.
+    pub fn streams(&self) -> Streams {
+        match &self.job {
+            JobConfig::Fraud(_) => crate::jobs::fraud::STREAMS,
+            JobConfig::Market(_) => crate::jobs::market::STREAMS,
+        }
+    }
+
     /// Every problem of the config, without touching the model or any data.
     pub fn problems(&self) -> Vec<String> {
-        let mut p = self.features.validate(
-            &riskpipe_schemas::transaction_schema(),
-            Some(&riskpipe_schemas::fraud_label_schema()),
-        );
-        if !(0.0..=1.0).contains(&self.alerts.threshold) {
-            p.push(format!(
-                "alerts.threshold must be within 0..=1, not {}",
-                self.alerts.threshold
-            ));
-        }
-        if self.replay.batch_rows == 0 {
-            p.push("replay.batch_rows must be at least 1".into());
+        let mut p = match &self.job {
+            JobConfig::Fraud(f) => f.problems(),
+            JobConfig::Market(m) => m.problems(),
+        };
+        match (&self.job, self.alerts.threshold) {
+            (JobConfig::Fraud(_), None) => {
+                p.push("alerts.threshold is required for a fraud job (0..=1)".into());
+            }
+            (JobConfig::Fraud(_), Some(t)) if !(0.0..=1.0).contains(&t) => {
+                p.push(format!("alerts.threshold must be within 0..=1, not {t}"));
+            }
+            (JobConfig::Market(_), Some(_)) => p.push(
+                "alerts.threshold is for fraud jobs; a market job alerts on its portfolios' limits"
+                    .into(),
+            ),
+            _ => {}
         }
         if self.model.threads == 0 {
             p.push("model.threads must be at least 1".into());
@@ -174,7 +171,7 @@ impl PipelineConfig {
             ));
         }
         if let Some(k) = &self.kafka {
-            p.extend(k.problems());
+            p.extend(k.problems(self.streams()));
         }
         if let Some(listen) = &self.observability.listen
             && listen.parse::<std::net::SocketAddr>().is_err()
@@ -182,17 +179,6 @@ impl PipelineConfig {
             p.push(format!(
                 "observability.listen {listen:?} is not a host:port socket address"
             ));
-        }
-        if let Some(s) = &self.backtest {
-            if chrono::NaiveDate::parse_from_str(&s.train_start, "%Y-%m-%d").is_err() {
-                p.push(format!(
-                    "backtest.train_start {:?} is not a YYYY-MM-DD date",
-                    s.train_start
-                ));
-            }
-            if s.train_days == 0 || s.test_days == 0 {
-                p.push("backtest.train_days and backtest.test_days must be at least 1".into());
-            }
         }
         p
     }
@@ -205,5 +191,43 @@ impl PipelineConfig {
         } else {
             Err(PipelineError::Config(p))
         }
+    }
+
+    /// The model's name as stamped on scores: its file name.
+    pub fn model_name(&self) -> String {
+        self.model
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Default names of a job's input topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Streams {
+    /// The events topic's default name.
+    pub events: &'static str,
+    /// The side-input topic's default name, if the job has a side input.
+    pub side: Option<&'static str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_kind_selects_the_job_and_unknown_fields_are_refused() {
+        let fraud = PipelineConfig::handbook().expect("shipped config");
+        assert!(matches!(fraud.job, JobConfig::Fraud(_)));
+        let bad = HANDBOOK_CONFIG.replace("kind = \"fraud\"", "kind = \"fraud\"\nsurprise = 1");
+        let e = PipelineConfig::from_toml(&bad, &handbook_config_dir()).expect_err("unknown");
+        assert!(e.to_string().contains("surprise"), "{e}");
+        let e = PipelineConfig::from_toml(
+            "[job]\nkind = \"weather\"\n[model]\npath = \"m.onnx\"\n",
+            Path::new("."),
+        )
+        .expect_err("unknown kind");
+        assert!(e.to_string().contains("weather"), "{e}");
     }
 }

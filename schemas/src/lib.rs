@@ -17,19 +17,14 @@ use serde::{Deserialize, Serialize};
 /// Whose fault an error is; decides what the pipeline does with the input that caused it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// The input is malformed: dead-letter it with the reason and keep going; never retry.
+    /// The input is malformed: dead-letter it with the reason and keep going.
     BadInput,
-    /// An outside system (broker, file system, runtime library) failed: retrying may help.
+    /// An outside system (broker, file system, runtime library) failed after its client's own
+    /// retries (librdkafka retries produce and fetch until `delivery.timeout.ms`): stop without
+    /// committing the input, so a restart resumes from the last committed offsets.
     External,
     /// riskpipe itself is wrong (or misconfigured): stop rather than emit wrong scores.
     Bug,
-}
-
-impl Fault {
-    /// Whether retrying the same input can succeed.
-    pub fn retryable(self) -> bool {
-        matches!(self, Fault::External)
-    }
 }
 
 /// Transaction columns.
@@ -54,12 +49,24 @@ pub mod label {
     pub const TX_FRAUD: &str = "TX_FRAUD";
 }
 
-/// Score columns appended by the pipeline.
+/// Score columns appended by the pipeline, and the other columns of the output events.
 pub mod score {
     /// Model score in [0, 1].
     pub const SCORE: &str = "SCORE";
     /// Whether the score reached the alert threshold.
     pub const ALERT: &str = "ALERT";
+    /// Which model produced a score.
+    pub const MODEL: &str = "MODEL";
+    /// The threshold an alert's score reached.
+    pub const THRESHOLD: &str = "THRESHOLD";
+    /// An alert's top contributing features.
+    pub const REASONS: &str = "REASONS";
+    /// A reason's feature name.
+    pub const REASON_FEATURE: &str = "feature";
+    /// A reason's feature value.
+    pub const REASON_VALUE: &str = "value";
+    /// A reason's contribution to the score.
+    pub const REASON_CONTRIBUTION: &str = "contribution";
 }
 
 fn utc_ns() -> DataType {
@@ -92,6 +99,43 @@ pub fn fraud_label_schema() -> SchemaRef {
         Field::new(tx::TX_DATETIME, utc_ns(), false),
         Field::new(label::LABEL_TIME, utc_ns(), false),
         Field::new(label::TX_FRAUD, DataType::Int64, false),
+    ]))
+}
+
+/// The score event (one per transaction) as Arrow columns, in [`Score`]'s field order.
+pub fn score_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(tx::TRANSACTION_ID, DataType::Int64, false),
+        Field::new(tx::CUSTOMER_ID, DataType::Int64, false),
+        Field::new(tx::TX_DATETIME, utc_ns(), false),
+        Field::new(score::SCORE, DataType::Float64, false),
+        Field::new(score::ALERT, DataType::Boolean, false),
+        Field::new(score::MODEL, DataType::Utf8, false),
+    ]))
+}
+
+/// One alert reason as an Arrow struct (see [`Reason`]).
+pub fn reason_fields() -> arrow::datatypes::Fields {
+    arrow::datatypes::Fields::from(vec![
+        Field::new(score::REASON_FEATURE, DataType::Utf8, false),
+        Field::new(score::REASON_VALUE, DataType::Float64, false),
+        Field::new(score::REASON_CONTRIBUTION, DataType::Float64, false),
+    ])
+}
+
+/// The alert event as Arrow columns, in [`Alert`]'s field order.
+pub fn alert_schema() -> SchemaRef {
+    let reason = Field::new_struct("item", reason_fields(), false);
+    Arc::new(Schema::new(vec![
+        Field::new(tx::TRANSACTION_ID, DataType::Int64, false),
+        Field::new(tx::CUSTOMER_ID, DataType::Int64, false),
+        Field::new(tx::TERMINAL_ID, DataType::Int64, false),
+        Field::new(tx::TX_DATETIME, utc_ns(), false),
+        Field::new(tx::TX_AMOUNT, DataType::Float64, false),
+        Field::new(score::SCORE, DataType::Float64, false),
+        Field::new(score::THRESHOLD, DataType::Float64, false),
+        Field::new(score::MODEL, DataType::Utf8, false),
+        Field::new_list(score::REASONS, reason, false),
     ]))
 }
 
@@ -224,6 +268,40 @@ pub mod market {
     pub const PORTFOLIO: &str = "PORTFOLIO";
     /// Position quantity (units of the instrument; negative = short).
     pub const QUANTITY: &str = "QUANTITY";
+    /// Predicted VaR.
+    pub const VAR: &str = "VAR";
+    /// Confidence level of a VaR.
+    pub const CONFIDENCE: &str = "CONFIDENCE";
+    /// Volatility estimate (daily return standard deviation).
+    pub const VOLATILITY: &str = "VOLATILITY";
+    /// A portfolio's VaR limit.
+    pub const LIMIT: &str = "LIMIT";
+}
+
+/// The market-risk score event as Arrow columns, in [`RiskScore`]'s field order (exactly one of
+/// instrument and portfolio is set).
+pub fn risk_score_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(market::INSTRUMENT, DataType::Utf8, true),
+        Field::new(market::PORTFOLIO, DataType::Utf8, true),
+        Field::new(market::TIME, utc_ns(), false),
+        Field::new(market::VAR, DataType::Float64, false),
+        Field::new(market::CONFIDENCE, DataType::Float64, false),
+        Field::new(market::VOLATILITY, DataType::Float64, false),
+        Field::new(score::MODEL, DataType::Utf8, false),
+    ]))
+}
+
+/// The limit-breach event as Arrow columns, in [`LimitBreach`]'s field order.
+pub fn limit_breach_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(market::PORTFOLIO, DataType::Utf8, false),
+        Field::new(market::TIME, utc_ns(), false),
+        Field::new(market::VAR, DataType::Float64, false),
+        Field::new(market::LIMIT, DataType::Float64, false),
+        Field::new(market::CONFIDENCE, DataType::Float64, false),
+        Field::new(score::MODEL, DataType::Utf8, false),
+    ]))
 }
 
 /// A market tick or bar as Arrow columns.
@@ -343,19 +421,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fault_decides_retry() {
-        assert!(Fault::External.retryable());
-        assert!(!Fault::BadInput.retryable());
-        assert!(!Fault::Bug.retryable());
-    }
-
-    #[test]
     fn schemas_have_unique_columns() {
         for schema in [
             transaction_schema(),
             fraud_label_schema(),
             market_tick_schema(),
             position_schema(),
+            score_schema(),
+            alert_schema(),
+            risk_score_schema(),
+            limit_breach_schema(),
         ] {
             let mut names: Vec<_> = schema.fields().iter().map(|f| f.name().clone()).collect();
             let n = names.len();

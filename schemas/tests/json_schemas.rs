@@ -136,3 +136,49 @@ fn market_payloads_match_their_json_schemas() {
         },
     );
 }
+
+/// Every event's Arrow schema (what decoders produce and encoders read) has exactly the JSON
+/// Schema's properties, in the same order as the serde type, required exactly when not nullable.
+#[test]
+fn arrow_schemas_match_their_json_schemas() {
+    use riskpipe_schemas::{
+        alert_schema, fraud_label_schema, limit_breach_schema, market_tick_schema, position_schema,
+        risk_score_schema, score_schema, transaction_schema,
+    };
+    for (file, schema) in [
+        ("transaction.schema.json", transaction_schema()),
+        ("fraud_label.schema.json", fraud_label_schema()),
+        ("score.schema.json", score_schema()),
+        ("alert.schema.json", alert_schema()),
+        ("market_tick.schema.json", market_tick_schema()),
+        ("position.schema.json", position_schema()),
+        ("risk_score.schema.json", risk_score_schema()),
+        ("limit_breach.schema.json", limit_breach_schema()),
+    ] {
+        let path = format!("{}/json/{file}", env!("CARGO_MANIFEST_DIR"));
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("parse");
+        let properties: Vec<&String> = json["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .collect();
+        let mut columns: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+        let mut sorted = properties.clone();
+        sorted.sort();
+        columns.sort();
+        assert_eq!(columns, sorted, "{file}: columns vs properties");
+        let required: Vec<&str> = json["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        for f in schema.fields() {
+            assert_eq!(
+                required.contains(&f.name().as_str()),
+                !f.is_nullable(),
+                "{file}: {} required vs nullable",
+                f.name()
+            );
+        }
+    }
+}

@@ -4,74 +4,14 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::Offset;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 
-/// The `riskpipe-test-broker` process (librdkafka mock cluster on a free loopback port).
-pub struct Broker {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    /// `bootstrap.servers` of the broker.
-    pub bootstrap: String,
-}
-
-impl Broker {
-    /// Starts the broker with `topics` (name, partitions) created.
-    pub fn start(topics: &[(&str, i32)]) -> Broker {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_riskpipe-test-broker"));
-        for (t, p) in topics {
-            cmd.arg("--topic").arg(format!("{t}:{p}"));
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the test broker binary is built by cargo for this test; it must start");
-        let stdin = child.stdin.take().expect("piped stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("broker prints its address");
-        let bootstrap = line
-            .trim()
-            .strip_prefix("BOOTSTRAP=")
-            .unwrap_or_else(|| panic!("unexpected broker greeting {line:?}"))
-            .to_string();
-        assert!(
-            bootstrap.starts_with("127.0.0.1:") || bootstrap.contains(':'),
-            "{bootstrap}"
-        );
-        Broker {
-            child,
-            stdin,
-            stdout,
-            bootstrap,
-        }
-    }
-
-    /// Sends a fault-injection command; panics unless the broker answers `ok`.
-    pub fn command(&mut self, cmd: &str) {
-        writeln!(self.stdin, "{cmd}").expect("broker stdin");
-        self.stdin.flush().expect("broker stdin");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("broker reply");
-        assert_eq!(line.trim(), "ok", "broker command {cmd:?}");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use riskpipe_testkit::Broker;
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -99,7 +39,7 @@ pub fn write_config(dir: &Path, kafka: &str) -> PathBuf {
     for line in base.lines() {
         if line.starts_with('[') {
             let t = line.trim();
-            skipping = t == "[backtest]" || t == "[observability]" || t.starts_with("[kafka");
+            skipping = t == "[job.backtest]" || t == "[observability]" || t.starts_with("[kafka");
         }
         if skipping {
             continue;
@@ -285,7 +225,7 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 pub fn reader(bootstrap: &str, topic: &str) -> BaseConsumer {
     let mut kafka = riskpipe_pipeline::kafka::KafkaConfig::for_bootstrap(bootstrap);
     kafka.group_id = "test".into();
-    riskpipe_pipeline::kafka::demo::reader(&kafka, &[topic]).expect("reader")
+    riskpipe_pipeline::demo::reader(&kafka, &[topic]).expect("reader")
 }
 
 /// One consumed record.

@@ -5,14 +5,13 @@
 //! label time (before the transactions of that instant), at a chosen rate, recording when each
 //! transaction was sent. A [`Watcher`] reads the scores and alerts topics and measures the
 //! latency from a transaction's send to its score's arrival. [`run_demo`] starts librdkafka's
-//! in-process mock cluster, wires the three together around [`super::live::run`] and prints a
+//! in-process mock cluster, wires the three together around [`crate::live::run`] and prints a
 //! summary.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type, TimestampNanosecondType};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -22,12 +21,14 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
+use riskpipe_operators::columns;
 use riskpipe_schemas::{FraudLabel, Score, Transaction, label, tx};
 
-use super::KafkaConfig;
-use super::encode::rfc3339;
-use super::live::{Health, LiveCounters, LiveSummary};
-use crate::source::History;
+use crate::driver::{Counters, Summary};
+use crate::encoders::rfc3339;
+use crate::kafka::KafkaConfig;
+use crate::observe::Health;
+use crate::sources::history::History;
 use crate::{PipelineConfig, PipelineError, Result};
 
 /// The transactions and label events to publish, as JSON payloads in publishing order.
@@ -60,30 +61,27 @@ impl Feed {
     }
 }
 
-fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::ArrayRef> {
-    b.column_by_name(name)
-        .ok_or_else(|| PipelineError::BadInput(format!("history lacks column {name:?}")))
-}
-
 /// The first `count` transactions after skipping `skip`, interleaved with the label events
 /// whose label time is reached (labels first at equal times, as in replay).
 pub fn feed(history: &History, cfg: &PipelineConfig, skip: usize, count: usize) -> Result<Feed> {
-    let t = &history.transactions;
+    let fraud = cfg.fraud()?;
+    let t = &history.events;
     let end = (skip + count).min(t.num_rows());
     let start = skip.min(end);
-    let id = column(t, tx::TRANSACTION_ID)?.as_primitive::<Int64Type>();
-    let customer = column(t, tx::CUSTOMER_ID)?.as_primitive::<Int64Type>();
-    let terminal = column(t, tx::TERMINAL_ID)?.as_primitive::<Int64Type>();
-    let amount = column(t, tx::TX_AMOUNT)?.as_primitive::<Float64Type>();
-    let time = column(t, &cfg.features.event_time)?.as_primitive::<TimestampNanosecondType>();
-    let truth = crate::source::int_column(t, &cfg.replay.label)?;
-    let l = &history.labels;
-    let l_id = column(l, tx::TRANSACTION_ID)?.as_primitive::<Int64Type>();
-    let l_customer = column(l, tx::CUSTOMER_ID)?.as_primitive::<Int64Type>();
-    let l_terminal = column(l, tx::TERMINAL_ID)?.as_primitive::<Int64Type>();
-    let l_time = column(l, &cfg.features.event_time)?.as_primitive::<TimestampNanosecondType>();
-    let l_label_time = column(l, label::LABEL_TIME)?.as_primitive::<TimestampNanosecondType>();
-    let l_flag = crate::source::int_column(l, label::TX_FRAUD)?;
+    let id = columns::primitive::<Int64Type>(t, tx::TRANSACTION_ID)?;
+    let customer = columns::primitive::<Int64Type>(t, tx::CUSTOMER_ID)?;
+    let terminal = columns::primitive::<Int64Type>(t, tx::TERMINAL_ID)?;
+    let amount = columns::primitive::<Float64Type>(t, tx::TX_AMOUNT)?;
+    let time = columns::primitive::<TimestampNanosecondType>(t, &history.event_time)?;
+    let truth = columns::i64_values(t, &fraud.replay.label)?;
+    let empty = arrow::array::RecordBatch::new_empty(riskpipe_schemas::fraud_label_schema());
+    let l = history.side.as_ref().unwrap_or(&empty);
+    let l_id = columns::primitive::<Int64Type>(l, tx::TRANSACTION_ID)?;
+    let l_customer = columns::primitive::<Int64Type>(l, tx::CUSTOMER_ID)?;
+    let l_terminal = columns::primitive::<Int64Type>(l, tx::TERMINAL_ID)?;
+    let l_time = columns::primitive::<TimestampNanosecondType>(l, &history.event_time)?;
+    let l_label_time = columns::primitive::<TimestampNanosecondType>(l, label::LABEL_TIME)?;
+    let l_flag = columns::i64_values(l, label::TX_FRAUD)?;
     let first_time = if start < end { time.value(start) } else { 0 };
     let json = |e: serde_json::Error| PipelineError::Bug(format!("encoding JSON: {e}"));
     let mut out = Feed::default();
@@ -104,7 +102,7 @@ pub fn feed(history: &History, cfg: &PipelineConfig, skip: usize, count: usize) 
                 terminal_id: l_terminal.value(j),
                 tx_datetime: rfc3339(l_time.value(j)),
                 label_time: rfc3339(l_label_time.value(j)),
-                tx_fraud: l_flag[j],
+                tx_fraud: l_flag.value(j),
             })
             .map_err(json)?;
             out.messages
@@ -125,7 +123,7 @@ pub fn feed(history: &History, cfg: &PipelineConfig, skip: usize, count: usize) 
             out.transactions,
         ));
         out.ids.push(id.value(i));
-        out.frauds.push(truth[i] != 0);
+        out.frauds.push(truth.value(i) != 0);
         out.transactions += 1;
     }
     Ok(out)
@@ -144,7 +142,8 @@ pub struct Feeder {
 pub fn feed_producer(kafka: &KafkaConfig) -> Result<ThreadedProducer<DefaultProducerContext>> {
     let mut c = kafka.client();
     c.set("compression.type", "zstd").set("linger.ms", "1");
-    Ok(c.create()?)
+    c.create()
+        .map_err(PipelineError::kafka("creating the feed producer"))
 }
 
 impl Feeder {
@@ -165,6 +164,7 @@ impl Feeder {
         rate: f64,
         stop: &AtomicBool,
     ) -> Result<()> {
+        let streams = crate::jobs::fraud::STREAMS;
         let started = Instant::now();
         for (is_label, key, payload, index) in &feed.messages {
             if stop.load(Ordering::Relaxed) {
@@ -178,9 +178,9 @@ impl Feeder {
                 }
             }
             let topic = if *is_label {
-                &kafka.topics.labels
+                kafka.side_topic(streams).unwrap_or_default()
             } else {
-                &kafka.topics.transactions
+                kafka.events_topic(streams)
             };
             if !is_label && let Some(slot) = self.sent_us.get(*index) {
                 slot.store(
@@ -198,12 +198,13 @@ impl Feeder {
                         record = r;
                         std::thread::sleep(Duration::from_micros(200));
                     }
-                    Err((e, _)) => return Err(e.into()),
+                    Err((e, _)) => return Err(PipelineError::kafka("publishing the feed")(e)),
                 }
             }
         }
-        producer.flush(Duration::from_secs(60))?;
-        Ok(())
+        producer
+            .flush(Duration::from_secs(60))
+            .map_err(PipelineError::kafka("flushing the feed"))
     }
 }
 
@@ -242,17 +243,24 @@ pub fn reader(kafka: &KafkaConfig, topics: &[&str]) -> Result<BaseConsumer> {
     c.set("group.id", format!("{}-watch", kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "1");
-    let consumer: BaseConsumer = c.create()?;
+    let consumer: BaseConsumer = c
+        .create()
+        .map_err(PipelineError::kafka("creating a reader"))?;
     let mut tpl = TopicPartitionList::new();
     for t in topics {
-        let md = consumer.fetch_metadata(Some(t), Duration::from_secs(10))?;
+        let md = consumer
+            .fetch_metadata(Some(t), Duration::from_secs(10))
+            .map_err(PipelineError::kafka("fetching metadata"))?;
         for topic in md.topics() {
             for p in topic.partitions() {
-                tpl.add_partition_offset(t, p.id(), Offset::Beginning)?;
+                tpl.add_partition_offset(t, p.id(), Offset::Beginning)
+                    .map_err(PipelineError::kafka("assigning"))?;
             }
         }
     }
-    consumer.assign(&tpl)?;
+    consumer
+        .assign(&tpl)
+        .map_err(PipelineError::kafka("assigning"))?;
     Ok(consumer)
 }
 
@@ -273,7 +281,7 @@ impl Watcher {
             let Some(m) = consumer.poll(Duration::from_millis(50)) else {
                 continue;
             };
-            let m = m?;
+            let m = m.map_err(PipelineError::kafka("reading scores"))?;
             let now = feeder.epoch.elapsed().as_micros() as u64;
             let payload = m.payload().unwrap_or_default();
             if m.topic() == kafka.topics.alerts {
@@ -344,7 +352,7 @@ pub struct DemoOptions {
 #[derive(Debug, Clone)]
 pub struct DemoSummary {
     /// The pipeline's own counts.
-    pub pipeline: LiveSummary,
+    pub pipeline: Summary,
     /// Distinct transactions whose score arrived.
     pub scored: u64,
     /// Alerts seen and how many were frauds.
@@ -366,7 +374,8 @@ pub fn run_demo(
     history: &History,
     opts: DemoOptions,
 ) -> Result<DemoSummary> {
-    let cluster = MockCluster::new(1)?;
+    let streams = crate::jobs::fraud::STREAMS;
+    let cluster = MockCluster::new(1).map_err(PipelineError::kafka("starting the mock cluster"))?;
     let bootstrap = cluster.bootstrap_servers();
     let mut kafka = cfg
         .kafka
@@ -377,12 +386,20 @@ pub fn run_demo(
         .insert("bootstrap.servers".into(), bootstrap.clone());
     kafka.group_id = "riskpipe-demo".into();
     let t = &kafka.topics;
-    cluster.create_topic(&t.transactions, opts.partitions.max(1), 1)?;
+    let create = PipelineError::kafka("creating a topic");
+    cluster
+        .create_topic(kafka.events_topic(streams), opts.partitions.max(1), 1)
+        .map_err(create)?;
     // Scores are keyed by customer: 4 partitions keep each under the mock's 5 MiB retention.
-    cluster.create_topic(&t.scores, 4, 1)?;
-    for topic in [&t.labels, &t.alerts, &t.dead_letter] {
+    cluster
+        .create_topic(&t.scores, 4, 1)
+        .map_err(PipelineError::kafka("creating a topic"))?;
+    let side = kafka.side_topic(streams).unwrap_or_default();
+    for topic in [side, &t.alerts, &t.dead_letter] {
         if !topic.is_empty() {
-            cluster.create_topic(topic, 1, 1)?;
+            cluster
+                .create_topic(topic, 1, 1)
+                .map_err(PipelineError::kafka("creating a topic"))?;
         }
     }
     cfg.kafka = Some(kafka.clone());
@@ -392,16 +409,16 @@ pub fn run_demo(
     let feeder = Feeder::new(&feed, epoch);
     let watcher = Watcher::default();
     let health = Arc::new(Health::default());
-    let counters = Arc::new(LiveCounters::default());
+    let counters = Arc::new(Counters::default());
     if let Some(listener) = opts.metrics {
-        let handle = super::observe::install()?;
+        let handle = crate::observe::install()?;
         let _guard = rt.enter();
         listener
             .set_nonblocking(true)
-            .map_err(|e| PipelineError::External(e.to_string()))?;
+            .map_err(PipelineError::runtime("the metrics listener"))?;
         let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(|e| PipelineError::External(e.to_string()))?;
-        rt.spawn(super::observe::serve(listener, handle, health.clone()));
+            .map_err(PipelineError::runtime("the metrics listener"))?;
+        rt.spawn(crate::observe::serve(listener, handle, health.clone()));
     }
     let done = AtomicBool::new(false);
     let pb = if opts.show_progress {
@@ -419,7 +436,7 @@ pub fn run_demo(
     let reader = reader(&kafka, &[&kafka.topics.scores, &kafka.topics.alerts])?;
     let publish_started = std::sync::OnceLock::new();
     let last_scored = std::sync::OnceLock::new();
-    let pipeline = std::thread::scope(|scope| -> Result<LiveSummary> {
+    let pipeline = std::thread::scope(|scope| -> Result<Summary> {
         let feeding = scope.spawn(|| {
             // Wait for the consumer group before publishing, so latency counts work, not the join.
             while !health.ready.load(Ordering::Relaxed) && !done.load(Ordering::Relaxed) {
@@ -461,7 +478,7 @@ pub fn run_demo(
                 }
             }
         };
-        let summary = rt.block_on(super::live::run(
+        let summary = rt.block_on(crate::live::run(
             cfg,
             health.clone(),
             counters.clone(),
@@ -505,4 +522,43 @@ pub fn run_demo(
             counters.end_to_end_ms(0.999),
         ],
     })
+}
+
+impl std::fmt::Display for DemoSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64();
+        let p = &self.pipeline;
+        writeln!(
+            f,
+            "riskpipe demo (in-process Kafka mock cluster, live pipeline)"
+        )?;
+        writeln!(f, "  transactions published   {:>10}", p.events)?;
+        writeln!(f, "  fraud labels published   {:>10}", p.side)?;
+        writeln!(f, "  scores published         {:>10}", p.scores)?;
+        writeln!(f, "  distinct scored          {:>10}", self.scored)?;
+        writeln!(f, "  dead letters             {:>10}", p.dead_letters)?;
+        writeln!(
+            f,
+            "  alerts                   {:>10}  ({} on frauds, precision {:.3})",
+            self.alerts.0,
+            self.alerts.1,
+            self.alerts.1 as f64 / self.alerts.0.max(1) as f64
+        )?;
+        writeln!(f, "  wall time                {secs:>10.2} s")?;
+        writeln!(
+            f,
+            "  throughput               {:>10.0} events/s",
+            self.scored as f64 / secs
+        )?;
+        writeln!(
+            f,
+            "  latency produce->ack     p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  (transaction produced -> its score acknowledged)",
+            self.pipeline_latency_ms[0], self.pipeline_latency_ms[1], self.pipeline_latency_ms[2]
+        )?;
+        writeln!(
+            f,
+            "  latency send->consumer   p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  (... -> score read by a downstream consumer)",
+            self.latency_ms[0], self.latency_ms[1], self.latency_ms[2]
+        )
+    }
 }

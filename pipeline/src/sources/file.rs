@@ -1,46 +1,44 @@
-//! File sources: read a Parquet or CSV history, check it, order it by event time and derive the
-//! fraud-label events a live deployment would have received.
+//! Fraud history files: read a Parquet or CSV history, check it, conform it to the transaction
+//! schema, order it by event time and derive the fraud-label events a live deployment would have
+//! received.
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampNanosecondArray};
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray};
 use arrow::compute::{
     SortColumn, cast, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
 };
 use arrow::csv::ReaderBuilder;
 use arrow::csv::reader::Format;
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use riskpipe_operators::FeatureConfig;
 
-use crate::config::ReplayConfig;
+use super::history::History;
+use crate::jobs::fraud::{FraudConfig, ReplayConfig};
 use crate::{PipelineError, Result};
-
-/// A history ordered for replay.
-#[derive(Debug, Clone)]
-pub struct History {
-    /// Transactions ordered by (event time, tie-break column), event time as UTC nanoseconds.
-    pub transactions: RecordBatch,
-    /// Fraud-label events ordered by label time.
-    pub labels: RecordBatch,
-}
 
 fn bad(path: &Path, msg: impl std::fmt::Display) -> PipelineError {
     PipelineError::BadInput(format!("{}: {msg}", path.display()))
 }
 
+/// Reads, checks and orders a fraud history file for replay.
+pub fn load(cfg: &FraudConfig, input: &Path) -> Result<History> {
+    let raw = read_file(input)?;
+    prepare(input, raw, &cfg.features, &cfg.replay)
+}
+
 /// Reads every row of a Parquet or CSV file (by extension; `.csv` and `.csv.gz`-less CSV only).
 pub fn read_file(path: &Path) -> Result<RecordBatch> {
     let name = path.to_string_lossy().to_lowercase();
-    let file = File::open(path)
-        .map_err(|e| PipelineError::External(format!("opening {}: {e}", path.display())))?;
+    let file = File::open(path).map_err(PipelineError::io("opening", path))?;
     let (schema, batches): (SchemaRef, Vec<RecordBatch>) = if name.ends_with(".csv") {
         let format = Format::default().with_header(true);
         let (schema, _) = format
             .infer_schema(
-                File::open(path).map_err(|e| PipelineError::External(e.to_string()))?,
+                File::open(path).map_err(PipelineError::io("opening", path))?,
                 Some(10_000),
             )
             .map_err(|e| bad(path, e))?;
@@ -75,7 +73,9 @@ pub fn read_file(path: &Path) -> Result<RecordBatch> {
 type Requirement<'a> = (&'a str, fn(&DataType) -> bool, &'a str);
 
 /// Checks the columns replay needs (present, right type, no nulls — naming the first bad row),
-/// turns the event time into UTC nanoseconds and orders by (event time, tie-break).
+/// conforms the transaction columns to the transaction schema (other columns, such as the label,
+/// follow them), turns the event time into UTC nanoseconds and orders by (event time,
+/// tie-break).
 pub fn prepare(
     path: &Path,
     batch: RecordBatch,
@@ -138,6 +138,7 @@ pub fn prepare(
     if !problems.is_empty() {
         return Err(bad(path, problems.join("; ")));
     }
+    let batch = conform(path, batch, &features.event_time)?;
     // Event time as UTC nanoseconds; strings are parsed (RFC 3339 / ISO 8601).
     let time_col = batch
         .column_by_name(&features.event_time)
@@ -187,9 +188,65 @@ pub fn prepare(
     let transactions = take_record_batch(&batch, &indices)?;
     let labels = derive_labels(&transactions, features, replay)?;
     Ok(History {
-        transactions,
-        labels,
+        source_rows: Some(indices.values().iter().copied().collect()),
+        events: transactions,
+        event_time: features.event_time.clone(),
+        side: Some(labels),
+        side_time: features
+            .label_risk
+            .first()
+            .map(|r| r.label_time.clone())
+            .unwrap_or_else(|| riskpipe_schemas::label::LABEL_TIME.into()),
     })
+}
+
+/// The transaction schema's columns first, cast to their types (an `Int32` id becomes `Int64`),
+/// then every other column of the file; the event time is left to the caller.
+fn conform(path: &Path, batch: RecordBatch, event_time: &str) -> Result<RecordBatch> {
+    let schema = riskpipe_schemas::transaction_schema();
+    let mut fields: Vec<Field> = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    let mut problems = Vec::new();
+    for f in schema.fields() {
+        let Some(c) = batch.column_by_name(f.name()) else {
+            problems.push(format!("missing column {:?}", f.name()));
+            continue;
+        };
+        if f.name() == event_time {
+            fields.push(Field::new(f.name(), c.data_type().clone(), false));
+            columns.push(c.clone());
+            continue;
+        }
+        match cast(c, f.data_type()) {
+            Ok(a) if a.null_count() == 0 => {
+                fields.push(f.as_ref().clone());
+                columns.push(a);
+            }
+            Ok(a) => {
+                let row = (0..a.len()).find(|&i| a.is_null(i)).unwrap_or(0);
+                problems.push(format!(
+                    "column {:?} is not {} in row {}",
+                    f.name(),
+                    f.data_type(),
+                    row + 1
+                ));
+            }
+            Err(e) => problems.push(format!("column {:?}: {e}", f.name())),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(bad(path, problems.join("; ")));
+    }
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        if schema.column_with_name(f.name()).is_none() {
+            fields.push(f.as_ref().clone());
+            columns.push(c.clone());
+        }
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// The label events of a replay: each fraud's label becomes known `label_delay` after its
@@ -208,10 +265,10 @@ pub fn derive_labels(
     let frauds = arrow::compute::kernels::cmp::neq(&label, &Int64Array::new_scalar(0))?;
     let frauds_only = filter_record_batch(transactions, &frauds)?;
     let delay = i64::try_from(replay.label_delay.as_nanos()).unwrap_or(i64::MAX);
-    let time = frauds_only
-        .column_by_name(&features.event_time)
-        .ok_or_else(|| PipelineError::Bug("event time vanished".into()))?;
-    let time = time.as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+    let time = riskpipe_operators::columns::primitive::<arrow::datatypes::TimestampNanosecondType>(
+        &frauds_only,
+        &features.event_time,
+    )?;
     let label_time: TimestampNanosecondArray = time
         .unary::<_, arrow::datatypes::TimestampNanosecondType>(|t| t.saturating_add(delay))
         .with_timezone("UTC");
@@ -262,29 +319,9 @@ pub fn derive_labels(
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
 }
 
-/// Label events whose label time is at most `until` (ns), starting at `from`; returns the slice
-/// and the next start.
-pub fn labels_until(
-    labels: &RecordBatch,
-    from: usize,
-    until: i64,
-    label_time: &str,
-) -> (RecordBatch, usize) {
-    let Some(times) = labels.column_by_name(label_time) else {
-        return (labels.slice(from, 0), from);
-    };
-    let times = times
-        .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
-        .values();
-    let end = from + times[from..].partition_point(|&t| t <= until);
-    (labels.slice(from, end - from), end)
-}
-
 /// Integer view of a column, for reports.
 pub fn int_column(batch: &RecordBatch, name: &str) -> Result<Vec<i64>> {
-    let c = batch
-        .column_by_name(name)
-        .ok_or_else(|| PipelineError::BadInput(format!("missing column {name:?}")))?;
-    let c = cast(c, &DataType::Int64)?;
-    Ok(c.as_primitive::<Int64Type>().values().to_vec())
+    Ok(riskpipe_operators::columns::i64_values(batch, name)?
+        .values()
+        .to_vec())
 }

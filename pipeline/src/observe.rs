@@ -5,7 +5,7 @@
 //! holds partitions and 503 otherwise (Kubernetes readiness).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -13,8 +13,17 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use super::live::Health;
 use crate::{PipelineError, Result};
+
+/// Liveness and readiness, shared by the source (which knows its assignment), the command
+/// running the pipeline, and the health endpoint.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The consumer holds a partition assignment.
+    pub ready: AtomicBool,
+    /// Set once the pipeline has stopped.
+    pub stopped: AtomicBool,
+}
 
 /// Latency histograms are exported with these buckets (seconds).
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -29,10 +38,9 @@ pub fn install() -> Result<PrometheusHandle> {
         return Ok(h.clone());
     }
     let handle = PrometheusBuilder::new()
-        .set_buckets(&LATENCY_BUCKETS)
-        .map_err(|e| PipelineError::Bug(format!("metric buckets: {e}")))?
-        .install_recorder()
-        .map_err(|e| PipelineError::External(format!("installing metrics recorder: {e}")))?;
+        .set_buckets(&LATENCY_BUCKETS)?
+        .install_recorder()?;
+    crate::events::describe();
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
@@ -55,7 +63,7 @@ pub async fn serve(
         .with_state(Endpoints { metrics, health });
     axum::serve(listener, app)
         .await
-        .map_err(|e| PipelineError::External(format!("metrics endpoint: {e}")))
+        .map_err(PipelineError::runtime("serving the metrics endpoint"))
 }
 
 async fn render(State(e): State<Endpoints>) -> String {

@@ -1,10 +1,14 @@
-//! The `[kafka]` section of a pipeline config: where to read and publish, how to batch.
+//! The `[kafka]` section of a pipeline config, shared by the Kafka source, the Kafka sink, the
+//! topic-range reader and the demo: where to read and publish, how to batch, client properties.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use serde::Deserialize;
+
+use crate::config::Streams;
+use crate::decoders::Format;
 
 /// Kafka source and sinks of the live pipeline.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +32,9 @@ pub struct KafkaConfig {
     /// Micro-batching of consumed messages.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Payload format of every topic.
+    #[serde(default)]
+    pub format: Format,
     /// Payloads larger than this many bytes are dead-lettered, not decoded.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
@@ -38,23 +45,21 @@ pub struct KafkaConfig {
     /// Offsets of fully acknowledged input are committed this often (and on shutdown).
     #[serde(default = "default_commit_interval", with = "humantime_serde")]
     pub commit_interval: Duration,
-    /// Top contributing features reported with each alert.
-    #[serde(default = "default_reasons")]
-    pub alert_reasons: usize,
 }
 
 /// Topic names.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicsConfig {
-    /// Events to score: transactions (JSON, `schemas/json/transaction.schema.json`), or for a
-    /// market pipeline price ticks (`market_tick.schema.json`; also accepted as `ticks`).
-    #[serde(alias = "ticks")]
-    #[serde(default = "default_transactions")]
-    pub transactions: String,
-    /// Fraud labels feeding the delayed-label features; empty string for none.
-    #[serde(default = "default_labels")]
-    pub labels: String,
+    /// Events to score: transactions for a fraud job (JSON,
+    /// `schemas/json/transaction.schema.json`; default "transactions"), price ticks for a market
+    /// job (`market_tick.schema.json`; default "ticks"). Also accepted as `transactions` / `ticks`.
+    #[serde(default, alias = "transactions", alias = "ticks")]
+    pub events: Option<String>,
+    /// Fraud jobs: fraud labels feeding the delayed-label features (default "fraud-labels";
+    /// empty string for none). Market jobs have no side input.
+    #[serde(default)]
+    pub labels: Option<String>,
     /// One score per transaction.
     #[serde(default = "default_scores")]
     pub scores: String,
@@ -91,15 +96,6 @@ fn default_in_flight() -> usize {
 fn default_commit_interval() -> Duration {
     Duration::from_secs(1)
 }
-fn default_reasons() -> usize {
-    3
-}
-fn default_transactions() -> String {
-    "transactions".into()
-}
-fn default_labels() -> String {
-    "fraud-labels".into()
-}
 fn default_scores() -> String {
     "scores".into()
 }
@@ -119,8 +115,8 @@ fn default_max_delay() -> Duration {
 impl Default for TopicsConfig {
     fn default() -> Self {
         Self {
-            transactions: default_transactions(),
-            labels: default_labels(),
+            events: None,
+            labels: None,
             scores: default_scores(),
             alerts: default_alerts(),
             dead_letter: default_dead_letter(),
@@ -157,16 +153,16 @@ impl KafkaConfig {
             group_id: default_group(),
             topics: TopicsConfig::default(),
             batch: BatchConfig::default(),
+            format: Format::default(),
             max_message_bytes: default_max_message_bytes(),
             in_flight_batches: default_in_flight(),
             commit_interval: default_commit_interval(),
-            alert_reasons: default_reasons(),
         }
     }
 
-    /// Every problem of this section, checked without connecting (librdkafka validates each
-    /// property name and value when a client config is built).
-    pub fn problems(&self) -> Vec<String> {
+    /// Every problem of this section for a job reading `streams`, checked without connecting
+    /// (librdkafka validates each property name and value when a client config is built).
+    pub fn problems(&self, streams: Streams) -> Vec<String> {
         let mut p = Vec::new();
         if !self.properties.contains_key("bootstrap.servers") {
             p.push("kafka.properties must set \"bootstrap.servers\"".into());
@@ -202,8 +198,12 @@ impl KafkaConfig {
             p.push("kafka.group_id is empty".into());
         }
         let t = &self.topics;
+        if streams.side.is_none() && t.labels.as_deref().is_some_and(|l| !l.is_empty()) {
+            p.push("kafka.topics.labels: this job has no labels input".into());
+        }
+        let events = self.events_topic(streams);
         for (name, value) in [
-            ("transactions", &t.transactions),
+            ("events", events),
             ("scores", &t.scores),
             ("alerts", &t.alerts),
             ("dead_letter", &t.dead_letter),
@@ -212,13 +212,13 @@ impl KafkaConfig {
                 p.push(format!("kafka.topics.{name} is empty"));
             }
         }
-        let inputs = [&t.transactions, &t.labels];
+        let inputs = self.inputs(streams);
         for (name, out) in [
             ("scores", &t.scores),
             ("alerts", &t.alerts),
             ("dead_letter", &t.dead_letter),
         ] {
-            if inputs.contains(&out) {
+            if inputs.contains(&out.as_str()) {
                 p.push(format!(
                     "kafka.topics.{name} {out:?} is also an input topic (the pipeline would consume its own output)"
                 ));
@@ -248,12 +248,21 @@ impl KafkaConfig {
         c
     }
 
-    /// Input topics.
-    pub fn inputs(&self) -> Vec<&str> {
-        let mut v = vec![self.topics.transactions.as_str()];
-        if !self.topics.labels.is_empty() {
-            v.push(self.topics.labels.as_str());
-        }
+    /// The events topic of a job reading `streams`.
+    pub fn events_topic(&self, streams: Streams) -> &str {
+        self.topics.events.as_deref().unwrap_or(streams.events)
+    }
+
+    /// The side-input topic of a job reading `streams`, if any.
+    pub fn side_topic(&self, streams: Streams) -> Option<&str> {
+        let default = streams.side?;
+        Some(self.topics.labels.as_deref().unwrap_or(default)).filter(|t| !t.is_empty())
+    }
+
+    /// Input topics of a job reading `streams`.
+    pub fn inputs(&self, streams: Streams) -> Vec<&str> {
+        let mut v = vec![self.events_topic(streams)];
+        v.extend(self.side_topic(streams));
         v
     }
 }
@@ -272,13 +281,30 @@ mod tests {
             .insert("security.protocol".into(), "carrier-pigeon".into());
         k.topics.scores = "transactions".into();
         k.batch.max_rows = 0;
-        let p = k.problems();
+        let fraud = Streams {
+            events: "transactions",
+            side: Some("fraud-labels"),
+        };
+        let p = k.problems(fraud);
         assert_eq!(p.len(), 5, "{p:#?}");
         assert!(p.iter().any(|s| s.contains("no.such.property")));
         assert!(p.iter().any(|s| s.contains("carrier-pigeon")));
         assert!(p.iter().any(|s| s.contains("enable.auto.offset.store")));
         assert!(p.iter().any(|s| s.contains("input topic")));
         assert!(p.iter().any(|s| s.contains("max_rows")));
-        assert!(KafkaConfig::for_bootstrap("x:1").problems().is_empty());
+        assert!(KafkaConfig::for_bootstrap("x:1").problems(fraud).is_empty());
+        // A market job reads ticks and nothing else: a labels topic is a mistake.
+        let market = Streams {
+            events: "ticks",
+            side: None,
+        };
+        let mut k = KafkaConfig::for_bootstrap("x:1");
+        assert_eq!(k.inputs(market), vec!["ticks"]);
+        assert_eq!(k.inputs(fraud), vec!["transactions", "fraud-labels"]);
+        k.topics.labels = Some("fraud-labels".into());
+        let p = k.problems(market);
+        assert!(p.len() == 1 && p[0].contains("no labels input"), "{p:#?}");
+        k.topics.labels = Some(String::new());
+        assert_eq!(k.inputs(fraud), vec!["transactions"]);
     }
 }

@@ -1,46 +1,43 @@
-//! Kafka JSON payloads to Arrow batches, with every rejected message kept for the dead-letter
-//! topic together with its reason.
+//! JSON payloads (one object per message) to Arrow batches with arrow-json, strictly: unknown
+//! fields, wrong types, missing or null required fields and trailing data are all rejections.
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::json::ReaderBuilder;
-use arrow::json::reader::Decoder;
+use arrow::json::reader::Decoder as ArrowJsonDecoder;
 
-/// Why a message was rejected; becomes the dead letter's `riskpipe.error` header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// Index of the message among those given to [`decode`].
-    pub index: usize,
-    /// Human-readable reason, naming the broken part.
-    pub reason: String,
-    /// Short machine-readable class: `oversized`, `empty`, `malformed`, `schema`.
-    pub kind: &'static str,
+use super::{DecodedPayloads, Decoder, Rejection};
+use crate::jobs::RejectKind;
+
+/// The JSON decoder.
+#[derive(Debug, Clone)]
+pub struct JsonDecoder {
+    max_bytes: usize,
 }
 
-/// The decoded rows (one per accepted message, in order) and the rejected messages.
-#[derive(Debug)]
-pub struct Decoded {
-    /// Accepted messages as rows of the schema.
-    pub batch: RecordBatch,
-    /// Index (into the input) of each row of `batch`.
-    pub accepted: Vec<usize>,
-    /// Messages that could not become a row.
-    pub rejected: Vec<Rejection>,
+impl JsonDecoder {
+    /// A decoder refusing payloads over `max_bytes`.
+    pub fn new(max_bytes: usize) -> Self {
+        Self { max_bytes }
+    }
 }
 
-fn decoder(schema: &SchemaRef, rows: usize) -> Result<Decoder, arrow::error::ArrowError> {
+impl Decoder for JsonDecoder {
+    fn decode(&self, schema: &SchemaRef, payloads: &[&[u8]]) -> DecodedPayloads {
+        decode(schema, payloads, self.max_bytes)
+    }
+}
+
+fn decoder(schema: &SchemaRef, rows: usize) -> Result<ArrowJsonDecoder, arrow::error::ArrowError> {
     ReaderBuilder::new(schema.clone())
         .with_strict_mode(true)
         .with_batch_size(rows.max(1) + 1)
         .build_decoder()
 }
 
-/// Decodes one JSON object per message against `schema` (strict: unknown fields, wrong types,
-/// missing or null required fields and trailing data are all rejections).
-///
 /// The fast path decodes the whole micro-batch at once; only when that fails are the messages
 /// decoded one by one to find the bad ones, so valid neighbours are never lost.
-pub fn decode(schema: &SchemaRef, payloads: &[&[u8]], max_bytes: usize) -> Decoded {
+fn decode(schema: &SchemaRef, payloads: &[&[u8]], max_bytes: usize) -> DecodedPayloads {
     let mut rejected = Vec::new();
     let mut candidates = Vec::with_capacity(payloads.len());
     for (index, p) in payloads.iter().enumerate() {
@@ -51,20 +48,20 @@ pub fn decode(schema: &SchemaRef, payloads: &[&[u8]], max_bytes: usize) -> Decod
                     "payload of {} bytes exceeds max_message_bytes {max_bytes}",
                     p.len()
                 ),
-                kind: "oversized",
+                kind: RejectKind::Oversized,
             });
         } else if p.iter().all(u8::is_ascii_whitespace) {
             rejected.push(Rejection {
                 index,
                 reason: "empty payload".into(),
-                kind: "empty",
+                kind: RejectKind::Empty,
             });
         } else {
             candidates.push(index);
         }
     }
     if let Some(batch) = decode_all(schema, payloads, &candidates) {
-        return Decoded {
+        return DecodedPayloads {
             batch,
             accepted: candidates,
             rejected,
@@ -85,7 +82,7 @@ pub fn decode(schema: &SchemaRef, payloads: &[&[u8]], max_bytes: usize) -> Decod
     rejected.sort_by_key(|r| r.index);
     let batch = decode_all(schema, payloads, &accepted)
         .unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
-    Decoded {
+    DecodedPayloads {
         batch,
         accepted,
         rejected,
@@ -112,33 +109,43 @@ fn decode_all(schema: &SchemaRef, payloads: &[&[u8]], chosen: &[usize]) -> Optio
     (batch.num_rows() == chosen.len()).then_some(batch)
 }
 
-fn decode_one(schema: &SchemaRef, payload: &[u8]) -> Result<(), (&'static str, String)> {
-    let mut d = decoder(schema, 1).map_err(|e| ("schema", e.to_string()))?;
+fn decode_one(schema: &SchemaRef, payload: &[u8]) -> Result<(), (RejectKind, String)> {
+    let mut d = decoder(schema, 1).map_err(|e| (RejectKind::Schema, e.to_string()))?;
     let used = d.decode(payload).map_err(|e| classify(&e.to_string()))?;
     if used != payload.len() || d.len() > 1 {
         return Err((
-            "malformed",
+            RejectKind::Malformed,
             "more than one JSON value in the message".to_string(),
         ));
     }
     if d.has_partial_record() {
-        return Err(("malformed", "truncated JSON (record not closed)".into()));
+        return Err((
+            RejectKind::Malformed,
+            "truncated JSON (record not closed)".into(),
+        ));
     }
     match d.flush() {
         Ok(Some(b)) if b.num_rows() == 1 => Ok(()),
-        Ok(_) => Err(("malformed", "no JSON object in the message".into())),
+        Ok(_) => Err((
+            RejectKind::Malformed,
+            "no JSON object in the message".into(),
+        )),
         Err(e) => Err(classify(&e.to_string())),
     }
 }
 
 /// Arrow names the column when a value does not fit the schema ("column 'x' not found",
 /// "non-nullable", "cannot parse"); anything else is broken JSON.
-fn classify(message: &str) -> (&'static str, String) {
+fn classify(message: &str) -> (RejectKind, String) {
     let schema = ["column", "nullable", "parse", "not found"]
         .iter()
         .any(|w| message.contains(w));
     (
-        if schema { "schema" } else { "malformed" },
+        if schema {
+            RejectKind::Schema
+        } else {
+            RejectKind::Malformed
+        },
         message.to_string(),
     )
 }
@@ -152,7 +159,7 @@ mod tests {
 
     const GOOD: &str = r#"{"TRANSACTION_ID":1,"TX_DATETIME":"2018-04-01T00:00:31Z","CUSTOMER_ID":596,"TERMINAL_ID":3156,"TX_AMOUNT":57.16}"#;
 
-    fn ids(d: &Decoded) -> Vec<i64> {
+    fn ids(d: &DecodedPayloads) -> Vec<i64> {
         d.batch
             .column(0)
             .as_primitive::<Int64Type>()
@@ -199,9 +206,9 @@ mod tests {
         assert_eq!(d.accepted, vec![0, 9]);
         let rejected: Vec<usize> = d.rejected.iter().map(|r| r.index).collect();
         assert_eq!(rejected, vec![1, 2, 3, 4, 5, 6, 7, 8]);
-        let kinds: Vec<&str> = d.rejected.iter().map(|r| r.kind).collect();
-        assert_eq!(kinds[6], "oversized");
-        assert_eq!(kinds[7], "empty");
+        let kinds: Vec<RejectKind> = d.rejected.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds[6], RejectKind::Oversized);
+        assert_eq!(kinds[7], RejectKind::Empty);
         assert!(d.rejected.iter().all(|r| !r.reason.is_empty()));
         assert!(
             d.rejected[1].reason.contains("lots") || d.rejected[1].reason.contains("TX_AMOUNT"),

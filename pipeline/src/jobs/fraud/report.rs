@@ -4,10 +4,9 @@
 use std::path::Path;
 
 use plotters::prelude::*;
-use plotters::style::{FontStyle, register_font};
 use serde::Serialize;
 
-use crate::metrics::{self, Scored};
+use super::metrics::{self, Scored};
 use crate::{PipelineError, Result};
 
 /// Metrics of one backtest.
@@ -100,31 +99,20 @@ impl FraudReport {
 
     /// Writes the report as JSON.
     pub fn write_json(&self, path: &Path) -> Result<()> {
-        let text =
-            serde_json::to_string_pretty(self).map_err(|e| PipelineError::Bug(e.to_string()))?;
-        std::fs::write(path, text)
-            .map_err(|e| PipelineError::External(format!("writing {}: {e}", path.display())))
+        crate::backtest::write_json(path.to_path_buf(), self).map(|_| ())
     }
-}
-
-pub(crate) fn ensure_font() {
-    static FONT: std::sync::Once = std::sync::Once::new();
-    FONT.call_once(|| {
-        // An embedded font: the plots need no fonts installed on the machine.
-        let _ = register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
-    });
-}
-
-fn plot_err(e: impl std::fmt::Display) -> PipelineError {
-    PipelineError::External(format!("drawing plot: {e}"))
 }
 
 /// Draws ROC and precision-recall curves side by side.
 pub fn plot_curves(rows: &[Scored], report: &FraudReport, path: &Path) -> Result<()> {
-    ensure_font();
+    crate::backtest::ensure_font();
+    let plot_err = |e: &dyn std::fmt::Display| PipelineError::Plot {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let (roc, pr) = metrics::curves(rows);
     let root = BitMapBackend::new(path, (1200, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_err)?;
+    root.fill(&WHITE).map_err(|e| plot_err(&e))?;
     let (left, right) = root.split_horizontally(600);
     let panels = [
         (
@@ -154,22 +142,22 @@ pub fn plot_curves(rows: &[Scored], report: &FraudReport, path: &Path) -> Result
             .x_label_area_size(40)
             .y_label_area_size(50)
             .build_cartesian_2d(0f64..1f64, 0f64..1f64)
-            .map_err(plot_err)?;
+            .map_err(|e| plot_err(&e))?;
         chart
             .configure_mesh()
             .x_desc(xl)
             .y_desc(yl)
             .draw()
-            .map_err(plot_err)?;
+            .map_err(|e| plot_err(&e))?;
         chart
             .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
-            .map_err(plot_err)?;
+            .map_err(|e| plot_err(&e))?;
         if diagonal {
             chart
                 .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
-                .map_err(plot_err)?;
+                .map_err(|e| plot_err(&e))?;
         }
     }
-    root.present().map_err(plot_err)?;
+    root.present().map_err(|e| plot_err(&e))?;
     Ok(())
 }

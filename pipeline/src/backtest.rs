@@ -1,0 +1,256 @@
+//! Backtests: a history — a file, or a Kafka topic range — through the one driver exactly as it
+//! runs live (the same job, decoders aside), collected in memory; then the job's evaluation
+//! writes its report: ROC/PR metrics for fraud, VaR exceedance tests for market risk.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use indicatif::{ProgressBar, ProgressStyle};
+use plotters::style::{FontStyle, register_font};
+use serde::Serialize;
+
+use crate::config::{JobConfig, PipelineConfig};
+use crate::decoders::{self, Format};
+use crate::driver::{Counters, Driver};
+use crate::encoders::{Encoder, JsonEncoder, Payloads};
+use crate::jobs::fraud::backtest::FraudOutcome;
+use crate::jobs::fraud::report::FraudReport;
+use crate::jobs::market::backtest::MarketOutcome;
+use crate::jobs::market::report::MarketReport;
+use crate::jobs::{self, Job};
+use crate::sinks::collect::{CollectSink, Collected};
+use crate::sinks::{DeadLetter, Origin};
+use crate::sources::history::{History, HistorySource};
+use crate::sources::{file, ticks};
+use crate::{PipelineError, Result};
+
+/// What a replay collected.
+#[derive(Debug)]
+pub struct Replayed {
+    /// Every batch's output and every rejected row.
+    pub collected: Collected,
+    /// The model's name.
+    pub model: String,
+    /// Wall time of the replay (features and scoring).
+    pub replay_time: Duration,
+}
+
+impl Replayed {
+    /// The scored rows of every batch, in order.
+    pub fn scored(&self) -> Vec<RecordBatch> {
+        self.collected
+            .outputs
+            .iter()
+            .filter_map(|o| o.scored.clone())
+            .collect()
+    }
+
+    /// The published score and alert records, as the JSON payloads the live pipeline writes.
+    pub fn records(&self) -> Result<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
+        let mut encoder = JsonEncoder;
+        let mut payloads = Payloads::default();
+        let (mut scores, mut alerts) = (Vec::new(), Vec::new());
+        for o in &self.collected.outputs {
+            for (records, out) in [(&o.scores, &mut scores), (&o.alerts, &mut alerts)] {
+                if let Some(r) = records {
+                    payloads.clear();
+                    encoder.encode(&r.batch, &mut payloads)?;
+                    for p in payloads.iter() {
+                        out.push(serde_json::from_slice(p).map_err(|e| {
+                            PipelineError::Bug(format!("the JSON encoder wrote invalid JSON: {e}"))
+                        })?);
+                    }
+                }
+            }
+        }
+        Ok((scores, alerts))
+    }
+
+    /// The rejected rows.
+    pub fn rejected(&self) -> &[DeadLetter] {
+        &self.collected.dead
+    }
+}
+
+/// Rows per micro-batch of a replay of `cfg`'s job.
+pub fn batch_rows(cfg: &PipelineConfig) -> usize {
+    match &cfg.job {
+        JobConfig::Fraud(f) => f.replay.batch_rows,
+        JobConfig::Market(m) => m.backtest.batch_rows,
+    }
+}
+
+/// Replays `history` through the configured job.
+pub fn replay(
+    cfg: &PipelineConfig,
+    history: Arc<History>,
+    progress: &ProgressBar,
+) -> Result<Replayed> {
+    replay_job(jobs::build(cfg)?, history, batch_rows(cfg), progress)
+}
+
+/// Replays `history` through `job` in batches of `batch_rows`, on the driver.
+pub fn replay_job(
+    job: Job,
+    history: Arc<History>,
+    batch_rows: usize,
+    progress: &ProgressBar,
+) -> Result<Replayed> {
+    let started = Instant::now();
+    let model = job.model.clone();
+    let source = HistorySource::new(history, batch_rows)?;
+    let sink = CollectSink::with_progress(progress.clone());
+    // Files hold Arrow rows: the decoder is never asked.
+    let driver = Driver::new(decoders::build(Format::Json, usize::MAX), 4);
+    driver.run_blocking(source, job, sink.clone(), Arc::new(Counters::default()))?;
+    Ok(Replayed {
+        collected: sink.take()?,
+        model,
+        replay_time: started.elapsed(),
+    })
+}
+
+/// Reads the input of a backtest: a fraud history or a price history.
+pub fn load(cfg: &PipelineConfig, input: &Path) -> Result<History> {
+    match &cfg.job {
+        JobConfig::Fraud(f) => file::load(f, input),
+        JobConfig::Market(m) => ticks::load(input, m.backtest.csv.as_ref()),
+    }
+}
+
+/// A progress bar over `rows` events, hidden when not wanted.
+pub fn progress_bar(rows: u64, visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(rows);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} replay [{bar:40}] {human_pos}/{human_len} events  {per_sec}  eta {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+/// A backtest's report.
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// Fraud metrics.
+    Fraud(FraudReport),
+    /// VaR backtest.
+    Market(MarketReport),
+}
+
+impl Report {
+    /// What the replayed events are.
+    pub fn events(&self) -> &'static str {
+        match self {
+            Report::Fraud(_) => "transactions",
+            Report::Market(_) => "ticks",
+        }
+    }
+
+    /// A printable table.
+    pub fn table(&self) -> String {
+        match self {
+            Report::Fraud(r) => r.table(),
+            Report::Market(r) => r.table(),
+        }
+    }
+}
+
+/// What a backtest produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The report.
+    pub report: Report,
+    /// Events replayed.
+    pub replayed: usize,
+    /// Events rejected (not scored), and the first reasons, naming the row of the input.
+    pub rejected: (usize, Vec<String>),
+    /// Wall time of reading, ordering, features and scoring.
+    pub replay_time: Duration,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+}
+
+/// Options of a backtest.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Show a progress bar.
+    pub show_progress: bool,
+    /// Market jobs: the instrument whose VaR is evaluated (default: the first).
+    pub instrument: Option<String>,
+}
+
+/// Replays `history` (read since `started`) and writes the job's backtest files into `out_dir`.
+pub fn run(
+    cfg: &PipelineConfig,
+    history: Arc<History>,
+    started: Instant,
+    out_dir: &Path,
+    opts: &Options,
+) -> Result<Outcome> {
+    cfg.validate()?;
+    let pb = progress_bar(history.events.num_rows() as u64, opts.show_progress);
+    let replayed = replay(cfg, history.clone(), &pb)?;
+    pb.finish_and_clear();
+    let replay_time = started.elapsed();
+    let reasons: Vec<String> = replayed
+        .rejected()
+        .iter()
+        .take(10)
+        .map(|d| match &d.origin {
+            Origin::Row(row) => format!("data row {}: {}", history.source_row(*row) + 1, d.reason),
+            Origin::Message(m) => {
+                format!("{}[{}]@{}: {}", m.topic, m.partition, m.offset, d.reason)
+            }
+        })
+        .collect();
+    for r in &reasons {
+        tracing::warn!("rejected {r}");
+    }
+    let (report, files) = match &cfg.job {
+        JobConfig::Fraud(f) => {
+            let threshold = cfg.alerts.threshold.unwrap_or_default();
+            let FraudOutcome { report, files } =
+                jobs::fraud::backtest::evaluate(f, &replayed.model, threshold, &replayed, out_dir)?;
+            (Report::Fraud(report), files)
+        }
+        JobConfig::Market(m) => {
+            let MarketOutcome { report, files } = jobs::market::backtest::evaluate(
+                m,
+                &replayed.model,
+                &replayed,
+                out_dir,
+                opts.instrument.as_deref(),
+            )?;
+            (Report::Market(report), files)
+        }
+    };
+    Ok(Outcome {
+        report,
+        replayed: history.events.num_rows(),
+        rejected: (replayed.rejected().len(), reasons),
+        replay_time,
+        files,
+    })
+}
+
+/// Writes `value` as pretty JSON.
+pub(crate) fn write_json<T: Serialize>(path: PathBuf, value: &T) -> Result<PathBuf> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| PipelineError::Bug(format!("a report does not serialize: {e}")))?;
+    std::fs::write(&path, text).map_err(PipelineError::io("writing", &path))?;
+    Ok(path)
+}
+
+/// Registers the embedded font once: the plots need no fonts installed on the machine.
+pub(crate) fn ensure_font() {
+    static FONT: std::sync::Once = std::sync::Once::new();
+    FONT.call_once(|| {
+        let _ = register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+}

@@ -1,0 +1,58 @@
+//! Decoders: message payloads to Arrow rows of a job's input schemas, every undecodable message
+//! kept with its reason for the dead-letter topic. A format is one file here plus one line in
+//! [`build`].
+
+mod json;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use serde::Deserialize;
+
+pub use json::JsonDecoder;
+
+use crate::jobs::RejectKind;
+
+/// Why a message was rejected; becomes the dead letter's `riskpipe.error` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Index of the message among those given to [`Decoder::decode`].
+    pub index: usize,
+    /// Human-readable reason, naming the broken part.
+    pub reason: String,
+    /// Class of the problem.
+    pub kind: RejectKind,
+}
+
+/// The decoded rows (one per accepted message, in order) and the rejected messages.
+#[derive(Debug)]
+pub struct DecodedPayloads {
+    /// Accepted messages as rows of the schema.
+    pub batch: RecordBatch,
+    /// Index (into the input) of each row of `batch`.
+    pub accepted: Vec<usize>,
+    /// Messages that could not become a row.
+    pub rejected: Vec<Rejection>,
+}
+
+/// Turns payloads into rows of a schema.
+pub trait Decoder: Send + Sync + std::fmt::Debug {
+    /// Decodes one row per payload against `schema`; a payload that does not give exactly one
+    /// valid row is rejected, and its valid neighbours are still decoded.
+    fn decode(&self, schema: &SchemaRef, payloads: &[&[u8]]) -> DecodedPayloads;
+}
+
+/// Payload formats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON object per message (`schemas/json/*.schema.json`).
+    #[default]
+    Json,
+}
+
+/// The registry: the decoder of `format`, refusing payloads over `max_bytes`.
+pub fn build(format: Format, max_bytes: usize) -> Box<dyn Decoder> {
+    match format {
+        Format::Json => Box::new(JsonDecoder::new(max_bytes)),
+    }
+}

@@ -1,0 +1,204 @@
+//! The driver: the one loop every execution runs — `riskpipe run` (live), `riskpipe replay`
+//! (a Kafka range), `riskpipe backtest` (files), the demo, the benches and the tests.
+//!
+//! ```text
+//! source ──▶ decode ──▶ features ──▶ score ──▶ sink ──▶ ack
+//! (async)   (thread)    (thread)    (thread)  (async)  (async)
+//! ```
+//!
+//! Stages are joined by bounded queues of `in_flight` batches, so a slow sink slows the source
+//! instead of growing memory, and the decoding, features and scoring of consecutive batches
+//! overlap. The acknowledgement stage awaits each batch's delivery in batch order and only then
+//! hands the batch's token to the source's [`Acker`]: an input is never acknowledged before
+//! every output derived from it is. A [`Fault::BadInput`] error of a job stage dead-letters that
+//! batch's events and the pipeline goes on; any other error stops every stage without
+//! acknowledging the failed batch, so a restart re-processes it.
+
+mod counters;
+mod stages;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use riskpipe_schemas::Fault;
+use tokio::sync::{mpsc, watch};
+
+pub use counters::{Counters, Summary};
+
+use crate::decoders::Decoder;
+use crate::events;
+use crate::jobs::Job;
+use crate::sinks::Sink;
+use crate::sources::{Acker, Payload, Source};
+use crate::{PipelineError, Result};
+
+/// How batches flow; see the module documentation.
+#[derive(Debug)]
+pub struct Driver {
+    /// Batches in flight between any two stages.
+    pub in_flight: usize,
+    /// Decodes the payloads of message sources.
+    pub decoder: Box<dyn Decoder>,
+}
+
+impl Driver {
+    /// A driver decoding with `decoder`, `in_flight` batches per queue.
+    pub fn new(decoder: Box<dyn Decoder>, in_flight: usize) -> Self {
+        Self {
+            in_flight: in_flight.max(1),
+            decoder,
+        }
+    }
+
+    /// Runs `job` over `source` into `sink` until the source ends or `shutdown` resolves (then
+    /// drains: every batch read is processed, delivered and acknowledged), or a stage fails.
+    pub async fn run<S: Source, K: Sink>(
+        self,
+        mut source: S,
+        job: Job,
+        mut sink: K,
+        counters: Arc<Counters>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<Summary> {
+        let n = self.in_flight;
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let (batch_tx, batch_rx) = mpsc::channel(n);
+        let (decoded_tx, decoded_rx) = mpsc::channel(n);
+        let (featured_tx, featured_rx) = mpsc::channel(n);
+        let (scored_tx, mut scored_rx) = mpsc::channel(n);
+        let (pending_tx, mut pending_rx) = mpsc::channel(n);
+        let names = source.names();
+        let names = (Arc::<str>::from(names.0), Arc::<str>::from(names.1));
+        let inputs = job.inputs.clone();
+        let decoder = self.decoder;
+
+        let decode = stages::spawn("riskpipe-decode", &stop_tx, move || {
+            stages::decode(batch_rx, decoded_tx, decoder.as_ref(), &inputs, &names)
+        })?;
+        let mut features = job.features;
+        let featuring = stages::spawn("riskpipe-features", &stop_tx, move || {
+            stages::features(decoded_rx, featured_tx, features.as_mut())
+        })?;
+        let mut scoring = job.scoring;
+        let scoring_thread = stages::spawn("riskpipe-score", &stop_tx, move || {
+            stages::score(featured_rx, scored_tx, scoring.as_mut())
+        })?;
+        let publish = {
+            let stop = stop_tx.clone();
+            tokio::spawn(async move {
+                let r = async {
+                    while let Some((work, batch)) = scored_rx.recv().await {
+                        let sent = std::time::Instant::now();
+                        let delivery = sink.send(batch).await?;
+                        if pending_tx.send((work, delivery, sent)).await.is_err() {
+                            break; // the ack stage stopped; it reports why
+                        }
+                    }
+                    Ok(())
+                }
+                .await;
+                stages::stop_on_error(&stop, r)
+            })
+        };
+        let acknowledge = {
+            let stop = stop_tx.clone();
+            let mut acker = source.acker();
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                let r = async {
+                    while let Some((work, delivery, sent)) = pending_rx.recv().await {
+                        let delivered = delivery.await?;
+                        events::stage_time(events::Stage::Publish, sent.elapsed().as_secs_f64());
+                        counters.delivered(&work, delivered);
+                        acker.ack(work.ack);
+                    }
+                    Ok(acker)
+                }
+                .await;
+                stages::stop_on_error(&stop, r)
+            })
+        };
+
+        // The source loop, here on the caller's task: ends at the end of the input, on shutdown
+        // (the source returns what it holds first) or when a stage stopped the pipeline.
+        let consumed = {
+            let stop = stop_tx.clone();
+            let watch_shutdown = async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            };
+            let read = async {
+                while let Some(batch) = source.next(&mut stop_rx).await? {
+                    counters.consumed(&batch.payload);
+                    if batch_tx.send(batch).await.is_err() {
+                        break; // the decode stage stopped; it reports why
+                    }
+                }
+                Ok::<(), PipelineError>(())
+            };
+            tokio::pin!(watch_shutdown);
+            tokio::pin!(read);
+            tokio::select! {
+                r = &mut read => r,
+                () = &mut watch_shutdown => read.await,
+            }
+        };
+        if consumed.is_err() {
+            let _ = stop_tx.send(true);
+        }
+        drop(batch_tx); // each stage ends after its last batch
+
+        let published = publish
+            .await
+            .map_err(|e| PipelineError::Bug(format!("sink task: {e}")))?;
+        let acked = acknowledge
+            .await
+            .map_err(|e| PipelineError::Bug(format!("acknowledgement task: {e}")))?;
+        let decoded = stages::join(decode).await;
+        let featured = stages::join(featuring).await;
+        let scored = stages::join(scoring_thread).await;
+        // The first stage to fail is the cause; later ones failed because it stopped.
+        for r in [featured, scored, decoded] {
+            r?;
+        }
+        published?;
+        let mut acker = acked?;
+        consumed?;
+        acker.finish()?;
+        Ok(counters.summary())
+    }
+
+    /// [`Self::run`] on a runtime of its own, for synchronous callers (backtests, exports).
+    pub fn run_blocking<S: Source, K: Sink>(
+        self,
+        source: S,
+        job: Job,
+        sink: K,
+        counters: Arc<Counters>,
+    ) -> Result<Summary> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(PipelineError::runtime("starting the async runtime"))?
+            .block_on(self.run(source, job, sink, counters, std::future::pending()))
+    }
+}
+
+/// Whether an error of a job stage dead-letters the batch (bad input) or stops the pipeline.
+pub(crate) fn dead_letters_batch(e: &PipelineError) -> bool {
+    e.fault() == Fault::BadInput
+}
+
+/// Rows of a payload, for the batch-size metric.
+pub(crate) fn rows(payload: &Payload) -> usize {
+    match payload {
+        Payload::Messages(m) => m.len(),
+        Payload::Rows { input, .. } => {
+            input.events.num_rows() + input.side.as_ref().map_or(0, |s| s.num_rows())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

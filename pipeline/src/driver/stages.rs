@@ -1,0 +1,306 @@
+//! The driver's stage loops and the work item that flows through them.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arrow::array::RecordBatch;
+use tokio::sync::{mpsc, watch};
+
+use crate::decoders::{Decoder, Rejection};
+use crate::events::{self, Stage};
+use crate::jobs::{FeatureStage, Featured, Inputs, JobInput, JobOutput, RejectKind, ScoreStage};
+use crate::sinks::{DeadLetter, Origin, SinkBatch};
+use crate::sources::{Message, Payload, SourceBatch};
+use crate::{PipelineError, Result};
+
+/// What travels with a batch from the decoder to the acknowledgement.
+#[derive(Debug)]
+pub(crate) struct Work<A> {
+    pub(crate) ack: A,
+    /// The message behind each event row (message sources), taken when the row is rejected.
+    origins: Vec<Option<Message>>,
+    /// Index of the first event row in the source (row sources).
+    first_row: Option<usize>,
+    /// Whether each event row was rejected.
+    rejected: Vec<bool>,
+    /// Producer timestamp (ms) of each event row, for end-to-end latency (message sources).
+    pub(crate) created_ms: Vec<Option<i64>>,
+    dead: Vec<DeadLetter>,
+}
+
+impl<A> Work<A> {
+    fn new(ack: A, events: usize) -> Self {
+        Self {
+            ack,
+            origins: Vec::new(),
+            first_row: None,
+            rejected: vec![false; events],
+            created_ms: Vec::new(),
+            dead: Vec::new(),
+        }
+    }
+
+    /// Event `row` of the batch becomes a dead letter.
+    fn reject(&mut self, row: usize, kind: RejectKind, reason: String) {
+        let origin = match self.first_row {
+            Some(first) => Some(Origin::Row(first + row)),
+            None => self
+                .origins
+                .get_mut(row)
+                .and_then(Option::take)
+                .map(Origin::Message),
+        };
+        if let Some(seen) = self.rejected.get_mut(row) {
+            *seen = true;
+        }
+        if let Some(created) = self.created_ms.get_mut(row) {
+            *created = None;
+        }
+        if let Some(origin) = origin {
+            self.dead.push(DeadLetter {
+                origin,
+                kind,
+                reason,
+            });
+        }
+    }
+
+    /// Every event row not rejected yet becomes a dead letter.
+    fn reject_rest(&mut self, kind: RejectKind, reason: &str) {
+        for row in 0..self.rejected.len() {
+            if !self.rejected[row] {
+                self.reject(row, kind, reason.to_string());
+            }
+        }
+    }
+
+    /// Event rows not rejected, in order: the rows a score stage sees.
+    fn kept(&self) -> Vec<usize> {
+        (0..self.rejected.len())
+            .filter(|&r| !self.rejected[r])
+            .collect()
+    }
+}
+
+/// Spawns a stage thread that stops the pipeline when it fails.
+pub(super) fn spawn(
+    name: &str,
+    stop: &watch::Sender<bool>,
+    body: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let stop = stop.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || stop_on_error(&stop, body()))
+        .map_err(PipelineError::runtime("starting a stage thread"))
+}
+
+/// Passes `r` on, setting `stop` first when it is an error.
+pub(super) fn stop_on_error<T>(stop: &watch::Sender<bool>, r: Result<T>) -> Result<T> {
+    if r.is_err() {
+        let _ = stop.send(true);
+    }
+    r
+}
+
+/// Waits for a stage thread off the async reactor.
+pub(super) async fn join(handle: std::thread::JoinHandle<Result<()>>) -> Result<()> {
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .map_err(|e| PipelineError::Bug(format!("joining a stage thread: {e}")))?
+        .map_err(|_| PipelineError::Bug("a stage thread panicked".into()))?
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Decodes the payloads of one stream; rejected messages become dead letters, accepted ones
+/// come back in row order.
+fn decode_stream(
+    decoder: &dyn Decoder,
+    schema: &arrow::datatypes::SchemaRef,
+    messages: Vec<Message>,
+    dead: &mut Vec<DeadLetter>,
+) -> (RecordBatch, Vec<Message>) {
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+    let decoded = decoder.decode(schema, &payloads);
+    drop(payloads);
+    let mut slots: Vec<Option<Message>> = messages.into_iter().map(Some).collect();
+    for Rejection {
+        index,
+        reason,
+        kind,
+    } in decoded.rejected
+    {
+        if let Some(m) = slots.get_mut(index).and_then(Option::take) {
+            dead.push(DeadLetter {
+                origin: Origin::Message(m),
+                kind,
+                reason,
+            });
+        }
+    }
+    let accepted = decoded
+        .accepted
+        .iter()
+        .filter_map(|&i| slots.get_mut(i).and_then(Option::take))
+        .collect();
+    (decoded.batch, accepted)
+}
+
+/// Stage 1: payloads to Arrow (its own thread, so decoding overlaps the job).
+pub(super) fn decode<A: Send>(
+    mut batches: mpsc::Receiver<SourceBatch<A>>,
+    out: mpsc::Sender<(Work<A>, JobInput)>,
+    decoder: &dyn Decoder,
+    inputs: &Inputs,
+    names: &(Arc<str>, Arc<str>),
+) -> Result<()> {
+    while let Some(batch) = batches.blocking_recv() {
+        let started = Instant::now();
+        events::batch_rows(super::rows(&batch.payload));
+        let (work, input) = match batch.payload {
+            Payload::Rows { input, first_row } => {
+                events::events_in(&names.0, input.events.num_rows() as u64);
+                if let Some(side) = &input.side {
+                    events::events_in(&names.1, side.num_rows() as u64);
+                }
+                let mut work = Work::new(batch.ack, input.events.num_rows());
+                work.first_row = Some(first_row);
+                (work, input)
+            }
+            Payload::Messages(messages) => {
+                let mut per_topic: Vec<(Arc<str>, u64)> = Vec::new();
+                for m in &messages {
+                    match per_topic.iter_mut().find(|(t, _)| *t == m.topic) {
+                        Some((_, n)) => *n += 1,
+                        None => per_topic.push((m.topic.clone(), 1)),
+                    }
+                }
+                for (topic, n) in per_topic {
+                    events::events_in(&topic, n);
+                }
+                let (side, event_messages): (Vec<Message>, Vec<Message>) =
+                    messages.into_iter().partition(|m| m.side);
+                let mut dead = Vec::new();
+                let side = match &inputs.side {
+                    Some(schema) => Some(decode_stream(decoder, schema, side, &mut dead).0),
+                    None => {
+                        for m in side {
+                            dead.push(DeadLetter {
+                                origin: Origin::Message(m),
+                                kind: RejectKind::Schema,
+                                reason: "this job has no side input".into(),
+                            });
+                        }
+                        None
+                    }
+                };
+                let (events, origins) =
+                    decode_stream(decoder, &inputs.events, event_messages, &mut dead);
+                let mut work = Work::new(batch.ack, events.num_rows());
+                work.created_ms = origins
+                    .iter()
+                    .map(|m| Some(m.created_ms.unwrap_or_else(now_ms)))
+                    .collect();
+                work.origins = origins.into_iter().map(Some).collect();
+                work.dead = dead;
+                (work, JobInput { side, events })
+            }
+        };
+        events::stage_time(Stage::Decode, started.elapsed().as_secs_f64());
+        if out.blocking_send((work, input)).is_err() {
+            break; // a later stage stopped; it reports why
+        }
+    }
+    Ok(())
+}
+
+/// Stage 2: the job's feature half (its own thread: CPU-heavy, off the async reactor).
+pub(super) fn features<A: Send>(
+    mut batches: mpsc::Receiver<(Work<A>, JobInput)>,
+    out: mpsc::Sender<(Work<A>, Option<Featured>)>,
+    stage: &mut dyn FeatureStage,
+) -> Result<()> {
+    while let Some((mut work, input)) = batches.blocking_recv() {
+        let started = Instant::now();
+        let featured = match stage.process(input) {
+            Ok(mut f) => {
+                for r in std::mem::take(&mut f.rejects) {
+                    work.reject(r.row, r.kind, r.reason);
+                }
+                Some(f)
+            }
+            // The whole batch failed a check: dead-letter its events, go on.
+            Err(e) if super::dead_letters_batch(&e) => {
+                work.reject_rest(RejectKind::Schema, &e.to_string());
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        events::stage_time(Stage::Features, started.elapsed().as_secs_f64());
+        if out.blocking_send((work, featured)).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Stage 3: the job's scoring half (its own thread), then the batch's dead letters counted.
+pub(super) fn score<A: Send>(
+    mut batches: mpsc::Receiver<(Work<A>, Option<Featured>)>,
+    out: mpsc::Sender<(Work<A>, SinkBatch)>,
+    stage: &mut dyn ScoreStage,
+) -> Result<()> {
+    while let Some((mut work, featured)) = batches.blocking_recv() {
+        let started = Instant::now();
+        let mut output = JobOutput::default();
+        if let Some(f) = featured.filter(|f| f.batch.num_rows() > 0) {
+            // The score stage sees the kept rows; its rejects are numbered among them.
+            let kept = work.kept();
+            match stage.process(f) {
+                Ok(mut o) => {
+                    for r in std::mem::take(&mut o.rejects) {
+                        if let Some(&row) = kept.get(r.row) {
+                            work.reject(row, r.kind, r.reason);
+                        }
+                    }
+                    output = o;
+                }
+                Err(e) if super::dead_letters_batch(&e) => {
+                    work.reject_rest(RejectKind::Schema, &e.to_string());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        events::stage_time(Stage::Score, started.elapsed().as_secs_f64());
+        let dead = std::mem::take(&mut work.dead);
+        for d in &dead {
+            events::dead_letter(d.kind.as_str());
+            match &d.origin {
+                Origin::Message(m) => tracing::warn!(
+                    topic = &*m.topic,
+                    partition = m.partition,
+                    offset = m.offset,
+                    kind = d.kind.as_str(),
+                    "dead letter: {}",
+                    d.reason
+                ),
+                Origin::Row(row) => {
+                    tracing::debug!(row, kind = d.kind.as_str(), "rejected: {}", d.reason);
+                }
+            }
+        }
+        if out
+            .blocking_send((work, SinkBatch { output, dead }))
+            .is_err()
+        {
+            break;
+        }
+    }
+    Ok(())
+}

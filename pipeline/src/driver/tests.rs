@@ -1,0 +1,219 @@
+//! The driver's contract with sources, jobs and sinks: a bad-input error dead-letters its batch
+//! and the run goes on; any other error stops it; a batch is acknowledged only after its
+//! delivery, in batch order, and the final commit happens only after a clean drain.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int64Type};
+use riskpipe_operators::columns;
+
+use super::*;
+use crate::jobs::{
+    FeatureStage, Featured, Inputs, JobInput, JobOutput, Records, Reject, RejectKind, ScoreStage,
+};
+use crate::sinks::Origin;
+use crate::sinks::collect::CollectSink;
+use crate::sources::{Acker, Payload, SourceBatch, Stop};
+
+const ROWS: usize = 4;
+
+/// `batches` batches of `ROWS` rows; column X holds the batch number.
+#[derive(Debug)]
+struct Numbers {
+    batches: usize,
+    next: usize,
+    acks: Arc<Mutex<Vec<usize>>>,
+    finished: Arc<Mutex<bool>>,
+}
+
+#[derive(Debug)]
+struct NumbersAcker {
+    acks: Arc<Mutex<Vec<usize>>>,
+    finished: Arc<Mutex<bool>>,
+}
+
+impl Acker for NumbersAcker {
+    type Ack = usize;
+    fn ack(&mut self, batch: usize) {
+        self.acks.lock().expect("lock").push(batch);
+    }
+    fn finish(&mut self) -> Result<()> {
+        *self.finished.lock().expect("lock") = true;
+        Ok(())
+    }
+}
+
+impl Source for Numbers {
+    type Ack = usize;
+    type Acker = NumbersAcker;
+
+    async fn next(&mut self, _stop: &mut Stop) -> Result<Option<SourceBatch<usize>>> {
+        if self.next == self.batches {
+            return Ok(None);
+        }
+        let n = self.next;
+        self.next += 1;
+        let x: ArrayRef = Arc::new(Int64Array::from(vec![n as i64; ROWS]));
+        let events = RecordBatch::try_from_iter([("X", x)])?;
+        Ok(Some(SourceBatch {
+            payload: Payload::Rows {
+                input: JobInput { side: None, events },
+                first_row: n * ROWS,
+            },
+            ack: n,
+        }))
+    }
+
+    fn acker(&self) -> NumbersAcker {
+        NumbersAcker {
+            acks: self.acks.clone(),
+            finished: self.finished.clone(),
+        }
+    }
+
+    fn names(&self) -> (&str, &str) {
+        ("numbers", "none")
+    }
+}
+
+/// Batch 1: its first row is invalid. `bad_input`: the batch fails a check. `bug`: the stage
+/// breaks.
+#[derive(Debug)]
+struct Picky {
+    bad_input: usize,
+    bug: usize,
+}
+
+impl FeatureStage for Picky {
+    fn process(&mut self, input: JobInput) -> Result<Featured> {
+        let n = columns::primitive::<Int64Type>(&input.events, "X")?.value(0) as usize;
+        if n == self.bad_input {
+            return Err(PipelineError::BadInput(format!("batch {n} is bad")));
+        }
+        if n == self.bug {
+            return Err(PipelineError::Bug(format!("batch {n} broke the stage")));
+        }
+        if n == 1 {
+            return Ok(Featured {
+                batch: input.events.slice(1, ROWS - 1),
+                rejects: vec![Reject {
+                    row: 0,
+                    kind: RejectKind::Invalid,
+                    reason: "the first row of batch 1".into(),
+                }],
+            });
+        }
+        Ok(Featured {
+            batch: input.events,
+            rejects: Vec::new(),
+        })
+    }
+}
+
+/// One score record per row.
+#[derive(Debug)]
+struct Echo;
+
+impl ScoreStage for Echo {
+    fn process(&mut self, featured: Featured) -> Result<JobOutput> {
+        let keys = cast(featured.batch.column(0), &DataType::Utf8)?;
+        Ok(JobOutput {
+            scored: Some(featured.batch.clone()),
+            scores: Some(Records {
+                batch: featured.batch,
+                keys,
+            }),
+            ..JobOutput::default()
+        })
+    }
+}
+
+struct Run {
+    result: Result<Summary>,
+    acks: Vec<usize>,
+    finished: bool,
+    sink: CollectSink,
+}
+
+fn run(batches: usize, bad_input: usize, bug: usize) -> Run {
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let finished = Arc::new(Mutex::new(false));
+    let source = Numbers {
+        batches,
+        next: 0,
+        acks: acks.clone(),
+        finished: finished.clone(),
+    };
+    let job = Job {
+        kind: "test",
+        model: "echo".into(),
+        inputs: Inputs {
+            events: Arc::new(arrow::datatypes::Schema::empty()),
+            side: None,
+        },
+        features: Box::new(Picky { bad_input, bug }),
+        scoring: Box::new(Echo),
+    };
+    let sink = CollectSink::default();
+    let driver = Driver::new(crate::decoders::build(crate::decoders::Format::Json, 1), 2);
+    let result = driver.run_blocking(source, job, sink.clone(), Arc::new(Counters::default()));
+    let acks = acks.lock().expect("lock").clone();
+    let finished = *finished.lock().expect("lock");
+    Run {
+        result,
+        acks,
+        finished,
+        sink,
+    }
+}
+
+#[test]
+fn bad_input_dead_letters_its_batch_and_the_run_goes_on() {
+    let r = run(5, 2, usize::MAX);
+    let summary = r.result.expect("a bad batch does not stop the run");
+    assert_eq!(
+        r.acks,
+        vec![0, 1, 2, 3, 4],
+        "every batch acknowledged, in order"
+    );
+    assert!(r.finished, "committed after the drain");
+    // Batches 0, 3, 4 whole, batch 1 less its first row; batch 2 and that row are dead letters.
+    assert_eq!(summary.scores, 4 + 3 + 4 + 4);
+    assert_eq!(summary.dead_letters, 1 + 4);
+    let collected = r.sink.take().expect("collected");
+    let dead: Vec<(usize, RejectKind)> = collected
+        .dead
+        .iter()
+        .map(|d| match d.origin {
+            Origin::Row(row) => (row, d.kind),
+            Origin::Message(_) => panic!("rows come from a row source"),
+        })
+        .collect();
+    assert_eq!(
+        dead,
+        vec![
+            (4, RejectKind::Invalid),
+            (8, RejectKind::Schema),
+            (9, RejectKind::Schema),
+            (10, RejectKind::Schema),
+            (11, RejectKind::Schema),
+        ]
+    );
+    assert!(collected.dead[1].reason.contains("batch 2 is bad"));
+}
+
+#[test]
+fn any_other_error_stops_the_run_without_acknowledging_the_failed_batch() {
+    let r = run(8, usize::MAX, 3);
+    let e = r.result.expect_err("a bug stops the run");
+    assert!(matches!(e, PipelineError::Bug(_)), "{e}");
+    assert!(r.acks.iter().all(|&b| b < 3), "acknowledged {:?}", r.acks);
+    assert!(
+        r.acks.windows(2).all(|w| w[0] + 1 == w[1]),
+        "in order: {:?}",
+        r.acks
+    );
+    assert!(!r.finished, "no final commit after a failure");
+}

@@ -1,0 +1,68 @@
+//! Encoders: output records (Arrow rows in the published schemas) to message payloads. A format
+//! is one file here plus one line in [`build`]; jobs never see payloads.
+
+mod json;
+
+use arrow::array::RecordBatch;
+use chrono::{DateTime, SecondsFormat};
+
+pub use json::JsonEncoder;
+
+use crate::Result;
+use crate::decoders::Format;
+
+/// One payload per record, in one buffer.
+#[derive(Debug, Default)]
+pub struct Payloads {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Payloads {
+    /// Empties the buffer for reuse.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+    }
+
+    /// Appends one payload written by `write`.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.buf);
+        self.ends.push(self.buf.len());
+    }
+
+    /// Number of payloads.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The payloads in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter()).map(|(s, &e)| &self.buf[s..e])
+    }
+}
+
+/// Turns records into payloads.
+pub trait Encoder: Send + Sync + std::fmt::Debug {
+    /// Appends one payload per row of `records` to `out`.
+    fn encode(&mut self, records: &RecordBatch, out: &mut Payloads) -> Result<()>;
+}
+
+/// The registry: the encoder of `format`.
+pub fn build(format: Format) -> Box<dyn Encoder> {
+    match format {
+        Format::Json => Box::new(JsonEncoder),
+    }
+}
+
+/// RFC 3339 in UTC with as many fractional digits as needed (0, 3, 6 or 9), as every time in a
+/// payload is written.
+pub fn rfc3339(ns: i64) -> String {
+    DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}

@@ -1,0 +1,133 @@
+//! Errors of the pipeline crate: typed variants that say whose fault they are, which decides
+//! dead-letter (bad input), or stop without committing (outside system, bug).
+
+use std::path::PathBuf;
+
+use riskpipe_schemas::Fault;
+
+/// Errors of the pipeline crate.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The configuration is invalid; every problem is listed.
+    #[error("invalid config:\n  - {}", .0.join("\n  - "))]
+    Config(Vec<String>),
+    /// Input data is malformed (a history file, a batch the job cannot take).
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// A file could not be read or written.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("reading", "creating", ...).
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A Kafka client call failed (after librdkafka's own retries).
+    #[error("kafka: {op}: {source}")]
+    Kafka {
+        /// The call ("creating consumer", "fetching watermarks", ...).
+        op: &'static str,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The broker did not acknowledge an output record: the batch's offsets stay uncommitted.
+    #[error(
+        "broker did not acknowledge a record for {topic}: {source}; offsets of this batch stay uncommitted"
+    )]
+    Delivery {
+        /// The output topic.
+        topic: String,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// A thread, the async runtime or a listener could not start.
+    #[error("{what}: {source}")]
+    Runtime {
+        /// What was started.
+        what: &'static str,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A chart could not be drawn.
+    #[error("drawing {}: {reason}", path.display())]
+    Plot {
+        /// The image file.
+        path: PathBuf,
+        /// plotters' error, as text (its error type is generic over the backend).
+        reason: String,
+    },
+    /// The Prometheus recorder could not be installed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    /// A stage was asked for its keyed state, which it cannot snapshot yet.
+    #[error("{stage}: keyed-state snapshots are not implemented yet")]
+    StateNotSupported {
+        /// The stage.
+        stage: &'static str,
+    },
+    /// riskpipe broke an invariant.
+    #[error("bug: {0}")]
+    Bug(String),
+    /// From the feature operators.
+    #[error(transparent)]
+    Operator(#[from] riskpipe_operators::OperatorError),
+    /// From the scoring stage.
+    #[error(transparent)]
+    Model(#[from] riskpipe_models::ModelError),
+    /// From Arrow, on data that passed the checks.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// From Parquet.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// From DataFusion.
+    #[cfg(feature = "sql")]
+    #[error("datafusion: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+}
+
+impl PipelineError {
+    /// Whose fault the error is. The driver dead-letters the batch behind a
+    /// [`Fault::BadInput`] and goes on; anything else stops the pipeline without committing.
+    pub fn fault(&self) -> Fault {
+        match self {
+            PipelineError::BadInput(_) => Fault::BadInput,
+            PipelineError::Io { .. }
+            | PipelineError::Kafka { .. }
+            | PipelineError::Delivery { .. }
+            | PipelineError::Runtime { .. }
+            | PipelineError::Plot { .. }
+            | PipelineError::Metrics(_)
+            | PipelineError::Parquet(_) => Fault::External,
+            PipelineError::Config(_)
+            | PipelineError::Bug(_)
+            | PipelineError::Arrow(_)
+            | PipelineError::StateNotSupported { .. } => Fault::Bug,
+            #[cfg(feature = "sql")]
+            PipelineError::DataFusion(_) => Fault::Bug,
+            PipelineError::Operator(e) => e.fault(),
+            PipelineError::Model(e) => e.fault(),
+        }
+    }
+
+    /// A Kafka error of `op`, for `map_err`.
+    pub fn kafka(op: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+        move |source| PipelineError::Kafka { op, source }
+    }
+
+    /// A file error of `op` on `path`, for `map_err`.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| PipelineError::Io { op, path, source }
+    }
+
+    /// A start-up error of `what`, for `map_err`.
+    pub fn runtime(what: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| PipelineError::Runtime { what, source }
+    }
+}
+
+/// Result of this crate.
+pub type Result<T, E = PipelineError> = std::result::Result<T, E>;

@@ -1,0 +1,113 @@
+//! Every metric riskpipe exports, named once. The driver emits them for every execution (live,
+//! Kafka replay, backtest), so a dashboard built on these names works for all of them.
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+/// Input messages or rows per topic (`topic` label).
+pub const EVENTS_IN: &str = "riskpipe_events_in_total";
+/// Output records acknowledged by the sink, per output (`topic`: scores, alerts, dead_letter).
+pub const EVENTS_OUT: &str = "riskpipe_events_out_total";
+/// Rows per micro-batch.
+pub const BATCH_ROWS: &str = "riskpipe_batch_rows";
+/// Seconds per stage and batch (`stage`: decode, features, score, encode, publish).
+pub const STAGE_SECONDS: &str = "riskpipe_stage_seconds";
+/// Seconds from an input message's producer timestamp to its score's acknowledgement.
+pub const END_TO_END_SECONDS: &str = "riskpipe_end_to_end_seconds";
+/// Dead letters per kind (`kind`: oversized, empty, malformed, schema, invalid).
+pub const DEAD_LETTERS: &str = "riskpipe_dead_letters_total";
+/// Offset commits (`result`: ok, error).
+pub const COMMITS: &str = "riskpipe_commits_total";
+/// Consumer errors the pipeline logged and went past.
+pub const CONSUMER_ERRORS: &str = "riskpipe_consumer_errors_total";
+/// Messages behind the partition's end (`topic`, `partition`), from librdkafka statistics.
+pub const CONSUMER_LAG: &str = "riskpipe_consumer_lag";
+
+/// A timed stage of the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Payloads to Arrow.
+    Decode,
+    /// Side inputs and feature operators.
+    Features,
+    /// Model, alerts and their reasons.
+    Score,
+    /// Output records to payloads.
+    Encode,
+    /// From handing a batch's records to the sink to its acknowledgement.
+    Publish,
+}
+
+impl Stage {
+    /// The `stage` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Features => "features",
+            Stage::Score => "score",
+            Stage::Encode => "encode",
+            Stage::Publish => "publish",
+        }
+    }
+}
+
+/// Describes every metric (HELP lines); called once when the exporter is installed.
+pub fn describe() {
+    describe_counter!(EVENTS_IN, "Input messages or rows, per topic");
+    describe_counter!(EVENTS_OUT, "Output records acknowledged, per output");
+    describe_histogram!(BATCH_ROWS, "Rows per micro-batch");
+    describe_histogram!(STAGE_SECONDS, "Seconds per stage and batch");
+    describe_histogram!(
+        END_TO_END_SECONDS,
+        "Seconds from an input's producer timestamp to its score's acknowledgement"
+    );
+    describe_counter!(DEAD_LETTERS, "Dead letters, per kind");
+    describe_counter!(COMMITS, "Offset commits, per result");
+    describe_counter!(CONSUMER_ERRORS, "Consumer errors logged and gone past");
+    describe_gauge!(CONSUMER_LAG, "Messages behind the partition's end");
+}
+
+/// A stage took `seconds` for one batch.
+pub fn stage_time(stage: Stage, seconds: f64) {
+    histogram!(STAGE_SECONDS, "stage" => stage.as_str()).record(seconds);
+}
+
+/// A micro-batch of `rows` arrived.
+pub fn batch_rows(rows: usize) {
+    histogram!(BATCH_ROWS).record(rows as f64);
+}
+
+/// `n` inputs arrived from `topic`.
+pub fn events_in(topic: &str, n: u64) {
+    counter!(EVENTS_IN, "topic" => topic.to_string()).increment(n);
+}
+
+/// `n` outputs of `output` were acknowledged.
+pub fn events_out(output: &'static str, n: u64) {
+    counter!(EVENTS_OUT, "topic" => output).increment(n);
+}
+
+/// One dead letter of `kind`.
+pub fn dead_letter(kind: &'static str) {
+    counter!(DEAD_LETTERS, "kind" => kind).increment(1);
+}
+
+/// An offset commit ended with `ok`.
+pub fn commit(ok: bool) {
+    counter!(COMMITS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// The consumer reported an error the pipeline went past.
+pub fn consumer_error() {
+    counter!(CONSUMER_ERRORS).increment(1);
+}
+
+/// A partition's consumer lag.
+pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
+    gauge!(CONSUMER_LAG, "topic" => topic.to_string(), "partition" => partition.to_string())
+        .set(lag as f64);
+}
+
+/// The end-to-end latency histogram (seconds), looked up once per batch.
+pub fn end_to_end() -> metrics::Histogram {
+    histogram!(END_TO_END_SECONDS)
+}

@@ -1,0 +1,87 @@
+//! Training-set exports: every configured feature over a whole history, written to Parquet.
+//! Market jobs run their feature stage on the driver (the very code that scores); fraud jobs
+//! compile their features to one DataFusion query (the batch twin, `sql` cargo feature), which
+//! the full-history test proves equal to the streaming operators.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{JobConfig, PipelineConfig};
+use crate::sinks::parquet;
+use crate::{PipelineError, Result, backtest, jobs};
+
+/// Writes the input columns plus every feature of `input` to `output`; returns the rows.
+pub fn features(cfg: &PipelineConfig, input: &Path, output: &Path) -> Result<usize> {
+    // No model is needed (the export is how one gets trained): check only the job.
+    let problems = match &cfg.job {
+        JobConfig::Fraud(f) => f.problems(),
+        JobConfig::Market(m) => m.problems(),
+    };
+    if !problems.is_empty() {
+        return Err(PipelineError::Config(problems));
+    }
+    match &cfg.job {
+        JobConfig::Fraud(f) => fraud(&f.features, input, output),
+        JobConfig::Market(_) => {
+            let history = Arc::new(backtest::load(cfg, input)?);
+            let replayed = backtest::replay_job(
+                jobs::features_only(cfg)?,
+                history,
+                backtest::batch_rows(cfg),
+                &indicatif::ProgressBar::hidden(),
+            )?;
+            let scored = replayed.scored();
+            parquet::write(output, &scored, None)?;
+            Ok(scored.iter().map(|b| b.num_rows()).sum())
+        }
+    }
+}
+
+#[cfg(not(feature = "sql"))]
+fn fraud(
+    _features: &riskpipe_operators::FeatureConfig,
+    _input: &Path,
+    _output: &Path,
+) -> Result<usize> {
+    Err(PipelineError::Config(vec![
+        "the fraud training-set export runs on DataFusion: build riskpipe with `--features sql` \
+         (models/train/run.sh does)"
+            .into(),
+    ]))
+}
+
+/// Computes every configured feature over a whole history with DataFusion (the batch twin of
+/// the streaming chain) and writes the input columns plus the features, ordered by event time.
+#[cfg(feature = "sql")]
+pub fn fraud(
+    features: &riskpipe_operators::FeatureConfig,
+    input: &Path,
+    output: &Path,
+) -> Result<usize> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(PipelineError::runtime("starting the async runtime"))?;
+    runtime.block_on(async {
+        let ctx = riskpipe_operators::batch::session();
+        let path = input.to_string_lossy().to_string();
+        if path.to_lowercase().ends_with(".csv") {
+            ctx.register_csv("history", &path, datafusion::prelude::CsvReadOptions::new())
+                .await?;
+        } else {
+            ctx.register_parquet(
+                "history",
+                &path,
+                datafusion::prelude::ParquetReadOptions::default(),
+            )
+            .await?;
+        }
+        let schema = ctx.table("history").await?.schema().as_arrow().clone();
+        let keep: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let df =
+            riskpipe_operators::batch::batch_features(&ctx, features, "history", &keep).await?;
+        let batches = df.collect().await?;
+        parquet::write(output, &batches, None)?;
+        Ok(batches.iter().map(|b| b.num_rows()).sum())
+    })
+}

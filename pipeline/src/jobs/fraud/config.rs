@@ -1,0 +1,111 @@
+//! `[job]` of a fraud pipeline (`kind = "fraud"`): features, how a labelled history is replayed,
+//! and the backtest's train/delay/test split.
+
+use std::time::Duration;
+
+use riskpipe_operators::FeatureConfig;
+use serde::Deserialize;
+
+/// A fraud-scoring job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FraudConfig {
+    /// Feature definitions, shared by live scoring, replay and the batch export.
+    pub features: FeatureConfig,
+    /// How a history file is replayed.
+    #[serde(default)]
+    pub replay: ReplayConfig,
+    /// The backtest's train/delay/test split; without it the whole history is evaluated.
+    #[serde(default)]
+    pub backtest: Option<SplitConfig>,
+}
+
+fn default_batch_rows() -> usize {
+    8192
+}
+fn default_label_delay() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_label() -> String {
+    riskpipe_schemas::label::TX_FRAUD.into()
+}
+
+/// How a history file is replayed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// Rows per micro-batch.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// A fraud's label event is emitted this long after its transaction.
+    #[serde(default = "default_label_delay", with = "humantime_serde")]
+    pub label_delay: Duration,
+    /// Label column of the history (1 = fraud).
+    #[serde(default = "default_label")]
+    pub label: String,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self {
+            batch_rows: default_batch_rows(),
+            label_delay: default_label_delay(),
+            label: default_label(),
+        }
+    }
+}
+
+/// The handbook's evaluation split.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// First training day (UTC date, `YYYY-MM-DD`).
+    pub train_start: String,
+    /// Training days.
+    pub train_days: u32,
+    /// Days between training and test during which labels are not yet known.
+    pub delay_days: u32,
+    /// Test days.
+    pub test_days: u32,
+}
+
+impl FraudConfig {
+    /// Every problem of the job's settings (`job.*`).
+    pub fn problems(&self) -> Vec<String> {
+        let mut p: Vec<String> = self
+            .features
+            .validate(
+                &riskpipe_schemas::transaction_schema(),
+                Some(&riskpipe_schemas::fraud_label_schema()),
+            )
+            .into_iter()
+            .map(|e| format!("job.features: {e}"))
+            .collect();
+        if self.replay.batch_rows == 0 {
+            p.push("job.replay.batch_rows must be at least 1".into());
+        }
+        if let Some(s) = &self.backtest {
+            if chrono::NaiveDate::parse_from_str(&s.train_start, "%Y-%m-%d").is_err() {
+                p.push(format!(
+                    "job.backtest.train_start {:?} is not a YYYY-MM-DD date",
+                    s.train_start
+                ));
+            }
+            if s.train_days == 0 || s.test_days == 0 {
+                p.push(
+                    "job.backtest.train_days and job.backtest.test_days must be at least 1".into(),
+                );
+            }
+        }
+        p
+    }
+
+    /// The label-time column of label events.
+    pub fn label_time(&self) -> String {
+        self.features
+            .label_risk
+            .first()
+            .map(|r| r.label_time.clone())
+            .unwrap_or_else(|| riskpipe_schemas::label::LABEL_TIME.into())
+    }
+}

@@ -1,0 +1,144 @@
+//! The fraud job: transactions and delayed fraud labels in; one score per transaction and an
+//! alert (with its top reasons) per score at or over the threshold out.
+//!
+//! Features: fraud labels first (operators use a label only from its label time on, so the
+//! result does not depend on how labels and transactions share micro-batches), then the
+//! transactions through the [`FeatureChain`](riskpipe_operators::FeatureChain) of `[job.features]`.
+//! Score: the model ([`FraudModel`]), alerts and their occlusion reasons, output records.
+
+pub mod backtest;
+mod config;
+pub mod metrics;
+mod model;
+mod records;
+pub mod report;
+
+use arrow::array::RecordBatch;
+use riskpipe_models::Scorer;
+use riskpipe_operators::{FeatureChain, columns};
+use riskpipe_schemas::{fraud_label_schema, score, transaction_schema};
+
+pub use config::{FraudConfig, ReplayConfig, SplitConfig};
+pub use model::FraudModel;
+
+use super::Repeated;
+use super::{FeatureStage, Featured, Inputs, Job, JobInput, JobOutput, ScoreStage};
+use crate::config::{PipelineConfig, Streams};
+use crate::{PipelineError, Result};
+
+/// Default input topics: transactions, and fraud labels as the side input.
+pub const STREAMS: Streams = Streams {
+    events: "transactions",
+    side: Some("fraud-labels"),
+};
+
+/// Transactions, and fraud labels as the side input.
+pub fn inputs() -> Inputs {
+    Inputs {
+        events: transaction_schema(),
+        side: Some(fraud_label_schema()),
+    }
+}
+
+/// The feature half alone (the training-set export needs no model).
+pub fn feature_stage(cfg: &FraudConfig) -> Result<Box<dyn FeatureStage>> {
+    Ok(Box::new(FraudFeatures {
+        chain: cfg.features.build_chain()?,
+    }))
+}
+
+/// Builds the job: the feature chain, the model (checked: every model input is a transaction
+/// column or a configured feature) and the alerting.
+pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
+    let threshold = pipeline.alerts.threshold.ok_or_else(|| {
+        PipelineError::Config(vec!["alerts.threshold is required for a fraud job".into()])
+    })?;
+    let scorer = Scorer::load(&pipeline.model)?;
+    let produced = cfg.features.feature_names()?;
+    let events = transaction_schema();
+    let missing: Vec<&String> = scorer
+        .features()
+        .iter()
+        .filter(|f| !produced.contains(f) && events.column_with_name(f).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Err(PipelineError::Config(vec![format!(
+            "model {} reads columns that are neither transaction columns nor configured features: {missing:?}",
+            pipeline.model.path.display()
+        )]));
+    }
+    Ok(Job {
+        kind: "fraud",
+        model: pipeline.model_name(),
+        inputs: inputs(),
+        features: feature_stage(cfg)?,
+        scoring: Box::new(FraudScoring {
+            model: FraudModel::new(scorer, threshold),
+            event_time: cfg.features.event_time.clone(),
+            reasons: pipeline.alerts.reasons,
+            model_name: Repeated::new(pipeline.model_name()),
+        }),
+    })
+}
+
+/// Labels into the operators' state, then the transactions through the feature chain.
+#[derive(Debug)]
+struct FraudFeatures {
+    chain: FeatureChain,
+}
+
+impl FeatureStage for FraudFeatures {
+    fn process(&mut self, input: JobInput) -> Result<Featured> {
+        // Labels first: operators use a label only from its label time on.
+        if let Some(labels) = input.side.as_ref().filter(|l| l.num_rows() > 0) {
+            self.chain.observe_labels(labels)?;
+        }
+        let batch = if input.events.num_rows() > 0 {
+            self.chain.process(input.events)?
+        } else {
+            input.events
+        };
+        Ok(Featured {
+            batch,
+            rejects: Vec::new(),
+        })
+    }
+}
+
+/// The model, the alerts and their reasons, the output records.
+#[derive(Debug)]
+struct FraudScoring {
+    model: FraudModel,
+    event_time: String,
+    reasons: usize,
+    model_name: Repeated,
+}
+
+impl ScoreStage for FraudScoring {
+    fn process(&mut self, featured: Featured) -> Result<JobOutput> {
+        let scored = self.model.process(featured.batch)?;
+        let alerted = alert_rows(&scored)?;
+        let reasons = self.model.explain(&alerted, self.reasons)?;
+        let scores = records::scores(&scored, &self.event_time, &mut self.model_name)?;
+        let alerts = records::alerts(
+            &scored,
+            &self.event_time,
+            &alerted,
+            reasons,
+            self.model.threshold(),
+            &mut self.model_name,
+        )?;
+        Ok(JobOutput {
+            scored: Some(scored),
+            scores: Some(scores),
+            alerts: Some(alerts),
+            rejects: featured.rejects,
+        })
+    }
+}
+
+/// Rows of a scored batch whose alert flag is set.
+fn alert_rows(scored: &RecordBatch) -> Result<Vec<usize>> {
+    let alert = columns::boolean(scored, score::ALERT)?;
+    Ok((0..scored.num_rows()).filter(|&i| alert.value(i)).collect())
+}

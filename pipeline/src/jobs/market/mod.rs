@@ -1,0 +1,205 @@
+//! The market-risk job: price ticks in; per-instrument VaR scores, portfolio VaR scores and
+//! limit breaches out.
+//!
+//! Features: the one tick validation ([`ticks`]), then the keyed series features of
+//! `[job.features]` ([`SeriesOperator`]). Score: the VaR model on every tick whose model inputs
+//! are defined, the volatility, portfolio aggregation ([`portfolio`]) and the output records.
+//!
+//! VaR conventions: the model predicts the next day's loss quantile in log-return units `v`
+//! (a loss is `−r_{t+1}`, `r = ln(p_{t+1}/p_t)`); scores carry it as a loss fraction
+//! `1 − e^{−v}` of the position's value. Both say "exceeded" on the same days.
+
+pub mod backtest;
+mod config;
+pub mod portfolio;
+mod records;
+pub mod report;
+mod ticks;
+pub mod var;
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use riskpipe_models::Scorer;
+use riskpipe_operators::{Operator, SeriesOperator, columns};
+use riskpipe_schemas::{market, market_tick_schema};
+
+pub use config::{MarketBacktestConfig, MarketConfig, PortfolioConfig, VAR, VOLATILITY};
+
+use super::Repeated;
+use super::{FeatureStage, Featured, Inputs, Job, JobInput, JobOutput, ScoreStage};
+use crate::config::{PipelineConfig, Streams};
+use crate::{PipelineError, Result};
+use portfolio::Aggregator;
+use ticks::TickCheck;
+
+/// Default input topic: ticks; no side input.
+pub const STREAMS: Streams = Streams {
+    events: "ticks",
+    side: None,
+};
+
+/// Ticks; no side input.
+pub fn inputs() -> Inputs {
+    Inputs {
+        events: market_tick_schema(),
+        side: None,
+    }
+}
+
+/// The series operator of `[job.features]`.
+pub fn series_operator(cfg: &MarketConfig) -> Result<SeriesOperator> {
+    Ok(SeriesOperator::new(
+        market::INSTRUMENT,
+        market::TIME,
+        market::PRICE,
+        cfg.features.clone(),
+    )?)
+}
+
+/// The feature half alone (the training-set export needs no model).
+pub fn feature_stage(cfg: &MarketConfig) -> Result<Box<dyn FeatureStage>> {
+    Ok(Box::new(MarketFeatures {
+        check: TickCheck::default(),
+        series: series_operator(cfg)?,
+    }))
+}
+
+/// Builds the job: validation and series features, the VaR model (checked: it reads only
+/// features `[job.features]` computes, or the price) and the portfolios.
+pub fn build(cfg: &MarketConfig, pipeline: &PipelineConfig) -> Result<Job> {
+    let scorer = Scorer::load(&pipeline.model)?;
+    let names = cfg.features.names();
+    let missing: Vec<_> = scorer
+        .features()
+        .iter()
+        .filter(|f| !names.contains(f) && f.as_str() != market::PRICE)
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(PipelineError::Config(vec![format!(
+            "model {} reads {missing:?}, which [job.features] does not compute",
+            scorer.name()
+        )]));
+    }
+    let variance = cfg
+        .features
+        .ewma_variance
+        .as_ref()
+        .map(|e| e.name.clone())
+        .ok_or_else(|| {
+            PipelineError::Config(vec!["job.features.ewma_variance is required".into()])
+        })?;
+    let model = scorer.name().to_string();
+    Ok(Job {
+        kind: "market",
+        model: model.clone(),
+        inputs: inputs(),
+        features: feature_stage(cfg)?,
+        scoring: Box::new(MarketScoring {
+            scorer,
+            variance,
+            confidence: cfg.confidence,
+            aggregator: Aggregator::new(
+                cfg.portfolios.clone(),
+                cfg.correlation_lambda,
+                cfg.confidence,
+            ),
+            model: Repeated::new(model),
+        }),
+    })
+}
+
+/// Tick validation, then the series features.
+#[derive(Debug)]
+struct MarketFeatures {
+    check: TickCheck,
+    series: SeriesOperator,
+}
+
+impl FeatureStage for MarketFeatures {
+    fn process(&mut self, input: JobInput) -> Result<Featured> {
+        let (ticks, rejects) = self.check.split(&input.events)?;
+        let batch = self.series.process(ticks)?;
+        self.check.observe(&batch)?;
+        Ok(Featured { batch, rejects })
+    }
+}
+
+/// The VaR model, the volatility, the portfolios.
+#[derive(Debug)]
+struct MarketScoring {
+    scorer: Scorer,
+    variance: String,
+    confidence: f64,
+    aggregator: Aggregator,
+    model: Repeated,
+}
+
+impl MarketScoring {
+    /// The ticks with `VAR` (loss fraction; null while the model's inputs are not all defined,
+    /// i.e. during an instrument's warm-up) and `VOLATILITY`.
+    fn score(&mut self, with_features: RecordBatch) -> Result<RecordBatch> {
+        let n = with_features.num_rows();
+        let mut ready = vec![true; n];
+        for name in self.scorer.features() {
+            let c = columns::get(&with_features, name)?;
+            for (i, r) in ready.iter_mut().enumerate() {
+                *r &= c.is_valid(i);
+            }
+        }
+        let mask: BooleanArray = ready.iter().copied().map(Some).collect();
+        let scores = self
+            .scorer
+            .score(&filter_record_batch(&with_features, &mask)?)?;
+        let mut scores = scores.into_iter();
+        let var: Float64Array = ready
+            .iter()
+            .map(|r| {
+                r.then(|| scores.next())
+                    .flatten()
+                    .map(|v| 1.0 - (-f64::from(v)).exp())
+            })
+            .collect();
+        let variance = columns::primitive::<Float64Type>(&with_features, &self.variance)?;
+        let volatility: Float64Array = variance.iter().map(|v| v.map(f64::sqrt)).collect();
+        let mut fields: Vec<Arc<Field>> = with_features.schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(Field::new(VAR, DataType::Float64, true)));
+        fields.push(Arc::new(Field::new(VOLATILITY, DataType::Float64, true)));
+        let mut columns: Vec<ArrayRef> = with_features.columns().to_vec();
+        columns.push(Arc::new(var));
+        columns.push(Arc::new(volatility));
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
+    }
+}
+
+impl ScoreStage for MarketScoring {
+    fn process(&mut self, featured: Featured) -> Result<JobOutput> {
+        let scored = self.score(featured.batch)?;
+        let portfolio = self.aggregator.aggregate(&scored)?;
+        let scores = records::scores(
+            &scored,
+            &portfolio,
+            &self.aggregator.portfolios,
+            self.confidence,
+            &mut self.model,
+        )?;
+        let breaches = records::breaches(
+            &portfolio,
+            &self.aggregator.portfolios,
+            self.confidence,
+            &mut self.model,
+        )?;
+        Ok(JobOutput {
+            scored: Some(scored),
+            scores: Some(scores),
+            alerts: Some(breaches),
+            rejects: featured.rejects,
+        })
+    }
+}

@@ -1,0 +1,238 @@
+//! Jobs: what runs between the decoders and the sinks, knowing neither Kafka, files nor formats.
+//!
+//! A [`Job`] is two stages the driver runs on two threads, so that the features of one
+//! micro-batch overlap the scoring of the previous one:
+//! - its [`FeatureStage`] takes a decoded [`JobInput`] (side inputs such as fraud labels first,
+//!   then the events), refuses what its keyed state cannot take ([`Reject`]s) and appends the
+//!   feature columns;
+//! - its [`ScoreStage`] runs the model on those rows and returns a [`JobOutput`]: every event
+//!   with its features and score, and the records to publish (scores, alerts) in their
+//!   published Arrow schemas, each with its message key.
+//!
+//! Both stages own their keyed state and expose it through `snapshot` / `restore` (not yet
+//! implemented: they answer [`PipelineError::StateNotSupported`]), the seam checkpoints use.
+//! [`build`] is the registry: one line per job kind.
+
+pub mod fraud;
+pub mod market;
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::SchemaRef;
+
+use crate::config::{JobConfig, PipelineConfig};
+use crate::{PipelineError, Result};
+
+/// One micro-batch as a job sees it.
+#[derive(Debug, Clone)]
+pub struct JobInput {
+    /// Side-input rows (fraud labels), applied to the keyed state before `events`.
+    pub side: Option<RecordBatch>,
+    /// The events to score, in order.
+    pub events: RecordBatch,
+}
+
+/// Why an input was refused: the dead letter's `riskpipe.error.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    /// Larger than the configured maximum.
+    Oversized,
+    /// No payload.
+    Empty,
+    /// Not decodable at all (broken JSON, truncated).
+    Malformed,
+    /// Decodable, but not the published schema (missing, unknown or mistyped field).
+    Schema,
+    /// In the schema, but a value the job cannot take (a non-positive price, a late tick).
+    Invalid,
+}
+
+impl RejectKind {
+    /// The header / metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::Oversized => "oversized",
+            RejectKind::Empty => "empty",
+            RejectKind::Malformed => "malformed",
+            RejectKind::Schema => "schema",
+            RejectKind::Invalid => "invalid",
+        }
+    }
+}
+
+/// An input event the job refused, by its row in [`JobInput::events`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    /// Row in the batch's events.
+    pub row: usize,
+    /// Class of the problem.
+    pub kind: RejectKind,
+    /// What is wrong, naming the field.
+    pub reason: String,
+}
+
+/// What the feature stage hands to the score stage.
+#[derive(Debug, Clone)]
+pub struct Featured {
+    /// The accepted events with their feature columns.
+    pub batch: RecordBatch,
+    /// Events refused before they touched any state.
+    pub rejects: Vec<Reject>,
+}
+
+/// Records for one output stream: rows in the stream's published Arrow schema
+/// (`riskpipe_schemas::*_schema`) and one message key per row.
+#[derive(Debug, Clone)]
+pub struct Records {
+    /// The rows.
+    pub batch: RecordBatch,
+    /// A `Utf8` array of message keys (customer, instrument or portfolio id).
+    pub keys: ArrayRef,
+}
+
+/// What one micro-batch produced.
+#[derive(Debug, Clone, Default)]
+pub struct JobOutput {
+    /// Every accepted event with its features and scores: what a backtest evaluates and writes.
+    pub scored: Option<RecordBatch>,
+    /// Records for the scores output.
+    pub scores: Option<Records>,
+    /// Records for the alerts output (fraud alerts, limit breaches).
+    pub alerts: Option<Records>,
+    /// Events refused while scoring.
+    pub rejects: Vec<Reject>,
+}
+
+/// A column holding one repeated string, grown on demand and sliced per batch, so the model
+/// name is not copied once per record.
+#[derive(Debug, Default)]
+pub(crate) struct Repeated {
+    value: String,
+    array: Option<ArrayRef>,
+}
+
+impl Repeated {
+    pub(crate) fn new(value: impl Into<String>) -> Self {
+        Self {
+            value: value.into(),
+            array: None,
+        }
+    }
+
+    pub(crate) fn column(&mut self, rows: usize) -> ArrayRef {
+        match &self.array {
+            Some(a) if a.len() >= rows => a.slice(0, rows),
+            _ => {
+                let a: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    self.value.as_str(),
+                    rows.max(1024),
+                )));
+                self.array = Some(a.clone());
+                a.slice(0, rows)
+            }
+        }
+    }
+}
+
+/// Keyed state of a stage as Arrow tables: what a checkpoint stores.
+#[derive(Debug, Clone, Default)]
+pub struct StateSnapshot {
+    /// Named tables.
+    pub tables: Vec<(String, RecordBatch)>,
+}
+
+/// The feature half of a job.
+pub trait FeatureStage: Send + std::fmt::Debug {
+    /// Applies the side inputs, refuses what the state cannot take, appends the features.
+    fn process(&mut self, input: JobInput) -> Result<Featured>;
+
+    /// The stage's keyed state, for a checkpoint.
+    fn snapshot(&self) -> Result<StateSnapshot> {
+        Err(PipelineError::StateNotSupported { stage: "features" })
+    }
+
+    /// Replaces the stage's keyed state with a checkpoint's.
+    fn restore(&mut self, _state: StateSnapshot) -> Result<()> {
+        Err(PipelineError::StateNotSupported { stage: "features" })
+    }
+}
+
+/// The scoring half of a job: model, alerts, output records.
+pub trait ScoreStage: Send + std::fmt::Debug {
+    /// Scores the featured rows (never called with zero rows).
+    fn process(&mut self, featured: Featured) -> Result<JobOutput>;
+
+    /// The stage's keyed state, for a checkpoint.
+    fn snapshot(&self) -> Result<StateSnapshot> {
+        Err(PipelineError::StateNotSupported { stage: "score" })
+    }
+
+    /// Replaces the stage's keyed state with a checkpoint's.
+    fn restore(&mut self, _state: StateSnapshot) -> Result<()> {
+        Err(PipelineError::StateNotSupported { stage: "score" })
+    }
+}
+
+/// The input streams a job reads, as Arrow schemas the decoders decode against.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// The events (transactions, ticks).
+    pub events: SchemaRef,
+    /// The side input (fraud labels), if the job has one.
+    pub side: Option<SchemaRef>,
+}
+
+/// A job, ready to run: its inputs and its two stages.
+#[derive(Debug)]
+pub struct Job {
+    /// `fraud` or `market`.
+    pub kind: &'static str,
+    /// The model's name, as stamped on scores (empty for a features-only job).
+    pub model: String,
+    /// What the decoders decode.
+    pub inputs: Inputs,
+    /// The feature half.
+    pub features: Box<dyn FeatureStage>,
+    /// The scoring half.
+    pub scoring: Box<dyn ScoreStage>,
+}
+
+/// The registry: builds the configured job (loads its model and checks the model's inputs
+/// against what the job computes).
+pub fn build(cfg: &PipelineConfig) -> Result<Job> {
+    match &cfg.job {
+        JobConfig::Fraud(job) => fraud::build(job, cfg),
+        JobConfig::Market(job) => market::build(job, cfg),
+    }
+}
+
+/// A job of only the feature half: its score stage passes the featured rows through. The
+/// training-set export runs it, so a model's training features come from the scoring code.
+pub fn features_only(cfg: &PipelineConfig) -> Result<Job> {
+    let (kind, inputs, features) = match &cfg.job {
+        JobConfig::Fraud(job) => ("fraud", fraud::inputs(), fraud::feature_stage(job)?),
+        JobConfig::Market(job) => ("market", market::inputs(), market::feature_stage(job)?),
+    };
+    Ok(Job {
+        kind,
+        model: String::new(),
+        inputs,
+        features,
+        scoring: Box::new(Passthrough),
+    })
+}
+
+/// Hands the featured rows on as the scored rows.
+#[derive(Debug)]
+struct Passthrough;
+
+impl ScoreStage for Passthrough {
+    fn process(&mut self, featured: Featured) -> Result<JobOutput> {
+        Ok(JobOutput {
+            scored: Some(featured.batch),
+            rejects: featured.rejects,
+            ..JobOutput::default()
+        })
+    }
+}

@@ -1,0 +1,283 @@
+//! The live Kafka source: one consumer group over the events and side-input topics, adaptive
+//! micro-batches, offsets stored only when the driver acknowledges a batch.
+//!
+//! A micro-batch closes once librdkafka holds no further message ready, at `batch.max_rows`
+//! messages, or at the latest `batch.max_delay` after its first message: full batches under load,
+//! no waiting when the topic is quiet. Messages stay in arrival order, so per-partition order is
+//! kept. Auto-commit is on and auto offset store off (rust-rdkafka's at-least-once recipe):
+//! librdkafka commits only offsets riskpipe stored, every `commit_interval`, and the acker
+//! commits synchronously when the pipeline drains.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::FutureExt;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use super::{Acker, Message, Payload, Source, SourceBatch, Stop};
+use crate::config::Streams;
+use crate::events;
+use crate::kafka::KafkaConfig;
+use crate::observe::Health;
+use crate::{PipelineError, Result};
+
+/// Highest offset read per (topic, partition) of a batch: what acknowledging it stores.
+pub type Offsets = BTreeMap<(Arc<str>, i32), i64>;
+
+struct Context {
+    health: Arc<Health>,
+}
+
+impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    events::consumer_lag(&topic, partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                self.health.ready.store(tpl.count() > 0, Ordering::Relaxed);
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                self.health.ready.store(false, Ordering::Relaxed);
+            }
+            Rebalance::Error(e) => tracing::warn!("rebalance error: {e}"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => events::commit(true),
+            // Nothing stored since the last commit: not a failure.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                events::commit(false);
+                tracing::warn!("offset commit failed (will be retried with the next): {e}");
+            }
+        }
+    }
+}
+
+type Consumer_ = StreamConsumer<Context>;
+
+/// The live source.
+pub struct KafkaSource {
+    consumer: Arc<Consumer_>,
+    max_rows: usize,
+    max_delay: std::time::Duration,
+    side_topic: Option<String>,
+    topics: BTreeMap<String, Arc<str>>,
+    names: (String, String),
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("max_rows", &self.max_rows)
+            .field("side_topic", &self.side_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSource {
+    /// Joins the consumer group of `kafka` on the topics of `streams`; `health.ready` follows
+    /// the partition assignment.
+    pub fn new(kafka: &KafkaConfig, streams: Streams, health: Arc<Health>) -> Result<Self> {
+        let mut cfg = kafka.client();
+        cfg.set("group.id", &kafka.group_id)
+            .set("enable.auto.commit", "true")
+            .set(
+                "auto.commit.interval.ms",
+                kafka.commit_interval.as_millis().max(1).to_string(),
+            )
+            .set("enable.auto.offset.store", "false")
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+        for (k, default) in [
+            ("auto.offset.reset", "earliest"),
+            ("statistics.interval.ms", "5000"),
+            // A broker holds an empty fetch this long; librdkafka's 500 ms would dominate
+            // latency whenever the topic goes quiet between micro-batches.
+            ("fetch.wait.max.ms", "5"),
+        ] {
+            if cfg.get(k).is_none() {
+                cfg.set(k, default);
+            }
+        }
+        for (k, v) in &kafka.consumer_properties {
+            cfg.set(k, v);
+        }
+        let consumer: Consumer_ = cfg
+            .create_with_context(Context { health })
+            .map_err(PipelineError::kafka("creating the consumer"))?;
+        consumer
+            .subscribe(&kafka.inputs(streams))
+            .map_err(PipelineError::kafka("subscribing"))?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            max_rows: kafka.batch.max_rows.max(1),
+            max_delay: kafka.batch.max_delay,
+            side_topic: kafka.side_topic(streams).map(str::to_string),
+            topics: BTreeMap::new(),
+            names: (
+                kafka.events_topic(streams).to_string(),
+                kafka.side_topic(streams).unwrap_or_default().to_string(),
+            ),
+        })
+    }
+
+    fn push(&mut self, batch: &mut Vec<Message>, m: &BorrowedMessage<'_>) {
+        let topic = match self.topics.get(m.topic()) {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = Arc::from(m.topic());
+                self.topics.insert(m.topic().to_string(), t.clone());
+                t
+            }
+        };
+        batch.push(Message {
+            side: self.side_topic.as_deref() == Some(&*topic),
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            created_ms: m.timestamp().to_millis(),
+        });
+    }
+
+    /// Takes whatever librdkafka already holds, up to `max_rows`.
+    fn take_ready(&mut self, batch: &mut Vec<Message>) {
+        let consumer = self.consumer.clone();
+        while batch.len() < self.max_rows {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => self.push(batch, &m),
+                Some(Err(e)) => {
+                    events::consumer_error();
+                    tracing::warn!("consumer: {e}");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn batch(messages: Vec<Message>) -> SourceBatch<Offsets> {
+        let mut offsets = Offsets::new();
+        for m in &messages {
+            let e = offsets
+                .entry((m.topic.clone(), m.partition))
+                .or_insert(m.offset);
+            *e = (*e).max(m.offset);
+        }
+        SourceBatch {
+            payload: Payload::Messages(messages),
+            ack: offsets,
+        }
+    }
+}
+
+impl Source for KafkaSource {
+    type Ack = Offsets;
+    type Acker = KafkaAcker;
+
+    async fn next(&mut self, stop: &mut Stop) -> Result<Option<SourceBatch<Offsets>>> {
+        let mut batch: Vec<Message> = Vec::with_capacity(self.max_rows);
+        let consumer = self.consumer.clone();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            if *stop.borrow() {
+                return Ok((!batch.is_empty()).then(|| Self::batch(batch)));
+            }
+            let flush_at = deadline;
+            tokio::select! {
+                biased;
+                changed = stop.changed() => {
+                    // The driver went away: as good as a stop.
+                    if changed.is_err() {
+                        return Ok((!batch.is_empty()).then(|| Self::batch(batch)));
+                    }
+                }
+                () = async { if let Some(d) = flush_at { tokio::time::sleep_until(d).await } }, if flush_at.is_some() => {
+                    return Ok(Some(Self::batch(batch)));
+                }
+                m = consumer.recv() => match m {
+                    Ok(m) => {
+                        self.push(&mut batch, &m);
+                        drop(m);
+                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.max_delay);
+                        self.take_ready(&mut batch);
+                        // Bigger batches for more latency only when asked for.
+                        if batch.len() >= self.max_rows || self.max_delay.is_zero() {
+                            return Ok(Some(Self::batch(batch)));
+                        }
+                    }
+                    Err(e) => {
+                        events::consumer_error();
+                        tracing::warn!("consumer: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn acker(&self) -> KafkaAcker {
+        KafkaAcker {
+            consumer: self.consumer.clone(),
+        }
+    }
+
+    fn names(&self) -> (&str, &str) {
+        (&self.names.0, &self.names.1)
+    }
+}
+
+/// Stores acknowledged offsets; commits on the way out.
+pub struct KafkaAcker {
+    consumer: Arc<Consumer_>,
+}
+
+impl std::fmt::Debug for KafkaAcker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaAcker").finish_non_exhaustive()
+    }
+}
+
+impl Acker for KafkaAcker {
+    type Ack = Offsets;
+
+    fn ack(&mut self, offsets: Offsets) {
+        for ((topic, partition), offset) in &offsets {
+            if let Err(e) = self.consumer.store_offset(topic, *partition, *offset) {
+                // The partition moved to another member in a rebalance: it re-processes from
+                // the last commit, which is still at-least-once.
+                tracing::warn!(%topic, partition, offset, "offset not stored: {e}");
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => events::commit(true),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => return Err(PipelineError::kafka("final offset commit")(e)),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,264 @@
+//! `riskpipe replay`: a topic range read back from Kafka into a [`History`], which the backtest
+//! then replays exactly like a file.
+//!
+//! Events between two bounds (offsets, or timestamps resolved with the broker's
+//! offsets-for-times) are read with an assigned consumer that commits nothing, decoded with the
+//! live path's decoder and ordered by event time. For a fraud job, the fraud labels of those
+//! transactions become the label events and the truth column the report evaluates.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::{filter_record_batch, sort_to_indices, take_record_batch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimestampNanosecondType};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use riskpipe_operators::columns;
+use riskpipe_schemas::{label, market, tx};
+
+use super::history::History;
+use crate::config::{JobConfig, PipelineConfig};
+use crate::decoders::Decoder;
+use crate::jobs::fraud::FraudConfig;
+use crate::kafka::KafkaConfig;
+use crate::{PipelineError, Result};
+
+/// One end of a topic range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// The partition's first retained offset / its end when the replay started.
+    Edge,
+    /// An offset (applied to every partition).
+    Offset(i64),
+    /// A timestamp, ms since the epoch: the first message at or after it.
+    TimeMs(i64),
+}
+
+/// What was read.
+#[derive(Debug)]
+pub struct TopicRead {
+    /// Payloads, partition by partition, each in offset order.
+    pub payloads: Vec<Vec<u8>>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn resolve(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    bound: Bound,
+    is_end: bool,
+) -> Result<Vec<i64>> {
+    let mut out = Vec::with_capacity(partitions.len());
+    for &p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, TIMEOUT)
+            .map_err(PipelineError::kafka("fetching watermarks"))?;
+        let at = match bound {
+            Bound::Edge => {
+                if is_end {
+                    high
+                } else {
+                    low
+                }
+            }
+            Bound::Offset(o) => o.clamp(low, high),
+            Bound::TimeMs(ms) => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(topic, p, Offset::Offset(ms))
+                    .map_err(PipelineError::kafka("looking up offsets for times"))?;
+                let found = consumer
+                    .offsets_for_times(tpl, TIMEOUT)
+                    .map_err(PipelineError::kafka("looking up offsets for times"))?;
+                match found.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => high, // no message at or after the time
+                }
+            }
+        };
+        out.push(at);
+    }
+    Ok(out)
+}
+
+/// Reads `[from, to)` of every partition of `topic`.
+pub fn read_topic(kafka: &KafkaConfig, topic: &str, from: Bound, to: Bound) -> Result<TopicRead> {
+    let mut cfg = kafka.client();
+    cfg.set("group.id", format!("{}-replay", kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    let consumer: BaseConsumer = cfg
+        .create()
+        .map_err(PipelineError::kafka("creating the replay consumer"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .map_err(PipelineError::kafka("fetching metadata"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(PipelineError::BadInput(format!(
+            "topic {topic:?} has no partitions (does it exist?)"
+        )));
+    }
+    let starts = resolve(&consumer, topic, &partitions, from, false)?;
+    let ends = resolve(&consumer, topic, &partitions, to, true)?;
+    let mut payloads = Vec::new();
+    for ((&p, &start), &end) in partitions.iter().zip(&starts).zip(&ends) {
+        if start >= end {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, Offset::Offset(start))
+            .map_err(PipelineError::kafka("assigning"))?;
+        consumer
+            .assign(&tpl)
+            .map_err(PipelineError::kafka("assigning"))?;
+        let mut next = start;
+        let mut idle = Instant::now();
+        while next < end {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    idle = Instant::now();
+                    if m.offset() >= end {
+                        break;
+                    }
+                    next = m.offset() + 1;
+                    payloads.push(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
+                }
+                Some(Err(e)) => return Err(PipelineError::kafka("reading the range")(e)),
+                None if idle.elapsed() > TIMEOUT => {
+                    tracing::error!(
+                        "{topic}[{p}]: no message for {TIMEOUT:?} at offset {next} (range ends at {end})"
+                    );
+                    return Err(PipelineError::Kafka {
+                        op: "reading the range",
+                        source: rdkafka::error::KafkaError::MessageConsumption(
+                            rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                        ),
+                    });
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(TopicRead { payloads })
+}
+
+/// A history from Kafka: the events of the range, ordered like a file replay, and (fraud jobs)
+/// the labels of those transactions; also how many event messages could not be decoded (they
+/// are skipped, with a log line each for the first five).
+pub fn history(
+    cfg: &PipelineConfig,
+    decoder: &dyn Decoder,
+    from: Bound,
+    to: Bound,
+) -> Result<(History, usize)> {
+    let kafka = cfg.kafka.as_ref().ok_or_else(|| {
+        PipelineError::Config(vec!["no [kafka] section: replay reads from Kafka".into()])
+    })?;
+    let streams = cfg.streams();
+    let inputs = match &cfg.job {
+        JobConfig::Fraud(_) => crate::jobs::fraud::inputs(),
+        JobConfig::Market(_) => crate::jobs::market::inputs(),
+    };
+    let read = read_topic(kafka, kafka.events_topic(streams), from, to)?;
+    let refs: Vec<&[u8]> = read.payloads.iter().map(Vec::as_slice).collect();
+    let decoded = decoder.decode(&inputs.events, &refs);
+    let rejected = decoded.rejected.len();
+    for r in decoded.rejected.iter().take(5) {
+        tracing::warn!("skipping undecodable event #{}: {}", r.index, r.reason);
+    }
+    let history = match &cfg.job {
+        JobConfig::Fraud(f) => {
+            let labels = match (kafka.side_topic(streams), &inputs.side) {
+                (Some(topic), Some(schema)) => {
+                    let read = read_topic(kafka, topic, Bound::Edge, Bound::Edge)?;
+                    let refs: Vec<&[u8]> = read.payloads.iter().map(Vec::as_slice).collect();
+                    decoder.decode(schema, &refs).batch
+                }
+                _ => RecordBatch::new_empty(riskpipe_schemas::fraud_label_schema()),
+            };
+            fraud_history(f, kafka, decoded.batch, labels)?
+        }
+        JobConfig::Market(_) => {
+            let ticks = decoded.batch;
+            let times = columns::primitive::<TimestampNanosecondType>(&ticks, market::TIME)?;
+            let mut order: Vec<u32> = (0..ticks.num_rows() as u32).collect();
+            order.sort_by_key(|&i| times.value(i as usize));
+            History {
+                events: take_record_batch(&ticks, &UInt32Array::from(order))?,
+                event_time: market::TIME.into(),
+                side: None,
+                side_time: String::new(),
+                source_rows: None,
+            }
+        }
+    };
+    Ok((history, rejected))
+}
+
+/// The transactions with the truth column set from the labels, and the labels of those
+/// transactions as label events in label-time order.
+fn fraud_history(
+    cfg: &FraudConfig,
+    kafka: &KafkaConfig,
+    transactions: RecordBatch,
+    labels: RecordBatch,
+) -> Result<History> {
+    // Only labels of transactions in the range: others would count frauds whose transactions
+    // the windows never saw.
+    let ids: HashSet<i64> = columns::primitive::<Int64Type>(&transactions, tx::TRANSACTION_ID)?
+        .values()
+        .iter()
+        .copied()
+        .collect();
+    let label_ids = columns::primitive::<Int64Type>(&labels, tx::TRANSACTION_ID)?;
+    let keep = arrow::array::BooleanArray::from_iter(
+        label_ids.values().iter().map(|id| Some(ids.contains(id))),
+    );
+    let labels = filter_record_batch(&labels, &keep)?;
+    let frauds: HashSet<i64> = {
+        let id = columns::primitive::<Int64Type>(&labels, tx::TRANSACTION_ID)?;
+        let flag = columns::primitive::<Int64Type>(&labels, label::TX_FRAUD)?;
+        (0..labels.num_rows())
+            .filter(|&i| flag.value(i) != 0)
+            .map(|i| id.value(i))
+            .collect()
+    };
+    // The truth column the backtest report reads, from the labels.
+    let truth: Int64Array = columns::primitive::<Int64Type>(&transactions, tx::TRANSACTION_ID)?
+        .values()
+        .iter()
+        .map(|id| Some(i64::from(frauds.contains(id))))
+        .collect();
+    let mut fields: Vec<Arc<Field>> = transactions.schema().fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(
+        &cfg.replay.label,
+        DataType::Int64,
+        false,
+    )));
+    let mut columns_ = transactions.columns().to_vec();
+    columns_.push(Arc::new(truth));
+    let with_truth = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns_)?;
+    let mut history = super::file::prepare(
+        std::path::Path::new(kafka.topics.events.as_deref().unwrap_or("transactions")),
+        with_truth,
+        &cfg.features,
+        &cfg.replay,
+    )?;
+    // The label events as they were published (their own label times), in label-time order.
+    let label_time = columns::get(&labels, label::LABEL_TIME)?;
+    let order = sort_to_indices(label_time, None, None)?;
+    history.side = Some(take_record_batch(&labels, &order)?);
+    history.side_time = label::LABEL_TIME.into();
+    Ok(history)
+}
