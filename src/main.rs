@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use riskpipe_pipeline::backtest::{self, Outcome};
-use riskpipe_pipeline::config::JobConfig;
 use riskpipe_pipeline::demo::DemoOptions;
 use riskpipe_pipeline::driver::Counters;
 use riskpipe_pipeline::observe::{self, Health};
@@ -156,10 +155,7 @@ fn load_config(path: Option<&Path>) -> Result<PipelineConfig, PipelineError> {
 /// else the handbook transactions.
 fn input_of(input: Option<PathBuf>, cfg: &PipelineConfig) -> PathBuf {
     input
-        .or_else(|| match &cfg.job {
-            JobConfig::Market(m) => m.backtest.input.clone(),
-            JobConfig::Fraud(_) => None,
-        })
+        .or_else(|| cfg.default_input())
         .unwrap_or_else(|| default_history().into())
 }
 

@@ -133,9 +133,11 @@ fn shipped_model_meets_the_quality_bar_on_the_handbook_split() {
         &backtest::Options::default(),
     )
     .expect("backtest");
-    let backtest::Report::Fraud(r) = &outcome.report else {
-        panic!("a fraud report");
-    };
+    let r = outcome
+        .report
+        .as_any()
+        .downcast_ref::<riskpipe_pipeline::jobs::fraud::report::FraudReport>()
+        .expect("a fraud report");
     eprintln!("{}", r.table());
     assert_eq!(outcome.replayed, ROWS);
     assert!(r.auc_roc.unwrap_or(0.0) >= 0.87, "AUC ROC {:?}", r.auc_roc);

@@ -38,7 +38,7 @@ fn job(cfg: &PipelineConfig) -> &MarketConfig {
 }
 
 fn input(cfg: &PipelineConfig) -> PathBuf {
-    let p = job(cfg).backtest.input.clone().expect("backtest.input");
+    let p = cfg.default_input().expect("backtest.input");
     assert!(p.is_file(), "{} is needed beside the checkout", p.display());
     p
 }
@@ -152,9 +152,11 @@ fn var_model_meets_the_acceptance_on_nasdaq_beside_riskmetrics() {
         &backtest::Options::default(),
     )
     .expect("backtest");
-    let backtest::Report::Market(report) = &outcome.report else {
-        panic!("a market report");
-    };
+    let report = outcome
+        .report
+        .as_any()
+        .downcast_ref::<market::report::MarketReport>()
+        .expect("a market report");
     assert_eq!(outcome.rejected.0, 0, "{:?}", outcome.rejected.1);
     eprintln!("{}", report.table());
     assert_eq!(report.instrument, "^IXIC");

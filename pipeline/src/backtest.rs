@@ -11,19 +11,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use plotters::style::{FontStyle, register_font};
 use serde::Serialize;
 
-use crate::config::{JobConfig, PipelineConfig};
+use crate::config::PipelineConfig;
 use crate::decoders::{self, Format};
 use crate::driver::{Counters, Driver};
 use crate::encoders::{Encoder, JsonEncoder, Payloads};
-use crate::jobs::fraud::backtest::FraudOutcome;
-use crate::jobs::fraud::report::FraudReport;
-use crate::jobs::market::backtest::MarketOutcome;
-use crate::jobs::market::report::MarketReport;
 use crate::jobs::{self, Job};
 use crate::sinks::collect::{CollectSink, Collected};
 use crate::sinks::{DeadLetter, Origin};
 use crate::sources::history::{History, HistorySource};
-use crate::sources::{file, ticks};
 use crate::{PipelineError, Result};
 
 /// What a replay collected.
@@ -74,21 +69,18 @@ impl Replayed {
     }
 }
 
-/// Rows per micro-batch of a replay of `cfg`'s job.
-pub fn batch_rows(cfg: &PipelineConfig) -> usize {
-    match &cfg.job {
-        JobConfig::Fraud(f) => f.replay.batch_rows,
-        JobConfig::Market(m) => m.backtest.batch_rows,
-    }
-}
-
 /// Replays `history` through the configured job.
 pub fn replay(
     cfg: &PipelineConfig,
     history: Arc<History>,
     progress: &ProgressBar,
 ) -> Result<Replayed> {
-    replay_job(jobs::build(cfg)?, history, batch_rows(cfg), progress)
+    replay_job(
+        jobs::build(cfg)?,
+        history,
+        cfg.job.kind().batch_rows(),
+        progress,
+    )
 }
 
 /// Replays `history` through `job` in batches of `batch_rows`, on the driver.
@@ -114,10 +106,7 @@ pub fn replay_job(
 
 /// Reads the input of a backtest: a fraud history or a price history.
 pub fn load(cfg: &PipelineConfig, input: &Path) -> Result<History> {
-    match &cfg.job {
-        JobConfig::Fraud(f) => file::load(f, input),
-        JobConfig::Market(m) => ticks::load(input, m.backtest.csv.as_ref()),
-    }
+    cfg.job.kind().load(input)
 }
 
 /// A progress bar over `rows` events, hidden when not wanted.
@@ -134,38 +123,21 @@ pub fn progress_bar(rows: u64, visible: bool) -> ProgressBar {
     pb
 }
 
-/// A backtest's report.
-#[derive(Debug, Clone)]
-pub enum Report {
-    /// Fraud metrics.
-    Fraud(FraudReport),
-    /// VaR backtest.
-    Market(MarketReport),
-}
-
-impl Report {
-    /// What the replayed events are.
-    pub fn events(&self) -> &'static str {
-        match self {
-            Report::Fraud(_) => "transactions",
-            Report::Market(_) => "ticks",
-        }
-    }
-
+/// A backtest's report, as a job kind evaluates it.
+pub trait Report: std::fmt::Debug + Send {
+    /// What the replayed events are ("transactions", "ticks").
+    fn events(&self) -> &'static str;
     /// A printable table.
-    pub fn table(&self) -> String {
-        match self {
-            Report::Fraud(r) => r.table(),
-            Report::Market(r) => r.table(),
-        }
-    }
+    fn table(&self) -> String;
+    /// The concrete report, for callers that know the kind.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// What a backtest produced.
 #[derive(Debug)]
 pub struct Outcome {
     /// The report.
-    pub report: Report,
+    pub report: Box<dyn Report>,
     /// Events replayed.
     pub replayed: usize,
     /// Events rejected (not scored), and the first reasons, naming the row of the input.
@@ -212,24 +184,7 @@ pub fn run(
     for r in &reasons {
         tracing::warn!("rejected {r}");
     }
-    let (report, files) = match &cfg.job {
-        JobConfig::Fraud(f) => {
-            let threshold = cfg.alerts.threshold.unwrap_or_default();
-            let FraudOutcome { report, files } =
-                jobs::fraud::backtest::evaluate(f, &replayed.model, threshold, &replayed, out_dir)?;
-            (Report::Fraud(report), files)
-        }
-        JobConfig::Market(m) => {
-            let MarketOutcome { report, files } = jobs::market::backtest::evaluate(
-                m,
-                &replayed.model,
-                &replayed,
-                out_dir,
-                opts.instrument.as_deref(),
-            )?;
-            (Report::Market(report), files)
-        }
-    };
+    let (report, files) = cfg.job.kind().evaluate(cfg, &replayed, out_dir, opts)?;
     Ok(Outcome {
         report,
         replayed: history.events.num_rows(),

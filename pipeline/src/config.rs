@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use riskpipe_models::ModelConfig;
 use serde::Deserialize;
 
+use crate::jobs::JobKind;
 use crate::jobs::fraud::FraudConfig;
 use crate::jobs::market::MarketConfig;
 use crate::kafka::KafkaConfig;
@@ -37,6 +38,9 @@ pub struct PipelineConfig {
     /// Metrics and health endpoints.
     #[serde(default)]
     pub observability: ObservabilityConfig,
+    /// The directory relative paths of the file are resolved against.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 /// The job a pipeline runs, by `kind`.
@@ -47,6 +51,16 @@ pub enum JobConfig {
     Fraud(FraudConfig),
     /// Market risk: price ticks in, instrument and portfolio VaR and limit breaches out.
     Market(MarketConfig),
+}
+
+impl JobConfig {
+    /// The job kind behind the settings: the one place that lists the kinds.
+    pub fn kind(&self) -> &dyn JobKind {
+        match self {
+            JobConfig::Fraud(f) => f,
+            JobConfig::Market(m) => m,
+        }
+    }
 }
 
 /// Where the Prometheus and health endpoints listen.
@@ -101,11 +115,7 @@ impl PipelineConfig {
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self> {
         let mut cfg: PipelineConfig = parse_toml(text)?;
         resolve(&mut cfg.model.path, base_dir);
-        if let JobConfig::Market(m) = &mut cfg.job
-            && let Some(input) = &mut m.backtest.input
-        {
-            resolve(input, base_dir);
-        }
+        cfg.base_dir = base_dir.to_path_buf();
         Ok(cfg)
     }
 
@@ -133,31 +143,20 @@ impl PipelineConfig {
 
     /// The input topics of the live pipeline: events, and the side input if the job has one.
     pub fn streams(&self) -> Streams {
-        match &self.job {
-            JobConfig::Fraud(_) => crate::jobs::fraud::STREAMS,
-            JobConfig::Market(_) => crate::jobs::market::STREAMS,
-        }
+        self.job.kind().streams()
+    }
+
+    /// The history a backtest reads when none is given, if the job names one.
+    pub fn default_input(&self) -> Option<PathBuf> {
+        self.job
+            .kind()
+            .default_input()
+            .map(|p| self.base_dir.join(p))
     }
 
     /// Every problem of the config, without touching the model or any data.
     pub fn problems(&self) -> Vec<String> {
-        let mut p = match &self.job {
-            JobConfig::Fraud(f) => f.problems(),
-            JobConfig::Market(m) => m.problems(),
-        };
-        match (&self.job, self.alerts.threshold) {
-            (JobConfig::Fraud(_), None) => {
-                p.push("alerts.threshold is required for a fraud job (0..=1)".into());
-            }
-            (JobConfig::Fraud(_), Some(t)) if !(0.0..=1.0).contains(&t) => {
-                p.push(format!("alerts.threshold must be within 0..=1, not {t}"));
-            }
-            (JobConfig::Market(_), Some(_)) => p.push(
-                "alerts.threshold is for fraud jobs; a market job alerts on its portfolios' limits"
-                    .into(),
-            ),
-            _ => {}
-        }
+        let mut p = self.job.kind().problems(self);
         if self.model.threads == 0 {
             p.push("model.threads must be at least 1".into());
         }

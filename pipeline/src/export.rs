@@ -4,41 +4,24 @@
 //! the full-history test proves equal to the streaming operators.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use crate::config::{JobConfig, PipelineConfig};
-use crate::sinks::parquet;
-use crate::{PipelineError, Result, backtest, jobs};
+use crate::config::PipelineConfig;
+use crate::{PipelineError, Result};
 
 /// Writes the input columns plus every feature of `input` to `output`; returns the rows.
 pub fn features(cfg: &PipelineConfig, input: &Path, output: &Path) -> Result<usize> {
     // No model is needed (the export is how one gets trained): check only the job.
-    let problems = match &cfg.job {
-        JobConfig::Fraud(f) => f.problems(),
-        JobConfig::Market(m) => m.problems(),
-    };
+    let kind = cfg.job.kind();
+    let problems = kind.problems(cfg);
     if !problems.is_empty() {
         return Err(PipelineError::Config(problems));
     }
-    match &cfg.job {
-        JobConfig::Fraud(f) => fraud(&f.features, input, output),
-        JobConfig::Market(_) => {
-            let history = Arc::new(backtest::load(cfg, input)?);
-            let replayed = backtest::replay_job(
-                jobs::features_only(cfg)?,
-                history,
-                backtest::batch_rows(cfg),
-                &indicatif::ProgressBar::hidden(),
-            )?;
-            let scored = replayed.scored();
-            parquet::write(output, &scored, None)?;
-            Ok(scored.iter().map(|b| b.num_rows()).sum())
-        }
-    }
+    kind.export(cfg, input, output)
 }
 
+/// Without the `sql` feature there is no batch twin.
 #[cfg(not(feature = "sql"))]
-fn fraud(
+pub fn fraud(
     _features: &riskpipe_operators::FeatureConfig,
     _input: &Path,
     _output: &Path,
@@ -81,7 +64,7 @@ pub fn fraud(
         let df =
             riskpipe_operators::batch::batch_features(&ctx, features, "history", &keep).await?;
         let batches = df.collect().await?;
-        parquet::write(output, &batches, None)?;
+        crate::sinks::parquet::write(output, &batches, None)?;
         Ok(batches.iter().map(|b| b.num_rows()).sum())
     })
 }

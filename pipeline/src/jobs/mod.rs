@@ -16,12 +16,15 @@
 pub mod fraud;
 pub mod market;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
 
-use crate::config::{JobConfig, PipelineConfig};
+use crate::backtest::{Options, Replayed, Report};
+use crate::config::{PipelineConfig, Streams};
+use crate::sources::history::History;
 use crate::{PipelineError, Result};
 
 /// One micro-batch as a job sees it.
@@ -198,27 +201,76 @@ pub struct Job {
     pub scoring: Box<dyn ScoreStage>,
 }
 
+/// What a job kind gives the engine, implemented by its `[job]` settings type. Its stages know
+/// neither Kafka, files nor formats; this is where a kind names the sources and the report it
+/// uses. [`JobConfig::kind`](crate::config::JobConfig::kind) is the one place that lists kinds.
+pub trait JobKind: std::fmt::Debug + Send + Sync {
+    /// `fraud`, `market`.
+    fn name(&self) -> &'static str;
+    /// Every problem of the job's settings, and of the shared sections as this job reads them.
+    fn problems(&self, pipeline: &PipelineConfig) -> Vec<String>;
+    /// Default names of the input topics.
+    fn streams(&self) -> Streams;
+    /// What the decoders decode.
+    fn inputs(&self) -> Inputs;
+    /// The job, with its model loaded and checked against what the job computes.
+    fn build(&self, pipeline: &PipelineConfig) -> Result<Job>;
+    /// The feature half alone (no model).
+    fn feature_stage(&self) -> Result<Box<dyn FeatureStage>>;
+    /// Rows per micro-batch when a history is replayed.
+    fn batch_rows(&self) -> usize;
+    /// The history a backtest reads when none is given (relative to the config file).
+    fn default_input(&self) -> Option<&Path> {
+        None
+    }
+    /// Reads a history file.
+    fn load(&self, input: &Path) -> Result<History>;
+    /// A history from decoded Kafka messages: the events of a range, and every side event.
+    fn history(
+        &self,
+        source: &str,
+        events: RecordBatch,
+        side: Option<RecordBatch>,
+    ) -> Result<History>;
+    /// Evaluates a replay and writes the report's files into `out_dir`.
+    fn evaluate(
+        &self,
+        pipeline: &PipelineConfig,
+        replayed: &Replayed,
+        out_dir: &Path,
+        opts: &Options,
+    ) -> Result<(Box<dyn Report>, Vec<PathBuf>)>;
+    /// The training-set export: the feature stage over a whole history, on the driver.
+    fn export(&self, pipeline: &PipelineConfig, input: &Path, output: &Path) -> Result<usize> {
+        let history = Arc::new(self.load(input)?);
+        let job = features_only(pipeline)?;
+        let replayed = crate::backtest::replay_job(
+            job,
+            history,
+            self.batch_rows(),
+            &indicatif::ProgressBar::hidden(),
+        )?;
+        let scored = replayed.scored();
+        crate::sinks::parquet::write(output, &scored, None)?;
+        Ok(scored.iter().map(|b| b.num_rows()).sum())
+    }
+}
+
 /// The registry: builds the configured job (loads its model and checks the model's inputs
 /// against what the job computes).
 pub fn build(cfg: &PipelineConfig) -> Result<Job> {
-    match &cfg.job {
-        JobConfig::Fraud(job) => fraud::build(job, cfg),
-        JobConfig::Market(job) => market::build(job, cfg),
-    }
+    cfg.job.kind().build(cfg)
 }
 
 /// A job of only the feature half: its score stage passes the featured rows through. The
 /// training-set export runs it, so a model's training features come from the scoring code.
 pub fn features_only(cfg: &PipelineConfig) -> Result<Job> {
-    let (kind, inputs, features) = match &cfg.job {
-        JobConfig::Fraud(job) => ("fraud", fraud::inputs(), fraud::feature_stage(job)?),
-        JobConfig::Market(job) => ("market", market::inputs(), market::feature_stage(job)?),
-    };
+    let kind = cfg.job.kind();
     Ok(Job {
-        kind,
+        kind: kind.name(),
         model: String::new(),
-        inputs,
-        features,
+        inputs: kind.inputs(),
+        features: kind.feature_stage()?,
         scoring: Box::new(Passthrough),
     })
 }

@@ -2,19 +2,22 @@
 //! schema, order it by event time and derive the fraud-label events a live deployment would have
 //! received.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray};
 use arrow::compute::{
-    SortColumn, cast, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
+    SortColumn, cast, concat_batches, filter_record_batch, lexsort_to_indices, sort_to_indices,
+    take_record_batch,
 };
 use arrow::csv::ReaderBuilder;
 use arrow::csv::reader::Format;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use riskpipe_operators::FeatureConfig;
+use riskpipe_operators::{FeatureConfig, columns};
+use riskpipe_schemas::{label, tx};
 
 use super::history::History;
 use crate::jobs::fraud::{FraudConfig, ReplayConfig};
@@ -317,6 +320,60 @@ pub fn derive_labels(
     // Transactions are time-ordered and the delay is constant, so labels already are in
     // label-time order.
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
+/// Decoded transactions with the truth column set from the decoded labels, and the labels of
+/// those transactions as label events in label-time order (a Kafka range replay).
+pub fn from_decoded(
+    cfg: &FraudConfig,
+    source: &str,
+    transactions: RecordBatch,
+    labels: Option<RecordBatch>,
+) -> Result<History> {
+    let labels =
+        labels.unwrap_or_else(|| RecordBatch::new_empty(riskpipe_schemas::fraud_label_schema()));
+    // Only labels of transactions in the range: others would count frauds whose transactions
+    // the windows never saw.
+    let ids: HashSet<i64> = columns::primitive::<Int64Type>(&transactions, tx::TRANSACTION_ID)?
+        .values()
+        .iter()
+        .copied()
+        .collect();
+    let label_ids = columns::primitive::<Int64Type>(&labels, tx::TRANSACTION_ID)?;
+    let keep = arrow::array::BooleanArray::from_iter(
+        label_ids.values().iter().map(|id| Some(ids.contains(id))),
+    );
+    let labels = filter_record_batch(&labels, &keep)?;
+    let frauds: HashSet<i64> = {
+        let id = columns::primitive::<Int64Type>(&labels, tx::TRANSACTION_ID)?;
+        let flag = columns::primitive::<Int64Type>(&labels, label::TX_FRAUD)?;
+        (0..labels.num_rows())
+            .filter(|&i| flag.value(i) != 0)
+            .map(|i| id.value(i))
+            .collect()
+    };
+    // The truth column the backtest report reads, from the labels.
+    let truth: Int64Array = columns::primitive::<Int64Type>(&transactions, tx::TRANSACTION_ID)?
+        .values()
+        .iter()
+        .map(|id| Some(i64::from(frauds.contains(id))))
+        .collect();
+    let mut fields: Vec<Arc<Field>> = transactions.schema().fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(
+        &cfg.replay.label,
+        DataType::Int64,
+        false,
+    )));
+    let mut columns_ = transactions.columns().to_vec();
+    columns_.push(Arc::new(truth));
+    let with_truth = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns_)?;
+    let mut history = prepare(Path::new(source), with_truth, &cfg.features, &cfg.replay)?;
+    // The label events as they were published (their own label times), in label-time order.
+    let label_time = columns::get(&labels, label::LABEL_TIME)?;
+    let order = sort_to_indices(label_time, None, None)?;
+    history.side = Some(take_record_batch(&labels, &order)?);
+    history.side_time = label::LABEL_TIME.into();
+    Ok(history)
 }
 
 /// Integer view of a column, for reports.

@@ -3,26 +3,18 @@
 //!
 //! Events between two bounds (offsets, or timestamps resolved with the broker's
 //! offsets-for-times) are read with an assigned consumer that commits nothing, decoded with the
-//! live path's decoder and ordered by event time. For a fraud job, the fraud labels of those
-//! transactions become the label events and the truth column the report evaluates.
+//! live path's decoder and ordered by the job kind (for a fraud job, the fraud labels of those
+//! transactions become the label events and the truth column the report evaluates).
 
-use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Int64Array, RecordBatch, UInt32Array};
-use arrow::compute::{filter_record_batch, sort_to_indices, take_record_batch};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimestampNanosecondType};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use riskpipe_operators::columns;
-use riskpipe_schemas::{label, market, tx};
 
 use super::history::History;
-use crate::config::{JobConfig, PipelineConfig};
+use crate::config::PipelineConfig;
 use crate::decoders::Decoder;
-use crate::jobs::fraud::FraudConfig;
 use crate::kafka::KafkaConfig;
 use crate::{PipelineError, Result};
 
@@ -153,9 +145,9 @@ pub fn read_topic(kafka: &KafkaConfig, topic: &str, from: Bound, to: Bound) -> R
     Ok(TopicRead { payloads })
 }
 
-/// A history from Kafka: the events of the range, ordered like a file replay, and (fraud jobs)
-/// the labels of those transactions; also how many event messages could not be decoded (they
-/// are skipped, with a log line each for the first five).
+/// A history from Kafka: the events of the range and every side event, decoded and handed to
+/// the job kind to order; also how many event messages could not be decoded (they are skipped,
+/// with a log line each for the first five).
 pub fn history(
     cfg: &PipelineConfig,
     decoder: &dyn Decoder,
@@ -165,100 +157,24 @@ pub fn history(
     let kafka = cfg.kafka.as_ref().ok_or_else(|| {
         PipelineError::Config(vec!["no [kafka] section: replay reads from Kafka".into()])
     })?;
-    let streams = cfg.streams();
-    let inputs = match &cfg.job {
-        JobConfig::Fraud(_) => crate::jobs::fraud::inputs(),
-        JobConfig::Market(_) => crate::jobs::market::inputs(),
-    };
-    let read = read_topic(kafka, kafka.events_topic(streams), from, to)?;
+    let kind = cfg.job.kind();
+    let streams = kind.streams();
+    let inputs = kind.inputs();
+    let topic = kafka.events_topic(streams);
+    let read = read_topic(kafka, topic, from, to)?;
     let refs: Vec<&[u8]> = read.payloads.iter().map(Vec::as_slice).collect();
     let decoded = decoder.decode(&inputs.events, &refs);
     let rejected = decoded.rejected.len();
     for r in decoded.rejected.iter().take(5) {
         tracing::warn!("skipping undecodable event #{}: {}", r.index, r.reason);
     }
-    let history = match &cfg.job {
-        JobConfig::Fraud(f) => {
-            let labels = match (kafka.side_topic(streams), &inputs.side) {
-                (Some(topic), Some(schema)) => {
-                    let read = read_topic(kafka, topic, Bound::Edge, Bound::Edge)?;
-                    let refs: Vec<&[u8]> = read.payloads.iter().map(Vec::as_slice).collect();
-                    decoder.decode(schema, &refs).batch
-                }
-                _ => RecordBatch::new_empty(riskpipe_schemas::fraud_label_schema()),
-            };
-            fraud_history(f, kafka, decoded.batch, labels)?
+    let side = match (kafka.side_topic(streams), &inputs.side) {
+        (Some(side_topic), Some(schema)) => {
+            let read = read_topic(kafka, side_topic, Bound::Edge, Bound::Edge)?;
+            let refs: Vec<&[u8]> = read.payloads.iter().map(Vec::as_slice).collect();
+            Some(decoder.decode(schema, &refs).batch)
         }
-        JobConfig::Market(_) => {
-            let ticks = decoded.batch;
-            let times = columns::primitive::<TimestampNanosecondType>(&ticks, market::TIME)?;
-            let mut order: Vec<u32> = (0..ticks.num_rows() as u32).collect();
-            order.sort_by_key(|&i| times.value(i as usize));
-            History {
-                events: take_record_batch(&ticks, &UInt32Array::from(order))?,
-                event_time: market::TIME.into(),
-                side: None,
-                side_time: String::new(),
-                source_rows: None,
-            }
-        }
+        _ => None,
     };
-    Ok((history, rejected))
-}
-
-/// The transactions with the truth column set from the labels, and the labels of those
-/// transactions as label events in label-time order.
-fn fraud_history(
-    cfg: &FraudConfig,
-    kafka: &KafkaConfig,
-    transactions: RecordBatch,
-    labels: RecordBatch,
-) -> Result<History> {
-    // Only labels of transactions in the range: others would count frauds whose transactions
-    // the windows never saw.
-    let ids: HashSet<i64> = columns::primitive::<Int64Type>(&transactions, tx::TRANSACTION_ID)?
-        .values()
-        .iter()
-        .copied()
-        .collect();
-    let label_ids = columns::primitive::<Int64Type>(&labels, tx::TRANSACTION_ID)?;
-    let keep = arrow::array::BooleanArray::from_iter(
-        label_ids.values().iter().map(|id| Some(ids.contains(id))),
-    );
-    let labels = filter_record_batch(&labels, &keep)?;
-    let frauds: HashSet<i64> = {
-        let id = columns::primitive::<Int64Type>(&labels, tx::TRANSACTION_ID)?;
-        let flag = columns::primitive::<Int64Type>(&labels, label::TX_FRAUD)?;
-        (0..labels.num_rows())
-            .filter(|&i| flag.value(i) != 0)
-            .map(|i| id.value(i))
-            .collect()
-    };
-    // The truth column the backtest report reads, from the labels.
-    let truth: Int64Array = columns::primitive::<Int64Type>(&transactions, tx::TRANSACTION_ID)?
-        .values()
-        .iter()
-        .map(|id| Some(i64::from(frauds.contains(id))))
-        .collect();
-    let mut fields: Vec<Arc<Field>> = transactions.schema().fields().iter().cloned().collect();
-    fields.push(Arc::new(Field::new(
-        &cfg.replay.label,
-        DataType::Int64,
-        false,
-    )));
-    let mut columns_ = transactions.columns().to_vec();
-    columns_.push(Arc::new(truth));
-    let with_truth = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns_)?;
-    let mut history = super::file::prepare(
-        std::path::Path::new(kafka.topics.events.as_deref().unwrap_or("transactions")),
-        with_truth,
-        &cfg.features,
-        &cfg.replay,
-    )?;
-    // The label events as they were published (their own label times), in label-time order.
-    let label_time = columns::get(&labels, label::LABEL_TIME)?;
-    let order = sort_to_indices(label_time, None, None)?;
-    history.side = Some(take_record_batch(&labels, &order)?);
-    history.side_time = label::LABEL_TIME.into();
-    Ok(history)
+    Ok((kind.history(topic, decoded.batch, side)?, rejected))
 }

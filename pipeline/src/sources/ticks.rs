@@ -53,6 +53,12 @@ pub fn load(path: &Path, csv: Option<&CsvTicks>) -> Result<History> {
     } else {
         read_csv(path, csv)?
     };
+    ordered(ticks, true)
+}
+
+/// Ticks (tick schema) as a history, sorted by event time (stable); `keep_rows` records where
+/// each came from (a file's rows, for messages naming them).
+pub fn ordered(ticks: RecordBatch, keep_rows: bool) -> Result<History> {
     let times = columns::primitive::<TimestampNanosecondType>(&ticks, market::TIME)?;
     let mut order: Vec<u32> = (0..ticks.num_rows() as u32).collect();
     order.sort_by_key(|&i| times.value(i as usize));
@@ -62,7 +68,7 @@ pub fn load(path: &Path, csv: Option<&CsvTicks>) -> Result<History> {
         event_time: market::TIME.into(),
         side: None,
         side_time: String::new(),
-        source_rows: Some(order.into()),
+        source_rows: keep_rows.then(|| order.into()),
     })
 }
 

@@ -13,6 +13,8 @@ mod model;
 mod records;
 pub mod report;
 
+use std::path::{Path, PathBuf};
+
 use arrow::array::RecordBatch;
 use riskpipe_models::Scorer;
 use riskpipe_operators::{FeatureChain, columns};
@@ -22,8 +24,11 @@ pub use config::{FraudConfig, ReplayConfig, SplitConfig};
 pub use model::FraudModel;
 
 use super::Repeated;
-use super::{FeatureStage, Featured, Inputs, Job, JobInput, JobOutput, ScoreStage};
+use super::{FeatureStage, Featured, Inputs, Job, JobInput, JobKind, JobOutput, ScoreStage};
+use crate::backtest::{Options, Replayed, Report};
 use crate::config::{PipelineConfig, Streams};
+use crate::sources::file;
+use crate::sources::history::History;
 use crate::{PipelineError, Result};
 
 /// Default input topics: transactions, and fraud labels as the side input.
@@ -141,4 +146,72 @@ impl ScoreStage for FraudScoring {
 fn alert_rows(scored: &RecordBatch) -> Result<Vec<usize>> {
     let alert = columns::boolean(scored, score::ALERT)?;
     Ok((0..scored.num_rows()).filter(|&i| alert.value(i)).collect())
+}
+
+impl JobKind for FraudConfig {
+    fn name(&self) -> &'static str {
+        "fraud"
+    }
+
+    fn problems(&self, pipeline: &PipelineConfig) -> Vec<String> {
+        let mut p = FraudConfig::problems(self);
+        match pipeline.alerts.threshold {
+            None => p.push("alerts.threshold is required for a fraud job (0..=1)".into()),
+            Some(t) if !(0.0..=1.0).contains(&t) => {
+                p.push(format!("alerts.threshold must be within 0..=1, not {t}"));
+            }
+            Some(_) => {}
+        }
+        p
+    }
+
+    fn streams(&self) -> Streams {
+        STREAMS
+    }
+
+    fn inputs(&self) -> Inputs {
+        inputs()
+    }
+
+    fn build(&self, pipeline: &PipelineConfig) -> Result<Job> {
+        build(self, pipeline)
+    }
+
+    fn feature_stage(&self) -> Result<Box<dyn FeatureStage>> {
+        feature_stage(self)
+    }
+
+    fn batch_rows(&self) -> usize {
+        self.replay.batch_rows
+    }
+
+    fn load(&self, input: &Path) -> Result<History> {
+        file::load(self, input)
+    }
+
+    fn history(
+        &self,
+        source: &str,
+        events: RecordBatch,
+        side: Option<RecordBatch>,
+    ) -> Result<History> {
+        file::from_decoded(self, source, events, side)
+    }
+
+    fn evaluate(
+        &self,
+        pipeline: &PipelineConfig,
+        replayed: &Replayed,
+        out_dir: &Path,
+        _opts: &Options,
+    ) -> Result<(Box<dyn Report>, Vec<PathBuf>)> {
+        let threshold = pipeline.alerts.threshold.unwrap_or_default();
+        let outcome = backtest::evaluate(self, &replayed.model, threshold, replayed, out_dir)?;
+        Ok((Box::new(outcome.report), outcome.files))
+    }
+
+    /// The DataFusion batch twin (`sql` cargo feature), proven equal to the streaming features.
+    fn export(&self, _pipeline: &PipelineConfig, input: &Path, output: &Path) -> Result<usize> {
+        crate::export::fraud(&self.features, input, output)
+    }
 }

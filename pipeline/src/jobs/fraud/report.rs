@@ -161,3 +161,17 @@ pub fn plot_curves(rows: &[Scored], report: &FraudReport, path: &Path) -> Result
     root.present().map_err(|e| plot_err(&e))?;
     Ok(())
 }
+
+impl crate::backtest::Report for FraudReport {
+    fn events(&self) -> &'static str {
+        "transactions"
+    }
+
+    fn table(&self) -> String {
+        FraudReport::table(self)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

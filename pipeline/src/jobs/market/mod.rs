@@ -17,6 +17,7 @@ pub mod report;
 mod ticks;
 pub mod var;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch};
@@ -29,8 +30,11 @@ use riskpipe_schemas::{market, market_tick_schema};
 pub use config::{MarketBacktestConfig, MarketConfig, PortfolioConfig, VAR, VOLATILITY};
 
 use super::Repeated;
-use super::{FeatureStage, Featured, Inputs, Job, JobInput, JobOutput, ScoreStage};
+use super::{FeatureStage, Featured, Inputs, Job, JobInput, JobKind, JobOutput, ScoreStage};
+use crate::backtest::{Options, Replayed, Report};
 use crate::config::{PipelineConfig, Streams};
+use crate::sources::history::History;
+use crate::sources::ticks as tick_files;
 use crate::{PipelineError, Result};
 use portfolio::Aggregator;
 use ticks::TickCheck;
@@ -201,5 +205,76 @@ impl ScoreStage for MarketScoring {
             alerts: Some(breaches),
             rejects: featured.rejects,
         })
+    }
+}
+
+impl JobKind for MarketConfig {
+    fn name(&self) -> &'static str {
+        "market"
+    }
+
+    fn problems(&self, pipeline: &PipelineConfig) -> Vec<String> {
+        let mut p = MarketConfig::problems(self);
+        if pipeline.alerts.threshold.is_some() {
+            p.push(
+                "alerts.threshold is for fraud jobs; a market job alerts on its portfolios' limits"
+                    .into(),
+            );
+        }
+        p
+    }
+
+    fn streams(&self) -> Streams {
+        STREAMS
+    }
+
+    fn inputs(&self) -> Inputs {
+        inputs()
+    }
+
+    fn build(&self, pipeline: &PipelineConfig) -> Result<Job> {
+        build(self, pipeline)
+    }
+
+    fn feature_stage(&self) -> Result<Box<dyn FeatureStage>> {
+        feature_stage(self)
+    }
+
+    fn batch_rows(&self) -> usize {
+        self.backtest.batch_rows
+    }
+
+    fn default_input(&self) -> Option<&Path> {
+        self.backtest.input.as_deref()
+    }
+
+    fn load(&self, input: &Path) -> Result<History> {
+        tick_files::load(input, self.backtest.csv.as_ref())
+    }
+
+    fn history(
+        &self,
+        _source: &str,
+        events: RecordBatch,
+        _side: Option<RecordBatch>,
+    ) -> Result<History> {
+        tick_files::ordered(events, false)
+    }
+
+    fn evaluate(
+        &self,
+        _pipeline: &PipelineConfig,
+        replayed: &Replayed,
+        out_dir: &Path,
+        opts: &Options,
+    ) -> Result<(Box<dyn Report>, Vec<PathBuf>)> {
+        let outcome = backtest::evaluate(
+            self,
+            &replayed.model,
+            replayed,
+            out_dir,
+            opts.instrument.as_deref(),
+        )?;
+        Ok((Box::new(outcome.report), outcome.files))
     }
 }

@@ -185,3 +185,17 @@ pub(crate) fn plot_var(eval: &[EvalDay], report: &MarketReport, path: &Path) -> 
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
+
+impl crate::backtest::Report for MarketReport {
+    fn events(&self) -> &'static str {
+        "ticks"
+    }
+
+    fn table(&self) -> String {
+        MarketReport::table(self)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
