@@ -73,7 +73,7 @@ enum Command {
     /// The main job: consume transactions and labels from Kafka, publish scores, alerts and
     /// dead letters (at-least-once); stops cleanly on SIGTERM / SIGINT.
     Run {
-        /// Pipeline config (TOML) with a [kafka] section.
+        /// Pipeline config (TOML) with a `[kafka]` section.
         #[arg(long)]
         config: PathBuf,
         /// Serve /metrics, /health and /ready here (overrides observability.listen).
@@ -82,7 +82,7 @@ enum Command {
     },
     /// Backtest a Kafka topic range: same pipeline and report as `backtest`.
     Replay {
-        /// Pipeline config (TOML) with a [kafka] section.
+        /// Pipeline config (TOML) with a `[kafka]` section.
         #[arg(long)]
         config: PathBuf,
         /// First offset (every partition); default: the earliest retained.

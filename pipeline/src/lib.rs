@@ -21,7 +21,7 @@
 //! Around it: [`config`] (the one config root), [`kafka`] (the `[kafka]` section shared by the
 //! Kafka source, sink and range reader), [`live`] (`riskpipe run`), [`backtest`] (files and
 //! Kafka ranges through the driver, then the job's report), [`export`] (training sets),
-//! [`demo`] (everything on an in-process mock cluster), [`bench`], [`observe`] (metrics and
+//! [`demo`] (everything on an in-process mock cluster), [`bench`](mod@bench), [`observe`] (metrics and
 //! health endpoints), [`events`] (every metric name), [`error`].
 
 pub mod backtest;

@@ -11,15 +11,15 @@ use rdkafka::Offset;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 
-pub use riskpipe_testkit::Broker;
+pub(crate) use riskpipe_testkit::Broker;
 
 /// The repository root.
-pub fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The shipped handbook history.
-pub fn handbook_data() -> PathBuf {
+pub(crate) fn handbook_data() -> PathBuf {
     let p = root().join("../shared/data/handbook/transactions.parquet");
     assert!(
         p.is_file(),
@@ -31,7 +31,7 @@ pub fn handbook_data() -> PathBuf {
 
 /// The handbook pipeline config without its backtest split, with `kafka` appended, written to
 /// `dir/pipeline.toml`.
-pub fn write_config(dir: &Path, kafka: &str) -> PathBuf {
+pub(crate) fn write_config(dir: &Path, kafka: &str) -> PathBuf {
     let base =
         std::fs::read_to_string(root().join("config/fraud-handbook.toml")).expect("shipped config");
     let mut text = String::new();
@@ -62,26 +62,26 @@ pub fn write_config(dir: &Path, kafka: &str) -> PathBuf {
 }
 
 /// A `[kafka]` section for `bootstrap`.
-pub fn kafka_section(bootstrap: &str, group: &str, extra: &str) -> String {
+pub(crate) fn kafka_section(bootstrap: &str, group: &str, extra: &str) -> String {
     format!(
         "\n[kafka]\ngroup_id = {group:?}\n{extra}\n[kafka.properties]\n\"bootstrap.servers\" = {bootstrap:?}\n\"compression.type\" = \"lz4\"\n"
     )
 }
 
 /// A running `riskpipe run` process.
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     /// The process.
-    pub child: Child,
+    pub(crate) child: Child,
     /// Metrics/health address.
-    pub metrics: String,
+    pub(crate) metrics: String,
     stderr_lines: std::sync::mpsc::Receiver<String>,
     /// stderr so far (for failure messages).
-    pub log: Vec<String>,
+    pub(crate) log: Vec<String>,
 }
 
 impl Pipeline {
     /// Starts `riskpipe run --config config` with metrics on a free port.
-    pub fn start(config: &Path) -> Pipeline {
+    pub(crate) fn start(config: &Path) -> Pipeline {
         let mut child = Command::new(env!("CARGO_BIN_EXE_riskpipe"))
             .args(["run", "--config"])
             .arg(config)
@@ -127,12 +127,12 @@ impl Pipeline {
     }
 
     /// GET `path` on the metrics endpoint: (status code, body).
-    pub fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) fn get(&self, path: &str) -> (u16, String) {
         http_get(&self.metrics, path)
     }
 
     /// Waits until the consumer holds partitions.
-    pub fn wait_ready(&mut self) {
+    pub(crate) fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.get("/ready").0 != 200 {
             assert!(
@@ -145,7 +145,7 @@ impl Pipeline {
     }
 
     /// Value of a counter in /metrics (summed over labels matching `labels`).
-    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+    pub(crate) fn metric(&self, name: &str, labels: &str) -> f64 {
         let (_, body) = self.get("/metrics");
         body.lines()
             .filter(|l| l.starts_with(name) && l.contains(labels))
@@ -154,7 +154,7 @@ impl Pipeline {
     }
 
     /// Collected stderr lines.
-    pub fn drain_log(&mut self) -> Vec<String> {
+    pub(crate) fn drain_log(&mut self) -> Vec<String> {
         while let Ok(l) = self.stderr_lines.try_recv() {
             self.log.push(l);
         }
@@ -162,7 +162,7 @@ impl Pipeline {
     }
 
     /// Sends SIGTERM and waits for the exit; returns its success and stdout.
-    pub fn terminate(mut self) -> (bool, String) {
+    pub(crate) fn terminate(mut self) -> (bool, String) {
         let pid = self.child.id().to_string();
         let status = Command::new("kill")
             .args(["-TERM", &pid])
@@ -187,7 +187,7 @@ impl Pipeline {
     }
 
     /// SIGKILL: no draining, no commit.
-    pub fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -200,7 +200,7 @@ impl Drop for Pipeline {
 }
 
 /// Minimal HTTP/1.0 GET for the metrics endpoint.
-pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+pub(crate) fn http_get(addr: &str, path: &str) -> (u16, String) {
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return (0, String::new());
     };
@@ -222,7 +222,7 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 }
 
 /// A consumer assigned to every partition of `topic` from the start (the demo's reader).
-pub fn reader(bootstrap: &str, topic: &str) -> BaseConsumer {
+pub(crate) fn reader(bootstrap: &str, topic: &str) -> BaseConsumer {
     let mut kafka = riskpipe_pipeline::kafka::KafkaConfig::for_bootstrap(bootstrap);
     kafka.group_id = "test".into();
     riskpipe_pipeline::demo::reader(&kafka, &[topic]).expect("reader")
@@ -230,11 +230,11 @@ pub fn reader(bootstrap: &str, topic: &str) -> BaseConsumer {
 
 /// One consumed record.
 #[derive(Debug, Clone)]
-pub struct Got {
+pub(crate) struct Got {
     /// Payload.
-    pub payload: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
     /// Headers as strings.
-    pub headers: HashMap<String, String>,
+    pub(crate) headers: HashMap<String, String>,
 }
 
 impl Got {
@@ -256,7 +256,7 @@ impl Got {
 }
 
 /// Polls `consumer` until `done(records)` or the timeout (panics on timeout).
-pub fn collect(
+pub(crate) fn collect(
     consumer: &BaseConsumer,
     timeout: Duration,
     mut done: impl FnMut(&[Got]) -> bool,
@@ -277,7 +277,7 @@ pub fn collect(
 }
 
 /// Drains whatever arrives within `quiet` of the last record.
-pub fn drain(consumer: &BaseConsumer, quiet: Duration) -> Vec<Got> {
+pub(crate) fn drain(consumer: &BaseConsumer, quiet: Duration) -> Vec<Got> {
     let mut out = Vec::new();
     let mut last = Instant::now();
     while last.elapsed() < quiet {
@@ -291,7 +291,7 @@ pub fn drain(consumer: &BaseConsumer, quiet: Duration) -> Vec<Got> {
 
 /// Reads everything up to the current end of every assigned partition (deterministic, unlike
 /// waiting for a quiet period on a loaded machine).
-pub fn drain_to_end(consumer: &BaseConsumer, topic: &str) -> Vec<Got> {
+pub(crate) fn drain_to_end(consumer: &BaseConsumer, topic: &str) -> Vec<Got> {
     let assignment = consumer.assignment().expect("assignment");
     let mut ends = HashMap::new();
     for e in assignment.elements_for_topic(topic) {

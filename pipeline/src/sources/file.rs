@@ -86,7 +86,7 @@ pub fn prepare(
     replay: &ReplayConfig,
 ) -> Result<History> {
     let utc = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
-    let mut required: Vec<Requirement> = vec![
+    let mut required: Vec<Requirement<'_>> = vec![
         (
             &features.event_time,
             |d| {

@@ -8,7 +8,7 @@
 //!
 //! - [`history`]: a [`History`](history::History) (events and side events in order) in
 //!   micro-batches; what backtests and Kafka-range replays run;
-//! - [`file`]: fraud history files (Parquet, CSV) to a history; [`ticks`]: price files;
+//! - [`file`](mod@file): fraud history files (Parquet, CSV) to a history; [`ticks`]: price files;
 //! - [`kafka`]: the live consumer; [`kafka_range`]: a topic range read back for a backtest.
 
 pub mod file;

@@ -3,7 +3,7 @@
 //!
 //! Features: fraud labels first (operators use a label only from its label time on, so the
 //! result does not depend on how labels and transactions share micro-batches), then the
-//! transactions through the [`FeatureChain`](riskpipe_operators::FeatureChain) of `[job.features]`.
+//! transactions through the [`FeatureChain`] of `[job.features]`.
 //! Score: the model ([`FraudModel`]), alerts and their occlusion reasons, output records.
 
 pub mod backtest;

@@ -1,7 +1,7 @@
 //! The market-risk job: price ticks in; per-instrument VaR scores, portfolio VaR scores and
 //! limit breaches out.
 //!
-//! Features: the one tick validation ([`ticks`]), then the keyed series features of
+//! Features: the one tick validation (module `ticks`), then the keyed series features of
 //! `[job.features]` ([`SeriesOperator`]). Score: the VaR model on every tick whose model inputs
 //! are defined, the volatility, portfolio aggregation ([`portfolio`]) and the output records.
 //!
