@@ -1,6 +1,8 @@
 //! The `riskpipe` binary as users run it: backtests of small files, malformed input, configs
 //! with several problems, and a missing ONNX Runtime.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -81,21 +83,8 @@ fn backtest_of_a_small_csv_writes_scores_report_and_plot() {
 fn backtest_without_a_split_evaluates_every_transaction() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = small_csv(dir.path());
-    let shipped =
-        std::fs::read_to_string(repo().join("config/fraud-handbook.toml")).expect("config");
-    let mut config = String::new();
-    let mut skipping = false;
-    for line in shipped.lines() {
-        if line.starts_with('[') {
-            skipping = line.trim() == "[job.backtest]";
-        }
-        if !skipping {
-            config.push_str(&line.replace("../models/", &format!("{}/models/", repo().display())));
-            config.push('\n');
-        }
-    }
-    let config_path = dir.path().join("whole.toml");
-    std::fs::write(&config_path, config).expect("write config");
+    // The shipped config without its split (nor Kafka, which a backtest does not need).
+    let config_path = support::write_config(dir.path(), "");
     let out = dir.path().join("out");
     let o = riskpipe(
         &[

@@ -3,6 +3,8 @@
 //! the DataFusion batch query agree on every feature of every row; and the shipped model meets
 //! the quality bar on the handbook's split.
 
+mod support;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -124,15 +126,7 @@ fn shipped_model_meets_the_quality_bar_on_the_handbook_split() {
     let path = history_path();
     let cfg = PipelineConfig::handbook().expect("config");
     let out = tempfile::tempdir().expect("tempdir");
-    let history = backtest::load(&cfg, &path).expect("history");
-    let outcome = backtest::run(
-        &cfg,
-        Arc::new(history),
-        std::time::Instant::now(),
-        out.path(),
-        &backtest::Options::default(),
-    )
-    .expect("backtest");
+    let outcome = support::backtest(&cfg, &path, out.path());
     let r = outcome
         .report
         .as_any()

@@ -143,15 +143,7 @@ fn riskmetrics_baseline_on_nasdaq_matches_the_known_figures() {
 fn var_model_meets_the_acceptance_on_nasdaq_beside_riskmetrics() {
     let cfg = shipped();
     let out = tempfile::tempdir().expect("tempdir");
-    let history = backtest::load(&cfg, &input(&cfg)).expect("history");
-    let outcome = backtest::run(
-        &cfg,
-        Arc::new(history),
-        std::time::Instant::now(),
-        out.path(),
-        &backtest::Options::default(),
-    )
-    .expect("backtest");
+    let outcome = support::backtest(&cfg, &input(&cfg), out.path());
     let report = outcome
         .report
         .as_any()
@@ -300,6 +292,57 @@ fn changing_future_prices_never_changes_an_earlier_forecast() {
         times.values().windows(2).all(|w| w[0] < w[1]),
         "ticks in time order"
     );
+}
+
+/// The backtest applies the live path's tick validation: a non-positive price in a Parquet
+/// history (which no CSV parser sees) is rejected with its row, never scored, and the series
+/// goes on as live would.
+#[test]
+fn backtest_rejects_the_ticks_live_dead_letters() {
+    let cfg = shipped();
+    let ticks = nasdaq(&cfg);
+    let prices = ticks.column(2).as_primitive::<Float64Type>();
+    let bad = [100usize, 2_000];
+    let changed: Float64Array = (0..ticks.num_rows())
+        .map(|i| match bad.iter().position(|&b| b == i) {
+            Some(0) => 0.0,
+            Some(_) => -1.0,
+            None => prices.value(i),
+        })
+        .collect();
+    let mut cols = ticks.columns().to_vec();
+    cols[2] = Arc::new(changed);
+    let altered = RecordBatch::try_new(ticks.schema(), cols).expect("batch");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("ticks.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&file).expect("create"),
+        altered.schema(),
+        None,
+    )
+    .expect("writer");
+    w.write(&altered).expect("write");
+    w.close().expect("close");
+    let outcome = support::backtest(&cfg, &file, &dir.path().join("out"));
+    let (rejected, reasons) = &outcome.rejected;
+    assert_eq!(*rejected, 2, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("data row 101: ") && reasons[0].contains("not positive"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].starts_with("data row 2001: "), "{reasons:?}");
+    // The invalid ticks are not among the scored rows; every other tick is.
+    let scores = std::fs::File::open(dir.path().join("out/scores.parquet")).expect("scores");
+    let scored: Vec<RecordBatch> =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(scores)
+            .expect("parquet")
+            .build()
+            .expect("reader")
+            .map(|b| b.expect("batch"))
+            .collect();
+    let scored = concat(&scored);
+    assert_eq!(scored.num_rows(), ticks.num_rows() - 2);
+    assert!(f64s(&scored, "PRICE").iter().all(|p| p.is_some_and(|p| p > 0.0)));
 }
 
 fn riskpipe(args: &[&str]) -> std::process::Output {

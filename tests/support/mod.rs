@@ -328,3 +328,21 @@ pub(crate) fn drain_to_end(consumer: &BaseConsumer, topic: &str) -> Vec<Got> {
         }
     }
 }
+
+/// `riskpipe backtest` of `history` through `cfg`, in process (the product's driver and job).
+pub(crate) fn backtest(
+    cfg: &riskpipe_pipeline::PipelineConfig,
+    history: &Path,
+    out: &Path,
+) -> riskpipe_pipeline::backtest::Outcome {
+    let started = Instant::now();
+    let history = riskpipe_pipeline::backtest::load(cfg, history).expect("history");
+    riskpipe_pipeline::backtest::run(
+        cfg,
+        std::sync::Arc::new(history),
+        started,
+        out,
+        &riskpipe_pipeline::backtest::Options::default(),
+    )
+    .expect("backtest")
+}
