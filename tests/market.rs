@@ -342,7 +342,11 @@ fn backtest_rejects_the_ticks_live_dead_letters() {
             .collect();
     let scored = concat(&scored);
     assert_eq!(scored.num_rows(), ticks.num_rows() - 2);
-    assert!(f64s(&scored, "PRICE").iter().all(|p| p.is_some_and(|p| p > 0.0)));
+    assert!(
+        f64s(&scored, "PRICE")
+            .iter()
+            .all(|p| p.is_some_and(|p| p > 0.0))
+    );
 }
 
 fn riskpipe(args: &[&str]) -> std::process::Output {

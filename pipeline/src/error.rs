@@ -123,6 +123,12 @@ impl PipelineError {
         move |source| PipelineError::Io { op, path, source }
     }
 
+    /// An error reading a column riskpipe produced itself (a score, a feature) or checked at
+    /// its source: a bug, never bad input, so the pipeline stops instead of dead-lettering.
+    pub fn produced(e: riskpipe_operators::OperatorError) -> Self {
+        PipelineError::Bug(format!("a column riskpipe produced or checked: {e}"))
+    }
+
     /// A start-up error of `what`, for `map_err`.
     pub fn runtime(what: &'static str) -> impl FnOnce(std::io::Error) -> Self {
         move |source| PipelineError::Runtime { what, source }

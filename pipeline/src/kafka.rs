@@ -38,8 +38,9 @@ pub struct KafkaConfig {
     /// Payloads larger than this many bytes are dead-lettered, not decoded.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// Batches that may be in flight between consuming and the broker's acknowledgement of
-    /// their outputs; when full, consumption waits (backpressure instead of memory growth).
+    /// Batches each of the driver's five queues (between consume, decode, features, score,
+    /// publish and acknowledgement) may hold; when they are full, consumption waits
+    /// (backpressure instead of memory growth).
     #[serde(default = "default_in_flight")]
     pub in_flight_batches: usize,
     /// Offsets of fully acknowledged input are committed this often (and on shutdown).

@@ -11,6 +11,7 @@ use rdkafka::Offset;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 
+#[allow(unused_imports)] // not every test binary starts a broker
 pub(crate) use riskpipe_testkit::Broker;
 
 /// The repository root.

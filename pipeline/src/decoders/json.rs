@@ -79,9 +79,21 @@ fn decode(schema: &SchemaRef, payloads: &[&[u8]], max_bytes: usize) -> DecodedPa
             }),
         }
     }
+    let batch = match decode_all(schema, payloads, &accepted) {
+        Some(batch) => batch,
+        None => {
+            // Each decoded alone but not together: never drop them silently.
+            for index in accepted.drain(..) {
+                rejected.push(Rejection {
+                    index,
+                    reason: "decodes alone but not together with its batch".into(),
+                    kind: RejectKind::Malformed,
+                });
+            }
+            RecordBatch::new_empty(schema.clone())
+        }
+    };
     rejected.sort_by_key(|r| r.index);
-    let batch = decode_all(schema, payloads, &accepted)
-        .unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
     DecodedPayloads {
         batch,
         accepted,

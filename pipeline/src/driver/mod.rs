@@ -84,7 +84,7 @@ impl Driver {
             stages::score(featured_rx, scored_tx, scoring.as_mut())
         })?;
         let publish = {
-            let stop = stop_tx.clone();
+            let guard = stages::StopGuard::new(&stop_tx);
             tokio::spawn(async move {
                 let r = async {
                     while let Some((work, batch)) = scored_rx.recv().await {
@@ -97,11 +97,11 @@ impl Driver {
                     Ok(())
                 }
                 .await;
-                stages::stop_on_error(&stop, r)
+                guard.check(r)
             })
         };
         let acknowledge = {
-            let stop = stop_tx.clone();
+            let guard = stages::StopGuard::new(&stop_tx);
             let mut acker = source.acker();
             let counters = counters.clone();
             tokio::spawn(async move {
@@ -115,7 +115,7 @@ impl Driver {
                     Ok(acker)
                 }
                 .await;
-                stages::stop_on_error(&stop, r)
+                guard.check(r)
             })
         };
 

@@ -19,6 +19,8 @@ pub(crate) struct Work<A> {
     pub(crate) ack: A,
     /// The message behind each event row (message sources), taken when the row is rejected.
     origins: Vec<Option<Message>>,
+    /// The messages behind the side-input rows (message sources).
+    side_origins: Vec<Message>,
     /// Index of the first event row in the source (row sources).
     first_row: Option<usize>,
     /// Whether each event row was rejected.
@@ -33,6 +35,7 @@ impl<A> Work<A> {
         Self {
             ack,
             origins: Vec::new(),
+            side_origins: Vec::new(),
             first_row: None,
             rejected: vec![false; events],
             created_ms: Vec::new(),
@@ -74,6 +77,17 @@ impl<A> Work<A> {
         }
     }
 
+    /// The side-input messages become dead letters (the feature stage could not apply them).
+    fn reject_side(&mut self, kind: RejectKind, reason: &str) {
+        for m in std::mem::take(&mut self.side_origins) {
+            self.dead.push(DeadLetter {
+                origin: Origin::Message(m),
+                kind,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
     /// Event rows not rejected, in order: the rows a score stage sees.
     fn kept(&self) -> Vec<usize> {
         (0..self.rejected.len())
@@ -82,25 +96,47 @@ impl<A> Work<A> {
     }
 }
 
-/// Spawns a stage thread that stops the pipeline when it fails.
+/// Stops the pipeline when dropped armed: when its stage returns an error or panics, so that
+/// the source stops reading instead of waiting on a quiet topic behind a dead stage.
+pub(super) struct StopGuard {
+    stop: watch::Sender<bool>,
+    armed: bool,
+}
+
+impl StopGuard {
+    pub(super) fn new(stop: &watch::Sender<bool>) -> Self {
+        Self {
+            stop: stop.clone(),
+            armed: true,
+        }
+    }
+
+    /// Passes `r` on; an `Ok` disarms the guard.
+    pub(super) fn check<T>(mut self, r: Result<T>) -> Result<T> {
+        self.armed = r.is_err();
+        r
+    }
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.stop.send(true);
+        }
+    }
+}
+
+/// Spawns a stage thread that stops the pipeline when it fails or panics.
 pub(super) fn spawn(
     name: &str,
     stop: &watch::Sender<bool>,
     body: impl FnOnce() -> Result<()> + Send + 'static,
 ) -> Result<std::thread::JoinHandle<Result<()>>> {
-    let stop = stop.clone();
+    let guard = StopGuard::new(stop);
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(move || stop_on_error(&stop, body()))
+        .spawn(move || guard.check(body()))
         .map_err(PipelineError::runtime("starting a stage thread"))
-}
-
-/// Passes `r` on, setting `stop` first when it is an error.
-pub(super) fn stop_on_error<T>(stop: &watch::Sender<bool>, r: Result<T>) -> Result<T> {
-    if r.is_err() {
-        let _ = stop.send(true);
-    }
-    r
 }
 
 /// Waits for a stage thread off the async reactor.
@@ -187,8 +223,13 @@ pub(super) fn decode<A: Send>(
                 let (side, event_messages): (Vec<Message>, Vec<Message>) =
                     messages.into_iter().partition(|m| m.side);
                 let mut dead = Vec::new();
+                let mut side_origins = Vec::new();
                 let side = match &inputs.side {
-                    Some(schema) => Some(decode_stream(decoder, schema, side, &mut dead).0),
+                    Some(schema) => {
+                        let (batch, accepted) = decode_stream(decoder, schema, side, &mut dead);
+                        side_origins = accepted;
+                        Some(batch)
+                    }
                     None => {
                         for m in side {
                             dead.push(DeadLetter {
@@ -208,6 +249,7 @@ pub(super) fn decode<A: Send>(
                     .map(|m| Some(m.created_ms.unwrap_or_else(now_ms)))
                     .collect();
                 work.origins = origins.into_iter().map(Some).collect();
+                work.side_origins = side_origins;
                 work.dead = dead;
                 (work, JobInput { side, events })
             }
@@ -230,14 +272,17 @@ pub(super) fn features<A: Send>(
         let started = Instant::now();
         let featured = match stage.process(input) {
             Ok(mut f) => {
+                work.side_origins.clear(); // applied: nothing left to dead-letter
                 for r in std::mem::take(&mut f.rejects) {
                     work.reject(r.row, r.kind, r.reason);
                 }
                 Some(f)
             }
-            // The whole batch failed a check: dead-letter its events, go on.
+            // The whole batch failed a check: dead-letter its events and side inputs, go on.
             Err(e) if super::dead_letters_batch(&e) => {
-                work.reject_rest(RejectKind::Schema, &e.to_string());
+                let reason = e.to_string();
+                work.reject_rest(RejectKind::Schema, &reason);
+                work.reject_side(RejectKind::Schema, &reason);
                 None
             }
             Err(e) => return Err(e),
@@ -260,13 +305,15 @@ pub(super) fn score<A: Send>(
         let started = Instant::now();
         let mut output = JobOutput::default();
         if let Some(f) = featured.filter(|f| f.batch.num_rows() > 0) {
-            // The score stage sees the kept rows; its rejects are numbered among them.
-            let kept = work.kept();
             match stage.process(f) {
                 Ok(mut o) => {
-                    for r in std::mem::take(&mut o.rejects) {
-                        if let Some(&row) = kept.get(r.row) {
-                            work.reject(row, r.kind, r.reason);
+                    if !o.rejects.is_empty() {
+                        // The score stage saw the kept rows; its rejects are numbered among them.
+                        let kept = work.kept();
+                        for r in std::mem::take(&mut o.rejects) {
+                            if let Some(&row) = kept.get(r.row) {
+                                work.reject(row, r.kind, r.reason);
+                            }
                         }
                     }
                     output = o;

@@ -15,7 +15,7 @@ use crate::jobs::{
 };
 use crate::sinks::Origin;
 use crate::sinks::collect::CollectSink;
-use crate::sources::{Acker, Payload, SourceBatch, Stop};
+use crate::sources::{Acker, Message, Payload, SourceBatch, Stop};
 
 const ROWS: usize = 4;
 
@@ -216,4 +216,197 @@ fn any_other_error_stops_the_run_without_acknowledging_the_failed_batch() {
         r.acks
     );
     assert!(!r.finished, "no final commit after a failure");
+}
+
+/// One batch of messages: two events, one side input and one malformed event.
+#[derive(Debug)]
+struct OneMessageBatch {
+    sent: bool,
+    acks: Arc<Mutex<Vec<usize>>>,
+    finished: Arc<Mutex<bool>>,
+}
+
+impl Source for OneMessageBatch {
+    type Ack = usize;
+    type Acker = NumbersAcker;
+
+    async fn next(&mut self, _stop: &mut Stop) -> Result<Option<SourceBatch<usize>>> {
+        if std::mem::replace(&mut self.sent, true) {
+            return Ok(None);
+        }
+        let message = |side: bool, offset: i64, payload: &str| Message {
+            side,
+            topic: Arc::from(if side { "side" } else { "events" }),
+            partition: 0,
+            offset,
+            key: None,
+            payload: payload.as_bytes().to_vec(),
+            created_ms: Some(0),
+        };
+        Ok(Some(SourceBatch {
+            payload: Payload::Messages(vec![
+                message(false, 0, r#"{"X": 1}"#),
+                message(true, 0, r#"{"Y": 2}"#),
+                message(false, 1, r#"{"X": "#),
+                message(false, 2, r#"{"X": 1}"#),
+            ]),
+            ack: 0,
+        }))
+    }
+
+    fn acker(&self) -> NumbersAcker {
+        NumbersAcker {
+            acks: self.acks.clone(),
+            finished: self.finished.clone(),
+        }
+    }
+
+    fn names(&self) -> (&str, &str) {
+        ("events", "side")
+    }
+}
+
+#[test]
+fn a_batch_the_features_refuse_dead_letters_its_events_and_side_inputs() {
+    use arrow::datatypes::{Field, Schema};
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let finished = Arc::new(Mutex::new(false));
+    let source = OneMessageBatch {
+        sent: false,
+        acks: acks.clone(),
+        finished: finished.clone(),
+    };
+    let int = |name: &str| Arc::new(Schema::new(vec![Field::new(name, DataType::Int64, false)]));
+    let job = Job {
+        kind: "test",
+        model: "echo".into(),
+        inputs: Inputs {
+            events: int("X"),
+            side: Some(int("Y")),
+        },
+        features: Box::new(Picky {
+            bad_input: 1,
+            bug: usize::MAX,
+        }),
+        scoring: Box::new(Echo),
+    };
+    let sink = CollectSink::default();
+    let driver = Driver::new(
+        crate::decoders::build(crate::decoders::Format::Json, 1024),
+        2,
+    );
+    let summary = driver
+        .run_blocking(source, job, sink.clone(), Arc::new(Counters::default()))
+        .expect("bad input does not stop the run");
+    assert_eq!((summary.events, summary.side), (3, 1));
+    assert_eq!(summary.scores, 0);
+    let mut dead: Vec<(String, i64, RejectKind)> = sink
+        .take()
+        .expect("collected")
+        .dead
+        .iter()
+        .map(|d| match &d.origin {
+            Origin::Message(m) => (m.topic.to_string(), m.offset, d.kind),
+            Origin::Row(_) => panic!("messages come from a message source"),
+        })
+        .collect();
+    dead.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    assert_eq!(
+        dead,
+        vec![
+            ("events".to_string(), 0, RejectKind::Schema),
+            ("events".to_string(), 1, RejectKind::Malformed),
+            ("events".to_string(), 2, RejectKind::Schema),
+            ("side".to_string(), 0, RejectKind::Schema),
+        ],
+        "every message of the batch is accounted for"
+    );
+    assert_eq!(*acks.lock().expect("lock"), vec![0]);
+    assert!(*finished.lock().expect("lock"));
+}
+
+/// One batch, then nothing until the pipeline stops: a quiet topic.
+#[derive(Debug)]
+struct Quiet {
+    sent: bool,
+}
+
+impl Source for Quiet {
+    type Ack = usize;
+    type Acker = NumbersAcker;
+
+    async fn next(&mut self, stop: &mut Stop) -> Result<Option<SourceBatch<usize>>> {
+        if !std::mem::replace(&mut self.sent, true) {
+            let x: ArrayRef = Arc::new(Int64Array::from(vec![0i64; ROWS]));
+            return Ok(Some(SourceBatch {
+                payload: Payload::Rows {
+                    input: JobInput {
+                        side: None,
+                        events: RecordBatch::try_from_iter([("X", x)])?,
+                    },
+                    first_row: 0,
+                },
+                ack: 0,
+            }));
+        }
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    fn acker(&self) -> NumbersAcker {
+        NumbersAcker {
+            acks: Arc::default(),
+            finished: Arc::default(),
+        }
+    }
+
+    fn names(&self) -> (&str, &str) {
+        ("quiet", "none")
+    }
+}
+
+#[derive(Debug)]
+struct Panics;
+
+impl ScoreStage for Panics {
+    fn process(&mut self, _featured: Featured) -> Result<JobOutput> {
+        panic!("a scoring bug");
+    }
+}
+
+#[test]
+fn a_panicking_stage_stops_a_quiet_source_instead_of_hanging() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let job = Job {
+            kind: "test",
+            model: "panics".into(),
+            inputs: Inputs {
+                events: Arc::new(arrow::datatypes::Schema::empty()),
+                side: None,
+            },
+            features: Box::new(Picky {
+                bad_input: usize::MAX,
+                bug: usize::MAX,
+            }),
+            scoring: Box::new(Panics),
+        };
+        let driver = Driver::new(crate::decoders::build(crate::decoders::Format::Json, 1), 2);
+        let r = driver.run_blocking(
+            Quiet { sent: false },
+            job,
+            CollectSink::default(),
+            Arc::new(Counters::default()),
+        );
+        let _ = done_tx.send(r.map(|_| ()));
+    });
+    let r = done_rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the run ends instead of waiting on the quiet source");
+    let e = r.expect_err("a panic is an error");
+    assert!(e.to_string().contains("panicked"), "{e}");
 }

@@ -82,6 +82,8 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
             event_time: cfg.features.event_time.clone(),
             reasons: pipeline.alerts.reasons,
             model_name: Repeated::new(pipeline.model_name()),
+            score_schema: riskpipe_schemas::score_schema(),
+            alert_schema: riskpipe_schemas::alert_schema(),
         }),
     })
 }
@@ -117,6 +119,8 @@ struct FraudScoring {
     event_time: String,
     reasons: usize,
     model_name: Repeated,
+    score_schema: arrow::datatypes::SchemaRef,
+    alert_schema: arrow::datatypes::SchemaRef,
 }
 
 impl ScoreStage for FraudScoring {
@@ -124,8 +128,14 @@ impl ScoreStage for FraudScoring {
         let scored = self.model.process(featured.batch)?;
         let alerted = alert_rows(&scored)?;
         let reasons = self.model.explain(&alerted, self.reasons)?;
-        let scores = records::scores(&scored, &self.event_time, &mut self.model_name)?;
+        let scores = records::scores(
+            &self.score_schema,
+            &scored,
+            &self.event_time,
+            &mut self.model_name,
+        )?;
         let alerts = records::alerts(
+            &self.alert_schema,
             &scored,
             &self.event_time,
             &alerted,
@@ -144,7 +154,7 @@ impl ScoreStage for FraudScoring {
 
 /// Rows of a scored batch whose alert flag is set.
 fn alert_rows(scored: &RecordBatch) -> Result<Vec<usize>> {
-    let alert = columns::boolean(scored, score::ALERT)?;
+    let alert = columns::boolean(scored, score::ALERT).map_err(PipelineError::produced)?;
     Ok((0..scored.num_rows()).filter(|&i| alert.value(i)).collect())
 }
 

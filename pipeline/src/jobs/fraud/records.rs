@@ -8,35 +8,44 @@ use arrow::array::{
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::compute::{cast, take};
+use arrow::datatypes::SchemaRef;
 use arrow::datatypes::{DataType, Field, Float32Type};
 use riskpipe_operators::columns;
-use riskpipe_schemas::{Reason, alert_schema, reason_fields, score, score_schema, tx};
+use riskpipe_schemas::{Reason, reason_fields, score, tx};
 
-use crate::Result;
 use crate::jobs::{Records, Repeated};
+use crate::{PipelineError, Result};
 
 fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
-    Ok(columns::get(batch, name)?.clone())
+    Ok(columns::get(batch, name)
+        .map_err(PipelineError::produced)?
+        .clone())
 }
 
 /// One score record per row of `scored` (transactions with `SCORE` and `ALERT`), keyed by
 /// customer. `event_time` names the event-time column.
 pub(crate) fn scores(
+    schema: &SchemaRef,
     scored: &RecordBatch,
     event_time: &str,
     model: &mut Repeated,
 ) -> Result<Records> {
     let n = scored.num_rows();
     let customer = column(scored, tx::CUSTOMER_ID)?;
-    let value = columns::primitive::<Float32Type>(scored, score::SCORE)?;
+    let value =
+        columns::primitive::<Float32Type>(scored, score::SCORE).map_err(PipelineError::produced)?;
     let batch = RecordBatch::try_new(
-        score_schema(),
+        schema.clone(),
         vec![
             column(scored, tx::TRANSACTION_ID)?,
             customer.clone(),
             column(scored, event_time)?,
             Arc::new(Float64Array::from_unary(value, f64::from)),
-            Arc::new(columns::boolean(scored, score::ALERT)?.clone()),
+            Arc::new(
+                columns::boolean(scored, score::ALERT)
+                    .map_err(PipelineError::produced)?
+                    .clone(),
+            ),
             model.column(n),
         ],
     )?;
@@ -48,6 +57,7 @@ pub(crate) fn scores(
 
 /// One alert record per row of `alerted` (rows of `scored`), with `reasons[k]` for the k-th.
 pub(crate) fn alerts(
+    schema: &SchemaRef,
     scored: &RecordBatch,
     event_time: &str,
     alerted: &[usize],
@@ -60,14 +70,14 @@ pub(crate) fn alerts(
         |name: &str| -> Result<ArrayRef> { Ok(take(column(scored, name)?.as_ref(), &rows, None)?) };
     let n = alerted.len();
     let value = take(
-        columns::primitive::<Float32Type>(scored, score::SCORE)?,
+        columns::primitive::<Float32Type>(scored, score::SCORE).map_err(PipelineError::produced)?,
         &rows,
         None,
     )?;
     let value = cast(&value, &DataType::Float64)?;
     let customer = pick(tx::CUSTOMER_ID)?;
     let batch = RecordBatch::try_new(
-        alert_schema(),
+        schema.clone(),
         vec![
             pick(tx::TRANSACTION_ID)?,
             customer.clone(),

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use riskpipe_models::Scorer;
 use riskpipe_operators::{Operator, SeriesOperator, columns};
 use riskpipe_schemas::{market, market_tick_schema};
@@ -112,6 +112,9 @@ pub fn build(cfg: &MarketConfig, pipeline: &PipelineConfig) -> Result<Job> {
                 cfg.confidence,
             ),
             model: Repeated::new(model),
+            schemas: None,
+            risk_schema: riskpipe_schemas::risk_score_schema(),
+            breach_schema: riskpipe_schemas::limit_breach_schema(),
         }),
     })
 }
@@ -140,6 +143,10 @@ struct MarketScoring {
     confidence: f64,
     aggregator: Aggregator,
     model: Repeated,
+    /// The last input schema and its scored schema (rebuilt only when the input's changes).
+    schemas: Option<(SchemaRef, SchemaRef)>,
+    risk_schema: SchemaRef,
+    breach_schema: SchemaRef,
 }
 
 impl MarketScoring {
@@ -149,7 +156,7 @@ impl MarketScoring {
         let n = with_features.num_rows();
         let mut ready = vec![true; n];
         for name in self.scorer.features() {
-            let c = columns::get(&with_features, name)?;
+            let c = columns::get(&with_features, name).map_err(PipelineError::produced)?;
             for (i, r) in ready.iter_mut().enumerate() {
                 *r &= c.is_valid(i);
             }
@@ -167,18 +174,25 @@ impl MarketScoring {
                     .map(|v| 1.0 - (-f64::from(v)).exp())
             })
             .collect();
-        let variance = columns::primitive::<Float64Type>(&with_features, &self.variance)?;
+        let variance = columns::primitive::<Float64Type>(&with_features, &self.variance)
+            .map_err(PipelineError::produced)?;
         let volatility: Float64Array = variance.iter().map(|v| v.map(f64::sqrt)).collect();
-        let mut fields: Vec<Arc<Field>> = with_features.schema().fields().iter().cloned().collect();
-        fields.push(Arc::new(Field::new(VAR, DataType::Float64, true)));
-        fields.push(Arc::new(Field::new(VOLATILITY, DataType::Float64, true)));
+        let input = with_features.schema();
+        let output = match &self.schemas {
+            Some((i, o)) if i == &input => o.clone(),
+            _ => {
+                let mut fields: Vec<Arc<Field>> = input.fields().iter().cloned().collect();
+                fields.push(Arc::new(Field::new(VAR, DataType::Float64, true)));
+                fields.push(Arc::new(Field::new(VOLATILITY, DataType::Float64, true)));
+                let o: SchemaRef = Arc::new(Schema::new(fields));
+                self.schemas = Some((input, o.clone()));
+                o
+            }
+        };
         let mut columns: Vec<ArrayRef> = with_features.columns().to_vec();
         columns.push(Arc::new(var));
         columns.push(Arc::new(volatility));
-        Ok(RecordBatch::try_new(
-            Arc::new(Schema::new(fields)),
-            columns,
-        )?)
+        Ok(RecordBatch::try_new(output, columns)?)
     }
 }
 
@@ -187,6 +201,7 @@ impl ScoreStage for MarketScoring {
         let scored = self.score(featured.batch)?;
         let portfolio = self.aggregator.aggregate(&scored)?;
         let scores = records::scores(
+            &self.risk_schema,
             &scored,
             &portfolio,
             &self.aggregator.portfolios,
@@ -194,6 +209,7 @@ impl ScoreStage for MarketScoring {
             &mut self.model,
         )?;
         let breaches = records::breaches(
+            &self.breach_schema,
             &portfolio,
             &self.aggregator.portfolios,
             self.confidence,

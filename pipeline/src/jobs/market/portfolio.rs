@@ -13,7 +13,7 @@ use riskpipe_operators::columns;
 use riskpipe_schemas::market;
 
 use super::config::{PortfolioConfig, VAR};
-use crate::Result;
+use crate::{PipelineError, Result};
 
 /// RiskMetrics EWMA covariance of a fixed set of return series:
 /// `C_t = λ C_{t−1} + (1 − λ) r_t r_tᵀ`, started at `C_1 = r_1 r_1ᵀ`.
@@ -140,10 +140,13 @@ impl Aggregator {
         if self.portfolios.is_empty() {
             return Ok(Vec::new());
         }
-        let ids = columns::string(scored, market::INSTRUMENT)?;
-        let times = columns::primitive::<TimestampNanosecondType>(scored, market::TIME)?;
-        let prices = columns::primitive::<Float64Type>(scored, market::PRICE)?;
-        let var = columns::primitive::<Float64Type>(scored, VAR)?;
+        let ids = columns::string(scored, market::INSTRUMENT).map_err(PipelineError::produced)?;
+        let times = columns::primitive::<TimestampNanosecondType>(scored, market::TIME)
+            .map_err(PipelineError::produced)?;
+        let prices = columns::primitive::<Float64Type>(scored, market::PRICE)
+            .map_err(PipelineError::produced)?;
+        let var =
+            columns::primitive::<Float64Type>(scored, VAR).map_err(PipelineError::produced)?;
         let mut out = Vec::new();
         let mut step: HashMap<&str, f64> = HashMap::new();
         let n = scored.num_rows();

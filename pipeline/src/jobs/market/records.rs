@@ -9,13 +9,14 @@ use arrow::array::{
 };
 use arrow::compute::{concat, filter};
 use arrow::datatypes::Float64Type;
+use arrow::datatypes::SchemaRef;
 use riskpipe_operators::columns;
-use riskpipe_schemas::{limit_breach_schema, market, risk_score_schema};
+use riskpipe_schemas::market;
 
 use super::config::{PortfolioConfig, VAR, VOLATILITY};
 use super::portfolio::PortfolioVar;
-use crate::Result;
 use crate::jobs::{Records, Repeated};
+use crate::{PipelineError, Result};
 
 fn times(values: impl IntoIterator<Item = i64>) -> ArrayRef {
     Arc::new(TimestampNanosecondArray::from_iter_values(values).with_timezone("UTC"))
@@ -24,19 +25,26 @@ fn times(values: impl IntoIterator<Item = i64>) -> ArrayRef {
 /// One score per tick that has a VaR (ticks in their warm-up have none), then one per
 /// portfolio VaR.
 pub(crate) fn scores(
+    schema: &SchemaRef,
     scored: &RecordBatch,
     portfolio: &[PortfolioVar],
     portfolios: &[PortfolioConfig],
     confidence: f64,
     model: &mut Repeated,
 ) -> Result<Records> {
-    let var = columns::primitive::<Float64Type>(scored, VAR)?;
+    let var = columns::primitive::<Float64Type>(scored, VAR).map_err(PipelineError::produced)?;
     let has_var = BooleanArray::from_iter((0..var.len()).map(|i| Some(var.is_valid(i))));
     let pick = |name: &str| -> Result<ArrayRef> {
-        Ok(filter(columns::get(scored, name)?.as_ref(), &has_var)?)
+        Ok(filter(
+            columns::get(scored, name)
+                .map_err(PipelineError::produced)?
+                .as_ref(),
+            &has_var,
+        )?)
     };
     let instruments = pick(market::INSTRUMENT)?;
-    let vol = columns::primitive::<Float64Type>(scored, VOLATILITY)?;
+    let vol =
+        columns::primitive::<Float64Type>(scored, VOLATILITY).map_err(PipelineError::produced)?;
     let volatility: Float64Array = (0..vol.len())
         .filter(|&i| var.is_valid(i))
         .map(|i| if vol.is_valid(i) { vol.value(i) } else { 0.0 })
@@ -58,7 +66,7 @@ pub(crate) fn scores(
     ])?;
     let keys = concat(&[instruments.as_ref(), &names as &dyn Array])?;
     let batch = RecordBatch::try_new(
-        risk_score_schema(),
+        schema.clone(),
         vec![
             instrument_column,
             portfolio_column,
@@ -83,6 +91,7 @@ pub(crate) fn scores(
 
 /// One breach per portfolio VaR over its limit.
 pub(crate) fn breaches(
+    schema: &SchemaRef,
     portfolio: &[PortfolioVar],
     portfolios: &[PortfolioConfig],
     confidence: f64,
@@ -96,7 +105,7 @@ pub(crate) fn breaches(
         over.iter().map(|p| portfolios[p.portfolio].name.as_str()),
     ));
     let batch = RecordBatch::try_new(
-        limit_breach_schema(),
+        schema.clone(),
         vec![
             names.clone(),
             times(over.iter().map(|p| p.time)),
