@@ -172,4 +172,24 @@ fn shipped_model_meets_the_quality_bar_on_the_handbook_split() {
     assert_eq!(report["transactions"].as_u64(), Some(r.transactions as u64));
     let png = std::fs::read(out.path().join("curves.png")).expect("png");
     assert_eq!(&png[..4], b"\x89PNG");
+    // One alert payload per alerted transaction, with its reasons, as live publishes them.
+    let alerted: usize = scores
+        .column_by_name("ALERT")
+        .expect("ALERT")
+        .as_any()
+        .downcast_ref::<arrow::array::BooleanArray>()
+        .expect("boolean")
+        .true_count();
+    let text = std::fs::read_to_string(out.path().join("alerts.jsonl")).expect("alerts.jsonl");
+    let alerts: Vec<riskpipe_schemas::Alert> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an alert payload"))
+        .collect();
+    assert_eq!(alerts.len(), alerted);
+    assert!(alerted > 1000, "{alerted}");
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a.score >= a.threshold && !a.reasons.is_empty())
+    );
 }

@@ -42,25 +42,32 @@ impl Replayed {
             .collect()
     }
 
-    /// The published score and alert records, as the JSON payloads the live pipeline writes.
-    pub fn records(&self) -> Result<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
-        let mut encoder = JsonEncoder;
+    /// The score (`alerts` false) or alert records as the JSON payloads the live pipeline
+    /// publishes.
+    pub fn payloads(&self, alerts: bool) -> Result<Payloads> {
         let mut payloads = Payloads::default();
-        let (mut scores, mut alerts) = (Vec::new(), Vec::new());
         for o in &self.collected.outputs {
-            for (records, out) in [(&o.scores, &mut scores), (&o.alerts, &mut alerts)] {
-                if let Some(r) = records {
-                    payloads.clear();
-                    encoder.encode(&r.batch, &mut payloads)?;
-                    for p in payloads.iter() {
-                        out.push(serde_json::from_slice(p).map_err(|e| {
-                            PipelineError::Bug(format!("the JSON encoder wrote invalid JSON: {e}"))
-                        })?);
-                    }
-                }
+            let records = if alerts { &o.alerts } else { &o.scores };
+            if let Some(r) = records {
+                JsonEncoder.encode(&r.batch, &mut payloads)?;
             }
         }
-        Ok((scores, alerts))
+        Ok(payloads)
+    }
+
+    /// The published score and alert records, parsed.
+    pub fn records(&self) -> Result<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
+        let parse = |payloads: Payloads| -> Result<Vec<serde_json::Value>> {
+            payloads
+                .iter()
+                .map(|p| {
+                    serde_json::from_slice(p).map_err(|e| {
+                        PipelineError::Bug(format!("the JSON encoder wrote invalid JSON: {e}"))
+                    })
+                })
+                .collect()
+        };
+        Ok((parse(self.payloads(false)?)?, parse(self.payloads(true)?)?))
     }
 
     /// The rejected rows.

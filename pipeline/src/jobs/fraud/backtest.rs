@@ -1,6 +1,7 @@
 //! The fraud backtest's evaluation: the handbook's metrics over the test days of the configured
 //! split (or the whole history); writes `scores.parquet` (id, features, score, alert per
-//! transaction), `report.json` and `curves.png`.
+//! transaction), `alerts.jsonl` (every alert with its reasons, as the alerts topic would carry
+//! it), `report.json` and `curves.png`.
 
 use std::path::{Path, PathBuf};
 
@@ -61,6 +62,13 @@ pub fn evaluate(
     columns.extend([score::SCORE.to_string(), score::ALERT.to_string()]);
     let scores_path = out_dir.join("scores.parquet");
     crate::sinks::parquet::write(&scores_path, &scored, Some(&columns))?;
+    let alerts_path = out_dir.join("alerts.jsonl");
+    let mut lines = Vec::new();
+    for alert in replayed.payloads(true)?.iter() {
+        lines.extend_from_slice(alert);
+        lines.push(b'\n');
+    }
+    std::fs::write(&alerts_path, lines).map_err(PipelineError::io("writing", &alerts_path))?;
 
     let rows = scored_rows(&scored, cfg)?;
     let (evaluated, label) = match &cfg.backtest {
@@ -94,6 +102,6 @@ pub fn evaluate(
     plot_curves(&evaluated, &report, &png)?;
     Ok(FraudOutcome {
         report,
-        files: vec![scores_path, json, png],
+        files: vec![scores_path, alerts_path, json, png],
     })
 }
