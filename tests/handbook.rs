@@ -6,10 +6,9 @@
 mod support;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
+use riskpipe_pipeline::PipelineConfig;
 use riskpipe_pipeline::sources::file;
-use riskpipe_pipeline::{PipelineConfig, backtest};
 
 const ROWS: usize = 1_754_155;
 
@@ -28,9 +27,12 @@ fn history_path() -> PathBuf {
 #[cfg(feature = "sql")]
 mod batch_twin {
     use super::*;
+    use std::sync::Arc;
+
     use arrow::array::{Array, AsArray, RecordBatch};
     use arrow::compute::{cast, concat_batches};
     use arrow::datatypes::{DataType, Float64Type, Int64Type};
+    use riskpipe_pipeline::backtest;
     use riskpipe_pipeline::sources::history::History;
 
     /// The features as the product computes them: the fraud job's stages on the driver, in
