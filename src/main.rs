@@ -79,6 +79,9 @@ enum Command {
         /// Serve /metrics, /health and /ready here (overrides observability.listen).
         #[arg(long)]
         metrics_addr: Option<String>,
+        /// Kafka bootstrap servers (overrides kafka.properties."bootstrap.servers").
+        #[arg(long)]
+        bootstrap_servers: Option<String>,
     },
     /// Backtest a Kafka topic range: same pipeline and report as `backtest`.
     Replay {
@@ -225,8 +228,12 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
         Command::Run {
             config,
             metrics_addr,
+            bootstrap_servers,
         } => {
-            let cfg = PipelineConfig::load(&config)?;
+            let mut cfg = PipelineConfig::load(&config)?;
+            if let (Some(servers), Some(kafka)) = (bootstrap_servers, cfg.kafka.as_mut()) {
+                kafka.properties.insert("bootstrap.servers".into(), servers);
+            }
             let listen = metrics_addr.or_else(|| cfg.observability.listen.clone());
             let rt = runtime()?;
             let summary = rt.block_on(async {

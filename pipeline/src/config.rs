@@ -115,6 +115,9 @@ impl PipelineConfig {
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self> {
         let mut cfg: PipelineConfig = parse_toml(text)?;
         resolve(&mut cfg.model.path, base_dir);
+        if let Some(kafka) = &mut cfg.kafka {
+            kafka.expand_env();
+        }
         cfg.base_dir = base_dir.to_path_buf();
         Ok(cfg)
     }

@@ -21,6 +21,13 @@ pub const COMMITS: &str = "riskpipe_commits_total";
 pub const CONSUMER_ERRORS: &str = "riskpipe_consumer_errors_total";
 /// Messages behind the partition's end (`topic`, `partition`), from librdkafka statistics.
 pub const CONSUMER_LAG: &str = "riskpipe_consumer_lag";
+/// 1 while the consumer holds partitions and the pipeline runs, else 0 (as `/ready`).
+pub const READY: &str = "riskpipe_ready";
+
+/// Buckets of the batch-size histogram (rows); every other histogram is seconds.
+pub const BATCH_ROWS_BUCKETS: [f64; 12] = [
+    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 4096.0, 8192.0, 16384.0, 65536.0,
+];
 
 /// A timed stage of the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +71,18 @@ pub fn describe() {
     describe_counter!(COMMITS, "Offset commits, per result");
     describe_counter!(CONSUMER_ERRORS, "Consumer errors logged and gone past");
     describe_gauge!(CONSUMER_LAG, "Messages behind the partition's end");
+    describe_gauge!(
+        READY,
+        "1 while the consumer holds partitions and the pipeline runs"
+    );
+    // Series without labels exist from the start, so dashboards and alerts see 0, not nothing.
+    counter!(CONSUMER_ERRORS).increment(0);
+    gauge!(READY).set(0.0);
+}
+
+/// Readiness changed.
+pub fn ready(ready: bool) {
+    gauge!(READY).set(if ready { 1.0 } else { 0.0 });
 }
 
 /// A stage took `seconds` for one batch.

@@ -46,6 +46,9 @@ pub struct KafkaConfig {
     /// Offsets of fully acknowledged input are committed this often (and on shutdown).
     #[serde(default = "default_commit_interval", with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// `${env:NAME}` references that could not be resolved (reported by `problems`).
+    #[serde(skip)]
+    unresolved: Vec<String>,
 }
 
 /// Topic names.
@@ -158,13 +161,57 @@ impl KafkaConfig {
             max_message_bytes: default_max_message_bytes(),
             in_flight_batches: default_in_flight(),
             commit_interval: default_commit_interval(),
+            unresolved: Vec::new(),
         }
+    }
+
+    /// Replaces every `${env:NAME}` in a property value with the environment variable `NAME`,
+    /// so secrets (`sasl.password`, ...) stay out of config files and come from the
+    /// environment (a Kubernetes Secret, say). Unset variables are reported by
+    /// [`Self::problems`], by name only.
+    pub fn expand_env(&mut self) {
+        self.expand_env_with(|name| std::env::var(name).ok());
+    }
+
+    fn expand_env_with(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        let mut unresolved = Vec::new();
+        for (section, props) in [
+            ("properties", &mut self.properties),
+            ("consumer_properties", &mut self.consumer_properties),
+            ("producer_properties", &mut self.producer_properties),
+        ] {
+            for (key, value) in props.iter_mut() {
+                let mut out = String::new();
+                let mut rest = value.as_str();
+                while let Some(start) = rest.find("${env:") {
+                    out.push_str(&rest[..start]);
+                    let after = &rest[start + 6..];
+                    let Some(end) = after.find('}') else {
+                        unresolved.push(format!(
+                            "kafka.{section}.{key:?}: unterminated ${{env:...}} reference"
+                        ));
+                        break;
+                    };
+                    let name = &after[..end];
+                    match lookup(name) {
+                        Some(v) => out.push_str(&v),
+                        None => unresolved.push(format!(
+                            "kafka.{section}.{key:?}: environment variable {name} is not set"
+                        )),
+                    }
+                    rest = &after[end + 1..];
+                }
+                out.push_str(rest);
+                *value = out;
+            }
+        }
+        self.unresolved = unresolved;
     }
 
     /// Every problem of this section for a job reading `streams`, checked without connecting
     /// (librdkafka validates each property name and value when a client config is built).
     pub fn problems(&self, streams: Streams) -> Vec<String> {
-        let mut p = Vec::new();
+        let mut p = self.unresolved.clone();
         if !self.properties.contains_key("bootstrap.servers") {
             p.push("kafka.properties must set \"bootstrap.servers\"".into());
         }
@@ -307,5 +354,33 @@ mod tests {
         assert!(p.len() == 1 && p[0].contains("no labels input"), "{p:#?}");
         k.topics.labels = Some(String::new());
         assert_eq!(k.inputs(fraud), vec!["transactions"]);
+    }
+
+    #[test]
+    fn environment_references_are_resolved_and_missing_ones_named_without_values() {
+        let mut k = KafkaConfig::for_bootstrap("x:1");
+        k.properties
+            .insert("sasl.password".into(), "${env:RP_SECRET}".into());
+        k.properties
+            .insert("sasl.username".into(), "svc-${env:RP_USER}-1".into());
+        k.producer_properties
+            .insert("client.id".into(), "${env:RP_MISSING}".into());
+        k.expand_env_with(|name| match name {
+            "RP_SECRET" => Some("hunter2".into()),
+            "RP_USER" => Some("fraud".into()),
+            _ => None,
+        });
+        assert_eq!(k.properties["sasl.password"], "hunter2");
+        assert_eq!(k.properties["sasl.username"], "svc-fraud-1");
+        let fraud = Streams {
+            events: "transactions",
+            side: Some("fraud-labels"),
+        };
+        let p = k.problems(fraud);
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(
+            p[0].contains("RP_MISSING") && !p[0].contains("hunter2"),
+            "{p:#?}"
+        );
     }
 }

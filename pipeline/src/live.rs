@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use crate::config::PipelineConfig;
 use crate::decoders;
@@ -36,7 +35,6 @@ pub async fn run(
         kafka.in_flight_batches,
     );
     let result = driver.run(source, job, sink, counters, shutdown).await;
-    health.stopped.store(true, Ordering::Relaxed);
-    health.ready.store(false, Ordering::Relaxed);
+    health.set_stopped();
     result
 }

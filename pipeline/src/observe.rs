@@ -25,6 +25,20 @@ pub struct Health {
     pub stopped: AtomicBool,
 }
 
+impl Health {
+    /// The consumer gained (`true`) or lost its partitions.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        crate::events::ready(ready && !self.stopped.load(Ordering::Relaxed));
+    }
+
+    /// The pipeline stopped: never ready again.
+    pub fn set_stopped(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.set_ready(false);
+    }
+}
+
 /// Latency histograms are exported with these buckets (seconds).
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -39,6 +53,10 @@ pub fn install() -> Result<PrometheusHandle> {
     }
     let handle = PrometheusBuilder::new()
         .set_buckets(&LATENCY_BUCKETS)?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(crate::events::BATCH_ROWS.into()),
+            &crate::events::BATCH_ROWS_BUCKETS,
+        )?
         .install_recorder()?;
     crate::events::describe();
     Ok(HANDLE.get_or_init(|| handle).clone())

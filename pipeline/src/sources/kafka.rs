@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use futures::FutureExt;
 use rdkafka::consumer::{
@@ -52,11 +51,11 @@ impl ConsumerContext for Context {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
-                self.health.ready.store(tpl.count() > 0, Ordering::Relaxed);
+                self.health.set_ready(tpl.count() > 0);
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
-                self.health.ready.store(false, Ordering::Relaxed);
+                self.health.set_ready(false);
             }
             Rebalance::Error(e) => tracing::warn!("rebalance error: {e}"),
         }

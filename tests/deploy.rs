@@ -1,0 +1,144 @@
+//! deploy/ cannot drift from the product: every metric the Grafana dashboard and the Prometheus
+//! alert rules query is exported by a running pipeline, and the Kubernetes ConfigMap is a
+//! pipeline config riskpipe's own loader accepts, with the shipped features and threshold.
+//! (deploy/check.sh runs the external validators: hadolint, the Compose schema,
+//! kubernetes-validate, promtool.)
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use riskpipe_pipeline::PipelineConfig;
+use riskpipe_pipeline::kafka::KafkaConfig;
+use support::{Broker, Pipeline, kafka_section, root, write_config};
+
+/// Every `riskpipe_*` metric name in `text`.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("riskpipe_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn dashboard_and_alert_rules_query_only_exported_metrics() {
+    let dashboard = std::fs::read_to_string(root().join("deploy/grafana/dashboards/riskpipe.json"))
+        .expect("dashboard");
+    let rules =
+        std::fs::read_to_string(root().join("deploy/prometheus/alerts.yml")).expect("rules");
+    let queried: BTreeSet<String> = metric_names(&dashboard)
+        .into_iter()
+        .chain(metric_names(&rules))
+        .collect();
+    assert!(queried.len() >= 9, "{queried:?}");
+
+    let broker = Broker::start(&[
+        ("transactions", 2),
+        ("fraud-labels", 1),
+        ("scores", 1),
+        ("alerts", 1),
+        ("riskpipe-dead-letter", 1),
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &kafka_section(
+            &broker.bootstrap,
+            "deploy",
+            "[kafka.consumer_properties]\n\"statistics.interval.ms\" = \"200\"",
+        ),
+    );
+    let mut pipeline = Pipeline::start(&config);
+    pipeline.wait_ready();
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        riskpipe_pipeline::demo::feed_producer(&KafkaConfig::for_bootstrap(&broker.bootstrap))
+            .expect("producer");
+    for id in 1..=20 {
+        let tx = format!(
+            r#"{{"TRANSACTION_ID":{id},"TX_DATETIME":"2018-04-01T00:00:{id:02}Z","CUSTOMER_ID":7,"TERMINAL_ID":9,"TX_AMOUNT":12.5}}"#
+        );
+        let record: BaseRecord<'_, str, str> = BaseRecord::to("transactions").key("7").payload(&tx);
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    let bad: BaseRecord<'_, str, str> = BaseRecord::to("transactions").key("7").payload("{oops");
+    producer.send(bad).map_err(|(e, _)| e).expect("send");
+    producer.flush(Duration::from_secs(10)).expect("flush");
+
+    // Scores, a dead letter, a commit and a lag sample have all happened once these are there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let (_, body) = pipeline.get("/metrics");
+        let exported = metric_names(&body);
+        if queried.is_subset(&exported) {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not exported: {:?}\n{body}",
+            queried.difference(&exported).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(body.contains("riskpipe_ready 1"), "{body}");
+    assert!(
+        body.contains("riskpipe_batch_rows_bucket{le=\"1000\"}"),
+        "batch sizes have row buckets: {body}"
+    );
+    let (ok, _) = pipeline.terminate();
+    assert!(ok);
+}
+
+#[test]
+fn kubernetes_config_map_is_a_valid_pipeline_config_with_the_shipped_job() {
+    let yaml = std::fs::read_to_string(root().join("deploy/kubernetes/configmap.yaml"))
+        .expect("configmap");
+    let mut toml = String::new();
+    let mut inside = false;
+    for line in yaml.lines() {
+        if line.trim_start().starts_with("pipeline.toml: |") {
+            inside = true;
+            continue;
+        }
+        if inside {
+            match line.strip_prefix("    ") {
+                Some(l) => toml.push_str(l),
+                None if line.trim().is_empty() => {}
+                None => break,
+            }
+            toml.push('\n');
+        }
+    }
+    let cfg = PipelineConfig::from_toml(&toml, &root().join("config")).expect("parses");
+    // In the image the model is at /opt/riskpipe/models; the SASL secrets come from the
+    // environment. Nothing else may be wrong.
+    let others: Vec<String> = cfg
+        .problems()
+        .into_iter()
+        .filter(|p| !p.contains("/opt/riskpipe/models/") && !p.contains("environment variable"))
+        .collect();
+    assert!(others.is_empty(), "{others:#?}");
+    let shipped = PipelineConfig::handbook().expect("shipped");
+    let names = |c: &PipelineConfig| {
+        c.fraud()
+            .expect("fraud")
+            .features
+            .feature_names()
+            .expect("names")
+    };
+    assert_eq!(names(&cfg), names(&shipped));
+    assert_eq!(cfg.alerts.threshold, shipped.alerts.threshold);
+    assert_eq!(
+        cfg.model.path.file_name(),
+        shipped.model.path.file_name(),
+        "the shipped model"
+    );
+}
