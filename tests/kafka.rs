@@ -377,6 +377,85 @@ fn malformed_messages_are_dead_lettered_with_reasons_and_neighbours_scored() {
     assert!(ok);
 }
 
+/// A message too large for the dead-letter topic (a poison pill) neither stops the pipeline nor
+/// loops it: a reference (source coordinates, size, SHA-256, short reason) goes in its place and
+/// the next message is scored.
+#[test]
+fn a_poison_pill_too_large_to_dead_letter_is_referenced_and_the_pipeline_goes_on() {
+    use sha2::Digest;
+    let broker = Broker::start(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &kafka_section(
+            &broker.bootstrap,
+            "poison",
+            "max_message_bytes = 4096\n[kafka.producer_properties]\n\"message.max.bytes\" = \"3000\"",
+        ),
+    );
+    let mut pipeline = Pipeline::start(&config);
+    pipeline.wait_ready();
+    let tx = |id: i64| {
+        format!(
+            r#"{{"TRANSACTION_ID":{id},"TX_DATETIME":"2018-04-01T00:00:{id:02}Z","CUSTOMER_ID":7,"TERMINAL_ID":9,"TX_AMOUNT":12.5}}"#
+        )
+    };
+    // Valid JSON, but over max_message_bytes, and over what the producer may send.
+    let pill = format!("{}{}", tx(2), " 4111111111111111".repeat(400));
+    assert!(pill.len() > 6000);
+    let p = producer(&broker.bootstrap);
+    for payload in [tx(1), pill.clone(), tx(3)] {
+        let record: BaseRecord<'_, str, str> =
+            BaseRecord::to("transactions").key("7").payload(&payload);
+        p.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    p.flush(Duration::from_secs(10)).expect("flush");
+
+    let dead = collect(
+        &reader(&broker.bootstrap, "riskpipe-dead-letter"),
+        Duration::from_secs(60),
+        |r| !r.is_empty(),
+    );
+    let d = &dead[0];
+    assert!(d.payload.is_empty(), "a reference, not the bytes");
+    assert_eq!(d.headers["riskpipe.error.kind"], "oversized");
+    assert_eq!(d.headers["riskpipe.source.size"], pill.len().to_string());
+    let sha: String = sha2::Sha256::digest(pill.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(d.headers["riskpipe.source.sha256"], sha);
+    assert_eq!(d.headers["riskpipe.source.offset"], "1");
+    let reason = &d.headers["riskpipe.error"];
+    assert!(
+        reason.contains("not forwarded") && reason.len() < 400,
+        "{reason}"
+    );
+    assert!(
+        !reason.contains("4111"),
+        "the reason never echoes the payload: {reason}"
+    );
+    let scored = scores_of(&collect(
+        &reader(&broker.bootstrap, "scores"),
+        Duration::from_secs(60),
+        |r| r.len() >= 2,
+    ));
+    let ids: BTreeSet<i64> = scored.iter().map(|s| s.transaction_id).collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from([1, 3]),
+        "the pipeline went on past the pill"
+    );
+    assert_eq!(pipeline.get("/ready").0, 200);
+    let log = pipeline.drain_log().join("\n");
+    assert!(
+        !log.contains("4111111111111111"),
+        "no payload bytes in the log"
+    );
+    let (ok, _) = pipeline.terminate();
+    assert!(ok);
+}
+
 #[test]
 fn validate_lists_every_kafka_problem_without_connecting() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -146,20 +146,71 @@ fn decode_one(schema: &SchemaRef, payload: &[u8]) -> Result<(), (RejectKind, Str
     }
 }
 
-/// Arrow names the column when a value does not fit the schema ("column 'x' not found",
-/// "non-nullable", "cannot parse"); anything else is broken JSON.
+/// A rejection from arrow-json's message, in riskpipe's words: the field and what is wrong
+/// with it, never the value (a dead letter's reason goes into headers and logs, which must not
+/// carry payload bytes such as card numbers). Arrow names the column when a value does not fit
+/// the schema; anything else is broken JSON.
 fn classify(message: &str) -> (RejectKind, String) {
-    let schema = ["column", "nullable", "parse", "not found"]
+    let field = quoted_after(message, "field '", '\'')
+        .or_else(|| quoted_after(message, "column '", '\''))
+        .or_else(|| quoted_after(message, "Field { \"", '"'));
+    let schema = ["column", "nullable", "parse", "not found", "field"]
         .iter()
         .any(|w| message.contains(w));
-    (
-        if schema {
-            RejectKind::Schema
-        } else {
-            RejectKind::Malformed
-        },
-        message.to_string(),
+    if !schema {
+        return (RejectKind::Malformed, "malformed JSON".into());
+    }
+    let reason = match field {
+        Some(f) if message.contains("missing from schema") => format!("unknown field {f}"),
+        Some(f) if message.contains("failed to parse") => {
+            format!("field {f}: not a valid {}", expected_type(message))
+        }
+        Some(f)
+            if message.contains("nullable")
+                || message.contains("not found")
+                || message.contains("null") =>
+        {
+            format!("field {f}: missing or null")
+        }
+        Some(f) => format!("field {f}: does not fit the schema"),
+        None => "does not fit the schema".into(),
+    };
+    (RejectKind::Schema, reason)
+}
+
+/// The name between `prefix` and the next `close`, cut to 64 printable characters (a field
+/// name comes from the payload too).
+fn quoted_after(message: &str, prefix: &str, close: char) -> Option<String> {
+    let start = message.find(prefix)? + prefix.len();
+    let end = message[start..].find(close)? + start;
+    Some(
+        message[start..end]
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(64)
+            .collect(),
     )
+}
+
+/// What arrow-json tried to parse a value as (`… as Float64`), in JSON terms.
+fn expected_type(message: &str) -> &'static str {
+    let Some(at) = message.rfind(" as ") else {
+        return "value";
+    };
+    let ty = &message[at + 4..];
+    if ty.starts_with("Float") {
+        "number"
+    } else if ty.starts_with("Int") || ty.starts_with("UInt") {
+        "integer"
+    } else if ty.starts_with("Timestamp") {
+        "RFC 3339 date-time"
+    } else if ty.starts_with("Boolean") {
+        "boolean"
+    } else if ty.starts_with("Utf8") {
+        "string"
+    } else {
+        "value"
+    }
 }
 
 #[cfg(test)]
@@ -222,10 +273,11 @@ mod tests {
         assert_eq!(kinds[6], RejectKind::Oversized);
         assert_eq!(kinds[7], RejectKind::Empty);
         assert!(d.rejected.iter().all(|r| !r.reason.is_empty()));
-        assert!(
-            d.rejected[1].reason.contains("lots") || d.rejected[1].reason.contains("TX_AMOUNT"),
-            "{}",
-            d.rejected[1].reason
-        );
+        assert_eq!(d.rejected[1].reason, "field TX_AMOUNT: not a valid number");
+        assert_eq!(d.rejected[4].reason, "unknown field EXTRA");
+        assert_eq!(d.rejected[3].reason, "field TX_AMOUNT: missing or null");
+        for r in &d.rejected {
+            assert!(!r.reason.contains("lots") && r.reason.len() <= 256, "{r:?}");
+        }
     }
 }

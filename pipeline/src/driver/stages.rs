@@ -126,6 +126,22 @@ impl Drop for StopGuard {
     }
 }
 
+/// Longest dead-letter reason (bytes): it travels in a header and a log line, so it stays short
+/// whatever the input was.
+pub(crate) const MAX_REASON: usize = 256;
+
+/// Cuts `reason` to [`MAX_REASON`] bytes at a character boundary.
+fn shorten(reason: &mut String) {
+    if reason.len() > MAX_REASON {
+        let mut end = MAX_REASON - 3;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push_str("...");
+    }
+}
+
 /// Spawns a stage thread that stops the pipeline when it fails or panics.
 pub(super) fn spawn(
     name: &str,
@@ -325,8 +341,9 @@ pub(super) fn score<A: Send>(
             }
         }
         events::stage_time(Stage::Score, started.elapsed().as_secs_f64());
-        let dead = std::mem::take(&mut work.dead);
-        for d in &dead {
+        let mut dead = std::mem::take(&mut work.dead);
+        for d in &mut dead {
+            shorten(&mut d.reason);
             events::dead_letter(d.kind.as_str());
             match &d.origin {
                 Origin::Message(m) => tracing::warn!(

@@ -1,6 +1,11 @@
 //! The Kafka sink: scores, alerts and dead letters to their topics. A batch's delivery resolves
 //! once the broker acknowledged every one of its records; a record the broker refuses for good
 //! fails the delivery, so the driver stops without acknowledging the batch's input.
+//!
+//! A dead letter always fits: when its original bytes are more than the producer or the
+//! dead-letter topic takes, a reference goes in their place (no payload; headers with the
+//! source coordinates, the size and the SHA-256 of the bytes), so a poison pill can neither stop
+//! the pipeline nor make it loop on restart.
 
 use std::time::{Duration, Instant};
 
@@ -19,11 +24,102 @@ use crate::kafka::KafkaConfig;
 use crate::{PipelineError, Result};
 
 /// Which output a record belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Output {
     Score,
     Alert,
-    DeadLetter,
+    /// A dead letter, with the reference to send should its bytes turn out too large.
+    DeadLetter(Option<Box<Reference>>),
+}
+
+/// A dead letter's stand-in: the source coordinates, size and hash of bytes too large to
+/// forward.
+#[derive(Debug)]
+struct Reference {
+    key: Option<Vec<u8>>,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    kind: &'static str,
+    reason: String,
+    size: usize,
+    sha256: String,
+}
+
+impl Reference {
+    fn of(d: &DeadLetter, m: &crate::sources::Message) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(&m.payload);
+        Self {
+            key: m.key.clone(),
+            topic: m.topic.to_string(),
+            partition: m.partition,
+            offset: m.offset,
+            kind: d.kind.as_str(),
+            reason: format!(
+                "{}; the original {} bytes are more than the dead-letter topic takes: not forwarded",
+                d.reason,
+                m.payload.len()
+            ),
+            size: m.payload.len(),
+            sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+
+    fn headers(&self) -> OwnedHeaders {
+        headers(
+            &self.topic,
+            self.partition,
+            self.offset,
+            self.kind,
+            &self.reason,
+        )
+        .insert(Header {
+            key: "riskpipe.source.size",
+            value: Some(self.size.to_string().as_bytes()),
+        })
+        .insert(Header {
+            key: "riskpipe.source.sha256",
+            value: Some(self.sha256.as_bytes()),
+        })
+    }
+}
+
+/// The headers every dead letter carries.
+fn headers(topic: &str, partition: i32, offset: i64, kind: &str, reason: &str) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header {
+            key: "riskpipe.source.topic",
+            value: Some(topic.as_bytes()),
+        })
+        .insert(Header {
+            key: "riskpipe.source.partition",
+            value: Some(partition.to_string().as_bytes()),
+        })
+        .insert(Header {
+            key: "riskpipe.source.offset",
+            value: Some(offset.to_string().as_bytes()),
+        })
+        .insert(Header {
+            key: "riskpipe.error.kind",
+            value: Some(kind.as_bytes()),
+        })
+        .insert(Header {
+            key: "riskpipe.error",
+            value: Some(reason.as_bytes()),
+        })
+}
+
+/// Whether a produce error says the record is too large (for the client or the topic).
+fn too_large(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+        )
+    )
 }
 
 /// Publishes to the topics of a `[kafka]` section.
@@ -84,14 +180,21 @@ impl KafkaSink {
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| PipelineError::Bug("record keys are not Utf8".into()))?;
-        let name = match topic {
-            Output::Score => &self.scores_topic,
-            _ => &self.alerts_topic,
+        let alerts = matches!(topic, Output::Alert);
+        let name = if alerts {
+            &self.alerts_topic
+        } else {
+            &self.scores_topic
         };
         for (i, payload) in self.payloads.iter().enumerate() {
             let key = keys.is_valid(i).then(|| keys.value(i).as_bytes());
-            let d = send(&self.producer, name, key, payload, None).await?;
-            deliveries.push((d, topic));
+            let d = send(&self.producer, name, key, payload, None)
+                .await
+                .map_err(|source| PipelineError::Delivery {
+                    topic: name.clone(),
+                    source,
+                })?;
+            deliveries.push((d, if alerts { Output::Alert } else { Output::Score }));
         }
         Ok(())
     }
@@ -106,38 +209,56 @@ impl KafkaSink {
                 "a row of a file reached the Kafka dead-letter topic".into(),
             ));
         };
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "riskpipe.source.topic",
-                value: Some(m.topic.as_bytes()),
-            })
-            .insert(Header {
-                key: "riskpipe.source.partition",
-                value: Some(m.partition.to_string().as_bytes()),
-            })
-            .insert(Header {
-                key: "riskpipe.source.offset",
-                value: Some(m.offset.to_string().as_bytes()),
-            })
-            .insert(Header {
-                key: "riskpipe.error.kind",
-                value: Some(d.kind.as_str().as_bytes()),
-            })
-            .insert(Header {
-                key: "riskpipe.error",
-                value: Some(d.reason.as_bytes()),
-            });
-        let delivery = send(
+        let headers = headers(&m.topic, m.partition, m.offset, d.kind.as_str(), &d.reason);
+        let topic = &self.dead_letter_topic;
+        let failed = |source| PipelineError::Delivery {
+            topic: topic.clone(),
+            source,
+        };
+        match send(
             &self.producer,
-            &self.dead_letter_topic,
+            topic,
             m.key.as_deref(),
             &m.payload,
             Some(headers),
         )
-        .await?;
-        deliveries.push((delivery, Output::DeadLetter));
+        .await
+        {
+            Ok(delivery) => {
+                // Kept in case the broker finds it too large for the topic.
+                let reference = Box::new(Reference::of(d, m));
+                deliveries.push((delivery, Output::DeadLetter(Some(reference))));
+            }
+            Err(e) if too_large(&e) => {
+                let reference = Reference::of(d, m);
+                tracing::warn!(
+                    size = reference.size,
+                    "dead letter too large to forward: sending a reference in its place"
+                );
+                let delivery = send_reference(&self.producer, topic, &reference)
+                    .await
+                    .map_err(failed)?;
+                deliveries.push((delivery, Output::DeadLetter(None)));
+            }
+            Err(e) => return Err(failed(e)),
+        }
         Ok(())
     }
+}
+
+async fn send_reference(
+    producer: &FutureProducer,
+    topic: &str,
+    reference: &Reference,
+) -> Result<DeliveryFuture, KafkaError> {
+    send(
+        producer,
+        topic,
+        reference.key.as_deref(),
+        &[],
+        Some(reference.headers()),
+    )
+    .await
 }
 
 /// Hands a record to librdkafka, waiting while its queue is full (backpressure).
@@ -147,7 +268,7 @@ async fn send(
     key: Option<&[u8]>,
     payload: &[u8],
     headers: Option<OwnedHeaders>,
-) -> Result<DeliveryFuture> {
+) -> std::result::Result<DeliveryFuture, KafkaError> {
     let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload);
     record.key = key;
     record.headers = headers;
@@ -158,12 +279,7 @@ async fn send(
                 record = back;
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            Err((e, _)) => {
-                return Err(PipelineError::Delivery {
-                    topic: topic.to_string(),
-                    source: e,
-                });
-            }
+            Err((e, _)) => return Err(e),
         }
     }
 }
@@ -182,6 +298,8 @@ impl Sink for KafkaSink {
         for d in &batch.dead {
             self.dead_letter(d, &mut deliveries).await?;
         }
+        let producer = self.producer.clone();
+        let dead_letter_topic = self.dead_letter_topic.clone();
         Ok(async move {
             let (futures, outputs): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
             let mut delivered = Delivered::default();
@@ -190,8 +308,37 @@ impl Sink for KafkaSink {
                     Ok(Ok(_)) => match output {
                         Output::Score => delivered.scores += 1,
                         Output::Alert => delivered.alerts += 1,
-                        Output::DeadLetter => delivered.dead_letters += 1,
+                        Output::DeadLetter(_) => delivered.dead_letters += 1,
                     },
+                    // The broker refused a dead letter as too large for the topic.
+                    Ok(Err((source, _))) if too_large(&source) => {
+                        let Output::DeadLetter(Some(reference)) = output else {
+                            return Err(PipelineError::Delivery {
+                                topic: dead_letter_topic,
+                                source,
+                            });
+                        };
+                        tracing::warn!(
+                            size = reference.size,
+                            "dead letter too large for its topic: sending a reference in its place"
+                        );
+                        let failed = |source| PipelineError::Delivery {
+                            topic: dead_letter_topic.clone(),
+                            source,
+                        };
+                        let delivery = send_reference(&producer, &dead_letter_topic, &reference)
+                            .await
+                            .map_err(failed)?;
+                        match delivery.await {
+                            Ok(Ok(_)) => delivered.dead_letters += 1,
+                            Ok(Err((source, _))) => return Err(failed(source)),
+                            Err(_) => {
+                                return Err(PipelineError::Bug(
+                                    "the producer dropped a delivery report".into(),
+                                ));
+                            }
+                        }
+                    }
                     Ok(Err((source, m))) => {
                         return Err(PipelineError::Delivery {
                             topic: rdkafka::message::Message::topic(&m).to_string(),

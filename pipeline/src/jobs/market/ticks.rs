@@ -41,7 +41,7 @@ impl TickCheck {
             } else {
                 previous.filter(|&prev| t < prev).map(|prev| {
                     format!(
-                        "{id}: tick at {} is older than the instrument's last tick at {}",
+                        "tick at {} is older than its instrument's last tick at {}",
                         rfc3339(t),
                         rfc3339(prev)
                     )
