@@ -27,6 +27,46 @@ pub enum Fault {
     Bug,
 }
 
+/// Strict JSON readers for payload fields, matching the JSON Schemas' types exactly.
+pub mod json {
+    use serde::de::{Deserializer, Error, Visitor};
+
+    /// A JSON Schema `integer`: an integer, or a number with no fraction (`5.0` is the integer 5,
+    /// as JSON Schema says); never a string, never `1.5`.
+    pub fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        struct Integer;
+        impl Visitor<'_> for Integer {
+            type Value = i64;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: Error>(self, v: i64) -> Result<i64, E> {
+                Ok(v)
+            }
+            fn visit_u64<E: Error>(self, v: u64) -> Result<i64, E> {
+                i64::try_from(v).map_err(|_| E::custom("integer out of range"))
+            }
+            fn visit_f64<E: Error>(self, v: f64) -> Result<i64, E> {
+                // 2^63 is the first f64 above i64::MAX.
+                if v.fract() == 0.0
+                    && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v)
+                {
+                    Ok(v as i64)
+                } else {
+                    Err(E::custom("not an integer"))
+                }
+            }
+        }
+        d.deserialize_any(Integer)
+    }
+
+    /// An optional JSON Schema `number`: absent is `None`, `null` is refused (the schema says
+    /// number, not null).
+    pub fn present_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        <f64 as serde::Deserialize>::deserialize(d).map(Some)
+    }
+}
+
 /// Transaction columns.
 pub mod tx {
     /// Unique transaction id, increasing with time; breaks ties between equal event times.
@@ -144,16 +184,16 @@ pub fn alert_schema() -> SchemaRef {
 #[serde(deny_unknown_fields)]
 pub struct Transaction {
     /// Unique id, increasing with time.
-    #[serde(rename = "TRANSACTION_ID")]
+    #[serde(rename = "TRANSACTION_ID", deserialize_with = "json::integer")]
     pub transaction_id: i64,
     /// Event time, RFC 3339 in UTC.
     #[serde(rename = "TX_DATETIME")]
     pub tx_datetime: String,
     /// Card / customer id.
-    #[serde(rename = "CUSTOMER_ID")]
+    #[serde(rename = "CUSTOMER_ID", deserialize_with = "json::integer")]
     pub customer_id: i64,
     /// Merchant terminal id.
-    #[serde(rename = "TERMINAL_ID")]
+    #[serde(rename = "TERMINAL_ID", deserialize_with = "json::integer")]
     pub terminal_id: i64,
     /// Amount.
     #[serde(rename = "TX_AMOUNT")]
@@ -165,13 +205,13 @@ pub struct Transaction {
 #[serde(deny_unknown_fields)]
 pub struct FraudLabel {
     /// The labelled transaction.
-    #[serde(rename = "TRANSACTION_ID")]
+    #[serde(rename = "TRANSACTION_ID", deserialize_with = "json::integer")]
     pub transaction_id: i64,
     /// Its customer.
-    #[serde(rename = "CUSTOMER_ID")]
+    #[serde(rename = "CUSTOMER_ID", deserialize_with = "json::integer")]
     pub customer_id: i64,
     /// Its terminal.
-    #[serde(rename = "TERMINAL_ID")]
+    #[serde(rename = "TERMINAL_ID", deserialize_with = "json::integer")]
     pub terminal_id: i64,
     /// Its event time, RFC 3339 in UTC.
     #[serde(rename = "TX_DATETIME")]
@@ -180,7 +220,7 @@ pub struct FraudLabel {
     #[serde(rename = "LABEL_TIME")]
     pub label_time: String,
     /// 1 for fraud, 0 for genuine.
-    #[serde(rename = "TX_FRAUD")]
+    #[serde(rename = "TX_FRAUD", deserialize_with = "json::integer")]
     pub tx_fraud: i64,
 }
 
@@ -189,10 +229,10 @@ pub struct FraudLabel {
 #[serde(deny_unknown_fields)]
 pub struct Score {
     /// The scored transaction.
-    #[serde(rename = "TRANSACTION_ID")]
+    #[serde(rename = "TRANSACTION_ID", deserialize_with = "json::integer")]
     pub transaction_id: i64,
     /// Its customer (the message key).
-    #[serde(rename = "CUSTOMER_ID")]
+    #[serde(rename = "CUSTOMER_ID", deserialize_with = "json::integer")]
     pub customer_id: i64,
     /// Its event time, RFC 3339 in UTC.
     #[serde(rename = "TX_DATETIME")]
@@ -226,13 +266,13 @@ pub struct Reason {
 #[serde(deny_unknown_fields)]
 pub struct Alert {
     /// The alerted transaction.
-    #[serde(rename = "TRANSACTION_ID")]
+    #[serde(rename = "TRANSACTION_ID", deserialize_with = "json::integer")]
     pub transaction_id: i64,
     /// Its customer.
-    #[serde(rename = "CUSTOMER_ID")]
+    #[serde(rename = "CUSTOMER_ID", deserialize_with = "json::integer")]
     pub customer_id: i64,
     /// Its terminal.
-    #[serde(rename = "TERMINAL_ID")]
+    #[serde(rename = "TERMINAL_ID", deserialize_with = "json::integer")]
     pub terminal_id: i64,
     /// Its event time, RFC 3339 in UTC.
     #[serde(rename = "TX_DATETIME")]
@@ -338,7 +378,12 @@ pub struct MarketTick {
     #[serde(rename = "PRICE")]
     pub price: f64,
     /// Traded size, when known.
-    #[serde(rename = "SIZE", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "SIZE",
+        default,
+        deserialize_with = "json::present_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub size: Option<f64>,
 }
 

@@ -1,43 +1,56 @@
-//! JSON payloads (one object per message) to Arrow batches with arrow-json, strictly: unknown
-//! fields, wrong types, missing or null required fields and trailing data are all rejections.
+//! JSON payloads (one object per message) to Arrow batches. The published input events
+//! (transactions, fraud labels, ticks) go through their serde types and their JSON Schemas'
+//! value rules ([`super::events`]); any other schema through arrow-json in strict mode. Either
+//! way unknown fields, wrong types, missing or null required fields and trailing data are
+//! rejections, and valid neighbours of a bad message are kept.
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::json::ReaderBuilder;
 use arrow::json::reader::Decoder as ArrowJsonDecoder;
+use riskpipe_schemas::{FraudLabel, MarketTick, Transaction};
 
-use super::{DecodedPayloads, Decoder, Rejection};
+use super::{DecodedPayloads, Decoder, Rejection, events};
 use crate::jobs::RejectKind;
 
 /// The JSON decoder.
 #[derive(Debug, Clone)]
 pub struct JsonDecoder {
     max_bytes: usize,
+    transaction: SchemaRef,
+    label: SchemaRef,
+    tick: SchemaRef,
 }
 
 impl JsonDecoder {
     /// A decoder refusing payloads over `max_bytes`.
     pub fn new(max_bytes: usize) -> Self {
-        Self { max_bytes }
+        Self {
+            max_bytes,
+            transaction: riskpipe_schemas::transaction_schema(),
+            label: riskpipe_schemas::fraud_label_schema(),
+            tick: riskpipe_schemas::market_tick_schema(),
+        }
     }
 }
 
 impl Decoder for JsonDecoder {
     fn decode(&self, schema: &SchemaRef, payloads: &[&[u8]]) -> DecodedPayloads {
-        decode(schema, payloads, self.max_bytes)
+        let (candidates, rejected) = precheck(payloads, self.max_bytes);
+        if schema == &self.transaction {
+            events::decode::<Transaction>(schema, payloads, candidates, rejected)
+        } else if schema == &self.label {
+            events::decode::<FraudLabel>(schema, payloads, candidates, rejected)
+        } else if schema == &self.tick {
+            events::decode::<MarketTick>(schema, payloads, candidates, rejected)
+        } else {
+            decode_with_arrow(schema, payloads, candidates, rejected)
+        }
     }
 }
 
-fn decoder(schema: &SchemaRef, rows: usize) -> Result<ArrowJsonDecoder, arrow::error::ArrowError> {
-    ReaderBuilder::new(schema.clone())
-        .with_strict_mode(true)
-        .with_batch_size(rows.max(1) + 1)
-        .build_decoder()
-}
-
-/// The fast path decodes the whole micro-batch at once; only when that fails are the messages
-/// decoded one by one to find the bad ones, so valid neighbours are never lost.
-fn decode(schema: &SchemaRef, payloads: &[&[u8]], max_bytes: usize) -> DecodedPayloads {
+/// Oversized and empty payloads are rejected before any parsing.
+fn precheck(payloads: &[&[u8]], max_bytes: usize) -> (Vec<usize>, Vec<Rejection>) {
     let mut rejected = Vec::new();
     let mut candidates = Vec::with_capacity(payloads.len());
     for (index, p) in payloads.iter().enumerate() {
@@ -60,6 +73,24 @@ fn decode(schema: &SchemaRef, payloads: &[&[u8]], max_bytes: usize) -> DecodedPa
             candidates.push(index);
         }
     }
+    (candidates, rejected)
+}
+
+fn decoder(schema: &SchemaRef, rows: usize) -> Result<ArrowJsonDecoder, arrow::error::ArrowError> {
+    ReaderBuilder::new(schema.clone())
+        .with_strict_mode(true)
+        .with_batch_size(rows.max(1) + 1)
+        .build_decoder()
+}
+
+/// arrow-json's fast path decodes the whole micro-batch at once; only when that fails are the
+/// messages decoded one by one to find the bad ones, so valid neighbours are never lost.
+fn decode_with_arrow(
+    schema: &SchemaRef,
+    payloads: &[&[u8]],
+    candidates: Vec<usize>,
+    mut rejected: Vec<Rejection>,
+) -> DecodedPayloads {
     if let Some(batch) = decode_all(schema, payloads, &candidates) {
         return DecodedPayloads {
             batch,
@@ -217,8 +248,9 @@ fn expected_type(message: &str) -> &'static str {
 mod tests {
     use super::*;
     use arrow::array::AsArray;
-    use arrow::datatypes::Int64Type;
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
     use riskpipe_schemas::transaction_schema;
+    use std::sync::Arc;
 
     const GOOD: &str = r#"{"TRANSACTION_ID":1,"TX_DATETIME":"2018-04-01T00:00:31Z","CUSTOMER_ID":596,"TERMINAL_ID":3156,"TX_AMOUNT":57.16}"#;
 
@@ -230,9 +262,15 @@ mod tests {
             .to_vec()
     }
 
+    fn decode(schema: &SchemaRef, payloads: &[&[u8]], max_bytes: usize) -> DecodedPayloads {
+        JsonDecoder::new(max_bytes).decode(schema, payloads)
+    }
+
     #[test]
     fn valid_messages_decode_in_one_batch() {
-        let other = GOOD.replace("\"TRANSACTION_ID\":1", "\"TRANSACTION_ID\":2");
+        let other = GOOD
+            .replace("\"TRANSACTION_ID\":1", "\"TRANSACTION_ID\":2")
+            .replace("31Z", "31.250+02:00");
         let d = decode(
             &transaction_schema(),
             &[GOOD.as_bytes(), other.as_bytes()],
@@ -241,6 +279,15 @@ mod tests {
         assert!(d.rejected.is_empty(), "{:?}", d.rejected);
         assert_eq!(ids(&d), vec![1, 2]);
         assert_eq!(d.accepted, vec![0, 1]);
+        let t = d
+            .batch
+            .column(1)
+            .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        // 00:00:31.250 at +02:00 is 22:00:31.250 the day before, UTC.
+        assert_eq!(
+            t.value(1) - t.value(0),
+            -2 * 3_600_000_000_000 + 250_000_000
+        );
     }
 
     #[test]
@@ -269,15 +316,118 @@ mod tests {
         assert_eq!(d.accepted, vec![0, 9]);
         let rejected: Vec<usize> = d.rejected.iter().map(|r| r.index).collect();
         assert_eq!(rejected, vec![1, 2, 3, 4, 5, 6, 7, 8]);
-        let kinds: Vec<RejectKind> = d.rejected.iter().map(|r| r.kind).collect();
-        assert_eq!(kinds[6], RejectKind::Oversized);
-        assert_eq!(kinds[7], RejectKind::Empty);
-        assert!(d.rejected.iter().all(|r| !r.reason.is_empty()));
-        assert_eq!(d.rejected[1].reason, "field TX_AMOUNT: not a valid number");
-        assert_eq!(d.rejected[4].reason, "unknown field EXTRA");
-        assert_eq!(d.rejected[3].reason, "field TX_AMOUNT: missing or null");
+        let got: Vec<(RejectKind, &str)> = d
+            .rejected
+            .iter()
+            .map(|r| (r.kind, r.reason.as_str()))
+            .collect();
+        assert_eq!(got[0], (RejectKind::Malformed, "truncated JSON"));
+        assert_eq!(
+            got[1],
+            (
+                RejectKind::Schema,
+                "field TX_AMOUNT: wrong type or value, expected f64"
+            )
+        );
+        assert_eq!(got[2], (RejectKind::Malformed, "malformed JSON"));
+        assert_eq!(got[3], (RejectKind::Schema, "missing field TX_AMOUNT"));
+        assert_eq!(got[4], (RejectKind::Schema, "unknown field EXTRA"));
+        assert_eq!(got[5].0, RejectKind::Oversized);
+        assert_eq!(got[6].0, RejectKind::Oversized);
+        assert_eq!(got[7].0, RejectKind::Empty);
         for r in &d.rejected {
             assert!(!r.reason.contains("lots") && r.reason.len() <= 256, "{r:?}");
         }
+    }
+
+    /// What JSON allows and the schema forbids: coerced before, refused now, naming the field
+    /// and never the value.
+    #[test]
+    fn values_the_schema_forbids_are_refused_not_coerced() {
+        let cases = [
+            (
+                "5.5",
+                "596",
+                RejectKind::Schema,
+                "field CUSTOMER_ID: wrong type",
+            ),
+            ("\"596\"", "596", RejectKind::Schema, "field CUSTOMER_ID"),
+            (
+                "596",
+                "-3",
+                RejectKind::Invalid,
+                "field TX_AMOUNT: negative",
+            ),
+            ("596", "1e999", RejectKind::Schema, "number out of range"),
+            (
+                "596",
+                "\"4111111111111111\"",
+                RejectKind::Schema,
+                "field TX_AMOUNT",
+            ),
+        ];
+        for (customer, amount, kind, reason) in cases {
+            let p = GOOD.replace("596", customer).replace("57.16", amount);
+            let d = decode(&transaction_schema(), &[p.as_bytes()], 1 << 16);
+            assert_eq!(d.batch.num_rows(), 0, "{p}");
+            let r = &d.rejected[0];
+            assert_eq!(r.kind, kind, "{p}: {r:?}");
+            assert!(
+                r.reason.starts_with(reason) || r.reason.contains(reason),
+                "{p}: {r:?}"
+            );
+            assert!(
+                !r.reason.contains("4111") && !r.reason.contains("5.5"),
+                "{r:?}"
+            );
+        }
+        for time in [
+            "1522540831",
+            "\"2018-04-01T00:00:31\"",
+            "\"2018-04-01 00:00:31Z\"",
+        ] {
+            let p = GOOD.replace("\"2018-04-01T00:00:31Z\"", time);
+            let d = decode(&transaction_schema(), &[p.as_bytes()], 1 << 16);
+            assert_eq!(d.batch.num_rows(), 0, "{p}");
+            assert!(
+                d.rejected[0].reason.contains("TX_DATETIME"),
+                "{:?}",
+                d.rejected
+            );
+        }
+        let trailing = format!("{GOOD} 1");
+        let d = decode(&transaction_schema(), &[trailing.as_bytes()], 1 << 16);
+        assert_eq!(d.rejected[0].reason, "more than one JSON value");
+        // An integer written with a zero fraction is that integer, as JSON Schema says.
+        let d = decode(
+            &transaction_schema(),
+            &[GOOD.replace("596", "596.0").as_bytes()],
+            1 << 16,
+        );
+        assert!(d.rejected.is_empty(), "{:?}", d.rejected);
+    }
+
+    /// Schemas without a serde type go through arrow-json's strict mode, with the same kind of
+    /// reasons.
+    #[test]
+    fn other_schemas_decode_with_arrow_json_and_name_the_field() {
+        let schema = Arc::new(Schema::new(vec![Field::new("X", DataType::Int64, false)]));
+        let payloads: Vec<&[u8]> = vec![
+            br#"{"X": 1}"#,
+            br#"{"X": "lots"}"#,
+            br#"{"Y": 1}"#,
+            br#"{}"#,
+        ];
+        let d = decode(&schema, &payloads, 1 << 16);
+        assert_eq!(d.accepted, vec![0]);
+        let reasons: Vec<&str> = d.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "field X: not a valid integer",
+                "unknown field Y",
+                "field X: missing or null"
+            ]
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! kept with its reason for the dead-letter topic. A format is one file here plus one line in
 //! [`build`].
 
+mod events;
 mod json;
 
 use arrow::array::RecordBatch;
