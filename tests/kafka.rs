@@ -456,6 +456,70 @@ fn a_poison_pill_too_large_to_dead_letter_is_referenced_and_the_pipeline_goes_on
     assert!(ok);
 }
 
+/// Kafka that never answers: `run` exits non-zero after `startup_timeout` naming the problem,
+/// and the repeated client errors are throttled in the log.
+#[test]
+fn an_unreachable_kafka_fails_the_start_with_a_clear_message() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &kafka_section(
+            &format!("127.0.0.1:{port}"),
+            "unreachable",
+            "startup_timeout = \"4s\"",
+        ),
+    );
+    let mut pipeline = Pipeline::start(&config);
+    let started = Instant::now();
+    let status = loop {
+        if let Ok(Some(status)) = pipeline.child.try_wait() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "still running: {:#?}",
+            pipeline.drain_log()
+        );
+        assert_ne!(pipeline.get("/ready").0, 200, "never ready without Kafka");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!status.success());
+    let log = pipeline.drain_log();
+    let text = log.join("\n");
+    assert!(text.contains("no partition assignment within 4s"), "{text}");
+    // Over ~4 s librdkafka reports the refused connection many times: a handful of lines.
+    let warnings = log.iter().filter(|l| l.contains("WARN")).count();
+    assert!(warnings <= 10, "{warnings} warnings:\n{text}");
+}
+
+/// Readiness follows the broker: it turns false within seconds of losing it.
+#[test]
+fn losing_the_broker_turns_ready_false_within_seconds() {
+    let broker = Broker::start(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &kafka_section(&broker.bootstrap, "lost", ""));
+    let mut pipeline = Pipeline::start(&config);
+    pipeline.wait_ready();
+    let lost = Instant::now();
+    drop(broker);
+    while pipeline.get("/ready").0 == 200 {
+        assert!(
+            lost.elapsed() < Duration::from_secs(15),
+            "/ready still 200 {:?} after the broker died",
+            lost.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("not ready {:?} after the broker died", lost.elapsed());
+    assert_eq!(pipeline.get("/health").0, 200, "alive, just not ready");
+    pipeline.kill();
+}
+
 #[test]
 fn validate_lists_every_kafka_problem_without_connecting() {
     let dir = tempfile::tempdir().expect("tempdir");

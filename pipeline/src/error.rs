@@ -42,6 +42,17 @@ pub enum PipelineError {
         /// librdkafka's error.
         source: rdkafka::error::KafkaError,
     },
+    /// The consumer never got a partition assignment: Kafka is unreachable, or the group never
+    /// formed.
+    #[error(
+        "no partition assignment within {timeout:?} (kafka.startup_timeout): is Kafka reachable at kafka.properties.\"bootstrap.servers\"? Last client error: {last_error}"
+    )]
+    Startup {
+        /// `kafka.startup_timeout`.
+        timeout: std::time::Duration,
+        /// The last error the client reported.
+        last_error: String,
+    },
     /// A thread, the async runtime or a listener could not start.
     #[error("{what}: {source}")]
     Runtime {
@@ -97,6 +108,7 @@ impl PipelineError {
             PipelineError::Io { .. }
             | PipelineError::Kafka { .. }
             | PipelineError::Delivery { .. }
+            | PipelineError::Startup { .. }
             | PipelineError::Runtime { .. }
             | PipelineError::Plot { .. }
             | PipelineError::Metrics(_)

@@ -46,6 +46,11 @@ pub struct KafkaConfig {
     /// Offsets of fully acknowledged input are committed this often (and on shutdown).
     #[serde(default = "default_commit_interval", with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// `riskpipe run` fails (exit code 1, naming the last client error) when the consumer holds
+    /// no partition this long after starting: Kafka unreachable, credentials refused. "0s"
+    /// waits forever.
+    #[serde(default = "default_startup_timeout", with = "humantime_serde")]
+    pub startup_timeout: Duration,
     /// `${env:NAME}` references that could not be resolved (reported by `problems`).
     #[serde(skip)]
     unresolved: Vec<String>,
@@ -109,6 +114,9 @@ fn default_alerts() -> String {
 fn default_dead_letter() -> String {
     "riskpipe-dead-letter".into()
 }
+fn default_startup_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_max_rows() -> usize {
     1024
 }
@@ -161,6 +169,7 @@ impl KafkaConfig {
             max_message_bytes: default_max_message_bytes(),
             in_flight_batches: default_in_flight(),
             commit_interval: default_commit_interval(),
+            startup_timeout: default_startup_timeout(),
             unresolved: Vec::new(),
         }
     }

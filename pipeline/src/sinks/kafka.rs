@@ -122,9 +122,36 @@ fn too_large(e: &KafkaError) -> bool {
     )
 }
 
+/// The producer's client context: librdkafka's repeated complaints about a dead broker are
+/// throttled like the consumer's.
+struct Quiet {
+    errors: crate::sources::kafka::Throttle,
+}
+
+impl rdkafka::ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors
+            .warn(&format_args!("kafka producer: {error}: {reason}"));
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel;
+        match level {
+            RDKafkaLogLevel::Debug | RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice => {
+                tracing::debug!(target: "librdkafka", "{facility} {message}");
+            }
+            _ => self
+                .errors
+                .warn(&format_args!("librdkafka producer: {facility} {message}")),
+        }
+    }
+}
+
+type Producer = FutureProducer<Quiet>;
+
 /// Publishes to the topics of a `[kafka]` section.
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: Producer,
     encoder: Box<dyn Encoder>,
     scores_topic: String,
     alerts_topic: String,
@@ -154,7 +181,9 @@ impl KafkaSink {
         }
         Ok(Self {
             producer: cfg
-                .create()
+                .create_with_context(Quiet {
+                    errors: crate::sources::kafka::Throttle::new(Duration::from_secs(10)),
+                })
                 .map_err(PipelineError::kafka("creating the producer"))?,
             encoder: encoders::build(kafka.format),
             scores_topic: kafka.topics.scores.clone(),
@@ -247,7 +276,7 @@ impl KafkaSink {
 }
 
 async fn send_reference(
-    producer: &FutureProducer,
+    producer: &Producer,
     topic: &str,
     reference: &Reference,
 ) -> Result<DeliveryFuture, KafkaError> {
@@ -263,7 +292,7 @@ async fn send_reference(
 
 /// Hands a record to librdkafka, waiting while its queue is full (backpressure).
 async fn send(
-    producer: &FutureProducer,
+    producer: &Producer,
     topic: &str,
     key: Option<&[u8]>,
     payload: &[u8],

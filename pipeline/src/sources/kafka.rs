@@ -9,9 +9,12 @@
 //! commits synchronously when the pipeline drains.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -30,8 +33,64 @@ use crate::{PipelineError, Result};
 /// Highest offset read per (topic, partition) of a batch: what acknowledging it stores.
 pub type Offsets = BTreeMap<(Arc<str>, i32), i64>;
 
+/// At most one log line per period for a problem that repeats (a dead broker makes librdkafka
+/// report the same failure many times a second), saying how many were held back.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    period: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttle {
+    pub(crate) fn new(period: Duration) -> Self {
+        Self {
+            period,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Logs `message` unless a line went out less than a period ago.
+    pub(crate) fn warn(&self, message: &dyn std::fmt::Display) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let (last, held) = &mut *state;
+        if last.is_some_and(|t| t.elapsed() < self.period) {
+            *held += 1;
+            return;
+        }
+        if *held > 0 {
+            tracing::warn!("{message} ({held} similar held back)");
+        } else {
+            tracing::warn!("{message}");
+        }
+        *last = Some(Instant::now());
+        *held = 0;
+    }
+}
+
+/// The consumer's view of its own health: readiness is holding partitions while a broker is up.
 struct Context {
     health: Arc<Health>,
+    assigned: AtomicBool,
+    ever_assigned: AtomicBool,
+    brokers_up: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    errors: Throttle,
+}
+
+impl Context {
+    fn update_ready(&self) {
+        self.health.set_ready(
+            self.assigned.load(Ordering::Relaxed) && self.brokers_up.load(Ordering::Relaxed),
+        );
+    }
+
+    fn remember(&self, error: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error);
+        }
+    }
 }
 
 impl ClientContext for Context {
@@ -43,6 +102,30 @@ impl ClientContext for Context {
                 }
             }
         }
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        self.brokers_up.store(up, Ordering::Relaxed);
+        self.update_ready();
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.brokers_up.store(false, Ordering::Relaxed);
+            self.update_ready();
+        }
+        self.remember(format!("{error}: {reason}"));
+        self.errors
+            .warn(&format_args!("kafka client: {error}: {reason}"));
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Debug | RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice => {
+                tracing::debug!(target: "librdkafka", "{facility} {message}");
+            }
+            _ => self
+                .errors
+                .warn(&format_args!("librdkafka: {facility} {message}")),
+        }
     }
 }
 
@@ -51,11 +134,16 @@ impl ConsumerContext for Context {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
-                self.health.set_ready(tpl.count() > 0);
+                self.assigned.store(tpl.count() > 0, Ordering::Relaxed);
+                self.ever_assigned.store(true, Ordering::Relaxed);
+                // An assignment comes through a live coordinator.
+                self.brokers_up.store(true, Ordering::Relaxed);
+                self.update_ready();
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
-                self.health.set_ready(false);
+                self.assigned.store(false, Ordering::Relaxed);
+                self.update_ready();
             }
             Rebalance::Error(e) => tracing::warn!("rebalance error: {e}"),
         }
@@ -79,6 +167,8 @@ type Consumer_ = StreamConsumer<Context>;
 /// The live source.
 pub struct KafkaSource {
     consumer: Arc<Consumer_>,
+    started: Instant,
+    startup_timeout: Duration,
     max_rows: usize,
     max_delay: std::time::Duration,
     side_topic: Option<String>,
@@ -110,7 +200,8 @@ impl KafkaSource {
             .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
         for (k, default) in [
             ("auto.offset.reset", "earliest"),
-            ("statistics.interval.ms", "5000"),
+            // Lag for the metrics, and broker states for readiness, every second.
+            ("statistics.interval.ms", "1000"),
             // A broker holds an empty fetch this long; librdkafka's 500 ms would dominate
             // latency whenever the topic goes quiet between micro-batches.
             ("fetch.wait.max.ms", "5"),
@@ -122,14 +213,24 @@ impl KafkaSource {
         for (k, v) in &kafka.consumer_properties {
             cfg.set(k, v);
         }
+        let context = Context {
+            health,
+            assigned: AtomicBool::new(false),
+            ever_assigned: AtomicBool::new(false),
+            brokers_up: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+            errors: Throttle::new(Duration::from_secs(10)),
+        };
         let consumer: Consumer_ = cfg
-            .create_with_context(Context { health })
+            .create_with_context(context)
             .map_err(PipelineError::kafka("creating the consumer"))?;
         consumer
             .subscribe(&kafka.inputs(streams))
             .map_err(PipelineError::kafka("subscribing"))?;
         Ok(Self {
             consumer: Arc::new(consumer),
+            started: Instant::now(),
+            startup_timeout: kafka.startup_timeout,
             max_rows: kafka.batch.max_rows.max(1),
             max_delay: kafka.batch.max_delay,
             side_topic: kafka.side_topic(streams).map(str::to_string),
@@ -169,7 +270,10 @@ impl KafkaSource {
                 Some(Ok(m)) => self.push(batch, &m),
                 Some(Err(e)) => {
                     events::consumer_error();
-                    tracing::warn!("consumer: {e}");
+                    self.consumer
+                        .context()
+                        .errors
+                        .warn(&format_args!("consumer: {e}"));
                     break;
                 }
                 None => break,
@@ -204,9 +308,26 @@ impl Source for KafkaSource {
             if *stop.borrow() {
                 return Ok((!batch.is_empty()).then(|| Self::batch(batch)));
             }
+            let context = self.consumer.context();
+            // Never assigned a partition: the brokers are unreachable or the group never formed.
+            let give_up = (!context.ever_assigned.load(Ordering::Relaxed)
+                && !self.startup_timeout.is_zero())
+            .then(|| tokio::time::Instant::from_std(self.started + self.startup_timeout));
             let flush_at = deadline;
             tokio::select! {
                 biased;
+                () = async { if let Some(t) = give_up { tokio::time::sleep_until(t).await } }, if give_up.is_some() => {
+                    let last = context
+                        .last_error
+                        .lock()
+                        .ok()
+                        .and_then(|e| e.clone())
+                        .unwrap_or_else(|| "none".into());
+                    return Err(PipelineError::Startup {
+                        timeout: self.startup_timeout,
+                        last_error: last,
+                    });
+                }
                 changed = stop.changed() => {
                     // The driver went away: as good as a stop.
                     if changed.is_err() {
@@ -229,7 +350,8 @@ impl Source for KafkaSource {
                     }
                     Err(e) => {
                         events::consumer_error();
-                        tracing::warn!("consumer: {e}");
+                        context.remember(e.to_string());
+                        context.errors.warn(&format_args!("consumer: {e}"));
                     }
                 }
             }
