@@ -536,13 +536,14 @@ fn validate_lists_every_kafka_problem_without_connecting() {
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
         "bootstrap.servers",
-        "smoke-signals",
+        "\"security.protocol\": Invalid value",
         "enable.auto.offset.store",
         "input topic",
         "in_flight_batches",
     ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
+    assert!(!err.contains("smoke-signals"), "values stay out:\n{err}");
 }
 
 #[test]

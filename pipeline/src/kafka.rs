@@ -248,7 +248,18 @@ impl KafkaConfig {
             let mut one = ClientConfig::new();
             one.set(k, v);
             if let Err(e) = one.create_native_config() {
-                p.push(format!("kafka.{section}.{k:?} = {v:?}: {e}"));
+                // Never the value: it may be a password (a misspelled `sasl.pasword` too).
+                let why = match &e {
+                    rdkafka::error::KafkaError::ClientConfig(_, description, _, _) => {
+                        if v.is_empty() {
+                            description.clone()
+                        } else {
+                            description.replace(v.as_str(), "<value>")
+                        }
+                    }
+                    other => other.to_string(),
+                };
+                p.push(format!("kafka.{section}.{k:?}: {why}"));
             }
         }
         if self.group_id.is_empty() {
@@ -336,6 +347,7 @@ mod tests {
             .insert("enable.auto.offset.store".into(), "true".into());
         k.properties
             .insert("security.protocol".into(), "carrier-pigeon".into());
+        k.properties.insert("sasl.pasword".into(), "hunter2".into());
         k.topics.scores = "transactions".into();
         k.batch.max_rows = 0;
         let fraud = Streams {
@@ -343,9 +355,17 @@ mod tests {
             side: Some("fraud-labels"),
         };
         let p = k.problems(fraud);
-        assert_eq!(p.len(), 5, "{p:#?}");
+        assert_eq!(p.len(), 6, "{p:#?}");
+        assert!(p.iter().any(|s| s.contains("sasl.pasword")), "{p:#?}");
+        assert!(!p.iter().any(|s| s.contains("hunter2")), "{p:#?}");
         assert!(p.iter().any(|s| s.contains("no.such.property")));
-        assert!(p.iter().any(|s| s.contains("carrier-pigeon")));
+        assert!(
+            p.iter()
+                .any(|s| s.contains("security.protocol") && s.contains("Invalid value")),
+            "{p:#?}"
+        );
+        // A property's value is never shown: it may be a secret.
+        assert!(!p.iter().any(|s| s.contains("carrier-pigeon")), "{p:#?}");
         assert!(p.iter().any(|s| s.contains("enable.auto.offset.store")));
         assert!(p.iter().any(|s| s.contains("input topic")));
         assert!(p.iter().any(|s| s.contains("max_rows")));
