@@ -520,6 +520,63 @@ fn losing_the_broker_turns_ready_false_within_seconds() {
     pipeline.kill();
 }
 
+/// With `[kafka.pseudonyms]`, published scores carry keyed pseudonyms (HMAC-SHA256 of the id
+/// under a secret from the environment), stable per customer, and their keys follow.
+#[test]
+fn published_ids_can_be_keyed_pseudonyms() {
+    use hmac::{Hmac, Mac};
+    let secret = "a-secret-of-sixteen-bytes-or-more";
+    let broker = Broker::start(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &kafka_section(
+            &broker.bootstrap,
+            "pseudonyms",
+            "[kafka.pseudonyms]\nsecret_env = \"RISKPIPE_TEST_PSEUDONYM_KEY\"",
+        ),
+    );
+    let mut pipeline =
+        Pipeline::start_with_env(&config, &[("RISKPIPE_TEST_PSEUDONYM_KEY", secret)]);
+    pipeline.wait_ready();
+    let tx = |id: i64, customer: i64| {
+        format!(
+            r#"{{"TRANSACTION_ID":{id},"TX_DATETIME":"2018-04-01T00:00:{id:02}Z","CUSTOMER_ID":{customer},"TERMINAL_ID":9,"TX_AMOUNT":12.5}}"#
+        )
+    };
+    let p = producer(&broker.bootstrap);
+    for (id, customer) in [(1, 7), (2, 8), (3, 7)] {
+        let payload = tx(id, customer);
+        let record: BaseRecord<'_, str, str> =
+            BaseRecord::to("transactions").key("k").payload(&payload);
+        p.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    p.flush(Duration::from_secs(10)).expect("flush");
+    let got = collect(
+        &reader(&broker.bootstrap, "scores"),
+        Duration::from_secs(60),
+        |r| r.len() >= 3,
+    );
+    let pseudonym = |id: i64| -> i64 {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+        mac.update(&id.to_be_bytes());
+        let d = mac.finalize().into_bytes();
+        (u64::from_be_bytes(d[..8].try_into().expect("8 bytes")) >> 1) as i64
+    };
+    let mut by_tx = HashMap::new();
+    for g in &got {
+        let s: Score = serde_json::from_slice(&g.payload).expect("score");
+        assert_eq!(String::from_utf8_lossy(&g.key), s.customer_id.to_string());
+        by_tx.insert(s.transaction_id, s.customer_id);
+    }
+    assert_eq!(by_tx[&1], pseudonym(7));
+    assert_eq!(by_tx[&3], pseudonym(7));
+    assert_eq!(by_tx[&2], pseudonym(8));
+    assert!(by_tx.values().all(|&c| c != 7 && c != 8));
+    let (ok, _) = pipeline.terminate();
+    assert!(ok);
+}
+
 #[test]
 fn validate_lists_every_kafka_problem_without_connecting() {
     let dir = tempfile::tempdir().expect("tempdir");

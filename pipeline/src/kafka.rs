@@ -35,6 +35,9 @@ pub struct KafkaConfig {
     /// Payload format of every topic.
     #[serde(default)]
     pub format: Format,
+    /// Publish keyed pseudonyms instead of raw ids (opt-in; see `sinks::pseudonyms`).
+    #[serde(default)]
+    pub pseudonyms: Option<crate::sinks::pseudonyms::PseudonymConfig>,
     /// Payloads larger than this many bytes are dead-lettered, not decoded.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
@@ -166,6 +169,7 @@ impl KafkaConfig {
             topics: TopicsConfig::default(),
             batch: BatchConfig::default(),
             format: Format::default(),
+            pseudonyms: None,
             max_message_bytes: default_max_message_bytes(),
             in_flight_batches: default_in_flight(),
             commit_interval: default_commit_interval(),
@@ -221,6 +225,9 @@ impl KafkaConfig {
     /// (librdkafka validates each property name and value when a client config is built).
     pub fn problems(&self, streams: Streams) -> Vec<String> {
         let mut p = self.unresolved.clone();
+        if let Some(ps) = &self.pseudonyms {
+            p.extend(ps.problems());
+        }
         if !self.properties.contains_key("bootstrap.servers") {
             p.push("kafka.properties must set \"bootstrap.servers\"".into());
         }

@@ -83,10 +83,16 @@ pub(crate) struct Pipeline {
 impl Pipeline {
     /// Starts `riskpipe run --config config` with metrics on a free port.
     pub(crate) fn start(config: &Path) -> Pipeline {
+        Self::start_with_env(config, &[])
+    }
+
+    /// [`Pipeline::start`] with extra environment variables.
+    pub(crate) fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Pipeline {
         let mut child = Command::new(env!("CARGO_BIN_EXE_riskpipe"))
             .args(["run", "--config"])
             .arg(config)
             .args(["--metrics-addr", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -234,6 +240,8 @@ pub(crate) fn reader(bootstrap: &str, topic: &str) -> BaseConsumer {
 pub(crate) struct Got {
     /// Payload.
     pub(crate) payload: Vec<u8>,
+    /// Key.
+    pub(crate) key: Vec<u8>,
     /// Headers as strings.
     pub(crate) headers: HashMap<String, String>,
 }
@@ -251,6 +259,7 @@ impl Got {
         }
         Got {
             payload: m.payload().unwrap_or_default().to_vec(),
+            key: m.key().unwrap_or_default().to_vec(),
             headers,
         }
     }

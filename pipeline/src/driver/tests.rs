@@ -124,6 +124,7 @@ impl ScoreStage for Echo {
             scores: Some(Records {
                 batch: featured.batch,
                 keys,
+                key_column: Some("X"),
             }),
             ..JobOutput::default()
         })

@@ -92,6 +92,9 @@ pub struct Records {
     pub batch: RecordBatch,
     /// A `Utf8` array of message keys (customer, instrument or portfolio id).
     pub keys: ArrayRef,
+    /// The column the keys are the text of, if they are one column's (a sink that replaces
+    /// that column's values, e.g. with pseudonyms, derives the keys again from it).
+    pub key_column: Option<&'static str>,
 }
 
 /// What one micro-batch produced.

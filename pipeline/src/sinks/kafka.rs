@@ -152,6 +152,7 @@ type Producer = FutureProducer<Quiet>;
 /// Publishes to the topics of a `[kafka]` section.
 pub struct KafkaSink {
     producer: Producer,
+    pseudonyms: Option<super::pseudonyms::Pseudonyms>,
     encoder: Box<dyn Encoder>,
     scores_topic: String,
     alerts_topic: String,
@@ -185,6 +186,11 @@ impl KafkaSink {
                     errors: crate::sources::kafka::Throttle::new(Duration::from_secs(10)),
                 })
                 .map_err(PipelineError::kafka("creating the producer"))?,
+            pseudonyms: kafka
+                .pseudonyms
+                .as_ref()
+                .map(super::pseudonyms::Pseudonyms::from_config)
+                .transpose()?,
             encoder: encoders::build(kafka.format),
             scores_topic: kafka.topics.scores.clone(),
             alerts_topic: kafka.topics.alerts.clone(),
@@ -201,6 +207,11 @@ impl KafkaSink {
         deliveries: &mut Vec<(DeliveryFuture, Output)>,
     ) -> Result<()> {
         let started = Instant::now();
+        let pseudonymised = match &self.pseudonyms {
+            Some(p) => Some(p.apply(records)?),
+            None => None,
+        };
+        let records = pseudonymised.as_ref().unwrap_or(records);
         self.payloads.clear();
         self.encoder.encode(&records.batch, &mut self.payloads)?;
         events::stage_time(Stage::Encode, started.elapsed().as_secs_f64());

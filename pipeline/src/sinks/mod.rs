@@ -7,11 +7,13 @@
 //!
 //! - [`kafka`]: scores, alerts and dead letters to their topics (the live pipeline);
 //! - [`collect`]: everything into memory (backtests, exports, tests);
-//! - [`parquet`]: the one Parquet writer, for backtest and export files.
+//! - [`parquet`]: the one Parquet writer, for backtest and export files;
+//! - [`pseudonyms`]: keyed pseudonyms for published ids (opt-in).
 
 pub mod collect;
 pub mod kafka;
 pub mod parquet;
+pub mod pseudonyms;
 
 use std::future::Future;
 

@@ -52,6 +52,7 @@ pub(crate) fn scores(
     Ok(Records {
         keys: cast(&customer, &DataType::Utf8)?,
         batch,
+        key_column: Some(tx::CUSTOMER_ID),
     })
 }
 
@@ -93,6 +94,7 @@ pub(crate) fn alerts(
     Ok(Records {
         keys: cast(&customer, &DataType::Utf8)?,
         batch,
+        key_column: Some(tx::CUSTOMER_ID),
     })
 }
 

@@ -86,7 +86,11 @@ pub(crate) fn scores(
             model.column(n),
         ],
     )?;
-    Ok(Records { batch, keys })
+    Ok(Records {
+        batch,
+        keys,
+        key_column: None,
+    })
 }
 
 /// One breach per portfolio VaR over its limit.
@@ -117,5 +121,9 @@ pub(crate) fn breaches(
             model.column(over.len()),
         ],
     )?;
-    Ok(Records { batch, keys: names })
+    Ok(Records {
+        batch,
+        keys: names,
+        key_column: Some(market::PORTFOLIO),
+    })
 }
