@@ -63,9 +63,7 @@ fn dashboard_and_alert_rules_query_only_exported_metrics() {
         riskpipe_pipeline::demo::feed_producer(&KafkaConfig::for_bootstrap(&broker.bootstrap))
             .expect("producer");
     for id in 1..=20 {
-        let tx = format!(
-            r#"{{"TRANSACTION_ID":{id},"TX_DATETIME":"2018-04-01T00:00:{id:02}Z","CUSTOMER_ID":7,"TERMINAL_ID":9,"TX_AMOUNT":12.5}}"#
-        );
+        let tx = support::transaction_json(id, 7);
         let record: BaseRecord<'_, str, str> = BaseRecord::to("transactions").key("7").payload(&tx);
         producer.send(record).map_err(|(e, _)| e).expect("send");
     }

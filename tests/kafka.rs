@@ -1,6 +1,6 @@
 //! The live Kafka path against a broker process (`riskpipe-test-broker`, librdkafka's mock
-//! cluster over TCP) and the `riskpipe` binary: live == backtest, restarts lose nothing, bad
-//! messages are dead-lettered with reasons.
+//! cluster over TCP) and the `riskpipe` binary: live == backtest, restarts lose nothing, Kafka
+//! range replays equal file replays, the demo and validate. (Bad input: `tests/bad_input.rs`.)
 
 mod support;
 
@@ -11,23 +11,16 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int64Type};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use riskpipe_pipeline::demo::{Feed, Feeder, feed, feed_producer};
+use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
+use riskpipe_pipeline::demo::{Feed, Feeder, feed};
 use riskpipe_pipeline::kafka::KafkaConfig;
 use riskpipe_pipeline::sources::history::History;
 use riskpipe_pipeline::{PipelineConfig, backtest};
-use riskpipe_schemas::{Alert, Score};
+use riskpipe_schemas::Alert;
 use support::{
-    Broker, Pipeline, collect, drain, drain_to_end, kafka_section, reader, write_config,
+    Broker, Pipeline, TOPICS, collect, drain, drain_to_end, kafka_section, producer, reader,
+    scores_of, write_config,
 };
-
-const TOPICS: [(&str, i32); 5] = [
-    ("transactions", 1),
-    ("fraud-labels", 1),
-    ("scores", 4),
-    ("alerts", 1),
-    ("riskpipe-dead-letter", 1),
-];
 
 fn handbook() -> &'static (PipelineConfig, History) {
     static H: OnceLock<(PipelineConfig, History)> = OnceLock::new();
@@ -36,10 +29,6 @@ fn handbook() -> &'static (PipelineConfig, History) {
         let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
         (cfg, history)
     })
-}
-
-fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
-    feed_producer(&KafkaConfig::for_bootstrap(bootstrap)).expect("producer")
 }
 
 fn publish(
@@ -79,13 +68,6 @@ fn backtest_scores(cfg: &PipelineConfig, history: History) -> HashMap<i64, f32> 
     let replayed = backtest::replay(cfg, Arc::new(history), &indicatif::ProgressBar::hidden())
         .expect("replay");
     scores_by_id(replayed.scored())
-}
-
-fn scores_of(records: &[support::Got]) -> Vec<Score> {
-    records
-        .iter()
-        .map(|g| serde_json::from_slice::<Score>(&g.payload).expect("score payload"))
-        .collect()
 }
 
 #[test]
@@ -299,282 +281,6 @@ fn restarts_lose_nothing_and_duplicate_only_the_uncommitted_tail() {
         );
     }
     assert!(dups.len() < p2.len(), "phase 2 committed nothing");
-}
-
-#[test]
-fn malformed_messages_are_dead_lettered_with_reasons_and_neighbours_scored() {
-    let broker = Broker::start(&TOPICS);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
-        dir.path(),
-        &kafka_section(&broker.bootstrap, "dlq", "max_message_bytes = 1024"),
-    );
-    let mut pipeline = Pipeline::start(&config);
-    pipeline.wait_ready();
-    let tx = |id: i64| {
-        format!(
-            r#"{{"TRANSACTION_ID":{id},"TX_DATETIME":"2018-04-01T00:00:{id:02}Z","CUSTOMER_ID":7,"TERMINAL_ID":9,"TX_AMOUNT":12.5}}"#
-        )
-    };
-    let bad: Vec<(&str, String)> = vec![
-        ("transactions", tx(2)[..30].to_string()),
-        ("transactions", tx(3).replace("12.5", "\"twelve\"")),
-        ("transactions", "<xml>not json</xml>".to_string()),
-        ("transactions", format!("{}{}", tx(4), " ".repeat(2000))),
-        ("transactions", tx(5).replace(",\"TERMINAL_ID\":9", "")),
-        ("transactions", tx(6).replace('}', ",\"SURPRISE\":1}")),
-        ("fraud-labels", "{\"TRANSACTION_ID\":1}".to_string()),
-    ];
-    let p = producer(&broker.bootstrap);
-    let send = |topic: &str, payload: &str| {
-        let record: BaseRecord<'_, str, str> = BaseRecord::to(topic).key("7").payload(payload);
-        p.send(record).map_err(|(e, _)| e).expect("send");
-    };
-    send("transactions", &tx(1));
-    for (topic, payload) in &bad {
-        send(topic, payload);
-    }
-    send("transactions", &tx(7));
-    p.flush(Duration::from_secs(10)).expect("flush");
-
-    let dead = collect(
-        &reader(&broker.bootstrap, "riskpipe-dead-letter"),
-        Duration::from_secs(60),
-        |r| r.len() >= bad.len(),
-    );
-    assert_eq!(dead.len(), bad.len());
-    for (topic, payload) in &bad {
-        // Original bytes kept; the order across topics is not defined.
-        let d = dead
-            .iter()
-            .find(|d| d.payload == payload.as_bytes())
-            .unwrap_or_else(|| panic!("no dead letter for {payload:?}"));
-        assert_eq!(
-            d.headers.get("riskpipe.source.topic").map(String::as_str),
-            Some(*topic)
-        );
-        assert!(d.headers.contains_key("riskpipe.source.partition"));
-        assert!(d.headers["riskpipe.source.offset"].parse::<i64>().is_ok());
-        assert!(!d.headers["riskpipe.error"].is_empty(), "reason given");
-    }
-    let oversized = dead
-        .iter()
-        .find(|d| d.payload.len() > 1024)
-        .expect("oversized dead letter");
-    assert_eq!(oversized.headers["riskpipe.error.kind"], "oversized");
-    let scored = scores_of(&collect(
-        &reader(&broker.bootstrap, "scores"),
-        Duration::from_secs(60),
-        |r| r.len() >= 2,
-    ));
-    let ids: BTreeSet<i64> = scored.iter().map(|s| s.transaction_id).collect();
-    assert_eq!(ids, BTreeSet::from([1, 7]));
-    assert_eq!(
-        pipeline.metric("riskpipe_dead_letters_total", ""),
-        bad.len() as f64
-    );
-    let (ok, _) = pipeline.terminate();
-    assert!(ok);
-}
-
-/// A message too large for the dead-letter topic (a poison pill) neither stops the pipeline nor
-/// loops it: a reference (source coordinates, size, SHA-256, short reason) goes in its place and
-/// the next message is scored.
-#[test]
-fn a_poison_pill_too_large_to_dead_letter_is_referenced_and_the_pipeline_goes_on() {
-    use sha2::Digest;
-    let broker = Broker::start(&TOPICS);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
-        dir.path(),
-        &kafka_section(
-            &broker.bootstrap,
-            "poison",
-            "max_message_bytes = 4096\n[kafka.producer_properties]\n\"message.max.bytes\" = \"3000\"",
-        ),
-    );
-    let mut pipeline = Pipeline::start(&config);
-    pipeline.wait_ready();
-    let tx = |id: i64| {
-        format!(
-            r#"{{"TRANSACTION_ID":{id},"TX_DATETIME":"2018-04-01T00:00:{id:02}Z","CUSTOMER_ID":7,"TERMINAL_ID":9,"TX_AMOUNT":12.5}}"#
-        )
-    };
-    // Valid JSON, but over max_message_bytes, and over what the producer may send.
-    let pill = format!("{}{}", tx(2), " 4111111111111111".repeat(400));
-    assert!(pill.len() > 6000);
-    let p = producer(&broker.bootstrap);
-    for payload in [tx(1), pill.clone(), tx(3)] {
-        let record: BaseRecord<'_, str, str> =
-            BaseRecord::to("transactions").key("7").payload(&payload);
-        p.send(record).map_err(|(e, _)| e).expect("send");
-    }
-    p.flush(Duration::from_secs(10)).expect("flush");
-
-    let dead = collect(
-        &reader(&broker.bootstrap, "riskpipe-dead-letter"),
-        Duration::from_secs(60),
-        |r| !r.is_empty(),
-    );
-    let d = &dead[0];
-    assert!(d.payload.is_empty(), "a reference, not the bytes");
-    assert_eq!(d.headers["riskpipe.error.kind"], "oversized");
-    assert_eq!(d.headers["riskpipe.source.size"], pill.len().to_string());
-    let sha: String = sha2::Sha256::digest(pill.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(d.headers["riskpipe.source.sha256"], sha);
-    assert_eq!(d.headers["riskpipe.source.offset"], "1");
-    let reason = &d.headers["riskpipe.error"];
-    assert!(
-        reason.contains("not forwarded") && reason.len() < 400,
-        "{reason}"
-    );
-    assert!(
-        !reason.contains("4111"),
-        "the reason never echoes the payload: {reason}"
-    );
-    let scored = scores_of(&collect(
-        &reader(&broker.bootstrap, "scores"),
-        Duration::from_secs(60),
-        |r| r.len() >= 2,
-    ));
-    let ids: BTreeSet<i64> = scored.iter().map(|s| s.transaction_id).collect();
-    assert_eq!(
-        ids,
-        BTreeSet::from([1, 3]),
-        "the pipeline went on past the pill"
-    );
-    assert_eq!(pipeline.get("/ready").0, 200);
-    let log = pipeline.drain_log().join("\n");
-    assert!(
-        !log.contains("4111111111111111"),
-        "no payload bytes in the log"
-    );
-    let (ok, _) = pipeline.terminate();
-    assert!(ok);
-}
-
-/// Kafka that never answers: `run` exits non-zero after `startup_timeout` naming the problem,
-/// and the repeated client errors are throttled in the log.
-#[test]
-fn an_unreachable_kafka_fails_the_start_with_a_clear_message() {
-    // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
-        dir.path(),
-        &kafka_section(
-            &format!("127.0.0.1:{port}"),
-            "unreachable",
-            "startup_timeout = \"4s\"",
-        ),
-    );
-    let mut pipeline = Pipeline::start(&config);
-    let started = Instant::now();
-    let status = loop {
-        if let Ok(Some(status)) = pipeline.child.try_wait() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "still running: {:#?}",
-            pipeline.drain_log()
-        );
-        assert_ne!(pipeline.get("/ready").0, 200, "never ready without Kafka");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(!status.success());
-    let log = pipeline.drain_log();
-    let text = log.join("\n");
-    assert!(text.contains("no partition assignment within 4s"), "{text}");
-    // Over ~4 s librdkafka reports the refused connection many times: a handful of lines.
-    let warnings = log.iter().filter(|l| l.contains("WARN")).count();
-    assert!(warnings <= 10, "{warnings} warnings:\n{text}");
-}
-
-/// Readiness follows the broker: it turns false within seconds of losing it.
-#[test]
-fn losing_the_broker_turns_ready_false_within_seconds() {
-    let broker = Broker::start(&TOPICS);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path(), &kafka_section(&broker.bootstrap, "lost", ""));
-    let mut pipeline = Pipeline::start(&config);
-    pipeline.wait_ready();
-    let lost = Instant::now();
-    drop(broker);
-    while pipeline.get("/ready").0 == 200 {
-        assert!(
-            lost.elapsed() < Duration::from_secs(15),
-            "/ready still 200 {:?} after the broker died",
-            lost.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!("not ready {:?} after the broker died", lost.elapsed());
-    assert_eq!(pipeline.get("/health").0, 200, "alive, just not ready");
-    pipeline.kill();
-}
-
-/// With `[kafka.pseudonyms]`, published scores carry keyed pseudonyms (HMAC-SHA256 of the id
-/// under a secret from the environment), stable per customer, and their keys follow.
-#[test]
-fn published_ids_can_be_keyed_pseudonyms() {
-    use hmac::{Hmac, Mac};
-    let secret = "a-secret-of-sixteen-bytes-or-more";
-    let broker = Broker::start(&TOPICS);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
-        dir.path(),
-        &kafka_section(
-            &broker.bootstrap,
-            "pseudonyms",
-            "[kafka.pseudonyms]\nsecret_env = \"RISKPIPE_TEST_PSEUDONYM_KEY\"",
-        ),
-    );
-    let mut pipeline =
-        Pipeline::start_with_env(&config, &[("RISKPIPE_TEST_PSEUDONYM_KEY", secret)]);
-    pipeline.wait_ready();
-    let tx = |id: i64, customer: i64| {
-        format!(
-            r#"{{"TRANSACTION_ID":{id},"TX_DATETIME":"2018-04-01T00:00:{id:02}Z","CUSTOMER_ID":{customer},"TERMINAL_ID":9,"TX_AMOUNT":12.5}}"#
-        )
-    };
-    let p = producer(&broker.bootstrap);
-    for (id, customer) in [(1, 7), (2, 8), (3, 7)] {
-        let payload = tx(id, customer);
-        let record: BaseRecord<'_, str, str> =
-            BaseRecord::to("transactions").key("k").payload(&payload);
-        p.send(record).map_err(|(e, _)| e).expect("send");
-    }
-    p.flush(Duration::from_secs(10)).expect("flush");
-    let got = collect(
-        &reader(&broker.bootstrap, "scores"),
-        Duration::from_secs(60),
-        |r| r.len() >= 3,
-    );
-    let pseudonym = |id: i64| -> i64 {
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-        mac.update(&id.to_be_bytes());
-        let d = mac.finalize().into_bytes();
-        (u64::from_be_bytes(d[..8].try_into().expect("8 bytes")) >> 1) as i64
-    };
-    let mut by_tx = HashMap::new();
-    for g in &got {
-        let s: Score = serde_json::from_slice(&g.payload).expect("score");
-        assert_eq!(String::from_utf8_lossy(&g.key), s.customer_id.to_string());
-        by_tx.insert(s.transaction_id, s.customer_id);
-    }
-    assert_eq!(by_tx[&1], pseudonym(7));
-    assert_eq!(by_tx[&3], pseudonym(7));
-    assert_eq!(by_tx[&2], pseudonym(8));
-    assert!(by_tx.values().all(|&c| c != 7 && c != 8));
-    let (ok, _) = pipeline.terminate();
-    assert!(ok);
 }
 
 #[test]

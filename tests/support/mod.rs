@@ -356,3 +356,37 @@ pub(crate) fn backtest(
     )
     .expect("backtest")
 }
+
+/// The topics of a fraud pipeline's live tests.
+pub(crate) const TOPICS: [(&str, i32); 5] = [
+    ("transactions", 1),
+    ("fraud-labels", 1),
+    ("scores", 4),
+    ("alerts", 1),
+    ("riskpipe-dead-letter", 1),
+];
+
+/// A feed producer for `bootstrap`.
+pub(crate) fn producer(
+    bootstrap: &str,
+) -> rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext> {
+    riskpipe_pipeline::demo::feed_producer(&riskpipe_pipeline::kafka::KafkaConfig::for_bootstrap(
+        bootstrap,
+    ))
+    .expect("producer")
+}
+
+/// Score payloads of consumed records.
+pub(crate) fn scores_of(records: &[Got]) -> Vec<riskpipe_schemas::Score> {
+    records
+        .iter()
+        .map(|g| serde_json::from_slice(&g.payload).expect("score payload"))
+        .collect()
+}
+
+/// A valid transaction payload: `id` at second `id` of 2018-04-01, of `customer`, terminal 9.
+pub(crate) fn transaction_json(id: i64, customer: i64) -> String {
+    format!(
+        r#"{{"TRANSACTION_ID":{id},"TX_DATETIME":"2018-04-01T00:00:{id:02}Z","CUSTOMER_ID":{customer},"TERMINAL_ID":9,"TX_AMOUNT":12.5}}"#
+    )
+}

@@ -176,18 +176,11 @@ impl StrictEvent for MarketTick {
     }
 }
 
-/// The name in backticks of a serde message (`unknown field \`X\``), cut to 64 printable
-/// characters: field names come from the payload too.
+/// The name in backticks of a serde message (`unknown field \`X\``).
 fn backticked(message: &str) -> Option<String> {
     let start = message.find('`')? + 1;
     let end = message[start..].find('`')? + start;
-    Some(
-        message[start..end]
-            .chars()
-            .filter(|c| c.is_ascii_graphic())
-            .take(64)
-            .collect(),
-    )
+    Some(super::shown_name(&message[start..end]))
 }
 
 /// Why serde refused `payload`, without its values.

@@ -209,18 +209,11 @@ fn classify(message: &str) -> (RejectKind, String) {
     (RejectKind::Schema, reason)
 }
 
-/// The name between `prefix` and the next `close`, cut to 64 printable characters (a field
-/// name comes from the payload too).
+/// The name between `prefix` and the next `close`.
 fn quoted_after(message: &str, prefix: &str, close: char) -> Option<String> {
     let start = message.find(prefix)? + prefix.len();
     let end = message[start..].find(close)? + start;
-    Some(
-        message[start..end]
-            .chars()
-            .filter(|c| c.is_ascii_graphic())
-            .take(64)
-            .collect(),
-    )
+    Some(super::shown_name(&message[start..end]))
 }
 
 /// What arrow-json tried to parse a value as (`… as Float64`), in JSON terms.

@@ -13,6 +13,15 @@ pub use json::JsonDecoder;
 
 use crate::jobs::RejectKind;
 
+/// A field name as a reason may show it: at most 64 printable ASCII characters (field names come
+/// from the payload too).
+pub(crate) fn shown_name(raw: &str) -> String {
+    raw.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
+}
+
 /// Why a message was rejected; becomes the dead letter's `riskpipe.error` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {

@@ -125,7 +125,7 @@ fn too_large(e: &KafkaError) -> bool {
 /// The producer's client context: librdkafka's repeated complaints about a dead broker are
 /// throttled like the consumer's.
 struct Quiet {
-    errors: crate::sources::kafka::Throttle,
+    errors: crate::kafka::Throttle,
 }
 
 impl rdkafka::ClientContext for Quiet {
@@ -135,15 +135,7 @@ impl rdkafka::ClientContext for Quiet {
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-        use rdkafka::config::RDKafkaLogLevel;
-        match level {
-            RDKafkaLogLevel::Debug | RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice => {
-                tracing::debug!(target: "librdkafka", "{facility} {message}");
-            }
-            _ => self
-                .errors
-                .warn(&format_args!("librdkafka producer: {facility} {message}")),
-        }
+        self.errors.librdkafka(level, facility, message);
     }
 }
 
@@ -183,7 +175,7 @@ impl KafkaSink {
         Ok(Self {
             producer: cfg
                 .create_with_context(Quiet {
-                    errors: crate::sources::kafka::Throttle::new(Duration::from_secs(10)),
+                    errors: crate::kafka::Throttle::new(Duration::from_secs(10)),
                 })
                 .map_err(PipelineError::kafka("creating the producer"))?,
             pseudonyms: kafka

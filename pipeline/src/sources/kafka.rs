@@ -26,48 +26,12 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use super::{Acker, Message, Payload, Source, SourceBatch, Stop};
 use crate::config::Streams;
 use crate::events;
-use crate::kafka::KafkaConfig;
+use crate::kafka::{KafkaConfig, Throttle};
 use crate::observe::Health;
 use crate::{PipelineError, Result};
 
 /// Highest offset read per (topic, partition) of a batch: what acknowledging it stores.
 pub type Offsets = BTreeMap<(Arc<str>, i32), i64>;
-
-/// At most one log line per period for a problem that repeats (a dead broker makes librdkafka
-/// report the same failure many times a second), saying how many were held back.
-#[derive(Debug)]
-pub(crate) struct Throttle {
-    period: Duration,
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl Throttle {
-    pub(crate) fn new(period: Duration) -> Self {
-        Self {
-            period,
-            state: Mutex::new((None, 0)),
-        }
-    }
-
-    /// Logs `message` unless a line went out less than a period ago.
-    pub(crate) fn warn(&self, message: &dyn std::fmt::Display) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        let (last, held) = &mut *state;
-        if last.is_some_and(|t| t.elapsed() < self.period) {
-            *held += 1;
-            return;
-        }
-        if *held > 0 {
-            tracing::warn!("{message} ({held} similar held back)");
-        } else {
-            tracing::warn!("{message}");
-        }
-        *last = Some(Instant::now());
-        *held = 0;
-    }
-}
 
 /// The consumer's view of its own health: readiness is holding partitions while a broker is up.
 struct Context {
@@ -118,14 +82,7 @@ impl ClientContext for Context {
     }
 
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Debug | RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice => {
-                tracing::debug!(target: "librdkafka", "{facility} {message}");
-            }
-            _ => self
-                .errors
-                .warn(&format_args!("librdkafka: {facility} {message}")),
-        }
+        self.errors.librdkafka(level, facility, message);
     }
 }
 
