@@ -2,18 +2,25 @@
 //! `riskpipe` binary: malformed and schema-breaking messages are dead-lettered with reasons
 //! while their neighbours are scored; a poison pill too large to dead-letter is referenced, not
 //! a stop; an unreachable or dead Kafka shows in readiness and in a clear exit; published ids can
-//! be keyed pseudonyms.
+//! be keyed pseudonyms; events too far ahead or behind in event time are refused alike live and
+//! in a Kafka replay, touching no state.
 
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, Producer};
+use riskpipe_pipeline::demo::{Feed, Feeder, feed};
+use riskpipe_pipeline::kafka::KafkaConfig;
+use riskpipe_pipeline::sources::kafka_range::{self, Bound};
+use riskpipe_pipeline::{PipelineConfig, backtest, decoders};
 use riskpipe_schemas::Score;
 use support::{
-    Broker, Pipeline, TOPICS, collect, kafka_section, producer, reader, scores_of,
-    transaction_json, write_config,
+    Broker, MULTI_PARTITION, Pipeline, TOPICS, collect, kafka_section, producer, reader,
+    scores_by_id, scores_of, transaction_json, write_config,
 };
 
 #[test]
@@ -277,4 +284,143 @@ fn published_ids_can_be_keyed_pseudonyms() {
     assert!(by_tx.values().all(|&c| c != 7 && c != 8));
     let (ok, _) = pipeline.terminate();
     assert!(ok);
+}
+
+/// A copy of transaction message `index` of `feed` with another id and its event time moved by
+/// `shift_days`, published right after it under the same key (so on the same partition).
+fn shifted_copy(feed: &mut Feed, index: usize, id: i64, shift_days: i64) {
+    let at = feed
+        .messages
+        .iter()
+        .position(|m| !m.0 && m.3 == index)
+        .expect("transaction in feed");
+    let (_, key, payload, _) = feed.messages[at].clone();
+    let mut tx: serde_json::Value = serde_json::from_slice(&payload).expect("transaction json");
+    let time = chrono::DateTime::parse_from_rfc3339(tx["TX_DATETIME"].as_str().expect("time"))
+        .expect("rfc3339")
+        + chrono::Duration::days(shift_days);
+    tx["TX_DATETIME"] = serde_json::Value::from(time.to_rfc3339());
+    tx["TRANSACTION_ID"] = serde_json::Value::from(id);
+    let payload = serde_json::to_vec(&tx).expect("json");
+    feed.messages
+        .insert(at + 1, (false, key, payload, usize::MAX));
+}
+
+/// Event time on several partitions: a transaction dated 40 days ahead and one 3 days behind
+/// its partition are dead letters (`invalid`, `late`) with their reasons and touch no state:
+/// every other score equals the clean file backtest's bit for bit (no key's features change,
+/// the bad events' own customers' included), and a Kafka replay of the topic refuses the same
+/// two, for the same reasons, and gives the same scores.
+#[test]
+fn skewed_events_are_refused_alike_live_and_in_replay_and_change_no_score() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let n = 20_000;
+    let clean = feed(&history, &cfg, 0, n).expect("feed");
+    let mut skewed = clean.only(false);
+    let (future_id, late_id) = (90_000_001, 90_000_002);
+    shifted_copy(&mut skewed, 5_000, future_id, 40);
+    shifted_copy(&mut skewed, 15_000, late_id, -3);
+
+    let broker = Broker::start(&MULTI_PARTITION);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &kafka_section(&broker.bootstrap, "skew", ""));
+    let p = producer(&broker.bootstrap);
+    let kafka = KafkaConfig::for_bootstrap(&broker.bootstrap);
+    let publish = |f: &Feed| {
+        Feeder::new(f, Instant::now())
+            .publish(&p, &kafka, f, 0.0, &AtomicBool::new(false))
+            .expect("publish");
+    };
+    publish(&clean.only(true));
+    publish(&skewed);
+    let mut pipeline = Pipeline::start(&config);
+    pipeline.wait_ready();
+
+    let scores = scores_of(&collect(
+        &reader(&broker.bootstrap, "scores"),
+        Duration::from_secs(300),
+        |r| r.len() >= n,
+    ));
+    let dead = collect(
+        &reader(&broker.bootstrap, "riskpipe-dead-letter"),
+        Duration::from_secs(60),
+        |r| r.len() >= 2,
+    );
+    let kind_of = |id: i64| -> (String, String) {
+        let d = dead
+            .iter()
+            .find(|d| {
+                serde_json::from_slice::<serde_json::Value>(&d.payload)
+                    .is_ok_and(|v| v["TRANSACTION_ID"] == id)
+            })
+            .unwrap_or_else(|| panic!("no dead letter for {id}"));
+        (
+            d.headers["riskpipe.error.kind"].clone(),
+            d.headers["riskpipe.error"].clone(),
+        )
+    };
+    let (future_kind, future_reason) = kind_of(future_id);
+    assert_eq!(future_kind, "invalid");
+    assert!(
+        future_reason.contains("after the latest event time of its partition")
+            && future_reason.contains("max_future_skew"),
+        "{future_reason}"
+    );
+    let (late_kind, late_reason) = kind_of(late_id);
+    assert_eq!(late_kind, "late");
+    assert!(late_reason.contains("allowed_lateness"), "{late_reason}");
+    assert_eq!(
+        pipeline.metric("riskpipe_dead_letters_total", "kind=\"late\""),
+        1.0
+    );
+    assert!(pipeline.metric("riskpipe_watermark_seconds", "") > 1.5e9);
+    assert!(pipeline.metric("riskpipe_state_keys", "") > 0.0);
+
+    // The clean backtest of the same transactions: every live score equal, bit for bit.
+    let expected = backtest::replay(
+        &cfg,
+        Arc::new(history.head(n)),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .expect("backtest");
+    let expected = scores_by_id(expected.scored());
+    assert_eq!(scores.len(), n, "one score per good transaction");
+    let differ = scores
+        .iter()
+        .filter(|s| expected.get(&s.transaction_id) != Some(&(s.score as f32)))
+        .count();
+    assert_eq!(
+        differ, 0,
+        "{differ} live scores differ from the clean backtest's"
+    );
+    let (ok, _) = pipeline.terminate();
+    assert!(ok);
+
+    // The topic replayed: each partition in offset order, the same policy.
+    let run_cfg = PipelineConfig::load(&config).expect("config");
+    let decoder = decoders::build(decoders::Format::Json, usize::MAX);
+    let (replay_history, undecodable) =
+        kafka_range::history(&run_cfg, decoder.as_ref(), Bound::Edge, Bound::Edge)
+            .expect("replay history");
+    assert_eq!(undecodable, 0);
+    let replayed = backtest::replay(
+        &run_cfg,
+        Arc::new(replay_history),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .expect("replay");
+    let mut refused: Vec<(&str, String)> = replayed
+        .rejected()
+        .iter()
+        .map(|d| (d.kind.as_str(), d.reason.clone()))
+        .collect();
+    refused.sort();
+    let mut live: Vec<(&str, String)> = vec![
+        ("invalid", future_reason.clone()),
+        ("late", late_reason.clone()),
+    ];
+    live.sort();
+    assert_eq!(refused, live, "the replay refuses what live refused");
+    assert_eq!(scores_by_id(replayed.scored()), expected);
 }

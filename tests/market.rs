@@ -57,6 +57,7 @@ fn replay(cfg: &PipelineConfig, ticks: &RecordBatch) -> Replayed {
         side: None,
         side_time: String::new(),
         source_rows: None,
+        partitions: None,
     };
     backtest::replay(cfg, Arc::new(history), &indicatif::ProgressBar::hidden()).expect("replay")
 }

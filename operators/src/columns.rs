@@ -1,8 +1,6 @@
 //! Typed access to input columns, with errors that name the column and the problem: the only
 //! way riskpipe reads a column of data that came from outside (no unchecked downcasts).
 
-use std::collections::HashMap;
-
 use arrow::array::{
     Array, ArrowPrimitiveType, AsArray, BooleanArray, Float64Array, Int64Array, PrimitiveArray,
     RecordBatch, StringArray,
@@ -144,44 +142,4 @@ pub(crate) fn keys(batch: &RecordBatch, name: &str) -> Result<Keys> {
     Err(bad(format!(
         "key column {name:?} must be an integer or a string, found {dt}"
     )))
-}
-
-/// Per-key state, for integer and string keys alike.
-#[derive(Debug)]
-pub(crate) struct KeyedState<S> {
-    ints: HashMap<i64, S, ahash::RandomState>,
-    strs: HashMap<String, S, ahash::RandomState>,
-}
-
-impl<S> Default for KeyedState<S> {
-    fn default() -> Self {
-        Self {
-            ints: HashMap::default(),
-            strs: HashMap::default(),
-        }
-    }
-}
-
-impl<S: Default> KeyedState<S> {
-    /// Calls `f(row, state_of_row's_key)` for every row, in order.
-    pub(crate) fn for_each_row(&mut self, keys: &Keys, mut f: impl FnMut(usize, &mut S)) {
-        match keys {
-            Keys::Int(a) => {
-                for (row, k) in a.values().iter().enumerate() {
-                    f(row, self.ints.entry(*k).or_default());
-                }
-            }
-            Keys::Str(a) => {
-                for row in 0..a.len() {
-                    let k = a.value(row);
-                    if !self.strs.contains_key(k) {
-                        self.strs.insert(k.to_owned(), S::default());
-                    }
-                    if let Some(state) = self.strs.get_mut(k) {
-                        f(row, state);
-                    }
-                }
-            }
-        }
-    }
 }

@@ -308,6 +308,16 @@ impl FeatureConfig {
                 Err(e) => problems.push(format!("windows[{i}]: {e}")),
             }
         }
+        if !self.label_risk.is_empty() {
+            // Labels name the transaction they are about by this id.
+            col(
+                transactions,
+                &self.order_by,
+                "order_by (the transaction id labels name)",
+                |d| d.is_integer(),
+                &mut problems,
+            );
+        }
         for (i, r) in self.label_risk.iter().enumerate() {
             col(
                 transactions,
@@ -337,6 +347,13 @@ impl FeatureConfig {
                         &r.label_time,
                         &format!("label_risk[{i}].label_time"),
                         is_time,
+                        &mut problems,
+                    );
+                    col(
+                        l,
+                        &self.order_by,
+                        "order_by (labels: the labelled transaction)",
+                        |d| d.is_integer(),
                         &mut problems,
                     );
                     col(
@@ -409,7 +426,12 @@ impl FeatureConfig {
         }
         for (i, r) in self.label_risk.iter().enumerate() {
             match Self::risk_outputs(r) {
-                Ok(outs) => ops.push(Box::new(LabelRisk::new(r, &self.event_time, outs))),
+                Ok(outs) => ops.push(Box::new(LabelRisk::new(
+                    r,
+                    &self.event_time,
+                    &self.order_by,
+                    outs,
+                ))),
                 Err(e) => problems.push(format!("label_risk[{i}]: {e}")),
             }
         }

@@ -1,41 +1,83 @@
 //! Keyed fraud rate from delayed labels.
+//!
+//! Labels are facts about transactions: a label counts for the transaction it names, once
+//! however often it arrives, only if the key saw that transaction, and a later label of the same
+//! transaction (a correction) takes over from its own label time on. So live scoring, where labels
+//! may repeat or name transactions the pipeline never saw, gives what a replay of the same
+//! transactions gives.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, FieldRef};
 
-use crate::columns::{self, KeyedState};
+use crate::columns;
 use crate::config::{LabelRiskConfig, RiskOutput, ns};
+use crate::state::{KeyedState, Watermark};
 use crate::{Appender, Operator, OperatorError, Result};
+
+/// The labels of one transaction: its time, and (label time, fraud) in label-time order.
+#[derive(Debug, Default)]
+struct Labels {
+    time: i64,
+    versions: Vec<(i64, bool)>,
+}
+
+impl Labels {
+    /// Records a label; the same label again changes nothing.
+    fn add(&mut self, known: i64, fraud: bool) {
+        if !self.versions.contains(&(known, fraud)) {
+            let at = self.versions.partition_point(|&(k, _)| k <= known);
+            self.versions.insert(at, (known, fraud));
+        }
+    }
+
+    /// Whether the transaction is a known fraud at `t`: its latest label known by then says so.
+    fn fraud_at(&self, t: i64) -> bool {
+        self.versions
+            .iter()
+            .rev()
+            .find(|&&(known, _)| known <= t)
+            .is_some_and(|&(_, fraud)| fraud)
+    }
+}
 
 #[derive(Debug, Default)]
 struct KeyHistory {
-    /// Event times of the key's transactions, sorted.
-    times: VecDeque<i64>,
-    /// Frauds as (transaction time, time the label became known).
-    frauds: Vec<(i64, i64)>,
-    latest: i64,
+    /// Event times of the key's transactions, sorted, with their ids.
+    times: VecDeque<(i64, i64)>,
+    /// Ids of the transactions in `times`.
+    seen: HashSet<i64>,
+    /// Labels by transaction id (also of transactions not seen yet: labels may come first).
+    labels: HashMap<i64, Labels>,
 }
 
 impl KeyHistory {
-    fn insert(&mut self, t: i64) {
-        if self.times.back().is_none_or(|&last| last <= t) {
-            self.times.push_back(t);
+    fn insert(&mut self, t: i64, id: i64) {
+        if self.times.back().is_none_or(|&(last, _)| last <= t) {
+            self.times.push_back((t, id));
         } else {
-            let pos = self.times.partition_point(|&x| x <= t);
-            self.times.insert(pos, t);
+            let pos = self.times.partition_point(|&(x, _)| x <= t);
+            self.times.insert(pos, (t, id));
         }
-        self.latest = self.latest.max(t);
+        self.seen.insert(id);
     }
 
-    fn evict(&mut self, horizon_span: i64) {
-        let horizon = self.latest.saturating_sub(horizon_span);
-        while self.times.front().is_some_and(|&t| t <= horizon) {
-            self.times.pop_front();
+    /// Drops transactions, and labels of transactions, at or before `horizon`.
+    fn evict(&mut self, horizon: i64) {
+        while self.times.front().is_some_and(|&(t, _)| t <= horizon) {
+            if let Some((_, id)) = self.times.pop_front() {
+                self.seen.remove(&id);
+            }
         }
-        self.frauds.retain(|&(t, _)| t > horizon);
+        if self.labels.values().any(|l| l.time <= horizon) {
+            self.labels.retain(|_, l| l.time > horizon);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.times.is_empty() && self.labels.is_empty()
     }
 }
 
@@ -49,21 +91,25 @@ pub struct LabelRisk {
     name: String,
     key: String,
     time: String,
+    id: String,
     label: String,
     label_time: String,
     delay: i64,
     spans: Vec<i64>,
-    horizon: i64,
+    /// How far back from the watermark state is still needed: delay + longest span.
+    reach: i64,
     /// (span index, emit count, emit risk)
     outputs: Vec<(usize, bool, bool)>,
     fields: Vec<FieldRef>,
     state: KeyedState<KeyHistory>,
+    watermark: Watermark,
     appender: Appender,
 }
 
 impl LabelRisk {
-    /// Builds the operator from its config and the outputs (span index, count name, risk name).
-    pub fn new(cfg: &LabelRiskConfig, time: &str, outputs: Vec<RiskOutput>) -> Self {
+    /// Builds the operator from its config, the event-time and transaction-id columns and the
+    /// outputs (span index, count name, risk name).
+    pub fn new(cfg: &LabelRiskConfig, time: &str, id: &str, outputs: Vec<RiskOutput>) -> Self {
         let mut fields: Vec<FieldRef> = Vec::new();
         for (_, c, r) in &outputs {
             if let Some(c) = c {
@@ -79,10 +125,11 @@ impl LabelRisk {
             name: format!("label_risk({})", cfg.key),
             key: cfg.key.clone(),
             time: time.into(),
+            id: id.into(),
             label: cfg.label.clone(),
             label_time: cfg.label_time.clone(),
             delay,
-            horizon: delay.saturating_add(spans.iter().copied().max().unwrap_or(0)),
+            reach: delay.saturating_add(spans.iter().copied().max().unwrap_or(0)),
             spans,
             outputs: outputs
                 .into_iter()
@@ -90,6 +137,7 @@ impl LabelRisk {
                 .collect(),
             fields,
             state: KeyedState::default(),
+            watermark: Watermark::default(),
             appender: Appender::default(),
         }
     }
@@ -110,6 +158,7 @@ impl Operator for LabelRisk {
         }
         let keys = columns::keys(labels, &self.key)?;
         let times = columns::event_times(labels, &self.time)?;
+        let ids = columns::i64_values(labels, &self.id)?;
         let known = columns::event_times(labels, &self.label_time)?;
         let is_fraud: Vec<bool> = match labels.column_by_name(&self.label) {
             Some(c) if c.data_type() == &DataType::Boolean => {
@@ -128,9 +177,9 @@ impl Operator for LabelRisk {
                 .collect(),
         };
         self.state.for_each_row(&keys, |row, h| {
-            if is_fraud[row] {
-                h.frauds.push((times[row], known[row]));
-            }
+            let labels = h.labels.entry(ids.value(row)).or_default();
+            labels.time = times[row];
+            labels.add(known[row], is_fraud[row]);
         });
         Ok(())
     }
@@ -138,26 +187,30 @@ impl Operator for LabelRisk {
     fn process(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
         let keys = columns::keys(&batch, &self.key)?;
         let times = columns::event_times(&batch, &self.time)?;
+        let ids = columns::i64_values(&batch, &self.id)?;
         let n = batch.num_rows();
         let ns = self.spans.len();
         let mut counts = vec![0i64; n * ns];
         let mut frauds = vec![0i64; n * ns];
-        let (spans, delay, horizon) = (&self.spans, self.delay, self.horizon);
+        let (spans, delay) = (&self.spans, self.delay);
+        let horizon = self.watermark.horizon(self.reach);
         self.state.for_each_row(&keys, |row, h| {
             let t = times[row];
             let end = t.saturating_sub(delay);
-            let hi = h.times.partition_point(|&x| x <= end);
+            let hi = h.times.partition_point(|&(x, _)| x <= end);
             for (s, span) in spans.iter().enumerate() {
                 let start = end.saturating_sub(*span);
-                let lo = h.times.partition_point(|&x| x <= start);
+                let lo = h.times.partition_point(|&(x, _)| x <= start);
                 counts[row * ns + s] = (hi - lo) as i64;
                 frauds[row * ns + s] = h
-                    .frauds
+                    .labels
                     .iter()
-                    .filter(|&&(ft, known)| ft > start && ft <= end && known <= t)
+                    .filter(|&(id, l)| {
+                        l.time > start && l.time <= end && h.seen.contains(id) && l.fraud_at(t)
+                    })
                     .count() as i64;
             }
-            h.insert(t);
+            h.insert(t, ids.value(row));
             h.evict(horizon);
         });
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.fields.len());
@@ -179,5 +232,19 @@ impl Operator for LabelRisk {
             }
         }
         self.appender.append(batch, &self.fields, arrays)
+    }
+
+    fn advance_watermark(&mut self, watermark: i64) {
+        if self.watermark.advance(watermark, self.reach) {
+            let horizon = self.watermark.horizon(self.reach);
+            self.state.retain(|h| {
+                h.evict(horizon);
+                !h.is_empty()
+            });
+        }
+    }
+
+    fn keys(&self) -> usize {
+        self.state.len()
     }
 }

@@ -12,6 +12,10 @@
 //!   whole history, and `SqlFeature`s evaluate SQL expressions on each batch.
 //!
 //! Tests prove the two produce the same values, which is what keeps training and serving equal.
+//!
+//! State is keyed by the key column and follows the watermark the job hands over: what no event still
+//! to come can see is freed, so memory is bounded by the events inside the windows, not by the
+//! keys ever seen.
 
 #[cfg(feature = "sql")]
 pub mod batch;
@@ -22,6 +26,7 @@ mod label_risk;
 mod market;
 #[cfg(feature = "sql")]
 mod sql;
+mod state;
 mod window;
 
 use std::fmt;
@@ -85,6 +90,14 @@ pub trait Operator: Send + fmt::Debug {
     fn observe_labels(&mut self, _labels: &RecordBatch) -> Result<()> {
         Ok(())
     }
+    /// No event at or before `watermark` (ns since the epoch) will be processed any more: state
+    /// that only such events could see is freed, and keys left with nothing are dropped. Never
+    /// called, state grows with every key ever seen; results are the same either way.
+    fn advance_watermark(&mut self, _watermark: i64) {}
+    /// Keys held in state (0 for stateless operators).
+    fn keys(&self) -> usize {
+        0
+    }
 }
 
 /// The operators of one feature configuration, in order.
@@ -113,6 +126,18 @@ impl FeatureChain {
             op.observe_labels(labels)?;
         }
         Ok(())
+    }
+
+    /// Moves every operator's watermark (see [`Operator::advance_watermark`]).
+    pub fn advance_watermark(&mut self, watermark: i64) {
+        for op in &mut self.operators {
+            op.advance_watermark(watermark);
+        }
+    }
+
+    /// Keys held in state, over every operator.
+    pub fn keys(&self) -> usize {
+        self.operators.iter().map(|op| op.keys()).sum()
     }
 
     /// Names of all feature columns the chain appends, in order.

@@ -13,7 +13,8 @@ use arrow::datatypes::{DataType, Field, FieldRef};
 
 use serde::Deserialize;
 
-use crate::columns::{self, KeyedState};
+use crate::columns;
+use crate::state::KeyedState;
 use crate::{Appender, Operator, OperatorError, Result};
 
 /// Which series features to compute, and their column names. Deserialized from a pipeline

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, FieldRef};
 
-use crate::columns::{self, KeyedState};
+use crate::columns;
+use crate::state::{KeyedState, Watermark};
 use crate::{Appender, Operator, Result};
 
 /// What a window output computes.
@@ -20,64 +21,48 @@ pub enum Aggregate {
     Mean,
 }
 
-/// One key's events in time order with running prefix sums, so that any window's count and sum
-/// are two binary searches away.
+/// One key's events in time order with their values. A window's sum adds its values in time
+/// order, so it depends only on which events the window holds, never on when older events were
+/// evicted or whether the key was dropped and made anew in between (live, with several input
+/// partitions, evicts at other moments than a replay does, and must still give the same bits).
 #[derive(Debug, Default)]
 struct Series {
     times: VecDeque<i64>,
-    /// `prefix[i]` = sum of values up to and including `times[i]`, offset by `evicted`.
-    prefix: VecDeque<f64>,
-    /// Sum of the values already evicted (the prefix before `prefix[0]`).
-    evicted: f64,
-    latest: i64,
+    values: VecDeque<f64>,
 }
 
 impl Series {
     /// Inserts an event after every event of equal or earlier time; returns its position.
     fn insert(&mut self, t: i64, v: f64) -> usize {
-        let in_order = self.times.back().is_none_or(|&last| last <= t);
-        if in_order {
-            let p = self.prefix.back().copied().unwrap_or(self.evicted) + v;
+        if self.times.back().is_none_or(|&last| last <= t) {
             self.times.push_back(t);
-            self.prefix.push_back(p);
-            self.latest = t;
+            self.values.push_back(v);
             return self.times.len() - 1;
         }
-        // A late event: slot it in and shift the prefix sums after it.
+        // A late event: slot it in by time.
         let pos = self.times.partition_point(|&x| x <= t);
-        let before = if pos == 0 {
-            self.evicted
-        } else {
-            self.prefix[pos - 1]
-        };
         self.times.insert(pos, t);
-        self.prefix.insert(pos, before + v);
-        for p in self.prefix.iter_mut().skip(pos + 1) {
-            *p += v;
-        }
+        self.values.insert(pos, v);
         pos
     }
 
     /// Count and sum over events with time > `after` up to and including position `pos`.
     fn window(&self, pos: usize, after: i64) -> (i64, f64) {
         let lo = self.times.partition_point(|&x| x <= after);
-        let before = if lo == 0 {
-            self.evicted
-        } else {
-            self.prefix[lo - 1]
-        };
-        ((pos + 1 - lo) as i64, self.prefix[pos] - before)
+        let sum = self.values.range(lo..=pos).fold(0.0, |acc, v| acc + v);
+        ((pos + 1 - lo) as i64, sum)
     }
 
-    /// Drops events no later event can see.
-    fn evict(&mut self, max_span: i64) {
-        let horizon = self.latest.saturating_sub(max_span);
+    /// Drops events at or before `horizon`: no event still to come can see them.
+    fn evict(&mut self, horizon: i64) {
         while self.times.front().is_some_and(|&t| t <= horizon) {
             self.times.pop_front();
-            if let Some(p) = self.prefix.pop_front() {
-                self.evicted = p;
-            }
+            self.values.pop_front();
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.times.is_empty()
     }
 }
 
@@ -85,7 +70,9 @@ impl Series {
 ///
 /// Events must arrive in (event time, tie-break) order: the current event is counted and, among
 /// events of equal time, exactly those that came before it. An event later than the key's
-/// latest is slotted in by time (its window then sees what the key still holds).
+/// latest is slotted in by time (its window then sees what the key still holds). State follows
+/// the watermark ([`Operator::advance_watermark`]): events no window can see any more are
+/// dropped, and so are keys left with none.
 #[derive(Debug)]
 pub struct WindowAggregate {
     name: String,
@@ -97,6 +84,7 @@ pub struct WindowAggregate {
     outputs: Vec<(Aggregate, usize)>,
     fields: Vec<FieldRef>,
     state: KeyedState<Series>,
+    watermark: Watermark,
     appender: Appender,
 }
 
@@ -130,6 +118,7 @@ impl WindowAggregate {
             outputs: outputs.into_iter().map(|(a, s, _)| (a, s)).collect(),
             fields,
             state: KeyedState::default(),
+            watermark: Watermark::default(),
             appender: Appender::default(),
         }
     }
@@ -153,14 +142,15 @@ impl Operator for WindowAggregate {
         let ns = self.spans.len();
         // Per row and span: (count, sum).
         let mut agg = vec![(0i64, 0f64); n * ns];
-        let (spans, max_span) = (&self.spans, self.max_span);
+        let spans = &self.spans;
+        let horizon = self.watermark.horizon(self.max_span);
         self.state.for_each_row(&keys, |row, series| {
             let t = times[row];
             let pos = series.insert(t, values[row]);
             for (s, span) in spans.iter().enumerate() {
                 agg[row * ns + s] = series.window(pos, t.saturating_sub(*span));
             }
-            series.evict(max_span);
+            series.evict(horizon);
         });
         let arrays: Vec<ArrayRef> = self
             .outputs
@@ -177,5 +167,19 @@ impl Operator for WindowAggregate {
             })
             .collect();
         self.appender.append(batch, &self.fields, arrays)
+    }
+
+    fn advance_watermark(&mut self, watermark: i64) {
+        if self.watermark.advance(watermark, self.max_span) {
+            let horizon = self.watermark.horizon(self.max_span);
+            self.state.retain(|series| {
+                series.evict(horizon);
+                !series.is_empty()
+            });
+        }
+    }
+
+    fn keys(&self) -> usize {
+        self.state.len()
     }
 }

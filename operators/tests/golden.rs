@@ -42,9 +42,10 @@ fn tx(rows: &[(i64, i64, i64, i64, f64)]) -> RecordBatch {
     .expect("batch")
 }
 
-/// Fraud labels as (terminal, transaction time, label time, label).
-fn labels(rows: &[(i64, i64, i64, i64)]) -> RecordBatch {
+/// Fraud labels as (transaction id, terminal, transaction time, label time, label).
+fn labels(rows: &[(i64, i64, i64, i64, i64)]) -> RecordBatch {
     let schema = Schema::new(vec![
+        Field::new("TRANSACTION_ID", DataType::Int64, false),
         Field::new("TERMINAL_ID", DataType::Int64, false),
         Field::new("TX_DATETIME", utc(), false),
         Field::new("LABEL_TIME", utc(), false),
@@ -54,9 +55,10 @@ fn labels(rows: &[(i64, i64, i64, i64)]) -> RecordBatch {
         Arc::new(schema),
         vec![
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
-            ts(rows.iter().map(|r| r.1).collect()),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
             ts(rows.iter().map(|r| r.2).collect()),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3))),
+            ts(rows.iter().map(|r| r.3).collect()),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.4))),
         ],
     )
     .expect("labels")
@@ -134,7 +136,7 @@ fn delayed_label_risk_by_hand() {
     let mut chain = config(TERMINAL).build_chain().expect("chain");
     // Terminal 5: transactions at 0, 12h, 1d; the one at 12h is a fraud, known at 7d12h.
     chain
-        .observe_labels(&labels(&[(5, 12 * HOUR, 7 * DAY + 12 * HOUR, 1)]))
+        .observe_labels(&labels(&[(2, 5, 12 * HOUR, 7 * DAY + 12 * HOUR, 1)]))
         .expect("labels");
     let first = chain
         .process(tx(&[
@@ -165,7 +167,7 @@ fn labels_are_used_only_from_their_label_time() {
     chain.process(tx(&[(1, 0, 1, 5, 1.0)])).expect("process");
     // The label reaches the operator early but is known only at 9d.
     chain
-        .observe_labels(&labels(&[(5, 0, 9 * DAY, 1)]))
+        .observe_labels(&labels(&[(1, 5, 0, 9 * DAY, 1)]))
         .expect("labels");
     let out = chain
         .process(tx(&[(2, 7 * DAY, 1, 5, 1.0), (3, 9 * DAY - 1, 1, 5, 1.0)]))
@@ -173,12 +175,60 @@ fn labels_are_used_only_from_their_label_time() {
     assert_eq!(floats(&out, "RISK_1"), vec![0.0, 0.0]);
     // Genuine labels (0) never count as fraud.
     chain
-        .observe_labels(&labels(&[(5, 7 * DAY, 7 * DAY, 0)]))
+        .observe_labels(&labels(&[(2, 5, 7 * DAY, 7 * DAY, 0)]))
         .expect("labels");
     let out = chain
         .process(tx(&[(4, 14 * DAY, 1, 5, 1.0)]))
         .expect("process");
     assert_eq!(ints(&out, "NB_1"), vec![1]);
+    assert_eq!(floats(&out, "RISK_1"), vec![0.0]);
+}
+
+/// Labels are facts about transactions: a repeated label counts once, a label of a transaction
+/// the terminal never saw counts not at all, and a correction takes over from its label time on.
+#[test]
+fn labels_count_once_for_seen_transactions_and_corrections_take_over() {
+    let mut chain = config(TERMINAL).build_chain().expect("chain");
+    // Terminal 5: transactions 1 at 0 and 2 at 12h; 1 is a fraud, labelled twice; 99 (never
+    // seen at terminal 5) is labelled fraud too.
+    chain
+        .observe_labels(&labels(&[
+            (1, 5, 0, DAY, 1),
+            (1, 5, 0, DAY, 1),
+            (99, 5, 6 * HOUR, DAY, 1),
+        ]))
+        .expect("labels");
+    chain
+        .process(tx(&[(1, 0, 1, 5, 1.0), (2, 12 * HOUR, 1, 5, 1.0)]))
+        .expect("process");
+    // At 7d12h the window is (−12h, 12h]: transactions 1 and 2.
+    let out = chain
+        .process(tx(&[(3, 7 * DAY + 12 * HOUR, 2, 5, 1.0)]))
+        .expect("process");
+    assert_eq!(ints(&out, "NB_1"), vec![2]);
+    assert_eq!(
+        floats(&out, "RISK_1"),
+        vec![0.5],
+        "one fraud, counted once; 99 unseen"
+    );
+    // A correction known at 7d18h: transaction 1 was genuine after all.
+    chain
+        .observe_labels(&labels(&[(1, 5, 0, 7 * DAY + 18 * HOUR, 0)]))
+        .expect("labels");
+    let out = chain
+        .process(tx(&[
+            (4, 7 * DAY + 12 * HOUR + S, 2, 5, 1.0),
+            (5, 7 * DAY + 18 * HOUR - S, 2, 5, 1.0),
+        ]))
+        .expect("process");
+    // Before its label time the fraud label still holds; both windows hold transactions 1 and 2.
+    assert_eq!(ints(&out, "NB_1"), vec![2, 2]);
+    assert_eq!(floats(&out, "RISK_1"), vec![0.5, 0.5]);
+    let out = chain
+        .process(tx(&[(6, 7 * DAY + 18 * HOUR, 2, 5, 1.0)]))
+        .expect("process");
+    // From then on the correction holds: window (−6h, 18h] still has 1 and 2, no fraud.
+    assert_eq!(ints(&out, "NB_1"), vec![2]);
     assert_eq!(floats(&out, "RISK_1"), vec![0.0]);
 }
 

@@ -112,6 +112,7 @@ fn batch(ev: &[Event]) -> RecordBatch {
 fn labels(ev: &[Event]) -> RecordBatch {
     let frauds: Vec<&Event> = ev.iter().filter(|e| e.fraud == 1).collect();
     let schema = Schema::new(vec![
+        Field::new("TRANSACTION_ID", DataType::Int64, false),
         Field::new("TERMINAL_ID", DataType::Int64, false),
         Field::new("TX_DATETIME", utc(), false),
         Field::new("LABEL_TIME", utc(), false),
@@ -120,6 +121,7 @@ fn labels(ev: &[Event]) -> RecordBatch {
     RecordBatch::try_new(
         Arc::new(schema),
         vec![
+            Arc::new(Int64Array::from_iter_values(frauds.iter().map(|e| e.id))),
             Arc::new(Int64Array::from_iter_values(
                 frauds.iter().map(|e| e.terminal),
             )),
@@ -146,6 +148,13 @@ fn config() -> FeatureConfig {
 /// Runs the streaming chain over `ev` cut into batches at `cuts`; labels all arrive first (the
 /// operators must only use each from its label time on).
 fn stream(ev: &[Event], cuts: &[usize]) -> RecordBatch {
+    stream_with_watermark(ev, cuts, false).0
+}
+
+/// As [`stream`]; with `watermark`, before each batch the watermark moves to the batch's first
+/// event time (no later event is earlier), and after the last to beyond every window. Returns
+/// the keys still held at the end.
+fn stream_with_watermark(ev: &[Event], cuts: &[usize], watermark: bool) -> (RecordBatch, usize) {
     let mut chain = config().build_chain().expect("chain");
     chain.observe_labels(&labels(ev)).expect("labels");
     let all = batch(ev);
@@ -156,12 +165,21 @@ fn stream(ev: &[Event], cuts: &[usize]) -> RecordBatch {
     let outs: Vec<RecordBatch> = bounds
         .windows(2)
         .map(|w| {
+            if watermark {
+                chain.advance_watermark(ev[w[0]].time);
+            }
             chain
                 .process(all.slice(w[0], w[1] - w[0]))
                 .expect("process")
         })
         .collect();
-    concat_batches(&outs[0].schema(), &outs).expect("concat")
+    if watermark {
+        chain.advance_watermark(ev[ev.len() - 1].time + 100 * 24 * HOUR);
+    }
+    (
+        concat_batches(&outs[0].schema(), &outs).expect("concat"),
+        chain.keys(),
+    )
 }
 
 fn batch_query(ev: &[Event]) -> RecordBatch {
@@ -197,6 +215,14 @@ proptest! {
         let whole = stream(&ev, &[]);
         let split = stream(&ev, &cuts);
         prop_assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn the_watermark_frees_every_key_and_changes_no_value(ev in events(), cuts in prop::collection::vec(0usize..64, 0..8)) {
+        let (kept, _) = stream_with_watermark(&ev, &cuts, false);
+        let (freed, keys) = stream_with_watermark(&ev, &cuts, true);
+        prop_assert_eq!(kept, freed);
+        prop_assert_eq!(keys, 0, "keys held after the watermark passed every window");
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub const BATCH_ROWS: &str = "riskpipe_batch_rows";
 pub const STAGE_SECONDS: &str = "riskpipe_stage_seconds";
 /// Seconds from an input message's producer timestamp to its score's acknowledgement.
 pub const END_TO_END_SECONDS: &str = "riskpipe_end_to_end_seconds";
-/// Dead letters per kind (`kind`: oversized, empty, malformed, schema, invalid).
+/// Dead letters per kind (`kind`: oversized, empty, malformed, schema, invalid, late).
 pub const DEAD_LETTERS: &str = "riskpipe_dead_letters_total";
 /// Offset commits (`result`: ok, error).
 pub const COMMITS: &str = "riskpipe_commits_total";
@@ -23,6 +23,10 @@ pub const CONSUMER_ERRORS: &str = "riskpipe_consumer_errors_total";
 pub const CONSUMER_LAG: &str = "riskpipe_consumer_lag";
 /// 1 while the consumer holds partitions and the pipeline runs, else 0 (as `/ready`).
 pub const READY: &str = "riskpipe_ready";
+/// The event-time watermark, seconds since the epoch (absent until every partition sent one).
+pub const WATERMARK: &str = "riskpipe_watermark_seconds";
+/// Keys held in the feature operators' state (a key per operator that keeps it).
+pub const STATE_KEYS: &str = "riskpipe_state_keys";
 
 /// Buckets of the batch-size histogram (rows); every other histogram is seconds.
 pub const BATCH_ROWS_BUCKETS: [f64; 12] = [
@@ -75,6 +79,8 @@ pub fn describe() {
         READY,
         "1 while the consumer holds partitions and the pipeline runs"
     );
+    describe_gauge!(WATERMARK, "Event-time watermark, seconds since the epoch");
+    describe_gauge!(STATE_KEYS, "Keys held in the feature operators' state");
     // Series without labels exist from the start, so dashboards and alerts see 0, not nothing.
     counter!(CONSUMER_ERRORS).increment(0);
     gauge!(READY).set(0.0);
@@ -108,6 +114,14 @@ pub fn events_out(output: &'static str, n: u64) {
 /// One dead letter of `kind`.
 pub fn dead_letter(kind: &'static str) {
     counter!(DEAD_LETTERS, "kind" => kind).increment(1);
+}
+
+/// Where event time and the feature state stand after a batch.
+pub fn event_time(watermark_ns: i64, state_keys: usize) {
+    if watermark_ns != i64::MIN {
+        gauge!(WATERMARK).set(watermark_ns as f64 / 1e9);
+    }
+    gauge!(STATE_KEYS).set(state_keys as f64);
 }
 
 /// An offset commit ended with `ok`.

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use arrow::array::AsArray;
+use arrow::datatypes::{Float32Type, Int64Type};
 use rdkafka::Offset;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -366,6 +368,16 @@ pub(crate) const TOPICS: [(&str, i32); 5] = [
     ("riskpipe-dead-letter", 1),
 ];
 
+/// As [`TOPICS`], with transactions and labels on several partitions (the production setup:
+/// partitions interleave, so event time is out of order across them).
+pub(crate) const MULTI_PARTITION: [(&str, i32); 5] = [
+    ("transactions", 4),
+    ("fraud-labels", 3),
+    ("scores", 4),
+    ("alerts", 1),
+    ("riskpipe-dead-letter", 1),
+];
+
 /// A feed producer for `bootstrap`.
 pub(crate) fn producer(
     bootstrap: &str,
@@ -389,4 +401,25 @@ pub(crate) fn transaction_json(id: i64, customer: i64) -> String {
     format!(
         r#"{{"TRANSACTION_ID":{id},"TX_DATETIME":"2018-04-01T00:00:{id:02}Z","CUSTOMER_ID":{customer},"TERMINAL_ID":9,"TX_AMOUNT":12.5}}"#
     )
+}
+
+/// TRANSACTION_ID → SCORE of scored batches.
+pub(crate) fn scores_by_id(
+    batches: impl IntoIterator<Item = arrow::array::RecordBatch>,
+) -> HashMap<i64, f32> {
+    let mut out = HashMap::new();
+    for b in batches {
+        let id = b
+            .column_by_name("TRANSACTION_ID")
+            .expect("id")
+            .as_primitive::<Int64Type>();
+        let s = b
+            .column_by_name("SCORE")
+            .expect("score")
+            .as_primitive::<Float32Type>();
+        for i in 0..b.num_rows() {
+            out.insert(id.value(i), s.value(i));
+        }
+    }
+    out
 }

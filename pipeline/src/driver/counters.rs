@@ -72,9 +72,9 @@ impl Counters {
 
     pub(super) fn consumed(&self, payload: &Payload) {
         let (events, side) = match payload {
-            Payload::Messages(m) => {
-                let side = m.iter().filter(|m| m.side).count();
-                (m.len() - side, side)
+            Payload::Messages { messages, .. } => {
+                let side = messages.iter().filter(|m| m.side).count();
+                (messages.len() - side, side)
             }
             Payload::Rows { input, .. } => (
                 input.events.num_rows(),

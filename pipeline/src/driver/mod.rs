@@ -193,7 +193,7 @@ pub(crate) fn dead_letters_batch(e: &PipelineError) -> bool {
 /// Rows of a payload, for the batch-size metric.
 pub(crate) fn rows(payload: &Payload) -> usize {
     match payload {
-        Payload::Messages(m) => m.len(),
+        Payload::Messages { messages, .. } => messages.len(),
         Payload::Rows { input, .. } => {
             input.events.num_rows() + input.side.as_ref().map_or(0, |s| s.num_rows())
         }

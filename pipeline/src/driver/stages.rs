@@ -8,7 +8,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::decoders::{Decoder, Rejection};
 use crate::events::{self, Stage};
-use crate::jobs::{FeatureStage, Featured, Inputs, JobInput, JobOutput, RejectKind, ScoreStage};
+use crate::jobs::{
+    FeatureStage, Featured, Inputs, JobInput, JobOutput, Partitions, RejectKind, ScoreStage,
+};
 use crate::sinks::{DeadLetter, Origin, SinkBatch};
 use crate::sources::{Message, Payload, SourceBatch};
 use crate::{PipelineError, Result};
@@ -225,7 +227,7 @@ pub(super) fn decode<A: Send>(
                 work.first_row = Some(first_row);
                 (work, input)
             }
-            Payload::Messages(messages) => {
+            Payload::Messages { messages, held } => {
                 let mut per_topic: Vec<(Arc<str>, u64)> = Vec::new();
                 for m in &messages {
                     match per_topic.iter_mut().find(|(t, _)| *t == m.topic) {
@@ -259,6 +261,10 @@ pub(super) fn decode<A: Send>(
                 };
                 let (events, origins) =
                     decode_stream(decoder, &inputs.events, event_messages, &mut dead);
+                let partitions = Partitions {
+                    of_events: origins.iter().map(|m| m.partition).collect(),
+                    held,
+                };
                 let mut work = Work::new(batch.ack, events.num_rows());
                 work.created_ms = origins
                     .iter()
@@ -267,7 +273,15 @@ pub(super) fn decode<A: Send>(
                 work.origins = origins.into_iter().map(Some).collect();
                 work.side_origins = side_origins;
                 work.dead = dead;
-                (work, JobInput { side, events })
+                let partitions = Some(partitions);
+                (
+                    work,
+                    JobInput {
+                        side,
+                        events,
+                        partitions,
+                    },
+                )
             }
         };
         events::stage_time(Stage::Decode, started.elapsed().as_secs_f64());

@@ -59,7 +59,11 @@ impl Source for Numbers {
         let events = RecordBatch::try_from_iter([("X", x)])?;
         Ok(Some(SourceBatch {
             payload: Payload::Rows {
-                input: JobInput { side: None, events },
+                input: JobInput {
+                    side: None,
+                    events,
+                    partitions: None,
+                },
                 first_row: n * ROWS,
             },
             ack: n,
@@ -245,12 +249,15 @@ impl Source for OneMessageBatch {
             created_ms: Some(0),
         };
         Ok(Some(SourceBatch {
-            payload: Payload::Messages(vec![
-                message(false, 0, r#"{"X": 1}"#),
-                message(true, 0, r#"{"Y": 2}"#),
-                message(false, 1, r#"{"X": "#),
-                message(false, 2, r#"{"X": 1}"#),
-            ]),
+            payload: Payload::Messages {
+                messages: vec![
+                    message(false, 0, r#"{"X": 1}"#),
+                    message(true, 0, r#"{"Y": 2}"#),
+                    message(false, 1, r#"{"X": "#),
+                    message(false, 2, r#"{"X": 1}"#),
+                ],
+                held: Arc::from([0]),
+            },
             ack: 0,
         }))
     }
@@ -344,6 +351,7 @@ impl Source for Quiet {
                     input: JobInput {
                         side: None,
                         events: RecordBatch::try_from_iter([("X", x)])?,
+                        partitions: None,
                     },
                     first_row: 0,
                 },

@@ -13,6 +13,7 @@
 //! implemented: they answer [`PipelineError::StateNotSupported`]), the seam checkpoints use.
 //! [`build`] is the registry: one line per job kind.
 
+pub mod event_time;
 pub mod fraud;
 pub mod market;
 
@@ -34,6 +35,19 @@ pub struct JobInput {
     pub side: Option<RecordBatch>,
     /// The events to score, in order.
     pub events: RecordBatch,
+    /// Where each event came from, for the watermark; `None` for a history, read in event-time
+    /// order as one partition.
+    pub partitions: Option<Partitions>,
+}
+
+/// The input partition of each event, and every partition of the events' topic the source
+/// holds now.
+#[derive(Debug, Clone)]
+pub struct Partitions {
+    /// Partition of each row of [`JobInput::events`].
+    pub of_events: Vec<i32>,
+    /// Partitions held (assigned); the watermark waits for each of them.
+    pub held: Arc<[i32]>,
 }
 
 /// Why an input was refused: the dead letter's `riskpipe.error.kind`.
@@ -47,8 +61,11 @@ pub enum RejectKind {
     Malformed,
     /// Decodable, but not the published schema (missing, unknown or mistyped field).
     Schema,
-    /// In the schema, but a value the job cannot take (a non-positive price, a late tick).
+    /// In the schema, but a value the job cannot take (a non-positive price, a late tick, an
+    /// event time too far in the future).
     Invalid,
+    /// Behind the watermark by more than the allowed lateness.
+    Late,
 }
 
 impl RejectKind {
@@ -60,6 +77,7 @@ impl RejectKind {
             RejectKind::Malformed => "malformed",
             RejectKind::Schema => "schema",
             RejectKind::Invalid => "invalid",
+            RejectKind::Late => "late",
         }
     }
 }
@@ -228,12 +246,14 @@ pub trait JobKind: std::fmt::Debug + Send + Sync {
     }
     /// Reads a history file.
     fn load(&self, input: &Path) -> Result<History>;
-    /// A history from decoded Kafka messages: the events of a range, and every side event.
+    /// A history from decoded Kafka messages: the events of a range (with their partitions,
+    /// each in offset order), and every side event.
     fn history(
         &self,
         source: &str,
         events: RecordBatch,
         side: Option<RecordBatch>,
+        partitions: Partitions,
     ) -> Result<History>;
     /// Evaluates a replay and writes the report's files into `out_dir`.
     fn evaluate(

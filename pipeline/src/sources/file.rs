@@ -2,12 +2,15 @@
 //! schema, order it by event time and derive the fraud-label events a live deployment would have
 //! received.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray};
+use arrow::array::{
+    Array, ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray, UInt32Array,
+};
 use arrow::compute::{
     SortColumn, cast, concat_batches, filter_record_batch, lexsort_to_indices, sort_to_indices,
     take_record_batch,
@@ -20,6 +23,7 @@ use riskpipe_operators::{FeatureConfig, columns};
 use riskpipe_schemas::{label, tx};
 
 use super::history::History;
+use crate::jobs::Partitions;
 use crate::jobs::fraud::{FraudConfig, ReplayConfig};
 use crate::{PipelineError, Result};
 
@@ -30,7 +34,7 @@ fn bad(path: &Path, msg: impl std::fmt::Display) -> PipelineError {
 /// Reads, checks and orders a fraud history file for replay.
 pub fn load(cfg: &FraudConfig, input: &Path) -> Result<History> {
     let raw = read_file(input)?;
-    prepare(input, raw, &cfg.features, &cfg.replay)
+    prepare(input, raw, &cfg.features, &cfg.replay, None)
 }
 
 /// Reads every row of a Parquet or CSV file (by extension; `.csv` and `.csv.gz`-less CSV only).
@@ -78,12 +82,14 @@ type Requirement<'a> = (&'a str, fn(&DataType) -> bool, &'a str);
 /// Checks the columns replay needs (present, right type, no nulls — naming the first bad row),
 /// conforms the transaction columns to the transaction schema (other columns, such as the label,
 /// follow them), turns the event time into UTC nanoseconds and orders by (event time,
-/// tie-break).
+/// tie-break). Rows read from a topic (`partitions`) keep each partition's own order: its
+/// partitions are merged by (event time, tie-break) as a consumer reading all of them would.
 pub fn prepare(
     path: &Path,
     batch: RecordBatch,
     features: &FeatureConfig,
     replay: &ReplayConfig,
+    partitions: Option<Partitions>,
 ) -> Result<History> {
     let utc = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
     let mut required: Vec<Requirement<'_>> = vec![
@@ -175,7 +181,7 @@ pub fn prepare(
         .column_by_name(&features.order_by)
         .cloned()
         .ok_or_else(|| bad(path, "no order column"))?;
-    let indices = lexsort_to_indices(
+    let mut indices = lexsort_to_indices(
         &[
             SortColumn {
                 values: time_ns,
@@ -188,9 +194,31 @@ pub fn prepare(
         ],
         None,
     )?;
+    let partitions = match partitions {
+        Some(p) if p.of_events.len() == batch.num_rows() => {
+            indices = merge_partitions(&indices, &p.of_events);
+            Some(Partitions {
+                of_events: indices
+                    .values()
+                    .iter()
+                    .map(|&r| p.of_events[r as usize])
+                    .collect(),
+                held: p.held,
+            })
+        }
+        Some(p) => {
+            return Err(PipelineError::Bug(format!(
+                "{} partitions for {} rows",
+                p.of_events.len(),
+                batch.num_rows()
+            )));
+        }
+        None => None,
+    };
     let transactions = take_record_batch(&batch, &indices)?;
     let labels = derive_labels(&transactions, features, replay)?;
     Ok(History {
+        partitions,
         source_rows: Some(indices.values().iter().copied().collect()),
         events: transactions,
         event_time: features.event_time.clone(),
@@ -201,6 +229,37 @@ pub fn prepare(
             .map(|r| r.label_time.clone())
             .unwrap_or_else(|| riskpipe_schemas::label::LABEL_TIME.into()),
     })
+}
+
+/// Rows in `sorted` order of (event time, tie-break), reordered so that the rows of each
+/// partition keep their input (offset) order: a merge that always takes the partition whose
+/// next row sorts first. When every partition is in order this is `sorted` itself.
+fn merge_partitions(sorted: &UInt32Array, partitions: &[i32]) -> UInt32Array {
+    let mut rank = vec![0u32; partitions.len()];
+    for (r, &row) in sorted.values().iter().enumerate() {
+        rank[row as usize] = r as u32;
+    }
+    // Each partition's rows in input order, reversed so the next one pops off the end.
+    let mut lanes: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
+    for (row, &p) in partitions.iter().enumerate().rev() {
+        lanes.entry(p).or_default().push(row as u32);
+    }
+    let mut lanes: Vec<Vec<u32>> = lanes.into_values().collect();
+    let mut heads: BinaryHeap<Reverse<(u32, usize)>> = lanes
+        .iter()
+        .enumerate()
+        .filter_map(|(lane, rows)| rows.last().map(|&row| Reverse((rank[row as usize], lane))))
+        .collect();
+    let mut out = Vec::with_capacity(partitions.len());
+    while let Some(Reverse((_, lane))) = heads.pop() {
+        if let Some(row) = lanes[lane].pop() {
+            out.push(row);
+        }
+        if let Some(&next) = lanes[lane].last() {
+            heads.push(Reverse((rank[next as usize], lane)));
+        }
+    }
+    UInt32Array::from(out)
 }
 
 /// The transaction schema's columns first, cast to their types (an `Int32` id becomes `Int64`),
@@ -323,12 +382,14 @@ pub fn derive_labels(
 }
 
 /// Decoded transactions with the truth column set from the decoded labels, and the labels of
-/// those transactions as label events in label-time order (a Kafka range replay).
+/// those transactions as label events in label-time order (a Kafka range replay). Each
+/// partition of the transactions keeps its offset order.
 pub fn from_decoded(
     cfg: &FraudConfig,
     source: &str,
     transactions: RecordBatch,
     labels: Option<RecordBatch>,
+    partitions: Partitions,
 ) -> Result<History> {
     let labels =
         labels.unwrap_or_else(|| RecordBatch::new_empty(riskpipe_schemas::fraud_label_schema()));
@@ -367,7 +428,13 @@ pub fn from_decoded(
     let mut columns_ = transactions.columns().to_vec();
     columns_.push(Arc::new(truth));
     let with_truth = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns_)?;
-    let mut history = prepare(Path::new(source), with_truth, &cfg.features, &cfg.replay)?;
+    let mut history = prepare(
+        Path::new(source),
+        with_truth,
+        &cfg.features,
+        &cfg.replay,
+        Some(partitions),
+    )?;
     // The label events as they were published (their own label times), in label-time order.
     let label_time = columns::get(&labels, label::LABEL_TIME)?;
     let order = sort_to_indices(label_time, None, None)?;

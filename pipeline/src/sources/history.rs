@@ -12,13 +12,13 @@ use riskpipe_operators::columns;
 
 use super::{NoAck, Payload, Source, SourceBatch, Stop};
 use crate::Result;
-use crate::jobs::JobInput;
+use crate::jobs::{JobInput, Partitions};
 
 /// Events ordered for replay, and the side events they may use.
 #[derive(Debug, Clone)]
 pub struct History {
-    /// Events ordered by event time (fraud: then by the tie-break column), event time as UTC
-    /// nanoseconds in `event_time`.
+    /// Events ordered by event time (fraud: then by the tie-break column; from a topic, each
+    /// partition in offset order), event time as UTC nanoseconds in `event_time`.
     pub events: RecordBatch,
     /// The event-time column of `events`.
     pub event_time: String,
@@ -29,6 +29,9 @@ pub struct History {
     pub side_time: String,
     /// Row of the source (file) of each event, when ordering moved them.
     pub source_rows: Option<Arc<[u32]>>,
+    /// The input partition of each event, for a history read from a topic: each partition in
+    /// offset order, merged by event time. `None`: one partition in event-time order.
+    pub partitions: Option<Partitions>,
 }
 
 impl History {
@@ -42,8 +45,13 @@ impl History {
 
     /// The first `rows` events, with every side event.
     pub fn head(&self, rows: usize) -> History {
+        let rows = rows.min(self.events.num_rows());
         History {
-            events: self.events.slice(0, rows.min(self.events.num_rows())),
+            events: self.events.slice(0, rows),
+            partitions: self.partitions.as_ref().map(|p| Partitions {
+                of_events: p.of_events[..rows.min(p.of_events.len())].to_vec(),
+                held: p.held.clone(),
+            }),
             ..self.clone()
         }
     }
@@ -92,7 +100,12 @@ impl HistorySource {
             return None;
         }
         let len = self.batch_rows.min(events.num_rows() - start);
-        let last_time = self.times[start + len - 1];
+        // The batch's latest event time (the last one's, unless a partition is out of order).
+        let last_time = self.times[start..start + len]
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(i64::MIN);
         let side = match (&self.history.side, &self.side_times) {
             (Some(side), Some(times)) => {
                 let from = self.next_side;
@@ -108,6 +121,12 @@ impl HistorySource {
                 input: JobInput {
                     side,
                     events: events.slice(start, len),
+                    partitions: self.history.partitions.as_ref().map(|p| Partitions {
+                        of_events: p.of_events
+                            [start.min(p.of_events.len())..(start + len).min(p.of_events.len())]
+                            .to_vec(),
+                        held: p.held.clone(),
+                    }),
                 },
                 first_row: start,
             },

@@ -41,9 +41,24 @@ struct Context {
     brokers_up: AtomicBool,
     last_error: Mutex<Option<String>>,
     errors: Throttle,
+    /// The events topic, and its partitions this consumer holds.
+    events_topic: String,
+    held: Mutex<Arc<[i32]>>,
 }
 
 impl Context {
+    fn hold(&self, partitions: Arc<[i32]>) {
+        if let Ok(mut held) = self.held.lock() {
+            *held = partitions;
+        }
+    }
+
+    fn held(&self) -> Arc<[i32]> {
+        self.held
+            .lock()
+            .map_or_else(|_| Arc::from([]), |h| h.clone())
+    }
+
     fn update_ready(&self) {
         self.health.set_ready(
             self.assigned.load(Ordering::Relaxed) && self.brokers_up.load(Ordering::Relaxed),
@@ -91,6 +106,13 @@ impl ConsumerContext for Context {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
+                let mut events: Vec<i32> = tpl
+                    .elements_for_topic(&self.events_topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+                events.sort_unstable();
+                self.hold(Arc::from(events));
                 self.assigned.store(tpl.count() > 0, Ordering::Relaxed);
                 self.ever_assigned.store(true, Ordering::Relaxed);
                 // An assignment comes through a live coordinator.
@@ -99,6 +121,7 @@ impl ConsumerContext for Context {
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
+                self.hold(Arc::from([]));
                 self.assigned.store(false, Ordering::Relaxed);
                 self.update_ready();
             }
@@ -177,6 +200,8 @@ impl KafkaSource {
             brokers_up: AtomicBool::new(true),
             last_error: Mutex::new(None),
             errors: Throttle::new(Duration::from_secs(10)),
+            events_topic: kafka.events_topic(streams).to_string(),
+            held: Mutex::new(Arc::from([])),
         };
         let consumer: Consumer_ = cfg
             .create_with_context(context)
@@ -238,7 +263,7 @@ impl KafkaSource {
         }
     }
 
-    fn batch(messages: Vec<Message>) -> SourceBatch<Offsets> {
+    fn batch(&self, messages: Vec<Message>) -> SourceBatch<Offsets> {
         let mut offsets = Offsets::new();
         for m in &messages {
             let e = offsets
@@ -247,7 +272,10 @@ impl KafkaSource {
             *e = (*e).max(m.offset);
         }
         SourceBatch {
-            payload: Payload::Messages(messages),
+            payload: Payload::Messages {
+                messages,
+                held: self.consumer.context().held(),
+            },
             ack: offsets,
         }
     }
@@ -263,7 +291,7 @@ impl Source for KafkaSource {
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             if *stop.borrow() {
-                return Ok((!batch.is_empty()).then(|| Self::batch(batch)));
+                return Ok((!batch.is_empty()).then(|| self.batch(batch)));
             }
             let context = self.consumer.context();
             // Never assigned a partition: the brokers are unreachable or the group never formed.
@@ -288,11 +316,11 @@ impl Source for KafkaSource {
                 changed = stop.changed() => {
                     // The driver went away: as good as a stop.
                     if changed.is_err() {
-                        return Ok((!batch.is_empty()).then(|| Self::batch(batch)));
+                        return Ok((!batch.is_empty()).then(|| self.batch(batch)));
                     }
                 }
                 () = async { if let Some(d) = flush_at { tokio::time::sleep_until(d).await } }, if flush_at.is_some() => {
-                    return Ok(Some(Self::batch(batch)));
+                    return Ok(Some(self.batch(batch)));
                 }
                 m = consumer.recv() => match m {
                     Ok(m) => {
@@ -302,7 +330,7 @@ impl Source for KafkaSource {
                         self.take_ready(&mut batch);
                         // Bigger batches for more latency only when asked for.
                         if batch.len() >= self.max_rows || self.max_delay.is_zero() {
-                            return Ok(Some(Self::batch(batch)));
+                            return Ok(Some(self.batch(batch)));
                         }
                     }
                     Err(e) => {

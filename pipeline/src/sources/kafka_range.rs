@@ -3,8 +3,10 @@
 //!
 //! Events between two bounds (offsets, or timestamps resolved with the broker's
 //! offsets-for-times) are read with an assigned consumer that commits nothing, decoded with the
-//! live path's decoder and ordered by the job kind (for a fraud job, the fraud labels of those
-//! transactions become the label events and the truth column the report evaluates).
+//! live path's decoder and ordered by the job kind (for a fraud job: each partition in offset
+//! order, merged by event time, so the event-time policy sees each partition as live did; the
+//! fraud labels of those transactions become the label events and the truth column the report
+//! evaluates).
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::history::History;
 use crate::config::PipelineConfig;
 use crate::decoders::Decoder;
+use crate::jobs::Partitions;
 use crate::kafka::KafkaConfig;
 use crate::{PipelineError, Result};
 
@@ -34,6 +37,10 @@ pub enum Bound {
 pub struct TopicRead {
     /// Payloads, partition by partition, each in offset order.
     pub payloads: Vec<Vec<u8>>,
+    /// The partition of each payload.
+    pub partitions: Vec<i32>,
+    /// Every partition of the topic.
+    pub all: Vec<i32>,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -104,6 +111,7 @@ pub fn read_topic(kafka: &KafkaConfig, topic: &str, from: Bound, to: Bound) -> R
     let starts = resolve(&consumer, topic, &partitions, from, false)?;
     let ends = resolve(&consumer, topic, &partitions, to, true)?;
     let mut payloads = Vec::new();
+    let mut of_payloads = Vec::new();
     for ((&p, &start), &end) in partitions.iter().zip(&starts).zip(&ends) {
         if start >= end {
             continue;
@@ -125,6 +133,7 @@ pub fn read_topic(kafka: &KafkaConfig, topic: &str, from: Bound, to: Bound) -> R
                     }
                     next = m.offset() + 1;
                     payloads.push(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
+                    of_payloads.push(p);
                 }
                 Some(Err(e)) => return Err(PipelineError::kafka("reading the range")(e)),
                 None if idle.elapsed() > TIMEOUT => {
@@ -142,7 +151,11 @@ pub fn read_topic(kafka: &KafkaConfig, topic: &str, from: Bound, to: Bound) -> R
             }
         }
     }
-    Ok(TopicRead { payloads })
+    Ok(TopicRead {
+        payloads,
+        partitions: of_payloads,
+        all: partitions,
+    })
 }
 
 /// A history from Kafka: the events of the range and every side event, decoded and handed to
@@ -176,5 +189,17 @@ pub fn history(
         }
         _ => None,
     };
-    Ok((kind.history(topic, decoded.batch, side)?, rejected))
+    // Each event's partition: the history keeps every partition in offset order, as live read it.
+    let partitions = Partitions {
+        of_events: decoded
+            .accepted
+            .iter()
+            .filter_map(|&i| read.partitions.get(i).copied())
+            .collect(),
+        held: read.all.into(),
+    };
+    Ok((
+        kind.history(topic, decoded.batch, side, partitions)?,
+        rejected,
+    ))
 }

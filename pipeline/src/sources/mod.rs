@@ -46,7 +46,13 @@ pub struct Message {
 #[derive(Debug)]
 pub enum Payload {
     /// Messages for the decoders.
-    Messages(Vec<Message>),
+    Messages {
+        /// The messages, in arrival order.
+        messages: Vec<Message>,
+        /// Every partition of the events topic the source holds now: the watermark waits for
+        /// each of them.
+        held: Arc<[i32]>,
+    },
     /// Rows already decoded; `first_row` numbers the batch's first event in the whole input.
     Rows {
         /// The rows.

@@ -69,6 +69,7 @@ pub fn ordered(ticks: RecordBatch, keep_rows: bool) -> Result<History> {
         side: None,
         side_time: String::new(),
         source_rows: keep_rows.then(|| order.into()),
+        partitions: None,
     })
 }
 

@@ -6,12 +6,17 @@ use std::time::Duration;
 use riskpipe_operators::FeatureConfig;
 use serde::Deserialize;
 
+use crate::jobs::event_time::EventTimeConfig;
+
 /// A fraud-scoring job.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FraudConfig {
     /// Feature definitions, shared by live scoring, replay and the batch export.
     pub features: FeatureConfig,
+    /// How far a transaction may be ahead of or behind the watermark.
+    #[serde(default)]
+    pub event_time: EventTimeConfig,
     /// How a history file is replayed.
     #[serde(default)]
     pub replay: ReplayConfig,
@@ -81,6 +86,12 @@ impl FraudConfig {
             .into_iter()
             .map(|e| format!("job.features: {e}"))
             .collect();
+        if self.event_time.max_future_skew.is_zero() {
+            p.push(
+                "job.event_time.max_future_skew must be more than 0 (time would stand still)"
+                    .into(),
+            );
+        }
         if self.replay.batch_rows == 0 {
             p.push("job.replay.batch_rows must be at least 1".into());
         }

@@ -1,9 +1,11 @@
 //! The fraud job: transactions and delayed fraud labels in; one score per transaction and an
 //! alert (with its top reasons) per score at or over the threshold out.
 //!
-//! Features: fraud labels first (operators use a label only from its label time on, so the
-//! result does not depend on how labels and transactions share micro-batches), then the
-//! transactions through the [`FeatureChain`] of `[job.features]`.
+//! Features: transactions checked against the watermark ([`EventClock`]: too far in the
+//! future, or too late, is refused before touching state), fraud labels (operators use a label
+//! only from its label time on, so the result does not depend on how labels and transactions
+//! share micro-batches), then the accepted transactions through the [`FeatureChain`] of
+//! `[job.features]`, whose state follows the watermark.
 //! Score: the model ([`FraudModel`]), alerts and their occlusion reasons, output records.
 
 pub mod backtest;
@@ -15,7 +17,8 @@ pub mod report;
 
 use std::path::{Path, PathBuf};
 
-use arrow::array::RecordBatch;
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
 use riskpipe_models::Scorer;
 use riskpipe_operators::{FeatureChain, columns};
 use riskpipe_schemas::{fraud_label_schema, score, transaction_schema};
@@ -24,7 +27,11 @@ pub use config::{FraudConfig, ReplayConfig, SplitConfig};
 pub use model::FraudModel;
 
 use super::Repeated;
-use super::{FeatureStage, Featured, Inputs, Job, JobInput, JobKind, JobOutput, ScoreStage};
+use super::event_time::EventClock;
+use super::{
+    FeatureStage, Featured, Inputs, Job, JobInput, JobKind, JobOutput, Partitions, Reject,
+    ScoreStage,
+};
 use crate::backtest::{Options, Replayed, Report};
 use crate::config::{PipelineConfig, Streams};
 use crate::sources::file;
@@ -49,6 +56,8 @@ pub fn inputs() -> Inputs {
 pub fn feature_stage(cfg: &FraudConfig) -> Result<Box<dyn FeatureStage>> {
     Ok(Box::new(FraudFeatures {
         chain: cfg.features.build_chain()?,
+        clock: EventClock::new(cfg.event_time),
+        event_time: cfg.features.event_time.clone(),
     }))
 }
 
@@ -88,27 +97,57 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
     })
 }
 
-/// Labels into the operators' state, then the transactions through the feature chain.
+/// Transactions checked against the watermark; labels into the operators' state; then the
+/// accepted transactions through the feature chain.
 #[derive(Debug)]
 struct FraudFeatures {
     chain: FeatureChain,
+    clock: EventClock,
+    event_time: String,
 }
 
 impl FeatureStage for FraudFeatures {
     fn process(&mut self, input: JobInput) -> Result<Featured> {
+        if let Some(p) = &input.partitions {
+            self.clock.hold(&p.held);
+        }
+        // State is freed up to where the batch's events can still look: they are all at or
+        // after the watermark as it stands before them, less the allowed lateness.
+        self.chain.advance_watermark(self.clock.state_watermark());
+        let mut rejects = Vec::new();
+        let events = if input.events.num_rows() > 0 {
+            let times = columns::event_times(&input.events, &self.event_time)?;
+            let mut keep = Vec::with_capacity(times.len());
+            for (row, &t) in times.iter().enumerate() {
+                let partition = input
+                    .partitions
+                    .as_ref()
+                    .and_then(|p| p.of_events.get(row).copied())
+                    .unwrap_or(0);
+                match self.clock.admit(partition, t) {
+                    Ok(()) => keep.push(row as u32),
+                    Err((kind, reason)) => rejects.push(Reject { row, kind, reason }),
+                }
+            }
+            if rejects.is_empty() {
+                input.events
+            } else {
+                take_record_batch(&input.events, &UInt32Array::from(keep))?
+            }
+        } else {
+            input.events
+        };
         // Labels first: operators use a label only from its label time on.
         if let Some(labels) = input.side.as_ref().filter(|l| l.num_rows() > 0) {
             self.chain.observe_labels(labels)?;
         }
-        let batch = if input.events.num_rows() > 0 {
-            self.chain.process(input.events)?
+        let batch = if events.num_rows() > 0 {
+            self.chain.process(events)?
         } else {
-            input.events
+            events
         };
-        Ok(Featured {
-            batch,
-            rejects: Vec::new(),
-        })
+        crate::events::event_time(self.clock.watermark(), self.chain.keys());
+        Ok(Featured { batch, rejects })
     }
 }
 
@@ -204,8 +243,9 @@ impl JobKind for FraudConfig {
         source: &str,
         events: RecordBatch,
         side: Option<RecordBatch>,
+        partitions: Partitions,
     ) -> Result<History> {
-        file::from_decoded(self, source, events, side)
+        file::from_decoded(self, source, events, side, partitions)
     }
 
     fn evaluate(

@@ -273,7 +273,9 @@ impl JobKind for MarketConfig {
         _source: &str,
         events: RecordBatch,
         _side: Option<RecordBatch>,
+        _partitions: super::Partitions,
     ) -> Result<History> {
+        // Ticks are ordered by time per instrument; the market job has no event-time policy.
         tick_files::ordered(events, false)
     }
 
