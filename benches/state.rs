@@ -1,6 +1,7 @@
 //! Memory of the fraud job's keyed feature state: bytes per key and resident memory with 1M
-//! distinct customers (and 100k terminals) in the windows, then after the watermark has passed
-//! every window. Drives the shipped handbook job's feature stage, as the driver does.
+//! distinct customers (and 100k terminals) in the windows; after the watermark has passed every
+//! window; and with 1M new customers after that (memory freed is reused, not grown). Drives the
+//! shipped handbook job's feature stage, as the driver does.
 //!
 //! `cargo bench --bench state` (release). RISKPIPE_BENCH_KEYS sets the customers (default 1M).
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int64Array, RecordBatch, TimestampNanosecondArray};
 use riskpipe_pipeline::PipelineConfig;
-use riskpipe_pipeline::jobs::{JobInput, fraud};
+use riskpipe_pipeline::jobs::{FeatureStage, JobInput, fraud};
 
 const DAY: i64 = 86_400_000_000_000;
 /// 2018-04-01T00:00:00Z
@@ -54,7 +55,51 @@ fn main() {
         .unwrap_or(1_000_000);
     let cfg = PipelineConfig::handbook().expect("config");
     let mut stage = fraud::feature_stage(cfg.fraud().expect("fraud job")).expect("stage");
-    let mut run = |batch: RecordBatch| {
+    let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
+    let before = rss();
+    wave(stage.as_mut(), 0..keys, 0);
+    let loaded = rss();
+    let keys_loaded = stage.state_keys().expect("the fraud job counts its keys");
+    println!(
+        "{keys} customers, 1 transaction each, in the windows: {keys_loaded} keys held (customers + terminals, per operator), RSS {:.0} MiB (+{:.0} MiB), {:.0} bytes per customer",
+        mib(loaded),
+        mib(loaded.saturating_sub(before)),
+        loaded.saturating_sub(before) as f64 / keys as f64,
+    );
+    // Then 60 days with 100 new customers a day: the watermark passes every window (30 days;
+    // the terminal risk's 7-day delay + 30 days) and the old keys are dropped.
+    for day in 1..=60 {
+        let from = keys + day * 100;
+        wave(stage.as_mut(), from..from + 100, day);
+    }
+    let after = rss();
+    println!(
+        "60 days on: {} keys held, RSS {:.0} MiB ({:.0} MiB given back to the OS)",
+        stage.state_keys().unwrap_or_default(),
+        mib(after),
+        mib(loaded.saturating_sub(after)),
+    );
+    // 1M new customers: the memory freed is reused.
+    wave(stage.as_mut(), 2 * keys..3 * keys, 61);
+    let again = rss();
+    println!(
+        "{keys} new customers: {} keys held, RSS {:.0} MiB (+{:.0} MiB over the first load's peak)",
+        stage.state_keys().unwrap_or_default(),
+        mib(again),
+        mib(again.saturating_sub(loaded)),
+    );
+}
+
+/// Every customer of `ids` once within day `day` (days after 2018-04-01), through the stage.
+fn wave(stage: &mut dyn FeatureStage, ids: std::ops::Range<i64>, day: i64) {
+    let n = ids.end - ids.start;
+    for from in (ids.start..ids.end).step_by(8192) {
+        let to = (from + 8192).min(ids.end);
+        let batch = transactions(
+            from..to,
+            START + day * DAY + (from - ids.start) * (DAY / n),
+            (to - from) * (DAY / n),
+        );
         let rows = batch.num_rows();
         let out = stage
             .process(JobInput {
@@ -64,36 +109,5 @@ fn main() {
             })
             .expect("features");
         assert_eq!(out.batch.num_rows(), rows, "nothing refused");
-    };
-    let before = rss();
-    // Every customer once within one day: all of them inside the windows.
-    let step = 8192;
-    for from in (0..keys).step_by(step) {
-        let to = (from + step as i64).min(keys);
-        run(transactions(
-            from..to,
-            START + from * (DAY / keys),
-            (to - from) * (DAY / keys),
-        ));
     }
-    let loaded = rss();
-    let per_key = loaded.saturating_sub(before) as f64 / keys as f64;
-    println!(
-        "{keys} customers + {} terminals in the windows: RSS {:.0} MiB (+{:.0} MiB), {per_key:.0} bytes per customer (with its transaction and terminal share)",
-        keys.min(100_000),
-        loaded as f64 / 1048576.0,
-        loaded.saturating_sub(before) as f64 / 1048576.0,
-    );
-    // 60 days later, a trickle of new customers: the watermark passes every window (30 days,
-    // and the terminal risk's 7-day delay + 30 days) and the old keys are dropped.
-    for day in 0..60 {
-        let from = keys + day * 100;
-        run(transactions(from..from + 100, START + (day + 1) * DAY, DAY));
-    }
-    let after = rss();
-    println!(
-        "after the watermark passed every window: RSS {:.0} MiB ({:.0} MiB freed)",
-        after as f64 / 1048576.0,
-        loaded.saturating_sub(after) as f64 / 1048576.0
-    );
 }

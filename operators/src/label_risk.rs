@@ -48,9 +48,9 @@ struct KeyHistory {
     /// Event times of the key's transactions, sorted, with their ids.
     times: VecDeque<(i64, i64)>,
     /// Ids of the transactions in `times`.
-    seen: HashSet<i64>,
+    seen: HashSet<i64, ahash::RandomState>,
     /// Labels by transaction id (also of transactions not seen yet: labels may come first).
-    labels: HashMap<i64, Labels>,
+    labels: HashMap<i64, Labels, ahash::RandomState>,
 }
 
 impl KeyHistory {

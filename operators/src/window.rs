@@ -46,11 +46,28 @@ impl Series {
         pos
     }
 
-    /// Count and sum over events with time > `after` up to and including position `pos`.
-    fn window(&self, pos: usize, after: i64) -> (i64, f64) {
-        let lo = self.times.partition_point(|&x| x <= after);
-        let sum = self.values.range(lo..=pos).fold(0.0, |acc, v| acc + v);
-        ((pos + 1 - lo) as i64, sum)
+    /// Count and sum, for each span, over events with time > `t - span` up to and including
+    /// position `pos`, into `out` (by span index). `shortest_first` lists the span indices from
+    /// the shortest span to the longest: one backward pass from `pos` serves every span, adding
+    /// each window's values from its latest to its earliest.
+    fn windows(
+        &self,
+        pos: usize,
+        t: i64,
+        spans: &[i64],
+        shortest_first: &[usize],
+        out: &mut [(i64, f64)],
+    ) {
+        let (mut next, mut sum) = (pos + 1, 0.0);
+        for &s in shortest_first {
+            let after = t.saturating_sub(spans[s]);
+            let lo = self.times.partition_point(|&x| x <= after).min(next);
+            while next > lo {
+                next -= 1;
+                sum += self.values[next];
+            }
+            out[s] = ((pos + 1 - lo) as i64, sum);
+        }
     }
 
     /// Drops events at or before `horizon`: no event still to come can see them.
@@ -80,6 +97,8 @@ pub struct WindowAggregate {
     value: String,
     time: String,
     spans: Vec<i64>,
+    /// Span indices from the shortest span to the longest.
+    shortest_first: Vec<usize>,
     max_span: i64,
     outputs: Vec<(Aggregate, usize)>,
     fields: Vec<FieldRef>,
@@ -114,6 +133,11 @@ impl WindowAggregate {
             value: value.into(),
             time: time.into(),
             max_span: spans.iter().copied().max().unwrap_or(0),
+            shortest_first: {
+                let mut order: Vec<usize> = (0..spans.len()).collect();
+                order.sort_by_key(|&i| spans[i]);
+                order
+            },
             spans,
             outputs: outputs.into_iter().map(|(a, s, _)| (a, s)).collect(),
             fields,
@@ -142,14 +166,18 @@ impl Operator for WindowAggregate {
         let ns = self.spans.len();
         // Per row and span: (count, sum).
         let mut agg = vec![(0i64, 0f64); n * ns];
-        let spans = &self.spans;
+        let (spans, shortest_first) = (&self.spans, &self.shortest_first);
         let horizon = self.watermark.horizon(self.max_span);
         self.state.for_each_row(&keys, |row, series| {
             let t = times[row];
             let pos = series.insert(t, values[row]);
-            for (s, span) in spans.iter().enumerate() {
-                agg[row * ns + s] = series.window(pos, t.saturating_sub(*span));
-            }
+            series.windows(
+                pos,
+                t,
+                spans,
+                shortest_first,
+                &mut agg[row * ns..(row + 1) * ns],
+            );
             series.evict(horizon);
         });
         let arrays: Vec<ArrayRef> = self

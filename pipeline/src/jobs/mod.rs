@@ -171,6 +171,11 @@ pub trait FeatureStage: Send + std::fmt::Debug {
     /// Applies the side inputs, refuses what the state cannot take, appends the features.
     fn process(&mut self, input: JobInput) -> Result<Featured>;
 
+    /// Keys held in the stage's state (a key per operator that keeps it), if it counts them.
+    fn state_keys(&self) -> Option<usize> {
+        None
+    }
+
     /// The stage's keyed state, for a checkpoint.
     fn snapshot(&self) -> Result<StateSnapshot> {
         Err(PipelineError::StateNotSupported { stage: "features" })

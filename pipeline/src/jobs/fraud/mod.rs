@@ -149,6 +149,10 @@ impl FeatureStage for FraudFeatures {
         crate::events::event_time(self.clock.watermark(), self.chain.keys());
         Ok(Featured { batch, rejects })
     }
+
+    fn state_keys(&self) -> Option<usize> {
+        Some(self.chain.keys())
+    }
 }
 
 /// The model, the alerts and their reasons, the output records.
