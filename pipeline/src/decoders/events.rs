@@ -259,6 +259,14 @@ pub(crate) fn decode<T: StrictEvent>(
     let mut rows = Vec::with_capacity(candidates.len());
     let mut accepted = Vec::with_capacity(candidates.len());
     for index in candidates {
+        if let Err((kind, reason)) = super::opens_an_object(payloads[index]) {
+            rejected.push(Rejection {
+                index,
+                reason,
+                kind,
+            });
+            continue;
+        }
         let mut de = serde_json::Deserializer::from_slice(payloads[index]);
         let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
         let result = match parsed {

@@ -91,7 +91,20 @@ fn decode_with_arrow(
     candidates: Vec<usize>,
     mut rejected: Vec<Rejection>,
 ) -> DecodedPayloads {
+    let mut strict = Vec::with_capacity(candidates.len());
+    for index in candidates {
+        match super::strict_json_object(payloads[index]) {
+            Ok(()) => strict.push(index),
+            Err((kind, reason)) => rejected.push(Rejection {
+                index,
+                reason,
+                kind,
+            }),
+        }
+    }
+    let candidates = strict;
     if let Some(batch) = decode_all(schema, payloads, &candidates) {
+        rejected.sort_by_key(|r| r.index);
         return DecodedPayloads {
             batch,
             accepted: candidates,
@@ -420,6 +433,56 @@ mod tests {
                 "field X: not a valid integer",
                 "unknown field Y",
                 "field X: missing or null"
+            ]
+        );
+    }
+
+    /// Found by fuzzing (`fuzz/seeds/regressions`): serde's derived structs took an array of the
+    /// field values, and arrow-json took raw control characters and leading zeros. The JSON
+    /// Schemas allow neither.
+    #[test]
+    fn arrays_and_json_that_is_not_json_are_refused() {
+        let d = decode(
+            &transaction_schema(),
+            &[
+                br#"[1,"2018-04-01T00:00:01Z",7,9,12.5]"#,
+                b" 7",
+                GOOD.as_bytes(),
+            ],
+            1 << 16,
+        );
+        assert_eq!(d.accepted, vec![2]);
+        let got: Vec<(RejectKind, &str)> = d
+            .rejected
+            .iter()
+            .map(|r| (r.kind, r.reason.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (RejectKind::Schema, "not a JSON object"),
+                (RejectKind::Schema, "not a JSON object"),
+            ]
+        );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("P", DataType::Utf8, false),
+            Field::new("Q", DataType::Int64, false),
+        ]));
+        let payloads: Vec<&[u8]> = vec![
+            b"{\"P\": \"p\x01\", \"Q\": 1}",
+            br#"{"P": "p", "Q": 007}"#,
+            br#"[{"P": "p", "Q": 1}]"#,
+            br#"{"P": "p", "Q": 1}"#,
+        ];
+        let d = decode(&schema, &payloads, 1 << 16);
+        assert_eq!(d.accepted, vec![3]);
+        let kinds: Vec<RejectKind> = d.rejected.iter().map(|r| r.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                RejectKind::Malformed,
+                RejectKind::Malformed,
+                RejectKind::Schema
             ]
         );
     }

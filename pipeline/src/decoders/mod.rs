@@ -22,6 +22,33 @@ pub(crate) fn shown_name(raw: &str) -> String {
         .collect()
 }
 
+/// Every published schema is a JSON object (`"type": "object"`), but serde's derived structs
+/// also take an array of the field values in order: a payload must open with `{`. (serde_json
+/// itself is strict JSON; arrow-json's tape reader is not, see [`strict_json_object`].)
+pub(crate) fn opens_an_object(payload: &[u8]) -> Result<(), (RejectKind, String)> {
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return Ok(());
+    }
+    strict_json_object(payload)
+}
+
+/// One strict JSON value that is an object: arrow-json's tape reader takes control characters
+/// in strings, numbers with leading zeros and numbers beyond f64 (`1e999`), which JSON or the
+/// JSON Schemas forbid.
+pub(crate) fn strict_json_object(payload: &[u8]) -> Result<(), (RejectKind, String)> {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err((RejectKind::Schema, "not a JSON object".into())),
+        Err(e) if e.classify() == serde_json::error::Category::Eof => {
+            Err((RejectKind::Malformed, "truncated JSON".into()))
+        }
+        Err(e) if e.to_string().contains("out of range") => {
+            Err((RejectKind::Schema, "number out of range".into()))
+        }
+        Err(_) => Err((RejectKind::Malformed, "malformed JSON".into())),
+    }
+}
+
 /// Why a message was rejected; becomes the dead letter's `riskpipe.error` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
