@@ -19,8 +19,8 @@
 //! 5. Kinds: `Oversized` exactly when `len > max_bytes`; `Empty` exactly when the payload (not
 //!    oversized) is all ASCII whitespace; never `Late` (decoders know no watermark).
 //! 6. Every accepted payload is one JSON object (valid JSON, per serde_json; the JSON Schemas all
-//!    say `"type": "object"`). Known to fail (see fuzz/README.md, fuzz/seeds/regressions/);
-//!    `RISKPIPE_FUZZ_SKIP_OBJECT_CHECK=1` turns this one check off to fuzz the others meanwhile.
+//!    say `"type": "object"`). Its findings are fixed (fuzz/README.md, fuzz/seeds/regressions/);
+//!    `RISKPIPE_FUZZ_SKIP_OBJECT_CHECK=1` turns this one check off, should a new one need it.
 //! 7. Batch neighbours change nothing: decoding each payload alone gives the same verdict
 //!    (accepted, or rejected with the same kind and reason), and an accepted payload gives the
 //!    same row alone as in the batch.
