@@ -62,9 +62,13 @@ fn dashboard_and_alert_rules_query_only_exported_metrics() {
     let producer: ThreadedProducer<DefaultProducerContext> =
         riskpipe_pipeline::demo::feed_producer(&KafkaConfig::for_bootstrap(&broker.bootstrap))
             .expect("producer");
+    // Keyed by id, so both partitions send events and the watermark exists.
     for id in 1..=20 {
         let tx = support::transaction_json(id, 7);
-        let record: BaseRecord<'_, str, str> = BaseRecord::to("transactions").key("7").payload(&tx);
+        let key = id.to_string();
+        let record: BaseRecord<'_, str, str> = BaseRecord::to("transactions")
+            .key(key.as_str())
+            .payload(tx.as_str());
         producer.send(record).map_err(|(e, _)| e).expect("send");
     }
     let bad: BaseRecord<'_, str, str> = BaseRecord::to("transactions").key("7").payload("{oops");
