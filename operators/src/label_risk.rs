@@ -14,7 +14,7 @@ use arrow::datatypes::{DataType, Field, FieldRef};
 
 use crate::columns;
 use crate::config::{LabelRiskConfig, RiskOutput, ns};
-use crate::state::{KeyedState, Watermark};
+use crate::state::{Expiring, KeyedState, Watermark};
 use crate::{Appender, Operator, OperatorError, Result};
 
 /// The labels of one transaction: its time, and (label time, fraud) in label-time order.
@@ -63,7 +63,9 @@ impl KeyHistory {
         }
         self.seen.insert(id);
     }
+}
 
+impl Expiring for KeyHistory {
     /// Drops transactions, and labels of transactions, at or before `horizon`.
     fn evict(&mut self, horizon: i64) {
         while self.times.front().is_some_and(|&(t, _)| t <= horizon) {
@@ -96,8 +98,6 @@ pub struct LabelRisk {
     label_time: String,
     delay: i64,
     spans: Vec<i64>,
-    /// How far back from the watermark state is still needed: delay + longest span.
-    reach: i64,
     /// (span index, emit count, emit risk)
     outputs: Vec<(usize, bool, bool)>,
     fields: Vec<FieldRef>,
@@ -121,6 +121,8 @@ impl LabelRisk {
         }
         let spans: Vec<i64> = cfg.spans.iter().map(|s| ns(*s)).collect();
         let delay = ns(cfg.delay);
+        // How far back from an event its windows look: delay + the longest span.
+        let reach = delay.saturating_add(spans.iter().copied().max().unwrap_or(0));
         Self {
             name: format!("label_risk({})", cfg.key),
             key: cfg.key.clone(),
@@ -129,7 +131,6 @@ impl LabelRisk {
             label: cfg.label.clone(),
             label_time: cfg.label_time.clone(),
             delay,
-            reach: delay.saturating_add(spans.iter().copied().max().unwrap_or(0)),
             spans,
             outputs: outputs
                 .into_iter()
@@ -137,7 +138,7 @@ impl LabelRisk {
                 .collect(),
             fields,
             state: KeyedState::default(),
-            watermark: Watermark::default(),
+            watermark: Watermark::new(reach),
             appender: Appender::default(),
         }
     }
@@ -193,7 +194,7 @@ impl Operator for LabelRisk {
         let mut counts = vec![0i64; n * ns];
         let mut frauds = vec![0i64; n * ns];
         let (spans, delay) = (&self.spans, self.delay);
-        let horizon = self.watermark.horizon(self.reach);
+        let horizon = self.watermark.horizon();
         self.state.for_each_row(&keys, |row, h| {
             let t = times[row];
             let end = t.saturating_sub(delay);
@@ -235,13 +236,7 @@ impl Operator for LabelRisk {
     }
 
     fn advance_watermark(&mut self, watermark: i64) {
-        if self.watermark.advance(watermark, self.reach) {
-            let horizon = self.watermark.horizon(self.reach);
-            self.state.retain(|h| {
-                h.evict(horizon);
-                !h.is_empty()
-            });
-        }
+        self.state.advance(&mut self.watermark, watermark);
     }
 
     fn keys(&self) -> usize {

@@ -46,9 +46,26 @@ impl<S: Default> KeyedState<S> {
     }
 }
 
-impl<S> KeyedState<S> {
-    /// Keeps the keys whose state `keep` (which may also shrink it) returns true for.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&mut S) -> bool) {
+/// A key's state that the watermark shrinks.
+pub(crate) trait Expiring {
+    /// Drops what lies at or before `horizon`: no event still to come can see it.
+    fn evict(&mut self, horizon: i64);
+    /// Nothing left: the key can go.
+    fn is_empty(&self) -> bool;
+}
+
+impl<S: Expiring> KeyedState<S> {
+    /// Moves `watermark` to `to`; when a sweep is due, shrinks every key's state and drops the
+    /// keys left empty.
+    pub(crate) fn advance(&mut self, watermark: &mut Watermark, to: i64) {
+        if !watermark.advance(to) {
+            return;
+        }
+        let horizon = watermark.horizon();
+        let keep = |s: &mut S| {
+            s.evict(horizon);
+            !s.is_empty()
+        };
         self.ints.retain(|_, s| keep(s));
         self.strs.retain(|_, s| keep(s));
         // A map keeps its capacity when keys go: give most of it back once it is mostly empty.
@@ -59,7 +76,9 @@ impl<S> KeyedState<S> {
             self.strs.shrink_to(self.strs.len() * 2);
         }
     }
+}
 
+impl<S> KeyedState<S> {
     /// Number of keys held.
     pub(crate) fn len(&self) -> usize {
         self.ints.len() + self.strs.len()
@@ -68,34 +87,36 @@ impl<S> KeyedState<S> {
 
 /// The watermark as an operator sees it: no event at or before it arrives any more. It only
 /// moves forward, and a sweep over every key happens once it has moved a fraction of the
-/// longest window since the last one, so sweeping costs little per event while memory stays
-/// bounded by the events inside the windows (plus that fraction).
+/// operator's reach (how far back from an event its windows look) since the last one, so
+/// sweeping costs little per event while memory stays bounded by the events inside the windows
+/// (plus that fraction).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Watermark {
     at: i64,
     swept: i64,
-}
-
-impl Default for Watermark {
-    fn default() -> Self {
-        Self {
-            at: i64::MIN,
-            swept: i64::MIN,
-        }
-    }
+    reach: i64,
 }
 
 /// Sweeps happen every `1 / SWEEP_FRACTION` of the longest window.
 const SWEEP_FRACTION: i64 = 16;
 
 impl Watermark {
+    /// No watermark yet, for an operator whose windows reach `reach` ns back.
+    pub(crate) fn new(reach: i64) -> Self {
+        Self {
+            at: i64::MIN,
+            swept: i64::MIN,
+            reach,
+        }
+    }
+
     /// Moves to `watermark` (never back); true when the keys are due a sweep.
-    pub(crate) fn advance(&mut self, watermark: i64, span: i64) -> bool {
+    fn advance(&mut self, watermark: i64) -> bool {
         if watermark <= self.at {
             return false;
         }
         self.at = watermark;
-        let every = (span / SWEEP_FRACTION).max(1);
+        let every = (self.reach / SWEEP_FRACTION).max(1);
         if self.swept == i64::MIN || watermark.saturating_sub(self.swept) >= every {
             self.swept = watermark;
             return true;
@@ -103,9 +124,8 @@ impl Watermark {
         false
     }
 
-    /// Events at or before this are outside every window of length `span` of every event still
-    /// to come.
-    pub(crate) fn horizon(&self, span: i64) -> i64 {
-        self.at.saturating_sub(span)
+    /// Events at or before this are outside every window of every event still to come.
+    pub(crate) fn horizon(&self) -> i64 {
+        self.at.saturating_sub(self.reach)
     }
 }

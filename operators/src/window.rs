@@ -7,7 +7,7 @@ use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, FieldRef};
 
 use crate::columns;
-use crate::state::{KeyedState, Watermark};
+use crate::state::{Expiring, KeyedState, Watermark};
 use crate::{Appender, Operator, Result};
 
 /// What a window output computes.
@@ -69,8 +69,9 @@ impl Series {
             out[s] = ((pos + 1 - lo) as i64, sum);
         }
     }
+}
 
-    /// Drops events at or before `horizon`: no event still to come can see them.
+impl Expiring for Series {
     fn evict(&mut self, horizon: i64) {
         while self.times.front().is_some_and(|&t| t <= horizon) {
             self.times.pop_front();
@@ -99,7 +100,6 @@ pub struct WindowAggregate {
     spans: Vec<i64>,
     /// Span indices from the shortest span to the longest.
     shortest_first: Vec<usize>,
-    max_span: i64,
     outputs: Vec<(Aggregate, usize)>,
     fields: Vec<FieldRef>,
     state: KeyedState<Series>,
@@ -116,6 +116,7 @@ impl WindowAggregate {
         spans: Vec<i64>,
         outputs: Vec<(Aggregate, usize, String)>,
     ) -> Self {
+        let max_span = spans.iter().copied().max().unwrap_or(0);
         let fields = outputs
             .iter()
             .map(|(agg, _, name)| {
@@ -132,7 +133,6 @@ impl WindowAggregate {
             key: key.into(),
             value: value.into(),
             time: time.into(),
-            max_span: spans.iter().copied().max().unwrap_or(0),
             shortest_first: {
                 let mut order: Vec<usize> = (0..spans.len()).collect();
                 order.sort_by_key(|&i| spans[i]);
@@ -142,7 +142,7 @@ impl WindowAggregate {
             outputs: outputs.into_iter().map(|(a, s, _)| (a, s)).collect(),
             fields,
             state: KeyedState::default(),
-            watermark: Watermark::default(),
+            watermark: Watermark::new(max_span),
             appender: Appender::default(),
         }
     }
@@ -167,7 +167,7 @@ impl Operator for WindowAggregate {
         // Per row and span: (count, sum).
         let mut agg = vec![(0i64, 0f64); n * ns];
         let (spans, shortest_first) = (&self.spans, &self.shortest_first);
-        let horizon = self.watermark.horizon(self.max_span);
+        let horizon = self.watermark.horizon();
         self.state.for_each_row(&keys, |row, series| {
             let t = times[row];
             let pos = series.insert(t, values[row]);
@@ -198,13 +198,7 @@ impl Operator for WindowAggregate {
     }
 
     fn advance_watermark(&mut self, watermark: i64) {
-        if self.watermark.advance(watermark, self.max_span) {
-            let horizon = self.watermark.horizon(self.max_span);
-            self.state.retain(|series| {
-                series.evict(horizon);
-                !series.is_empty()
-            });
-        }
+        self.state.advance(&mut self.watermark, watermark);
     }
 
     fn keys(&self) -> usize {

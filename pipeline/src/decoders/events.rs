@@ -21,10 +21,12 @@ type Broken = (&'static str, &'static str);
 
 /// An event decoded through its serde type and checked against its schema's value rules.
 pub(crate) trait StrictEvent: DeserializeOwned + Sized {
-    /// The first value rule the event breaks.
-    fn check(&self) -> Result<(), Broken>;
-    /// The accepted events as rows of `schema` (their Arrow schema).
-    fn batch(rows: &[Self], schema: &SchemaRef) -> Result<RecordBatch, String>;
+    /// The event's date-times as nanoseconds, parsed once by [`StrictEvent::check`].
+    type Times;
+    /// The first value rule the event breaks, or its parsed date-times.
+    fn check(&self) -> Result<Self::Times, Broken>;
+    /// The accepted events, with their date-times, as rows of `schema` (their Arrow schema).
+    fn batch(rows: &[(Self, Self::Times)], schema: &SchemaRef) -> Result<RecordBatch, String>;
 }
 
 /// Nanoseconds since the epoch of an RFC 3339 date-time with an offset (`T` or `t`, `Z`, `z` or
@@ -75,13 +77,13 @@ pub(crate) fn date_time(s: &str) -> Option<i64> {
         .timestamp_nanos_opt()
 }
 
-fn time_column(values: impl Iterator<Item = Option<i64>>) -> Result<ArrayRef, String> {
-    let ns: Vec<i64> = values
-        .collect::<Option<_>>()
-        .ok_or_else(|| "a checked time no longer parses".to_string())?;
-    Ok(Arc::new(
-        TimestampNanosecondArray::from(ns).with_timezone("UTC"),
-    ))
+fn time_column(values: impl Iterator<Item = i64>) -> ArrayRef {
+    Arc::new(TimestampNanosecondArray::from_iter_values(values).with_timezone("UTC"))
+}
+
+/// `field` as nanoseconds, or the rule it breaks.
+fn date_time_of(field: &'static str, value: &str) -> Result<i64, Broken> {
+    date_time(value).ok_or((field, "not an RFC 3339 date-time with an offset"))
 }
 
 fn ints(values: impl Iterator<Item = i64>) -> ArrayRef {
@@ -97,80 +99,79 @@ fn build(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch, Stri
 }
 
 impl StrictEvent for Transaction {
-    fn check(&self) -> Result<(), Broken> {
-        if date_time(&self.tx_datetime).is_none() {
-            return Err(("TX_DATETIME", "not an RFC 3339 date-time with an offset"));
-        }
+    type Times = i64;
+
+    fn check(&self) -> Result<i64, Broken> {
+        let time = date_time_of("TX_DATETIME", &self.tx_datetime)?;
         if self.tx_amount.is_nan() || self.tx_amount < 0.0 {
             return Err(("TX_AMOUNT", "negative (must be >= 0)"));
         }
-        Ok(())
+        Ok(time)
     }
 
-    fn batch(rows: &[Self], schema: &SchemaRef) -> Result<RecordBatch, String> {
+    fn batch(rows: &[(Self, i64)], schema: &SchemaRef) -> Result<RecordBatch, String> {
         build(
             schema,
             vec![
-                ints(rows.iter().map(|r| r.transaction_id)),
-                time_column(rows.iter().map(|r| date_time(&r.tx_datetime)))?,
-                ints(rows.iter().map(|r| r.customer_id)),
-                ints(rows.iter().map(|r| r.terminal_id)),
-                floats(rows.iter().map(|r| r.tx_amount)),
+                ints(rows.iter().map(|(r, _)| r.transaction_id)),
+                time_column(rows.iter().map(|&(_, t)| t)),
+                ints(rows.iter().map(|(r, _)| r.customer_id)),
+                ints(rows.iter().map(|(r, _)| r.terminal_id)),
+                floats(rows.iter().map(|(r, _)| r.tx_amount)),
             ],
         )
     }
 }
 
 impl StrictEvent for FraudLabel {
-    fn check(&self) -> Result<(), Broken> {
-        if date_time(&self.tx_datetime).is_none() {
-            return Err(("TX_DATETIME", "not an RFC 3339 date-time with an offset"));
-        }
-        if date_time(&self.label_time).is_none() {
-            return Err(("LABEL_TIME", "not an RFC 3339 date-time with an offset"));
-        }
+    /// (transaction time, label time)
+    type Times = (i64, i64);
+
+    fn check(&self) -> Result<(i64, i64), Broken> {
+        let tx_time = date_time_of("TX_DATETIME", &self.tx_datetime)?;
+        let label_time = date_time_of("LABEL_TIME", &self.label_time)?;
         if !matches!(self.tx_fraud, 0 | 1) {
             return Err(("TX_FRAUD", "not one of 0, 1"));
         }
-        Ok(())
+        Ok((tx_time, label_time))
     }
 
-    fn batch(rows: &[Self], schema: &SchemaRef) -> Result<RecordBatch, String> {
+    fn batch(rows: &[(Self, (i64, i64))], schema: &SchemaRef) -> Result<RecordBatch, String> {
         build(
             schema,
             vec![
-                ints(rows.iter().map(|r| r.transaction_id)),
-                ints(rows.iter().map(|r| r.customer_id)),
-                ints(rows.iter().map(|r| r.terminal_id)),
-                time_column(rows.iter().map(|r| date_time(&r.tx_datetime)))?,
-                time_column(rows.iter().map(|r| date_time(&r.label_time)))?,
-                ints(rows.iter().map(|r| r.tx_fraud)),
+                ints(rows.iter().map(|(r, _)| r.transaction_id)),
+                ints(rows.iter().map(|(r, _)| r.customer_id)),
+                ints(rows.iter().map(|(r, _)| r.terminal_id)),
+                time_column(rows.iter().map(|&(_, (t, _))| t)),
+                time_column(rows.iter().map(|&(_, (_, l))| l)),
+                ints(rows.iter().map(|(r, _)| r.tx_fraud)),
             ],
         )
     }
 }
 
 impl StrictEvent for MarketTick {
-    fn check(&self) -> Result<(), Broken> {
-        if date_time(&self.time).is_none() {
-            return Err(("TIME", "not an RFC 3339 date-time with an offset"));
-        }
+    type Times = i64;
+
+    fn check(&self) -> Result<i64, Broken> {
+        let time = date_time_of("TIME", &self.time)?;
         if self.price.is_nan() || self.price <= 0.0 {
             return Err(("PRICE", "not positive (must be > 0)"));
         }
-        Ok(())
+        Ok(time)
     }
 
-    fn batch(rows: &[Self], schema: &SchemaRef) -> Result<RecordBatch, String> {
+    fn batch(rows: &[(Self, i64)], schema: &SchemaRef) -> Result<RecordBatch, String> {
         build(
             schema,
             vec![
                 Arc::new(StringArray::from_iter_values(
-                    rows.iter().map(|r| r.instrument.as_str()),
+                    rows.iter().map(|(r, _)| r.instrument.as_str()),
                 )),
-                time_column(rows.iter().map(|r| date_time(&r.time)))?,
-                floats(rows.iter().map(|r| r.price)),
-                Arc::new(rows.iter().map(|r| r.size).collect::<Float64Array>()),
+                time_column(rows.iter().map(|&(_, t)| t)),
+                floats(rows.iter().map(|(r, _)| r.price)),
+                Arc::new(rows.iter().map(|(r, _)| r.size).collect::<Float64Array>()),
             ],
         )
     }
@@ -276,7 +277,7 @@ pub(crate) fn decode<T: StrictEvent>(
                     "more than one JSON value".to_string(),
                 )),
                 Ok(()) => match row.check() {
-                    Ok(()) => Ok(row),
+                    Ok(times) => Ok((row, times)),
                     Err((field, problem)) => {
                         Err((RejectKind::Invalid, format!("field {field}: {problem}")))
                     }

@@ -114,14 +114,8 @@ impl EventClock {
     /// Checks an event of `partition` at `t` (ns) and, when it is accepted, moves the
     /// partition's high mark and the watermark on.
     pub fn admit(&mut self, partition: i32, t: i64) -> Result<(), (RejectKind, String)> {
-        let high = match self.highs.get(&partition) {
-            Some(h) => *h,
-            None => {
-                // Not among the partitions held (a history, or a source that names none).
-                self.highs.insert(partition, None);
-                None
-            }
-        };
+        // A partition not among those held (a history, or a source that names none) joins them.
+        let high = *self.highs.entry(partition).or_default();
         if let Some(reference) = high.or(self.latest) {
             let ahead = t.saturating_sub(reference);
             if ahead > self.skew {
