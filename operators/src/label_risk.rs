@@ -9,12 +9,12 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, FieldRef};
 
 use crate::columns;
 use crate::config::{LabelRiskConfig, RiskOutput, ns};
-use crate::state::{Expiring, KeyedState, Watermark};
+use crate::state::{Expiring, KeyedState, StateReader, StateTable, Watermark};
 use crate::{Appender, Operator, OperatorError, Result};
 
 /// The labels of one transaction: its time, and (label time, fraud) in label-time order.
@@ -241,5 +241,92 @@ impl Operator for LabelRisk {
 
     fn keys(&self) -> usize {
         self.state.len()
+    }
+
+    /// One row per transaction held (`label_time` null) and one per label version held:
+    /// key, transaction id, transaction time, label time, fraud.
+    fn snapshot(&self) -> Result<Option<RecordBatch>> {
+        let mut table = StateTable::default();
+        let (mut ids, mut times) = (Vec::new(), Vec::new());
+        let (mut known, mut fraud) = (Vec::new(), Vec::new());
+        for (key, h) in self.state.iter() {
+            for &(t, id) in &h.times {
+                table.key(key);
+                ids.push(id);
+                times.push(t);
+                known.push(None);
+                fraud.push(None);
+            }
+            for (&id, labels) in &h.labels {
+                for &(k, f) in &labels.versions {
+                    table.key(key);
+                    ids.push(id);
+                    times.push(labels.time);
+                    known.push(Some(k));
+                    fraud.push(Some(f));
+                }
+            }
+        }
+        table
+            .finish(
+                vec![
+                    (
+                        "transaction_id",
+                        DataType::Int64,
+                        false,
+                        Arc::new(Int64Array::from(ids)),
+                    ),
+                    (
+                        "time",
+                        DataType::Int64,
+                        false,
+                        Arc::new(Int64Array::from(times)),
+                    ),
+                    (
+                        "label_time",
+                        DataType::Int64,
+                        true,
+                        Arc::new(Int64Array::from(known)),
+                    ),
+                    (
+                        "fraud",
+                        DataType::Boolean,
+                        true,
+                        Arc::new(BooleanArray::from(fraud)),
+                    ),
+                ],
+                Some(&self.watermark),
+            )
+            .map(Some)
+    }
+
+    fn restore(&mut self, table: &RecordBatch) -> Result<()> {
+        let r = StateReader::new(table)?;
+        let ids = r.primitive::<arrow::datatypes::Int64Type>("transaction_id")?;
+        let times = r.primitive::<arrow::datatypes::Int64Type>("time")?;
+        let known = r.primitive::<arrow::datatypes::Int64Type>("label_time")?;
+        let fraud = r.column("fraud")?.as_boolean_opt().ok_or_else(|| {
+            OperatorError::Checkpoint("state column \"fraud\" is not Boolean".into())
+        })?;
+        let mut state = KeyedState::<KeyHistory>::default();
+        for row in 0..r.rows() {
+            let h = state.entry(r.key(row)?);
+            let (id, t) = (ids.value(row), times.value(row));
+            if known.is_valid(row) {
+                if !fraud.is_valid(row) {
+                    return Err(OperatorError::Checkpoint(format!(
+                        "label row {row} has a label time but no fraud flag"
+                    )));
+                }
+                let labels = h.labels.entry(id).or_default();
+                labels.time = t;
+                labels.add(known.value(row), fraud.value(row));
+            } else {
+                h.insert(t, id);
+            }
+        }
+        self.watermark = r.watermark(self.watermark.reach())?;
+        self.state = state;
+        Ok(())
     }
 }

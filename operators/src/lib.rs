@@ -53,6 +53,10 @@ pub enum OperatorError {
     /// The feature configuration is invalid; every problem is listed.
     #[error("invalid feature config:\n  - {}", .0.join("\n  - "))]
     Config(Vec<String>),
+    /// A checkpoint's state table does not fit the operator (written by another feature config
+    /// or another version): riskpipe is misconfigured.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// Arrow failed on data that had passed the checks: a bug.
     #[error("arrow: {0}")]
     Arrow(#[from] ArrowError),
@@ -69,7 +73,9 @@ impl OperatorError {
             OperatorError::BadInput(_) => Fault::BadInput,
             #[cfg(feature = "sql")]
             OperatorError::DataFusion(_) => Fault::Bug,
-            OperatorError::Config(_) | OperatorError::Arrow(_) => Fault::Bug,
+            OperatorError::Config(_) | OperatorError::Checkpoint(_) | OperatorError::Arrow(_) => {
+                Fault::Bug
+            }
         }
     }
 }
@@ -97,6 +103,19 @@ pub trait Operator: Send + fmt::Debug {
     /// Keys held in state (0 for stateless operators).
     fn keys(&self) -> usize {
         0
+    }
+    /// The operator's keyed state (with its watermark) as one Arrow table, for a checkpoint;
+    /// `None` for stateless operators.
+    fn snapshot(&self) -> Result<Option<RecordBatch>> {
+        Ok(None)
+    }
+    /// Replaces the operator's state with a table [`Operator::snapshot`] made: afterwards it
+    /// computes exactly what the operator that made the table would have.
+    fn restore(&mut self, _table: &RecordBatch) -> Result<()> {
+        Err(OperatorError::Checkpoint(format!(
+            "{} keeps no state, but the checkpoint has a table for it",
+            self.name()
+        )))
     }
 }
 
@@ -138,6 +157,46 @@ impl FeatureChain {
     /// Keys held in state, over every operator.
     pub fn keys(&self) -> usize {
         self.operators.iter().map(|op| op.keys()).sum()
+    }
+
+    /// Every stateful operator's table (see [`Operator::snapshot`]), named by its position and
+    /// name in the chain.
+    pub fn snapshot(&self) -> Result<Vec<(String, RecordBatch)>> {
+        let mut tables = Vec::new();
+        for (i, op) in self.operators.iter().enumerate() {
+            if let Some(t) = op.snapshot()? {
+                tables.push((format!("{i}-{}", op.name()), t));
+            }
+        }
+        Ok(tables)
+    }
+
+    /// Restores every stateful operator from the tables of [`FeatureChain::snapshot`]: each
+    /// must have its table and no table may be left over (a checkpoint of another chain).
+    pub fn restore(&mut self, tables: &[(String, RecordBatch)]) -> Result<()> {
+        let mut used = 0;
+        for (i, op) in self.operators.iter_mut().enumerate() {
+            let name = format!("{i}-{}", op.name());
+            match tables.iter().find(|(n, _)| *n == name) {
+                Some((_, t)) => {
+                    op.restore(t)?;
+                    used += 1;
+                }
+                None if op.snapshot()?.is_some() => {
+                    return Err(OperatorError::Checkpoint(format!(
+                        "the checkpoint has no state for operator {name}"
+                    )));
+                }
+                None => {}
+            }
+        }
+        if used != tables.len() {
+            let names: Vec<&str> = tables.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(OperatorError::Checkpoint(format!(
+                "the checkpoint's tables {names:?} do not match this feature chain"
+            )));
+        }
+        Ok(())
     }
 
     /// Names of all feature columns the chain appends, in order.

@@ -1,10 +1,15 @@
-//! Keyed state of the streaming operators, and the watermark that frees it.
+//! Keyed state of the streaming operators, the watermark that frees it, and the key columns of
+//! the Arrow tables a checkpoint stores it as.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use arrow::array::Array;
+use arrow::array::StringBuilder;
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, Int64Builder, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 
 use crate::columns::Keys;
+use crate::{OperatorError, Result};
 
 /// Per-key state, for integer and string keys alike.
 #[derive(Debug)]
@@ -83,6 +88,172 @@ impl<S> KeyedState<S> {
     pub(crate) fn len(&self) -> usize {
         self.ints.len() + self.strs.len()
     }
+
+    /// Every key and its state, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Key<'_>, &S)> {
+        self.ints
+            .iter()
+            .map(|(k, s)| (Key::Int(*k), s))
+            .chain(self.strs.iter().map(|(k, s)| (Key::Str(k), s)))
+    }
+}
+
+impl<S: Default> KeyedState<S> {
+    /// The state of `key`, made empty if the key is new.
+    pub(crate) fn entry(&mut self, key: Key<'_>) -> &mut S {
+        match key {
+            Key::Int(k) => self.ints.entry(k).or_default(),
+            Key::Str(k) => self.strs.entry(k.to_owned()).or_default(),
+        }
+    }
+}
+
+/// A key of a checkpoint table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Key<'a> {
+    Int(i64),
+    Str(&'a str),
+}
+
+/// Names of the key columns of a state table: integer keys in one, string keys in the other.
+const KEY_INT: &str = "key_int";
+const KEY_STR: &str = "key_str";
+/// Schema metadata of a state table: the operator's watermark.
+const WATERMARK_AT: &str = "riskpipe.watermark.at";
+const WATERMARK_SWEPT: &str = "riskpipe.watermark.swept";
+
+/// Builds a state table: the key columns, then the operator's own.
+#[derive(Debug, Default)]
+pub(crate) struct StateTable {
+    ints: Int64Builder,
+    strs: StringBuilder,
+}
+
+impl StateTable {
+    /// Starts the row of `key`; the caller appends the row's other columns.
+    pub(crate) fn key(&mut self, key: Key<'_>) {
+        match key {
+            Key::Int(k) => {
+                self.ints.append_value(k);
+                self.strs.append_null();
+            }
+            Key::Str(k) => {
+                self.ints.append_null();
+                self.strs.append_value(k);
+            }
+        }
+    }
+
+    /// The table: key columns, then `columns` (name, type, nullable, values), the watermark in
+    /// the schema metadata.
+    pub(crate) fn finish(
+        mut self,
+        columns: Vec<(&str, DataType, bool, ArrayRef)>,
+        watermark: Option<&Watermark>,
+    ) -> Result<RecordBatch> {
+        let mut fields = vec![
+            Field::new(KEY_INT, DataType::Int64, true),
+            Field::new(KEY_STR, DataType::Utf8, true),
+        ];
+        let mut arrays: Vec<ArrayRef> =
+            vec![Arc::new(self.ints.finish()), Arc::new(self.strs.finish())];
+        for (name, dt, nullable, array) in columns {
+            fields.push(Field::new(name, dt, nullable));
+            arrays.push(array);
+        }
+        let metadata = watermark
+            .map(|w| {
+                [
+                    (WATERMARK_AT.to_string(), w.at.to_string()),
+                    (WATERMARK_SWEPT.to_string(), w.swept.to_string()),
+                ]
+                .into()
+            })
+            .unwrap_or_default();
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new_with_metadata(fields, metadata)),
+            arrays,
+        )?)
+    }
+}
+
+fn unfit(msg: String) -> OperatorError {
+    OperatorError::Checkpoint(msg)
+}
+
+/// Reads a state table back: its keys, its columns, its watermark.
+#[derive(Debug)]
+pub(crate) struct StateReader<'a> {
+    table: &'a RecordBatch,
+    ints: &'a Int64Array,
+    strs: &'a StringArray,
+}
+
+impl<'a> StateReader<'a> {
+    /// Checks the key columns of `table`.
+    pub(crate) fn new(table: &'a RecordBatch) -> Result<Self> {
+        let col = |name: &str| {
+            table
+                .column_by_name(name)
+                .ok_or_else(|| unfit(format!("state table has no column {name:?}")))
+        };
+        let ints = col(KEY_INT)?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| unfit(format!("{KEY_INT} is not Int64")))?;
+        let strs = col(KEY_STR)?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| unfit(format!("{KEY_STR} is not Utf8")))?;
+        Ok(Self { table, ints, strs })
+    }
+
+    /// The key of `row`.
+    pub(crate) fn key(&self, row: usize) -> Result<Key<'a>> {
+        if self.ints.is_valid(row) {
+            Ok(Key::Int(self.ints.value(row)))
+        } else if self.strs.is_valid(row) {
+            Ok(Key::Str(self.strs.value(row)))
+        } else {
+            Err(unfit(format!("state table row {row} has no key")))
+        }
+    }
+
+    /// The column `name`.
+    pub(crate) fn column(&self, name: &str) -> Result<&'a ArrayRef> {
+        self.table
+            .column_by_name(name)
+            .ok_or_else(|| unfit(format!("state table has no column {name:?}")))
+    }
+
+    /// The column `name` as `T`, checked.
+    pub(crate) fn primitive<T: arrow::datatypes::ArrowPrimitiveType>(
+        &self,
+        name: &str,
+    ) -> Result<&'a arrow::array::PrimitiveArray<T>> {
+        self.column(name)?
+            .as_primitive_opt::<T>()
+            .ok_or_else(|| unfit(format!("state column {name:?} is not {}", T::DATA_TYPE)))
+    }
+
+    /// The watermark the table was written with (none yet if it had none).
+    pub(crate) fn watermark(&self, reach: i64) -> Result<Watermark> {
+        let meta = self.table.schema_ref().metadata();
+        let read = |k: &str| -> Result<i64> {
+            meta.get(k).map_or(Ok(i64::MIN), |v| {
+                v.parse()
+                    .map_err(|_| unfit(format!("state table metadata {k} = {v:?} is no integer")))
+            })
+        };
+        Ok(Watermark {
+            at: read(WATERMARK_AT)?,
+            swept: read(WATERMARK_SWEPT)?,
+            reach,
+        })
+    }
+
+    /// Rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.table.num_rows()
+    }
 }
 
 /// The watermark as an operator sees it: no event at or before it arrives any more. It only
@@ -90,7 +261,7 @@ impl<S> KeyedState<S> {
 /// operator's reach (how far back from an event its windows look) since the last one, so
 /// sweeping costs little per event while memory stays bounded by the events inside the windows
 /// (plus that fraction).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Watermark {
     at: i64,
     swept: i64,
@@ -122,6 +293,11 @@ impl Watermark {
             return true;
         }
         false
+    }
+
+    /// How far back from an event the operator's windows look (ns).
+    pub(crate) fn reach(&self) -> i64 {
+        self.reach
     }
 
     /// Events at or before this are outside every window of every event still to come.

@@ -7,7 +7,7 @@ use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, FieldRef};
 
 use crate::columns;
-use crate::state::{Expiring, KeyedState, Watermark};
+use crate::state::{Expiring, KeyedState, StateReader, StateTable, Watermark};
 use crate::{Appender, Operator, Result};
 
 /// What a window output computes.
@@ -203,5 +203,52 @@ impl Operator for WindowAggregate {
 
     fn keys(&self) -> usize {
         self.state.len()
+    }
+
+    /// One row per event held: key, time, value; the watermark in the metadata.
+    fn snapshot(&self) -> Result<Option<RecordBatch>> {
+        let mut table = StateTable::default();
+        let (mut times, mut values) = (Vec::new(), Vec::new());
+        for (key, series) in self.state.iter() {
+            for (t, v) in series.times.iter().zip(&series.values) {
+                table.key(key);
+                times.push(*t);
+                values.push(*v);
+            }
+        }
+        table
+            .finish(
+                vec![
+                    (
+                        "time",
+                        DataType::Int64,
+                        false,
+                        Arc::new(Int64Array::from(times)),
+                    ),
+                    (
+                        "value",
+                        DataType::Float64,
+                        false,
+                        Arc::new(Float64Array::from(values)),
+                    ),
+                ],
+                Some(&self.watermark),
+            )
+            .map(Some)
+    }
+
+    fn restore(&mut self, table: &RecordBatch) -> Result<()> {
+        let r = StateReader::new(table)?;
+        let times = r.primitive::<arrow::datatypes::Int64Type>("time")?;
+        let values = r.primitive::<arrow::datatypes::Float64Type>("value")?;
+        let mut state = KeyedState::<Series>::default();
+        for row in 0..r.rows() {
+            state
+                .entry(r.key(row)?)
+                .insert(times.value(row), values.value(row));
+        }
+        self.watermark = r.watermark(self.watermark.reach())?;
+        self.state = state;
+        Ok(())
     }
 }

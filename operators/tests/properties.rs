@@ -155,6 +155,17 @@ fn stream(ev: &[Event], cuts: &[usize]) -> RecordBatch {
 /// event time (no later event is earlier), and after the last to beyond every window. Returns
 /// the keys still held at the end.
 fn stream_with_watermark(ev: &[Event], cuts: &[usize], watermark: bool) -> (RecordBatch, usize) {
+    stream_restarted(ev, cuts, watermark, None)
+}
+
+/// As [`stream_with_watermark`]; with `restart`, before batch `restart` (modulo the batches)
+/// the chain is replaced by a new one restored from its snapshot, as after a restart.
+fn stream_restarted(
+    ev: &[Event],
+    cuts: &[usize],
+    watermark: bool,
+    restart: Option<usize>,
+) -> (RecordBatch, usize) {
     let mut chain = config().build_chain().expect("chain");
     chain.observe_labels(&labels(ev)).expect("labels");
     let all = batch(ev);
@@ -162,9 +173,20 @@ fn stream_with_watermark(ev: &[Event], cuts: &[usize], watermark: bool) -> (Reco
     bounds.extend([0, ev.len()]);
     bounds.sort_unstable();
     bounds.dedup();
+    let batches = bounds.len() - 1;
     let outs: Vec<RecordBatch> = bounds
         .windows(2)
-        .map(|w| {
+        .enumerate()
+        .map(|(i, w)| {
+            if restart.is_some_and(|r| r % batches == i) {
+                let tables = chain.snapshot().expect("snapshot");
+                chain = config().build_chain().expect("chain");
+                chain.restore(&tables).expect("restore");
+                assert_eq!(
+                    chain.snapshot().expect("snapshot again").len(),
+                    tables.len()
+                );
+            }
             if watermark {
                 chain.advance_watermark(ev[w[0]].time);
             }
@@ -223,6 +245,14 @@ proptest! {
         let (freed, keys) = stream_with_watermark(&ev, &cuts, true);
         prop_assert_eq!(kept, freed);
         prop_assert_eq!(keys, 0, "keys held after the watermark passed every window");
+    }
+
+    #[test]
+    fn a_chain_restored_from_its_snapshot_computes_what_the_original_does(ev in events(), cuts in prop::collection::vec(0usize..64, 1..8), at in 0usize..8, watermark: bool) {
+        let (whole, keys) = stream_restarted(&ev, &cuts, watermark, None);
+        let (restarted, keys_restarted) = stream_restarted(&ev, &cuts, watermark, Some(at));
+        prop_assert_eq!(whole, restarted);
+        prop_assert_eq!(keys, keys_restarted);
     }
 
     #[test]
