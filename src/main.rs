@@ -135,11 +135,27 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Durable state: what the checkpoints hold.
+    State {
+        #[command(subcommand)]
+        action: StateCommand,
+    },
     /// Check a config and its model without touching any data; lists every problem.
     Validate {
         /// Pipeline config (TOML).
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Print every complete checkpoint: offsets per input partition, tables, rows, bytes, and
+    /// the keys of the newest.
+    Inspect {
+        /// The state directory (`state.dir`) or object-store URL.
+        #[arg(long)]
+        dir: String,
     },
 }
 
@@ -371,6 +387,18 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             let cfg = load_config(config.as_deref())?;
             cfg.validate()?;
             println!("{}", bench::replay_vs_scoring(&cfg, &input, runs)?);
+        }
+        Command::State {
+            action: StateCommand::Inspect { dir },
+        } => {
+            let cfg = riskpipe_pipeline::state::StateConfig {
+                dir,
+                interval: std::time::Duration::from_secs(60),
+                retain: usize::MAX,
+            };
+            let store = riskpipe_pipeline::state::CheckpointStore::open(&cfg)?;
+            let text = runtime()?.block_on(riskpipe_pipeline::state::inspect(&store))?;
+            print!("{text}");
         }
         Command::Validate { config } => {
             let cfg = PipelineConfig::load(&config)?;

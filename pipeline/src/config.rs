@@ -38,6 +38,9 @@ pub struct PipelineConfig {
     /// Metrics and health endpoints.
     #[serde(default)]
     pub observability: ObservabilityConfig,
+    /// Checkpoints of the live pipeline's keyed state; none = state lives only in memory.
+    #[serde(default)]
+    pub state: Option<crate::state::StateConfig>,
     /// The directory relative paths of the file are resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -118,6 +121,9 @@ impl PipelineConfig {
         if let Some(kafka) = &mut cfg.kafka {
             kafka.expand_env();
         }
+        if let Some(state) = &mut cfg.state {
+            state.resolve(base_dir);
+        }
         cfg.base_dir = base_dir.to_path_buf();
         Ok(cfg)
     }
@@ -174,6 +180,20 @@ impl PipelineConfig {
         }
         if let Some(k) = &self.kafka {
             p.extend(k.problems(self.streams()));
+        }
+        if let Some(s) = &self.state {
+            p.extend(s.problems());
+            if self.kafka.is_none() {
+                p.push(
+                    "[state] checkpoints the live pipeline, which needs a [kafka] section".into(),
+                );
+            }
+            if !self.job.kind().checkpoints() {
+                p.push(format!(
+                    "[state]: checkpoints of a {} job's state are not implemented yet",
+                    self.job.kind().name()
+                ));
+            }
         }
         if let Some(listen) = &self.observability.listen
             && listen.parse::<std::net::SocketAddr>().is_err()

@@ -78,6 +78,23 @@ pub enum PipelineError {
         /// The stage.
         stage: &'static str,
     },
+    /// The checkpoint store failed (object store I/O).
+    #[error("checkpoint store: {op}: {source}")]
+    CheckpointStore {
+        /// What was being done.
+        op: &'static str,
+        /// The object store's error.
+        source: object_store::Error,
+    },
+    /// A checkpoint cannot be used: unreadable, of another job or feature definition, or ahead
+    /// of the group's committed offsets.
+    #[error("checkpoint {id}: {reason}")]
+    Checkpoint {
+        /// The checkpoint's id.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
     /// riskpipe broke an invariant.
     #[error("bug: {0}")]
     Bug(String),
@@ -112,6 +129,8 @@ impl PipelineError {
             | PipelineError::Runtime { .. }
             | PipelineError::Plot { .. }
             | PipelineError::Metrics(_)
+            | PipelineError::CheckpointStore { .. }
+            | PipelineError::Checkpoint { .. }
             | PipelineError::Parquet(_) => Fault::External,
             PipelineError::Config(_)
             | PipelineError::Bug(_)

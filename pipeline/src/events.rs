@@ -28,6 +28,19 @@ pub const WATERMARK: &str = "riskpipe_watermark_seconds";
 /// Keys held in the feature operators' state (a key per operator that keeps it).
 pub const STATE_KEYS: &str = "riskpipe_state_keys";
 
+/// Seconds to write a checkpoint (tables and manifest).
+pub const CHECKPOINT_SECONDS: &str = "riskpipe_checkpoint_seconds";
+/// Bytes of the last checkpoint's tables.
+pub const CHECKPOINT_BYTES: &str = "riskpipe_checkpoint_bytes";
+/// When the last checkpoint was written, seconds since the epoch (age: `time() - this`).
+pub const CHECKPOINT_TIME: &str = "riskpipe_checkpoint_timestamp_seconds";
+/// Checkpoint writes that failed (the pipeline goes on; the next one retries).
+pub const CHECKPOINT_FAILURES: &str = "riskpipe_checkpoint_failures_total";
+/// Seconds the last start spent restoring state (checkpoint read and silent replay).
+pub const RESTORE_SECONDS: &str = "riskpipe_restore_seconds";
+/// Input messages replayed silently into the restored state at the last start.
+pub const RESTORE_REPLAYED: &str = "riskpipe_restore_replayed_messages";
+
 /// Buckets of the batch-size histogram (rows); every other histogram is seconds.
 pub const BATCH_ROWS_BUCKETS: [f64; 12] = [
     1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 4096.0, 8192.0, 16384.0, 65536.0,
@@ -46,6 +59,8 @@ pub enum Stage {
     Encode,
     /// From handing a batch's records to the sink to its acknowledgement.
     Publish,
+    /// Copying the feature state for a checkpoint (on the feature thread, between batches).
+    Snapshot,
 }
 
 impl Stage {
@@ -57,6 +72,7 @@ impl Stage {
             Stage::Score => "score",
             Stage::Encode => "encode",
             Stage::Publish => "publish",
+            Stage::Snapshot => "snapshot",
         }
     }
 }
@@ -81,6 +97,24 @@ pub fn describe() {
     );
     describe_gauge!(WATERMARK, "Event-time watermark, seconds since the epoch");
     describe_gauge!(STATE_KEYS, "Keys held in the feature operators' state");
+    describe_histogram!(CHECKPOINT_SECONDS, "Seconds to write a checkpoint");
+    describe_gauge!(
+        CHECKPOINT_BYTES,
+        "Bytes of the last checkpoint's state tables"
+    );
+    describe_gauge!(
+        CHECKPOINT_TIME,
+        "When the last checkpoint was written, seconds since the epoch"
+    );
+    describe_counter!(CHECKPOINT_FAILURES, "Checkpoint writes that failed");
+    describe_gauge!(
+        RESTORE_SECONDS,
+        "Seconds the last start spent restoring state (checkpoint and silent replay)"
+    );
+    describe_gauge!(
+        RESTORE_REPLAYED,
+        "Input messages replayed silently into the restored state at the last start"
+    );
     // Series without labels exist from the start, so dashboards and alerts see 0, not nothing.
     counter!(CONSUMER_ERRORS).increment(0);
     gauge!(READY).set(0.0);
@@ -143,4 +177,22 @@ pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
 /// The end-to-end latency histogram (seconds), looked up once per batch.
 pub fn end_to_end() -> metrics::Histogram {
     histogram!(END_TO_END_SECONDS)
+}
+
+/// A checkpoint of `bytes` was written in `seconds`, at `created_ms`.
+pub fn checkpoint_written(seconds: f64, bytes: u64, created_ms: i64) {
+    histogram!(CHECKPOINT_SECONDS).record(seconds);
+    gauge!(CHECKPOINT_BYTES).set(bytes as f64);
+    gauge!(CHECKPOINT_TIME).set(created_ms as f64 / 1e3);
+}
+
+/// A checkpoint write failed.
+pub fn checkpoint_failed() {
+    counter!(CHECKPOINT_FAILURES).increment(1);
+}
+
+/// The start restored its state in `seconds`, replaying `messages` silently.
+pub fn restored(seconds: f64, messages: usize) {
+    gauge!(RESTORE_SECONDS).set(seconds);
+    gauge!(RESTORE_REPLAYED).set(messages as f64);
 }

@@ -40,6 +40,7 @@ pub mod live;
 pub mod observe;
 pub mod sinks;
 pub mod sources;
+pub mod state;
 
 pub use config::PipelineConfig;
 pub use error::{PipelineError, Result};

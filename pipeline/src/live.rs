@@ -1,17 +1,28 @@
 //! `riskpipe run`: the live pipeline — the Kafka source, the configured job and the Kafka sink
 //! on the driver — until the shutdown future resolves (then it drains, commits and returns) or
 //! a stage fails for good.
+//!
+//! With `[state]`, the start restores the feature state first: the newest usable checkpoint
+//! (of this job and these feature definitions; an unreadable one falls back to the one before),
+//! then the gap between its offsets and the group's committed offsets replayed through the
+//! feature stage alone (nothing published), then the consumer joins at the committed offsets.
+//! The state is then what an uninterrupted run would hold there, so the uncommitted tail that
+//! a crash leaves is scored again with the same bits.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::PipelineConfig;
 use crate::decoders;
-use crate::driver::{Counters, Driver, Summary};
-use crate::jobs;
+use crate::driver::{Checkpoints, Counters, Driver, Summary};
+use crate::events;
+use crate::jobs::{self, Job};
 use crate::observe::Health;
 use crate::sinks::kafka::KafkaSink;
 use crate::sources::kafka::KafkaSource;
+use crate::sources::kafka_restore;
+use crate::state::{CheckpointStore, Positions, StateConfig};
 use crate::{PipelineError, Result};
 
 /// Checks the config, builds the job (loading its model), joins the consumer group and runs.
@@ -28,13 +39,95 @@ pub async fn run(
     })?;
     cfg.validate()?;
     let job = jobs::build(cfg)?;
-    let source = KafkaSource::new(kafka, cfg.streams(), health.clone())?;
+    let (job, checkpoints, start) = match &cfg.state {
+        Some(state) => {
+            let (cfg, state) = (cfg.clone(), state.clone());
+            let (job, checkpoints, start) =
+                tokio::task::spawn_blocking(move || restore(&cfg, &state, job))
+                    .await
+                    .map_err(|e| PipelineError::Bug(format!("restore task: {e}")))??;
+            (job, Some(checkpoints), start)
+        }
+        None => (job, None, Positions::new()),
+    };
+    let source = KafkaSource::new(kafka, cfg.streams(), health.clone())?.starting_from(start);
     let sink = KafkaSink::new(kafka)?;
     let driver = Driver::new(
         decoders::build(kafka.format, kafka.max_message_bytes),
         kafka.in_flight_batches,
-    );
+    )
+    .with_checkpoints(checkpoints);
     let result = driver.run(source, job, sink, counters, shutdown).await;
     health.set_stopped();
     result
+}
+
+/// Restores `job`'s feature state (blocking; on a thread of the runtime's blocking pool):
+/// the newest usable checkpoint, then the gap up to the committed offsets, silently. Returns the
+/// job, the checkpointing to go on with and the positions the state now reflects.
+fn restore(
+    cfg: &PipelineConfig,
+    state: &StateConfig,
+    mut job: Job,
+) -> Result<(Job, Checkpoints, Positions)> {
+    let kafka = cfg.kafka.as_ref().ok_or_else(|| {
+        PipelineError::Config(vec![
+            "no [kafka] section: the live pipeline needs one".into(),
+        ])
+    })?;
+    let rt = tokio::runtime::Handle::current();
+    let started = Instant::now();
+    let kind = cfg.job.kind();
+    let store = CheckpointStore::open(state)?;
+    let mut restored = Positions::new();
+    let mut from = None;
+    for m in rt.block_on(store.manifests())? {
+        if m.job != kind.name() {
+            tracing::warn!(id = m.id, "checkpoint of a {} job: not used", m.job);
+            continue;
+        }
+        match rt
+            .block_on(store.read(&m))
+            .and_then(|s| job.features.restore(s))
+        {
+            Ok(()) => {
+                restored = m.positions;
+                from = Some(m.id);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(id = m.id, "checkpoint not used, trying an older one: {e}");
+                // A failed restore may have changed part of the state: start from a new stage.
+                job.features = kind.feature_stage()?;
+            }
+        }
+    }
+    let decoder = decoders::build(kafka.format, kafka.max_message_bytes);
+    let gap = kafka_restore::gap(
+        kafka,
+        cfg.streams(),
+        &job.inputs,
+        decoder.as_ref(),
+        &restored,
+    )?;
+    let refused = jobs::warm_up(job.features.as_mut(), gap.input, kind.batch_rows())?;
+    let next_id = rt.block_on(store.next_id())?;
+    let seconds = started.elapsed().as_secs_f64();
+    events::restored(seconds, gap.messages);
+    tracing::info!(
+        checkpoint = from,
+        replayed = gap.messages,
+        refused,
+        keys = job.features.state_keys(),
+        seconds,
+        "state restored from {}",
+        store.location()
+    );
+    let checkpoints = Checkpoints {
+        store,
+        interval: state.interval,
+        job: kind.name(),
+        next_id,
+    };
+    Ok((job, checkpoints, gap.positions))
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use arrow::array::AsArray;
 use arrow::datatypes::{Float32Type, Int64Type};
 use rdkafka::Offset;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+pub(crate) use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 
 #[allow(unused_imports)] // not every test binary starts a broker
@@ -249,7 +249,8 @@ pub(crate) struct Got {
 }
 
 impl Got {
-    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Got {
+    /// The record of a consumed message.
+    pub(crate) fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Got {
         let mut headers = HashMap::new();
         if let Some(h) = m.headers() {
             for hd in h.iter() {

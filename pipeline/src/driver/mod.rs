@@ -13,12 +13,20 @@
 //! every output derived from it is. A [`Fault::BadInput`] error of a job stage dead-letters that
 //! batch's events and the pipeline goes on; any other error stops every stage without
 //! acknowledging the failed batch, so a restart re-processes it.
+//!
+//! With [`Checkpoints`], the feature thread copies the job's feature state right after a batch
+//! every `interval` (between two batches: the copy is the only pause), the copy travels with
+//! the batch, and once the batch is acknowledged the acknowledgement stage commits the offsets
+//! and writes the checkpoint of the copy with the acknowledged positions, on a task of its own.
+//! A last checkpoint is written after a clean drain.
 
 mod counters;
 mod stages;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use riskpipe_schemas::Fault;
 use tokio::sync::{mpsc, watch};
@@ -27,9 +35,10 @@ pub use counters::{Counters, Summary};
 
 use crate::decoders::Decoder;
 use crate::events;
-use crate::jobs::Job;
+use crate::jobs::{Job, StateSnapshot};
 use crate::sinks::Sink;
-use crate::sources::{Acker, Payload, Source};
+use crate::sources::{Acker, Commit, Payload, Source};
+use crate::state::{CheckpointStore, Positions};
 use crate::{PipelineError, Result};
 
 /// How batches flow; see the module documentation.
@@ -39,6 +48,64 @@ pub struct Driver {
     pub in_flight: usize,
     /// Decodes the payloads of message sources.
     pub decoder: Box<dyn Decoder>,
+    /// Where and how often the feature state is checkpointed, if it is.
+    pub checkpoints: Option<Checkpoints>,
+}
+
+/// Checkpointing of the job's feature state.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    /// The store.
+    pub store: CheckpointStore,
+    /// Time between checkpoints.
+    pub interval: Duration,
+    /// The job kind, recorded in each manifest.
+    pub job: &'static str,
+    /// The first checkpoint's id.
+    pub next_id: u64,
+}
+
+/// Writes checkpoints one at a time, each on a task of its own.
+struct Writer {
+    checkpoints: Checkpoints,
+    writing: Arc<AtomicBool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Commits (`commit`, blocking, off the reactor) and then writes `snapshot` at `positions`.
+    fn start(&mut self, snapshot: StateSnapshot, positions: Positions, commit: Option<Commit>) {
+        let c = self.checkpoints.clone();
+        let id = self.checkpoints.next_id;
+        self.checkpoints.next_id += 1;
+        let writing = self.writing.clone();
+        self.task = Some(tokio::spawn(async move {
+            let r = async {
+                if let Some(commit) = commit {
+                    tokio::task::spawn_blocking(commit)
+                        .await
+                        .map_err(|e| PipelineError::Bug(format!("commit task: {e}")))??;
+                }
+                c.store.write(id, c.job, positions, snapshot).await
+            }
+            .await;
+            match r {
+                Ok(m) => tracing::debug!(id, bytes = m.bytes(), "checkpoint written"),
+                Err(e) => {
+                    events::checkpoint_failed();
+                    tracing::warn!("checkpoint {id} not written (the next one retries): {e}");
+                }
+            }
+            writing.store(false, Ordering::Release);
+        }));
+    }
+
+    /// Waits for the write in progress.
+    async fn wait(&mut self) {
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
 }
 
 impl Driver {
@@ -47,7 +114,14 @@ impl Driver {
         Self {
             in_flight: in_flight.max(1),
             decoder,
+            checkpoints: None,
         }
+    }
+
+    /// Checkpoints the job's feature state as `checkpoints` says.
+    pub fn with_checkpoints(mut self, checkpoints: Option<Checkpoints>) -> Self {
+        self.checkpoints = checkpoints;
+        self
     }
 
     /// Runs `job` over `source` into `sink` until the source ends or `shutdown` resolves (then
@@ -75,9 +149,21 @@ impl Driver {
         let decode = stages::spawn("riskpipe-decode", &stop_tx, move || {
             stages::decode(batch_rx, decoded_tx, decoder.as_ref(), &inputs, &names)
         })?;
+        let writing = Arc::new(AtomicBool::new(false));
+        let timer = self.checkpoints.as_ref().map(|c| stages::SnapshotTimer {
+            every: c.interval,
+            last: std::time::Instant::now(),
+            writing: writing.clone(),
+        });
+        let mut writer = self.checkpoints.map(|checkpoints| Writer {
+            checkpoints,
+            writing,
+            task: None,
+        });
         let mut features = job.features;
         let featuring = stages::spawn("riskpipe-features", &stop_tx, move || {
-            stages::features(decoded_rx, featured_tx, features.as_mut())
+            stages::features(decoded_rx, featured_tx, features.as_mut(), timer)?;
+            Ok(features)
         })?;
         let mut scoring = job.scoring;
         let scoring_thread = stages::spawn("riskpipe-score", &stop_tx, move || {
@@ -106,13 +192,17 @@ impl Driver {
             let counters = counters.clone();
             tokio::spawn(async move {
                 let r = async {
-                    while let Some((work, delivery, sent)) = pending_rx.recv().await {
+                    while let Some((mut work, delivery, sent)) = pending_rx.recv().await {
                         let delivered = delivery.await?;
                         events::stage_time(events::Stage::Publish, sent.elapsed().as_secs_f64());
                         counters.delivered(&work, delivered);
+                        let snapshot = work.snapshot.take();
                         acker.ack(work.ack);
+                        if let (Some(snapshot), Some(w)) = (snapshot, writer.as_mut()) {
+                            w.start(snapshot, acker.positions(), acker.commit());
+                        }
                     }
-                    Ok(acker)
+                    Ok((acker, writer))
                 }
                 .await;
                 guard.check(r)
@@ -158,13 +248,25 @@ impl Driver {
         let featured = stages::join(featuring).await;
         let scored = stages::join(scoring_thread).await;
         // The first stage to fail is the cause; later ones failed because it stopped.
-        for r in [featured, scored, decoded] {
-            r?;
-        }
+        let features = featured?;
+        scored?;
+        decoded?;
         published?;
-        let mut acker = acked?;
+        let (mut acker, writer) = acked?;
         consumed?;
         acker.finish()?;
+        if let Some(mut w) = writer {
+            // The last checkpoint: everything acknowledged and committed, the state after it.
+            w.wait().await;
+            match features.snapshot() {
+                Ok(s) => {
+                    w.writing.store(true, Ordering::Release);
+                    w.start(s, acker.positions(), None);
+                    w.wait().await;
+                }
+                Err(e) => tracing::warn!("no checkpoint at shutdown: {e}"),
+            }
+        }
         Ok(counters.summary())
     }
 

@@ -10,6 +10,7 @@ use crate::decoders::{Decoder, Rejection};
 use crate::events::{self, Stage};
 use crate::jobs::{
     FeatureStage, Featured, Inputs, JobInput, JobOutput, Partitions, RejectKind, ScoreStage,
+    StateSnapshot,
 };
 use crate::sinks::{DeadLetter, Origin, SinkBatch};
 use crate::sources::{Message, Payload, SourceBatch};
@@ -30,6 +31,9 @@ pub(crate) struct Work<A> {
     /// Producer timestamp (ms) of each event row, for end-to-end latency (message sources).
     pub(crate) created_ms: Vec<Option<i64>>,
     dead: Vec<DeadLetter>,
+    /// The job's feature state right after this batch, when a checkpoint is due: written once
+    /// the batch is acknowledged.
+    pub(crate) snapshot: Option<StateSnapshot>,
 }
 
 impl<A> Work<A> {
@@ -42,6 +46,7 @@ impl<A> Work<A> {
             rejected: vec![false; events],
             created_ms: Vec::new(),
             dead: Vec::new(),
+            snapshot: None,
         }
     }
 
@@ -145,11 +150,11 @@ fn shorten(reason: &mut String) {
 }
 
 /// Spawns a stage thread that stops the pipeline when it fails or panics.
-pub(super) fn spawn(
+pub(super) fn spawn<T: Send + 'static>(
     name: &str,
     stop: &watch::Sender<bool>,
-    body: impl FnOnce() -> Result<()> + Send + 'static,
-) -> Result<std::thread::JoinHandle<Result<()>>> {
+    body: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<T>>> {
     let guard = StopGuard::new(stop);
     std::thread::Builder::new()
         .name(name.into())
@@ -158,7 +163,9 @@ pub(super) fn spawn(
 }
 
 /// Waits for a stage thread off the async reactor.
-pub(super) async fn join(handle: std::thread::JoinHandle<Result<()>>) -> Result<()> {
+pub(super) async fn join<T: Send + 'static>(
+    handle: std::thread::JoinHandle<Result<T>>,
+) -> Result<T> {
     tokio::task::spawn_blocking(move || handle.join())
         .await
         .map_err(|e| PipelineError::Bug(format!("joining a stage thread: {e}")))?
@@ -292,11 +299,34 @@ pub(super) fn decode<A: Send>(
     Ok(())
 }
 
-/// Stage 2: the job's feature half (its own thread: CPU-heavy, off the async reactor).
+/// When the feature stage snapshots its state for a checkpoint.
+#[derive(Debug)]
+pub(super) struct SnapshotTimer {
+    pub(super) every: std::time::Duration,
+    pub(super) last: Instant,
+    /// Set while a checkpoint is being written: no second snapshot meanwhile.
+    pub(super) writing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SnapshotTimer {
+    /// Whether a snapshot is due now; if so, the timer restarts and a write is marked under way.
+    fn due_now(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.last.elapsed() >= self.every
+            && self
+                .writing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+}
+
+/// Stage 2: the job's feature half (its own thread: CPU-heavy, off the async reactor); with a
+/// timer, the state right after a batch travels with it when a checkpoint is due.
 pub(super) fn features<A: Send>(
     mut batches: mpsc::Receiver<(Work<A>, JobInput)>,
     out: mpsc::Sender<(Work<A>, Option<Featured>)>,
     stage: &mut dyn FeatureStage,
+    mut timer: Option<SnapshotTimer>,
 ) -> Result<()> {
     while let Some((mut work, input)) = batches.blocking_recv() {
         let started = Instant::now();
@@ -318,6 +348,19 @@ pub(super) fn features<A: Send>(
             Err(e) => return Err(e),
         };
         events::stage_time(Stage::Features, started.elapsed().as_secs_f64());
+        if let Some(t) = timer.as_mut().filter(|t| t.due_now()) {
+            t.last = Instant::now();
+            let started = Instant::now();
+            match stage.snapshot() {
+                Ok(s) => work.snapshot = Some(s),
+                Err(e) => {
+                    t.writing.store(false, std::sync::atomic::Ordering::Release);
+                    events::checkpoint_failed();
+                    tracing::warn!("state snapshot failed, no checkpoint this time: {e}");
+                }
+            }
+            events::stage_time(Stage::Snapshot, started.elapsed().as_secs_f64());
+        }
         if out.blocking_send((work, featured)).is_err() {
             break;
         }

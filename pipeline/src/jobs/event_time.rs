@@ -16,11 +16,18 @@
 //!   from any partition can see what is freed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::array::{Array, AsArray, Int32Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
 use serde::Deserialize;
 
 use super::RejectKind;
+use crate::{PipelineError, Result};
+
+const LATEST: &str = "riskpipe.clock.latest";
+const WATERMARK: &str = "riskpipe.clock.watermark";
 
 fn default_max_future_skew() -> Duration {
     Duration::from_secs(86_400)
@@ -98,6 +105,62 @@ impl EventClock {
             highs.insert(p, self.highs.get(&p).copied().flatten());
         }
         self.highs = highs;
+    }
+
+    /// The clock as a table for a checkpoint: each partition's high mark (null: none yet); the
+    /// latest event time and the watermark in the metadata.
+    pub fn snapshot(&self) -> Result<RecordBatch> {
+        let partitions = Int32Array::from_iter_values(self.highs.keys().copied());
+        let highs = Int64Array::from_iter(self.highs.values().copied());
+        let mut meta = std::collections::HashMap::new();
+        meta.insert(WATERMARK.to_string(), self.watermark.to_string());
+        if let Some(l) = self.latest {
+            meta.insert(LATEST.to_string(), l.to_string());
+        }
+        let schema = Schema::new_with_metadata(
+            vec![
+                Field::new("partition", DataType::Int32, false),
+                Field::new("high", DataType::Int64, true),
+            ],
+            meta,
+        );
+        Ok(RecordBatch::try_new(
+            Arc::new(schema),
+            vec![Arc::new(partitions), Arc::new(highs)],
+        )?)
+    }
+
+    /// Restores the clock from [`Self::snapshot`]'s table (the settings stay this clock's).
+    pub fn restore(&mut self, table: &RecordBatch) -> Result<()> {
+        let unfit = |what: &str| PipelineError::Checkpoint {
+            id: 0,
+            reason: format!("event clock table: {what}"),
+        };
+        let partitions = table
+            .column_by_name("partition")
+            .and_then(|c| c.as_primitive_opt::<Int32Type>())
+            .ok_or_else(|| unfit("no Int32 column partition"))?;
+        let highs = table
+            .column_by_name("high")
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .ok_or_else(|| unfit("no Int64 column high"))?;
+        let meta = table.schema_ref().metadata();
+        let read = |k: &str| -> Result<Option<i64>> {
+            meta.get(k)
+                .map(|v| v.parse().map_err(|_| unfit(&format!("{k} = {v:?}"))))
+                .transpose()
+        };
+        self.watermark = read(WATERMARK)?.ok_or_else(|| unfit("no watermark"))?;
+        self.latest = read(LATEST)?;
+        self.highs = (0..table.num_rows())
+            .map(|i| {
+                (
+                    partitions.value(i),
+                    highs.is_valid(i).then(|| highs.value(i)),
+                )
+            })
+            .collect();
+        Ok(())
     }
 
     /// The watermark: no partition will send an event at or before it (ns since the epoch;
@@ -188,6 +251,28 @@ mod tests {
         assert_eq!(kind, RejectKind::Late);
         assert!(reason.contains("allowed_lateness (1h)"), "{reason}");
         assert_eq!(c.state_watermark(), 123 * H);
+    }
+
+    #[test]
+    fn a_restored_clock_refuses_and_admits_what_the_original_does() {
+        let mut c = clock();
+        c.hold(&[0, 1, 2]);
+        assert!(c.admit(0, 50 * H).is_ok());
+        assert!(c.admit(1, 60 * H).is_ok());
+        let mut back = clock();
+        back.restore(&c.snapshot().expect("snapshot"))
+            .expect("restore");
+        for (p, t) in [
+            (2, 100 * H),
+            (2, 40 * H),
+            (0, 48 * H),
+            (0, 75 * H),
+            (1, 58 * H),
+        ] {
+            assert_eq!(c.admit(p, t), back.admit(p, t), "partition {p} at {t}");
+            assert_eq!(c.watermark(), back.watermark());
+        }
+        assert_eq!(c.snapshot().expect("a"), back.snapshot().expect("b"));
     }
 
     #[test]

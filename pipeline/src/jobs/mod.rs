@@ -164,6 +164,66 @@ impl Repeated {
 pub struct StateSnapshot {
     /// Named tables.
     pub tables: Vec<(String, RecordBatch)>,
+    /// What definitions made the state (a hash of them): state is restored only into a stage
+    /// of the same definitions.
+    pub fingerprint: String,
+}
+
+/// A short hash of definitions (their `Debug` text): a checkpoint's state is restored only into
+/// a stage built from the same definitions.
+pub(crate) fn fingerprint(definitions: &impl std::fmt::Debug) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{definitions:?}").as_bytes());
+    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs `input` through the feature stage alone, side events first, then the events in
+/// micro-batches of `batch_rows`: how a restarted pipeline brings restored state up to its
+/// committed offsets without publishing anything (the stage refuses what it refused live, by
+/// each partition's own order). Returns the events the stage refused.
+pub fn warm_up(stage: &mut dyn FeatureStage, input: JobInput, batch_rows: usize) -> Result<usize> {
+    let JobInput {
+        side,
+        events,
+        partitions,
+    } = input;
+    // A batch refused whole was dead-lettered whole live: the same here.
+    let mut feed = |input: JobInput| -> Result<usize> {
+        let rows = input.events.num_rows();
+        match stage.process(input) {
+            Ok(f) => Ok(f.rejects.len()),
+            Err(e) if e.fault() == riskpipe_schemas::Fault::BadInput => Ok(rows),
+            Err(e) => Err(e),
+        }
+    };
+    let mut refused = 0;
+    if side.as_ref().is_some_and(|s| s.num_rows() > 0) {
+        refused += feed(JobInput {
+            side,
+            events: events.slice(0, 0),
+            partitions: partitions.as_ref().map(|p| Partitions {
+                of_events: Vec::new(),
+                held: p.held.clone(),
+            }),
+        })?;
+    }
+    let rows = batch_rows.max(1);
+    let mut start = 0;
+    while start < events.num_rows() {
+        let len = rows.min(events.num_rows() - start);
+        refused += feed(JobInput {
+            side: None,
+            events: events.slice(start, len),
+            partitions: partitions.as_ref().map(|p| Partitions {
+                of_events: p.of_events
+                    [start.min(p.of_events.len())..(start + len).min(p.of_events.len())]
+                    .to_vec(),
+                held: p.held.clone(),
+            }),
+        })?;
+        start += len;
+    }
+    Ok(refused)
 }
 
 /// The feature half of a job.
@@ -243,6 +303,10 @@ pub trait JobKind: std::fmt::Debug + Send + Sync {
     fn build(&self, pipeline: &PipelineConfig) -> Result<Job>;
     /// The feature half alone (no model).
     fn feature_stage(&self) -> Result<Box<dyn FeatureStage>>;
+    /// Whether its feature state can be checkpointed (`[state]`).
+    fn checkpoints(&self) -> bool {
+        false
+    }
     /// Rows per micro-batch when a history is replayed.
     fn batch_rows(&self) -> usize;
     /// The history a backtest reads when none is given (relative to the config file).

@@ -28,6 +28,7 @@ use crate::config::Streams;
 use crate::events;
 use crate::kafka::{KafkaConfig, Throttle};
 use crate::observe::Health;
+use crate::state::Positions;
 use crate::{PipelineError, Result};
 
 /// Highest offset read per (topic, partition) of a batch: what acknowledging it stores.
@@ -154,6 +155,8 @@ pub struct KafkaSource {
     side_topic: Option<String>,
     topics: BTreeMap<String, Arc<str>>,
     names: (String, String),
+    /// Where the restored state stands: the acker's positions start here.
+    start: Positions,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -221,7 +224,14 @@ impl KafkaSource {
                 kafka.events_topic(streams).to_string(),
                 kafka.side_topic(streams).unwrap_or_default().to_string(),
             ),
+            start: Positions::new(),
         })
+    }
+
+    /// The positions the restored state reflects (the acker reports positions from there).
+    pub fn starting_from(mut self, positions: Positions) -> Self {
+        self.start = positions;
+        self
     }
 
     fn push(&mut self, batch: &mut Vec<Message>, m: &BorrowedMessage<'_>) {
@@ -346,6 +356,7 @@ impl Source for KafkaSource {
     fn acker(&self) -> KafkaAcker {
         KafkaAcker {
             consumer: self.consumer.clone(),
+            positions: self.start.clone(),
         }
     }
 
@@ -357,6 +368,7 @@ impl Source for KafkaSource {
 /// Stores acknowledged offsets; commits on the way out.
 pub struct KafkaAcker {
     consumer: Arc<Consumer_>,
+    positions: Positions,
 }
 
 impl std::fmt::Debug for KafkaAcker {
@@ -370,6 +382,13 @@ impl Acker for KafkaAcker {
 
     fn ack(&mut self, offsets: Offsets) {
         for ((topic, partition), offset) in &offsets {
+            let next = self
+                .positions
+                .entry(topic.to_string())
+                .or_default()
+                .entry(*partition)
+                .or_insert(0);
+            *next = (*next).max(offset + 1);
             if let Err(e) = self.consumer.store_offset(topic, *partition, *offset) {
                 // The partition moved to another member in a rebalance: it re-processes from
                 // the last commit, which is still at-least-once.
@@ -379,11 +398,27 @@ impl Acker for KafkaAcker {
     }
 
     fn finish(&mut self) -> Result<()> {
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => events::commit(true),
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => return Err(PipelineError::kafka("final offset commit")(e)),
-        }
-        Ok(())
+        commit_stored(&self.consumer, "final offset commit")
     }
+
+    fn positions(&self) -> Positions {
+        self.positions.clone()
+    }
+
+    fn commit(&self) -> Option<super::Commit> {
+        let consumer = self.consumer.clone();
+        Some(Box::new(move || {
+            commit_stored(&consumer, "offset commit before a checkpoint")
+        }))
+    }
+}
+
+/// Commits the stored offsets synchronously.
+fn commit_stored(consumer: &Consumer_, op: &'static str) -> Result<()> {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => events::commit(true),
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => return Err(PipelineError::kafka(op)(e)),
+    }
+    Ok(())
 }

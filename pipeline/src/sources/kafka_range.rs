@@ -84,16 +84,19 @@ fn resolve(
     Ok(out)
 }
 
-/// Reads `[from, to)` of every partition of `topic`.
-pub fn read_topic(kafka: &KafkaConfig, topic: &str, from: Bound, to: Bound) -> Result<TopicRead> {
+/// A consumer that reads ranges by assignment and commits nothing.
+pub(crate) fn range_consumer(kafka: &KafkaConfig) -> Result<BaseConsumer> {
     let mut cfg = kafka.client();
     cfg.set("group.id", format!("{}-replay", kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
-    let consumer: BaseConsumer = cfg
-        .create()
-        .map_err(PipelineError::kafka("creating the replay consumer"))?;
+    cfg.create()
+        .map_err(PipelineError::kafka("creating the replay consumer"))
+}
+
+/// Every partition of `topic`.
+pub(crate) fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>> {
     let metadata = consumer
         .fetch_metadata(Some(topic), TIMEOUT)
         .map_err(PipelineError::kafka("fetching metadata"))?;
@@ -108,11 +111,39 @@ pub fn read_topic(kafka: &KafkaConfig, topic: &str, from: Bound, to: Bound) -> R
             "topic {topic:?} has no partitions (does it exist?)"
         )));
     }
+    Ok(partitions)
+}
+
+/// The earliest retained offset of `partition`.
+pub(crate) fn earliest(consumer: &BaseConsumer, topic: &str, partition: i32) -> Result<i64> {
+    Ok(resolve(consumer, topic, &[partition], Bound::Edge, false)?[0])
+}
+
+/// Reads `[from, to)` of every partition of `topic`.
+pub fn read_topic(kafka: &KafkaConfig, topic: &str, from: Bound, to: Bound) -> Result<TopicRead> {
+    let consumer = range_consumer(kafka)?;
+    let partitions = partitions_of(&consumer, topic)?;
     let starts = resolve(&consumer, topic, &partitions, from, false)?;
     let ends = resolve(&consumer, topic, &partitions, to, true)?;
+    let ranges: Vec<(i32, i64, i64)> = partitions
+        .iter()
+        .zip(starts.iter().zip(&ends))
+        .map(|(&p, (&s, &e))| (p, s, e))
+        .collect();
+    let mut read = read_ranges(&consumer, topic, &ranges)?;
+    read.all = partitions;
+    Ok(read)
+}
+
+/// Reads `[start, end)` of each `(partition, start, end)` of `topic`, partition by partition.
+pub(crate) fn read_ranges(
+    consumer: &BaseConsumer,
+    topic: &str,
+    ranges: &[(i32, i64, i64)],
+) -> Result<TopicRead> {
     let mut payloads = Vec::new();
     let mut of_payloads = Vec::new();
-    for ((&p, &start), &end) in partitions.iter().zip(&starts).zip(&ends) {
+    for &(p, start, end) in ranges {
         if start >= end {
             continue;
         }
@@ -154,7 +185,7 @@ pub fn read_topic(kafka: &KafkaConfig, topic: &str, from: Bound, to: Bound) -> R
     Ok(TopicRead {
         payloads,
         partitions: of_payloads,
-        all: partitions,
+        all: ranges.iter().map(|r| r.0).collect(),
     })
 }
 

@@ -15,6 +15,7 @@ pub mod file;
 pub mod history;
 pub mod kafka;
 pub mod kafka_range;
+pub mod kafka_restore;
 pub mod ticks;
 
 use std::future::Future;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 use crate::Result;
 use crate::jobs::JobInput;
+use crate::state::Positions;
 
 /// One consumed message, copied out of the client's buffer.
 #[derive(Debug, Clone)]
@@ -96,6 +98,9 @@ pub trait Source: Send + 'static {
     fn names(&self) -> (&str, &str);
 }
 
+/// Makes the acknowledgements so far durable (a blocking call: a synchronous commit).
+pub type Commit = Box<dyn FnOnce() -> Result<()> + Send>;
+
 /// Settles acknowledged batches.
 pub trait Acker: Send + 'static {
     /// The token.
@@ -104,6 +109,17 @@ pub trait Acker: Send + 'static {
     fn ack(&mut self, ack: Self::Ack);
     /// The pipeline drained without an error: make the acknowledgements durable (commit).
     fn finish(&mut self) -> Result<()>;
+    /// The next offset per input topic and partition of everything acknowledged (and of the
+    /// state the pipeline started from): what the state reflects once these batches went
+    /// through it. Empty for sources without offsets.
+    fn positions(&self) -> Positions {
+        Positions::new()
+    }
+    /// A commit of what is acknowledged now, to run before a checkpoint of [`Self::positions`]
+    /// is written (so the committed offsets are never behind a checkpoint).
+    fn commit(&self) -> Option<Commit> {
+        None
+    }
 }
 
 /// An acknowledger with nothing to settle (files).

@@ -30,7 +30,7 @@ use super::Repeated;
 use super::event_time::EventClock;
 use super::{
     FeatureStage, Featured, Inputs, Job, JobInput, JobKind, JobOutput, Partitions, Reject,
-    ScoreStage,
+    ScoreStage, StateSnapshot,
 };
 use crate::backtest::{Options, Replayed, Report};
 use crate::config::{PipelineConfig, Streams};
@@ -58,6 +58,7 @@ pub fn feature_stage(cfg: &FraudConfig) -> Result<Box<dyn FeatureStage>> {
         chain: cfg.features.build_chain()?,
         clock: EventClock::new(cfg.event_time),
         event_time: cfg.features.event_time.clone(),
+        fingerprint: super::fingerprint(&cfg.features),
     }))
 }
 
@@ -104,7 +105,12 @@ struct FraudFeatures {
     chain: FeatureChain,
     clock: EventClock,
     event_time: String,
+    fingerprint: String,
 }
+
+/// The clock's table in a snapshot; the operators' tables are prefixed [`FEATURES`].
+const CLOCK: &str = "event_clock";
+const FEATURES: &str = "features/";
 
 impl FeatureStage for FraudFeatures {
     fn process(&mut self, input: JobInput) -> Result<Featured> {
@@ -152,6 +158,47 @@ impl FeatureStage for FraudFeatures {
 
     fn state_keys(&self) -> Option<usize> {
         Some(self.chain.keys())
+    }
+
+    fn snapshot(&self) -> Result<StateSnapshot> {
+        let mut tables = vec![(CLOCK.to_string(), self.clock.snapshot()?)];
+        for (name, t) in self.chain.snapshot()? {
+            tables.push((format!("{FEATURES}{name}"), t));
+        }
+        Ok(StateSnapshot {
+            tables,
+            fingerprint: self.fingerprint.clone(),
+        })
+    }
+
+    fn restore(&mut self, state: StateSnapshot) -> Result<()> {
+        if state.fingerprint != self.fingerprint {
+            return Err(PipelineError::Checkpoint {
+                id: 0,
+                reason: "written for other feature definitions ([job.features] changed)".into(),
+            });
+        }
+        let mut chain = Vec::new();
+        let mut clock = None;
+        for (name, t) in state.tables {
+            match name.strip_prefix(FEATURES) {
+                Some(op) => chain.push((op.to_string(), t)),
+                None if name == CLOCK => clock = Some(t),
+                None => {
+                    return Err(PipelineError::Checkpoint {
+                        id: 0,
+                        reason: format!("unknown table {name:?}"),
+                    });
+                }
+            }
+        }
+        let clock = clock.ok_or_else(|| PipelineError::Checkpoint {
+            id: 0,
+            reason: "no event clock table".into(),
+        })?;
+        self.clock.restore(&clock)?;
+        self.chain.restore(&chain)?;
+        Ok(())
     }
 }
 
@@ -232,6 +279,10 @@ impl JobKind for FraudConfig {
 
     fn feature_stage(&self) -> Result<Box<dyn FeatureStage>> {
         feature_stage(self)
+    }
+
+    fn checkpoints(&self) -> bool {
+        true
     }
 
     fn batch_rows(&self) -> usize {

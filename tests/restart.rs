@@ -1,0 +1,199 @@
+//! Durable state against the broker process (`riskpipe-test-broker`) and the `riskpipe` binary:
+//! killed with SIGKILL at random points under load and restarted each time, the pipeline scores
+//! every transaction exactly as the uninterrupted backtest does, bit for bit, and re-publishes
+//! only byte-identical copies.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use riskpipe_pipeline::demo::{Feeder, feed};
+use riskpipe_pipeline::kafka::KafkaConfig;
+use riskpipe_pipeline::{PipelineConfig, backtest};
+use support::{
+    Broker, Got, MULTI_PARTITION, Pipeline, drain, drain_to_end, kafka_section, producer, reader,
+    scores_by_id, scores_of, write_config,
+};
+
+/// A small random generator (xorshift), seeded and printed so a failing run can be repeated.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn ten_sigkills_under_load_lose_nothing_and_every_score_equals_the_backtest() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    // 100k transactions (11 days): the terminal risk features read labels from day 7 on.
+    let n = 100_000;
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let labels = feed.messages.iter().filter(|m| m.0).count();
+    assert!(labels > 20, "the slice must carry labels: {labels}");
+    let seed = std::env::var("RISKPIPE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64 | 1)
+        });
+    eprintln!("kill points from RISKPIPE_TEST_SEED={seed}");
+    let mut rng = Rng(seed);
+
+    let broker = Broker::start(&MULTI_PARTITION);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}\n[state]\ndir = {:?}\ninterval = \"1s\"\n",
+            kafka_section(
+                &broker.bootstrap,
+                "state-kills",
+                // A killed member holds its partitions until its session times out.
+                "commit_interval = \"200ms\"\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"",
+            ),
+            state_dir.display().to_string()
+        ),
+    );
+    let p = producer(&broker.bootstrap);
+    let kafka = KafkaConfig::for_bootstrap(&broker.bootstrap);
+    let only_labels = feed.only(true);
+    Feeder::new(&only_labels, Instant::now())
+        .publish(&p, &kafka, &only_labels, 0.0, &AtomicBool::new(false))
+        .expect("labels");
+
+    let scores = reader(&broker.bootstrap, "scores");
+    let mut got: Vec<Got> = Vec::new();
+    // Labels before transactions, as in the live test: the run is then deterministic.
+    let mut first = Pipeline::start(&config);
+    first.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while first.metric("riskpipe_events_in_total", "topic=\"fraud-labels\"") < labels as f64 {
+        assert!(Instant::now() < deadline, "labels not consumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let feeding = std::thread::spawn({
+        let tx = Arc::new(feed.only(false));
+        let bootstrap = broker.bootstrap.clone();
+        move || {
+            let p = producer(&bootstrap);
+            Feeder::new(&tx, Instant::now())
+                .publish(
+                    &p,
+                    &KafkaConfig::for_bootstrap(&bootstrap),
+                    &tx,
+                    2_500.0,
+                    &AtomicBool::new(false),
+                )
+                .expect("publish");
+        }
+    });
+
+    // Ten kills, each after a random 0.5 to 4 s of scoring.
+    let mut running = first;
+    let mut restored_from_checkpoint = 0;
+    for kill in 0..10 {
+        let until = Instant::now() + Duration::from_millis(500 + rng.below(3_500));
+        while Instant::now() < until {
+            if let Some(m) = scores.poll(Duration::from_millis(20)) {
+                got.push(Got::of(&m.expect("consume")));
+            }
+        }
+        for l in running.drain_log() {
+            if l.contains("checkpoint") || l.contains("restored") {
+                eprintln!("  {l}");
+            }
+        }
+        running.kill();
+        eprintln!("kill {kill}: {} scores so far", got.len());
+        running = Pipeline::start(&config);
+        running.wait_ready();
+        let log = running.drain_log();
+        if let Some(l) = log.iter().find(|l| l.contains("state restored")) {
+            eprintln!("  {l}");
+            // The field is there only when a checkpoint was restored (the log may be coloured).
+            if l.contains("checkpoint") {
+                restored_from_checkpoint += 1;
+            }
+        }
+    }
+    feeding.join().expect("feeder");
+
+    // The last run goes to the end.
+    let expected: HashMap<i64, f32> = {
+        let replayed = backtest::replay(
+            &cfg,
+            Arc::new(history.head(n)),
+            &indicatif::ProgressBar::hidden(),
+        )
+        .expect("backtest");
+        scores_by_id(replayed.scored())
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut seen: BTreeSet<i64> = scores_of(&got).iter().map(|s| s.transaction_id).collect();
+    while seen.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} scored: {:#?}",
+            seen.len(),
+            running.drain_log()
+        );
+        let more = drain(&scores, Duration::from_millis(300));
+        seen.extend(scores_of(&more).iter().map(|s| s.transaction_id));
+        got.extend(more);
+    }
+    let (ok, _) = running.terminate();
+    assert!(ok, "SIGTERM exits 0");
+    got.extend(drain_to_end(&scores, "scores"));
+
+    assert!(
+        restored_from_checkpoint >= 5,
+        "only {restored_from_checkpoint} of 10 restarts restored a checkpoint"
+    );
+    let all: BTreeSet<i64> = feed.ids.iter().copied().collect();
+    let mut first_copy: HashMap<i64, &Got> = HashMap::new();
+    let (mut differ, mut duplicates) = (Vec::new(), 0);
+    for (g, s) in got.iter().zip(scores_of(&got)) {
+        match first_copy.get(&s.transaction_id) {
+            Some(f) => {
+                duplicates += 1;
+                assert_eq!(f.key, g.key, "re-published key of {}", s.transaction_id);
+                assert_eq!(
+                    f.payload, g.payload,
+                    "re-published score of {} is not byte-identical",
+                    s.transaction_id
+                );
+            }
+            None => {
+                first_copy.insert(s.transaction_id, g);
+            }
+        }
+        if expected.get(&s.transaction_id) != Some(&(s.score as f32)) {
+            differ.push(s.transaction_id);
+        }
+    }
+    let scored: BTreeSet<i64> = first_copy.keys().copied().collect();
+    assert_eq!(scored, all, "every transaction has a score");
+    assert!(
+        differ.is_empty(),
+        "{} of {} scores differ from the backtest's after restarts (first: {:?})",
+        differ.len(),
+        got.len(),
+        &differ[..differ.len().min(5)]
+    );
+    eprintln!(
+        "{n} transactions, {} scores published, {duplicates} duplicates, {restored_from_checkpoint} restores from a checkpoint",
+        got.len()
+    );
+}
