@@ -7,7 +7,10 @@
 //! 3. riskpipe's live pipeline (the code `riskpipe run` runs): transactions → scores, from the
 //!    first consumed message to the broker's acknowledgement of the last score;
 //! 4. latency from a transaction's send to its score's arrival at a downstream consumer, at a
-//!    fixed offered load of half the measured throughput: p50 / p99 / p99.9.
+//!    fixed offered load of half the measured throughput: p50 / p99 / p99.9;
+//! 5. the live pipeline of 3 again, with `[state]` checkpoints every 100 ms (a new group over
+//!    the same messages), then without again: the throughput cost of checkpointing, as the
+//!    ratio of those two runs (the first run in a process is slower: warm-up).
 //!
 //! `cargo bench --bench e2e`. RISKPIPE_E2E_TRANSACTIONS (default 100000) and
 //! RISKPIPE_E2E_LATENCY_SECS (default 10) size it. Targets: throughput ≥ 70% of the lower
@@ -26,6 +29,7 @@ use riskpipe_pipeline::kafka::KafkaConfig;
 use riskpipe_pipeline::live::run;
 use riskpipe_pipeline::observe::Health;
 use riskpipe_pipeline::sources::history::History;
+use riskpipe_pipeline::state::StateConfig;
 use riskpipe_pipeline::{PipelineConfig, backtest};
 
 fn env_or(name: &str, default: f64) -> f64 {
@@ -100,6 +104,33 @@ fn bare_scoring(
     started.elapsed()
 }
 
+/// Runs the live pipeline of `cfg` until `n` scores are acknowledged: the time from its first
+/// consumed message, and its batches.
+fn throughput(rt: &tokio::runtime::Runtime, cfg: &PipelineConfig, n: usize) -> (Duration, u64) {
+    let health = Arc::new(Health::default());
+    let counters = Arc::new(Counters::default());
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    rt.block_on(run(cfg, health, counters.clone(), async {
+        loop {
+            let consumed = counters.events.load(Ordering::Relaxed);
+            if consumed > 0 && first.is_none() {
+                first = Some(Instant::now());
+            }
+            if counters.scores.load(Ordering::Relaxed) >= n as u64 {
+                last = Instant::now();
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }))
+    .expect("pipeline");
+    (
+        last - first.unwrap_or(last),
+        counters.batches.load(Ordering::Relaxed).max(1),
+    )
+}
+
 fn main() {
     let n = env_or("RISKPIPE_E2E_TRANSACTIONS", 100_000.0) as usize;
     let latency_secs = env_or("RISKPIPE_E2E_LATENCY_SECS", 10.0);
@@ -133,26 +164,34 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let health = Arc::new(Health::default());
-    let counters = Arc::new(Counters::default());
-    let mut first: Option<Instant> = None;
-    let mut last = Instant::now();
-    rt.block_on(run(&cfg, health.clone(), counters.clone(), async {
-        loop {
-            let consumed = counters.events.load(Ordering::Relaxed);
-            if consumed > 0 && first.is_none() {
-                first = Some(Instant::now());
-            }
-            if counters.scores.load(Ordering::Relaxed) >= n as u64 {
-                last = Instant::now();
-                break;
-            }
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-    }))
-    .expect("pipeline");
-    let pipeline = last - first.unwrap_or(last);
-    let tp_batches = counters.batches.load(Ordering::Relaxed).max(1);
+    let (pipeline, tp_batches) = throughput(&rt, &cfg, n);
+    // The same with checkpoints every second, on a group of its own.
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let mut with_state = cfg.clone();
+    with_state.kafka = Some(kafka_for(
+        &broker.bootstrap,
+        "tp-",
+        "bench-throughput-state",
+    ));
+    with_state.state = Some(StateConfig {
+        dir: state_dir.path().to_string_lossy().into_owned(),
+        // Several checkpoints within the run's fraction of a second.
+        interval: Duration::from_millis(100),
+        retain: 3,
+    });
+    let (pipeline_state, _) = throughput(&rt, &with_state, n);
+    let checkpoints = std::fs::read_dir(state_dir.path().join("checkpoints"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    // And without again, on a group of its own: the first run in a process is slower (warm-up),
+    // so the ratio compares the two later runs.
+    let mut again = cfg.clone();
+    again.kafka = Some(kafka_for(
+        &broker.bootstrap,
+        "tp-",
+        "bench-throughput-again",
+    ));
+    let (pipeline_again, _) = throughput(&rt, &again, n);
 
     let eps = |d: Duration| n as f64 / d.as_secs_f64();
     let (tp, ca, cb) = (eps(pipeline), eps(consume), eps(scoring));
@@ -209,6 +248,17 @@ fn main() {
     println!(
         "  riskpipe live: tx -> scores acked  {tp:>10.0} ev/s    {:>7.3} s",
         pipeline.as_secs_f64()
+    );
+    println!(
+        "  riskpipe live, checkpoint / 100 ms {:>9.0} ev/s    {:>7.3} s   (checkpoints kept: {checkpoints} of retain 3)",
+        eps(pipeline_state),
+        pipeline_state.as_secs_f64(),
+    );
+    println!(
+        "  riskpipe live again, no checkpoints {:>8.0} ev/s    {:>7.3} s   (with / without: {:.3})",
+        eps(pipeline_again),
+        pipeline_again.as_secs_f64(),
+        eps(pipeline_state) / eps(pipeline_again)
     );
     println!(
         "  mean micro-batch                   {:>10.0} rows",
