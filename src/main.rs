@@ -391,6 +391,11 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
         Command::State {
             action: StateCommand::Inspect { dir },
         } => {
+            if !dir.contains("://") && !Path::new(&dir).is_dir() {
+                return Err(PipelineError::Config(vec![format!(
+                    "--dir {dir}: no such directory"
+                )]));
+            }
             let cfg = riskpipe_pipeline::state::StateConfig {
                 dir,
                 interval: std::time::Duration::from_secs(60),

@@ -157,6 +157,46 @@ fn ten_sigkills_under_load_lose_nothing_and_every_score_equals_the_backtest() {
     assert!(ok, "SIGTERM exits 0");
     got.extend(drain_to_end(&scores, "scores"));
 
+    // What the last checkpoint (written at the clean stop) holds: every input partition at its
+    // end, and the state tables.
+    let inspect = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
+        .args(["state", "inspect", "--dir"])
+        .arg(&state_dir)
+        .output()
+        .expect("riskpipe state inspect");
+    let printed = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.status.success(), "{printed}");
+    let newest = printed
+        .split("\ncheckpoint ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no checkpoint listed:\n{printed}"));
+    for needle in [
+        "next offsets fraud-labels:",
+        "next offsets transactions: 0:",
+        "event_clock",
+        "features/1-window(CUSTOMER_ID)",
+        "features/2-label_risk(TERMINAL_ID)",
+        " keys",
+    ] {
+        assert!(
+            newest.contains(needle),
+            "{needle:?} missing from:\n{printed}"
+        );
+    }
+    let offsets: i64 = newest
+        .lines()
+        .find(|l| l.contains("next offsets transactions:"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.split_once(':')?.1.parse::<i64>().ok())
+                .sum()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        offsets, n as i64,
+        "the last checkpoint is at the end of every partition"
+    );
+
     assert!(
         restored_from_checkpoint >= 5,
         "only {restored_from_checkpoint} of 10 restarts restored a checkpoint"
