@@ -42,6 +42,7 @@ pub use label_risk::LabelRisk;
 pub use market::{Ewma, QuantileOf, Rolling, RollingQuantile, SeriesFeatures, SeriesOperator};
 #[cfg(feature = "sql")]
 pub use sql::SqlFeature;
+pub use state::state_table_keys;
 pub use window::{Aggregate, WindowAggregate};
 
 /// Errors of the operators crate.

@@ -181,6 +181,25 @@ fn unfit(msg: String) -> OperatorError {
     OperatorError::Checkpoint(msg)
 }
 
+/// Distinct keys of an operator's state table (what [`crate::Operator::snapshot`] wrote);
+/// `None` for a table without key columns.
+pub fn state_table_keys(table: &RecordBatch) -> Option<usize> {
+    let r = StateReader::new(table).ok()?;
+    let mut ints = std::collections::HashSet::new();
+    let mut strs = std::collections::HashSet::new();
+    for row in 0..r.rows() {
+        match r.key(row).ok()? {
+            Key::Int(k) => {
+                ints.insert(k);
+            }
+            Key::Str(k) => {
+                strs.insert(k);
+            }
+        }
+    }
+    Some(ints.len() + strs.len())
+}
+
 /// Reads a state table back: its keys, its columns, its watermark.
 #[derive(Debug)]
 pub(crate) struct StateReader<'a> {

@@ -260,7 +260,6 @@ impl Driver {
             w.wait().await;
             match features.snapshot() {
                 Ok(s) => {
-                    w.writing.store(true, Ordering::Release);
                     w.start(s, acker.positions(), None);
                     w.wait().await;
                 }

@@ -310,13 +310,17 @@ pub(super) struct SnapshotTimer {
 
 impl SnapshotTimer {
     /// Whether a snapshot is due now; if so, the timer restarts and a write is marked under way.
-    fn due_now(&self) -> bool {
+    fn due_now(&mut self) -> bool {
         use std::sync::atomic::Ordering;
-        self.last.elapsed() >= self.every
+        let due = self.last.elapsed() >= self.every
             && self
                 .writing
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+                .is_ok();
+        if due {
+            self.last = Instant::now();
+        }
+        due
     }
 }
 
@@ -348,8 +352,9 @@ pub(super) fn features<A: Send>(
             Err(e) => return Err(e),
         };
         events::stage_time(Stage::Features, started.elapsed().as_secs_f64());
-        if let Some(t) = timer.as_mut().filter(|t| t.due_now()) {
-            t.last = Instant::now();
+        if let Some(t) = timer.as_mut()
+            && t.due_now()
+        {
             let started = Instant::now();
             match stage.snapshot() {
                 Ok(s) => work.snapshot = Some(s),

@@ -50,6 +50,17 @@ pub struct Partitions {
     pub held: Arc<[i32]>,
 }
 
+impl Partitions {
+    /// The partitions of events `start..start + len` (clamped to the events there are).
+    pub fn slice(&self, start: usize, len: usize) -> Partitions {
+        let n = self.of_events.len();
+        Partitions {
+            of_events: self.of_events[start.min(n)..(start + len).min(n)].to_vec(),
+            held: self.held.clone(),
+        }
+    }
+}
+
 /// Why an input was refused: the dead letter's `riskpipe.error.kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectKind {
@@ -201,10 +212,7 @@ pub fn warm_up(stage: &mut dyn FeatureStage, input: JobInput, batch_rows: usize)
         refused += feed(JobInput {
             side,
             events: events.slice(0, 0),
-            partitions: partitions.as_ref().map(|p| Partitions {
-                of_events: Vec::new(),
-                held: p.held.clone(),
-            }),
+            partitions: partitions.as_ref().map(|p| p.slice(0, 0)),
         })?;
     }
     let rows = batch_rows.max(1);
@@ -214,12 +222,7 @@ pub fn warm_up(stage: &mut dyn FeatureStage, input: JobInput, batch_rows: usize)
         refused += feed(JobInput {
             side: None,
             events: events.slice(start, len),
-            partitions: partitions.as_ref().map(|p| Partitions {
-                of_events: p.of_events
-                    [start.min(p.of_events.len())..(start + len).min(p.of_events.len())]
-                    .to_vec(),
-                held: p.held.clone(),
-            }),
+            partitions: partitions.as_ref().map(|p| p.slice(start, len)),
         })?;
         start += len;
     }

@@ -48,10 +48,7 @@ impl History {
         let rows = rows.min(self.events.num_rows());
         History {
             events: self.events.slice(0, rows),
-            partitions: self.partitions.as_ref().map(|p| Partitions {
-                of_events: p.of_events[..rows.min(p.of_events.len())].to_vec(),
-                held: p.held.clone(),
-            }),
+            partitions: self.partitions.as_ref().map(|p| p.slice(0, rows)),
             ..self.clone()
         }
     }
@@ -121,12 +118,11 @@ impl HistorySource {
                 input: JobInput {
                     side,
                     events: events.slice(start, len),
-                    partitions: self.history.partitions.as_ref().map(|p| Partitions {
-                        of_events: p.of_events
-                            [start.min(p.of_events.len())..(start + len).min(p.of_events.len())]
-                            .to_vec(),
-                        held: p.held.clone(),
-                    }),
+                    partitions: self
+                        .history
+                        .partitions
+                        .as_ref()
+                        .map(|p| p.slice(start, len)),
                 },
                 first_row: start,
             },

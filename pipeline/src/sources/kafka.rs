@@ -382,13 +382,13 @@ impl Acker for KafkaAcker {
 
     fn ack(&mut self, offsets: Offsets) {
         for ((topic, partition), offset) in &offsets {
-            let next = self
-                .positions
-                .entry(topic.to_string())
-                .or_default()
-                .entry(*partition)
-                .or_insert(0);
-            *next = (*next).max(offset + 1);
+            if !self.positions.contains_key(&**topic) {
+                self.positions.insert(topic.to_string(), Default::default());
+            }
+            if let Some(partitions) = self.positions.get_mut(&**topic) {
+                let next = partitions.entry(*partition).or_insert(0);
+                *next = (*next).max(offset + 1);
+            }
             if let Err(e) = self.consumer.store_offset(topic, *partition, *offset) {
                 // The partition moved to another member in a rebalance: it re-processes from
                 // the last commit, which is still at-least-once.

@@ -16,7 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::history::History;
 use crate::config::PipelineConfig;
-use crate::decoders::Decoder;
+use crate::decoders::{DecodedPayloads, Decoder};
 use crate::jobs::Partitions;
 use crate::kafka::KafkaConfig;
 use crate::{PipelineError, Result};
@@ -41,6 +41,24 @@ pub struct TopicRead {
     pub partitions: Vec<i32>,
     /// Every partition of the topic.
     pub all: Vec<i32>,
+}
+
+impl TopicRead {
+    /// The payloads decoded against `schema`, and the partition of each accepted row.
+    pub(crate) fn decode(
+        &self,
+        decoder: &dyn Decoder,
+        schema: &arrow::datatypes::SchemaRef,
+    ) -> (DecodedPayloads, Vec<i32>) {
+        let refs: Vec<&[u8]> = self.payloads.iter().map(Vec::as_slice).collect();
+        let decoded = decoder.decode(schema, &refs);
+        let partitions = decoded
+            .accepted
+            .iter()
+            .filter_map(|&i| self.partitions.get(i).copied())
+            .collect();
+        (decoded, partitions)
+    }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -206,8 +224,7 @@ pub fn history(
     let inputs = kind.inputs();
     let topic = kafka.events_topic(streams);
     let read = read_topic(kafka, topic, from, to)?;
-    let refs: Vec<&[u8]> = read.payloads.iter().map(Vec::as_slice).collect();
-    let decoded = decoder.decode(&inputs.events, &refs);
+    let (decoded, of_events) = read.decode(decoder, &inputs.events);
     let rejected = decoded.rejected.len();
     for r in decoded.rejected.iter().take(5) {
         tracing::warn!("skipping undecodable event #{}: {}", r.index, r.reason);
@@ -215,18 +232,13 @@ pub fn history(
     let side = match (kafka.side_topic(streams), &inputs.side) {
         (Some(side_topic), Some(schema)) => {
             let read = read_topic(kafka, side_topic, Bound::Edge, Bound::Edge)?;
-            let refs: Vec<&[u8]> = read.payloads.iter().map(Vec::as_slice).collect();
-            Some(decoder.decode(schema, &refs).batch)
+            Some(read.decode(decoder, schema).0.batch)
         }
         _ => None,
     };
     // Each event's partition: the history keeps every partition in offset order, as live read it.
     let partitions = Partitions {
-        of_events: decoded
-            .accepted
-            .iter()
-            .filter_map(|&i| read.partitions.get(i).copied())
-            .collect(),
+        of_events,
         held: read.all.into(),
     };
     Ok((

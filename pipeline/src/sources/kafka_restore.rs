@@ -32,25 +32,27 @@ pub struct Gap {
     pub positions: Positions,
 }
 
-/// The group's committed offset of each partition of `topic` (`None`: never committed).
-fn committed(
-    kafka: &KafkaConfig,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<Vec<(i32, Option<i64>)>> {
-    // A member of no group generation: it looks the offsets up without joining.
+/// A consumer of the pipeline's group that joins no generation: it only looks offsets up.
+fn group_consumer(kafka: &KafkaConfig) -> Result<BaseConsumer> {
     let mut cfg = kafka.client();
     cfg.set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "false")
         .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
-    let consumer: BaseConsumer = cfg
-        .create()
-        .map_err(PipelineError::kafka("creating the offsets consumer"))?;
+    cfg.create()
+        .map_err(PipelineError::kafka("creating the offsets consumer"))
+}
+
+/// The group's committed offset of each partition of `topic` (`None`: never committed).
+fn committed(
+    group: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<Vec<(i32, Option<i64>)>> {
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {
         tpl.add_partition(topic, p);
     }
-    let got = consumer
+    let got = group
         .committed_offsets(tpl, TIMEOUT)
         .map_err(PipelineError::kafka("looking up committed offsets"))?;
     Ok(partitions
@@ -71,6 +73,7 @@ type Range = (i32, i64, i64);
 /// Every partition of `topic`, the ranges to replay, and (into `after`) the positions after them.
 fn ranges(
     kafka: &KafkaConfig,
+    group: &BaseConsumer,
     consumer: &BaseConsumer,
     topic: &str,
     restored: &Positions,
@@ -78,7 +81,7 @@ fn ranges(
 ) -> Result<(Vec<i32>, Vec<Range>)> {
     let partitions = partitions_of(consumer, topic)?;
     let mut out = Vec::new();
-    for (p, c) in committed(kafka, topic, &partitions)? {
+    for (p, c) in committed(group, topic, &partitions)? {
         let state = restored.get(topic).and_then(|m| m.get(&p)).copied();
         match (state, c) {
             (Some(s), Some(c)) if s <= c => out.push((p, s, c)),
@@ -112,26 +115,27 @@ pub fn gap(
     restored: &Positions,
 ) -> Result<Gap> {
     let consumer = range_consumer(kafka)?;
+    let group = group_consumer(kafka)?;
     let mut positions = Positions::new();
     let mut messages = 0;
     let topic = kafka.events_topic(streams);
-    let (all, events) = ranges(kafka, &consumer, topic, restored, &mut positions)?;
+    let (all, events) = ranges(kafka, &group, &consumer, topic, restored, &mut positions)?;
     let read = read_ranges(&consumer, topic, &events)?;
     messages += read.payloads.len();
-    let refs: Vec<&[u8]> = read.payloads.iter().map(Vec::as_slice).collect();
-    let decoded = decoder.decode(&inputs.events, &refs);
-    let of_events = decoded
-        .accepted
-        .iter()
-        .filter_map(|&i| read.partitions.get(i).copied())
-        .collect();
+    let (decoded, of_events) = read.decode(decoder, &inputs.events);
     let side = match (kafka.side_topic(streams), &inputs.side) {
         (Some(side_topic), Some(schema)) => {
-            let (_, side) = ranges(kafka, &consumer, side_topic, restored, &mut positions)?;
+            let (_, side) = ranges(
+                kafka,
+                &group,
+                &consumer,
+                side_topic,
+                restored,
+                &mut positions,
+            )?;
             let read = read_ranges(&consumer, side_topic, &side)?;
             messages += read.payloads.len();
-            let refs: Vec<&[u8]> = read.payloads.iter().map(Vec::as_slice).collect();
-            Some(decoder.decode(schema, &refs).batch)
+            Some(read.decode(decoder, schema).0.batch)
         }
         _ => None,
     };

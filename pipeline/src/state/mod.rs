@@ -168,7 +168,11 @@ pub async fn inspect(store: &CheckpointStore) -> crate::Result<String> {
             let held = keys
                 .as_ref()
                 .and_then(|s| s.tables.iter().find(|(n, _)| *n == t.name))
-                .map(|(_, b)| format!(", {} keys", distinct_keys(b)))
+                .map(|(_, b)| {
+                    // The event clock's table has no keys: its rows are partitions.
+                    let keys = riskpipe_operators::state_table_keys(b).unwrap_or(b.num_rows());
+                    format!(", {keys} keys")
+                })
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
@@ -178,31 +182,4 @@ pub async fn inspect(store: &CheckpointStore) -> crate::Result<String> {
         }
     }
     Ok(out)
-}
-
-/// Distinct keys of a state table (its `key_int` / `key_str` columns); rows for a table
-/// without them.
-fn distinct_keys(table: &arrow::array::RecordBatch) -> usize {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::Int64Type;
-    let ints = table
-        .column_by_name("key_int")
-        .and_then(|c| c.as_primitive_opt::<Int64Type>());
-    let strs = table
-        .column_by_name("key_str")
-        .and_then(|c| c.as_string_opt::<i32>());
-    match (ints, strs) {
-        (Some(i), Some(s)) => {
-            let mut seen = std::collections::HashSet::new();
-            for row in 0..table.num_rows() {
-                if i.is_valid(row) {
-                    seen.insert((Some(i.value(row)), None));
-                } else if s.is_valid(row) {
-                    seen.insert((None, Some(s.value(row))));
-                }
-            }
-            seen.len()
-        }
-        _ => table.num_rows(),
-    }
 }
