@@ -49,7 +49,7 @@ fn main() {
         events: history.events.slice(0, rows),
         partitions: None,
     };
-    warm_up(stage.as_mut(), input, fraud_cfg.replay.batch_rows).expect("replay");
+    warm_up(stage.as_mut(), None, input, fraud_cfg.replay.batch_rows).expect("replay");
     let replay_s = started.elapsed().as_secs_f64();
     println!(
         "silent replay (features only) of 150 days: {rows} transactions + {labels} labels in {replay_s:.2} s = {:.0} transactions/s",

@@ -449,10 +449,73 @@ path = "missing.onnx"
     assert!(stderr.contains("data row 2"), "{stderr}");
 }
 
+/// A broker process with the live market tests' topics.
+fn market_broker() -> support::Broker {
+    support::Broker::start(&[
+        ("market-ticks", 1),
+        ("market-risk", 2),
+        ("limit-breaches", 1),
+        ("riskpipe-dead-letter", 1),
+    ])
+}
+
+/// The shipped market config on `broker`, with `more` (keys and sub-tables of `[kafka]`) in
+/// its `[kafka]` section and `sections` after it.
+fn live_config(
+    dir: &Path,
+    broker: &support::Broker,
+    group: &str,
+    more: &str,
+    sections: &str,
+) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("config/market-nasdaq.toml"))
+        .expect("config")
+        .replace(
+            "path = \"../models/var_nasdaq.onnx\"",
+            &format!("path = {:?}", root().join("models/var_nasdaq.onnx")),
+        );
+    let topics = "[kafka.topics]\nticks = \"market-ticks\"\nlabels = \"\"\nscores = \"market-risk\"\nalerts = \"limit-breaches\"\n";
+    let config = dir.join("market.toml");
+    std::fs::write(
+        &config,
+        text + &support::kafka_section(&broker.bootstrap, group, &format!("{more}{topics}"))
+            + sections,
+    )
+    .expect("write config");
+    config
+}
+
+/// Tick `i` of `ticks` as a JSON message, with the given price and time.
+fn tick_json(ticks: &RecordBatch, i: usize, price: f64, time: i64) -> String {
+    serde_json::to_string(&riskpipe_schemas::MarketTick {
+        instrument: ticks.column(0).as_string::<i32>().value(i).to_string(),
+        time: chrono::DateTime::from_timestamp_nanos(time).to_rfc3339(),
+        price,
+        size: None,
+    })
+    .expect("json")
+}
+
+/// Queues one tick message, waiting while the producer's queue is full.
+fn send_tick(
+    producer: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    payload: &str,
+) {
+    loop {
+        let record: rdkafka::producer::BaseRecord<'_, str, str> =
+            rdkafka::producer::BaseRecord::to("market-ticks")
+                .key("^IXIC")
+                .payload(payload);
+        match producer.send(record) {
+            Ok(()) => break,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    }
+}
+
 #[test]
 fn live_market_pipeline_scores_like_the_backtest_and_dead_letters_bad_ticks() {
-    use rdkafka::producer::{BaseRecord, Producer};
-    use riskpipe_schemas::MarketTick;
+    use rdkafka::producer::Producer;
     use std::time::Duration;
 
     let cfg = shipped();
@@ -463,53 +526,20 @@ fn live_market_pipeline_scores_like_the_backtest_and_dead_letters_bad_ticks() {
     let (want_instrument, want_portfolio, want_breaches) = published(&replay(&cfg, &ticks));
     assert!(want_instrument.len() > 1_000 && !want_breaches.is_empty());
 
-    let broker = support::Broker::start(&[
-        ("market-ticks", 1),
-        ("market-risk", 2),
-        ("limit-breaches", 1),
-        ("riskpipe-dead-letter", 1),
-    ]);
+    let broker = market_broker();
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = std::fs::read_to_string(root().join("config/market-nasdaq.toml"))
-        .expect("config")
-        .replace(
-            "path = \"../models/var_nasdaq.onnx\"",
-            &format!("path = {:?}", root().join("models/var_nasdaq.onnx")),
-        );
-    let topics = "[kafka.topics]\nticks = \"market-ticks\"\nlabels = \"\"\nscores = \"market-risk\"\nalerts = \"limit-breaches\"\n";
-    let config = dir.path().join("market.toml");
-    std::fs::write(
-        &config,
-        text + &support::kafka_section(&broker.bootstrap, "market", topics),
-    )
-    .expect("write config");
+    let config = live_config(dir.path(), &broker, "market", "", "");
     let mut pipeline = support::Pipeline::start(&config);
     pipeline.wait_ready();
 
-    let ids = ticks.column(0).as_string::<i32>();
     let times = ticks.column(1).as_primitive::<TimestampNanosecondType>();
     let prices = ticks.column(2).as_primitive::<Float64Type>();
-    let tick = |i: usize, price: f64, time: i64| {
-        serde_json::to_string(&MarketTick {
-            instrument: ids.value(i).to_string(),
-            time: chrono::DateTime::from_timestamp_nanos(time).to_rfc3339(),
-            price,
-            size: None,
-        })
-        .expect("json")
-    };
+    let tick = |i: usize, price: f64, time: i64| tick_json(&ticks, i, price, time);
     let producer = riskpipe_pipeline::demo::feed_producer(
         &riskpipe_pipeline::kafka::KafkaConfig::for_bootstrap(&broker.bootstrap),
     )
     .expect("producer");
-    let send = |payload: &str| loop {
-        let record: BaseRecord<'_, str, str> =
-            BaseRecord::to("market-ticks").key("^IXIC").payload(payload);
-        match producer.send(record) {
-            Ok(()) => break,
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    };
+    let send = |payload: &str| send_tick(&producer, payload);
     // Three bad ticks among the good ones: a negative price, a tick older than the
     // instrument's last one, and a message that is not a tick.
     let bad = [
@@ -585,4 +615,210 @@ fn live_market_pipeline_scores_like_the_backtest_and_dead_letters_bad_ticks() {
     assert_eq!(reason(&bad[2].1).0, "malformed");
     let (ok, stdout) = pipeline.terminate();
     assert!(ok, "{stdout}");
+}
+
+#[test]
+fn killed_mid_series_and_restarted_the_market_pipeline_scores_like_the_backtest() {
+    use rdkafka::producer::Producer;
+    use std::collections::BTreeSet;
+    use std::time::{Duration, Instant};
+
+    let cfg = shipped();
+    // 1,500 days: a restart without the series state would leave the VaR null for the next
+    // 250 ticks (the warm-up) and the portfolio aggregation without its covariance.
+    let ticks = nasdaq(&cfg).slice(0, 1_500);
+    let (want_instrument, want_portfolio, want_breaches) = published(&replay(&cfg, &ticks));
+    let key = |s: &RiskScore| (s.portfolio.clone(), s.time.clone());
+    let want: HashMap<(Option<String>, String), f64> = want_instrument
+        .iter()
+        .chain(&want_portfolio)
+        .map(|s| (key(s), s.var))
+        .collect();
+    assert!(want.len() > 2_000 && !want_breaches.is_empty());
+    let mut seed = std::env::var("RISKPIPE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64 | 1)
+        });
+    eprintln!("kill points from RISKPIPE_TEST_SEED={seed}");
+
+    let broker = market_broker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let config = live_config(
+        dir.path(),
+        &broker,
+        "market-kills",
+        // A killed member holds its partition until its session times out.
+        "commit_interval = \"200ms\"\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
+        &format!(
+            "\n[state]\ndir = {:?}\ninterval = \"500ms\"\n",
+            state_dir.display().to_string()
+        ),
+    );
+    let mut running = support::Pipeline::start(&config);
+    running.wait_ready();
+    let feeding = std::thread::spawn({
+        let (ticks, bootstrap) = (ticks.clone(), broker.bootstrap.clone());
+        move || {
+            let producer = riskpipe_pipeline::demo::feed_producer(
+                &riskpipe_pipeline::kafka::KafkaConfig::for_bootstrap(&bootstrap),
+            )
+            .expect("producer");
+            let times = ticks.column(1).as_primitive::<TimestampNanosecondType>();
+            let prices = ticks.column(2).as_primitive::<Float64Type>();
+            // About 40 ticks a second (some 37 s): every kill falls mid-series, restarts
+            // included (each waits out the killed member's session, 6 s).
+            for i in 0..ticks.num_rows() {
+                send_tick(
+                    &producer,
+                    &tick_json(&ticks, i, prices.value(i), times.value(i)),
+                );
+                if i % 10 == 9 {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }
+            producer.flush(Duration::from_secs(30)).expect("flush");
+        }
+    });
+
+    let scores = support::reader(&broker.bootstrap, "market-risk");
+    let mut got: Vec<support::Got> = Vec::new();
+    let mut restored_from_checkpoint = 0;
+    let mut scored_at_kills = Vec::new();
+    let kills = 3;
+    for kill in 0..kills {
+        let until = Instant::now()
+            + Duration::from_millis(1_500 + (noise(&mut seed) * 20_000.0 + 1_000.0) as u64);
+        while Instant::now() < until {
+            if let Some(m) = scores.poll(Duration::from_millis(20)) {
+                got.push(support::Got::of(&m.expect("consume")));
+            }
+        }
+        running.kill();
+        eprintln!("kill {kill}: {} scores so far", got.len());
+        scored_at_kills.push(got.len());
+        running = support::Pipeline::start(&config);
+        running.wait_ready();
+        if let Some(l) = running
+            .drain_log()
+            .iter()
+            .find(|l| l.contains("state restored"))
+        {
+            eprintln!("  {l}");
+            if l.contains("checkpoint") {
+                restored_from_checkpoint += 1;
+            }
+        }
+    }
+    feeding.join().expect("feeder");
+
+    let parse = |g: &support::Got| -> RiskScore {
+        serde_json::from_slice(&g.payload).expect("risk score JSON")
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut seen: BTreeSet<(Option<String>, String)> = got.iter().map(|g| key(&parse(g))).collect();
+    while seen.len() < want.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} scores: {:#?}",
+            seen.len(),
+            want.len(),
+            running.drain_log()
+        );
+        let more = support::drain(&scores, Duration::from_millis(300));
+        seen.extend(more.iter().map(|g| key(&parse(g))));
+        got.extend(more);
+    }
+    let (ok, _) = running.terminate();
+    assert!(ok, "SIGTERM exits 0");
+    got.extend(support::drain_to_end(&scores, "market-risk"));
+
+    let mut first_copy: HashMap<(Option<String>, String), &support::Got> = HashMap::new();
+    let (mut differ, mut duplicates) = (Vec::new(), 0);
+    for g in &got {
+        let s = parse(g);
+        let k = key(&s);
+        match first_copy.get(&k) {
+            Some(f) => {
+                duplicates += 1;
+                assert_eq!(
+                    (&f.key, &f.payload),
+                    (&g.key, &g.payload),
+                    "re-published score {k:?} is not byte-identical"
+                );
+            }
+            None => {
+                first_copy.insert(k.clone(), g);
+            }
+        }
+        if want.get(&k) != Some(&s.var) {
+            differ.push(k);
+        }
+    }
+    assert_eq!(
+        first_copy.len(),
+        want.len(),
+        "one score per tick with a VaR and per portfolio day"
+    );
+    assert!(
+        differ.is_empty(),
+        "{} of {} scores differ from the backtest's after restarts (first: {:?})",
+        differ.len(),
+        got.len(),
+        &differ[..differ.len().min(5)]
+    );
+    let breaches: BTreeSet<String> = support::drain_to_end(
+        &support::reader(&broker.bootstrap, "limit-breaches"),
+        "limit-breaches",
+    )
+    .iter()
+    .map(|g| String::from_utf8_lossy(&g.payload).into_owned())
+    .collect();
+    let want_breaches: BTreeSet<String> = want_breaches
+        .iter()
+        .map(|b| serde_json::to_string(b).expect("breach JSON"))
+        .collect();
+    assert_eq!(
+        breaches, want_breaches,
+        "every breach, each as the backtest has it"
+    );
+    assert!(
+        scored_at_kills.last() < Some(&want.len()),
+        "the kills fell too late to test anything: {scored_at_kills:?} of {}",
+        want.len()
+    );
+    assert!(
+        restored_from_checkpoint >= 2,
+        "only {restored_from_checkpoint} of {kills} restarts restored a checkpoint"
+    );
+
+    // The last checkpoint holds both stages' state.
+    let inspect = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
+        .args(["state", "inspect", "--dir"])
+        .arg(&state_dir)
+        .output()
+        .expect("riskpipe state inspect");
+    let printed = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.status.success(), "{printed}");
+    for needle in [
+        "(market job",
+        "next offsets market-ticks: 0:1500",
+        "table ticks",
+        "table series",
+        "table score/latest",
+        "table score/covariance",
+    ] {
+        assert!(
+            printed.contains(needle),
+            "{needle:?} missing from:\n{printed}"
+        );
+    }
+    eprintln!(
+        "{} scores published, {duplicates} duplicates, {restored_from_checkpoint} of {kills} restores from a checkpoint",
+        got.len()
+    );
 }

@@ -2,10 +2,10 @@
 //! on the driver — until the shutdown future resolves (then it drains, commits and returns) or
 //! a stage fails for good.
 //!
-//! With `[state]`, the start restores the feature state first: the newest usable checkpoint
-//! (of this job and these feature definitions; an unreadable one falls back to the one before),
-//! then the gap between its offsets and the group's committed offsets replayed through the
-//! feature stage alone (nothing published), then the consumer joins at the committed offsets.
+//! With `[state]`, the start restores the job's state first: the newest usable checkpoint
+//! (of this job and these definitions; an unreadable one falls back to the one before), then
+//! the gap between its offsets and the group's committed offsets replayed through the feature
+//! stage (and the score stage, when it keeps state), nothing published, then the consumer joins at the committed offsets.
 //! The state is then what an uninterrupted run would hold there, so the uncommitted tail that
 //! a crash leaves is scored again with the same bits.
 
@@ -62,7 +62,7 @@ pub async fn run(
     result
 }
 
-/// Restores `job`'s feature state (blocking; on a thread of the runtime's blocking pool):
+/// Restores `job`'s state (blocking; on a thread of the runtime's blocking pool):
 /// the newest usable checkpoint, then the gap up to the committed offsets, silently. Returns the
 /// job, the checkpointing to go on with and the positions the state now reflects.
 fn restore(
@@ -86,10 +86,19 @@ fn restore(
             tracing::warn!(id = m.id, "checkpoint of a {} job: not used", m.job);
             continue;
         }
-        match rt
-            .block_on(store.read(&m))
-            .and_then(|s| job.features.restore(s))
-        {
+        let restored_job = rt.block_on(store.read(&m)).and_then(|s| {
+            let (features, score) = s.split();
+            job.features.restore(features)?;
+            match score {
+                Some(s) => job.scoring.restore(s),
+                None if job.scoring.has_state() => Err(PipelineError::Checkpoint {
+                    id: m.id,
+                    reason: "no state for the score stage".into(),
+                }),
+                None => Ok(()),
+            }
+        });
+        match restored_job {
             Ok(()) => {
                 restored = m.positions;
                 from = Some(m.id);
@@ -97,8 +106,8 @@ fn restore(
             }
             Err(e) => {
                 tracing::warn!(id = m.id, "checkpoint not used, trying an older one: {e}");
-                // A failed restore may have changed part of the state: start from a new stage.
-                job.features = kind.feature_stage()?;
+                // A failed restore may have changed part of the state: start from new stages.
+                job = kind.build(cfg)?;
             }
         }
     }
@@ -110,7 +119,12 @@ fn restore(
         decoder.as_ref(),
         &restored,
     )?;
-    let refused = jobs::warm_up(job.features.as_mut(), gap.input, kind.batch_rows())?;
+    let scoring: Option<&mut dyn jobs::ScoreStage> = if job.scoring.has_state() {
+        Some(job.scoring.as_mut())
+    } else {
+        None
+    };
+    let refused = jobs::warm_up(job.features.as_mut(), scoring, gap.input, kind.batch_rows())?;
     let next_id = rt.block_on(store.next_id())?;
     let seconds = started.elapsed().as_secs_f64();
     events::restored(seconds, gap.messages);

@@ -16,7 +16,8 @@
 //!
 //! With [`Checkpoints`], the feature thread copies the job's feature state right after a batch
 //! every `interval` (between two batches: the copy is the only pause), the copy travels with
-//! the batch, and once the batch is acknowledged the acknowledgement stage commits the offsets
+//! the batch, the score thread adds its stage's state right after the same batch (when the
+//! stage keeps any), and once the batch is acknowledged the acknowledgement stage commits the offsets
 //! and writes the checkpoint of the copy with the acknowledged positions, on a task of its own.
 //! A last checkpoint is written after a clean drain.
 
@@ -166,8 +167,10 @@ impl Driver {
             Ok(features)
         })?;
         let mut scoring = job.scoring;
+        let score_writing = writer.as_ref().map(|w| w.writing.clone());
         let scoring_thread = stages::spawn("riskpipe-score", &stop_tx, move || {
-            stages::score(featured_rx, scored_tx, scoring.as_mut())
+            stages::score(featured_rx, scored_tx, scoring.as_mut(), score_writing)?;
+            Ok(scoring)
         })?;
         let publish = {
             let guard = stages::StopGuard::new(&stop_tx);
@@ -249,7 +252,7 @@ impl Driver {
         let scored = stages::join(scoring_thread).await;
         // The first stage to fail is the cause; later ones failed because it stopped.
         let features = featured?;
-        scored?;
+        let scoring = scored?;
         decoded?;
         published?;
         let (mut acker, writer) = acked?;
@@ -258,7 +261,14 @@ impl Driver {
         if let Some(mut w) = writer {
             // The last checkpoint: everything acknowledged and committed, the state after it.
             w.wait().await;
-            match features.snapshot() {
+            let snapshot = features.snapshot().and_then(|f| {
+                let s = scoring
+                    .has_state()
+                    .then(|| scoring.snapshot())
+                    .transpose()?;
+                Ok(StateSnapshot::join(f, s))
+            });
+            match snapshot {
                 Ok(s) => {
                     w.start(s, acker.positions(), None);
                     w.wait().await;

@@ -374,10 +374,14 @@ pub(super) fn features<A: Send>(
 }
 
 /// Stage 3: the job's scoring half (its own thread), then the batch's dead letters counted.
+/// A batch that carries the feature state for a checkpoint takes the score stage's state too,
+/// right after it (when the stage keeps any); `writing` is the timer's flag, cleared when that
+/// fails so the next checkpoint is not held back.
 pub(super) fn score<A: Send>(
     mut batches: mpsc::Receiver<(Work<A>, Option<Featured>)>,
     out: mpsc::Sender<(Work<A>, SinkBatch)>,
     stage: &mut dyn ScoreStage,
+    writing: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<()> {
     while let Some((mut work, featured)) = batches.blocking_recv() {
         let started = Instant::now();
@@ -403,6 +407,22 @@ pub(super) fn score<A: Send>(
             }
         }
         events::stage_time(Stage::Score, started.elapsed().as_secs_f64());
+        if stage.has_state()
+            && let Some(features) = work.snapshot.take()
+        {
+            let started = Instant::now();
+            match stage.snapshot() {
+                Ok(s) => work.snapshot = Some(StateSnapshot::join(features, Some(s))),
+                Err(e) => {
+                    if let Some(w) = &writing {
+                        w.store(false, std::sync::atomic::Ordering::Release);
+                    }
+                    events::checkpoint_failed();
+                    tracing::warn!("score state snapshot failed, no checkpoint this time: {e}");
+                }
+            }
+            events::stage_time(Stage::Snapshot, started.elapsed().as_secs_f64());
+        }
         let mut dead = std::mem::take(&mut work.dead);
         for d in &mut dead {
             shorten(&mut d.reason);

@@ -9,8 +9,9 @@
 //!   with its features and score, and the records to publish (scores, alerts) in their
 //!   published Arrow schemas, each with its message key.
 //!
-//! Both stages own their keyed state and expose it through `snapshot` / `restore` (not yet
-//! implemented: they answer [`PipelineError::StateNotSupported`]), the seam checkpoints use.
+//! Both stages own their keyed state and expose it through `snapshot` / `restore`, the seam
+//! checkpoints use: a feature stage's state is the windows and histories, a score stage's
+//! whatever its outputs depend on beyond the row (the market job's portfolio aggregation).
 //! [`build`] is the registry: one line per job kind.
 
 pub mod event_time;
@@ -180,6 +181,68 @@ pub struct StateSnapshot {
     pub fingerprint: String,
 }
 
+/// Prefix of the score stage's tables in a job's snapshot ([`StateSnapshot::join`]).
+const SCORE_TABLES: &str = "score/";
+
+impl StateSnapshot {
+    /// One snapshot of a job's two stages taken after the same batch: the feature stage's tables
+    /// as they are, the score stage's prefixed `score/`, the fingerprints joined by `+`.
+    pub fn join(features: StateSnapshot, score: Option<StateSnapshot>) -> StateSnapshot {
+        let Some(score) = score else {
+            return features;
+        };
+        let mut tables = features.tables;
+        tables.extend(
+            score
+                .tables
+                .into_iter()
+                .map(|(name, t)| (format!("{SCORE_TABLES}{name}"), t)),
+        );
+        StateSnapshot {
+            tables,
+            fingerprint: format!("{}+{}", features.fingerprint, score.fingerprint),
+        }
+    }
+
+    /// The two stages' snapshots [`StateSnapshot::join`] made (the score stage's is `None` when
+    /// the job's snapshot has none).
+    pub fn split(self) -> (StateSnapshot, Option<StateSnapshot>) {
+        let (features_fp, score_fp) = match self.fingerprint.split_once('+') {
+            Some((f, s)) => (f.to_string(), Some(s.to_string())),
+            None => (self.fingerprint, None),
+        };
+        let (mut features, mut score) = (Vec::new(), Vec::new());
+        for (name, t) in self.tables {
+            match name.strip_prefix(SCORE_TABLES) {
+                Some(n) => score.push((n.to_string(), t)),
+                None => features.push((name, t)),
+            }
+        }
+        let score = match score_fp {
+            Some(fingerprint) => Some(StateSnapshot {
+                tables: score,
+                fingerprint,
+            }),
+            // Tables without a fingerprint stay with the features, which refuse them.
+            None => {
+                features.extend(
+                    score
+                        .into_iter()
+                        .map(|(n, t)| (format!("{SCORE_TABLES}{n}"), t)),
+                );
+                None
+            }
+        };
+        (
+            StateSnapshot {
+                tables: features,
+                fingerprint: features_fp,
+            },
+            score,
+        )
+    }
+}
+
 /// A short hash of definitions (their `Debug` text): a checkpoint's state is restored only into
 /// a stage built from the same definitions.
 pub(crate) fn fingerprint(definitions: &impl std::fmt::Debug) -> String {
@@ -188,11 +251,17 @@ pub(crate) fn fingerprint(definitions: &impl std::fmt::Debug) -> String {
     digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Runs `input` through the feature stage alone, side events first, then the events in
-/// micro-batches of `batch_rows`: how a restarted pipeline brings restored state up to its
-/// committed offsets without publishing anything (the stage refuses what it refused live, by
-/// each partition's own order). Returns the events the stage refused.
-pub fn warm_up(stage: &mut dyn FeatureStage, input: JobInput, batch_rows: usize) -> Result<usize> {
+/// Runs `input` through the feature stage, side events first, then the events in
+/// micro-batches of `batch_rows`, and their featured rows through `scoring` when it is given
+/// (a score stage that keeps state): how a restarted pipeline brings restored state up to its
+/// committed offsets without publishing anything (the stages refuse what they refused live, by
+/// each partition's own order). Returns the events refused.
+pub fn warm_up(
+    features: &mut dyn FeatureStage,
+    mut scoring: Option<&mut dyn ScoreStage>,
+    input: JobInput,
+    batch_rows: usize,
+) -> Result<usize> {
     let JobInput {
         side,
         events,
@@ -201,10 +270,22 @@ pub fn warm_up(stage: &mut dyn FeatureStage, input: JobInput, batch_rows: usize)
     // A batch refused whole was dead-lettered whole live: the same here.
     let mut feed = |input: JobInput| -> Result<usize> {
         let rows = input.events.num_rows();
-        match stage.process(input) {
-            Ok(f) => Ok(f.rejects.len()),
-            Err(e) if e.fault() == riskpipe_schemas::Fault::BadInput => Ok(rows),
-            Err(e) => Err(e),
+        let featured = match features.process(input) {
+            Ok(f) => f,
+            Err(e) if e.fault() == riskpipe_schemas::Fault::BadInput => return Ok(rows),
+            Err(e) => return Err(e),
+        };
+        let refused = featured.rejects.len();
+        match scoring.as_deref_mut() {
+            Some(s) if featured.batch.num_rows() > 0 => {
+                let kept = featured.batch.num_rows();
+                match s.process(featured) {
+                    Ok(o) => Ok(refused + o.rejects.len()),
+                    Err(e) if e.fault() == riskpipe_schemas::Fault::BadInput => Ok(refused + kept),
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Ok(refused),
         }
     };
     let mut refused = 0;
@@ -254,6 +335,12 @@ pub trait FeatureStage: Send + std::fmt::Debug {
 pub trait ScoreStage: Send + std::fmt::Debug {
     /// Scores the featured rows (never called with zero rows).
     fn process(&mut self, featured: Featured) -> Result<JobOutput>;
+
+    /// Whether it keeps state across batches (then checkpoints hold it and a restore replays
+    /// the gap through it too).
+    fn has_state(&self) -> bool {
+        false
+    }
 
     /// The stage's keyed state, for a checkpoint.
     fn snapshot(&self) -> Result<StateSnapshot> {
@@ -381,5 +468,46 @@ impl ScoreStage for Passthrough {
             rejects: featured.rejects,
             ..JobOutput::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+
+    fn table(v: i64) -> RecordBatch {
+        RecordBatch::try_from_iter([("v", Arc::new(Int64Array::from(vec![v])) as ArrayRef)])
+            .expect("table")
+    }
+
+    #[test]
+    fn a_joined_snapshot_splits_into_the_stages_snapshots() {
+        let features = StateSnapshot {
+            tables: vec![
+                ("clock".into(), table(1)),
+                ("features/0-w".into(), table(2)),
+            ],
+            fingerprint: "f1".into(),
+        };
+        let score = StateSnapshot {
+            tables: vec![("latest".into(), table(3))],
+            fingerprint: "s1".into(),
+        };
+        let joined = StateSnapshot::join(features.clone(), Some(score.clone()));
+        assert_eq!(joined.fingerprint, "f1+s1");
+        assert_eq!(joined.tables[2].0, "score/latest");
+        let (f, s) = joined.split();
+        assert_eq!(f.tables, features.tables);
+        assert_eq!(f.fingerprint, "f1");
+        let s = s.expect("the score stage's snapshot");
+        assert_eq!((s.tables, s.fingerprint), (score.tables, score.fingerprint));
+        // Without a score stage's state, nothing changes.
+        let (f, s) = StateSnapshot::join(features.clone(), None).split();
+        assert!(s.is_none());
+        assert_eq!(
+            (f.tables, f.fingerprint),
+            (features.tables, features.fingerprint)
+        );
     }
 }

@@ -106,7 +106,8 @@ pub struct Manifest {
     pub id: u64,
     /// The job kind that wrote it.
     pub job: String,
-    /// Fingerprint of the feature definitions: state of other definitions is not restored.
+    /// Fingerprint of the definitions the state was made by (the feature stage's, then `+` and
+    /// the score stage's when it keeps state): state of other definitions is not restored.
     pub features: String,
     /// When it was written, ms since the epoch.
     pub created_ms: i64,

@@ -30,7 +30,9 @@ use riskpipe_schemas::{market, market_tick_schema};
 pub use config::{MarketBacktestConfig, MarketConfig, PortfolioConfig, VAR, VOLATILITY};
 
 use super::Repeated;
-use super::{FeatureStage, Featured, Inputs, Job, JobInput, JobKind, JobOutput, ScoreStage};
+use super::{
+    FeatureStage, Featured, Inputs, Job, JobInput, JobKind, JobOutput, ScoreStage, StateSnapshot,
+};
 use crate::backtest::{Options, Replayed, Report};
 use crate::config::{PipelineConfig, Streams};
 use crate::sources::history::History;
@@ -68,6 +70,7 @@ pub fn feature_stage(cfg: &MarketConfig) -> Result<Box<dyn FeatureStage>> {
     Ok(Box::new(MarketFeatures {
         check: TickCheck::default(),
         series: series_operator(cfg)?,
+        fingerprint: super::fingerprint(&cfg.features),
     }))
 }
 
@@ -112,6 +115,9 @@ pub fn build(cfg: &MarketConfig, pipeline: &PipelineConfig) -> Result<Job> {
                 cfg.confidence,
             ),
             model: Repeated::new(model),
+            // The aggregation's state depends on the portfolios and the decay, not on the
+            // model: a new model's VaR replaces an instrument's at its next tick.
+            fingerprint: super::fingerprint(&(&cfg.portfolios, cfg.correlation_lambda)),
             schemas: None,
             risk_schema: riskpipe_schemas::risk_score_schema(),
             breach_schema: riskpipe_schemas::limit_breach_schema(),
@@ -124,6 +130,19 @@ pub fn build(cfg: &MarketConfig, pipeline: &PipelineConfig) -> Result<Job> {
 struct MarketFeatures {
     check: TickCheck,
     series: SeriesOperator,
+    fingerprint: String,
+}
+
+/// Tables of the market stages' snapshots.
+const TICKS: &str = "ticks";
+const SERIES: &str = "series";
+
+/// A checkpoint this stage cannot take.
+fn unfit(reason: impl Into<String>) -> PipelineError {
+    PipelineError::Checkpoint {
+        id: 0,
+        reason: reason.into(),
+    }
 }
 
 impl FeatureStage for MarketFeatures {
@@ -132,6 +151,49 @@ impl FeatureStage for MarketFeatures {
         let batch = self.series.process(ticks)?;
         self.check.observe(&batch)?;
         Ok(Featured { batch, rejects })
+    }
+
+    fn state_keys(&self) -> Option<usize> {
+        Some(self.series.keys())
+    }
+
+    fn snapshot(&self) -> Result<StateSnapshot> {
+        let series = self
+            .series
+            .snapshot()?
+            .ok_or_else(|| PipelineError::Bug("the series operator keeps no state".into()))?;
+        Ok(StateSnapshot {
+            tables: vec![
+                (TICKS.into(), self.check.snapshot()?),
+                (SERIES.into(), series),
+            ],
+            fingerprint: self.fingerprint.clone(),
+        })
+    }
+
+    fn restore(&mut self, state: StateSnapshot) -> Result<()> {
+        if state.fingerprint != self.fingerprint {
+            return Err(unfit(
+                "written for other feature definitions ([job.features] changed)",
+            ));
+        }
+        let table = |name: &str| {
+            state
+                .tables
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t)
+                .ok_or_else(|| unfit(format!("no {name} table")))
+        };
+        if state.tables.len() != 2 {
+            return Err(unfit(format!(
+                "{} feature tables, a market job has 2",
+                state.tables.len()
+            )));
+        }
+        self.check.restore(table(TICKS)?)?;
+        self.series.restore(table(SERIES)?)?;
+        Ok(())
     }
 }
 
@@ -143,6 +205,7 @@ struct MarketScoring {
     confidence: f64,
     aggregator: Aggregator,
     model: Repeated,
+    fingerprint: String,
     /// The last input schema and its scored schema (rebuilt only when the input's changes).
     schemas: Option<(SchemaRef, SchemaRef)>,
     risk_schema: SchemaRef,
@@ -222,6 +285,24 @@ impl ScoreStage for MarketScoring {
             rejects: featured.rejects,
         })
     }
+
+    fn has_state(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&self) -> Result<StateSnapshot> {
+        Ok(StateSnapshot {
+            tables: self.aggregator.snapshot()?,
+            fingerprint: self.fingerprint.clone(),
+        })
+    }
+
+    fn restore(&mut self, state: StateSnapshot) -> Result<()> {
+        if state.fingerprint != self.fingerprint {
+            return Err(unfit("written for other portfolios or correlation_lambda"));
+        }
+        self.aggregator.restore(&state.tables)
+    }
 }
 
 impl JobKind for MarketConfig {
@@ -254,6 +335,10 @@ impl JobKind for MarketConfig {
 
     fn feature_stage(&self) -> Result<Box<dyn FeatureStage>> {
         feature_stage(self)
+    }
+
+    fn checkpoints(&self) -> bool {
+        true
     }
 
     fn batch_rows(&self) -> usize {

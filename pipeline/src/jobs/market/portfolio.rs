@@ -6,9 +6,10 @@
 //! tick then counts as unchanged).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch};
-use arrow::datatypes::{Float64Type, TimestampNanosecondType};
+use arrow::array::{Array, AsArray, Float64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, TimestampNanosecondType};
 use riskpipe_operators::columns;
 use riskpipe_schemas::market;
 
@@ -183,6 +184,118 @@ impl Aggregator {
         Ok(out)
     }
 
+    /// The state as two tables: `latest` (each instrument's `price` and `var`) and
+    /// `covariance` (`a`, `b`, `value` for every pair of the universe; no rows before the
+    /// first update).
+    pub(crate) fn snapshot(&self) -> Result<Vec<(String, RecordBatch)>> {
+        let mut latest: Vec<(&String, &Latest)> = self.latest.iter().collect();
+        latest.sort_by(|x, y| x.0.cmp(y.0));
+        let latest = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("instrument", DataType::Utf8, false),
+                Field::new("price", DataType::Float64, false),
+                Field::new(VAR, DataType::Float64, true),
+            ])),
+            vec![
+                Arc::new(StringArray::from_iter_values(latest.iter().map(|l| l.0))),
+                Arc::new(Float64Array::from_iter_values(
+                    latest.iter().map(|l| l.1.price),
+                )),
+                Arc::new(Float64Array::from_iter(latest.iter().map(|l| l.1.var))),
+            ],
+        )?;
+        let k = self.covariance.k;
+        let cells = self.covariance.c.as_deref().unwrap_or(&[]);
+        let name = |i: usize| self.universe[i].as_str();
+        let covariance = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("a", DataType::Utf8, false),
+                Field::new("b", DataType::Utf8, false),
+                Field::new("value", DataType::Float64, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (0..cells.len()).map(|ab| name(ab / k)),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    (0..cells.len()).map(|ab| name(ab % k)),
+                )),
+                Arc::new(Float64Array::from(cells.to_vec())),
+            ],
+        )?;
+        Ok(vec![
+            ("latest".into(), latest),
+            ("covariance".into(), covariance),
+        ])
+    }
+
+    /// Replaces the state with [`Aggregator::snapshot`]'s tables; the covariance must be of
+    /// this universe.
+    pub(crate) fn restore(&mut self, tables: &[(String, RecordBatch)]) -> Result<()> {
+        let unfit = |what: String| PipelineError::Checkpoint {
+            id: 0,
+            reason: format!("portfolio state: {what}"),
+        };
+        let table = |name: &str| {
+            tables
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t)
+                .ok_or_else(|| unfit(format!("no table {name:?}")))
+        };
+        let strings = |t: &RecordBatch, c: &str| {
+            t.column_by_name(c)
+                .and_then(|a| a.as_string_opt::<i32>().cloned())
+                .filter(|a| a.null_count() == 0)
+                .ok_or_else(|| unfit(format!("column {c:?} is no Utf8 without nulls")))
+        };
+        let floats = |t: &RecordBatch, c: &str| {
+            t.column_by_name(c)
+                .and_then(|a| a.as_primitive_opt::<Float64Type>().cloned())
+                .ok_or_else(|| unfit(format!("column {c:?} is no Float64")))
+        };
+        let l = table("latest")?;
+        let (ids, price, var) = (
+            strings(l, "instrument")?,
+            floats(l, "price")?,
+            floats(l, VAR)?,
+        );
+        let latest = (0..l.num_rows())
+            .map(|i| {
+                let entry = Latest {
+                    price: price.value(i),
+                    var: var.is_valid(i).then(|| var.value(i)),
+                };
+                (ids.value(i).to_string(), entry)
+            })
+            .collect();
+        let c = table("covariance")?;
+        let (a, b, value) = (strings(c, "a")?, strings(c, "b")?, floats(c, "value")?);
+        let k = self.universe.len();
+        let cells = match c.num_rows() {
+            0 => None,
+            n if n == k * k => {
+                for ab in 0..n {
+                    if a.value(ab) != self.universe[ab / k] || b.value(ab) != self.universe[ab % k]
+                    {
+                        return Err(unfit(format!(
+                            "covariance cell {ab} is of {}×{}, not of this universe",
+                            a.value(ab),
+                            b.value(ab)
+                        )));
+                    }
+                }
+                Some(value.values().to_vec())
+            }
+            n => {
+                return Err(unfit(format!("{n} covariance cells for {k} instruments")));
+            }
+        };
+        self.latest = latest;
+        self.covariance.c = cells;
+        Ok(())
+    }
+
     fn score(&self, time: i64, out: &mut Vec<PortfolioVar>) {
         for (index, p) in self.portfolios.iter().enumerate() {
             let mut legs = Vec::new();
@@ -224,6 +337,82 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Scored ticks of instruments `A`, `B`, `C` (three per event time) with wandering prices.
+    fn scored(days: std::ops::Range<i64>) -> RecordBatch {
+        use arrow::array::{Float64Array, StringArray, TimestampNanosecondArray};
+        use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        let rows: Vec<(i64, &str)> = days
+            .flat_map(|d| ["A", "B", "C"].map(|id| (d, id)))
+            .collect();
+        let price = |d: i64, id: &str| {
+            let k = id.as_bytes()[0] as f64;
+            100.0 + k + ((d as f64) * 0.7 + k).sin() * 3.0
+        };
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new(market::INSTRUMENT, DataType::Utf8, false),
+                Field::new(
+                    market::TIME,
+                    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                    false,
+                ),
+                Field::new(market::PRICE, DataType::Float64, false),
+                Field::new(VAR, DataType::Float64, true),
+            ])),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(
+                    TimestampNanosecondArray::from_iter_values(rows.iter().map(|r| r.0))
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(Float64Array::from_iter_values(
+                    rows.iter().map(|r| price(r.0, r.1)),
+                )),
+                Arc::new(Float64Array::from_iter(
+                    rows.iter()
+                        .map(|r| (r.0 > 2).then_some(0.02 + r.0 as f64 * 1e-4)),
+                )),
+            ],
+        )
+        .expect("scored ticks")
+    }
+
+    #[test]
+    fn a_restored_aggregator_computes_what_the_original_does() {
+        let portfolios = vec![
+            PortfolioConfig {
+                name: "long".into(),
+                limit: 1e9,
+                positions: [("A".to_string(), 10.0), ("B".to_string(), 5.0)].into(),
+            },
+            PortfolioConfig {
+                name: "hedged".into(),
+                limit: 1e9,
+                positions: [("B".to_string(), 7.0), ("C".to_string(), -3.0)].into(),
+            },
+        ];
+        for cut in [0, 1, 4, 9] {
+            let mut original = Aggregator::new(portfolios.clone(), 0.94, 0.99);
+            original.aggregate(&scored(0..cut)).expect("head");
+            let tables = original.snapshot().expect("snapshot");
+            let mut restored = Aggregator::new(portfolios.clone(), 0.94, 0.99);
+            restored.restore(&tables).expect("restore");
+            let want = original.aggregate(&scored(cut..20)).expect("original tail");
+            let got = restored.aggregate(&scored(cut..20)).expect("restored tail");
+            assert!(want.len() > 20, "portfolios scored: {}", want.len());
+            // Bit for bit: the same operations on the same state.
+            assert_eq!(got, want, "cut after day {cut}");
+        }
+        // A covariance of another universe is refused.
+        let mut original = Aggregator::new(portfolios.clone(), 0.94, 0.99);
+        original.aggregate(&scored(0..5)).expect("days");
+        let mut other = Aggregator::new(portfolios[..1].to_vec(), 0.94, 0.99);
+        let e = other
+            .restore(&original.snapshot().expect("snapshot"))
+            .expect_err("another universe");
+        assert!(e.to_string().contains("covariance cells"), "{e}");
+    }
 
     #[test]
     fn normal_quantile_matches_tables() {

@@ -4,15 +4,17 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{BooleanArray, RecordBatch};
+use std::sync::Arc;
+
+use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{Float64Type, TimestampNanosecondType};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, TimestampNanosecondType};
 use riskpipe_operators::columns;
 use riskpipe_schemas::market;
 
-use crate::Result;
 use crate::encoders::rfc3339;
 use crate::jobs::{Reject, RejectKind};
+use crate::{PipelineError, Result};
 
 /// Each instrument's last accepted tick time.
 #[derive(Debug, Default)]
@@ -79,6 +81,49 @@ impl TickCheck {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Each instrument's last accepted tick time: `instrument`, `last_time` (ns).
+    pub(crate) fn snapshot(&self) -> Result<RecordBatch> {
+        let mut entries: Vec<(&String, &i64)> = self.last_time.iter().collect();
+        entries.sort();
+        let schema = Schema::new(vec![
+            Field::new("instrument", DataType::Utf8, false),
+            Field::new("last_time", DataType::Int64, false),
+        ]);
+        Ok(RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.0))),
+                Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| *e.1))),
+            ],
+        )?)
+    }
+
+    /// Replaces the last times with a [`TickCheck::snapshot`] table's.
+    pub(crate) fn restore(&mut self, table: &RecordBatch) -> Result<()> {
+        let unfit = |what: &str| PipelineError::Checkpoint {
+            id: 0,
+            reason: format!("tick table: {what}"),
+        };
+        let ids = table
+            .column_by_name("instrument")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| unfit("no Utf8 column instrument"))?;
+        let times = table
+            .column_by_name("last_time")
+            .and_then(|c| {
+                c.as_any()
+                    .downcast_ref::<arrow::array::PrimitiveArray<Int64Type>>()
+            })
+            .ok_or_else(|| unfit("no Int64 column last_time"))?;
+        if ids.null_count() + times.null_count() > 0 {
+            return Err(unfit("nulls"));
+        }
+        self.last_time = (0..table.num_rows())
+            .map(|row| (ids.value(row).to_string(), times.value(row)))
+            .collect();
         Ok(())
     }
 }
