@@ -1,7 +1,8 @@
 //! Durable state against the broker process (`riskpipe-test-broker`) and the `riskpipe` binary:
 //! killed with SIGKILL at random points under load and restarted each time, the pipeline scores
 //! every transaction exactly as the uninterrupted backtest does, bit for bit, and re-publishes
-//! only byte-identical copies.
+//! only byte-identical copies; with the broker down for longer than the session timeout, the
+//! same process recovers by itself and scores every transaction once, as the backtest does.
 
 mod support;
 
@@ -234,6 +235,167 @@ fn ten_sigkills_under_load_lose_nothing_and_every_score_equals_the_backtest() {
     );
     eprintln!(
         "{n} transactions, {} scores published, {duplicates} duplicates, {restored_from_checkpoint} restores from a checkpoint",
+        got.len()
+    );
+}
+
+/// The broker's listener down for twice the consumer's session timeout mid-stream, then up:
+/// the same process goes on (no restart), and every transaction is scored once more as the
+/// backtest scores it; a copy published twice is byte-identical.
+#[test]
+fn a_broker_down_beyond_the_session_timeout_loses_nothing_and_needs_no_restart() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let n = 30_000;
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let labels = feed.messages.iter().filter(|m| m.0).count();
+
+    let mut broker = Broker::start(&MULTI_PARTITION);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let session_ms = 6_000;
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}\n[state]\ndir = {:?}\ninterval = \"1s\"\n",
+            kafka_section(
+                &broker.bootstrap,
+                "broker-down",
+                &format!(
+                    "commit_interval = \"200ms\"\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"{session_ms}\"\n\"heartbeat.interval.ms\" = \"500\""
+                ),
+            ),
+            dir.path().join("state").display().to_string()
+        ),
+    );
+    let p = producer(&broker.bootstrap);
+    let kafka = KafkaConfig::for_bootstrap(&broker.bootstrap);
+    let only_labels = feed.only(true);
+    Feeder::new(&only_labels, Instant::now())
+        .publish(&p, &kafka, &only_labels, 0.0, &AtomicBool::new(false))
+        .expect("labels");
+    let scores = reader(&broker.bootstrap, "scores");
+    let mut pipeline = Pipeline::start(&config);
+    pipeline.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pipeline.metric("riskpipe_events_in_total", "topic=\"fraud-labels\"") < labels as f64 {
+        assert!(Instant::now() < deadline, "labels not consumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // 30,000 transactions at 2,000 tx/s: the outage falls in the middle of the stream.
+    let feeding = std::thread::spawn({
+        let tx = Arc::new(feed.only(false));
+        let bootstrap = broker.bootstrap.clone();
+        move || {
+            let p = producer(&bootstrap);
+            Feeder::new(&tx, Instant::now())
+                .publish(
+                    &p,
+                    &KafkaConfig::for_bootstrap(&bootstrap),
+                    &tx,
+                    2_000.0,
+                    &AtomicBool::new(false),
+                )
+                .expect("publish");
+            rdkafka::producer::Producer::flush(&p, Duration::from_secs(120)).expect("flush");
+        }
+    });
+    let mut got: Vec<Got> = Vec::new();
+    // The test's own reader sees the outage too: its errors (all brokers down) are skipped.
+    let poll_for = |got: &mut Vec<Got>, d: Duration| {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if let Some(Ok(m)) = scores.poll(Duration::from_millis(20)) {
+                got.push(Got::of(&m));
+            }
+        }
+    };
+    poll_for(&mut got, Duration::from_secs(4));
+    let before = got.len();
+    assert!(
+        before > 0 && before < n,
+        "{before} scores before the outage"
+    );
+    broker.command("down 1");
+    let down = Duration::from_millis(2 * session_ms);
+    std::thread::sleep(down);
+    broker.command("up 1");
+    eprintln!("broker down {down:?} after {before} scores");
+    feeding.join().expect("feeder");
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut seen: BTreeSet<i64> = scores_of(&got).iter().map(|s| s.transaction_id).collect();
+    while seen.len() < n {
+        assert!(
+            pipeline.child.try_wait().expect("wait").is_none(),
+            "the pipeline exited: {:#?}",
+            pipeline.drain_log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} scored: {:#?}",
+            seen.len(),
+            pipeline.drain_log()
+        );
+        let at = got.len();
+        poll_for(&mut got, Duration::from_millis(300));
+        seen.extend(scores_of(&got[at..]).iter().map(|s| s.transaction_id));
+    }
+    let log = pipeline.drain_log();
+    let skipped = pipeline.metric("riskpipe_redelivered_skipped_total", "");
+    let (ok, _) = pipeline.terminate();
+    assert!(ok, "SIGTERM exits 0");
+    got.extend(drain_to_end(&scores, "scores"));
+    let assignments = log
+        .iter()
+        .filter(|l| l.contains("partitions assigned"))
+        .count();
+    assert!(
+        assignments >= 2,
+        "the outage did not cost the member its partitions (no second assignment): {log:#?}"
+    );
+
+    let expected = scores_by_id(
+        backtest::replay(
+            &cfg,
+            Arc::new(history.head(n)),
+            &indicatif::ProgressBar::hidden(),
+        )
+        .expect("backtest")
+        .scored(),
+    );
+    let mut first_copy: HashMap<i64, &Got> = HashMap::new();
+    let (mut differ, mut duplicates) = (Vec::new(), 0);
+    for (g, s) in got.iter().zip(scores_of(&got)) {
+        match first_copy.get(&s.transaction_id) {
+            Some(f) => {
+                duplicates += 1;
+                assert_eq!(
+                    (&f.key, String::from_utf8_lossy(&f.payload)),
+                    (&g.key, String::from_utf8_lossy(&g.payload)),
+                    "re-published score of {} is not byte-identical",
+                    s.transaction_id
+                );
+            }
+            None => {
+                first_copy.insert(s.transaction_id, g);
+            }
+        }
+        if expected.get(&s.transaction_id) != Some(&(s.score as f32)) {
+            differ.push(s.transaction_id);
+        }
+    }
+    let all: BTreeSet<i64> = feed.ids.iter().copied().collect();
+    let scored: BTreeSet<i64> = first_copy.keys().copied().collect();
+    assert_eq!(scored, all, "every transaction has a score");
+    assert!(
+        differ.is_empty(),
+        "{} of {} scores differ from the backtest's after the outage (first: {:?})",
+        differ.len(),
+        got.len(),
+        &differ[..differ.len().min(5)]
+    );
+    eprintln!(
+        "{n} transactions, {} scores published, {duplicates} duplicates, {before} before the outage, {assignments} assignments, {skipped} re-delivered messages skipped",
         got.len()
     );
 }

@@ -19,6 +19,8 @@ pub const DEAD_LETTERS: &str = "riskpipe_dead_letters_total";
 pub const COMMITS: &str = "riskpipe_commits_total";
 /// Consumer errors the pipeline logged and went past.
 pub const CONSUMER_ERRORS: &str = "riskpipe_consumer_errors_total";
+/// Re-delivered messages the source skipped: read already by this process (after a rebalance).
+pub const REDELIVERY_SKIPPED: &str = "riskpipe_redelivered_skipped_total";
 /// Messages behind the partition's end (`topic`, `partition`), from librdkafka statistics.
 pub const CONSUMER_LAG: &str = "riskpipe_consumer_lag";
 /// 1 while the consumer holds partitions and the pipeline runs, else 0 (as `/ready`).
@@ -90,6 +92,10 @@ pub fn describe() {
     describe_counter!(DEAD_LETTERS, "Dead letters, per kind");
     describe_counter!(COMMITS, "Offset commits, per result");
     describe_counter!(CONSUMER_ERRORS, "Consumer errors logged and gone past");
+    describe_counter!(
+        REDELIVERY_SKIPPED,
+        "Re-delivered messages skipped: this process read them already (after a rebalance)"
+    );
     describe_gauge!(CONSUMER_LAG, "Messages behind the partition's end");
     describe_gauge!(
         READY,
@@ -161,6 +167,11 @@ pub fn event_time(watermark_ns: i64, state_keys: usize) {
 /// An offset commit ended with `ok`.
 pub fn commit(ok: bool) {
     counter!(COMMITS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// The source skipped a message this process had read already.
+pub fn redelivery_skipped() {
+    counter!(REDELIVERY_SKIPPED).increment(1);
 }
 
 /// The consumer reported an error the pipeline went past.

@@ -8,7 +8,7 @@
 //! librdkafka commits only offsets riskpipe stored, every `commit_interval`, and the acker
 //! commits synchronously when the pipeline drains.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -157,6 +157,9 @@ pub struct KafkaSource {
     names: (String, String),
     /// Where the restored state stands: the acker's positions start here.
     start: Positions,
+    /// Per topic and partition, the next offset this process has not handed on yet, and
+    /// whether it is skipping re-delivered messages there now.
+    read: HashMap<(Arc<str>, i32), (i64, bool)>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -225,6 +228,7 @@ impl KafkaSource {
                 kafka.side_topic(streams).unwrap_or_default().to_string(),
             ),
             start: Positions::new(),
+            read: HashMap::new(),
         })
     }
 
@@ -234,6 +238,11 @@ impl KafkaSource {
         self
     }
 
+    /// Adds `m` to the batch, unless this process has handed it on already: after a rebalance
+    /// (the group lost this member during a broker outage, say) librdkafka fetches again from
+    /// the committed offsets, but the job's state has seen everything up to the read position
+    /// and the outputs of those messages are delivered or in flight (their acknowledgement
+    /// commits them), so reading them again would count them twice in the state.
     fn push(&mut self, batch: &mut Vec<Message>, m: &BorrowedMessage<'_>) {
         let topic = match self.topics.get(m.topic()) {
             Some(t) => t.clone(),
@@ -243,6 +252,25 @@ impl KafkaSource {
                 t
             }
         };
+        let (next, skipping) = self
+            .read
+            .entry((topic.clone(), m.partition()))
+            .or_insert((i64::MIN, false));
+        if m.offset() < *next {
+            if !*skipping {
+                tracing::info!(
+                    topic = &*topic,
+                    partition = m.partition(),
+                    from = m.offset(),
+                    to = *next,
+                    "re-delivered after a rebalance: skipping the offsets this process has read already"
+                );
+                *skipping = true;
+            }
+            events::redelivery_skipped();
+            return;
+        }
+        (*next, *skipping) = (m.offset() + 1, false);
         batch.push(Message {
             side: self.side_topic.as_deref() == Some(&*topic),
             topic,
@@ -336,8 +364,11 @@ impl Source for KafkaSource {
                     Ok(m) => {
                         self.push(&mut batch, &m);
                         drop(m);
-                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.max_delay);
                         self.take_ready(&mut batch);
+                        if batch.is_empty() {
+                            continue; // only messages read already
+                        }
+                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.max_delay);
                         // Bigger batches for more latency only when asked for.
                         if batch.len() >= self.max_rows || self.max_delay.is_zero() {
                             return Ok(Some(self.batch(batch)));
