@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use riskpipe_pipeline::demo::{Feeder, feed};
+use riskpipe_pipeline::demo::{Feed, Feeder, feed};
 use riskpipe_pipeline::kafka::KafkaConfig;
 use riskpipe_pipeline::{PipelineConfig, backtest};
 use support::{
@@ -397,5 +397,212 @@ fn a_broker_down_beyond_the_session_timeout_loses_nothing_and_needs_no_restart()
     eprintln!(
         "{n} transactions, {} scores published, {duplicates} duplicates, {before} before the outage, {assignments} assignments, {skipped} re-delivered messages skipped",
         got.len()
+    );
+}
+
+/// The transactions of `feed` with an index in `range`.
+fn transactions(feed: &Feed, range: std::ops::Range<usize>) -> Feed {
+    let mut only = feed.only(false);
+    only.messages.retain(|m| range.contains(&m.3));
+    only
+}
+
+/// Publishes `feed` as fast as the producer takes it.
+fn publish_all(bootstrap: &str, feed: &Feed) {
+    let p = producer(bootstrap);
+    Feeder::new(feed, Instant::now())
+        .publish(
+            &p,
+            &KafkaConfig::for_bootstrap(bootstrap),
+            feed,
+            0.0,
+            &AtomicBool::new(false),
+        )
+        .expect("publish");
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).expect("flush");
+}
+
+/// Polls `scores` until `n` distinct transactions are scored.
+fn score_until(
+    scores: &support::BaseConsumer,
+    got: &mut Vec<Got>,
+    n: usize,
+    pipeline: &mut Pipeline,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen: BTreeSet<i64> = scores_of(got).iter().map(|s| s.transaction_id).collect();
+    while seen.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} scored: {:#?}",
+            seen.len(),
+            pipeline.drain_log()
+        );
+        let more = drain(scores, Duration::from_millis(300));
+        seen.extend(scores_of(&more).iter().map(|s| s.transaction_id));
+        got.extend(more);
+    }
+}
+
+/// The restore paths besides "newest checkpoint": a checkpoint whose table was damaged is passed
+/// over for the one before; without any checkpoint the state is rebuilt from the earliest
+/// offsets; a checkpoint ahead of the group's committed offsets stops the start with an error.
+/// Every score stays the backtest's.
+#[test]
+fn restore_falls_back_to_an_older_checkpoint_rebuilds_without_one_and_refuses_another_groups() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let n = 9_000;
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let broker = Broker::start(&MULTI_PARTITION);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let state = format!(
+        "\n[state]\ndir = {:?}\ninterval = \"1s\"\nretain = 5\n",
+        state_dir.display().to_string()
+    );
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}{state}",
+            kafka_section(&broker.bootstrap, "fallbacks", "")
+        ),
+    );
+    publish_all(&broker.bootstrap, &feed.only(true));
+    let scores = reader(&broker.bootstrap, "scores");
+    let mut got: Vec<Got> = Vec::new();
+    let start = |config: &std::path::Path| {
+        let mut p = Pipeline::start(config);
+        p.wait_ready();
+        p
+    };
+    // The restore's log line, without its colours.
+    let restored_line = |p: &mut Pipeline| {
+        let line = p
+            .drain_log()
+            .into_iter()
+            .find(|l| l.contains("state restored"))
+            .unwrap_or_else(|| panic!("no restore line"));
+        let mut plain = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                chars.by_ref().find(|&c| c == 'm');
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
+    };
+
+    // Two clean stops: two checkpoints at the same offsets.
+    publish_all(&broker.bootstrap, &transactions(&feed, 0..3_000));
+    let mut running = start(&config);
+    score_until(&scores, &mut got, 3_000, &mut running);
+    assert!(running.terminate().0);
+    assert!(start(&config).terminate().0);
+    let checkpoints = state_dir.join("checkpoints");
+    let mut ids: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(&checkpoints)
+        .expect("checkpoints")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            Some((e.file_name().to_str()?.parse().ok()?, e.path()))
+        })
+        .collect();
+    ids.sort_unstable();
+    assert!(ids.len() >= 2, "checkpoints {ids:?}");
+    let newest = &ids[ids.len() - 1].1;
+    let table = std::fs::read_dir(newest)
+        .expect("newest checkpoint")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "arrow"))
+        .expect("a table file");
+    let bytes = std::fs::read(&table).expect("table");
+    std::fs::write(&table, &bytes[..bytes.len() / 2]).expect("damage the table");
+
+    // The damaged newest is passed over for the one before it.
+    publish_all(&broker.bootstrap, &transactions(&feed, 3_000..6_000));
+    let mut running = start(&config);
+    let line = restored_line(&mut running);
+    let log = running.drain_log().join("\n");
+    assert!(log.contains("trying an older one"), "{log}");
+    let older = ids[ids.len() - 2].0;
+    assert!(
+        line.contains(&format!("checkpoint={older} ")),
+        "restored from {older}: {line}"
+    );
+    score_until(&scores, &mut got, 6_000, &mut running);
+    assert!(running.terminate().0);
+
+    // No checkpoint at all: every partition rebuilt from its earliest offset.
+    std::fs::remove_dir_all(&state_dir).expect("remove state");
+    publish_all(&broker.bootstrap, &transactions(&feed, 6_000..9_000));
+    let mut running = start(&config);
+    let line = restored_line(&mut running);
+    assert!(
+        !line.contains("checkpoint"),
+        "no checkpoint to restore: {line}"
+    );
+    assert!(
+        running.metric("riskpipe_restore_replayed_messages", "") >= 6_000.0,
+        "the rebuild replays at least the 6,000 transactions already committed: {line}"
+    );
+    score_until(&scores, &mut got, n, &mut running);
+    assert!(running.terminate().0);
+    got.extend(drain_to_end(&scores, "scores"));
+
+    // Another group's committed offsets (none) are behind the checkpoint: the start stops.
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir_all(&other_dir).expect("dir");
+    let other = write_config(
+        &other_dir,
+        &format!(
+            "{}{state}",
+            kafka_section(&broker.bootstrap, "another-group", "")
+        ),
+    );
+    let mut refused = Pipeline::start(&other);
+    let started = Instant::now();
+    let status = loop {
+        if let Ok(Some(status)) = refused.child.try_wait() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "another group's start did not stop: {:#?}",
+            refused.drain_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = refused.drain_log().join("\n");
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("belongs to another group"), "{log}");
+
+    let expected = scores_by_id(
+        backtest::replay(
+            &cfg,
+            Arc::new(history.head(n)),
+            &indicatif::ProgressBar::hidden(),
+        )
+        .expect("backtest")
+        .scored(),
+    );
+    let mut first_copy: HashMap<i64, &Got> = HashMap::new();
+    let mut differ = Vec::new();
+    for (g, s) in got.iter().zip(scores_of(&got)) {
+        if let Some(f) = first_copy.get(&s.transaction_id) {
+            assert_eq!(f.payload, g.payload, "copies of {}", s.transaction_id);
+        }
+        first_copy.entry(s.transaction_id).or_insert(g);
+        if expected.get(&s.transaction_id) != Some(&(s.score as f32)) {
+            differ.push(s.transaction_id);
+        }
+    }
+    assert_eq!(first_copy.len(), n, "every transaction has a score");
+    assert!(
+        differ.is_empty(),
+        "{} scores differ from the backtest's (first: {:?})",
+        differ.len(),
+        &differ[..differ.len().min(5)]
     );
 }
