@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch};
+use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef};
 
 use crate::columns;
@@ -246,27 +247,39 @@ impl Operator for LabelRisk {
     /// One row per transaction held (`label_time` null) and one per label version held:
     /// key, transaction id, transaction time, label time, fraud.
     fn snapshot(&self) -> Result<Option<RecordBatch>> {
-        let mut table = StateTable::default();
-        let (mut ids, mut times) = (Vec::new(), Vec::new());
-        let (mut known, mut fraud) = (Vec::new(), Vec::new());
+        let rows = self
+            .state
+            .iter()
+            .map(|(_, h)| {
+                h.times.len() + h.labels.values().map(|l| l.versions.len()).sum::<usize>()
+            })
+            .sum();
+        let mut table = StateTable::with_capacity(rows);
+        let (mut ids, mut times) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+        // Label time and flag, valid on label rows only.
+        let (mut known, mut fraud) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+        let mut is_label = Vec::with_capacity(rows);
         for (key, h) in self.state.iter() {
+            table.key_rows(key, h.times.len());
             for &(t, id) in &h.times {
-                table.key(key);
                 ids.push(id);
                 times.push(t);
-                known.push(None);
-                fraud.push(None);
             }
+            known.resize(ids.len(), 0);
+            fraud.resize(ids.len(), false);
+            is_label.resize(ids.len(), false);
             for (&id, labels) in &h.labels {
+                table.key_rows(key, labels.versions.len());
                 for &(k, f) in &labels.versions {
-                    table.key(key);
                     ids.push(id);
                     times.push(labels.time);
-                    known.push(Some(k));
-                    fraud.push(Some(f));
+                    known.push(k);
+                    fraud.push(f);
+                    is_label.push(true);
                 }
             }
         }
+        let labelled = NullBuffer::from(is_label);
         table
             .finish(
                 vec![
@@ -286,13 +299,13 @@ impl Operator for LabelRisk {
                         "label_time",
                         DataType::Int64,
                         true,
-                        Arc::new(Int64Array::from(known)),
+                        Arc::new(Int64Array::new(known.into(), Some(labelled.clone()))),
                     ),
                     (
                         "fraud",
                         DataType::Boolean,
                         true,
-                        Arc::new(BooleanArray::from(fraud)),
+                        Arc::new(BooleanArray::new(fraud.into(), Some(labelled))),
                     ),
                 ],
                 Some(&self.watermark),

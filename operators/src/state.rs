@@ -131,15 +131,30 @@ pub(crate) struct StateTable {
 
 impl StateTable {
     /// Starts the row of `key`; the caller appends the row's other columns.
+    /// A table of about `rows` rows.
+    pub(crate) fn with_capacity(rows: usize) -> Self {
+        Self {
+            ints: Int64Builder::with_capacity(rows),
+            strs: StringBuilder::with_capacity(rows, 0),
+        }
+    }
+
     pub(crate) fn key(&mut self, key: Key<'_>) {
+        self.key_rows(key, 1);
+    }
+
+    /// `rows` rows of `key` at once (the snapshot's pause is mostly this column).
+    pub(crate) fn key_rows(&mut self, key: Key<'_>, rows: usize) {
         match key {
             Key::Int(k) => {
-                self.ints.append_value(k);
-                self.strs.append_null();
+                self.ints.append_value_n(k, rows);
+                self.strs.append_nulls(rows);
             }
             Key::Str(k) => {
-                self.ints.append_null();
-                self.strs.append_value(k);
+                self.ints.append_nulls(rows);
+                for _ in 0..rows {
+                    self.strs.append_value(k);
+                }
             }
         }
     }

@@ -207,14 +207,13 @@ impl Operator for WindowAggregate {
 
     /// One row per event held: key, time, value; the watermark in the metadata.
     fn snapshot(&self) -> Result<Option<RecordBatch>> {
-        let mut table = StateTable::default();
-        let (mut times, mut values) = (Vec::new(), Vec::new());
+        let rows = self.state.iter().map(|(_, s)| s.times.len()).sum();
+        let mut table = StateTable::with_capacity(rows);
+        let (mut times, mut values) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
         for (key, series) in self.state.iter() {
-            for (t, v) in series.times.iter().zip(&series.values) {
-                table.key(key);
-                times.push(*t);
-                values.push(*v);
-            }
+            table.key_rows(key, series.times.len());
+            times.extend(series.times.iter().copied());
+            values.extend(series.values.iter().copied());
         }
         table
             .finish(
