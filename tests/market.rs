@@ -797,13 +797,7 @@ fn killed_mid_series_and_restarted_the_market_pipeline_scores_like_the_backtest(
     );
 
     // The last checkpoint holds both stages' state.
-    let inspect = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
-        .args(["state", "inspect", "--dir"])
-        .arg(&state_dir)
-        .output()
-        .expect("riskpipe state inspect");
-    let printed = String::from_utf8_lossy(&inspect.stdout);
-    assert!(inspect.status.success(), "{printed}");
+    let printed = support::state_inspect(&state_dir);
     for needle in [
         "(market job",
         "next offsets market-ticks: 0:1500",

@@ -31,6 +31,37 @@ impl Rng {
     }
 }
 
+/// Starts the pipeline and waits until it has consumed the `labels` published before it (labels
+/// before transactions, as in the live test: the run is then deterministic).
+fn start_after_labels(config: &std::path::Path, labels: usize) -> Pipeline {
+    let mut pipeline = Pipeline::start(config);
+    pipeline.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pipeline.metric("riskpipe_events_in_total", "topic=\"fraud-labels\"") < labels as f64 {
+        assert!(Instant::now() < deadline, "labels not consumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pipeline
+}
+
+/// Publishes `feed` at `rate` transactions/s on a thread of its own, flushed at the end.
+fn feed_in_background(bootstrap: &str, feed: Feed, rate: f64) -> std::thread::JoinHandle<()> {
+    let bootstrap = bootstrap.to_string();
+    std::thread::spawn(move || {
+        let p = producer(&bootstrap);
+        Feeder::new(&feed, Instant::now())
+            .publish(
+                &p,
+                &KafkaConfig::for_bootstrap(&bootstrap),
+                &feed,
+                rate,
+                &AtomicBool::new(false),
+            )
+            .expect("publish");
+        rdkafka::producer::Producer::flush(&p, Duration::from_secs(120)).expect("flush");
+    })
+}
+
 #[test]
 fn ten_sigkills_under_load_lose_nothing_and_every_score_equals_the_backtest() {
     let cfg = PipelineConfig::handbook().expect("shipped config");
@@ -77,29 +108,8 @@ fn ten_sigkills_under_load_lose_nothing_and_every_score_equals_the_backtest() {
     let scores = reader(&broker.bootstrap, "scores");
     let mut got: Vec<Got> = Vec::new();
     // Labels before transactions, as in the live test: the run is then deterministic.
-    let mut first = Pipeline::start(&config);
-    first.wait_ready();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while first.metric("riskpipe_events_in_total", "topic=\"fraud-labels\"") < labels as f64 {
-        assert!(Instant::now() < deadline, "labels not consumed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let feeding = std::thread::spawn({
-        let tx = Arc::new(feed.only(false));
-        let bootstrap = broker.bootstrap.clone();
-        move || {
-            let p = producer(&bootstrap);
-            Feeder::new(&tx, Instant::now())
-                .publish(
-                    &p,
-                    &KafkaConfig::for_bootstrap(&bootstrap),
-                    &tx,
-                    2_500.0,
-                    &AtomicBool::new(false),
-                )
-                .expect("publish");
-        }
-    });
+    let first = start_after_labels(&config, labels);
+    let feeding = feed_in_background(&broker.bootstrap, feed.only(false), 2_500.0);
 
     // Ten kills, each after a random 0.5 to 4 s of scoring.
     let mut running = first;
@@ -160,13 +170,7 @@ fn ten_sigkills_under_load_lose_nothing_and_every_score_equals_the_backtest() {
 
     // What the last checkpoint (written at the clean stop) holds: every input partition at its
     // end, and the state tables.
-    let inspect = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
-        .args(["state", "inspect", "--dir"])
-        .arg(&state_dir)
-        .output()
-        .expect("riskpipe state inspect");
-    let printed = String::from_utf8_lossy(&inspect.stdout);
-    assert!(inspect.status.success(), "{printed}");
+    let printed = support::state_inspect(&state_dir);
     let newest = printed
         .split("\ncheckpoint ")
         .nth(1)
@@ -274,31 +278,9 @@ fn a_broker_down_beyond_the_session_timeout_loses_nothing_and_needs_no_restart()
         .publish(&p, &kafka, &only_labels, 0.0, &AtomicBool::new(false))
         .expect("labels");
     let scores = reader(&broker.bootstrap, "scores");
-    let mut pipeline = Pipeline::start(&config);
-    pipeline.wait_ready();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while pipeline.metric("riskpipe_events_in_total", "topic=\"fraud-labels\"") < labels as f64 {
-        assert!(Instant::now() < deadline, "labels not consumed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut pipeline = start_after_labels(&config, labels);
     // 30,000 transactions at 2,000 tx/s: the outage falls in the middle of the stream.
-    let feeding = std::thread::spawn({
-        let tx = Arc::new(feed.only(false));
-        let bootstrap = broker.bootstrap.clone();
-        move || {
-            let p = producer(&bootstrap);
-            Feeder::new(&tx, Instant::now())
-                .publish(
-                    &p,
-                    &KafkaConfig::for_bootstrap(&bootstrap),
-                    &tx,
-                    2_000.0,
-                    &AtomicBool::new(false),
-                )
-                .expect("publish");
-            rdkafka::producer::Producer::flush(&p, Duration::from_secs(120)).expect("flush");
-        }
-    });
+    let feeding = feed_in_background(&broker.bootstrap, feed.only(false), 2_000.0);
     let mut got: Vec<Got> = Vec::new();
     // The test's own reader sees the outage too: its errors (all brokers down) are skipped.
     let poll_for = |got: &mut Vec<Got>, d: Duration| {

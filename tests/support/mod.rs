@@ -424,3 +424,15 @@ pub(crate) fn scores_by_id(
     }
     out
 }
+
+/// What `riskpipe state inspect --dir dir` prints (it must succeed).
+pub(crate) fn state_inspect(dir: &Path) -> String {
+    let inspect = Command::new(env!("CARGO_BIN_EXE_riskpipe"))
+        .args(["state", "inspect", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("riskpipe state inspect");
+    let printed = String::from_utf8_lossy(&inspect.stdout).into_owned();
+    assert!(inspect.status.success(), "{printed}");
+    printed
+}
