@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use riskpipe_pipeline::demo::{Feed, Feeder, feed};
 use riskpipe_pipeline::kafka::KafkaConfig;
+use riskpipe_pipeline::sources::history::History;
 use riskpipe_pipeline::{PipelineConfig, backtest};
 use support::{
     Broker, Got, MULTI_PARTITION, Pipeline, drain, drain_to_end, kafka_section, producer, reader,
@@ -60,6 +61,54 @@ fn feed_in_background(bootstrap: &str, feed: Feed, rate: f64) -> std::thread::Jo
             .expect("publish");
         rdkafka::producer::Producer::flush(&p, Duration::from_secs(120)).expect("flush");
     })
+}
+
+/// Every score of the backtest of the first `n` transactions of `history` under `cfg`.
+fn backtest_scores(cfg: &PipelineConfig, history: &History, n: usize) -> HashMap<i64, f32> {
+    let replayed = backtest::replay(
+        cfg,
+        Arc::new(history.head(n)),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .expect("backtest");
+    scores_by_id(replayed.scored())
+}
+
+/// Checks the scores published: every id of `ids` scored, each score what `expected` says, and
+/// every copy published again byte-identical (key and value) to the first. Returns the copies.
+fn check_scores(got: &[Got], ids: &[i64], expected: impl Fn(i64) -> Option<f32>) -> usize {
+    let mut first_copy: HashMap<i64, &Got> = HashMap::new();
+    let (mut differ, mut duplicates) = (Vec::new(), 0);
+    for (g, s) in got.iter().zip(scores_of(got)) {
+        match first_copy.get(&s.transaction_id) {
+            Some(f) => {
+                duplicates += 1;
+                assert_eq!(
+                    (&f.key, String::from_utf8_lossy(&f.payload)),
+                    (&g.key, String::from_utf8_lossy(&g.payload)),
+                    "re-published score of {} is not byte-identical",
+                    s.transaction_id
+                );
+            }
+            None => {
+                first_copy.insert(s.transaction_id, g);
+            }
+        }
+        if expected(s.transaction_id) != Some(s.score as f32) {
+            differ.push(s.transaction_id);
+        }
+    }
+    let all: BTreeSet<i64> = ids.iter().copied().collect();
+    let scored: BTreeSet<i64> = first_copy.keys().copied().collect();
+    assert_eq!(scored, all, "every transaction has a score");
+    assert!(
+        differ.is_empty(),
+        "{} of {} scores differ from the backtest's (first: {:?})",
+        differ.len(),
+        got.len(),
+        &differ[..differ.len().min(5)]
+    );
+    duplicates
 }
 
 #[test]
@@ -142,15 +191,7 @@ fn ten_sigkills_under_load_lose_nothing_and_every_score_equals_the_backtest() {
     feeding.join().expect("feeder");
 
     // The last run goes to the end.
-    let expected: HashMap<i64, f32> = {
-        let replayed = backtest::replay(
-            &cfg,
-            Arc::new(history.head(n)),
-            &indicatif::ProgressBar::hidden(),
-        )
-        .expect("backtest");
-        scores_by_id(replayed.scored())
-    };
+    let expected = backtest_scores(&cfg, &history, n);
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut seen: BTreeSet<i64> = scores_of(&got).iter().map(|s| s.transaction_id).collect();
     while seen.len() < n {
@@ -206,37 +247,7 @@ fn ten_sigkills_under_load_lose_nothing_and_every_score_equals_the_backtest() {
         restored_from_checkpoint >= 5,
         "only {restored_from_checkpoint} of 10 restarts restored a checkpoint"
     );
-    let all: BTreeSet<i64> = feed.ids.iter().copied().collect();
-    let mut first_copy: HashMap<i64, &Got> = HashMap::new();
-    let (mut differ, mut duplicates) = (Vec::new(), 0);
-    for (g, s) in got.iter().zip(scores_of(&got)) {
-        match first_copy.get(&s.transaction_id) {
-            Some(f) => {
-                duplicates += 1;
-                assert_eq!(f.key, g.key, "re-published key of {}", s.transaction_id);
-                assert_eq!(
-                    f.payload, g.payload,
-                    "re-published score of {} is not byte-identical",
-                    s.transaction_id
-                );
-            }
-            None => {
-                first_copy.insert(s.transaction_id, g);
-            }
-        }
-        if expected.get(&s.transaction_id) != Some(&(s.score as f32)) {
-            differ.push(s.transaction_id);
-        }
-    }
-    let scored: BTreeSet<i64> = first_copy.keys().copied().collect();
-    assert_eq!(scored, all, "every transaction has a score");
-    assert!(
-        differ.is_empty(),
-        "{} of {} scores differ from the backtest's after restarts (first: {:?})",
-        differ.len(),
-        got.len(),
-        &differ[..differ.len().min(5)]
-    );
+    let duplicates = check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
     eprintln!(
         "{n} transactions, {} scores published, {duplicates} duplicates, {restored_from_checkpoint} restores from a checkpoint",
         got.len()
@@ -336,46 +347,8 @@ fn a_broker_down_beyond_the_session_timeout_loses_nothing_and_needs_no_restart()
         "the outage did not cost the member its partitions (no second assignment): {log:#?}"
     );
 
-    let expected = scores_by_id(
-        backtest::replay(
-            &cfg,
-            Arc::new(history.head(n)),
-            &indicatif::ProgressBar::hidden(),
-        )
-        .expect("backtest")
-        .scored(),
-    );
-    let mut first_copy: HashMap<i64, &Got> = HashMap::new();
-    let (mut differ, mut duplicates) = (Vec::new(), 0);
-    for (g, s) in got.iter().zip(scores_of(&got)) {
-        match first_copy.get(&s.transaction_id) {
-            Some(f) => {
-                duplicates += 1;
-                assert_eq!(
-                    (&f.key, String::from_utf8_lossy(&f.payload)),
-                    (&g.key, String::from_utf8_lossy(&g.payload)),
-                    "re-published score of {} is not byte-identical",
-                    s.transaction_id
-                );
-            }
-            None => {
-                first_copy.insert(s.transaction_id, g);
-            }
-        }
-        if expected.get(&s.transaction_id) != Some(&(s.score as f32)) {
-            differ.push(s.transaction_id);
-        }
-    }
-    let all: BTreeSet<i64> = feed.ids.iter().copied().collect();
-    let scored: BTreeSet<i64> = first_copy.keys().copied().collect();
-    assert_eq!(scored, all, "every transaction has a score");
-    assert!(
-        differ.is_empty(),
-        "{} of {} scores differ from the backtest's after the outage (first: {:?})",
-        differ.len(),
-        got.len(),
-        &differ[..differ.len().min(5)]
-    );
+    let expected = backtest_scores(&cfg, &history, n);
+    let duplicates = check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
     eprintln!(
         "{n} transactions, {} scores published, {duplicates} duplicates, {before} before the outage, {assignments} assignments, {skipped} re-delivered messages skipped",
         got.len()
@@ -590,18 +563,10 @@ fn restore_falls_back_rebuilds_and_refuses_as_documented() {
     assert!(running.terminate().0);
     got.extend(drain_to_end(&scores, "scores"));
 
-    let backtest_of = |cfg: &PipelineConfig| {
-        scores_by_id(
-            backtest::replay(
-                cfg,
-                Arc::new(history.head(all)),
-                &indicatif::ProgressBar::hidden(),
-            )
-            .expect("backtest")
-            .scored(),
-        )
-    };
-    let (shipped, rebuilt) = (backtest_of(&cfg), backtest_of(&changed));
+    let (shipped, rebuilt) = (
+        backtest_scores(&cfg, &history, all),
+        backtest_scores(&changed, &history, all),
+    );
     let first_part: std::collections::HashSet<i64> = feed.ids[..n].iter().copied().collect();
     assert!(
         feed.ids[n..]
@@ -609,27 +574,12 @@ fn restore_falls_back_rebuilds_and_refuses_as_documented() {
             .any(|id| shipped.get(id) != rebuilt.get(id)),
         "the changed definitions must change some score, or this part shows nothing"
     );
-    let mut first_copy: HashMap<i64, &Got> = HashMap::new();
-    let mut differ = Vec::new();
-    for (g, s) in got.iter().zip(scores_of(&got)) {
-        if let Some(f) = first_copy.get(&s.transaction_id) {
-            assert_eq!(f.payload, g.payload, "copies of {}", s.transaction_id);
-        }
-        first_copy.entry(s.transaction_id).or_insert(g);
-        let expected = if first_part.contains(&s.transaction_id) {
+    check_scores(&got, &feed.ids, |id| {
+        let expected = if first_part.contains(&id) {
             &shipped
         } else {
             &rebuilt
         };
-        if expected.get(&s.transaction_id) != Some(&(s.score as f32)) {
-            differ.push(s.transaction_id);
-        }
-    }
-    assert_eq!(first_copy.len(), all, "every transaction has a score");
-    assert!(
-        differ.is_empty(),
-        "{} scores differ from the backtest's (first: {:?})",
-        differ.len(),
-        &differ[..differ.len().min(5)]
-    );
+        expected.get(&id).copied()
+    });
 }

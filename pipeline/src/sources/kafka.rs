@@ -153,14 +153,17 @@ pub struct KafkaSource {
     max_rows: usize,
     max_delay: std::time::Duration,
     side_topic: Option<String>,
-    topics: BTreeMap<String, Arc<str>>,
+    /// Each topic's shared name and, per partition, the next offset this process has not
+    /// handed on yet and whether it is skipping re-delivered messages there now.
+    topics: BTreeMap<String, (Arc<str>, ReadPositions)>,
     names: (String, String),
     /// Where the restored state stands: the acker's positions start here.
     start: Positions,
-    /// Per topic and partition, the next offset this process has not handed on yet, and
-    /// whether it is skipping re-delivered messages there now.
-    read: HashMap<(Arc<str>, i32), (i64, bool)>,
 }
+
+/// Per partition: the next offset not handed on yet, and whether re-delivered messages are
+/// being skipped there now.
+type ReadPositions = HashMap<i32, (i64, bool)>;
 
 impl std::fmt::Debug for KafkaSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -228,7 +231,6 @@ impl KafkaSource {
                 kafka.side_topic(streams).unwrap_or_default().to_string(),
             ),
             start: Positions::new(),
-            read: HashMap::new(),
         })
     }
 
@@ -244,22 +246,20 @@ impl KafkaSource {
     /// and the outputs of those messages are delivered or in flight (their acknowledgement
     /// commits them), so reading them again would count them twice in the state.
     fn push(&mut self, batch: &mut Vec<Message>, m: &BorrowedMessage<'_>) {
-        let topic = match self.topics.get(m.topic()) {
-            Some(t) => t.clone(),
-            None => {
-                let t: Arc<str> = Arc::from(m.topic());
-                self.topics.insert(m.topic().to_string(), t.clone());
-                t
-            }
+        if !self.topics.contains_key(m.topic()) {
+            self.topics.insert(
+                m.topic().to_string(),
+                (Arc::from(m.topic()), HashMap::new()),
+            );
+        }
+        let Some((topic, read)) = self.topics.get_mut(m.topic()) else {
+            return;
         };
-        let (next, skipping) = self
-            .read
-            .entry((topic.clone(), m.partition()))
-            .or_insert((i64::MIN, false));
+        let (next, skipping) = read.entry(m.partition()).or_insert((i64::MIN, false));
         if m.offset() < *next {
             if !*skipping {
                 tracing::info!(
-                    topic = &*topic,
+                    topic = &**topic,
                     partition = m.partition(),
                     from = m.offset(),
                     to = *next,
@@ -272,8 +272,8 @@ impl KafkaSource {
         }
         (*next, *skipping) = (m.offset() + 1, false);
         batch.push(Message {
-            side: self.side_topic.as_deref() == Some(&*topic),
-            topic,
+            side: self.side_topic.as_deref() == Some(&**topic),
+            topic: topic.clone(),
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),

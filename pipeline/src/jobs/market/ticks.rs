@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use std::sync::Arc;
 
-use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, TimestampNanosecondType};
 use riskpipe_operators::columns;
@@ -109,14 +109,11 @@ impl TickCheck {
         };
         let ids = table
             .column_by_name("instrument")
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .and_then(|c| c.as_string_opt::<i32>())
             .ok_or_else(|| unfit("no Utf8 column instrument"))?;
         let times = table
             .column_by_name("last_time")
-            .and_then(|c| {
-                c.as_any()
-                    .downcast_ref::<arrow::array::PrimitiveArray<Int64Type>>()
-            })
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
             .ok_or_else(|| unfit("no Int64 column last_time"))?;
         if ids.null_count() + times.null_count() > 0 {
             return Err(unfit("nulls"));
