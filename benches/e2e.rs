@@ -10,7 +10,9 @@
 //!    fixed offered load of half the measured throughput: p50 / p99 / p99.9;
 //! 5. the live pipeline of 3 again, with `[state]` checkpoints every 100 ms (a new group over
 //!    the same messages), then without again: the throughput cost of checkpointing, as the
-//!    ratio of those two runs (the first run in a process is slower: warm-up).
+//!    ratio of those two runs (the first run in a process is slower: warm-up);
+//! 6. the live pipeline of 3 in exactly-once mode (transactions every 100 ms, no checkpoint
+//!    within the run), timed until the run has returned, so its last commit is included.
 //!
 //! `cargo bench --bench e2e`. RISKPIPE_E2E_TRANSACTIONS (default 100000) and
 //! RISKPIPE_E2E_LATENCY_SECS (default 10) size it. Targets: throughput ≥ 70% of the lower
@@ -105,8 +107,18 @@ fn bare_scoring(
 }
 
 /// Runs the live pipeline of `cfg` until `n` scores are acknowledged: the time from its first
-/// consumed message, and its batches.
+/// consumed message (to the acknowledgement, or with `to_return` to the run's return, which
+/// includes the drain and a transactional sink's last commit), and its batches.
 fn throughput(rt: &tokio::runtime::Runtime, cfg: &PipelineConfig, n: usize) -> (Duration, u64) {
+    throughput_to(rt, cfg, n, false)
+}
+
+fn throughput_to(
+    rt: &tokio::runtime::Runtime,
+    cfg: &PipelineConfig,
+    n: usize,
+    to_return: bool,
+) -> (Duration, u64) {
     let health = Arc::new(Health::default());
     let counters = Arc::new(Counters::default());
     let mut first: Option<Instant> = None;
@@ -125,6 +137,9 @@ fn throughput(rt: &tokio::runtime::Runtime, cfg: &PipelineConfig, n: usize) -> (
         }
     }))
     .expect("pipeline");
+    if to_return {
+        last = Instant::now();
+    }
     (
         last - first.unwrap_or(last),
         counters.batches.load(Ordering::Relaxed).max(1),
@@ -192,6 +207,20 @@ fn main() {
         "bench-throughput-again",
     ));
     let (pipeline_again, _) = throughput(&rt, &again, n);
+    // Exactly-once: transactions every 100 ms; state is required, but no checkpoint falls due.
+    let eos_state = tempfile::tempdir().expect("tempdir");
+    let mut eos = cfg.clone();
+    let mut eos_kafka = kafka_for(&broker.bootstrap, "tp-", "bench-throughput-eos");
+    eos_kafka.processing_guarantee = riskpipe_pipeline::kafka::Guarantee::ExactlyOnce;
+    eos_kafka.transactional_id = Some("bench-eos-0".into());
+    eos_kafka.commit_interval = Duration::from_millis(100);
+    eos.kafka = Some(eos_kafka);
+    eos.state = Some(StateConfig {
+        dir: eos_state.path().to_string_lossy().into_owned(),
+        interval: Duration::from_secs(3600),
+        retain: 3,
+    });
+    let (pipeline_eos, _) = throughput_to(&rt, &eos, n, true);
 
     let eps = |d: Duration| n as f64 / d.as_secs_f64();
     let (tp, ca, cb) = (eps(pipeline), eps(consume), eps(scoring));
@@ -259,6 +288,12 @@ fn main() {
         eps(pipeline_again),
         pipeline_again.as_secs_f64(),
         eps(pipeline_state) / eps(pipeline_again)
+    );
+    println!(
+        "  riskpipe live, exactly-once        {:>10.0} ev/s    {:>7.3} s   (to the last commit; / the run before: {:.3})",
+        eps(pipeline_eos),
+        pipeline_eos.as_secs_f64(),
+        eps(pipeline_eos) / eps(pipeline_again)
     );
     println!(
         "  mean micro-batch                   {:>10.0} rows",

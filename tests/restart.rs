@@ -399,8 +399,9 @@ fn score_until(
     }
 }
 
-/// The restore paths besides "newest checkpoint": a checkpoint whose table was damaged is passed
-/// over for the one before; without any checkpoint the state is rebuilt from the earliest
+/// The restore paths besides "newest checkpoint": a torn checkpoint (tables, no manifest: what a
+/// crash mid-write leaves) is never read and is pruned; a checkpoint whose table was damaged is
+/// passed over for the one before; without any checkpoint the state is rebuilt from the earliest
 /// offsets; a checkpoint ahead of the group's committed offsets stops the start with an error;
 /// checkpoints of other feature definitions are not used. Every score stays the backtest's (of
 /// the definitions in force).
@@ -484,8 +485,17 @@ fn restore_falls_back_rebuilds_and_refuses_as_documented() {
         .expect("a table file");
     let bytes = std::fs::read(&table).expect("table");
     std::fs::write(&table, &bytes[..bytes.len() / 2]).expect("damage the table");
+    // And what a crash in the middle of a checkpoint write leaves: a newer checkpoint's
+    // directory with its tables (here half of one) and no manifest.
+    let torn = checkpoints.join(format!("{:020}", ids[ids.len() - 1].0 + 1));
+    std::fs::create_dir_all(&torn).expect("torn checkpoint");
+    std::fs::write(
+        torn.join(table.file_name().expect("name")),
+        &bytes[..bytes.len() / 3],
+    )
+    .expect("torn table");
 
-    // The damaged newest is passed over for the one before it.
+    // The torn one is never read, the damaged newest is passed over for the one before it.
     publish_all(&broker.bootstrap, &transactions(&feed, 3_000..6_000));
     let mut running = start(&config);
     let line = restored_line(&mut running);
@@ -498,6 +508,10 @@ fn restore_falls_back_rebuilds_and_refuses_as_documented() {
     );
     score_until(&scores, &mut got, 6_000, &mut running);
     assert!(running.terminate().0);
+    assert!(
+        !torn.exists(),
+        "the next checkpoint written prunes the torn one"
+    );
 
     // No checkpoint at all: every partition rebuilt from its earliest offset.
     std::fs::remove_dir_all(&state_dir).expect("remove state");
@@ -582,4 +596,266 @@ fn restore_falls_back_rebuilds_and_refuses_as_documented() {
         };
         expected.get(&id).copied()
     });
+}
+
+/// The `[kafka]` extras of an exactly-once pipeline: transactions every 200 ms, a stable
+/// transactional id from the environment (`RP_TEST_SLOT`), a short session of `session_ms` (a
+/// killed member holds its partitions until it times out).
+fn exactly_once(session_ms: u32) -> String {
+    format!(
+        "commit_interval = \"200ms\"\nprocessing_guarantee = \"exactly-once\"\ntransactional_id = \"riskpipe-test-${{env:RP_TEST_SLOT}}\"\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"{session_ms}\"\n\"heartbeat.interval.ms\" = \"500\""
+    )
+}
+
+/// Waits for the pipeline to exit by itself; returns whether it succeeded and its log.
+fn exit_of(pipeline: &mut Pipeline, within: Duration) -> (bool, String) {
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = pipeline.child.try_wait() {
+            return (status.success(), pipeline.drain_log().join("\n"));
+        }
+        assert!(
+            started.elapsed() < within,
+            "the pipeline did not exit: {:#?}",
+            pipeline.drain_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Exactly-once against the mock cluster, which takes injected errors on every transaction
+/// request but stores no transactional offset commit (so each run starts from the earliest
+/// offsets: no checkpoint is due within the test) and filters nothing for read_committed
+/// readers. What it shows is the transaction state machine: a retriable commit error is ridden
+/// out without an abort; a commit refused for a stale group generation (this member fenced out
+/// of its group) aborts, and the same process starts again and scores as the backtest does; a
+/// producer fenced by a newer one with its transactional id stops the process with an error
+/// that says so, and a new process with that id goes on.
+#[test]
+fn exactly_once_rides_out_retriable_errors_restarts_after_an_abort_and_stops_when_fenced() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let (n, all) = (15_000, 16_000);
+    let feed = feed(&history, &cfg, 0, all).expect("feed");
+    let labels = feed.messages.iter().filter(|m| m.0).count();
+    let mut broker = Broker::start(&MULTI_PARTITION);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}\n[state]\ndir = {:?}\ninterval = \"1h\"\n",
+            kafka_section(&broker.bootstrap, "eos-mock", &exactly_once(6_000)),
+            dir.path().join("state").display().to_string()
+        ),
+    );
+    let slot = [("RP_TEST_SLOT", "0")];
+    publish_all(&broker.bootstrap, &feed.only(true));
+    let scores = reader(&broker.bootstrap, "scores");
+    let mut got: Vec<Got> = Vec::new();
+    let mut pipeline = Pipeline::start_with_env(&config, &slot);
+    pipeline.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pipeline.metric("riskpipe_events_in_total", "topic=\"fraud-labels\"") < labels as f64 {
+        assert!(Instant::now() < deadline, "labels not consumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let poll_for = |got: &mut Vec<Got>, d: Duration| {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if let Some(m) = scores.poll(Duration::from_millis(20)) {
+                got.push(Got::of(&m.expect("consume")));
+            }
+        }
+    };
+    let feeding = feed_in_background(&broker.bootstrap, transactions(&feed, 0..n), 3_000.0);
+    poll_for(&mut got, Duration::from_millis(1_500));
+    assert!(!got.is_empty(), "scores before the first fault");
+
+    // Retriable: the coordinator is loading. librdkafka and riskpipe retry; nothing aborts.
+    let committed = pipeline.metric("riskpipe_transactions_total", "result=\"committed\"");
+    assert!(committed > 0.0, "transactions committed");
+    broker.command("request-errors end-txn coordinator-load-in-progress 3");
+    poll_for(&mut got, Duration::from_millis(1_500));
+    let after = pipeline.metric("riskpipe_transactions_total", "result=\"committed\"");
+    assert!(
+        after >= committed + 2.0,
+        "commits go on past the retriable errors: {committed} then {after}"
+    );
+    assert_eq!(
+        pipeline.metric("riskpipe_transactions_total", "result=\"aborted\""),
+        0.0,
+        "a retriable error aborts nothing: {:#?}",
+        pipeline.drain_log()
+    );
+
+    // This member's generation is stale: the offsets commit fails, the transaction aborts and
+    // the same process starts again from the last committed transaction.
+    broker.command("request-errors txn-offset-commit illegal-generation 1");
+    feeding.join().expect("feeder");
+    score_until(&scores, &mut got, n, &mut pipeline);
+    assert!(
+        pipeline.child.try_wait().expect("wait").is_none(),
+        "the abort did not end the process"
+    );
+    let log = pipeline.drain_log().join("\n");
+    for l in log.lines().filter(|l| l.contains("transaction")) {
+        eprintln!("  {l}");
+    }
+    assert!(
+        log.contains("restarting from the last committed transaction"),
+        "{log}"
+    );
+    assert!(pipeline.metric("riskpipe_transactions_total", "result=\"aborted\"") >= 1.0);
+
+    // Fenced: a newer producer has this transactional id. The process stops and says why.
+    broker.command("request-errors end-txn producer-fenced 1");
+    publish_all(&broker.bootstrap, &transactions(&feed, n..all));
+    let (ok, log) = exit_of(&mut pipeline, Duration::from_secs(60));
+    assert!(
+        !ok,
+        "a fenced producer ends the process with an error: {log}"
+    );
+    assert!(
+        log.contains("kafka transaction") && log.to_lowercase().contains("fenced"),
+        "{log}"
+    );
+
+    // A new process with the same id takes over and scores the rest.
+    let mut pipeline = Pipeline::start_with_env(&config, &slot);
+    pipeline.wait_ready();
+    score_until(&scores, &mut got, all, &mut pipeline);
+    let (ok, _) = pipeline.terminate();
+    assert!(ok, "SIGTERM exits 0");
+    got.extend(drain_to_end(&scores, "scores"));
+    let expected = backtest_scores(&cfg, &history, all);
+    let duplicates = check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
+    eprintln!(
+        "{all} transactions, {} scores published, {duplicates} duplicates (the mock filters no aborted or re-run output), {committed} transactions committed before the first fault",
+        got.len()
+    );
+}
+
+/// Exactly-once against tansu, the broker here that stores transactional offset commits:
+/// killed with SIGKILL at random points under load and restarted each time, the pipeline
+/// resumes at the offsets its last committed transaction carried, with its state restored to
+/// exactly there (checkpoints are written after the commit they align with), and every score
+/// equals the backtest's bit for bit. The group's committed offsets reach the end of every
+/// input partition although the consumer commits nothing itself: only the transactions carry
+/// them. (tansu shows aborted records to read_committed readers, so what read_committed would
+/// hide is not verified here.)
+#[test]
+fn exactly_once_killed_and_restarted_resumes_at_the_committed_transactions() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let n = 30_000;
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let labels = feed.messages.iter().filter(|m| m.0).count();
+    let seed = std::env::var("RISKPIPE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64 | 1)
+        });
+    eprintln!("kill points from RISKPIPE_TEST_SEED={seed}");
+    let mut rng = Rng(seed);
+    let tansu = riskpipe_testkit::Tansu::start();
+    support::create_topics(&tansu.bootstrap, &MULTI_PARTITION);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}\n[state]\ndir = {:?}\ninterval = \"1s\"\n",
+            // tansu takes sessions shorter than the mock's 6 s minimum: quicker restarts.
+            kafka_section(&tansu.bootstrap, "eos-kills", &exactly_once(3_000)),
+            dir.path().join("state").display().to_string()
+        ),
+    );
+    let slot = [("RP_TEST_SLOT", "0")];
+    publish_all(&tansu.bootstrap, &feed.only(true));
+    let scores = reader(&tansu.bootstrap, "scores");
+    let mut got: Vec<Got> = Vec::new();
+    let mut running = Pipeline::start_with_env(&config, &slot);
+    running.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while running.metric("riskpipe_events_in_total", "topic=\"fraud-labels\"") < labels as f64 {
+        assert!(Instant::now() < deadline, "labels not consumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // 30,000 transactions at 1,000 tx/s: 30 s of feed, and the four kills fall inside it.
+    let feeding = feed_in_background(&tansu.bootstrap, feed.only(false), 1_000.0);
+    let mut restored_from_checkpoint = 0;
+    for kill in 0..4 {
+        let until = Instant::now() + Duration::from_millis(1_000 + rng.below(2_000));
+        while Instant::now() < until {
+            if let Some(m) = scores.poll(Duration::from_millis(20)) {
+                got.push(Got::of(&m.expect("consume")));
+            }
+        }
+        let committed = running.metric("riskpipe_transactions_total", "result=\"committed\"");
+        assert!(
+            committed > 0.0 || feeding.is_finished(),
+            "run {kill} committed no transaction under load: {:#?}",
+            running.drain_log()
+        );
+        running.kill();
+        eprintln!(
+            "kill {kill}: {} scores so far, {} transactions committed by that run",
+            got.len(),
+            committed as u64
+        );
+        running = Pipeline::start_with_env(&config, &slot);
+        running.wait_ready();
+        if let Some(l) = running
+            .drain_log()
+            .iter()
+            .find(|l| l.contains("state restored"))
+        {
+            eprintln!("  {l}");
+            if l.contains("checkpoint") {
+                restored_from_checkpoint += 1;
+            }
+        }
+    }
+    feeding.join().expect("feeder");
+    score_until(&scores, &mut got, n, &mut running);
+    let (ok, _) = running.terminate();
+    assert!(ok, "SIGTERM exits 0");
+    got.extend(drain_to_end(&scores, "scores"));
+
+    // The group's offsets, committed by the transactions alone, stand at every partition's end.
+    let mut kafka = KafkaConfig::for_bootstrap(&tansu.bootstrap);
+    kafka.group_id = "eos-kills".into();
+    let group: support::BaseConsumer = kafka
+        .client()
+        .set("group.id", "eos-kills")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("group consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition("transactions", p);
+    }
+    let offsets = support::Consumer::committed_offsets(&group, tpl, Duration::from_secs(30))
+        .expect("committed offsets");
+    let total: i64 = offsets
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(total, n as i64, "the transactions committed every offset");
+    assert!(
+        restored_from_checkpoint >= 2,
+        "only {restored_from_checkpoint} of 4 restarts restored a checkpoint"
+    );
+    let expected = backtest_scores(&cfg, &history, n);
+    let duplicates = check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
+    eprintln!(
+        "{n} transactions, {} scores published, {duplicates} duplicates (outputs of transactions open at a kill: tansu does not hide them), {restored_from_checkpoint} of 4 restores from a checkpoint",
+        got.len()
+    );
 }

@@ -180,6 +180,11 @@ impl PipelineConfig {
         }
         if let Some(k) = &self.kafka {
             p.extend(k.problems(self.streams()));
+            if k.exactly_once() && self.state.is_none() {
+                // An aborted transaction rewinds the input to the last commit; the state must
+                // go back with it, which only a checkpoint and the replay after it can do.
+                p.push("kafka.processing_guarantee = \"exactly-once\" needs [state]: after an aborted transaction the state goes back to the last committed one through a checkpoint".into());
+            }
         }
         if let Some(s) = &self.state {
             p.extend(s.problems());
@@ -251,5 +256,25 @@ mod tests {
         )
         .expect_err("unknown kind");
         assert!(e.to_string().contains("weather"), "{e}");
+    }
+
+    #[test]
+    fn exactly_once_is_refused_without_state() {
+        let eos = format!("{HANDBOOK_CONFIG}\n").replace(
+            "[kafka]\n",
+            "[kafka]\nprocessing_guarantee = \"exactly-once\"\ntransactional_id = \"riskpipe-0\"\n",
+        );
+        let cfg = PipelineConfig::from_toml(&eos, &handbook_config_dir()).expect("parses");
+        let p = cfg.problems();
+        assert!(p.len() == 1 && p[0].contains("needs [state]"), "{p:#?}");
+        let with_state = format!("{eos}\n[state]\ndir = \"state\"\n");
+        let cfg = PipelineConfig::from_toml(&with_state, &handbook_config_dir()).expect("parses");
+        assert!(cfg.problems().is_empty(), "{:#?}", cfg.problems());
+        let e = PipelineConfig::from_toml(
+            &eos.replace("\"exactly-once\"", "\"exactly-twice\""),
+            &handbook_config_dir(),
+        )
+        .expect_err("unknown guarantee");
+        assert!(e.to_string().contains("exactly-twice"), "{e}");
     }
 }

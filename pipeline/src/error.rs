@@ -42,6 +42,20 @@ pub enum PipelineError {
         /// librdkafka's error.
         source: rdkafka::error::KafkaError,
     },
+    /// A Kafka transaction (exactly-once mode) failed. `aborted`: it was aborted, and the run
+    /// restarts from the last committed transaction (its state restored to that point);
+    /// otherwise the producer cannot go on (fenced by another producer with the same
+    /// `transactional.id`, or refused by the broker) and the pipeline stops.
+    #[error("kafka transaction: {op}: {source}{}", if *aborted { "; aborted: the run restarts from the last committed transaction" } else { "" })]
+    Transaction {
+        /// The call ("committing", "sending the input offsets", ...).
+        op: &'static str,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+        /// Whether the transaction was aborted and the run can start again from the last
+        /// committed one.
+        aborted: bool,
+    },
     /// The consumer never got a partition assignment: Kafka is unreachable, or the group never
     /// formed.
     #[error(
@@ -125,6 +139,7 @@ impl PipelineError {
             PipelineError::Io { .. }
             | PipelineError::Kafka { .. }
             | PipelineError::Delivery { .. }
+            | PipelineError::Transaction { .. }
             | PipelineError::Startup { .. }
             | PipelineError::Runtime { .. }
             | PipelineError::Plot { .. }

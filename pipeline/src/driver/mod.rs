@@ -20,6 +20,13 @@
 //! stage keeps any), and once the batch is acknowledged the acknowledgement stage commits the offsets
 //! and writes the checkpoint of the copy with the acknowledged positions, on a task of its own.
 //! A last checkpoint is written after a clean drain.
+//!
+//! With a transactional sink (exactly-once), the publish stage settles input instead: after
+//! handing batch k to the sink it acknowledges k's input and, every `commit_interval` or when k
+//! carries a checkpoint copy, has the sink commit its open transaction with the positions
+//! through k, before batch k+1 is sent; the checkpoint is then written at exactly the positions
+//! committed. The acknowledgement stage only awaits deliveries, for the counts and to stop on a
+//! failed one.
 
 mod counters;
 mod stages;
@@ -51,6 +58,8 @@ pub struct Driver {
     pub decoder: Box<dyn Decoder>,
     /// Where and how often the feature state is checkpointed, if it is.
     pub checkpoints: Option<Checkpoints>,
+    /// Time between the commits of a transactional sink.
+    pub commit_interval: Duration,
 }
 
 /// Checkpointing of the job's feature state.
@@ -109,6 +118,30 @@ impl Writer {
     }
 }
 
+/// What settles input: the source's acknowledger and the checkpoint writer, held by the stage
+/// that decides when input is done with (see [`Driver::run`]).
+struct Settle<A> {
+    acker: A,
+    writer: Option<Writer>,
+}
+
+impl<A: Acker> Settle<A> {
+    /// Commits the sink's open transaction with the acknowledged positions, then writes the
+    /// checkpoint `snapshot` (taken right after the last batch in it) at those positions.
+    async fn commit<K: Sink>(
+        &mut self,
+        sink: &mut K,
+        snapshot: Option<StateSnapshot>,
+    ) -> Result<()> {
+        let positions = self.acker.positions();
+        sink.commit(&positions).await?;
+        if let (Some(snapshot), Some(w)) = (snapshot, self.writer.as_mut()) {
+            w.start(snapshot, positions, None);
+        }
+        Ok(())
+    }
+}
+
 impl Driver {
     /// A driver decoding with `decoder`, `in_flight` batches per queue.
     pub fn new(decoder: Box<dyn Decoder>, in_flight: usize) -> Self {
@@ -116,7 +149,14 @@ impl Driver {
             in_flight: in_flight.max(1),
             decoder,
             checkpoints: None,
+            commit_interval: Duration::from_secs(1),
         }
+    }
+
+    /// How often a transactional sink commits (`kafka.commit_interval`).
+    pub fn with_commit_interval(mut self, every: Duration) -> Self {
+        self.commit_interval = every;
+        self
     }
 
     /// Checkpoints the job's feature state as `checkpoints` says.
@@ -156,7 +196,7 @@ impl Driver {
             last: std::time::Instant::now(),
             writing: writing.clone(),
         });
-        let mut writer = self.checkpoints.map(|checkpoints| Writer {
+        let writer = self.checkpoints.map(|checkpoints| Writer {
             checkpoints,
             writing,
             task: None,
@@ -172,18 +212,74 @@ impl Driver {
             stages::score(featured_rx, scored_tx, scoring.as_mut(), score_writing)?;
             Ok(scoring)
         })?;
+        // Who settles input: the acknowledgement stage, once each batch's outputs are
+        // delivered (at-least-once); or, with a transactional sink, the publish stage, which
+        // commits the outputs sent so far with their input positions in one transaction
+        // between two batches (so no later batch's outputs enter a transaction without its
+        // offsets), every `commit_interval` and right after a batch that carries a checkpoint.
+        let settle = Settle {
+            acker: source.acker(),
+            writer,
+        };
+        let (in_publish, in_ack) = if sink.transactional() {
+            (Some(settle), None)
+        } else {
+            (None, Some(settle))
+        };
+        let commit_interval = self.commit_interval;
         let publish = {
             let guard = stages::StopGuard::new(&stop_tx);
             tokio::spawn(async move {
                 let r = async {
-                    while let Some((work, batch)) = scored_rx.recv().await {
+                    let mut txn = in_publish;
+                    // When the open transaction is due for a commit (None: nothing in it).
+                    let mut due: Option<tokio::time::Instant> = None;
+                    loop {
+                        let next = match due {
+                            Some(d) => match tokio::time::timeout_at(d, scored_rx.recv()).await {
+                                Ok(next) => next,
+                                Err(_) => {
+                                    // A quiet input: commit what the transaction holds.
+                                    if let Some(t) = txn.as_mut() {
+                                        t.commit(&mut sink, None).await?;
+                                    }
+                                    due = None;
+                                    continue;
+                                }
+                            },
+                            None => scored_rx.recv().await,
+                        };
+                        let Some((mut work, batch)) = next else { break };
                         let sent = std::time::Instant::now();
-                        let delivery = sink.send(batch).await?;
+                        let delivery = match sink.send(batch).await {
+                            Ok(d) => d,
+                            Err(e) => {
+                                sink.abort().await;
+                                return Err(e);
+                            }
+                        };
+                        if let Some(t) = txn.as_mut() {
+                            if let Some(ack) = work.ack.take() {
+                                t.acker.ack(ack);
+                            }
+                            let snapshot = work.snapshot.take();
+                            let now = tokio::time::Instant::now();
+                            let at = *due.get_or_insert(now + commit_interval);
+                            if snapshot.is_some() || now >= at {
+                                t.commit(&mut sink, snapshot).await?;
+                                due = None;
+                            }
+                        }
                         if pending_tx.send((work, delivery, sent)).await.is_err() {
                             break; // the ack stage stopped; it reports why
                         }
                     }
-                    Ok(())
+                    if let Some(t) = txn.as_mut()
+                        && due.is_some()
+                    {
+                        t.commit(&mut sink, None).await?;
+                    }
+                    Ok(txn)
                 }
                 .await;
                 guard.check(r)
@@ -191,21 +287,25 @@ impl Driver {
         };
         let acknowledge = {
             let guard = stages::StopGuard::new(&stop_tx);
-            let mut acker = source.acker();
             let counters = counters.clone();
             tokio::spawn(async move {
                 let r = async {
+                    let mut settle = in_ack;
                     while let Some((mut work, delivery, sent)) = pending_rx.recv().await {
                         let delivered = delivery.await?;
                         events::stage_time(events::Stage::Publish, sent.elapsed().as_secs_f64());
                         counters.delivered(&work, delivered);
-                        let snapshot = work.snapshot.take();
-                        acker.ack(work.ack);
-                        if let (Some(snapshot), Some(w)) = (snapshot, writer.as_mut()) {
-                            w.start(snapshot, acker.positions(), acker.commit());
+                        if let Some(s) = settle.as_mut() {
+                            let snapshot = work.snapshot.take();
+                            if let Some(ack) = work.ack.take() {
+                                s.acker.ack(ack);
+                            }
+                            if let (Some(snapshot), Some(w)) = (snapshot, s.writer.as_mut()) {
+                                w.start(snapshot, s.acker.positions(), s.acker.commit());
+                            }
                         }
                     }
-                    Ok((acker, writer))
+                    Ok(settle)
                 }
                 .await;
                 guard.check(r)
@@ -254,9 +354,10 @@ impl Driver {
         let features = featured?;
         let scoring = scored?;
         decoded?;
-        published?;
-        let (mut acker, writer) = acked?;
+        let settled = published?.or(acked?);
         consumed?;
+        let Settle { mut acker, writer } =
+            settled.ok_or_else(|| PipelineError::Bug("no stage settled the input".into()))?;
         acker.finish()?;
         if let Some(mut w) = writer {
             // The last checkpoint: everything acknowledged and committed, the state after it.

@@ -19,7 +19,8 @@ use crate::{PipelineError, Result};
 /// What travels with a batch from the decoder to the acknowledgement.
 #[derive(Debug)]
 pub(crate) struct Work<A> {
-    pub(crate) ack: A,
+    /// The source's token, until whichever stage settles input takes it.
+    pub(crate) ack: Option<A>,
     /// The message behind each event row (message sources), taken when the row is rejected.
     origins: Vec<Option<Message>>,
     /// The messages behind the side-input rows (message sources).
@@ -39,7 +40,7 @@ pub(crate) struct Work<A> {
 impl<A> Work<A> {
     fn new(ack: A, events: usize) -> Self {
         Self {
-            ack,
+            ack: Some(ack),
             origins: Vec::new(),
             side_origins: Vec::new(),
             first_row: None,

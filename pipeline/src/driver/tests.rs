@@ -419,3 +419,166 @@ fn a_panicking_stage_stops_a_quiet_source_instead_of_hanging() {
     let e = r.expect_err("a panic is an error");
     assert!(e.to_string().contains("panicked"), "{e}");
 }
+
+/// Acknowledging batch n puts the source at offset n + 1 of partition 0.
+#[derive(Debug, Default)]
+struct OffsetAcker {
+    next: i64,
+}
+
+impl Acker for OffsetAcker {
+    type Ack = usize;
+    fn ack(&mut self, batch: usize) {
+        self.next = batch as i64 + 1;
+    }
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn positions(&self) -> crate::state::Positions {
+        let mut p = crate::state::Positions::new();
+        p.entry("numbers".into()).or_default().insert(0, self.next);
+        p
+    }
+}
+
+/// [`Numbers`] with offsets.
+#[derive(Debug)]
+struct Offsets(Numbers);
+
+impl Source for Offsets {
+    type Ack = usize;
+    type Acker = OffsetAcker;
+    async fn next(&mut self, stop: &mut Stop) -> Result<Option<SourceBatch<usize>>> {
+        self.0.next(stop).await
+    }
+    fn acker(&self) -> OffsetAcker {
+        OffsetAcker::default()
+    }
+    fn names(&self) -> (&str, &str) {
+        self.0.names()
+    }
+}
+
+/// What a transactional sink saw: each commit's input position and the batches sent in it.
+#[derive(Debug, Default)]
+struct Transactions {
+    open: Vec<i64>,
+    committed: Vec<(i64, Vec<i64>)>,
+    aborted: usize,
+}
+
+/// A transactional sink whose `fail_at`-th commit (0-based) fails as aborted.
+#[derive(Debug, Clone)]
+struct TxnSink {
+    seen: Arc<Mutex<Transactions>>,
+    fail_at: usize,
+}
+
+impl crate::sinks::Sink for TxnSink {
+    type Delivery = std::future::Ready<Result<crate::sinks::Delivered>>;
+
+    async fn send(&mut self, batch: crate::sinks::SinkBatch) -> Result<Self::Delivery> {
+        let scores = batch
+            .output
+            .scores
+            .as_ref()
+            .map_or(0, |r| r.batch.num_rows());
+        if let Some(r) = &batch.output.scores {
+            let x = columns::primitive::<Int64Type>(&r.batch, "X")?.value(0);
+            self.seen.lock().expect("lock").open.push(x);
+        }
+        Ok(std::future::ready(Ok(crate::sinks::Delivered {
+            scores: scores as u64,
+            ..Default::default()
+        })))
+    }
+
+    fn transactional(&self) -> bool {
+        true
+    }
+
+    async fn commit(&mut self, positions: &crate::state::Positions) -> Result<()> {
+        let mut seen = self.seen.lock().expect("lock");
+        if seen.committed.len() == self.fail_at {
+            seen.open.clear();
+            seen.aborted += 1;
+            return Err(PipelineError::Transaction {
+                op: "committing",
+                source: rdkafka::error::KafkaError::Canceled,
+                aborted: true,
+            });
+        }
+        let at = positions["numbers"][&0];
+        let batches = std::mem::take(&mut seen.open);
+        seen.committed.push((at, batches));
+        Ok(())
+    }
+}
+
+fn run_transactional(
+    batches: usize,
+    every: std::time::Duration,
+    fail_at: usize,
+) -> (Result<Summary>, Transactions) {
+    let source = Offsets(Numbers {
+        batches,
+        next: 0,
+        acks: Arc::default(),
+        finished: Arc::default(),
+    });
+    let job = Job {
+        kind: "test",
+        model: "echo".into(),
+        inputs: Inputs {
+            events: Arc::new(arrow::datatypes::Schema::empty()),
+            side: None,
+        },
+        features: Box::new(Picky {
+            bad_input: usize::MAX,
+            bug: usize::MAX,
+        }),
+        scoring: Box::new(Echo),
+    };
+    let sink = TxnSink {
+        seen: Arc::default(),
+        fail_at,
+    };
+    let driver = Driver::new(crate::decoders::build(crate::decoders::Format::Json, 1), 2)
+        .with_commit_interval(every);
+    let result = driver.run_blocking(source, job, sink.clone(), Arc::new(Counters::default()));
+    let seen = std::mem::take(&mut *sink.seen.lock().expect("lock"));
+    (result, seen)
+}
+
+#[test]
+fn a_transaction_holds_exactly_the_outputs_of_the_input_positions_it_commits() {
+    // A commit after every batch: each transaction is one batch and the position after it.
+    let (r, seen) = run_transactional(6, std::time::Duration::ZERO, usize::MAX);
+    r.expect("the run ends cleanly");
+    let expected: Vec<(i64, Vec<i64>)> = (0..6).map(|n| (n + 1, vec![n])).collect();
+    assert_eq!(seen.committed, expected);
+    // A long interval: the drain commits everything in one transaction at the end.
+    let (r, seen) = run_transactional(6, std::time::Duration::from_secs(3600), usize::MAX);
+    // Picky refuses the first row of batch 1.
+    assert_eq!(r.expect("clean").scores, 6 * ROWS as u64 - 1);
+    assert_eq!(seen.committed, vec![(6, (0..6).collect())]);
+    assert!(seen.open.is_empty(), "nothing left outside a transaction");
+}
+
+#[test]
+fn an_aborted_transaction_stops_the_run_before_any_later_output_is_sent() {
+    let (r, seen) = run_transactional(8, std::time::Duration::ZERO, 3);
+    let e = r.expect_err("an aborted transaction ends the run");
+    assert!(
+        matches!(e, PipelineError::Transaction { aborted: true, .. }),
+        "{e}"
+    );
+    assert_eq!(seen.aborted, 1);
+    let expected: Vec<(i64, Vec<i64>)> = (0..3).map(|n| (n + 1, vec![n])).collect();
+    assert_eq!(seen.committed, expected, "the transactions before it stand");
+    assert!(
+        seen.open.is_empty(),
+        "no batch after the aborted one was sent: {:?}",
+        seen.open
+    );
+}

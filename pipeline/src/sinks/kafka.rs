@@ -2,6 +2,13 @@
 //! once the broker acknowledged every one of its records; a record the broker refuses for good
 //! fails the delivery, so the driver stops without acknowledging the batch's input.
 //!
+//! In exactly-once mode ([`KafkaSink::transactional`]) every record goes into the open Kafka
+//! transaction, and [`Sink::commit`] sends the input offsets into it and commits: outputs and
+//! offsets become visible together or not at all. A commit error librdkafka calls retriable is
+//! retried; one that requires an abort aborts and reports [`PipelineError::Transaction`] with
+//! `aborted`, after which the run starts again from the last committed transaction; a fatal one
+//! (another producer with the same `transactional.id` fenced this one) stops the pipeline.
+//!
 //! A dead letter always fits: when its original bytes are more than the producer or the
 //! dead-letter topic takes, a reference goes in their place (no payload; headers with the
 //! source coordinates, the size and the SHA-256 of the bytes), so a poison pill can neither stop
@@ -14,14 +21,23 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, join_all};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::{DeadLetter, Delivered, Origin, Sink, SinkBatch};
 use crate::encoders::{self, Encoder, Payloads};
 use crate::events::{self, Stage};
 use crate::jobs::Records;
 use crate::kafka::KafkaConfig;
+use crate::sources::kafka::GroupMembership;
+use crate::state::Positions;
 use crate::{PipelineError, Result};
+
+/// How long one transaction call may take before librdkafka reports a (retriable) timeout.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Retriable errors of one transaction call retried before giving up (aborting).
+const TRANSACTION_RETRIES: u32 = 10;
 
 /// Which output a record belongs to.
 #[derive(Debug)]
@@ -150,6 +166,8 @@ pub struct KafkaSink {
     alerts_topic: String,
     dead_letter_topic: String,
     payloads: Payloads,
+    /// Exactly-once: transactions, with the consumer whose offsets go into each (once named).
+    transactions: Option<Option<GroupMembership>>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -162,8 +180,52 @@ impl std::fmt::Debug for KafkaSink {
 }
 
 impl KafkaSink {
-    /// A producer with the section's properties (and its producer-only ones).
+    /// A producer with the section's properties (and its producer-only ones), publishing
+    /// at-least-once.
     pub fn new(kafka: &KafkaConfig) -> Result<Self> {
+        Self::build(kafka, None)
+    }
+
+    /// A transactional producer (`kafka.transactional_id`). Initialising it aborts whatever a
+    /// previous run with the same id left open and fences that run's producer, should it still
+    /// be alive; so it comes before the committed offsets are looked up, which a broker holds
+    /// back while a transaction that commits offsets is open. [`Self::committing_for`] names
+    /// the consumer whose offsets its transactions carry.
+    pub async fn transactional(kafka: &KafkaConfig) -> Result<Self> {
+        let id = kafka.transactional_id.as_deref().ok_or_else(|| {
+            PipelineError::Config(vec!["exactly-once needs kafka.transactional_id".into()])
+        })?;
+        let sink = Self::build(kafka, Some(id))?;
+        let producer = sink.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .init_transactions(TRANSACTION_TIMEOUT)
+                .map_err(|source| transaction_error("initialising transactions", source, false))?;
+            producer
+                .begin_transaction()
+                .map_err(|source| transaction_error("beginning a transaction", source, false))
+        })
+        .await
+        .map_err(|e| PipelineError::Bug(format!("transaction task: {e}")))??;
+        tracing::info!(
+            transactional_id = id,
+            "exactly-once: transactions initialised"
+        );
+        Ok(Self {
+            transactions: Some(None),
+            ..sink
+        })
+    }
+
+    /// Transactions carry the input offsets of `group`'s consumer.
+    pub fn committing_for(mut self, group: GroupMembership) -> Self {
+        if let Some(g) = self.transactions.as_mut() {
+            *g = Some(group);
+        }
+        self
+    }
+
+    fn build(kafka: &KafkaConfig, transactional_id: Option<&str>) -> Result<Self> {
         let mut cfg = kafka.client();
         if cfg.get("linger.ms").is_none() {
             // librdkafka's 5 ms default would spend half of a 10 ms latency budget waiting.
@@ -171,6 +233,9 @@ impl KafkaSink {
         }
         for (k, v) in &kafka.producer_properties {
             cfg.set(k, v);
+        }
+        if let Some(id) = transactional_id {
+            cfg.set("transactional.id", id);
         }
         Ok(Self {
             producer: cfg
@@ -188,6 +253,7 @@ impl KafkaSink {
             alerts_topic: kafka.topics.alerts.clone(),
             dead_letter_topic: kafka.topics.dead_letter.clone(),
             payloads: Payloads::default(),
+            transactions: None,
         })
     }
 
@@ -278,6 +344,84 @@ impl KafkaSink {
     }
 }
 
+/// A transaction error of `op`: `aborted` when the transaction was aborted.
+fn transaction_error(op: &'static str, source: KafkaError, aborted: bool) -> PipelineError {
+    PipelineError::Transaction {
+        op,
+        source,
+        aborted,
+    }
+}
+
+/// What librdkafka says may be done after a failed transaction call.
+enum Next {
+    Retry,
+    Abort,
+    Stop,
+}
+
+fn next_after(e: &KafkaError) -> Next {
+    match e {
+        KafkaError::Transaction(t) if t.is_fatal() => Next::Stop,
+        KafkaError::Transaction(t) if t.txn_requires_abort() => Next::Abort,
+        KafkaError::Transaction(t) if t.is_retriable() => Next::Retry,
+        _ => Next::Stop,
+    }
+}
+
+/// Runs one transaction call, retrying what librdkafka calls retriable; an error that needs
+/// an abort (or retries running out) aborts the transaction.
+fn transaction_call(
+    producer: &Producer,
+    op: &'static str,
+    call: impl Fn() -> std::result::Result<(), KafkaError>,
+) -> Result<()> {
+    let mut retries = 0;
+    loop {
+        let Err(e) = call() else { return Ok(()) };
+        match next_after(&e) {
+            Next::Retry if retries < TRANSACTION_RETRIES => {
+                retries += 1;
+                tracing::warn!("kafka transaction: {op}: {e}; retrying ({retries})");
+                std::thread::sleep(Duration::from_millis(100 * u64::from(retries)));
+            }
+            Next::Retry | Next::Abort => {
+                if let Err(a) = producer.abort_transaction(TRANSACTION_TIMEOUT) {
+                    // The next run's initialisation aborts it (same transactional.id).
+                    tracing::warn!("kafka transaction: aborting after {op} failed: {a}");
+                }
+                events::transaction_aborted();
+                return Err(transaction_error(op, e, true));
+            }
+            Next::Stop => return Err(transaction_error(op, e, false)),
+        }
+    }
+}
+
+/// Sends `offsets` into the open transaction, commits it and begins the next.
+fn commit_transaction(
+    producer: &Producer,
+    group: &GroupMembership,
+    offsets: &TopicPartitionList,
+) -> Result<()> {
+    let started = Instant::now();
+    if offsets.count() > 0 {
+        let metadata = group.metadata().ok_or_else(|| {
+            PipelineError::Bug("the consumer has no group metadata to commit with".into())
+        })?;
+        transaction_call(producer, "sending the input offsets", || {
+            producer.send_offsets_to_transaction(offsets, &metadata, TRANSACTION_TIMEOUT)
+        })?;
+    }
+    transaction_call(producer, "committing", || {
+        producer.commit_transaction(TRANSACTION_TIMEOUT)
+    })?;
+    events::transaction_committed(started.elapsed().as_secs_f64());
+    producer
+        .begin_transaction()
+        .map_err(|source| transaction_error("beginning a transaction", source, false))
+}
+
 async fn send_reference(
     producer: &Producer,
     topic: &str,
@@ -318,6 +462,46 @@ async fn send(
 
 impl Sink for KafkaSink {
     type Delivery = BoxFuture<'static, Result<Delivered>>;
+
+    fn transactional(&self) -> bool {
+        self.transactions.is_some()
+    }
+
+    async fn commit(&mut self, positions: &Positions) -> Result<()> {
+        let Some(group) = self.transactions.clone() else {
+            return Ok(());
+        };
+        let group = group.ok_or_else(|| {
+            PipelineError::Bug("a transactional sink without a consumer to commit for".into())
+        })?;
+        let mut offsets = TopicPartitionList::new();
+        for (topic, partitions) in positions {
+            for (&partition, &next) in partitions {
+                offsets
+                    .add_partition_offset(topic, partition, Offset::Offset(next))
+                    .map_err(PipelineError::kafka("listing the input offsets"))?;
+            }
+        }
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || commit_transaction(&producer, &group, &offsets))
+            .await
+            .map_err(|e| PipelineError::Bug(format!("transaction task: {e}")))?
+    }
+
+    async fn abort(&mut self) {
+        if self.transactions.is_none() {
+            return;
+        }
+        let producer = self.producer.clone();
+        let aborted =
+            tokio::task::spawn_blocking(move || producer.abort_transaction(TRANSACTION_TIMEOUT))
+                .await;
+        match aborted {
+            Ok(Ok(())) => events::transaction_aborted(),
+            Ok(Err(e)) => tracing::warn!("kafka transaction: aborting on the way out: {e}"),
+            Err(e) => tracing::warn!("kafka transaction: abort task: {e}"),
+        }
+    }
 
     async fn send(&mut self, batch: SinkBatch) -> Result<Self::Delivery> {
         let mut deliveries = Vec::new();

@@ -20,6 +20,7 @@ use std::future::Future;
 use crate::Result;
 use crate::jobs::{JobOutput, RejectKind};
 use crate::sources::Message;
+use crate::state::Positions;
 
 /// Where a dead letter came from.
 #[derive(Debug, Clone)]
@@ -68,4 +69,24 @@ pub trait Sink: Send + 'static {
 
     /// Hands one batch to the destination (waiting while it is full: backpressure).
     fn send(&mut self, batch: SinkBatch) -> impl Future<Output = Result<Self::Delivery>> + Send;
+
+    /// Whether the sink publishes in transactions that carry the input positions too
+    /// (exactly-once): the driver then makes input durable through [`Self::commit`], not
+    /// through the source's acknowledgements.
+    fn transactional(&self) -> bool {
+        false
+    }
+
+    /// A transactional sink commits every record sent since its last commit together with
+    /// the input `positions` (the next offset per topic and partition), both or neither, and
+    /// opens the next transaction.
+    fn commit(&mut self, _positions: &Positions) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+
+    /// A transactional sink aborts its open transaction (the pipeline is stopping on an
+    /// error); best effort, as a restart aborts it too.
+    fn abort(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }

@@ -7,6 +7,10 @@
 //! kept. Auto-commit is on and auto offset store off (rust-rdkafka's at-least-once recipe):
 //! librdkafka commits only offsets riskpipe stored, every `commit_interval`, and the acker
 //! commits synchronously when the pipeline drains.
+//!
+//! In exactly-once mode the consumer commits nothing itself (auto-commit off) and reads only
+//! committed input (`read_committed`): the input offsets go into the sink's transactions, with
+//! the consumer's group metadata ([`GroupMembership`]), and the acker only counts positions.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +20,8 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+    StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
@@ -159,6 +164,27 @@ pub struct KafkaSource {
     names: (String, String),
     /// Where the restored state stands: the acker's positions start here.
     start: Positions,
+    /// Offsets go into the sink's transactions: the consumer commits none.
+    transactional: bool,
+}
+
+/// The consumer's membership of its group, for a transactional producer's offset commits: a
+/// commit made with the metadata of a generation the group has left behind (this member was
+/// fenced out in a rebalance) fails and aborts its transaction.
+#[derive(Clone)]
+pub struct GroupMembership(Arc<Consumer_>);
+
+impl GroupMembership {
+    /// The group metadata of the consumer's current generation.
+    pub fn metadata(&self) -> Option<ConsumerGroupMetadata> {
+        self.0.group_metadata()
+    }
+}
+
+impl std::fmt::Debug for GroupMembership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupMembership").finish_non_exhaustive()
+    }
 }
 
 /// Per partition: the next offset not handed on yet, and whether re-delivered messages are
@@ -179,14 +205,18 @@ impl KafkaSource {
     /// the partition assignment.
     pub fn new(kafka: &KafkaConfig, streams: Streams, health: Arc<Health>) -> Result<Self> {
         let mut cfg = kafka.client();
+        let transactional = kafka.exactly_once();
         cfg.set("group.id", &kafka.group_id)
-            .set("enable.auto.commit", "true")
+            .set("enable.auto.commit", (!transactional).to_string())
             .set(
                 "auto.commit.interval.ms",
                 kafka.commit_interval.as_millis().max(1).to_string(),
             )
             .set("enable.auto.offset.store", "false")
             .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+        if transactional {
+            cfg.set("isolation.level", "read_committed");
+        }
         for (k, default) in [
             ("auto.offset.reset", "earliest"),
             // Lag for the metrics, and broker states for readiness, every second.
@@ -231,7 +261,13 @@ impl KafkaSource {
                 kafka.side_topic(streams).unwrap_or_default().to_string(),
             ),
             start: Positions::new(),
+            transactional,
         })
+    }
+
+    /// The consumer's group membership, for the sink's transactions.
+    pub fn membership(&self) -> GroupMembership {
+        GroupMembership(self.consumer.clone())
     }
 
     /// The positions the restored state reflects (the acker reports positions from there).
@@ -388,6 +424,7 @@ impl Source for KafkaSource {
         KafkaAcker {
             consumer: self.consumer.clone(),
             positions: self.start.clone(),
+            transactional: self.transactional,
         }
     }
 
@@ -396,10 +433,12 @@ impl Source for KafkaSource {
     }
 }
 
-/// Stores acknowledged offsets; commits on the way out.
+/// Stores acknowledged offsets; commits on the way out. In exactly-once mode it only keeps the
+/// positions: the sink's transactions commit them.
 pub struct KafkaAcker {
     consumer: Arc<Consumer_>,
     positions: Positions,
+    transactional: bool,
 }
 
 impl std::fmt::Debug for KafkaAcker {
@@ -420,6 +459,9 @@ impl Acker for KafkaAcker {
                 let next = partitions.entry(*partition).or_insert(0);
                 *next = (*next).max(offset + 1);
             }
+            if self.transactional {
+                continue;
+            }
             if let Err(e) = self.consumer.store_offset(topic, *partition, *offset) {
                 // The partition moved to another member in a rebalance: it re-processes from
                 // the last commit, which is still at-least-once.
@@ -429,6 +471,9 @@ impl Acker for KafkaAcker {
     }
 
     fn finish(&mut self) -> Result<()> {
+        if self.transactional {
+            return Ok(());
+        }
         commit_stored(&self.consumer, "final offset commit")
     }
 
@@ -437,6 +482,9 @@ impl Acker for KafkaAcker {
     }
 
     fn commit(&self) -> Option<super::Commit> {
+        if self.transactional {
+            return None;
+        }
         let consumer = self.consumer.clone();
         Some(Box::new(move || {
             commit_stored(&consumer, "offset commit before a checkpoint")

@@ -10,7 +10,13 @@
 //! - `down <broker>` / `up <broker>` — take a broker's listener down / up;
 //! - `rtt <broker> <ms>` — add round-trip latency to a broker;
 //! - `produce-errors <count>` — fail the next `count` produce requests with a retriable error;
-//! - `disconnect-produce <count>` — drop the connection on the next `count` produce requests.
+//! - `disconnect-produce <count>` — drop the connection on the next `count` produce requests;
+//! - `request-errors <request> <error> <count>` — fail the next `count` requests of a kind with
+//!   an error: requests `produce`, `init-producer-id`, `add-partitions-to-txn`,
+//!   `add-offsets-to-txn`, `txn-offset-commit`, `end-txn`; errors `not-coordinator`,
+//!   `coordinator-load-in-progress`, `concurrent-transactions`, `illegal-generation`,
+//!   `invalid-producer-epoch`, `producer-fenced`, `not-enough-replicas` (what the exactly-once
+//!   tests drive librdkafka's transaction state machine with).
 //!
 //! It exits when stdin closes (its parent went away) or on SIGTERM.
 
@@ -70,6 +76,33 @@ fn apply(
             let n = usize::try_from(int(1)?).map_err(|e| e.to_string())?;
             let errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT; n];
             cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+            Ok(())
+        }
+        Some("request-errors") => {
+            let request = match words.get(1).copied() {
+                Some("produce") => RDKafkaApiKey::Produce,
+                Some("init-producer-id") => RDKafkaApiKey::InitProducerId,
+                Some("add-partitions-to-txn") => RDKafkaApiKey::AddPartitionsToTxn,
+                Some("add-offsets-to-txn") => RDKafkaApiKey::AddOffsetsToTxn,
+                Some("txn-offset-commit") => RDKafkaApiKey::TxnOffsetCommit,
+                Some("end-txn") => RDKafkaApiKey::EndTxn,
+                other => return Err(format!("unknown request {other:?}")),
+            };
+            use RDKafkaRespErr::*;
+            let error = match words.get(2).copied() {
+                Some("not-coordinator") => RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+                Some("coordinator-load-in-progress") => {
+                    RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS
+                }
+                Some("concurrent-transactions") => RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS,
+                Some("illegal-generation") => RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION,
+                Some("invalid-producer-epoch") => RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH,
+                Some("producer-fenced") => RD_KAFKA_RESP_ERR_PRODUCER_FENCED,
+                Some("not-enough-replicas") => RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+                other => return Err(format!("unknown error {other:?}")),
+            };
+            let n = usize::try_from(int(3)?).map_err(|e| e.to_string())?;
+            cluster.request_errors(request, &vec![error; n]);
             Ok(())
         }
         Some(other) => Err(format!("unknown command {other:?}")),
