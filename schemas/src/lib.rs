@@ -6,6 +6,10 @@
 //! `schemas/json/` document the same payloads for users and are checked against these types in
 //! tests. Column names follow the Fraud Detection Handbook so that its feature names carry over.
 //!
+//! The Avro schemas under `schemas/avro/` are [`avro::schema`] of the Arrow schemas, written out
+//! and checked equal in tests (times are Avro `timestamp-micros`, optional fields a union with
+//! `null` defaulting to `null`).
+//!
 //! [`Fault`] is the shared vocabulary each crate's error type uses to say whose fault an error is,
 //! which in turn decides dead-letter (bad input), retry (outside system) or stop (bug).
 
@@ -25,6 +29,88 @@ pub enum Fault {
     External,
     /// riskpipe itself is wrong (or misconfigured): stop rather than emit wrong scores.
     Bug,
+}
+
+/// The published Avro schemas, made from the Arrow schemas.
+pub mod avro {
+    use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
+    use serde_json::{Value, json};
+
+    /// Namespace of every riskpipe Avro record.
+    pub const NAMESPACE: &str = "riskpipe";
+
+    /// Every published event: (file stem, Avro record name, Arrow schema).
+    pub fn events() -> Vec<(&'static str, &'static str, SchemaRef)> {
+        vec![
+            ("transaction", "Transaction", super::transaction_schema()),
+            ("fraud_label", "FraudLabel", super::fraud_label_schema()),
+            ("score", "Score", super::score_schema()),
+            ("alert", "Alert", super::alert_schema()),
+            ("market_tick", "MarketTick", super::market_tick_schema()),
+            ("position", "Position", super::position_schema()),
+            ("risk_score", "RiskScore", super::risk_score_schema()),
+            ("limit_breach", "LimitBreach", super::limit_breach_schema()),
+        ]
+    }
+
+    /// The Avro record schema named `name` of an Arrow schema, or the Arrow type it cannot
+    /// express.
+    pub fn schema(name: &str, arrow: &SchemaRef) -> Result<Value, String> {
+        record(name, arrow.fields().iter().map(|f| f.as_ref()))
+    }
+
+    fn record<'a>(name: &str, fields: impl Iterator<Item = &'a Field>) -> Result<Value, String> {
+        let fields = fields
+            .map(|f| {
+                let t = of_type(f)?;
+                Ok(if f.is_nullable() {
+                    json!({"name": f.name(), "type": ["null", t], "default": null})
+                } else {
+                    json!({"name": f.name(), "type": t})
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(json!({"type": "record", "name": name, "namespace": NAMESPACE, "fields": fields}))
+    }
+
+    /// A record name for a nested field (`REASONS` items become `Reason`).
+    fn item_name(field: &str) -> String {
+        let singular = field.strip_suffix('S').unwrap_or(field).to_lowercase();
+        let mut name = String::new();
+        let mut upper = true;
+        for c in singular.chars() {
+            if c == '_' {
+                upper = true;
+            } else if upper {
+                name.extend(c.to_uppercase());
+                upper = false;
+            } else {
+                name.push(c);
+            }
+        }
+        name
+    }
+
+    fn of_type(f: &Field) -> Result<Value, String> {
+        Ok(match f.data_type() {
+            DataType::Int64 => json!("long"),
+            DataType::Float64 => json!("double"),
+            DataType::Boolean => json!("boolean"),
+            DataType::Utf8 => json!("string"),
+            // Avro's portable time type; whole microseconds (handbook times are whole seconds).
+            DataType::Timestamp(TimeUnit::Nanosecond, Some(tz)) if tz.as_ref() == "UTC" => {
+                json!({"type": "long", "logicalType": "timestamp-micros"})
+            }
+            DataType::List(item) => match item.data_type() {
+                DataType::Struct(fields) => json!({
+                    "type": "array",
+                    "items": record(&item_name(f.name()), fields.iter().map(|f| f.as_ref()))?,
+                }),
+                other => return Err(format!("{}: list of {other} has no Avro form", f.name())),
+            },
+            other => return Err(format!("{}: {other} has no Avro form", f.name())),
+        })
+    }
 }
 
 /// Strict JSON readers for payload fields, matching the JSON Schemas' types exactly.
