@@ -296,7 +296,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             let kafka = cfg.kafka.as_ref().ok_or_else(|| {
                 PipelineError::Config(vec!["no [kafka] section: replay reads from Kafka".into()])
             })?;
-            let decoder = decoders::build(kafka.format, kafka.max_message_bytes);
+            let decoder = decoders::build(kafka)?;
             let (history, rejected) = kafka_range::history(&cfg, decoder.as_ref(), from, to)?;
             if rejected > 0 {
                 eprintln!("skipped {rejected} undecodable event messages (see the log)");

@@ -399,7 +399,7 @@ fn skewed_events_are_refused_alike_live_and_in_replay_and_change_no_score() {
 
     // The topic replayed: each partition in offset order, the same policy.
     let run_cfg = PipelineConfig::load(&config).expect("config");
-    let decoder = decoders::build(decoders::Format::Json, usize::MAX);
+    let decoder = decoders::json(usize::MAX);
     let (replay_history, undecodable) =
         kafka_range::history(&run_cfg, decoder.as_ref(), Bound::Edge, Bound::Edge)
             .expect("replay history");

@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use libfuzzer_sys::fuzz_target;
-use riskpipe_pipeline::decoders::{self, DecodedPayloads, Decoder, Format};
+use riskpipe_pipeline::decoders::{self, DecodedPayloads, Decoder};
 use riskpipe_pipeline::jobs::RejectKind;
 
 /// `max_bytes` choices (selector bits 2-4).
@@ -61,7 +61,7 @@ fn setup() -> &'static Setup {
         ],
         decoders: MAX_BYTES
             .iter()
-            .map(|&m| decoders::build(Format::Json, m))
+            .map(|&m| decoders::json(m))
             .collect(),
     })
 }
@@ -159,12 +159,12 @@ fuzz_target!(|data: &[u8]| {
     let (decoder, max_bytes) = (&setup.decoders[choice], MAX_BYTES[choice]);
     let payloads: Vec<&[u8]> = rest.splitn(MAX_PAYLOADS, |&b| b == SEP).collect();
 
-    let together = decoder.decode(schema, &payloads);
+    let together = decoder.decode(schema, &payloads).expect("JSON decoding never fails as a whole");
     let verdicts = check(schema, &payloads, max_bytes, &together);
 
     for (i, (p, batch_verdict)) in payloads.iter().zip(verdicts).enumerate() {
         let one = [*p];
-        let alone = decoder.decode(schema, &one);
+        let alone = decoder.decode(schema, &one).expect("JSON decoding never fails as a whole");
         let mut alone_verdict = check(schema, &one, max_bytes, &alone);
         let alone_verdict = alone_verdict.pop().expect("one verdict per payload");
         assert_eq!(

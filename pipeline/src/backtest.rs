@@ -12,7 +12,7 @@ use plotters::style::{FontStyle, register_font};
 use serde::Serialize;
 
 use crate::config::PipelineConfig;
-use crate::decoders::{self, Format};
+use crate::decoders;
 use crate::driver::{Counters, Driver};
 use crate::encoders::{Encoder, JsonEncoder, Payloads};
 use crate::jobs::{self, Job};
@@ -49,7 +49,7 @@ impl Replayed {
         for o in &self.collected.outputs {
             let records = if alerts { &o.alerts } else { &o.scores };
             if let Some(r) = records {
-                JsonEncoder.encode(&r.batch, &mut payloads)?;
+                JsonEncoder.encode("alerts", &r.batch, &mut payloads)?;
             }
         }
         Ok(payloads)
@@ -102,7 +102,7 @@ pub fn replay_job(
     let source = HistorySource::new(history, batch_rows)?;
     let sink = CollectSink::with_progress(progress.clone());
     // Files hold Arrow rows: the decoder is never asked.
-    let driver = Driver::new(decoders::build(Format::Json, usize::MAX), 4);
+    let driver = Driver::new(decoders::json(usize::MAX), 4);
     driver.run_blocking(source, job, sink.clone(), Arc::new(Counters::default()))?;
     Ok(Replayed {
         collected: sink.take()?,

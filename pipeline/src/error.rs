@@ -56,6 +56,17 @@ pub enum PipelineError {
         /// committed one.
         aborted: bool,
     },
+    /// The schema registry could not be reached or answered with an error (not a 404 for a
+    /// schema id, which is the message's fault).
+    #[error("schema registry: {op} ({url}): {reason}")]
+    SchemaRegistry {
+        /// What was being done.
+        op: &'static str,
+        /// The URL called.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// The consumer never got a partition assignment: Kafka is unreachable, or the group never
     /// formed.
     #[error(
@@ -140,6 +151,7 @@ impl PipelineError {
             | PipelineError::Kafka { .. }
             | PipelineError::Delivery { .. }
             | PipelineError::Transaction { .. }
+            | PipelineError::SchemaRegistry { .. }
             | PipelineError::Startup { .. }
             | PipelineError::Runtime { .. }
             | PipelineError::Plot { .. }

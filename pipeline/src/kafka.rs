@@ -33,9 +33,13 @@ pub struct KafkaConfig {
     /// Micro-batching of consumed messages.
     #[serde(default)]
     pub batch: BatchConfig,
-    /// Payload format of every topic.
+    /// Payload format of every topic: `"json"` (the default) or `"avro"` (Confluent wire
+    /// format, with `[kafka.schema_registry]`).
     #[serde(default)]
     pub format: Format,
+    /// The schema registry of the Avro format.
+    #[serde(default)]
+    pub schema_registry: Option<crate::schema_registry::RegistryConfig>,
     /// Publish keyed pseudonyms instead of raw ids (opt-in; see `sinks::pseudonyms`).
     #[serde(default)]
     pub pseudonyms: Option<crate::sinks::pseudonyms::PseudonymConfig>,
@@ -197,6 +201,7 @@ impl KafkaConfig {
             topics: TopicsConfig::default(),
             batch: BatchConfig::default(),
             format: Format::default(),
+            schema_registry: None,
             pseudonyms: None,
             max_message_bytes: default_max_message_bytes(),
             in_flight_batches: default_in_flight(),
@@ -227,6 +232,15 @@ impl KafkaConfig {
                 *value = expand(value, &lookup, &mut |why| {
                     unresolved.push(format!("kafka.{section}.{key:?}: {why}"));
                 });
+            }
+        }
+        if let Some(r) = &mut self.schema_registry {
+            for (name, value) in [("username", &mut r.username), ("password", &mut r.password)] {
+                if let Some(v) = value {
+                    *v = expand(v, &lookup, &mut |why| {
+                        unresolved.push(format!("kafka.schema_registry.{name}: {why}"));
+                    });
+                }
             }
         }
         if let Some(id) = &mut self.transactional_id {
@@ -339,6 +353,13 @@ impl KafkaConfig {
             ),
             _ => {}
         }
+        match (self.format, &self.schema_registry) {
+            (Format::Avro, None) => p.push(
+                "kafka.format = \"avro\" needs [kafka.schema_registry] (its url at least)".into(),
+            ),
+            (_, Some(r)) => p.extend(r.problems()),
+            _ => {}
+        }
         if self.processing_guarantee == Guarantee::ExactlyOnce {
             for (section, props) in [
                 ("properties", &self.properties),
@@ -355,6 +376,20 @@ impl KafkaConfig {
             }
         }
         p
+    }
+
+    /// A client of the schema registry (`kafka.schema_registry`).
+    pub fn registry(
+        &self,
+    ) -> crate::Result<std::sync::Arc<crate::schema_registry::SchemaRegistry>> {
+        let cfg = self.schema_registry.as_ref().ok_or_else(|| {
+            crate::PipelineError::Config(vec![
+                "the Avro format needs [kafka.schema_registry]".into(),
+            ])
+        })?;
+        Ok(std::sync::Arc::new(
+            crate::schema_registry::SchemaRegistry::new(cfg)?,
+        ))
     }
 
     /// Whether outputs and input offsets are committed in Kafka transactions.

@@ -105,12 +105,9 @@ async fn run_once(
         Some(sink) => sink.committing_for(source.membership()),
         None => KafkaSink::new(kafka)?,
     };
-    let driver = Driver::new(
-        decoders::build(kafka.format, kafka.max_message_bytes),
-        kafka.in_flight_batches,
-    )
-    .with_checkpoints(checkpoints)
-    .with_commit_interval(kafka.commit_interval);
+    let driver = Driver::new(decoders::build(kafka)?, kafka.in_flight_batches)
+        .with_checkpoints(checkpoints)
+        .with_commit_interval(kafka.commit_interval);
     driver
         .run(source, job, sink, counters.clone(), shutdown)
         .await
@@ -165,7 +162,7 @@ fn restore(
             }
         }
     }
-    let decoder = decoders::build(kafka.format, kafka.max_message_bytes);
+    let decoder = decoders::build(kafka)?;
     let gap = kafka_restore::gap(
         kafka,
         cfg.streams(),

@@ -17,14 +17,24 @@ use super::{DecodedPayloads, Rejection};
 use crate::jobs::RejectKind;
 
 /// A value rule broken: the field and what is wrong, in riskpipe's words (never the value).
-type Broken = (&'static str, &'static str);
+pub(crate) type Broken = (&'static str, &'static str);
 
 /// An event decoded through its serde type and checked against its schema's value rules.
+/// The rules are stated once ([`StrictEvent::rules`]) for every format; JSON carries
+/// date-times as RFC 3339 text ([`StrictEvent::times`]), Avro as numbers.
 pub(crate) trait StrictEvent: DeserializeOwned + Sized {
-    /// The event's date-times as nanoseconds, parsed once by [`StrictEvent::check`].
+    /// The event's date-times as nanoseconds, parsed once.
     type Times;
-    /// The first value rule the event breaks, or its parsed date-times.
-    fn check(&self) -> Result<Self::Times, Broken>;
+    /// The event's RFC 3339 date-times, or the first that is not one.
+    fn times(&self) -> Result<Self::Times, Broken>;
+    /// The first value rule (besides the date-times' form) the event breaks.
+    fn rules(&self) -> Result<(), Broken>;
+    /// The first rule the event breaks, or its parsed date-times.
+    fn check(&self) -> Result<Self::Times, Broken> {
+        let times = self.times()?;
+        self.rules()?;
+        Ok(times)
+    }
     /// The accepted events, with their date-times, as rows of `schema` (their Arrow schema).
     fn batch(rows: &[(Self, Self::Times)], schema: &SchemaRef) -> Result<RecordBatch, String>;
 }
@@ -101,12 +111,15 @@ fn build(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch, Stri
 impl StrictEvent for Transaction {
     type Times = i64;
 
-    fn check(&self) -> Result<i64, Broken> {
-        let time = date_time_of("TX_DATETIME", &self.tx_datetime)?;
+    fn times(&self) -> Result<i64, Broken> {
+        date_time_of("TX_DATETIME", &self.tx_datetime)
+    }
+
+    fn rules(&self) -> Result<(), Broken> {
         if self.tx_amount.is_nan() || self.tx_amount < 0.0 {
             return Err(("TX_AMOUNT", "negative (must be >= 0)"));
         }
-        Ok(time)
+        Ok(())
     }
 
     fn batch(rows: &[(Self, i64)], schema: &SchemaRef) -> Result<RecordBatch, String> {
@@ -127,13 +140,17 @@ impl StrictEvent for FraudLabel {
     /// (transaction time, label time)
     type Times = (i64, i64);
 
-    fn check(&self) -> Result<(i64, i64), Broken> {
+    fn times(&self) -> Result<(i64, i64), Broken> {
         let tx_time = date_time_of("TX_DATETIME", &self.tx_datetime)?;
         let label_time = date_time_of("LABEL_TIME", &self.label_time)?;
+        Ok((tx_time, label_time))
+    }
+
+    fn rules(&self) -> Result<(), Broken> {
         if !matches!(self.tx_fraud, 0 | 1) {
             return Err(("TX_FRAUD", "not one of 0, 1"));
         }
-        Ok((tx_time, label_time))
+        Ok(())
     }
 
     fn batch(rows: &[(Self, (i64, i64))], schema: &SchemaRef) -> Result<RecordBatch, String> {
@@ -154,12 +171,15 @@ impl StrictEvent for FraudLabel {
 impl StrictEvent for MarketTick {
     type Times = i64;
 
-    fn check(&self) -> Result<i64, Broken> {
-        let time = date_time_of("TIME", &self.time)?;
+    fn times(&self) -> Result<i64, Broken> {
+        date_time_of("TIME", &self.time)
+    }
+
+    fn rules(&self) -> Result<(), Broken> {
         if self.price.is_nan() || self.price <= 0.0 {
             return Err(("PRICE", "not positive (must be > 0)"));
         }
-        Ok(time)
+        Ok(())
     }
 
     fn batch(rows: &[(Self, i64)], schema: &SchemaRef) -> Result<RecordBatch, String> {

@@ -35,9 +35,9 @@ impl JsonDecoder {
 }
 
 impl Decoder for JsonDecoder {
-    fn decode(&self, schema: &SchemaRef, payloads: &[&[u8]]) -> DecodedPayloads {
+    fn decode(&self, schema: &SchemaRef, payloads: &[&[u8]]) -> crate::Result<DecodedPayloads> {
         let (candidates, rejected) = precheck(payloads, self.max_bytes);
-        if schema == &self.transaction {
+        Ok(if schema == &self.transaction {
             events::decode::<Transaction>(schema, payloads, candidates, rejected)
         } else if schema == &self.label {
             events::decode::<FraudLabel>(schema, payloads, candidates, rejected)
@@ -45,7 +45,7 @@ impl Decoder for JsonDecoder {
             events::decode::<MarketTick>(schema, payloads, candidates, rejected)
         } else {
             decode_with_arrow(schema, payloads, candidates, rejected)
-        }
+        })
     }
 }
 
@@ -269,7 +269,9 @@ mod tests {
     }
 
     fn decode(schema: &SchemaRef, payloads: &[&[u8]], max_bytes: usize) -> DecodedPayloads {
-        JsonDecoder::new(max_bytes).decode(schema, payloads)
+        JsonDecoder::new(max_bytes)
+            .decode(schema, payloads)
+            .expect("JSON decoding never fails as a whole")
     }
 
     #[test]

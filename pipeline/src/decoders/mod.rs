@@ -1,7 +1,11 @@
 //! Decoders: message payloads to Arrow rows of a job's input schemas, every undecodable message
 //! kept with its reason for the dead-letter topic. A format is one file here plus one line in
 //! [`build`].
+//!
+//! - [`json`](JsonDecoder): one JSON object per message;
+//! - [`avro`](AvroDecoder): Avro in the schema registry's wire format.
 
+mod avro;
 mod events;
 mod json;
 
@@ -9,9 +13,11 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use serde::Deserialize;
 
+pub use avro::AvroDecoder;
 pub use json::JsonDecoder;
 
 use crate::jobs::RejectKind;
+use crate::kafka::KafkaConfig;
 
 /// A field name as a reason may show it: at most 64 printable ASCII characters (field names come
 /// from the payload too).
@@ -74,8 +80,9 @@ pub struct DecodedPayloads {
 /// Turns payloads into rows of a schema.
 pub trait Decoder: Send + Sync + std::fmt::Debug {
     /// Decodes one row per payload against `schema`; a payload that does not give exactly one
-    /// valid row is rejected, and its valid neighbours are still decoded.
-    fn decode(&self, schema: &SchemaRef, payloads: &[&[u8]]) -> DecodedPayloads;
+    /// valid row is rejected, and its valid neighbours are still decoded. An error is no
+    /// payload's fault (the schema registry cannot be reached): the batch fails.
+    fn decode(&self, schema: &SchemaRef, payloads: &[&[u8]]) -> crate::Result<DecodedPayloads>;
 }
 
 /// Payload formats.
@@ -85,11 +92,23 @@ pub enum Format {
     /// One JSON object per message (`schemas/json/*.schema.json`).
     #[default]
     Json,
+    /// Avro in the Confluent wire format, schemas from `kafka.schema_registry`
+    /// (`schemas/avro/*.avsc`).
+    Avro,
 }
 
-/// The registry: the decoder of `format`, refusing payloads over `max_bytes`.
-pub fn build(format: Format, max_bytes: usize) -> Box<dyn Decoder> {
-    match format {
-        Format::Json => Box::new(JsonDecoder::new(max_bytes)),
-    }
+/// The JSON decoder, refusing payloads over `max_bytes` (files, tests).
+pub fn json(max_bytes: usize) -> Box<dyn Decoder> {
+    Box::new(JsonDecoder::new(max_bytes))
+}
+
+/// The registry: the decoder of a `[kafka]` section's format.
+pub fn build(kafka: &KafkaConfig) -> crate::Result<Box<dyn Decoder>> {
+    Ok(match kafka.format {
+        Format::Json => json(kafka.max_message_bytes),
+        Format::Avro => Box::new(AvroDecoder::new(
+            kafka.registry()?,
+            kafka.max_message_bytes,
+        )?),
+    })
 }

@@ -187,9 +187,9 @@ fn decode_stream(
     schema: &arrow::datatypes::SchemaRef,
     messages: Vec<Message>,
     dead: &mut Vec<DeadLetter>,
-) -> (RecordBatch, Vec<Message>) {
+) -> Result<(RecordBatch, Vec<Message>)> {
     let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
-    let decoded = decoder.decode(schema, &payloads);
+    let decoded = decoder.decode(schema, &payloads)?;
     drop(payloads);
     let mut slots: Vec<Option<Message>> = messages.into_iter().map(Some).collect();
     for Rejection {
@@ -211,7 +211,7 @@ fn decode_stream(
         .iter()
         .filter_map(|&i| slots.get_mut(i).and_then(Option::take))
         .collect();
-    (decoded.batch, accepted)
+    Ok((decoded.batch, accepted))
 }
 
 /// Stage 1: payloads to Arrow (its own thread, so decoding overlaps the job).
@@ -252,7 +252,7 @@ pub(super) fn decode<A: Send>(
                 let mut side_origins = Vec::new();
                 let side = match &inputs.side {
                     Some(schema) => {
-                        let (batch, accepted) = decode_stream(decoder, schema, side, &mut dead);
+                        let (batch, accepted) = decode_stream(decoder, schema, side, &mut dead)?;
                         side_origins = accepted;
                         Some(batch)
                     }
@@ -268,7 +268,7 @@ pub(super) fn decode<A: Send>(
                     }
                 };
                 let (events, origins) =
-                    decode_stream(decoder, &inputs.events, event_messages, &mut dead);
+                    decode_stream(decoder, &inputs.events, event_messages, &mut dead)?;
                 let partitions = Partitions {
                     of_events: origins.iter().map(|m| m.partition).collect(),
                     held,

@@ -162,7 +162,7 @@ fn run(batches: usize, bad_input: usize, bug: usize) -> Run {
         scoring: Box::new(Echo),
     };
     let sink = CollectSink::default();
-    let driver = Driver::new(crate::decoders::build(crate::decoders::Format::Json, 1), 2);
+    let driver = Driver::new(crate::decoders::json(1), 2);
     let result = driver.run_blocking(source, job, sink.clone(), Arc::new(Counters::default()));
     let acks = acks.lock().expect("lock").clone();
     let finished = *finished.lock().expect("lock");
@@ -299,10 +299,7 @@ fn a_batch_the_features_refuse_dead_letters_its_events_and_side_inputs() {
         scoring: Box::new(Echo),
     };
     let sink = CollectSink::default();
-    let driver = Driver::new(
-        crate::decoders::build(crate::decoders::Format::Json, 1024),
-        2,
-    );
+    let driver = Driver::new(crate::decoders::json(1024), 2);
     let summary = driver
         .run_blocking(source, job, sink.clone(), Arc::new(Counters::default()))
         .expect("bad input does not stop the run");
@@ -404,7 +401,7 @@ fn a_panicking_stage_stops_a_quiet_source_instead_of_hanging() {
             }),
             scoring: Box::new(Panics),
         };
-        let driver = Driver::new(crate::decoders::build(crate::decoders::Format::Json, 1), 2);
+        let driver = Driver::new(crate::decoders::json(1), 2);
         let r = driver.run_blocking(
             Quiet { sent: false },
             job,
@@ -543,8 +540,7 @@ fn run_transactional(
         seen: Arc::default(),
         fail_at,
     };
-    let driver = Driver::new(crate::decoders::build(crate::decoders::Format::Json, 1), 2)
-        .with_commit_interval(every);
+    let driver = Driver::new(crate::decoders::json(1), 2).with_commit_interval(every);
     let result = driver.run_blocking(source, job, sink.clone(), Arc::new(Counters::default()));
     let seen = std::mem::take(&mut *sink.seen.lock().expect("lock"));
     (result, seen)

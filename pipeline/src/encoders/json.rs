@@ -20,7 +20,7 @@ const UTC_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.fZ";
 pub struct JsonEncoder;
 
 impl Encoder for JsonEncoder {
-    fn encode(&mut self, records: &RecordBatch, out: &mut Payloads) -> Result<()> {
+    fn encode(&mut self, _topic: &str, records: &RecordBatch, out: &mut Payloads) -> Result<()> {
         let rows = StructArray::from(records.clone());
         let field = Arc::new(Field::new(
             "record",
@@ -55,7 +55,7 @@ mod tests {
 
     fn encode(batch: &RecordBatch) -> Vec<String> {
         let mut out = Payloads::default();
-        JsonEncoder.encode(batch, &mut out).expect("encode");
+        JsonEncoder.encode("t", batch, &mut out).expect("encode");
         out.iter()
             .map(|p| String::from_utf8(p.to_vec()).expect("utf-8"))
             .collect()

@@ -1,15 +1,18 @@
 //! Encoders: output records (Arrow rows in the published schemas) to message payloads. A format
 //! is one file here plus one line in [`build`]; jobs never see payloads.
 
+mod avro;
 mod json;
 
 use arrow::array::RecordBatch;
 use chrono::{DateTime, SecondsFormat};
 
+pub use avro::AvroEncoder;
 pub use json::JsonEncoder;
 
 use crate::Result;
 use crate::decoders::Format;
+use crate::kafka::KafkaConfig;
 
 /// One payload per record, in one buffer.
 #[derive(Debug, Default)]
@@ -50,15 +53,23 @@ impl Payloads {
 
 /// Turns records into payloads.
 pub trait Encoder: Send + Sync + std::fmt::Debug {
-    /// Appends one payload per row of `records` to `out`.
-    fn encode(&mut self, records: &RecordBatch, out: &mut Payloads) -> Result<()>;
+    /// Appends one payload per row of `records`, bound for `topic`, to `out`.
+    fn encode(&mut self, topic: &str, records: &RecordBatch, out: &mut Payloads) -> Result<()>;
 }
 
-/// The registry: the encoder of `format`.
-pub fn build(format: Format) -> Box<dyn Encoder> {
-    match format {
+/// The registry: the encoder of a `[kafka]` section's format.
+pub fn build(kafka: &KafkaConfig) -> Result<Box<dyn Encoder>> {
+    Ok(match kafka.format {
         Format::Json => Box::new(JsonEncoder),
-    }
+        Format::Avro => Box::new(AvroEncoder::new(
+            kafka.registry()?,
+            kafka
+                .schema_registry
+                .as_ref()
+                .map(|r| r.subject_strategy)
+                .unwrap_or_default(),
+        )),
+    })
 }
 
 /// RFC 3339 in UTC with as many fractional digits as needed (0, 3, 6 or 9), as every time in a

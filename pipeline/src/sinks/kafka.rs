@@ -248,7 +248,7 @@ impl KafkaSink {
                 .as_ref()
                 .map(super::pseudonyms::Pseudonyms::from_config)
                 .transpose()?,
-            encoder: encoders::build(kafka.format),
+            encoder: encoders::build(kafka)?,
             scores_topic: kafka.topics.scores.clone(),
             alerts_topic: kafka.topics.alerts.clone(),
             dead_letter_topic: kafka.topics.dead_letter.clone(),
@@ -270,20 +270,21 @@ impl KafkaSink {
             None => None,
         };
         let records = pseudonymised.as_ref().unwrap_or(records);
-        self.payloads.clear();
-        self.encoder.encode(&records.batch, &mut self.payloads)?;
-        events::stage_time(Stage::Encode, started.elapsed().as_secs_f64());
-        let keys = records
-            .keys
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| PipelineError::Bug("record keys are not Utf8".into()))?;
         let alerts = matches!(topic, Output::Alert);
         let name = if alerts {
             &self.alerts_topic
         } else {
             &self.scores_topic
         };
+        self.payloads.clear();
+        self.encoder
+            .encode(name, &records.batch, &mut self.payloads)?;
+        events::stage_time(Stage::Encode, started.elapsed().as_secs_f64());
+        let keys = records
+            .keys
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| PipelineError::Bug("record keys are not Utf8".into()))?;
         for (i, payload) in self.payloads.iter().enumerate() {
             let key = keys.is_valid(i).then(|| keys.value(i).as_bytes());
             let d = send(&self.producer, name, key, payload, None)

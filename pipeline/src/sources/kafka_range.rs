@@ -49,15 +49,15 @@ impl TopicRead {
         &self,
         decoder: &dyn Decoder,
         schema: &arrow::datatypes::SchemaRef,
-    ) -> (DecodedPayloads, Vec<i32>) {
+    ) -> Result<(DecodedPayloads, Vec<i32>)> {
         let refs: Vec<&[u8]> = self.payloads.iter().map(Vec::as_slice).collect();
-        let decoded = decoder.decode(schema, &refs);
+        let decoded = decoder.decode(schema, &refs)?;
         let partitions = decoded
             .accepted
             .iter()
             .filter_map(|&i| self.partitions.get(i).copied())
             .collect();
-        (decoded, partitions)
+        Ok((decoded, partitions))
     }
 }
 
@@ -224,7 +224,7 @@ pub fn history(
     let inputs = kind.inputs();
     let topic = kafka.events_topic(streams);
     let read = read_topic(kafka, topic, from, to)?;
-    let (decoded, of_events) = read.decode(decoder, &inputs.events);
+    let (decoded, of_events) = read.decode(decoder, &inputs.events)?;
     let rejected = decoded.rejected.len();
     for r in decoded.rejected.iter().take(5) {
         tracing::warn!("skipping undecodable event #{}: {}", r.index, r.reason);
@@ -232,7 +232,7 @@ pub fn history(
     let side = match (kafka.side_topic(streams), &inputs.side) {
         (Some(side_topic), Some(schema)) => {
             let read = read_topic(kafka, side_topic, Bound::Edge, Bound::Edge)?;
-            Some(read.decode(decoder, schema).0.batch)
+            Some(read.decode(decoder, schema)?.0.batch)
         }
         _ => None,
     };

@@ -122,7 +122,7 @@ pub fn gap(
     let (all, events) = ranges(kafka, &group, &consumer, topic, restored, &mut positions)?;
     let read = read_ranges(&consumer, topic, &events)?;
     messages += read.payloads.len();
-    let (decoded, of_events) = read.decode(decoder, &inputs.events);
+    let (decoded, of_events) = read.decode(decoder, &inputs.events)?;
     let side = match (kafka.side_topic(streams), &inputs.side) {
         (Some(side_topic), Some(schema)) => {
             let (_, side) = ranges(
@@ -135,7 +135,7 @@ pub fn gap(
             )?;
             let read = read_ranges(&consumer, side_topic, &side)?;
             messages += read.payloads.len();
-            Some(read.decode(decoder, schema).0.batch)
+            Some(read.decode(decoder, schema)?.0.batch)
         }
         _ => None,
     };
