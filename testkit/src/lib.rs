@@ -263,3 +263,52 @@ impl Drop for Tansu {
         let _ = self.child.wait();
     }
 }
+
+/// A Python virtual environment with the packages of `requirements` (a pinned requirements
+/// file), made once with the machine's `python3 -m venv` and pip and kept beside the build
+/// outputs (`target/<profile>/python-<name>/`); made anew when the requirements change. Returns
+/// its `python` executable. Panics with the reason when it cannot be made.
+pub fn python_env(name: &str, requirements: &std::path::Path) -> PathBuf {
+    let wanted = std::fs::read_to_string(requirements)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", requirements.display()));
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let dir = exe.parent().expect("the executable's directory");
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    let venv = profile_dir.join(format!("python-{name}"));
+    let python = venv.join("bin").join("python");
+    let marker = venv.join("riskpipe-requirements.txt");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) && python.is_file()
+    {
+        return python;
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    let run = |cmd: &mut Command, what: &str| {
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+        assert!(status.success(), "{what} exited with {status}");
+    };
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "python3 -m venv",
+    );
+    run(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(requirements),
+        "pip install",
+    );
+    std::fs::write(&marker, wanted).expect("writing the venv marker");
+    python
+}

@@ -51,6 +51,14 @@ impl MemoryRegistry {
         self.lookups.load(Ordering::Relaxed)
     }
 
+    /// The subjects registered, in order.
+    pub fn subjects(&self) -> Vec<String> {
+        self.store
+            .lock()
+            .map(|s| s.subjects.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Registers `schema` under `subject` directly; its id.
     pub fn register(&self, subject: &str, schema: &str) -> std::result::Result<u32, String> {
         let canonical = apache_avro::Schema::parse_str(schema)
