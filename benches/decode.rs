@@ -1,0 +1,137 @@
+//! Decode speed: the same handbook transactions as JSON and as Avro (schema-registry wire
+//! format, the published schema), through riskpipe's decoders in the pipeline's batch size, in
+//! one run. Prints rows/s of each and their ratio (median of 5 passes each).
+//!
+//! `cargo bench --bench decode`; RISKPIPE_DECODE_ROWS (default 200000) sizes it.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use riskpipe_pipeline::decoders::{self, AvroDecoder, Decoder};
+use riskpipe_pipeline::schema_registry::memory::MemoryRegistry;
+use riskpipe_pipeline::schema_registry::{RegistryConfig, SchemaRegistry, SubjectStrategy};
+use riskpipe_pipeline::{PipelineConfig, backtest};
+
+fn median(mut d: Vec<Duration>) -> Duration {
+    d.sort();
+    d[d.len() / 2]
+}
+
+fn time(decoder: &dyn Decoder, payloads: &[Vec<u8>], batch: usize) -> Duration {
+    let schema = riskpipe_schemas::transaction_schema();
+    median(
+        (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                for chunk in payloads.chunks(batch) {
+                    let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+                    let d = decoder.decode(&schema, &refs).expect("decode");
+                    assert_eq!(d.batch.num_rows(), chunk.len(), "{:?}", d.rejected.first());
+                }
+                started.elapsed()
+            })
+            .collect(),
+    )
+}
+
+fn main() {
+    let n = std::env::var("RISKPIPE_DECODE_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000usize);
+    let cfg = PipelineConfig::handbook().expect("config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let feed = riskpipe_pipeline::demo::feed(&history, &cfg, 0, n).expect("feed");
+    let json: Vec<Vec<u8>> = feed
+        .messages
+        .iter()
+        .filter(|m| !m.0)
+        .map(|m| m.2.clone())
+        .collect();
+
+    // The same transactions in Avro, framed with the id the registry gave the published schema.
+    let registry = MemoryRegistry::new(None);
+    let text = std::fs::read_to_string(support::root().join("schemas/avro/transaction.avsc"))
+        .expect("schema");
+    let id = registry.register("transactions-value", &text).expect("register");
+    let schema = apache_avro::Schema::parse_str(&text).expect("schema");
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+        .build()
+        .expect("writer");
+    let avro: Vec<Vec<u8>> = json
+        .iter()
+        .map(|p| {
+            let t: riskpipe_schemas::Transaction = serde_json::from_slice(p).expect("json");
+            let micros = chrono::DateTime::parse_from_rfc3339(&t.tx_datetime)
+                .expect("time")
+                .timestamp_micros();
+            let mut out = vec![0u8];
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend(
+                writer
+                    .write_value_to_vec(Value::Record(vec![
+                        ("TRANSACTION_ID".into(), Value::Long(t.transaction_id)),
+                        ("TX_DATETIME".into(), Value::TimestampMicros(micros)),
+                        ("CUSTOMER_ID".into(), Value::Long(t.customer_id)),
+                        ("TERMINAL_ID".into(), Value::Long(t.terminal_id)),
+                        ("TX_AMOUNT".into(), Value::Double(t.tx_amount)),
+                    ]))
+                    .expect("datum"),
+            );
+            out
+        })
+        .collect();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    listener.set_nonblocking(true).expect("nonblocking");
+    let serving = registry.clone();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+                serving.serve(l).await.expect("serve");
+            });
+    });
+    let client = Arc::new(
+        SchemaRegistry::new(&RegistryConfig {
+            url,
+            username: None,
+            password: None,
+            ssl_ca_location: None,
+            timeout: Duration::from_secs(5),
+            subject_strategy: SubjectStrategy::Topic,
+        })
+        .expect("client"),
+    );
+    let avro_decoder = AvroDecoder::new(client, usize::MAX).expect("decoder");
+    let json_decoder = decoders::json(usize::MAX);
+    let batch = 1024;
+    let (tj, ta) = (
+        time(json_decoder.as_ref(), &json, batch),
+        time(&avro_decoder, &avro, batch),
+    );
+    let rate = |d: Duration| json.len() as f64 / d.as_secs_f64();
+    let mean = |p: &[Vec<u8>]| p.iter().map(Vec::len).sum::<usize>() as f64 / p.len() as f64;
+    println!(
+        "decode benchmark ({} handbook transactions, batches of {batch}, median of 5)",
+        json.len()
+    );
+    println!(
+        "  JSON  {:>10.0} rows/s   {:>6.1} bytes/message",
+        rate(tj),
+        mean(&json)
+    );
+    println!(
+        "  Avro  {:>10.0} rows/s   {:>6.1} bytes/message   (Avro / JSON: {:.2})",
+        rate(ta),
+        mean(&avro),
+        rate(ta) / rate(tj)
+    );
+}
