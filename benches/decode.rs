@@ -57,7 +57,9 @@ fn main() {
     let registry = MemoryRegistry::new(None);
     let text = std::fs::read_to_string(support::root().join("schemas/avro/transaction.avsc"))
         .expect("schema");
-    let id = registry.register("transactions-value", &text).expect("register");
+    let id = registry
+        .register("transactions-value", &text)
+        .expect("register");
     let schema = apache_avro::Schema::parse_str(&text).expect("schema");
     let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
         .build()
