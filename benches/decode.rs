@@ -29,7 +29,9 @@ fn time(decoder: &dyn Decoder, payloads: &[Vec<u8>], batch: usize) -> Duration {
                 let started = Instant::now();
                 for chunk in payloads.chunks(batch) {
                     let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-                    let d = decoder.decode(&schema, &refs).expect("decode");
+                    let d = decoder
+                        .decode("transactions", &schema, &refs)
+                        .expect("decode");
                     assert_eq!(d.batch.num_rows(), chunk.len(), "{:?}", d.rejected.first());
                 }
                 started.elapsed()

@@ -10,6 +10,7 @@ use riskpipe_pipeline::backtest::{self, Outcome};
 use riskpipe_pipeline::demo::DemoOptions;
 use riskpipe_pipeline::driver::Counters;
 use riskpipe_pipeline::observe::{self, Health};
+use riskpipe_pipeline::reload::Reloader;
 use riskpipe_pipeline::sources::kafka_range::{self, Bound};
 use riskpipe_pipeline::{PipelineConfig, PipelineError, bench, decoders, demo, export, jobs, live};
 
@@ -134,6 +135,10 @@ enum Command {
         /// No live status line.
         #[arg(long)]
         quiet: bool,
+        /// Payload format: json, or avro (schema-registry wire format, with an in-process
+        /// schema registry beside the mock cluster).
+        #[arg(long, default_value = "json", value_parser = ["json", "avro"])]
+        format: String,
     },
     /// Durable state: what the checkpoints hold.
     State {
@@ -186,6 +191,25 @@ fn runtime() -> Result<tokio::runtime::Runtime, PipelineError> {
 }
 
 /// Resolves on SIGTERM or SIGINT.
+/// SIGHUP asks for a model reload (unix; elsewhere there is the admin call).
+async fn reload_on_hangup(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the model");
+                    reloader.request();
+                }
+            }
+            Err(e) => tracing::warn!("no SIGHUP handler, reload by the admin call: {e}"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
+}
+
 async fn termination() {
     #[cfg(unix)]
     {
@@ -250,10 +274,14 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             if let (Some(servers), Some(kafka)) = (bootstrap_servers, cfg.kafka.as_mut()) {
                 kafka.properties.insert("bootstrap.servers".into(), servers);
             }
-            let listen = metrics_addr.or_else(|| cfg.observability.listen.clone());
+            if let Some(addr) = metrics_addr {
+                cfg.observability.listen = Some(addr);
+            }
+            let listen = cfg.observability.listen.clone();
             let rt = runtime()?;
             let summary = rt.block_on(async {
                 let health = Arc::new(Health::default());
+                let reloader = Reloader::new(&cfg);
                 if let Some(addr) = listen {
                     let listener = tokio::net::TcpListener::bind(&addr)
                         .await
@@ -263,9 +291,23 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                         .map_err(PipelineError::runtime("binding the metrics endpoint"))?;
                     tracing::info!("metrics and health on http://{local}");
                     let handle = observe::install()?;
-                    tokio::spawn(observe::serve(listener, handle, health.clone()));
+                    let admin = cfg.observability.admin.then(|| reloader.clone());
+                    tokio::spawn(observe::serve_with_admin(
+                        listener,
+                        handle,
+                        health.clone(),
+                        admin,
+                    ));
                 }
-                live::run(&cfg, health, Arc::new(Counters::default()), termination()).await
+                tokio::spawn(reload_on_hangup(reloader.clone()));
+                live::run_reloading(
+                    &cfg,
+                    health,
+                    Arc::new(Counters::default()),
+                    termination(),
+                    Some(reloader),
+                )
+                .await
             })?;
             println!(
                 "stopped: {} events, {} side events (labels) consumed; {} scores, {} alerts, {} dead letters published",
@@ -296,7 +338,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             let kafka = cfg.kafka.as_ref().ok_or_else(|| {
                 PipelineError::Config(vec!["no [kafka] section: replay reads from Kafka".into()])
             })?;
-            let decoder = decoders::build(kafka)?;
+            let decoder = decoders::build(kafka, cfg.streams())?;
             let (history, rejected) = kafka_range::history(&cfg, decoder.as_ref(), from, to)?;
             if rejected > 0 {
                 eprintln!("skipped {rejected} undecodable event messages (see the log)");
@@ -317,6 +359,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             partitions,
             metrics_addr,
             quiet,
+            format,
         } => {
             let mut cfg = load_config(config.as_deref())?;
             cfg.validate()?;
@@ -339,6 +382,11 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                 partitions,
                 show_progress: !quiet,
                 metrics,
+                format: if format == "avro" {
+                    riskpipe_pipeline::decoders::Format::Avro
+                } else {
+                    riskpipe_pipeline::decoders::Format::Json
+                },
             };
             let summary = demo::run_demo(&rt, &mut cfg, &history, opts)?;
             print!("{summary}");

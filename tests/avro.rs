@@ -139,7 +139,7 @@ fn every_avro_failure_is_a_dead_letter_and_evolved_writers_are_read() {
     let schema = riskpipe_schemas::transaction_schema();
     let decoder = AvroDecoder::new(client(&url, Some(("svc", "s3cret"))), 1024).expect("decoder");
     let decoded = decoder
-        .decode(&schema, &refs)
+        .decode("transactions", &schema, &refs)
         .expect("the registry answers");
     assert_eq!(decoded.accepted, vec![0, 1], "{:#?}", decoded.rejected);
     let ids = decoded.batch.column_by_name("TRANSACTION_ID").expect("ids");
@@ -179,18 +179,24 @@ fn every_avro_failure_is_a_dead_letter_and_evolved_writers_are_read() {
     // Each id is fetched once; a second batch asks nothing.
     let asked = registry.lookups();
     assert_eq!(asked, 4, "one lookup per schema id");
-    decoder.decode(&schema, &refs).expect("again");
+    decoder
+        .decode("transactions", &schema, &refs)
+        .expect("again");
     assert_eq!(registry.lookups(), asked, "schemas are cached by id");
 
     // Wrong credentials, or no registry at all: no message's fault, the batch fails.
     let refused = AvroDecoder::new(client(&url, Some(("svc", "wrong"))), 1024).expect("decoder");
-    let e = refused.decode(&schema, &refs[..1]).expect_err("401");
+    let e = refused
+        .decode("transactions", &schema, &refs[..1])
+        .expect_err("401");
     assert!(e.to_string().contains("HTTP 401"), "{e}");
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port");
     let down = AvroDecoder::new(client(&format!("http://{closed}"), None), 1024).expect("decoder");
-    let e = down.decode(&schema, &refs[..1]).expect_err("unreachable");
+    let e = down
+        .decode("transactions", &schema, &refs[..1])
+        .expect_err("unreachable");
     assert!(
         matches!(e, riskpipe_pipeline::PipelineError::SchemaRegistry { .. }),
         "{e}"
@@ -233,7 +239,7 @@ fn labels_and_ticks_decode_with_their_optional_fields() {
     ];
     let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
     let d = decoder
-        .decode(&riskpipe_schemas::market_tick_schema(), &refs)
+        .decode("ticks", &riskpipe_schemas::market_tick_schema(), &refs)
         .expect("decoded");
     assert_eq!(d.accepted, vec![0, 1]);
     assert!(
@@ -270,7 +276,11 @@ fn labels_and_ticks_decode_with_their_optional_fields() {
     ];
     let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
     let d = decoder
-        .decode(&riskpipe_schemas::fraud_label_schema(), &refs)
+        .decode(
+            "fraud-labels",
+            &riskpipe_schemas::fraud_label_schema(),
+            &refs,
+        )
         .expect("decoded");
     assert_eq!(d.accepted, vec![0]);
     assert_eq!(d.rejected[0].kind, RejectKind::Invalid);
@@ -278,6 +288,106 @@ fn labels_and_ticks_decode_with_their_optional_fields() {
         d.rejected[0].reason.contains("TX_FRAUD"),
         "{:?}",
         d.rejected
+    );
+}
+
+#[test]
+fn per_topic_formats_decode_and_encode_each_topic_in_its_own_format() {
+    use riskpipe_pipeline::decoders::Format;
+    let registry = MemoryRegistry::new(None);
+    let url = serve(registry.clone());
+    let mut cfg = riskpipe_pipeline::PipelineConfig::handbook().expect("shipped config");
+    let mut kafka = riskpipe_pipeline::kafka::KafkaConfig::for_bootstrap("127.0.0.1:9");
+    // Avro everywhere but the labels (input) and the alerts (output).
+    kafka.format = Format::Avro;
+    kafka.formats.labels = Some(Format::Json);
+    kafka.formats.alerts = Some(Format::Json);
+    kafka.schema_registry = Some(RegistryConfig {
+        url: url.clone(),
+        username: None,
+        password: None,
+        ssl_ca_location: None,
+        timeout: std::time::Duration::from_secs(5),
+        subject_strategy: SubjectStrategy::Topic,
+    });
+    cfg.kafka = Some(kafka.clone());
+    assert_eq!(cfg.problems(), Vec::<String>::new());
+
+    let decoder = riskpipe_pipeline::decoders::build(&kafka, cfg.streams()).expect("decoders");
+    let v1_text = published("transaction");
+    let v1 = apache_avro::Schema::parse_str(&v1_text).expect("v1");
+    let v1_id = registry
+        .register("transactions-value", &v1_text)
+        .expect("v1");
+    let avro = framed(v1_id, &v1, Value::Record(transaction(1, 57.16)));
+    let json_tx = br#"{"TRANSACTION_ID":1,"TX_DATETIME":"2018-04-01T00:00:31Z","CUSTOMER_ID":596,"TERMINAL_ID":3156,"TX_AMOUNT":57.16}"#;
+    let txs = riskpipe_schemas::transaction_schema();
+    let d = decoder
+        .decode("transactions", &txs, &[&avro, json_tx])
+        .expect("transactions");
+    assert_eq!(d.accepted, vec![0], "the transactions topic is Avro");
+    assert_eq!(
+        d.rejected[0].kind,
+        RejectKind::Malformed,
+        "{:?}",
+        d.rejected
+    );
+    let label = br#"{"TRANSACTION_ID":1,"CUSTOMER_ID":2,"TERMINAL_ID":3,"TX_DATETIME":"2018-04-01T00:00:31Z","LABEL_TIME":"2018-04-08T00:00:31Z","TX_FRAUD":1}"#;
+    let d = decoder
+        .decode(
+            "fraud-labels",
+            &riskpipe_schemas::fraud_label_schema(),
+            &[label, &avro],
+        )
+        .expect("labels");
+    assert_eq!(d.accepted, vec![0], "the labels topic is JSON");
+    assert_eq!(d.rejected.len(), 1);
+
+    let mut encoder = riskpipe_pipeline::encoders::build(&kafka).expect("encoders");
+    let t = riskpipe_schemas::risk_score_schema();
+    let risk = arrow::array::RecordBatch::try_new(
+        t.clone(),
+        vec![
+            Arc::new(arrow::array::StringArray::from(vec![Some("^IXIC")])),
+            Arc::new(arrow::array::StringArray::from(vec![None::<&str>])),
+            Arc::new(
+                arrow::array::TimestampNanosecondArray::from(vec![1_000_000_000])
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(arrow::array::Float64Array::from(vec![0.031])),
+            Arc::new(arrow::array::Float64Array::from(vec![0.99])),
+            Arc::new(arrow::array::Float64Array::from(vec![0.013])),
+            Arc::new(arrow::array::StringArray::from(vec!["v"])),
+        ],
+    )
+    .expect("risk");
+    let mut out = riskpipe_pipeline::encoders::Payloads::default();
+    let scores = kafka.topics.scores.clone();
+    let alerts = kafka.topics.alerts.clone();
+    encoder.encode(&scores, &risk, &mut out).expect("scores");
+    encoder.encode(&alerts, &risk, &mut out).expect("alerts");
+    let payloads: Vec<&[u8]> = out.iter().collect();
+    assert_eq!(payloads[0][0], 0, "scores in the wire format's frame");
+    let json: serde_json::Value = serde_json::from_slice(payloads[1]).expect("alerts as JSON");
+    assert_eq!(json["VAR"], 0.031);
+    assert_eq!(
+        registry.subjects(),
+        vec!["scores-value".to_string(), "transactions-value".to_string()],
+        "only the Avro output registers a schema"
+    );
+
+    // Without a registry, every Avro topic is named.
+    let mut no_registry = kafka.clone();
+    no_registry.schema_registry = None;
+    no_registry.format = Format::Json;
+    no_registry.formats.scores = Some(Format::Avro);
+    cfg.kafka = Some(no_registry);
+    let problems = cfg.problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("(topics: scores)") && p.contains("[kafka.schema_registry]")),
+        "{problems:?}"
     );
 }
 
@@ -454,7 +564,8 @@ fn live_avro_from_confluents_python_client_scores_like_the_backtest() {
             s.value["CUSTOMER_ID"].to_string(),
             "keyed by customer"
         );
-        assert_eq!(s.value["MODEL"], "fraud_blend.onnx");
+        let model = s.value["MODEL"].as_str().unwrap_or_default();
+        assert!(model.starts_with("fraud_blend.onnx@"), "{model}");
         if expected.get(&id) != Some(&(score as f32)) {
             differ += 1;
         }

@@ -161,6 +161,135 @@ fn live_scores_equal_backtest_scores_one_per_transaction() {
     assert!(out.contains(&format!("{n} scores")), "{out}");
 }
 
+/// A model reloaded mid-stream: a file that is no model is refused (SIGHUP) and the old model
+/// keeps scoring; another model is swapped in between two batches (`POST /admin/reload`).
+/// Every transaction is scored once, each record names the model that scored it, and each
+/// score equals that model's backtest; the old model scored every transaction before the
+/// swap, the new one every transaction after it.
+#[test]
+fn a_model_reloaded_mid_stream_scores_each_transaction_once_by_the_model_it_names() {
+    let (cfg, history) = handbook();
+    let n = 24_000;
+    let feed = feed(history, cfg, 0, n).expect("feed");
+    let labels = feed.messages.iter().filter(|m| m.0).count();
+    let broker = Broker::start(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.onnx");
+    let blend = support::root().join("models/fraud_blend.onnx");
+    let gbm = support::root().join("models/fraud_gbm.onnx");
+    std::fs::copy(&blend, &model).expect("model");
+    let config = write_config(
+        dir.path(),
+        &kafka_section(&broker.bootstrap, "reload", "commit_interval = \"200ms\""),
+    );
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replace(
+        &format!("path = {:?}", blend.display().to_string()),
+        &format!("path = {:?}", model.display().to_string()),
+    ) + "\n[observability]\nadmin = true\n";
+    assert!(text.contains("model.onnx"), "{text}");
+    std::fs::write(&config, text).expect("config");
+    // Replaced by a rename, as the README advises.
+    let replace = |from: &std::path::Path| {
+        let next = dir.path().join("next.onnx");
+        std::fs::copy(from, &next).expect("copy");
+        std::fs::rename(&next, &model).expect("rename");
+    };
+
+    let p = producer(&broker.bootstrap);
+    publish(&feed, &p, &broker.bootstrap, true, 0.0);
+    let mut pipeline = Pipeline::start(&config);
+    pipeline.wait_ready();
+    pipeline.wait_metric(
+        "riskpipe_events_in_total",
+        "topic=\"fraud-labels\"",
+        labels as f64,
+    );
+    let bootstrap = broker.bootstrap.clone();
+    let feeding = std::thread::spawn({
+        let feed = feed.only(false);
+        move || {
+            let p = producer(&bootstrap);
+            publish(&feed, &p, &bootstrap, false, 2_500.0);
+        }
+    });
+    let scores = reader(&broker.bootstrap, "scores");
+    let mut got = collect(&scores, Duration::from_secs(120), |r| r.len() >= 4_000);
+
+    // Not a model: refused, the old one keeps scoring.
+    let garbage = dir.path().join("garbage.onnx");
+    std::fs::write(&garbage, b"not an ONNX model").expect("garbage");
+    replace(&garbage);
+    pipeline.signal("HUP");
+    pipeline.wait_metric("riskpipe_model_reloads_total", "result=\"refused\"", 1.0);
+    got.extend(collect(&scores, Duration::from_secs(120), |r| {
+        r.len() >= 2_000
+    }));
+
+    // Another model, asked for over HTTP.
+    replace(&gbm);
+    assert_eq!(pipeline.post("/admin/reload").0, 202);
+    pipeline.wait_metric("riskpipe_model_reloads_total", "result=\"swapped\"", 1.0);
+    feeding.join().expect("feeder");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while got.len() < n {
+        assert!(Instant::now() < deadline, "{} of {n} scored", got.len());
+        got.extend(drain(&scores, Duration::from_millis(500)));
+    }
+    got.extend(drain(&scores, Duration::from_secs(1)));
+    let swap_seconds = pipeline.metric("riskpipe_model_swap_seconds", "");
+    let (ok, _) = pipeline.terminate();
+    assert!(ok, "SIGTERM exits 0");
+
+    let version = |path: &std::path::Path| {
+        riskpipe_models::version_of(&std::fs::read(path).expect("model file"))
+    };
+    let old = format!("model.onnx@{}", version(&blend));
+    let new = format!("model.onnx@{}", version(&gbm));
+    let expected_old = backtest_scores(cfg, history.head(n));
+    let mut gbm_cfg = cfg.clone();
+    gbm_cfg.model.path = gbm.clone();
+    let expected_new = backtest_scores(&gbm_cfg, history.head(n));
+    let mut seen = BTreeSet::new();
+    let (mut last_old, mut first_new) = (i64::MIN, i64::MAX);
+    let mut by_new = 0;
+    for s in scores_of(&got) {
+        assert!(
+            seen.insert(s.transaction_id),
+            "{} scored twice",
+            s.transaction_id
+        );
+        let expected = if s.model == old {
+            last_old = last_old.max(s.transaction_id);
+            &expected_old
+        } else if s.model == new {
+            first_new = first_new.min(s.transaction_id);
+            by_new += 1;
+            &expected_new
+        } else {
+            panic!("score names {:?}, neither {old} nor {new}", s.model);
+        };
+        assert_eq!(
+            s.score as f32, expected[&s.transaction_id],
+            "{} scored by {} differs from its backtest",
+            s.transaction_id, s.model
+        );
+    }
+    assert_eq!(seen.len(), n, "every transaction scored once");
+    assert!(
+        by_new > 0 && by_new < n,
+        "both models scored: {by_new} by the new one"
+    );
+    assert!(
+        last_old < first_new,
+        "the swap falls between two batches: old up to {last_old}, new from {first_new}"
+    );
+    eprintln!(
+        "reload: {} by {old}, {by_new} by {new}, swap check {swap_seconds:.4} s",
+        n - by_new
+    );
+}
+
 #[test]
 fn restarts_lose_nothing_and_duplicate_only_the_uncommitted_tail() {
     let (cfg, history) = handbook();
@@ -298,36 +427,41 @@ fn validate_lists_every_kafka_problem_without_connecting() {
 
 #[test]
 fn demo_runs_embedded_and_scores_every_published_transaction() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
-        .args([
-            "demo",
-            "--transactions",
-            "5000",
-            "--skip",
-            "100000",
-            "--quiet",
-        ])
-        .arg("--input")
-        .arg(support::handbook_data())
-        .output()
-        .expect("riskpipe demo");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let field = |name: &str| -> u64 {
-        stdout
-            .lines()
-            .find(|l| l.trim_start().starts_with(name))
-            .and_then(|l| l.split_whitespace().find_map(|w| w.parse().ok()))
-            .unwrap_or_else(|| panic!("no {name:?} in:\n{stdout}"))
-    };
-    assert_eq!(field("transactions published"), 5000);
-    assert_eq!(field("distinct scored"), 5000);
-    assert_eq!(field("dead letters"), 0);
-    assert!(stdout.contains("p99"), "{stdout}");
+    // JSON, and Avro with the in-process schema registry.
+    for format in ["json", "avro"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
+            .args([
+                "demo",
+                "--transactions",
+                "5000",
+                "--skip",
+                "100000",
+                "--quiet",
+                "--format",
+                format,
+            ])
+            .arg("--input")
+            .arg(support::handbook_data())
+            .output()
+            .expect("riskpipe demo");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{format} demo failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let field = |name: &str| -> u64 {
+            stdout
+                .lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .and_then(|l| l.split_whitespace().find_map(|w| w.parse().ok()))
+                .unwrap_or_else(|| panic!("no {name:?} in:\n{stdout}"))
+        };
+        assert_eq!(field("transactions published"), 5000, "{format}");
+        assert_eq!(field("distinct scored"), 5000, "{format}");
+        assert_eq!(field("dead letters"), 0, "{format}");
+        assert!(stdout.contains("p99"), "{stdout}");
+    }
 }
 
 #[test]

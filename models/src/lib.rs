@@ -196,12 +196,23 @@ fn try_provider(
     }
 }
 
+/// The first 12 hex digits of the SHA-256 of a model file.
+pub fn version_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A loaded model that scores batches.
 #[derive(Debug)]
 pub struct Scorer {
     session: Session,
     path: PathBuf,
     name: String,
+    version: String,
     input: String,
     output: String,
     features: Vec<String>,
@@ -238,8 +249,12 @@ impl Scorer {
         }
         // CPU is always there, also when the list names only unavailable accelerators.
         let provider = active.unwrap_or(Provider::Cpu);
+        // One read: the session and the version come from the same bytes, also when the file
+        // is being replaced (hot reload).
+        let bytes = std::fs::read(&cfg.path).map_err(|e| model_err(e.to_string()))?;
+        let version = version_of(&bytes);
         let session = builder
-            .commit_from_file(&cfg.path)
+            .commit_from_memory(&bytes)
             .map_err(|e| model_err(e.to_string()))?;
         if skipped.is_empty() {
             tracing::info!(model = %path_str, provider = ?provider, "scoring with execution provider {provider:?}");
@@ -299,6 +314,7 @@ impl Scorer {
             session,
             path: cfg.path.clone(),
             name,
+            version,
             input,
             output: cfg.output.clone(),
             features,
@@ -315,6 +331,21 @@ impl Scorer {
     /// The model's name (its `riskpipe.model` metadata or file stem).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The model's version: the first 12 hex digits of the SHA-256 of its file.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// What score records name the model by: `<file name>@<version>`.
+    pub fn label(&self) -> String {
+        let file = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("{file}@{}", self.version)
     }
 
     /// The execution provider in use.

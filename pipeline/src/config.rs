@@ -41,6 +41,9 @@ pub struct PipelineConfig {
     /// Checkpoints of the live pipeline's keyed state; none = state lives only in memory.
     #[serde(default)]
     pub state: Option<crate::state::StateConfig>,
+    /// Model hot reload of `riskpipe run` (SIGHUP always reloads).
+    #[serde(default)]
+    pub reload: crate::reload::ReloadConfig,
     /// The directory relative paths of the file are resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -73,6 +76,9 @@ pub struct ObservabilityConfig {
     /// `host:port` of `/metrics`, `/health` and `/ready` (e.g. "0.0.0.0:9898"); none = off.
     #[serde(default)]
     pub listen: Option<String>,
+    /// Serve `POST /admin/reload` (reload the model) on the same listener; off by default.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 fn default_reasons() -> usize {
@@ -171,6 +177,10 @@ impl PipelineConfig {
         }
         if self.model.providers.is_empty() {
             p.push("model.providers is empty (list at least \"cpu\")".into());
+        }
+        p.extend(self.reload.problems());
+        if self.observability.admin && self.observability.listen.is_none() {
+            p.push("observability.admin serves POST /admin/reload on observability.listen, which is not set".into());
         }
         if !self.model.path.is_file() {
             p.push(format!(

@@ -22,7 +22,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use riskpipe_operators::columns;
-use riskpipe_schemas::{FraudLabel, Score, Transaction, label, tx};
+use riskpipe_schemas::{FraudLabel, Transaction, label, tx};
 
 use crate::driver::{Counters, Summary};
 use crate::encoders::rfc3339;
@@ -45,6 +45,54 @@ pub struct Feed {
 }
 
 impl Feed {
+    /// The same feed with every payload in Avro (schema-registry wire format, the published
+    /// schemas), each schema registered through `kafka.schema_registry`: the JSON payloads go
+    /// through riskpipe's JSON decoder and Avro encoder.
+    pub fn into_avro(mut self, kafka: &KafkaConfig) -> Result<Feed> {
+        let streams = crate::jobs::fraud::STREAMS;
+        let json = crate::decoders::json(usize::MAX);
+        let strategy = kafka
+            .schema_registry
+            .as_ref()
+            .map(|r| r.subject_strategy)
+            .unwrap_or_default();
+        let mut encoder = crate::encoders::AvroEncoder::new(kafka.registry()?, strategy);
+        for (labels, schema, topic) in [
+            (
+                false,
+                riskpipe_schemas::transaction_schema(),
+                kafka.events_topic(streams),
+            ),
+            (
+                true,
+                riskpipe_schemas::fraud_label_schema(),
+                kafka.side_topic(streams).unwrap_or_default(),
+            ),
+        ] {
+            let at: Vec<usize> = (0..self.messages.len())
+                .filter(|&i| self.messages[i].0 == labels)
+                .collect();
+            if at.is_empty() {
+                continue;
+            }
+            let payloads: Vec<&[u8]> = at.iter().map(|&i| self.messages[i].2.as_slice()).collect();
+            let decoded =
+                crate::decoders::Decoder::decode(json.as_ref(), topic, &schema, &payloads)?;
+            if let Some(r) = decoded.rejected.first() {
+                return Err(PipelineError::Bug(format!(
+                    "a feed payload riskpipe wrote does not decode: {}",
+                    r.reason
+                )));
+            }
+            let mut out = crate::encoders::Payloads::default();
+            crate::encoders::Encoder::encode(&mut encoder, topic, &decoded.batch, &mut out)?;
+            for (&i, p) in at.iter().zip(out.iter()) {
+                self.messages[i].2 = p.to_vec();
+            }
+        }
+        Ok(self)
+    }
+
     /// The same feed with only its label messages (`labels`) or only its transactions.
     pub fn only(&self, labels: bool) -> Feed {
         Feed {
@@ -277,6 +325,7 @@ impl Watcher {
     ) -> Result<()> {
         let base = feed.ids.first().copied().unwrap_or(0);
         let mut seen = vec![false; feed.transactions];
+        let [(_, scores_format), (_, alerts_format)] = kafka.output_formats();
         while !done.load(Ordering::Relaxed) {
             let Some(m) = consumer.poll(Duration::from_millis(50)) else {
                 continue;
@@ -286,8 +335,8 @@ impl Watcher {
             let payload = m.payload().unwrap_or_default();
             if m.topic() == kafka.topics.alerts {
                 self.alerts.fetch_add(1, Ordering::Relaxed);
-                if let Ok(a) = serde_json::from_slice::<riskpipe_schemas::Alert>(payload) {
-                    let slot = usize::try_from(a.transaction_id - base).ok();
+                if let Some(id) = transaction_id(payload, alerts_format) {
+                    let slot = usize::try_from(id - base).ok();
                     if slot
                         .and_then(|s| feed.frauds.get(s))
                         .copied()
@@ -298,14 +347,11 @@ impl Watcher {
                 }
                 continue;
             }
-            let Ok(s) = serde_json::from_slice::<Score>(payload) else {
+            let Some(id) = transaction_id(payload, scores_format) else {
                 continue;
             };
             self.scores.fetch_add(1, Ordering::Relaxed);
-            let Some(slot) = usize::try_from(s.transaction_id - base)
-                .ok()
-                .filter(|&i| i < seen.len())
-            else {
+            let Some(slot) = usize::try_from(id - base).ok().filter(|&i| i < seen.len()) else {
                 continue;
             };
             if !seen[slot] {
@@ -331,6 +377,29 @@ impl Watcher {
     }
 }
 
+/// The `TRANSACTION_ID` of a score or alert payload (the first field of both, in either format:
+/// in Avro the zig-zag varint right after the 5-byte frame).
+fn transaction_id(payload: &[u8], format: crate::decoders::Format) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        #[serde(rename = "TRANSACTION_ID")]
+        id: i64,
+    }
+    match format {
+        crate::decoders::Format::Json => serde_json::from_slice::<Id>(payload).ok().map(|i| i.id),
+        crate::decoders::Format::Avro => {
+            let mut z: u64 = 0;
+            for (i, b) in payload.get(5..)?.iter().take(10).enumerate() {
+                z |= u64::from(b & 0x7f) << (7 * i);
+                if b & 0x80 == 0 {
+                    return Some(((z >> 1) as i64) ^ -((z & 1) as i64));
+                }
+            }
+            None
+        }
+    }
+}
+
 /// Options of `riskpipe demo`.
 #[derive(Debug)]
 pub struct DemoOptions {
@@ -346,6 +415,9 @@ pub struct DemoOptions {
     pub show_progress: bool,
     /// Where to serve metrics and health, if anywhere.
     pub metrics: Option<std::net::TcpListener>,
+    /// Payload format of every topic; Avro runs an in-process schema registry beside the
+    /// mock cluster.
+    pub format: crate::decoders::Format,
 }
 
 /// What the demo measured.
@@ -385,6 +457,9 @@ pub fn run_demo(
         .properties
         .insert("bootstrap.servers".into(), bootstrap.clone());
     kafka.group_id = "riskpipe-demo".into();
+    // The feed is written in one format, for every topic.
+    kafka.format = opts.format;
+    kafka.formats = crate::kafka::TopicFormats::default();
     let t = &kafka.topics;
     let create = PipelineError::kafka("creating a topic");
     cluster
@@ -402,8 +477,37 @@ pub fn run_demo(
                 .map_err(PipelineError::kafka("creating a topic"))?;
         }
     }
+    if opts.format == crate::decoders::Format::Avro {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(PipelineError::runtime("binding the schema registry"))?;
+        let url = format!(
+            "http://{}",
+            listener
+                .local_addr()
+                .map_err(PipelineError::runtime("binding the schema registry"))?
+        );
+        listener
+            .set_nonblocking(true)
+            .map_err(PipelineError::runtime("the schema registry listener"))?;
+        let _guard = rt.enter();
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(PipelineError::runtime("the schema registry listener"))?;
+        rt.spawn(crate::schema_registry::memory::MemoryRegistry::new(None).serve(listener));
+        kafka.schema_registry = Some(crate::schema_registry::RegistryConfig {
+            url,
+            username: None,
+            password: None,
+            ssl_ca_location: None,
+            timeout: Duration::from_secs(10),
+            subject_strategy: crate::schema_registry::SubjectStrategy::Topic,
+        });
+    }
     cfg.kafka = Some(kafka.clone());
     let feed = feed(history, cfg, opts.skip, opts.transactions)?;
+    let feed = match kafka.format {
+        crate::decoders::Format::Avro => feed.into_avro(&kafka)?,
+        crate::decoders::Format::Json => feed,
+    };
     let total = feed.transactions as u64;
     let epoch = Instant::now();
     let feeder = Feeder::new(&feed, epoch);

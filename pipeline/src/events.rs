@@ -46,6 +46,13 @@ pub const CHECKPOINT_FAILURES: &str = "riskpipe_checkpoint_failures_total";
 pub const RESTORE_SECONDS: &str = "riskpipe_restore_seconds";
 /// Input messages replayed silently into the restored state at the last start.
 pub const RESTORE_REPLAYED: &str = "riskpipe_restore_replayed_messages";
+/// Model reloads, per result: `offered` (checked, swapped in at the next batch), `unchanged`,
+/// `refused` (the old model keeps scoring), `swapped`, `refused_live` (failed on the live batch).
+pub const MODEL_RELOADS: &str = "riskpipe_model_reloads_total";
+/// 1 for the model version scoring now (`model` = `<file>@<version>`), 0 for those before it.
+pub const MODEL_INFO: &str = "riskpipe_model_info";
+/// Seconds the score stage spent checking a new model on its first batch (the swap's pause).
+pub const MODEL_SWAP_SECONDS: &str = "riskpipe_model_swap_seconds";
 
 /// Buckets of the batch-size histogram (rows); every other histogram is seconds.
 pub const BATCH_ROWS_BUCKETS: [f64; 12] = [
@@ -133,6 +140,12 @@ pub fn describe() {
         RESTORE_REPLAYED,
         "Input messages replayed silently into the restored state at the last start"
     );
+    describe_counter!(MODEL_RELOADS, "Model reloads, per result");
+    describe_gauge!(MODEL_INFO, "1 for the model version scoring now");
+    describe_gauge!(
+        MODEL_SWAP_SECONDS,
+        "Seconds the last model swap checked the new model on its first batch"
+    );
     // Series without labels exist from the start, so dashboards and alerts see 0, not nothing.
     counter!(CONSUMER_ERRORS).increment(0);
     gauge!(READY).set(0.0);
@@ -191,6 +204,22 @@ pub fn transaction_committed(seconds: f64) {
 /// committed one).
 pub fn transaction_aborted() {
     counter!(TRANSACTIONS, "result" => "aborted").increment(1);
+}
+
+/// A model reload ended with `result`.
+pub fn model_reload(result: &'static str) {
+    counter!(MODEL_RELOADS, "result" => result).increment(1);
+}
+
+/// The score stage scores with `model` now, instead of `before` (if any), after a check of
+/// `seconds`.
+pub fn model_scoring(model: &str, before: Option<&str>, seconds: f64) {
+    if let Some(b) = before {
+        gauge!(MODEL_INFO, "model" => b.to_string()).set(0.0);
+        gauge!(MODEL_SWAP_SECONDS).set(seconds);
+        model_reload("swapped");
+    }
+    gauge!(MODEL_INFO, "model" => model.to_string()).set(1.0);
 }
 
 /// The source skipped a message this process had read already.

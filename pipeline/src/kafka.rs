@@ -37,6 +37,10 @@ pub struct KafkaConfig {
     /// format, with `[kafka.schema_registry]`).
     #[serde(default)]
     pub format: Format,
+    /// Per-topic overrides of `format`, by the topic's role (`[kafka.formats]`, e.g.
+    /// `scores = "avro"`). Dead letters keep the payload as it was read.
+    #[serde(default)]
+    pub formats: TopicFormats,
     /// The schema registry of the Avro format.
     #[serde(default)]
     pub schema_registry: Option<crate::schema_registry::RegistryConfig>,
@@ -88,6 +92,24 @@ pub enum Guarantee {
     /// Outputs and input offsets in one Kafka transaction: read_committed consumers see each
     /// output once.
     ExactlyOnce,
+}
+
+/// Per-topic payload formats (`[kafka.formats]`); an unset role takes `kafka.format`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicFormats {
+    /// The events topic (transactions or ticks).
+    #[serde(default, alias = "transactions", alias = "ticks")]
+    pub events: Option<Format>,
+    /// The labels topic.
+    #[serde(default)]
+    pub labels: Option<Format>,
+    /// The scores topic (risk scores for a market job).
+    #[serde(default)]
+    pub scores: Option<Format>,
+    /// The alerts topic (breaches for a market job).
+    #[serde(default)]
+    pub alerts: Option<Format>,
 }
 
 /// Topic names.
@@ -201,6 +223,7 @@ impl KafkaConfig {
             topics: TopicsConfig::default(),
             batch: BatchConfig::default(),
             format: Format::default(),
+            formats: TopicFormats::default(),
             schema_registry: None,
             pseudonyms: None,
             max_message_bytes: default_max_message_bytes(),
@@ -353,10 +376,20 @@ impl KafkaConfig {
             ),
             _ => {}
         }
-        match (self.format, &self.schema_registry) {
-            (Format::Avro, None) => p.push(
-                "kafka.format = \"avro\" needs [kafka.schema_registry] (its url at least)".into(),
-            ),
+        if streams.side.is_none() && self.formats.labels.is_some() {
+            p.push("kafka.formats.labels: this job has no labels input".into());
+        }
+        let avro: Vec<&str> = self
+            .topic_formats(streams)
+            .into_iter()
+            .filter(|(_, _, f)| *f == Format::Avro)
+            .map(|(role, _, _)| role)
+            .collect();
+        match (avro.is_empty(), &self.schema_registry) {
+            (false, None) => p.push(format!(
+                "the Avro format (topics: {}) needs [kafka.schema_registry] (its url at least)",
+                avro.join(", ")
+            )),
             (_, Some(r)) => p.extend(r.problems()),
             _ => {}
         }
@@ -415,6 +448,37 @@ impl KafkaConfig {
     pub fn side_topic(&self, streams: Streams) -> Option<&str> {
         let default = streams.side?;
         Some(self.topics.labels.as_deref().unwrap_or(default)).filter(|t| !t.is_empty())
+    }
+
+    /// The payload format of each input topic of a job reading `streams`, by topic name.
+    pub fn input_formats(&self, streams: Streams) -> Vec<(&str, Format)> {
+        let f = &self.formats;
+        let mut v = vec![(self.events_topic(streams), f.events.unwrap_or(self.format))];
+        v.extend(
+            self.side_topic(streams)
+                .map(|t| (t, f.labels.unwrap_or(self.format))),
+        );
+        v
+    }
+
+    /// The payload format of each output topic (scores, alerts), by topic name.
+    pub fn output_formats(&self) -> [(&str, Format); 2] {
+        let f = &self.formats;
+        [
+            (self.topics.scores.as_str(), f.scores.unwrap_or(self.format)),
+            (self.topics.alerts.as_str(), f.alerts.unwrap_or(self.format)),
+        ]
+    }
+
+    /// Role, topic and format of every topic with a payload format.
+    fn topic_formats(&self, streams: Streams) -> Vec<(&'static str, &str, Format)> {
+        let inputs = self.input_formats(streams);
+        let roles = ["events", "labels"].into_iter().zip(inputs);
+        let outputs = ["scores", "alerts"].into_iter().zip(self.output_formats());
+        roles
+            .chain(outputs)
+            .map(|(role, (topic, format))| (role, topic, format))
+            .collect()
     }
 
     /// Input topics of a job reading `streams`.
@@ -625,5 +689,51 @@ mod tests {
         k.transactional_id = Some("riskpipe-0".into());
         let p = k.problems(fraud);
         assert!(p.len() == 1 && p[0].contains("at-least-once"), "{p:#?}");
+    }
+
+    #[test]
+    fn per_topic_formats_override_the_default_and_avro_anywhere_needs_a_registry() {
+        let fraud = Streams {
+            events: "transactions",
+            side: Some("fraud-labels"),
+        };
+        let market = Streams {
+            events: "ticks",
+            side: None,
+        };
+        let k: KafkaConfig = toml::from_str(
+            r#"
+            properties = { "bootstrap.servers" = "x:1" }
+            format = "avro"
+            [formats]
+            labels = "json"
+            alerts = "json"
+            "#,
+        )
+        .expect("config");
+        assert_eq!(
+            k.input_formats(fraud),
+            vec![
+                ("transactions", Format::Avro),
+                ("fraud-labels", Format::Json)
+            ]
+        );
+        assert_eq!(
+            k.output_formats(),
+            [("scores", Format::Avro), ("alerts", Format::Json)]
+        );
+        let p = k.problems(fraud);
+        assert!(
+            p.len() == 1 && p[0].contains("(topics: events, scores)"),
+            "{p:#?}"
+        );
+        // A market job has no labels to format.
+        let p = k.problems(market);
+        assert!(
+            p.iter().any(|s| s.contains("kafka.formats.labels")),
+            "{p:#?}"
+        );
+        let unknown = toml::from_str::<KafkaConfig>("[formats]\ndead_letter = \"avro\"");
+        assert!(unknown.is_err(), "dead letters keep their payloads as read");
     }
 }

@@ -20,7 +20,7 @@
 //!
 //! Around it: [`config`] (the one config root), [`kafka`] (the `[kafka]` section shared by the
 //! Kafka source, sink and range reader), [`schema_registry`] (the Avro format's schemas),
-//! [`live`] (`riskpipe run`), [`backtest`] (files and
+//! [`live`] (`riskpipe run`), [`reload`] (model hot reload), [`backtest`] (files and
 //! Kafka ranges through the driver, then the job's report), [`export`] (training sets),
 //! [`demo`] (everything on an in-process mock cluster), [`bench`](mod@bench), [`observe`] (metrics and
 //! health endpoints), [`events`] (every metric name), [`error`].
@@ -39,6 +39,7 @@ pub mod jobs;
 pub mod kafka;
 pub mod live;
 pub mod observe;
+pub mod reload;
 pub mod schema_registry;
 pub mod sinks;
 pub mod sources;

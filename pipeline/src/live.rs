@@ -26,6 +26,7 @@ use crate::driver::{Checkpoints, Counters, Driver, Summary};
 use crate::events;
 use crate::jobs::{self, Job};
 use crate::observe::Health;
+use crate::reload::{ModelSlot, Reloader};
 use crate::sinks::kafka::KafkaSink;
 use crate::sources::kafka::KafkaSource;
 use crate::sources::kafka_restore;
@@ -40,31 +41,57 @@ pub async fn run(
     counters: Arc<Counters>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Summary> {
+    run_reloading(cfg, health, counters, shutdown, None).await
+}
+
+/// [`run`], with the score stage taking the models `reloader` checks (its file watch runs
+/// until shutdown; SIGHUP and `POST /admin/reload` call [`Reloader::request`]).
+pub async fn run_reloading(
+    cfg: &PipelineConfig,
+    health: Arc<Health>,
+    counters: Arc<Counters>,
+    shutdown: impl Future<Output = ()> + Send,
+    reloader: Option<Arc<Reloader>>,
+) -> Result<Summary> {
     cfg.validate()?;
     let shutdown = shutdown.shared();
-    let mut restarts: u32 = 0;
-    let result = loop {
-        let started = Instant::now();
-        match run_once(cfg, &health, &counters, shutdown.clone()).await {
-            Err(e @ PipelineError::Transaction { aborted: true, .. }) => {
-                // Back off when aborts follow each other (a broker refusing every commit).
-                if started.elapsed() > Duration::from_secs(60) {
-                    restarts = 0;
-                }
-                restarts += 1;
-                let wait = Duration::from_millis(500 * u64::from(restarts.min(20)));
-                health.set_ready(false);
-                tracing::warn!(
-                    restarts,
-                    "{e}; restarting from the last committed transaction in {wait:?}"
-                );
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = shutdown.clone() => break Ok(counters.summary()),
-                }
-            }
-            other => break other,
+    let slot = reloader.as_ref().map(|r| r.slot());
+    // Beside the runs, never ending first: the runs drain on shutdown, the reloader just stops.
+    let reloading = async {
+        if let Some(r) = &reloader {
+            r.clone().run(shutdown.clone()).await;
         }
+        std::future::pending::<()>().await;
+    };
+    let running = async {
+        let mut restarts: u32 = 0;
+        loop {
+            let started = Instant::now();
+            match run_once(cfg, &health, &counters, shutdown.clone(), slot.clone()).await {
+                Err(e @ PipelineError::Transaction { aborted: true, .. }) => {
+                    // Back off when aborts follow each other (a broker refusing every commit).
+                    if started.elapsed() > Duration::from_secs(60) {
+                        restarts = 0;
+                    }
+                    restarts += 1;
+                    let wait = Duration::from_millis(500 * u64::from(restarts.min(20)));
+                    health.set_ready(false);
+                    tracing::warn!(
+                        restarts,
+                        "{e}; restarting from the last committed transaction in {wait:?}"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.clone() => break Ok(counters.summary()),
+                    }
+                }
+                other => break other,
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = running => result,
+        () = reloading => unreachable!("the reloader never ends first"),
     };
     health.set_stopped();
     result
@@ -76,6 +103,7 @@ async fn run_once(
     health: &Arc<Health>,
     counters: &Arc<Counters>,
     shutdown: impl Future<Output = ()> + Send,
+    models: Option<Arc<ModelSlot>>,
 ) -> Result<Summary> {
     let kafka = cfg.kafka.as_ref().ok_or_else(|| {
         PipelineError::Config(vec![
@@ -100,14 +128,23 @@ async fn run_once(
         }
         None => (job, None, Positions::new()),
     };
+    let mut job = job;
+    if let Some(slot) = models
+        && !job.scoring.follow_models(slot)
+    {
+        tracing::warn!("the {} job does not reload its model", job.kind);
+    }
     let source = KafkaSource::new(kafka, cfg.streams(), health.clone())?.starting_from(start);
     let sink = match transactional {
         Some(sink) => sink.committing_for(source.membership()),
         None => KafkaSink::new(kafka)?,
     };
-    let driver = Driver::new(decoders::build(kafka)?, kafka.in_flight_batches)
-        .with_checkpoints(checkpoints)
-        .with_commit_interval(kafka.commit_interval);
+    let driver = Driver::new(
+        decoders::build(kafka, cfg.streams())?,
+        kafka.in_flight_batches,
+    )
+    .with_checkpoints(checkpoints)
+    .with_commit_interval(kafka.commit_interval);
     driver
         .run(source, job, sink, counters.clone(), shutdown)
         .await
@@ -162,7 +199,7 @@ fn restore(
             }
         }
     }
-    let decoder = decoders::build(kafka)?;
+    let decoder = decoders::build(kafka, cfg.streams())?;
     let gap = kafka_restore::gap(
         kafka,
         cfg.streams(),

@@ -2,7 +2,9 @@
 //!
 //! `GET /metrics` renders every `metrics` counter, gauge and histogram of the process;
 //! `GET /health` answers 200 while the process runs; `GET /ready` answers 200 once the consumer
-//! holds partitions and 503 otherwise (Kubernetes readiness).
+//! holds partitions and 503 otherwise (Kubernetes readiness); with `observability.admin`,
+//! `POST /admin/reload` asks for a model reload (202; the outcome is in the log and in
+//! `riskpipe_model_reloads_total`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::{PipelineError, Result};
@@ -66,6 +68,7 @@ pub fn install() -> Result<PrometheusHandle> {
 struct Endpoints {
     metrics: PrometheusHandle,
     health: Arc<Health>,
+    reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 /// Serves the endpoints on `listener` until the process ends.
@@ -74,14 +77,41 @@ pub async fn serve(
     metrics: PrometheusHandle,
     health: Arc<Health>,
 ) -> Result<()> {
-    let app = Router::new()
+    serve_with_admin(listener, metrics, health, None).await
+}
+
+/// [`serve`], plus `POST /admin/reload` when a `reloader` is given.
+pub async fn serve_with_admin(
+    listener: tokio::net::TcpListener,
+    metrics: PrometheusHandle,
+    health: Arc<Health>,
+    reloader: Option<Arc<crate::reload::Reloader>>,
+) -> Result<()> {
+    let mut app = Router::new()
         .route("/metrics", get(render))
         .route("/health", get(|| async { "ok\n" }))
-        .route("/ready", get(ready))
-        .with_state(Endpoints { metrics, health });
+        .route("/ready", get(ready));
+    if reloader.is_some() {
+        app = app.route("/admin/reload", post(reload));
+    }
+    let app = app.with_state(Endpoints {
+        metrics,
+        health,
+        reloader,
+    });
     axum::serve(listener, app)
         .await
         .map_err(PipelineError::runtime("serving the metrics endpoint"))
+}
+
+async fn reload(State(e): State<Endpoints>) -> (StatusCode, &'static str) {
+    match &e.reloader {
+        Some(r) => {
+            r.request();
+            (StatusCode::ACCEPTED, "reload requested\n")
+        }
+        None => (StatusCode::NOT_FOUND, "no admin endpoint\n"),
+    }
 }
 
 async fn render(State(e): State<Endpoints>) -> String {

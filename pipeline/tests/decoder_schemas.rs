@@ -148,7 +148,7 @@ fn agree(file: &str, arrow: arrow::datatypes::SchemaRef) {
                 .map(|v| validator.is_valid(&v))
                 .unwrap_or(false);
             let d = decoder
-                .decode(&arrow, &[text.as_bytes()])
+                .decode("topic", &arrow, &[text.as_bytes()])
                 .expect("JSON decoding never fails as a whole");
             let decoded = d.batch.num_rows() == 1;
             prop_assert_eq!(

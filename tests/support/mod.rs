@@ -140,6 +140,34 @@ impl Pipeline {
         http_get(&self.metrics, path)
     }
 
+    /// POST `path` (no body) on the metrics endpoint: (status code, body).
+    pub(crate) fn post(&self, path: &str) -> (u16, String) {
+        http(&self.metrics, "POST", path)
+    }
+
+    /// Sends `signal` (e.g. "HUP") to the process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Waits until `metric{labels}` reaches `at_least`.
+    pub(crate) fn wait_metric(&mut self, name: &str, labels: &str, at_least: f64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.metric(name, labels) < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "{name}{{{labels}}} never reached {at_least}: {:#?}",
+                self.drain_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until the consumer holds partitions.
     pub(crate) fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -210,11 +238,19 @@ impl Drop for Pipeline {
 
 /// Minimal HTTP/1.0 GET for the metrics endpoint.
 pub(crate) fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http(addr, "GET", path)
+}
+
+/// `method path` over HTTP/1.0 with no body: (status code, body); (0, "") when nothing listens.
+pub(crate) fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return (0, String::new());
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    );
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     let code = text

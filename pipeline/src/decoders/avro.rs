@@ -403,7 +403,12 @@ fn read_one<T: FromAvro>(
 }
 
 impl Decoder for AvroDecoder {
-    fn decode(&self, schema: &SchemaRef, payloads: &[&[u8]]) -> Result<DecodedPayloads> {
+    fn decode(
+        &self,
+        _topic: &str,
+        schema: &SchemaRef,
+        payloads: &[&[u8]],
+    ) -> Result<DecodedPayloads> {
         let Some(r) = self.events.iter().find(|r| &r.arrow == schema) else {
             return Err(PipelineError::Bug(
                 "the Avro decoder reads transactions, fraud labels and ticks only".into(),

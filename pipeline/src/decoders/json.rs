@@ -35,7 +35,12 @@ impl JsonDecoder {
 }
 
 impl Decoder for JsonDecoder {
-    fn decode(&self, schema: &SchemaRef, payloads: &[&[u8]]) -> crate::Result<DecodedPayloads> {
+    fn decode(
+        &self,
+        _topic: &str,
+        schema: &SchemaRef,
+        payloads: &[&[u8]],
+    ) -> crate::Result<DecodedPayloads> {
         let (candidates, rejected) = precheck(payloads, self.max_bytes);
         Ok(if schema == &self.transaction {
             events::decode::<Transaction>(schema, payloads, candidates, rejected)
@@ -270,7 +275,7 @@ mod tests {
 
     fn decode(schema: &SchemaRef, payloads: &[&[u8]], max_bytes: usize) -> DecodedPayloads {
         JsonDecoder::new(max_bytes)
-            .decode(schema, payloads)
+            .decode("transactions", schema, payloads)
             .expect("JSON decoding never fails as a whole")
     }
 

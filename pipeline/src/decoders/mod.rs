@@ -16,6 +16,7 @@ use serde::Deserialize;
 pub use avro::AvroDecoder;
 pub use json::JsonDecoder;
 
+use crate::config::Streams;
 use crate::jobs::RejectKind;
 use crate::kafka::KafkaConfig;
 
@@ -79,10 +80,38 @@ pub struct DecodedPayloads {
 
 /// Turns payloads into rows of a schema.
 pub trait Decoder: Send + Sync + std::fmt::Debug {
-    /// Decodes one row per payload against `schema`; a payload that does not give exactly one
-    /// valid row is rejected, and its valid neighbours are still decoded. An error is no
-    /// payload's fault (the schema registry cannot be reached): the batch fails.
-    fn decode(&self, schema: &SchemaRef, payloads: &[&[u8]]) -> crate::Result<DecodedPayloads>;
+    /// Decodes one row per payload read from `topic` against `schema`; a payload that does not
+    /// give exactly one valid row is rejected, and its valid neighbours are still decoded. An
+    /// error is no payload's fault (the schema registry cannot be reached): the batch fails.
+    fn decode(
+        &self,
+        topic: &str,
+        schema: &SchemaRef,
+        payloads: &[&[u8]],
+    ) -> crate::Result<DecodedPayloads>;
+}
+
+/// Each topic decoded in its own format (`[kafka.formats]`).
+#[derive(Debug)]
+struct ByTopic {
+    topics: Vec<(String, Box<dyn Decoder>)>,
+    other: Box<dyn Decoder>,
+}
+
+impl Decoder for ByTopic {
+    fn decode(
+        &self,
+        topic: &str,
+        schema: &SchemaRef,
+        payloads: &[&[u8]],
+    ) -> crate::Result<DecodedPayloads> {
+        let decoder = self
+            .topics
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map_or(&self.other, |(_, d)| d);
+        decoder.decode(topic, schema, payloads)
+    }
 }
 
 /// Payload formats.
@@ -102,13 +131,32 @@ pub fn json(max_bytes: usize) -> Box<dyn Decoder> {
     Box::new(JsonDecoder::new(max_bytes))
 }
 
-/// The registry: the decoder of a `[kafka]` section's format.
-pub fn build(kafka: &KafkaConfig) -> crate::Result<Box<dyn Decoder>> {
-    Ok(match kafka.format {
-        Format::Json => json(kafka.max_message_bytes),
-        Format::Avro => Box::new(AvroDecoder::new(
-            kafka.registry()?,
-            kafka.max_message_bytes,
-        )?),
-    })
+/// The registry: the decoder of a `[kafka]` section's formats, for a job reading `streams`.
+pub fn build(kafka: &KafkaConfig, streams: Streams) -> crate::Result<Box<dyn Decoder>> {
+    let inputs = kafka.input_formats(streams);
+    // One registry client (and schema cache) for every Avro topic.
+    let registry =
+        match inputs.iter().any(|(_, f)| *f == Format::Avro) || kafka.format == Format::Avro {
+            true => Some(kafka.registry()?),
+            false => None,
+        };
+    let of = |format: Format| -> crate::Result<Box<dyn Decoder>> {
+        Ok(match (format, &registry) {
+            (Format::Avro, Some(r)) => {
+                Box::new(AvroDecoder::new(r.clone(), kafka.max_message_bytes)?)
+            }
+            _ => json(kafka.max_message_bytes),
+        })
+    };
+    if inputs.iter().all(|(_, f)| *f == kafka.format) {
+        return of(kafka.format);
+    }
+    let topics = inputs
+        .into_iter()
+        .map(|(topic, format)| Ok((topic.to_string(), of(format)?)))
+        .collect::<crate::Result<_>>()?;
+    Ok(Box::new(ByTopic {
+        topics,
+        other: of(kafka.format)?,
+    }))
 }

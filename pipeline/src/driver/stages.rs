@@ -188,8 +188,10 @@ fn decode_stream(
     messages: Vec<Message>,
     dead: &mut Vec<DeadLetter>,
 ) -> Result<(RecordBatch, Vec<Message>)> {
+    // A stream is one topic (the events or the side input).
+    let topic = messages.first().map_or("", |m| &m.topic);
     let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
-    let decoded = decoder.decode(schema, &payloads)?;
+    let decoded = decoder.decode(topic, schema, &payloads)?;
     drop(payloads);
     let mut slots: Vec<Option<Message>> = messages.into_iter().map(Some).collect();
     for Rejection {

@@ -57,19 +57,52 @@ pub trait Encoder: Send + Sync + std::fmt::Debug {
     fn encode(&mut self, topic: &str, records: &RecordBatch, out: &mut Payloads) -> Result<()>;
 }
 
-/// The registry: the encoder of a `[kafka]` section's format.
+/// Each topic encoded in its own format (`[kafka.formats]`).
+#[derive(Debug)]
+struct ByTopic {
+    topics: Vec<(String, Box<dyn Encoder>)>,
+    other: Box<dyn Encoder>,
+}
+
+impl Encoder for ByTopic {
+    fn encode(&mut self, topic: &str, records: &RecordBatch, out: &mut Payloads) -> Result<()> {
+        let encoder = match self.topics.iter_mut().find(|(t, _)| t == topic) {
+            Some((_, e)) => e,
+            None => &mut self.other,
+        };
+        encoder.encode(topic, records, out)
+    }
+}
+
+/// The registry: the encoder of a `[kafka]` section's formats.
 pub fn build(kafka: &KafkaConfig) -> Result<Box<dyn Encoder>> {
-    Ok(match kafka.format {
-        Format::Json => Box::new(JsonEncoder),
-        Format::Avro => Box::new(AvroEncoder::new(
-            kafka.registry()?,
-            kafka
-                .schema_registry
-                .as_ref()
-                .map(|r| r.subject_strategy)
-                .unwrap_or_default(),
-        )),
-    })
+    let outputs = kafka.output_formats();
+    let of = |format: Format| -> Result<Box<dyn Encoder>> {
+        Ok(match format {
+            Format::Json => Box::new(JsonEncoder),
+            Format::Avro => Box::new(AvroEncoder::new(
+                kafka.registry()?,
+                kafka
+                    .schema_registry
+                    .as_ref()
+                    .map(|r| r.subject_strategy)
+                    .unwrap_or_default(),
+            )),
+        })
+    };
+    if outputs.iter().all(|(_, f)| *f == kafka.format) {
+        return of(kafka.format);
+    }
+    let topics = outputs
+        .into_iter()
+        .map(|(topic, format)| Ok((topic.to_string(), of(format)?)))
+        .collect::<Result<_>>()?;
+    // Outputs go to the scores and alerts topics only; others (none today) take the default.
+    let other = match outputs.iter().any(|(_, f)| *f == kafka.format) {
+        true => of(kafka.format)?,
+        false => Box::new(JsonEncoder),
+    };
+    Ok(Box::new(ByTopic { topics, other }))
 }
 
 /// RFC 3339 in UTC with as many fractional digits as needed (0, 3, 6 or 9), as every time in a

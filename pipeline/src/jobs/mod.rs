@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
+use riskpipe_models::Scorer;
 
 use crate::backtest::{Options, Replayed, Report};
 use crate::config::{PipelineConfig, Streams};
@@ -351,6 +352,12 @@ pub trait ScoreStage: Send + std::fmt::Debug {
     fn restore(&mut self, _state: StateSnapshot) -> Result<()> {
         Err(PipelineError::StateNotSupported { stage: "score" })
     }
+
+    /// From now on, takes checked models from `slot` between batches (hot reload); false when
+    /// the stage's model cannot be swapped.
+    fn follow_models(&mut self, _slot: Arc<crate::reload::ModelSlot>) -> bool {
+        false
+    }
 }
 
 /// The input streams a job reads, as Arrow schemas the decoders decode against.
@@ -391,6 +398,14 @@ pub trait JobKind: std::fmt::Debug + Send + Sync {
     fn inputs(&self) -> Inputs;
     /// The job, with its model loaded and checked against what the job computes.
     fn build(&self, pipeline: &PipelineConfig) -> Result<Job>;
+    /// Whether `scorer` can score this job's feature rows (the check of [`JobKind::build`],
+    /// also run on a model reloaded live).
+    fn check_model(&self, _pipeline: &PipelineConfig, _scorer: &Scorer) -> Result<()> {
+        Err(PipelineError::Config(vec![format!(
+            "the {} job does not reload its model",
+            self.name()
+        )]))
+    }
     /// The feature half alone (no model).
     fn feature_stage(&self) -> Result<Box<dyn FeatureStage>>;
     /// Whether its feature state can be checkpointed (`[state]`).

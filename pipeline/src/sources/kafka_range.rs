@@ -35,6 +35,8 @@ pub enum Bound {
 /// What was read.
 #[derive(Debug)]
 pub struct TopicRead {
+    /// The topic.
+    pub topic: String,
     /// Payloads, partition by partition, each in offset order.
     pub payloads: Vec<Vec<u8>>,
     /// The partition of each payload.
@@ -51,7 +53,7 @@ impl TopicRead {
         schema: &arrow::datatypes::SchemaRef,
     ) -> Result<(DecodedPayloads, Vec<i32>)> {
         let refs: Vec<&[u8]> = self.payloads.iter().map(Vec::as_slice).collect();
-        let decoded = decoder.decode(schema, &refs)?;
+        let decoded = decoder.decode(&self.topic, schema, &refs)?;
         let partitions = decoded
             .accepted
             .iter()
@@ -201,6 +203,7 @@ pub(crate) fn read_ranges(
         }
     }
     Ok(TopicRead {
+        topic: topic.to_string(),
         payloads,
         partitions: of_payloads,
         all: ranges.iter().map(|r| r.0).collect(),

@@ -69,6 +69,28 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
         PipelineError::Config(vec!["alerts.threshold is required for a fraud job".into()])
     })?;
     let scorer = Scorer::load(&pipeline.model)?;
+    check_model(cfg, pipeline, &scorer)?;
+    let label = scorer.label();
+    Ok(Job {
+        kind: "fraud",
+        model: pipeline.model_name(),
+        inputs: inputs(),
+        features: feature_stage(cfg)?,
+        scoring: Box::new(FraudScoring {
+            model: FraudModel::new(scorer, threshold),
+            event_time: cfg.features.event_time.clone(),
+            reasons: pipeline.alerts.reasons,
+            model_name: Repeated::new(label.clone()),
+            label,
+            updates: None,
+            score_schema: riskpipe_schemas::score_schema(),
+            alert_schema: riskpipe_schemas::alert_schema(),
+        }),
+    })
+}
+
+/// Every model input must be a transaction column or a configured feature.
+fn check_model(cfg: &FraudConfig, pipeline: &PipelineConfig, scorer: &Scorer) -> Result<()> {
     let produced = cfg.features.feature_names()?;
     let events = transaction_schema();
     let missing: Vec<&String> = scorer
@@ -82,20 +104,7 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
             pipeline.model.path.display()
         )]));
     }
-    Ok(Job {
-        kind: "fraud",
-        model: pipeline.model_name(),
-        inputs: inputs(),
-        features: feature_stage(cfg)?,
-        scoring: Box::new(FraudScoring {
-            model: FraudModel::new(scorer, threshold),
-            event_time: cfg.features.event_time.clone(),
-            reasons: pipeline.alerts.reasons,
-            model_name: Repeated::new(pipeline.model_name()),
-            score_schema: riskpipe_schemas::score_schema(),
-            alert_schema: riskpipe_schemas::alert_schema(),
-        }),
-    })
+    Ok(())
 }
 
 /// Transactions checked against the watermark; labels into the operators' state; then the
@@ -208,13 +217,66 @@ struct FraudScoring {
     model: FraudModel,
     event_time: String,
     reasons: usize,
+    /// The `MODEL` of every record: `<file>@<version>` of the model scoring.
     model_name: Repeated,
+    label: String,
+    /// Where reloaded models come from (`riskpipe run`).
+    updates: Option<std::sync::Arc<crate::reload::ModelSlot>>,
     score_schema: arrow::datatypes::SchemaRef,
     alert_schema: arrow::datatypes::SchemaRef,
 }
 
+impl FraudScoring {
+    /// Swaps `next` in if it scores `batch` (the batch it is about to score) with
+    /// probabilities; else keeps the model scoring now.
+    fn swap(&mut self, mut next: Scorer, batch: &RecordBatch) {
+        let started = std::time::Instant::now();
+        let label = next.label();
+        let mut matrix = Vec::new();
+        let check = next
+            .feature_matrix(batch, &mut matrix)
+            .and_then(|()| next.score_matrix(&matrix, batch.num_rows()))
+            .map_err(|e| e.to_string())
+            .and_then(|scores| crate::reload::check_scores(&scores));
+        match check {
+            Ok(()) => {
+                let before = std::mem::replace(&mut self.label, label);
+                self.model.replace_scorer(next);
+                self.model_name = Repeated::new(self.label.clone());
+                if let Some(slot) = &self.updates {
+                    slot.scoring(self.model.scorer().version());
+                }
+                let seconds = started.elapsed().as_secs_f64();
+                crate::events::model_scoring(&self.label, Some(&before), seconds);
+                tracing::info!(
+                    seconds,
+                    "model swapped: {before} -> {} from this batch on",
+                    self.label
+                );
+            }
+            Err(why) => {
+                crate::events::model_reload("refused_live");
+                tracing::error!(
+                    "model {label} refused on a live batch, {} keeps scoring: {why}",
+                    self.label
+                );
+            }
+        }
+    }
+}
+
 impl ScoreStage for FraudScoring {
+    fn follow_models(&mut self, slot: std::sync::Arc<crate::reload::ModelSlot>) -> bool {
+        slot.scoring(self.model.scorer().version());
+        crate::events::model_scoring(&self.label, None, 0.0);
+        self.updates = Some(slot);
+        true
+    }
+
     fn process(&mut self, featured: Featured) -> Result<JobOutput> {
+        if let Some(next) = self.updates.as_ref().and_then(|s| s.take()) {
+            self.swap(next, &featured.batch);
+        }
         let scored = self.model.process(featured.batch)?;
         let alerted = alert_rows(&scored)?;
         let reasons = self.model.explain(&alerted, self.reasons)?;
@@ -275,6 +337,10 @@ impl JobKind for FraudConfig {
 
     fn build(&self, pipeline: &PipelineConfig) -> Result<Job> {
         build(self, pipeline)
+    }
+
+    fn check_model(&self, pipeline: &PipelineConfig, scorer: &Scorer) -> Result<()> {
+        check_model(self, pipeline, scorer)
     }
 
     fn feature_stage(&self) -> Result<Box<dyn FeatureStage>> {

@@ -46,6 +46,16 @@ impl FraudModel {
         &self.scorer
     }
 
+    /// Scores with `scorer` from the next batch on; the explanation baseline (the running
+    /// means of the inputs) carries over when the inputs are the same.
+    pub fn replace_scorer(&mut self, scorer: Scorer) {
+        if scorer.features() != self.scorer.features() {
+            self.sums = vec![0.0; scorer.features().len()];
+            self.seen = 0;
+        }
+        self.scorer = scorer;
+    }
+
     /// Scores `batch` and appends the score columns.
     pub fn process(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
         let mut matrix = std::mem::take(&mut self.matrix);

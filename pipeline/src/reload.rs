@@ -1,0 +1,315 @@
+//! Model hot reload: a new model is loaded and checked off the scoring thread, then swapped in by
+//! the score stage between two batches, so no message is lost or scored twice and the only
+//! pause is the check of the first batch the new model scores.
+//!
+//! Triggers: the model file changed (`[reload] watch`, polled; a file must be the same on two
+//! checks in a row, so a copy in progress is not loaded), SIGHUP, `POST /admin/reload`
+//! (`observability.admin`). A model that fails a check (it does not load, reads columns the job
+//! does not produce, gives no probability on a smoke row or on the live batch) is refused with
+//! a log line and `riskpipe_model_reloads_total{result="refused"}`, and the old one keeps
+//! scoring.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use riskpipe_models::Scorer;
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use crate::config::PipelineConfig;
+use crate::events;
+use crate::{PipelineError, Result};
+
+/// `[reload]`: when `riskpipe run` reloads its model besides SIGHUP and the admin call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Reload when the model file changes (replace it by a rename to be safe).
+    #[serde(default)]
+    pub watch: bool,
+    /// How often the file is checked.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: false,
+            interval: default_interval(),
+        }
+    }
+}
+
+impl ReloadConfig {
+    /// Every problem of the section.
+    pub fn problems(&self) -> Vec<String> {
+        match self.interval.is_zero() {
+            true => vec!["reload.interval must be more than 0".into()],
+            false => Vec::new(),
+        }
+    }
+}
+
+/// Between the reloader and the score stage: the checked model waiting to be swapped in, and
+/// the version scoring now.
+#[derive(Debug, Default)]
+pub struct ModelSlot {
+    next: Mutex<Option<Scorer>>,
+    scoring: Mutex<String>,
+}
+
+impl ModelSlot {
+    /// Offers `scorer` to the score stage (replacing one not yet taken).
+    pub fn offer(&self, scorer: Scorer) {
+        if let Ok(mut next) = self.next.lock() {
+            *next = Some(scorer);
+        }
+    }
+
+    /// The model offered since the last call, if any.
+    pub fn take(&self) -> Option<Scorer> {
+        self.next.lock().ok()?.take()
+    }
+
+    /// The score stage now scores with `version`.
+    pub fn scoring(&self, version: &str) {
+        if let Ok(mut v) = self.scoring.lock() {
+            *v = version.to_string();
+        }
+    }
+
+    /// Whether `version` is scoring now or waiting to be swapped in.
+    fn has(&self, version: &str) -> bool {
+        let scoring = self.scoring.lock().map(|v| *v == version).unwrap_or(false);
+        let offered = self
+            .next
+            .lock()
+            .map(|n| n.as_ref().is_some_and(|s| s.version() == version))
+            .unwrap_or(false);
+        scoring || offered
+    }
+}
+
+/// Loads, checks and offers models when asked or when the file changes.
+#[derive(Debug)]
+pub struct Reloader {
+    cfg: PipelineConfig,
+    slot: Arc<ModelSlot>,
+    wake: Notify,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// A new version passed the checks and waits for the next batch.
+    Offered(String),
+    /// The file holds the version already scoring (or already offered).
+    Unchanged(String),
+    /// Refused, with the reason; the old model keeps scoring.
+    Refused(String),
+}
+
+impl Reloader {
+    /// A reloader of `cfg`'s model.
+    pub fn new(cfg: &PipelineConfig) -> Arc<Self> {
+        Arc::new(Self {
+            cfg: cfg.clone(),
+            slot: Arc::default(),
+            wake: Notify::new(),
+        })
+    }
+
+    /// What the score stage takes new models from.
+    pub fn slot(&self) -> Arc<ModelSlot> {
+        self.slot.clone()
+    }
+
+    /// Asks for a reload (SIGHUP, the admin call); it happens on the reloader's task.
+    pub fn request(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Reloads on each request, and when the watched file changes, until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let watch = &self.cfg.reload;
+        let path = self.cfg.model.path.clone();
+        let mut loaded = stamp(&path);
+        let mut last = loaded;
+        let mut tick = tokio::time::interval(watch.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.wake.notified() => {
+                    self.clone().reload("request").await;
+                }
+                _ = tick.tick(), if watch.watch => {
+                    let now = stamp(&path);
+                    // Changed, and the same as one check ago: the copy is complete.
+                    if now.is_some() && now != loaded && now == last {
+                        loaded = now;
+                        self.clone().reload("file").await;
+                    }
+                    last = now;
+                }
+            }
+        }
+    }
+
+    /// One reload off the async reactor; logged and counted.
+    pub async fn reload(self: Arc<Self>, trigger: &'static str) -> Reloaded {
+        let me = self.clone();
+        let outcome = tokio::task::spawn_blocking(move || me.load())
+            .await
+            .unwrap_or_else(|e| Err(PipelineError::Bug(format!("model load task: {e}"))));
+        let path = self.cfg.model.path.display();
+        let reloaded = match outcome {
+            Ok(Some(scorer)) => {
+                let version = scorer.version().to_string();
+                tracing::info!(
+                    trigger,
+                    version,
+                    "model {path} loaded and checked; swapped in at the next batch"
+                );
+                self.slot.offer(scorer);
+                Reloaded::Offered(version)
+            }
+            Ok(None) => {
+                tracing::info!(trigger, "model {path} unchanged: nothing to reload");
+                Reloaded::Unchanged(path.to_string())
+            }
+            Err(e) => {
+                tracing::error!(
+                    trigger,
+                    "model reload refused, the old model keeps scoring: {e}"
+                );
+                Reloaded::Refused(e.to_string())
+            }
+        };
+        events::model_reload(match &reloaded {
+            Reloaded::Offered(_) => "offered",
+            Reloaded::Unchanged(_) => "unchanged",
+            Reloaded::Refused(_) => "refused",
+        });
+        reloaded
+    }
+
+    /// Loads and checks the model file; `None` when it holds a version already scoring.
+    fn load(&self) -> Result<Option<Scorer>> {
+        let mut scorer = Scorer::load(&self.cfg.model)?;
+        if self.slot.has(scorer.version()) {
+            return Ok(None);
+        }
+        self.cfg.job.kind().check_model(&self.cfg, &scorer)?;
+        let smoke = scorer.score_matrix(&vec![0.0; scorer.features().len()], 1)?;
+        check_scores(&smoke).map_err(|why| {
+            PipelineError::Config(vec![format!(
+                "model {} on a row of zeros: {why}",
+                scorer.label()
+            )])
+        })?;
+        Ok(Some(scorer))
+    }
+}
+
+/// Scores must be probabilities: finite, within 0..=1.
+pub(crate) fn check_scores(scores: &[f32]) -> std::result::Result<(), String> {
+    match scores
+        .iter()
+        .find(|s| !(s.is_finite() && (0.0..=1.0).contains(*s)))
+    {
+        Some(s) => Err(format!("score {s} is not a probability")),
+        None => Ok(()),
+    }
+}
+
+/// What tells a changed file: its modification time and length.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use riskpipe_models::{shipped_model, version_of};
+
+    fn version(path: &Path) -> String {
+        version_of(&std::fs::read(path).expect("model file"))
+    }
+
+    #[test]
+    fn a_changed_model_file_is_offered_once_complete_and_a_bad_one_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = dir.path().join("model.onnx");
+        let blend = shipped_model("fraud_blend.onnx");
+        let gbm = shipped_model("fraud_gbm.onnx");
+        std::fs::copy(&blend, &model).expect("copy");
+        let mut cfg = PipelineConfig::handbook().expect("shipped config");
+        cfg.model.path = model.clone();
+        cfg.reload.watch = true;
+        cfg.reload.interval = Duration::from_millis(50);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let reloader = Reloader::new(&cfg);
+            let slot = reloader.slot();
+            slot.scoring(&version(&blend));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let watching = tokio::spawn(reloader.clone().run(async {
+                let _ = stopped.await;
+            }));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(slot.take().is_none(), "nothing changed, nothing offered");
+
+            // Replaced: offered once it is the same on two checks.
+            let next = dir.path().join("next.onnx");
+            std::fs::copy(&gbm, &next).expect("copy");
+            std::fs::rename(&next, &model).expect("rename");
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let offered = loop {
+                if let Some(s) = slot.take() {
+                    break s;
+                }
+                assert!(std::time::Instant::now() < deadline, "never offered");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert_eq!(offered.version(), version(&gbm));
+            assert!(offered.label().starts_with("model.onnx@"));
+            slot.scoring(offered.version());
+            assert!(matches!(
+                reloader.clone().reload("request").await,
+                Reloaded::Unchanged(_)
+            ));
+
+            // Not a model: refused, nothing offered.
+            std::fs::write(&model, b"not an ONNX model").expect("write");
+            let refused = reloader.clone().reload("request").await;
+            assert!(
+                matches!(&refused, Reloaded::Refused(why) if why.contains("model.onnx")),
+                "{refused:?}"
+            );
+            assert!(slot.take().is_none());
+            let _ = stop.send(());
+            watching.await.expect("watch task");
+        });
+    }
+
+    #[test]
+    fn only_probabilities_pass() {
+        assert!(check_scores(&[0.0, 0.5, 1.0]).is_ok());
+        for bad in [f32::NAN, -0.1, 1.5, f32::INFINITY] {
+            assert!(check_scores(&[0.2, bad]).is_err(), "{bad}");
+        }
+    }
+}
