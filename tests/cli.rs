@@ -140,6 +140,97 @@ fn backtest_without_a_split_evaluates_every_transaction() {
     assert!((0.0..=1.0).contains(&auc), "{auc}");
 }
 
+/// A challenger in the backtest: its metrics beside the champion's in the report and the
+/// table, its scores beside theirs in scores.parquet, and both equal to those of a backtest
+/// with the challenger as the model.
+#[test]
+fn a_challenger_is_evaluated_beside_the_champion_as_if_it_were_the_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = small_csv(dir.path());
+    let gbm = repo().join("models/fraud_gbm.onnx");
+    let both = support::write_config(
+        dir.path(),
+        &format!("\n[challenger]\npath = {:?}\n", gbm.display().to_string()),
+    );
+    let both_text = std::fs::read_to_string(&both).expect("config");
+    let alone = dir.path().join("gbm.toml");
+    let blend = repo().join("models/fraud_blend.onnx");
+    let alone_text = both_text
+        .replace(
+            &format!("path = {:?}\n", blend.display().to_string()),
+            &format!("path = {:?}\n", gbm.display().to_string()),
+        )
+        .replace("[challenger]", "[unused_challenger]");
+    let alone_text = alone_text[..alone_text.find("[unused_challenger]").expect("cut")].to_string();
+    std::fs::write(&alone, alone_text).expect("config");
+    let run = |config: &Path, out: &Path| {
+        let o = riskpipe(
+            &[
+                "backtest",
+                "--quiet",
+                "--config",
+                config.to_str().expect("utf8"),
+                "--input",
+                input.to_str().expect("utf8"),
+                "--output",
+                out.to_str().expect("utf8"),
+            ],
+            &repo(),
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("json"))
+                .expect("parse");
+        (text(&o), report)
+    };
+    let (table, with) = run(&both, &dir.path().join("both"));
+    let (_, gbm_alone) = run(&alone, &dir.path().join("alone"));
+    assert_eq!(with["model"].as_str(), Some("fraud_blend.onnx"));
+    let challenger = &with["challenger"];
+    assert_eq!(challenger["model"].as_str(), Some("fraud_gbm.onnx"));
+    assert_eq!(gbm_alone["model"].as_str(), Some("fraud_gbm.onnx"));
+    for metric in [
+        "transactions",
+        "frauds",
+        "auc_roc",
+        "average_precision",
+        "card_precision_at_100",
+        "precision",
+        "recall",
+        "alerts_per_day",
+    ] {
+        assert_eq!(challenger[metric], gbm_alone[metric], "{metric}");
+    }
+    assert!(
+        table.contains("fraud_blend.onnx") && table.contains("fraud_gbm.onnx"),
+        "{table}"
+    );
+    let read = |path: PathBuf, column: &str| -> Vec<f32> {
+        let file = std::fs::File::open(path).expect("scores");
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("parquet")
+            .build()
+            .expect("reader")
+            .flat_map(|b| {
+                let b = b.expect("batch");
+                let c = b.column_by_name(column).expect(column);
+                arrow::array::AsArray::as_primitive::<arrow::datatypes::Float32Type>(c.as_ref())
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    };
+    let theirs = read(dir.path().join("both/scores.parquet"), "CHALLENGER_SCORE");
+    let alone_scores = read(dir.path().join("alone/scores.parquet"), "SCORE");
+    let ours = read(dir.path().join("both/scores.parquet"), "SCORE");
+    assert_eq!(theirs.len(), 300);
+    assert_eq!(
+        theirs, alone_scores,
+        "the challenger scores as it would alone"
+    );
+    assert_ne!(theirs, ours, "two models, two sets of scores");
+}
+
 /// Backtests a CSV with the given content, expects failure, returns what was printed.
 fn failed_backtest_output(csv: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -290,6 +290,97 @@ fn a_model_reloaded_mid_stream_scores_each_transaction_once_by_the_model_it_name
     );
 }
 
+/// A challenger live: its scores on their own topic, one per transaction, each equal to its
+/// backtest, never an alert; the champion's scores and alerts as without it.
+#[test]
+fn a_challenger_scores_every_transaction_on_its_topic_and_never_alerts() {
+    let (cfg, history) = handbook();
+    let n = 10_000;
+    let feed = feed(history, cfg, 0, n).expect("feed");
+    let labels = feed.messages.iter().filter(|m| m.0).count();
+    let mut topics = TOPICS.to_vec();
+    topics.push(("scores-challenger", 2));
+    let broker = Broker::start(&topics);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gbm = support::root().join("models/fraud_gbm.onnx");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "\n[challenger]\npath = {:?}\n{}",
+            gbm.display().to_string(),
+            kafka_section(&broker.bootstrap, "challenger", "")
+        ),
+    );
+    let p = producer(&broker.bootstrap);
+    publish(&feed, &p, &broker.bootstrap, true, 0.0);
+    let mut pipeline = Pipeline::start(&config);
+    pipeline.wait_ready();
+    pipeline.wait_metric(
+        "riskpipe_events_in_total",
+        "topic=\"fraud-labels\"",
+        labels as f64,
+    );
+    publish(&feed, &p, &broker.bootstrap, false, 10_000.0);
+    let theirs = collect(
+        &reader(&broker.bootstrap, "scores-challenger"),
+        Duration::from_secs(300),
+        |r| r.len() >= n,
+    );
+    let ours = collect(
+        &reader(&broker.bootstrap, "scores"),
+        Duration::from_secs(300),
+        |r| r.len() >= n,
+    );
+    let agreement = pipeline.metric("riskpipe_challenger_rows_total", "");
+    let (ok, _) = pipeline.terminate();
+    assert!(ok);
+
+    let expected_ours = backtest_scores(cfg, history.head(n));
+    let mut gbm_cfg = cfg.clone();
+    gbm_cfg.model.path = gbm.clone();
+    let expected_theirs = backtest_scores(&gbm_cfg, history.head(n));
+    let label = format!(
+        "fraud_gbm.onnx@{}",
+        riskpipe_models::version_of(&std::fs::read(&gbm).expect("model"))
+    );
+    for (got, expected, model) in [
+        (&theirs, &expected_theirs, label.as_str()),
+        (&ours, &expected_ours, "fraud_blend.onnx@"),
+    ] {
+        let got = scores_of(got);
+        assert_eq!(got.len(), n);
+        let ids: BTreeSet<i64> = got.iter().map(|s| s.transaction_id).collect();
+        assert_eq!(ids.len(), n, "one score per transaction");
+        for s in &got {
+            assert!(s.model.starts_with(model), "{} is not {model}", s.model);
+            assert_eq!(s.score as f32, expected[&s.transaction_id], "{}", s.model);
+        }
+    }
+    assert_ne!(expected_ours, expected_theirs);
+    // Alerts are the champion's only.
+    let alerts_expected = expected_ours
+        .values()
+        .filter(|&&s| f64::from(s) >= cfg.alerts.threshold.expect("threshold"))
+        .count();
+    let alerts = collect(
+        &reader(&broker.bootstrap, "alerts"),
+        Duration::from_secs(60),
+        |r| r.len() >= alerts_expected,
+    );
+    let extra = drain(&reader(&broker.bootstrap, "alerts"), Duration::from_secs(1));
+    assert_eq!(
+        extra.len(),
+        alerts.len(),
+        "the alerts topic holds {alerts_expected}"
+    );
+    assert_eq!(alerts.len(), alerts_expected);
+    for a in &alerts {
+        let a: Alert = serde_json::from_slice(&a.payload).expect("alert");
+        assert!(a.model.starts_with("fraud_blend.onnx@"), "{}", a.model);
+    }
+    assert_eq!(agreement, n as f64, "every row compared");
+}
+
 #[test]
 fn restarts_lose_nothing_and_duplicate_only_the_uncommitted_tail() {
     let (cfg, history) = handbook();

@@ -27,8 +27,12 @@ pub fn handbook_config_dir() -> PathBuf {
 pub struct PipelineConfig {
     /// The job and its settings (features, replay, backtest split, portfolios, ...).
     pub job: JobConfig,
-    /// The scoring model.
+    /// The scoring model (the champion).
     pub model: ModelConfig,
+    /// A challenger (fraud jobs): scored on the same feature rows, published to
+    /// `kafka.topics.challenger` only (never alerts), compared in the backtest report.
+    #[serde(default)]
+    pub challenger: Option<ModelConfig>,
     /// Alerting.
     #[serde(default)]
     pub alerts: AlertConfig,
@@ -124,6 +128,9 @@ impl PipelineConfig {
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self> {
         let mut cfg: PipelineConfig = parse_toml(text)?;
         resolve(&mut cfg.model.path, base_dir);
+        if let Some(c) = &mut cfg.challenger {
+            resolve(&mut c.path, base_dir);
+        }
         if let Some(kafka) = &mut cfg.kafka {
             kafka.expand_env();
         }
@@ -177,6 +184,20 @@ impl PipelineConfig {
         }
         if self.model.providers.is_empty() {
             p.push("model.providers is empty (list at least \"cpu\")".into());
+        }
+        if let Some(c) = &self.challenger {
+            if !c.path.is_file() {
+                p.push(format!(
+                    "challenger.path {} does not exist",
+                    c.path.display()
+                ));
+            }
+            if c.threads == 0 {
+                p.push("challenger.threads must be at least 1".into());
+            }
+            if c.providers.is_empty() {
+                p.push("challenger.providers is empty (list at least \"cpu\")".into());
+            }
         }
         p.extend(self.reload.problems());
         if self.observability.admin && self.observability.listen.is_none() {
@@ -232,12 +253,19 @@ impl PipelineConfig {
 
     /// The model's name as stamped on scores: its file name.
     pub fn model_name(&self) -> String {
-        self.model
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        file_name(&self.model.path)
     }
+
+    /// The challenger's file name, if there is one.
+    pub fn challenger_name(&self) -> Option<String> {
+        self.challenger.as_ref().map(|c| file_name(&c.path))
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Default names of a job's input topics.

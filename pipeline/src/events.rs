@@ -53,6 +53,12 @@ pub const MODEL_RELOADS: &str = "riskpipe_model_reloads_total";
 pub const MODEL_INFO: &str = "riskpipe_model_info";
 /// Seconds the score stage spent checking a new model on its first batch (the swap's pause).
 pub const MODEL_SWAP_SECONDS: &str = "riskpipe_model_swap_seconds";
+/// Rows the challenger scored, by whether its alert decision `agree`s with the champion's.
+pub const CHALLENGER_ROWS: &str = "riskpipe_challenger_rows_total";
+/// Seconds the challenger took per batch (beside `riskpipe_stage_seconds{stage="score"}`).
+pub const CHALLENGER_SECONDS: &str = "riskpipe_challenger_seconds";
+/// Mean absolute difference of the two models' scores over the last batch.
+pub const CHALLENGER_DIFFERENCE: &str = "riskpipe_challenger_score_difference";
 
 /// Buckets of the batch-size histogram (rows); every other histogram is seconds.
 pub const BATCH_ROWS_BUCKETS: [f64; 12] = [
@@ -141,6 +147,15 @@ pub fn describe() {
         "Input messages replayed silently into the restored state at the last start"
     );
     describe_counter!(MODEL_RELOADS, "Model reloads, per result");
+    describe_counter!(
+        CHALLENGER_ROWS,
+        "Rows the challenger scored, by agreement of its alert decision with the champion's"
+    );
+    describe_histogram!(CHALLENGER_SECONDS, "Seconds the challenger took per batch");
+    describe_gauge!(
+        CHALLENGER_DIFFERENCE,
+        "Mean absolute difference of the champion's and challenger's scores, last batch"
+    );
     describe_gauge!(MODEL_INFO, "1 for the model version scoring now");
     describe_gauge!(
         MODEL_SWAP_SECONDS,
@@ -204,6 +219,15 @@ pub fn transaction_committed(seconds: f64) {
 /// committed one).
 pub fn transaction_aborted() {
     counter!(TRANSACTIONS, "result" => "aborted").increment(1);
+}
+
+/// The challenger scored a batch in `seconds`: `agree` rows with the champion's alert
+/// decision, `disagree` without, scores `difference` apart on average.
+pub fn challenger_scored(seconds: f64, agree: u64, disagree: u64, difference: f64) {
+    histogram!(CHALLENGER_SECONDS).record(seconds);
+    counter!(CHALLENGER_ROWS, "agreement" => "agree").increment(agree);
+    counter!(CHALLENGER_ROWS, "agreement" => "disagree").increment(disagree);
+    gauge!(CHALLENGER_DIFFERENCE).set(difference);
 }
 
 /// A model reload ended with `result`.

@@ -134,6 +134,9 @@ pub struct TopicsConfig {
     /// Messages that could not be decoded, with the reason in headers.
     #[serde(default = "default_dead_letter")]
     pub dead_letter: String,
+    /// The challenger's scores (with `[challenger]`), in the scores' schema and format.
+    #[serde(default = "default_challenger")]
+    pub challenger: String,
 }
 
 /// When a micro-batch is handed to the operators.
@@ -167,6 +170,9 @@ fn default_scores() -> String {
 fn default_alerts() -> String {
     "alerts".into()
 }
+fn default_challenger() -> String {
+    "scores-challenger".into()
+}
 fn default_dead_letter() -> String {
     "riskpipe-dead-letter".into()
 }
@@ -188,6 +194,7 @@ impl Default for TopicsConfig {
             scores: default_scores(),
             alerts: default_alerts(),
             dead_letter: default_dead_letter(),
+            challenger: default_challenger(),
         }
     }
 }
@@ -335,6 +342,7 @@ impl KafkaConfig {
             ("scores", &t.scores),
             ("alerts", &t.alerts),
             ("dead_letter", &t.dead_letter),
+            ("challenger", &t.challenger),
         ] {
             if value.is_empty() {
                 p.push(format!("kafka.topics.{name} is empty"));
@@ -345,6 +353,7 @@ impl KafkaConfig {
             ("scores", &t.scores),
             ("alerts", &t.alerts),
             ("dead_letter", &t.dead_letter),
+            ("challenger", &t.challenger),
         ] {
             if inputs.contains(&out.as_str()) {
                 p.push(format!(
@@ -461,12 +470,15 @@ impl KafkaConfig {
         v
     }
 
-    /// The payload format of each output topic (scores, alerts), by topic name.
-    pub fn output_formats(&self) -> [(&str, Format); 2] {
+    /// The payload format of each output topic (scores, alerts, the challenger's scores in
+    /// the scores' format), by topic name.
+    pub fn output_formats(&self) -> [(&str, Format); 3] {
         let f = &self.formats;
+        let scores = f.scores.unwrap_or(self.format);
         [
-            (self.topics.scores.as_str(), f.scores.unwrap_or(self.format)),
+            (self.topics.scores.as_str(), scores),
             (self.topics.alerts.as_str(), f.alerts.unwrap_or(self.format)),
+            (self.topics.challenger.as_str(), scores),
         ]
     }
 
@@ -720,7 +732,11 @@ mod tests {
         );
         assert_eq!(
             k.output_formats(),
-            [("scores", Format::Avro), ("alerts", Format::Json)]
+            [
+                ("scores", Format::Avro),
+                ("alerts", Format::Json),
+                ("scores-challenger", Format::Avro)
+            ]
         );
         let p = k.problems(fraud);
         assert!(

@@ -181,6 +181,8 @@ pub mod score {
     pub const SCORE: &str = "SCORE";
     /// Whether the score reached the alert threshold.
     pub const ALERT: &str = "ALERT";
+    /// The challenger model's score of the same row (scored batches, with `[challenger]`).
+    pub const CHALLENGER_SCORE: &str = "CHALLENGER_SCORE";
     /// Which model produced a score.
     pub const MODEL: &str = "MODEL";
     /// The threshold an alert's score reached.

@@ -93,6 +93,7 @@ impl Counters {
         for (output, n) in [
             ("scores", d.scores),
             ("alerts", d.alerts),
+            ("challenger", d.challenger),
             ("dead_letter", d.dead_letters),
         ] {
             events::events_out(output, n);

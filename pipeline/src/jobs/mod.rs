@@ -137,6 +137,8 @@ pub struct JobOutput {
     pub scores: Option<Records>,
     /// Records for the alerts output (fraud alerts, limit breaches).
     pub alerts: Option<Records>,
+    /// The challenger's score records (shadow scoring; never alerts).
+    pub challenger: Option<Records>,
     /// Events refused while scoring.
     pub rejects: Vec<Reject>,
 }

@@ -55,6 +55,7 @@ impl Sink for CollectSink {
         let delivered = Delivered {
             scores: rows(batch.output.scores.as_ref()),
             alerts: rows(batch.output.alerts.as_ref()),
+            challenger: rows(batch.output.challenger.as_ref()),
             dead_letters: batch.dead.len() as u64,
         };
         if let Some(p) = &self.progress {

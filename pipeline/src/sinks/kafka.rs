@@ -44,6 +44,7 @@ const TRANSACTION_RETRIES: u32 = 10;
 enum Output {
     Score,
     Alert,
+    Challenger,
     /// A dead letter, with the reference to send should its bytes turn out too large.
     DeadLetter(Option<Box<Reference>>),
 }
@@ -164,6 +165,7 @@ pub struct KafkaSink {
     encoder: Box<dyn Encoder>,
     scores_topic: String,
     alerts_topic: String,
+    challenger_topic: String,
     dead_letter_topic: String,
     payloads: Payloads,
     /// Exactly-once: transactions, with the consumer whose offsets go into each (once named).
@@ -251,6 +253,7 @@ impl KafkaSink {
             encoder: encoders::build(kafka)?,
             scores_topic: kafka.topics.scores.clone(),
             alerts_topic: kafka.topics.alerts.clone(),
+            challenger_topic: kafka.topics.challenger.clone(),
             dead_letter_topic: kafka.topics.dead_letter.clone(),
             payloads: Payloads::default(),
             transactions: None,
@@ -270,11 +273,10 @@ impl KafkaSink {
             None => None,
         };
         let records = pseudonymised.as_ref().unwrap_or(records);
-        let alerts = matches!(topic, Output::Alert);
-        let name = if alerts {
-            &self.alerts_topic
-        } else {
-            &self.scores_topic
+        let name = match topic {
+            Output::Alert => &self.alerts_topic,
+            Output::Challenger => &self.challenger_topic,
+            _ => &self.scores_topic,
         };
         self.payloads.clear();
         self.encoder
@@ -293,7 +295,12 @@ impl KafkaSink {
                     topic: name.clone(),
                     source,
                 })?;
-            deliveries.push((d, if alerts { Output::Alert } else { Output::Score }));
+            let output = match topic {
+                Output::Alert => Output::Alert,
+                Output::Challenger => Output::Challenger,
+                _ => Output::Score,
+            };
+            deliveries.push((d, output));
         }
         Ok(())
     }
@@ -512,6 +519,9 @@ impl Sink for KafkaSink {
         if let Some(r) = &batch.output.alerts {
             self.publish(r, Output::Alert, &mut deliveries).await?;
         }
+        if let Some(r) = &batch.output.challenger {
+            self.publish(r, Output::Challenger, &mut deliveries).await?;
+        }
         for d in &batch.dead {
             self.dead_letter(d, &mut deliveries).await?;
         }
@@ -525,6 +535,7 @@ impl Sink for KafkaSink {
                     Ok(Ok(_)) => match output {
                         Output::Score => delivered.scores += 1,
                         Output::Alert => delivered.alerts += 1,
+                        Output::Challenger => delivered.challenger += 1,
                         Output::DeadLetter(_) => delivered.dead_letters += 1,
                     },
                     // The broker refused a dead letter as too large for the topic.

@@ -58,6 +58,8 @@ pub struct Delivered {
     pub scores: u64,
     /// Alert records.
     pub alerts: u64,
+    /// The challenger's score records.
+    pub challenger: u64,
     /// Dead letters.
     pub dead_letters: u64,
 }

@@ -29,12 +29,21 @@ pub struct FraudOutcome {
 
 /// The rows the metrics need, from scored batches.
 pub fn scored_rows(scored: &[RecordBatch], cfg: &FraudConfig) -> Result<Vec<Scored>> {
+    scored_rows_of(scored, cfg, score::SCORE)
+}
+
+/// [`scored_rows`] with the score of column `score_column` (the challenger's, say).
+pub fn scored_rows_of(
+    scored: &[RecordBatch],
+    cfg: &FraudConfig,
+    score_column: &str,
+) -> Result<Vec<Scored>> {
     let mut rows = Vec::new();
     for b in scored {
         let time = columns::primitive::<TimestampNanosecondType>(b, &cfg.features.event_time)?;
         let customer = columns::i64_values(b, tx::CUSTOMER_ID)?;
         let fraud = columns::i64_values(b, &cfg.replay.label)?;
-        let value = columns::primitive::<Float32Type>(b, score::SCORE)?;
+        let value = columns::primitive::<Float32Type>(b, score_column)?;
         for i in 0..b.num_rows() {
             rows.push(Scored {
                 day: time.value(i).div_euclid(DAY_NS),
@@ -47,10 +56,12 @@ pub fn scored_rows(scored: &[RecordBatch], cfg: &FraudConfig) -> Result<Vec<Scor
     Ok(rows)
 }
 
-/// Evaluates a replay at `threshold` and writes its files into `out_dir`.
+/// Evaluates a replay at `threshold` and writes its files into `out_dir`; with a `challenger`
+/// (its name), the challenger's scores too, side by side.
 pub fn evaluate(
     cfg: &FraudConfig,
     model: &str,
+    challenger: Option<&str>,
     threshold: f64,
     replayed: &Replayed,
     out_dir: &Path,
@@ -60,6 +71,9 @@ pub fn evaluate(
     let mut columns: Vec<String> = vec![cfg.features.order_by.clone()];
     columns.extend(cfg.features.feature_names()?);
     columns.extend([score::SCORE.to_string(), score::ALERT.to_string()]);
+    if challenger.is_some() {
+        columns.push(score::CHALLENGER_SCORE.to_string());
+    }
     let scores_path = out_dir.join("scores.parquet");
     crate::sinks::parquet::write(&scores_path, &scored, Some(&columns))?;
     let alerts_path = out_dir.join("alerts.jsonl");
@@ -70,36 +84,50 @@ pub fn evaluate(
     }
     std::fs::write(&alerts_path, lines).map_err(PipelineError::io("writing", &alerts_path))?;
 
-    let rows = scored_rows(&scored, cfg)?;
-    let (evaluated, label) = match &cfg.backtest {
-        Some(s) => {
-            let start = chrono::NaiveDate::parse_from_str(&s.train_start, "%Y-%m-%d")
-                .map_err(|e| PipelineError::Config(vec![format!("backtest.train_start: {e}")]))?;
-            let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
-            let start_day = start.signed_duration_since(epoch).num_days();
-            let test = metrics::handbook_test_set(
-                &rows,
-                start_day,
-                s.train_days.into(),
-                s.delay_days.into(),
-                s.test_days.into(),
-            );
-            let first_test = start + chrono::Days::new(u64::from(s.train_days + s.delay_days));
-            (
-                test,
-                format!(
-                    "{} test days from {first_test} (train {} days from {}, delay {} days), known-compromised cards removed",
-                    s.test_days, s.train_days, s.train_start, s.delay_days
-                ),
-            )
-        }
-        None => (rows, "the whole history".to_string()),
+    let split = |rows: Vec<Scored>| -> Result<(Vec<Scored>, String)> {
+        Ok(match &cfg.backtest {
+            Some(s) => {
+                let start =
+                    chrono::NaiveDate::parse_from_str(&s.train_start, "%Y-%m-%d").map_err(|e| {
+                        PipelineError::Config(vec![format!("backtest.train_start: {e}")])
+                    })?;
+                let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+                let start_day = start.signed_duration_since(epoch).num_days();
+                let test = metrics::handbook_test_set(
+                    &rows,
+                    start_day,
+                    s.train_days.into(),
+                    s.delay_days.into(),
+                    s.test_days.into(),
+                );
+                let first_test = start + chrono::Days::new(u64::from(s.train_days + s.delay_days));
+                (
+                    test,
+                    format!(
+                        "{} test days from {first_test} (train {} days from {}, delay {} days), known-compromised cards removed",
+                        s.test_days, s.train_days, s.train_start, s.delay_days
+                    ),
+                )
+            }
+            None => (rows, "the whole history".to_string()),
+        })
     };
-    let report = FraudReport::compute(model, &label, &evaluated, threshold);
+    let (evaluated, label) = split(scored_rows(&scored, cfg)?)?;
+    let mut report = FraudReport::compute(model, &label, &evaluated, threshold);
+    let theirs = match challenger {
+        Some(name) => {
+            let (rows, _) = split(scored_rows_of(&scored, cfg, score::CHALLENGER_SCORE)?)?;
+            report.challenger = Some(Box::new(FraudReport::compute(
+                name, &label, &rows, threshold,
+            )));
+            Some(rows)
+        }
+        None => None,
+    };
     let json = out_dir.join("report.json");
     report.write_json(&json)?;
     let png = out_dir.join("curves.png");
-    plot_curves(&evaluated, &report, &png)?;
+    plot_curves(&evaluated, theirs.as_deref(), &report, &png)?;
     Ok(FraudOutcome {
         report,
         files: vec![scores_path, alerts_path, json, png],

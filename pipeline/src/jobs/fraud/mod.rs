@@ -71,6 +71,17 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
     let scorer = Scorer::load(&pipeline.model)?;
     check_model(cfg, pipeline, &scorer)?;
     let label = scorer.label();
+    let challenger = match &pipeline.challenger {
+        Some(c) => {
+            let scorer = Scorer::load(c)?;
+            check_model(cfg, pipeline, &scorer)?;
+            Some(Challenger {
+                name: Repeated::new(scorer.label()),
+                model: FraudModel::new(scorer, threshold),
+            })
+        }
+        None => None,
+    };
     Ok(Job {
         kind: "fraud",
         model: pipeline.model_name(),
@@ -83,6 +94,7 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
             model_name: Repeated::new(label.clone()),
             label,
             updates: None,
+            challenger,
             score_schema: riskpipe_schemas::score_schema(),
             alert_schema: riskpipe_schemas::alert_schema(),
         }),
@@ -222,8 +234,77 @@ struct FraudScoring {
     label: String,
     /// Where reloaded models come from (`riskpipe run`).
     updates: Option<std::sync::Arc<crate::reload::ModelSlot>>,
+    challenger: Option<Challenger>,
     score_schema: arrow::datatypes::SchemaRef,
     alert_schema: arrow::datatypes::SchemaRef,
+}
+
+/// A second model scored on the same rows: its own score records, never alerts.
+#[derive(Debug)]
+struct Challenger {
+    model: FraudModel,
+    name: Repeated,
+}
+
+impl Challenger {
+    /// Scores `batch` (the rows the champion scored as `ours`): the challenger's score
+    /// records, and `ours` with the challenger's score as one more column.
+    fn score(
+        &mut self,
+        batch: RecordBatch,
+        ours: RecordBatch,
+        schema: &arrow::datatypes::SchemaRef,
+        event_time: &str,
+    ) -> Result<(RecordBatch, super::Records)> {
+        let started = std::time::Instant::now();
+        let theirs = self.model.process(batch)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let score_of = |b: &RecordBatch| {
+            columns::primitive::<arrow::datatypes::Float32Type>(b, score::SCORE)
+                .cloned()
+                .map_err(PipelineError::produced)
+        };
+        let alert_of = |b: &RecordBatch| {
+            columns::boolean(b, score::ALERT)
+                .cloned()
+                .map_err(PipelineError::produced)
+        };
+        let (our_alerts, their_alerts) = (alert_of(&ours)?, alert_of(&theirs)?);
+        let agree = our_alerts
+            .iter()
+            .zip(their_alerts.iter())
+            .filter(|(a, b)| a == b)
+            .count();
+        let (our_scores, their_scores) = (score_of(&ours)?, score_of(&theirs)?);
+        let difference: f64 = our_scores
+            .values()
+            .iter()
+            .zip(their_scores.values().iter())
+            .map(|(a, b)| f64::from((a - b).abs()))
+            .sum();
+        let rows = ours.num_rows();
+        crate::events::challenger_scored(
+            seconds,
+            agree as u64,
+            (rows - agree) as u64,
+            difference / rows.max(1) as f64,
+        );
+        let records = records::scores(schema, &theirs, event_time, &mut self.name)?;
+        let mut fields: Vec<arrow::datatypes::FieldRef> =
+            ours.schema().fields().iter().cloned().collect();
+        fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
+            score::CHALLENGER_SCORE,
+            arrow::datatypes::DataType::Float32,
+            false,
+        )));
+        let mut columns = ours.columns().to_vec();
+        columns.push(std::sync::Arc::new(their_scores));
+        let ours = RecordBatch::try_new(
+            std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+            columns,
+        )?;
+        Ok((ours, records))
+    }
 }
 
 impl FraudScoring {
@@ -277,6 +358,7 @@ impl ScoreStage for FraudScoring {
         if let Some(next) = self.updates.as_ref().and_then(|s| s.take()) {
             self.swap(next, &featured.batch);
         }
+        let shadow = self.challenger.as_ref().map(|_| featured.batch.clone());
         let scored = self.model.process(featured.batch)?;
         let alerted = alert_rows(&scored)?;
         let reasons = self.model.explain(&alerted, self.reasons)?;
@@ -295,10 +377,19 @@ impl ScoreStage for FraudScoring {
             self.model.threshold(),
             &mut self.model_name,
         )?;
+        let (scored, challenger) = match (&mut self.challenger, shadow) {
+            (Some(c), Some(batch)) => {
+                let (scored, records) =
+                    c.score(batch, scored, &self.score_schema, &self.event_time)?;
+                (scored, Some(records))
+            }
+            _ => (scored, None),
+        };
         Ok(JobOutput {
             scored: Some(scored),
             scores: Some(scores),
             alerts: Some(alerts),
+            challenger,
             rejects: featured.rejects,
         })
     }
@@ -377,7 +468,15 @@ impl JobKind for FraudConfig {
         _opts: &Options,
     ) -> Result<(Box<dyn Report>, Vec<PathBuf>)> {
         let threshold = pipeline.alerts.threshold.unwrap_or_default();
-        let outcome = backtest::evaluate(self, &replayed.model, threshold, replayed, out_dir)?;
+        let challenger = pipeline.challenger_name();
+        let outcome = backtest::evaluate(
+            self,
+            &replayed.model,
+            challenger.as_deref(),
+            threshold,
+            replayed,
+            out_dir,
+        )?;
         Ok((Box::new(outcome.report), outcome.files))
     }
 

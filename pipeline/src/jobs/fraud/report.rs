@@ -38,6 +38,9 @@ pub struct FraudReport {
     pub f1: f64,
     /// Alerts per evaluated day.
     pub alerts_per_day: f64,
+    /// The challenger's metrics on the same transactions (with `[challenger]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenger: Option<Box<FraudReport>>,
 }
 
 impl FraudReport {
@@ -66,11 +69,35 @@ impl FraudReport {
             recall,
             f1,
             alerts_per_day: alerts as f64 / days as f64,
+            challenger: None,
         }
     }
 
-    /// A human-readable table.
+    /// A human-readable table; with a challenger, its column beside the champion's.
     pub fn table(&self) -> String {
+        let mine = self.rows();
+        let theirs = self.challenger.as_ref().map(|c| c.rows());
+        let width = mine.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let left = mine
+            .iter()
+            .filter(|(k, _)| *k != "evaluated on")
+            .map(|(_, v)| v.len())
+            .max()
+            .unwrap_or(0);
+        let mut out = String::new();
+        for (i, (k, v)) in mine.iter().enumerate() {
+            match &theirs {
+                // The split is the same for both: said once.
+                Some(t) if *k != "evaluated on" => {
+                    out.push_str(&format!("  {k:<width$}  {v:<left$}  {}\n", t[i].1));
+                }
+                _ => out.push_str(&format!("  {k:<width$}  {v}\n")),
+            }
+        }
+        out
+    }
+
+    fn rows(&self) -> Vec<(&'static str, String)> {
         let opt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
         let rows = [
             ("model", self.model.clone()),
@@ -89,12 +116,7 @@ impl FraudReport {
             ("F1 @ threshold", format!("{:.4}", self.f1)),
             ("alerts per day", format!("{:.1}", self.alerts_per_day)),
         ];
-        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        let mut out = String::new();
-        for (k, v) in rows {
-            out.push_str(&format!("  {k:<width$}  {v}\n"));
-        }
-        out
+        rows.into()
     }
 
     /// Writes the report as JSON.
@@ -103,39 +125,57 @@ impl FraudReport {
     }
 }
 
-/// Draws ROC and precision-recall curves side by side.
-pub fn plot_curves(rows: &[Scored], report: &FraudReport, path: &Path) -> Result<()> {
+/// Draws ROC and precision-recall curves side by side (blue; the challenger's, given its rows,
+/// in red).
+pub fn plot_curves(
+    rows: &[Scored],
+    challenger: Option<&[Scored]>,
+    report: &FraudReport,
+    path: &Path,
+) -> Result<()> {
     crate::backtest::ensure_font();
     let plot_err = |e: &dyn std::fmt::Display| PipelineError::Plot {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
     let (roc, pr) = metrics::curves(rows);
+    let (their_roc, their_pr) = challenger.map(metrics::curves).unzip();
     let root = BitMapBackend::new(path, (1200, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(&e))?;
     let (left, right) = root.split_horizontally(600);
+    let versus = |metric: fn(&FraudReport) -> Option<f64>| match &report.challenger {
+        Some(c) => format!("; challenger, red: {:.3}", metric(c).unwrap_or(f64::NAN)),
+        None => String::new(),
+    };
     let panels = [
         (
             left,
-            format!("ROC (AUC {:.3})", report.auc_roc.unwrap_or(f64::NAN)),
+            format!(
+                "ROC (AUC {:.3}{})",
+                report.auc_roc.unwrap_or(f64::NAN),
+                versus(|r| r.auc_roc)
+            ),
             "false positive rate",
             "true positive rate",
             roc,
+            their_roc,
             true,
         ),
         (
             right,
             format!(
-                "Precision-recall (AP {:.3})",
-                report.average_precision.unwrap_or(f64::NAN)
+                "Precision-recall (AP {:.3}{})",
+                report.average_precision.unwrap_or(f64::NAN),
+                versus(|r| r.average_precision)
             ),
             "recall",
             "precision",
             pr,
+            their_pr,
             false,
         ),
     ];
-    for (area, title, xl, yl, points, diagonal) in panels {
+    for (area, title, xl, yl, points, theirs, diagonal) in panels {
         let mut chart = ChartBuilder::on(&area)
             .caption(title, ("sans-serif", 22))
             .margin(15)
@@ -152,6 +192,11 @@ pub fn plot_curves(rows: &[Scored], report: &FraudReport, path: &Path) -> Result
         chart
             .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
             .map_err(|e| plot_err(&e))?;
+        if let Some(theirs) = theirs {
+            chart
+                .draw_series(LineSeries::new(theirs, RED.stroke_width(2)))
+                .map_err(|e| plot_err(&e))?;
+        }
         if diagonal {
             chart
                 .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))

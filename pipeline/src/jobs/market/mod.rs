@@ -282,6 +282,7 @@ impl ScoreStage for MarketScoring {
             scored: Some(scored),
             scores: Some(scores),
             alerts: Some(breaches),
+            challenger: None,
             rejects: featured.rejects,
         })
     }
@@ -317,6 +318,9 @@ impl JobKind for MarketConfig {
                 "alerts.threshold is for fraud jobs; a market job alerts on its portfolios' limits"
                     .into(),
             );
+        }
+        if pipeline.challenger.is_some() {
+            p.push("[challenger] is for fraud jobs (not built for the market job)".into());
         }
         p
     }
