@@ -45,20 +45,28 @@ fn dashboard_and_alert_rules_query_only_exported_metrics() {
         ("transactions", 2),
         ("fraud-labels", 1),
         ("scores", 1),
+        ("scores-challenger", 1),
         ("alerts", 1),
         ("riskpipe-dead-letter", 1),
     ]);
     let dir = tempfile::tempdir().expect("tempdir");
+    // With a challenger, so its panel's metrics exist too.
     let config = write_config(
         dir.path(),
-        &kafka_section(
-            &broker.bootstrap,
-            "deploy",
-            "[kafka.consumer_properties]\n\"statistics.interval.ms\" = \"200\"",
+        &format!(
+            "\n[challenger]\npath = {:?}\n{}",
+            root().join("models/fraud_gbm.onnx").display().to_string(),
+            kafka_section(
+                &broker.bootstrap,
+                "deploy",
+                "[kafka.consumer_properties]\n\"statistics.interval.ms\" = \"200\"",
+            )
         ),
     );
     let mut pipeline = Pipeline::start(&config);
     pipeline.wait_ready();
+    // A reload (of the same file: "unchanged") exports the reload counter.
+    pipeline.signal("HUP");
     let producer: ThreadedProducer<DefaultProducerContext> =
         riskpipe_pipeline::demo::feed_producer(&KafkaConfig::for_bootstrap(&broker.bootstrap))
             .expect("producer");
