@@ -40,6 +40,10 @@ enum Command {
         /// Market pipelines: the instrument whose VaR is evaluated (default: the first).
         #[arg(long)]
         instrument: Option<String>,
+        /// Fraud pipelines: the drift reference to compare each day with (a
+        /// drift_reference.json an earlier backtest wrote); default: the split's training days.
+        #[arg(long)]
+        drift_reference: Option<PathBuf>,
         /// Directory for scores.parquet, report.json and curves.png / var.png.
         #[arg(long, default_value = "out/backtest")]
         output: PathBuf,
@@ -346,6 +350,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             let opts = backtest::Options {
                 show_progress: !quiet,
                 instrument: None,
+                drift_reference: None,
             };
             let outcome = backtest::run(&cfg, Arc::new(history), started, &output, &opts)?;
             print_outcome(&outcome, "from Kafka ");
@@ -401,6 +406,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             config,
             input,
             instrument,
+            drift_reference,
             output,
             quiet,
         } => {
@@ -411,6 +417,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             let opts = backtest::Options {
                 show_progress: !quiet,
                 instrument,
+                drift_reference,
             };
             let outcome = backtest::run(&cfg, Arc::new(history), started, &output, &opts)?;
             print_outcome(&outcome, "");

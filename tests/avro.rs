@@ -291,6 +291,53 @@ fn labels_and_ticks_decode_with_their_optional_fields() {
     );
 }
 
+/// The other evolution cases: a writer with `float` where riskpipe reads `double` (promoted),
+/// and a writer without an optional field (its default, null, is taken).
+#[test]
+fn a_float_writer_is_promoted_and_a_missing_optional_field_takes_its_default() {
+    let registry = MemoryRegistry::new(None);
+    let url = serve(registry.clone());
+    let decoder = AvroDecoder::new(client(&url, None), 1024).expect("decoder");
+    let writer_text = r#"{
+      "type": "record", "name": "MarketTick", "namespace": "riskpipe",
+      "fields": [
+        {"name": "INSTRUMENT", "type": "string"},
+        {"name": "TIME", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "PRICE", "type": "float"}
+      ]
+    }"#;
+    let writer = apache_avro::Schema::parse_str(writer_text).expect("writer");
+    let id = registry
+        .register("ticks-value", writer_text)
+        .expect("writer");
+    let payload = framed(
+        id,
+        &writer,
+        Value::Record(vec![
+            ("INSTRUMENT".into(), Value::String("NDX".into())),
+            ("TIME".into(), Value::TimestampMicros(2_000_000)),
+            ("PRICE".into(), Value::Float(12.5)),
+        ]),
+    );
+    let d = decoder
+        .decode(
+            "ticks",
+            &riskpipe_schemas::market_tick_schema(),
+            &[payload.as_slice()],
+        )
+        .expect("decoded");
+    assert_eq!(d.accepted, vec![0], "{:?}", d.rejected);
+    let price = d.batch.column_by_name("PRICE").expect("price");
+    let price =
+        arrow::array::AsArray::as_primitive::<arrow::datatypes::Float64Type>(price.as_ref());
+    assert_eq!(price.value(0), 12.5, "float promoted to double");
+    let size = d.batch.column_by_name("SIZE").expect("size");
+    assert!(
+        arrow::array::Array::is_null(size.as_ref(), 0),
+        "default null"
+    );
+}
+
 #[test]
 fn per_topic_formats_decode_and_encode_each_topic_in_its_own_format() {
     use riskpipe_pipeline::decoders::Format;

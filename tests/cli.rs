@@ -231,6 +231,141 @@ fn a_challenger_is_evaluated_beside_the_champion_as_if_it_were_the_model() {
     assert_ne!(theirs, ours, "two models, two sets of scores");
 }
 
+/// Drift on the handbook: the PSI of the 7 days up to each day against the split's training
+/// week is 0 on its last day and low around it; on a copy with every amount × 3, compared with
+/// the original's reference, the amount and its averages have drifted, the counts have not.
+#[test]
+fn drift_is_low_around_the_training_week_and_flags_amounts_times_three() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = support::handbook_data();
+    let backtest = |input: &Path, out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "backtest",
+            "--quiet",
+            "--input",
+            input.to_str().expect("utf8"),
+            "--output",
+            out.to_str().expect("utf8"),
+        ];
+        args.extend_from_slice(extra);
+        let o = riskpipe(&args, &repo());
+        assert!(o.status.success(), "{}", text(&o));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("json"))
+                .expect("parse");
+        (text(&o), report)
+    };
+    let psi = |report: &serde_json::Value, column: &str, from: &str, to: &str| -> f64 {
+        let d = &report["drift"];
+        let days: Vec<&str> = d["days"]
+            .as_array()
+            .expect("days")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let c = d["columns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .position(|v| v == column)
+            .unwrap_or_else(|| panic!("no {column}"));
+        days.iter()
+            .enumerate()
+            .filter(|(_, day)| **day >= from && **day <= to)
+            .map(|(i, _)| d["psi"][c][i].as_f64().expect("psi"))
+            .fold(f64::NAN, f64::max)
+    };
+    let base = dir.path().join("base");
+    let (_, report) = backtest(&data, &base, &[]);
+    for f in ["drift.png", "drift_reference.json"] {
+        assert!(base.join(f).is_file(), "{f}");
+    }
+    let columns: Vec<String> = report["drift"]["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        columns.len(),
+        16,
+        "the amount, 14 features, the score: {columns:?}"
+    );
+    for c in &columns {
+        // The window ending on the training week's last day is the reference itself.
+        assert!(psi(&report, c, "2018-07-31", "2018-07-31") < 1e-9, "{c}");
+        assert!(psi(&report, c, "2018-07-20", "2018-08-05") < 0.1, "{c}");
+    }
+    let test_week = |r: &serde_json::Value, c: &str| psi(r, c, "2018-08-08", "2018-08-14");
+    assert!(test_week(&report, "TX_AMOUNT") < 0.05);
+
+    // Every amount × 3, against the original's reference.
+    let tripled = dir.path().join("tripled.parquet");
+    let file = std::fs::File::open(&data).expect("data");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    let mut writer: Option<parquet::arrow::ArrowWriter<std::fs::File>> = None;
+    for b in reader {
+        let b = b.expect("batch");
+        let at = b.schema().index_of("TX_AMOUNT").expect("amount");
+        let amount =
+            arrow::compute::cast(b.column(at), &arrow::datatypes::DataType::Float64).expect("f64");
+        let amount =
+            arrow::array::AsArray::as_primitive::<arrow::datatypes::Float64Type>(amount.as_ref())
+                .unary::<_, arrow::datatypes::Float64Type>(|v| v * 3.0);
+        let amount = arrow::compute::cast(&amount, b.column(at).data_type()).expect("back");
+        let mut columns = b.columns().to_vec();
+        columns[at] = amount;
+        let b = arrow::array::RecordBatch::try_new(b.schema(), columns).expect("batch");
+        writer
+            .get_or_insert_with(|| {
+                parquet::arrow::ArrowWriter::try_new(
+                    std::fs::File::create(&tripled).expect("create"),
+                    b.schema(),
+                    None,
+                )
+                .expect("writer")
+            })
+            .write(&b)
+            .expect("write");
+    }
+    writer.expect("rows").close().expect("close");
+    let reference = base.join("drift_reference.json");
+    let (table, shifted) = backtest(
+        &tripled,
+        &dir.path().join("tripled"),
+        &["--drift-reference", reference.to_str().expect("utf8")],
+    );
+    assert!(
+        table.contains("drift (PSI > 0.2)") && table.contains("TX_AMOUNT"),
+        "{table}"
+    );
+    for c in ["TX_AMOUNT", "CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW"] {
+        assert!(
+            test_week(&shifted, c) > 0.2,
+            "{c}: {}",
+            test_week(&shifted, c)
+        );
+    }
+    for c in ["CUSTOMER_ID_NB_TX_7DAY_WINDOW", "TX_DURING_NIGHT"] {
+        assert!(
+            test_week(&shifted, c) < 0.1,
+            "{c}: {}",
+            test_week(&shifted, c)
+        );
+    }
+    eprintln!("drift, test week, original vs amounts × 3:");
+    for c in &columns {
+        eprintln!(
+            "  {c:<40} {:.4}  {:.4}",
+            test_week(&report, c),
+            test_week(&shifted, c)
+        );
+    }
+}
+
 /// Backtests a CSV with the given content, expects failure, returns what was printed.
 fn failed_backtest_output(csv: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");

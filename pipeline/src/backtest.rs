@@ -162,6 +162,9 @@ pub struct Options {
     pub show_progress: bool,
     /// Market jobs: the instrument whose VaR is evaluated (default: the first).
     pub instrument: Option<String>,
+    /// Fraud jobs: the drift reference each day is compared with (default: the split's
+    /// training days).
+    pub drift_reference: Option<std::path::PathBuf>,
 }
 
 /// Replays `history` (read since `started`) and writes the job's backtest files into `out_dir`.

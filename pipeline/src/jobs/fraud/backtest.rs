@@ -11,12 +11,21 @@ use riskpipe_operators::columns;
 use riskpipe_schemas::{score, tx};
 
 use super::FraudConfig;
+use super::drift::{DriftReport, Reference};
 use super::metrics::{self, Scored};
 use super::report::{FraudReport, plot_curves};
 use crate::backtest::Replayed;
 use crate::{PipelineError, Result};
 
 const DAY_NS: i64 = 86_400_000_000_000;
+
+/// The day number (since 1970-01-01) of a `YYYY-MM-DD` date.
+fn day_of(date: &str) -> Result<i64> {
+    let d = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+        .map_err(|e| PipelineError::Config(vec![format!("backtest.train_start: {e}")]))?;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    Ok(d.signed_duration_since(epoch).num_days())
+}
 
 /// What a fraud backtest produced.
 #[derive(Debug)]
@@ -62,6 +71,7 @@ pub fn evaluate(
     cfg: &FraudConfig,
     model: &str,
     challenger: Option<&str>,
+    drift_reference: Option<&Path>,
     threshold: f64,
     replayed: &Replayed,
     out_dir: &Path,
@@ -124,12 +134,62 @@ pub fn evaluate(
         }
         None => None,
     };
+    let mut files = Vec::new();
+    // Drift of the model inputs and the score, per day, against the reference.
+    let reference = match (drift_reference, &cfg.backtest) {
+        (Some(path), _) => Some(Reference::read(path)?),
+        (None, Some(s)) => {
+            let start = day_of(&s.train_start)?;
+            let mut monitored = vec![tx::TX_AMOUNT.to_string()];
+            monitored.extend(cfg.features.feature_names()?);
+            monitored.push(score::SCORE.to_string());
+            let reference = Reference::of(
+                &scored,
+                &cfg.features.event_time,
+                &monitored,
+                start..start + i64::from(s.train_days),
+                format!("the {} training days from {}", s.train_days, s.train_start),
+            )?;
+            Some(reference)
+        }
+        (None, None) => None,
+    };
+    let reference = reference.filter(|r| {
+        if r.is_empty() {
+            tracing::warn!(
+                "no drift section: the reference period ({}) holds no transaction",
+                r.period
+            );
+        }
+        !r.is_empty()
+    });
+    if let Some(reference) = reference {
+        if drift_reference.is_none() {
+            // For live monitoring and later backtests (`--drift-reference`).
+            let path = out_dir.join("drift_reference.json");
+            reference.write(&path)?;
+            files.push(path);
+        }
+        let mut drift = DriftReport::per_day(&scored, &cfg.features.event_time, &reference)?;
+        // With the split's training days as the reference: the days after them.
+        if drift_reference.is_none()
+            && let Some(s) = &cfg.backtest
+        {
+            let after = chrono::NaiveDate::parse_from_str(&s.train_start, "%Y-%m-%d")
+                .map(|d| d + chrono::Days::new(u64::from(s.train_days)))
+                .map_err(|e| PipelineError::Config(vec![format!("backtest.train_start: {e}")]))?;
+            drift.since = Some(after.format("%Y-%m-%d").to_string());
+        }
+        let png = out_dir.join("drift.png");
+        drift.plot(&png)?;
+        files.push(png);
+        report.drift = Some(drift);
+    }
     let json = out_dir.join("report.json");
     report.write_json(&json)?;
     let png = out_dir.join("curves.png");
     plot_curves(&evaluated, theirs.as_deref(), &report, &png)?;
-    Ok(FraudOutcome {
-        report,
-        files: vec![scores_path, alerts_path, json, png],
-    })
+    let mut all = vec![scores_path, alerts_path, json, png];
+    all.extend(files);
+    Ok(FraudOutcome { report, files: all })
 }

@@ -10,6 +10,7 @@
 
 pub mod backtest;
 mod config;
+pub mod drift;
 pub mod metrics;
 mod model;
 mod records;
@@ -465,7 +466,7 @@ impl JobKind for FraudConfig {
         pipeline: &PipelineConfig,
         replayed: &Replayed,
         out_dir: &Path,
-        _opts: &Options,
+        opts: &Options,
     ) -> Result<(Box<dyn Report>, Vec<PathBuf>)> {
         let threshold = pipeline.alerts.threshold.unwrap_or_default();
         let challenger = pipeline.challenger_name();
@@ -473,6 +474,7 @@ impl JobKind for FraudConfig {
             self,
             &replayed.model,
             challenger.as_deref(),
+            opts.drift_reference.as_deref(),
             threshold,
             replayed,
             out_dir,

@@ -41,6 +41,9 @@ pub struct FraudReport {
     /// The challenger's metrics on the same transactions (with `[challenger]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub challenger: Option<Box<FraudReport>>,
+    /// PSI per day of the model inputs and the score against a reference period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<super::drift::DriftReport>,
 }
 
 impl FraudReport {
@@ -70,6 +73,7 @@ impl FraudReport {
             f1,
             alerts_per_day: alerts as f64 / days as f64,
             challenger: None,
+            drift: None,
         }
     }
 
@@ -93,6 +97,24 @@ impl FraudReport {
                 }
                 _ => out.push_str(&format!("  {k:<width$}  {v}\n")),
             }
+        }
+        if let Some(d) = &self.drift {
+            let drifted = d.drifted();
+            out.push_str(&format!("  {:<width$}  {}\n", "drift (PSI > 0.2)", {
+                let since = d
+                    .since
+                    .as_ref()
+                    .map_or(String::new(), |s| format!(" from {s}"));
+                match drifted.is_empty() {
+                    true => format!("none{since} (drift.png)"),
+                    false => format!(
+                        "{} of {} columns on some day{since} (drift.png): {}",
+                        drifted.len(),
+                        d.columns.len(),
+                        drifted.join(", ")
+                    ),
+                }
+            }));
         }
         out
     }
