@@ -47,6 +47,33 @@ fn small_csv(dir: &Path) -> PathBuf {
     path
 }
 
+/// `riskpipe backtest` of `input` into `out` (with `config`, else the shipped one, and `extra`
+/// arguments), expected to succeed: what it printed, and its report.json.
+fn backtest(
+    config: Option<&Path>,
+    input: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> (String, serde_json::Value) {
+    let mut args = vec!["backtest", "--quiet"];
+    if let Some(c) = config {
+        args.extend(["--config", c.to_str().expect("utf8")]);
+    }
+    args.extend([
+        "--input",
+        input.to_str().expect("utf8"),
+        "--output",
+        out.to_str().expect("utf8"),
+    ]);
+    args.extend_from_slice(extra);
+    let o = riskpipe(&args, &repo());
+    assert!(o.status.success(), "{}", text(&o));
+    let report =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("json"))
+            .expect("parse");
+    (text(&o), report)
+}
+
 #[test]
 fn backtest_of_a_small_csv_writes_scores_report_and_plot() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -86,23 +113,7 @@ fn backtest_without_a_split_evaluates_every_transaction() {
     // The shipped config without its split (nor Kafka, which a backtest does not need).
     let config_path = support::write_config(dir.path(), "");
     let out = dir.path().join("out");
-    let o = riskpipe(
-        &[
-            "backtest",
-            "--quiet",
-            "--config",
-            config_path.to_str().expect("utf8"),
-            "--input",
-            input.to_str().expect("utf8"),
-            "--output",
-            out.to_str().expect("utf8"),
-        ],
-        &repo(),
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("json"))
-            .expect("parse");
+    let (_, report) = backtest(Some(&config_path), &input, &out, &[]);
     // i % 37 == 5 for i in 0..300: 5, 42, 79, 116, 153, 190, 227, 264.
     assert_eq!(report["transactions"].as_u64(), Some(300));
     assert_eq!(report["frauds"].as_u64(), Some(8));
@@ -155,34 +166,13 @@ fn a_challenger_is_evaluated_beside_the_champion_as_if_it_were_the_model() {
     let both_text = std::fs::read_to_string(&both).expect("config");
     let alone = dir.path().join("gbm.toml");
     let blend = repo().join("models/fraud_blend.onnx");
-    let alone_text = both_text
-        .replace(
-            &format!("path = {:?}\n", blend.display().to_string()),
-            &format!("path = {:?}\n", gbm.display().to_string()),
-        )
-        .replace("[challenger]", "[unused_challenger]");
-    let alone_text = alone_text[..alone_text.find("[unused_challenger]").expect("cut")].to_string();
+    // The same config with the challenger as the model and no challenger (appended last).
+    let alone_text = both_text[..both_text.find("\n[challenger]").expect("challenger")].replace(
+        &format!("path = {:?}\n", blend.display().to_string()),
+        &format!("path = {:?}\n", gbm.display().to_string()),
+    );
     std::fs::write(&alone, alone_text).expect("config");
-    let run = |config: &Path, out: &Path| {
-        let o = riskpipe(
-            &[
-                "backtest",
-                "--quiet",
-                "--config",
-                config.to_str().expect("utf8"),
-                "--input",
-                input.to_str().expect("utf8"),
-                "--output",
-                out.to_str().expect("utf8"),
-            ],
-            &repo(),
-        );
-        assert!(o.status.success(), "{}", text(&o));
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("json"))
-                .expect("parse");
-        (text(&o), report)
-    };
+    let run = |config: &Path, out: &Path| backtest(Some(config), &input, out, &[]);
     let (table, with) = run(&both, &dir.path().join("both"));
     let (_, gbm_alone) = run(&alone, &dir.path().join("alone"));
     assert_eq!(with["model"].as_str(), Some("fraud_blend.onnx"));
@@ -238,23 +228,6 @@ fn a_challenger_is_evaluated_beside_the_champion_as_if_it_were_the_model() {
 fn drift_is_low_around_the_training_week_and_flags_amounts_times_three() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = support::handbook_data();
-    let backtest = |input: &Path, out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "backtest",
-            "--quiet",
-            "--input",
-            input.to_str().expect("utf8"),
-            "--output",
-            out.to_str().expect("utf8"),
-        ];
-        args.extend_from_slice(extra);
-        let o = riskpipe(&args, &repo());
-        assert!(o.status.success(), "{}", text(&o));
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("json"))
-                .expect("parse");
-        (text(&o), report)
-    };
     let psi = |report: &serde_json::Value, column: &str, from: &str, to: &str| -> f64 {
         let d = &report["drift"];
         let days: Vec<&str> = d["days"]
@@ -276,7 +249,7 @@ fn drift_is_low_around_the_training_week_and_flags_amounts_times_three() {
             .fold(f64::NAN, f64::max)
     };
     let base = dir.path().join("base");
-    let (_, report) = backtest(&data, &base, &[]);
+    let (_, report) = backtest(None, &data, &base, &[]);
     for f in ["drift.png", "drift_reference.json"] {
         assert!(base.join(f).is_file(), "{f}");
     }
@@ -334,6 +307,7 @@ fn drift_is_low_around_the_training_week_and_flags_amounts_times_three() {
     writer.expect("rows").close().expect("close");
     let reference = base.join("drift_reference.json");
     let (table, shifted) = backtest(
+        None,
         &tripled,
         &dir.path().join("tripled"),
         &["--drift-reference", reference.to_str().expect("utf8")],

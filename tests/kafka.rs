@@ -51,6 +51,37 @@ fn backtest_scores(cfg: &PipelineConfig, history: History) -> HashMap<i64, f32> 
     scores_by_id(replayed.scored())
 }
 
+/// [`backtest_scores`] with the model file `model` in place of `cfg`'s.
+fn backtest_scores_with_model(
+    cfg: &PipelineConfig,
+    history: History,
+    model: &std::path::Path,
+) -> HashMap<i64, f32> {
+    let mut cfg = cfg.clone();
+    cfg.model.path = model.to_path_buf();
+    backtest_scores(&cfg, history)
+}
+
+/// How score records name the model at `path` when it is loaded as `file`.
+fn model_label(file: &str, path: &std::path::Path) -> String {
+    let bytes = std::fs::read(path).expect("model file");
+    format!("{file}@{}", riskpipe_models::version_of(&bytes))
+}
+
+/// Publishes the feed's labels, starts the pipeline and waits until it consumed them all.
+fn start_after_labels(config: &std::path::Path, feed: &Feed, bootstrap: &str) -> Pipeline {
+    let labels = feed.messages.iter().filter(|m| m.0).count();
+    publish(feed, &producer(bootstrap), bootstrap, true, 0.0);
+    let mut pipeline = Pipeline::start(config);
+    pipeline.wait_ready();
+    pipeline.wait_metric(
+        "riskpipe_events_in_total",
+        "topic=\"fraud-labels\"",
+        labels as f64,
+    );
+    pipeline
+}
+
 /// Live on a multi-partition topic equals the backtest bit for bit, one score per transaction.
 #[test]
 fn live_scores_equal_backtest_scores_one_per_transaction() {
@@ -171,7 +202,6 @@ fn a_model_reloaded_mid_stream_scores_each_transaction_once_by_the_model_it_name
     let (cfg, history) = handbook();
     let n = 24_000;
     let feed = feed(history, cfg, 0, n).expect("feed");
-    let labels = feed.messages.iter().filter(|m| m.0).count();
     let broker = Broker::start(&TOPICS);
     let dir = tempfile::tempdir().expect("tempdir");
     let model = dir.path().join("model.onnx");
@@ -196,15 +226,7 @@ fn a_model_reloaded_mid_stream_scores_each_transaction_once_by_the_model_it_name
         std::fs::rename(&next, &model).expect("rename");
     };
 
-    let p = producer(&broker.bootstrap);
-    publish(&feed, &p, &broker.bootstrap, true, 0.0);
-    let mut pipeline = Pipeline::start(&config);
-    pipeline.wait_ready();
-    pipeline.wait_metric(
-        "riskpipe_events_in_total",
-        "topic=\"fraud-labels\"",
-        labels as f64,
-    );
+    let mut pipeline = start_after_labels(&config, &feed, &broker.bootstrap);
     let bootstrap = broker.bootstrap.clone();
     let feeding = std::thread::spawn({
         let feed = feed.only(false);
@@ -241,15 +263,10 @@ fn a_model_reloaded_mid_stream_scores_each_transaction_once_by_the_model_it_name
     let (ok, _) = pipeline.terminate();
     assert!(ok, "SIGTERM exits 0");
 
-    let version = |path: &std::path::Path| {
-        riskpipe_models::version_of(&std::fs::read(path).expect("model file"))
-    };
-    let old = format!("model.onnx@{}", version(&blend));
-    let new = format!("model.onnx@{}", version(&gbm));
+    let old = model_label("model.onnx", &blend);
+    let new = model_label("model.onnx", &gbm);
     let expected_old = backtest_scores(cfg, history.head(n));
-    let mut gbm_cfg = cfg.clone();
-    gbm_cfg.model.path = gbm.clone();
-    let expected_new = backtest_scores(&gbm_cfg, history.head(n));
+    let expected_new = backtest_scores_with_model(cfg, history.head(n), &gbm);
     let mut seen = BTreeSet::new();
     let (mut last_old, mut first_new) = (i64::MIN, i64::MAX);
     let mut by_new = 0;
@@ -297,7 +314,6 @@ fn a_challenger_scores_every_transaction_on_its_topic_and_never_alerts() {
     let (cfg, history) = handbook();
     let n = 10_000;
     let feed = feed(history, cfg, 0, n).expect("feed");
-    let labels = feed.messages.iter().filter(|m| m.0).count();
     let mut topics = TOPICS.to_vec();
     topics.push(("scores-challenger", 2));
     let broker = Broker::start(&topics);
@@ -311,16 +327,14 @@ fn a_challenger_scores_every_transaction_on_its_topic_and_never_alerts() {
             kafka_section(&broker.bootstrap, "challenger", "")
         ),
     );
-    let p = producer(&broker.bootstrap);
-    publish(&feed, &p, &broker.bootstrap, true, 0.0);
-    let mut pipeline = Pipeline::start(&config);
-    pipeline.wait_ready();
-    pipeline.wait_metric(
-        "riskpipe_events_in_total",
-        "topic=\"fraud-labels\"",
-        labels as f64,
+    let pipeline = start_after_labels(&config, &feed, &broker.bootstrap);
+    publish(
+        &feed,
+        &producer(&broker.bootstrap),
+        &broker.bootstrap,
+        false,
+        10_000.0,
     );
-    publish(&feed, &p, &broker.bootstrap, false, 10_000.0);
     let theirs = collect(
         &reader(&broker.bootstrap, "scores-challenger"),
         Duration::from_secs(300),
@@ -336,13 +350,8 @@ fn a_challenger_scores_every_transaction_on_its_topic_and_never_alerts() {
     assert!(ok);
 
     let expected_ours = backtest_scores(cfg, history.head(n));
-    let mut gbm_cfg = cfg.clone();
-    gbm_cfg.model.path = gbm.clone();
-    let expected_theirs = backtest_scores(&gbm_cfg, history.head(n));
-    let label = format!(
-        "fraud_gbm.onnx@{}",
-        riskpipe_models::version_of(&std::fs::read(&gbm).expect("model"))
-    );
+    let expected_theirs = backtest_scores_with_model(cfg, history.head(n), &gbm);
+    let label = model_label("fraud_gbm.onnx", &gbm);
     for (got, expected, model) in [
         (&theirs, &expected_theirs, label.as_str()),
         (&ours, &expected_ours, "fraud_blend.onnx@"),

@@ -47,29 +47,17 @@ fn start_after_labels(config: &std::path::Path, labels: usize) -> Pipeline {
 
 /// Publishes `feed` at `rate` transactions/s on a thread of its own, flushed at the end.
 fn feed_in_background(bootstrap: &str, feed: Feed, rate: f64) -> std::thread::JoinHandle<()> {
-    let bootstrap = bootstrap.to_string();
-    std::thread::spawn(move || {
-        let p = producer(&bootstrap);
-        Feeder::new(&feed, Instant::now())
-            .publish(
-                &p,
-                &KafkaConfig::for_bootstrap(&bootstrap),
-                &feed,
-                rate,
-                &AtomicBool::new(false),
-            )
-            .expect("publish");
-        rdkafka::producer::Producer::flush(&p, Duration::from_secs(120)).expect("flush");
-    })
+    feed_lingering(bootstrap, feed, rate, 1)
 }
 
-/// [`feed_in_background`] with record batches of about 100 ms of feed each: tansu answers a
-/// fetch with one record batch per partition, so a backlog of 1 ms batches (the feed
-/// producer's linger) is read a few records per round trip, too slow to catch up after a kill.
-fn feed_batched_in_background(
+/// [`feed_in_background`] with the producer lingering `linger_ms`. tansu answers a fetch with
+/// one record batch per partition, so a backlog of 1 ms batches (the feed producer's linger)
+/// is read a few records per round trip, too slow to catch up after a kill: 100 ms there.
+fn feed_lingering(
     bootstrap: &str,
     feed: Feed,
     rate: f64,
+    linger_ms: u32,
 ) -> std::thread::JoinHandle<()> {
     let bootstrap = bootstrap.to_string();
     std::thread::spawn(move || {
@@ -78,7 +66,7 @@ fn feed_batched_in_background(
             kafka
                 .client()
                 .set("compression.type", "zstd")
-                .set("linger.ms", "100")
+                .set("linger.ms", linger_ms.to_string())
                 .create()
                 .expect("producer");
         Feeder::new(&feed, Instant::now())
@@ -823,7 +811,7 @@ fn exactly_once_killed_and_restarted_resumes_at_the_committed_transactions() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // 30,000 transactions at 1,000 tx/s: 30 s of feed, and the four kills fall inside it.
-    let feeding = feed_batched_in_background(&tansu.bootstrap, feed.only(false), 1_000.0);
+    let feeding = feed_lingering(&tansu.bootstrap, feed.only(false), 1_000.0, 100);
     let mut restored_from_checkpoint = 0;
     for kill in 0..4 {
         let until = Instant::now() + Duration::from_millis(1_000 + rng.below(2_000));

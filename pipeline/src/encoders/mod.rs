@@ -57,19 +57,21 @@ pub trait Encoder: Send + Sync + std::fmt::Debug {
     fn encode(&mut self, topic: &str, records: &RecordBatch, out: &mut Payloads) -> Result<()>;
 }
 
-/// Each topic encoded in its own format (`[kafka.formats]`).
+/// Each output topic encoded in its own format (`[kafka.formats]`).
 #[derive(Debug)]
 struct ByTopic {
     topics: Vec<(String, Box<dyn Encoder>)>,
-    other: Box<dyn Encoder>,
 }
 
 impl Encoder for ByTopic {
     fn encode(&mut self, topic: &str, records: &RecordBatch, out: &mut Payloads) -> Result<()> {
-        let encoder = match self.topics.iter_mut().find(|(t, _)| t == topic) {
-            Some((_, e)) => e,
-            None => &mut self.other,
-        };
+        let (_, encoder) = self
+            .topics
+            .iter_mut()
+            .find(|(t, _)| t == topic)
+            .ok_or_else(|| {
+                crate::PipelineError::Bug(format!("{topic:?} is not an output topic"))
+            })?;
         encoder.encode(topic, records, out)
     }
 }
@@ -97,12 +99,7 @@ pub fn build(kafka: &KafkaConfig) -> Result<Box<dyn Encoder>> {
         .into_iter()
         .map(|(topic, format)| Ok((topic.to_string(), of(format)?)))
         .collect::<Result<_>>()?;
-    // Outputs go to the scores and alerts topics only; others (none today) take the default.
-    let other = match outputs.iter().any(|(_, f)| *f == kafka.format) {
-        true => of(kafka.format)?,
-        false => Box::new(JsonEncoder),
-    };
-    Ok(Box::new(ByTopic { topics, other }))
+    Ok(Box::new(ByTopic { topics }))
 }
 
 /// RFC 3339 in UTC with as many fractional digits as needed (0, 3, 6 or 9), as every time in a

@@ -198,15 +198,29 @@ impl DriftReport {
             .collect();
         for b in scored {
             let day = days_of(b, time)?;
-            for (c, (name, bins)) in reference.columns.iter().enumerate() {
-                let column = as_f64(b, name)?;
-                let column = column.as_primitive::<Float64Type>();
-                for (i, d) in day.iter().enumerate() {
-                    if column.is_valid(i) && column.value(i).is_finite() {
-                        let slot = counts.entry(*d).or_insert_with(|| empty.clone());
-                        slot[c][bins.bin(column.value(i))] += 1;
+            let values = reference
+                .columns
+                .iter()
+                .map(|(name, _)| as_f64(b, name))
+                .collect::<Result<Vec<_>>>()?;
+            // Rows come in event-time order: one day's slot per run of rows.
+            let mut start = 0;
+            while start < day.len() {
+                let end = start
+                    + day[start..]
+                        .iter()
+                        .take_while(|&&d| d == day[start])
+                        .count();
+                let slot = counts.entry(day[start]).or_insert_with(|| empty.clone());
+                for (c, (_, bins)) in reference.columns.iter().enumerate() {
+                    let column = values[c].as_primitive::<Float64Type>();
+                    for i in start..end {
+                        if column.is_valid(i) && column.value(i).is_finite() {
+                            slot[c][bins.bin(column.value(i))] += 1;
+                        }
                     }
                 }
+                start = end;
             }
         }
         let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();

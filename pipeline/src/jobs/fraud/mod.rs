@@ -79,6 +79,7 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
             Some(Challenger {
                 name: Repeated::new(scorer.label()),
                 model: FraudModel::new(scorer, threshold),
+                schemas: None,
             })
         }
         None => None,
@@ -245,6 +246,8 @@ struct FraudScoring {
 struct Challenger {
     model: FraudModel,
     name: Repeated,
+    /// The champion's scored schema and that schema with `CHALLENGER_SCORE`, built once.
+    schemas: Option<(arrow::datatypes::SchemaRef, arrow::datatypes::SchemaRef)>,
 }
 
 impl Challenger {
@@ -291,19 +294,25 @@ impl Challenger {
             difference / rows.max(1) as f64,
         );
         let records = records::scores(schema, &theirs, event_time, &mut self.name)?;
-        let mut fields: Vec<arrow::datatypes::FieldRef> =
-            ours.schema().fields().iter().cloned().collect();
-        fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
-            score::CHALLENGER_SCORE,
-            arrow::datatypes::DataType::Float32,
-            false,
-        )));
+        let input = ours.schema();
+        let output = match &self.schemas {
+            Some((i, o)) if i == &input => o.clone(),
+            _ => {
+                let mut fields: Vec<arrow::datatypes::FieldRef> =
+                    input.fields().iter().cloned().collect();
+                fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
+                    score::CHALLENGER_SCORE,
+                    arrow::datatypes::DataType::Float32,
+                    false,
+                )));
+                let o = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
+                self.schemas = Some((input, o.clone()));
+                o
+            }
+        };
         let mut columns = ours.columns().to_vec();
         columns.push(std::sync::Arc::new(their_scores));
-        let ours = RecordBatch::try_new(
-            std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
-            columns,
-        )?;
+        let ours = RecordBatch::try_new(output, columns)?;
         Ok((ours, records))
     }
 }
