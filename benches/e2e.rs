@@ -90,7 +90,7 @@ fn bare_scoring(
 ) -> Duration {
     let fraud = cfg.fraud().expect("a fraud config");
     let mut chain = fraud.features.build_chain().expect("chain");
-    let mut scorer = riskpipe_models::Scorer::load(&cfg.model).expect("model");
+    let mut scorer = riskpipe_models::Scorer::load(cfg.model.primary()).expect("model");
     if let Some(labels) = &history.side {
         chain.observe_labels(labels).expect("labels");
     }

@@ -151,6 +151,23 @@ fn backtest_without_a_split_evaluates_every_transaction() {
     assert!((0.0..=1.0).contains(&auc), "{auc}");
 }
 
+/// The `SCORE…` column `column` of a backtest's scores.parquet, in row order.
+fn score_column(path: &Path, column: &str) -> Vec<f32> {
+    let file = std::fs::File::open(path).expect("scores");
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .build()
+        .expect("reader")
+        .flat_map(|b| {
+            let b = b.expect("batch");
+            let c = b.column_by_name(column).expect(column);
+            arrow::array::AsArray::as_primitive::<arrow::datatypes::Float32Type>(c.as_ref())
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
 /// A challenger in the backtest: its metrics beside the champion's in the report and the
 /// table, its scores beside theirs in scores.parquet, and both equal to those of a backtest
 /// with the challenger as the model.
@@ -195,30 +212,228 @@ fn a_challenger_is_evaluated_beside_the_champion_as_if_it_were_the_model() {
         table.contains("fraud_blend.onnx") && table.contains("fraud_gbm.onnx"),
         "{table}"
     );
-    let read = |path: PathBuf, column: &str| -> Vec<f32> {
-        let file = std::fs::File::open(path).expect("scores");
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .expect("parquet")
-            .build()
-            .expect("reader")
-            .flat_map(|b| {
-                let b = b.expect("batch");
-                let c = b.column_by_name(column).expect(column);
-                arrow::array::AsArray::as_primitive::<arrow::datatypes::Float32Type>(c.as_ref())
-                    .values()
-                    .to_vec()
-            })
-            .collect()
-    };
-    let theirs = read(dir.path().join("both/scores.parquet"), "CHALLENGER_SCORE");
-    let alone_scores = read(dir.path().join("alone/scores.parquet"), "SCORE");
-    let ours = read(dir.path().join("both/scores.parquet"), "SCORE");
+    let theirs = score_column(&dir.path().join("both/scores.parquet"), "CHALLENGER_SCORE");
+    let alone_scores = score_column(&dir.path().join("alone/scores.parquet"), "SCORE");
+    let ours = score_column(&dir.path().join("both/scores.parquet"), "SCORE");
     assert_eq!(theirs.len(), 300);
     assert_eq!(
         theirs, alone_scores,
         "the challenger scores as it would alone"
     );
     assert_ne!(theirs, ours, "two models, two sets of scores");
+}
+
+/// The test config (no split) with its `[model]` table replaced by `models` (TOML).
+fn with_models(dir: &Path, name: &str, models: &str) -> PathBuf {
+    let base = std::fs::read_to_string(support::write_config(dir, "")).expect("config");
+    let start = base.find("\n[model]\n").expect("[model]") + 1;
+    let end = start
+        + 1
+        + base[start + 1..]
+            .find("\n[")
+            .expect("a section after [model]")
+        + 1;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{}{models}{}", &base[..start], &base[end..])).expect("write");
+    path
+}
+
+/// The rank of `s` among `q` (quantiles), computed the plain way: how many quantiles lie below
+/// it, a tie counted at the middle of its run, linear in between.
+fn rank_by_hand(q: &[f64], s: f64) -> f64 {
+    let k = (q.len() - 1) as f64;
+    let below = q.iter().filter(|&&v| v < s).count();
+    let equal = q.iter().filter(|&&v| v == s).count();
+    if equal > 0 {
+        return (below as f64 + (equal as f64 - 1.0) / 2.0) / k;
+    }
+    match below {
+        0 => 0.0,
+        b if b == q.len() => 1.0,
+        b => ((b - 1) as f64 + (s - q[b - 1]) / (q[b] - q[b - 1])) / k,
+    }
+}
+
+/// Ensembles from `[[model]]` entries: each member's scores are those of its backtest alone, the
+/// ensemble's score is the hand-computed mean, weighted mean and rank average of them, and the
+/// report holds every member beside the ensemble.
+#[test]
+fn an_ensemble_scores_the_hand_computed_combination_of_its_members() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = small_csv(dir.path());
+    let model = |file: &str, extra: &str| {
+        format!(
+            "[[model]]\npath = {:?}\n{extra}",
+            repo().join("models").join(file).display().to_string()
+        )
+    };
+    let run = |name: &str, models: String| {
+        let models = models.as_str();
+        let config = with_models(dir.path(), &format!("{name}.toml"), models);
+        if name == "weighted" {
+            // Every transaction alerts, so the alerts show the model label.
+            let text = std::fs::read_to_string(&config).expect("config");
+            std::fs::write(&config, text.replace("threshold = 0.35", "threshold = 0.0"))
+                .expect("config");
+        }
+        let out = dir.path().join(name);
+        let (table, report) = backtest(Some(&config), &input, &out, &[]);
+        (out, table, report)
+    };
+    let (gbm_out, _, gbm_alone) = run("gbm", model("fraud_gbm.onnx", ""));
+    let (mlp_out, _, mlp_alone) = run("mlp", model("fraud_mlp.onnx", ""));
+    let gbm = score_column(&gbm_out.join("scores.parquet"), "SCORE");
+    let mlp = score_column(&mlp_out.join("scores.parquet"), "SCORE");
+    assert_eq!(gbm.len(), 300);
+    assert_ne!(gbm, mlp, "two models, two sets of scores");
+
+    let (mean_out, table, mean) = run(
+        "mean",
+        model("fraud_gbm.onnx", "") + &model("fraud_mlp.onnx", ""),
+    );
+    assert_eq!(
+        mean["model"].as_str(),
+        Some("mean(fraud_gbm.onnx, fraud_mlp.onnx)")
+    );
+    let scores = |out: &Path, column: &str| score_column(&out.join("scores.parquet"), column);
+    assert_eq!(
+        scores(&mean_out, "SCORE_1"),
+        gbm,
+        "member 1 scores as alone"
+    );
+    assert_eq!(
+        scores(&mean_out, "SCORE_2"),
+        mlp,
+        "member 2 scores as alone"
+    );
+    let by_hand: Vec<f32> = gbm
+        .iter()
+        .zip(&mlp)
+        .map(|(&g, &m)| ((f64::from(g) + f64::from(m)) / 2.0) as f32)
+        .collect();
+    assert_eq!(scores(&mean_out, "SCORE"), by_hand);
+    // The shipped hand-built blend is this mean, as one ONNX graph: the same scores.
+    let blend_out = dir.path().join("blend");
+    backtest(
+        Some(&support::write_config(dir.path(), "")),
+        &input,
+        &blend_out,
+        &[],
+    );
+    assert_eq!(scores(&blend_out, "SCORE"), by_hand);
+    let members = mean["members"].as_array().expect("members in report.json");
+    assert_eq!(members.len(), 2);
+    for (member, alone, file) in [
+        (&members[0], &gbm_alone, "fraud_gbm.onnx@"),
+        (&members[1], &mlp_alone, "fraud_mlp.onnx@"),
+    ] {
+        assert!(
+            member["model"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(file)),
+            "{member}"
+        );
+        for metric in [
+            "transactions",
+            "frauds",
+            "auc_roc",
+            "average_precision",
+            "recall",
+        ] {
+            assert_eq!(member[metric], alone[metric], "{file} {metric}");
+        }
+    }
+    assert!(
+        table.contains("mean(fraud_gbm.onnx, fraud_mlp.onnx)")
+            && table.contains("fraud_gbm.onnx@")
+            && table.contains("fraud_mlp.onnx@"),
+        "{table}"
+    );
+    let (weighted_out, _, weighted) = run(
+        "weighted",
+        "[ensemble]\ncombine = \"weighted_mean\"\n\n".to_string()
+            + &model("fraud_gbm.onnx", "weight = 3\n")
+            + &model("fraud_mlp.onnx", "weight = 1\n"),
+    );
+    assert_eq!(
+        weighted["model"].as_str(),
+        Some("weighted_mean(fraud_gbm.onnx, fraud_mlp.onnx)")
+    );
+    let by_hand: Vec<f32> = gbm
+        .iter()
+        .zip(&mlp)
+        .map(|(&g, &m)| ((3.0 * f64::from(g) + f64::from(m)) / 4.0) as f32)
+        .collect();
+    assert_eq!(scores(&weighted_out, "SCORE"), by_hand);
+    // Every alert names the ensemble: its combination, members, versions and weights.
+    let alerts = std::fs::read_to_string(weighted_out.join("alerts.jsonl")).expect("alerts");
+    assert_eq!(alerts.lines().count(), 300);
+    let first: serde_json::Value =
+        serde_json::from_str(alerts.lines().next().expect("an alert")).expect("json");
+    let label = first["MODEL"].as_str().expect("MODEL");
+    assert!(
+        label.starts_with("weighted_mean(fraud_gbm.onnx@")
+            && label.contains("*3,fraud_mlp.onnx@")
+            && label.ends_with(')'),
+        "{label}"
+    );
+
+    // Rank average against the reference the mean run wrote (this whole file).
+    let reference_path = mean_out.join("ensemble_reference.json");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&reference_path).expect("reference"))
+            .expect("json");
+    let quantiles = |i: usize| -> Vec<f64> {
+        reference["members"][i]["quantiles"]
+            .as_array()
+            .expect("quantiles")
+            .iter()
+            // Written as f32 (shortest form): read back as the same f32.
+            .map(|v| f64::from(v.as_f64().expect("number") as f32))
+            .collect()
+    };
+    let (qg, qm) = (quantiles(0), quantiles(1));
+    assert_eq!(qg.len(), 1001);
+    let (rank_out, _, _) = run(
+        "rank",
+        format!(
+            "[ensemble]\ncombine = \"rank_average\"\nreference = {:?}\n\n",
+            reference_path.display().to_string()
+        ) + &model("fraud_gbm.onnx", "")
+            + &model("fraud_mlp.onnx", ""),
+    );
+    let by_hand: Vec<f32> = gbm
+        .iter()
+        .zip(&mlp)
+        .map(|(&g, &m)| {
+            ((rank_by_hand(&qg, f64::from(g)) + rank_by_hand(&qm, f64::from(m))) / 2.0) as f32
+        })
+        .collect();
+    let got = scores(&rank_out, "SCORE");
+    assert_eq!(got, by_hand);
+    assert!(
+        got.iter().all(|s| (0.0..=1.0).contains(s)) && got.iter().any(|&s| s > 0.9),
+        "ranks spread over 0..=1"
+    );
+
+    // Problems are listed at once: weights missing, a rank average without its reference.
+    let bad = with_models(
+        dir.path(),
+        "bad.toml",
+        &("[ensemble]\ncombine = \"weighted_mean\"\n\n".to_string()
+            + &model("fraud_gbm.onnx", "")
+            + &model("fraud_mlp.onnx", "weight = -2\n")),
+    );
+    let o = riskpipe(
+        &["validate", "--config", bad.to_str().expect("utf8")],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("model 1 (") && t.contains("needs a weight") && t.contains("positive number"),
+        "{t}"
+    );
 }
 
 /// Drift on the handbook: the PSI of the 7 days up to each day against the split's training
@@ -253,6 +468,16 @@ fn drift_is_low_around_the_training_week_and_flags_amounts_times_three() {
     for f in ["drift.png", "drift_reference.json"] {
         assert!(base.join(f).is_file(), "{f}");
     }
+    // The live monitor's shipped reference is this one: regenerate it when the model or the
+    // features change (cp drift_reference.json models/fraud_blend.drift.json).
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&p).expect("reference")).expect("json")
+    };
+    assert_eq!(
+        json(base.join("drift_reference.json")),
+        json(repo().join("models/fraud_blend.drift.json")),
+        "models/fraud_blend.drift.json is not the shipped backtest's reference"
+    );
     let columns: Vec<String> = report["drift"]["columns"]
         .as_array()
         .expect("columns")

@@ -63,6 +63,13 @@ fn dashboard_and_alert_rules_query_only_exported_metrics() {
             )
         ),
     );
+    // Drift gauges from the first rows on (the shipped config waits for 1,000 in the window).
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("window_days = 7\n", "window_days = 7\nmin_rows = 1\n"),
+    )
+    .expect("config");
     let mut pipeline = Pipeline::start(&config);
     pipeline.wait_ready();
     // A reload (of the same file: "unchanged") exports the reload counter.
@@ -147,8 +154,14 @@ fn kubernetes_config_map_is_a_valid_pipeline_config_with_the_shipped_job() {
     assert_eq!(names(&cfg), names(&shipped));
     assert_eq!(cfg.alerts.threshold, shipped.alerts.threshold);
     assert_eq!(
-        cfg.model.path.file_name(),
-        shipped.model.path.file_name(),
+        cfg.model.primary().path.file_name(),
+        shipped.model.primary().path.file_name(),
         "the shipped model"
     );
+    let drift = |c: &PipelineConfig| {
+        c.drift
+            .as_ref()
+            .and_then(|d| d.reference.file_name().map(|f| f.to_owned()))
+    };
+    assert_eq!(drift(&cfg), drift(&shipped), "the shipped drift reference");
 }

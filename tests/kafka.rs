@@ -58,7 +58,7 @@ fn backtest_scores_with_model(
     model: &std::path::Path,
 ) -> HashMap<i64, f32> {
     let mut cfg = cfg.clone();
-    cfg.model.path = model.to_path_buf();
+    cfg.model.primary_mut().path = model.to_path_buf();
     backtest_scores(&cfg, history)
 }
 
@@ -131,7 +131,13 @@ fn live_scores_equal_backtest_scores_one_per_transaction() {
     );
 
     // The backtest engine over the same transactions and labels.
-    let expected = backtest_scores(cfg, history.head(n));
+    let replayed = backtest::replay(
+        cfg,
+        Arc::new(history.head(n)),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .expect("replay");
+    let expected = scores_by_id(replayed.scored());
     assert_eq!(expected.len(), n);
     let mut seen = BTreeSet::new();
     let mut differ = 0;
@@ -187,6 +193,31 @@ fn live_scores_equal_backtest_scores_one_per_transaction() {
         pipeline.metric("riskpipe_events_in_total", "topic=\"transactions\""),
         n as f64
     );
+    // Live drift ([drift] of the shipped config) equals the backtest's drift of the same rows
+    // on their last day: the same counts, however the partitions interleaved.
+    let drift_cfg = cfg
+        .drift
+        .as_ref()
+        .expect("the shipped config monitors drift");
+    let reference = riskpipe_pipeline::jobs::fraud::drift::Reference::read(&drift_cfg.reference)
+        .expect("reference");
+    let report = riskpipe_pipeline::jobs::fraud::drift::DriftReport::per_day(
+        &replayed.scored(),
+        "TX_DATETIME",
+        &reference,
+        i64::from(drift_cfg.window_days),
+    )
+    .expect("drift");
+    let last = report.days.len() - 1;
+    for (c, column) in report.columns.iter().enumerate() {
+        let want = report.psi[c][last];
+        let live = pipeline.metric("riskpipe_drift_psi", &format!("column=\"{column}\""));
+        assert!(
+            (live - want).abs() <= 1e-12 * want.abs().max(1.0),
+            "{column}: live PSI {live}, backtest {want} on {}",
+            report.days[last]
+        );
+    }
     let (ok, out) = pipeline.terminate();
     assert!(ok, "SIGTERM must end with exit 0");
     assert!(out.contains(&format!("{n} scores")), "{out}");

@@ -22,6 +22,12 @@ use ort::value::TensorRef;
 use riskpipe_schemas::Fault;
 use serde::Deserialize;
 
+mod ensemble;
+
+pub use ensemble::{
+    Combine, EnsembleConfig, MemberQuantiles, Model, RANK_QUANTILES, RankReference,
+};
+
 /// ONNX Runtime version the build provisions and `ort` targets.
 pub const ORT_VERSION: &str = "1.31.1";
 
@@ -105,6 +111,9 @@ pub struct ModelConfig {
     /// Threads ONNX Runtime may use for one batch.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// An ensemble member's weight (`ensemble.combine = "weighted_mean"` or `"rank_average"`).
+    #[serde(default)]
+    pub weight: Option<f64>,
 }
 
 impl ModelConfig {
@@ -116,6 +125,7 @@ impl ModelConfig {
             output: default_output(),
             providers: default_providers(),
             threads: default_threads(),
+            weight: None,
         }
     }
 }
@@ -355,36 +365,7 @@ impl Scorer {
 
     /// Copies the model's feature columns of `batch` into a row-major f32 matrix.
     pub fn feature_matrix(&self, batch: &RecordBatch, out: &mut Vec<f32>) -> Result<()> {
-        let (n, f) = (batch.num_rows(), self.features.len());
-        out.clear();
-        out.resize(n * f, 0.0);
-        for (j, name) in self.features.iter().enumerate() {
-            let col = batch
-                .column_by_name(name)
-                .ok_or_else(|| ModelError::BadInput(format!("missing feature column {name:?}")))?;
-            if col.null_count() > 0 {
-                return Err(ModelError::BadInput(format!(
-                    "feature column {name:?} has nulls"
-                )));
-            }
-            if !col.data_type().is_numeric() {
-                return Err(ModelError::BadInput(format!(
-                    "feature column {name:?} is {}, not numeric",
-                    col.data_type()
-                )));
-            }
-            let values = cast(col, &DataType::Float32)
-                .map_err(|e| ModelError::BadInput(format!("feature {name:?}: {e}")))?;
-            for (i, v) in values
-                .as_primitive::<Float32Type>()
-                .values()
-                .iter()
-                .enumerate()
-            {
-                out[i * f + j] = *v;
-            }
-        }
-        Ok(())
+        feature_matrix(&self.features, batch, out)
     }
 
     /// Scores a row-major matrix of `rows` × features.
@@ -421,6 +402,40 @@ impl Scorer {
         self.buffer = buffer;
         result
     }
+}
+
+/// Copies the `features` columns of `batch` into a row-major f32 matrix.
+fn feature_matrix(features: &[String], batch: &RecordBatch, out: &mut Vec<f32>) -> Result<()> {
+    let (n, f) = (batch.num_rows(), features.len());
+    out.clear();
+    out.resize(n * f, 0.0);
+    for (j, name) in features.iter().enumerate() {
+        let col = batch
+            .column_by_name(name)
+            .ok_or_else(|| ModelError::BadInput(format!("missing feature column {name:?}")))?;
+        if col.null_count() > 0 {
+            return Err(ModelError::BadInput(format!(
+                "feature column {name:?} has nulls"
+            )));
+        }
+        if !col.data_type().is_numeric() {
+            return Err(ModelError::BadInput(format!(
+                "feature column {name:?} is {}, not numeric",
+                col.data_type()
+            )));
+        }
+        let values = cast(col, &DataType::Float32)
+            .map_err(|e| ModelError::BadInput(format!("feature {name:?}: {e}")))?;
+        for (i, v) in values
+            .as_primitive::<Float32Type>()
+            .values()
+            .iter()
+            .enumerate()
+        {
+            out[i * f + j] = *v;
+        }
+    }
+    Ok(())
 }
 
 /// Path of a model shipped in this crate's directory (for tests, benches and defaults).

@@ -28,6 +28,8 @@ pub struct Replayed {
     pub collected: Collected,
     /// The model's name.
     pub model: String,
+    /// An ensemble's members (`<file>@<version>`), in the order of their scored columns.
+    pub members: Vec<String>,
     /// Wall time of the replay (features and scoring).
     pub replay_time: Duration,
 }
@@ -99,6 +101,7 @@ pub fn replay_job(
 ) -> Result<Replayed> {
     let started = Instant::now();
     let model = job.model.clone();
+    let members = job.members.clone();
     let source = HistorySource::new(history, batch_rows)?;
     let sink = CollectSink::with_progress(progress.clone());
     // Files hold Arrow rows: the decoder is never asked.
@@ -107,6 +110,7 @@ pub fn replay_job(
     Ok(Replayed {
         collected: sink.take()?,
         model,
+        members,
         replay_time: started.elapsed(),
     })
 }

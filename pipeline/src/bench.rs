@@ -7,8 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use riskpipe_models::Scorer;
-
 use crate::backtest::{self, progress_bar};
 use crate::{PipelineConfig, Result};
 
@@ -48,7 +46,7 @@ pub fn replay_vs_scoring(cfg: &PipelineConfig, input: &Path, runs: usize) -> Res
         scored = backtest::replay(cfg, history, &progress_bar(0, false))?.scored();
         replay_times.push(started.elapsed());
     }
-    let mut scorer = Scorer::load(&cfg.model)?;
+    let mut scorer = cfg.load_model()?;
     let mut matrices = Vec::with_capacity(scored.len());
     for b in &scored {
         let mut m = Vec::new();
@@ -68,14 +66,18 @@ pub fn replay_vs_scoring(cfg: &PipelineConfig, input: &Path, runs: usize) -> Res
         runs,
         replay: median(replay_times),
         scoring: median(score_times),
-        model_bytes: std::fs::metadata(&cfg.model.path)
+        model_bytes: cfg
+            .model
+            .all()
+            .iter()
+            .filter_map(|m| std::fs::metadata(&m.path).ok())
             .map(|m| m.len())
-            .unwrap_or(0),
+            .sum(),
         model: format!(
             "{} ({} features, {} intra-op thread(s))",
-            cfg.model.path.display(),
+            scorer.label(),
             scorer.features().len(),
-            cfg.model.threads
+            cfg.model.primary().threads
         ),
         batch_rows: fraud.replay.batch_rows,
     })

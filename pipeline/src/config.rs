@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use riskpipe_models::ModelConfig;
+use riskpipe_models::{EnsembleConfig, Model, ModelConfig};
 use serde::Deserialize;
 
 use crate::jobs::JobKind;
@@ -27,8 +27,12 @@ pub fn handbook_config_dir() -> PathBuf {
 pub struct PipelineConfig {
     /// The job and its settings (features, replay, backtest split, portfolios, ...).
     pub job: JobConfig,
-    /// The scoring model (the champion).
-    pub model: ModelConfig,
+    /// The scoring model (the champion): one `[model]`, or several `[[model]]` entries combined
+    /// as `[ensemble]` says.
+    pub model: Models,
+    /// How several `[[model]]` entries are combined (mean by default).
+    #[serde(default)]
+    pub ensemble: Option<EnsembleConfig>,
     /// A challenger (fraud jobs): scored on the same feature rows, published to
     /// `kafka.topics.challenger` only (never alerts), compared in the backtest report.
     #[serde(default)]
@@ -36,6 +40,9 @@ pub struct PipelineConfig {
     /// Alerting.
     #[serde(default)]
     pub alerts: AlertConfig,
+    /// Live drift monitoring of the model inputs and the score (fraud jobs).
+    #[serde(default)]
+    pub drift: Option<crate::jobs::fraud::drift::DriftConfig>,
     /// Kafka source and sinks of the live pipeline (`riskpipe run`, `riskpipe replay`).
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
@@ -51,6 +58,54 @@ pub struct PipelineConfig {
     /// The directory relative paths of the file are resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// The `[model]` table, or several `[[model]]` entries (an ensemble); never empty.
+#[derive(Debug, Clone)]
+pub struct Models(Vec<ModelConfig>);
+
+impl Models {
+    /// The first (or only) model: the one a single-model job scores with.
+    pub fn primary(&self) -> &ModelConfig {
+        &self.0[0]
+    }
+
+    /// The first (or only) model, to change.
+    pub fn primary_mut(&mut self) -> &mut ModelConfig {
+        &mut self.0[0]
+    }
+
+    /// Every model, in configuration order.
+    pub fn all(&self) -> &[ModelConfig] {
+        &self.0
+    }
+
+    /// Every model, to change.
+    pub fn all_mut(&mut self) -> &mut [ModelConfig] {
+        &mut self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Models {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(ModelConfig),
+            Many(Vec<ModelConfig>),
+        }
+        match OneOrMany::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "model: expected one [model] table or [[model]] entries with the [model] fields (path, features, output, providers, threads, weight)",
+            )
+        })? {
+            OneOrMany::One(m) => Ok(Models(vec![m])),
+            OneOrMany::Many(v) if v.is_empty() => {
+                Err(serde::de::Error::custom("model: at least one model is needed"))
+            }
+            OneOrMany::Many(v) => Ok(Models(v)),
+        }
+    }
 }
 
 /// The job a pipeline runs, by `kind`.
@@ -127,7 +182,15 @@ impl PipelineConfig {
     /// Parses a config; relative paths are resolved against `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self> {
         let mut cfg: PipelineConfig = parse_toml(text)?;
-        resolve(&mut cfg.model.path, base_dir);
+        for m in cfg.model.all_mut() {
+            resolve(&mut m.path, base_dir);
+        }
+        if let Some(r) = cfg.ensemble.as_mut().and_then(|e| e.reference.as_mut()) {
+            resolve(r, base_dir);
+        }
+        if let Some(d) = &mut cfg.drift {
+            resolve(&mut d.reference, base_dir);
+        }
         if let Some(c) = &mut cfg.challenger {
             resolve(&mut c.path, base_dir);
         }
@@ -179,11 +242,28 @@ impl PipelineConfig {
     /// Every problem of the config, without touching the model or any data.
     pub fn problems(&self) -> Vec<String> {
         let mut p = self.job.kind().problems(self);
-        if self.model.threads == 0 {
-            p.push("model.threads must be at least 1".into());
+        let several = self.model.all().len() > 1;
+        for (i, m) in self.model.all().iter().enumerate() {
+            let which = match several {
+                true => format!("model {} ({})", i + 1, m.path.display()),
+                false => "model".to_string(),
+            };
+            if m.threads == 0 {
+                p.push(format!("{which}: threads must be at least 1"));
+            }
+            if m.providers.is_empty() {
+                p.push(format!(
+                    "{which}: providers is empty (list at least \"cpu\")"
+                ));
+            }
+            if !m.path.is_file() {
+                p.push(format!("{which}: path {} does not exist", m.path.display()));
+            }
         }
-        if self.model.providers.is_empty() {
-            p.push("model.providers is empty (list at least \"cpu\")".into());
+        match (&self.ensemble, several) {
+            (Some(e), _) => p.extend(e.problems(self.model.all())),
+            (None, true) => p.extend(EnsembleConfig::default().problems(self.model.all())),
+            (None, false) => {}
         }
         if let Some(c) = &self.challenger {
             if !c.path.is_file() {
@@ -200,14 +280,11 @@ impl PipelineConfig {
             }
         }
         p.extend(self.reload.problems());
+        if let Some(d) = &self.drift {
+            p.extend(d.problems());
+        }
         if self.observability.admin && self.observability.listen.is_none() {
             p.push("observability.admin serves POST /admin/reload on observability.listen, which is not set".into());
-        }
-        if !self.model.path.is_file() {
-            p.push(format!(
-                "model.path {} does not exist",
-                self.model.path.display()
-            ));
         }
         if let Some(k) = &self.kafka {
             p.extend(k.problems(self.streams()));
@@ -251,9 +328,28 @@ impl PipelineConfig {
         }
     }
 
-    /// The model's name as stamped on scores: its file name.
+    /// The model's name in reports: its file name; for an ensemble, `<combine>(<file>, ...)`.
     pub fn model_name(&self) -> String {
-        file_name(&self.model.path)
+        match self.model.all() {
+            [one] if self.ensemble.is_none() => file_name(&one.path),
+            all => format!(
+                "{}({})",
+                self.ensemble
+                    .as_ref()
+                    .map(|e| e.combine)
+                    .unwrap_or_default()
+                    .as_str(),
+                all.iter()
+                    .map(|m| file_name(&m.path))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// Loads the model: the one `[model]`, or the `[[model]]` ensemble.
+    pub fn load_model(&self) -> Result<Model> {
+        Ok(Model::load(self.model.all(), self.ensemble.as_ref())?)
     }
 
     /// The challenger's file name, if there is one.

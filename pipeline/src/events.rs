@@ -57,6 +57,11 @@ pub const MODEL_SWAP_SECONDS: &str = "riskpipe_model_swap_seconds";
 pub const CHALLENGER_ROWS: &str = "riskpipe_challenger_rows_total";
 /// Seconds the challenger took per batch (beside `riskpipe_stage_seconds{stage="score"}`).
 pub const CHALLENGER_SECONDS: &str = "riskpipe_challenger_seconds";
+/// Population stability index of a model input or the score (`column`) over the drift window
+/// ending on the latest event's day, against the drift reference (`[drift]`).
+pub const DRIFT_PSI: &str = "riskpipe_drift_psi";
+/// Times a column's PSI crossed the drift threshold (`column`, `direction`: `over`, `under`).
+pub const DRIFT_CROSSINGS: &str = "riskpipe_drift_crossings_total";
 /// Mean absolute difference of the two models' scores over the last batch.
 pub const CHALLENGER_DIFFERENCE: &str = "riskpipe_challenger_score_difference";
 
@@ -158,6 +163,14 @@ pub fn describe() {
     );
     describe_gauge!(MODEL_INFO, "1 for the model version scoring now");
     describe_gauge!(
+        DRIFT_PSI,
+        "PSI of a model input or the score over the drift window against the reference"
+    );
+    describe_counter!(
+        DRIFT_CROSSINGS,
+        "Times a column's PSI crossed the drift threshold, by direction"
+    );
+    describe_gauge!(
         MODEL_SWAP_SECONDS,
         "Seconds the last model swap checked the new model on its first batch"
     );
@@ -228,6 +241,29 @@ pub fn challenger_scored(seconds: f64, agree: u64, disagree: u64, difference: f6
     counter!(CHALLENGER_ROWS, "agreement" => "agree").increment(agree);
     counter!(CHALLENGER_ROWS, "agreement" => "disagree").increment(disagree);
     gauge!(CHALLENGER_DIFFERENCE).set(difference);
+}
+
+/// `column`'s PSI over the drift window.
+pub fn drift_psi(column: &str, psi: f64) {
+    gauge!(DRIFT_PSI, "column" => column.to_string()).set(psi);
+}
+
+/// The drift monitor watches `columns`: their crossing counts exist from 0, so an alert rule's
+/// `increase()` sees the first crossing.
+pub fn drift_columns<'a>(columns: impl Iterator<Item = &'a str>) {
+    for column in columns {
+        for direction in ["over", "under"] {
+            counter!(DRIFT_CROSSINGS, "column" => column.to_string(), "direction" => direction)
+                .increment(0);
+        }
+    }
+}
+
+/// `column`'s PSI went over the drift threshold (`over`), or back under it.
+pub fn drift_crossed(column: &str, over: bool) {
+    let direction = if over { "over" } else { "under" };
+    counter!(DRIFT_CROSSINGS, "column" => column.to_string(), "direction" => direction)
+        .increment(1);
 }
 
 /// A model reload ended with `result`.

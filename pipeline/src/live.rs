@@ -24,7 +24,7 @@ use crate::config::PipelineConfig;
 use crate::decoders;
 use crate::driver::{Checkpoints, Counters, Driver, Summary};
 use crate::events;
-use crate::jobs::{self, Job};
+use crate::jobs::{self, Job, StateSnapshot};
 use crate::observe::Health;
 use crate::reload::{ModelSlot, Reloader};
 use crate::sinks::kafka::KafkaSink;
@@ -179,10 +179,15 @@ fn restore(
             job.features.restore(features)?;
             match score {
                 Some(s) => job.scoring.restore(s),
-                None if job.scoring.has_state() => Err(PipelineError::Checkpoint {
-                    id: m.id,
-                    reason: "no state for the score stage".into(),
-                }),
+                // The stage decides whether it can start without its state (the market job's
+                // portfolios cannot; the fraud job's baseline and drift counts can).
+                None if job.scoring.has_state() => job
+                    .scoring
+                    .restore(StateSnapshot::default())
+                    .map_err(|e| PipelineError::Checkpoint {
+                        id: m.id,
+                        reason: format!("no state for the score stage: {e}"),
+                    }),
                 None => Ok(()),
             }
         });

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use riskpipe_models::Scorer;
+use riskpipe_models::Model;
 use serde::Deserialize;
 use tokio::sync::Notify;
 
@@ -61,20 +61,20 @@ impl ReloadConfig {
 /// the version scoring now.
 #[derive(Debug, Default)]
 pub struct ModelSlot {
-    next: Mutex<Option<Scorer>>,
+    next: Mutex<Option<Model>>,
     scoring: Mutex<String>,
 }
 
 impl ModelSlot {
-    /// Offers `scorer` to the score stage (replacing one not yet taken).
-    pub fn offer(&self, scorer: Scorer) {
+    /// Offers `model` to the score stage (replacing one not yet taken).
+    pub fn offer(&self, model: Model) {
         if let Ok(mut next) = self.next.lock() {
-            *next = Some(scorer);
+            *next = Some(model);
         }
     }
 
     /// The model offered since the last call, if any.
-    pub fn take(&self) -> Option<Scorer> {
+    pub fn take(&self) -> Option<Model> {
         self.next.lock().ok()?.take()
     }
 
@@ -140,9 +140,16 @@ impl Reloader {
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let watch = &self.cfg.reload;
-        let path = self.cfg.model.path.clone();
-        let mut loaded = stamp(&path);
-        let mut last = loaded;
+        let paths: Vec<_> = self
+            .cfg
+            .model
+            .all()
+            .iter()
+            .map(|m| m.path.clone())
+            .collect();
+        let stamps = || paths.iter().map(|p| stamp(p)).collect::<Option<Vec<_>>>();
+        let mut loaded = stamps();
+        let mut last = loaded.clone();
         let mut tick = tokio::time::interval(watch.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -152,10 +159,10 @@ impl Reloader {
                     self.clone().reload("request").await;
                 }
                 _ = tick.tick(), if watch.watch => {
-                    let now = stamp(&path);
+                    let now = stamps();
                     // Changed, and the same as one check ago: the copy is complete.
                     if now.is_some() && now != loaded && now == last {
-                        loaded = now;
+                        loaded = now.clone();
                         self.clone().reload("file").await;
                     }
                     last = now;
@@ -170,16 +177,16 @@ impl Reloader {
         let outcome = tokio::task::spawn_blocking(move || me.load())
             .await
             .unwrap_or_else(|e| Err(PipelineError::Bug(format!("model load task: {e}"))));
-        let path = self.cfg.model.path.display();
+        let path = self.cfg.model_name();
         let reloaded = match outcome {
-            Ok(Some(scorer)) => {
-                let version = scorer.version().to_string();
+            Ok(Some(model)) => {
+                let version = model.version().to_string();
                 tracing::info!(
                     trigger,
                     version,
                     "model {path} loaded and checked; swapped in at the next batch"
                 );
-                self.slot.offer(scorer);
+                self.slot.offer(model);
                 Reloaded::Offered(version)
             }
             Ok(None) => {
@@ -202,21 +209,22 @@ impl Reloader {
         reloaded
     }
 
-    /// Loads and checks the model file; `None` when it holds a version already scoring.
-    fn load(&self) -> Result<Option<Scorer>> {
-        let mut scorer = Scorer::load(&self.cfg.model)?;
-        if self.slot.has(scorer.version()) {
+    /// Loads and checks the model files (every member of an ensemble); `None` when they hold
+    /// the version already scoring.
+    fn load(&self) -> Result<Option<Model>> {
+        let mut model = self.cfg.load_model()?;
+        if self.slot.has(model.version()) {
             return Ok(None);
         }
-        self.cfg.job.kind().check_model(&self.cfg, &scorer)?;
-        let smoke = scorer.score_matrix(&vec![0.0; scorer.features().len()], 1)?;
+        self.cfg.job.kind().check_model(&self.cfg, &model)?;
+        let smoke = model.score_matrix(&vec![0.0; model.features().len()], 1)?;
         check_scores(&smoke).map_err(|why| {
             PipelineError::Config(vec![format!(
                 "model {} on a row of zeros: {why}",
-                scorer.label()
+                model.label()
             )])
         })?;
-        Ok(Some(scorer))
+        Ok(Some(model))
     }
 }
 
@@ -254,7 +262,7 @@ mod tests {
         let gbm = shipped_model("fraud_gbm.onnx");
         std::fs::copy(&blend, &model).expect("copy");
         let mut cfg = PipelineConfig::handbook().expect("shipped config");
-        cfg.model.path = model.clone();
+        cfg.model.primary_mut().path = model.clone();
         cfg.reload.watch = true;
         cfg.reload.interval = Duration::from_millis(50);
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -183,6 +183,11 @@ pub mod score {
     pub const ALERT: &str = "ALERT";
     /// The challenger model's score of the same row (scored batches, with `[challenger]`).
     pub const CHALLENGER_SCORE: &str = "CHALLENGER_SCORE";
+    /// An ensemble member's score of the row (scored batches of an ensemble): `SCORE_1` for the
+    /// first `[[model]]`, and so on.
+    pub fn member(index: usize) -> String {
+        format!("SCORE_{}", index + 1)
+    }
     /// Which model produced a score.
     pub const MODEL: &str = "MODEL";
     /// The threshold an alert's score reached.

@@ -52,6 +52,15 @@ pub(crate) fn write_config(dir: &Path, kafka: &str) -> PathBuf {
                 "path = {:?}",
                 root().join("models/fraud_blend.onnx").display().to_string()
             )
+        } else if let Some(file) = line.strip_prefix("reference = \"../") {
+            // The drift reference, beside the shipped model.
+            format!(
+                "reference = {:?}",
+                root()
+                    .join(file.trim_end_matches('"'))
+                    .display()
+                    .to_string()
+            )
         } else {
             line.to_string()
         };

@@ -154,6 +154,7 @@ fn run(batches: usize, bad_input: usize, bug: usize) -> Run {
     let job = Job {
         kind: "test",
         model: "echo".into(),
+        members: Vec::new(),
         inputs: Inputs {
             events: Arc::new(arrow::datatypes::Schema::empty()),
             side: None,
@@ -288,6 +289,7 @@ fn a_batch_the_features_refuse_dead_letters_its_events_and_side_inputs() {
     let job = Job {
         kind: "test",
         model: "echo".into(),
+        members: Vec::new(),
         inputs: Inputs {
             events: int("X"),
             side: Some(int("Y")),
@@ -391,6 +393,7 @@ fn a_panicking_stage_stops_a_quiet_source_instead_of_hanging() {
         let job = Job {
             kind: "test",
             model: "panics".into(),
+            members: Vec::new(),
             inputs: Inputs {
                 events: Arc::new(arrow::datatypes::Schema::empty()),
                 side: None,
@@ -526,6 +529,7 @@ fn run_transactional(
     let job = Job {
         kind: "test",
         model: "echo".into(),
+        members: Vec::new(),
         inputs: Inputs {
             events: Arc::new(arrow::datatypes::Schema::empty()),
             side: None,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
-use riskpipe_models::Scorer;
+use riskpipe_models::Model;
 
 use crate::backtest::{Options, Replayed, Report};
 use crate::config::{PipelineConfig, Streams};
@@ -282,8 +282,8 @@ pub fn warm_up(
         match scoring.as_deref_mut() {
             Some(s) if featured.batch.num_rows() > 0 => {
                 let kept = featured.batch.num_rows();
-                match s.process(featured) {
-                    Ok(o) => Ok(refused + o.rejects.len()),
+                match s.warm(featured) {
+                    Ok(r) => Ok(refused + r),
                     Err(e) if e.fault() == riskpipe_schemas::Fault::BadInput => Ok(refused + kept),
                     Err(e) => Err(e),
                 }
@@ -345,6 +345,13 @@ pub trait ScoreStage: Send + std::fmt::Debug {
         false
     }
 
+    /// Brings the stage's state up to `featured` without producing anything (the silent replay
+    /// after a restore); returns the rows it refused. By default, [`ScoreStage::process`]
+    /// with the output dropped.
+    fn warm(&mut self, featured: Featured) -> Result<usize> {
+        self.process(featured).map(|o| o.rejects.len())
+    }
+
     /// The stage's keyed state, for a checkpoint.
     fn snapshot(&self) -> Result<StateSnapshot> {
         Err(PipelineError::StateNotSupported { stage: "score" })
@@ -378,6 +385,9 @@ pub struct Job {
     pub kind: &'static str,
     /// The model's name, as stamped on scores (empty for a features-only job).
     pub model: String,
+    /// An ensemble's members, `<file>@<version>` each, in the order of their scored columns
+    /// (`score::member`); empty for one model.
+    pub members: Vec<String>,
     /// What the decoders decode.
     pub inputs: Inputs,
     /// The feature half.
@@ -400,9 +410,9 @@ pub trait JobKind: std::fmt::Debug + Send + Sync {
     fn inputs(&self) -> Inputs;
     /// The job, with its model loaded and checked against what the job computes.
     fn build(&self, pipeline: &PipelineConfig) -> Result<Job>;
-    /// Whether `scorer` can score this job's feature rows (the check of [`JobKind::build`],
+    /// Whether `model` can score this job's feature rows (the check of [`JobKind::build`],
     /// also run on a model reloaded live).
-    fn check_model(&self, _pipeline: &PipelineConfig, _scorer: &Scorer) -> Result<()> {
+    fn check_model(&self, _pipeline: &PipelineConfig, _model: &Model) -> Result<()> {
         Err(PipelineError::Config(vec![format!(
             "the {} job does not reload its model",
             self.name()
@@ -468,6 +478,7 @@ pub fn features_only(cfg: &PipelineConfig) -> Result<Job> {
     Ok(Job {
         kind: kind.name(),
         model: String::new(),
+        members: Vec::new(),
         inputs: kind.inputs(),
         features: kind.feature_stage()?,
         scoring: Box::new(Passthrough),

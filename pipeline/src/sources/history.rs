@@ -90,7 +90,7 @@ impl HistorySource {
         })
     }
 
-    fn next_batch(&mut self) -> Option<SourceBatch<()>> {
+    pub(crate) fn next_batch(&mut self) -> Option<SourceBatch<()>> {
         let events = &self.history.events;
         let start = self.next_event;
         if start >= events.num_rows() {

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Float32Type, TimestampNanosecondType};
+use riskpipe_models::{MemberQuantiles, RankReference};
 use riskpipe_operators::columns;
 use riskpipe_schemas::{score, tx};
 
 use super::FraudConfig;
-use super::drift::{DriftReport, Reference};
+use super::drift::{DriftConfig, DriftReport, Reference, WINDOW_DAYS};
 use super::metrics::{self, Scored};
 use super::report::{FraudReport, plot_curves};
 use crate::backtest::Replayed;
@@ -66,12 +67,17 @@ pub fn scored_rows_of(
 }
 
 /// Evaluates a replay at `threshold` and writes its files into `out_dir`; with a `challenger`
-/// (its name), the challenger's scores too, side by side.
+/// (its name), the challenger's scores too, side by side, and for an ensemble each of its
+/// `members` (their labels, in the order of their scored columns) and their rank reference
+/// (`ensemble_reference.json`, over the split's training days or the whole history).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     cfg: &FraudConfig,
     model: &str,
+    members: &[String],
     challenger: Option<&str>,
     drift_reference: Option<&Path>,
+    live_drift: Option<&DriftConfig>,
     threshold: f64,
     replayed: &Replayed,
     out_dir: &Path,
@@ -81,6 +87,7 @@ pub fn evaluate(
     let mut columns: Vec<String> = vec![cfg.features.order_by.clone()];
     columns.extend(cfg.features.feature_names()?);
     columns.extend([score::SCORE.to_string(), score::ALERT.to_string()]);
+    columns.extend((0..members.len()).map(score::member));
     if challenger.is_some() {
         columns.push(score::CHALLENGER_SCORE.to_string());
     }
@@ -134,11 +141,26 @@ pub fn evaluate(
         }
         None => None,
     };
+    let mut member_rows = Vec::with_capacity(members.len());
+    for (i, name) in members.iter().enumerate() {
+        let (rows, _) = split(scored_rows_of(&scored, cfg, &score::member(i))?)?;
+        report
+            .members
+            .push(FraudReport::compute(name, &label, &rows, threshold));
+        member_rows.push(rows);
+    }
     let mut files = Vec::new();
+    if !members.is_empty() {
+        let path = out_dir.join("ensemble_reference.json");
+        rank_reference(cfg, &scored, members)?.write(&path)?;
+        files.push(path);
+    }
     // Drift of the model inputs and the score, per day, against the reference.
-    let reference = match (drift_reference, &cfg.backtest) {
-        (Some(path), _) => Some(Reference::read(path)?),
-        (None, Some(s)) => {
+    // --drift-reference, else the split's training days, else the live monitor's reference.
+    let reference = match (drift_reference, &cfg.backtest, live_drift) {
+        (Some(path), _, _) => Some(Reference::read(path)?),
+        (None, None, Some(live)) => Some(Reference::read(&live.reference)?),
+        (None, Some(s), _) => {
             let start = day_of(&s.train_start)?;
             let mut monitored = vec![tx::TX_AMOUNT.to_string()];
             monitored.extend(cfg.features.feature_names()?);
@@ -152,7 +174,7 @@ pub fn evaluate(
             )?;
             Some(reference)
         }
-        (None, None) => None,
+        (None, None, None) => None,
     };
     let reference = reference.filter(|r| {
         if r.is_empty() {
@@ -164,13 +186,18 @@ pub fn evaluate(
         !r.is_empty()
     });
     if let Some(reference) = reference {
-        if drift_reference.is_none() {
+        if drift_reference.is_none() && cfg.backtest.is_some() {
             // For live monitoring and later backtests (`--drift-reference`).
             let path = out_dir.join("drift_reference.json");
             reference.write(&path)?;
             files.push(path);
         }
-        let mut drift = DriftReport::per_day(&scored, &cfg.features.event_time, &reference)?;
+        let window_days = live_drift.map_or(WINDOW_DAYS, |d| i64::from(d.window_days));
+        let mut drift =
+            DriftReport::per_day(&scored, &cfg.features.event_time, &reference, window_days)?;
+        if let Some(live) = live_drift {
+            drift.threshold = live.threshold;
+        }
         // With the split's training days as the reference: the days after them.
         if drift_reference.is_none()
             && let Some(s) = &cfg.backtest
@@ -188,8 +215,53 @@ pub fn evaluate(
     let json = out_dir.join("report.json");
     report.write_json(&json)?;
     let png = out_dir.join("curves.png");
-    plot_curves(&evaluated, theirs.as_deref(), &report, &png)?;
+    let member_rows: Vec<&[Scored]> = member_rows.iter().map(Vec::as_slice).collect();
+    plot_curves(&evaluated, theirs.as_deref(), &member_rows, &report, &png)?;
     let mut all = vec![scores_path, alerts_path, json, png];
     all.extend(files);
     Ok(FraudOutcome { report, files: all })
+}
+
+/// Each ensemble member's score quantiles over the split's training days (or the whole
+/// history without a split): the reference `ensemble.combine = "rank_average"` ranks by.
+fn rank_reference(
+    cfg: &FraudConfig,
+    scored: &[RecordBatch],
+    members: &[String],
+) -> Result<RankReference> {
+    let (days, period) = match &cfg.backtest {
+        Some(s) => {
+            let start = day_of(&s.train_start)?;
+            (
+                start..start + i64::from(s.train_days),
+                format!("the {} training days from {}", s.train_days, s.train_start),
+            )
+        }
+        None => (i64::MIN..i64::MAX, "the whole history".to_string()),
+    };
+    let mut quantiles = Vec::with_capacity(members.len());
+    for (i, name) in members.iter().enumerate() {
+        let column = score::member(i);
+        let mut values = Vec::new();
+        for b in scored {
+            let time = columns::primitive::<TimestampNanosecondType>(b, &cfg.features.event_time)?;
+            let value = columns::primitive::<Float32Type>(b, &column)?;
+            values.extend(
+                time.values()
+                    .iter()
+                    .zip(value.values().iter())
+                    .filter(|(t, _)| days.contains(&t.div_euclid(DAY_NS)))
+                    .map(|(_, v)| *v),
+            );
+        }
+        quantiles.push(MemberQuantiles::of(name.clone(), &values).ok_or_else(|| {
+            PipelineError::Config(vec![format!(
+                "no ensemble reference: {period} hold no transaction"
+            )])
+        })?);
+    }
+    Ok(RankReference {
+        period,
+        members: quantiles,
+    })
 }

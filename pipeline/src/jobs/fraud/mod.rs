@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
-use riskpipe_models::Scorer;
+use riskpipe_models::{Model, Scorer};
 use riskpipe_operators::{FeatureChain, columns};
 use riskpipe_schemas::{fraud_label_schema, score, transaction_schema};
 
@@ -69,16 +69,42 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
     let threshold = pipeline.alerts.threshold.ok_or_else(|| {
         PipelineError::Config(vec!["alerts.threshold is required for a fraud job".into()])
     })?;
-    let scorer = Scorer::load(&pipeline.model)?;
-    check_model(cfg, pipeline, &scorer)?;
-    let label = scorer.label();
+    let model = pipeline.load_model()?;
+    check_model(cfg, pipeline, &model)?;
+    let drift = pipeline
+        .drift
+        .as_ref()
+        .map(|d| drift::Monitor::new(d, &cfg.features.event_time))
+        .transpose()?;
+    if let Some(d) = &drift {
+        let produced = cfg.features.feature_names()?;
+        let events = transaction_schema();
+        let unknown: Vec<&str> = d
+            .columns()
+            .filter(|c| {
+                *c != score::SCORE
+                    && !produced.iter().any(|p| p == c)
+                    && events.column_with_name(c).is_none()
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(PipelineError::Config(vec![format!(
+                "drift.reference monitors columns the job does not produce: {unknown:?}"
+            )]));
+        }
+    }
+    let label = model.label().to_string();
+    let members = match model.is_ensemble() {
+        true => model.member_labels(),
+        false => Vec::new(),
+    };
     let challenger = match &pipeline.challenger {
         Some(c) => {
-            let scorer = Scorer::load(c)?;
-            check_model(cfg, pipeline, &scorer)?;
+            let model = Model::single(Scorer::load(c)?);
+            check_model(cfg, pipeline, &model)?;
             Some(Challenger {
-                name: Repeated::new(scorer.label()),
-                model: FraudModel::new(scorer, threshold),
+                name: Repeated::new(model.label()),
+                model: FraudModel::new(model, threshold),
                 schemas: None,
             })
         }
@@ -87,15 +113,17 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
     Ok(Job {
         kind: "fraud",
         model: pipeline.model_name(),
+        members,
         inputs: inputs(),
         features: feature_stage(cfg)?,
         scoring: Box::new(FraudScoring {
-            model: FraudModel::new(scorer, threshold),
+            model: FraudModel::new(model, threshold),
             event_time: cfg.features.event_time.clone(),
             reasons: pipeline.alerts.reasons,
             model_name: Repeated::new(label.clone()),
             label,
             updates: None,
+            drift,
             challenger,
             score_schema: riskpipe_schemas::score_schema(),
             alert_schema: riskpipe_schemas::alert_schema(),
@@ -104,10 +132,10 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
 }
 
 /// Every model input must be a transaction column or a configured feature.
-fn check_model(cfg: &FraudConfig, pipeline: &PipelineConfig, scorer: &Scorer) -> Result<()> {
+fn check_model(cfg: &FraudConfig, _pipeline: &PipelineConfig, model: &Model) -> Result<()> {
     let produced = cfg.features.feature_names()?;
     let events = transaction_schema();
-    let missing: Vec<&String> = scorer
+    let missing: Vec<&String> = model
         .features()
         .iter()
         .filter(|f| !produced.contains(f) && events.column_with_name(f).is_none())
@@ -115,7 +143,7 @@ fn check_model(cfg: &FraudConfig, pipeline: &PipelineConfig, scorer: &Scorer) ->
     if !missing.is_empty() {
         return Err(PipelineError::Config(vec![format!(
             "model {} reads columns that are neither transaction columns nor configured features: {missing:?}",
-            pipeline.model.path.display()
+            model.label()
         )]));
     }
     Ok(())
@@ -236,6 +264,8 @@ struct FraudScoring {
     label: String,
     /// Where reloaded models come from (`riskpipe run`).
     updates: Option<std::sync::Arc<crate::reload::ModelSlot>>,
+    /// Live drift of the inputs and the score (`[drift]`).
+    drift: Option<drift::Monitor>,
     challenger: Option<Challenger>,
     score_schema: arrow::datatypes::SchemaRef,
     alert_schema: arrow::datatypes::SchemaRef,
@@ -320,9 +350,9 @@ impl Challenger {
 impl FraudScoring {
     /// Swaps `next` in if it scores `batch` (the batch it is about to score) with
     /// probabilities; else keeps the model scoring now.
-    fn swap(&mut self, mut next: Scorer, batch: &RecordBatch) {
+    fn swap(&mut self, mut next: Model, batch: &RecordBatch) {
         let started = std::time::Instant::now();
-        let label = next.label();
+        let label = next.label().to_string();
         let mut matrix = Vec::new();
         let check = next
             .feature_matrix(batch, &mut matrix)
@@ -332,10 +362,10 @@ impl FraudScoring {
         match check {
             Ok(()) => {
                 let before = std::mem::replace(&mut self.label, label);
-                self.model.replace_scorer(next);
+                self.model.replace_model(next);
                 self.model_name = Repeated::new(self.label.clone());
                 if let Some(slot) = &self.updates {
-                    slot.scoring(self.model.scorer().version());
+                    slot.scoring(self.model.model().version());
                 }
                 let seconds = started.elapsed().as_secs_f64();
                 crate::events::model_scoring(&self.label, Some(&before), seconds);
@@ -356,9 +386,137 @@ impl FraudScoring {
     }
 }
 
+/// The score stage's tables in a snapshot, and what their layout is.
+const BASELINE: &str = "explain_baseline";
+const DRIFT: &str = "drift";
+const SCORE_STATE: &str = "fraud-score-1";
+
+fn baseline_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("feature", DataType::Utf8, false),
+        Field::new("sum", DataType::Decimal128(38, 0), false),
+        Field::new("rows", DataType::UInt64, false),
+    ]))
+}
+
+fn baseline_table(b: &model::Baseline) -> Result<RecordBatch> {
+    use arrow::array::{Decimal128Array, StringArray, UInt64Array};
+    Ok(RecordBatch::try_new(
+        baseline_schema(),
+        vec![
+            std::sync::Arc::new(StringArray::from_iter_values(&b.features)),
+            std::sync::Arc::new(
+                Decimal128Array::from(b.sums.clone()).with_precision_and_scale(38, 0)?,
+            ),
+            std::sync::Arc::new(UInt64Array::from(vec![b.rows; b.features.len()])),
+        ],
+    )?)
+}
+
+fn baseline_of(t: &RecordBatch) -> Result<model::Baseline> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Decimal128Type, UInt64Type};
+    if t.schema() != baseline_schema() {
+        return Err(PipelineError::Checkpoint {
+            id: 0,
+            reason: "the explanation baseline table has another schema".into(),
+        });
+    }
+    let rows = t.column(2).as_primitive::<UInt64Type>();
+    Ok(model::Baseline {
+        features: t
+            .column(0)
+            .as_string::<i32>()
+            .iter()
+            .map(|f| f.unwrap_or_default().to_string())
+            .collect(),
+        sums: t
+            .column(1)
+            .as_primitive::<Decimal128Type>()
+            .values()
+            .to_vec(),
+        rows: rows.values().first().copied().unwrap_or(0),
+    })
+}
+
 impl ScoreStage for FraudScoring {
+    fn has_state(&self) -> bool {
+        true
+    }
+
+    /// The explanation baseline and the drift counts.
+    fn snapshot(&self) -> Result<StateSnapshot> {
+        let mut tables = vec![(BASELINE.to_string(), baseline_table(self.model.baseline())?)];
+        if let Some(d) = &self.drift {
+            tables.push((DRIFT.to_string(), d.snapshot()?));
+        }
+        Ok(StateSnapshot {
+            tables,
+            fingerprint: SCORE_STATE.into(),
+        })
+    }
+
+    /// A baseline over other model inputs, or drift counts of another reference, are left out
+    /// (they start again); a checkpoint without the score stage's state (written before it had
+    /// one) restores nothing here.
+    fn restore(&mut self, state: StateSnapshot) -> Result<()> {
+        if state.tables.is_empty() {
+            return Ok(());
+        }
+        if state.fingerprint != SCORE_STATE {
+            return Err(PipelineError::Checkpoint {
+                id: 0,
+                reason: format!(
+                    "score state {:?}, this version writes {SCORE_STATE:?}",
+                    state.fingerprint
+                ),
+            });
+        }
+        for (name, t) in &state.tables {
+            match name.as_str() {
+                BASELINE => {
+                    if !self.model.restore_baseline(baseline_of(t)?) {
+                        tracing::info!(
+                            "the checkpoint's explanation baseline is over other model inputs: it starts again"
+                        );
+                    }
+                }
+                DRIFT => {
+                    if let Some(d) = &mut self.drift
+                        && !d.restore(t)?
+                    {
+                        tracing::info!(
+                            "the checkpoint's drift counts are of another reference: the window fills again"
+                        );
+                    }
+                }
+                other => {
+                    return Err(PipelineError::Checkpoint {
+                        id: 0,
+                        reason: format!("unknown score table {other:?}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The baseline (and with `[drift]`, the counts, which need the scores) without reasons
+    /// or records.
+    fn warm(&mut self, featured: Featured) -> Result<usize> {
+        match &mut self.drift {
+            Some(d) => {
+                let scored = self.model.process(featured.batch)?;
+                d.observe(&scored)?;
+            }
+            None => self.model.observe(&featured.batch)?,
+        }
+        Ok(featured.rejects.len())
+    }
+
     fn follow_models(&mut self, slot: std::sync::Arc<crate::reload::ModelSlot>) -> bool {
-        slot.scoring(self.model.scorer().version());
+        slot.scoring(self.model.model().version());
         crate::events::model_scoring(&self.label, None, 0.0);
         self.updates = Some(slot);
         true
@@ -370,6 +528,10 @@ impl ScoreStage for FraudScoring {
         }
         let shadow = self.challenger.as_ref().map(|_| featured.batch.clone());
         let scored = self.model.process(featured.batch)?;
+        if let Some(d) = &mut self.drift {
+            d.observe(&scored)?;
+            d.report();
+        }
         let alerted = alert_rows(&scored)?;
         let reasons = self.model.explain(&alerted, self.reasons)?;
         let scores = records::scores(
@@ -440,8 +602,8 @@ impl JobKind for FraudConfig {
         build(self, pipeline)
     }
 
-    fn check_model(&self, pipeline: &PipelineConfig, scorer: &Scorer) -> Result<()> {
-        check_model(self, pipeline, scorer)
+    fn check_model(&self, pipeline: &PipelineConfig, model: &Model) -> Result<()> {
+        check_model(self, pipeline, model)
     }
 
     fn feature_stage(&self) -> Result<Box<dyn FeatureStage>> {
@@ -482,8 +644,10 @@ impl JobKind for FraudConfig {
         let outcome = backtest::evaluate(
             self,
             &replayed.model,
+            &replayed.members,
             challenger.as_deref(),
             opts.drift_reference.as_deref(),
+            pipeline.drift.as_ref(),
             threshold,
             replayed,
             out_dir,
@@ -494,5 +658,161 @@ impl JobKind for FraudConfig {
     /// The DataFusion batch twin (`sql` cargo feature), proven equal to the streaming features.
     fn export(&self, _pipeline: &PipelineConfig, input: &Path, output: &Path) -> Result<usize> {
         crate::export::fraud(&self.features, input, output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::Job;
+    use riskpipe_schemas::score;
+
+    /// 1,200 transactions over 12 days, 30 customers, 7 terminals, a fraud now and then.
+    fn history(dir: &Path) -> History {
+        let mut csv =
+            String::from("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n");
+        for i in 0..1200 {
+            let (day, minute) = (i / 100, (i % 100) * 14);
+            csv.push_str(&format!(
+                "{i},2018-04-{:02}T{:02}:{:02}:00Z,{},{},{}.25,{}\n",
+                day + 1,
+                minute / 60,
+                minute % 60,
+                i % 30,
+                i % 7,
+                5 + (i * 37) % 200,
+                i64::from(i % 23 == 4)
+            ));
+        }
+        let path = dir.join("history.csv");
+        std::fs::write(&path, csv).expect("write");
+        let cfg = PipelineConfig::handbook().expect("shipped config");
+        file::load(cfg.fraud().expect("fraud"), &path).expect("history")
+    }
+
+    /// The history's events in batches of `rows`, each with the labels due by its end.
+    fn batches(h: &History, rows: usize) -> Vec<JobInput> {
+        let mut source =
+            crate::sources::history::HistorySource::new(std::sync::Arc::new(h.clone()), rows)
+                .expect("source");
+        std::iter::from_fn(|| match source.next_batch()?.payload {
+            crate::sources::Payload::Rows { input, .. } => Some(input),
+            crate::sources::Payload::Messages { .. } => None,
+        })
+        .collect()
+    }
+
+    fn job(cfg: &PipelineConfig) -> Job {
+        build(cfg.fraud().expect("fraud"), cfg).expect("job")
+    }
+
+    /// Every alert's reasons, as JSON text.
+    fn reasons(job: &mut Job, inputs: &[JobInput]) -> Vec<String> {
+        let mut out = Vec::new();
+        for input in inputs {
+            let featured = job.features.process(input.clone()).expect("features");
+            if featured.batch.num_rows() == 0 {
+                continue;
+            }
+            let o = job.scoring.process(featured).expect("score");
+            let alerts = o.alerts.expect("alerts").batch;
+            let mut payloads = crate::encoders::Payloads::default();
+            crate::encoders::Encoder::encode(
+                &mut crate::encoders::JsonEncoder,
+                "alerts",
+                &alerts,
+                &mut payloads,
+            )
+            .expect("encode");
+            out.extend(
+                payloads
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+            );
+        }
+        out
+    }
+
+    /// The explanation baseline and the drift counts survive a checkpoint: a score stage
+    /// restored from one, or brought up to it by the silent replay, explains and measures
+    /// drift exactly as the stage that never stopped.
+    #[test]
+    fn a_restored_or_warmed_score_stage_explains_and_monitors_as_the_original() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = history(dir.path());
+        let mut cfg = PipelineConfig::handbook().expect("shipped config");
+        // Every score alerts, so every row is explained.
+        cfg.alerts.threshold = Some(0.0);
+        let inputs = batches(&h, 97);
+        let half = inputs.len() / 2;
+
+        // A drift reference of the first days' scored rows.
+        let mut plain = job(&cfg);
+        let mut scored = Vec::new();
+        for input in &inputs[..half] {
+            let f = plain.features.process(input.clone()).expect("features");
+            scored.extend(plain.scoring.process(f).expect("score").scored);
+        }
+        let mut monitored = vec![riskpipe_schemas::tx::TX_AMOUNT.to_string()];
+        monitored.push(score::SCORE.to_string());
+        let reference = drift::Reference::of(
+            &scored,
+            "TX_DATETIME",
+            &monitored,
+            i64::MIN..i64::MAX,
+            "the first half".into(),
+        )
+        .expect("reference");
+        let reference_path = dir.path().join("reference.json");
+        reference.write(&reference_path).expect("write");
+        cfg.drift = Some(drift::DriftConfig {
+            reference: reference_path,
+            threshold: 0.2,
+            window_days: 3,
+            min_rows: 1,
+        });
+
+        let mut original = job(&cfg);
+        let first = reasons(&mut original, &inputs[..half]);
+        assert!(!first.is_empty());
+        let features = original.features.snapshot().expect("features");
+        let state = original.scoring.snapshot().expect("score state");
+        assert_eq!(
+            state
+                .tables
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+            ["explain_baseline", "drift"]
+        );
+        let expected = reasons(&mut original, &inputs[half..]);
+        assert!(expected.len() > 100);
+
+        // Restored from the snapshot.
+        let mut restored = job(&cfg);
+        restored
+            .features
+            .restore(features.clone())
+            .expect("features");
+        restored.scoring.restore(state).expect("score state");
+        assert_eq!(reasons(&mut restored, &inputs[half..]), expected);
+
+        // Rebuilt by the silent replay of the first half.
+        let mut warmed = job(&cfg);
+        for input in &inputs[..half] {
+            let f = warmed.features.process(input.clone()).expect("features");
+            warmed.scoring.warm(f).expect("warm");
+        }
+        assert_eq!(reasons(&mut warmed, &inputs[half..]), expected);
+
+        // Without the state, the reasons differ (the baseline starts again).
+        let mut fresh = job(&cfg);
+        fresh.features.restore(features).expect("features");
+        assert_ne!(reasons(&mut fresh, &inputs[half..]), expected);
+
+        // The drift windows agree too.
+        let psi = |j: &Job| format!("{:?}", j.scoring.snapshot().expect("snapshot").tables);
+        assert_eq!(psi(&restored), psi(&original));
+        assert_eq!(psi(&warmed), psi(&original));
     }
 }

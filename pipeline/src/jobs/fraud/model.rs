@@ -4,35 +4,94 @@ use std::sync::Arc;
 
 use arrow::array::{BooleanArray, Float32Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
-use riskpipe_models::Scorer;
+use riskpipe_models::Model;
 use riskpipe_schemas::{Reason, score};
 
 use crate::{PipelineError, Result};
 
-/// Scores feature batches and appends `SCORE` (f32) and `ALERT` (score >= threshold).
+/// Scores feature batches and appends `SCORE` (f32) and `ALERT` (score >= threshold); for an
+/// ensemble, each member's score too ([`score::member`]).
 #[derive(Debug)]
 pub struct FraudModel {
-    scorer: Scorer,
+    model: Model,
     threshold: f32,
     schemas: Option<(SchemaRef, SchemaRef)>,
     /// The last batch's model inputs (row-major), kept for [`FraudModel::explain`].
     matrix: Vec<f32>,
-    /// Running sums of every model input over all rows scored: the attribution baseline.
-    sums: Vec<f64>,
-    seen: u64,
+    /// An ensemble's member scores of the last batch.
+    members: Vec<Vec<f32>>,
+    /// The attribution baseline: every model input's sum over all rows scored, exactly
+    /// ([`Baseline`]).
+    baseline: Baseline,
+}
+
+/// Exact sums of the model inputs over every row scored: each value is rounded once to a
+/// multiple of 2⁻³² and added as an integer, so the sums (and the means the reasons are
+/// measured against) do not depend on how rows were batched or ordered: a restored baseline
+/// plus a replay of the rows after its checkpoint is the baseline of an uninterrupted run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Baseline {
+    /// The model inputs, in order.
+    pub features: Vec<String>,
+    /// Each input's sum, in units of 2⁻³².
+    pub sums: Vec<i128>,
+    /// Rows summed.
+    pub rows: u64,
+}
+
+/// Values are clamped to ±2⁵⁰ before summing (2⁸² units), so 2⁴⁴ rows cannot overflow.
+const BASELINE_LIMIT: f64 = (1u64 << 50) as f64;
+const BASELINE_UNIT: f64 = (1u64 << 32) as f64;
+
+impl Baseline {
+    /// Nothing summed yet over `features`.
+    pub fn new(features: &[String]) -> Self {
+        Self {
+            features: features.to_vec(),
+            sums: vec![0; features.len()],
+            rows: 0,
+        }
+    }
+
+    /// Adds the rows of a row-major matrix of the inputs.
+    pub fn add(&mut self, matrix: &[f32]) {
+        let width = self.sums.len();
+        if width == 0 {
+            return;
+        }
+        for row in matrix.chunks_exact(width) {
+            for (s, &v) in self.sums.iter_mut().zip(row) {
+                // NaN (which scoring refuses before this) would count as 0.
+                let units = (f64::from(v).clamp(-BASELINE_LIMIT, BASELINE_LIMIT) * BASELINE_UNIT)
+                    .round() as i128;
+                *s = s.saturating_add(units);
+            }
+        }
+        self.rows += (matrix.len() / width) as u64;
+    }
+
+    /// Each input's mean, `None` before the first row.
+    pub fn means(&self) -> Option<Vec<f32>> {
+        (self.rows > 0).then(|| {
+            self.sums
+                .iter()
+                .map(|&s| (s as f64 / BASELINE_UNIT / self.rows as f64) as f32)
+                .collect()
+        })
+    }
 }
 
 impl FraudModel {
     /// A stage alerting at `threshold`.
-    pub fn new(scorer: Scorer, threshold: f64) -> Self {
-        let inputs = scorer.features().len();
+    pub fn new(model: Model, threshold: f64) -> Self {
+        let features = model.features().to_vec();
         Self {
-            scorer,
+            model,
             threshold: threshold as f32,
             schemas: None,
             matrix: Vec::new(),
-            sums: vec![0.0; inputs],
-            seen: 0,
+            members: Vec::new(),
+            baseline: Baseline::new(&features),
         }
     }
 
@@ -42,34 +101,31 @@ impl FraudModel {
     }
 
     /// The model.
-    pub fn scorer(&self) -> &Scorer {
-        &self.scorer
+    pub fn model(&self) -> &Model {
+        &self.model
     }
 
-    /// Scores with `scorer` from the next batch on; the explanation baseline (the running
+    /// Scores with `model` from the next batch on; the explanation baseline (the running
     /// means of the inputs) carries over when the inputs are the same.
-    pub fn replace_scorer(&mut self, scorer: Scorer) {
-        if scorer.features() != self.scorer.features() {
-            self.sums = vec![0.0; scorer.features().len()];
-            self.seen = 0;
+    pub fn replace_model(&mut self, model: Model) {
+        if model.features() != self.model.features() {
+            self.baseline = Baseline::new(model.features());
         }
-        self.scorer = scorer;
+        self.schemas = None;
+        self.model = model;
     }
 
     /// Scores `batch` and appends the score columns.
     pub fn process(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
         let mut matrix = std::mem::take(&mut self.matrix);
-        self.scorer.feature_matrix(&batch, &mut matrix)?;
-        let scores = self.scorer.score_matrix(&matrix, batch.num_rows())?;
-        let width = self.sums.len();
-        if width > 0 {
-            for row in matrix.chunks_exact(width) {
-                for (s, v) in self.sums.iter_mut().zip(row) {
-                    *s += f64::from(*v);
-                }
-            }
-        }
-        self.seen += batch.num_rows() as u64;
+        self.model.feature_matrix(&batch, &mut matrix)?;
+        let ensemble = self.model.is_ensemble();
+        let scores = self.model.score_members(
+            &matrix,
+            batch.num_rows(),
+            ensemble.then_some(&mut self.members),
+        )?;
+        self.baseline.add(&matrix);
         self.matrix = matrix;
         let alerts = BooleanArray::from_iter(scores.iter().map(|s| Some(*s >= self.threshold)));
         let input = batch.schema();
@@ -79,6 +135,15 @@ impl FraudModel {
                 let mut fields: Vec<FieldRef> = input.fields().iter().cloned().collect();
                 fields.push(Arc::new(Field::new(score::SCORE, DataType::Float32, false)));
                 fields.push(Arc::new(Field::new(score::ALERT, DataType::Boolean, false)));
+                if ensemble {
+                    for i in 0..self.members.len() {
+                        fields.push(Arc::new(Field::new(
+                            score::member(i),
+                            DataType::Float32,
+                            false,
+                        )));
+                    }
+                }
                 let o = Arc::new(Schema::new(fields));
                 self.schemas = Some((input, o.clone()));
                 o
@@ -87,7 +152,39 @@ impl FraudModel {
         let mut columns = batch.columns().to_vec();
         columns.push(Arc::new(Float32Array::from(scores)));
         columns.push(Arc::new(alerts));
+        if ensemble {
+            for m in &self.members {
+                columns.push(Arc::new(Float32Array::from(m.clone())));
+            }
+        }
         Ok(RecordBatch::try_new(output, columns)?)
+    }
+
+    /// The explanation baseline.
+    pub fn baseline(&self) -> &Baseline {
+        &self.baseline
+    }
+
+    /// Takes `baseline` (a checkpoint's) when it is over the model's inputs; false otherwise.
+    pub fn restore_baseline(&mut self, baseline: Baseline) -> bool {
+        let fits = baseline.features == self.model.features()
+            && baseline.sums.len() == baseline.features.len();
+        if fits {
+            self.baseline = baseline;
+        }
+        fits
+    }
+
+    /// Adds `batch`'s rows to the baseline without scoring them (the silent replay after a
+    /// restore, when nothing needs the scores).
+    pub fn observe(&mut self, batch: &RecordBatch) -> Result<()> {
+        let mut matrix = std::mem::take(&mut self.matrix);
+        let read = self.model.feature_matrix(batch, &mut matrix);
+        if read.is_ok() {
+            self.baseline.add(&matrix);
+        }
+        self.matrix = matrix;
+        Ok(read?)
     }
 
     /// Top `top` reasons for each of `rows` of the batch last given to [`Self::process`]:
@@ -95,15 +192,11 @@ impl FraudModel {
     /// input alone replaced by its running mean over everything scored so far. Model-agnostic
     /// and exact for the model in use; alerts are rare, so the extra inferences are cheap.
     pub fn explain(&mut self, rows: &[usize], top: usize) -> Result<Vec<Vec<Reason>>> {
-        let width = self.sums.len();
-        if rows.is_empty() || width == 0 || self.seen == 0 || top == 0 {
-            return Ok(vec![Vec::new(); rows.len()]);
-        }
-        let means: Vec<f32> = self
-            .sums
-            .iter()
-            .map(|s| (s / self.seen as f64) as f32)
-            .collect();
+        let width = self.baseline.sums.len();
+        let means = match self.baseline.means() {
+            Some(m) if !rows.is_empty() && width > 0 && top > 0 => m,
+            _ => return Ok(vec![Vec::new(); rows.len()]),
+        };
         let mut probe = Vec::with_capacity(rows.len() * (width + 1) * width);
         for &r in rows {
             let x = self
@@ -117,8 +210,8 @@ impl FraudModel {
                 probe[at] = *mean;
             }
         }
-        let scores = self.scorer.score_matrix(&probe, rows.len() * (width + 1))?;
-        let names = self.scorer.features();
+        let scores = self.model.score_matrix(&probe, rows.len() * (width + 1))?;
+        let names = self.model.features();
         let mut out = Vec::with_capacity(rows.len());
         for (k, &r) in rows.iter().enumerate() {
             let base = &scores[k * (width + 1)..(k + 1) * (width + 1)];

@@ -38,6 +38,9 @@ pub struct FraudReport {
     pub f1: f64,
     /// Alerts per evaluated day.
     pub alerts_per_day: f64,
+    /// An ensemble's members' metrics on the same transactions, in configuration order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<FraudReport>,
     /// The challenger's metrics on the same transactions (with `[challenger]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub challenger: Option<Box<FraudReport>>,
@@ -72,31 +75,46 @@ impl FraudReport {
             recall,
             f1,
             alerts_per_day: alerts as f64 / days as f64,
+            members: Vec::new(),
             challenger: None,
             drift: None,
         }
     }
 
-    /// A human-readable table; with a challenger, its column beside the champion's.
+    /// A human-readable table: the model's column, then each ensemble member's and the
+    /// challenger's beside it.
     pub fn table(&self) -> String {
         let mine = self.rows();
-        let theirs = self.challenger.as_ref().map(|c| c.rows());
-        let width = mine.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        let left = mine
+        let others: Vec<Vec<(&'static str, String)>> = self
+            .members
             .iter()
-            .filter(|(k, _)| *k != "evaluated on")
-            .map(|(_, v)| v.len())
-            .max()
-            .unwrap_or(0);
+            .chain(self.challenger.as_deref())
+            .map(|r| r.rows())
+            .collect();
+        let width = mine.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let column_width = |rows: &[(&'static str, String)]| {
+            rows.iter()
+                .filter(|(k, _)| *k != "evaluated on")
+                .map(|(_, v)| v.len())
+                .max()
+                .unwrap_or(0)
+        };
+        let widths: Vec<usize> = std::iter::once(column_width(&mine))
+            .chain(others.iter().map(|o| column_width(o)))
+            .collect();
         let mut out = String::new();
         for (i, (k, v)) in mine.iter().enumerate() {
-            match &theirs {
-                // The split is the same for both: said once.
-                Some(t) if *k != "evaluated on" => {
-                    out.push_str(&format!("  {k:<width$}  {v:<left$}  {}\n", t[i].1));
-                }
-                _ => out.push_str(&format!("  {k:<width$}  {v}\n")),
+            // The split is the same for every column: said once.
+            if others.is_empty() || *k == "evaluated on" {
+                out.push_str(&format!("  {k:<width$}  {v}\n"));
+                continue;
             }
+            let mut line = format!("  {k:<width$}  {v:<w$}", w = widths[0]);
+            for (o, w) in others.iter().zip(&widths[1..]) {
+                line.push_str(&format!("  {:<w$}", o[i].1));
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
         }
         if let Some(d) = &self.drift {
             let drifted = d.drifted();
@@ -148,10 +166,11 @@ impl FraudReport {
 }
 
 /// Draws ROC and precision-recall curves side by side (blue; the challenger's, given its rows,
-/// in red).
+/// in red; an ensemble's members', given theirs, in grey).
 pub fn plot_curves(
     rows: &[Scored],
     challenger: Option<&[Scored]>,
+    members: &[&[Scored]],
     report: &FraudReport,
     path: &Path,
 ) -> Result<()> {
@@ -162,6 +181,8 @@ pub fn plot_curves(
     };
     let (roc, pr) = metrics::curves(rows);
     let (their_roc, their_pr) = challenger.map(metrics::curves).unzip();
+    let (member_roc, member_pr): (Vec<_>, Vec<_>) =
+        members.iter().map(|m| metrics::curves(m)).unzip();
     let root = BitMapBackend::new(path, (1200, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(&e))?;
     let (left, right) = root.split_horizontally(600);
@@ -181,6 +202,7 @@ pub fn plot_curves(
             "true positive rate",
             roc,
             their_roc,
+            member_roc,
             true,
         ),
         (
@@ -194,10 +216,11 @@ pub fn plot_curves(
             "precision",
             pr,
             their_pr,
+            member_pr,
             false,
         ),
     ];
-    for (area, title, xl, yl, points, theirs, diagonal) in panels {
+    for (area, title, xl, yl, points, theirs, members, diagonal) in panels {
         let mut chart = ChartBuilder::on(&area)
             .caption(title, ("sans-serif", 22))
             .margin(15)
@@ -211,6 +234,11 @@ pub fn plot_curves(
             .y_desc(yl)
             .draw()
             .map_err(|e| plot_err(&e))?;
+        for m in members {
+            chart
+                .draw_series(LineSeries::new(m, BLACK.mix(0.35).stroke_width(1)))
+                .map_err(|e| plot_err(&e))?;
+        }
         chart
             .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
             .map_err(|e| plot_err(&e))?;

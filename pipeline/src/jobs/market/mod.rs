@@ -77,7 +77,7 @@ pub fn feature_stage(cfg: &MarketConfig) -> Result<Box<dyn FeatureStage>> {
 /// Builds the job: validation and series features, the VaR model (checked: it reads only
 /// features `[job.features]` computes, or the price) and the portfolios.
 pub fn build(cfg: &MarketConfig, pipeline: &PipelineConfig) -> Result<Job> {
-    let scorer = Scorer::load(&pipeline.model)?;
+    let scorer = Scorer::load(pipeline.model.primary())?;
     let names = cfg.features.names();
     let missing: Vec<_> = scorer
         .features()
@@ -103,6 +103,7 @@ pub fn build(cfg: &MarketConfig, pipeline: &PipelineConfig) -> Result<Job> {
     Ok(Job {
         kind: "market",
         model: model.clone(),
+        members: Vec::new(),
         inputs: inputs(),
         features: feature_stage(cfg)?,
         scoring: Box::new(MarketScoring {
@@ -321,6 +322,16 @@ impl JobKind for MarketConfig {
         }
         if pipeline.challenger.is_some() {
             p.push("[challenger] is for fraud jobs (not built for the market job)".into());
+        }
+        if pipeline.drift.is_some() {
+            p.push(
+                "[drift] monitors a fraud job's model inputs (not built for the market job)".into(),
+            );
+        }
+        if pipeline.model.all().len() > 1 || pipeline.ensemble.is_some() {
+            p.push(
+                "[[model]] ensembles are for fraud jobs; a market job scores one [model]".into(),
+            );
         }
         p
     }
