@@ -313,6 +313,63 @@ mod tests {
         });
     }
 
+    /// An ensemble reloads whole: one member's file replaced, every member loaded again and
+    /// the new combination offered under its new label.
+    #[test]
+    fn a_changed_member_reloads_the_whole_ensemble() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
+        std::fs::copy(shipped_model("fraud_gbm.onnx"), &a).expect("copy");
+        std::fs::copy(shipped_model("fraud_mlp.onnx"), &b).expect("copy");
+        let text = crate::config::HANDBOOK_CONFIG.replace(
+            "[model]\n",
+            &format!(
+                "[[model]]\npath = {:?}\n[[model]]\npath = {:?}\n[model_was]\n",
+                a.display().to_string(),
+                b.display().to_string()
+            ),
+        );
+        // The shipped [model] table's own lines now sit under a throwaway name: drop them.
+        let start = text.find("[model_was]\n").expect("marker");
+        let end = start + text[start..].find("\n\n").expect("end of the table");
+        let text = format!("{}{}", &text[..start], &text[end..]);
+        let cfg = PipelineConfig::from_toml(&text, &crate::config::handbook_config_dir())
+            .expect("ensemble config");
+        assert_eq!(cfg.model.all().len(), 2);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let reloader = Reloader::new(&cfg);
+            let slot = reloader.slot();
+            let first = cfg.load_model().expect("ensemble");
+            assert!(
+                first.label().starts_with("mean(a.onnx@"),
+                "{}",
+                first.label()
+            );
+            slot.scoring(first.version());
+            assert!(matches!(
+                reloader.clone().reload("request").await,
+                Reloaded::Unchanged(_)
+            ));
+            std::fs::copy(shipped_model("fraud_blend.onnx"), &b).expect("replace b");
+            let reloaded = reloader.clone().reload("request").await;
+            assert!(matches!(reloaded, Reloaded::Offered(_)), "{reloaded:?}");
+            let offered = slot.take().expect("offered");
+            assert_ne!(offered.version(), first.version());
+            assert_eq!(
+                offered.label(),
+                format!(
+                    "mean(a.onnx@{},b.onnx@{})",
+                    version(&a),
+                    version(&shipped_model("fraud_blend.onnx"))
+                )
+            );
+        });
+    }
+
     #[test]
     fn only_probabilities_pass() {
         assert!(check_scores(&[0.0, 0.5, 1.0]).is_ok());
