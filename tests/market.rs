@@ -513,6 +513,10 @@ fn send_tick(
     }
 }
 
+/// The live market pipeline equals the backtest and dead-letters bad ticks; halfway through, a
+/// file that is no model is refused on SIGHUP (the old model keeps scoring), then a new version
+/// of the model (the same graph, other bytes) is swapped in between two batches: every tick is
+/// scored once and as the backtest scores it.
 #[test]
 fn live_market_pipeline_scores_like_the_backtest_and_dead_letters_bad_ticks() {
     use rdkafka::producer::Producer;
@@ -529,6 +533,14 @@ fn live_market_pipeline_scores_like_the_backtest_and_dead_letters_bad_ticks() {
     let broker = market_broker();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = live_config(dir.path(), &broker, "market", "", "");
+    // The model from a file of the test's own, to replace it mid-stream.
+    let model = dir.path().join("var.onnx");
+    std::fs::copy(root().join("models/var_nasdaq.onnx"), &model).expect("copy model");
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        &format!("path = {:?}", root().join("models/var_nasdaq.onnx")),
+        &format!("path = {model:?}"),
+    );
+    std::fs::write(&config, text).expect("config");
     let mut pipeline = support::Pipeline::start(&config);
     pipeline.wait_ready();
 
@@ -547,7 +559,32 @@ fn live_market_pipeline_scores_like_the_backtest_and_dead_letters_bad_ticks() {
         (900, tick(900, 2_000.0, times.value(0) - 86_400_000_000_000)),
         (1_000, "{\"INSTRUMENT\": 5".to_string()),
     ];
+    let new_version = {
+        // The same graph with an unknown protobuf field appended (field 1000, one byte):
+        // ONNX Runtime loads it, its SHA-256 (the version) differs.
+        let mut bytes = std::fs::read(&model).expect("model");
+        bytes.extend_from_slice(&[0xc2, 0x3e, 0x01, b'x']);
+        bytes
+    };
+    let half = ticks.num_rows() / 2;
     for i in 0..ticks.num_rows() {
+        if i == half {
+            producer.flush(Duration::from_secs(30)).expect("flush");
+            // The first half and the bad tick among it consumed.
+            pipeline.wait_metric(
+                "riskpipe_events_in_total",
+                "topic=\"market-ticks\"",
+                (half + 1) as f64,
+            );
+            std::fs::write(&model, b"not an ONNX model").expect("garbage");
+            pipeline.signal("HUP");
+            pipeline.wait_metric("riskpipe_model_reloads_total", "result=\"refused\"", 1.0);
+            let next = dir.path().join("next.onnx");
+            std::fs::write(&next, &new_version).expect("new version");
+            std::fs::rename(&next, &model).expect("rename");
+            pipeline.signal("HUP");
+            pipeline.wait_metric("riskpipe_model_reloads_total", "result=\"offered\"", 1.0);
+        }
         for (_, payload) in bad.iter().filter(|(at, _)| *at == i) {
             send(payload);
         }
@@ -613,6 +650,19 @@ fn live_market_pipeline_scores_like_the_backtest_and_dead_letters_bad_ticks() {
     let (kind, why) = reason(&bad[1].1);
     assert!(kind == "invalid" && why.contains("older than"), "{why}");
     assert_eq!(reason(&bad[2].1).0, "malformed");
+    // The new version scores now; the refused file never did.
+    let version = riskpipe_models::version_of(&new_version);
+    assert_eq!(
+        pipeline.metric(
+            "riskpipe_model_info",
+            &format!("model=\"var.onnx@{version}\"")
+        ),
+        1.0
+    );
+    assert_eq!(
+        pipeline.metric("riskpipe_model_reloads_total", "result=\"swapped\""),
+        1.0
+    );
     let (ok, stdout) = pipeline.terminate();
     assert!(ok, "{stdout}");
 }

@@ -222,6 +222,8 @@ pub struct Model {
     version: String,
     /// A member's own input matrix, reused across batches.
     scratch: Vec<f32>,
+    /// [`Model::score`]'s input matrix, reused across batches.
+    scratch_input: Vec<f32>,
 }
 
 impl Model {
@@ -239,6 +241,7 @@ impl Model {
             }],
             combine: Combine::Mean,
             scratch: Vec::new(),
+            scratch_input: Vec::new(),
         }
     }
 
@@ -357,6 +360,7 @@ impl Model {
             label,
             version,
             scratch: Vec::new(),
+            scratch_input: Vec::new(),
         })
     }
 
@@ -404,6 +408,24 @@ impl Model {
     /// Copies the model's feature columns of `batch` into a row-major f32 matrix.
     pub fn feature_matrix(&self, batch: &RecordBatch, out: &mut Vec<f32>) -> Result<()> {
         crate::feature_matrix(&self.features, batch, out)
+    }
+
+    /// Scores every row of `batch`.
+    pub fn score(&mut self, batch: &RecordBatch) -> Result<Vec<f32>> {
+        let mut matrix = std::mem::take(&mut self.scratch_input);
+        let result = self
+            .feature_matrix(batch, &mut matrix)
+            .and_then(|()| self.score_matrix(&matrix, batch.num_rows()));
+        self.scratch_input = matrix;
+        result
+    }
+
+    /// The name of one model (its `riskpipe.model` metadata or file stem); an ensemble's label.
+    pub fn name(&self) -> &str {
+        match self.members.as_slice() {
+            [one] => one.scorer.name(),
+            _ => &self.label,
+        }
     }
 
     /// Scores a row-major matrix of `rows` × [`Model::features`].

@@ -216,9 +216,10 @@ impl Reloader {
         if self.slot.has(model.version()) {
             return Ok(None);
         }
-        self.cfg.job.kind().check_model(&self.cfg, &model)?;
+        let kind = self.cfg.job.kind();
+        kind.check_model(&self.cfg, &model)?;
         let smoke = model.score_matrix(&vec![0.0; model.features().len()], 1)?;
-        check_scores(&smoke).map_err(|why| {
+        kind.check_scores(&smoke).map_err(|why| {
             PipelineError::Config(vec![format!(
                 "model {} on a row of zeros: {why}",
                 model.label()

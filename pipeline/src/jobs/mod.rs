@@ -410,6 +410,11 @@ pub trait JobKind: std::fmt::Debug + Send + Sync {
     fn inputs(&self) -> Inputs;
     /// The job, with its model loaded and checked against what the job computes.
     fn build(&self, pipeline: &PipelineConfig) -> Result<Job>;
+    /// Whether a model's scores on a batch are what the job reads (a fraud job, probabilities);
+    /// a reloaded model that fails is refused.
+    fn check_scores(&self, scores: &[f32]) -> std::result::Result<(), String> {
+        crate::reload::check_scores(scores)
+    }
     /// Whether `model` can score this job's feature rows (the check of [`JobKind::build`],
     /// also run on a model reloaded live).
     fn check_model(&self, _pipeline: &PipelineConfig, _model: &Model) -> Result<()> {

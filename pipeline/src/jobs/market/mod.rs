@@ -23,7 +23,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
-use riskpipe_models::Scorer;
+use riskpipe_models::{Model, Scorer};
 use riskpipe_operators::{Operator, SeriesOperator, columns};
 use riskpipe_schemas::{market, market_tick_schema};
 
@@ -77,20 +77,8 @@ pub fn feature_stage(cfg: &MarketConfig) -> Result<Box<dyn FeatureStage>> {
 /// Builds the job: validation and series features, the VaR model (checked: it reads only
 /// features `[job.features]` computes, or the price) and the portfolios.
 pub fn build(cfg: &MarketConfig, pipeline: &PipelineConfig) -> Result<Job> {
-    let scorer = Scorer::load(pipeline.model.primary())?;
-    let names = cfg.features.names();
-    let missing: Vec<_> = scorer
-        .features()
-        .iter()
-        .filter(|f| !names.contains(f) && f.as_str() != market::PRICE)
-        .cloned()
-        .collect();
-    if !missing.is_empty() {
-        return Err(PipelineError::Config(vec![format!(
-            "model {} reads {missing:?}, which [job.features] does not compute",
-            scorer.name()
-        )]));
-    }
+    let scorer = Model::single(Scorer::load(pipeline.model.primary())?);
+    check_model(cfg, &scorer)?;
     let variance = cfg
         .features
         .ewma_variance
@@ -120,10 +108,37 @@ pub fn build(cfg: &MarketConfig, pipeline: &PipelineConfig) -> Result<Job> {
             // model: a new model's VaR replaces an instrument's at its next tick.
             fingerprint: super::fingerprint(&(&cfg.portfolios, cfg.correlation_lambda)),
             schemas: None,
+            updates: None,
             risk_schema: riskpipe_schemas::risk_score_schema(),
             breach_schema: riskpipe_schemas::limit_breach_schema(),
         }),
     })
+}
+
+/// The VaR model reads only features `[job.features]` computes, or the price.
+fn check_model(cfg: &MarketConfig, model: &Model) -> Result<()> {
+    let names = cfg.features.names();
+    let missing: Vec<_> = model
+        .features()
+        .iter()
+        .filter(|f| !names.contains(f) && f.as_str() != market::PRICE)
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(PipelineError::Config(vec![format!(
+            "model {} reads {missing:?}, which [job.features] does not compute",
+            model.name()
+        )]));
+    }
+    Ok(())
+}
+
+/// A VaR model's scores are log-loss quantiles: finite.
+fn check_var_scores(scores: &[f32]) -> std::result::Result<(), String> {
+    match scores.iter().find(|s| !s.is_finite()) {
+        Some(s) => Err(format!("VaR score {s} is not finite")),
+        None => Ok(()),
+    }
 }
 
 /// Tick validation, then the series features.
@@ -201,7 +216,7 @@ impl FeatureStage for MarketFeatures {
 /// The VaR model, the volatility, the portfolios.
 #[derive(Debug)]
 struct MarketScoring {
-    scorer: Scorer,
+    scorer: Model,
     variance: String,
     confidence: f64,
     aggregator: Aggregator,
@@ -209,28 +224,35 @@ struct MarketScoring {
     fingerprint: String,
     /// The last input schema and its scored schema (rebuilt only when the input's changes).
     schemas: Option<(SchemaRef, SchemaRef)>,
+    /// Where reloaded models come from (`riskpipe run`).
+    updates: Option<Arc<crate::reload::ModelSlot>>,
     risk_schema: SchemaRef,
     breach_schema: SchemaRef,
 }
 
 impl MarketScoring {
-    /// The ticks with `VAR` (loss fraction; null while the model's inputs are not all defined,
-    /// i.e. during an instrument's warm-up) and `VOLATILITY`.
-    fn score(&mut self, with_features: RecordBatch) -> Result<RecordBatch> {
-        let n = with_features.num_rows();
-        let mut ready = vec![true; n];
+    /// Which rows have every model input defined (an instrument in warm-up has not).
+    fn ready_mask(&self, with_features: &RecordBatch) -> Result<BooleanArray> {
+        let mut ready = vec![true; with_features.num_rows()];
         for name in self.scorer.features() {
-            let c = columns::get(&with_features, name).map_err(PipelineError::produced)?;
+            let c = columns::get(with_features, name).map_err(PipelineError::produced)?;
             for (i, r) in ready.iter_mut().enumerate() {
                 *r &= c.is_valid(i);
             }
         }
-        let mask: BooleanArray = ready.iter().copied().map(Some).collect();
+        Ok(ready.into_iter().map(Some).collect())
+    }
+
+    /// The ticks with `VAR` (loss fraction; null while the model's inputs are not all defined,
+    /// i.e. during an instrument's warm-up) and `VOLATILITY`.
+    fn score(&mut self, with_features: RecordBatch) -> Result<RecordBatch> {
+        let mask = self.ready_mask(&with_features)?;
         let scores = self
             .scorer
             .score(&filter_record_batch(&with_features, &mask)?)?;
         let mut scores = scores.into_iter();
-        let var: Float64Array = ready
+        let var: Float64Array = mask
+            .values()
             .iter()
             .map(|r| {
                 r.then(|| scores.next())
@@ -260,8 +282,58 @@ impl MarketScoring {
     }
 }
 
+impl MarketScoring {
+    /// Swaps `next` in if it scores `batch` (the batch it is about to score) with finite
+    /// values; else keeps the model scoring now.
+    fn swap(&mut self, mut next: Model, batch: &RecordBatch) {
+        let started = std::time::Instant::now();
+        let ready = self.ready_rows(batch).map_err(|e| e.to_string());
+        let check = ready
+            .and_then(|rows| next.score(&rows).map_err(|e| e.to_string()))
+            .and_then(|scores| check_var_scores(&scores));
+        let (before, label) = (self.scorer.label().to_string(), next.label().to_string());
+        match check {
+            Ok(()) => {
+                self.model = Repeated::new(next.name());
+                self.scorer = next;
+                if let Some(slot) = &self.updates {
+                    slot.scoring(self.scorer.version());
+                }
+                let seconds = started.elapsed().as_secs_f64();
+                crate::events::model_scoring(&label, Some(&before), seconds);
+                tracing::info!(
+                    seconds,
+                    "model swapped: {before} -> {label} from this batch on"
+                );
+            }
+            Err(why) => {
+                crate::events::model_reload("refused_live");
+                tracing::error!(
+                    "model {label} refused on a live batch, {before} keeps scoring: {why}"
+                );
+            }
+        }
+    }
+
+    /// The rows every model input is defined for.
+    fn ready_rows(&self, with_features: &RecordBatch) -> Result<RecordBatch> {
+        let mask = self.ready_mask(with_features)?;
+        Ok(filter_record_batch(with_features, &mask)?)
+    }
+}
+
 impl ScoreStage for MarketScoring {
+    fn follow_models(&mut self, slot: Arc<crate::reload::ModelSlot>) -> bool {
+        slot.scoring(self.scorer.version());
+        crate::events::model_scoring(self.scorer.label(), None, 0.0);
+        self.updates = Some(slot);
+        true
+    }
+
     fn process(&mut self, featured: Featured) -> Result<JobOutput> {
+        if let Some(next) = self.updates.as_ref().and_then(|s| s.take()) {
+            self.swap(next, &featured.batch);
+        }
         let scored = self.score(featured.batch)?;
         let portfolio = self.aggregator.aggregate(&scored)?;
         let scores = records::scores(
@@ -346,6 +418,14 @@ impl JobKind for MarketConfig {
 
     fn build(&self, pipeline: &PipelineConfig) -> Result<Job> {
         build(self, pipeline)
+    }
+
+    fn check_model(&self, _pipeline: &PipelineConfig, model: &Model) -> Result<()> {
+        check_model(self, model)
+    }
+
+    fn check_scores(&self, scores: &[f32]) -> std::result::Result<(), String> {
+        check_var_scores(scores)
     }
 
     fn feature_stage(&self) -> Result<Box<dyn FeatureStage>> {
