@@ -548,8 +548,9 @@ impl Monitor {
     }
 
     /// Sets the gauges; logs and counts the columns that crossed the threshold since the last
-    /// report.
-    pub fn report(&mut self) {
+    /// report, and returns them (`true`: went over).
+    pub fn report(&mut self) -> Vec<(String, bool)> {
+        let mut crossed = Vec::new();
         let day = self.latest.map(day_text).unwrap_or_default();
         let psi: Vec<(String, Option<f64>)> = self
             .psi()
@@ -563,6 +564,7 @@ impl Monitor {
             if above != self.above[i] {
                 self.above[i] = above;
                 crate::events::drift_crossed(&column, above);
+                crossed.push((column.clone(), above));
                 match above {
                     true => tracing::warn!(
                         column,
@@ -582,6 +584,7 @@ impl Monitor {
                 }
             }
         }
+        crossed
     }
 
     /// The counts as a checkpoint table.
@@ -687,6 +690,75 @@ mod tests {
         assert!((psi - want).abs() < 1e-12, "{psi} vs {want}");
         assert_eq!(halves.psi(&[0, 0]), None);
         assert_eq!(halves.psi(&[1, 2, 3]), None);
+    }
+
+    /// A batch of `n` rows on `day`, column `X` holding `value(i)`.
+    fn rows(day: i64, n: usize, value: impl Fn(usize) -> f64) -> RecordBatch {
+        let t: Vec<i64> = (0..n).map(|i| day * DAY_NS + i as i64).collect();
+        RecordBatch::try_from_iter([
+            (
+                "T",
+                Arc::new(arrow::array::TimestampNanosecondArray::from(t)) as arrow::array::ArrayRef,
+            ),
+            (
+                "X",
+                Arc::new(arrow::array::Float64Array::from_iter_values(
+                    (0..n).map(value),
+                )),
+            ),
+        ])
+        .expect("batch")
+    }
+
+    /// The live monitor: quiet on the reference's own distribution, one crossing over when the
+    /// window has moved, one back under once the shifted days left the window; nothing below
+    /// `min_rows`.
+    #[test]
+    fn the_monitor_reports_each_crossing_once_as_the_window_moves() {
+        let reference = Reference {
+            period: "test".into(),
+            columns: vec![(
+                "X".into(),
+                Bins::of(&(0..1000).map(f64::from).collect::<Vec<_>>(), 10),
+            )],
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("reference.json");
+        reference.write(&path).expect("write");
+        let cfg = DriftConfig {
+            reference: path,
+            threshold: 0.2,
+            window_days: 2,
+            min_rows: 500,
+        };
+        let mut m = Monitor::new(&cfg, "T").expect("monitor");
+        m.observe(&rows(100, 400, |i| i as f64 * 2.5))
+            .expect("observe");
+        assert_eq!(m.psi(), vec![("X", None)], "under min_rows");
+        m.observe(&rows(100, 600, |i| i as f64 * 1000.0 / 600.0))
+            .expect("observe");
+        assert!(m.psi()[0].1.expect("psi") < 0.2);
+        assert!(m.report().is_empty());
+        // Two days of values ×3: the window (days 101-102) has moved.
+        m.observe(&rows(101, 1000, |i| i as f64 * 3.0))
+            .expect("observe");
+        m.observe(&rows(102, 1000, |i| i as f64 * 3.0))
+            .expect("observe");
+        assert!(m.psi()[0].1.expect("psi") > 0.2);
+        assert_eq!(m.report(), vec![("X".to_string(), true)]);
+        assert!(m.report().is_empty(), "reported once");
+        // Two days like the reference again: back under.
+        m.observe(&rows(103, 1000, |i| i as f64)).expect("observe");
+        m.observe(&rows(104, 1000, |i| i as f64)).expect("observe");
+        assert_eq!(m.report(), vec![("X".to_string(), false)]);
+        // A restored monitor holds the same window.
+        let mut restored = Monitor::new(&cfg, "T").expect("monitor");
+        assert!(
+            restored
+                .restore(&m.snapshot().expect("snapshot"))
+                .expect("restore")
+        );
+        assert_eq!(restored.psi(), m.psi());
     }
 
     #[test]
