@@ -634,22 +634,6 @@ fn exactly_once(session_ms: u32) -> String {
     )
 }
 
-/// Waits for the pipeline to exit by itself; returns whether it succeeded and its log.
-fn exit_of(pipeline: &mut Pipeline, within: Duration) -> (bool, String) {
-    let started = Instant::now();
-    loop {
-        if let Ok(Some(status)) = pipeline.child.try_wait() {
-            return (status.success(), pipeline.drain_log().join("\n"));
-        }
-        assert!(
-            started.elapsed() < within,
-            "the pipeline did not exit: {:#?}",
-            pipeline.drain_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Exactly-once against the mock cluster, which takes injected errors on every transaction
 /// request but stores no transactional offset commit (so each run starts from the earliest
 /// offsets: no checkpoint is due within the test) and filters nothing for read_committed
@@ -737,7 +721,7 @@ fn exactly_once_rides_out_retriable_errors_restarts_after_an_abort_and_stops_whe
     // Fenced: a newer producer has this transactional id. The process stops and says why.
     broker.command("request-errors end-txn producer-fenced 1");
     publish_all(&broker.bootstrap, &transactions(&feed, n..all));
-    let (ok, log) = exit_of(&mut pipeline, Duration::from_secs(60));
+    let (ok, log) = support::exit_of(&mut pipeline, Duration::from_secs(60));
     assert!(
         !ok,
         "a fenced producer ends the process with an error: {log}"

@@ -452,6 +452,43 @@ impl FeatureConfig {
         Ok(FeatureChain::new(ops))
     }
 
+    /// The definitions split at a repartition by `key` (scale-out): the first part holds what
+    /// runs before it (calendar flags, windows over other keys), the second what runs after it
+    /// on rows keyed by `key` (windows and label risks over `key`, then SQL features, which may
+    /// read any earlier column). Every label risk must be keyed by `key`, since labels reach
+    /// only the second part; each problem is listed.
+    pub fn split_by(&self, key: &str) -> Result<(FeatureConfig, FeatureConfig)> {
+        let problems: Vec<String> = self
+            .label_risk
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.key != key)
+            .map(|(i, r)| {
+                format!(
+                    "label_risk[{i}] is keyed by {:?}: with a repartition by {key:?} every label risk must be keyed by it (labels reach only the stage after the repartition)",
+                    r.key
+                )
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(OperatorError::Config(problems));
+        }
+        let (after, before): (Vec<WindowConfig>, Vec<WindowConfig>) =
+            self.windows.iter().cloned().partition(|w| w.key == key);
+        let first = FeatureConfig {
+            windows: before,
+            label_risk: Vec::new(),
+            sql: Vec::new(),
+            ..self.clone()
+        };
+        let second = FeatureConfig {
+            calendar: None,
+            windows: after,
+            ..self.clone()
+        };
+        Ok((first, second))
+    }
+
     /// Names of every feature column, in the order the chain appends them.
     pub fn feature_names(&self) -> Result<Vec<String>> {
         Ok(self.build_chain()?.feature_names())

@@ -200,6 +200,14 @@ impl FeatureChain {
         Ok(())
     }
 
+    /// The columns the chain appends, in order.
+    pub fn output_fields(&self) -> Vec<FieldRef> {
+        self.operators
+            .iter()
+            .flat_map(|op| op.output_fields().iter().cloned())
+            .collect()
+    }
+
     /// Names of all feature columns the chain appends, in order.
     pub fn feature_names(&self) -> Vec<String> {
         self.operators

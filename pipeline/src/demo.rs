@@ -34,7 +34,8 @@ use crate::{PipelineConfig, PipelineError, Result};
 /// The transactions and label events to publish, as JSON payloads in publishing order.
 #[derive(Debug, Default)]
 pub struct Feed {
-    /// `(is_label, customer key, payload, transaction index)` in publishing order.
+    /// `(is_label, key, payload, transaction index)` in publishing order: transactions are
+    /// keyed by customer, labels by terminal.
     pub messages: Vec<(bool, String, Vec<u8>, usize)>,
     /// Transactions in the feed.
     pub transactions: usize,
@@ -153,8 +154,10 @@ pub fn feed(history: &History, cfg: &PipelineConfig, skip: usize, count: usize) 
                 tx_fraud: l_flag.value(j),
             })
             .map_err(json)?;
+            // Keyed by terminal: the label features' key, so a repartitioned topology finds a
+            // terminal's labels in the partition its forwarded transactions go to.
             out.messages
-                .push((true, l_customer.value(j).to_string(), payload, usize::MAX));
+                .push((true, l_terminal.value(j).to_string(), payload, usize::MAX));
         }
         let payload = serde_json::to_vec(&Transaction {
             transaction_id: id.value(i),
@@ -189,7 +192,9 @@ pub struct Feeder {
 /// Producer settings for feeding: zstd-compressed (the mock broker keeps ~5 MiB per partition).
 pub fn feed_producer(kafka: &KafkaConfig) -> Result<ThreadedProducer<DefaultProducerContext>> {
     let mut c = kafka.client();
-    c.set("compression.type", "zstd").set("linger.ms", "1");
+    c.set("compression.type", "zstd")
+        .set("linger.ms", "1")
+        .set("partitioner", "murmur2_random");
     c.create()
         .map_err(PipelineError::kafka("creating the feed producer"))
 }

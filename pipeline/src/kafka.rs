@@ -77,9 +77,47 @@ pub struct KafkaConfig {
     /// instead of after `transaction.timeout.ms`.
     #[serde(default)]
     pub transactional_id: Option<String>,
+    /// The scale-out topology (`[kafka.repartition]`, README "Scaling out"): the features keyed
+    /// by `by` run after a repartition topic, so any number of instances can share the work.
+    #[serde(default)]
+    pub repartition: Option<RepartitionConfig>,
     /// `${env:NAME}` references that could not be resolved (reported by `problems`).
     #[serde(skip)]
     unresolved: Vec<String>,
+}
+
+/// `[kafka.repartition]`: the features keyed by `by` (e.g. the terminal's) run in a second
+/// stage that reads the first stage's rows from `<group_id>-by-<name>`, keyed by `by`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepartitionConfig {
+    /// The second key.
+    #[serde(default = "default_repartition_by")]
+    pub by: String,
+    /// The repartition topic (default `<group_id>-by-<by without _ID, lower case>`); riskpipe
+    /// creates it with the partition count of the transactions topic.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Replicas of the repartition topic when riskpipe creates it (default: the broker's
+    /// `default.replication.factor`).
+    #[serde(default)]
+    pub replication_factor: Option<i32>,
+}
+
+fn default_repartition_by() -> String {
+    riskpipe_schemas::tx::TERMINAL_ID.into()
+}
+
+impl RepartitionConfig {
+    /// The repartition topic of consumer group `group`; the second stage's consumer group has
+    /// the same name.
+    pub fn topic(&self, group: &str) -> String {
+        self.topic.clone().unwrap_or_else(|| {
+            let name = self.by.to_lowercase();
+            let name = name.strip_suffix("_id").unwrap_or(&name);
+            format!("{group}-by-{}", name.replace('_', "-"))
+        })
+    }
 }
 
 /// What a crash may do to the outputs (`kafka.processing_guarantee`).
@@ -239,6 +277,7 @@ impl KafkaConfig {
             startup_timeout: default_startup_timeout(),
             processing_guarantee: Guarantee::default(),
             transactional_id: None,
+            repartition: None,
             unresolved: Vec::new(),
         }
     }
@@ -285,6 +324,9 @@ impl KafkaConfig {
     /// (librdkafka validates each property name and value when a client config is built).
     pub fn problems(&self, streams: Streams) -> Vec<String> {
         let mut p = self.unresolved.clone();
+        if self.repartition.is_some() && self.exactly_once() {
+            p.push("kafka.repartition with processing_guarantee = \"exactly-once\" is not built yet (the repartitioned topology is at-least-once)".into());
+        }
         if let Some(ps) = &self.pseudonyms {
             p.extend(ps.problems());
         }

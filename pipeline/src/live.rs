@@ -25,11 +25,12 @@ use crate::decoders;
 use crate::driver::{Checkpoints, Counters, Driver, Summary};
 use crate::events;
 use crate::jobs::{self, Job, StateSnapshot};
+use crate::kafka::RepartitionConfig;
 use crate::observe::Health;
 use crate::reload::{ModelSlot, Reloader};
 use crate::sinks::kafka::KafkaSink;
 use crate::sources::kafka::KafkaSource;
-use crate::sources::kafka_restore;
+use crate::sources::{kafka_range, kafka_restore};
 use crate::state::{CheckpointStore, Positions, StateConfig};
 use crate::{PipelineError, Result};
 
@@ -102,8 +103,137 @@ async fn run_once(
     cfg: &PipelineConfig,
     health: &Arc<Health>,
     counters: &Arc<Counters>,
+    shutdown: impl Future<Output = ()> + Send + Clone,
+    models: Option<Arc<ModelSlot>>,
+) -> Result<Summary> {
+    let kafka = cfg.kafka.as_ref().ok_or_else(|| {
+        PipelineError::Config(vec![
+            "no [kafka] section: the live pipeline needs one".into(),
+        ])
+    })?;
+    match &kafka.repartition {
+        Some(r) => run_repartitioned(cfg, r, health, counters, shutdown, models).await,
+        None => run_stage(cfg, Stage::Whole, health, counters, shutdown, models, None).await,
+    }
+}
+
+/// Which job a run drives: the whole job, or one stage of the repartitioned topology.
+#[derive(Debug, Clone)]
+enum Stage {
+    Whole,
+    /// Before the repartition by `by`.
+    First {
+        by: String,
+    },
+    /// After it; the transactions topic has `origins` partitions.
+    Second {
+        by: String,
+        origins: i32,
+    },
+}
+
+impl Stage {
+    fn build(&self, cfg: &PipelineConfig) -> Result<Job> {
+        match self {
+            Stage::Whole => jobs::build(cfg),
+            Stage::First { by } => jobs::fraud::first_stage(cfg.fraud()?, by),
+            Stage::Second { by, origins } => {
+                jobs::fraud::second_stage(cfg.fraud()?, cfg, by, *origins)
+            }
+        }
+    }
+}
+
+/// The scale-out topology in this process: the first stage reads the transactions and
+/// forwards rows to the repartition topic (created here if missing, with the transactions
+/// topic's partition count), the second reads them with the labels and scores; each with a
+/// consumer group, offsets and checkpoints (`state.dir/stage-1`, `stage-2`) of its own. The
+/// second stage's summary is the run's.
+async fn run_repartitioned(
+    cfg: &PipelineConfig,
+    repartition: &RepartitionConfig,
+    health: &Arc<Health>,
+    counters: &Arc<Counters>,
+    shutdown: impl Future<Output = ()> + Send + Clone,
+    models: Option<Arc<ModelSlot>>,
+) -> Result<Summary> {
+    let kafka = cfg.kafka.clone().ok_or_else(|| {
+        PipelineError::Config(vec![
+            "no [kafka] section: the live pipeline needs one".into(),
+        ])
+    })?;
+    let topic = repartition.topic(&kafka.group_id);
+    let (streams, made) = (cfg.streams(), topic.clone());
+    let replication = repartition.replication_factor;
+    let origins = tokio::task::spawn_blocking(move || {
+        kafka_range::ensure_copartitioned(&kafka, kafka.events_topic(streams), &made, replication)
+    })
+    .await
+    .map_err(|e| PipelineError::Bug(format!("topic task: {e}")))??;
+    let (first, second) = stage_configs(cfg, &topic);
+    let by = repartition.by.clone();
+    let forwarding = Arc::new(Counters::default());
+    let (before, after) = tokio::try_join!(
+        run_stage(
+            &first,
+            Stage::First { by: by.clone() },
+            health,
+            &forwarding,
+            shutdown.clone(),
+            None,
+            Some(topic.clone()),
+        ),
+        run_stage(
+            &second,
+            Stage::Second { by, origins },
+            health,
+            counters,
+            shutdown,
+            models,
+            None,
+        ),
+    )?;
+    tracing::info!(
+        transactions = before.events,
+        "first stage: {} transactions read, forwarded to {topic}",
+        before.events
+    );
+    Ok(after)
+}
+
+/// The two stages' configs: the first reads no labels; the second reads the repartition topic
+/// (riskpipe's JSON, whatever `format` says) in a consumer group named after it; each keeps its
+/// checkpoints in a directory of its own.
+fn stage_configs(cfg: &PipelineConfig, topic: &str) -> (PipelineConfig, PipelineConfig) {
+    let stage = |name: &str, edit: &dyn Fn(&mut crate::kafka::KafkaConfig)| {
+        let mut c = cfg.clone();
+        if let Some(k) = c.kafka.as_mut() {
+            k.repartition = None;
+            edit(k);
+        }
+        if let Some(s) = c.state.as_mut() {
+            s.dir = format!("{}/{name}", s.dir.trim_end_matches('/'));
+        }
+        c
+    };
+    let first = stage("stage-1", &|k| k.topics.labels = Some(String::new()));
+    let second = stage("stage-2", &|k| {
+        k.topics.events = Some(topic.to_string());
+        k.formats.events = Some(crate::decoders::Format::Json);
+        k.group_id = topic.to_string();
+    });
+    (first, second)
+}
+
+/// One driver over one job: restore (with `[state]`), join, score until shutdown or an error.
+async fn run_stage(
+    cfg: &PipelineConfig,
+    stage: Stage,
+    health: &Arc<Health>,
+    counters: &Arc<Counters>,
     shutdown: impl Future<Output = ()> + Send,
     models: Option<Arc<ModelSlot>>,
+    forward_to: Option<String>,
 ) -> Result<Summary> {
     let kafka = cfg.kafka.as_ref().ok_or_else(|| {
         PipelineError::Config(vec![
@@ -116,12 +246,12 @@ async fn run_once(
     } else {
         None
     };
-    let job = jobs::build(cfg)?;
+    let job = stage.build(cfg)?;
     let (job, checkpoints, start) = match &cfg.state {
         Some(state) => {
             let (cfg, state) = (cfg.clone(), state.clone());
             let (job, checkpoints, start) =
-                tokio::task::spawn_blocking(move || restore(&cfg, &state, job))
+                tokio::task::spawn_blocking(move || restore(&cfg, &state, job, &stage))
                     .await
                     .map_err(|e| PipelineError::Bug(format!("restore task: {e}")))??;
             (job, Some(checkpoints), start)
@@ -138,6 +268,10 @@ async fn run_once(
     let sink = match transactional {
         Some(sink) => sink.committing_for(source.membership()),
         None => KafkaSink::new(kafka)?,
+    };
+    let sink = match &forward_to {
+        Some(topic) => sink.forwarding_to(topic),
+        None => sink,
     };
     let driver = Driver::new(
         decoders::build(kafka, cfg.streams())?,
@@ -157,6 +291,7 @@ fn restore(
     cfg: &PipelineConfig,
     state: &StateConfig,
     mut job: Job,
+    stage: &Stage,
 ) -> Result<(Job, Checkpoints, Positions)> {
     let kafka = cfg.kafka.as_ref().ok_or_else(|| {
         PipelineError::Config(vec![
@@ -200,7 +335,7 @@ fn restore(
             Err(e) => {
                 tracing::warn!(id = m.id, "checkpoint not used, trying an older one: {e}");
                 // A failed restore may have changed part of the state: start from new stages.
-                job = kind.build(cfg)?;
+                job = stage.build(cfg)?;
             }
         }
     }

@@ -175,6 +175,13 @@ pub mod label {
     pub const TX_FRAUD: &str = "TX_FRAUD";
 }
 
+/// Columns of riskpipe's own repartition topics (scale-out), never published outside.
+pub mod repartition {
+    /// The input partition a forwarded row was read from by the stage before the repartition:
+    /// the stage after it keeps its watermark per such partition.
+    pub const ORIGIN_PARTITION: &str = "RISKPIPE_ORIGIN_PARTITION";
+}
+
 /// Score columns appended by the pipeline, and the other columns of the output events.
 pub mod score {
     /// Model score in [0, 1].

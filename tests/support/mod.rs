@@ -291,6 +291,8 @@ pub(crate) struct Got {
     pub(crate) key: Vec<u8>,
     /// Headers as strings.
     pub(crate) headers: HashMap<String, String>,
+    /// The partition it was read from.
+    pub(crate) partition: i32,
 }
 
 impl Got {
@@ -309,6 +311,7 @@ impl Got {
             payload: m.payload().unwrap_or_default().to_vec(),
             key: m.key().unwrap_or_default().to_vec(),
             headers,
+            partition: m.partition(),
         }
     }
 }
@@ -531,5 +534,21 @@ pub(crate) fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// Waits for the pipeline to exit by itself; returns whether it succeeded and its log.
+pub(crate) fn exit_of(pipeline: &mut Pipeline, within: Duration) -> (bool, String) {
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = pipeline.child.try_wait() {
+            return (status.success(), pipeline.drain_log().join("\n"));
+        }
+        assert!(
+            started.elapsed() < within,
+            "the pipeline did not exit: {:#?}",
+            pipeline.drain_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -94,6 +94,7 @@ impl Counters {
             ("scores", d.scores),
             ("alerts", d.alerts),
             ("challenger", d.challenger),
+            ("repartition", d.forwarded),
             ("dead_letter", d.dead_letters),
         ] {
             events::events_out(output, n);

@@ -205,6 +205,14 @@ impl EventClock {
                 ));
             }
         }
+        self.observe(partition, t);
+        Ok(())
+    }
+
+    /// Moves `partition`'s high mark and the watermark on with an event at `t` that was
+    /// admitted already (by the stage before a repartition, against its own partition).
+    pub fn observe(&mut self, partition: i32, t: i64) {
+        let high = self.highs.get(&partition).copied().flatten();
         let high = high.map_or(t, |h| h.max(t));
         self.highs.insert(partition, Some(high));
         self.latest = Some(self.latest.map_or(t, |l| l.max(t)));
@@ -215,7 +223,6 @@ impl EventClock {
         if let Some(min) = min {
             self.watermark = self.watermark.max(min);
         }
-        Ok(())
     }
 }
 

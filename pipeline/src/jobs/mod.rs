@@ -139,6 +139,8 @@ pub struct JobOutput {
     pub alerts: Option<Records>,
     /// The challenger's score records (shadow scoring; never alerts).
     pub challenger: Option<Records>,
+    /// Rows for the next stage of a repartitioned topology (scale-out), keyed by its key.
+    pub forward: Option<Records>,
     /// Events refused while scoring.
     pub rejects: Vec<Reject>,
 }

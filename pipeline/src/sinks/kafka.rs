@@ -45,6 +45,8 @@ enum Output {
     Score,
     Alert,
     Challenger,
+    /// A row for the next stage of a repartitioned topology.
+    Forward,
     /// A dead letter, with the reference to send should its bytes turn out too large.
     DeadLetter(Option<Box<Reference>>),
 }
@@ -166,6 +168,8 @@ pub struct KafkaSink {
     scores_topic: String,
     alerts_topic: String,
     challenger_topic: String,
+    /// The repartition topic the forwarded rows go to (always JSON: riskpipe's own format).
+    forward_topic: Option<String>,
     dead_letter_topic: String,
     payloads: Payloads,
     /// Exactly-once: transactions, with the consumer whose offsets go into each (once named).
@@ -219,6 +223,12 @@ impl KafkaSink {
         })
     }
 
+    /// Forwarded rows (a stage before a repartition) go to `topic`.
+    pub fn forwarding_to(mut self, topic: &str) -> Self {
+        self.forward_topic = Some(topic.to_string());
+        self
+    }
+
     /// Transactions carry the input offsets of `group`'s consumer.
     pub fn committing_for(mut self, group: GroupMembership) -> Self {
         if let Some(g) = self.transactions.as_mut() {
@@ -229,6 +239,11 @@ impl KafkaSink {
 
     fn build(kafka: &KafkaConfig, transactional_id: Option<&str>) -> Result<Self> {
         let mut cfg = kafka.client();
+        if cfg.get("partitioner").is_none() {
+            // Java's partitioner: keyed records land where Kafka's Java clients (and Kafka
+            // Streams) put the same key, so topics keyed by riskpipe and by Java services line up.
+            cfg.set("partitioner", "murmur2_random");
+        }
         if cfg.get("linger.ms").is_none() {
             // librdkafka's 5 ms default would spend half of a 10 ms latency budget waiting.
             cfg.set("linger.ms", "1");
@@ -254,6 +269,7 @@ impl KafkaSink {
             scores_topic: kafka.topics.scores.clone(),
             alerts_topic: kafka.topics.alerts.clone(),
             challenger_topic: kafka.topics.challenger.clone(),
+            forward_topic: None,
             dead_letter_topic: kafka.topics.dead_letter.clone(),
             payloads: Payloads::default(),
             transactions: None,
@@ -268,19 +284,32 @@ impl KafkaSink {
         deliveries: &mut Vec<(DeliveryFuture, Output)>,
     ) -> Result<()> {
         let started = Instant::now();
+        // Pseudonyms are for what leaves riskpipe; the next stage needs the real keys.
         let pseudonymised = match &self.pseudonyms {
-            Some(p) => Some(p.apply(records)?),
-            None => None,
+            Some(p) if !matches!(topic, Output::Forward) => Some(p.apply(records)?),
+            _ => None,
         };
         let records = pseudonymised.as_ref().unwrap_or(records);
-        let name = match topic {
-            Output::Alert => &self.alerts_topic,
-            Output::Challenger => &self.challenger_topic,
+        let name = match (&topic, &self.forward_topic) {
+            (Output::Alert, _) => &self.alerts_topic,
+            (Output::Challenger, _) => &self.challenger_topic,
+            (Output::Forward, Some(t)) => t,
+            (Output::Forward, None) => {
+                return Err(PipelineError::Bug(
+                    "rows to forward, but no repartition topic".into(),
+                ));
+            }
             _ => &self.scores_topic,
         };
         self.payloads.clear();
-        self.encoder
-            .encode(name, &records.batch, &mut self.payloads)?;
+        match topic {
+            Output::Forward => {
+                encoders::JsonEncoder.encode(name, &records.batch, &mut self.payloads)?
+            }
+            _ => self
+                .encoder
+                .encode(name, &records.batch, &mut self.payloads)?,
+        }
         events::stage_time(Stage::Encode, started.elapsed().as_secs_f64());
         let keys = records
             .keys
@@ -298,6 +327,7 @@ impl KafkaSink {
             let output = match topic {
                 Output::Alert => Output::Alert,
                 Output::Challenger => Output::Challenger,
+                Output::Forward => Output::Forward,
                 _ => Output::Score,
             };
             deliveries.push((d, output));
@@ -522,6 +552,9 @@ impl Sink for KafkaSink {
         if let Some(r) = &batch.output.challenger {
             self.publish(r, Output::Challenger, &mut deliveries).await?;
         }
+        if let Some(r) = &batch.output.forward {
+            self.publish(r, Output::Forward, &mut deliveries).await?;
+        }
         for d in &batch.dead {
             self.dead_letter(d, &mut deliveries).await?;
         }
@@ -536,6 +569,7 @@ impl Sink for KafkaSink {
                         Output::Score => delivered.scores += 1,
                         Output::Alert => delivered.alerts += 1,
                         Output::Challenger => delivered.challenger += 1,
+                        Output::Forward => delivered.forwarded += 1,
                         Output::DeadLetter(_) => delivered.dead_letters += 1,
                     },
                     // The broker refused a dead letter as too large for the topic.

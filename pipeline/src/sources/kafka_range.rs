@@ -134,6 +134,59 @@ pub(crate) fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<
     Ok(partitions)
 }
 
+/// The partition count of `source`; `repartition` is created with as many partitions when it
+/// does not exist (run off the async reactor: it blocks), and refused when it has another
+/// count (rows keyed alike must land in the partitions numbered alike).
+pub fn ensure_copartitioned(
+    kafka: &KafkaConfig,
+    source: &str,
+    repartition: &str,
+    replication_factor: Option<i32>,
+) -> Result<i32> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let consumer = range_consumer(kafka)?;
+    let partitions = i32::try_from(partitions_of(&consumer, source)?.len())
+        .map_err(|_| PipelineError::BadInput(format!("topic {source:?}: too many partitions")))?;
+    if let Ok(existing) = partitions_of(&consumer, repartition) {
+        return match i32::try_from(existing.len()) {
+            Ok(n) if n == partitions => Ok(partitions),
+            _ => Err(PipelineError::Config(vec![format!(
+                "the repartition topic {repartition:?} has {} partitions, the transactions topic {source:?} {partitions}: they must be equal (delete it, or give kafka.repartition.topic another name)",
+                existing.len()
+            )])),
+        };
+    }
+    let admin: AdminClient<DefaultClientContext> = kafka
+        .client()
+        .create()
+        .map_err(PipelineError::kafka("creating the admin client"))?;
+    let topic = NewTopic::new(
+        repartition,
+        partitions,
+        TopicReplication::Fixed(replication_factor.unwrap_or(-1)),
+    );
+    let created = tokio::runtime::Handle::current()
+        .block_on(admin.create_topics([&topic], &AdminOptions::new()))
+        .map_err(PipelineError::kafka("creating the repartition topic"))?;
+    for result in created {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(PipelineError::Config(vec![format!(
+                    "creating the repartition topic {name:?}: {code}"
+                )]));
+            }
+        }
+    }
+    tracing::info!(
+        topic = repartition,
+        partitions,
+        "repartition topic ready ({partitions} partitions, as {source:?})"
+    );
+    Ok(partitions)
+}
+
 /// The earliest retained offset of `partition`.
 pub(crate) fn earliest(consumer: &BaseConsumer, topic: &str, partition: i32) -> Result<i64> {
     Ok(resolve(consumer, topic, &[partition], Bound::Edge, false)?[0])

@@ -22,7 +22,7 @@ use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use riskpipe_models::{Model, Scorer};
 use riskpipe_operators::{FeatureChain, columns};
-use riskpipe_schemas::{fraud_label_schema, score, transaction_schema};
+use riskpipe_schemas::{fraud_label_schema, repartition, score, transaction_schema};
 
 pub use config::{FraudConfig, ReplayConfig, SplitConfig};
 pub use model::FraudModel;
@@ -55,12 +55,89 @@ pub fn inputs() -> Inputs {
 
 /// The feature half alone (the training-set export needs no model).
 pub fn feature_stage(cfg: &FraudConfig) -> Result<Box<dyn FeatureStage>> {
-    Ok(Box::new(FraudFeatures {
-        chain: cfg.features.build_chain()?,
-        clock: EventClock::new(cfg.event_time),
-        event_time: cfg.features.event_time.clone(),
-        fingerprint: super::fingerprint(&cfg.features),
-    }))
+    Ok(Box::new(FraudFeatures::new(
+        cfg,
+        &cfg.features,
+        Part::Whole,
+    )?))
+}
+
+/// The first job of the scale-out topology, split at a repartition by `by` (e.g.
+/// `TERMINAL_ID`): it takes the transactions (partitioned by their own key, e.g. the customer),
+/// admits them against the watermark, computes the features the repartition does not need and
+/// forwards each row, with the partition it came from, keyed by `by` ([`second_stage`]).
+pub fn first_stage(cfg: &FraudConfig, by: &str) -> Result<Job> {
+    let (before, _) = cfg.features.split_by(by)?;
+    Ok(Job {
+        kind: "fraud",
+        model: String::new(),
+        members: Vec::new(),
+        inputs: Inputs {
+            events: transaction_schema(),
+            side: None,
+        },
+        features: Box::new(FraudFeatures::new(cfg, &before, Part::BeforeRepartition)?),
+        scoring: Box::new(Forward {
+            key: by.to_string(),
+        }),
+    })
+}
+
+/// The rows [`first_stage`] forwards: the transaction, its first features, its partition.
+pub fn forwarded_schema(cfg: &FraudConfig, by: &str) -> Result<arrow::datatypes::SchemaRef> {
+    let (before, _) = cfg.features.split_by(by)?;
+    let mut fields: Vec<arrow::datatypes::FieldRef> =
+        transaction_schema().fields().iter().cloned().collect();
+    fields.extend(before.build_chain()?.output_fields());
+    fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
+        repartition::ORIGIN_PARTITION,
+        arrow::datatypes::DataType::Int32,
+        false,
+    )));
+    Ok(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)))
+}
+
+/// The second job of the scale-out topology: the forwarded rows and the labels (keyed by `by`
+/// too) in, the features keyed by `by`, the model, scores and alerts out. `origins` is the
+/// number of partitions of the transactions topic: the watermark waits for each.
+pub fn second_stage(
+    cfg: &FraudConfig,
+    pipeline: &PipelineConfig,
+    by: &str,
+    origins: i32,
+) -> Result<Job> {
+    let (_, after) = cfg.features.split_by(by)?;
+    let mut features = FraudFeatures::new(cfg, &after, Part::AfterRepartition)?;
+    features.clock.hold(&(0..origins).collect::<Vec<_>>());
+    let mut job = build(cfg, pipeline)?;
+    job.inputs = Inputs {
+        events: forwarded_schema(cfg, by)?,
+        side: Some(fraud_label_schema()),
+    };
+    job.features = Box::new(features);
+    Ok(job)
+}
+
+/// Rows forwarded to the repartition topic, keyed by the next stage's key.
+#[derive(Debug)]
+struct Forward {
+    key: String,
+}
+
+impl ScoreStage for Forward {
+    fn process(&mut self, featured: Featured) -> Result<JobOutput> {
+        let column = columns::get(&featured.batch, &self.key).map_err(PipelineError::produced)?;
+        let keys = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)?;
+        Ok(JobOutput {
+            forward: Some(super::Records {
+                batch: featured.batch,
+                keys,
+                key_column: None,
+            }),
+            rejects: featured.rejects,
+            ..JobOutput::default()
+        })
+    }
 }
 
 /// Builds the job: the feature chain, the model (checked: every model input is a transaction
@@ -157,6 +234,36 @@ struct FraudFeatures {
     clock: EventClock,
     event_time: String,
     fingerprint: String,
+    part: Part,
+}
+
+/// Which part of the features a stage computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// All of them (one stage).
+    Whole,
+    /// Before a repartition: admits the transactions, appends each row's input partition.
+    BeforeRepartition,
+    /// After it: the rows were admitted before; the watermark is kept per their partition of
+    /// origin, whose events arrive here in their own order (a subsequence of it), so it never
+    /// runs ahead of the first stage's.
+    AfterRepartition,
+}
+
+impl FraudFeatures {
+    fn new(
+        cfg: &FraudConfig,
+        features: &riskpipe_operators::FeatureConfig,
+        part: Part,
+    ) -> Result<Self> {
+        Ok(Self {
+            chain: features.build_chain()?,
+            clock: EventClock::new(cfg.event_time),
+            event_time: features.event_time.clone(),
+            fingerprint: super::fingerprint(features),
+            part,
+        })
+    }
 }
 
 /// The clock's table in a snapshot; the operators' tables are prefixed [`FEATURES`].
@@ -165,14 +272,27 @@ const FEATURES: &str = "features/";
 
 impl FeatureStage for FraudFeatures {
     fn process(&mut self, input: JobInput) -> Result<Featured> {
-        if let Some(p) = &input.partitions {
+        if let Some(p) = &input.partitions
+            && self.part != Part::AfterRepartition
+        {
             self.clock.hold(&p.held);
         }
         // State is freed up to where the batch's events can still look: they are all at or
         // after the watermark as it stands before them, less the allowed lateness.
         self.chain.advance_watermark(self.clock.state_watermark());
         let mut rejects = Vec::new();
-        let events = if input.events.num_rows() > 0 {
+        let mut origins = Vec::new();
+        let events = if input.events.num_rows() > 0 && self.part == Part::AfterRepartition {
+            let times = columns::event_times(&input.events, &self.event_time)?;
+            let from = columns::primitive::<arrow::datatypes::Int32Type>(
+                &input.events,
+                repartition::ORIGIN_PARTITION,
+            )?;
+            for (&t, &p) in times.iter().zip(from.values().iter()) {
+                self.clock.observe(p, t);
+            }
+            input.events
+        } else if input.events.num_rows() > 0 {
             let times = columns::event_times(&input.events, &self.event_time)?;
             let mut keep = Vec::with_capacity(times.len());
             for (row, &t) in times.iter().enumerate() {
@@ -182,7 +302,10 @@ impl FeatureStage for FraudFeatures {
                     .and_then(|p| p.of_events.get(row).copied())
                     .unwrap_or(0);
                 match self.clock.admit(partition, t) {
-                    Ok(()) => keep.push(row as u32),
+                    Ok(()) => {
+                        keep.push(row as u32);
+                        origins.push(partition);
+                    }
                     Err((kind, reason)) => rejects.push(Reject { row, kind, reason }),
                 }
             }
@@ -198,11 +321,26 @@ impl FeatureStage for FraudFeatures {
         if let Some(labels) = input.side.as_ref().filter(|l| l.num_rows() > 0) {
             self.chain.observe_labels(labels)?;
         }
-        let batch = if events.num_rows() > 0 {
+        let mut batch = if events.num_rows() > 0 {
             self.chain.process(events)?
         } else {
             events
         };
+        if self.part == Part::BeforeRepartition {
+            let mut fields: Vec<arrow::datatypes::FieldRef> =
+                batch.schema().fields().iter().cloned().collect();
+            fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
+                repartition::ORIGIN_PARTITION,
+                arrow::datatypes::DataType::Int32,
+                false,
+            )));
+            let mut columns = batch.columns().to_vec();
+            columns.push(std::sync::Arc::new(arrow::array::Int32Array::from(origins)));
+            batch = RecordBatch::try_new(
+                std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+                columns,
+            )?;
+        }
         crate::events::event_time(self.clock.watermark(), self.chain.keys());
         Ok(Featured { batch, rejects })
     }
@@ -562,6 +700,7 @@ impl ScoreStage for FraudScoring {
             scores: Some(scores),
             alerts: Some(alerts),
             challenger,
+            forward: None,
             rejects: featured.rejects,
         })
     }
@@ -586,6 +725,16 @@ impl JobKind for FraudConfig {
                 p.push(format!("alerts.threshold must be within 0..=1, not {t}"));
             }
             Some(_) => {}
+        }
+        if let Some(r) = pipeline.kafka.as_ref().and_then(|k| k.repartition.as_ref())
+            && let Err(riskpipe_operators::OperatorError::Config(problems)) =
+                self.features.split_by(&r.by)
+        {
+            p.extend(
+                problems
+                    .into_iter()
+                    .map(|e| format!("kafka.repartition: {e}")),
+            );
         }
         p
     }

@@ -356,6 +356,7 @@ impl ScoreStage for MarketScoring {
             scores: Some(scores),
             alerts: Some(breaches),
             challenger: None,
+            forward: None,
             rejects: featured.rejects,
         })
     }
@@ -394,6 +395,13 @@ impl JobKind for MarketConfig {
         }
         if pipeline.challenger.is_some() {
             p.push("[challenger] is for fraud jobs (not built for the market job)".into());
+        }
+        if pipeline
+            .kafka
+            .as_ref()
+            .is_some_and(|k| k.repartition.is_some())
+        {
+            p.push("kafka.repartition splits a fraud job's features by their second key; a market job has one key (the instrument)".into());
         }
         if pipeline.drift.is_some() {
             p.push(
