@@ -275,6 +275,7 @@ fn partitions_read_days_apart_score_as_the_ordered_backtest() {
             events,
             partitions: Some(Partitions {
                 of_events,
+                of_side: Vec::new(),
                 held: Arc::from([0, 1, 2, 3]),
             }),
             source_rows: None,

@@ -273,6 +273,7 @@ pub(super) fn decode<A: Send>(
                     decode_stream(decoder, &inputs.events, event_messages, &mut dead)?;
                 let partitions = Partitions {
                     of_events: origins.iter().map(|m| m.partition).collect(),
+                    of_side: side_origins.iter().map(|m| m.partition).collect(),
                     held,
                 };
                 let mut work = Work::new(batch.ack, events.num_rows());

@@ -17,6 +17,7 @@
 pub mod event_time;
 pub mod fraud;
 pub mod market;
+pub mod partitioned;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,6 +49,9 @@ pub struct JobInput {
 pub struct Partitions {
     /// Partition of each row of [`JobInput::events`].
     pub of_events: Vec<i32>,
+    /// Partition of each row of [`JobInput::side`], where the source knows it (live); empty
+    /// otherwise.
+    pub of_side: Vec<i32>,
     /// Partitions held (assigned); the watermark waits for each of them.
     pub held: Arc<[i32]>,
 }
@@ -58,6 +62,7 @@ impl Partitions {
         let n = self.of_events.len();
         Partitions {
             of_events: self.of_events[start.min(n)..(start + len).min(n)].to_vec(),
+            of_side: Vec::new(),
             held: self.held.clone(),
         }
     }

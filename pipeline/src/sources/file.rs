@@ -203,6 +203,7 @@ pub fn prepare(
                     .iter()
                     .map(|&r| p.of_events[r as usize])
                     .collect(),
+                of_side: Vec::new(),
                 held: p.held,
             })
         }

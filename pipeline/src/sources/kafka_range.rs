@@ -295,6 +295,7 @@ pub fn history(
     // Each event's partition: the history keeps every partition in offset order, as live read it.
     let partitions = Partitions {
         of_events,
+        of_side: Vec::new(),
         held: read.all.into(),
     };
     Ok((

@@ -145,6 +145,7 @@ pub fn gap(
             events: decoded.batch,
             partitions: Some(Partitions {
                 of_events,
+                of_side: Vec::new(),
                 held: all.into(),
             }),
         },

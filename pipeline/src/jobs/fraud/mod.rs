@@ -107,15 +107,31 @@ pub fn second_stage(
     origins: i32,
 ) -> Result<Job> {
     let (_, after) = cfg.features.split_by(by)?;
-    let mut features = FraudFeatures::new(cfg, &after, Part::AfterRepartition)?;
-    features.clock.hold(&(0..origins).collect::<Vec<_>>());
     let mut job = build(cfg, pipeline)?;
     job.inputs = Inputs {
         events: forwarded_schema(cfg, by)?,
         side: Some(fraud_label_schema()),
     };
-    job.features = Box::new(features);
+    job.features = Box::new(per_partition(cfg, after, Part::AfterRepartition, origins)?);
     Ok(job)
+}
+
+/// The features of `part` with state per input partition (see [`super::partitioned`]); after a
+/// repartition, each partition's watermark waits for the `origins` partitions rows come from.
+fn per_partition(
+    cfg: &FraudConfig,
+    features: riskpipe_operators::FeatureConfig,
+    part: Part,
+    origins: i32,
+) -> Result<super::partitioned::PerPartition> {
+    let cfg = cfg.clone();
+    super::partitioned::PerPartition::new(Box::new(move || {
+        let mut stage = FraudFeatures::new(&cfg, &features, part)?;
+        if part == Part::AfterRepartition {
+            stage.clock.hold(&(0..origins).collect::<Vec<_>>());
+        }
+        Ok(Box::new(stage) as Box<dyn FeatureStage>)
+    }))
 }
 
 /// Rows forwarded to the repartition topic, keyed by the next stage's key.
