@@ -227,7 +227,7 @@ impl FeatureStage for PerPartition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Array, AsArray, Int64Array};
+    use arrow::array::{AsArray, Int64Array};
     use arrow::datatypes::Int64Type;
 
     /// Counts its events and labels; appends `N`, the events seen so far including this one,
