@@ -42,13 +42,23 @@ fn publish(feed: &Feed, bootstrap: &str, labels: bool, rate: f64) {
         .expect("publish");
 }
 
-fn repartitioned(dir: &std::path::Path, bootstrap: &str) -> std::path::PathBuf {
+/// The handbook config in the scale-out topology, its checkpoints in `state` (shared by every
+/// instance), one a second.
+fn repartitioned(
+    dir: &std::path::Path,
+    bootstrap: &str,
+    state: &std::path::Path,
+) -> std::path::PathBuf {
     support::write_config(
         dir,
-        &kafka_section(
-            bootstrap,
-            "scale",
-            "[kafka.repartition]\nby = \"TERMINAL_ID\"\nreplication_factor = 1\n",
+        &format!(
+            "{}\n[state]\ndir = {:?}\ninterval = \"1s\"\n",
+            kafka_section(
+                bootstrap,
+                "scale",
+                "[kafka.repartition]\nby = \"TERMINAL_ID\"\nreplication_factor = 1\n",
+            ),
+            state.display().to_string()
         ),
     )
 }
@@ -65,7 +75,7 @@ fn the_repartitioned_topology_scores_as_the_single_process_backtest() {
     let feed = feed(&history, &cfg, 0, n).expect("feed");
     let broker = Broker::start(&TOPICS);
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = repartitioned(dir.path(), &broker.bootstrap);
+    let config = repartitioned(dir.path(), &broker.bootstrap, &dir.path().join("state"));
     publish(&feed, &broker.bootstrap, true, 0.0);
     let mut pipeline = Pipeline::start(&config);
     pipeline.wait_ready();
@@ -124,7 +134,11 @@ fn a_repartition_topic_of_another_partition_count_is_refused() {
     topics[1] = ("scale-by-terminal", 3);
     let broker = Broker::start(&topics);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut pipeline = Pipeline::start(&repartitioned(dir.path(), &broker.bootstrap));
+    let mut pipeline = Pipeline::start(&repartitioned(
+        dir.path(),
+        &broker.bootstrap,
+        &dir.path().join("state"),
+    ));
     let (ok, log) = support::exit_of(&mut pipeline, Duration::from_secs(60));
     assert!(!ok);
     assert!(

@@ -294,6 +294,9 @@ impl PipelineConfig {
                 p.push("kafka.processing_guarantee = \"exactly-once\" needs [state]: after an aborted transaction the state goes back to the last committed one through a checkpoint".into());
             }
         }
+        if self.kafka.as_ref().is_some_and(|k| k.repartition.is_some()) && self.state.is_none() {
+            p.push("kafka.repartition needs [state]: a partition's state moves to the instance the group assigns it through its checkpoints".into());
+        }
         if let Some(s) = &self.state {
             p.extend(s.problems());
             if self.kafka.is_none() {

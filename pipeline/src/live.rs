@@ -24,12 +24,15 @@ use crate::config::PipelineConfig;
 use crate::decoders;
 use crate::driver::{Checkpoints, Counters, Driver, Summary};
 use crate::events;
+use crate::jobs::partitioned::{Installs, MakeStage};
 use crate::jobs::{self, Job, StateSnapshot};
 use crate::kafka::RepartitionConfig;
 use crate::observe::Health;
 use crate::reload::{ModelSlot, Reloader};
 use crate::sinks::kafka::KafkaSink;
+use crate::sources::kafka::Follow;
 use crate::sources::kafka::KafkaSource;
+use crate::sources::kafka_assign::PartitionRestore;
 use crate::sources::{kafka_range, kafka_restore};
 use crate::state::{CheckpointStore, Positions, StateConfig};
 use crate::{PipelineError, Result};
@@ -133,6 +136,20 @@ enum Stage {
 }
 
 impl Stage {
+    /// A new stage of one partition's features, for a stage that keeps them per partition.
+    fn partition_maker(&self, cfg: &PipelineConfig) -> Result<Option<MakeStage>> {
+        Ok(match self {
+            Stage::Whole => None,
+            Stage::First { by } => Some(jobs::fraud::partition_maker(cfg.fraud()?, by, false, 0)?),
+            Stage::Second { by, origins } => Some(jobs::fraud::partition_maker(
+                cfg.fraud()?,
+                by,
+                true,
+                *origins,
+            )?),
+        })
+    }
+
     fn build(&self, cfg: &PipelineConfig) -> Result<Job> {
         match self {
             Stage::Whole => jobs::build(cfg),
@@ -166,7 +183,13 @@ async fn run_repartitioned(
     let (streams, made) = (cfg.streams(), topic.clone());
     let replication = repartition.replication_factor;
     let origins = tokio::task::spawn_blocking(move || {
-        kafka_range::ensure_copartitioned(&kafka, kafka.events_topic(streams), &made, replication)
+        kafka_range::ensure_copartitioned(
+            &kafka,
+            kafka.events_topic(streams),
+            &made,
+            replication,
+            kafka.side_topic(streams),
+        )
     })
     .await
     .map_err(|e| PipelineError::Bug(format!("topic task: {e}")))??;
@@ -246,9 +269,40 @@ async fn run_stage(
     } else {
         None
     };
-    let job = stage.build(cfg)?;
-    let (job, checkpoints, start) = match &cfg.state {
-        Some(state) => {
+    let mut job = stage.build(cfg)?;
+    let mut follow = None;
+    let (job, checkpoints, start) = match (&cfg.state, stage.partition_maker(cfg)?) {
+        // State per partition, restored as partitions are assigned (scale-out).
+        (Some(state), Some(make)) => {
+            let store = CheckpointStore::open(state)?;
+            let installs = Arc::new(Installs::default());
+            if !job.features.adopt(installs.clone()) {
+                return Err(PipelineError::Bug(
+                    "a repartitioned stage without state per partition".into(),
+                ));
+            }
+            let kind = cfg.job.kind();
+            let restore = PartitionRestore::new(
+                kafka,
+                cfg.streams(),
+                job.inputs.clone(),
+                decoders::build(kafka, cfg.streams())?,
+                store.clone(),
+                make,
+                kind.name(),
+                kind.batch_rows(),
+            )?;
+            follow = Some(Follow { restore, installs });
+            let checkpoints = Checkpoints {
+                store,
+                interval: state.interval,
+                job: kind.name(),
+                next_id: 0,
+                per_partition: true,
+            };
+            (job, Some(checkpoints), Positions::new())
+        }
+        (Some(state), None) => {
             let (cfg, state) = (cfg.clone(), state.clone());
             let (job, checkpoints, start) =
                 tokio::task::spawn_blocking(move || restore(&cfg, &state, job, &stage))
@@ -256,7 +310,7 @@ async fn run_stage(
                     .map_err(|e| PipelineError::Bug(format!("restore task: {e}")))??;
             (job, Some(checkpoints), start)
         }
-        None => (job, None, Positions::new()),
+        (None, _) => (job, None, Positions::new()),
     };
     let mut job = job;
     if let Some(slot) = models
@@ -265,6 +319,10 @@ async fn run_stage(
         tracing::warn!("the {} job does not reload its model", job.kind);
     }
     let source = KafkaSource::new(kafka, cfg.streams(), health.clone())?.starting_from(start);
+    let source = match follow {
+        Some(f) => source.following(f),
+        None => source,
+    };
     let sink = match transactional {
         Some(sink) => sink.committing_for(source.membership()),
         None => KafkaSink::new(kafka)?,
@@ -370,6 +428,7 @@ fn restore(
         interval: state.interval,
         job: kind.name(),
         next_id,
+        per_partition: false,
     };
     Ok((job, checkpoints, gap.positions))
 }

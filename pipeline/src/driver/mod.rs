@@ -73,6 +73,43 @@ pub struct Checkpoints {
     pub job: &'static str,
     /// The first checkpoint's id.
     pub next_id: u64,
+    /// The feature state is kept per input partition (`p<N>/` tables), each partition's in a
+    /// store of its own with its own offsets, so it can move to another instance alone; the
+    /// score stage's state (per instance) is not written.
+    pub per_partition: bool,
+}
+
+/// A per-partition snapshot (`p<N>/` feature tables) split into each partition's own: its
+/// tables and its positions in every input topic; the score stage's tables are left out.
+fn by_partition(
+    snapshot: StateSnapshot,
+    positions: Positions,
+) -> Vec<(i32, StateSnapshot, Positions)> {
+    let (features, _) = snapshot.split();
+    let mut out: std::collections::BTreeMap<i32, StateSnapshot> = Default::default();
+    for (name, table) in features.tables {
+        if let Some((p, own)) = crate::jobs::partitioned::partition_of_table(&name) {
+            out.entry(p)
+                .or_insert_with(|| StateSnapshot {
+                    tables: Vec::new(),
+                    fingerprint: features.fingerprint.clone(),
+                })
+                .tables
+                .push((own.to_string(), table));
+        }
+    }
+    out.into_iter()
+        .map(|(p, snapshot)| {
+            let mine: Positions = positions
+                .iter()
+                .filter_map(|(topic, parts)| {
+                    let at = parts.get(&p)?;
+                    Some((topic.clone(), std::iter::once((p, *at)).collect()))
+                })
+                .collect();
+            (p, snapshot, mine)
+        })
+        .collect()
 }
 
 /// Writes checkpoints one at a time, each on a task of its own.
@@ -96,11 +133,27 @@ impl Writer {
                         .await
                         .map_err(|e| PipelineError::Bug(format!("commit task: {e}")))??;
                 }
-                c.store.write(id, c.job, positions, snapshot).await
+                if c.per_partition {
+                    let mut bytes = 0;
+                    for (p, snapshot, positions) in by_partition(snapshot, positions) {
+                        // Ids by time: the instances that hold a partition one after the other
+                        // write into the same store.
+                        let id = crate::state::now_ms().max(0) as u64;
+                        bytes += c
+                            .store
+                            .partition(p)
+                            .write(id, c.job, positions, snapshot)
+                            .await?
+                            .bytes();
+                    }
+                    Ok::<u64, PipelineError>(bytes)
+                } else {
+                    Ok(c.store.write(id, c.job, positions, snapshot).await?.bytes())
+                }
             }
             .await;
             match r {
-                Ok(m) => tracing::debug!(id, bytes = m.bytes(), "checkpoint written"),
+                Ok(bytes) => tracing::debug!(id, bytes, "checkpoint written"),
                 Err(e) => {
                     events::checkpoint_failed();
                     tracing::warn!("checkpoint {id} not written (the next one retries): {e}");

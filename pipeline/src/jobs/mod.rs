@@ -339,6 +339,13 @@ pub trait FeatureStage: Send + std::fmt::Debug {
     fn restore(&mut self, _state: StateSnapshot) -> Result<()> {
         Err(PipelineError::StateNotSupported { stage: "features" })
     }
+
+    /// State per input partition that follows the group's assignment: restored stages of
+    /// newly assigned partitions come from `installs`. False when the stage keeps no state per
+    /// partition.
+    fn adopt(&mut self, _installs: Arc<partitioned::Installs>) -> bool {
+        false
+    }
 }
 
 /// The scoring half of a job: model, alerts, output records.

@@ -14,7 +14,36 @@ use super::{FeatureStage, Featured, JobInput, Partitions, Reject, StateSnapshot}
 use crate::{PipelineError, Result};
 
 /// Builds the stage of a newly held partition.
-pub type MakeStage = Box<dyn Fn() -> Result<Box<dyn FeatureStage>> + Send>;
+pub type MakeStage = Arc<dyn Fn() -> Result<Box<dyn FeatureStage>> + Send + Sync>;
+
+/// Stages restored off the feature thread (a partition assigned to this instance, its state
+/// read from its checkpoint and brought up to the committed offsets), waiting to be taken in.
+#[derive(Default)]
+pub struct Installs {
+    stages: std::sync::Mutex<BTreeMap<i32, Box<dyn FeatureStage>>>,
+}
+
+impl std::fmt::Debug for Installs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Installs").finish_non_exhaustive()
+    }
+}
+
+impl Installs {
+    /// Offers `stage` as partition `p`'s state, to be taken before the next batch.
+    pub fn put(&self, p: i32, stage: Box<dyn FeatureStage>) {
+        if let Ok(mut s) = self.stages.lock() {
+            s.insert(p, stage);
+        }
+    }
+
+    fn take(&self) -> BTreeMap<i32, Box<dyn FeatureStage>> {
+        self.stages
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
+    }
+}
 
 /// One feature stage per input partition.
 pub struct PerPartition {
@@ -22,6 +51,10 @@ pub struct PerPartition {
     stages: BTreeMap<i32, Box<dyn FeatureStage>>,
     /// The stages' definitions (every stage has the same).
     fingerprint: String,
+    /// Set when partitions come and go with the group's assignment: stages of newly assigned
+    /// partitions come restored from here, and a partition the batch's source no longer holds
+    /// is given up after the batch.
+    installs: Option<Arc<Installs>>,
 }
 
 impl std::fmt::Debug for PerPartition {
@@ -51,7 +84,13 @@ impl PerPartition {
             make,
             stages: BTreeMap::new(),
             fingerprint,
+            installs: None,
         })
+    }
+
+    /// A new stage, as a newly held partition gets.
+    pub fn maker(&self) -> MakeStage {
+        self.make.clone()
     }
 
     /// The partitions with a stage.
@@ -87,6 +126,11 @@ impl FeatureStage for PerPartition {
         let parts = partitions.ok_or_else(|| {
             PipelineError::Bug("state per partition needs each event's partition".into())
         })?;
+        if let Some(installs) = &self.installs {
+            for (p, stage) in installs.take() {
+                self.stages.insert(p, stage);
+            }
+        }
         let mut events_of: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
         for (row, &p) in parts.of_events.iter().enumerate() {
             events_of.entry(p).or_default().push(row as u32);
@@ -160,6 +204,11 @@ impl FeatureStage for PerPartition {
             }
         }
         rejects.sort_by_key(|r| r.row);
+        if self.installs.is_some() {
+            // Given up: the source no longer holds them (every earlier batch with their rows
+            // has gone through, and later ones have none).
+            self.stages.retain(|p, _| parts.held.contains(p));
+        }
         let batch = match outputs.len() {
             0 => events.slice(0, 0),
             1 => outputs.swap_remove(0),
@@ -175,6 +224,11 @@ impl FeatureStage for PerPartition {
 
     fn state_keys(&self) -> Option<usize> {
         Some(self.stages.values().filter_map(|s| s.state_keys()).sum())
+    }
+
+    fn adopt(&mut self, installs: Arc<Installs>) -> bool {
+        self.installs = Some(installs);
+        true
     }
 
     /// Every partition's tables, prefixed `p<partition>/`.
@@ -324,7 +378,7 @@ mod tests {
     #[test]
     fn rows_go_to_their_partitions_stage_and_come_back_in_order() {
         let make: MakeStage =
-            Box::new(|| Ok(Box::new(Counting::default()) as Box<dyn FeatureStage>));
+            Arc::new(|| Ok(Box::new(Counting::default()) as Box<dyn FeatureStage>));
         let mut stages = PerPartition::new(make).expect("stages");
         // Partition 1 gets a label first; the refused row (-1) counts nowhere.
         let f = stages
@@ -347,7 +401,7 @@ mod tests {
         let snapshot = stages.snapshot().expect("snapshot");
         assert!(snapshot.tables.iter().any(|(t, _)| t == "p1/n"));
         let make: MakeStage =
-            Box::new(|| Ok(Box::new(Counting::default()) as Box<dyn FeatureStage>));
+            Arc::new(|| Ok(Box::new(Counting::default()) as Box<dyn FeatureStage>));
         let mut other = PerPartition::new(make).expect("stages");
         other.restore(snapshot).expect("restore");
         let next = input(&[20, 21, 22], &[1, 2, 0], &[]);

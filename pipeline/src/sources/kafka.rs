@@ -12,8 +12,8 @@
 //! committed input (`read_committed`): the input offsets go into the sink's transactions, with
 //! the consumer's group metadata ([`GroupMembership`]), and the acker only counts positions.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,17 @@ struct Context {
     /// The events topic, and its partitions this consumer holds.
     events_topic: String,
     held: Mutex<Arc<[i32]>>,
+    /// State per partition that follows the assignment (see [`Follow`]).
+    following: AtomicBool,
+    /// Partition numbers assigned but not restored yet: paused, their messages dropped.
+    restoring: Mutex<BTreeSet<i32>>,
+    /// Partition numbers whose state this process holds.
+    owned: Mutex<BTreeSet<i32>>,
+    /// The latest assignment, until the source has followed it.
+    assignment: Mutex<Option<Vec<(String, i32)>>>,
+    /// Wakes the source when an assignment arrives (its new partitions are paused: no
+    /// message would).
+    assigned_now: tokio::sync::Notify,
 }
 
 impl Context {
@@ -69,6 +80,34 @@ impl Context {
         self.health.set_ready(
             self.assigned.load(Ordering::Relaxed) && self.brokers_up.load(Ordering::Relaxed),
         );
+    }
+
+    /// A new assignment while following: partitions whose state this process does not hold
+    /// are paused until the source has restored it.
+    fn follow(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let owned = self.owned.lock().map(|o| o.clone()).unwrap_or_default();
+        let mut pause = TopicPartitionList::new();
+        let mut new = BTreeSet::new();
+        let mut all = Vec::new();
+        for e in tpl.elements() {
+            all.push((e.topic().to_string(), e.partition()));
+            if !owned.contains(&e.partition()) {
+                new.insert(e.partition());
+                pause.add_partition(e.topic(), e.partition());
+            }
+        }
+        if pause.count() > 0
+            && let Err(e) = consumer.pause(&pause)
+        {
+            tracing::warn!("pausing newly assigned partitions: {e}");
+        }
+        if let Ok(mut r) = self.restoring.lock() {
+            *r = new;
+        }
+        if let Ok(mut a) = self.assignment.lock() {
+            *a = Some(all);
+        }
+        self.assigned_now.notify_one();
     }
 
     fn remember(&self, error: String) {
@@ -108,7 +147,7 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
@@ -119,6 +158,9 @@ impl ConsumerContext for Context {
                     .collect();
                 events.sort_unstable();
                 self.hold(Arc::from(events));
+                if self.following.load(Ordering::Relaxed) {
+                    self.follow(consumer, tpl);
+                }
                 self.assigned.store(tpl.count() > 0, Ordering::Relaxed);
                 self.ever_assigned.store(true, Ordering::Relaxed);
                 // An assignment comes through a live coordinator.
@@ -166,6 +208,25 @@ pub struct KafkaSource {
     start: Positions,
     /// Offsets go into the sink's transactions: the consumer commits none.
     transactional: bool,
+    /// State per partition following the assignment, if it does.
+    follow: Option<Follow>,
+    /// Batches handed on, and acknowledged (by the acker).
+    issued: u64,
+    acked: Arc<AtomicU64>,
+    /// The acker's positions, which a restored partition resets.
+    positions: Arc<Mutex<Positions>>,
+}
+
+/// State kept per input partition that follows the group's assignment (scale-out): a newly
+/// assigned partition is paused, its state restored (`restore`) once every batch handed on
+/// has been acknowledged, handed to the feature stage (`installs`), and the partition consumed
+/// from the committed offsets the state now stands at.
+#[derive(Debug, Clone)]
+pub struct Follow {
+    /// Restores a partition's state.
+    pub restore: Arc<super::kafka_assign::PartitionRestore>,
+    /// Where the feature stage takes restored stages from.
+    pub installs: Arc<crate::jobs::partitioned::Installs>,
 }
 
 /// The consumer's membership of its group, for a transactional producer's offset commits: a
@@ -241,6 +302,11 @@ impl KafkaSource {
             errors: Throttle::new(Duration::from_secs(10)),
             events_topic: kafka.events_topic(streams).to_string(),
             held: Mutex::new(Arc::from([])),
+            following: AtomicBool::new(false),
+            restoring: Mutex::new(BTreeSet::new()),
+            owned: Mutex::new(BTreeSet::new()),
+            assignment: Mutex::new(None),
+            assigned_now: tokio::sync::Notify::new(),
         };
         let consumer: Consumer_ = cfg
             .create_with_context(context)
@@ -262,7 +328,104 @@ impl KafkaSource {
             ),
             start: Positions::new(),
             transactional,
+            follow: None,
+            issued: 0,
+            acked: Arc::new(AtomicU64::new(0)),
+            positions: Arc::new(Mutex::new(Positions::new())),
         })
+    }
+
+    /// Keeps state per partition that follows the assignment (see [`Follow`]).
+    pub fn following(mut self, follow: Follow) -> Self {
+        self.consumer
+            .context()
+            .following
+            .store(true, Ordering::Relaxed);
+        self.follow = Some(follow);
+        self
+    }
+
+    /// Follows the latest assignment: waits until every batch handed on is acknowledged (their
+    /// rows went through the state of the partitions they came from), forgets the read
+    /// positions of partitions given up, restores the state of newly assigned ones and
+    /// consumes them from where it stands.
+    async fn follow_assignment(&mut self, stop: &Stop) -> Result<()> {
+        let Some(follow) = self.follow.clone() else {
+            return Ok(());
+        };
+        while self.acked.load(Ordering::Acquire) < self.issued {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let context = self.consumer.context();
+        let Some(assigned) = context.assignment.lock().ok().and_then(|mut a| a.take()) else {
+            return Ok(());
+        };
+        let new: Vec<i32> = context
+            .restoring
+            .lock()
+            .map(|r| r.iter().copied().collect())
+            .unwrap_or_default();
+        let numbers: BTreeSet<i32> = assigned.iter().map(|(_, p)| *p).collect();
+        let before = context.owned.lock().map(|o| o.clone()).unwrap_or_default();
+        for gone in before.difference(&numbers) {
+            for (_, read) in self.topics.values_mut() {
+                read.remove(gone);
+            }
+        }
+        if !new.is_empty() {
+            let (restore, partitions) = (follow.restore.clone(), new.clone());
+            let restored = tokio::task::spawn_blocking(move || restore.restore(&partitions))
+                .await
+                .map_err(|e| PipelineError::Bug(format!("restore task: {e}")))??;
+            let mut resume = TopicPartitionList::new();
+            for r in restored {
+                for (topic, p) in assigned.iter().filter(|(_, p)| *p == r.partition) {
+                    let at = r.positions.get(topic).and_then(|m| m.get(p)).copied();
+                    let entry = self
+                        .topics
+                        .entry(topic.clone())
+                        .or_insert_with(|| (Arc::from(topic.as_str()), HashMap::new()));
+                    match at {
+                        Some(c) => entry.1.insert(*p, (c, false)),
+                        None => entry.1.remove(p),
+                    };
+                    if let Ok(mut positions) = self.positions.lock() {
+                        match at {
+                            Some(c) => positions.entry(topic.clone()).or_default().insert(*p, c),
+                            None => positions.get_mut(topic).and_then(|m| m.remove(p)),
+                        };
+                    }
+                    let offset = at.map_or(rdkafka::Offset::Beginning, rdkafka::Offset::Offset);
+                    if let Err(e) = self
+                        .consumer
+                        .seek(topic, *p, offset, Duration::from_secs(10))
+                    {
+                        tracing::warn!(topic, partition = p, "seek after restoring: {e}");
+                    }
+                    resume.add_partition(topic, *p);
+                }
+                follow.installs.put(r.partition, r.stage);
+            }
+            self.consumer
+                .resume(&resume)
+                .map_err(PipelineError::kafka("resuming restored partitions"))?;
+        }
+        tracing::info!(
+            restored = ?new,
+            kept = ?numbers.intersection(&before).collect::<Vec<_>>(),
+            given_up = ?before.difference(&numbers).collect::<Vec<_>>(),
+            "following the assignment"
+        );
+        if let Ok(mut o) = context.owned.lock() {
+            *o = numbers;
+        }
+        if let Ok(mut r) = context.restoring.lock() {
+            r.clear();
+        }
+        Ok(())
     }
 
     /// The consumer's group membership, for the sink's transactions.
@@ -282,6 +445,17 @@ impl KafkaSource {
     /// and the outputs of those messages are delivered or in flight (their acknowledgement
     /// commits them), so reading them again would count them twice in the state.
     fn push(&mut self, batch: &mut Vec<Message>, m: &BorrowedMessage<'_>) {
+        // Fetched before its pause took hold: it is read again once the state is restored.
+        if self.follow.is_some()
+            && self
+                .consumer
+                .context()
+                .restoring
+                .lock()
+                .is_ok_and(|r| r.contains(&m.partition()))
+        {
+            return;
+        }
         if !self.topics.contains_key(m.topic()) {
             self.topics.insert(
                 m.topic().to_string(),
@@ -337,7 +511,8 @@ impl KafkaSource {
         }
     }
 
-    fn batch(&self, messages: Vec<Message>) -> SourceBatch<Offsets> {
+    fn batch(&mut self, messages: Vec<Message>) -> SourceBatch<Offsets> {
+        self.issued += 1;
         let mut offsets = Offsets::new();
         for m in &messages {
             let e = offsets
@@ -366,6 +541,21 @@ impl Source for KafkaSource {
         loop {
             if *stop.borrow() {
                 return Ok((!batch.is_empty()).then(|| self.batch(batch)));
+            }
+            if self.follow.is_some()
+                && self
+                    .consumer
+                    .context()
+                    .assignment
+                    .lock()
+                    .is_ok_and(|a| a.is_some())
+            {
+                if !batch.is_empty() {
+                    return Ok(Some(self.batch(batch)));
+                }
+                self.follow_assignment(stop).await?;
+                deadline = None;
+                continue;
             }
             let context = self.consumer.context();
             // Never assigned a partition: the brokers are unreachable or the group never formed.
@@ -396,6 +586,7 @@ impl Source for KafkaSource {
                 () = async { if let Some(d) = flush_at { tokio::time::sleep_until(d).await } }, if flush_at.is_some() => {
                     return Ok(Some(self.batch(batch)));
                 }
+                () = context.assigned_now.notified(), if self.follow.is_some() => {}
                 m = consumer.recv() => match m {
                     Ok(m) => {
                         self.push(&mut batch, &m);
@@ -421,10 +612,14 @@ impl Source for KafkaSource {
     }
 
     fn acker(&self) -> KafkaAcker {
+        if let Ok(mut p) = self.positions.lock() {
+            *p = self.start.clone();
+        }
         KafkaAcker {
             consumer: self.consumer.clone(),
-            positions: self.start.clone(),
+            positions: self.positions.clone(),
             transactional: self.transactional,
+            acked: self.acked.clone(),
         }
     }
 
@@ -437,8 +632,10 @@ impl Source for KafkaSource {
 /// positions: the sink's transactions commit them.
 pub struct KafkaAcker {
     consumer: Arc<Consumer_>,
-    positions: Positions,
+    positions: Arc<Mutex<Positions>>,
     transactional: bool,
+    /// Batches acknowledged (the source waits for them before following an assignment).
+    acked: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for KafkaAcker {
@@ -452,12 +649,14 @@ impl Acker for KafkaAcker {
 
     fn ack(&mut self, offsets: Offsets) {
         for ((topic, partition), offset) in &offsets {
-            if !self.positions.contains_key(&**topic) {
-                self.positions.insert(topic.to_string(), Default::default());
-            }
-            if let Some(partitions) = self.positions.get_mut(&**topic) {
-                let next = partitions.entry(*partition).or_insert(0);
-                *next = (*next).max(offset + 1);
+            if let Ok(mut positions) = self.positions.lock() {
+                if !positions.contains_key(&**topic) {
+                    positions.insert(topic.to_string(), Default::default());
+                }
+                if let Some(partitions) = positions.get_mut(&**topic) {
+                    let next = partitions.entry(*partition).or_insert(0);
+                    *next = (*next).max(offset + 1);
+                }
             }
             if self.transactional {
                 continue;
@@ -468,6 +667,7 @@ impl Acker for KafkaAcker {
                 tracing::warn!(%topic, partition, offset, "offset not stored: {e}");
             }
         }
+        self.acked.fetch_add(1, Ordering::Release);
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -478,7 +678,7 @@ impl Acker for KafkaAcker {
     }
 
     fn positions(&self) -> Positions {
-        self.positions.clone()
+        self.positions.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     fn commit(&self) -> Option<super::Commit> {

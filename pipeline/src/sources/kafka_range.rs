@@ -142,12 +142,22 @@ pub fn ensure_copartitioned(
     source: &str,
     repartition: &str,
     replication_factor: Option<i32>,
+    beside: Option<&str>,
 ) -> Result<i32> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     let consumer = range_consumer(kafka)?;
     let partitions = i32::try_from(partitions_of(&consumer, source)?.len())
         .map_err(|_| PipelineError::BadInput(format!("topic {source:?}: too many partitions")))?;
+    // The topic read beside the repartition topic (the labels): keyed alike, numbered alike.
+    if let Some(beside) = beside {
+        let n = partitions_of(&consumer, beside)?.len();
+        if i32::try_from(n).ok() != Some(partitions) {
+            return Err(PipelineError::Config(vec![format!(
+                "the topic {beside:?} has {n} partitions, the transactions topic {source:?} {partitions}: with kafka.repartition they must be equal (a terminal's labels and rows share a partition number)"
+            )]));
+        }
+    }
     if let Ok(existing) = partitions_of(&consumer, repartition) {
         return match i32::try_from(existing.len()) {
             Ok(n) if n == partitions => Ok(partitions),

@@ -33,7 +33,7 @@ pub struct Gap {
 }
 
 /// A consumer of the pipeline's group that joins no generation: it only looks offsets up.
-fn group_consumer(kafka: &KafkaConfig) -> Result<BaseConsumer> {
+pub(crate) fn group_consumer(kafka: &KafkaConfig) -> Result<BaseConsumer> {
     let mut cfg = kafka.client();
     cfg.set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "false")
@@ -43,7 +43,7 @@ fn group_consumer(kafka: &KafkaConfig) -> Result<BaseConsumer> {
 }
 
 /// The group's committed offset of each partition of `topic` (`None`: never committed).
-fn committed(
+pub(crate) fn committed(
     group: &BaseConsumer,
     topic: &str,
     partitions: &[i32],

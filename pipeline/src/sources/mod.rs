@@ -9,11 +9,14 @@
 //! - [`history`]: a [`History`](history::History) (events and side events in order) in
 //!   micro-batches; what backtests and Kafka-range replays run;
 //! - [`file`](mod@file): fraud history files (Parquet, CSV) to a history; [`ticks`]: price files;
-//! - [`kafka`]: the live consumer; [`kafka_range`]: a topic range read back for a backtest.
+//! - [`kafka`]: the live consumer; [`kafka_range`]: a topic range read back for a backtest;
+//!   [`kafka_restore`]: the gap a restart replays; [`kafka_assign`]: the state of a partition
+//!   assigned to this instance, restored (scale-out).
 
 pub mod file;
 pub mod history;
 pub mod kafka;
+pub mod kafka_assign;
 pub mod kafka_range;
 pub mod kafka_restore;
 pub mod ticks;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use store::CheckpointStore;
+pub use store::{CheckpointStore, now_ms};
 
 fn default_interval() -> Duration {
     Duration::from_secs(60)

@@ -70,6 +70,19 @@ impl CheckpointStore {
         })
     }
 
+    /// The store of input partition `p`'s own checkpoints (`p<partition>/checkpoints/...`), for
+    /// state kept per partition: each partition's state moves between instances on its own.
+    pub fn partition(&self, p: i32) -> Self {
+        let name = format!("p{p}");
+        Self {
+            store: self.store.clone(),
+            root: self.root.clone().join(name.as_str()),
+            retain: self.retain,
+            location: format!("{}/{name}", self.location.trim_end_matches('/')),
+            local: self.local.as_ref().map(|l| l.join(&name)),
+        }
+    }
+
     /// Where the checkpoints are.
     pub fn location(&self) -> &str {
         &self.location
@@ -268,7 +281,8 @@ impl CheckpointStore {
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

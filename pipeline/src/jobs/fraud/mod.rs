@@ -76,7 +76,7 @@ pub fn first_stage(cfg: &FraudConfig, by: &str) -> Result<Job> {
             events: transaction_schema(),
             side: None,
         },
-        features: Box::new(FraudFeatures::new(cfg, &before, Part::BeforeRepartition)?),
+        features: Box::new(per_partition(cfg, before, Part::BeforeRepartition, 0)?),
         scoring: Box::new(Forward {
             key: by.to_string(),
         }),
@@ -124,14 +124,39 @@ fn per_partition(
     part: Part,
     origins: i32,
 ) -> Result<super::partitioned::PerPartition> {
+    super::partitioned::PerPartition::new(maker(cfg, features, part, origins))
+}
+
+fn maker(
+    cfg: &FraudConfig,
+    features: riskpipe_operators::FeatureConfig,
+    part: Part,
+    origins: i32,
+) -> super::partitioned::MakeStage {
     let cfg = cfg.clone();
-    super::partitioned::PerPartition::new(Box::new(move || {
+    std::sync::Arc::new(move || {
         let mut stage = FraudFeatures::new(&cfg, &features, part)?;
         if part == Part::AfterRepartition {
             stage.clock.hold(&(0..origins).collect::<Vec<_>>());
         }
         Ok(Box::new(stage) as Box<dyn FeatureStage>)
-    }))
+    })
+}
+
+/// One partition's feature stage of the scale-out topology's first (`after` false) or second
+/// stage, as [`first_stage`] and [`second_stage`] keep per partition: what a partition
+/// assigned to this instance is restored into.
+pub fn partition_maker(
+    cfg: &FraudConfig,
+    by: &str,
+    after: bool,
+    origins: i32,
+) -> Result<super::partitioned::MakeStage> {
+    let (before, later) = cfg.features.split_by(by)?;
+    Ok(match after {
+        false => maker(cfg, before, Part::BeforeRepartition, origins),
+        true => maker(cfg, later, Part::AfterRepartition, origins),
+    })
 }
 
 /// Rows forwarded to the repartition topic, keyed by the next stage's key.
