@@ -6,18 +6,16 @@
 
 mod support;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use riskpipe_pipeline::demo::{Feed, Feeder, feed};
 use riskpipe_pipeline::kafka::KafkaConfig;
-use riskpipe_pipeline::sources::history::History;
 use riskpipe_pipeline::{PipelineConfig, backtest};
 use support::{
-    Broker, Got, MULTI_PARTITION, Pipeline, drain, drain_to_end, kafka_section, producer, reader,
-    scores_by_id, scores_of, write_config,
+    Broker, Got, MULTI_PARTITION, Pipeline, backtest_scores, check_scores, drain, drain_to_end,
+    feed_in_background, feed_lingering, kafka_section, producer, reader, scores_of, write_config,
 };
 
 /// A small random generator (xorshift), seeded and printed so a failing run can be repeated.
@@ -43,85 +41,6 @@ fn start_after_labels(config: &std::path::Path, labels: usize) -> Pipeline {
         std::thread::sleep(Duration::from_millis(100));
     }
     pipeline
-}
-
-/// Publishes `feed` at `rate` transactions/s on a thread of its own, flushed at the end.
-fn feed_in_background(bootstrap: &str, feed: Feed, rate: f64) -> std::thread::JoinHandle<()> {
-    feed_lingering(bootstrap, feed, rate, 1)
-}
-
-/// [`feed_in_background`] with the producer lingering `linger_ms`. tansu answers a fetch with
-/// one record batch per partition, so a backlog of 1 ms batches (the feed producer's linger)
-/// is read a few records per round trip, too slow to catch up after a kill: 100 ms there.
-fn feed_lingering(
-    bootstrap: &str,
-    feed: Feed,
-    rate: f64,
-    linger_ms: u32,
-) -> std::thread::JoinHandle<()> {
-    let bootstrap = bootstrap.to_string();
-    std::thread::spawn(move || {
-        let kafka = KafkaConfig::for_bootstrap(&bootstrap);
-        let p: rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
-            kafka
-                .client()
-                .set("compression.type", "zstd")
-                .set("linger.ms", linger_ms.to_string())
-                .create()
-                .expect("producer");
-        Feeder::new(&feed, Instant::now())
-            .publish(&p, &kafka, &feed, rate, &AtomicBool::new(false))
-            .expect("publish");
-        rdkafka::producer::Producer::flush(&p, Duration::from_secs(120)).expect("flush");
-    })
-}
-
-/// Every score of the backtest of the first `n` transactions of `history` under `cfg`.
-fn backtest_scores(cfg: &PipelineConfig, history: &History, n: usize) -> HashMap<i64, f32> {
-    let replayed = backtest::replay(
-        cfg,
-        Arc::new(history.head(n)),
-        &indicatif::ProgressBar::hidden(),
-    )
-    .expect("backtest");
-    scores_by_id(replayed.scored())
-}
-
-/// Checks the scores published: every id of `ids` scored, each score what `expected` says, and
-/// every copy published again byte-identical (key and value) to the first. Returns the copies.
-fn check_scores(got: &[Got], ids: &[i64], expected: impl Fn(i64) -> Option<f32>) -> usize {
-    let mut first_copy: HashMap<i64, &Got> = HashMap::new();
-    let (mut differ, mut duplicates) = (Vec::new(), 0);
-    for (g, s) in got.iter().zip(scores_of(got)) {
-        match first_copy.get(&s.transaction_id) {
-            Some(f) => {
-                duplicates += 1;
-                assert_eq!(
-                    (&f.key, String::from_utf8_lossy(&f.payload)),
-                    (&g.key, String::from_utf8_lossy(&g.payload)),
-                    "re-published score of {} is not byte-identical",
-                    s.transaction_id
-                );
-            }
-            None => {
-                first_copy.insert(s.transaction_id, g);
-            }
-        }
-        if expected(s.transaction_id) != Some(s.score as f32) {
-            differ.push(s.transaction_id);
-        }
-    }
-    let all: BTreeSet<i64> = ids.iter().copied().collect();
-    let scored: BTreeSet<i64> = first_copy.keys().copied().collect();
-    assert_eq!(scored, all, "every transaction has a score");
-    assert!(
-        differ.is_empty(),
-        "{} of {} scores differ from the backtest's (first: {:?})",
-        differ.len(),
-        got.len(),
-        &differ[..differ.len().min(5)]
-    );
-    duplicates
 }
 
 #[test]

@@ -147,3 +147,85 @@ fn a_repartition_topic_of_another_partition_count_is_refused() {
         "{log}"
     );
 }
+
+/// Several instances share the work: one runs alone, a second joins mid-stream (the group moves
+/// half the partitions of each stage to it, and it restores their state from the shared
+/// checkpoints and the gap after them), then the first is killed with SIGKILL (its partitions
+/// move to the second, restored the same way). Every transaction is scored, every score equals
+/// the single-process backtest's bit for bit, and a transaction scored twice (an uncommitted
+/// tail) was published twice byte for byte.
+#[test]
+fn instances_joining_and_dying_mid_stream_score_as_the_single_process_backtest() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let n = 60_000;
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let expected = support::backtest_scores(&cfg, &history, n);
+    let broker = Broker::start(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    // A dead member leaves its group after 6 s.
+    let config = support::write_config(
+        dir.path(),
+        &format!(
+            "{}\n[state]\ndir = {:?}\ninterval = \"1s\"\n",
+            kafka_section(
+                &broker.bootstrap,
+                "scale",
+                "[kafka.repartition]\nreplication_factor = 1\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
+            ),
+            state.display().to_string()
+        ),
+    );
+    publish(&feed, &broker.bootstrap, true, 0.0);
+    let mut first = Pipeline::start(&config);
+    first.wait_ready();
+    let feeding = support::feed_in_background(&broker.bootstrap, feed.only(false), 2_500.0);
+    let scores = reader(&broker.bootstrap, "scores");
+    let mut got = Vec::new();
+    let poll_until = |got: &mut Vec<support::Got>, count: usize, within: Duration| {
+        let deadline = Instant::now() + within;
+        while got.len() < count {
+            assert!(Instant::now() < deadline, "{} of {count} scores", got.len());
+            if let Some(m) = scores.poll(Duration::from_millis(100)) {
+                got.push(support::Got::of(&m.expect("consume")));
+            }
+        }
+    };
+    poll_until(&mut got, 8_000, Duration::from_secs(120));
+    let mut second = Pipeline::start(&config);
+    second.wait_ready();
+    poll_until(&mut got, 25_000, Duration::from_secs(120));
+    first.signal("KILL");
+    let _ = first.child.wait();
+    feeding.join().expect("feed");
+    poll_until(&mut got, n, Duration::from_secs(300));
+    got.extend(drain(&scores, Duration::from_secs(3)));
+    let duplicates = support::check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
+    // The second instance restored partitions from the first's checkpoints, both when it
+    // joined and when it took over.
+    let log = second.drain_log();
+    let restores: Vec<&String> = log
+        .iter()
+        // The checkpoint field is logged only when one was used.
+        .filter(|l| l.contains("state restored from") && l.contains("checkpoint"))
+        .collect();
+    eprintln!(
+        "{}",
+        restores
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        restores.len() >= 8,
+        "partitions restored from checkpoints: {restores:#?}"
+    );
+    let (ok, out) = second.terminate();
+    assert!(ok, "{out}");
+    eprintln!(
+        "{n} transactions, {} scores published, {duplicates} duplicates",
+        got.len()
+    );
+}

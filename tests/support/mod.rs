@@ -1,10 +1,12 @@
 //! Test and bench harness: the broker process, the pipeline process, configs, readers.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use arrow::array::AsArray;
@@ -12,6 +14,10 @@ use arrow::datatypes::{Float32Type, Int64Type};
 use rdkafka::Offset;
 pub(crate) use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
+use riskpipe_pipeline::demo::{Feed, Feeder};
+use riskpipe_pipeline::kafka::KafkaConfig;
+use riskpipe_pipeline::sources::history::History;
+use riskpipe_pipeline::{PipelineConfig, backtest};
 
 #[allow(unused_imports)] // not every test binary starts a broker
 pub(crate) use riskpipe_testkit::Broker;
@@ -551,4 +557,98 @@ pub(crate) fn exit_of(pipeline: &mut Pipeline, within: Duration) -> (bool, Strin
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Publishes `feed` at `rate` transactions/s on a thread of its own, flushed at the end.
+pub(crate) fn feed_in_background(
+    bootstrap: &str,
+    feed: Feed,
+    rate: f64,
+) -> std::thread::JoinHandle<()> {
+    feed_lingering(bootstrap, feed, rate, 1)
+}
+
+/// [`feed_in_background`] with the producer lingering `linger_ms`. tansu answers a fetch with
+/// one record batch per partition, so a backlog of 1 ms batches (the feed producer's linger)
+/// is read a few records per round trip, too slow to catch up after a kill: 100 ms there.
+pub(crate) fn feed_lingering(
+    bootstrap: &str,
+    feed: Feed,
+    rate: f64,
+    linger_ms: u32,
+) -> std::thread::JoinHandle<()> {
+    let bootstrap = bootstrap.to_string();
+    std::thread::spawn(move || {
+        let kafka = KafkaConfig::for_bootstrap(&bootstrap);
+        let p: rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+            kafka
+                .client()
+                .set("compression.type", "zstd")
+                .set("linger.ms", linger_ms.to_string())
+                // Java's partitioner, as riskpipe's repartition topic: labels keyed by terminal
+                // land in the partition the terminal's rows are forwarded to.
+                .set("partitioner", "murmur2_random")
+                .create()
+                .expect("producer");
+        Feeder::new(&feed, Instant::now())
+            .publish(&p, &kafka, &feed, rate, &AtomicBool::new(false))
+            .expect("publish");
+        rdkafka::producer::Producer::flush(&p, Duration::from_secs(120)).expect("flush");
+    })
+}
+
+/// Every score of the backtest of the first `n` transactions of `history` under `cfg`.
+pub(crate) fn backtest_scores(
+    cfg: &PipelineConfig,
+    history: &History,
+    n: usize,
+) -> HashMap<i64, f32> {
+    let replayed = backtest::replay(
+        cfg,
+        Arc::new(history.head(n)),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .expect("backtest");
+    scores_by_id(replayed.scored())
+}
+
+/// Checks the scores published: every id of `ids` scored, each score what `expected` says, and
+/// every copy published again byte-identical (key and value) to the first. Returns the copies.
+pub(crate) fn check_scores(
+    got: &[Got],
+    ids: &[i64],
+    expected: impl Fn(i64) -> Option<f32>,
+) -> usize {
+    let mut first_copy: HashMap<i64, &Got> = HashMap::new();
+    let (mut differ, mut duplicates) = (Vec::new(), 0);
+    for (g, s) in got.iter().zip(scores_of(got)) {
+        match first_copy.get(&s.transaction_id) {
+            Some(f) => {
+                duplicates += 1;
+                assert_eq!(
+                    (&f.key, String::from_utf8_lossy(&f.payload)),
+                    (&g.key, String::from_utf8_lossy(&g.payload)),
+                    "re-published score of {} is not byte-identical",
+                    s.transaction_id
+                );
+            }
+            None => {
+                first_copy.insert(s.transaction_id, g);
+            }
+        }
+        if expected(s.transaction_id) != Some(s.score as f32) {
+            differ.push(s.transaction_id);
+        }
+    }
+    let all: BTreeSet<i64> = ids.iter().copied().collect();
+    let scored: BTreeSet<i64> = first_copy.keys().copied().collect();
+    assert_eq!(scored, all, "every transaction has a score");
+    assert!(
+        differ.is_empty(),
+        "{} of {} scores differ from the backtest's (first: {:?})",
+        differ.len(),
+        got.len(),
+        &differ[..differ.len().min(5)]
+    );
+    duplicates
 }
