@@ -117,10 +117,20 @@ fn the_repartitioned_topology_scores_as_the_single_process_backtest() {
         let key = r.key.clone();
         let p = *partition_of.entry(key.clone()).or_insert(r.partition);
         assert_eq!(p, r.partition, "terminal {key:?} in two partitions");
+        // librdkafka's murmur2_random and riskpipe's check of labels agree.
+        assert_eq!(
+            riskpipe_pipeline::kafka::murmur2_partition(&key, 4),
+            r.partition
+        );
         let row: serde_json::Value = serde_json::from_slice(&r.payload).expect("JSON row");
         assert_eq!(row["TERMINAL_ID"].to_string().as_bytes(), key.as_slice());
     }
     assert!(partition_of.values().collect::<BTreeSet<_>>().len() == 4);
+    assert_eq!(
+        pipeline.metric("riskpipe_misrouted_labels_total", ""),
+        0.0,
+        "every label in its terminal's partition"
+    );
     let (ok, out) = pipeline.terminate();
     assert!(ok, "{out}");
     assert!(out.contains(&format!("{n} scores")), "{out}");
@@ -228,4 +238,46 @@ fn instances_joining_and_dying_mid_stream_score_as_the_single_process_backtest()
         "{n} transactions, {} scores published, {duplicates} duplicates",
         got.len()
     );
+}
+
+/// Labels produced with another partitioner than Java's (librdkafka's default, crc32) land in
+/// partitions their terminals' rows are not forwarded to: counted and reported, not silently
+/// lost.
+#[test]
+fn labels_in_the_wrong_partition_are_counted() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let feed = feed(&history, &cfg, 0, 120_000).expect("feed").only(true);
+    let labels = feed.messages.len();
+    assert!(labels > 50, "{labels} labels");
+    let broker = Broker::start(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = repartitioned(dir.path(), &broker.bootstrap, &dir.path().join("state"));
+    let mut pipeline = Pipeline::start(&config);
+    pipeline.wait_ready();
+    let kafka = KafkaConfig::for_bootstrap(&broker.bootstrap);
+    let crc32: rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        kafka
+            .client()
+            .set("partitioner", "consistent_random")
+            .create()
+            .expect("producer");
+    Feeder::new(&feed, Instant::now())
+        .publish(&crc32, &kafka, &feed, 0.0, &AtomicBool::new(false))
+        .expect("publish");
+    pipeline.wait_metric(
+        "riskpipe_events_in_total",
+        "topic=\"fraud-labels\"",
+        labels as f64,
+    );
+    let misrouted = pipeline.metric("riskpipe_misrouted_labels_total", "");
+    // About 3 in 4 land elsewhere than murmur2 would put them.
+    assert!(
+        misrouted > labels as f64 / 2.0 && misrouted < labels as f64,
+        "{misrouted} of {labels}"
+    );
+    let log = pipeline.drain_log().join("\n");
+    assert!(log.contains("labels so far read from a partition"), "{log}");
+    let (ok, out) = pipeline.terminate();
+    assert!(ok, "{out}");
 }

@@ -62,6 +62,9 @@ pub const CHALLENGER_SECONDS: &str = "riskpipe_challenger_seconds";
 pub const DRIFT_PSI: &str = "riskpipe_drift_psi";
 /// Times a column's PSI crossed the drift threshold (`column`, `direction`: `over`, `under`).
 pub const DRIFT_CROSSINGS: &str = "riskpipe_drift_crossings_total";
+/// Labels read from a partition their key is not forwarded to by the repartition (scale-out):
+/// they count for no transaction.
+pub const MISROUTED_LABELS: &str = "riskpipe_misrouted_labels_total";
 /// Mean absolute difference of the two models' scores over the last batch.
 pub const CHALLENGER_DIFFERENCE: &str = "riskpipe_challenger_score_difference";
 
@@ -241,6 +244,11 @@ pub fn challenger_scored(seconds: f64, agree: u64, disagree: u64, difference: f6
     counter!(CHALLENGER_ROWS, "agreement" => "agree").increment(agree);
     counter!(CHALLENGER_ROWS, "agreement" => "disagree").increment(disagree);
     gauge!(CHALLENGER_DIFFERENCE).set(difference);
+}
+
+/// `n` labels arrived in a partition their key is not forwarded to.
+pub fn misrouted_labels(n: u64) {
+    counter!(MISROUTED_LABELS).increment(n);
 }
 
 /// `column`'s PSI over the drift window.

@@ -134,10 +134,12 @@ fn maker(
     origins: i32,
 ) -> super::partitioned::MakeStage {
     let cfg = cfg.clone();
+    let by = features.label_risk.first().map(|r| r.key.clone());
     std::sync::Arc::new(move || {
         let mut stage = FraudFeatures::new(&cfg, &features, part)?;
         if part == Part::AfterRepartition {
             stage.clock.hold(&(0..origins).collect::<Vec<_>>());
+            stage.copartition = by.clone().map(|by| (by, origins));
         }
         Ok(Box::new(stage) as Box<dyn FeatureStage>)
     })
@@ -276,6 +278,10 @@ struct FraudFeatures {
     event_time: String,
     fingerprint: String,
     part: Part,
+    /// After a repartition by this column into this many partitions: where each label must
+    /// have been read from (see [`FraudFeatures::check_labels`]), and how many were not.
+    copartition: Option<(String, i32)>,
+    misrouted: u64,
 }
 
 /// Which part of the features a stage computes.
@@ -303,7 +309,43 @@ impl FraudFeatures {
             event_time: features.event_time.clone(),
             fingerprint: super::fingerprint(features),
             part,
+            copartition: None,
+            misrouted: 0,
         })
+    }
+
+    /// After a repartition, a label counts only in the partition its terminal's rows are
+    /// forwarded to (Java's murmur2 of the key, the terminal id as text, over the partitions):
+    /// one read from another (its producer keyed it otherwise, or used another partitioner)
+    /// reaches none of its terminal's transactions. Such labels are counted and reported.
+    fn check_labels(&mut self, labels: &RecordBatch, held: &[i32]) -> Result<()> {
+        let (Some((by, partitions)), [partition]) = (&self.copartition, held) else {
+            return Ok(());
+        };
+        let keys = arrow::compute::cast(
+            columns::get(labels, by).map_err(PipelineError::produced)?,
+            &arrow::datatypes::DataType::Utf8,
+        )?;
+        let keys = arrow::array::AsArray::as_string::<i32>(&keys);
+        let misrouted = keys
+            .iter()
+            .flatten()
+            .filter(|k| crate::kafka::murmur2_partition(k.as_bytes(), *partitions) != *partition)
+            .count() as u64;
+        if misrouted > 0 {
+            crate::events::misrouted_labels(misrouted);
+            if self.misrouted == 0
+                || self.misrouted / 10_000 != (self.misrouted + misrouted) / 10_000
+            {
+                tracing::warn!(
+                    partition,
+                    "{} labels so far read from a partition their {by} is not forwarded to: produce labels keyed by {by} (as text) with Java's murmur2 partitioner, or they count for no transaction",
+                    self.misrouted + misrouted
+                );
+            }
+            self.misrouted += misrouted;
+        }
+        Ok(())
     }
 }
 
@@ -360,6 +402,9 @@ impl FeatureStage for FraudFeatures {
         };
         // Labels first: operators use a label only from its label time on.
         if let Some(labels) = input.side.as_ref().filter(|l| l.num_rows() > 0) {
+            if let Some(p) = &input.partitions {
+                self.check_labels(labels, &p.held)?;
+            }
             self.chain.observe_labels(labels)?;
         }
         let mut batch = if events.num_rows() > 0 {
