@@ -158,27 +158,18 @@ fn a_repartition_topic_of_another_partition_count_is_refused() {
     );
 }
 
-/// Several instances share the work: one runs alone, a second joins mid-stream (the group moves
-/// half the partitions of each stage to it, and it restores their state from the shared
-/// checkpoints and the gap after them), then the first is killed with SIGKILL (its partitions
-/// move to the second, restored the same way). Every transaction is scored, every score equals
-/// the single-process backtest's bit for bit, and a transaction scored twice (an uncommitted
-/// tail) was published twice byte for byte.
-#[test]
-fn instances_joining_and_dying_mid_stream_score_as_the_single_process_backtest() {
-    let cfg = PipelineConfig::handbook().expect("shipped config");
-    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
-    let n = 60_000;
-    let feed = feed(&history, &cfg, 0, n).expect("feed");
-    let expected = support::backtest_scores(&cfg, &history, n);
-    let broker = Broker::start(&TOPICS);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    // A dead member leaves its group after 6 s.
-    let config = support::write_config(
-        dir.path(),
+/// The handbook config in the scale-out topology on `broker`, checkpoints in `state` every
+/// `interval`, a dead member out of its group after 6 s.
+fn shared(
+    dir: &std::path::Path,
+    broker: &Broker,
+    state: &std::path::Path,
+    interval: &str,
+) -> std::path::PathBuf {
+    support::write_config(
+        dir,
         &format!(
-            "{}\n[state]\ndir = {:?}\ninterval = \"1s\"\n",
+            "{}\n[state]\ndir = {:?}\ninterval = {interval:?}\n",
             kafka_section(
                 &broker.bootstrap,
                 "scale",
@@ -186,56 +177,84 @@ fn instances_joining_and_dying_mid_stream_score_as_the_single_process_backtest()
             ),
             state.display().to_string()
         ),
-    );
+    )
+}
+
+/// Polls `scores` into `got` until it holds `count` records.
+fn poll_until(
+    scores: &support::BaseConsumer,
+    got: &mut Vec<support::Got>,
+    count: usize,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    while got.len() < count {
+        assert!(Instant::now() < deadline, "{} of {count} scores", got.len());
+        if let Some(m) = scores.poll(Duration::from_millis(100)) {
+            got.push(support::Got::of(&m.expect("consume")));
+        }
+    }
+}
+
+/// Partitions a pipeline restored from a checkpoint, by its log (the checkpoint field is logged
+/// only when one was used).
+fn restored_from_checkpoints(pipeline: &mut Pipeline) -> usize {
+    pipeline
+        .drain_log()
+        .iter()
+        .filter(|l| l.contains("state restored from") && l.contains("checkpoint"))
+        .count()
+}
+
+/// Several instances share the work: one runs alone, a second and then a third join mid-stream
+/// (the group moves partitions of each stage to them, and they restore their state from the
+/// shared checkpoints and the gap after them), the first is killed with SIGKILL and the second
+/// stopped cleanly (their partitions move to the third, restored the same way). Every
+/// transaction is scored, every score equals the single-process backtest's bit for bit, and a
+/// transaction scored twice (an uncommitted tail) was published twice byte for byte.
+#[test]
+fn instances_joining_and_leaving_mid_stream_score_as_the_single_process_backtest() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let n = 60_000;
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let expected = support::backtest_scores(&cfg, &history, n);
+    let broker = Broker::start(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = shared(dir.path(), &broker, &dir.path().join("state"), "1s");
     publish(&feed, &broker.bootstrap, true, 0.0);
     let mut first = Pipeline::start(&config);
     first.wait_ready();
-    let feeding = support::feed_in_background(&broker.bootstrap, feed.only(false), 2_500.0);
+    let feeding = support::feed_in_background(&broker.bootstrap, feed.only(false), 2_000.0);
     let scores = reader(&broker.bootstrap, "scores");
     let mut got = Vec::new();
-    let poll_until = |got: &mut Vec<support::Got>, count: usize, within: Duration| {
-        let deadline = Instant::now() + within;
-        while got.len() < count {
-            assert!(Instant::now() < deadline, "{} of {count} scores", got.len());
-            if let Some(m) = scores.poll(Duration::from_millis(100)) {
-                got.push(support::Got::of(&m.expect("consume")));
-            }
-        }
-    };
-    poll_until(&mut got, 8_000, Duration::from_secs(120));
+    poll_until(&scores, &mut got, 6_000, Duration::from_secs(120));
     let mut second = Pipeline::start(&config);
     second.wait_ready();
-    poll_until(&mut got, 25_000, Duration::from_secs(120));
+    poll_until(&scores, &mut got, 16_000, Duration::from_secs(120));
+    let mut third = Pipeline::start(&config);
+    third.wait_ready();
+    poll_until(&scores, &mut got, 26_000, Duration::from_secs(120));
     first.signal("KILL");
     let _ = first.child.wait();
+    poll_until(&scores, &mut got, 36_000, Duration::from_secs(120));
+    let joined = restored_from_checkpoints(&mut second);
+    let (ok, out) = second.terminate();
+    assert!(ok, "a clean stop: {out}");
     feeding.join().expect("feed");
-    poll_until(&mut got, n, Duration::from_secs(300));
+    poll_until(&scores, &mut got, n, Duration::from_secs(300));
     got.extend(drain(&scores, Duration::from_secs(3)));
     let duplicates = support::check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
-    // The second instance restored partitions from the first's checkpoints, both when it
-    // joined and when it took over.
-    let log = second.drain_log();
-    let restores: Vec<&String> = log
-        .iter()
-        // The checkpoint field is logged only when one was used.
-        .filter(|l| l.contains("state restored from") && l.contains("checkpoint"))
-        .collect();
-    eprintln!(
-        "{}",
-        restores
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let took_over = restored_from_checkpoints(&mut third);
+    // Each stage's partitions that moved were restored from checkpoints the others wrote.
     assert!(
-        restores.len() >= 8,
-        "partitions restored from checkpoints: {restores:#?}"
+        joined >= 2 && took_over >= 4,
+        "restored from checkpoints: {joined} and {took_over}"
     );
-    let (ok, out) = second.terminate();
+    let (ok, out) = third.terminate();
     assert!(ok, "{out}");
     eprintln!(
-        "{n} transactions, {} scores published, {duplicates} duplicates",
+        "{n} transactions, {} scores published, {duplicates} duplicates, partitions restored from checkpoints: {joined} by the second, {took_over} by the third",
         got.len()
     );
 }
