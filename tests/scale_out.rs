@@ -300,3 +300,72 @@ fn labels_in_the_wrong_partition_are_counted() {
     let (ok, out) = pipeline.terminate();
     assert!(ok, "{out}");
 }
+
+/// The feed's transactions from `from` (index) to `to`.
+fn transactions(feed: &Feed, from: usize, to: usize) -> Feed {
+    Feed {
+        messages: feed
+            .messages
+            .iter()
+            .filter(|m| !m.0 && (from..to).contains(&m.3))
+            .cloned()
+            .collect(),
+        transactions: feed.transactions,
+        ids: feed.ids.clone(),
+        frauds: feed.frauds.clone(),
+    }
+}
+
+/// Two instances join at once beside one that has checkpointed nothing yet (its checkpoints
+/// are an hour apart), so each rebuilds the partitions it is given from their earliest offsets
+/// while the group rebalances again for the other: nothing crash-loops or deadlocks, and what is
+/// fed afterwards is scored as the single-process backtest scores it.
+#[test]
+fn a_rebalance_during_a_restore_neither_crashes_nor_deadlocks() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let (n, before) = (100_000, 80_000);
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let expected = support::backtest_scores(&cfg, &history, n);
+    let broker = Broker::start(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = shared(dir.path(), &broker, &dir.path().join("state"), "1h");
+    publish(&feed, &broker.bootstrap, true, 0.0);
+    let mut first = Pipeline::start(&config);
+    first.wait_ready();
+    publish(
+        &transactions(&feed, 0, before),
+        &broker.bootstrap,
+        false,
+        0.0,
+    );
+    let scores = reader(&broker.bootstrap, "scores");
+    let mut got = Vec::new();
+    poll_until(&scores, &mut got, before, Duration::from_secs(300));
+    let mut second = Pipeline::start(&config);
+    let mut third = Pipeline::start(&config);
+    second.wait_ready();
+    third.wait_ready();
+    // The group settles: every instance holds partitions of both stages again.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while [&mut second, &mut third]
+        .iter_mut()
+        .any(|p| p.metric("riskpipe_restore_seconds", "") == 0.0)
+    {
+        assert!(Instant::now() < deadline, "never restored");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    publish(
+        &transactions(&feed, before, n),
+        &broker.bootstrap,
+        false,
+        5_000.0,
+    );
+    poll_until(&scores, &mut got, n, Duration::from_secs(300));
+    got.extend(drain(&scores, Duration::from_secs(3)));
+    support::check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
+    for p in [first, second, third] {
+        let (ok, out) = p.terminate();
+        assert!(ok, "{out}");
+    }
+}
