@@ -126,6 +126,11 @@ fn the_repartitioned_topology_scores_as_the_single_process_backtest() {
         assert_eq!(row["TERMINAL_ID"].to_string().as_bytes(), key.as_slice());
     }
     assert!(partition_of.values().collect::<BTreeSet<_>>().len() == 4);
+    let bytes: usize = rows.iter().map(|r| r.payload.len()).sum();
+    eprintln!(
+        "forwarded rows: {} bytes each on average",
+        bytes / rows.len()
+    );
     assert_eq!(
         pipeline.metric("riskpipe_misrouted_labels_total", ""),
         0.0,
