@@ -470,11 +470,21 @@ impl FeatureConfig {
                 )
             })
             .collect();
+        let mut problems = problems;
+        let (after, before): (Vec<WindowConfig>, Vec<WindowConfig>) =
+            self.windows.iter().cloned().partition(|w| w.key == key);
+        // The first stage's state is per partition of the transactions: one key, the one
+        // producers partition them by.
+        let keys: std::collections::BTreeSet<&str> =
+            before.iter().map(|w| w.key.as_str()).collect();
+        if keys.len() > 1 {
+            problems.push(format!(
+                "windows before the repartition by {key:?} are keyed by {keys:?}: with a repartition they must share one key, the one the transactions topic is partitioned by"
+            ));
+        }
         if !problems.is_empty() {
             return Err(OperatorError::Config(problems));
         }
-        let (after, before): (Vec<WindowConfig>, Vec<WindowConfig>) =
-            self.windows.iter().cloned().partition(|w| w.key == key);
         let first = FeatureConfig {
             windows: before,
             label_risk: Vec::new(),

@@ -154,6 +154,16 @@ impl Operator for LabelRisk {
         &self.fields
     }
 
+    fn seen(&self, batch: &RecordBatch) -> Result<Option<Vec<bool>>> {
+        let keys = columns::keys(batch, &self.key)?;
+        let ids = columns::i64_values(batch, &self.id)?;
+        let mut seen = vec![false; batch.num_rows()];
+        self.state.for_each_present(&keys, |row, h| {
+            seen[row] = h.seen.contains(&ids.value(row));
+        });
+        Ok(Some(seen))
+    }
+
     fn observe_labels(&mut self, labels: &RecordBatch) -> Result<()> {
         if labels.num_rows() == 0 {
             return Ok(());

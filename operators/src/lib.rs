@@ -105,6 +105,12 @@ pub trait Operator: Send + fmt::Debug {
     fn keys(&self) -> usize {
         0
     }
+    /// Which events of `batch` the operator has taken in already (by their key and id), for
+    /// operators that remember events by id; `None` for the others. A row read twice (an
+    /// at-least-once repartition topic re-delivers rows) must not count twice.
+    fn seen(&self, _batch: &RecordBatch) -> Result<Option<Vec<bool>>> {
+        Ok(None)
+    }
     /// The operator's keyed state (with its watermark) as one Arrow table, for a checkpoint;
     /// `None` for stateless operators.
     fn snapshot(&self) -> Result<Option<RecordBatch>> {
@@ -153,6 +159,17 @@ impl FeatureChain {
         for op in &mut self.operators {
             op.advance_watermark(watermark);
         }
+    }
+
+    /// Which events of `batch` an operator that remembers events by id has taken in already
+    /// (`None`: no operator does).
+    pub fn seen(&self, batch: &RecordBatch) -> Result<Option<Vec<bool>>> {
+        for op in &self.operators {
+            if let Some(seen) = op.seen(batch)? {
+                return Ok(Some(seen));
+            }
+        }
+        Ok(None)
     }
 
     /// Keys held in state, over every operator.

@@ -51,6 +51,28 @@ impl<S: Default> KeyedState<S> {
     }
 }
 
+impl<S> KeyedState<S> {
+    /// Calls `f(row, state)` for every row whose key has state (read only; no key is added).
+    pub(crate) fn for_each_present(&self, keys: &Keys, mut f: impl FnMut(usize, &S)) {
+        match keys {
+            Keys::Int(a) => {
+                for (row, k) in a.values().iter().enumerate() {
+                    if let Some(s) = self.ints.get(k) {
+                        f(row, s);
+                    }
+                }
+            }
+            Keys::Str(a) => {
+                for row in 0..a.len() {
+                    if let Some(s) = self.strs.get(a.value(row)) {
+                        f(row, s);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A key's state that the watermark shrinks.
 pub(crate) trait Expiring {
     /// Drops what lies at or before `horizon`: no event still to come can see it.

@@ -62,9 +62,12 @@ pub const CHALLENGER_SECONDS: &str = "riskpipe_challenger_seconds";
 pub const DRIFT_PSI: &str = "riskpipe_drift_psi";
 /// Times a column's PSI crossed the drift threshold (`column`, `direction`: `over`, `under`).
 pub const DRIFT_CROSSINGS: &str = "riskpipe_drift_crossings_total";
-/// Labels read from a partition their key is not forwarded to by the repartition (scale-out):
-/// they count for no transaction.
-pub const MISROUTED_LABELS: &str = "riskpipe_misrouted_labels_total";
+/// Rows of a repartition topic taken in already (re-delivered by the at-least-once stage
+/// before it) and dropped.
+pub const REPARTITION_DUPLICATES: &str = "riskpipe_repartition_duplicates_total";
+/// Rows read from a partition their key does not belong to (scale-out, `input`: labels or
+/// transactions): their features miss part of their key's history.
+pub const MISROUTED: &str = "riskpipe_misrouted_total";
 /// Mean absolute difference of the two models' scores over the last batch.
 pub const CHALLENGER_DIFFERENCE: &str = "riskpipe_challenger_score_difference";
 
@@ -246,9 +249,14 @@ pub fn challenger_scored(seconds: f64, agree: u64, disagree: u64, difference: f6
     gauge!(CHALLENGER_DIFFERENCE).set(difference);
 }
 
-/// `n` labels arrived in a partition their key is not forwarded to.
-pub fn misrouted_labels(n: u64) {
-    counter!(MISROUTED_LABELS).increment(n);
+/// A row of a repartition topic was taken in already and is dropped.
+pub fn repartition_duplicate() {
+    counter!(REPARTITION_DUPLICATES).increment(1);
+}
+
+/// `n` rows of `input` arrived in a partition their key does not belong to.
+pub fn misrouted(input: &'static str, n: u64) {
+    counter!(MISROUTED, "input" => input).increment(n);
 }
 
 /// `column`'s PSI over the drift window.

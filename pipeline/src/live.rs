@@ -124,9 +124,10 @@ async fn run_once(
 #[derive(Debug, Clone)]
 enum Stage {
     Whole,
-    /// Before the repartition by `by`.
+    /// Before the repartition by `by`; the transactions topic has `origins` partitions.
     First {
         by: String,
+        origins: i32,
     },
     /// After it; the transactions topic has `origins` partitions.
     Second {
@@ -140,7 +141,12 @@ impl Stage {
     fn partition_maker(&self, cfg: &PipelineConfig) -> Result<Option<MakeStage>> {
         Ok(match self {
             Stage::Whole => None,
-            Stage::First { by } => Some(jobs::fraud::partition_maker(cfg.fraud()?, by, false, 0)?),
+            Stage::First { by, origins } => Some(jobs::fraud::partition_maker(
+                cfg.fraud()?,
+                by,
+                false,
+                *origins,
+            )?),
             Stage::Second { by, origins } => Some(jobs::fraud::partition_maker(
                 cfg.fraud()?,
                 by,
@@ -153,7 +159,7 @@ impl Stage {
     fn build(&self, cfg: &PipelineConfig) -> Result<Job> {
         match self {
             Stage::Whole => jobs::build(cfg),
-            Stage::First { by } => jobs::fraud::first_stage(cfg.fraud()?, by),
+            Stage::First { by, origins } => jobs::fraud::first_stage(cfg.fraud()?, by, *origins),
             Stage::Second { by, origins } => {
                 jobs::fraud::second_stage(cfg.fraud()?, cfg, by, *origins)
             }
@@ -199,7 +205,10 @@ async fn run_repartitioned(
     let (before, after) = tokio::try_join!(
         run_stage(
             &first,
-            Stage::First { by: by.clone() },
+            Stage::First {
+                by: by.clone(),
+                origins,
+            },
             health,
             &forwarding,
             shutdown.clone(),

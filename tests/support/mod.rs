@@ -652,3 +652,18 @@ pub(crate) fn check_scores(
     );
     duplicates
 }
+
+/// Publishes `feed`'s labels (or transactions) at `rate` transactions/s (0: at once).
+pub(crate) fn publish_feed(feed: &Feed, bootstrap: &str, labels: bool, rate: f64) {
+    let kafka = KafkaConfig::for_bootstrap(bootstrap);
+    let only = feed.only(labels);
+    Feeder::new(&only, Instant::now())
+        .publish(
+            &producer(bootstrap),
+            &kafka,
+            &only,
+            rate,
+            &AtomicBool::new(false),
+        )
+        .expect("publish");
+}

@@ -67,6 +67,10 @@ impl<A> Work<A> {
         if let Some(created) = self.created_ms.get_mut(row) {
             *created = None;
         }
+        if kind == RejectKind::Duplicate {
+            events::repartition_duplicate();
+            return;
+        }
         if let Some(origin) = origin {
             self.dead.push(DeadLetter {
                 origin,

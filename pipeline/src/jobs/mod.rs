@@ -84,6 +84,9 @@ pub enum RejectKind {
     Invalid,
     /// Behind the watermark by more than the allowed lateness.
     Late,
+    /// A row of a repartition topic taken in already (the topic is at-least-once): dropped,
+    /// not dead-lettered (the first copy was scored).
+    Duplicate,
 }
 
 impl RejectKind {
@@ -96,6 +99,7 @@ impl RejectKind {
             RejectKind::Schema => "schema",
             RejectKind::Invalid => "invalid",
             RejectKind::Late => "late",
+            RejectKind::Duplicate => "duplicate",
         }
     }
 }

@@ -66,7 +66,7 @@ pub fn feature_stage(cfg: &FraudConfig) -> Result<Box<dyn FeatureStage>> {
 /// `TERMINAL_ID`): it takes the transactions (partitioned by their own key, e.g. the customer),
 /// admits them against the watermark, computes the features the repartition does not need and
 /// forwards each row, with the partition it came from, keyed by `by` ([`second_stage`]).
-pub fn first_stage(cfg: &FraudConfig, by: &str) -> Result<Job> {
+pub fn first_stage(cfg: &FraudConfig, by: &str, partitions: i32) -> Result<Job> {
     let (before, _) = cfg.features.split_by(by)?;
     Ok(Job {
         kind: "fraud",
@@ -76,7 +76,12 @@ pub fn first_stage(cfg: &FraudConfig, by: &str) -> Result<Job> {
             events: transaction_schema(),
             side: None,
         },
-        features: Box::new(per_partition(cfg, before, Part::BeforeRepartition, 0)?),
+        features: Box::new(per_partition(
+            cfg,
+            before,
+            Part::BeforeRepartition,
+            partitions,
+        )?),
         scoring: Box::new(Forward {
             key: by.to_string(),
         }),
@@ -134,11 +139,18 @@ fn maker(
     origins: i32,
 ) -> super::partitioned::MakeStage {
     let cfg = cfg.clone();
-    let by = features.label_risk.first().map(|r| r.key.clone());
+    // Each partition's rows must be all of their key's: the label risk's key after the
+    // repartition, the windows' before it.
+    let by = match part {
+        Part::AfterRepartition => features.label_risk.first().map(|r| r.key.clone()),
+        _ => features.windows.first().map(|w| w.key.clone()),
+    };
     std::sync::Arc::new(move || {
         let mut stage = FraudFeatures::new(&cfg, &features, part)?;
         if part == Part::AfterRepartition {
             stage.clock.hold(&(0..origins).collect::<Vec<_>>());
+        }
+        if part != Part::Whole && origins > 0 {
             stage.copartition = by.clone().map(|by| (by, origins));
         }
         Ok(Box::new(stage) as Box<dyn FeatureStage>)
@@ -278,6 +290,8 @@ struct FraudFeatures {
     event_time: String,
     fingerprint: String,
     part: Part,
+    /// The column ordering events of equal time: the transaction id.
+    order_by: String,
     /// After a repartition by this column into this many partitions: where each label must
     /// have been read from (see [`FraudFeatures::check_labels`]), and how many were not.
     copartition: Option<(String, i32)>,
@@ -309,21 +323,59 @@ impl FraudFeatures {
             event_time: features.event_time.clone(),
             fingerprint: super::fingerprint(features),
             part,
+            order_by: features.order_by.clone(),
             copartition: None,
             misrouted: 0,
         })
     }
 
-    /// After a repartition, a label counts only in the partition its terminal's rows are
-    /// forwarded to (Java's murmur2 of the key, the terminal id as text, over the partitions):
-    /// one read from another (its producer keyed it otherwise, or used another partitioner)
-    /// reaches none of its terminal's transactions. Such labels are counted and reported.
-    fn check_labels(&mut self, labels: &RecordBatch, held: &[i32]) -> Result<()> {
+    /// The rows of `events` not taken in before (the first stage re-forwards its uncommitted
+    /// tail after a crash or a rebalance: at-least-once): a row whose id an operator remembers,
+    /// or that appeared earlier in the batch, is refused as a duplicate (dropped, its first
+    /// copy was scored), so nothing counts twice and every score stays the backtest's.
+    fn drop_duplicates(
+        &self,
+        events: RecordBatch,
+        rejects: &mut Vec<Reject>,
+    ) -> Result<RecordBatch> {
+        let Some(mut seen) = self.chain.seen(&events)? else {
+            return Ok(events);
+        };
+        let ids = columns::i64_values(&events, &self.order_by)?;
+        let mut in_batch = std::collections::HashSet::with_capacity(events.num_rows());
+        for (row, s) in seen.iter_mut().enumerate() {
+            *s = *s || !in_batch.insert(ids.value(row));
+        }
+        if !seen.contains(&true) {
+            return Ok(events);
+        }
+        let keep: Vec<u32> = (0..events.num_rows() as u32)
+            .filter(|&r| !seen[r as usize])
+            .collect();
+        rejects.extend(
+            seen.iter()
+                .enumerate()
+                .filter(|(_, s)| **s)
+                .map(|(row, _)| Reject {
+                    row,
+                    kind: super::RejectKind::Duplicate,
+                    reason: "taken in already (re-delivered by the repartition topic)".into(),
+                }),
+        );
+        Ok(take_record_batch(&events, &UInt32Array::from(keep))?)
+    }
+
+    /// With state per partition, a row counts only in the partition its key belongs to (Java's
+    /// murmur2 of the key as text, over the partitions): a label read from another partition
+    /// reaches none of its terminal's transactions, and a transaction read from another than its
+    /// customer's is scored with part of the customer's history (its producer keyed it
+    /// otherwise, or used another partitioner). Such rows are counted and reported.
+    fn check_keys(&mut self, rows: &RecordBatch, held: &[i32], input: &'static str) -> Result<()> {
         let (Some((by, partitions)), [partition]) = (&self.copartition, held) else {
             return Ok(());
         };
         let keys = arrow::compute::cast(
-            columns::get(labels, by).map_err(PipelineError::produced)?,
+            columns::get(rows, by).map_err(PipelineError::produced)?,
             &arrow::datatypes::DataType::Utf8,
         )?;
         let keys = arrow::array::AsArray::as_string::<i32>(&keys);
@@ -333,17 +385,17 @@ impl FraudFeatures {
             .filter(|k| crate::kafka::murmur2_partition(k.as_bytes(), *partitions) != *partition)
             .count() as u64;
         if misrouted > 0 {
-            crate::events::misrouted_labels(misrouted);
-            if self.misrouted == 0
-                || self.misrouted / 10_000 != (self.misrouted + misrouted) / 10_000
-            {
+            crate::events::misrouted(input, misrouted);
+            let before = self.misrouted;
+            self.misrouted += misrouted;
+            if before == 0 || before / 10_000 != self.misrouted / 10_000 {
                 tracing::warn!(
                     partition,
-                    "{} labels so far read from a partition their {by} is not forwarded to: produce labels keyed by {by} (as text) with Java's murmur2 partitioner, or they count for no transaction",
-                    self.misrouted + misrouted
+                    input,
+                    "{} {input} so far read from a partition their {by} does not belong to: produce them keyed by {by} (as text) with Java's murmur2 partitioner, or their features miss part of their key's history",
+                    self.misrouted
                 );
             }
-            self.misrouted += misrouted;
         }
         Ok(())
     }
@@ -363,6 +415,12 @@ impl FeatureStage for FraudFeatures {
         // State is freed up to where the batch's events can still look: they are all at or
         // after the watermark as it stands before them, less the allowed lateness.
         self.chain.advance_watermark(self.clock.state_watermark());
+        if self.part == Part::BeforeRepartition
+            && input.events.num_rows() > 0
+            && let Some(p) = &input.partitions
+        {
+            self.check_keys(&input.events, &p.held, "transactions")?;
+        }
         let mut rejects = Vec::new();
         let mut origins = Vec::new();
         let events = if input.events.num_rows() > 0 && self.part == Part::AfterRepartition {
@@ -374,7 +432,7 @@ impl FeatureStage for FraudFeatures {
             for (&t, &p) in times.iter().zip(from.values().iter()) {
                 self.clock.observe(p, t);
             }
-            input.events
+            self.drop_duplicates(input.events, &mut rejects)?
         } else if input.events.num_rows() > 0 {
             let times = columns::event_times(&input.events, &self.event_time)?;
             let mut keep = Vec::with_capacity(times.len());
@@ -403,7 +461,7 @@ impl FeatureStage for FraudFeatures {
         // Labels first: operators use a label only from its label time on.
         if let Some(labels) = input.side.as_ref().filter(|l| l.num_rows() > 0) {
             if let Some(p) = &input.partitions {
-                self.check_labels(labels, &p.held)?;
+                self.check_keys(labels, &p.held, "labels")?;
             }
             self.chain.observe_labels(labels)?;
         }
@@ -1049,5 +1107,81 @@ mod tests {
         let psi = |j: &Job| format!("{:?}", j.scoring.snapshot().expect("snapshot").tables);
         assert_eq!(psi(&restored), psi(&original));
         assert_eq!(psi(&warmed), psi(&original));
+    }
+
+    /// The second stage of the repartitioned topology takes a re-forwarded row (the first
+    /// stage's uncommitted tail, read again after a crash or a rebalance) once: the copy is
+    /// refused as a duplicate, and every later row's features are those of a run without it
+    /// (the terminal's history did not count the transaction twice).
+    #[test]
+    fn a_re_forwarded_row_counts_once_after_the_repartition() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = history(dir.path());
+        let cfg = PipelineConfig::handbook().expect("shipped config");
+        let fraud = cfg.fraud().expect("fraud");
+        let first = partition_maker(fraud, "TERMINAL_ID", false, 1).expect("first");
+        let mut stage_one = first().expect("stage");
+        // The first stage's rows, as forwarded (every transaction in partition 0 of 1).
+        let mut forwarded = Vec::new();
+        let mut labels = Vec::new();
+        for mut input in batches(&h, 50) {
+            labels.extend(input.side.take());
+            let n = input.events.num_rows();
+            input.partitions = Some(Partitions {
+                of_events: vec![0; n],
+                of_side: Vec::new(),
+                held: std::sync::Arc::from([0]),
+            });
+            forwarded.push(stage_one.process(input).expect("first stage").batch);
+        }
+        let labels = arrow::compute::concat_batches(&labels[0].schema(), &labels).expect("labels");
+        let second = partition_maker(fraud, "TERMINAL_ID", true, 1).expect("second");
+        let run = |batches: &[RecordBatch]| -> (Vec<RecordBatch>, usize) {
+            let mut stage = second().expect("stage");
+            let mut out = Vec::new();
+            let mut duplicates = 0;
+            for (i, b) in batches.iter().enumerate() {
+                let f = stage
+                    .process(JobInput {
+                        // Every label up front: each counts from its label time only.
+                        side: (i == 0).then(|| labels.clone()),
+                        events: b.clone(),
+                        partitions: Some(Partitions {
+                            of_events: vec![0; b.num_rows()],
+                            of_side: Vec::new(),
+                            held: std::sync::Arc::from([0]),
+                        }),
+                    })
+                    .expect("second stage");
+                duplicates += f
+                    .rejects
+                    .iter()
+                    .filter(|r| r.kind == super::super::RejectKind::Duplicate)
+                    .count();
+                out.push(f.batch);
+            }
+            (out, duplicates)
+        };
+        let (once, none) = run(&forwarded);
+        assert_eq!(none, 0);
+        // Batches 5 and 6 forwarded again after batch 7 (day 3; the terminal risk looks 7 days
+        // back, so the 12 days see the difference a double count would make).
+        let mut again = forwarded.clone();
+        again.insert(8, forwarded[5].clone());
+        again.insert(9, forwarded[6].clone());
+        let (twice, duplicates) = run(&again);
+        assert_eq!(
+            duplicates,
+            forwarded[5].num_rows() + forwarded[6].num_rows()
+        );
+        let rows = |bs: &[RecordBatch]| {
+            let bs: Vec<&RecordBatch> = bs.iter().filter(|b| b.num_rows() > 0).collect();
+            arrow::compute::concat_batches(&bs[0].schema(), bs).expect("concat")
+        };
+        assert_eq!(
+            rows(&twice),
+            rows(&once),
+            "every row's features as without the copies"
+        );
     }
 }
