@@ -95,6 +95,7 @@ fn main() {
         dir: dir.path().to_string_lossy().into_owned(),
         interval: std::time::Duration::from_secs(60),
         retain: 3,
+        rebuild: Default::default(),
     })
     .expect("store");
     let rt = tokio::runtime::Builder::new_multi_thread()

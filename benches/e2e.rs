@@ -194,6 +194,7 @@ fn main() {
         // Several checkpoints within the run's fraction of a second.
         interval: Duration::from_millis(100),
         retain: 3,
+        rebuild: Default::default(),
     });
     let (pipeline_state, _) = throughput(&rt, &with_state, n);
     let checkpoints = std::fs::read_dir(state_dir.path().join("checkpoints"))
@@ -220,6 +221,7 @@ fn main() {
         dir: eos_state.path().to_string_lossy().into_owned(),
         interval: Duration::from_secs(3600),
         retain: 3,
+        rebuild: Default::default(),
     });
     let (pipeline_eos, eos_returned, _) = throughput_to(&rt, &eos, n);
 

@@ -455,6 +455,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                 dir,
                 interval: std::time::Duration::from_secs(60),
                 retain: usize::MAX,
+                rebuild: Default::default(),
             };
             let store = riskpipe_pipeline::state::CheckpointStore::open(&cfg)?;
             let text = runtime()?.block_on(riskpipe_pipeline::state::inspect(&store))?;

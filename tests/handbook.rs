@@ -299,3 +299,119 @@ fn partitions_read_days_apart_score_as_the_ordered_backtest() {
         "beyond the label delay scores must change, or this test shows nothing: {seen:?}"
     );
 }
+
+/// A start without any checkpoint (`state.rebuild = "horizon"`, the default) rebuilds the state
+/// from the messages stamped at or after the job's horizon before the last committed event
+/// (what offsets-for-times returns from a broker whose producers stamp messages at their event
+/// time): the transactions scored after it get the scores of a run over the whole history, bit
+/// for bit. A rebuild two days short of the features' reach changes scores, so the horizon is
+/// what makes them equal. (No broker here looks offsets up by time: librdkafka's mock answers
+/// none, tansu the first offset; against them the rebuild falls back to the earliest offsets.)
+#[test]
+fn a_rebuild_from_the_horizon_scores_as_the_whole_history() {
+    use arrow::array::{AsArray, BooleanArray};
+    use arrow::compute::filter_record_batch;
+    use arrow::datatypes::TimestampNanosecondType;
+    use riskpipe_pipeline::backtest;
+    use riskpipe_pipeline::sources::history::History;
+    use std::sync::Arc;
+
+    let cfg = PipelineConfig::handbook().expect("config");
+    let horizon = cfg
+        .job
+        .kind()
+        .rebuild_horizon(&cfg)
+        .expect("the fraud job rebuilds from a horizon");
+    let day = 86_400_000_000_000i64;
+    // The features reach 37 days (30-day terminal risk 7 days back), the horizon adds the
+    // lateness and drift; the producers' skew is added on top of it.
+    assert_eq!(horizon.reach.as_secs(), 37 * 86_400 + 3_600, "{horizon:?}");
+    let history = backtest::load(&cfg, &history_path()).expect("history");
+    let times = |b: &arrow::array::RecordBatch, column: &str| -> Vec<i64> {
+        let c = b.column_by_name(column).expect("time column");
+        c.as_primitive::<TimestampNanosecondType>()
+            .values()
+            .to_vec()
+    };
+    let tx_times = times(&history.events, &history.event_time);
+    // Committed up to the start of day 60; 20,000 transactions scored after it.
+    let first = tx_times[0];
+    let cut = tx_times.partition_point(|&t| t < first + 60 * day);
+    let end = cut + 20_000;
+    let whole = history.head(end);
+    let scores = |h: History| {
+        let replayed =
+            backtest::replay(&cfg, Arc::new(h), &indicatif::ProgressBar::hidden()).expect("replay");
+        support::scores_by_id(replayed.scored())
+    };
+    let expected = scores(whole.clone());
+    let ids = whole
+        .events
+        .column_by_name("TRANSACTION_ID")
+        .expect("ids")
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .slice(cut, end - cut);
+    // What a seek to `back` before the last committed event leaves to replay: the events and
+    // labels stamped (= dated) at or after it.
+    let reference = tx_times[cut - 1];
+    let rebuilt_from = |back: i64| -> (History, usize) {
+        let from = reference - back;
+        let start = tx_times.partition_point(|&t| t < from);
+        let side = whole.side.as_ref().map(|labels| {
+            let keep: BooleanArray = times(labels, &whole.side_time)
+                .iter()
+                .map(|&t| Some(t >= from))
+                .collect();
+            filter_record_batch(labels, &keep).expect("filter labels")
+        });
+        let events = whole.events.slice(start, end - start);
+        (
+            History {
+                events,
+                side,
+                source_rows: None,
+                partitions: None,
+                ..whole.clone()
+            },
+            start,
+        )
+    };
+    let differ = |got: &std::collections::HashMap<i64, f32>| {
+        ids.values()
+            .iter()
+            .filter(|id| got.get(id) != expected.get(id))
+            .count()
+    };
+    let back = i64::try_from((horizon.reach + horizon.skew).as_nanos()).expect("ns");
+    let (rebuilt, start) = rebuilt_from(back);
+    assert!(
+        start > 0,
+        "the horizon must leave committed transactions out"
+    );
+    let got = scores(rebuilt);
+    assert_eq!(
+        differ(&got),
+        0,
+        "scores after a rebuild from the horizon ({start} of {cut} committed transactions left out)"
+    );
+    // Two days short of the features' own reach, some terminal's 30-day risk misses events.
+    let short = i64::try_from(cfg_reach(&cfg).as_nanos()).expect("ns") - 2 * day;
+    let (too_short, _) = rebuilt_from(short);
+    let changed = differ(&scores(too_short));
+    eprintln!(
+        "rebuild from the horizon: {start} of {cut} transactions left out, 0 of {} scores differ; two days short of the reach: {changed} differ",
+        end - cut
+    );
+    assert!(
+        changed > 0,
+        "a rebuild short of the reach must change scores"
+    );
+}
+
+/// The fraud job's features' reach (without lateness, drift or skew).
+fn cfg_reach(cfg: &PipelineConfig) -> std::time::Duration {
+    match &cfg.job {
+        riskpipe_pipeline::config::JobConfig::Fraud(f) => f.features.reach(),
+        other => panic!("not a fraud job: {other:?}"),
+    }
+}

@@ -499,6 +499,18 @@ impl FeatureConfig {
         Ok((first, second))
     }
 
+    /// How far back in event time the features of an event look: the longest window, or the
+    /// longest label-risk delay plus span. State older than this behind the watermark is freed,
+    /// so a rebuild that reads this far back (plus the lateness) ends in the same state.
+    pub fn reach(&self) -> Duration {
+        let windows = self.windows.iter().flat_map(|w| w.spans.iter().copied());
+        let risks = self.label_risk.iter().map(|r| {
+            r.delay
+                .saturating_add(r.spans.iter().copied().max().unwrap_or_default())
+        });
+        windows.chain(risks).max().unwrap_or_default()
+    }
+
     /// Names of every feature column, in the order the chain appends them.
     pub fn feature_names(&self) -> Result<Vec<String>> {
         Ok(self.build_chain()?.feature_names())

@@ -34,7 +34,7 @@ use crate::sources::kafka::Follow;
 use crate::sources::kafka::KafkaSource;
 use crate::sources::kafka_assign::PartitionRestore;
 use crate::sources::{kafka_range, kafka_restore};
-use crate::state::{CheckpointStore, Positions, StateConfig};
+use crate::state::{CheckpointStore, Positions, Rebuild, StateConfig};
 use crate::{PipelineError, Result};
 
 /// Checks the config, builds the job (loading its model), joins the consumer group and runs;
@@ -300,6 +300,7 @@ async fn run_stage(
                 make,
                 kind.name(),
                 kind.batch_rows(),
+                rebuild_horizon(cfg, state),
             )?;
             follow = Some(Follow { restore, installs });
             let checkpoints = Checkpoints {
@@ -354,6 +355,15 @@ async fn run_stage(
 /// Restores `job`'s state (blocking; on a thread of the runtime's blocking pool):
 /// the newest usable checkpoint, then the gap up to the committed offsets, silently. Returns the
 /// job, the checkpointing to go on with and the positions the state now reflects.
+/// How far back a partition without a checkpoint is rebuilt (`state.rebuild`): `None` for the
+/// earliest offsets.
+fn rebuild_horizon(cfg: &PipelineConfig, state: &StateConfig) -> Option<jobs::Horizon> {
+    match state.rebuild {
+        Rebuild::Horizon => cfg.job.kind().rebuild_horizon(cfg),
+        Rebuild::Earliest => None,
+    }
+}
+
 fn restore(
     cfg: &PipelineConfig,
     state: &StateConfig,
@@ -407,12 +417,14 @@ fn restore(
         }
     }
     let decoder = decoders::build(kafka, cfg.streams())?;
+    let horizon = rebuild_horizon(cfg, state);
     let gap = kafka_restore::gap(
         kafka,
         cfg.streams(),
         &job.inputs,
         decoder.as_ref(),
         &restored,
+        horizon.as_ref(),
     )?;
     let scoring: Option<&mut dyn jobs::ScoreStage> = if job.scoring.has_state() {
         Some(job.scoring.as_mut())

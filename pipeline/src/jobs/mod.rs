@@ -414,6 +414,21 @@ pub struct Job {
     pub scoring: Box<dyn ScoreStage>,
 }
 
+/// How far back in event time a job's state reaches, for a rebuild that seeks back by time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Horizon {
+    /// The events' event-time column (a UTC timestamp).
+    pub time_column: String,
+    /// How far before the watermark the state still needs events: the features' reach, plus
+    /// the allowed lateness (the state follows the watermark less it), plus the longest stretch
+    /// the score stage's state covers (drift days).
+    pub reach: std::time::Duration,
+    /// How far ahead of its event time a message may have been stamped by its producer
+    /// (`max_future_skew`): the seek goes back this much further, since Kafka finds offsets by
+    /// the messages' timestamps, not by event time.
+    pub skew: std::time::Duration,
+}
+
 /// What a job kind gives the engine, implemented by its `[job]` settings type. Its stages know
 /// neither Kafka, files nor formats; this is where a kind names the sources and the report it
 /// uses. [`JobConfig::kind`](crate::config::JobConfig::kind) is the one place that lists kinds.
@@ -446,6 +461,12 @@ pub trait JobKind: std::fmt::Debug + Send + Sync {
     /// Whether its feature state can be checkpointed (`[state]`).
     fn checkpoints(&self) -> bool {
         false
+    }
+    /// How a state-less start may rebuild the state from a bounded stretch of the input rather
+    /// than all of it: `None` (the default) when some state has no bounded reach (an EWMA, a
+    /// running peak), so the rebuild reads from the earliest retained offsets.
+    fn rebuild_horizon(&self, _pipeline: &PipelineConfig) -> Option<Horizon> {
+        None
     }
     /// Rows per micro-batch when a history is replayed.
     fn batch_rows(&self) -> usize;

@@ -10,12 +10,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::kafka_range::{earliest, range_consumer, read_ranges};
+use super::kafka_range::{range_consumer, read_ranges};
+use super::kafka_rebuild::{RebuildFrom, rebuild_from};
 use super::kafka_restore::{committed, group_consumer};
 use crate::config::Streams;
 use crate::decoders::Decoder;
 use crate::jobs::partitioned::MakeStage;
-use crate::jobs::{FeatureStage, Inputs, JobInput, Partitions, warm_up};
+use crate::jobs::{FeatureStage, Horizon, Inputs, JobInput, Partitions, warm_up};
 use crate::kafka::KafkaConfig;
 use crate::state::{CheckpointStore, Positions};
 use crate::{PipelineError, Result};
@@ -52,6 +53,8 @@ pub struct PartitionRestore {
     job: &'static str,
     fingerprint: String,
     batch_rows: usize,
+    /// How far back a partition without a checkpoint is rebuilt (`None`: from the earliest).
+    horizon: Option<Horizon>,
 }
 
 impl std::fmt::Debug for PartitionRestore {
@@ -75,6 +78,7 @@ impl PartitionRestore {
         make: MakeStage,
         job: &'static str,
         batch_rows: usize,
+        horizon: Option<Horizon>,
     ) -> Result<Arc<Self>> {
         let fingerprint = make()?.snapshot()?.fingerprint;
         Ok(Arc::new(Self {
@@ -87,6 +91,7 @@ impl PartitionRestore {
             job,
             fingerprint,
             batch_rows,
+            horizon,
         }))
     }
 
@@ -155,6 +160,25 @@ impl PartitionRestore {
                 .as_ref()
                 .map(|(_, pos)| pos.clone())
                 .unwrap_or_default();
+            // A partition no checkpoint covers: rebuilt from its events' reach back.
+            let events_topic = topics.first().map(String::as_str).unwrap_or_default();
+            let rebuild = match (at(&state, events_topic), at(&commit, events_topic)) {
+                (None, Some(c)) => {
+                    let decoder = self
+                        .decoder
+                        .lock()
+                        .map_err(|_| PipelineError::Bug("decoder lock poisoned".into()))?;
+                    rebuild_from(
+                        &consumer,
+                        events_topic,
+                        &[(p, c)],
+                        decoder.as_ref(),
+                        &self.inputs.events,
+                        self.horizon.as_ref(),
+                    )?
+                }
+                _ => RebuildFrom::Earliest,
+            };
             let mut inputs = Vec::new();
             let mut replayed = 0;
             for topic in &topics {
@@ -164,7 +188,7 @@ impl PartitionRestore {
                 };
                 let start = match at(&state, topic) {
                     Some(s) => s,
-                    None => earliest(&consumer, topic, p)?,
+                    None => rebuild.start(&consumer, topic, p, end)?,
                 };
                 let read = read_ranges(&consumer, topic, &[(p, start, end)])?;
                 replayed += read.payloads.len();
@@ -198,6 +222,7 @@ impl PartitionRestore {
             tracing::info!(
                 partition = p,
                 checkpoint = from.as_ref().map(|(id, _)| *id),
+                rebuilt_from = (from.is_none()).then(|| rebuild.describe()),
                 replayed,
                 refused,
                 seconds = started.elapsed().as_secs_f64(),

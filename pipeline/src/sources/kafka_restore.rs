@@ -3,17 +3,19 @@
 //!
 //! Checkpoints are written only after the group committed at least their offsets, so the gap
 //! is never negative; a partition the state has never seen (no checkpoint, or a partition added
-//! since) is rebuilt from its earliest retained offset.
+//! since) is rebuilt from where [`super::kafka_rebuild`] says: back by the job's reach in event
+//! time, or from its earliest retained offset.
 
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::kafka_range::{earliest, partitions_of, range_consumer, read_ranges};
+use super::kafka_range::{partitions_of, range_consumer, read_ranges};
+use super::kafka_rebuild::{RebuildFrom, rebuild_from};
 use crate::config::Streams;
 use crate::decoders::Decoder;
-use crate::jobs::{Inputs, JobInput, Partitions};
+use crate::jobs::{Horizon, Inputs, JobInput, Partitions};
 use crate::kafka::KafkaConfig;
 use crate::state::Positions;
 use crate::{PipelineError, Result};
@@ -70,18 +72,19 @@ pub(crate) fn committed(
 /// `(partition, first offset, end offset)` of a range to replay.
 type Range = (i32, i64, i64);
 
-/// Every partition of `topic`, the ranges to replay, and (into `after`) the positions after them.
+/// Every partition of `topic`, the ranges to replay (a partition the state has not seen from
+/// `rebuild`), and (into `after`) the positions after them.
 fn ranges(
     kafka: &KafkaConfig,
-    group: &BaseConsumer,
     consumer: &BaseConsumer,
     topic: &str,
+    committed: &[(i32, Option<i64>)],
     restored: &Positions,
+    rebuild: RebuildFrom,
     after: &mut Positions,
-) -> Result<(Vec<i32>, Vec<Range>)> {
-    let partitions = partitions_of(consumer, topic)?;
+) -> Result<Vec<Range>> {
     let mut out = Vec::new();
-    for (p, c) in committed(group, topic, &partitions)? {
+    for &(p, c) in committed {
         let state = restored.get(topic).and_then(|m| m.get(&p)).copied();
         match (state, c) {
             (Some(s), Some(c)) if s <= c => out.push((p, s, c)),
@@ -95,42 +98,78 @@ fn ranges(
                     ),
                 });
             }
-            (None, Some(c)) => out.push((p, earliest(consumer, topic, p)?, c)),
+            (None, Some(c)) => out.push((p, rebuild.start(consumer, topic, p, c)?, c)),
             (None, None) => continue,
         }
         if let Some(c) = c {
             after.entry(topic.to_string()).or_default().insert(p, c);
         }
     }
-    Ok((partitions, out))
+    Ok(out)
+}
+
+/// The committed offsets of `topic`'s partitions the state has not seen.
+fn unseen(committed: &[(i32, Option<i64>)], restored: &Positions, topic: &str) -> Vec<(i32, i64)> {
+    committed
+        .iter()
+        .filter(|(p, _)| restored.get(topic).and_then(|m| m.get(p)).is_none())
+        .filter_map(|&(p, c)| Some((p, c?)))
+        .collect()
 }
 
 /// Reads and decodes the gap between `restored` and the committed offsets of the job's input
-/// topics.
+/// topics; partitions the state has not seen are rebuilt from `horizon`'s reach back (the
+/// earliest offsets without one).
 pub fn gap(
     kafka: &KafkaConfig,
     streams: Streams,
     inputs: &Inputs,
     decoder: &dyn Decoder,
     restored: &Positions,
+    horizon: Option<&Horizon>,
 ) -> Result<Gap> {
     let consumer = range_consumer(kafka)?;
     let group = group_consumer(kafka)?;
     let mut positions = Positions::new();
     let mut messages = 0;
     let topic = kafka.events_topic(streams);
-    let (all, events) = ranges(kafka, &group, &consumer, topic, restored, &mut positions)?;
+    let all = partitions_of(&consumer, topic)?;
+    let events_committed = committed(&group, topic, &all)?;
+    let rebuilt = unseen(&events_committed, restored, topic);
+    let rebuild = if rebuilt.is_empty() {
+        RebuildFrom::Earliest
+    } else {
+        let from = rebuild_from(&consumer, topic, &rebuilt, decoder, &inputs.events, horizon)?;
+        tracing::info!(
+            topic,
+            partitions = rebuilt.len(),
+            "partitions without state rebuilt from {}",
+            from.describe()
+        );
+        from
+    };
+    let events = ranges(
+        kafka,
+        &consumer,
+        topic,
+        &events_committed,
+        restored,
+        rebuild,
+        &mut positions,
+    )?;
     let read = read_ranges(&consumer, topic, &events)?;
     messages += read.payloads.len();
     let (decoded, of_events) = read.decode(decoder, &inputs.events)?;
     let side = match (kafka.side_topic(streams), &inputs.side) {
         (Some(side_topic), Some(schema)) => {
-            let (_, side) = ranges(
+            let side_partitions = partitions_of(&consumer, side_topic)?;
+            let side = ranges(
                 kafka,
-                &group,
                 &consumer,
                 side_topic,
+                &committed(&group, side_topic, &side_partitions)?,
                 restored,
+                rebuild,
                 &mut positions,
             )?;
             let read = read_ranges(&consumer, side_topic, &side)?;

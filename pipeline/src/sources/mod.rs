@@ -18,6 +18,7 @@ pub mod history;
 pub mod kafka;
 pub mod kafka_assign;
 pub mod kafka_range;
+mod kafka_rebuild;
 pub mod kafka_restore;
 pub mod ticks;
 

@@ -44,6 +44,23 @@ pub struct StateConfig {
     /// Complete checkpoints kept (default 3); older ones, and torn ones, are deleted.
     #[serde(default = "default_retain")]
     pub retain: usize,
+    /// Where the state of a partition no checkpoint covers is rebuilt from.
+    #[serde(default)]
+    pub rebuild: Rebuild,
+}
+
+/// `state.rebuild`: where a partition without a usable checkpoint is rebuilt from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rebuild {
+    /// Back from the committed offsets by the job's reach in event time (its longest window,
+    /// label delay, lateness and drift days, plus `max_future_skew`), found by the messages'
+    /// timestamps; the earliest offsets for a job whose state has no bounded reach (market).
+    #[default]
+    Horizon,
+    /// From the earliest retained offsets: also the explanation baseline, which sums every
+    /// row ever scored, equals an uninterrupted run's.
+    Earliest,
 }
 
 impl StateConfig {

@@ -348,6 +348,7 @@ mod tests {
             dir: dir.path().to_string_lossy().into_owned(),
             interval: std::time::Duration::from_secs(1),
             retain: 2,
+            rebuild: Default::default(),
         };
         let store = CheckpointStore::open(&cfg).expect("store");
         rt().block_on(async {

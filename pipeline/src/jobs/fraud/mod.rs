@@ -891,6 +891,24 @@ impl JobKind for FraudConfig {
         inputs()
     }
 
+    fn rebuild_horizon(&self, pipeline: &PipelineConfig) -> Option<super::Horizon> {
+        let drift = pipeline
+            .drift
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |d| {
+                std::time::Duration::from_secs(86_400 * u64::from(d.window_days))
+            });
+        Some(super::Horizon {
+            time_column: self.features.event_time.clone(),
+            reach: self
+                .features
+                .reach()
+                .max(drift)
+                .saturating_add(self.event_time.allowed_lateness),
+            skew: self.event_time.max_future_skew,
+        })
+    }
+
     fn build(&self, pipeline: &PipelineConfig) -> Result<Job> {
         build(self, pipeline)
     }
