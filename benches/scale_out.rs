@@ -8,7 +8,8 @@
 //!    between two scores after the kill, i.e. from the kill to its partitions scoring again
 //!    on the other instance (the session timeout, a rebalance, the restores).
 //!
-//! `cargo bench --bench scale_out`; RISKPIPE_SCALE_TRANSACTIONS (default 60000) sizes it.
+//! `cargo bench --bench scale_out`; RISKPIPE_SCALE_TRANSACTIONS (default 60000) sizes it,
+//! RISKPIPE_SCALE_REPS (default 3) repeats 1 and 2 (alternated; medians compared).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -126,12 +127,33 @@ fn main() {
     let cfg = PipelineConfig::handbook().expect("shipped config");
     let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
     let feed = feed(&history, &cfg, 0, n).expect("feed");
-    let one = throughput(&feed, 1);
-    let two = throughput(&feed, 2);
+    let reps = std::env::var("RISKPIPE_SCALE_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3usize);
+    // Alternated, so that the machine's drift falls on both alike; each backlog is short, so
+    // single runs are noisy: the medians are compared.
+    let (mut ones, mut twos) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        ones.push(throughput(&feed, 1));
+        twos.push(throughput(&feed, 2));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let shown = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!("scale-out (repartitioned topology, 4 + 4 partitions, {n} handbook transactions):");
-    println!("  1 instance : {one:>9.0} scores/s");
+    println!("  1 instance : runs {} scores/s", shown(&ones));
+    println!("  2 instances: runs {} scores/s", shown(&twos));
+    let (one, two) = (median(&mut ones), median(&mut twos));
     println!(
-        "  2 instances: {two:>9.0} scores/s  ({:.2} of one instance)",
+        "  medians: {one:.0} vs {two:.0} scores/s: 2 instances = {:.2} of one",
         two / one
     );
     let rate = 2_000.0;

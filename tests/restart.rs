@@ -790,3 +790,114 @@ fn exactly_once_killed_and_restarted_resumes_at_the_committed_transactions() {
         got.len()
     );
 }
+
+/// Checkpoints in S3 (`state.dir = "s3://bucket/prefix"`, the `s3` feature) against moto's S3
+/// emulator, through object_store's AWS client configured from the AWS_* environment: a clean
+/// stop writes checkpoints there, retention deletes the oldest, `riskpipe state inspect` reads
+/// them back, and the next start restores from the newest and replays the gap; every score is
+/// the backtest's.
+#[cfg(feature = "s3")]
+#[test]
+fn checkpoints_in_s3_restore_as_from_a_directory() {
+    let s3 = support::S3::start("riskpipe-state");
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = "s3://riskpipe-state/fraud";
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let n = 6_000;
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let broker = Broker::start(&MULTI_PARTITION);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}\n[state]\ndir = {url:?}\ninterval = \"1s\"\nretain = 2\n",
+            kafka_section(
+                &broker.bootstrap,
+                "s3-state",
+                "[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\""
+            )
+        ),
+    );
+    publish_all(&broker.bootstrap, &feed.only(true));
+    publish_all(&broker.bootstrap, &transactions(&feed, 0..3_000));
+    let scores = reader(&broker.bootstrap, "scores");
+    let mut got: Vec<Got> = Vec::new();
+    let mut running = Pipeline::start_with_env(&config, &env);
+    running.wait_ready();
+    score_until(&scores, &mut got, 3_000, &mut running);
+    // Checkpoints every second while it runs, and one at the stop: more than `retain`.
+    std::thread::sleep(Duration::from_secs(3));
+    let (ok, log) = running.terminate();
+    assert!(ok, "{log}");
+
+    let inspect = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
+        .args(["state", "inspect", "--dir", url])
+        .envs(env.iter().copied())
+        .output()
+        .expect("riskpipe state inspect");
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        inspect.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    assert!(
+        text.starts_with(&format!("{url}: 2 complete checkpoint(s)")),
+        "retention keeps 2 in S3: {text}"
+    );
+    let newest: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("checkpoint ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no checkpoint line: {text}"));
+    let committed: i64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("next offsets transactions: "))
+        .map(|offsets| {
+            offsets
+                .split(' ')
+                .filter_map(|po| po.split_once(':')?.1.parse::<i64>().ok())
+                .sum()
+        })
+        .unwrap_or_else(|| panic!("no transaction offsets: {text}"));
+    assert_eq!(
+        committed, 3_000,
+        "the newest checkpoint is at the stop: {text}"
+    );
+
+    publish_all(&broker.bootstrap, &transactions(&feed, 3_000..n));
+    let mut running = Pipeline::start_with_env(&config, &env);
+    running.wait_ready();
+    let line = running
+        .drain_log()
+        .into_iter()
+        .find(|l| l.contains("state restored"))
+        .unwrap_or_else(|| panic!("no restore line"));
+    // Without the log's colours.
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    assert!(
+        plain.contains(&format!("checkpoint={newest} ")) && plain.contains(url),
+        "restored from checkpoint {newest} in {url}: {plain}"
+    );
+    score_until(&scores, &mut got, n, &mut running);
+    let (ok, log) = running.terminate();
+    assert!(ok, "{log}");
+    got.extend(drain_to_end(&scores, "scores"));
+    let expected = backtest_scores(&cfg, &history, n);
+    check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
+}

@@ -667,3 +667,56 @@ pub(crate) fn publish_feed(feed: &Feed, bootstrap: &str, labels: bool, rate: f64
         )
         .expect("publish");
 }
+
+/// An S3 emulator (moto's server, in a virtual environment the testkit makes from
+/// `tests/s3/requirements.txt`) on a free local port, with one bucket; stopped when dropped.
+pub(crate) struct S3 {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub(crate) endpoint: String,
+}
+
+impl S3 {
+    pub(crate) fn start(bucket: &str) -> S3 {
+        let python =
+            riskpipe_testkit::python_env("moto", &root().join("tests/s3/requirements.txt"));
+        let mut child = Command::new(python)
+            .arg(root().join("tests/s3/server.py"))
+            .arg(bucket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the S3 emulator");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the S3 emulator's port");
+        let port: u16 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the S3 emulator printed {line:?}, not its port"));
+        S3 {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// What a `riskpipe` process needs to reach it (object_store's AWS_* settings).
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "riskpipe-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "riskpipe-test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -411,8 +411,8 @@ impl Driver {
         consumed?;
         let Settle { mut acker, writer } =
             settled.ok_or_else(|| PipelineError::Bug("no stage settled the input".into()))?;
-        acker.finish()?;
-        if let Some(mut w) = writer {
+        let committed = acker.finish()?;
+        if let Some(mut w) = writer.filter(|_| committed) {
             // The last checkpoint: everything acknowledged and committed, the state after it.
             w.wait().await;
             let snapshot = features.snapshot().and_then(|f| {

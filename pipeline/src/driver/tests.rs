@@ -39,9 +39,9 @@ impl Acker for NumbersAcker {
     fn ack(&mut self, batch: usize) {
         self.acks.lock().expect("lock").push(batch);
     }
-    fn finish(&mut self) -> Result<()> {
+    fn finish(&mut self) -> Result<bool> {
         *self.finished.lock().expect("lock") = true;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -431,8 +431,8 @@ impl Acker for OffsetAcker {
     fn ack(&mut self, batch: usize) {
         self.next = batch as i64 + 1;
     }
-    fn finish(&mut self) -> Result<()> {
-        Ok(())
+    fn finish(&mut self) -> Result<bool> {
+        Ok(true)
     }
     fn positions(&self) -> crate::state::Positions {
         let mut p = crate::state::Positions::new();

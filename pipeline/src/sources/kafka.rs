@@ -670,11 +670,30 @@ impl Acker for KafkaAcker {
         self.acked.fetch_add(1, Ordering::Release);
     }
 
-    fn finish(&mut self) -> Result<()> {
+    fn finish(&mut self) -> Result<bool> {
         if self.transactional {
-            return Ok(());
+            return Ok(true);
         }
-        commit_stored(&self.consumer, "final offset commit")
+        match commit_stored(&self.consumer, "final offset commit") {
+            // Stopping while the group rebalances (instances stopped one after another): the
+            // partitions' next owner reads the uncommitted tail again, as after a crash.
+            Err(PipelineError::Kafka {
+                source: KafkaError::ConsumerCommit(code),
+                ..
+            }) if matches!(
+                code,
+                RDKafkaErrorCode::RebalanceInProgress
+                    | RDKafkaErrorCode::UnknownMemberId
+                    | RDKafkaErrorCode::IllegalGeneration
+            ) =>
+            {
+                tracing::warn!(
+                    "final offset commit refused while the group rebalances ({code}): the next owner of the partitions re-reads the uncommitted tail; no checkpoint at shutdown"
+                );
+                Ok(false)
+            }
+            other => other.map(|()| true),
+        }
     }
 
     fn positions(&self) -> Positions {

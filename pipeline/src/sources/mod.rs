@@ -112,7 +112,10 @@ pub trait Acker: Send + 'static {
     /// Every output of the batch behind `ack` is acknowledged, and every earlier batch's too.
     fn ack(&mut self, ack: Self::Ack);
     /// The pipeline drained without an error: make the acknowledgements durable (commit).
-    fn finish(&mut self) -> Result<()>;
+    /// `false`: they could not be, and losing them is safe (the input is read again from the
+    /// last commit, e.g. by the member a rebalance gave the partitions to); no checkpoint may
+    /// then be written at them.
+    fn finish(&mut self) -> Result<bool>;
     /// The next offset per input topic and partition of everything acknowledged (and of the
     /// state the pipeline started from): what the state reflects once these batches went
     /// through it. Empty for sources without offsets.
@@ -133,7 +136,7 @@ pub struct NoAck;
 impl Acker for NoAck {
     type Ack = ();
     fn ack(&mut self, (): ()) {}
-    fn finish(&mut self) -> Result<()> {
-        Ok(())
+    fn finish(&mut self) -> Result<bool> {
+        Ok(true)
     }
 }

@@ -51,8 +51,11 @@ impl CheckpointStore {
                 let url = url::Url::parse(&cfg.dir)
                     .map_err(|e| PipelineError::Config(vec![format!("state.dir: {e}")]))?;
                 // Credentials and region from the usual environment variables (AWS_*).
-                let (store, root) = object_store::parse_url_opts(&url, std::env::vars())
-                    .map_err(failed("opening the checkpoint store"))?;
+                let (store, root) = object_store::parse_url_opts(
+                    &url,
+                    std::env::vars().filter(|(k, _)| k.starts_with("AWS_")),
+                )
+                .map_err(failed("opening the checkpoint store"))?;
                 (Arc::from(store), root, None)
             } else {
                 let dir = cfg.dir.strip_prefix("file://").unwrap_or(&cfg.dir);
