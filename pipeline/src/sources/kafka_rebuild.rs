@@ -138,11 +138,13 @@ fn offset_for_time(
     )
 }
 
-/// The latest value (ns) of the timestamp column `column` in `batch`, `None` if it has no rows.
+/// The latest value (ns) of the timestamp column `column` in `batch`, `None` if it has no rows
+/// (or no such column: the rebuild then reads from the earliest offsets).
 fn latest_time(batch: &arrow::array::RecordBatch, column: &str) -> Result<Option<i64>> {
-    let col = batch.column_by_name(column).ok_or_else(|| {
-        PipelineError::Bug(format!("the decoded events have no column {column:?}"))
-    })?;
+    let Some(col) = batch.column_by_name(column) else {
+        tracing::warn!("the decoded events have no column {column:?} to take the time of");
+        return Ok(None);
+    };
     let ns = arrow::compute::cast(
         &arrow::compute::cast(
             col,
