@@ -3,7 +3,8 @@
 //! earliest retained offset when the job's state has no bounded reach or `state.rebuild` asks.
 //!
 //! The reference time is the latest event time among the last messages before each committed
-//! offset, the lowest over the partitions rebuilt (the watermark is the lowest partition's).
+//! offset, the lowest over the partitions one state holds (the watermark is the lowest
+//! partition's).
 //! Kafka indexes messages by their timestamps, which producers stamp at or after an event
 //! happens; the seek therefore goes back the reach plus `max_future_skew` from the reference,
 //! and every message it leaves out has a timestamp, so an event time, before anything the

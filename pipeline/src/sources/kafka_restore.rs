@@ -139,7 +139,13 @@ pub fn gap(
     let rebuild = if rebuilt.is_empty() {
         RebuildFrom::Earliest
     } else {
-        let from = rebuild_from(&consumer, topic, &rebuilt, decoder, &inputs.events, horizon)?;
+        // The reference is the lowest over every partition, restored ones too: their events
+        // to come may need the rebuilt partitions' older events.
+        let every: Vec<(i32, i64)> = events_committed
+            .iter()
+            .filter_map(|&(p, c)| Some((p, c?)))
+            .collect();
+        let from = rebuild_from(&consumer, topic, &every, decoder, &inputs.events, horizon)?;
         tracing::info!(
             topic,
             partitions = rebuilt.len(),
