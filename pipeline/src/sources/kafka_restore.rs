@@ -3,7 +3,7 @@
 //!
 //! Checkpoints are written only after the group committed at least their offsets, so the gap
 //! is never negative; a partition the state has never seen (no checkpoint, or a partition added
-//! since) is rebuilt from where [`super::kafka_rebuild`] says: back by the job's reach in event
+//! since) is rebuilt from where `sources::kafka_rebuild` says: back by the job's reach in event
 //! time, or from its earliest retained offset.
 
 use std::time::Duration;
