@@ -20,7 +20,8 @@ pub type MakeStage = Arc<dyn Fn() -> Result<Box<dyn FeatureStage>> + Send + Sync
 /// read from its checkpoint and brought up to the committed offsets), waiting to be taken in.
 #[derive(Default)]
 pub struct Installs {
-    stages: std::sync::Mutex<BTreeMap<i32, Box<dyn FeatureStage>>>,
+    /// Per partition: its restored stage, or `None` when it was given up.
+    stages: std::sync::Mutex<BTreeMap<i32, Option<Box<dyn FeatureStage>>>>,
 }
 
 impl std::fmt::Debug for Installs {
@@ -33,11 +34,19 @@ impl Installs {
     /// Offers `stage` as partition `p`'s state, to be taken before the next batch.
     pub fn put(&self, p: i32, stage: Box<dyn FeatureStage>) {
         if let Ok(mut s) = self.stages.lock() {
-            s.insert(p, stage);
+            s.insert(p, Some(stage));
         }
     }
 
-    fn take(&self) -> BTreeMap<i32, Box<dyn FeatureStage>> {
+    /// Partition `p` was given up (every batch with its rows has gone through): its stage is
+    /// dropped before the next batch.
+    pub fn give_up(&self, p: i32) {
+        if let Ok(mut s) = self.stages.lock() {
+            s.insert(p, None);
+        }
+    }
+
+    fn take(&self) -> BTreeMap<i32, Option<Box<dyn FeatureStage>>> {
         self.stages
             .lock()
             .map(|mut s| std::mem::take(&mut *s))
@@ -52,8 +61,7 @@ pub struct PerPartition {
     /// The stages' definitions (every stage has the same).
     fingerprint: String,
     /// Set when partitions come and go with the group's assignment: stages of newly assigned
-    /// partitions come restored from here, and a partition the batch's source no longer holds
-    /// is given up after the batch.
+    /// partitions come restored from here, and those of partitions given up go.
     installs: Option<Arc<Installs>>,
 }
 
@@ -128,7 +136,10 @@ impl FeatureStage for PerPartition {
         })?;
         if let Some(installs) = &self.installs {
             for (p, stage) in installs.take() {
-                self.stages.insert(p, stage);
+                match stage {
+                    Some(stage) => self.stages.insert(p, stage),
+                    None => self.stages.remove(&p),
+                };
             }
         }
         let mut events_of: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
@@ -204,11 +215,6 @@ impl FeatureStage for PerPartition {
             }
         }
         rejects.sort_by_key(|r| r.row);
-        if self.installs.is_some() {
-            // Given up: the source no longer holds them (every earlier batch with their rows
-            // has gone through, and later ones have none).
-            self.stages.retain(|p, _| parts.held.contains(p));
-        }
         let batch = match outputs.len() {
             0 => events.slice(0, 0),
             1 => outputs.swap_remove(0),
@@ -410,5 +416,33 @@ mod tests {
         assert_eq!(n(&here), [3001, 1000, 3000]);
         assert_eq!(n(&there), n(&here));
         assert_eq!(other.partitions(), [0, 1, 2]);
+    }
+
+    /// A batch issued between a revoke and the next assignment holds no partition; the stages
+    /// stay until the source gives a partition up, so one assigned again keeps its state.
+    #[test]
+    fn stages_go_only_when_their_partition_is_given_up() {
+        let make: MakeStage =
+            Arc::new(|| Ok(Box::new(Counting::default()) as Box<dyn FeatureStage>));
+        let mut stages = PerPartition::new(make).expect("stages");
+        let installs = Arc::new(Installs::default());
+        assert!(stages.adopt(installs.clone()));
+        stages
+            .process(input(&[10, 11], &[0, 1], &[]))
+            .expect("process");
+        let mut revoked = input(&[12], &[0], &[]);
+        if let Some(p) = revoked.partitions.as_mut() {
+            p.held = Arc::from([]);
+        }
+        stages.process(revoked).expect("process");
+        assert_eq!(stages.partitions(), [0, 1]);
+        installs.give_up(1);
+        let f = stages.process(input(&[13], &[0], &[])).expect("process");
+        assert_eq!(stages.partitions(), [0]);
+        assert_eq!(
+            n(&f),
+            [3000],
+            "partition 0 kept its state through the revoke"
+        );
     }
 }

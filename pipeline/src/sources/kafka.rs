@@ -370,10 +370,11 @@ impl KafkaSource {
             .unwrap_or_default();
         let numbers: BTreeSet<i32> = assigned.iter().map(|(_, p)| *p).collect();
         let before = context.owned.lock().map(|o| o.clone()).unwrap_or_default();
-        for gone in before.difference(&numbers) {
+        for &gone in before.difference(&numbers) {
             for (_, read) in self.topics.values_mut() {
-                read.remove(gone);
+                read.remove(&gone);
             }
+            follow.installs.give_up(gone);
         }
         if !new.is_empty() {
             let (restore, partitions) = (follow.restore.clone(), new.clone());
