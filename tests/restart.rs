@@ -388,24 +388,7 @@ fn restore_falls_back_rebuilds_and_refuses_as_documented() {
         eprintln!("{:>6.1} s: ready", began.elapsed().as_secs_f64());
         p
     };
-    // The restore's log line, without its colours.
-    let restored_line = |p: &mut Pipeline| {
-        let line = p
-            .drain_log()
-            .into_iter()
-            .find(|l| l.contains("state restored"))
-            .unwrap_or_else(|| panic!("no restore line"));
-        let mut plain = String::new();
-        let mut chars = line.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                chars.by_ref().find(|&c| c == 'm');
-            } else {
-                plain.push(c);
-            }
-        }
-        plain
-    };
+    let restored_line = |p: &mut Pipeline| p.log_line("state restored");
 
     // Two clean stops: two checkpoints at the same offsets.
     publish_all(&broker.bootstrap, &transactions(&feed, 0..3_000));
@@ -875,21 +858,7 @@ fn checkpoints_in_s3_restore_as_from_a_directory() {
     publish_all(&broker.bootstrap, &transactions(&feed, 3_000..n));
     let mut running = Pipeline::start_with_env(&config, &env);
     running.wait_ready();
-    let line = running
-        .drain_log()
-        .into_iter()
-        .find(|l| l.contains("state restored"))
-        .unwrap_or_else(|| panic!("no restore line"));
-    // Without the log's colours.
-    let mut plain = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|&c| c == 'm');
-        } else {
-            plain.push(c);
-        }
-    }
+    let plain = running.log_line("state restored");
     assert!(
         plain.contains(&format!("checkpoint={newest} ")) && plain.contains(url),
         "restored from checkpoint {newest} in {url}: {plain}"

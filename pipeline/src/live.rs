@@ -352,9 +352,6 @@ async fn run_stage(
         .await
 }
 
-/// Restores `job`'s state (blocking; on a thread of the runtime's blocking pool):
-/// the newest usable checkpoint, then the gap up to the committed offsets, silently. Returns the
-/// job, the checkpointing to go on with and the positions the state now reflects.
 /// How far back a partition without a checkpoint is rebuilt (`state.rebuild`): `None` for the
 /// earliest offsets.
 fn rebuild_horizon(cfg: &PipelineConfig, state: &StateConfig) -> Option<jobs::Horizon> {
@@ -364,6 +361,9 @@ fn rebuild_horizon(cfg: &PipelineConfig, state: &StateConfig) -> Option<jobs::Ho
     }
 }
 
+/// Restores `job`'s state (blocking; on a thread of the runtime's blocking pool):
+/// the newest usable checkpoint, then the gap up to the committed offsets, silently. Returns the
+/// job, the checkpointing to go on with and the positions the state now reflects.
 fn restore(
     cfg: &PipelineConfig,
     state: &StateConfig,

@@ -213,6 +213,25 @@ impl Pipeline {
         self.log.clone()
     }
 
+    /// The first log line so far that contains `needle`, without the log's colours.
+    pub(crate) fn log_line(&mut self, needle: &str) -> String {
+        let line = self
+            .drain_log()
+            .into_iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no log line with {needle:?}"));
+        let mut plain = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                chars.by_ref().find(|&c| c == 'm');
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
+    }
+
     /// Sends SIGTERM and waits for the exit; returns its success and stdout.
     pub(crate) fn terminate(mut self) -> (bool, String) {
         let pid = self.child.id().to_string();

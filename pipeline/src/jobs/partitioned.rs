@@ -96,11 +96,6 @@ impl PerPartition {
         })
     }
 
-    /// A new stage, as a newly held partition gets.
-    pub fn maker(&self) -> MakeStage {
-        self.make.clone()
-    }
-
     /// The partitions with a stage.
     pub fn partitions(&self) -> Vec<i32> {
         self.stages.keys().copied().collect()

@@ -649,8 +649,8 @@ impl Acker for KafkaAcker {
     type Ack = Offsets;
 
     fn ack(&mut self, offsets: Offsets) {
-        for ((topic, partition), offset) in &offsets {
-            if let Ok(mut positions) = self.positions.lock() {
+        if let Ok(mut positions) = self.positions.lock() {
+            for ((topic, partition), offset) in &offsets {
                 if !positions.contains_key(&**topic) {
                     positions.insert(topic.to_string(), Default::default());
                 }
@@ -659,6 +659,8 @@ impl Acker for KafkaAcker {
                     *next = (*next).max(offset + 1);
                 }
             }
+        }
+        for ((topic, partition), offset) in &offsets {
             if self.transactional {
                 continue;
             }

@@ -108,15 +108,6 @@ fn ranges(
     Ok(out)
 }
 
-/// The committed offsets of `topic`'s partitions the state has not seen.
-fn unseen(committed: &[(i32, Option<i64>)], restored: &Positions, topic: &str) -> Vec<(i32, i64)> {
-    committed
-        .iter()
-        .filter(|(p, _)| restored.get(topic).and_then(|m| m.get(p)).is_none())
-        .filter_map(|&(p, c)| Some((p, c?)))
-        .collect()
-}
-
 /// Reads and decodes the gap between `restored` and the committed offsets of the job's input
 /// topics; partitions the state has not seen are rebuilt from `horizon`'s reach back (the
 /// earliest offsets without one).
@@ -135,20 +126,24 @@ pub fn gap(
     let topic = kafka.events_topic(streams);
     let all = partitions_of(&consumer, topic)?;
     let events_committed = committed(&group, topic, &all)?;
-    let rebuilt = unseen(&events_committed, restored, topic);
-    let rebuild = if rebuilt.is_empty() {
+    // Partitions with committed offsets, and how many of them the state has not seen.
+    let every: Vec<(i32, i64)> = events_committed
+        .iter()
+        .filter_map(|&(p, c)| Some((p, c?)))
+        .collect();
+    let unseen = every
+        .iter()
+        .filter(|(p, _)| restored.get(topic).and_then(|m| m.get(p)).is_none())
+        .count();
+    let rebuild = if unseen == 0 {
         RebuildFrom::Earliest
     } else {
         // The reference is the lowest over every partition, restored ones too: their events
         // to come may need the rebuilt partitions' older events.
-        let every: Vec<(i32, i64)> = events_committed
-            .iter()
-            .filter_map(|&(p, c)| Some((p, c?)))
-            .collect();
         let from = rebuild_from(&consumer, topic, &every, decoder, &inputs.events, horizon)?;
         tracing::info!(
             topic,
-            partitions = rebuilt.len(),
+            partitions = unseen,
             "partitions without state rebuilt from {}",
             from.describe()
         );

@@ -150,7 +150,7 @@ fn maker(
         if part == Part::AfterRepartition {
             stage.clock.hold(&(0..origins).collect::<Vec<_>>());
         }
-        if part != Part::Whole && origins > 0 {
+        if origins > 0 {
             stage.copartition = by.clone().map(|by| (by, origins));
         }
         Ok(Box::new(stage) as Box<dyn FeatureStage>)
@@ -445,7 +445,9 @@ impl FeatureStage for FraudFeatures {
                 match self.clock.admit(partition, t) {
                     Ok(()) => {
                         keep.push(row as u32);
-                        origins.push(partition);
+                        if self.part == Part::BeforeRepartition {
+                            origins.push(partition);
+                        }
                     }
                     Err((kind, reason)) => rejects.push(Reject { row, kind, reason }),
                 }
