@@ -202,29 +202,44 @@ async fn run_repartitioned(
     let (first, second) = stage_configs(cfg, &topic);
     let by = repartition.by.clone();
     let forwarding = Arc::new(Counters::default());
-    let (before, after) = tokio::try_join!(
-        run_stage(
-            &first,
-            Stage::First {
-                by: by.clone(),
-                origins,
-            },
-            health,
-            &forwarding,
-            shutdown.clone(),
-            None,
-            Some(topic.clone()),
-        ),
-        run_stage(
-            &second,
-            Stage::Second { by, origins },
-            health,
-            counters,
-            shutdown,
-            models,
-            None,
-        ),
-    )?;
+    // Each stage's consumer reports its own assignment; the process is ready when both hold
+    // theirs.
+    let parts = (Arc::new(Health::part()), Arc::new(Health::part()));
+    let stages = async {
+        tokio::try_join!(
+            run_stage(
+                &first,
+                Stage::First {
+                    by: by.clone(),
+                    origins,
+                },
+                &parts.0,
+                &forwarding,
+                shutdown.clone(),
+                None,
+                Some(topic.clone()),
+            ),
+            run_stage(
+                &second,
+                Stage::Second { by, origins },
+                &parts.1,
+                counters,
+                shutdown,
+                models,
+                None,
+            ),
+        )
+    };
+    let mut stages = std::pin::pin!(stages);
+    let (before, after) = loop {
+        tokio::select! {
+            done = &mut stages => break done?,
+            () = tokio::time::sleep(Duration::from_millis(200)) => health.set_ready(
+                parts.0.ready.load(std::sync::atomic::Ordering::Relaxed)
+                    && parts.1.ready.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        }
+    };
     tracing::info!(
         transactions = before.events,
         "first stage: {} transactions read, forwarded to {topic}",

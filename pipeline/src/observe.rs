@@ -25,13 +25,26 @@ pub struct Health {
     pub ready: AtomicBool,
     /// Set once the pipeline has stopped.
     pub stopped: AtomicBool,
+    /// One consumer's part of a process with several: the process's readiness combines the
+    /// parts, and only it is reported.
+    part: bool,
 }
 
 impl Health {
+    /// The readiness of one of several consumers of a process (see [`Self::part`]).
+    pub fn part() -> Self {
+        Self {
+            part: true,
+            ..Self::default()
+        }
+    }
+
     /// The consumer gained (`true`) or lost its partitions.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
-        crate::events::ready(ready && !self.stopped.load(Ordering::Relaxed));
+        if !self.part {
+            crate::events::ready(ready && !self.stopped.load(Ordering::Relaxed));
+        }
     }
 
     /// The pipeline stopped: never ready again.
