@@ -306,13 +306,28 @@ fn shifted_copy(feed: &mut Feed, index: usize, id: i64, shift_days: i64) {
         .insert(at + 1, (false, key, payload, usize::MAX));
 }
 
+/// An identical copy of transaction message `index` of `feed` (same key, so the same partition),
+/// published right after transaction `after`.
+fn published_twice(feed: &mut Feed, index: usize, after: usize) {
+    let position = |i: usize| {
+        feed.messages
+            .iter()
+            .position(|m| !m.0 && m.3 == i)
+            .expect("transaction in feed")
+    };
+    let (_, key, payload, _) = feed.messages[position(index)].clone();
+    let at = position(after) + 1;
+    feed.messages.insert(at, (false, key, payload, usize::MAX));
+}
+
 /// Event time on several partitions: a transaction dated 40 days ahead and one 3 days behind
-/// its partition are dead letters (`invalid`, `late`) with their reasons and touch no state:
-/// every other score equals the clean file backtest's bit for bit (no key's features change,
-/// the bad events' own customers' included), and a Kafka replay of the topic refuses the same
-/// two, for the same reasons, and gives the same scores.
+/// its partition are dead letters (`invalid`, `late`) with their reasons and touch no state;
+/// so are transactions published twice (`duplicate`: one copy right after the first, one
+/// 2,000 transactions later): every other score equals the clean file backtest's bit for bit
+/// (no key's features change, the bad events' own customers' included), and a Kafka replay of
+/// the topic refuses the same four, for the same reasons, and gives the same scores.
 #[test]
-fn skewed_events_are_refused_alike_live_and_in_replay_and_change_no_score() {
+fn skewed_and_duplicated_events_are_refused_alike_live_and_in_replay_and_change_no_score() {
     let cfg = PipelineConfig::handbook().expect("shipped config");
     let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
     let n = 20_000;
@@ -321,6 +336,13 @@ fn skewed_events_are_refused_alike_live_and_in_replay_and_change_no_score() {
     let (future_id, late_id) = (90_000_001, 90_000_002);
     shifted_copy(&mut skewed, 5_000, future_id, 40);
     shifted_copy(&mut skewed, 15_000, late_id, -3);
+    let (twice_at_once, twice_later) = (10_000, 10_001);
+    published_twice(&mut skewed, twice_at_once, twice_at_once);
+    published_twice(&mut skewed, twice_later, 12_000);
+    let twice: Vec<i64> = [twice_at_once, twice_later]
+        .iter()
+        .map(|&i| clean.ids[i])
+        .collect();
 
     let broker = Broker::start(&MULTI_PARTITION);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -345,7 +367,7 @@ fn skewed_events_are_refused_alike_live_and_in_replay_and_change_no_score() {
     let dead = collect(
         &reader(&broker.bootstrap, "riskpipe-dead-letter"),
         Duration::from_secs(60),
-        |r| r.len() >= 2,
+        |r| r.len() >= 4,
     );
     let kind_of = |id: i64| -> (String, String) {
         let d = dead
@@ -373,6 +395,20 @@ fn skewed_events_are_refused_alike_live_and_in_replay_and_change_no_score() {
     assert_eq!(
         pipeline.metric("riskpipe_dead_letters_total", "kind=\"late\""),
         1.0
+    );
+    let mut duplicate_reasons = Vec::new();
+    for &id in &twice {
+        let (kind, reason) = kind_of(id);
+        assert_eq!(kind, "duplicate", "{reason}");
+        assert!(
+            reason.contains("TRANSACTION_ID taken in already"),
+            "{reason}"
+        );
+        duplicate_reasons.push(("duplicate", reason));
+    }
+    assert_eq!(
+        pipeline.metric("riskpipe_dead_letters_total", "kind=\"duplicate\""),
+        2.0
     );
     assert!(pipeline.metric("riskpipe_watermark_seconds", "") > 1.5e9);
     assert!(pipeline.metric("riskpipe_state_keys", "") > 0.0);
@@ -420,6 +456,7 @@ fn skewed_events_are_refused_alike_live_and_in_replay_and_change_no_score() {
         ("invalid", future_reason.clone()),
         ("late", late_reason.clone()),
     ];
+    live.extend(duplicate_reasons);
     live.sort();
     assert_eq!(refused, live, "the replay refuses what live refused");
     assert_eq!(scores_by_id(replayed.scored()), expected);

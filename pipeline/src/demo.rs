@@ -194,7 +194,9 @@ pub fn feed_producer(kafka: &KafkaConfig) -> Result<ThreadedProducer<DefaultProd
     let mut c = kafka.client();
     c.set("compression.type", "zstd")
         .set("linger.ms", "1")
-        .set("partitioner", "murmur2_random");
+        .set("partitioner", "murmur2_random")
+        // A retry during a broker outage would otherwise publish a transaction twice.
+        .set("enable.idempotence", "true");
     c.create()
         .map_err(PipelineError::kafka("creating the feed producer"))
 }

@@ -13,7 +13,7 @@ pub const BATCH_ROWS: &str = "riskpipe_batch_rows";
 pub const STAGE_SECONDS: &str = "riskpipe_stage_seconds";
 /// Seconds from an input message's producer timestamp to its score's acknowledgement.
 pub const END_TO_END_SECONDS: &str = "riskpipe_end_to_end_seconds";
-/// Dead letters per kind (`kind`: oversized, empty, malformed, schema, invalid, late).
+/// Dead letters per kind (`kind`: oversized, empty, malformed, schema, invalid, late, duplicate).
 pub const DEAD_LETTERS: &str = "riskpipe_dead_letters_total";
 /// Offset commits (`result`: ok, error).
 pub const COMMITS: &str = "riskpipe_commits_total";

@@ -607,6 +607,9 @@ pub(crate) fn feed_lingering(
                 // Java's partitioner, as riskpipe's repartition topic: labels keyed by terminal
                 // land in the partition the terminal's rows are forwarded to.
                 .set("partitioner", "murmur2_random")
+                // As the demo's feeder: a retry in a broker outage neither duplicates nor
+                // reorders (a reordered second of feed is hours of event time: late).
+                .set("enable.idempotence", "true")
                 .create()
                 .expect("producer");
         Feeder::new(&feed, Instant::now())

@@ -67,7 +67,7 @@ impl<A> Work<A> {
         if let Some(created) = self.created_ms.get_mut(row) {
             *created = None;
         }
-        if kind == RejectKind::Duplicate {
+        if kind == RejectKind::Redelivered {
             events::repartition_duplicate();
             return;
         }

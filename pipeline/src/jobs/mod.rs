@@ -84,9 +84,12 @@ pub enum RejectKind {
     Invalid,
     /// Behind the watermark by more than the allowed lateness.
     Late,
+    /// A transaction whose id the job has taken in already (its producer published it twice):
+    /// counting it again would change its key's features, so the copy is refused.
+    Duplicate,
     /// A row of a repartition topic taken in already (the topic is at-least-once): dropped,
     /// not dead-lettered (the first copy was scored).
-    Duplicate,
+    Redelivered,
 }
 
 impl RejectKind {
@@ -100,6 +103,7 @@ impl RejectKind {
             RejectKind::Invalid => "invalid",
             RejectKind::Late => "late",
             RejectKind::Duplicate => "duplicate",
+            RejectKind::Redelivered => "redelivered",
         }
     }
 }

@@ -248,6 +248,11 @@ impl KafkaSink {
             // librdkafka's 5 ms default would spend half of a 10 ms latency budget waiting.
             cfg.set("linger.ms", "1");
         }
+        if cfg.get("enable.idempotence").is_none() {
+            // A retry after a lost acknowledgement (a broker outage) neither writes a record
+            // twice nor reorders a partition: the repartition topic's rows stay in offset order.
+            cfg.set("enable.idempotence", "true");
+        }
         for (k, v) in &kafka.producer_properties {
             cfg.set(k, v);
         }

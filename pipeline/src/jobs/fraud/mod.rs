@@ -329,23 +329,32 @@ impl FraudFeatures {
         })
     }
 
-    /// The rows of `events` not taken in before (the first stage re-forwards its uncommitted
-    /// tail after a crash or a rebalance: at-least-once): a row whose id an operator remembers,
-    /// or that appeared earlier in the batch, is refused as a duplicate (dropped, its first
-    /// copy was scored), so nothing counts twice and every score stays the backtest's.
-    fn drop_duplicates(
-        &self,
-        events: RecordBatch,
-        rejects: &mut Vec<Reject>,
-    ) -> Result<RecordBatch> {
-        let Some(mut seen) = self.chain.seen(&events)? else {
-            return Ok(events);
+    /// Which rows of `events` were taken in before: a row whose id an operator remembers, or
+    /// that appeared earlier in the batch (`None`: no operator remembers ids).
+    fn taken_in(&self, events: &RecordBatch) -> Result<Option<Vec<bool>>> {
+        let Some(mut seen) = self.chain.seen(events)? else {
+            return Ok(None);
         };
-        let ids = columns::i64_values(&events, &self.order_by)?;
+        let ids = columns::i64_values(events, &self.order_by)?;
         let mut in_batch = std::collections::HashSet::with_capacity(events.num_rows());
         for (row, s) in seen.iter_mut().enumerate() {
             *s = *s || !in_batch.insert(ids.value(row));
         }
+        Ok(Some(seen))
+    }
+
+    /// The rows of `events` not taken in before (the first stage re-forwards its uncommitted
+    /// tail after a crash or a rebalance: at-least-once): a row taken in already is dropped
+    /// silently (its first copy was scored), so nothing counts twice and every score stays the
+    /// backtest's.
+    fn drop_redelivered(
+        &self,
+        events: RecordBatch,
+        rejects: &mut Vec<Reject>,
+    ) -> Result<RecordBatch> {
+        let Some(seen) = self.taken_in(&events)? else {
+            return Ok(events);
+        };
         if !seen.contains(&true) {
             return Ok(events);
         }
@@ -358,7 +367,7 @@ impl FraudFeatures {
                 .filter(|(_, s)| **s)
                 .map(|(row, _)| Reject {
                     row,
-                    kind: super::RejectKind::Duplicate,
+                    kind: super::RejectKind::Redelivered,
                     reason: "taken in already (re-delivered by the repartition topic)".into(),
                 }),
         );
@@ -432,11 +441,26 @@ impl FeatureStage for FraudFeatures {
             for (&t, &p) in times.iter().zip(from.values().iter()) {
                 self.clock.observe(p, t);
             }
-            self.drop_duplicates(input.events, &mut rejects)?
+            self.drop_redelivered(input.events, &mut rejects)?
         } else if input.events.num_rows() > 0 {
             let times = columns::event_times(&input.events, &self.event_time)?;
+            // Read once, from offsets no earlier read covered (the source skips re-deliveries,
+            // a restore stops at the committed offsets): an id taken in already was published
+            // twice. Its copy would count twice in its keys' windows: refused, state untouched.
+            let duplicates = self.taken_in(&input.events)?;
             let mut keep = Vec::with_capacity(times.len());
             for (row, &t) in times.iter().enumerate() {
+                if duplicates.as_ref().is_some_and(|d| d[row]) {
+                    rejects.push(Reject {
+                        row,
+                        kind: super::RejectKind::Duplicate,
+                        reason: format!(
+                            "{} taken in already: a transaction published twice counts once",
+                            self.order_by
+                        ),
+                    });
+                    continue;
+                }
                 let partition = input
                     .partitions
                     .as_ref()
@@ -1046,6 +1070,48 @@ mod tests {
         out
     }
 
+    /// A transaction published twice, again in the same batch or three days later, is refused
+    /// as a duplicate before it touches any state (a late copy is a duplicate, not late):
+    /// every other row's features equal those of the clean input.
+    #[test]
+    fn a_transaction_published_twice_is_refused_and_changes_no_feature() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = history(dir.path());
+        let cfg = PipelineConfig::handbook().expect("shipped config");
+        let run = |inputs: &[JobInput]| {
+            let mut stage = job(&cfg).features;
+            let (mut out, mut refused) = (Vec::new(), Vec::new());
+            for input in inputs {
+                let f = stage.process(input.clone()).expect("features");
+                refused.extend(f.rejects.iter().map(|r| (r.kind, r.reason.clone())));
+                out.push(f.batch);
+            }
+            let out = arrow::compute::concat_batches(&out[0].schema(), &out).expect("concat");
+            (out, refused)
+        };
+        let clean = batches(&h, 100);
+        let (expected, none) = run(&clean);
+        assert_eq!(none, Vec::new());
+
+        let mut twice = clean.clone();
+        let copy = twice[3].events.slice(5, 1);
+        let schema = copy.schema();
+        twice[3].events =
+            arrow::compute::concat_batches(&schema, [&twice[3].events, &copy]).expect("concat");
+        twice[6].events =
+            arrow::compute::concat_batches(&schema, [&copy, &twice[6].events]).expect("concat");
+        let (got, refused) = run(&twice);
+        let reason = "TRANSACTION_ID taken in already: a transaction published twice counts once";
+        assert_eq!(
+            refused,
+            vec![
+                (super::super::RejectKind::Duplicate, reason.to_string()),
+                (super::super::RejectKind::Duplicate, reason.to_string())
+            ]
+        );
+        assert_eq!(got, expected);
+    }
+
     /// The explanation baseline and the drift counts survive a checkpoint: a score stage
     /// restored from one, or brought up to it by the silent replay, explains and measures
     /// drift exactly as the stage that never stopped.
@@ -1176,7 +1242,7 @@ mod tests {
                 duplicates += f
                     .rejects
                     .iter()
-                    .filter(|r| r.kind == super::super::RejectKind::Duplicate)
+                    .filter(|r| r.kind == super::super::RejectKind::Redelivered)
                     .count();
                 out.push(f.batch);
             }
