@@ -1,6 +1,8 @@
-//! Replay cost against its ceiling: the whole replay (read, order, features, scoring) of a
+//! Replay cost against its ceilings: the whole replay (read, order, features, scoring) of a
 //! history, and — in the same run, on the same rows — the model scoring the precomputed feature
-//! rows alone with the same threads. Used by `benches/replay.rs` and `riskpipe bench`.
+//! rows alone with the same threads, and the feature operators alone (no model) over the loaded
+//! history: the engine's own ceiling beside the model's. Used by `benches/replay.rs` and
+//! `riskpipe bench`.
 
 use std::fmt;
 use std::path::Path;
@@ -8,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backtest::{self, progress_bar};
+use crate::sources::Payload;
+use crate::sources::history::HistorySource;
 use crate::{PipelineConfig, Result};
 
 /// Median timings of both measurements.
@@ -21,6 +25,8 @@ pub struct ReplayBench {
     pub replay: Duration,
     /// Median scoring-alone time.
     pub scoring: Duration,
+    /// Median time of the feature stage alone over the loaded history (no read, no model).
+    pub features: Duration,
     /// Model file size in bytes.
     pub model_bytes: u64,
     /// Model description.
@@ -53,6 +59,21 @@ pub fn replay_vs_scoring(cfg: &PipelineConfig, input: &Path, runs: usize) -> Res
         scorer.feature_matrix(b, &mut m)?;
         matrices.push((m, b.num_rows()));
     }
+    // The feature operators alone: the job's feature stage over the loaded history, batch by
+    // batch as the replay feeds it, on this thread.
+    let history = Arc::new(backtest::load(cfg, input)?);
+    let mut feature_times = Vec::new();
+    for _ in 0..runs {
+        let mut stage = cfg.job.kind().feature_stage()?;
+        let mut source = HistorySource::new(history.clone(), fraud.replay.batch_rows)?;
+        let started = Instant::now();
+        while let Some(batch) = source.next_batch() {
+            if let Payload::Rows { input, .. } = batch.payload {
+                std::hint::black_box(stage.process(input)?);
+            }
+        }
+        feature_times.push(started.elapsed());
+    }
     let mut score_times = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
@@ -66,6 +87,7 @@ pub fn replay_vs_scoring(cfg: &PipelineConfig, input: &Path, runs: usize) -> Res
         runs,
         replay: median(replay_times),
         scoring: median(score_times),
+        features: median(feature_times),
         model_bytes: cfg
             .model
             .all()
@@ -115,6 +137,12 @@ impl fmt::Display for ReplayBench {
             "  scoring alone (same rows, model, threads):        {:>7.2} s {:>10.0} rows/s",
             self.scoring.as_secs_f64(),
             rate(self.scoring)
+        )?;
+        writeln!(
+            f,
+            "  features alone (loaded history, no model):        {:>7.2} s {:>10.0} events/s",
+            self.features.as_secs_f64(),
+            rate(self.features)
         )?;
         write!(
             f,
