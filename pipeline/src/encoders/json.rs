@@ -4,16 +4,14 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch, StructArray};
-use arrow::datatypes::{DataType, Field};
-use arrow::json::writer::{EncoderOptions, make_encoder};
+use arrow::array::{Array, AsArray, RecordBatch, StructArray, TimestampNanosecondArray};
+use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
+use arrow::error::ArrowError;
+use arrow::json::writer::{EncoderFactory, EncoderOptions, NullableEncoder, make_encoder};
+use chrono::{Datelike, Timelike};
 
 use super::{Encoder, Payloads};
 use crate::Result;
-
-/// chrono's `%.f` prints no fraction for whole seconds, else 3, 6 or 9 digits: the same as
-/// [`super::rfc3339`].
-const UTC_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.fZ";
 
 /// The JSON encoder.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,13 +25,88 @@ impl Encoder for JsonEncoder {
             DataType::Struct(records.schema().fields().clone()),
             false,
         ));
-        let options = EncoderOptions::default().with_timestamp_tz_format(UTC_FORMAT.into());
+        let options = EncoderOptions::default().with_encoder_factory(Arc::new(Rfc3339Factory));
         let mut encoder = make_encoder(&field, &rows as &dyn Array, &options)?;
         for i in 0..records.num_rows() {
             out.push_with(|buf| encoder.encode(i, buf));
         }
         Ok(())
     }
+}
+
+/// Every time in a payload is a nanosecond timestamp in UTC: written digit by digit, as
+/// [`super::rfc3339`] writes it. arrow-json's own path formats each value through a chrono
+/// format string, parsed again per value: that was the largest cost of encoding a score.
+#[derive(Debug)]
+struct Rfc3339Factory;
+
+impl EncoderFactory for Rfc3339Factory {
+    fn make_default_encoder<'a>(
+        &self,
+        _field: &'a FieldRef,
+        array: &'a dyn Array,
+        _options: &'a EncoderOptions,
+    ) -> std::result::Result<Option<NullableEncoder<'a>>, ArrowError> {
+        match array.data_type() {
+            DataType::Timestamp(TimeUnit::Nanosecond, Some(_)) => {
+                let times = array.as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+                Ok(Some(NullableEncoder::new(
+                    Box::new(Rfc3339Encoder(times.clone())),
+                    times.nulls().cloned(),
+                )))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+struct Rfc3339Encoder(TimestampNanosecondArray);
+
+impl arrow::json::writer::Encoder for Rfc3339Encoder {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        out.push(b'"');
+        write_rfc3339(self.0.value(idx), out);
+        out.push(b'"');
+    }
+}
+
+/// Appends `ns` since the epoch as RFC 3339 in UTC, with 0, 3, 6 or 9 fractional digits (as few
+/// as hold it exactly).
+fn write_rfc3339(ns: i64, out: &mut Vec<u8>) {
+    // i64 nanoseconds span the years 1677 to 2262: four digits always.
+    let t = chrono::DateTime::from_timestamp_nanos(ns);
+    digits(out, t.year() as u32, 4);
+    out.push(b'-');
+    digits(out, t.month(), 2);
+    out.push(b'-');
+    digits(out, t.day(), 2);
+    out.push(b'T');
+    digits(out, t.hour(), 2);
+    out.push(b':');
+    digits(out, t.minute(), 2);
+    out.push(b':');
+    digits(out, t.second(), 2);
+    let (fraction, width) = match t.nanosecond() {
+        0 => (0, 0),
+        n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
+        n if n % 1_000 == 0 => (n / 1_000, 6),
+        n => (n, 9),
+    };
+    if width > 0 {
+        out.push(b'.');
+        digits(out, fraction, width);
+    }
+    out.push(b'Z');
+}
+
+/// Appends the last `width` (at most 9) decimal digits of `value`, zero-padded.
+fn digits(out: &mut Vec<u8>, mut value: u32, width: usize) {
+    let mut buf = [b'0'; 9];
+    for d in buf[..width].iter_mut().rev() {
+        *d = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    out.extend_from_slice(&buf[..width]);
 }
 
 #[cfg(test)]
@@ -59,6 +132,42 @@ mod tests {
         out.iter()
             .map(|p| String::from_utf8(p.to_vec()).expect("utf-8"))
             .collect()
+    }
+
+    fn written(ns: i64) -> String {
+        let mut out = Vec::new();
+        write_rfc3339(ns, &mut out);
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    proptest::proptest! {
+        /// The digit-by-digit writer writes what chrono's RFC 3339 writer does, for instants
+        /// of every precision (whole seconds, millis, micros, nanos) over the whole range.
+        #[test]
+        fn times_are_written_as_chrono_writes_them(
+            ns in proptest::prelude::any::<i64>(),
+            unit in proptest::sample::select(vec![1, 1_000, 1_000_000, 1_000_000_000]),
+        ) {
+            let ns = ns / unit * unit;
+            proptest::prop_assert_eq!(written(ns), rfc3339(ns));
+        }
+    }
+
+    #[test]
+    fn times_at_the_edges_are_written_as_chrono_writes_them() {
+        // i64 nanoseconds span 1677 to 2262: always four-digit years.
+        for ns in [
+            0,
+            -1,
+            1,
+            i64::MIN,
+            i64::MAX,
+            1_500,
+            999_999_999,
+            -999_999_999,
+        ] {
+            assert_eq!(written(ns), rfc3339(ns), "{ns}");
+        }
     }
 
     #[test]
