@@ -14,14 +14,16 @@
 //! source coordinates, the size and the SHA-256 of the bytes), so a poison pill can neither stop
 //! the pipeline nor make it loop on restart.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, StringArray};
 use futures::FutureExt;
-use futures::future::{BoxFuture, join_all};
+use futures::future::BoxFuture;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{DeadLetter, Delivered, Origin, Sink, SinkBatch};
@@ -40,7 +42,7 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 const TRANSACTION_RETRIES: u32 = 10;
 
 /// Which output a record belongs to.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Output {
     Score,
     Alert,
@@ -53,7 +55,7 @@ enum Output {
 
 /// A dead letter's stand-in: the source coordinates, size and hash of bytes too large to
 /// forward.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Reference {
     key: Option<Vec<u8>>,
     topic: String,
@@ -142,9 +144,109 @@ fn too_large(e: &KafkaError) -> bool {
 }
 
 /// The producer's client context: librdkafka's repeated complaints about a dead broker are
-/// throttled like the consumer's.
+/// throttled like the consumer's, and each record's acknowledgement is counted into its batch.
 struct Quiet {
     errors: crate::kafka::Throttle,
+}
+
+impl Output {
+    /// The slot of [`Acks::delivered`] this output counts in.
+    fn slot(&self) -> usize {
+        match self {
+            Output::Score => 0,
+            Output::Alert => 1,
+            Output::Challenger => 2,
+            Output::Forward => 3,
+            Output::DeadLetter(_) => 4,
+        }
+    }
+}
+
+/// The acknowledgements one batch waits for: a count for all its records, not a future per
+/// record (a oneshot channel, a boxed future and a task in a join set each cost more than
+/// encoding the record).
+#[derive(Default)]
+struct Acks {
+    /// Records handed to librdkafka and not acknowledged yet.
+    pending: AtomicUsize,
+    /// Records delivered, per [`Output::slot`].
+    delivered: [AtomicUsize; 5],
+    /// Records the broker or the client refused for good.
+    failures: Mutex<Vec<Failure>>,
+    /// Signalled when `pending` falls to zero.
+    settled: tokio::sync::Notify,
+}
+
+/// A record refused for good.
+struct Failure {
+    source: KafkaError,
+    topic: String,
+    /// A dead letter's stand-in, should the refusal be its size.
+    reference: Option<Box<Reference>>,
+}
+
+impl Acks {
+    /// Waits until every record handed over is acknowledged or refused.
+    async fn settled(&self) {
+        while self.pending.load(Ordering::Acquire) > 0 {
+            // A notification between the check and the wait is kept as a permit.
+            self.settled.notified().await;
+        }
+    }
+
+    fn delivered(&self) -> Delivered {
+        let n = |slot: usize| self.delivered[slot].load(Ordering::Acquire) as u64;
+        Delivered {
+            scores: n(0),
+            alerts: n(1),
+            challenger: n(2),
+            forwarded: n(3),
+            dead_letters: n(4),
+        }
+    }
+
+    fn failures(&self) -> Vec<Failure> {
+        self.failures
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
+    }
+}
+
+/// What a record's acknowledgement counts for: its batch and its output. One ticket serves
+/// every record of an output in a batch (each record holds a reference to it).
+struct Ticket {
+    acks: Arc<Acks>,
+    output: Output,
+}
+
+impl rdkafka::producer::ProducerContext for Quiet {
+    type DeliveryOpaque = Arc<Ticket>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Arc<Ticket>) {
+        let acks = &ticket.acks;
+        match result {
+            Ok(_) => {
+                acks.delivered[ticket.output.slot()].fetch_add(1, Ordering::AcqRel);
+            }
+            Err((source, m)) => {
+                let reference = match &ticket.output {
+                    Output::DeadLetter(Some(r)) => Some(r.clone()),
+                    _ => None,
+                };
+                if let Ok(mut f) = acks.failures.lock() {
+                    f.push(Failure {
+                        source: source.clone(),
+                        topic: rdkafka::message::Message::topic(m).to_string(),
+                        reference,
+                    });
+                }
+            }
+        }
+        if acks.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            acks.settled.notify_one();
+        }
+    }
 }
 
 impl rdkafka::ClientContext for Quiet {
@@ -158,7 +260,7 @@ impl rdkafka::ClientContext for Quiet {
     }
 }
 
-type Producer = FutureProducer<Quiet>;
+type Producer = Arc<ThreadedProducer<Quiet>>;
 
 /// Publishes to the topics of a `[kafka]` section.
 pub struct KafkaSink {
@@ -260,11 +362,12 @@ impl KafkaSink {
             cfg.set("transactional.id", id);
         }
         Ok(Self {
-            producer: cfg
-                .create_with_context(Quiet {
+            producer: Arc::new(
+                cfg.create_with_context(Quiet {
                     errors: crate::kafka::Throttle::new(Duration::from_secs(10)),
                 })
                 .map_err(PipelineError::kafka("creating the producer"))?,
+            ),
             pseudonyms: kafka
                 .pseudonyms
                 .as_ref()
@@ -282,12 +385,7 @@ impl KafkaSink {
     }
 
     /// Encodes `records` and hands each to librdkafka.
-    async fn publish(
-        &mut self,
-        records: &Records,
-        topic: Output,
-        deliveries: &mut Vec<(DeliveryFuture, Output)>,
-    ) -> Result<()> {
+    async fn publish(&mut self, records: &Records, topic: Output, acks: &Arc<Acks>) -> Result<()> {
         let started = Instant::now();
         // Pseudonyms are for what leaves riskpipe; the next stage needs the real keys.
         let pseudonymised = match &self.pseudonyms {
@@ -321,30 +419,23 @@ impl KafkaSink {
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| PipelineError::Bug("record keys are not Utf8".into()))?;
+        let ticket = Arc::new(Ticket {
+            acks: acks.clone(),
+            output: topic,
+        });
         for (i, payload) in self.payloads.iter().enumerate() {
             let key = keys.is_valid(i).then(|| keys.value(i).as_bytes());
-            let d = send(&self.producer, name, key, payload, None)
+            send(&self.producer, name, key, payload, None, &ticket)
                 .await
                 .map_err(|source| PipelineError::Delivery {
                     topic: name.clone(),
                     source,
                 })?;
-            let output = match topic {
-                Output::Alert => Output::Alert,
-                Output::Challenger => Output::Challenger,
-                Output::Forward => Output::Forward,
-                _ => Output::Score,
-            };
-            deliveries.push((d, output));
         }
         Ok(())
     }
 
-    async fn dead_letter(
-        &self,
-        d: &DeadLetter,
-        deliveries: &mut Vec<(DeliveryFuture, Output)>,
-    ) -> Result<()> {
+    async fn dead_letter(&self, d: &DeadLetter, acks: &Arc<Acks>) -> Result<()> {
         let Origin::Message(m) = &d.origin else {
             return Err(PipelineError::Bug(
                 "a row of a file reached the Kafka dead-letter topic".into(),
@@ -356,30 +447,35 @@ impl KafkaSink {
             topic: topic.clone(),
             source,
         };
+        // The reference is kept in case the broker finds the bytes too large for the topic.
+        let ticket = Arc::new(Ticket {
+            acks: acks.clone(),
+            output: Output::DeadLetter(Some(Box::new(Reference::of(d, m)))),
+        });
         match send(
             &self.producer,
             topic,
             m.key.as_deref(),
             &m.payload,
             Some(headers),
+            &ticket,
         )
         .await
         {
-            Ok(delivery) => {
-                // Kept in case the broker finds it too large for the topic.
-                let reference = Box::new(Reference::of(d, m));
-                deliveries.push((delivery, Output::DeadLetter(Some(reference))));
-            }
+            Ok(()) => {}
             Err(e) if too_large(&e) => {
                 let reference = Reference::of(d, m);
                 tracing::warn!(
                     size = reference.size,
                     "dead letter too large to forward: sending a reference in its place"
                 );
-                let delivery = send_reference(&self.producer, topic, &reference)
+                let ticket = Arc::new(Ticket {
+                    acks: acks.clone(),
+                    output: Output::DeadLetter(None),
+                });
+                send_reference(&self.producer, topic, &reference, &ticket)
                     .await
                     .map_err(failed)?;
-                deliveries.push((delivery, Output::DeadLetter(None)));
             }
             Err(e) => return Err(failed(e)),
         }
@@ -469,36 +565,47 @@ async fn send_reference(
     producer: &Producer,
     topic: &str,
     reference: &Reference,
-) -> Result<DeliveryFuture, KafkaError> {
+    ticket: &Arc<Ticket>,
+) -> Result<(), KafkaError> {
     send(
         producer,
         topic,
         reference.key.as_deref(),
         &[],
         Some(reference.headers()),
+        ticket,
     )
     .await
 }
 
-/// Hands a record to librdkafka, waiting while its queue is full (backpressure).
+/// Hands a record to librdkafka, waiting while its queue is full (backpressure); its
+/// acknowledgement counts into `ticket`'s batch.
 async fn send(
     producer: &Producer,
     topic: &str,
     key: Option<&[u8]>,
     payload: &[u8],
     headers: Option<OwnedHeaders>,
-) -> std::result::Result<DeliveryFuture, KafkaError> {
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload);
+    ticket: &Arc<Ticket>,
+) -> std::result::Result<(), KafkaError> {
+    let mut record: BaseRecord<'_, [u8], [u8], Arc<Ticket>> =
+        BaseRecord::with_opaque_to(topic, ticket.clone()).payload(payload);
     record.key = key;
     record.headers = headers;
+    // Counted before the hand-over: the acknowledgement may come before `send` returns.
+    ticket.acks.pending.fetch_add(1, Ordering::AcqRel);
     loop {
-        match producer.send_result(record) {
-            Ok(delivery) => return Ok(delivery),
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            Err((e, _)) => return Err(e),
+            Err((e, _)) => {
+                // Never handed over: no acknowledgement will come (the batch fails anyway).
+                ticket.acks.pending.fetch_sub(1, Ordering::AcqRel);
+                return Err(e);
+            }
         }
     }
 }
@@ -547,77 +654,59 @@ impl Sink for KafkaSink {
     }
 
     async fn send(&mut self, batch: SinkBatch) -> Result<Self::Delivery> {
-        let mut deliveries = Vec::new();
+        let acks = Arc::new(Acks::default());
         if let Some(r) = &batch.output.scores {
-            self.publish(r, Output::Score, &mut deliveries).await?;
+            self.publish(r, Output::Score, &acks).await?;
         }
         if let Some(r) = &batch.output.alerts {
-            self.publish(r, Output::Alert, &mut deliveries).await?;
+            self.publish(r, Output::Alert, &acks).await?;
         }
         if let Some(r) = &batch.output.challenger {
-            self.publish(r, Output::Challenger, &mut deliveries).await?;
+            self.publish(r, Output::Challenger, &acks).await?;
         }
         if let Some(r) = &batch.output.forward {
-            self.publish(r, Output::Forward, &mut deliveries).await?;
+            self.publish(r, Output::Forward, &acks).await?;
         }
         for d in &batch.dead {
-            self.dead_letter(d, &mut deliveries).await?;
+            self.dead_letter(d, &acks).await?;
         }
         let producer = self.producer.clone();
         let dead_letter_topic = self.dead_letter_topic.clone();
         Ok(async move {
-            let (futures, outputs): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
-            let mut delivered = Delivered::default();
-            for (result, output) in join_all(futures).await.into_iter().zip(outputs) {
-                match result {
-                    Ok(Ok(_)) => match output {
-                        Output::Score => delivered.scores += 1,
-                        Output::Alert => delivered.alerts += 1,
-                        Output::Challenger => delivered.challenger += 1,
-                        Output::Forward => delivered.forwarded += 1,
-                        Output::DeadLetter(_) => delivered.dead_letters += 1,
-                    },
-                    // The broker refused a dead letter as too large for the topic.
-                    Ok(Err((source, _))) if too_large(&source) => {
-                        let Output::DeadLetter(Some(reference)) = output else {
-                            return Err(PipelineError::Delivery {
-                                topic: dead_letter_topic,
-                                source,
-                            });
-                        };
-                        tracing::warn!(
-                            size = reference.size,
-                            "dead letter too large for its topic: sending a reference in its place"
-                        );
-                        let failed = |source| PipelineError::Delivery {
-                            topic: dead_letter_topic.clone(),
-                            source,
-                        };
-                        let delivery = send_reference(&producer, &dead_letter_topic, &reference)
-                            .await
-                            .map_err(failed)?;
-                        match delivery.await {
-                            Ok(Ok(_)) => delivered.dead_letters += 1,
-                            Ok(Err((source, _))) => return Err(failed(source)),
-                            Err(_) => {
-                                return Err(PipelineError::Bug(
-                                    "the producer dropped a delivery report".into(),
-                                ));
-                            }
-                        }
-                    }
-                    Ok(Err((source, m))) => {
-                        return Err(PipelineError::Delivery {
-                            topic: rdkafka::message::Message::topic(&m).to_string(),
-                            source,
-                        });
-                    }
-                    Err(_) => {
-                        return Err(PipelineError::Bug(
-                            "the producer dropped a delivery report".into(),
-                        ));
-                    }
+            acks.settled().await;
+            let mut delivered = acks.delivered();
+            for failure in acks.failures() {
+                let Failure {
+                    source,
+                    topic,
+                    reference,
+                } = failure;
+                // The broker refused a dead letter as too large for the topic.
+                let Some(reference) = reference.filter(|_| too_large(&source)) else {
+                    return Err(PipelineError::Delivery { topic, source });
+                };
+                tracing::warn!(
+                    size = reference.size,
+                    "dead letter too large for its topic: sending a reference in its place"
+                );
+                let failed = |source| PipelineError::Delivery {
+                    topic: dead_letter_topic.clone(),
+                    source,
+                };
+                let retry = Arc::new(Acks::default());
+                let ticket = Arc::new(Ticket {
+                    acks: retry.clone(),
+                    output: Output::DeadLetter(None),
+                });
+                send_reference(&producer, &dead_letter_topic, &reference, &ticket)
+                    .await
+                    .map_err(failed)?;
+                drop(ticket);
+                retry.settled().await;
+                if let Some(f) = retry.failures().into_iter().next() {
+                    return Err(failed(f.source));
                 }
+                delivered.dead_letters += 1;
             }
             Ok(delivered)
         }
