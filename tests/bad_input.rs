@@ -170,6 +170,73 @@ fn a_poison_pill_too_large_to_dead_letter_is_referenced_and_the_pipeline_goes_on
     assert!(ok);
 }
 
+/// A dead letter the client lets through but the broker refuses as too large for the topic
+/// (the topic's `max.message.bytes` below the producer's) is referenced as well, once the
+/// refusal comes back, and the pipeline goes on. The mock broker enforces no topic limit, so
+/// the refusal is injected for the first produce request, which is the dead letter's: the
+/// message is on the topic before riskpipe starts.
+#[test]
+fn a_dead_letter_the_broker_refuses_as_too_large_is_referenced_and_the_pipeline_goes_on() {
+    use sha2::Digest;
+    let mut broker = Broker::start(&TOPICS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &kafka_section(&broker.bootstrap, "refused", ""));
+    let bad = "<xml>not json</xml>";
+    let p = producer(&broker.bootstrap);
+    let record: BaseRecord<'_, str, str> = BaseRecord::to("transactions").key("7").payload(bad);
+    p.send(record).map_err(|(e, _)| e).expect("send");
+    p.flush(Duration::from_secs(10)).expect("flush");
+    drop(p);
+    broker.command("request-errors produce message-too-large 1");
+    let mut pipeline = Pipeline::start(&config);
+    pipeline.wait_ready();
+
+    let dead = collect(
+        &reader(&broker.bootstrap, "riskpipe-dead-letter"),
+        Duration::from_secs(60),
+        |r| !r.is_empty(),
+    );
+    assert_eq!(dead.len(), 1, "one dead letter: the reference");
+    let d = &dead[0];
+    assert!(d.payload.is_empty(), "a reference, not the bytes");
+    assert_eq!(d.headers["riskpipe.error.kind"], "malformed");
+    assert_eq!(d.headers["riskpipe.source.size"], bad.len().to_string());
+    let sha: String = sha2::Sha256::digest(bad.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(d.headers["riskpipe.source.sha256"], sha);
+    assert_eq!(d.headers["riskpipe.source.offset"], "0");
+    assert!(
+        d.headers["riskpipe.error"].contains("not forwarded"),
+        "{:?}",
+        d.headers["riskpipe.error"]
+    );
+    // The pipeline goes on: the next transaction is scored.
+    let p = producer(&broker.bootstrap);
+    let tx = transaction_json(1, 7);
+    let record: BaseRecord<'_, str, str> = BaseRecord::to("transactions").key("7").payload(&tx);
+    p.send(record).map_err(|(e, _)| e).expect("send");
+    p.flush(Duration::from_secs(10)).expect("flush");
+    let scored = scores_of(&collect(
+        &reader(&broker.bootstrap, "scores"),
+        Duration::from_secs(60),
+        |r| !r.is_empty(),
+    ));
+    assert_eq!(
+        scored.iter().map(|s| s.transaction_id).collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(pipeline.get("/ready").0, 200);
+    let log = pipeline.drain_log().join("\n");
+    assert!(
+        log.contains("too large for its topic"),
+        "the refusal is logged: {log}"
+    );
+    let (ok, _) = pipeline.terminate();
+    assert!(ok);
+}
+
 /// Kafka that never answers: `run` exits non-zero after `startup_timeout` naming the problem,
 /// and the repeated client errors are throttled in the log.
 #[test]

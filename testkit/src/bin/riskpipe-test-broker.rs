@@ -16,7 +16,8 @@
 //!   `add-offsets-to-txn`, `txn-offset-commit`, `end-txn`; errors `not-coordinator`,
 //!   `coordinator-load-in-progress`, `concurrent-transactions`, `illegal-generation`,
 //!   `invalid-producer-epoch`, `producer-fenced`, `not-enough-replicas` (what the exactly-once
-//!   tests drive librdkafka's transaction state machine with).
+//!   tests drive librdkafka's transaction state machine with), `message-too-large` (a topic
+//!   whose limit is below the client's).
 //!
 //! It exits when stdin closes (its parent went away) or on SIGTERM.
 
@@ -99,6 +100,7 @@ fn apply(
                 Some("invalid-producer-epoch") => RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH,
                 Some("producer-fenced") => RD_KAFKA_RESP_ERR_PRODUCER_FENCED,
                 Some("not-enough-replicas") => RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+                Some("message-too-large") => RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
                 other => return Err(format!("unknown error {other:?}")),
             };
             let n = usize::try_from(int(3)?).map_err(|e| e.to_string())?;
