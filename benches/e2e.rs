@@ -14,13 +14,16 @@
 //! 6. the live pipeline of 3 in exactly-once mode (transactions every 100 ms, no checkpoint
 //!    within the run), to the acknowledgement as 3, and to the run's return (its last commit
 //!    and the final checkpoint);
-//! 7. the latency floor of 4: a bare relay (consume each transaction, produce it unchanged to a
+//! 7. the latency through the scale-out topology (`[kafka.repartition]`: two stages and the
+//!    repartition topic, in one process) beside that of 4, at the load of 4 but at most
+//!    20,000 ev/s: what the extra hop adds;
+//! 8. the latency floor of 4: a bare relay (consume each transaction, produce it unchanged to a
 //!    scores topic, with riskpipe's fetch wait and linger) at the same offered load, read by the
 //!    same watcher: what the broker and the two hops cost without any of riskpipe's work.
 //!
 //! `cargo bench --bench e2e`. RISKPIPE_E2E_TRANSACTIONS (default 100000) and
 //! RISKPIPE_E2E_LATENCY_SECS (default 10) size it; RISKPIPE_E2E_LATENCY_RATE sets the offered
-//! load of 4 and 7 (default: half the measured throughput). Targets: throughput ≥ 90% of the lower
+//! load of 4 and 8 (default: half the measured throughput). Targets: throughput ≥ 90% of the lower
 //! ceiling; p99 ≤ 10 ms at half the measured throughput.
 
 #[path = "../tests/support/mod.rs"]
@@ -259,6 +262,56 @@ fn throughput_to(
     )
 }
 
+/// Latency of the live pipeline of `cfg` (whose `kafka` names fresh topics) with `feed`
+/// offered at `rate`: the watcher's histogram of send-to-score times.
+fn pipeline_latency(
+    rt: &tokio::runtime::Runtime,
+    cfg: &PipelineConfig,
+    feed: &Feed,
+    rate: f64,
+) -> Watcher {
+    let kafka = cfg.kafka.clone().expect("a kafka section");
+    let m = feed.transactions;
+    let feeder = Feeder::new(feed, Instant::now());
+    let watcher = Watcher::default();
+    let done = AtomicBool::new(false);
+    let producer = feed_producer(&kafka).expect("producer");
+    let watch_reader = reader(&kafka, &[&kafka.topics.scores]).expect("reader");
+    let health = Arc::new(Health::default());
+    let counters = Arc::new(Counters::default());
+    std::thread::scope(|s| {
+        let feeding = s.spawn(|| {
+            while !health.ready.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // Let the group settle before the clock starts.
+            std::thread::sleep(Duration::from_millis(500));
+            feeder
+                .publish(&producer, &kafka, feed, rate, &done)
+                .expect("publish");
+        });
+        let watching = s.spawn(|| watcher.watch(&watch_reader, &kafka, feed, &feeder, &done));
+        // A pipeline far behind loses rows to the test broker's retention (5 MiB a partition):
+        // give up then, rather than wait forever.
+        let deadline = Instant::now() + Duration::from_secs_f64(m as f64 / rate + 120.0);
+        rt.block_on(run(cfg, health.clone(), counters.clone(), async {
+            while watcher.distinct.load(Ordering::Relaxed) < m as u64 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }))
+        .expect("pipeline");
+        done.store(true, Ordering::Relaxed);
+        feeding.join().expect("feeder");
+        watching.join().expect("watcher").expect("watch");
+    });
+    assert_eq!(
+        watcher.distinct.load(Ordering::Relaxed),
+        m as u64,
+        "transactions scored at {rate:.0} ev/s offered"
+    );
+    watcher
+}
+
 fn main() {
     let n = env_or("RISKPIPE_E2E_TRANSACTIONS", 100_000.0) as usize;
     let latency_secs = env_or("RISKPIPE_E2E_LATENCY_SECS", 10.0);
@@ -266,6 +319,10 @@ fn main() {
     let mut all_topics = topics("tp-");
     all_topics.extend(topics("lat-"));
     all_topics.extend(topics("rel-"));
+    all_topics.extend(topics("rep-"));
+    all_topics.extend(topics("hop-"));
+    // The mock cluster has no CreateTopics: the repartition topic is made here.
+    all_topics.push(("bench-rep-by-terminal".into(), 1));
     let specs: Vec<(&str, i32)> = all_topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
     let broker = support::Broker::start(&specs);
     let mut cfg = PipelineConfig::handbook().expect("config");
@@ -357,38 +414,43 @@ fn main() {
     let wanted = ((rate * latency_secs) as usize).max(1000);
     let feed_lat: Feed = feed(&history, &cfg, skip + n, wanted).expect("feed");
     let m = feed_lat.transactions;
-    let kafka = kafka_for(&broker.bootstrap, "lat-", "bench-latency");
-    cfg.kafka = Some(kafka.clone());
-    let epoch = Instant::now();
-    let feeder = Feeder::new(&feed_lat, epoch);
-    let watcher = Watcher::default();
-    let done = AtomicBool::new(false);
-    let producer = feed_producer(&kafka).expect("producer");
-    let watch_reader = reader(&kafka, &[&kafka.topics.scores]).expect("reader");
-    let health = Arc::new(Health::default());
-    let counters = Arc::new(Counters::default());
-    std::thread::scope(|s| {
-        let feeding = s.spawn(|| {
-            while !health.ready.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            // Let the group settle before the clock starts.
-            std::thread::sleep(Duration::from_millis(500));
-            feeder
-                .publish(&producer, &kafka, &feed_lat, rate, &done)
-                .expect("publish");
-        });
-        let watching = s.spawn(|| watcher.watch(&watch_reader, &kafka, &feed_lat, &feeder, &done));
-        rt.block_on(run(&cfg, health.clone(), counters.clone(), async {
-            while watcher.distinct.load(Ordering::Relaxed) < m as u64 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }))
-        .expect("pipeline");
-        done.store(true, Ordering::Relaxed);
-        feeding.join().expect("feeder");
-        watching.join().expect("watcher").expect("watch");
+    cfg.kafka = Some(kafka_for(&broker.bootstrap, "lat-", "bench-latency"));
+    let watcher = pipeline_latency(&rt, &cfg, &feed_lat, rate);
+    // The same load through the scale-out topology (two stages and the repartition topic, in
+    // one process): what the extra hop adds.
+    let mut repartitioned = cfg.clone();
+    let mut rep_kafka = kafka_for(&broker.bootstrap, "rep-", "bench-rep");
+    rep_kafka.repartition = Some(riskpipe_pipeline::kafka::RepartitionConfig {
+        by: riskpipe_schemas::tx::TERMINAL_ID.into(),
+        topic: None,
+        replication_factor: None,
     });
+    repartitioned.kafka = Some(rep_kafka);
+    let rep_state = tempfile::tempdir().expect("tempdir");
+    repartitioned.state = Some(StateConfig {
+        dir: rep_state.path().to_string_lossy().into_owned(),
+        interval: Duration::from_secs(3600),
+        retain: 3,
+        rebuild: Default::default(),
+    });
+    // At most 20,000 ev/s: one process running both stages scores about 150k ev/s from a
+    // backlog, and at half the single-process rate beside the load generator and the watcher
+    // it falls behind and the repartition topic outruns the test broker's retention. The
+    // single-process pipeline is timed at that load too when it is lower than `rate`.
+    let hop_rate = rate.min(20_000.0);
+    let feed_hop: Feed = feed(
+        &history,
+        &cfg,
+        skip + n,
+        ((hop_rate * latency_secs) as usize).max(1000),
+    )
+    .expect("feed");
+    let single_hop = (hop_rate < rate).then(|| {
+        let mut c = cfg.clone();
+        c.kafka = Some(kafka_for(&broker.bootstrap, "hop-", "bench-hop"));
+        pipeline_latency(&rt, &c, &feed_hop, hop_rate)
+    });
+    let rep_watcher = pipeline_latency(&rt, &repartitioned, &feed_hop, hop_rate);
     // The floor: the same load through a bare relay, on topics of its own.
     let relay = relay_latency(&broker.bootstrap, &history, &cfg, skip + n, m, rate);
 
@@ -441,6 +503,15 @@ fn main() {
         watcher.latency_ms(0.5),
         watcher.latency_ms(0.99),
         watcher.latency_ms(0.999)
+    );
+    let one_stage = single_hop.as_ref().unwrap_or(&watcher);
+    println!(
+        "  at {hop_rate:.0} ev/s: one stage p50 {:.2} ms  p99 {:.2} ms; repartitioned (two stages, one process, the hop through bench-rep-by-terminal) p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms",
+        one_stage.latency_ms(0.5),
+        one_stage.latency_ms(0.99),
+        rep_watcher.latency_ms(0.5),
+        rep_watcher.latency_ms(0.99),
+        rep_watcher.latency_ms(0.999)
     );
     println!(
         "  bare relay, same load (the floor):  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  (consume -> produce unchanged, riskpipe's fetch wait and linger)",
