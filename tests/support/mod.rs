@@ -470,6 +470,18 @@ pub(crate) fn scores_of(records: &[Got]) -> Vec<riskpipe_schemas::Score> {
         .collect()
 }
 
+/// The transaction ids of consumed transaction payloads.
+pub(crate) fn transaction_ids(records: &[Got]) -> Vec<i64> {
+    records
+        .iter()
+        .map(|g| {
+            let tx: serde_json::Value =
+                serde_json::from_slice(&g.payload).expect("transaction payload");
+            tx["TRANSACTION_ID"].as_i64().expect("TRANSACTION_ID")
+        })
+        .collect()
+}
+
 /// A valid transaction payload: `id` at second `id` of 2018-04-01, of `customer`, terminal 9.
 pub(crate) fn transaction_json(id: i64, customer: i64) -> String {
     format!(
@@ -643,7 +655,9 @@ pub(crate) fn check_scores(
 ) -> usize {
     let mut first_copy: HashMap<i64, &Got> = HashMap::new();
     let (mut differ, mut duplicates) = (Vec::new(), 0);
-    for (g, s) in got.iter().zip(scores_of(got)) {
+    let mut copies: HashMap<i64, usize> = HashMap::new();
+    for (at, (g, s)) in got.iter().zip(scores_of(got)).enumerate() {
+        *copies.entry(s.transaction_id).or_default() += 1;
         match first_copy.get(&s.transaction_id) {
             Some(f) => {
                 duplicates += 1;
@@ -659,15 +673,33 @@ pub(crate) fn check_scores(
             }
         }
         if expected(s.transaction_id) != Some(s.score as f32) {
-            differ.push(s.transaction_id);
+            differ.push((
+                s.transaction_id,
+                at,
+                g.partition,
+                s.score,
+                expected(s.transaction_id),
+            ));
         }
     }
+    // Which copy differed, where it came, and how many copies there were tell a re-score from
+    // restored state from a first score gone wrong.
+    let differ: Vec<String> = differ
+        .iter()
+        .map(|(id, at, partition, score, want)| {
+            format!(
+                "transaction {id}: {score} where the backtest has {want:?} (score {at} of {} read, partition {partition}, {} copies)",
+                got.len(),
+                copies[id]
+            )
+        })
+        .collect();
     let all: BTreeSet<i64> = ids.iter().copied().collect();
     let scored: BTreeSet<i64> = first_copy.keys().copied().collect();
     assert_eq!(scored, all, "every transaction has a score");
     assert!(
         differ.is_empty(),
-        "{} of {} scores differ from the backtest's (first: {:?})",
+        "{} of {} scores differ from the backtest's (first: {:#?})",
         differ.len(),
         got.len(),
         &differ[..differ.len().min(5)]
