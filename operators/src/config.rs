@@ -418,6 +418,7 @@ impl FeatureConfig {
                     &w.key,
                     &w.value,
                     &self.event_time,
+                    &self.order_by,
                     w.spans.iter().map(|s| ns(*s)).collect(),
                     outs,
                 ))),

@@ -161,15 +161,19 @@ impl FeatureChain {
         }
     }
 
-    /// Which events of `batch` an operator that remembers events by id has taken in already
-    /// (`None`: no operator does).
+    /// Which events of `batch` an operator that remembers events by id has taken in already:
+    /// any of them (each remembers for as long as its windows look back); `None`: none does.
     pub fn seen(&self, batch: &RecordBatch) -> Result<Option<Vec<bool>>> {
+        let mut all: Option<Vec<bool>> = None;
         for op in &self.operators {
             if let Some(seen) = op.seen(batch)? {
-                return Ok(Some(seen));
+                match &mut all {
+                    Some(all) => all.iter_mut().zip(seen).for_each(|(a, s)| *a |= s),
+                    None => all = Some(seen),
+                }
             }
         }
-        Ok(None)
+        Ok(all)
     }
 
     /// Keys held in state, over every operator.

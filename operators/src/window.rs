@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, Int64Builder, RecordBatch};
 use arrow::datatypes::{DataType, Field, FieldRef};
 
 use crate::columns;
@@ -21,29 +21,51 @@ pub enum Aggregate {
     Mean,
 }
 
-/// One key's events in time order with their values. A window's sum adds its values in time
-/// order, so it depends only on which events the window holds, never on when older events were
-/// evicted or whether the key was dropped and made anew in between (live, with several input
-/// partitions, evicts at other moments than a replay does, and must still give the same bits).
+/// One key's events in time order with their values (and their ids, when the events have
+/// integer ids). A window's sum adds its values in time order, so it depends only on which
+/// events the window holds, never on when older events were evicted or whether the key was
+/// dropped and made anew in between (live, with several input partitions, evicts at other
+/// moments than a replay does, and must still give the same bits).
 #[derive(Debug, Default)]
 struct Series {
     times: VecDeque<i64>,
     values: VecDeque<f64>,
+    /// Empty when the events have no integer ids, else one per event.
+    ids: VecDeque<i64>,
 }
 
 impl Series {
     /// Inserts an event after every event of equal or earlier time; returns its position.
-    fn insert(&mut self, t: i64, v: f64) -> usize {
+    fn insert(&mut self, t: i64, v: f64, id: Option<i64>) -> usize {
+        let id = id.filter(|_| self.tracks_ids());
+        if id.is_none() {
+            self.ids.clear();
+        }
         if self.times.back().is_none_or(|&last| last <= t) {
             self.times.push_back(t);
             self.values.push_back(v);
+            self.ids.extend(id);
             return self.times.len() - 1;
         }
         // A late event: slot it in by time.
         let pos = self.times.partition_point(|&x| x <= t);
         self.times.insert(pos, t);
         self.values.insert(pos, v);
+        if let Some(id) = id {
+            self.ids.insert(pos, id);
+        }
         pos
+    }
+
+    /// Whether every event held has its id (ids are all or none: an event without one, read
+    /// from a batch without integer ids, ends the key's memory of ids until it is emptied).
+    fn tracks_ids(&self) -> bool {
+        self.ids.len() == self.times.len()
+    }
+
+    /// Whether the key holds the event `id`.
+    fn knows(&self, id: i64) -> bool {
+        self.tracks_ids() && self.ids.contains(&id)
     }
 
     /// Count and sum, for each span, over events with time > `t - span` up to and including
@@ -76,6 +98,7 @@ impl Expiring for Series {
         while self.times.front().is_some_and(|&t| t <= horizon) {
             self.times.pop_front();
             self.values.pop_front();
+            self.ids.pop_front();
         }
     }
 
@@ -90,13 +113,16 @@ impl Expiring for Series {
 /// events of equal time, exactly those that came before it. An event later than the key's
 /// latest is slotted in by time (its window then sees what the key still holds). State follows
 /// the watermark ([`Operator::advance_watermark`]): events no window can see any more are
-/// dropped, and so are keys left with none.
+/// dropped, and so are keys left with none. Events with integer ids are remembered by them
+/// ([`Operator::seen`]): a transaction published twice is told from a new one, and no window
+/// need count it twice.
 #[derive(Debug)]
 pub struct WindowAggregate {
     name: String,
     key: String,
     value: String,
     time: String,
+    id: String,
     spans: Vec<i64>,
     /// Span indices from the shortest span to the longest.
     shortest_first: Vec<usize>,
@@ -108,11 +134,13 @@ pub struct WindowAggregate {
 }
 
 impl WindowAggregate {
-    /// `spans` in nanoseconds; `outputs` as (aggregate, index into spans, column name).
+    /// `spans` in nanoseconds; `outputs` as (aggregate, index into spans, column name); `id`
+    /// the events' id column (remembered when it holds integers).
     pub fn new(
         key: &str,
         value: &str,
         time: &str,
+        id: &str,
         spans: Vec<i64>,
         outputs: Vec<(Aggregate, usize, String)>,
     ) -> Self {
@@ -133,6 +161,7 @@ impl WindowAggregate {
             key: key.into(),
             value: value.into(),
             time: time.into(),
+            id: id.into(),
             shortest_first: {
                 let mut order: Vec<usize> = (0..spans.len()).collect();
                 order.sort_by_key(|&i| spans[i]);
@@ -144,6 +173,16 @@ impl WindowAggregate {
             state: KeyedState::default(),
             watermark: Watermark::new(max_span),
             appender: Appender::default(),
+        }
+    }
+}
+
+impl WindowAggregate {
+    /// The batch's event ids, if it has them as integers (`None`: events are not told apart).
+    fn ids(&self, batch: &RecordBatch) -> Result<Option<Int64Array>> {
+        match batch.column_by_name(&self.id) {
+            Some(c) if c.data_type().is_integer() => columns::i64_values(batch, &self.id).map(Some),
+            _ => Ok(None),
         }
     }
 }
@@ -162,6 +201,7 @@ impl Operator for WindowAggregate {
         let times = columns::event_times(&batch, &self.time)?;
         let values = columns::f64_values(&batch, &self.value)?;
         let values = values.values();
+        let ids = self.ids(&batch)?;
         let n = batch.num_rows();
         let ns = self.spans.len();
         // Per row and span: (count, sum).
@@ -170,7 +210,7 @@ impl Operator for WindowAggregate {
         let horizon = self.watermark.horizon();
         self.state.for_each_row(&keys, |row, series| {
             let t = times[row];
-            let pos = series.insert(t, values[row]);
+            let pos = series.insert(t, values[row], ids.as_ref().map(|i| i.value(row)));
             series.windows(
                 pos,
                 t,
@@ -201,19 +241,40 @@ impl Operator for WindowAggregate {
         self.state.advance(&mut self.watermark, watermark);
     }
 
+    fn seen(&self, batch: &RecordBatch) -> Result<Option<Vec<bool>>> {
+        let Some(ids) = self.ids(batch)? else {
+            return Ok(None);
+        };
+        let keys = columns::keys(batch, &self.key)?;
+        let mut seen = vec![false; batch.num_rows()];
+        self.state.for_each_present(&keys, |row, series| {
+            seen[row] = series.knows(ids.value(row));
+        });
+        Ok(Some(seen))
+    }
+
     fn keys(&self) -> usize {
         self.state.len()
     }
 
-    /// One row per event held: key, time, value; the watermark in the metadata.
+    /// One row per event held: key, time, value, id (null where unknown); the watermark in the
+    /// metadata.
     fn snapshot(&self) -> Result<Option<RecordBatch>> {
         let rows = self.state.iter().map(|(_, s)| s.times.len()).sum();
         let mut table = StateTable::with_capacity(rows);
         let (mut times, mut values) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+        let mut ids = Int64Builder::with_capacity(rows);
         for (key, series) in self.state.iter() {
             table.key_rows(key, series.times.len());
             times.extend(series.times.iter().copied());
             values.extend(series.values.iter().copied());
+            if series.tracks_ids() {
+                let (front, back) = series.ids.as_slices();
+                ids.append_slice(front);
+                ids.append_slice(back);
+            } else {
+                ids.append_nulls(series.times.len());
+            }
         }
         table
             .finish(
@@ -230,6 +291,7 @@ impl Operator for WindowAggregate {
                         false,
                         Arc::new(Float64Array::from(values)),
                     ),
+                    ("id", DataType::Int64, true, Arc::new(ids.finish())),
                 ],
                 Some(&self.watermark),
             )
@@ -240,11 +302,18 @@ impl Operator for WindowAggregate {
         let r = StateReader::new(table)?;
         let times = r.primitive::<arrow::datatypes::Int64Type>("time")?;
         let values = r.primitive::<arrow::datatypes::Float64Type>("value")?;
+        // Checkpoints written before ids were remembered have no id column: their events are
+        // restored without (a copy of one of them is not recognised).
+        let ids = match r.column("id") {
+            Ok(_) => Some(r.primitive::<arrow::datatypes::Int64Type>("id")?),
+            Err(_) => None,
+        };
         let mut state = KeyedState::<Series>::default();
         for row in 0..r.rows() {
+            let id = ids.filter(|i| i.is_valid(row)).map(|i| i.value(row));
             state
                 .entry(r.key(row)?)
-                .insert(times.value(row), values.value(row));
+                .insert(times.value(row), values.value(row), id);
         }
         self.watermark = r.watermark(self.watermark.reach())?;
         self.state = state;

@@ -255,6 +255,39 @@ proptest! {
         prop_assert_eq!(keys, keys_restarted);
     }
 
+    /// The window features alone (the first stage of the repartitioned topology) remember the
+    /// ids of the events they hold, through a snapshot and restore: no event of a batch is
+    /// known before it, every one after it (the watermark frees only events before a batch).
+    #[test]
+    fn windows_remember_the_ids_they_hold_through_a_restore(ev in events(), cuts in prop::collection::vec(0usize..64, 1..8), at in 0usize..8) {
+        let windows_only = || {
+            let mut c = config();
+            c.label_risk.clear();
+            c.sql.clear();
+            c.build_chain().expect("chain")
+        };
+        let mut chain = windows_only();
+        let all = batch(&ev);
+        let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (ev.len() + 1)).collect();
+        bounds.extend([0, ev.len()]);
+        bounds.sort_unstable();
+        bounds.dedup();
+        for (i, w) in bounds.windows(2).enumerate() {
+            if i == at % (bounds.len() - 1) {
+                let tables = chain.snapshot().expect("snapshot");
+                chain = windows_only();
+                chain.restore(&tables).expect("restore");
+            }
+            chain.advance_watermark(ev[w[0]].time);
+            let slice = all.slice(w[0], w[1] - w[0]);
+            let before = chain.seen(&slice).expect("seen").expect("windows remember ids");
+            prop_assert!(!before.contains(&true), "known before batch {}", i);
+            chain.process(slice.clone()).expect("process");
+            let after = chain.seen(&slice).expect("seen").expect("windows remember ids");
+            prop_assert!(!after.contains(&false), "forgotten after batch {}", i);
+        }
+    }
+
     #[test]
     fn window_invariants(ev in events()) {
         let out = stream(&ev, &[]);

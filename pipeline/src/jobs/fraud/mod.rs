@@ -1112,6 +1112,47 @@ mod tests {
         assert_eq!(got, expected);
     }
 
+    /// The first stage of the repartitioned topology (customer windows only) refuses a
+    /// transaction published twice as one process does: its windows remember ids, so the copy
+    /// neither counts twice in its customer's windows nor is forwarded.
+    #[test]
+    fn the_first_stage_refuses_a_transaction_published_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = history(dir.path());
+        let cfg = PipelineConfig::handbook().expect("shipped config");
+        let fraud = cfg.fraud().expect("fraud");
+        let first = partition_maker(fraud, "TERMINAL_ID", false, 1).expect("first");
+        let run = |inputs: &[JobInput]| {
+            let mut stage = first().expect("stage");
+            let (mut out, mut refused) = (Vec::new(), Vec::new());
+            for input in inputs {
+                let mut input = input.clone();
+                input.side = None;
+                let n = input.events.num_rows();
+                input.partitions = Some(Partitions {
+                    of_events: vec![0; n],
+                    of_side: Vec::new(),
+                    held: std::sync::Arc::from([0]),
+                });
+                let f = stage.process(input).expect("first stage");
+                refused.extend(f.rejects.iter().map(|r| r.kind));
+                out.push(f.batch);
+            }
+            let out = arrow::compute::concat_batches(&out[0].schema(), &out).expect("concat");
+            (out, refused)
+        };
+        let clean = batches(&h, 100);
+        let (expected, none) = run(&clean);
+        assert_eq!(none, Vec::new());
+        let mut twice = clean.clone();
+        let copy = twice[3].events.slice(5, 1);
+        twice[6].events = arrow::compute::concat_batches(&copy.schema(), [&copy, &twice[6].events])
+            .expect("concat");
+        let (got, refused) = run(&twice);
+        assert_eq!(refused, vec![super::super::RejectKind::Duplicate]);
+        assert_eq!(got, expected);
+    }
+
     /// The explanation baseline and the drift counts survive a checkpoint: a score stage
     /// restored from one, or brought up to it by the silent replay, explains and measures
     /// drift exactly as the stage that never stopped.
