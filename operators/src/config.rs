@@ -412,13 +412,17 @@ impl FeatureConfig {
                 c.night_last_hour,
             )));
         }
+        // One operator remembering events by id is enough to refuse a transaction published
+        // twice: the label-risk history holds every transaction within its reach; without
+        // label risk (the first stage of the repartitioned topology), the windows do.
+        let window_ids = self.label_risk.is_empty().then_some(self.order_by.as_str());
         for (i, w) in self.windows.iter().enumerate() {
             match Self::window_outputs(w) {
                 Ok(outs) => ops.push(Box::new(WindowAggregate::new(
                     &w.key,
                     &w.value,
                     &self.event_time,
-                    &self.order_by,
+                    window_ids,
                     w.spans.iter().map(|s| ns(*s)).collect(),
                     outs,
                 ))),

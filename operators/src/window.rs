@@ -30,42 +30,38 @@ pub enum Aggregate {
 struct Series {
     times: VecDeque<i64>,
     values: VecDeque<f64>,
-    /// Empty when the events have no integer ids, else one per event.
-    ids: VecDeque<i64>,
+    /// One id per event, when every event held came with one (boxed: a key without them, as
+    /// in an operator that does not remember ids, pays 8 bytes, not a third deque).
+    ids: Option<Box<VecDeque<i64>>>,
 }
 
 impl Series {
     /// Inserts an event after every event of equal or earlier time; returns its position.
+    /// Ids are all or none: an event without one (from a batch without integer ids) ends the
+    /// key's memory of ids until the key holds nothing again.
     fn insert(&mut self, t: i64, v: f64, id: Option<i64>) -> usize {
-        let id = id.filter(|_| self.tracks_ids());
-        if id.is_none() {
-            self.ids.clear();
+        if self.times.is_empty() {
+            self.ids = id.map(|_| Box::default());
+        } else if id.is_none() {
+            self.ids = None;
         }
-        if self.times.back().is_none_or(|&last| last <= t) {
-            self.times.push_back(t);
-            self.values.push_back(v);
-            self.ids.extend(id);
-            return self.times.len() - 1;
-        }
-        // A late event: slot it in by time.
-        let pos = self.times.partition_point(|&x| x <= t);
+        let pos = if self.times.back().is_none_or(|&last| last <= t) {
+            self.times.len()
+        } else {
+            // A late event: slotted in by time.
+            self.times.partition_point(|&x| x <= t)
+        };
         self.times.insert(pos, t);
         self.values.insert(pos, v);
-        if let Some(id) = id {
-            self.ids.insert(pos, id);
+        if let (Some(ids), Some(id)) = (&mut self.ids, id) {
+            ids.insert(pos, id);
         }
         pos
     }
 
-    /// Whether every event held has its id (ids are all or none: an event without one, read
-    /// from a batch without integer ids, ends the key's memory of ids until it is emptied).
-    fn tracks_ids(&self) -> bool {
-        self.ids.len() == self.times.len()
-    }
-
     /// Whether the key holds the event `id`.
     fn knows(&self, id: i64) -> bool {
-        self.tracks_ids() && self.ids.contains(&id)
+        self.ids.as_ref().is_some_and(|ids| ids.contains(&id))
     }
 
     /// Count and sum, for each span, over events with time > `t - span` up to and including
@@ -98,7 +94,9 @@ impl Expiring for Series {
         while self.times.front().is_some_and(|&t| t <= horizon) {
             self.times.pop_front();
             self.values.pop_front();
-            self.ids.pop_front();
+            if let Some(ids) = &mut self.ids {
+                ids.pop_front();
+            }
         }
     }
 
@@ -113,16 +111,17 @@ impl Expiring for Series {
 /// events of equal time, exactly those that came before it. An event later than the key's
 /// latest is slotted in by time (its window then sees what the key still holds). State follows
 /// the watermark ([`Operator::advance_watermark`]): events no window can see any more are
-/// dropped, and so are keys left with none. Events with integer ids are remembered by them
-/// ([`Operator::seen`]): a transaction published twice is told from a new one, and no window
-/// need count it twice.
+/// dropped, and so are keys left with none. Given an id column of integers, events are
+/// remembered by id ([`Operator::seen`]): a transaction published twice is told from a new one,
+/// and no window need count it twice.
 #[derive(Debug)]
 pub struct WindowAggregate {
     name: String,
     key: String,
     value: String,
     time: String,
-    id: String,
+    /// The events' id column, when this operator is the one remembering ids.
+    id: Option<String>,
     spans: Vec<i64>,
     /// Span indices from the shortest span to the longest.
     shortest_first: Vec<usize>,
@@ -135,12 +134,12 @@ pub struct WindowAggregate {
 
 impl WindowAggregate {
     /// `spans` in nanoseconds; `outputs` as (aggregate, index into spans, column name); `id`
-    /// the events' id column (remembered when it holds integers).
+    /// the events' id column, to remember them by (when it holds integers).
     pub fn new(
         key: &str,
         value: &str,
         time: &str,
-        id: &str,
+        id: Option<&str>,
         spans: Vec<i64>,
         outputs: Vec<(Aggregate, usize, String)>,
     ) -> Self {
@@ -161,7 +160,7 @@ impl WindowAggregate {
             key: key.into(),
             value: value.into(),
             time: time.into(),
-            id: id.into(),
+            id: id.map(Into::into),
             shortest_first: {
                 let mut order: Vec<usize> = (0..spans.len()).collect();
                 order.sort_by_key(|&i| spans[i]);
@@ -180,8 +179,11 @@ impl WindowAggregate {
 impl WindowAggregate {
     /// The batch's event ids, if it has them as integers (`None`: events are not told apart).
     fn ids(&self, batch: &RecordBatch) -> Result<Option<Int64Array>> {
-        match batch.column_by_name(&self.id) {
-            Some(c) if c.data_type().is_integer() => columns::i64_values(batch, &self.id).map(Some),
+        let Some(id) = &self.id else {
+            return Ok(None);
+        };
+        match batch.column_by_name(id) {
+            Some(c) if c.data_type().is_integer() => columns::i64_values(batch, id).map(Some),
             _ => Ok(None),
         }
     }
@@ -268,8 +270,8 @@ impl Operator for WindowAggregate {
             table.key_rows(key, series.times.len());
             times.extend(series.times.iter().copied());
             values.extend(series.values.iter().copied());
-            if series.tracks_ids() {
-                let (front, back) = series.ids.as_slices();
+            if let Some(held) = &series.ids {
+                let (front, back) = held.as_slices();
                 ids.append_slice(front);
                 ids.append_slice(back);
             } else {
