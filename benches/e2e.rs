@@ -21,8 +21,10 @@
 //!    scores topic, with riskpipe's fetch wait and linger) at the same offered load, read by the
 //!    same watcher: what the broker and the two hops cost without any of riskpipe's work.
 //!
-//! `cargo bench --bench e2e`. RISKPIPE_E2E_TRANSACTIONS (default 100000) and
-//! RISKPIPE_E2E_LATENCY_SECS (default 10) size it; RISKPIPE_E2E_LATENCY_RATE sets the offered
+//! `cargo bench --bench e2e`. RISKPIPE_E2E_TRANSACTIONS (default 200000: more than the
+//! consumer prefetches, 100,000 messages, so a stall after a full prefetch shows) and
+//! RISKPIPE_E2E_LATENCY_SECS (default 10) size it; RISKPIPE_E2E_TRACE prints the throughput
+//! runs' progress every 50 ms; RISKPIPE_E2E_LATENCY_RATE sets the offered
 //! load of 4 and 8 (default: half the measured throughput). Targets: throughput ≥ 90% of the lower
 //! ceiling; p99 ≤ 10 ms at half the measured throughput.
 
@@ -240,11 +242,22 @@ fn throughput_to(
     let counters = Arc::new(Counters::default());
     let mut first: Option<Instant> = None;
     let mut last = Instant::now();
+    let trace = std::env::var_os("RISKPIPE_E2E_TRACE").is_some();
+    let mut traced = Instant::now();
     rt.block_on(run(cfg, health, counters.clone(), async {
         loop {
             let consumed = counters.events.load(Ordering::Relaxed);
             if consumed > 0 && first.is_none() {
                 first = Some(Instant::now());
+            }
+            if trace && traced.elapsed() >= Duration::from_millis(50) {
+                traced = Instant::now();
+                eprintln!(
+                    "  {:>6.3} s: {consumed} consumed, {} scored, {} batches",
+                    first.map_or(0.0, |f| f.elapsed().as_secs_f64()),
+                    counters.scores.load(Ordering::Relaxed),
+                    counters.batches.load(Ordering::Relaxed)
+                );
             }
             if counters.scores.load(Ordering::Relaxed) >= n as u64 {
                 last = Instant::now();
@@ -313,7 +326,7 @@ fn pipeline_latency(
 }
 
 fn main() {
-    let n = env_or("RISKPIPE_E2E_TRANSACTIONS", 100_000.0) as usize;
+    let n = env_or("RISKPIPE_E2E_TRANSACTIONS", 200_000.0) as usize;
     let latency_secs = env_or("RISKPIPE_E2E_LATENCY_SECS", 10.0);
     let skip = 300_000;
     let mut all_topics = topics("tp-");

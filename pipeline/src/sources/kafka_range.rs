@@ -111,6 +111,12 @@ pub(crate) fn range_consumer(kafka: &KafkaConfig) -> Result<BaseConsumer> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    if cfg.get("fetch.queue.backoff.ms").is_none() {
+        cfg.set(
+            "fetch.queue.backoff.ms",
+            super::kafka::FETCH_QUEUE_BACKOFF_MS,
+        );
+    }
     cfg.create()
         .map_err(PipelineError::kafka("creating the replay consumer"))
 }
