@@ -248,6 +248,11 @@ pub(crate) fn read_ranges(
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     idle = Instant::now();
+                    // The consumer is reused over partitions and topics: a message of an
+                    // earlier assignment, or one before the range, is no part of this range.
+                    if m.topic() != topic || m.partition() != p || m.offset() < next {
+                        continue;
+                    }
                     if m.offset() >= end {
                         break;
                     }
