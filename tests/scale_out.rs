@@ -360,9 +360,9 @@ fn a_rebalance_during_a_restore_neither_crashes_nor_deadlocks() {
     );
     poll_until(&scores, &mut got, n, Duration::from_secs(300));
     got.extend(drain(&scores, Duration::from_secs(3)));
-    // A transaction on the topic twice would count twice in stage one's customer windows (it
-    // has no memory of ids, see README "Scaling out"): the feeders are idempotent, so the
-    // input must hold each once, and a score that differs is riskpipe's doing.
+    // The feeders are idempotent, so the input must hold each transaction once (stage one
+    // would refuse a copy as a duplicate, leaving its transaction's single score to compare):
+    // a score that differs is then riskpipe's doing.
     let published =
         support::drain_to_end(&reader(&broker.bootstrap, "transactions"), "transactions");
     let mut once = std::collections::HashSet::new();

@@ -178,9 +178,7 @@ impl WindowAggregate {
             appender: Appender::default(),
         }
     }
-}
 
-impl WindowAggregate {
     /// The batch's event ids, if it has them as integers (`None`: events are not told apart).
     fn ids(&self, batch: &RecordBatch) -> Result<Option<Int64Array>> {
         let Some(id) = &self.id else {

@@ -672,14 +672,9 @@ pub(crate) fn check_scores(
                 first_copy.insert(s.transaction_id, g);
             }
         }
-        if expected(s.transaction_id) != Some(s.score as f32) {
-            differ.push((
-                s.transaction_id,
-                at,
-                g.partition,
-                s.score,
-                expected(s.transaction_id),
-            ));
+        let want = expected(s.transaction_id);
+        if want != Some(s.score as f32) {
+            differ.push((s.transaction_id, at, g.partition, s.score, want));
         }
     }
     // Which copy differed, where it came, and how many copies there were tell a re-score from

@@ -1043,6 +1043,16 @@ mod tests {
         build(cfg.fraud().expect("fraud"), cfg).expect("job")
     }
 
+    /// Every one of `rows` events read from partition 0 of 1 (the repartitioned stages'
+    /// input).
+    fn in_partition_zero(rows: usize) -> Option<Partitions> {
+        Some(Partitions {
+            of_events: vec![0; rows],
+            of_side: Vec::new(),
+            held: std::sync::Arc::from([0]),
+        })
+    }
+
     /// Every alert's reasons, as JSON text.
     fn reasons(job: &mut Job, inputs: &[JobInput]) -> Vec<String> {
         let mut out = Vec::new();
@@ -1128,12 +1138,7 @@ mod tests {
             for input in inputs {
                 let mut input = input.clone();
                 input.side = None;
-                let n = input.events.num_rows();
-                input.partitions = Some(Partitions {
-                    of_events: vec![0; n],
-                    of_side: Vec::new(),
-                    held: std::sync::Arc::from([0]),
-                });
+                input.partitions = in_partition_zero(input.events.num_rows());
                 let f = stage.process(input).expect("first stage");
                 refused.extend(f.rejects.iter().map(|r| r.kind));
                 out.push(f.batch);
@@ -1253,12 +1258,7 @@ mod tests {
         let mut labels = Vec::new();
         for mut input in batches(&h, 50) {
             labels.extend(input.side.take());
-            let n = input.events.num_rows();
-            input.partitions = Some(Partitions {
-                of_events: vec![0; n],
-                of_side: Vec::new(),
-                held: std::sync::Arc::from([0]),
-            });
+            input.partitions = in_partition_zero(input.events.num_rows());
             forwarded.push(stage_one.process(input).expect("first stage").batch);
         }
         let labels = arrow::compute::concat_batches(&labels[0].schema(), &labels).expect("labels");
@@ -1273,11 +1273,7 @@ mod tests {
                         // Every label up front: each counts from its label time only.
                         side: (i == 0).then(|| labels.clone()),
                         events: b.clone(),
-                        partitions: Some(Partitions {
-                            of_events: vec![0; b.num_rows()],
-                            of_side: Vec::new(),
-                            held: std::sync::Arc::from([0]),
-                        }),
+                        partitions: in_partition_zero(b.num_rows()),
                     })
                     .expect("second stage");
                 duplicates += f
