@@ -324,9 +324,6 @@ impl KafkaConfig {
     /// (librdkafka validates each property name and value when a client config is built).
     pub fn problems(&self, streams: Streams) -> Vec<String> {
         let mut p = self.unresolved.clone();
-        if self.repartition.is_some() && self.exactly_once() {
-            p.push("kafka.repartition with processing_guarantee = \"exactly-once\" is not built yet (the repartitioned topology is at-least-once)".into());
-        }
         if let Some(ps) = &self.pseudonyms {
             p.extend(ps.problems());
         }

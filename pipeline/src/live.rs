@@ -256,6 +256,10 @@ fn stage_configs(cfg: &PipelineConfig, topic: &str) -> (PipelineConfig, Pipeline
         let mut c = cfg.clone();
         if let Some(k) = c.kafka.as_mut() {
             k.repartition = None;
+            // Each stage's producer is transactional on its own (one id would fence the other).
+            if let Some(id) = k.transactional_id.as_mut() {
+                *id = format!("{id}-{name}");
+            }
             edit(k);
         }
         if let Some(s) = c.state.as_mut() {

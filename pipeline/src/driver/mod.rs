@@ -26,7 +26,8 @@
 //! carries a checkpoint copy, has the sink commit its open transaction with the positions
 //! through k, before batch k+1 is sent; the checkpoint is then written at exactly the positions
 //! committed. The acknowledgement stage only awaits deliveries, for the counts and to stop on a
-//! failed one.
+//! failed one. A source that hands partitions over in a rebalance ([`crate::sources::Handover`])
+//! gets a commit as soon as every batch it handed on has been sent.
 
 mod counters;
 mod stages;
@@ -186,8 +187,25 @@ impl<A: Acker> Settle<A> {
         sink: &mut K,
         snapshot: Option<StateSnapshot>,
     ) -> Result<()> {
+        let handover = self.acker.handover();
+        if handover.as_ref().is_some_and(|h| h.tainted()) {
+            // It holds outputs of partitions a rebalance gave to another instance before they
+            // were committed (see `Handover`): their next owner publishes them from the last
+            // commit.
+            sink.abort().await;
+            return Err(PipelineError::Transaction {
+                op: "handing partitions over in a rebalance (their commit did not come in time)",
+                source: rdkafka::error::KafkaError::Canceled,
+                aborted: true,
+            });
+        }
+        // Every batch acknowledged so far is in the transaction (this stage acknowledges them).
+        let through = handover.as_ref().map(|h| h.acked());
         let positions = self.acker.positions();
         sink.commit(&positions).await?;
+        if let (Some(h), Some(through)) = (&handover, through) {
+            h.committed(through);
+        }
         if let (Some(snapshot), Some(w)) = (snapshot, self.writer.as_mut()) {
             w.start(snapshot, positions, None);
         }
@@ -285,22 +303,43 @@ impl Driver {
             tokio::spawn(async move {
                 let r = async {
                     let mut txn = in_publish;
+                    // A source handing partitions over in a rebalance wants a commit now.
+                    let handover = txn.as_ref().and_then(|t| t.acker.handover());
                     // When the open transaction is due for a commit (None: nothing in it).
                     let mut due: Option<tokio::time::Instant> = None;
                     loop {
-                        let next = match due {
-                            Some(d) => match tokio::time::timeout_at(d, scored_rx.recv()).await {
-                                Ok(next) => next,
-                                Err(_) => {
-                                    // A quiet input: commit what the transaction holds.
-                                    if let Some(t) = txn.as_mut() {
-                                        t.commit(&mut sink, None).await?;
-                                    }
+                        let handing_over = async {
+                            match &handover {
+                                Some(h) => h.wanted().await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        let commit_at = async {
+                            match due {
+                                Some(d) => tokio::time::sleep_until(d).await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        let next = tokio::select! {
+                            biased;
+                            () = handing_over => {
+                                if let Some(t) = txn.as_mut()
+                                    && handover.as_ref().is_some_and(|h| h.due().is_some())
+                                {
+                                    t.commit(&mut sink, None).await?;
                                     due = None;
-                                    continue;
                                 }
-                            },
-                            None => scored_rx.recv().await,
+                                continue;
+                            }
+                            () = commit_at => {
+                                // A quiet input: commit what the transaction holds.
+                                if let Some(t) = txn.as_mut() {
+                                    t.commit(&mut sink, None).await?;
+                                }
+                                due = None;
+                                continue;
+                            }
+                            next = scored_rx.recv() => next,
                         };
                         let Some((mut work, batch)) = next else { break };
                         let sent = std::time::Instant::now();
@@ -318,7 +357,8 @@ impl Driver {
                             let snapshot = work.snapshot.take();
                             let now = tokio::time::Instant::now();
                             let at = *due.get_or_insert(now + commit_interval);
-                            if snapshot.is_some() || now >= at {
+                            let handing_over = handover.as_ref().is_some_and(|h| h.due().is_some());
+                            if snapshot.is_some() || now >= at || handing_over {
                                 t.commit(&mut sink, snapshot).await?;
                                 due = None;
                             }

@@ -582,3 +582,140 @@ fn an_aborted_transaction_stops_the_run_before_any_later_output_is_sent() {
         seen.open
     );
 }
+
+/// [`Offsets`] whose consumer loses its partitions after `revoke_at` batches: like a revoke
+/// callback inside the consumer's poll, `next` waits there (up to `within`) for the commit of
+/// every batch handed on before it reads on.
+#[derive(Debug)]
+struct Revoked {
+    numbers: Numbers,
+    handover: Arc<crate::sources::Handover>,
+    revoke_at: usize,
+    within: std::time::Duration,
+    handed_over: Arc<Mutex<Option<bool>>>,
+}
+
+/// [`OffsetAcker`] that counts acknowledgements into the hand-over.
+#[derive(Debug)]
+struct HandoverAcker {
+    offsets: OffsetAcker,
+    handover: Arc<crate::sources::Handover>,
+}
+
+impl Drop for HandoverAcker {
+    fn drop(&mut self) {
+        self.handover.close();
+    }
+}
+
+impl Acker for HandoverAcker {
+    type Ack = usize;
+    fn ack(&mut self, batch: usize) {
+        self.offsets.ack(batch);
+        self.handover.ack();
+    }
+    fn finish(&mut self) -> Result<bool> {
+        Ok(true)
+    }
+    fn positions(&self) -> crate::state::Positions {
+        self.offsets.positions()
+    }
+    fn handover(&self) -> Option<Arc<crate::sources::Handover>> {
+        Some(self.handover.clone())
+    }
+}
+
+impl Source for Revoked {
+    type Ack = usize;
+    type Acker = HandoverAcker;
+    async fn next(&mut self, stop: &mut Stop) -> Result<Option<SourceBatch<usize>>> {
+        if self.numbers.next == self.revoke_at {
+            let handed_over = self.handover.revoked(self.within);
+            *self.handed_over.lock().expect("lock") = Some(handed_over);
+        }
+        let batch = self.numbers.next(stop).await?;
+        if batch.is_some() {
+            self.handover.issue();
+        }
+        Ok(batch)
+    }
+    fn acker(&self) -> HandoverAcker {
+        HandoverAcker {
+            offsets: OffsetAcker::default(),
+            handover: self.handover.clone(),
+        }
+    }
+    fn names(&self) -> (&str, &str) {
+        self.numbers.names()
+    }
+}
+
+fn run_revoked(within: std::time::Duration) -> (Result<Summary>, Transactions, Option<bool>) {
+    let handed_over = Arc::new(Mutex::new(None));
+    let source = Revoked {
+        numbers: Numbers {
+            batches: 8,
+            next: 0,
+            acks: Arc::default(),
+            finished: Arc::default(),
+        },
+        handover: Arc::default(),
+        revoke_at: 3,
+        within,
+        handed_over: handed_over.clone(),
+    };
+    let job = Job {
+        kind: "test",
+        model: "echo".into(),
+        members: Vec::new(),
+        inputs: Inputs {
+            events: Arc::new(arrow::datatypes::Schema::empty()),
+            side: None,
+        },
+        features: Box::new(Picky {
+            bad_input: usize::MAX,
+            bug: usize::MAX,
+        }),
+        scoring: Box::new(Echo),
+    };
+    let sink = TxnSink {
+        seen: Arc::default(),
+        fail_at: usize::MAX,
+    };
+    // No commit falls due by time: only the revoke and the drain commit.
+    let driver = Driver::new(crate::decoders::json(1), 2)
+        .with_commit_interval(std::time::Duration::from_secs(3600));
+    let result = driver.run_blocking(source, job, sink.clone(), Arc::new(Counters::default()));
+    let seen = std::mem::take(&mut *sink.seen.lock().expect("lock"));
+    let handed_over = *handed_over.lock().expect("lock");
+    (result, seen, handed_over)
+}
+
+#[test]
+fn a_revoke_gets_a_commit_of_every_batch_handed_on_before_the_partitions_go() {
+    let (r, seen, handed_over) = run_revoked(std::time::Duration::from_secs(30));
+    r.expect("the run ends cleanly");
+    assert_eq!(handed_over, Some(true), "the revoke's commit came");
+    // Batches 0-2 were handed on before the revoke: one transaction holds exactly them and
+    // the position after them; the drain commits the rest.
+    assert_eq!(
+        seen.committed,
+        vec![(3, vec![0, 1, 2]), (8, vec![3, 4, 5, 6, 7])]
+    );
+}
+
+#[test]
+fn a_revoke_whose_commit_does_not_come_aborts_the_open_transaction() {
+    let (r, seen, handed_over) = run_revoked(std::time::Duration::ZERO);
+    assert_eq!(handed_over, Some(false));
+    let e = r.expect_err("the tainted transaction is aborted");
+    assert!(
+        matches!(e, PipelineError::Transaction { aborted: true, .. }),
+        "{e}"
+    );
+    assert!(
+        seen.committed.is_empty(),
+        "nothing of the partitions given up was committed: {:?}",
+        seen.committed
+    );
+}

@@ -13,7 +13,7 @@
 //! the consumer's group metadata ([`GroupMembership`]), and the acker only counts positions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
-use super::{Acker, Message, Payload, Source, SourceBatch, Stop};
+use super::{Acker, Handover, Message, Payload, Source, SourceBatch, Stop};
 use crate::config::Streams;
 use crate::events;
 use crate::kafka::{KafkaConfig, Throttle};
@@ -39,6 +39,11 @@ use crate::{PipelineError, Result};
 /// How long a consumer that has prefetched its fill waits before fetching again, in ms (see
 /// the consumer's defaults; the replay consumer shares it).
 pub(crate) const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
+/// How long a revoke waits for the commit of every batch handed on (exactly-once with state
+/// that follows the assignment); well within the group's rebalance timeout
+/// (`max.poll.interval.ms`, 300 s by default).
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Highest offset read per (topic, partition) of a batch: what acknowledging it stores.
 pub type Offsets = BTreeMap<(Arc<str>, i32), i64>;
@@ -65,6 +70,13 @@ struct Context {
     /// Wakes the source when an assignment arrives (its new partitions are paused: no
     /// message would).
     assigned_now: tokio::sync::Notify,
+    /// Batches handed on and acknowledged; with exactly-once and state that follows the
+    /// assignment (`handing_over`), the commit a revoke waits for.
+    handover: Arc<Handover>,
+    handing_over: AtomicBool,
+    /// The acker's positions (exactly-once: an assignment drops those of partitions given up,
+    /// so that no later transaction commits their offsets over their next owner's).
+    positions: Arc<Mutex<Positions>>,
 }
 
 impl Context {
@@ -107,6 +119,14 @@ impl Context {
         }
         if let Ok(mut r) = self.restoring.lock() {
             *r = new;
+        }
+        if self.handing_over.load(Ordering::Acquire)
+            && let Ok(mut positions) = self.positions.lock()
+        {
+            // Every batch handed on was committed when the partitions were revoked.
+            for (topic, partitions) in positions.iter_mut() {
+                partitions.retain(|p, _| all.iter().any(|(t, q)| t == topic && q == p));
+            }
         }
         if let Ok(mut a) = self.assignment.lock() {
             *a = Some(all);
@@ -173,6 +193,19 @@ impl ConsumerContext for Context {
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
+                if self.handing_over.load(Ordering::Acquire) {
+                    let started = Instant::now();
+                    if self.handover.revoked(HANDOVER_TIMEOUT) {
+                        tracing::info!(
+                            took = ?started.elapsed(),
+                            "exactly-once: every batch read committed before the partitions go"
+                        );
+                    } else {
+                        tracing::warn!(
+                            "exactly-once: the commit before the partitions go did not come within {HANDOVER_TIMEOUT:?}: the open transaction will be aborted"
+                        );
+                    }
+                }
                 self.hold(Arc::from([]));
                 self.assigned.store(false, Ordering::Relaxed);
                 self.update_ready();
@@ -214,9 +247,10 @@ pub struct KafkaSource {
     transactional: bool,
     /// State per partition following the assignment, if it does.
     follow: Option<Follow>,
-    /// Batches handed on, and acknowledged (by the acker).
-    issued: u64,
-    acked: Arc<AtomicU64>,
+    /// Batches handed on, and acknowledged (by the acker); see [`Handover`].
+    handover: Arc<Handover>,
+    /// Revocations seen: what was read before a later one is dropped (exactly-once).
+    revocations: u64,
     /// The acker's positions, which a restored partition resets.
     positions: Arc<Mutex<Positions>>,
 }
@@ -303,7 +337,12 @@ impl KafkaSource {
         for (k, v) in &kafka.consumer_properties {
             cfg.set(k, v);
         }
+        let handover = Arc::new(Handover::default());
+        let positions = Arc::new(Mutex::new(Positions::new()));
         let context = Context {
+            handover: handover.clone(),
+            handing_over: AtomicBool::new(false),
+            positions: positions.clone(),
             health,
             assigned: AtomicBool::new(false),
             ever_assigned: AtomicBool::new(false),
@@ -339,9 +378,9 @@ impl KafkaSource {
             start: Positions::new(),
             transactional,
             follow: None,
-            issued: 0,
-            acked: Arc::new(AtomicU64::new(0)),
-            positions: Arc::new(Mutex::new(Positions::new())),
+            handover,
+            revocations: 0,
+            positions,
         })
     }
 
@@ -351,6 +390,10 @@ impl KafkaSource {
             .context()
             .following
             .store(true, Ordering::Relaxed);
+        self.consumer
+            .context()
+            .handing_over
+            .store(self.transactional, Ordering::Release);
         self.follow = Some(follow);
         self
     }
@@ -363,7 +406,7 @@ impl KafkaSource {
         let Some(follow) = self.follow.clone() else {
             return Ok(());
         };
-        while self.acked.load(Ordering::Acquire) < self.issued {
+        while self.handover.acked() < self.handover.issued() {
             if *stop.borrow() {
                 return Ok(());
             }
@@ -456,6 +499,7 @@ impl KafkaSource {
     /// and the outputs of those messages are delivered or in flight (their acknowledgement
     /// commits them), so reading them again would count them twice in the state.
     fn push(&mut self, batch: &mut Vec<Message>, m: &BorrowedMessage<'_>) {
+        self.after_revocation(batch);
         // Fetched before its pause took hold: it is read again once the state is restored.
         if self.follow.is_some()
             && self
@@ -503,6 +547,31 @@ impl KafkaSource {
         });
     }
 
+    /// Exactly-once with state that follows the assignment: after a revoke, which committed
+    /// every batch handed on, the messages read since and not handed on are dropped, and read
+    /// positions forgotten. The partitions' next owner (this process again, for those it
+    /// keeps) reads them from the committed offsets, where the state stands.
+    fn after_revocation(&mut self, batch: &mut Vec<Message>) {
+        let now = self.handover.revocations();
+        if now == self.revocations {
+            return;
+        }
+        self.revocations = now;
+        if !self.consumer.context().handing_over.load(Ordering::Acquire) {
+            return;
+        }
+        if !batch.is_empty() {
+            tracing::info!(
+                messages = batch.len(),
+                "exactly-once: messages read before the revoke and not handed on are read again from the committed offsets"
+            );
+        }
+        batch.clear();
+        for (_, read) in self.topics.values_mut() {
+            read.clear();
+        }
+    }
+
     /// Takes whatever librdkafka already holds, up to `max_rows`.
     fn take_ready(&mut self, batch: &mut Vec<Message>) {
         let consumer = self.consumer.clone();
@@ -523,7 +592,7 @@ impl KafkaSource {
     }
 
     fn batch(&mut self, messages: Vec<Message>) -> SourceBatch<Offsets> {
-        self.issued += 1;
+        self.handover.issue();
         let mut offsets = Offsets::new();
         for m in &messages {
             let e = offsets
@@ -550,6 +619,10 @@ impl Source for KafkaSource {
         let consumer = self.consumer.clone();
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
+            self.after_revocation(&mut batch);
+            if batch.is_empty() {
+                deadline = None;
+            }
             if *stop.borrow() {
                 return Ok((!batch.is_empty()).then(|| self.batch(batch)));
             }
@@ -630,7 +703,8 @@ impl Source for KafkaSource {
             consumer: self.consumer.clone(),
             positions: self.positions.clone(),
             transactional: self.transactional,
-            acked: self.acked.clone(),
+            handover: self.handover.clone(),
+            handing_over: self.follow.is_some() && self.transactional,
         }
     }
 
@@ -645,8 +719,17 @@ pub struct KafkaAcker {
     consumer: Arc<Consumer_>,
     positions: Arc<Mutex<Positions>>,
     transactional: bool,
-    /// Batches acknowledged (the source waits for them before following an assignment).
-    acked: Arc<AtomicU64>,
+    /// Counts batches acknowledged (the source waits for them before following an
+    /// assignment); serves revokes when `handing_over`.
+    handover: Arc<Handover>,
+    handing_over: bool,
+}
+
+impl Drop for KafkaAcker {
+    fn drop(&mut self) {
+        // The run is over: a revoke (the consumer closing) has no commit to wait for.
+        self.handover.close();
+    }
 }
 
 impl std::fmt::Debug for KafkaAcker {
@@ -680,7 +763,7 @@ impl Acker for KafkaAcker {
                 tracing::warn!(%topic, partition, offset, "offset not stored: {e}");
             }
         }
-        self.acked.fetch_add(1, Ordering::Release);
+        self.handover.ack();
     }
 
     fn finish(&mut self) -> Result<bool> {
@@ -711,6 +794,10 @@ impl Acker for KafkaAcker {
 
     fn positions(&self) -> Positions {
         self.positions.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    fn handover(&self) -> Option<Arc<Handover>> {
+        self.handing_over.then(|| self.handover.clone())
     }
 
     fn commit(&self) -> Option<super::Commit> {

@@ -117,6 +117,10 @@ pub(crate) fn range_consumer(kafka: &KafkaConfig) -> Result<BaseConsumer> {
             super::kafka::FETCH_QUEUE_BACKOFF_MS,
         );
     }
+    if kafka.exactly_once() {
+        // A replay reads what the live consumer reads: no aborted record into the state.
+        cfg.set("isolation.level", "read_committed");
+    }
     cfg.create()
         .map_err(PipelineError::kafka("creating the replay consumer"))
 }
@@ -261,6 +265,10 @@ pub(crate) fn read_ranges(
                     of_payloads.push(p);
                 }
                 Some(Err(e)) => return Err(PipelineError::kafka("reading the range")(e)),
+                // A transaction's commit or abort marker (and, read_committed, an aborted
+                // record) is never handed to the application, but the position moves past it:
+                // a range that ends with one is read to its end.
+                None if position(consumer, topic, p).is_some_and(|at| at >= end) => break,
                 None if idle.elapsed() > TIMEOUT => {
                     tracing::error!(
                         "{topic}[{p}]: no message for {TIMEOUT:?} at offset {next} (range ends at {end})"
@@ -282,6 +290,15 @@ pub(crate) fn read_ranges(
         partitions: of_payloads,
         all: ranges.iter().map(|r| r.0).collect(),
     })
+}
+
+/// The consumer's position in `partition` of `topic` (the offset it reads next), if it has one.
+fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let positions = consumer.position().ok()?;
+    match positions.find_partition(topic, partition)?.offset() {
+        Offset::Offset(at) => Some(at),
+        _ => None,
+    }
 }
 
 /// A history from Kafka: the events of the range and every side event, decoded and handed to

@@ -40,6 +40,11 @@ pub(crate) fn group_consumer(kafka: &KafkaConfig) -> Result<BaseConsumer> {
     cfg.set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "false")
         .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    if kafka.exactly_once() {
+        // librdkafka then asks for stable offsets: a lookup waits while a transaction that
+        // commits offsets of the partition is open, instead of answering the older ones.
+        cfg.set("isolation.level", "read_committed");
+    }
     cfg.create()
         .map_err(PipelineError::kafka("creating the offsets consumer"))
 }

@@ -23,7 +23,9 @@ pub mod kafka_restore;
 pub mod ticks;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use crate::Result;
 use crate::jobs::JobInput;
@@ -126,6 +128,130 @@ pub trait Acker: Send + 'static {
     /// is written (so the committed offsets are never behind a checkpoint).
     fn commit(&self) -> Option<Commit> {
         None
+    }
+    /// The hand-over of partitions a rebalance takes away (exactly-once with state that
+    /// follows partitions): the stage that commits transactions serves it.
+    fn handover(&self) -> Option<Arc<Handover>> {
+        None
+    }
+}
+
+/// Exactly-once across a rebalance: before a consumer lets partitions go, every batch it has
+/// handed on must be in a committed transaction together with its offsets. Otherwise the open
+/// transaction would commit their outputs after the partitions' next owner has started over
+/// from the last committed offsets, and a `read_committed` reader would see those outputs
+/// twice. The consumer asks for that commit in its revoke callback and waits for it
+/// ([`Self::revoked`]); the stage that commits transactions commits as soon as every batch
+/// handed on has reached it ([`Self::due`]) and reports it ([`Self::committed`]).
+#[derive(Debug, Default)]
+pub struct Handover {
+    /// Batches handed on by the source, and those acknowledged (sent into the transaction).
+    issued: AtomicU64,
+    acked: AtomicU64,
+    /// The commit asked for: through this many batches (0: none).
+    wanted: AtomicU64,
+    /// Batches through which a transaction has committed.
+    committed: Mutex<u64>,
+    done: Condvar,
+    /// Wakes the committing stage when a commit is wanted.
+    wake: tokio::sync::Notify,
+    /// Rebalances that took partitions away: the source drops what it read before one.
+    revocations: AtomicU64,
+    /// A wanted commit did not come in time: the open transaction holds outputs of partitions
+    /// given up and must be aborted.
+    tainted: AtomicBool,
+    /// The committing stage is gone: nothing to wait for.
+    closed: AtomicBool,
+}
+
+impl Handover {
+    /// A batch was handed on.
+    pub fn issue(&self) {
+        self.issued.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Batches handed on so far.
+    pub fn issued(&self) -> u64 {
+        self.issued.load(Ordering::Acquire)
+    }
+
+    /// A batch was acknowledged (its outputs are in the open transaction).
+    pub fn ack(&self) {
+        self.acked.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Batches acknowledged so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// Rebalances that took partitions away so far.
+    pub fn revocations(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
+    }
+
+    /// Partitions are being taken away (called by the consumer's revoke callback, blocking):
+    /// waits up to `within` for a commit of every batch handed on. `false` when it did not come
+    /// (the open transaction is then tainted and its next commit aborts instead).
+    pub fn revoked(&self, within: Duration) -> bool {
+        self.revocations.fetch_add(1, Ordering::AcqRel);
+        let through = self.issued();
+        let Ok(committed) = self.committed.lock() else {
+            return false;
+        };
+        if *committed >= through || self.closed.load(Ordering::Acquire) {
+            return true;
+        }
+        self.wanted.fetch_max(through, Ordering::AcqRel);
+        self.wake.notify_one();
+        let wait = move || {
+            self.done
+                .wait_timeout_while(committed, within, |c| {
+                    *c < through && !self.closed.load(Ordering::Acquire)
+                })
+                .is_ok_and(|(c, _)| *c >= through)
+        };
+        // Off the async reactor's worker, so the committing stage's task keeps running.
+        let ok = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            _ => wait(),
+        };
+        if !ok && !self.closed.load(Ordering::Acquire) {
+            self.tainted.store(true, Ordering::Release);
+        }
+        ok
+    }
+
+    /// Through which batch a commit is due now: one is wanted, and every batch it covers has
+    /// been acknowledged.
+    pub fn due(&self) -> Option<u64> {
+        let wanted = self.wanted.load(Ordering::Acquire);
+        let committed = self.committed.lock().map_or(0, |c| *c);
+        (wanted > committed && self.acked() >= wanted).then_some(wanted)
+    }
+
+    /// Resolves when a commit may be wanted (check [`Self::due`]).
+    pub async fn wanted(&self) {
+        self.wake.notified().await;
+    }
+
+    /// A transaction committed every batch acknowledged before it: `through` of them.
+    pub fn committed(&self, through: u64) {
+        if let Ok(mut c) = self.committed.lock() {
+            *c = (*c).max(through);
+        }
+        self.done.notify_all();
+    }
+
+    /// Whether the open transaction must be aborted (see [`Self::revoked`]).
+    pub fn tainted(&self) -> bool {
+        self.tainted.load(Ordering::Acquire)
+    }
+
+    /// The committing stage is gone (its run ended): a revoke has nothing to wait for.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.done.notify_all();
     }
 }
 
