@@ -378,3 +378,85 @@ fn a_rebalance_during_a_restore_neither_crashes_nor_deadlocks() {
         assert!(ok, "{out}");
     }
 }
+
+/// Exactly-once in the scale-out topology, against tansu (the broker here that stores
+/// transactional offset commits and creates topics): a second instance joins mid-stream and
+/// the first then stops cleanly. Each revoke waits for a commit of every batch its consumer
+/// handed on, and the partitions' next owner starts from those offsets with the state
+/// restored to there, so, with no transaction aborted, every transaction is scored exactly
+/// once, even as read here without `read_committed`: nothing at all is published twice. The
+/// repartition topic is created by riskpipe (tansu implements CreateTopics).
+#[test]
+fn exactly_once_instances_joining_and_leaving_publish_every_score_once() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let n = 20_000;
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let expected = support::backtest_scores(&cfg, &history, n);
+    let tansu = riskpipe_testkit::Tansu::start();
+    let topics: Vec<(&str, i32)> = TOPICS
+        .iter()
+        .copied()
+        .filter(|(t, _)| *t != "scale-by-terminal")
+        .collect();
+    support::create_topics(&tansu.bootstrap, &topics);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = support::write_config(
+        dir.path(),
+        &format!(
+            "{}\n[state]\ndir = {:?}\ninterval = \"5s\"\n",
+            kafka_section(
+                &tansu.bootstrap,
+                "scale",
+                // Transactions 5 s long: at a revoke, the open one holds seconds of outputs.
+                "commit_interval = \"5s\"\nprocessing_guarantee = \"exactly-once\"\ntransactional_id = \"riskpipe-scale-${env:RP_TEST_SLOT}\"\n[kafka.repartition]\nreplication_factor = 1\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"3000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
+            ),
+            dir.path().join("state").display().to_string()
+        ),
+    );
+    support::publish_feed(&feed, &tansu.bootstrap, true, 0.0);
+    let mut first = Pipeline::start_with_env(&config, &[("RP_TEST_SLOT", "0")]);
+    first.wait_ready();
+    let feeding = support::feed_lingering(&tansu.bootstrap, feed.only(false), 1_000.0, 100);
+    let scores = reader(&tansu.bootstrap, "scores");
+    let mut got = Vec::new();
+    poll_until(&scores, &mut got, 7_000, Duration::from_secs(120));
+    let mut second = Pipeline::start_with_env(&config, &[("RP_TEST_SLOT", "1")]);
+    second.wait_ready();
+    poll_until(&scores, &mut got, 13_000, Duration::from_secs(120));
+    let aborted = |p: &mut Pipeline| p.metric("riskpipe_transactions_total", "result=\"aborted\"");
+    assert_eq!(aborted(&mut first), 0.0, "{:#?}", first.drain_log());
+    let handed_over = first
+        .drain_log()
+        .iter()
+        .filter(|l| l.contains("every batch read committed before the partitions go"))
+        .count();
+    let (ok, out) = first.terminate();
+    assert!(ok, "a clean stop: {out}");
+    feeding.join().expect("feed");
+    poll_until(&scores, &mut got, n, Duration::from_secs(300));
+    got.extend(drain(&scores, Duration::from_secs(3)));
+    assert_eq!(aborted(&mut second), 0.0, "{:#?}", second.drain_log());
+    let took_over = restored_from_checkpoints(&mut second);
+    let duplicates = support::check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
+    assert_eq!(duplicates, 0, "scores published twice");
+    assert!(
+        handed_over >= 2,
+        "the first instance's two stages handed partitions over {handed_over} times"
+    );
+    assert!(took_over >= 2, "restored from checkpoints: {took_over}");
+    let metadata = scores
+        .fetch_metadata(Some("scale-by-terminal"), Duration::from_secs(10))
+        .expect("metadata");
+    assert_eq!(
+        metadata.topics()[0].partitions().len(),
+        4,
+        "the repartition topic riskpipe created"
+    );
+    let (ok, out) = second.terminate();
+    assert!(ok, "{out}");
+    eprintln!(
+        "{n} transactions, {} scores, {duplicates} duplicates; hand-overs by the first: {handed_over}; partitions the second restored from checkpoints: {took_over}",
+        got.len()
+    );
+}
