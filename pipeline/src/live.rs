@@ -12,7 +12,9 @@
 //! In exactly-once mode the transactional producer is initialised first (which aborts what a
 //! previous run left open), and an aborted transaction restarts the run in this process, from
 //! the restore on: the input goes back to the last committed transaction and the state to
-//! match, so what is published again is what the aborted transaction held, bit for bit.
+//! match, so what is published again is what the aborted transaction held, bit for bit. In the
+//! repartitioned topology each stage is transactional under an id of its own, and a rebalance
+//! hands partitions over through a commit (see `sources::Handover`).
 
 use std::future::Future;
 use std::sync::Arc;
