@@ -360,6 +360,14 @@ impl KafkaSink {
         }
         if let Some(id) = transactional_id {
             cfg.set("transactional.id", id);
+            if cfg.get("transaction.timeout.ms").is_none() {
+                cfg.set(
+                    "transaction.timeout.ms",
+                    transaction_timeout(kafka.commit_interval)
+                        .as_millis()
+                        .to_string(),
+                );
+            }
         }
         Ok(Self {
             producer: Arc::new(
@@ -561,6 +569,16 @@ fn commit_transaction(
         .map_err(|source| transaction_error("beginning a transaction", source, false))
 }
 
+/// How long a broker keeps a transaction open without a commit before it aborts it: what a
+/// crashed instance's open transaction costs the readers of its outputs. `read_committed`
+/// readers of a partition it wrote to (the repartition topic's, the scores') read nothing past
+/// it until it ends, and its restart with the same id ends it at once. librdkafka's default is
+/// 60 s; riskpipe takes 10 s as Kafka Streams does for exactly-once, or three commit intervals
+/// if that is longer.
+fn transaction_timeout(commit_interval: Duration) -> Duration {
+    (commit_interval * 3).max(Duration::from_secs(10))
+}
+
 async fn send_reference(
     producer: &Producer,
     topic: &str,
@@ -711,5 +729,22 @@ impl Sink for KafkaSink {
             Ok(delivered)
         }
         .boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crashed_instances_transaction_ends_within_ten_seconds_or_three_commit_intervals() {
+        assert_eq!(
+            transaction_timeout(Duration::from_secs(1)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            transaction_timeout(Duration::from_secs(5)),
+            Duration::from_secs(15)
+        );
     }
 }
