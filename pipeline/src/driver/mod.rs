@@ -202,7 +202,11 @@ impl<A: Acker> Settle<A> {
         // Every batch acknowledged so far is in the transaction (this stage acknowledges them).
         let through = handover.as_ref().map(|h| h.acked());
         let positions = self.acker.positions();
+        let handing_over = handover.as_ref().is_some_and(|h| h.due().is_some());
         sink.commit(&positions).await?;
+        if handing_over {
+            tracing::info!(?positions, "exactly-once: committed for a hand-over");
+        }
         if let (Some(h), Some(through)) = (&handover, through) {
             h.committed(through);
         }

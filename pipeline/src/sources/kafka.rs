@@ -548,9 +548,12 @@ impl KafkaSource {
     }
 
     /// Exactly-once with state that follows the assignment: after a revoke, which committed
-    /// every batch handed on, the messages read since and not handed on are dropped, and read
-    /// positions forgotten. The partitions' next owner (this process again, for those it
-    /// keeps) reads them from the committed offsets, where the state stands.
+    /// every batch handed on, the messages read since and not handed on are dropped, and each
+    /// partition's read position goes back to where the state stands (the positions just
+    /// committed). The partitions' next owner (this process again, for those it keeps) reads
+    /// them from the committed offsets; should a broker answer older committed offsets than
+    /// the hand-over's (tansu did, once, in a rebalance after a member died), what this process
+    /// has taken in already is skipped as re-delivered, not refused as duplicates.
     fn after_revocation(&mut self, batch: &mut Vec<Message>) {
         let now = self.handover.revocations();
         if now == self.revocations {
@@ -567,8 +570,15 @@ impl KafkaSource {
             );
         }
         batch.clear();
-        for (_, read) in self.topics.values_mut() {
-            read.clear();
+        let positions = self.positions.lock().map(|p| p.clone()).unwrap_or_default();
+        for (topic, (_, read)) in self.topics.iter_mut() {
+            let state = positions.get(topic);
+            read.retain(|p, _| state.is_some_and(|s| s.contains_key(p)));
+            for (p, (next, skipping)) in read.iter_mut() {
+                if let Some(&at) = state.and_then(|s| s.get(p)) {
+                    (*next, *skipping) = (at, false);
+                }
+            }
         }
     }
 
