@@ -171,6 +171,25 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
+    /// Before librdkafka gives the partitions up: the consumer rejoins the group as soon as
+    /// they are unassigned, whatever the callback does after that, so the hand-over's commit
+    /// must come first (as Kafka Streams commits in `onPartitionsRevoked`).
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Revoke(_)) && self.handing_over.load(Ordering::Acquire) {
+            let started = Instant::now();
+            if self.handover.revoked(HANDOVER_TIMEOUT) {
+                tracing::info!(
+                    took = ?started.elapsed(),
+                    "exactly-once: every batch read committed before the partitions go"
+                );
+            } else {
+                tracing::warn!(
+                    "exactly-once: the commit before the partitions go did not come within {HANDOVER_TIMEOUT:?}: the open transaction will be aborted"
+                );
+            }
+        }
+    }
+
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
@@ -193,19 +212,6 @@ impl ConsumerContext for Context {
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
-                if self.handing_over.load(Ordering::Acquire) {
-                    let started = Instant::now();
-                    if self.handover.revoked(HANDOVER_TIMEOUT) {
-                        tracing::info!(
-                            took = ?started.elapsed(),
-                            "exactly-once: every batch read committed before the partitions go"
-                        );
-                    } else {
-                        tracing::warn!(
-                            "exactly-once: the commit before the partitions go did not come within {HANDOVER_TIMEOUT:?}: the open transaction will be aborted"
-                        );
-                    }
-                }
                 self.hold(Arc::from([]));
                 self.assigned.store(false, Ordering::Relaxed);
                 self.update_ready();
