@@ -515,18 +515,9 @@ impl crate::sinks::Sink for TxnSink {
     }
 }
 
-fn run_transactional(
-    batches: usize,
-    every: std::time::Duration,
-    fail_at: usize,
-) -> (Result<Summary>, Transactions) {
-    let source = Offsets(Numbers {
-        batches,
-        next: 0,
-        acks: Arc::default(),
-        finished: Arc::default(),
-    });
-    let job = Job {
+/// A job that accepts every row (but [`Picky`]'s first of batch 1) and scores by echoing.
+fn echo_job() -> Job {
+    Job {
         kind: "test",
         model: "echo".into(),
         members: Vec::new(),
@@ -539,7 +530,21 @@ fn run_transactional(
             bug: usize::MAX,
         }),
         scoring: Box::new(Echo),
-    };
+    }
+}
+
+fn run_transactional(
+    batches: usize,
+    every: std::time::Duration,
+    fail_at: usize,
+) -> (Result<Summary>, Transactions) {
+    let source = Offsets(Numbers {
+        batches,
+        next: 0,
+        acks: Arc::default(),
+        finished: Arc::default(),
+    });
+    let job = echo_job();
     let sink = TxnSink {
         seen: Arc::default(),
         fail_at,
@@ -664,20 +669,7 @@ fn run_revoked(within: std::time::Duration) -> (Result<Summary>, Transactions, O
         within,
         handed_over: handed_over.clone(),
     };
-    let job = Job {
-        kind: "test",
-        model: "echo".into(),
-        members: Vec::new(),
-        inputs: Inputs {
-            events: Arc::new(arrow::datatypes::Schema::empty()),
-            side: None,
-        },
-        features: Box::new(Picky {
-            bad_input: usize::MAX,
-            bug: usize::MAX,
-        }),
-        scoring: Box::new(Echo),
-    };
+    let job = echo_job();
     let sink = TxnSink {
         seen: Arc::default(),
         fail_at: usize::MAX,

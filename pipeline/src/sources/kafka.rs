@@ -253,8 +253,6 @@ pub struct KafkaSource {
     transactional: bool,
     /// State per partition following the assignment, if it does.
     follow: Option<Follow>,
-    /// Batches handed on, and acknowledged (by the acker); see [`Handover`].
-    handover: Arc<Handover>,
     /// Revocations seen: what was read before a later one is dropped (exactly-once).
     revocations: u64,
     /// The acker's positions, which a restored partition resets.
@@ -343,10 +341,9 @@ impl KafkaSource {
         for (k, v) in &kafka.consumer_properties {
             cfg.set(k, v);
         }
-        let handover = Arc::new(Handover::default());
         let positions = Arc::new(Mutex::new(Positions::new()));
         let context = Context {
-            handover: handover.clone(),
+            handover: Arc::default(),
             handing_over: AtomicBool::new(false),
             positions: positions.clone(),
             health,
@@ -384,7 +381,6 @@ impl KafkaSource {
             start: Positions::new(),
             transactional,
             follow: None,
-            handover,
             revocations: 0,
             positions,
         })
@@ -412,7 +408,8 @@ impl KafkaSource {
         let Some(follow) = self.follow.clone() else {
             return Ok(());
         };
-        while self.handover.acked() < self.handover.issued() {
+        let handover = &self.consumer.context().handover;
+        while handover.acked() < handover.issued() {
             if *stop.borrow() {
                 return Ok(());
             }
@@ -561,12 +558,13 @@ impl KafkaSource {
     /// the hand-over's (tansu did, once, in a rebalance after a member died), what this process
     /// has taken in already is skipped as re-delivered, not refused as duplicates.
     fn after_revocation(&mut self, batch: &mut Vec<Message>) {
-        let now = self.handover.revocations();
+        let context = self.consumer.context();
+        let now = context.handover.revocations();
         if now == self.revocations {
             return;
         }
         self.revocations = now;
-        if !self.consumer.context().handing_over.load(Ordering::Acquire) {
+        if !context.handing_over.load(Ordering::Acquire) {
             return;
         }
         if !batch.is_empty() {
@@ -579,12 +577,13 @@ impl KafkaSource {
         let positions = self.positions.lock().map(|p| p.clone()).unwrap_or_default();
         for (topic, (_, read)) in self.topics.iter_mut() {
             let state = positions.get(topic);
-            read.retain(|p, _| state.is_some_and(|s| s.contains_key(p)));
-            for (p, (next, skipping)) in read.iter_mut() {
-                if let Some(&at) = state.and_then(|s| s.get(p)) {
+            read.retain(|p, (next, skipping)| match state.and_then(|s| s.get(p)) {
+                Some(&at) => {
                     (*next, *skipping) = (at, false);
+                    true
                 }
-            }
+                None => false,
+            });
         }
     }
 
@@ -608,7 +607,7 @@ impl KafkaSource {
     }
 
     fn batch(&mut self, messages: Vec<Message>) -> SourceBatch<Offsets> {
-        self.handover.issue();
+        self.consumer.context().handover.issue();
         let mut offsets = Offsets::new();
         for m in &messages {
             let e = offsets
@@ -719,8 +718,6 @@ impl Source for KafkaSource {
             consumer: self.consumer.clone(),
             positions: self.positions.clone(),
             transactional: self.transactional,
-            handover: self.handover.clone(),
-            handing_over: self.follow.is_some() && self.transactional,
         }
     }
 
@@ -735,16 +732,12 @@ pub struct KafkaAcker {
     consumer: Arc<Consumer_>,
     positions: Arc<Mutex<Positions>>,
     transactional: bool,
-    /// Counts batches acknowledged (the source waits for them before following an
-    /// assignment); serves revokes when `handing_over`.
-    handover: Arc<Handover>,
-    handing_over: bool,
 }
 
 impl Drop for KafkaAcker {
     fn drop(&mut self) {
         // The run is over: a revoke (the consumer closing) has no commit to wait for.
-        self.handover.close();
+        self.consumer.context().handover.close();
     }
 }
 
@@ -779,7 +772,8 @@ impl Acker for KafkaAcker {
                 tracing::warn!(%topic, partition, offset, "offset not stored: {e}");
             }
         }
-        self.handover.ack();
+        // Counted for the source, which waits for them before following an assignment.
+        self.consumer.context().handover.ack();
     }
 
     fn finish(&mut self) -> Result<bool> {
@@ -813,7 +807,11 @@ impl Acker for KafkaAcker {
     }
 
     fn handover(&self) -> Option<Arc<Handover>> {
-        self.handing_over.then(|| self.handover.clone())
+        let context = self.consumer.context();
+        context
+            .handing_over
+            .load(Ordering::Acquire)
+            .then(|| context.handover.clone())
     }
 
     fn commit(&self) -> Option<super::Commit> {
