@@ -53,7 +53,8 @@ pub const MODEL_RELOADS: &str = "riskpipe_model_reloads_total";
 pub const MODEL_INFO: &str = "riskpipe_model_info";
 /// Seconds the score stage spent checking a new model on its first batch (the swap's pause).
 pub const MODEL_SWAP_SECONDS: &str = "riskpipe_model_swap_seconds";
-/// Rows the challenger scored, by whether its alert decision `agree`s with the champion's.
+/// Rows the challenger scored, by whether its alert decision `agree`s with the champion's
+/// (`unfit`: it answered no probability for the row).
 pub const CHALLENGER_ROWS: &str = "riskpipe_challenger_rows_total";
 /// Seconds the challenger took per batch (beside `riskpipe_stage_seconds{stage="score"}`).
 pub const CHALLENGER_SECONDS: &str = "riskpipe_challenger_seconds";
@@ -247,6 +248,11 @@ pub fn challenger_scored(seconds: f64, agree: u64, disagree: u64, difference: f6
     counter!(CHALLENGER_ROWS, "agreement" => "agree").increment(agree);
     counter!(CHALLENGER_ROWS, "agreement" => "disagree").increment(disagree);
     gauge!(CHALLENGER_DIFFERENCE).set(difference);
+}
+
+/// The challenger answered `rows` rows with no probability (no record published for them).
+pub fn challenger_unfit(rows: u64) {
+    counter!(CHALLENGER_ROWS, "agreement" => "unfit").increment(rows);
 }
 
 /// A row of a repartition topic was taken in already and is dropped.

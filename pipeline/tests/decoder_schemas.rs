@@ -90,6 +90,11 @@ fn value(property: &Value) -> BoxedStrategy<String> {
             2 => Just("0".to_string()),
             1 => Just("-0.0".to_string()),
             1 => Just("1e999".to_string()),
+            // Around riskpipe_schemas::VALUE_LIMIT, the schemas' stated maximum.
+            1 => Just("1e15".to_string()),
+            1 => Just("1000000000000000.2".to_string()),
+            1 => Just("1e300".to_string()),
+            1 => Just("-1e16".to_string()),
             1 => Just("\"57.16\"".to_string()),
             1 => Just("null".to_string()),
         ]

@@ -31,6 +31,25 @@ pub enum Fault {
     Bug,
 }
 
+/// The largest magnitude an event's number may have: 10¹⁵. Within it every window sum, mean and
+/// variance riskpipe computes stays finite in f64, and every model input stays finite in f32
+/// (a sum of up to 3·10²³ such values fits), whatever a schema declares; a larger or non-finite
+/// value is refused before it reaches any state ([`out_of_range`]). Exact as a JSON number, so
+/// a JSON Schema `maximum` of it and the decoders agree on every payload.
+pub const VALUE_LIMIT: f64 = 1e15;
+
+/// Why a number an event carries cannot be taken (`None`: it can): non-finite, or beyond
+/// ±[`VALUE_LIMIT`]. The same words for every way in (decoders, files, replays).
+pub fn out_of_range(v: f64) -> Option<&'static str> {
+    if v.is_nan() || v.is_infinite() {
+        Some("not a finite number")
+    } else if v.abs() > VALUE_LIMIT {
+        Some("beyond ±1e15, the range in which window sums, means and model inputs stay finite")
+    } else {
+        None
+    }
+}
+
 /// The published Avro schemas, made from the Arrow schemas.
 pub mod avro {
     use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};

@@ -116,7 +116,10 @@ impl StrictEvent for Transaction {
     }
 
     fn rules(&self) -> Result<(), Broken> {
-        if self.tx_amount.is_nan() || self.tx_amount < 0.0 {
+        if let Some(problem) = riskpipe_schemas::out_of_range(self.tx_amount) {
+            return Err(("TX_AMOUNT", problem));
+        }
+        if self.tx_amount < 0.0 {
             return Err(("TX_AMOUNT", "negative (must be >= 0)"));
         }
         Ok(())
@@ -176,8 +179,14 @@ impl StrictEvent for MarketTick {
     }
 
     fn rules(&self) -> Result<(), Broken> {
-        if self.price.is_nan() || self.price <= 0.0 {
+        if let Some(problem) = riskpipe_schemas::out_of_range(self.price) {
+            return Err(("PRICE", problem));
+        }
+        if self.price <= 0.0 {
             return Err(("PRICE", "not positive (must be > 0)"));
+        }
+        if let Some(problem) = self.size.and_then(riskpipe_schemas::out_of_range) {
+            return Err(("SIZE", problem));
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ pub mod event_time;
 pub mod fraud;
 pub mod market;
 pub mod partitioned;
+pub(crate) mod value_range;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,13 +81,16 @@ pub enum RejectKind {
     /// Decodable, but not the published schema (missing, unknown or mistyped field).
     Schema,
     /// In the schema, but a value the job cannot take (a non-positive price, a late tick, an
-    /// event time too far in the future).
+    /// event time too far in the future, a number no sum or model input can hold).
     Invalid,
     /// Behind the watermark by more than the allowed lateness.
     Late,
     /// A transaction whose id the job has taken in already (its producer published it twice):
     /// counting it again would change its key's features, so the copy is refused.
     Duplicate,
+    /// Admitted, but the model's answer for it is no probability (not finite, or outside
+    /// [0, 1]): never published as a score; its features stay counted (they were valid).
+    Model,
     /// A row of a repartition topic taken in already (the topic is at-least-once): dropped,
     /// not dead-lettered (the first copy was scored).
     Redelivered,
@@ -103,6 +107,7 @@ impl RejectKind {
             RejectKind::Invalid => "invalid",
             RejectKind::Late => "late",
             RejectKind::Duplicate => "duplicate",
+            RejectKind::Model => "model",
             RejectKind::Redelivered => "redelivered",
         }
     }

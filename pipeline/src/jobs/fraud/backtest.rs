@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::{Float32Type, TimestampNanosecondType};
 use riskpipe_models::{MemberQuantiles, RankReference};
 use riskpipe_operators::columns;
@@ -55,6 +55,10 @@ pub fn scored_rows_of(
         let fraud = columns::i64_values(b, &cfg.replay.label)?;
         let value = columns::primitive::<Float32Type>(b, score_column)?;
         for i in 0..b.num_rows() {
+            // A challenger's null: it answered no probability for the row.
+            if value.is_null(i) {
+                continue;
+            }
             rows.push(Scored {
                 day: time.value(i).div_euclid(DAY_NS),
                 customer: customer.value(i),

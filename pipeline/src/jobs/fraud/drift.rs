@@ -38,6 +38,12 @@ pub struct Bins {
     pub edges: Vec<f64>,
     /// Share of the reference in each bin (`edges.len() + 1` of them, summing to 1).
     pub shares: Vec<f64>,
+    /// The smallest and largest reference value (absent in references written before it was
+    /// kept). The explanation baseline takes live values clamped to it, so that no admitted
+    /// event, however extreme, moves the means alerts are explained against by more than a
+    /// reference value would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<[f64; 2]>,
 }
 
 impl Bins {
@@ -58,6 +64,7 @@ impl Bins {
         let mut bins = Bins {
             shares: vec![0.0; edges.len() + 1],
             edges,
+            range: sorted.first().zip(sorted.last()).map(|(&lo, &hi)| [lo, hi]),
         };
         let counts = bins.counts(sorted.iter().copied());
         let n = sorted.len().max(1) as f64;
@@ -512,6 +519,11 @@ impl Monitor {
         })
     }
 
+    /// The reference the counts are compared with.
+    pub fn reference(&self) -> &Reference {
+        self.counts.reference()
+    }
+
     /// The monitored columns.
     pub fn columns(&self) -> impl Iterator<Item = &str> {
         self.counts
@@ -679,6 +691,7 @@ mod tests {
         let halves = Bins {
             edges: vec![0.0],
             shares: vec![0.5, 0.5],
+            range: None,
         };
         assert_eq!(halves.psi(&[50, 50]), Some(0.0));
         // (0.25 − 0.5)·ln(0.5) + (0.75 − 0.5)·ln(1.5)

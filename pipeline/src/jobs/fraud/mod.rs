@@ -230,13 +230,24 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
         true => model.member_labels(),
         false => Vec::new(),
     };
+    // The drift reference's ranges bound what the explanation baseline takes.
+    let ranges: Vec<(String, [f64; 2])> = drift
+        .iter()
+        .flat_map(|d| d.reference().columns.iter())
+        .filter_map(|(c, bins)| bins.range.map(|r| (c.clone(), r)))
+        .collect();
+    let scoring_model = |model: Model| {
+        let mut m = FraudModel::new(model, threshold);
+        m.clamp_baseline(ranges.clone());
+        m
+    };
     let challenger = match &pipeline.challenger {
         Some(c) => {
             let model = Model::single(Scorer::load(c)?);
             check_model(cfg, pipeline, &model)?;
             Some(Challenger {
                 name: Repeated::new(model.label()),
-                model: FraudModel::new(model, threshold),
+                model: scoring_model(model),
                 schemas: None,
             })
         }
@@ -249,7 +260,7 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
         inputs: inputs(),
         features: feature_stage(cfg)?,
         scoring: Box::new(FraudScoring {
-            model: FraudModel::new(model, threshold),
+            model: scoring_model(model),
             event_time: cfg.features.event_time.clone(),
             reasons: pipeline.alerts.reasons,
             model_name: Repeated::new(label.clone()),
@@ -448,8 +459,18 @@ impl FeatureStage for FraudFeatures {
             // a restore stops at the committed offsets): an id taken in already was published
             // twice. Its copy would count twice in its keys' windows: refused, state untouched.
             let duplicates = self.taken_in(&input.events)?;
+            // A number no sum, mean or model input can take: refused before any state.
+            let out_of_range = super::value_range::OutOfRange::of(&input.events);
             let mut keep = Vec::with_capacity(times.len());
             for (row, &t) in times.iter().enumerate() {
+                if let Some(reason) = out_of_range.reason(row) {
+                    rejects.push(Reject {
+                        row,
+                        kind: super::RejectKind::Invalid,
+                        reason: reason.to_string(),
+                    });
+                    continue;
+                }
                 if duplicates.as_ref().is_some_and(|d| d[row]) {
                     rejects.push(Reject {
                         row,
@@ -599,8 +620,25 @@ impl Challenger {
         event_time: &str,
     ) -> Result<(RecordBatch, super::Records)> {
         let started = std::time::Instant::now();
-        let theirs = self.model.process(batch)?;
+        let (theirs, unfit) = self.model.process(batch)?;
         let seconds = started.elapsed().as_secs_f64();
+        // Rows the challenger answered with no probability: no record, no comparison, a null
+        // challenger score in the scored batch.
+        let fit: Vec<u32> = (0..ours.num_rows() as u32)
+            .filter(|r| unfit.binary_search_by_key(&(*r as usize), |(u, _)| *u).is_err())
+            .collect();
+        if !unfit.is_empty() {
+            crate::events::challenger_unfit(unfit.len() as u64);
+            tracing::warn!(
+                rows = unfit.len(),
+                "the challenger answered no probability: {}",
+                unfit[0].1
+            );
+        }
+        let ours_fit = match unfit.is_empty() {
+            true => ours.clone(),
+            false => take_record_batch(&ours, &UInt32Array::from(fit.clone()))?,
+        };
         let score_of = |b: &RecordBatch| {
             columns::primitive::<arrow::datatypes::Float32Type>(b, score::SCORE)
                 .cloned()
@@ -611,20 +649,20 @@ impl Challenger {
                 .cloned()
                 .map_err(PipelineError::produced)
         };
-        let (our_alerts, their_alerts) = (alert_of(&ours)?, alert_of(&theirs)?);
+        let (our_alerts, their_alerts) = (alert_of(&ours_fit)?, alert_of(&theirs)?);
         let agree = our_alerts
             .iter()
             .zip(their_alerts.iter())
             .filter(|(a, b)| a == b)
             .count();
-        let (our_scores, their_scores) = (score_of(&ours)?, score_of(&theirs)?);
+        let (our_scores, their_scores) = (score_of(&ours_fit)?, score_of(&theirs)?);
         let difference: f64 = our_scores
             .values()
             .iter()
             .zip(their_scores.values().iter())
             .map(|(a, b)| f64::from((a - b).abs()))
             .sum();
-        let rows = ours.num_rows();
+        let rows = ours_fit.num_rows();
         crate::events::challenger_scored(
             seconds,
             agree as u64,
@@ -641,15 +679,26 @@ impl Challenger {
                 fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
                     score::CHALLENGER_SCORE,
                     arrow::datatypes::DataType::Float32,
-                    false,
+                    true,
                 )));
                 let o = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
                 self.schemas = Some((input, o.clone()));
                 o
             }
         };
+        let their_scores: arrow::array::ArrayRef = match unfit.is_empty() {
+            true => std::sync::Arc::new(their_scores),
+            // Each row's challenger score by its row among `ours`, null where unfit.
+            false => {
+                let mut all = vec![None; ours.num_rows()];
+                for (&row, &v) in fit.iter().zip(their_scores.values().iter()) {
+                    all[row as usize] = Some(v);
+                }
+                std::sync::Arc::new(arrow::array::Float32Array::from(all))
+            }
+        };
         let mut columns = ours.columns().to_vec();
-        columns.push(std::sync::Arc::new(their_scores));
+        columns.push(their_scores);
         let ours = RecordBatch::try_new(output, columns)?;
         Ok((ours, records))
     }
@@ -815,7 +864,7 @@ impl ScoreStage for FraudScoring {
     fn warm(&mut self, featured: Featured) -> Result<usize> {
         match &mut self.drift {
             Some(d) => {
-                let scored = self.model.process(featured.batch)?;
+                let (scored, _unfit) = self.model.process(featured.batch)?;
                 d.observe(&scored)?;
             }
             None => self.model.observe(&featured.batch)?,
@@ -835,7 +884,23 @@ impl ScoreStage for FraudScoring {
             self.swap(next, &featured.batch);
         }
         let shadow = self.challenger.as_ref().map(|_| featured.batch.clone());
-        let scored = self.model.process(featured.batch)?;
+        let (scored, unfit) = self.model.process(featured.batch)?;
+        // An answer that is no probability is never published: a `model` dead letter.
+        let shadow = match shadow {
+            Some(batch) if !unfit.is_empty() => {
+                let keep: Vec<u32> = (0..batch.num_rows() as u32)
+                    .filter(|r| unfit.binary_search_by_key(&(*r as usize), |(u, _)| *u).is_err())
+                    .collect();
+                Some(take_record_batch(&batch, &UInt32Array::from(keep))?)
+            }
+            shadow => shadow,
+        };
+        let mut rejects = featured.rejects;
+        rejects.extend(unfit.into_iter().map(|(row, reason)| Reject {
+            row,
+            kind: super::RejectKind::Model,
+            reason,
+        }));
         if let Some(d) = &mut self.drift {
             d.observe(&scored)?;
             d.report();
@@ -871,7 +936,7 @@ impl ScoreStage for FraudScoring {
             alerts: Some(alerts),
             challenger,
             forward: None,
-            rejects: featured.rejects,
+            rejects,
         })
     }
 }

@@ -23,6 +23,10 @@ pub struct FraudModel {
     /// The attribution baseline: every model input's sum over all rows scored, exactly
     /// ([`Baseline`]).
     baseline: Baseline,
+    /// Reference ranges by column (the drift reference's), and each model input's range
+    /// from them: what a value is clamped to before the baseline takes it.
+    ranges: Vec<(String, [f64; 2])>,
+    clamp: Vec<[f64; 2]>,
 }
 
 /// Exact sums of the model inputs over every row scored: each value is rounded once to a
@@ -39,7 +43,8 @@ pub struct Baseline {
     pub rows: u64,
 }
 
-/// Values are clamped to ±2⁵⁰ before summing (2⁸² units), so 2⁴⁴ rows cannot overflow.
+/// Values are clamped to ±2⁵⁰ before summing (2⁸² units), so 2⁴⁴ rows cannot overflow; to the
+/// reference's range first, where the input has one ([`FraudModel::clamp_baseline`]).
 const BASELINE_LIMIT: f64 = (1u64 << 50) as f64;
 const BASELINE_UNIT: f64 = (1u64 << 32) as f64;
 
@@ -53,17 +58,21 @@ impl Baseline {
         }
     }
 
-    /// Adds the rows of a row-major matrix of the inputs.
-    pub fn add(&mut self, matrix: &[f32]) {
+    /// Adds the rows of a row-major matrix of the inputs, each value clamped to its input's
+    /// `[low, high]` (an empty slice: no clamp but ±2⁵⁰).
+    pub fn add(&mut self, matrix: &[f32], clamp: &[[f64; 2]]) {
         let width = self.sums.len();
         if width == 0 {
             return;
         }
         for row in matrix.chunks_exact(width) {
-            for (s, &v) in self.sums.iter_mut().zip(row) {
-                // NaN (which scoring refuses before this) would count as 0.
-                let units = (f64::from(v).clamp(-BASELINE_LIMIT, BASELINE_LIMIT) * BASELINE_UNIT)
-                    .round() as i128;
+            for (j, (s, &v)) in self.sums.iter_mut().zip(row).enumerate() {
+                let [low, high] = clamp
+                    .get(j)
+                    .copied()
+                    .unwrap_or([-BASELINE_LIMIT, BASELINE_LIMIT]);
+                // NaN (which admission and scoring refuse before this) would count as 0.
+                let units = (f64::from(v).clamp(low, high) * BASELINE_UNIT).round() as i128;
                 *s = s.saturating_add(units);
             }
         }
@@ -81,6 +90,42 @@ impl Baseline {
     }
 }
 
+/// Each input's clamp: its range in `ranges`, else ±2⁵⁰.
+fn clamp_of(features: &[String], ranges: &[(String, [f64; 2])]) -> Vec<[f64; 2]> {
+    features
+        .iter()
+        .map(|f| {
+            ranges
+                .iter()
+                .find(|(c, _)| c == f)
+                .map(|&(_, [low, high])| [low.max(-BASELINE_LIMIT), high.min(BASELINE_LIMIT)])
+                .filter(|[low, high]| low <= high)
+                .unwrap_or([-BASELINE_LIMIT, BASELINE_LIMIT])
+        })
+        .collect()
+}
+
+/// Rows whose score, or an ensemble member's, is no probability, with the reason, by row.
+fn unfit_rows(scores: &[f32], members: &[Vec<f32>]) -> Vec<(usize, String)> {
+    let probability = |s: f32| (0.0..=1.0).contains(&s);
+    let mut unfit = Vec::new();
+    for (row, &s) in scores.iter().enumerate() {
+        if !probability(s) {
+            unfit.push((row, format!("the model's score {s} is no probability in [0, 1]")));
+        } else if let Some((m, v)) = members
+            .iter()
+            .enumerate()
+            .find_map(|(m, scores)| scores.get(row).filter(|&&v| !probability(v)).map(|v| (m, *v)))
+        {
+            unfit.push((
+                row,
+                format!("ensemble member {} scored {v}, no probability in [0, 1]", m + 1),
+            ));
+        }
+    }
+    unfit
+}
+
 impl FraudModel {
     /// A stage alerting at `threshold`.
     pub fn new(model: Model, threshold: f64) -> Self {
@@ -92,7 +137,17 @@ impl FraudModel {
             matrix: Vec::new(),
             members: Vec::new(),
             baseline: Baseline::new(&features),
+            ranges: Vec::new(),
+            clamp: Vec::new(),
         }
+    }
+
+    /// Clamps what the explanation baseline takes to `ranges` (column → the reference's
+    /// smallest and largest value), for every model input that has one, from now on and
+    /// for models swapped in later.
+    pub fn clamp_baseline(&mut self, ranges: Vec<(String, [f64; 2])>) {
+        self.ranges = ranges;
+        self.clamp = clamp_of(self.model.features(), &self.ranges);
     }
 
     /// The alert threshold.
@@ -110,22 +165,46 @@ impl FraudModel {
     pub fn replace_model(&mut self, model: Model) {
         if model.features() != self.model.features() {
             self.baseline = Baseline::new(model.features());
+            self.clamp = clamp_of(model.features(), &self.ranges);
         }
         self.schemas = None;
         self.model = model;
     }
 
-    /// Scores `batch` and appends the score columns.
-    pub fn process(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+    /// Scores `batch` and appends the score columns. Rows the model answers with no
+    /// probability (not finite, or outside [0, 1], for the score or an ensemble member's) are
+    /// left out of the scored batch, of the baseline and of what [`Self::explain`] reads;
+    /// they come back by their row in `batch`, with the reason.
+    pub fn process(&mut self, batch: RecordBatch) -> Result<(RecordBatch, Vec<(usize, String)>)> {
         let mut matrix = std::mem::take(&mut self.matrix);
         self.model.feature_matrix(&batch, &mut matrix)?;
         let ensemble = self.model.is_ensemble();
-        let scores = self.model.score_members(
+        let mut scores = self.model.score_members(
             &matrix,
             batch.num_rows(),
             ensemble.then_some(&mut self.members),
         )?;
-        self.baseline.add(&matrix);
+        let unfit = unfit_rows(&scores, if ensemble { &self.members } else { &[] });
+        let batch = if unfit.is_empty() {
+            batch
+        } else {
+            let fit = |row: &usize| unfit.binary_search_by_key(row, |(r, _)| *r).is_err();
+            let keep: Vec<usize> = (0..batch.num_rows()).filter(fit).collect();
+            let width = self.model.features().len();
+            matrix = keep
+                .iter()
+                .flat_map(|&r| matrix[r * width..(r + 1) * width].iter().copied())
+                .collect();
+            scores = keep.iter().map(|&r| scores[r]).collect();
+            if ensemble {
+                for m in &mut self.members {
+                    *m = keep.iter().map(|&r| m[r]).collect();
+                }
+            }
+            let keep = arrow::array::UInt32Array::from_iter_values(keep.iter().map(|&r| r as u32));
+            arrow::compute::take_record_batch(&batch, &keep)?
+        };
+        self.baseline.add(&matrix, &self.clamp);
         self.matrix = matrix;
         let alerts = BooleanArray::from_iter(scores.iter().map(|s| Some(*s >= self.threshold)));
         let input = batch.schema();
@@ -157,7 +236,7 @@ impl FraudModel {
                 columns.push(Arc::new(Float32Array::from(m.clone())));
             }
         }
-        Ok(RecordBatch::try_new(output, columns)?)
+        Ok((RecordBatch::try_new(output, columns)?, unfit))
     }
 
     /// The explanation baseline.
@@ -181,7 +260,7 @@ impl FraudModel {
         let mut matrix = std::mem::take(&mut self.matrix);
         let read = self.model.feature_matrix(batch, &mut matrix);
         if read.is_ok() {
-            self.baseline.add(&matrix);
+            self.baseline.add(&matrix, &self.clamp);
         }
         self.matrix = matrix;
         Ok(read?)

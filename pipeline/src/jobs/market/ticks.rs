@@ -32,13 +32,16 @@ impl TickCheck {
         let mut last: HashMap<&str, i64> = HashMap::new();
         let mut keep = Vec::with_capacity(ticks.num_rows());
         let mut rejects = Vec::new();
+        let out_of_range = crate::jobs::value_range::OutOfRange::of(ticks);
         for row in 0..ticks.num_rows() {
             let (id, t, p) = (ids.value(row), times.value(row), prices.value(row));
             let previous = last
                 .get(id)
                 .copied()
                 .or_else(|| self.last_time.get(id).copied());
-            let reason = if !(p.is_finite() && p > 0.0) {
+            let reason = if let Some(reason) = out_of_range.reason(row) {
+                Some(reason.to_string())
+            } else if p <= 0.0 {
                 Some(format!("{}: price {p} is not positive", market::PRICE))
             } else {
                 previous.filter(|&prev| t < prev).map(|prev| {
