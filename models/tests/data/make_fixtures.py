@@ -19,3 +19,19 @@ onx = to_onnx(lr, initial_types=[("features", FloatTensorType([None, 2]))],
               options={id(lr): {"zipmap": False}}, target_opset=17)
 onnx.helper.set_model_props(onx, {"riskpipe.features": "a,b", "riskpipe.model": "logistic-fixture"})
 onnx.save(onx, os.path.join(here, "logistic.onnx"))
+
+# identity.onnx: one input `features` float[N, 1], output `probabilities` float[N, 1] equal to it:
+# a "model" whose answer is no probability for any input outside [0, 1] (the pipeline's tests of
+# unfit model answers); metadata riskpipe.features = "TX_AMOUNT". Needs only onnx.
+from onnx import TensorProto, helper
+
+graph = helper.make_graph(
+    [helper.make_node("Identity", ["features"], ["probabilities"])],
+    "identity",
+    [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 1])],
+    [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 1])],
+)
+identity = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+onnx.helper.set_model_props(identity, {"riskpipe.features": "TX_AMOUNT", "riskpipe.model": "identity-fixture"})
+onnx.checker.check_model(identity)
+onnx.save(identity, os.path.join(here, "identity.onnx"))

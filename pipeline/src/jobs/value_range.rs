@@ -84,15 +84,26 @@ mod tests {
                     None,
                     Some(f64::INFINITY),
                 ])),
-                Arc::new(Float32Array::from(vec![0.5, 0.5, 0.5, f32::INFINITY, f32::NAN, 0.5])),
+                Arc::new(Float32Array::from(vec![
+                    0.5,
+                    0.5,
+                    0.5,
+                    f32::INFINITY,
+                    f32::NAN,
+                    0.5,
+                ])),
             ],
         )
         .expect("batch");
         let refused = OutOfRange::of(&batch);
         assert_eq!(refused.reason(0), None, "exactly the limit is taken");
         assert_eq!(refused.reason(1), None, "so is its negative");
-        let beyond = "beyond ±1e15, the range in which window sums, means and model inputs stay finite";
-        assert_eq!(refused.reason(2), Some(format!("field AMOUNT: {beyond}").as_str()));
+        let beyond =
+            "beyond ±1e15, the range in which window sums, means and model inputs stay finite";
+        assert_eq!(
+            refused.reason(2),
+            Some(format!("field AMOUNT: {beyond}").as_str())
+        );
         assert_eq!(
             refused.reason(3),
             Some("field AMOUNT: not a finite number"),

@@ -625,7 +625,11 @@ impl Challenger {
         // Rows the challenger answered with no probability: no record, no comparison, a null
         // challenger score in the scored batch.
         let fit: Vec<u32> = (0..ours.num_rows() as u32)
-            .filter(|r| unfit.binary_search_by_key(&(*r as usize), |(u, _)| *u).is_err())
+            .filter(|r| {
+                unfit
+                    .binary_search_by_key(&(*r as usize), |(u, _)| *u)
+                    .is_err()
+            })
             .collect();
         if !unfit.is_empty() {
             crate::events::challenger_unfit(unfit.len() as u64);
@@ -889,7 +893,11 @@ impl ScoreStage for FraudScoring {
         let shadow = match shadow {
             Some(batch) if !unfit.is_empty() => {
                 let keep: Vec<u32> = (0..batch.num_rows() as u32)
-                    .filter(|r| unfit.binary_search_by_key(&(*r as usize), |(u, _)| *u).is_err())
+                    .filter(|r| {
+                        unfit
+                            .binary_search_by_key(&(*r as usize), |(u, _)| *u)
+                            .is_err()
+                    })
                     .collect();
                 Some(take_record_batch(&batch, &UInt32Array::from(keep))?)
             }
@@ -1143,6 +1151,196 @@ mod tests {
             );
         }
         out
+    }
+
+    /// Transactions with the given amounts, an hour apart, customer and terminal `i % 3`.
+    fn amounts(dir: &Path, amounts: &[&str]) -> History {
+        let mut csv =
+            String::from("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n");
+        for (i, a) in amounts.iter().enumerate() {
+            csv.push_str(&format!(
+                "{i},2018-04-01T{i:02}:00:00Z,{},{},{a},0\n",
+                i % 3,
+                i % 3
+            ));
+        }
+        let path = dir.join("amounts.csv");
+        std::fs::write(&path, csv).expect("write");
+        let cfg = PipelineConfig::handbook().expect("shipped config");
+        file::load(cfg.fraud().expect("fraud"), &path).expect("history")
+    }
+
+    /// Through the driver, as a backtest runs: a number out of range is refused as `invalid`
+    /// before any state, and an admitted event the model answers with no probability (the
+    /// identity "model" scores its amount) is a `model` dead letter, never a score or alert;
+    /// every other event is scored, each score in [0, 1].
+    #[test]
+    fn a_model_answer_that_is_no_probability_is_a_model_dead_letter_never_a_score() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = amounts(
+            dir.path(),
+            &["0.25", "0.5", "3.0", "0.75", "NaN", "1e16", "0.9", "1e15"],
+        );
+        let mut cfg = PipelineConfig::handbook().expect("shipped config");
+        *cfg.model.primary_mut() = riskpipe_models::ModelConfig::new(
+            riskpipe_models::shipped_model("tests/data/identity.onnx"),
+        );
+        cfg.drift = None;
+        cfg.alerts.threshold = Some(0.6);
+        let replayed = crate::backtest::replay(
+            &cfg,
+            std::sync::Arc::new(h),
+            &indicatif::ProgressBar::hidden(),
+        )
+        .expect("replay");
+        let mut refused: Vec<(&str, String)> = replayed
+            .rejected()
+            .iter()
+            .map(|d| (d.kind.as_str(), d.reason.clone()))
+            .collect();
+        refused.sort();
+        let beyond = "field TX_AMOUNT: beyond ±1e15, the range in which window sums, means and model inputs stay finite";
+        assert_eq!(
+            refused,
+            vec![
+                ("invalid", beyond.to_string()),
+                (
+                    "invalid",
+                    "field TX_AMOUNT: not a finite number".to_string()
+                ),
+                (
+                    "model",
+                    "the model's score 1000000000000000 is no probability in [0, 1]".to_string()
+                ),
+                (
+                    "model",
+                    "the model's score 3 is no probability in [0, 1]".to_string()
+                ),
+            ]
+        );
+        let (scores, alerts) = replayed.records().expect("records");
+        let scored: Vec<(i64, f64)> = scores
+            .iter()
+            .map(|s| {
+                (
+                    s["TRANSACTION_ID"].as_i64().expect("id"),
+                    s["SCORE"].as_f64().expect("score"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            scored,
+            vec![(0, 0.25), (1, 0.5), (3, 0.75), (6, 0.8999999761581421)]
+        );
+        let alerted: Vec<i64> = alerts
+            .iter()
+            .map(|a| a["TRANSACTION_ID"].as_i64().expect("id"))
+            .collect();
+        assert_eq!(alerted, vec![3, 6]);
+    }
+
+    /// An extreme amount that is admitted moves the explanation baseline no further than the
+    /// drift reference's largest amount would: the alerts after it carry the reasons they
+    /// carry without it (the baseline is clamped to the reference's ranges).
+    #[test]
+    fn an_extreme_admitted_amount_leaves_later_alerts_their_reasons() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = history(dir.path());
+        let mut cfg = PipelineConfig::handbook().expect("shipped config");
+        assert!(
+            cfg.drift.is_some(),
+            "the shipped config has a drift reference"
+        );
+        // More alerts to compare than at the shipped threshold.
+        cfg.alerts.threshold = Some(0.02);
+        let clean = batches(&h, 100);
+        // A customer and terminal of their own: no other event's features change.
+        let mut extreme = clean.clone();
+        let last = extreme[2].events.num_rows() - 1;
+        let row = extreme[2].events.slice(last, 1);
+        let mut columns = row.columns().to_vec();
+        let schema = row.schema();
+        for (i, f) in schema.fields().iter().enumerate() {
+            columns[i] = match f.name().as_str() {
+                "TRANSACTION_ID" => {
+                    std::sync::Arc::new(arrow::array::Int64Array::from(vec![9_999_999]))
+                }
+                "CUSTOMER_ID" | "TERMINAL_ID" => {
+                    std::sync::Arc::new(arrow::array::Int64Array::from(vec![8_888_888]))
+                }
+                "TX_AMOUNT" => std::sync::Arc::new(arrow::array::Float64Array::from(vec![1e15])),
+                _ => columns[i].clone(),
+            };
+        }
+        let row = RecordBatch::try_new(schema.clone(), columns).expect("row");
+        extreme[2].events =
+            arrow::compute::concat_batches(&schema, [&extreme[2].events, &row]).expect("concat");
+        if let Some(p) = &mut extreme[2].partitions {
+            p.of_events.push(0);
+        }
+        // The alerts after the extreme event (their ids and reason names), and the baseline's
+        // means at the end.
+        let reasons_after = |inputs: &[JobInput]| {
+            let mut job = job(&cfg);
+            let all = reasons(&mut job, inputs);
+            let snapshot = job.scoring.snapshot().expect("snapshot");
+            let means = baseline_of(&snapshot.tables[0].1)
+                .expect("baseline")
+                .means()
+                .expect("means");
+            let later: Vec<String> = all
+                .into_iter()
+                .filter(|a| {
+                    let v: serde_json::Value = serde_json::from_str(a).expect("alert");
+                    v["TRANSACTION_ID"]
+                        .as_i64()
+                        .is_some_and(|id| (300..9_999_999).contains(&id))
+                })
+                .map(|a| {
+                    let v: serde_json::Value = serde_json::from_str(&a).expect("alert");
+                    // Which features, not their order: two of nearly equal contribution
+                    // may trade places as the baseline moves by a reference value.
+                    let mut names: Vec<String> = v["REASONS"]
+                        .as_array()
+                        .expect("reasons")
+                        .iter()
+                        .map(|r| r["feature"].as_str().expect("feature").to_string())
+                        .collect();
+                    names.sort();
+                    format!("{}: {}", v["TRANSACTION_ID"], names.join(","))
+                })
+                .collect();
+            (later, means)
+        };
+        let (expected, clean_means) = reasons_after(&clean);
+        assert!(
+            expected
+                .iter()
+                .filter(|r| r.matches(',').count() == 2)
+                .count()
+                >= 5,
+            "alerts after the extreme one with three reasons: {expected:?}"
+        );
+        let (got, means) = reasons_after(&extreme);
+        assert_eq!(got, expected);
+        // Each mean moved by at most what one event at the reference's largest value moves it
+        // (1,200 rows: TX_AMOUNT's reference maximum is 789.15, so under 0.66 + the mean).
+        let reference = drift::Reference::read(&cfg.drift.as_ref().expect("drift").reference)
+            .expect("reference");
+        let model = cfg.load_model().expect("model");
+        for (j, name) in model.features().iter().enumerate() {
+            let [_, high] = reference
+                .columns
+                .iter()
+                .find(|(c, _)| c == name)
+                .and_then(|(_, b)| b.range)
+                .expect("range");
+            let moved = f64::from((means[j] - clean_means[j]).abs());
+            assert!(
+                moved <= (high + f64::from(clean_means[j]).abs()) / 1_200.0 + 1e-3,
+                "{name}: the baseline mean moved by {moved}"
+            );
+        }
     }
 
     /// A transaction published twice, again in the same batch or three days later, is refused

@@ -111,15 +111,22 @@ fn unfit_rows(scores: &[f32], members: &[Vec<f32>]) -> Vec<(usize, String)> {
     let mut unfit = Vec::new();
     for (row, &s) in scores.iter().enumerate() {
         if !probability(s) {
-            unfit.push((row, format!("the model's score {s} is no probability in [0, 1]")));
-        } else if let Some((m, v)) = members
-            .iter()
-            .enumerate()
-            .find_map(|(m, scores)| scores.get(row).filter(|&&v| !probability(v)).map(|v| (m, *v)))
-        {
             unfit.push((
                 row,
-                format!("ensemble member {} scored {v}, no probability in [0, 1]", m + 1),
+                format!("the model's score {s} is no probability in [0, 1]"),
+            ));
+        } else if let Some((m, v)) = members.iter().enumerate().find_map(|(m, scores)| {
+            scores
+                .get(row)
+                .filter(|&&v| !probability(v))
+                .map(|v| (m, *v))
+        }) {
+            unfit.push((
+                row,
+                format!(
+                    "ensemble member {} scored {v}, no probability in [0, 1]",
+                    m + 1
+                ),
             ));
         }
     }
