@@ -344,8 +344,11 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             })?;
             let decoder = decoders::build(kafka, cfg.streams())?;
             let (history, rejected) = kafka_range::history(&cfg, decoder.as_ref(), from, to)?;
-            if rejected > 0 {
-                eprintln!("skipped {rejected} undecodable event messages (see the log)");
+            if !rejected.is_empty() {
+                eprintln!(
+                    "skipped {} undecodable event messages (see the log)",
+                    rejected.len()
+                );
             }
             let opts = backtest::Options {
                 show_progress: !quiet,

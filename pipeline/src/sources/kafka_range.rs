@@ -302,14 +302,14 @@ fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64>
 }
 
 /// A history from Kafka: the events of the range and every side event, decoded and handed to
-/// the job kind to order; also how many event messages could not be decoded (they are skipped,
-/// with a log line each for the first five).
+/// the job kind to order; also the event messages that could not be decoded, with their reasons
+/// (they are skipped, with a log line each for the first five).
 pub fn history(
     cfg: &PipelineConfig,
     decoder: &dyn Decoder,
     from: Bound,
     to: Bound,
-) -> Result<(History, usize)> {
+) -> Result<(History, Vec<crate::decoders::Rejection>)> {
     let kafka = cfg.kafka.as_ref().ok_or_else(|| {
         PipelineError::Config(vec!["no [kafka] section: replay reads from Kafka".into()])
     })?;
@@ -318,9 +318,9 @@ pub fn history(
     let inputs = kind.inputs();
     let topic = kafka.events_topic(streams);
     let read = read_topic(kafka, topic, from, to)?;
-    let (decoded, of_events) = read.decode(decoder, &inputs.events)?;
-    let rejected = decoded.rejected.len();
-    for r in decoded.rejected.iter().take(5) {
+    let (mut decoded, of_events) = read.decode(decoder, &inputs.events)?;
+    let rejected = std::mem::take(&mut decoded.rejected);
+    for r in rejected.iter().take(5) {
         tracing::warn!("skipping undecodable event #{}: {}", r.index, r.reason);
     }
     let side = match (kafka.side_topic(streams), &inputs.side) {
