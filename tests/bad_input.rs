@@ -589,6 +589,10 @@ fn with_absurd_row(
     .expect("concat")
 }
 
+/// An absurd transaction: the transaction index it follows, its id, its amount as JSON text and
+/// as f64 in a file, and its refusal (kind, reason), if refused.
+type Absurd<'a> = (usize, i64, &'a str, f64, Option<(&'a str, &'a str)>);
+
 /// Absurd amounts among 20,000 handbook transactions on 4 partitions, each on a customer and
 /// terminal of its own: the largest amount a real card could carry (10⁸) and the limit itself
 /// (10¹⁵) are admitted, and scored with a probability (or refused as `model`); beyond the limit
@@ -605,8 +609,7 @@ fn absurd_amounts_are_refused_alike_live_in_replay_and_from_a_file_and_poison_no
     let n = 20_000;
     let clean = feed(&history, &cfg, 0, n).expect("feed");
     let beyond = "field TX_AMOUNT: beyond ±1e15, the range in which window sums, means and model inputs stay finite";
-    // (transaction index it follows, id, amount as JSON text, as f64 in a file, refusal)
-    let absurd: [(usize, i64, &str, f64, Option<(&str, &str)>); 5] = [
+    let absurd: [Absurd<'_>; 5] = [
         (4_000, 90_000_011, "100000000", 1e8, None),
         (5_000, 90_000_012, "1e15", 1e15, None),
         (

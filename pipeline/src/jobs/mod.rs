@@ -18,7 +18,7 @@ pub mod event_time;
 pub mod fraud;
 pub mod market;
 pub mod partitioned;
-pub(crate) mod value_range;
+pub mod value_range;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -9,13 +9,13 @@ use arrow::datatypes::{DataType, Float32Type, Float64Type};
 /// The rows of a batch of events holding a number out of range, each with its reason (the
 /// first such field of the row), in row order.
 #[derive(Debug, Default)]
-pub(crate) struct OutOfRange(Vec<(usize, String)>);
+pub struct OutOfRange(Vec<(usize, String)>);
 
 impl OutOfRange {
     /// Every floating-point column of `events` checked (integers cannot overflow a sum of
     /// f64 or an f32 input at the 10¹⁵ limit's scale, and are exact as ids). One pass per
     /// float column; a batch with none out of range allocates nothing.
-    pub(crate) fn of(events: &RecordBatch) -> Self {
+    pub fn of(events: &RecordBatch) -> Self {
         let mut found: Vec<(usize, String)> = Vec::new();
         for (field, column) in events.schema().fields().iter().zip(events.columns()) {
             let values: Vec<f64> = match field.data_type() {
@@ -49,7 +49,7 @@ impl OutOfRange {
     }
 
     /// Why `row` is refused, if it is.
-    pub(crate) fn reason(&self, row: usize) -> Option<&str> {
+    pub fn reason(&self, row: usize) -> Option<&str> {
         self.0
             .binary_search_by_key(&row, |(r, _)| *r)
             .ok()
