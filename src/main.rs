@@ -494,8 +494,13 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     } else {
+        // Colours only for a person at a terminal: none in a file or a pipe, none under
+        // NO_COLOR (set and not empty, as no-color.org says).
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !no_color;
         tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .init();
     }

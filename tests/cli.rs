@@ -676,3 +676,58 @@ fn a_missing_onnx_runtime_is_a_clear_error_not_a_panic() {
     );
     assert!(!t.contains("panicked"), "{t}");
 }
+
+/// Log lines carry colour codes only for a terminal: none when stderr is a pipe or a file, none
+/// at a terminal under `NO_COLOR`, and some at a terminal without it (a pseudo-terminal made by
+/// util-linux `script`, so the test shows it can fail).
+#[test]
+fn logs_are_coloured_only_at_a_terminal_without_no_color() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = small_csv(dir.path());
+    let out = dir.path().join("out");
+    let args = [
+        "backtest",
+        "--quiet",
+        "--input",
+        input.to_str().expect("utf8"),
+        "--output",
+        out.to_str().expect("utf8"),
+    ];
+    let piped = riskpipe(&args, &repo());
+    assert!(piped.status.success(), "{}", text(&piped));
+    let log = String::from_utf8_lossy(&piped.stderr).into_owned();
+    assert!(log.contains("INFO"), "a log line to look at: {log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a pipe: {log:?}");
+    let at_terminal = |no_color: Option<&str>| -> String {
+        let command = std::iter::once(env!("CARGO_BIN_EXE_riskpipe"))
+            .chain(args)
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut script = Command::new("script");
+        script
+            .args(["-qec", &command, "/dev/null"])
+            .current_dir(repo())
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            script.env("NO_COLOR", v);
+        }
+        let o = script
+            .output()
+            .expect("util-linux script (a pseudo-terminal)");
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let coloured = at_terminal(None);
+    assert!(coloured.contains("INFO"), "{coloured}");
+    assert!(
+        coloured.contains('\u{1b}'),
+        "no colour at a terminal: {coloured:?}"
+    );
+    let plain = at_terminal(Some("1"));
+    assert!(plain.contains("INFO"), "{plain}");
+    assert!(
+        !plain.contains('\u{1b}'),
+        "colour despite NO_COLOR: {plain:?}"
+    );
+}
