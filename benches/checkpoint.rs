@@ -96,6 +96,7 @@ fn main() {
         interval: std::time::Duration::from_secs(60),
         retain: 3,
         rebuild: Default::default(),
+        ephemeral: false,
     })
     .expect("store");
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -339,6 +339,8 @@ fn main() {
     let specs: Vec<(&str, i32)> = all_topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
     let broker = support::Broker::start(&specs);
     let mut cfg = PipelineConfig::handbook().expect("config");
+    // Runs without [state] start empty by choice (each is one uninterrupted run).
+    cfg.ephemeral_state = true;
     let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
     let feed_all = feed(&history, &cfg, skip, n).expect("feed");
     let kafka = kafka_for(&broker.bootstrap, "tp-", "bench-throughput");
@@ -387,6 +389,7 @@ fn main() {
         interval: Duration::from_millis(100),
         retain: 3,
         rebuild: Default::default(),
+        ephemeral: false,
     });
     let (pipeline_state, _) = throughput(&rt, &with_state, n);
     let checkpoints = std::fs::read_dir(state_dir.path().join("checkpoints"))
@@ -406,6 +409,7 @@ fn main() {
         interval: Duration::from_secs(3600),
         retain: 3,
         rebuild: Default::default(),
+        ephemeral: false,
     });
     let (pipeline_eos, eos_returned, _) = throughput_to(&rt, &eos, n);
     let (plain_c, _) = plain("bench-throughput-c");
@@ -445,6 +449,7 @@ fn main() {
         interval: Duration::from_secs(3600),
         retain: 3,
         rebuild: Default::default(),
+        ephemeral: false,
     });
     // At most 20,000 ev/s: one process running both stages scores about 150k ev/s from a
     // backlog, and at half the single-process rate beside the load generator and the watcher

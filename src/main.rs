@@ -87,6 +87,10 @@ enum Command {
         /// Kafka bootstrap servers (overrides kafka.properties."bootstrap.servers").
         #[arg(long)]
         bootstrap_servers: Option<String>,
+        /// Checkpoint the job's state here (overrides state.dir; sets up `[state]` with its
+        /// defaults where the config has none).
+        #[arg(long)]
+        state_dir: Option<String>,
     },
     /// Backtest a Kafka topic range: same pipeline and report as `backtest`.
     Replay {
@@ -273,8 +277,12 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             config,
             metrics_addr,
             bootstrap_servers,
+            state_dir,
         } => {
             let mut cfg = PipelineConfig::load(&config)?;
+            if let Some(dir) = state_dir {
+                cfg.set_state_dir(dir)?;
+            }
             if let (Some(servers), Some(kafka)) = (bootstrap_servers, cfg.kafka.as_mut()) {
                 kafka.properties.insert("bootstrap.servers".into(), servers);
             }
@@ -459,6 +467,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                 interval: std::time::Duration::from_secs(60),
                 retain: usize::MAX,
                 rebuild: Default::default(),
+                ephemeral: false,
             };
             let store = riskpipe_pipeline::state::CheckpointStore::open(&cfg)?;
             let text = runtime()?.block_on(riskpipe_pipeline::state::inspect(&store))?;
@@ -478,6 +487,11 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                 return Err(PipelineError::Config(problems));
             }
             println!("{}: ok", config.display());
+            // What `run` will do with the state (it cannot see the checkpoints from here).
+            match cfg.state_at_start() {
+                Ok(start) => println!("state at start: {start}"),
+                Err(refusal) => println!("state at start: `riskpipe run` refuses: {refusal}"),
+            }
         }
     }
     Ok(())

@@ -731,3 +731,75 @@ fn logs_are_coloured_only_at_a_terminal_without_no_color() {
         "colour despite NO_COLOR: {plain:?}"
     );
 }
+
+/// The shipped config as users get it (no `[state]`): `riskpipe run` refuses to start the
+/// stateful fraud job rather than begin with empty windows (every restart used to forget 30
+/// days of history silently), naming both fixes, before it reaches for Kafka; `validate` says
+/// so, and says what a start with checkpoints or with the explicit opt-out does instead.
+#[test]
+fn a_stateful_job_without_state_refuses_to_start_naming_the_fix() {
+    let o = riskpipe(
+        &[
+            "run",
+            "--config",
+            "config/fraud-handbook.toml",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--bootstrap-servers",
+            "127.0.0.1:9",
+        ],
+        &repo(),
+    );
+    assert!(!o.status.success(), "started: {}", text(&o));
+    let t = text(&o);
+    for fix in [
+        "without [state] every restart would begin with it empty",
+        "reaching 37 days",
+        "[state] dir =",
+        "--state-dir DIR",
+        "[state] ephemeral = true",
+    ] {
+        assert!(t.contains(fix), "{fix:?} not in: {t}");
+    }
+    let validate = |config: &Path| {
+        let o = riskpipe(
+            &["validate", "--config", config.to_str().expect("utf8")],
+            &repo(),
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+    let t = validate(Path::new("config/fraud-handbook.toml"));
+    assert!(t.contains("state at start: `riskpipe run` refuses"), "{t}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = std::fs::read_to_string(repo().join("config/fraud-handbook.toml")).expect("config");
+    let with = |name: &str, state: &str| {
+        let path = dir.path().join(name);
+        let text = base.replace("\"../models/", &format!("\"{}/models/", repo().display()));
+        std::fs::write(&path, format!("{text}\n[state]\n{state}\n")).expect("config");
+        path
+    };
+    let t = validate(&with("durable.toml", "dir = \"/var/lib/riskpipe/state\""));
+    assert!(
+        t.contains("state at start: restores the newest checkpoint in /var/lib/riskpipe/state")
+            && t.contains("rebuilt from the features' reach back in the topic (reach 37 days"),
+        "{t}"
+    );
+    let t = validate(&with("ephemeral.toml", "ephemeral = true"));
+    assert!(
+        t.contains("state at start: starts with empty state every time"),
+        "{t}"
+    );
+    // Both at once is a contradiction, listed with the config's other problems.
+    let both = with("both.toml", "ephemeral = true\ndir = \"state\"");
+    let o = riskpipe(
+        &["validate", "--config", both.to_str().expect("utf8")],
+        &repo(),
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("state.ephemeral = true keeps no checkpoints, but state.dir is set"),
+        "{}",
+        text(&o)
+    );
+}

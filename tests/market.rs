@@ -476,10 +476,16 @@ fn live_config(
         );
     let topics = "[kafka.topics]\nticks = \"market-ticks\"\nlabels = \"\"\nscores = \"market-risk\"\nalerts = \"limit-breaches\"\n";
     let config = dir.join("market.toml");
+    // Without checkpoints, empty state by the test's choice (`run` refuses it otherwise).
+    let state = match sections.contains("[state]") {
+        true => "",
+        false => "\n[state]\nephemeral = true\n",
+    };
     std::fs::write(
         &config,
         text + &support::kafka_section(&broker.bootstrap, group, &format!("{more}{topics}"))
-            + sections,
+            + sections
+            + state,
     )
     .expect("write config");
     config

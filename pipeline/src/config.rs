@@ -55,6 +55,10 @@ pub struct PipelineConfig {
     /// Model hot reload of `riskpipe run` (SIGHUP always reloads).
     #[serde(default)]
     pub reload: crate::reload::ReloadConfig,
+    /// `[state] ephemeral = true`: the user accepts that every start of `riskpipe run` begins
+    /// with empty state (`state` is then `None`).
+    #[serde(skip)]
+    pub ephemeral_state: bool,
     /// The directory relative paths of the file are resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -197,11 +201,74 @@ impl PipelineConfig {
         if let Some(kafka) = &mut cfg.kafka {
             kafka.expand_env();
         }
+        if cfg
+            .state
+            .as_ref()
+            .is_some_and(|s| s.ephemeral && s.dir.trim().is_empty())
+        {
+            cfg.state = None;
+            cfg.ephemeral_state = true;
+        }
         if let Some(state) = &mut cfg.state {
             state.resolve(base_dir);
         }
         cfg.base_dir = base_dir.to_path_buf();
         Ok(cfg)
+    }
+
+    /// What `riskpipe run` does with a job's state when it starts, in words; `Err` when it
+    /// refuses to start: a job that keeps state, with neither checkpoints (`[state] dir`) nor
+    /// the user's explicit `[state] ephemeral = true`, would begin every restart with empty
+    /// state and score unlike the backtest until its windows filled again.
+    pub fn state_at_start(&self) -> std::result::Result<String, String> {
+        let kind = self.job.kind();
+        let reach = kind.rebuild_horizon(self).map(|h| {
+            // In days: humantime's months (30.44 days) read oddly for a window's reach.
+            let (days, hours) = (
+                h.reach.as_secs() / 86_400,
+                h.reach.as_secs() % 86_400 / 3_600,
+            );
+            match hours {
+                0 => format!("{days} days"),
+                _ => format!("{days} days {hours} h"),
+            }
+        });
+        match (&self.state, self.ephemeral_state, kind.checkpoints()) {
+            (_, _, false) => Ok(format!("a {} job keeps no state to restore", kind.name())),
+            (Some(s), _, true) => Ok(format!(
+                "restores the newest checkpoint in {} and replays from its offsets; a partition without one is rebuilt from {} ({})",
+                s.dir,
+                match s.rebuild {
+                    crate::state::Rebuild::Horizon => "the features' reach back in the topic",
+                    crate::state::Rebuild::Earliest => "the earliest retained offsets",
+                },
+                reach.as_deref().map_or("no bounded reach".into(), |r| format!("reach {r}")),
+            )),
+            (None, true, true) => Ok(
+                "starts with empty state every time (state.ephemeral = true): scores differ from the backtest's until the windows fill again".into(),
+            ),
+            (None, false, true) => Err(format!(
+                "a {} job keeps state (its windows and histories{}): without [state] every restart would begin with it empty and score unlike the backtest until it filled again. Add [state] dir = \"/var/lib/riskpipe/state\" (or run with --state-dir DIR) to checkpoint and restore it, or [state] ephemeral = true to accept empty state on every start",
+                kind.name(),
+                reach.map_or(String::new(), |r| format!(", reaching {r} back")),
+            )),
+        }
+    }
+
+    /// Checkpoints in `dir` (`riskpipe run --state-dir`): `[state]` with its defaults where the
+    /// config has none, its `dir` replaced where it has one.
+    pub fn set_state_dir(&mut self, dir: String) -> Result<()> {
+        let mut state = match self.state.take() {
+            Some(s) => s,
+            None => parse_toml::<crate::state::StateConfig>("")?,
+        };
+        state.dir = dir;
+        state.resolve(&std::env::current_dir().map_err(|e| {
+            PipelineError::Config(vec![format!("--state-dir: no working directory: {e}")])
+        })?);
+        self.state = Some(state);
+        self.ephemeral_state = false;
+        Ok(())
     }
 
     /// Reads and parses a config file.

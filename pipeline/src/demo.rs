@@ -510,6 +510,10 @@ pub fn run_demo(
         });
     }
     cfg.kafka = Some(kafka.clone());
+    // The demo's cluster lives as long as the process: its state has nothing to come back to.
+    if cfg.state.is_none() {
+        cfg.ephemeral_state = true;
+    }
     let feed = feed(history, cfg, opts.skip, opts.transactions)?;
     let feed = match kafka.format {
         crate::decoders::Format::Avro => feed.into_avro(&kafka)?,

@@ -46,6 +46,9 @@ pub const CHECKPOINT_FAILURES: &str = "riskpipe_checkpoint_failures_total";
 pub const RESTORE_SECONDS: &str = "riskpipe_restore_seconds";
 /// Input messages replayed silently into the restored state at the last start.
 pub const RESTORE_REPLAYED: &str = "riskpipe_restore_replayed_messages";
+/// Where the state `riskpipe run` started with came from: 1 for its `origin` (`checkpoint`,
+/// `rebuilt` from the topics without one, `empty` by the user's choice).
+pub const STATE_ORIGIN: &str = "riskpipe_state_origin";
 /// Model reloads, per result: `offered` (checked, swapped in at the next batch), `unchanged`,
 /// `refused` (the old model keeps scoring), `swapped`, `refused_live` (failed on the live batch).
 pub const MODEL_RELOADS: &str = "riskpipe_model_reloads_total";
@@ -153,6 +156,10 @@ pub fn describe() {
     describe_gauge!(
         RESTORE_SECONDS,
         "Seconds the last start spent restoring state (checkpoint and silent replay)"
+    );
+    describe_gauge!(
+        STATE_ORIGIN,
+        "1 for where the state at the last start came from: checkpoint, rebuilt or empty (by choice)"
     );
     describe_gauge!(
         RESTORE_REPLAYED,
@@ -335,6 +342,11 @@ pub fn checkpoint_written(seconds: f64, bytes: u64, created_ms: i64) {
 /// A checkpoint write failed.
 pub fn checkpoint_failed() {
     counter!(CHECKPOINT_FAILURES).increment(1);
+}
+
+/// The state started from `origin` (`checkpoint`, `rebuilt` or `empty`).
+pub fn state_origin(origin: &'static str) {
+    gauge!(STATE_ORIGIN, "origin" => origin).set(1.0);
 }
 
 /// The start restored its state in `seconds`, replaying `messages` silently.

@@ -60,6 +60,14 @@ pub async fn run_reloading(
     reloader: Option<Arc<Reloader>>,
 ) -> Result<Summary> {
     cfg.validate()?;
+    // Never empty state silently: checkpoints, or the user's explicit choice.
+    let start = cfg
+        .state_at_start()
+        .map_err(|e| PipelineError::Config(vec![e]))?;
+    tracing::info!("state: {start}");
+    if cfg.state.is_none() && cfg.ephemeral_state {
+        events::state_origin("empty");
+    }
     let shutdown = shutdown.shared();
     let slot = reloader.as_ref().map(|r| r.slot());
     // Beside the runs, never ending first: the runs drain on shutdown, the reloader just stops.
@@ -456,6 +464,11 @@ fn restore(
     let next_id = rt.block_on(store.next_id())?;
     let seconds = started.elapsed().as_secs_f64();
     events::restored(seconds, gap.messages);
+    events::state_origin(if from.is_some() {
+        "checkpoint"
+    } else {
+        "rebuilt"
+    });
     tracing::info!(
         checkpoint = from,
         replayed = gap.messages,

@@ -74,6 +74,11 @@ pub(crate) fn write_config(dir: &Path, kafka: &str) -> PathBuf {
         text.push('\n');
     }
     text.push_str(kafka);
+    if !kafka.contains("[state]") {
+        // A test that restarts nothing accepts empty state (`riskpipe run` refuses a stateful
+        // job without this or checkpoints).
+        text.push_str("\n[state]\nephemeral = true\n");
+    }
     let path = dir.join("pipeline.toml");
     std::fs::write(&path, text).expect("writing config");
     path

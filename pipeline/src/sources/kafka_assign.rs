@@ -230,6 +230,10 @@ impl PartitionRestore {
                 store.location()
             );
             crate::events::restored(started.elapsed().as_secs_f64(), replayed);
+            crate::events::state_origin(match from {
+                Some(_) => "checkpoint",
+                None => "rebuilt",
+            });
             out.push(Restored {
                 partition: p,
                 stage,

@@ -37,7 +37,13 @@ fn default_retain() -> usize {
 pub struct StateConfig {
     /// A directory (relative to the config file) or an object-store URL (`file:///…`,
     /// `s3://bucket/prefix` with the `s3` cargo feature).
+    #[serde(default)]
     pub dir: String,
+    /// No checkpoints: every start of `riskpipe run` begins with empty state (windows that
+    /// fill again over the features' reach, scores unlike the backtest's meanwhile), accepted
+    /// by the user. Without `[state]` at all a job that keeps state refuses to start.
+    #[serde(default)]
+    pub ephemeral: bool,
     /// Time between checkpoints (default 60 s); one is also written on a clean shutdown.
     #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
@@ -67,8 +73,11 @@ impl StateConfig {
     /// Every problem of the section.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
-        if self.dir.trim().is_empty() {
-            p.push("state.dir is empty".into());
+        if self.ephemeral {
+            // Only reached with a dir: an ephemeral section alone is no [state] at all.
+            p.push("state.ephemeral = true keeps no checkpoints, but state.dir is set: remove one of them".into());
+        } else if self.dir.trim().is_empty() {
+            p.push("state.dir is empty (where checkpoints go; or state.ephemeral = true to start with empty state every time)".into());
         }
         if self.interval.is_zero() {
             p.push("state.interval must be more than 0".into());

@@ -352,6 +352,7 @@ mod tests {
             interval: std::time::Duration::from_secs(1),
             retain: 2,
             rebuild: Default::default(),
+            ephemeral: false,
         };
         let store = CheckpointStore::open(&cfg).expect("store");
         rt().block_on(async {
