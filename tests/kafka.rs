@@ -592,6 +592,13 @@ fn demo_runs_embedded_and_scores_every_published_transaction() {
         assert_eq!(field("distinct scored"), 5000, "{format}");
         assert_eq!(field("dead letters"), 0, "{format}");
         assert!(stdout.contains("p99"), "{stdout}");
+        // What to try next, with commands that exist.
+        assert!(
+            stdout.contains("next:")
+                && stdout.contains("riskpipe backtest --output")
+                && stdout.contains("--state-dir DIR"),
+            "{stdout}"
+        );
     }
 }
 

@@ -674,6 +674,19 @@ impl std::fmt::Display for DemoSummary {
             f,
             "  latency send->consumer   p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  (... -> score read by a downstream consumer)",
             self.latency_ms[0], self.latency_ms[1], self.latency_ms[2]
+        )?;
+        writeln!(f, "next:")?;
+        writeln!(
+            f,
+            "  riskpipe backtest --output out/backtest                       the same model over the whole history: report.json, curves.png, drift.png"
+        )?;
+        writeln!(
+            f,
+            "  riskpipe run --config config/fraud-handbook.toml \\\n      --bootstrap-servers HOST:9092 --state-dir DIR             score your Kafka's transactions topic"
+        )?;
+        writeln!(
+            f,
+            "  README.md                                                     topics to create, payloads, state and delivery"
         )
     }
 }
