@@ -624,13 +624,7 @@ impl Challenger {
         let seconds = started.elapsed().as_secs_f64();
         // Rows the challenger answered with no probability: no record, no comparison, a null
         // challenger score in the scored batch.
-        let fit: Vec<u32> = (0..ours.num_rows() as u32)
-            .filter(|r| {
-                unfit
-                    .binary_search_by_key(&(*r as usize), |(u, _)| *u)
-                    .is_err()
-            })
-            .collect();
+        let fit = model::fit_rows(ours.num_rows(), &unfit);
         if !unfit.is_empty() {
             crate::events::challenger_unfit(unfit.len() as u64);
             tracing::warn!(
@@ -892,13 +886,7 @@ impl ScoreStage for FraudScoring {
         // An answer that is no probability is never published: a `model` dead letter.
         let shadow = match shadow {
             Some(batch) if !unfit.is_empty() => {
-                let keep: Vec<u32> = (0..batch.num_rows() as u32)
-                    .filter(|r| {
-                        unfit
-                            .binary_search_by_key(&(*r as usize), |(u, _)| *u)
-                            .is_err()
-                    })
-                    .collect();
+                let keep = model::fit_rows(batch.num_rows(), &unfit);
                 Some(take_record_batch(&batch, &UInt32Array::from(keep))?)
             }
             shadow => shadow,

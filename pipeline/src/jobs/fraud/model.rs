@@ -90,6 +90,14 @@ impl Baseline {
     }
 }
 
+/// The rows of `0..rows` not in `unfit` (sorted by row), as indices for `take`.
+pub(super) fn fit_rows(rows: usize, unfit: &[(usize, String)]) -> Vec<u32> {
+    (0..rows)
+        .filter(|r| unfit.binary_search_by_key(r, |(u, _)| *u).is_err())
+        .map(|r| r as u32)
+        .collect()
+}
+
 /// Each input's clamp: its range in `ranges`, else ±2⁵⁰.
 fn clamp_of(features: &[String], ranges: &[(String, [f64; 2])]) -> Vec<[f64; 2]> {
     features
@@ -195,21 +203,23 @@ impl FraudModel {
         let batch = if unfit.is_empty() {
             batch
         } else {
-            let fit = |row: &usize| unfit.binary_search_by_key(row, |(r, _)| *r).is_err();
-            let keep: Vec<usize> = (0..batch.num_rows()).filter(fit).collect();
+            let keep = fit_rows(batch.num_rows(), &unfit);
             let width = self.model.features().len();
             matrix = keep
                 .iter()
-                .flat_map(|&r| matrix[r * width..(r + 1) * width].iter().copied())
+                .flat_map(|&r| {
+                    matrix[r as usize * width..(r as usize + 1) * width]
+                        .iter()
+                        .copied()
+                })
                 .collect();
-            scores = keep.iter().map(|&r| scores[r]).collect();
+            scores = keep.iter().map(|&r| scores[r as usize]).collect();
             if ensemble {
                 for m in &mut self.members {
-                    *m = keep.iter().map(|&r| m[r]).collect();
+                    *m = keep.iter().map(|&r| m[r as usize]).collect();
                 }
             }
-            let keep = arrow::array::UInt32Array::from_iter_values(keep.iter().map(|&r| r as u32));
-            arrow::compute::take_record_batch(&batch, &keep)?
+            arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(keep))?
         };
         self.baseline.add(&matrix, &self.clamp);
         self.matrix = matrix;
