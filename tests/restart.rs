@@ -881,3 +881,104 @@ fn checkpoints_in_s3_restore_as_from_a_directory() {
     let expected = backtest_scores(&cfg, &history, n);
     check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
 }
+
+/// Exactly-once on Apache Kafka itself (`riskpipe_testkit::ApacheKafka`, the pinned broker in
+/// KRaft mode): SIGKILLed while a transaction is open (transactions of 2 s under a 1,000 tx/s
+/// feed, the kill 1-3 s after the first commit) and restarted, the pipeline publishes every
+/// score once as a `read_committed` reader sees them, each equal to the backtest's bit for bit:
+/// the records of the transaction open at the kill were aborted when the restarted instance
+/// took its transactional id, and the broker hides them. A `read_uncommitted` reader of the same
+/// topic sees them (more records than transactions), so the test could fail.
+#[test]
+fn exactly_once_on_apache_kafka_hides_the_killed_transaction_from_read_committed_readers() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let n = 10_000;
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let labels = feed.messages.iter().filter(|m| m.0).count();
+    let kafka = riskpipe_testkit::ApacheKafka::start();
+    support::create_topics(&kafka.bootstrap, &MULTI_PARTITION);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}\n[state]\ndir = {:?}\ninterval = \"1s\"\n",
+            kafka_section(
+                &kafka.bootstrap,
+                "eos-apache",
+                &exactly_once(6_000)
+                    .replace("commit_interval = \"200ms\"", "commit_interval = \"2s\""),
+            ),
+            dir.path().join("state").display().to_string()
+        ),
+    );
+    let slot = [("RP_TEST_SLOT", "apache")];
+    publish_all(&kafka.bootstrap, &feed.only(true));
+    let mut running = Pipeline::start_with_env(&config, &slot);
+    running.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while running.metric("riskpipe_events_in_total", "topic=\"fraud-labels\"") < labels as f64 {
+        assert!(Instant::now() < deadline, "labels not consumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let feeding = feed_lingering(&kafka.bootstrap, feed.only(false), 1_000.0, 100);
+    let first_commit = Instant::now() + Duration::from_secs(60);
+    while running.metric("riskpipe_transactions_total", "result=\"committed\"") < 1.0 {
+        assert!(
+            Instant::now() < first_commit,
+            "no transaction committed in 60 s: {:#?}",
+            running.drain_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(
+        1_000 + u64::from(std::process::id() % 2_000),
+    ));
+    running.kill();
+    running = Pipeline::start_with_env(&config, &slot);
+    running.wait_ready();
+    feeding.join().expect("feeder");
+    // The default isolation of librdkafka's consumers: read_committed.
+    let committed = reader(&kafka.bootstrap, "scores");
+    let mut got: Vec<Got> = Vec::new();
+    score_within(
+        &committed,
+        &mut got,
+        n,
+        &mut running,
+        Duration::from_secs(300),
+    );
+    let (ok, _) = running.terminate();
+    assert!(ok, "SIGTERM exits 0");
+    // Nothing is produced any more; a transaction's last offset is its commit marker, which no
+    // reader receives, so "to the end" is "until quiet" here.
+    got.extend(drain(&committed, Duration::from_secs(3)));
+    let expected = backtest_scores(&cfg, &history, n);
+    let duplicates = check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
+    assert_eq!(duplicates, 0, "a read_committed reader saw a score twice");
+    assert_eq!(
+        got.len(),
+        n,
+        "one score per transaction, as read_committed sees them"
+    );
+
+    let mut uncommitted = KafkaConfig::for_bootstrap(&kafka.bootstrap);
+    uncommitted.group_id = "eos-apache-uncommitted".into();
+    uncommitted
+        .properties
+        .insert("isolation.level".into(), "read_uncommitted".into());
+    let all = drain(
+        &riskpipe_pipeline::demo::reader(&uncommitted, &["scores"]).expect("reader"),
+        Duration::from_secs(3),
+    );
+    eprintln!(
+        "{n} transactions: {} scores read_committed, {} read_uncommitted (the killed transaction's)",
+        got.len(),
+        all.len()
+    );
+    assert!(
+        all.len() > n,
+        "the killed transaction left no aborted score to hide ({} read_uncommitted)",
+        all.len()
+    );
+}

@@ -264,6 +264,180 @@ impl Drop for Tansu {
     }
 }
 
+/// The pinned Apache Kafka broker's jars (`testkit/kafka/pom.xml`), copied from Maven Central
+/// by Maven once into `target/<profile>/apache-kafka/libs/` (made anew when the pom changes).
+/// Panics with the reason when Maven or Java is missing or the download fails: a test that
+/// needs the broker fails, it never skips.
+pub fn apache_kafka_libs() -> PathBuf {
+    let pom = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka/pom.xml");
+    let wanted = std::fs::read_to_string(&pom).expect("testkit/kafka/pom.xml");
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let dir = exe.parent().expect("the executable's directory");
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    let home = profile_dir.join("apache-kafka");
+    let libs = home.join("libs");
+    let marker = home.join("pom.xml");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
+        return libs;
+    }
+    // Tests run side by side: one copies, the others wait for its marker.
+    std::fs::create_dir_all(&home).expect("the broker's cache directory");
+    let lock = home.join("copying");
+    if std::fs::create_dir(&lock).is_err() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        while std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+            assert!(
+                std::time::Instant::now() < deadline && lock.exists(),
+                "another test's copy of the Kafka jars did not finish"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        return libs;
+    }
+    let _ = std::fs::remove_dir_all(&libs);
+    let status = Command::new("mvn")
+        .args(["-q", "-B", "-f"])
+        .arg(&pom)
+        .args(["dependency:copy-dependencies", "-DincludeScope=runtime"])
+        .arg(format!("-DoutputDirectory={}", libs.display()))
+        .status();
+    let _ = std::fs::remove_dir(&lock);
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            panic!("mvn dependency:copy-dependencies of testkit/kafka/pom.xml exited with {s}")
+        }
+        Err(e) => panic!("Apache Kafka's jars come from Maven Central through `mvn`: {e}"),
+    }
+    std::fs::write(&marker, wanted).expect("writing the broker cache marker");
+    libs
+}
+
+/// Apache Kafka (the pinned `kafka_2.13`, see [`apache_kafka_libs`]), one node in KRaft mode
+/// (broker and controller), on free loopback ports, its storage formatted in a directory of its
+/// own and removed with it; stopped (SIGKILL) when dropped. Unlike the mock cluster and tansu,
+/// it hides aborted transactions from `read_committed` readers, fences zombies by epoch,
+/// answers offsets-for-times and creates topics.
+#[derive(Debug)]
+pub struct ApacheKafka {
+    child: Child,
+    dir: PathBuf,
+    /// `bootstrap.servers` of the broker.
+    pub bootstrap: String,
+}
+
+impl ApacheKafka {
+    /// Starts the broker and waits until it accepts connections.
+    pub fn start() -> ApacheKafka {
+        let libs = apache_kafka_libs();
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        let (a, b) = (free(), free());
+        let port = a.local_addr().expect("port").port();
+        let controller = b.local_addr().expect("port").port();
+        drop((a, b));
+        let dir =
+            std::env::temp_dir().join(format!("riskpipe-kafka-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("the broker's directory");
+        let properties = dir.join("server.properties");
+        std::fs::write(
+            &properties,
+            format!(
+                "process.roles=broker,controller\n\
+                 node.id=1\n\
+                 controller.quorum.voters=1@127.0.0.1:{controller}\n\
+                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                 controller.listener.names=CONTROLLER\n\
+                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 log.dirs={}\n\
+                 offsets.topic.replication.factor=1\n\
+                 offsets.topic.num.partitions=4\n\
+                 transaction.state.log.replication.factor=1\n\
+                 transaction.state.log.min.isr=1\n\
+                 transaction.state.log.num.partitions=4\n\
+                 group.initial.rebalance.delay.ms=0\n\
+                 auto.create.topics.enable=false\n",
+                dir.join("data").display()
+            ),
+        )
+        .expect("server.properties");
+        let classpath = format!("{}/*", libs.display());
+        let java = |class: &str| {
+            let mut c = Command::new("java");
+            // A small heap and the quick JIT tier: the tests' broker starts in seconds on 2 cores.
+            c.args([
+                "-Xmx512m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                "-cp",
+            ])
+            .arg(&classpath)
+            .arg(class);
+            c
+        };
+        let status = java("kafka.tools.StorageTool")
+            .args([
+                "format",
+                "--ignore-formatted",
+                "-t",
+                "4L6g3nShT-eMCtK--X86sw",
+                "-c",
+            ])
+            .arg(&properties)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("java must run Kafka's StorageTool");
+        assert!(
+            status.success(),
+            "formatting the broker's storage exited with {status}"
+        );
+        let log = std::fs::File::create(dir.join("broker.log")).expect("broker log");
+        let child = java("kafka.Kafka")
+            .arg(&properties)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("java must start the Kafka broker");
+        let bootstrap = format!("127.0.0.1:{port}");
+        let mut kafka = ApacheKafka {
+            child,
+            dir,
+            bootstrap,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while std::net::TcpStream::connect(&kafka.bootstrap).is_err() {
+            if let Ok(Some(status)) = kafka.child.try_wait() {
+                panic!(
+                    "the Kafka broker exited with {status}: {}",
+                    std::fs::read_to_string(kafka.dir.join("broker.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Kafka does not listen on {}",
+                kafka.bootstrap
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        kafka
+    }
+}
+
+impl Drop for ApacheKafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A Python virtual environment with the packages of `requirements` (a pinned requirements
 /// file), made once with the machine's `python3 -m venv` and pip and kept beside the build
 /// outputs (`target/<profile>/python-<name>/`); made anew when the requirements change. Returns
