@@ -59,9 +59,29 @@ pub(crate) fn committed(
     for &p in partitions {
         tpl.add_partition(topic, p);
     }
-    let got = group
-        .committed_offsets(tpl, TIMEOUT)
-        .map_err(PipelineError::kafka("looking up committed offsets"))?;
+    // A coordinator that is moving or still loading the group (right after a broker start or
+    // restart) answers with a retriable error: asked again until TIMEOUT has passed.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let got = loop {
+        match group.committed_offsets(tpl.clone(), TIMEOUT) {
+            Ok(got) => break got,
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            rdkafka::types::RDKafkaErrorCode::NotCoordinator
+                                | rdkafka::types::RDKafkaErrorCode::CoordinatorLoadInProgress
+                                | rdkafka::types::RDKafkaErrorCode::CoordinatorNotAvailable
+                        )
+                    ) =>
+            {
+                tracing::info!("looking up committed offsets again: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(PipelineError::kafka("looking up committed offsets")(e)),
+        }
+    };
     Ok(partitions
         .iter()
         .map(|&p| {
