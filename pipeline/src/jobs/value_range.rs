@@ -14,37 +14,42 @@ pub struct OutOfRange(Vec<(usize, String)>);
 impl OutOfRange {
     /// Every floating-point column of `events` checked (integers cannot overflow a sum of
     /// f64 or an f32 input at the 10¹⁵ limit's scale, and are exact as ids). One pass per
-    /// float column; a batch with none out of range allocates nothing.
+    /// float column, no copy; a batch with none out of range allocates nothing.
     pub fn of(events: &RecordBatch) -> Self {
         let mut found: Vec<(usize, String)> = Vec::new();
         for (field, column) in events.schema().fields().iter().zip(events.columns()) {
-            let values: Vec<f64> = match field.data_type() {
-                DataType::Float64 => {
-                    let c = column.as_primitive::<Float64Type>();
-                    if c.values()
-                        .iter()
-                        .all(|v| v.abs() <= riskpipe_schemas::VALUE_LIMIT)
+            let mut scan = |values: &mut dyn Iterator<Item = f64>| {
+                for (row, v) in values.enumerate() {
+                    if let Some(problem) = riskpipe_schemas::out_of_range(v)
+                        && column.is_valid(row)
                     {
-                        continue;
+                        found.push((row, format!("field {}: {problem}", field.name())));
                     }
-                    c.values().to_vec()
                 }
-                DataType::Float32 => {
-                    let c = column.as_primitive::<Float32Type>();
-                    c.values().iter().map(|&v| f64::from(v)).collect()
-                }
-                _ => continue,
             };
-            for (row, v) in values.into_iter().enumerate() {
-                if column.is_null(row) || found.iter().any(|(r, _)| *r == row) {
-                    continue;
+            match field.data_type() {
+                DataType::Float64 => {
+                    scan(
+                        &mut column
+                            .as_primitive::<Float64Type>()
+                            .values()
+                            .iter()
+                            .copied(),
+                    );
                 }
-                if let Some(problem) = riskpipe_schemas::out_of_range(v) {
-                    found.push((row, format!("field {}: {problem}", field.name())));
-                }
+                DataType::Float32 => scan(
+                    &mut column
+                        .as_primitive::<Float32Type>()
+                        .values()
+                        .iter()
+                        .map(|&v| f64::from(v)),
+                ),
+                _ => {}
             }
         }
+        // The first field of a row names it (columns were scanned in order; the sort is stable).
         found.sort_by_key(|(row, _)| *row);
+        found.dedup_by_key(|(row, _)| *row);
         Self(found)
     }
 

@@ -624,7 +624,10 @@ impl Challenger {
         let seconds = started.elapsed().as_secs_f64();
         // Rows the challenger answered with no probability: no record, no comparison, a null
         // challenger score in the scored batch.
-        let fit = model::fit_rows(ours.num_rows(), &unfit);
+        let fit = match unfit.is_empty() {
+            true => Vec::new(),
+            false => model::fit_rows(ours.num_rows(), &unfit),
+        };
         if !unfit.is_empty() {
             crate::events::challenger_unfit(unfit.len() as u64);
             tracing::warn!(
