@@ -117,20 +117,26 @@ enum Command {
         quiet: bool,
     },
     /// The live pipeline end to end on an in-process Kafka (librdkafka mock cluster): publishes
-    /// handbook transactions and labels, scores them live, shows throughput / latency / alerts.
+    /// card transactions and labels, scores them live, shows throughput / latency / alerts.
     Demo {
         /// Pipeline config (TOML); default: the shipped handbook fraud pipeline.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// History to publish from.
-        #[arg(long, default_value = default_history())]
-        input: PathBuf,
+        /// History to publish from (Parquet or CSV, e.g. the handbook's transactions.parquet);
+        /// default: a simulated handbook-shaped history (`riskpipe simulate`).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Seed of the simulated history.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         /// Transactions to publish.
         #[arg(long, default_value_t = 100_000)]
         transactions: usize,
-        /// Transactions to skip from the start of the history.
-        #[arg(long, default_value_t = 0)]
-        skip: usize,
+        /// Transactions to skip from the start of the history; the job's horizon before the
+        /// first published one is replayed into the state first. Default: the first
+        /// transaction with the whole horizon before it.
+        #[arg(long)]
+        skip: Option<usize>,
         /// Transactions per second (0 = as fast as possible).
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
@@ -147,6 +153,20 @@ enum Command {
         /// schema registry beside the mock cluster).
         #[arg(long, default_value = "json", value_parser = ["json", "avro"])]
         format: String,
+    },
+    /// Write a simulated card-payment history shaped like the handbook's (its columns,
+    /// 5,000 customers, 10,000 terminals, three fraud scenarios), the same for a seed on every
+    /// machine.
+    Simulate {
+        /// Parquet file to write.
+        #[arg(long)]
+        output: PathBuf,
+        /// Days of payments from 2018-04-01.
+        #[arg(long, default_value_t = 183)]
+        days: u32,
+        /// Seed of every draw.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Durable state: what the checkpoints hold.
     State {
@@ -174,6 +194,14 @@ enum StateCommand {
 
 fn default_history() -> &'static str {
     "../shared/data/handbook/transactions.parquet"
+}
+
+fn simulation(seed: u64, days: u32) -> riskpipe_pipeline::sources::simulated::Simulation {
+    riskpipe_pipeline::sources::simulated::Simulation {
+        seed,
+        days,
+        ..Default::default()
+    }
 }
 
 fn load_config(path: Option<&Path>) -> Result<PipelineConfig, PipelineError> {
@@ -369,6 +397,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
         Command::Demo {
             config,
             input,
+            seed,
             transactions,
             skip,
             rate,
@@ -379,10 +408,22 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
         } => {
             let mut cfg = load_config(config.as_deref())?;
             cfg.validate()?;
-            if !quiet {
-                eprintln!("loading {} ...", input.display());
-            }
-            let history = backtest::load(&cfg, &input)?;
+            let history = match &input {
+                Some(input) => {
+                    if !quiet {
+                        eprintln!("loading {} ...", input.display());
+                    }
+                    backtest::load(&cfg, input)?
+                }
+                None => {
+                    if !quiet {
+                        eprintln!(
+                            "simulating a handbook-shaped history (seed {seed}; --input FILE for your own) ..."
+                        );
+                    }
+                    simulation(seed, 183).history(cfg.fraud()?)?
+                }
+            };
             let rt = runtime()?;
             let metrics = match metrics_addr {
                 Some(a) => Some(
@@ -403,6 +444,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                 } else {
                     riskpipe_pipeline::decoders::Format::Json
                 },
+                input: input.ok_or(seed),
             };
             let summary = demo::run_demo(&rt, &mut cfg, &history, opts)?;
             print!("{summary}");
@@ -412,6 +454,15 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                     summary.scored, summary.pipeline.events
                 )));
             }
+        }
+        Command::Simulate { output, days, seed } => {
+            let batch = simulation(seed, days).transactions()?;
+            riskpipe_pipeline::sinks::parquet::write(&output, std::slice::from_ref(&batch), None)?;
+            eprintln!(
+                "{} transactions over {days} days written to {}",
+                batch.num_rows(),
+                output.display()
+            );
         }
         Command::Backtest {
             config,

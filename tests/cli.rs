@@ -754,7 +754,7 @@ fn a_stateful_job_without_state_refuses_to_start_naming_the_fix() {
     let t = text(&o);
     for fix in [
         "without [state] every restart would begin with it empty",
-        "reaching 37 days",
+        "reaching 44 days 1 h",
         "[state] dir =",
         "--state-dir DIR",
         "[state] ephemeral = true",
@@ -782,7 +782,7 @@ fn a_stateful_job_without_state_refuses_to_start_naming_the_fix() {
     let t = validate(&with("durable.toml", "dir = \"/var/lib/riskpipe/state\""));
     assert!(
         t.contains("state at start: restores the newest checkpoint in /var/lib/riskpipe/state")
-            && t.contains("rebuilt from the features' reach back in the topic (reach 37 days"),
+            && t.contains("rebuilt from the features' reach back in the topic (reach 44 days"),
         "{t}"
     );
     let t = validate(&with("ephemeral.toml", "ephemeral = true"));

@@ -63,11 +63,15 @@ fn dashboard_and_alert_rules_query_only_exported_metrics() {
             )
         ),
     );
-    // Drift gauges from the first rows on (the shipped config waits for 1,000 in the window).
+    // Drift gauges from the first rows on (the shipped config waits for the features' reach
+    // and 1,000 rows in the window).
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(
         &config,
-        text.replace("window_days = 7\n", "window_days = 7\nmin_rows = 1\n"),
+        text.replace(
+            "window_days = 7\n",
+            "window_days = 7\nmin_rows = 1\nwarm_up = \"0s\"\n",
+        ),
     )
     .expect("config");
     let mut pipeline = Pipeline::start(&config);

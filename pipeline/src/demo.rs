@@ -113,6 +113,19 @@ impl Feed {
 /// The first `count` transactions after skipping `skip`, interleaved with the label events
 /// whose label time is reached (labels first at equal times, as in replay).
 pub fn feed(history: &History, cfg: &PipelineConfig, skip: usize, count: usize) -> Result<Feed> {
+    feed_after(history, cfg, skip, skip, count)
+}
+
+/// [`feed`] for a pipeline whose state was warmed with the transactions from `warmed_from` up
+/// to `skip` and the labels known by then ([`WarmUp::labels`]): the labels of those
+/// transactions that come later are in the feed.
+pub fn feed_after(
+    history: &History,
+    cfg: &PipelineConfig,
+    warmed_from: usize,
+    skip: usize,
+    count: usize,
+) -> Result<Feed> {
     let fraud = cfg.fraud()?;
     let t = &history.events;
     let end = (skip + count).min(t.num_rows());
@@ -131,7 +144,12 @@ pub fn feed(history: &History, cfg: &PipelineConfig, skip: usize, count: usize) 
     let l_time = columns::primitive::<TimestampNanosecondType>(l, &history.event_time)?;
     let l_label_time = columns::primitive::<TimestampNanosecondType>(l, label::LABEL_TIME)?;
     let l_flag = columns::i64_values(l, label::TX_FRAUD)?;
-    let first_time = if start < end { time.value(start) } else { 0 };
+    let warmed = warmed_from < start;
+    let first_time = if start < end {
+        time.value(warmed_from.min(start))
+    } else {
+        0
+    };
     let json = |e: serde_json::Error| PipelineError::Bug(format!("encoding JSON: {e}"));
     let mut out = Feed::default();
     // Labels of transactions before the slice would count frauds the windows never saw.
@@ -142,7 +160,8 @@ pub fn feed(history: &History, cfg: &PipelineConfig, skip: usize, count: usize) 
         while next_label < l.num_rows() && l_label_time.value(next_label) <= t_i {
             let j = next_label;
             next_label += 1;
-            if l_time.value(j) < first_time {
+            // Labels known by the first transaction went into the warm-up.
+            if l_time.value(j) < first_time || (warmed && i == start) {
                 continue;
             }
             let payload = serde_json::to_vec(&FraudLabel {
@@ -178,6 +197,155 @@ pub fn feed(history: &History, cfg: &PipelineConfig, skip: usize, count: usize) 
         out.transactions += 1;
     }
     Ok(out)
+}
+
+/// The history the demo's state is warmed with before its first scored transaction, as a
+/// pipeline that had been running would hold it: the transactions within the job's horizon
+/// (the features' reach, the drift window and the lateness) before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmUp {
+    /// The first transaction of the warm-up.
+    pub from: usize,
+    /// The first scored transaction (the warm-up ends before it).
+    pub scored_from: usize,
+}
+
+impl WarmUp {
+    /// The warm-up before transaction `skip`; `None`: the first transaction that has the
+    /// whole horizon before it in the history, so the state is complete from the first score.
+    pub fn of(history: &History, cfg: &PipelineConfig, skip: Option<usize>) -> Result<WarmUp> {
+        let times =
+            columns::primitive::<TimestampNanosecondType>(&history.events, &history.event_time)?
+                .values();
+        let reach = cfg
+            .job
+            .kind()
+            .rebuild_horizon(cfg)
+            .map_or(0, |h| i64::try_from(h.reach.as_nanos()).unwrap_or(i64::MAX));
+        let scored_from = match skip {
+            Some(s) => s.min(times.len()),
+            None => {
+                let first = times.first().copied().unwrap_or_default();
+                let s = times.partition_point(|&t| t < first.saturating_add(reach));
+                if s >= times.len() {
+                    return Err(PipelineError::BadInput(format!(
+                        "the history ({} transactions) ends within the job's horizon of {} days: nothing is left to score after the warm-up (give --skip)",
+                        times.len(),
+                        reach / 86_400_000_000_000
+                    )));
+                }
+                s
+            }
+        };
+        let from = match times.get(scored_from) {
+            Some(&t) => times.partition_point(|&x| x < t.saturating_sub(reach)),
+            None => scored_from,
+        };
+        Ok(WarmUp { from, scored_from })
+    }
+
+    /// Transactions in the warm-up.
+    pub fn transactions(&self) -> usize {
+        self.scored_from - self.from
+    }
+
+    /// The labels the warm-up applies: of its transactions, known by the first scored one.
+    pub fn labels(&self, history: &History) -> Result<Option<arrow::array::RecordBatch>> {
+        let (Some(side), Some(times)) = (
+            &history.side,
+            columns::primitive::<TimestampNanosecondType>(&history.events, &history.event_time)?
+                .values()
+                .get(
+                    self.from
+                        ..=self
+                            .scored_from
+                            .min(history.events.num_rows().saturating_sub(1)),
+                ),
+        ) else {
+            return Ok(None);
+        };
+        let (Some(&first), Some(&cut)) = (times.first(), times.last()) else {
+            return Ok(None);
+        };
+        let of_tx = columns::primitive::<TimestampNanosecondType>(side, &history.event_time)?;
+        let known = columns::primitive::<TimestampNanosecondType>(side, &history.side_time)?;
+        let keep = arrow::array::BooleanArray::from_iter(
+            of_tx
+                .values()
+                .iter()
+                .zip(known.values())
+                .map(|(&t, &k)| Some(t >= first && k <= cut)),
+        );
+        Ok(Some(arrow::compute::filter_record_batch(side, &keep)?))
+    }
+
+    /// Runs the warm-up through a new job's stages (the code a restarted pipeline brings its
+    /// restored state up to its committed offsets with) and writes their state as checkpoint 1
+    /// of `cfg.state`, at offset 0 of every partition of the job's input topics, whose
+    /// offsets it commits for the group: the live pipeline then restores it as any restarted
+    /// pipeline restores its newest checkpoint. Returns the warm-up's refused transactions.
+    pub fn seed(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        cfg: &PipelineConfig,
+        history: &History,
+        partitions: i32,
+    ) -> Result<usize> {
+        let state = cfg.state.as_ref().ok_or_else(|| {
+            PipelineError::Bug("the demo's warm-up needs a state directory".into())
+        })?;
+        let kafka = cfg
+            .kafka
+            .as_ref()
+            .ok_or_else(|| PipelineError::Bug("the demo's warm-up needs [kafka]".into()))?;
+        let mut job = crate::jobs::build(cfg)?;
+        let input = crate::jobs::JobInput {
+            side: self.labels(history)?,
+            events: history.events.slice(self.from, self.transactions()),
+            partitions: None,
+        };
+        let scoring: Option<&mut dyn crate::jobs::ScoreStage> = if job.scoring.has_state() {
+            Some(job.scoring.as_mut())
+        } else {
+            None
+        };
+        let kind = cfg.job.kind();
+        let refused =
+            crate::jobs::warm_up(job.features.as_mut(), scoring, input, kind.batch_rows())?;
+        let snapshot = crate::jobs::StateSnapshot::join(
+            job.features.snapshot()?,
+            match job.scoring.has_state() {
+                true => Some(job.scoring.snapshot()?),
+                false => None,
+            },
+        );
+        let streams = cfg.streams();
+        let mut topics: Vec<(&str, i32)> = vec![(kafka.events_topic(streams), partitions.max(1))];
+        if let Some(side) = kafka.side_topic(streams) {
+            topics.push((side, 1));
+        }
+        let mut positions = crate::state::Positions::new();
+        let mut offsets = TopicPartitionList::new();
+        for &(topic, n) in &topics {
+            for p in 0..n {
+                positions.entry(topic.to_string()).or_default().insert(p, 0);
+                offsets
+                    .add_partition_offset(topic, p, Offset::Offset(0))
+                    .map_err(PipelineError::kafka("listing the offsets to commit"))?;
+            }
+        }
+        let store = crate::state::CheckpointStore::open(state)?;
+        rt.block_on(store.write(1, kind.name(), positions, snapshot))?;
+        let mut client = kafka.client();
+        client.set("group.id", &kafka.group_id);
+        let group: BaseConsumer = client
+            .create()
+            .map_err(PipelineError::kafka("creating the offsets consumer"))?;
+        group
+            .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+            .map_err(PipelineError::kafka("committing the warm-up's offsets"))?;
+        Ok(refused)
+    }
 }
 
 /// Publishes a [`Feed`] and records when each transaction was handed to the producer.
@@ -412,8 +580,9 @@ fn transaction_id(payload: &[u8], format: crate::decoders::Format) -> Option<i64
 pub struct DemoOptions {
     /// Transactions to publish.
     pub transactions: usize,
-    /// Transactions to skip from the start of the history.
-    pub skip: usize,
+    /// The first transaction scored; before it, the job's horizon is replayed into the state
+    /// silently. `None`: the first with the whole horizon before it.
+    pub skip: Option<usize>,
     /// Publishing rate, transactions/s (0 = as fast as possible).
     pub rate: f64,
     /// Partitions of the transactions topic.
@@ -425,6 +594,8 @@ pub struct DemoOptions {
     /// Payload format of every topic; Avro runs an in-process schema registry beside the
     /// mock cluster.
     pub format: crate::decoders::Format,
+    /// The history's file; `None`: simulated with this seed.
+    pub input: std::result::Result<std::path::PathBuf, u64>,
 }
 
 /// What the demo measured.
@@ -432,6 +603,10 @@ pub struct DemoOptions {
 pub struct DemoSummary {
     /// The pipeline's own counts.
     pub pipeline: Summary,
+    /// Transactions replayed into the state before the first scored one.
+    pub warmed: usize,
+    /// The history's file, or the seed it was simulated with.
+    pub input: std::result::Result<std::path::PathBuf, u64>,
     /// Distinct transactions whose score arrived.
     pub scored: u64,
     /// Alerts seen and how many were frauds.
@@ -510,11 +685,23 @@ pub fn run_demo(
         });
     }
     cfg.kafka = Some(kafka.clone());
-    // The demo's cluster lives as long as the process: its state has nothing to come back to.
-    if cfg.state.is_none() {
-        cfg.ephemeral_state = true;
-    }
-    let feed = feed(history, cfg, opts.skip, opts.transactions)?;
+    // The demo's cluster lives as long as the process: so does its state, which starts as a
+    // restarted pipeline's would, from a checkpoint of the history before the first score.
+    let state_dir = tempfile::tempdir().map_err(PipelineError::runtime("a state directory"))?;
+    cfg.state = None;
+    cfg.set_state_dir(state_dir.path().to_string_lossy().into_owned())?;
+    let warm = WarmUp::of(history, cfg, opts.skip)?;
+    let repartitioned = kafka.repartition.is_some();
+    let warmed = if warm.transactions() > 0 && !repartitioned {
+        warm.seed(rt, cfg, history, opts.partitions)?;
+        warm.transactions()
+    } else {
+        0
+    };
+    let feed = match warmed {
+        0 => feed(history, cfg, warm.scored_from, opts.transactions)?,
+        _ => feed_after(history, cfg, warm.from, warm.scored_from, opts.transactions)?,
+    };
     let feed = match kafka.format {
         crate::decoders::Format::Avro => feed.into_avro(&kafka)?,
         crate::decoders::Format::Json => feed,
@@ -616,6 +803,8 @@ pub fn run_demo(
     pb.finish_and_clear();
     Ok(DemoSummary {
         pipeline,
+        warmed,
+        input: opts.input.clone(),
         scored: watcher.distinct.load(Ordering::Relaxed),
         alerts: (
             watcher.alerts.load(Ordering::Relaxed),
@@ -643,9 +832,18 @@ impl std::fmt::Display for DemoSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let secs = self.elapsed.as_secs_f64();
         let p = &self.pipeline;
+        let history = match &self.input {
+            Ok(path) => path.display().to_string(),
+            Err(seed) => format!("simulated, seed {seed}"),
+        };
         writeln!(
             f,
-            "riskpipe demo (in-process Kafka mock cluster, live pipeline)"
+            "riskpipe demo (in-process Kafka mock cluster, live pipeline; history: {history})"
+        )?;
+        writeln!(
+            f,
+            "  state warmed with        {:>10}  transactions before the first scored one",
+            self.warmed
         )?;
         writeln!(f, "  transactions published   {:>10}", p.events)?;
         writeln!(f, "  fraud labels published   {:>10}", p.side)?;
@@ -676,10 +874,17 @@ impl std::fmt::Display for DemoSummary {
             self.latency_ms[0], self.latency_ms[1], self.latency_ms[2]
         )?;
         writeln!(f, "next:")?;
-        writeln!(
-            f,
-            "  riskpipe backtest --output out/backtest                       the same model over the whole history: report.json, curves.png, drift.png"
-        )?;
+        match &self.input {
+            Ok(path) => writeln!(
+                f,
+                "  riskpipe backtest --input {} --output out/backtest\n                                                                the same model over the whole history: report.json, curves.png, drift.png",
+                path.display()
+            )?,
+            Err(seed) => writeln!(
+                f,
+                "  riskpipe simulate --seed {seed} --output sim.parquet\n  riskpipe backtest --input sim.parquet --output out/backtest   the same model over the whole history: report.json, curves.png, drift.png"
+            )?,
+        }
         writeln!(
             f,
             "  riskpipe run --config config/fraud-handbook.toml \\\n      --bootstrap-servers HOST:9092 --state-dir DIR             score your Kafka's transactions topic"

@@ -1,4 +1,4 @@
-//! The one Parquet writer: backtest scores and training-set exports.
+//! The one Parquet writer: backtest scores, training-set exports and simulated histories.
 
 use std::fs::File;
 use std::path::Path;

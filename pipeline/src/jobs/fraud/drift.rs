@@ -450,6 +450,11 @@ pub struct DriftConfig {
     /// Values a column needs in the window before its PSI is reported (a few rows say little).
     #[serde(default = "default_min_rows")]
     pub min_rows: u64,
+    /// Event time from a state's first row before rows are counted (default: the features'
+    /// reach): rows featured by windows still filling are unlike a long-running pipeline's,
+    /// and judging them would report a drift the empty start caused. `"0s"` counts every row.
+    #[serde(default, with = "humantime_serde")]
+    pub warm_up: Option<std::time::Duration>,
 }
 
 fn default_threshold() -> f64 {
@@ -500,11 +505,20 @@ pub struct Monitor {
     above: Vec<bool>,
     /// What the counts' reference is, to tell whether a checkpoint's counts fit.
     fingerprint: String,
+    /// How far back the features look (nanoseconds): a row is counted only once the state
+    /// has seen that much history before it.
+    reach_ns: i64,
+    /// The event time of the first row this state saw (`None`: none yet). Rows before it plus
+    /// the reach were featured from windows still filling: unlike a long-running pipeline's,
+    /// so not counted.
+    since: Option<i64>,
 }
 
 impl Monitor {
-    /// A monitor of the columns in `cfg.reference`, by the event times in `time`.
-    pub fn new(cfg: &DriftConfig, time: &str) -> Result<Self> {
+    /// A monitor of the columns in `cfg.reference`, by the event times in `time`, of rows
+    /// featured by windows that look back `reach` (unless `cfg.warm_up` says otherwise).
+    pub fn new(cfg: &DriftConfig, time: &str, reach: std::time::Duration) -> Result<Self> {
+        let reach = cfg.warm_up.unwrap_or(reach);
         let reference = Reference::read(&cfg.reference)?;
         crate::events::drift_columns(reference.columns.iter().map(|(c, _)| c.as_str()));
         Ok(Self {
@@ -516,7 +530,29 @@ impl Monitor {
             min_rows: cfg.min_rows,
             time: time.to_string(),
             latest: None,
+            reach_ns: i64::try_from(reach.as_nanos()).unwrap_or(i64::MAX),
+            since: None,
         })
+    }
+
+    /// Whether the window ending on `day` lies wholly after the warm-up: a window that is
+    /// partly within it holds a few days standing for a week (a weekday alone has no weekend
+    /// payments). Without a warm-up, every window is judged.
+    fn covers(&self, day: i64) -> bool {
+        match (self.reach_ns, self.counted_from()) {
+            (0, _) => true,
+            (_, Some(from)) => {
+                let first_whole_day =
+                    from.div_euclid(DAY_NS) + i64::from(from.rem_euclid(DAY_NS) != 0);
+                day - self.window_days + 1 >= first_whole_day
+            }
+            (_, None) => false,
+        }
+    }
+
+    /// From when rows are counted (UTC nanoseconds): the first row seen plus the reach.
+    pub fn counted_from(&self) -> Option<i64> {
+        self.since.map(|s| s.saturating_add(self.reach_ns))
     }
 
     /// The reference the counts are compared with.
@@ -533,10 +569,25 @@ impl Monitor {
             .map(|(n, _)| n.as_str())
     }
 
-    /// Counts `scored`'s rows; the days that left the window are dropped.
+    /// Counts `scored`'s rows whose features saw their whole reach; the days that left the
+    /// window are dropped.
     pub fn observe(&mut self, scored: &RecordBatch) -> Result<()> {
         if scored.num_rows() == 0 {
             return Ok(());
+        }
+        let times = columns::primitive::<TimestampNanosecondType>(scored, &self.time)?;
+        let first = times.values().iter().copied().min().unwrap_or(i64::MAX);
+        let since = *self.since.get_or_insert(first);
+        let from = since.saturating_add(self.reach_ns);
+        if first < from {
+            let keep = arrow::array::BooleanArray::from_iter(
+                times.values().iter().map(|&t| Some(t >= from)),
+            );
+            let counted = arrow::compute::filter_record_batch(scored, &keep)?;
+            if counted.num_rows() == 0 {
+                return Ok(());
+            }
+            return self.observe(&counted);
         }
         self.counts.add(scored, &self.time)?;
         let newest = days_of(scored, &self.time)?.into_iter().max();
@@ -547,11 +598,12 @@ impl Monitor {
         Ok(())
     }
 
-    /// Each column's PSI over the window ending on the latest day (`None` below `min_rows`).
+    /// Each column's PSI over the window ending on the latest day (`None` below `min_rows`,
+    /// or while part of the window is still within the warm-up).
     pub fn psi(&self) -> Vec<(&str, Option<f64>)> {
         let window = match self.latest {
-            Some(day) => self.counts.window(day, self.window_days),
-            None => vec![(None, 0); self.above.len()],
+            Some(day) if self.covers(day) => self.counts.window(day, self.window_days),
+            _ => vec![(None, 0); self.above.len()],
         };
         self.columns()
             .zip(window)
@@ -650,6 +702,45 @@ impl Monitor {
     }
 }
 
+impl Monitor {
+    /// When the state began (the first row it saw) as a checkpoint table of one row.
+    pub fn since_snapshot(&self) -> Result<RecordBatch> {
+        Ok(RecordBatch::try_new(
+            since_table_schema(),
+            vec![Arc::new(Int64Array::from(vec![self.since]))],
+        )?)
+    }
+
+    /// Takes when the state began from a checkpoint table ([`Monitor::since_snapshot`]).
+    pub fn restore_since(&mut self, table: &RecordBatch) -> Result<()> {
+        if table.schema() != since_table_schema() || table.num_rows() != 1 {
+            return Err(PipelineError::Checkpoint {
+                id: 0,
+                reason: "the drift start table has another layout".into(),
+            });
+        }
+        let since = table
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        self.since = since.is_valid(0).then(|| since.value(0));
+        Ok(())
+    }
+
+    /// Counts restored from a checkpoint that did not say when its state began (written
+    /// before it did): that state is taken as covering the features' reach.
+    pub fn assume_covered(&mut self) {
+        self.since.get_or_insert(i64::MIN);
+    }
+}
+
+fn since_table_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(
+        "since",
+        DataType::Int64,
+        true,
+    )]))
+}
+
 fn drift_table_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("day", DataType::Int64, false),
@@ -723,11 +814,8 @@ mod tests {
         .expect("batch")
     }
 
-    /// The live monitor: quiet on the reference's own distribution, one crossing over when the
-    /// window has moved, one back under once the shifted days left the window; nothing below
-    /// `min_rows`.
-    #[test]
-    fn the_monitor_reports_each_crossing_once_as_the_window_moves() {
+    /// A monitor config of column `X` against 0..1000 uniform, `window_days` days, 500 rows.
+    fn uniform_reference(window_days: u32) -> (tempfile::TempDir, DriftConfig) {
         let reference = Reference {
             period: "test".into(),
             columns: vec![(
@@ -741,10 +829,20 @@ mod tests {
         let cfg = DriftConfig {
             reference: path,
             threshold: 0.2,
-            window_days: 2,
+            window_days,
             min_rows: 500,
+            warm_up: None,
         };
-        let mut m = Monitor::new(&cfg, "T").expect("monitor");
+        (dir, cfg)
+    }
+
+    /// The live monitor: quiet on the reference's own distribution, one crossing over when the
+    /// window has moved, one back under once the shifted days left the window; nothing below
+    /// `min_rows`.
+    #[test]
+    fn the_monitor_reports_each_crossing_once_as_the_window_moves() {
+        let (_dir, cfg) = uniform_reference(2);
+        let mut m = Monitor::new(&cfg, "T", std::time::Duration::ZERO).expect("monitor");
         m.observe(&rows(100, 400, |i| i as f64 * 2.5))
             .expect("observe");
         assert_eq!(m.psi(), vec![("X", None)], "under min_rows");
@@ -765,13 +863,59 @@ mod tests {
         m.observe(&rows(104, 1000, |i| i as f64)).expect("observe");
         assert_eq!(m.report(), vec![("X".to_string(), false)]);
         // A restored monitor holds the same window.
-        let mut restored = Monitor::new(&cfg, "T").expect("monitor");
+        let mut restored = Monitor::new(&cfg, "T", std::time::Duration::ZERO).expect("monitor");
         assert!(
             restored
                 .restore(&m.snapshot().expect("snapshot"))
                 .expect("restore")
         );
         assert_eq!(restored.psi(), m.psi());
+    }
+
+    /// Rows featured before the state had seen the features' reach are not counted: a
+    /// pipeline starting with empty windows judges no drift on them, however unlike the
+    /// reference they are; when its state began survives a checkpoint.
+    #[test]
+    fn rows_before_the_state_covers_the_reach_are_not_counted() {
+        let (_dir, cfg) = uniform_reference(2);
+        let reach = std::time::Duration::from_secs(3 * 86_400);
+        let mut m = Monitor::new(&cfg, "T", reach).expect("monitor");
+        // Days 100-102: empty windows, values unlike the reference: not counted.
+        for day in 100..103 {
+            m.observe(&rows(day, 1000, |i| i as f64 * 50.0))
+                .expect("observe");
+        }
+        assert_eq!(m.psi(), vec![("X", None)]);
+        assert!(m.report().is_empty());
+        assert_eq!(m.counted_from(), Some(103 * DAY_NS));
+        // From day 103 on the state covers the reach: counted, and judged once the whole
+        // window (days 103-104) is.
+        m.observe(&rows(103, 1000, |i| i as f64)).expect("observe");
+        assert_eq!(m.psi(), vec![("X", None)], "half the window in the warm-up");
+        m.observe(&rows(104, 1000, |i| i as f64)).expect("observe");
+        assert!(m.psi()[0].1.expect("psi") < 0.2);
+        // A restored monitor keeps when its state began.
+        let mut restored = Monitor::new(&cfg, "T", reach).expect("monitor");
+        assert!(
+            restored
+                .restore(&m.snapshot().expect("snapshot"))
+                .expect("restore")
+        );
+        restored
+            .restore_since(&m.since_snapshot().expect("since"))
+            .expect("restore since");
+        assert_eq!(restored.counted_from(), m.counted_from());
+        assert_eq!(restored.psi(), m.psi());
+        // A checkpoint that does not say (written before it did) counts as covered.
+        let mut old = Monitor::new(&cfg, "T", reach).expect("monitor");
+        assert!(
+            old.restore(&m.snapshot().expect("snapshot"))
+                .expect("restore")
+        );
+        old.assume_covered();
+        old.observe(&rows(105, 1000, |i| i as f64 * 50.0))
+            .expect("observe");
+        assert!(old.psi()[0].1.expect("psi") > 0.2);
     }
 
     #[test]

@@ -206,7 +206,7 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
     let drift = pipeline
         .drift
         .as_ref()
-        .map(|d| drift::Monitor::new(d, &cfg.features.event_time))
+        .map(|d| drift::Monitor::new(d, &cfg.features.event_time, cfg.features.reach()))
         .transpose()?;
     if let Some(d) = &drift {
         let produced = cfg.features.feature_names()?;
@@ -747,6 +747,7 @@ impl FraudScoring {
 /// The score stage's tables in a snapshot, and what their layout is.
 const BASELINE: &str = "explain_baseline";
 const DRIFT: &str = "drift";
+const DRIFT_SINCE: &str = "drift_since";
 const SCORE_STATE: &str = "fraud-score-1";
 
 fn baseline_schema() -> arrow::datatypes::SchemaRef {
@@ -808,6 +809,7 @@ impl ScoreStage for FraudScoring {
         let mut tables = vec![(BASELINE.to_string(), baseline_table(self.model.baseline())?)];
         if let Some(d) = &self.drift {
             tables.push((DRIFT.to_string(), d.snapshot()?));
+            tables.push((DRIFT_SINCE.to_string(), d.since_snapshot()?));
         }
         Ok(StateSnapshot {
             tables,
@@ -841,12 +843,20 @@ impl ScoreStage for FraudScoring {
                     }
                 }
                 DRIFT => {
-                    if let Some(d) = &mut self.drift
-                        && !d.restore(t)?
-                    {
-                        tracing::info!(
-                            "the checkpoint's drift counts are of another reference: the window fills again"
-                        );
+                    if let Some(d) = &mut self.drift {
+                        if !d.restore(t)? {
+                            tracing::info!(
+                                "the checkpoint's drift counts are of another reference: the window fills again"
+                            );
+                        }
+                        if !state.tables.iter().any(|(n, _)| n == DRIFT_SINCE) {
+                            d.assume_covered();
+                        }
+                    }
+                }
+                DRIFT_SINCE => {
+                    if let Some(d) = &mut self.drift {
+                        d.restore_since(t)?;
                     }
                 }
                 other => {
@@ -982,17 +992,22 @@ impl JobKind for FraudConfig {
     }
 
     fn rebuild_horizon(&self, pipeline: &PipelineConfig) -> Option<super::Horizon> {
+        let features = self.features.reach();
+        // Drift counts rows only after its warm-up (the features' reach by default): its
+        // window's days need the warm-up before them.
         let drift = pipeline
             .drift
             .as_ref()
             .map_or(std::time::Duration::ZERO, |d| {
-                std::time::Duration::from_secs(86_400 * u64::from(d.window_days))
+                d.warm_up
+                    .unwrap_or(features)
+                    .saturating_add(std::time::Duration::from_secs(
+                        86_400 * u64::from(d.window_days),
+                    ))
             });
         Some(super::Horizon {
             time_column: self.features.event_time.clone(),
-            reach: self
-                .features
-                .reach()
+            reach: features
                 .max(drift)
                 .saturating_add(self.event_time.allowed_lateness),
             skew: self.event_time.max_future_skew,
@@ -1070,13 +1085,19 @@ mod tests {
 
     /// 1,200 transactions over 12 days, 30 customers, 7 terminals, a fraud now and then.
     fn history(dir: &Path) -> History {
+        history_over(dir, 1200, 100)
+    }
+
+    /// `rows` transactions from 2018-04-01 on, `per_day` a day (at most 100).
+    fn history_over(dir: &Path, rows: u32, per_day: u32) -> History {
         let mut csv =
             String::from("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n");
-        for i in 0..1200 {
-            let (day, minute) = (i / 100, (i % 100) * 14);
+        let first = chrono::NaiveDate::from_ymd_opt(2018, 4, 1).expect("date");
+        for i in 0..rows {
+            let (day, minute) = (i / per_day, (i % per_day) * 14);
             csv.push_str(&format!(
-                "{i},2018-04-{:02}T{:02}:{:02}:00Z,{},{},{}.25,{}\n",
-                day + 1,
+                "{i},{}T{:02}:{:02}:00Z,{},{},{}.25,{}\n",
+                first + chrono::Days::new(u64::from(day)),
                 minute / 60,
                 minute % 60,
                 i % 30,
@@ -1418,7 +1439,8 @@ mod tests {
     #[test]
     fn a_restored_or_warmed_score_stage_explains_and_monitors_as_the_original() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let h = history(dir.path());
+        // 60 days: drift counts only rows whose 37-day reach the state has seen.
+        let h = history_over(dir.path(), 2400, 40);
         let mut cfg = PipelineConfig::handbook().expect("shipped config");
         // Every score alerts, so every row is explained.
         cfg.alerts.threshold = Some(0.0);
@@ -1449,6 +1471,7 @@ mod tests {
             threshold: 0.2,
             window_days: 3,
             min_rows: 1,
+            warm_up: None,
         });
 
         let mut original = job(&cfg);
@@ -1462,7 +1485,7 @@ mod tests {
                 .iter()
                 .map(|(n, _)| n.as_str())
                 .collect::<Vec<_>>(),
-            ["explain_baseline", "drift"]
+            ["explain_baseline", "drift", "drift_since"]
         );
         let expected = reasons(&mut original, &inputs[half..]);
         assert!(expected.len() > 100);
@@ -1489,8 +1512,12 @@ mod tests {
         fresh.features.restore(features).expect("features");
         assert_ne!(reasons(&mut fresh, &inputs[half..]), expected);
 
-        // The drift windows agree too.
+        // The drift windows agree too, and count rows.
         let psi = |j: &Job| format!("{:?}", j.scoring.snapshot().expect("snapshot").tables);
+        let counted = original.scoring.snapshot().expect("snapshot").tables[1]
+            .1
+            .num_rows();
+        assert!(counted > 0, "no drift counts");
         assert_eq!(psi(&restored), psi(&original));
         assert_eq!(psi(&warmed), psi(&original));
     }
