@@ -211,9 +211,9 @@ fn live_scores_equal_backtest_scores_one_per_transaction() {
         .drift
         .as_ref()
         .expect("the shipped config monitors drift");
-    let reference = riskpipe_pipeline::jobs::fraud::drift::Reference::read(&drift_cfg.reference)
-        .expect("reference");
-    let report = riskpipe_pipeline::jobs::fraud::drift::DriftReport::per_day(
+    let reference =
+        riskpipe_pipeline::jobs::drift::Reference::read(&drift_cfg.reference).expect("reference");
+    let report = riskpipe_pipeline::jobs::drift::DriftReport::per_day(
         &replayed.scored(),
         "TX_DATETIME",
         &reference,

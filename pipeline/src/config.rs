@@ -42,7 +42,7 @@ pub struct PipelineConfig {
     pub alerts: AlertConfig,
     /// Live drift monitoring of the model inputs and the score (fraud jobs).
     #[serde(default)]
-    pub drift: Option<crate::jobs::fraud::drift::DriftConfig>,
+    pub drift: Option<crate::jobs::drift::DriftConfig>,
     /// Kafka source and sinks of the live pipeline (`riskpipe run`, `riskpipe replay`).
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,

@@ -27,7 +27,7 @@ use crate::decoders;
 use crate::driver::{Checkpoints, Counters, Driver, Summary};
 use crate::events;
 use crate::jobs::partitioned::{Installs, MakeStage};
-use crate::jobs::{self, Job, StateSnapshot};
+use crate::jobs::{self, Job, Side, StateSnapshot};
 use crate::kafka::RepartitionConfig;
 use crate::observe::Health;
 use crate::reload::{ModelSlot, Reloader};
@@ -130,19 +130,15 @@ async fn run_once(
     }
 }
 
-/// Which job a run drives: the whole job, or one stage of the repartitioned topology.
+/// Which job a run drives: the whole job, or one side of the repartitioned topology (the
+/// events topic has `origins` partitions).
 #[derive(Debug, Clone)]
 enum Stage {
     Whole,
-    /// Before the repartition by `by`; the transactions topic has `origins` partitions.
-    First {
+    Split {
         by: String,
         origins: i32,
-    },
-    /// After it; the transactions topic has `origins` partitions.
-    Second {
-        by: String,
-        origins: i32,
+        side: Side,
     },
 }
 
@@ -151,27 +147,17 @@ impl Stage {
     fn partition_maker(&self, cfg: &PipelineConfig) -> Result<Option<MakeStage>> {
         Ok(match self {
             Stage::Whole => None,
-            Stage::First { by, origins } => Some(jobs::fraud::partition_maker(
-                cfg.fraud()?,
-                by,
-                false,
-                *origins,
-            )?),
-            Stage::Second { by, origins } => Some(jobs::fraud::partition_maker(
-                cfg.fraud()?,
-                by,
-                true,
-                *origins,
-            )?),
+            Stage::Split { by, origins, side } => {
+                Some(cfg.job.kind().split_partition_stage(by, *origins, *side)?)
+            }
         })
     }
 
     fn build(&self, cfg: &PipelineConfig) -> Result<Job> {
         match self {
             Stage::Whole => jobs::build(cfg),
-            Stage::First { by, origins } => jobs::fraud::first_stage(cfg.fraud()?, by, *origins),
-            Stage::Second { by, origins } => {
-                jobs::fraud::second_stage(cfg.fraud()?, cfg, by, *origins)
+            Stage::Split { by, origins, side } => {
+                cfg.job.kind().split_stage(cfg, by, *origins, *side)
             }
         }
     }
@@ -219,9 +205,10 @@ async fn run_repartitioned(
         tokio::try_join!(
             run_stage(
                 &first,
-                Stage::First {
+                Stage::Split {
                     by: by.clone(),
                     origins,
+                    side: Side::Before,
                 },
                 &parts.0,
                 &forwarding,
@@ -231,7 +218,11 @@ async fn run_repartitioned(
             ),
             run_stage(
                 &second,
-                Stage::Second { by, origins },
+                Stage::Split {
+                    by,
+                    origins,
+                    side: Side::After,
+                },
                 &parts.1,
                 counters,
                 shutdown,

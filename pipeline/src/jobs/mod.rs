@@ -12,8 +12,10 @@
 //! Both stages own their keyed state and expose it through `snapshot` / `restore`, the seam
 //! checkpoints use: a feature stage's state is the windows and histories, a score stage's
 //! whatever its outputs depend on beyond the row (the market job's portfolio aggregation).
-//! [`build`] is the registry: one line per job kind.
+//! [`build`] is the registry: one line per job kind. [`drift`]: how far the model inputs and
+//! the score moved from a reference, in a backtest and live.
 
+pub mod drift;
 pub mod event_time;
 pub mod fraud;
 pub mod market;
@@ -26,6 +28,8 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
 use riskpipe_models::Model;
+
+pub use partitioned::MakeStage;
 
 use crate::backtest::{Options, Replayed, Report};
 use crate::config::{PipelineConfig, Streams};
@@ -274,6 +278,16 @@ pub(crate) fn fingerprint(definitions: &impl std::fmt::Debug) -> String {
     digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Which side of a repartition a stage of a split job runs (scale-out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Reads the events, admits them, computes the features keyed like its input and forwards
+    /// each row keyed by the repartition's key.
+    Before,
+    /// Reads the forwarded rows (and the side input), computes the rest, scores.
+    After,
+}
+
 /// Runs `input` through the feature stage, side events first, then the events in
 /// micro-batches of `batch_rows`, and their featured rows through `scoring` when it is given
 /// (a score stage that keeps state): how a restarted pipeline brings restored state up to its
@@ -467,6 +481,30 @@ pub trait JobKind: std::fmt::Debug + Send + Sync {
     }
     /// The feature half alone (no model).
     fn feature_stage(&self) -> Result<Box<dyn FeatureStage>>;
+    /// The job split at a repartition by `by` (`kafka.repartition`, scale-out): the stage on
+    /// `side` of it, whose feature state is kept per input partition; the events topic has
+    /// `origins` partitions. A job that cannot be split refuses.
+    fn split_stage(
+        &self,
+        _pipeline: &PipelineConfig,
+        _by: &str,
+        _origins: i32,
+        _side: Side,
+    ) -> Result<Job> {
+        Err(self.not_split())
+    }
+    /// One input partition's feature stage of [`JobKind::split_stage`]'s stage: what a
+    /// partition assigned to this instance is restored into.
+    fn split_partition_stage(&self, _by: &str, _origins: i32, _side: Side) -> Result<MakeStage> {
+        Err(self.not_split())
+    }
+    /// Why [`JobKind::split_stage`] refuses.
+    fn not_split(&self) -> PipelineError {
+        PipelineError::Config(vec![format!(
+            "kafka.repartition: the {} job cannot be split at a repartition",
+            self.name()
+        )])
+    }
     /// Whether its feature state can be checkpointed (`[state]`).
     fn checkpoints(&self) -> bool {
         false
@@ -560,6 +598,36 @@ mod tests {
     fn table(v: i64) -> RecordBatch {
         RecordBatch::try_from_iter([("v", Arc::new(Int64Array::from(vec![v])) as ArrayRef)])
             .expect("table")
+    }
+
+    /// The runtime asks the job for the stages of a repartitioned topology: the fraud job
+    /// gives both sides, the market job refuses by name.
+    #[test]
+    fn a_job_splits_at_a_repartition_or_says_it_cannot() {
+        let fraud = PipelineConfig::handbook().expect("shipped config");
+        let kind = fraud.job.kind();
+        for side in [Side::Before, Side::After] {
+            let job = kind
+                .split_stage(&fraud, "TERMINAL_ID", 2, side)
+                .expect("fraud stage");
+            // Only the side after the repartition reads the labels and scores.
+            assert_eq!(job.inputs.side.is_some(), side == Side::After);
+            assert!(kind.split_partition_stage("TERMINAL_ID", 2, side).is_ok());
+        }
+        let market = PipelineConfig::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/market-nasdaq.toml"),
+        )
+        .expect("shipped market config");
+        let err = market
+            .job
+            .kind()
+            .split_stage(&market, "INSTRUMENT", 2, Side::Before)
+            .expect_err("the market job is not split");
+        assert!(
+            err.to_string()
+                .contains("the market job cannot be split at a repartition"),
+            "{err}"
+        );
     }
 
     #[test]

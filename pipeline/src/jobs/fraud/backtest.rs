@@ -12,10 +12,10 @@ use riskpipe_operators::columns;
 use riskpipe_schemas::{score, tx};
 
 use super::FraudConfig;
-use super::drift::{DriftConfig, DriftReport, Reference, WINDOW_DAYS};
 use super::metrics::{self, Scored};
 use super::report::{FraudReport, plot_curves};
 use crate::backtest::Replayed;
+use crate::jobs::drift::{DriftConfig, DriftReport, Reference, WINDOW_DAYS};
 use crate::{PipelineError, Result};
 
 const DAY_NS: i64 = 86_400_000_000_000;

@@ -46,7 +46,7 @@ pub struct FraudReport {
     pub challenger: Option<Box<FraudReport>>,
     /// PSI per day of the model inputs and the score against a reference period.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub drift: Option<super::drift::DriftReport>,
+    pub drift: Option<crate::jobs::drift::DriftReport>,
 }
 
 impl FraudReport {

@@ -11,6 +11,9 @@
 //! In exactly-once mode the consumer commits nothing itself (auto-commit off) and reads only
 //! committed input (`read_committed`): the input offsets go into the sink's transactions, with
 //! the consumer's group metadata ([`GroupMembership`]), and the acker only counts positions.
+//!
+//! Here the source; `context`: the consumer's callbacks (health, rebalances, statistics);
+//! `ack`: offsets stored and committed as the driver acknowledges batches.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,23 +21,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
-    StreamConsumer,
-};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{Consumer, ConsumerGroupMetadata, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message as _};
-use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, TopicPartitionList};
 
-use super::{Acker, Handover, Message, Payload, Source, SourceBatch, Stop};
+use super::{Message, Payload, Source, SourceBatch, Stop};
+
+mod ack;
+mod context;
+
 use crate::config::Streams;
 use crate::events;
 use crate::kafka::{KafkaConfig, Throttle};
 use crate::observe::Health;
 use crate::state::Positions;
 use crate::{PipelineError, Result};
+pub use ack::KafkaAcker;
+use context::Context;
 
 /// How long a consumer that has prefetched its fill waits before fetching again, in ms (see
 /// the consumer's defaults; the replay consumer shares it).
@@ -48,192 +51,7 @@ const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Highest offset read per (topic, partition) of a batch: what acknowledging it stores.
 pub type Offsets = BTreeMap<(Arc<str>, i32), i64>;
 
-/// The consumer's view of its own health: readiness is holding partitions while a broker is up.
-struct Context {
-    health: Arc<Health>,
-    assigned: AtomicBool,
-    ever_assigned: AtomicBool,
-    brokers_up: AtomicBool,
-    last_error: Mutex<Option<String>>,
-    errors: Throttle,
-    /// The events topic, and its partitions this consumer holds.
-    events_topic: String,
-    held: Mutex<Arc<[i32]>>,
-    /// State per partition that follows the assignment (see [`Follow`]).
-    following: AtomicBool,
-    /// Partition numbers assigned but not restored yet: paused, their messages dropped.
-    restoring: Mutex<BTreeSet<i32>>,
-    /// Partition numbers whose state this process holds.
-    owned: Mutex<BTreeSet<i32>>,
-    /// The latest assignment, until the source has followed it.
-    assignment: Mutex<Option<Vec<(String, i32)>>>,
-    /// Wakes the source when an assignment arrives (its new partitions are paused: no
-    /// message would).
-    assigned_now: tokio::sync::Notify,
-    /// Batches handed on and acknowledged; with exactly-once and state that follows the
-    /// assignment (`handing_over`), the commit a revoke waits for.
-    handover: Arc<Handover>,
-    handing_over: AtomicBool,
-    /// The acker's positions (exactly-once: an assignment drops those of partitions given up,
-    /// so that no later transaction commits their offsets over their next owner's).
-    positions: Arc<Mutex<Positions>>,
-}
-
-impl Context {
-    fn hold(&self, partitions: Arc<[i32]>) {
-        if let Ok(mut held) = self.held.lock() {
-            *held = partitions;
-        }
-    }
-
-    fn held(&self) -> Arc<[i32]> {
-        self.held
-            .lock()
-            .map_or_else(|_| Arc::from([]), |h| h.clone())
-    }
-
-    fn update_ready(&self) {
-        self.health.set_ready(
-            self.assigned.load(Ordering::Relaxed) && self.brokers_up.load(Ordering::Relaxed),
-        );
-    }
-
-    /// A new assignment while following: partitions whose state this process does not hold
-    /// are paused until the source has restored it.
-    fn follow(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let owned = self.owned.lock().map(|o| o.clone()).unwrap_or_default();
-        let mut pause = TopicPartitionList::new();
-        let mut new = BTreeSet::new();
-        let mut all = Vec::new();
-        for e in tpl.elements() {
-            all.push((e.topic().to_string(), e.partition()));
-            if !owned.contains(&e.partition()) {
-                new.insert(e.partition());
-                pause.add_partition(e.topic(), e.partition());
-            }
-        }
-        if pause.count() > 0
-            && let Err(e) = consumer.pause(&pause)
-        {
-            tracing::warn!("pausing newly assigned partitions: {e}");
-        }
-        if let Ok(mut r) = self.restoring.lock() {
-            *r = new;
-        }
-        if self.handing_over.load(Ordering::Acquire)
-            && let Ok(mut positions) = self.positions.lock()
-        {
-            // Every batch handed on was committed when the partitions were revoked.
-            for (topic, partitions) in positions.iter_mut() {
-                partitions.retain(|p, _| all.iter().any(|(t, q)| t == topic && q == p));
-            }
-        }
-        if let Ok(mut a) = self.assignment.lock() {
-            *a = Some(all);
-        }
-        self.assigned_now.notify_one();
-    }
-
-    fn remember(&self, error: String) {
-        if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(error);
-        }
-    }
-}
-
-impl ClientContext for Context {
-    fn stats(&self, statistics: Statistics) {
-        for (topic, t) in statistics.topics {
-            for (partition, p) in t.partitions {
-                if partition >= 0 && p.consumer_lag >= 0 {
-                    events::consumer_lag(&topic, partition, p.consumer_lag);
-                }
-            }
-        }
-        let up = statistics.brokers.values().any(|b| b.state == "UP");
-        self.brokers_up.store(up, Ordering::Relaxed);
-        self.update_ready();
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.brokers_up.store(false, Ordering::Relaxed);
-            self.update_ready();
-        }
-        self.remember(format!("{error}: {reason}"));
-        self.errors
-            .warn(&format_args!("kafka client: {error}: {reason}"));
-    }
-
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        self.errors.librdkafka(level, facility, message);
-    }
-}
-
-impl ConsumerContext for Context {
-    /// Before librdkafka gives the partitions up: the consumer rejoins the group as soon as
-    /// they are unassigned, whatever the callback does after that, so the hand-over's commit
-    /// must come first (as Kafka Streams commits in `onPartitionsRevoked`).
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if matches!(rebalance, Rebalance::Revoke(_)) && self.handing_over.load(Ordering::Acquire) {
-            let started = Instant::now();
-            if self.handover.revoked(HANDOVER_TIMEOUT) {
-                tracing::info!(
-                    took = ?started.elapsed(),
-                    "exactly-once: every batch read committed before the partitions go"
-                );
-            } else {
-                tracing::warn!(
-                    "exactly-once: the commit before the partitions go did not come within {HANDOVER_TIMEOUT:?}: the open transaction will be aborted"
-                );
-            }
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions assigned");
-                let mut events: Vec<i32> = tpl
-                    .elements_for_topic(&self.events_topic)
-                    .iter()
-                    .map(|e| e.partition())
-                    .collect();
-                events.sort_unstable();
-                self.hold(Arc::from(events));
-                if self.following.load(Ordering::Relaxed) {
-                    self.follow(consumer, tpl);
-                }
-                self.assigned.store(tpl.count() > 0, Ordering::Relaxed);
-                self.ever_assigned.store(true, Ordering::Relaxed);
-                // An assignment comes through a live coordinator.
-                self.brokers_up.store(true, Ordering::Relaxed);
-                self.update_ready();
-            }
-            Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions revoked");
-                self.hold(Arc::from([]));
-                self.assigned.store(false, Ordering::Relaxed);
-                self.update_ready();
-            }
-            Rebalance::Error(e) => tracing::warn!("rebalance error: {e}"),
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => events::commit(true),
-            // Nothing stored since the last commit: not a failure.
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => {
-                events::commit(false);
-                tracing::warn!("offset commit failed (will be retried with the next): {e}");
-            }
-        }
-    }
-}
-
-type Consumer_ = StreamConsumer<Context>;
+pub(super) type Consumer_ = StreamConsumer<Context>;
 
 /// The live source.
 pub struct KafkaSource {
@@ -724,113 +542,4 @@ impl Source for KafkaSource {
     fn names(&self) -> (&str, &str) {
         (&self.names.0, &self.names.1)
     }
-}
-
-/// Stores acknowledged offsets; commits on the way out. In exactly-once mode it only keeps the
-/// positions: the sink's transactions commit them.
-pub struct KafkaAcker {
-    consumer: Arc<Consumer_>,
-    positions: Arc<Mutex<Positions>>,
-    transactional: bool,
-}
-
-impl Drop for KafkaAcker {
-    fn drop(&mut self) {
-        // The run is over: a revoke (the consumer closing) has no commit to wait for.
-        self.consumer.context().handover.close();
-    }
-}
-
-impl std::fmt::Debug for KafkaAcker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaAcker").finish_non_exhaustive()
-    }
-}
-
-impl Acker for KafkaAcker {
-    type Ack = Offsets;
-
-    fn ack(&mut self, offsets: Offsets) {
-        if let Ok(mut positions) = self.positions.lock() {
-            for ((topic, partition), offset) in &offsets {
-                if !positions.contains_key(&**topic) {
-                    positions.insert(topic.to_string(), Default::default());
-                }
-                if let Some(partitions) = positions.get_mut(&**topic) {
-                    let next = partitions.entry(*partition).or_insert(0);
-                    *next = (*next).max(offset + 1);
-                }
-            }
-        }
-        for ((topic, partition), offset) in &offsets {
-            if self.transactional {
-                continue;
-            }
-            if let Err(e) = self.consumer.store_offset(topic, *partition, *offset) {
-                // The partition moved to another member in a rebalance: it re-processes from
-                // the last commit, which is still at-least-once.
-                tracing::warn!(%topic, partition, offset, "offset not stored: {e}");
-            }
-        }
-        // Counted for the source, which waits for them before following an assignment.
-        self.consumer.context().handover.ack();
-    }
-
-    fn finish(&mut self) -> Result<bool> {
-        if self.transactional {
-            return Ok(true);
-        }
-        match commit_stored(&self.consumer, "final offset commit") {
-            // Stopping while the group rebalances (instances stopped one after another): the
-            // partitions' next owner reads the uncommitted tail again, as after a crash.
-            Err(PipelineError::Kafka {
-                source: KafkaError::ConsumerCommit(code),
-                ..
-            }) if matches!(
-                code,
-                RDKafkaErrorCode::RebalanceInProgress
-                    | RDKafkaErrorCode::UnknownMemberId
-                    | RDKafkaErrorCode::IllegalGeneration
-            ) =>
-            {
-                tracing::warn!(
-                    "final offset commit refused while the group rebalances ({code}): the next owner of the partitions re-reads the uncommitted tail; no checkpoint at shutdown"
-                );
-                Ok(false)
-            }
-            other => other.map(|()| true),
-        }
-    }
-
-    fn positions(&self) -> Positions {
-        self.positions.lock().map(|p| p.clone()).unwrap_or_default()
-    }
-
-    fn handover(&self) -> Option<Arc<Handover>> {
-        let context = self.consumer.context();
-        context
-            .handing_over
-            .load(Ordering::Acquire)
-            .then(|| context.handover.clone())
-    }
-
-    fn commit(&self) -> Option<super::Commit> {
-        if self.transactional {
-            return None;
-        }
-        let consumer = self.consumer.clone();
-        Some(Box::new(move || {
-            commit_stored(&consumer, "offset commit before a checkpoint")
-        }))
-    }
-}
-
-/// Commits the stored offsets synchronously.
-fn commit_stored(consumer: &Consumer_, op: &'static str) -> Result<()> {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => events::commit(true),
-        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => return Err(PipelineError::kafka(op)(e)),
-    }
-    Ok(())
 }

@@ -13,6 +13,9 @@
 //! dead-letter topic takes, a reference goes in their place (no payload; headers with the
 //! source coordinates, the size and the SHA-256 of the bytes), so a poison pill can neither stop
 //! the pipeline nor make it loop on restart.
+//!
+//! Here the sink; `dead_letter`: a dead letter's headers and its stand-in; `transactions`:
+//! the exactly-once transaction calls and what each error leads to.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,11 +25,15 @@ use arrow::array::{Array, StringArray};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{DeadLetter, Delivered, Origin, Sink, SinkBatch};
+
+mod dead_letter;
+mod transactions;
+
 use crate::encoders::{self, Encoder, Payloads};
 use crate::events::{self, Stage};
 use crate::jobs::Records;
@@ -34,12 +41,10 @@ use crate::kafka::KafkaConfig;
 use crate::sources::kafka::GroupMembership;
 use crate::state::Positions;
 use crate::{PipelineError, Result};
-
-/// How long one transaction call may take before librdkafka reports a (retriable) timeout.
-const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Retriable errors of one transaction call retried before giving up (aborting).
-const TRANSACTION_RETRIES: u32 = 10;
+use dead_letter::{Reference, headers, too_large};
+use transactions::{
+    TRANSACTION_TIMEOUT, commit_transaction, transaction_error, transaction_timeout,
+};
 
 /// Which output a record belongs to.
 #[derive(Debug, Clone)]
@@ -51,96 +56,6 @@ enum Output {
     Forward,
     /// A dead letter, with the reference to send should its bytes turn out too large.
     DeadLetter(Option<Box<Reference>>),
-}
-
-/// A dead letter's stand-in: the source coordinates, size and hash of bytes too large to
-/// forward.
-#[derive(Debug, Clone)]
-struct Reference {
-    key: Option<Vec<u8>>,
-    topic: String,
-    partition: i32,
-    offset: i64,
-    kind: &'static str,
-    reason: String,
-    size: usize,
-    sha256: String,
-}
-
-impl Reference {
-    fn of(d: &DeadLetter, m: &crate::sources::Message) -> Self {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(&m.payload);
-        Self {
-            key: m.key.clone(),
-            topic: m.topic.to_string(),
-            partition: m.partition,
-            offset: m.offset,
-            kind: d.kind.as_str(),
-            reason: format!(
-                "{}; the original {} bytes are more than the dead-letter topic takes: not forwarded",
-                d.reason,
-                m.payload.len()
-            ),
-            size: m.payload.len(),
-            sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
-        }
-    }
-
-    fn headers(&self) -> OwnedHeaders {
-        headers(
-            &self.topic,
-            self.partition,
-            self.offset,
-            self.kind,
-            &self.reason,
-        )
-        .insert(Header {
-            key: "riskpipe.source.size",
-            value: Some(self.size.to_string().as_bytes()),
-        })
-        .insert(Header {
-            key: "riskpipe.source.sha256",
-            value: Some(self.sha256.as_bytes()),
-        })
-    }
-}
-
-/// The headers every dead letter carries.
-fn headers(topic: &str, partition: i32, offset: i64, kind: &str, reason: &str) -> OwnedHeaders {
-    OwnedHeaders::new()
-        .insert(Header {
-            key: "riskpipe.source.topic",
-            value: Some(topic.as_bytes()),
-        })
-        .insert(Header {
-            key: "riskpipe.source.partition",
-            value: Some(partition.to_string().as_bytes()),
-        })
-        .insert(Header {
-            key: "riskpipe.source.offset",
-            value: Some(offset.to_string().as_bytes()),
-        })
-        .insert(Header {
-            key: "riskpipe.error.kind",
-            value: Some(kind.as_bytes()),
-        })
-        .insert(Header {
-            key: "riskpipe.error",
-            value: Some(reason.as_bytes()),
-        })
-}
-
-/// Whether a produce error says the record is too large (for the client or the topic).
-fn too_large(e: &KafkaError) -> bool {
-    matches!(
-        e,
-        KafkaError::MessageProduction(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::MessageBatchTooLarge
-        )
-    )
 }
 
 /// The producer's client context: librdkafka's repeated complaints about a dead broker are
@@ -489,94 +404,6 @@ impl KafkaSink {
         }
         Ok(())
     }
-}
-
-/// A transaction error of `op`: `aborted` when the transaction was aborted.
-fn transaction_error(op: &'static str, source: KafkaError, aborted: bool) -> PipelineError {
-    PipelineError::Transaction {
-        op,
-        source,
-        aborted,
-    }
-}
-
-/// What librdkafka says may be done after a failed transaction call.
-enum Next {
-    Retry,
-    Abort,
-    Stop,
-}
-
-fn next_after(e: &KafkaError) -> Next {
-    match e {
-        KafkaError::Transaction(t) if t.is_fatal() => Next::Stop,
-        KafkaError::Transaction(t) if t.txn_requires_abort() => Next::Abort,
-        KafkaError::Transaction(t) if t.is_retriable() => Next::Retry,
-        _ => Next::Stop,
-    }
-}
-
-/// Runs one transaction call, retrying what librdkafka calls retriable; an error that needs
-/// an abort (or retries running out) aborts the transaction.
-fn transaction_call(
-    producer: &Producer,
-    op: &'static str,
-    call: impl Fn() -> std::result::Result<(), KafkaError>,
-) -> Result<()> {
-    let mut retries = 0;
-    loop {
-        let Err(e) = call() else { return Ok(()) };
-        match next_after(&e) {
-            Next::Retry if retries < TRANSACTION_RETRIES => {
-                retries += 1;
-                tracing::warn!("kafka transaction: {op}: {e}; retrying ({retries})");
-                std::thread::sleep(Duration::from_millis(100 * u64::from(retries)));
-            }
-            Next::Retry | Next::Abort => {
-                if let Err(a) = producer.abort_transaction(TRANSACTION_TIMEOUT) {
-                    // The next run's initialisation aborts it (same transactional.id).
-                    tracing::warn!("kafka transaction: aborting after {op} failed: {a}");
-                }
-                events::transaction_aborted();
-                return Err(transaction_error(op, e, true));
-            }
-            Next::Stop => return Err(transaction_error(op, e, false)),
-        }
-    }
-}
-
-/// Sends `offsets` into the open transaction, commits it and begins the next.
-fn commit_transaction(
-    producer: &Producer,
-    group: &GroupMembership,
-    offsets: &TopicPartitionList,
-) -> Result<()> {
-    let started = Instant::now();
-    if offsets.count() > 0 {
-        let metadata = group.metadata().ok_or_else(|| {
-            PipelineError::Bug("the consumer has no group metadata to commit with".into())
-        })?;
-        transaction_call(producer, "sending the input offsets", || {
-            producer.send_offsets_to_transaction(offsets, &metadata, TRANSACTION_TIMEOUT)
-        })?;
-    }
-    transaction_call(producer, "committing", || {
-        producer.commit_transaction(TRANSACTION_TIMEOUT)
-    })?;
-    events::transaction_committed(started.elapsed().as_secs_f64());
-    producer
-        .begin_transaction()
-        .map_err(|source| transaction_error("beginning a transaction", source, false))
-}
-
-/// How long a broker keeps a transaction open without a commit before it aborts it: what a
-/// crashed instance's open transaction costs the readers of its outputs. `read_committed`
-/// readers of a partition it wrote to (the repartition topic's, the scores') read nothing past
-/// it until it ends, and its restart with the same id ends it at once. librdkafka's default is
-/// 60 s; riskpipe takes 10 s as Kafka Streams does for exactly-once, or three commit intervals
-/// if that is longer.
-fn transaction_timeout(commit_interval: Duration) -> Duration {
-    (commit_interval * 3).max(Duration::from_secs(10))
 }
 
 async fn send_reference(

@@ -1,0 +1,201 @@
+//! Drift: how far the distribution of each model input and of the score moved away from a
+//! reference period, as the population stability index (PSI) over the reference's deciles.
+//!
+//! `PSI = Σ (aᵢ − eᵢ) · ln(aᵢ / eᵢ)` over the bins, `e` the reference's share of a bin and `a` the
+//! observed one (each floored at 10⁻⁴ so an empty bin stays finite). The usual reading: under
+//! 0.1 stable, 0.1–0.2 some shift, over 0.2 a shift worth acting on.
+//!
+//! Here: [`Bins`] and a [`Reference`]; `report`: the backtest's PSI per day and its heat map;
+//! `monitor`: the live monitor over the scored rows' day counts, checkpointed with the state.
+
+use std::path::Path;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, TimestampNanosecondType};
+use riskpipe_operators::columns;
+use serde::{Deserialize, Serialize};
+
+use crate::{PipelineError, Result};
+
+mod monitor;
+mod report;
+
+pub use monitor::{DayCounts, DriftConfig, Monitor};
+pub use report::DriftReport;
+
+/// Bins per column (deciles; ties merge bins).
+pub const BINS: usize = 10;
+/// PSI from which a column counts as drifted.
+pub const DRIFTED: f64 = 0.2;
+/// Each day's PSI is over the days up to it, this many: a week, so weekly patterns (the
+/// weekend flag, say) do not read as drift.
+pub const WINDOW_DAYS: i64 = 7;
+/// Shares are floored at this, so an empty bin gives a finite PSI.
+const FLOOR: f64 = 1e-4;
+pub(crate) const DAY_NS: i64 = 86_400_000_000_000;
+
+/// One column's reference distribution: bin upper bounds (the last bin is open) and the share
+/// of reference values in each bin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bins {
+    /// Upper bounds of every bin but the last, increasing.
+    pub edges: Vec<f64>,
+    /// Share of the reference in each bin (`edges.len() + 1` of them, summing to 1).
+    pub shares: Vec<f64>,
+    /// The smallest and largest reference value (absent in references written before it was
+    /// kept). The explanation baseline takes live values clamped to it, so that no admitted
+    /// event, however extreme, moves the means alerts are explained against by more than a
+    /// reference value would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<[f64; 2]>,
+}
+
+impl Bins {
+    /// At most `bins` quantile bins of `values` (non-finite values are left out).
+    pub fn of(values: &[f64], bins: usize) -> Bins {
+        let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        sorted.sort_by(f64::total_cmp);
+        let mut edges: Vec<f64> = Vec::new();
+        if let Some(&max) = sorted.last() {
+            for k in 1..bins.max(1) {
+                let q = sorted[(k * sorted.len() / bins).min(sorted.len() - 1)];
+                // Equal quantiles (ties) are one bin; no bin above the maximum.
+                if q < max && edges.last().is_none_or(|&e| q > e) {
+                    edges.push(q);
+                }
+            }
+        }
+        let mut bins = Bins {
+            shares: vec![0.0; edges.len() + 1],
+            edges,
+            range: sorted.first().zip(sorted.last()).map(|(&lo, &hi)| [lo, hi]),
+        };
+        let counts = bins.counts(sorted.iter().copied());
+        let n = sorted.len().max(1) as f64;
+        bins.shares = counts.iter().map(|&c| c as f64 / n).collect();
+        bins
+    }
+
+    /// The bin of `v`: values up to `edges[i]` (and above `edges[i - 1]`) are in bin `i`.
+    pub fn bin(&self, v: f64) -> usize {
+        self.edges.partition_point(|&e| e < v)
+    }
+
+    /// How many of `values` fall in each bin (non-finite ones in none).
+    pub fn counts(&self, values: impl IntoIterator<Item = f64>) -> Vec<u64> {
+        let mut counts = vec![0u64; self.shares.len()];
+        for v in values.into_iter().filter(|v| v.is_finite()) {
+            counts[self.bin(v)] += 1;
+        }
+        counts
+    }
+
+    /// The PSI of observed bin `counts` against this reference; `None` for no observation.
+    pub fn psi(&self, counts: &[u64]) -> Option<f64> {
+        let n: u64 = counts.iter().sum();
+        let reference: f64 = self.shares.iter().sum();
+        if n == 0 || reference == 0.0 || counts.len() != self.shares.len() {
+            return None;
+        }
+        Some(
+            counts
+                .iter()
+                .zip(&self.shares)
+                .map(|(&c, &e)| {
+                    let a = (c as f64 / n as f64).max(FLOOR);
+                    let e = e.max(FLOOR);
+                    (a - e) * (a / e).ln()
+                })
+                .sum(),
+        )
+    }
+}
+
+/// The reference of every monitored column (`drift_reference.json` beside a backtest's
+/// report).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    /// What the reference is (e.g. the split's training days).
+    pub period: String,
+    /// Column name → its reference bins, in the report's order.
+    pub columns: Vec<(String, Bins)>,
+}
+
+impl Reference {
+    /// The reference of `columns` over the rows of `scored` whose day (of `time`) is within
+    /// `days`.
+    pub fn of(
+        scored: &[RecordBatch],
+        time: &str,
+        columns: &[String],
+        days: std::ops::Range<i64>,
+        period: String,
+    ) -> Result<Reference> {
+        let mut values: Vec<Vec<f64>> = vec![Vec::new(); columns.len()];
+        for b in scored {
+            let day = days_of(b, time)?;
+            for (c, name) in columns.iter().enumerate() {
+                let column = as_f64(b, name)?;
+                let column = column.as_primitive::<Float64Type>();
+                for (i, d) in day.iter().enumerate() {
+                    if days.contains(d) && column.is_valid(i) {
+                        values[c].push(column.value(i));
+                    }
+                }
+            }
+        }
+        Ok(Reference {
+            period,
+            columns: columns
+                .iter()
+                .cloned()
+                .zip(values.iter().map(|v| Bins::of(v, BINS)))
+                .collect(),
+        })
+    }
+
+    /// Whether the reference period held no value at all (nothing to compare with).
+    pub fn is_empty(&self) -> bool {
+        self.columns
+            .iter()
+            .all(|(_, b)| b.shares.iter().sum::<f64>() == 0.0)
+    }
+
+    /// Reads a reference written by [`Reference::write`].
+    pub fn read(path: &Path) -> Result<Reference> {
+        let text = std::fs::read_to_string(path).map_err(PipelineError::io("reading", path))?;
+        serde_json::from_str(&text).map_err(|e| {
+            PipelineError::Config(vec![format!("drift reference {}: {e}", path.display())])
+        })
+    }
+
+    /// Writes the reference as JSON.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        crate::backtest::write_json(path.to_path_buf(), self).map(|_| ())
+    }
+}
+
+/// `YYYY-MM-DD` of a day number since 1970-01-01.
+pub(crate) fn day_text(day: i64) -> String {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    (epoch + chrono::Days::new(u64::try_from(day).unwrap_or_default()))
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// The UTC day of each row's `time`.
+pub(crate) fn days_of(b: &RecordBatch, time: &str) -> Result<Vec<i64>> {
+    let t = columns::primitive::<TimestampNanosecondType>(b, time)?;
+    Ok(t.values().iter().map(|v| v.div_euclid(DAY_NS)).collect())
+}
+
+/// Column `name` as f64.
+pub(crate) fn as_f64(b: &RecordBatch, name: &str) -> Result<arrow::array::ArrayRef> {
+    let c = b.column_by_name(name).ok_or_else(|| {
+        PipelineError::Bug(format!("drift: no column {name:?} in the scored rows"))
+    })?;
+    Ok(arrow::compute::cast(c, &DataType::Float64)?)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,146 @@
+//! The fraud job split at a repartition (scale-out): the first stage admits transactions,
+//! computes the features keyed like its input and forwards each row keyed by the next stage's
+//! key; the second computes the rest, scores and alerts.
+
+use riskpipe_operators::columns;
+use riskpipe_schemas::{fraud_label_schema, repartition, transaction_schema};
+
+use super::build;
+use super::config::FraudConfig;
+use super::features::{FraudFeatures, Part};
+use crate::config::PipelineConfig;
+use crate::jobs::{FeatureStage, Featured, Inputs, Job, JobOutput, ScoreStage};
+use crate::{PipelineError, Result};
+
+/// The first job of the scale-out topology, split at a repartition by `by` (e.g.
+/// `TERMINAL_ID`): it takes the transactions (partitioned by their own key, e.g. the customer),
+/// admits them against the watermark, computes the features the repartition does not need and
+/// forwards each row, with the partition it came from, keyed by `by` ([`second_stage`]).
+pub fn first_stage(cfg: &FraudConfig, by: &str, partitions: i32) -> Result<Job> {
+    let (before, _) = cfg.features.split_by(by)?;
+    Ok(Job {
+        kind: "fraud",
+        model: String::new(),
+        members: Vec::new(),
+        inputs: Inputs {
+            events: transaction_schema(),
+            side: None,
+        },
+        features: Box::new(per_partition(
+            cfg,
+            before,
+            Part::BeforeRepartition,
+            partitions,
+        )?),
+        scoring: Box::new(Forward {
+            key: by.to_string(),
+        }),
+    })
+}
+
+/// The rows [`first_stage`] forwards: the transaction, its first features, its partition.
+pub fn forwarded_schema(cfg: &FraudConfig, by: &str) -> Result<arrow::datatypes::SchemaRef> {
+    let (before, _) = cfg.features.split_by(by)?;
+    let mut fields: Vec<arrow::datatypes::FieldRef> =
+        transaction_schema().fields().iter().cloned().collect();
+    fields.extend(before.build_chain()?.output_fields());
+    fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
+        repartition::ORIGIN_PARTITION,
+        arrow::datatypes::DataType::Int32,
+        false,
+    )));
+    Ok(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)))
+}
+
+/// The second job of the scale-out topology: the forwarded rows and the labels (keyed by `by`
+/// too) in, the features keyed by `by`, the model, scores and alerts out. `origins` is the
+/// number of partitions of the transactions topic: the watermark waits for each.
+pub fn second_stage(
+    cfg: &FraudConfig,
+    pipeline: &PipelineConfig,
+    by: &str,
+    origins: i32,
+) -> Result<Job> {
+    let (_, after) = cfg.features.split_by(by)?;
+    let mut job = build(cfg, pipeline)?;
+    job.inputs = Inputs {
+        events: forwarded_schema(cfg, by)?,
+        side: Some(fraud_label_schema()),
+    };
+    job.features = Box::new(per_partition(cfg, after, Part::AfterRepartition, origins)?);
+    Ok(job)
+}
+
+/// The features of `part` with state per input partition (see [`crate::jobs::partitioned`]); after a
+/// repartition, each partition's watermark waits for the `origins` partitions rows come from.
+fn per_partition(
+    cfg: &FraudConfig,
+    features: riskpipe_operators::FeatureConfig,
+    part: Part,
+    origins: i32,
+) -> Result<crate::jobs::partitioned::PerPartition> {
+    crate::jobs::partitioned::PerPartition::new(maker(cfg, features, part, origins))
+}
+
+fn maker(
+    cfg: &FraudConfig,
+    features: riskpipe_operators::FeatureConfig,
+    part: Part,
+    origins: i32,
+) -> crate::jobs::partitioned::MakeStage {
+    let cfg = cfg.clone();
+    // Each partition's rows must be all of their key's: the label risk's key after the
+    // repartition, the windows' before it.
+    let by = match part {
+        Part::AfterRepartition => features.label_risk.first().map(|r| r.key.clone()),
+        _ => features.windows.first().map(|w| w.key.clone()),
+    };
+    std::sync::Arc::new(move || {
+        let mut stage = FraudFeatures::new(&cfg, &features, part)?;
+        if part == Part::AfterRepartition {
+            stage.clock.hold(&(0..origins).collect::<Vec<_>>());
+        }
+        if origins > 0 {
+            stage.copartition = by.clone().map(|by| (by, origins));
+        }
+        Ok(Box::new(stage) as Box<dyn FeatureStage>)
+    })
+}
+
+/// One partition's feature stage of the scale-out topology's first (`after` false) or second
+/// stage, as [`first_stage`] and [`second_stage`] keep per partition: what a partition
+/// assigned to this instance is restored into.
+pub fn partition_maker(
+    cfg: &FraudConfig,
+    by: &str,
+    after: bool,
+    origins: i32,
+) -> Result<crate::jobs::partitioned::MakeStage> {
+    let (before, later) = cfg.features.split_by(by)?;
+    Ok(match after {
+        false => maker(cfg, before, Part::BeforeRepartition, origins),
+        true => maker(cfg, later, Part::AfterRepartition, origins),
+    })
+}
+
+/// Rows forwarded to the repartition topic, keyed by the next stage's key.
+#[derive(Debug)]
+struct Forward {
+    key: String,
+}
+
+impl ScoreStage for Forward {
+    fn process(&mut self, featured: Featured) -> Result<JobOutput> {
+        let column = columns::get(&featured.batch, &self.key).map_err(PipelineError::produced)?;
+        let keys = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)?;
+        Ok(JobOutput {
+            forward: Some(crate::jobs::Records {
+                batch: featured.batch,
+                keys,
+                key_column: None,
+            }),
+            rejects: featured.rejects,
+            ..JobOutput::default()
+        })
+    }
+}
