@@ -170,6 +170,12 @@ fn shipped_model_meets_the_quality_bar_on_the_handbook_split() {
         .map(|f| f.name().clone())
         .collect();
     assert_eq!(got, expected);
+    // Every column bit for bit as the committed golden digests say (a refactor changes none;
+    // a deliberate change of features or model re-blesses them).
+    golden_digests(
+        &scores,
+        &support::root().join("tests/golden/handbook_scores.sha256"),
+    );
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("report.json")).expect("json"),
     )
@@ -196,6 +202,71 @@ fn shipped_model_meets_the_quality_bar_on_the_handbook_split() {
         alerts
             .iter()
             .all(|a| a.score >= a.threshold && !a.reasons.is_empty())
+    );
+}
+
+/// Each column's SHA-256 over its values in row order, floats by their bits (`to_bits`: a
+/// -0.0 or another NaN counts), as `COLUMN hex` lines; compared with `golden`, or written to it
+/// with `RISKPIPE_BLESS=1`.
+fn golden_digests(batch: &arrow::array::RecordBatch, golden: &std::path::Path) {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type, Int64Type};
+    use sha2::Digest;
+    let mut lines = String::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let mut h = sha2::Sha256::new();
+        for row in 0..column.len() {
+            if column.is_null(row) {
+                h.update([0u8]);
+                continue;
+            }
+            h.update([1u8]);
+            match column.data_type() {
+                DataType::Float64 => h.update(
+                    column
+                        .as_primitive::<Float64Type>()
+                        .value(row)
+                        .to_bits()
+                        .to_le_bytes(),
+                ),
+                DataType::Float32 => h.update(
+                    column
+                        .as_primitive::<Float32Type>()
+                        .value(row)
+                        .to_bits()
+                        .to_le_bytes(),
+                ),
+                DataType::Int64 => {
+                    h.update(column.as_primitive::<Int64Type>().value(row).to_le_bytes())
+                }
+                DataType::Int32 => {
+                    h.update(column.as_primitive::<Int32Type>().value(row).to_le_bytes())
+                }
+                DataType::Boolean => h.update([u8::from(column.as_boolean().value(row))]),
+                other => panic!("no digest for {} of type {other}", field.name()),
+            }
+        }
+        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        lines.push_str(&format!("{} {hex}\n", field.name()));
+    }
+    if std::env::var_os("RISKPIPE_BLESS").is_some() {
+        std::fs::write(golden, &lines).expect("bless the golden digests");
+    }
+    let want = std::fs::read_to_string(golden).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (write it with RISKPIPE_BLESS=1 cargo nextest run --test handbook)",
+            golden.display()
+        )
+    });
+    let changed: Vec<&str> = lines
+        .lines()
+        .zip(want.lines())
+        .filter(|(got, want)| got != want)
+        .map(|(got, _)| got.split(' ').next().unwrap_or_default())
+        .collect();
+    assert!(
+        changed.is_empty() && lines.lines().count() == want.lines().count(),
+        "columns whose bits changed: {changed:?} (got\n{lines}want\n{want})"
     );
 }
 
