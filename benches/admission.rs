@@ -46,8 +46,10 @@ fn main() {
     let stage = median(
         (0..5)
             .map(|_| {
-                let mut stage =
-                    fraud::feature_stage(cfg.fraud().expect("fraud job")).expect("stage");
+                let mut stage = fraud::feature_stage(
+                    riskpipe_pipeline::jobs::fraud::FraudConfig::of(&cfg).expect("fraud job"),
+                )
+                .expect("stage");
                 let started = Instant::now();
                 for b in &batches {
                     let f = stage

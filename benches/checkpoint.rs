@@ -19,7 +19,7 @@ const DAY: i64 = 86_400_000_000_000;
 
 fn main() {
     let cfg = PipelineConfig::handbook().expect("config");
-    let fraud_cfg = cfg.fraud().expect("fraud job");
+    let fraud_cfg = riskpipe_pipeline::jobs::fraud::FraudConfig::of(&cfg).expect("fraud job");
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/data/handbook/transactions.parquet");
     let history = backtest::load(&cfg, &data).expect("history");

@@ -197,7 +197,7 @@ fn bare_scoring(
     n: usize,
     batch: usize,
 ) -> Duration {
-    let fraud = cfg.fraud().expect("a fraud config");
+    let fraud = riskpipe_pipeline::jobs::fraud::FraudConfig::of(cfg).expect("a fraud config");
     let mut chain = fraud.features.build_chain().expect("chain");
     let mut scorer = riskpipe_models::Scorer::load(cfg.model.primary()).expect("model");
     if let Some(labels) = &history.side {

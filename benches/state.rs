@@ -54,7 +54,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let cfg = PipelineConfig::handbook().expect("config");
-    let mut stage = fraud::feature_stage(cfg.fraud().expect("fraud job")).expect("stage");
+    let mut stage = fraud::feature_stage(
+        riskpipe_pipeline::jobs::fraud::FraudConfig::of(&cfg).expect("fraud job"),
+    )
+    .expect("stage");
     let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
     let before = rss();
     wave(stage.as_mut(), 0..keys, 0);

@@ -149,7 +149,7 @@ fn kubernetes_config_map_is_a_valid_pipeline_config_with_the_shipped_job() {
     assert!(others.is_empty(), "{others:#?}");
     let shipped = PipelineConfig::handbook().expect("shipped");
     let names = |c: &PipelineConfig| {
-        c.fraud()
+        riskpipe_pipeline::jobs::fraud::FraudConfig::of(c)
             .expect("fraud")
             .features
             .feature_names()

@@ -80,8 +80,7 @@ mod batch_twin {
             ids(&stream).as_primitive::<Int64Type>().values(),
             ids(&batch).as_primitive::<Int64Type>().values()
         );
-        let names = cfg
-            .fraud()
+        let names = riskpipe_pipeline::jobs::fraud::FraudConfig::of(&cfg)
             .expect("fraud job")
             .features
             .feature_names()
@@ -156,7 +155,7 @@ fn shipped_model_meets_the_quality_bar_on_the_handbook_split() {
     assert_eq!(scores.num_rows(), ROWS);
     let mut expected = vec!["TRANSACTION_ID".to_string()];
     expected.extend(
-        cfg.fraud()
+        riskpipe_pipeline::jobs::fraud::FraudConfig::of(&cfg)
             .expect("fraud job")
             .features
             .feature_names()
@@ -482,8 +481,8 @@ fn a_rebuild_from_the_horizon_scores_as_the_whole_history() {
 
 /// The fraud job's features' reach (without lateness, drift or skew).
 fn cfg_reach(cfg: &PipelineConfig) -> std::time::Duration {
-    match &cfg.job {
-        riskpipe_pipeline::config::JobConfig::Fraud(f) => f.features.reach(),
-        other => panic!("not a fraud job: {other:?}"),
-    }
+    riskpipe_pipeline::jobs::fraud::FraudConfig::of(cfg)
+        .expect("a fraud job")
+        .features
+        .reach()
 }

@@ -31,10 +31,9 @@ fn shipped() -> PipelineConfig {
 }
 
 fn job(cfg: &PipelineConfig) -> &MarketConfig {
-    match &cfg.job {
-        JobConfig::Market(m) => m,
-        JobConfig::Fraud(_) => panic!("the market config holds a market job"),
-    }
+    cfg.job
+        .settings::<MarketConfig>()
+        .expect("the market config holds a market job")
 }
 
 fn input(cfg: &PipelineConfig) -> PathBuf {
@@ -268,9 +267,9 @@ fn changing_future_prices_never_changes_an_earlier_forecast() {
         cols[2] = Arc::new(changed);
         let altered = RecordBatch::try_new(ticks.schema(), cols).expect("batch");
         // Another micro-batch size too: batching must not matter either.
-        if let JobConfig::Market(m) = &mut cfg.job {
-            m.backtest.batch_rows = 97;
-        }
+        let mut m = job(&cfg).clone();
+        m.backtest.batch_rows = 97;
+        cfg.job = JobConfig::new(m);
         let out = concat(&replay(&cfg, &altered).scored());
         for c in &columns {
             let (a, b) = (f64s(&base, c), f64s(&out, c));

@@ -42,7 +42,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 /// Measures `runs` full replays of `input` and `runs` passes of scoring the same rows alone.
 pub fn replay_vs_scoring(cfg: &PipelineConfig, input: &Path, runs: usize) -> Result<ReplayBench> {
-    let fraud = cfg.fraud()?;
+    let fraud = crate::jobs::fraud::FraudConfig::of(cfg)?;
     let runs = runs.max(1);
     let mut replay_times = Vec::new();
     let mut scored = Vec::new();

@@ -1,15 +1,16 @@
 //! The pipeline configuration file (TOML): one root for every job. The shared sections
 //! (`[model]`, `[alerts]`, `[kafka]`, `[observability]`) appear once; `[job]` says which job runs
-//! (`kind = "fraud"` or `kind = "market"`) with that job's own settings.
+//! (`kind = "fraud"` or `kind = "market"`) with that job's own settings. The root names no job:
+//! each kind registers its settings type where it is defined
+//! (`#[typetag::deserialize(name = "...")]` on its [`JobKind`] impl).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use riskpipe_models::{EnsembleConfig, Model, ModelConfig};
 use serde::Deserialize;
 
 use crate::jobs::JobKind;
-use crate::jobs::fraud::FraudConfig;
-use crate::jobs::market::MarketConfig;
 use crate::kafka::KafkaConfig;
 use crate::{PipelineError, Result};
 
@@ -112,23 +113,34 @@ impl<'de> Deserialize<'de> for Models {
     }
 }
 
-/// The job a pipeline runs, by `kind`.
+/// The job a pipeline runs: the settings of the kind `[job] kind` names, as that kind
+/// registered them.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum JobConfig {
-    /// Card-fraud scoring: transactions and delayed fraud labels in, scores and alerts out.
-    Fraud(FraudConfig),
-    /// Market risk: price ticks in, instrument and portfolio VaR and limit breaches out.
-    Market(MarketConfig),
+#[serde(from = "Box<dyn JobKind>")]
+pub struct JobConfig(Arc<dyn JobKind>);
+
+impl From<Box<dyn JobKind>> for JobConfig {
+    fn from(kind: Box<dyn JobKind>) -> Self {
+        JobConfig(Arc::from(kind))
+    }
 }
 
 impl JobConfig {
-    /// The job kind behind the settings: the one place that lists the kinds.
+    /// A job of these settings.
+    pub fn new(kind: impl JobKind + 'static) -> Self {
+        JobConfig(Arc::new(kind))
+    }
+
+    /// The job kind behind the settings.
     pub fn kind(&self) -> &dyn JobKind {
-        match self {
-            JobConfig::Fraud(f) => f,
-            JobConfig::Market(m) => m,
-        }
+        &*self.0
+    }
+
+    /// The settings, if they are of type `T` (code that needs one kind of job; it says why
+    /// otherwise, e.g. `FraudConfig::of`).
+    pub fn settings<T: JobKind + 'static>(&self) -> Option<&T> {
+        let any: &dyn std::any::Any = &*self.0;
+        any.downcast_ref::<T>()
     }
 }
 
@@ -281,16 +293,6 @@ impl PipelineConfig {
     /// The embedded default: the handbook fraud pipeline with the shipped model.
     pub fn handbook() -> Result<Self> {
         Self::from_toml(HANDBOOK_CONFIG, &handbook_config_dir())
-    }
-
-    /// The fraud job's settings, or a config error for a market job.
-    pub fn fraud(&self) -> Result<&FraudConfig> {
-        match &self.job {
-            JobConfig::Fraud(f) => Ok(f),
-            JobConfig::Market(_) => Err(PipelineError::Config(vec![
-                "this needs a fraud job (job.kind = \"fraud\")".into(),
-            ])),
-        }
     }
 
     /// The input topics of the live pipeline: events, and the side input if the job has one.
@@ -450,7 +452,18 @@ mod tests {
     #[test]
     fn the_job_kind_selects_the_job_and_unknown_fields_are_refused() {
         let fraud = PipelineConfig::handbook().expect("shipped config");
-        assert!(matches!(fraud.job, JobConfig::Fraud(_)));
+        assert!(
+            fraud
+                .job
+                .settings::<crate::jobs::fraud::FraudConfig>()
+                .is_some()
+        );
+        assert!(
+            fraud
+                .job
+                .settings::<crate::jobs::market::MarketConfig>()
+                .is_none()
+        );
         let bad = HANDBOOK_CONFIG.replace("kind = \"fraud\"", "kind = \"fraud\"\nsurprise = 1");
         let e = PipelineConfig::from_toml(&bad, &handbook_config_dir()).expect_err("unknown");
         assert!(e.to_string().contains("surprise"), "{e}");

@@ -107,7 +107,7 @@ pub fn feed_after(
     skip: usize,
     count: usize,
 ) -> Result<Feed> {
-    let fraud = cfg.fraud()?;
+    let fraud = crate::jobs::fraud::FraudConfig::of(cfg)?;
     let t = &history.events;
     let end = (skip + count).min(t.num_rows());
     let start = skip.min(end);

@@ -454,8 +454,10 @@ pub struct Horizon {
 
 /// What a job kind gives the engine, implemented by its `[job]` settings type. Its stages know
 /// neither Kafka, files nor formats; this is where a kind names the sources and the report it
-/// uses. [`JobConfig::kind`](crate::config::JobConfig::kind) is the one place that lists kinds.
-pub trait JobKind: std::fmt::Debug + Send + Sync {
+/// uses. Each kind registers its settings for `[job] kind = "..."` on its impl
+/// (`#[typetag::deserialize(name = "...")]`): adding a job touches no other file's list.
+#[typetag::deserialize(tag = "kind")]
+pub trait JobKind: std::fmt::Debug + Send + Sync + std::any::Any {
     /// `fraud`, `market`.
     fn name(&self) -> &'static str;
     /// Every problem of the job's settings, and of the shared sections as this job reads them.

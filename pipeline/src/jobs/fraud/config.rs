@@ -25,6 +25,19 @@ pub struct FraudConfig {
     pub backtest: Option<SplitConfig>,
 }
 
+impl FraudConfig {
+    /// The fraud job's settings of `pipeline`, or a config error saying which job it has (a
+    /// command, a bench or a test that needs a fraud job).
+    pub fn of(pipeline: &crate::config::PipelineConfig) -> crate::Result<&FraudConfig> {
+        pipeline.job.settings::<FraudConfig>().ok_or_else(|| {
+            crate::PipelineError::Config(vec![format!(
+                "this needs a fraud job (job.kind = \"fraud\"), not a {} job",
+                pipeline.job.kind().name()
+            )])
+        })
+    }
+}
+
 fn default_batch_rows() -> usize {
     8192
 }

@@ -162,6 +162,7 @@ fn check_model(cfg: &FraudConfig, _pipeline: &PipelineConfig, model: &Model) -> 
     Ok(())
 }
 
+#[typetag::deserialize(name = "fraud")]
 impl JobKind for FraudConfig {
     fn name(&self) -> &'static str {
         "fraud"

@@ -31,7 +31,7 @@ fn history_over(dir: &Path, rows: u32, per_day: u32) -> History {
     let path = dir.join("history.csv");
     std::fs::write(&path, csv).expect("write");
     let cfg = PipelineConfig::handbook().expect("shipped config");
-    file::load(cfg.fraud().expect("fraud"), &path).expect("history")
+    file::load(FraudConfig::of(&cfg).expect("fraud"), &path).expect("history")
 }
 
 /// The history's events in batches of `rows`, each with the labels due by its end.
@@ -47,7 +47,7 @@ fn batches(h: &History, rows: usize) -> Vec<JobInput> {
 }
 
 fn job(cfg: &PipelineConfig) -> Job {
-    build(cfg.fraud().expect("fraud"), cfg).expect("job")
+    build(FraudConfig::of(cfg).expect("fraud"), cfg).expect("job")
 }
 
 /// Every one of `rows` events read from partition 0 of 1 (the repartitioned stages'
@@ -101,7 +101,7 @@ fn amounts(dir: &Path, amounts: &[&str]) -> History {
     let path = dir.join("amounts.csv");
     std::fs::write(&path, csv).expect("write");
     let cfg = PipelineConfig::handbook().expect("shipped config");
-    file::load(cfg.fraud().expect("fraud"), &path).expect("history")
+    file::load(FraudConfig::of(&cfg).expect("fraud"), &path).expect("history")
 }
 
 /// Through the driver, as a backtest runs: a number out of range is refused as `invalid`
@@ -328,7 +328,7 @@ fn the_first_stage_refuses_a_transaction_published_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
     let h = history(dir.path());
     let cfg = PipelineConfig::handbook().expect("shipped config");
-    let fraud = cfg.fraud().expect("fraud");
+    let fraud = FraudConfig::of(&cfg).expect("fraud");
     let first = partition_maker(fraud, "TERMINAL_ID", false, 1).expect("first");
     let run = |inputs: &[JobInput]| {
         let mut stage = first().expect("stage");
@@ -454,7 +454,7 @@ fn a_re_forwarded_row_counts_once_after_the_repartition() {
     let dir = tempfile::tempdir().expect("tempdir");
     let h = history(dir.path());
     let cfg = PipelineConfig::handbook().expect("shipped config");
-    let fraud = cfg.fraud().expect("fraud");
+    let fraud = FraudConfig::of(&cfg).expect("fraud");
     let first = partition_maker(fraud, "TERMINAL_ID", false, 1).expect("first");
     let mut stage_one = first().expect("stage");
     // The first stage's rows, as forwarded (every transaction in partition 0 of 1).

@@ -380,6 +380,7 @@ impl ScoreStage for MarketScoring {
     }
 }
 
+#[typetag::deserialize(name = "market")]
 impl JobKind for MarketConfig {
     fn name(&self) -> &'static str {
         "market"
