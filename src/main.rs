@@ -421,8 +421,8 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                             "simulating a handbook-shaped history (seed {seed}; --input FILE for your own) ..."
                         );
                     }
-                    simulation(seed, 183)
-                        .history(riskpipe_pipeline::jobs::fraud::FraudConfig::of(&cfg)?)?
+                    let fraud = riskpipe_pipeline::jobs::fraud::FraudConfig::of(&cfg)?;
+                    simulation(seed, 183).history(&fraud.features, &fraud.replay)?
                 }
             };
             let rt = runtime()?;

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{
     Array, ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray, UInt32Array,
@@ -21,20 +22,55 @@ use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use riskpipe_operators::{FeatureConfig, columns};
 use riskpipe_schemas::{label, tx};
+use serde::Deserialize;
 
 use super::history::History;
 use crate::jobs::Partitions;
-use crate::jobs::fraud::{FraudConfig, ReplayConfig};
 use crate::{PipelineError, Result};
 
 fn bad(path: &Path, msg: impl std::fmt::Display) -> PipelineError {
     PipelineError::BadInput(format!("{}: {msg}", path.display()))
 }
 
+fn default_batch_rows() -> usize {
+    8192
+}
+fn default_label_delay() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_label() -> String {
+    riskpipe_schemas::label::TX_FRAUD.into()
+}
+
+/// How a history file is replayed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// Rows per micro-batch.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// A fraud's label event is emitted this long after its transaction.
+    #[serde(default = "default_label_delay", with = "humantime_serde")]
+    pub label_delay: Duration,
+    /// Label column of the history (1 = fraud).
+    #[serde(default = "default_label")]
+    pub label: String,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self {
+            batch_rows: default_batch_rows(),
+            label_delay: default_label_delay(),
+            label: default_label(),
+        }
+    }
+}
+
 /// Reads, checks and orders a fraud history file for replay.
-pub fn load(cfg: &FraudConfig, input: &Path) -> Result<History> {
+pub fn load(features: &FeatureConfig, replay: &ReplayConfig, input: &Path) -> Result<History> {
     let raw = read_file(input)?;
-    prepare(input, raw, &cfg.features, &cfg.replay, None)
+    prepare(input, raw, features, replay, None)
 }
 
 /// Reads every row of a Parquet or CSV file (by extension; `.csv` and `.csv.gz`-less CSV only).
@@ -386,7 +422,8 @@ pub fn derive_labels(
 /// those transactions as label events in label-time order (a Kafka range replay). Each
 /// partition of the transactions keeps its offset order.
 pub fn from_decoded(
-    cfg: &FraudConfig,
+    features: &FeatureConfig,
+    replay: &ReplayConfig,
     source: &str,
     transactions: RecordBatch,
     labels: Option<RecordBatch>,
@@ -421,19 +458,15 @@ pub fn from_decoded(
         .map(|id| Some(i64::from(frauds.contains(id))))
         .collect();
     let mut fields: Vec<Arc<Field>> = transactions.schema().fields().iter().cloned().collect();
-    fields.push(Arc::new(Field::new(
-        &cfg.replay.label,
-        DataType::Int64,
-        false,
-    )));
+    fields.push(Arc::new(Field::new(&replay.label, DataType::Int64, false)));
     let mut columns_ = transactions.columns().to_vec();
     columns_.push(Arc::new(truth));
     let with_truth = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns_)?;
     let mut history = prepare(
         Path::new(source),
         with_truth,
-        &cfg.features,
-        &cfg.replay,
+        features,
+        replay,
         Some(partitions),
     )?;
     // The label events as they were published (their own label times), in label-time order.

@@ -242,16 +242,18 @@ impl Simulation {
         )?)
     }
 
-    /// The simulated transactions as a fraud job's history (labels derived as from a file).
+    /// The simulated transactions as a history of these features (labels derived as from a
+    /// file).
     pub fn history(
         &self,
-        cfg: &crate::jobs::fraud::FraudConfig,
+        features: &riskpipe_operators::FeatureConfig,
+        replay: &super::file::ReplayConfig,
     ) -> Result<super::history::History> {
         super::file::prepare(
             std::path::Path::new("simulated history"),
             self.transactions()?,
-            &cfg.features,
-            &cfg.replay,
+            features,
+            replay,
             None,
         )
     }

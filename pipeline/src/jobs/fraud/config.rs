@@ -1,12 +1,11 @@
 //! `[job]` of a fraud pipeline (`kind = "fraud"`): features, how a labelled history is replayed,
 //! and the backtest's train/delay/test split.
 
-use std::time::Duration;
-
 use riskpipe_operators::FeatureConfig;
 use serde::Deserialize;
 
 use crate::jobs::event_time::EventTimeConfig;
+pub use crate::sources::file::ReplayConfig;
 
 /// A fraud-scoring job.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,41 +34,6 @@ impl FraudConfig {
                 pipeline.job.kind().name()
             )])
         })
-    }
-}
-
-fn default_batch_rows() -> usize {
-    8192
-}
-fn default_label_delay() -> Duration {
-    Duration::from_secs(7 * 86_400)
-}
-fn default_label() -> String {
-    riskpipe_schemas::label::TX_FRAUD.into()
-}
-
-/// How a history file is replayed.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplayConfig {
-    /// Rows per micro-batch.
-    #[serde(default = "default_batch_rows")]
-    pub batch_rows: usize,
-    /// A fraud's label event is emitted this long after its transaction.
-    #[serde(default = "default_label_delay", with = "humantime_serde")]
-    pub label_delay: Duration,
-    /// Label column of the history (1 = fraud).
-    #[serde(default = "default_label")]
-    pub label: String,
-}
-
-impl Default for ReplayConfig {
-    fn default() -> Self {
-        Self {
-            batch_rows: default_batch_rows(),
-            label_delay: default_label_delay(),
-            label: default_label(),
-        }
     }
 }
 

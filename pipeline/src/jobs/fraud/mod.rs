@@ -264,7 +264,7 @@ impl JobKind for FraudConfig {
     }
 
     fn load(&self, input: &Path) -> Result<History> {
-        file::load(self, input)
+        file::load(&self.features, &self.replay, input)
     }
 
     fn history(
@@ -274,7 +274,14 @@ impl JobKind for FraudConfig {
         side: Option<RecordBatch>,
         partitions: Partitions,
     ) -> Result<History> {
-        file::from_decoded(self, source, events, side, partitions)
+        file::from_decoded(
+            &self.features,
+            &self.replay,
+            source,
+            events,
+            side,
+            partitions,
+        )
     }
 
     fn evaluate(

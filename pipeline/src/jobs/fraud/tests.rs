@@ -31,7 +31,10 @@ fn history_over(dir: &Path, rows: u32, per_day: u32) -> History {
     let path = dir.join("history.csv");
     std::fs::write(&path, csv).expect("write");
     let cfg = PipelineConfig::handbook().expect("shipped config");
-    file::load(FraudConfig::of(&cfg).expect("fraud"), &path).expect("history")
+    {
+        let fraud = FraudConfig::of(&cfg).expect("fraud");
+        file::load(&fraud.features, &fraud.replay, &path).expect("history")
+    }
 }
 
 /// The history's events in batches of `rows`, each with the labels due by its end.
@@ -101,7 +104,10 @@ fn amounts(dir: &Path, amounts: &[&str]) -> History {
     let path = dir.join("amounts.csv");
     std::fs::write(&path, csv).expect("write");
     let cfg = PipelineConfig::handbook().expect("shipped config");
-    file::load(FraudConfig::of(&cfg).expect("fraud"), &path).expect("history")
+    {
+        let fraud = FraudConfig::of(&cfg).expect("fraud");
+        file::load(&fraud.features, &fraud.replay, &path).expect("history")
+    }
 }
 
 /// Through the driver, as a backtest runs: a number out of range is refused as `invalid`
