@@ -196,8 +196,8 @@ fn default_history() -> &'static str {
     "../shared/data/handbook/transactions.parquet"
 }
 
-fn simulation(seed: u64, days: u32) -> riskpipe_pipeline::sources::simulated::Simulation {
-    riskpipe_pipeline::sources::simulated::Simulation {
+fn simulation(seed: u64, days: u32) -> riskpipe_pipeline::demo::simulated::Simulation {
+    riskpipe_pipeline::demo::simulated::Simulation {
         seed,
         days,
         ..Default::default()

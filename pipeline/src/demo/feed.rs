@@ -2,7 +2,7 @@
 //! payloads, and the warm-up its state starts from.
 
 use arrow::datatypes::{Float64Type, Int64Type, TimestampNanosecondType};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use riskpipe_operators::columns;
 use riskpipe_schemas::{FraudLabel, Transaction, label, tx};
@@ -232,20 +232,15 @@ impl WarmUp {
 
     /// The labels the warm-up applies: of its transactions, known by the first scored one.
     pub fn labels(&self, history: &History) -> Result<Option<arrow::array::RecordBatch>> {
-        let (Some(side), Some(times)) = (
-            &history.side,
+        let times =
             columns::primitive::<TimestampNanosecondType>(&history.events, &history.event_time)?
-                .values()
-                .get(
-                    self.from
-                        ..=self
-                            .scored_from
-                            .min(history.events.num_rows().saturating_sub(1)),
-                ),
+                .values();
+        // From the warm-up's first transaction; known by the first scored one.
+        let (Some(side), Some(&first), Some(&cut)) = (
+            &history.side,
+            times.get(self.from),
+            times.get(self.scored_from),
         ) else {
-            return Ok(None);
-        };
-        let (Some(&first), Some(&cut)) = (times.first(), times.last()) else {
             return Ok(None);
         };
         let of_tx = columns::primitive::<TimestampNanosecondType>(side, &history.event_time)?;
@@ -317,12 +312,7 @@ impl WarmUp {
         }
         let store = crate::state::CheckpointStore::open(state)?;
         rt.block_on(store.write(1, kind.name(), positions, snapshot))?;
-        let mut client = kafka.client();
-        client.set("group.id", &kafka.group_id);
-        let group: BaseConsumer = client
-            .create()
-            .map_err(PipelineError::kafka("creating the offsets consumer"))?;
-        group
+        crate::sources::kafka_restore::group_consumer(kafka)?
             .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
             .map_err(PipelineError::kafka("committing the warm-up's offsets"))?;
         Ok(refused)

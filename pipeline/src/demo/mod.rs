@@ -22,6 +22,7 @@ use crate::sources::history::History;
 use crate::{PipelineConfig, PipelineError, Result};
 
 mod feed;
+pub mod simulated;
 mod wire;
 
 pub use feed::{Feed, WarmUp, feed, feed_after};

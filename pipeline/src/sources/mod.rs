@@ -9,7 +9,6 @@
 //! - [`history`]: a [`History`](history::History) (events and side events in order) in
 //!   micro-batches; what backtests and Kafka-range replays run;
 //! - [`file`](mod@file): fraud history files (Parquet, CSV) to a history; [`ticks`]: price files;
-//!   [`simulated`]: a seeded handbook-shaped history (the demo's default);
 //! - [`kafka`]: the live consumer; [`kafka_range`]: a topic range read back for a backtest;
 //!   [`kafka_restore`]: the gap a restart replays; [`kafka_assign`]: the state of a partition
 //!   assigned to this instance, restored (scale-out).
@@ -21,7 +20,6 @@ pub mod kafka_assign;
 pub mod kafka_range;
 mod kafka_rebuild;
 pub mod kafka_restore;
-pub mod simulated;
 pub mod ticks;
 
 use std::future::Future;

@@ -285,23 +285,28 @@ impl Monitor {
         if scored.num_rows() == 0 {
             return Ok(());
         }
-        let times = columns::primitive::<TimestampNanosecondType>(scored, &self.time)?;
-        let first = times.values().iter().copied().min().unwrap_or(i64::MAX);
-        let since = *self.since.get_or_insert(first);
-        let from = since.saturating_add(self.reach_ns);
-        if first < from {
-            let keep = arrow::array::BooleanArray::from_iter(
-                times.values().iter().map(|&t| Some(t >= from)),
-            );
-            let counted = arrow::compute::filter_record_batch(scored, &keep)?;
-            if counted.num_rows() == 0 {
-                return Ok(());
-            }
-            return self.observe(&counted);
+        let times = columns::primitive::<TimestampNanosecondType>(scored, &self.time)?.values();
+        let (Some(&first), Some(&last)) = (times.iter().min(), times.iter().max()) else {
+            return Ok(());
+        };
+        let from = self
+            .since
+            .get_or_insert(first)
+            .saturating_add(self.reach_ns);
+        if last < from {
+            return Ok(());
         }
-        self.counts.add(scored, &self.time)?;
-        let newest = days_of(scored, &self.time)?.into_iter().max();
-        self.latest = self.latest.max(newest);
+        let filtered;
+        let counted = if first < from {
+            let keep =
+                arrow::array::BooleanArray::from_iter(times.iter().map(|&t| Some(t >= from)));
+            filtered = arrow::compute::filter_record_batch(scored, &keep)?;
+            &filtered
+        } else {
+            scored
+        };
+        self.counts.add(counted, &self.time)?;
+        self.latest = self.latest.max(Some(last.div_euclid(DAY_NS)));
         if let Some(day) = self.latest {
             self.counts.forget_before(day - self.window_days + 1);
         }

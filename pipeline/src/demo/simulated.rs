@@ -9,7 +9,7 @@
 //! payments five times their amount). Its random draws come from one ChaCha8 stream per
 //! purpose, so a seed gives the same history on every platform; the draws are not the
 //! handbook's (NumPy's), so the rows differ from the published file while their distributions
-//! match it (`simulated_history_matches_the_shipped_models_training_week`).
+//! match it (`tests/first_run.rs`: the shipped model finds its frauds and reports no drift on it).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -247,9 +247,9 @@ impl Simulation {
     pub fn history(
         &self,
         features: &riskpipe_operators::FeatureConfig,
-        replay: &super::file::ReplayConfig,
-    ) -> Result<super::history::History> {
-        super::file::prepare(
+        replay: &crate::sources::file::ReplayConfig,
+    ) -> Result<crate::sources::history::History> {
+        crate::sources::file::prepare(
             std::path::Path::new("simulated history"),
             self.transactions()?,
             features,
