@@ -156,7 +156,7 @@ enum Command {
     },
     /// Write a simulated card-payment history shaped like the handbook's (its columns,
     /// 5,000 customers, 10,000 terminals, three fraud scenarios), the same for a seed on every
-    /// machine.
+    /// run.
     Simulate {
         /// Parquet file to write.
         #[arg(long)]

@@ -7,7 +7,8 @@
 //! normally distributed amount, and three fraud scenarios (amounts over 220; two terminals a day
 //! compromised for 28 days; three customers a day compromised for 14 days, a third of their
 //! payments five times their amount). Its random draws come from one ChaCha8 stream per
-//! purpose, so a seed gives the same history on every platform; the draws are not the
+//! purpose, so a seed gives the same draws on every platform (the normal and Poisson samplers'
+//! floating point may still differ in the last digit elsewhere); the draws are not the
 //! handbook's (NumPy's), so the rows differ from the published file while their distributions
 //! match it (`tests/first_run.rs`: the shipped model finds its frauds and reports no drift on it).
 
