@@ -50,21 +50,34 @@ pub fn fraud(
         let path = input.to_string_lossy().to_string();
         if path.to_lowercase().ends_with(".csv") {
             ctx.register_csv("history", &path, datafusion::prelude::CsvReadOptions::new())
-                .await?;
+                .await
+                .map_err(datafusion_error)?;
         } else {
             ctx.register_parquet(
                 "history",
                 &path,
                 datafusion::prelude::ParquetReadOptions::default(),
             )
-            .await?;
+            .await
+            .map_err(datafusion_error)?;
         }
-        let schema = ctx.table("history").await?.schema().as_arrow().clone();
+        let schema = ctx
+            .table("history")
+            .await
+            .map_err(datafusion_error)?
+            .schema()
+            .as_arrow()
+            .clone();
         let keep: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let df =
             riskpipe_operators::batch::batch_features(&ctx, features, "history", &keep).await?;
-        let batches = df.collect().await?;
+        let batches = df.collect().await.map_err(datafusion_error)?;
         crate::sinks::parquet::write(output, &batches, None)?;
         Ok(batches.iter().map(|b| b.num_rows()).sum())
     })
+}
+
+#[cfg(feature = "sql")]
+fn datafusion_error(e: datafusion::error::DataFusionError) -> PipelineError {
+    PipelineError::DataFusion(Box::new(e))
 }

@@ -32,8 +32,6 @@ pub mod decoders;
 pub mod demo;
 pub mod driver;
 pub mod encoders;
-pub mod error;
-pub mod events;
 pub mod export;
 pub mod jobs;
 pub mod kafka;
@@ -46,4 +44,5 @@ pub mod sources;
 pub mod state;
 
 pub use config::PipelineConfig;
-pub use error::{PipelineError, Result};
+// The core crate's errors and metric names, under the paths every layer has used.
+pub use riskpipe_core::{PipelineError, Result, error, events};

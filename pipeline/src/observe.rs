@@ -67,12 +67,15 @@ pub fn install() -> Result<PrometheusHandle> {
         return Ok(h.clone());
     }
     let handle = PrometheusBuilder::new()
-        .set_buckets(&LATENCY_BUCKETS)?
+        .set_buckets(&LATENCY_BUCKETS)
+        .map_err(metrics_error)?
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(crate::events::BATCH_ROWS.into()),
             &crate::events::BATCH_ROWS_BUCKETS,
-        )?
-        .install_recorder()?;
+        )
+        .map_err(metrics_error)?
+        .install_recorder()
+        .map_err(metrics_error)?;
     crate::events::describe();
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
@@ -141,4 +144,8 @@ async fn ready(State(e): State<Endpoints>) -> (StatusCode, &'static str) {
             "not ready: no partitions assigned\n",
         )
     }
+}
+
+fn metrics_error(e: metrics_exporter_prometheus::BuildError) -> PipelineError {
+    PipelineError::Metrics(Box::new(e))
 }

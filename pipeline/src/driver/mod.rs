@@ -195,7 +195,7 @@ impl<A: Acker> Settle<A> {
             sink.abort().await;
             return Err(PipelineError::Transaction {
                 op: "handing partitions over in a rebalance (their commit did not come in time)",
-                source: rdkafka::error::KafkaError::Canceled,
+                source: Box::new(rdkafka::error::KafkaError::Canceled),
                 aborted: true,
             });
         }

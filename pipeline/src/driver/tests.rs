@@ -504,7 +504,7 @@ impl crate::sinks::Sink for TxnSink {
             seen.aborted += 1;
             return Err(PipelineError::Transaction {
                 op: "committing",
-                source: rdkafka::error::KafkaError::Canceled,
+                source: Box::new(rdkafka::error::KafkaError::Canceled),
                 aborted: true,
             });
         }

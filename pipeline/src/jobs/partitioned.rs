@@ -11,48 +11,8 @@ use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::{interleave_record_batch, take_record_batch};
 
 use super::{FeatureStage, Featured, JobInput, Partitions, Reject, StateSnapshot};
+pub use super::{Installs, MakeStage};
 use crate::{PipelineError, Result};
-
-/// Builds the stage of a newly held partition.
-pub type MakeStage = Arc<dyn Fn() -> Result<Box<dyn FeatureStage>> + Send + Sync>;
-
-/// Stages restored off the feature thread (a partition assigned to this instance, its state
-/// read from its checkpoint and brought up to the committed offsets), waiting to be taken in.
-#[derive(Default)]
-pub struct Installs {
-    /// Per partition: its restored stage, or `None` when it was given up.
-    stages: std::sync::Mutex<BTreeMap<i32, Option<Box<dyn FeatureStage>>>>,
-}
-
-impl std::fmt::Debug for Installs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Installs").finish_non_exhaustive()
-    }
-}
-
-impl Installs {
-    /// Offers `stage` as partition `p`'s state, to be taken before the next batch.
-    pub fn put(&self, p: i32, stage: Box<dyn FeatureStage>) {
-        if let Ok(mut s) = self.stages.lock() {
-            s.insert(p, Some(stage));
-        }
-    }
-
-    /// Partition `p` was given up (every batch with its rows has gone through): its stage is
-    /// dropped before the next batch.
-    pub fn give_up(&self, p: i32) {
-        if let Ok(mut s) = self.stages.lock() {
-            s.insert(p, None);
-        }
-    }
-
-    fn take(&self) -> BTreeMap<i32, Option<Box<dyn FeatureStage>>> {
-        self.stages
-            .lock()
-            .map(|mut s| std::mem::take(&mut *s))
-            .unwrap_or_default()
-    }
-}
 
 /// One feature stage per input partition.
 pub struct PerPartition {

@@ -275,9 +275,9 @@ pub(crate) fn read_ranges(
                     );
                     return Err(PipelineError::Kafka {
                         op: "reading the range",
-                        source: rdkafka::error::KafkaError::MessageConsumption(
+                        source: Box::new(rdkafka::error::KafkaError::MessageConsumption(
                             rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-                        ),
+                        )),
                     });
                 }
                 None => {}

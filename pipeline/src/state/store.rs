@@ -21,7 +21,7 @@ const CHECKPOINTS: &str = "checkpoints";
 const MANIFEST: &str = "manifest.json";
 
 fn failed(op: &'static str) -> impl FnOnce(object_store::Error) -> PipelineError {
-    move |source| PipelineError::CheckpointStore { op, source }
+    PipelineError::checkpoint_store(op)
 }
 
 fn unusable(id: u64, reason: impl std::fmt::Display) -> PipelineError {

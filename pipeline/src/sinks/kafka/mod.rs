@@ -352,7 +352,7 @@ impl KafkaSink {
                 .await
                 .map_err(|source| PipelineError::Delivery {
                     topic: name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         Ok(())
@@ -366,9 +366,9 @@ impl KafkaSink {
         };
         let headers = headers(&m.topic, m.partition, m.offset, d.kind.as_str(), &d.reason);
         let topic = &self.dead_letter_topic;
-        let failed = |source| PipelineError::Delivery {
+        let failed = |source: KafkaError| PipelineError::Delivery {
             topic: topic.clone(),
-            source,
+            source: Box::new(source),
         };
         // The reference is kept in case the broker finds the bytes too large for the topic.
         let ticket = Arc::new(Ticket {
@@ -528,15 +528,18 @@ impl Sink for KafkaSink {
                 } = failure;
                 // The broker refused a dead letter as too large for the topic.
                 let Some(reference) = reference.filter(|_| too_large(&source)) else {
-                    return Err(PipelineError::Delivery { topic, source });
+                    return Err(PipelineError::Delivery {
+                        topic,
+                        source: Box::new(source),
+                    });
                 };
                 tracing::warn!(
                     size = reference.size,
                     "dead letter too large for its topic: sending a reference in its place"
                 );
-                let failed = |source| PipelineError::Delivery {
+                let failed = |source: KafkaError| PipelineError::Delivery {
                     topic: dead_letter_topic.clone(),
-                    source,
+                    source: Box::new(source),
                 };
                 let retry = Arc::new(Acks::default());
                 let ticket = Arc::new(Ticket {

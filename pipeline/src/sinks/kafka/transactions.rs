@@ -26,7 +26,7 @@ pub(super) fn transaction_error(
 ) -> PipelineError {
     PipelineError::Transaction {
         op,
-        source,
+        source: Box::new(source),
         aborted,
     }
 }

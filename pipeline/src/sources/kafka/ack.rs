@@ -71,18 +71,9 @@ impl Acker for KafkaAcker {
         match commit_stored(&self.consumer, "final offset commit") {
             // Stopping while the group rebalances (instances stopped one after another): the
             // partitions' next owner reads the uncommitted tail again, as after a crash.
-            Err(PipelineError::Kafka {
-                source: KafkaError::ConsumerCommit(code),
-                ..
-            }) if matches!(
-                code,
-                RDKafkaErrorCode::RebalanceInProgress
-                    | RDKafkaErrorCode::UnknownMemberId
-                    | RDKafkaErrorCode::IllegalGeneration
-            ) =>
-            {
+            Err(e) if refused_in_rebalance(&e) => {
                 tracing::warn!(
-                    "final offset commit refused while the group rebalances ({code}): the next owner of the partitions re-reads the uncommitted tail; no checkpoint at shutdown"
+                    "final offset commit refused while the group rebalances ({e}): the next owner of the partitions re-reads the uncommitted tail; no checkpoint at shutdown"
                 );
                 Ok(false)
             }
@@ -114,6 +105,21 @@ impl Acker for KafkaAcker {
 }
 
 /// Commits the stored offsets synchronously.
+/// Whether a commit failed because the group is rebalancing (this member's generation is over).
+fn refused_in_rebalance(e: &PipelineError) -> bool {
+    let PipelineError::Kafka { source, .. } = e else {
+        return false;
+    };
+    matches!(
+        source.downcast_ref::<KafkaError>(),
+        Some(KafkaError::ConsumerCommit(
+            RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::UnknownMemberId
+                | RDKafkaErrorCode::IllegalGeneration
+        ))
+    )
+}
+
 pub(super) fn commit_stored(consumer: &Consumer_, op: &'static str) -> Result<()> {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => events::commit(true),

@@ -1,11 +1,16 @@
-//! Errors of the pipeline crate: typed variants that say whose fault they are, which decides
-//! dead-letter (bad input), or stop without committing (outside system, bug).
+//! Errors: typed variants that say whose fault they are, which decides dead-letter (bad input),
+//! or stop without committing (outside system, bug). The outside systems' own errors (Kafka's,
+//! the object store's, the metrics exporter's) are kept as their sources, boxed, so this crate
+//! depends on none of their clients.
 
 use std::path::PathBuf;
 
 use riskpipe_schemas::Fault;
 
-/// Errors of the pipeline crate.
+/// A source error of an outside system's client, kept whole for its message and chain.
+pub type SourceError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors of every riskpipe layer.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// The configuration is invalid; every problem is listed.
@@ -30,7 +35,7 @@ pub enum PipelineError {
         /// The call ("creating consumer", "fetching watermarks", ...).
         op: &'static str,
         /// librdkafka's error.
-        source: rdkafka::error::KafkaError,
+        source: SourceError,
     },
     /// The broker did not acknowledge an output record: the batch's offsets stay uncommitted.
     #[error(
@@ -40,7 +45,7 @@ pub enum PipelineError {
         /// The output topic.
         topic: String,
         /// librdkafka's error.
-        source: rdkafka::error::KafkaError,
+        source: SourceError,
     },
     /// A Kafka transaction (exactly-once mode) failed. `aborted`: it was aborted, and the run
     /// restarts from the last committed transaction (its state restored to that point);
@@ -51,7 +56,7 @@ pub enum PipelineError {
         /// The call ("committing", "sending the input offsets", ...).
         op: &'static str,
         /// librdkafka's error.
-        source: rdkafka::error::KafkaError,
+        source: SourceError,
         /// Whether the transaction was aborted and the run can start again from the last
         /// committed one.
         aborted: bool,
@@ -96,7 +101,7 @@ pub enum PipelineError {
     },
     /// The Prometheus recorder could not be installed.
     #[error("metrics: {0}")]
-    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    Metrics(SourceError),
     /// A stage was asked for its keyed state, which it cannot snapshot yet.
     #[error("{stage}: keyed-state snapshots are not implemented yet")]
     StateNotSupported {
@@ -109,7 +114,7 @@ pub enum PipelineError {
         /// What was being done.
         op: &'static str,
         /// The object store's error.
-        source: object_store::Error,
+        source: SourceError,
     },
     /// A checkpoint cannot be used: unreadable, of another job or feature definition, or ahead
     /// of the group's committed offsets.
@@ -135,10 +140,9 @@ pub enum PipelineError {
     /// From Parquet.
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
-    /// From DataFusion.
-    #[cfg(feature = "sql")]
+    /// From DataFusion (the `sql` feature's batch twin).
     #[error("datafusion: {0}")]
-    DataFusion(#[from] datafusion::error::DataFusionError),
+    DataFusion(SourceError),
 }
 
 impl PipelineError {
@@ -163,7 +167,6 @@ impl PipelineError {
             | PipelineError::Bug(_)
             | PipelineError::Arrow(_)
             | PipelineError::StateNotSupported { .. } => Fault::Bug,
-            #[cfg(feature = "sql")]
             PipelineError::DataFusion(_) => Fault::Bug,
             PipelineError::Operator(e) => e.fault(),
             PipelineError::Model(e) => e.fault(),
@@ -171,8 +174,23 @@ impl PipelineError {
     }
 
     /// A Kafka error of `op`, for `map_err`.
-    pub fn kafka(op: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
-        move |source| PipelineError::Kafka { op, source }
+    pub fn kafka<E: std::error::Error + Send + Sync + 'static>(
+        op: &'static str,
+    ) -> impl FnOnce(E) -> Self {
+        move |source| PipelineError::Kafka {
+            op,
+            source: Box::new(source),
+        }
+    }
+
+    /// A checkpoint store error of `op`, for `map_err`.
+    pub fn checkpoint_store<E: std::error::Error + Send + Sync + 'static>(
+        op: &'static str,
+    ) -> impl FnOnce(E) -> Self {
+        move |source| PipelineError::CheckpointStore {
+            op,
+            source: Box::new(source),
+        }
     }
 
     /// A file error of `op` on `path`, for `map_err`.
@@ -193,5 +211,5 @@ impl PipelineError {
     }
 }
 
-/// Result of this crate.
+/// Result of every riskpipe layer.
 pub type Result<T, E = PipelineError> = std::result::Result<T, E>;

@@ -1,0 +1,28 @@
+//! riskpipe's core: what every layer shares and nothing below it knows — the records that flow
+//! between stages, the stage traits, the state snapshots, the errors and the metric names. It
+//! names no Kafka, file, format, job or column.
+//!
+//! # Layout
+//!
+//! - [`records`] — a decoded micro-batch ([`JobInput`]), refusals ([`Reject`]), featured rows
+//!   ([`Featured`]), what scoring produced ([`JobOutput`], [`Records`]);
+//! - [`stage`] — the two halves of a job ([`FeatureStage`], [`ScoreStage`]) and the [`Job`]
+//!   they make;
+//! - [`snapshot`] — keyed state as Arrow tables ([`StateSnapshot`]), restored stages per
+//!   partition ([`Installs`]);
+//! - [`model_slot`] — the hot-reload hand-over between a reloader and a score stage;
+//! - [`error`] — [`PipelineError`], each variant saying whose fault it is;
+//! - [`events`] — every metric name and what it counts.
+
+pub mod error;
+pub mod events;
+pub mod model_slot;
+pub mod records;
+pub mod snapshot;
+pub mod stage;
+
+pub use error::{PipelineError, Result};
+pub use model_slot::ModelSlot;
+pub use records::{Featured, JobInput, JobOutput, Partitions, Records, Reject, RejectKind};
+pub use snapshot::{Installs, MakeStage, StateSnapshot};
+pub use stage::{FeatureStage, Horizon, Inputs, Job, ScoreStage, Side};

@@ -1,0 +1,46 @@
+//! The model slot: between a reloader and the score stage, the checked model waiting to be
+//! swapped in between batches, and the version scoring now.
+
+use std::sync::Mutex;
+
+use riskpipe_models::Model;
+
+/// Between the reloader and the score stage: the checked model waiting to be swapped in, and
+/// the version scoring now.
+#[derive(Debug, Default)]
+pub struct ModelSlot {
+    next: Mutex<Option<Model>>,
+    scoring: Mutex<String>,
+}
+
+impl ModelSlot {
+    /// Offers `model` to the score stage (replacing one not yet taken).
+    pub fn offer(&self, model: Model) {
+        if let Ok(mut next) = self.next.lock() {
+            *next = Some(model);
+        }
+    }
+
+    /// The model offered since the last call, if any.
+    pub fn take(&self) -> Option<Model> {
+        self.next.lock().ok()?.take()
+    }
+
+    /// The score stage now scores with `version`.
+    pub fn scoring(&self, version: &str) {
+        if let Ok(mut v) = self.scoring.lock() {
+            *v = version.to_string();
+        }
+    }
+
+    /// Whether `version` is scoring now or waiting to be swapped in.
+    pub fn has(&self, version: &str) -> bool {
+        let scoring = self.scoring.lock().map(|v| *v == version).unwrap_or(false);
+        let offered = self
+            .next
+            .lock()
+            .map(|n| n.as_ref().is_some_and(|s| s.version() == version))
+            .unwrap_or(false);
+        scoring || offered
+    }
+}

@@ -1,0 +1,127 @@
+//! Stage traits: the two halves of a job the driver runs on two threads ([`FeatureStage`],
+//! [`ScoreStage`]), the [`Job`] they make, its [`Inputs`], and what a split or rebuilt job is
+//! told ([`Side`], [`Horizon`]).
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+
+use crate::model_slot::ModelSlot;
+use crate::records::{Featured, JobInput, JobOutput};
+use crate::snapshot::{Installs, StateSnapshot};
+use crate::{PipelineError, Result};
+
+/// Which side of a repartition a stage of a split job runs (scale-out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Reads the events, admits them, computes the features keyed like its input and forwards
+    /// each row keyed by the repartition's key.
+    Before,
+    /// Reads the forwarded rows (and the side input), computes the rest, scores.
+    After,
+}
+
+/// The feature half of a job.
+pub trait FeatureStage: Send + std::fmt::Debug {
+    /// Applies the side inputs, refuses what the state cannot take, appends the features.
+    fn process(&mut self, input: JobInput) -> Result<Featured>;
+
+    /// Keys held in the stage's state (a key per operator that keeps it), if it counts them.
+    fn state_keys(&self) -> Option<usize> {
+        None
+    }
+
+    /// The stage's keyed state, for a checkpoint.
+    fn snapshot(&self) -> Result<StateSnapshot> {
+        Err(PipelineError::StateNotSupported { stage: "features" })
+    }
+
+    /// Replaces the stage's keyed state with a checkpoint's.
+    fn restore(&mut self, _state: StateSnapshot) -> Result<()> {
+        Err(PipelineError::StateNotSupported { stage: "features" })
+    }
+
+    /// State per input partition that follows the group's assignment: restored stages of
+    /// newly assigned partitions come from `installs`. False when the stage keeps no state per
+    /// partition.
+    fn adopt(&mut self, _installs: Arc<Installs>) -> bool {
+        false
+    }
+}
+
+/// The scoring half of a job: model, alerts, output records.
+pub trait ScoreStage: Send + std::fmt::Debug {
+    /// Scores the featured rows (never called with zero rows).
+    fn process(&mut self, featured: Featured) -> Result<JobOutput>;
+
+    /// Whether it keeps state across batches (then checkpoints hold it and a restore replays
+    /// the gap through it too).
+    fn has_state(&self) -> bool {
+        false
+    }
+
+    /// Brings the stage's state up to `featured` without producing anything (the silent replay
+    /// after a restore); returns the rows it refused. By default, [`ScoreStage::process`]
+    /// with the output dropped.
+    fn warm(&mut self, featured: Featured) -> Result<usize> {
+        self.process(featured).map(|o| o.rejects.len())
+    }
+
+    /// The stage's keyed state, for a checkpoint.
+    fn snapshot(&self) -> Result<StateSnapshot> {
+        Err(PipelineError::StateNotSupported { stage: "score" })
+    }
+
+    /// Replaces the stage's keyed state with a checkpoint's.
+    fn restore(&mut self, _state: StateSnapshot) -> Result<()> {
+        Err(PipelineError::StateNotSupported { stage: "score" })
+    }
+
+    /// From now on, takes checked models from `slot` between batches (hot reload); false when
+    /// the stage's model cannot be swapped.
+    fn follow_models(&mut self, _slot: Arc<ModelSlot>) -> bool {
+        false
+    }
+}
+
+/// The input streams a job reads, as Arrow schemas the decoders decode against.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// The events (transactions, ticks).
+    pub events: SchemaRef,
+    /// The side input (fraud labels), if the job has one.
+    pub side: Option<SchemaRef>,
+}
+
+/// A job, ready to run: its inputs and its two stages.
+#[derive(Debug)]
+pub struct Job {
+    /// `fraud` or `market`.
+    pub kind: &'static str,
+    /// The model's name, as stamped on scores (empty for a features-only job).
+    pub model: String,
+    /// An ensemble's members, `<file>@<version>` each, in the order of their scored columns
+    /// (`score::member`); empty for one model.
+    pub members: Vec<String>,
+    /// What the decoders decode.
+    pub inputs: Inputs,
+    /// The feature half.
+    pub features: Box<dyn FeatureStage>,
+    /// The scoring half.
+    pub scoring: Box<dyn ScoreStage>,
+}
+
+/// How far back in event time a job's state reaches, for a rebuild that seeks back by time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Horizon {
+    /// The events' event-time column (a UTC timestamp).
+    pub time_column: String,
+    /// How far before the watermark the state still needs events: the features' reach, plus
+    /// the allowed lateness (the state follows the watermark less it), plus the longest stretch
+    /// the score stage's state covers (drift days).
+    pub reach: std::time::Duration,
+    /// How far ahead of its event time a message may have been stamped by its producer
+    /// (`max_future_skew`): the seek goes back this much further, since Kafka finds offsets by
+    /// the messages' timestamps, not by event time.
+    pub skew: std::time::Duration,
+}
