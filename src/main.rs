@@ -11,8 +11,8 @@ use riskpipe_pipeline::demo::DemoOptions;
 use riskpipe_pipeline::driver::Counters;
 use riskpipe_pipeline::observe::{self, Health};
 use riskpipe_pipeline::reload::Reloader;
-use riskpipe_pipeline::sources::kafka_range::{self, Bound};
-use riskpipe_pipeline::{PipelineConfig, PipelineError, bench, decoders, demo, export, jobs, live};
+use riskpipe_pipeline::sources::kafka_range::Bound;
+use riskpipe_pipeline::{PipelineConfig, PipelineError, bench, demo, export, jobs, live};
 
 /// Streaming risk scoring: Arrow feature operators and ONNX Runtime models, live and in replay.
 #[derive(Debug, Parser)]
@@ -378,8 +378,8 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             let kafka = cfg.kafka.as_ref().ok_or_else(|| {
                 PipelineError::Config(vec!["no [kafka] section: replay reads from Kafka".into()])
             })?;
-            let decoder = decoders::build(kafka, cfg.streams())?;
-            let (history, rejected) = kafka_range::history(&cfg, decoder.as_ref(), from, to)?;
+            let decoder = kafka.decoder(cfg.streams())?;
+            let (history, rejected) = backtest::kafka_history(&cfg, decoder.as_ref(), from, to)?;
             if !rejected.is_empty() {
                 eprintln!(
                     "skipped {} undecodable event messages (see the log)",

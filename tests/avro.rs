@@ -360,7 +360,7 @@ fn per_topic_formats_decode_and_encode_each_topic_in_its_own_format() {
     cfg.kafka = Some(kafka.clone());
     assert_eq!(cfg.problems(), Vec::<String>::new());
 
-    let decoder = riskpipe_pipeline::decoders::build(&kafka, cfg.streams()).expect("decoders");
+    let decoder = kafka.decoder(cfg.streams()).expect("decoders");
     let v1_text = published("transaction");
     let v1 = apache_avro::Schema::parse_str(&v1_text).expect("v1");
     let v1_id = registry
@@ -390,7 +390,7 @@ fn per_topic_formats_decode_and_encode_each_topic_in_its_own_format() {
     assert_eq!(d.accepted, vec![0], "the labels topic is JSON");
     assert_eq!(d.rejected.len(), 1);
 
-    let mut encoder = riskpipe_pipeline::encoders::build(&kafka).expect("encoders");
+    let mut encoder = kafka.encoder().expect("encoders");
     let t = riskpipe_schemas::risk_score_schema();
     let risk = arrow::array::RecordBatch::try_new(
         t.clone(),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{BaseRecord, Producer};
 use riskpipe_pipeline::demo::{Feed, Feeder, feed};
 use riskpipe_pipeline::kafka::KafkaConfig;
-use riskpipe_pipeline::sources::kafka_range::{self, Bound};
+use riskpipe_pipeline::sources::kafka_range::Bound;
 use riskpipe_pipeline::{PipelineConfig, backtest, decoders};
 use riskpipe_schemas::Score;
 use support::{
@@ -503,9 +503,13 @@ fn skewed_and_duplicated_events_are_refused_alike_live_and_in_replay_and_change_
     // The topic replayed: each partition in offset order, the same policy.
     let run_cfg = PipelineConfig::load(&config).expect("config");
     let decoder = decoders::json(usize::MAX);
-    let (replay_history, undecodable) =
-        kafka_range::history(&run_cfg, decoder.as_ref(), Bound::Edge, Bound::Edge)
-            .expect("replay history");
+    let (replay_history, undecodable) = riskpipe_pipeline::backtest::kafka_history(
+        &run_cfg,
+        decoder.as_ref(),
+        Bound::Edge,
+        Bound::Edge,
+    )
+    .expect("replay history");
     assert_eq!(undecodable.len(), 0);
     let replayed = backtest::replay(
         &run_cfg,
@@ -780,9 +784,13 @@ fn absurd_amounts_are_refused_alike_live_in_replay_and_from_a_file_and_poison_no
     // The topic replayed: the same refusals (1e309 does not decode), the same scores.
     let run_cfg = PipelineConfig::load(&config).expect("config");
     let decoder = decoders::json(usize::MAX);
-    let (replay_history, undecodable) =
-        kafka_range::history(&run_cfg, decoder.as_ref(), Bound::Edge, Bound::Edge)
-            .expect("replay history");
+    let (replay_history, undecodable) = riskpipe_pipeline::backtest::kafka_history(
+        &run_cfg,
+        decoder.as_ref(),
+        Bound::Edge,
+        Bound::Edge,
+    )
+    .expect("replay history");
     let replayed = backtest::replay(
         &run_cfg,
         Arc::new(replay_history),

@@ -19,6 +19,7 @@ use crate::jobs::{self, Job};
 use crate::sinks::collect::{CollectSink, Collected};
 use crate::sinks::{DeadLetter, Origin};
 use crate::sources::history::{History, HistorySource};
+use crate::sources::kafka_range;
 use crate::{PipelineError, Result};
 
 /// What a replay collected.
@@ -118,6 +119,25 @@ pub fn replay_job(
 /// Reads the input of a backtest: a fraud history or a price history.
 pub fn load(cfg: &PipelineConfig, input: &Path) -> Result<History> {
     cfg.job.kind().load(input)
+}
+
+/// A history from Kafka: the events of a topic range and every side event, decoded with
+/// `decoder` and ordered by the job kind (as [`load`] orders a file); also the event messages
+/// that could not be decoded, with their reasons.
+pub fn kafka_history(
+    cfg: &PipelineConfig,
+    decoder: &dyn decoders::Decoder,
+    from: kafka_range::Bound,
+    to: kafka_range::Bound,
+) -> Result<(History, Vec<decoders::Rejection>)> {
+    let kafka = cfg.kafka.as_ref().ok_or_else(|| {
+        PipelineError::Config(vec!["no [kafka] section: replay reads from Kafka".into()])
+    })?;
+    let kind = cfg.job.kind();
+    let (read, rejected) =
+        kafka_range::read(kafka, kind.streams(), &kind.inputs(), decoder, from, to)?;
+    let history = kind.history(&read.topic, read.events, read.side, read.partitions)?;
+    Ok((history, rejected))
 }
 
 /// A progress bar over `rows` events, hidden when not wanted.

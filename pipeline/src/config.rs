@@ -436,14 +436,7 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Default names of a job's input topics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Streams {
-    /// The events topic's default name.
-    pub events: &'static str,
-    /// The side-input topic's default name, if the job has a side input.
-    pub side: Option<&'static str>,
-}
+pub use riskpipe_core::Streams;
 
 #[cfg(test)]
 mod tests {

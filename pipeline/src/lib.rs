@@ -28,21 +28,18 @@
 pub mod backtest;
 pub mod bench;
 pub mod config;
-pub mod decoders;
 pub mod demo;
 pub mod driver;
-pub mod encoders;
 pub mod export;
 pub mod jobs;
-pub mod kafka;
 pub mod live;
 pub mod observe;
 pub mod reload;
-pub mod schema_registry;
-pub mod sinks;
-pub mod sources;
-pub mod state;
 
 pub use config::PipelineConfig;
 // The core crate's errors and metric names, under the paths every layer has used.
 pub use riskpipe_core::{PipelineError, Result, error, events};
+// The formats crate's modules, under the paths every layer has used.
+pub use riskpipe_formats::{decoders, encoders, schema_registry};
+// The connectors crate's modules, likewise.
+pub use riskpipe_connectors::{kafka, sinks, sources, state};

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 
 use crate::config::PipelineConfig;
-use crate::decoders;
 use crate::driver::{Checkpoints, Counters, Driver, Summary};
 use crate::events;
 use crate::jobs::partitioned::{Installs, MakeStage};
@@ -315,7 +314,7 @@ async fn run_stage(
                 kafka,
                 cfg.streams(),
                 job.inputs.clone(),
-                decoders::build(kafka, cfg.streams())?,
+                kafka.decoder(cfg.streams())?,
                 store.clone(),
                 make,
                 kind.name(),
@@ -361,12 +360,9 @@ async fn run_stage(
         Some(topic) => sink.forwarding_to(topic),
         None => sink,
     };
-    let driver = Driver::new(
-        decoders::build(kafka, cfg.streams())?,
-        kafka.in_flight_batches,
-    )
-    .with_checkpoints(checkpoints)
-    .with_commit_interval(kafka.commit_interval);
+    let driver = Driver::new(kafka.decoder(cfg.streams())?, kafka.in_flight_batches)
+        .with_checkpoints(checkpoints)
+        .with_commit_interval(kafka.commit_interval);
     driver
         .run(source, job, sink, counters.clone(), shutdown)
         .await
@@ -436,7 +432,7 @@ fn restore(
             }
         }
     }
-    let decoder = decoders::build(kafka, cfg.streams())?;
+    let decoder = kafka.decoder(cfg.streams())?;
     let horizon = rebuild_horizon(cfg, state);
     let gap = kafka_restore::gap(
         kafka,

@@ -7,7 +7,7 @@
 //! `riskpipe_model_reloads_total`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -17,42 +17,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::{PipelineError, Result};
 
-/// Liveness and readiness, shared by the source (which knows its assignment), the command
-/// running the pipeline, and the health endpoint.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// The consumer holds a partition assignment.
-    pub ready: AtomicBool,
-    /// Set once the pipeline has stopped.
-    pub stopped: AtomicBool,
-    /// One consumer's part of a process with several: the process's readiness combines the
-    /// parts, and only it is reported.
-    part: bool,
-}
-
-impl Health {
-    /// The readiness of one of several consumers of a process (see [`Self::part`]).
-    pub fn part() -> Self {
-        Self {
-            part: true,
-            ..Self::default()
-        }
-    }
-
-    /// The consumer gained (`true`) or lost its partitions.
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-        if !self.part {
-            crate::events::ready(ready && !self.stopped.load(Ordering::Relaxed));
-        }
-    }
-
-    /// The pipeline stopped: never ready again.
-    pub fn set_stopped(&self) {
-        self.stopped.store(true, Ordering::Relaxed);
-        self.set_ready(false);
-    }
-}
+pub use riskpipe_core::Health;
 
 /// Latency histograms are exported with these buckets (seconds).
 const LATENCY_BUCKETS: [f64; 16] = [

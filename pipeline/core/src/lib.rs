@@ -11,18 +11,21 @@
 //! - [`snapshot`] — keyed state as Arrow tables ([`StateSnapshot`]), restored stages per
 //!   partition ([`Installs`]);
 //! - [`model_slot`] — the hot-reload hand-over between a reloader and a score stage;
+//! - [`health`] — liveness and readiness, from the source to the health endpoint;
 //! - [`error`] — [`PipelineError`], each variant saying whose fault it is;
 //! - [`events`] — every metric name and what it counts.
 
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod model_slot;
 pub mod records;
 pub mod snapshot;
 pub mod stage;
 
 pub use error::{PipelineError, Result};
+pub use health::Health;
 pub use model_slot::ModelSlot;
 pub use records::{Featured, JobInput, JobOutput, Partitions, Records, Reject, RejectKind};
 pub use snapshot::{Installs, MakeStage, StateSnapshot};
-pub use stage::{FeatureStage, Horizon, Inputs, Job, ScoreStage, Side};
+pub use stage::{FeatureStage, Horizon, Inputs, Job, ScoreStage, Side, Streams, warm_up};

@@ -34,71 +34,14 @@ pub use riskpipe_core::records::{
     Featured, JobInput, JobOutput, Partitions, Records, Reject, RejectKind, Repeated,
 };
 pub use riskpipe_core::snapshot::{Installs, MakeStage, StateSnapshot, fingerprint};
-pub use riskpipe_core::stage::{FeatureStage, Horizon, Inputs, Job, ScoreStage, Side};
+pub use riskpipe_core::stage::{
+    FeatureStage, Horizon, Inputs, Job, ScoreStage, Side, Streams, warm_up,
+};
 
 use crate::backtest::{Options, Replayed, Report};
-use crate::config::{PipelineConfig, Streams};
+use crate::config::PipelineConfig;
 use crate::sources::history::History;
 use crate::{PipelineError, Result};
-
-/// Runs `input` through the feature stage, side events first, then the events in
-/// micro-batches of `batch_rows`, and their featured rows through `scoring` when it is given
-/// (a score stage that keeps state): how a restarted pipeline brings restored state up to its
-/// committed offsets without publishing anything (the stages refuse what they refused live, by
-/// each partition's own order). Returns the events refused.
-pub fn warm_up(
-    features: &mut dyn FeatureStage,
-    mut scoring: Option<&mut dyn ScoreStage>,
-    input: JobInput,
-    batch_rows: usize,
-) -> Result<usize> {
-    let JobInput {
-        side,
-        events,
-        partitions,
-    } = input;
-    // A batch refused whole was dead-lettered whole live: the same here.
-    let mut feed = |input: JobInput| -> Result<usize> {
-        let rows = input.events.num_rows();
-        let featured = match features.process(input) {
-            Ok(f) => f,
-            Err(e) if e.fault() == riskpipe_schemas::Fault::BadInput => return Ok(rows),
-            Err(e) => return Err(e),
-        };
-        let refused = featured.rejects.len();
-        match scoring.as_deref_mut() {
-            Some(s) if featured.batch.num_rows() > 0 => {
-                let kept = featured.batch.num_rows();
-                match s.warm(featured) {
-                    Ok(r) => Ok(refused + r),
-                    Err(e) if e.fault() == riskpipe_schemas::Fault::BadInput => Ok(refused + kept),
-                    Err(e) => Err(e),
-                }
-            }
-            _ => Ok(refused),
-        }
-    };
-    let mut refused = 0;
-    if side.as_ref().is_some_and(|s| s.num_rows() > 0) {
-        refused += feed(JobInput {
-            side,
-            events: events.slice(0, 0),
-            partitions: partitions.as_ref().map(|p| p.slice(0, 0)),
-        })?;
-    }
-    let rows = batch_rows.max(1);
-    let mut start = 0;
-    while start < events.num_rows() {
-        let len = rows.min(events.num_rows() - start);
-        refused += feed(JobInput {
-            side: None,
-            events: events.slice(start, len),
-            partitions: partitions.as_ref().map(|p| p.slice(start, len)),
-        })?;
-        start += len;
-    }
-    Ok(refused)
-}
 
 /// What a job kind gives the engine, implemented by its `[job]` settings type. Its stages know
 /// neither Kafka, files nor formats; this is where a kind names the sources and the report it
