@@ -934,12 +934,40 @@ fn exactly_once_on_apache_kafka_hides_the_killed_transaction_from_read_committed
     std::thread::sleep(Duration::from_millis(
         1_000 + u64::from(std::process::id() % 2_000),
     ));
+    // Killed while a transaction holds scores in the log: some partition's high watermark
+    // (what read_uncommitted readers see) is past its last stable offset (read_committed's
+    // end). Killed between a commit and the next record's arrival, it would prove nothing.
+    let mut uncommitted = KafkaConfig::for_bootstrap(&kafka.bootstrap);
+    uncommitted.group_id = "eos-apache-uncommitted".into();
+    uncommitted
+        .properties
+        .insert("isolation.level".into(), "read_uncommitted".into());
+    let log_end = {
+        let mut k = uncommitted.clone();
+        k.group_id = "eos-apache-log-end".into();
+        riskpipe_pipeline::demo::reader(&k, &["scores"]).expect("reader")
+    };
+    // The default isolation of librdkafka's consumers: read_committed.
+    let committed = reader(&kafka.bootstrap, "scores");
+    let open_transaction = Instant::now() + Duration::from_secs(60);
+    while !(0..4).any(|p| {
+        let end = |c: &support::BaseConsumer| {
+            support::Consumer::fetch_watermarks(c, "scores", p, Duration::from_secs(5))
+                .expect("watermarks")
+                .1
+        };
+        end(&log_end) > end(&committed)
+    }) {
+        assert!(
+            Instant::now() < open_transaction,
+            "no open transaction holding scores within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     running.kill();
     running = Pipeline::start_with_env(&config, &slot);
     running.wait_ready();
     feeding.join().expect("feeder");
-    // The default isolation of librdkafka's consumers: read_committed.
-    let committed = reader(&kafka.bootstrap, "scores");
     let mut got: Vec<Got> = Vec::new();
     score_within(
         &committed,
@@ -962,11 +990,6 @@ fn exactly_once_on_apache_kafka_hides_the_killed_transaction_from_read_committed
         "one score per transaction, as read_committed sees them"
     );
 
-    let mut uncommitted = KafkaConfig::for_bootstrap(&kafka.bootstrap);
-    uncommitted.group_id = "eos-apache-uncommitted".into();
-    uncommitted
-        .properties
-        .insert("isolation.level".into(), "read_uncommitted".into());
     let all = drain(
         &riskpipe_pipeline::demo::reader(&uncommitted, &["scores"]).expect("reader"),
         Duration::from_secs(3),

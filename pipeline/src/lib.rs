@@ -29,7 +29,6 @@ pub mod backtest;
 pub mod bench;
 pub mod config;
 pub mod demo;
-pub mod driver;
 pub mod export;
 pub mod jobs;
 pub mod live;
@@ -43,3 +42,5 @@ pub use riskpipe_core::{PipelineError, Result, error, events};
 pub use riskpipe_formats::{decoders, encoders, schema_registry};
 // The connectors crate's modules, likewise.
 pub use riskpipe_connectors::{kafka, sinks, sources, state};
+// The engine's driver, likewise.
+pub use riskpipe_engine::driver;

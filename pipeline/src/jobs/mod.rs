@@ -17,11 +17,8 @@
 //! the score moved from a reference, in a backtest and live.
 
 pub mod drift;
-pub mod event_time;
 pub mod fraud;
 pub mod market;
-pub mod partitioned;
-pub mod value_range;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +26,8 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use riskpipe_models::Model;
 
+// The engine event clock, number admission and per-partition state, under their old paths.
+pub use riskpipe_engine::{event_time, partitioned, value_range};
 // The shared types and stage traits live in the core crate, below every layer.
 pub use riskpipe_core::records::{
     Featured, JobInput, JobOutput, Partitions, Records, Reject, RejectKind, Repeated,

@@ -10,12 +10,12 @@ use arrow::datatypes::{DataType, Int64Type};
 use riskpipe_operators::columns;
 
 use super::*;
-use crate::jobs::{
-    FeatureStage, Featured, Inputs, JobInput, JobOutput, Records, Reject, RejectKind, ScoreStage,
-};
 use crate::sinks::Origin;
 use crate::sinks::collect::CollectSink;
 use crate::sources::{Acker, Message, Payload, SourceBatch, Stop};
+use riskpipe_core::{
+    FeatureStage, Featured, Inputs, JobInput, JobOutput, Records, Reject, RejectKind, ScoreStage,
+};
 
 const ROWS: usize = 4;
 
@@ -504,7 +504,7 @@ impl crate::sinks::Sink for TxnSink {
             seen.aborted += 1;
             return Err(PipelineError::Transaction {
                 op: "committing",
-                source: Box::new(rdkafka::error::KafkaError::Canceled),
+                source: "the test sink refuses this commit".into(),
                 aborted: true,
             });
         }

@@ -8,13 +8,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::decoders::{Decoder, Rejection};
 use crate::events::{self, Stage};
-use crate::jobs::{
-    FeatureStage, Featured, Inputs, JobInput, JobOutput, Partitions, RejectKind, ScoreStage,
-    StateSnapshot,
-};
 use crate::sinks::{DeadLetter, Origin, SinkBatch};
 use crate::sources::{Message, Payload, SourceBatch};
 use crate::{PipelineError, Result};
+use riskpipe_core::{
+    FeatureStage, Featured, Inputs, JobInput, JobOutput, Partitions, RejectKind, ScoreStage,
+    StateSnapshot,
+};
 
 /// What travels with a batch from the decoder to the acknowledgement.
 #[derive(Debug)]

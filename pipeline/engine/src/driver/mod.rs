@@ -44,11 +44,11 @@ pub use counters::{Counters, Summary};
 
 use crate::decoders::Decoder;
 use crate::events;
-use crate::jobs::{Job, StateSnapshot};
 use crate::sinks::Sink;
 use crate::sources::{Acker, Commit, Payload, Source};
 use crate::state::{CheckpointStore, Positions};
 use crate::{PipelineError, Result};
+use riskpipe_core::{Job, StateSnapshot};
 
 /// How batches flow; see the module documentation.
 #[derive(Debug)]
@@ -89,7 +89,7 @@ fn by_partition(
     let (features, _) = snapshot.split();
     let mut out: std::collections::BTreeMap<i32, StateSnapshot> = Default::default();
     for (name, table) in features.tables {
-        if let Some((p, own)) = crate::jobs::partitioned::partition_of_table(&name) {
+        if let Some((p, own)) = crate::partitioned::partition_of_table(&name) {
             out.entry(p)
                 .or_insert_with(|| StateSnapshot {
                     tables: Vec::new(),
@@ -194,8 +194,8 @@ impl<A: Acker> Settle<A> {
             // commit.
             sink.abort().await;
             return Err(PipelineError::Transaction {
-                op: "handing partitions over in a rebalance (their commit did not come in time)",
-                source: Box::new(rdkafka::error::KafkaError::Canceled),
+                op: "handing partitions over in a rebalance",
+                source: "their outputs' commit did not come in time".into(),
                 aborted: true,
             });
         }

@@ -23,8 +23,8 @@ use arrow::array::{Array, AsArray, Int32Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
 use serde::Deserialize;
 
-use super::RejectKind;
 use crate::{PipelineError, Result};
+use riskpipe_core::RejectKind;
 
 const LATEST: &str = "riskpipe.clock.latest";
 const WATERMARK: &str = "riskpipe.clock.watermark";

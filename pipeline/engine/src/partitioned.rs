@@ -10,9 +10,9 @@ use std::sync::Arc;
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::{interleave_record_batch, take_record_batch};
 
-use super::{FeatureStage, Featured, JobInput, Partitions, Reject, StateSnapshot};
-pub use super::{Installs, MakeStage};
 use crate::{PipelineError, Result};
+use riskpipe_core::{FeatureStage, Featured, JobInput, Partitions, Reject, StateSnapshot};
+pub use riskpipe_core::{Installs, MakeStage};
 
 /// One feature stage per input partition.
 pub struct PerPartition {
@@ -264,7 +264,7 @@ mod tests {
                 if *v < 0 {
                     rejects.push(Reject {
                         row,
-                        kind: super::super::RejectKind::Invalid,
+                        kind: riskpipe_core::RejectKind::Invalid,
                         reason: "negative".into(),
                     });
                 } else {
