@@ -13,6 +13,8 @@
 //! [`Fault`] is the shared vocabulary each crate's error type uses to say whose fault an error is,
 //! which in turn decides dead-letter (bad input), retry (outside system) or stop (bug).
 
+pub mod declared;
+
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};

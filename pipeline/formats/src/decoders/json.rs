@@ -55,7 +55,7 @@ impl Decoder for JsonDecoder {
 }
 
 /// Oversized and empty payloads are rejected before any parsing.
-fn precheck(payloads: &[&[u8]], max_bytes: usize) -> (Vec<usize>, Vec<Rejection>) {
+pub(super) fn precheck(payloads: &[&[u8]], max_bytes: usize) -> (Vec<usize>, Vec<Rejection>) {
     let mut rejected = Vec::new();
     let mut candidates = Vec::with_capacity(payloads.len());
     for (index, p) in payloads.iter().enumerate() {

@@ -6,6 +6,7 @@
 //! - [`avro`](AvroDecoder): Avro in the schema registry's wire format.
 
 mod avro;
+mod declared;
 mod events;
 mod json;
 
@@ -14,6 +15,7 @@ use arrow::datatypes::SchemaRef;
 use serde::Deserialize;
 
 pub use avro::AvroDecoder;
+pub use declared::DeclaredJsonDecoder;
 pub use json::JsonDecoder;
 
 use riskpipe_core::RejectKind;

@@ -1,0 +1,699 @@
+//! Declared events decoded from JSON: one object per message, read against an [`EventSchema`]
+//! (the fields, types and value rules a config declares) straight into Arrow columns, without
+//! an intermediate document. A member the declaration does not name is refused or skipped, as it
+//! says; a missing or null required field, a wrong type, a duplicated member and trailing data
+//! are `schema` dead letters; a value its rules refuse is `invalid`. Reasons name the field and
+//! the rule, never the value (a field may be sensitive).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampNanosecondBuilder,
+};
+use arrow::datatypes::SchemaRef;
+use riskpipe_core::RejectKind;
+use riskpipe_schemas::declared::{Allowed, DeclaredField, EventSchema, FieldType, Number};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::{DecodedPayloads, Decoder, Rejection, events::date_time, json::precheck};
+
+/// The decoder of one declared event stream.
+#[derive(Debug)]
+pub struct DeclaredJsonDecoder {
+    declared: EventSchema,
+    schema: SchemaRef,
+    root: Node,
+    objects: usize,
+    max_bytes: usize,
+}
+
+/// The members of one object of the declaration.
+#[derive(Debug, Default)]
+struct Node {
+    /// The object's path (empty for the event itself), for reasons.
+    path: String,
+    /// The object's number, to find a member object given twice.
+    id: usize,
+    members: HashMap<String, Member>,
+    /// The declared fields below it, for a `null` in its place.
+    leaves: Vec<usize>,
+}
+
+impl Node {
+    /// Field `i` at `path` below this object (member objects made as needed; a checked
+    /// declaration never makes a field a parent).
+    fn insert(&mut self, path: &[String], i: usize, objects: &mut usize) {
+        self.leaves.push(i);
+        match path {
+            [last] => {
+                self.members.entry(last.clone()).or_insert(Member::Leaf(i));
+            }
+            [first, rest @ ..] => {
+                let path = match self.path.as_str() {
+                    "" => first.clone(),
+                    p => format!("{p}.{first}"),
+                };
+                let entry = self.members.entry(first.clone()).or_insert_with(|| {
+                    *objects += 1;
+                    Member::Object(Node {
+                        path,
+                        id: *objects - 1,
+                        ..Node::default()
+                    })
+                });
+                if let Member::Object(child) = entry {
+                    child.insert(rest, i, objects);
+                }
+            }
+            [] => {}
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Member {
+    Leaf(usize),
+    Object(Node),
+}
+
+impl DeclaredJsonDecoder {
+    /// The decoder of `declared`, refusing payloads over `max_bytes`.
+    pub fn new(declared: EventSchema, max_bytes: usize) -> Self {
+        let mut root = Node::default();
+        let mut objects = 1;
+        for (i, f) in declared.fields.iter().enumerate() {
+            root.insert(&f.path, i, &mut objects);
+        }
+        Self {
+            schema: declared.arrow_schema(),
+            declared,
+            root,
+            objects,
+            max_bytes,
+        }
+    }
+
+    /// The Arrow schema of the decoded rows.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// One payload's values, or why it is refused.
+    fn row(&self, payload: &[u8], row: &mut Row) -> Result<(), (RejectKind, String)> {
+        super::opens_an_object(payload)?;
+        row.reset(self.declared.fields.len(), self.objects);
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let parsed = ObjectSeed {
+            node: &self.root,
+            decoder: self,
+            row: &mut *row,
+        }
+        .deserialize(&mut de);
+        if let Err(e) = parsed.and_then(|()| de.end()) {
+            return Err(match e.classify() {
+                serde_json::error::Category::Eof => {
+                    (RejectKind::Malformed, "truncated JSON".into())
+                }
+                _ if e.to_string().contains("trailing") => (
+                    RejectKind::Malformed,
+                    "more than one JSON value".to_string(),
+                ),
+                // 1e999: valid JSON, but no finite number.
+                _ if e.to_string().contains("out of range") => (
+                    RejectKind::Schema,
+                    match &row.at {
+                        At::Event => "number out of range".into(),
+                        At::Field(i) => {
+                            format!(
+                                "field {}: number out of range",
+                                self.declared.fields[*i].name
+                            )
+                        }
+                        At::Path(p) => format!("field {p}: number out of range"),
+                    },
+                ),
+                _ => (RejectKind::Malformed, "malformed JSON".into()),
+            });
+        }
+        if let Some(first) = row.first.take() {
+            return Err(first);
+        }
+        // The payload's shape first (every field present and of its type), then the values'
+        // rules, so a payload wrong in both ways is a schema dead letter whatever the field order.
+        for (i, f) in self.declared.fields.iter().enumerate() {
+            let found = std::mem::take(&mut row.found[i]);
+            row.values[i] = Self::convert(f, found)?;
+        }
+        for (i, f) in self.declared.fields.iter().enumerate() {
+            if let Some(value) = row.values[i].take() {
+                row.values[i] = Some(self.check(i, f, value)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// A field's value in its declared type, or why it has none (a `schema` problem: the
+    /// payload's shape). A timestamp stays text here: its form is a value rule.
+    fn convert(f: &DeclaredField, found: Found) -> Result<Option<Value>, (RejectKind, String)> {
+        let name = &f.name;
+        let schema_error = |what: &str| Err((RejectKind::Schema, format!("field {name}: {what}")));
+        Ok(Some(match (f.kind, found) {
+            (_, Found::Absent) if !f.required => return Ok(None),
+            (_, Found::Null) if f.nullable => return Ok(None),
+            (_, Found::Absent) => {
+                return Err((RejectKind::Schema, format!("missing field {name}")));
+            }
+            (_, Found::Null) => return schema_error("null where a value is required"),
+            (FieldType::String | FieldType::Timestamp, Found::Text(s)) => Value::Text(s),
+            (FieldType::Boolean, Found::Bool(b)) => Value::Bool(b),
+            (FieldType::Integer, Found::Int(v)) => Value::Int(v),
+            (FieldType::Integer, Found::UInt(v)) => match i64::try_from(v) {
+                Ok(v) => Value::Int(v),
+                Err(_) => return schema_error("integer out of range"),
+            },
+            // JSON Schema's integer: a number with no fraction (5.0 is 5).
+            (FieldType::Integer, Found::Float(v))
+                if v.fract() == 0.0
+                    && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v) =>
+            {
+                Value::Int(v as i64)
+            }
+            (FieldType::Float, Found::Int(v)) => Value::Float(v as f64),
+            (FieldType::Float, Found::UInt(v)) => Value::Float(v as f64),
+            (FieldType::Float, Found::Float(v)) => Value::Float(v),
+            _ => {
+                return schema_error(&format!("wrong type, expected {}", f.kind.expected()));
+            }
+        }))
+    }
+
+    /// Field `i`'s value checked against its rules (an `invalid` problem), in the form its
+    /// column holds (timestamps and the event time as nanoseconds).
+    fn check(
+        &self,
+        i: usize,
+        f: &DeclaredField,
+        value: Value,
+    ) -> Result<Value, (RejectKind, String)> {
+        let name = &f.name;
+        let invalid = |what: &str| Err((RejectKind::Invalid, format!("field {name}: {what}")));
+        let rules = &f.rules;
+        match &value {
+            Value::Float(v) => {
+                if let Some(problem) = riskpipe_schemas::out_of_range(*v) {
+                    return invalid(problem);
+                }
+                if let Some(lo) = rules.minimum.filter(|lo| *v < as_f64(*lo)) {
+                    return invalid(&format!("below the minimum {lo}"));
+                }
+                if let Some(hi) = rules.maximum.filter(|hi| *v > as_f64(*hi)) {
+                    return invalid(&format!("above the maximum {hi}"));
+                }
+            }
+            Value::Int(v) => {
+                if let Some(lo) = rules.minimum.filter(|lo| below(*v, *lo)) {
+                    return invalid(&format!("below the minimum {lo}"));
+                }
+                if let Some(hi) = rules.maximum.filter(|hi| above(*v, *hi)) {
+                    return invalid(&format!("above the maximum {hi}"));
+                }
+                if let Some(Allowed::Integers(allowed)) = &rules.allowed
+                    && !allowed.contains(v)
+                {
+                    return invalid("not one of the allowed values");
+                }
+            }
+            Value::Text(s) if f.kind == FieldType::Timestamp => {
+                return match date_time(s) {
+                    Some(ns) => Ok(Value::Time(ns)),
+                    None => invalid("not an RFC 3339 date-time with an offset"),
+                };
+            }
+            Value::Text(s) => {
+                if let Some(n) = rules.max_length.filter(|n| s.chars().count() > *n) {
+                    return invalid(&format!("longer than {n} characters"));
+                }
+                if let Some(Allowed::Texts(allowed)) = &rules.allowed
+                    && !allowed.contains(s)
+                {
+                    return invalid("not one of the allowed values");
+                }
+            }
+            Value::Bool(_) | Value::Time(_) => {}
+        }
+        // The event time in epoch units becomes nanoseconds.
+        if i == self.declared.time
+            && let (Value::Int(v), Some(unit)) =
+                (&value, self.declared.time_format.nanos_per_unit())
+        {
+            return match v.checked_mul(unit) {
+                Some(ns) => Ok(Value::Time(ns)),
+                None => invalid("outside the time range riskpipe represents (years 1677 to 2262)"),
+            };
+        }
+        Ok(value)
+    }
+}
+
+fn as_f64(n: Number) -> f64 {
+    match n {
+        Number::Integer(i) => i as f64,
+        Number::Float(f) => f,
+    }
+}
+
+/// `v < bound`, exactly for an integer bound.
+fn below(v: i64, bound: Number) -> bool {
+    match bound {
+        Number::Integer(b) => v < b,
+        Number::Float(b) => (v as f64) < b,
+    }
+}
+
+/// `v > bound`, exactly for an integer bound.
+fn above(v: i64, bound: Number) -> bool {
+    match bound {
+        Number::Integer(b) => v > b,
+        Number::Float(b) => (v as f64) > b,
+    }
+}
+
+impl Decoder for DeclaredJsonDecoder {
+    fn decode(
+        &self,
+        topic: &str,
+        schema: &SchemaRef,
+        payloads: &[&[u8]],
+    ) -> crate::Result<DecodedPayloads> {
+        if schema != &self.schema {
+            return Err(crate::PipelineError::Bug(format!(
+                "the declared decoder of {topic:?} was asked for another schema"
+            )));
+        }
+        let (candidates, mut rejected) = precheck(payloads, self.max_bytes);
+        let mut columns = Columns::new(&self.declared, candidates.len());
+        let mut accepted = Vec::with_capacity(candidates.len());
+        let mut row = Row::default();
+        for index in candidates {
+            match self.row(payloads[index], &mut row) {
+                Ok(()) => {
+                    columns.push(&mut row.values);
+                    accepted.push(index);
+                }
+                Err((kind, reason)) => rejected.push(Rejection {
+                    index,
+                    reason,
+                    kind,
+                }),
+            }
+        }
+        rejected.sort_by_key(|r| r.index);
+        Ok(DecodedPayloads {
+            batch: RecordBatch::try_new(self.schema.clone(), columns.finish())?,
+            accepted,
+            rejected,
+        })
+    }
+}
+
+/// What a payload holds in a field's place.
+#[derive(Debug, Clone, PartialEq, Default)]
+enum Found {
+    #[default]
+    Absent,
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Text(String),
+    /// An array or object where a value was declared.
+    Compound,
+}
+
+/// A checked value.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Time(i64),
+}
+
+/// Where in a payload the reader is.
+#[derive(Debug, Default)]
+enum At {
+    #[default]
+    Event,
+    Field(usize),
+    Path(String),
+}
+
+/// One payload's state while it is read, reused from payload to payload.
+#[derive(Debug, Default)]
+struct Row {
+    found: Vec<Found>,
+    values: Vec<Option<Value>>,
+    /// Which member objects were read (one given twice is refused).
+    objects_seen: Vec<bool>,
+    /// The first problem met while reading, in document order.
+    first: Option<(RejectKind, String)>,
+    /// The member being read, for a number serde refuses.
+    at: At,
+}
+
+impl Row {
+    fn reset(&mut self, fields: usize, objects: usize) {
+        self.found.clear();
+        self.found.resize(fields, Found::Absent);
+        self.values.clear();
+        self.values.resize(fields, None);
+        self.objects_seen.clear();
+        self.objects_seen.resize(objects, false);
+        self.first = None;
+        self.at = At::Event;
+    }
+
+    fn problem(&mut self, kind: RejectKind, reason: String) {
+        if self.first.is_none() {
+            self.first = Some((kind, reason));
+        }
+    }
+}
+
+/// Reads one object of the declaration (the event, or a member object).
+struct ObjectSeed<'a> {
+    node: &'a Node,
+    decoder: &'a DeclaredJsonDecoder,
+    row: &'a mut Row,
+}
+
+impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ObjectSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let ObjectSeed { node, decoder, row } = self;
+        row.objects_seen[node.id] = true;
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let path = || match node.path.as_str() {
+                "" => super::shown_name(&key),
+                p => super::shown_name(&format!("{p}.{key}")),
+            };
+            match node.members.get(key.as_ref()) {
+                Some(Member::Leaf(i)) => {
+                    row.at = At::Field(*i);
+                    let found = map.next_value_seed(LeafSeed)?;
+                    if row.found[*i] != Found::Absent {
+                        row.problem(RejectKind::Schema, format!("duplicate field {}", path()));
+                    }
+                    row.found[*i] = found;
+                }
+                Some(Member::Object(child)) => {
+                    if row.objects_seen[child.id] {
+                        row.problem(RejectKind::Schema, format!("duplicate field {}", path()));
+                    }
+                    row.at = At::Path(child.path.clone());
+                    map.next_value_seed(MemberObjectSeed {
+                        node: child,
+                        decoder,
+                        row: &mut *row,
+                    })?;
+                }
+                None => {
+                    if !decoder.declared.ignore_unknown {
+                        row.problem(RejectKind::Schema, format!("unknown field {}", path()));
+                    }
+                    row.at = At::Path(path());
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        self.wrong(seq_ignored(seq))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.wrong(Ok(()))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.wrong(Ok(()))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.wrong(Ok(()))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.wrong(Ok(()))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.wrong(Ok(()))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.wrong(Ok(()))
+    }
+}
+
+impl ObjectSeed<'_> {
+    /// Something other than an object (or null) where the declaration has one.
+    fn wrong<E>(self, consumed: Result<(), E>) -> Result<(), E> {
+        consumed?;
+        let at = match self.node.path.as_str() {
+            "" => "the event".to_string(),
+            p => format!("field {p}"),
+        };
+        self.row.problem(
+            RejectKind::Schema,
+            format!("{at}: wrong type, expected an object"),
+        );
+        Ok(())
+    }
+}
+
+/// A member object: an object, or `null` (every field below it null).
+struct MemberObjectSeed<'a> {
+    node: &'a Node,
+    decoder: &'a DeclaredJsonDecoder,
+    row: &'a mut Row,
+}
+
+impl<'de> DeserializeSeed<'de> for MemberObjectSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MemberObjectSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object or null")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        self.object().visit_map(map)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.row.objects_seen[self.node.id] = true;
+        for &i in &self.node.leaves {
+            if self.row.found[i] == Found::Absent {
+                self.row.found[i] = Found::Null;
+            }
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        self.object().visit_seq(seq)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.object().visit_bool(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.object().visit_i64(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.object().visit_u64(v)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.object().visit_f64(v)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.object().visit_str(v)
+    }
+}
+
+impl<'a> MemberObjectSeed<'a> {
+    fn object(self) -> ObjectSeed<'a> {
+        ObjectSeed {
+            node: self.node,
+            decoder: self.decoder,
+            row: self.row,
+        }
+    }
+}
+
+fn seq_ignored<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// A member name, borrowed from the payload where it has no escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// Whatever a payload holds where a field is declared; its type is judged after reading.
+struct LeafSeed;
+
+impl<'de> DeserializeSeed<'de> for LeafSeed {
+    type Value = Found;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Found, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LeafSeed {
+    type Value = Found;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Found, E> {
+        Ok(Found::Null)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Found, E> {
+        Ok(Found::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Found, E> {
+        Ok(Found::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Found, E> {
+        Ok(Found::UInt(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Found, E> {
+        Ok(Found::Float(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Found, E> {
+        Ok(Found::Text(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Found, E> {
+        Ok(Found::Text(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Found, A::Error> {
+        seq_ignored(seq).map(|()| Found::Compound)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Found::Compound)
+    }
+}
+
+/// The decoded columns, one builder per declared field.
+enum Column {
+    Text(StringBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Time(TimestampNanosecondBuilder),
+}
+
+struct Columns(Vec<Column>);
+
+impl Columns {
+    fn new(declared: &EventSchema, rows: usize) -> Self {
+        Self(
+            declared
+                .fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| match f.kind {
+                    _ if i == declared.time => Column::Time(
+                        TimestampNanosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+                    ),
+                    FieldType::String => {
+                        Column::Text(StringBuilder::with_capacity(rows, rows * 16))
+                    }
+                    FieldType::Integer => Column::Int(Int64Builder::with_capacity(rows)),
+                    FieldType::Float => Column::Float(Float64Builder::with_capacity(rows)),
+                    FieldType::Boolean => Column::Bool(BooleanBuilder::with_capacity(rows)),
+                    FieldType::Timestamp => Column::Time(
+                        TimestampNanosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+                    ),
+                })
+                .collect(),
+        )
+    }
+
+    /// Appends one checked row (its values taken).
+    fn push(&mut self, values: &mut [Option<Value>]) {
+        for (column, value) in self.0.iter_mut().zip(values.iter_mut()) {
+            match (column, value.take()) {
+                (Column::Text(b), Some(Value::Text(s))) => b.append_value(s),
+                (Column::Int(b), Some(Value::Int(v))) => b.append_value(v),
+                (Column::Float(b), Some(Value::Float(v))) => b.append_value(v),
+                (Column::Bool(b), Some(Value::Bool(v))) => b.append_value(v),
+                (Column::Time(b), Some(Value::Time(v))) => b.append_value(v),
+                // Absent or null (`value` gives each column its own type).
+                (Column::Text(b), _) => b.append_null(),
+                (Column::Int(b), _) => b.append_null(),
+                (Column::Float(b), _) => b.append_null(),
+                (Column::Bool(b), _) => b.append_null(),
+                (Column::Time(b), _) => b.append_null(),
+            }
+        }
+    }
+
+    fn finish(self) -> Vec<ArrayRef> {
+        self.0
+            .into_iter()
+            .map(|c| -> ArrayRef {
+                match c {
+                    Column::Text(mut b) => Arc::new(b.finish()),
+                    Column::Int(mut b) => Arc::new(b.finish()),
+                    Column::Float(mut b) => Arc::new(b.finish()),
+                    Column::Bool(mut b) => Arc::new(b.finish()),
+                    Column::Time(mut b) => Arc::new(b.finish()),
+                }
+            })
+            .collect()
+    }
+}
