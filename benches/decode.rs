@@ -1,6 +1,8 @@
 //! Decode speed: the same handbook transactions as JSON and as Avro (schema-registry wire
 //! format, the published schema), through riskpipe's decoders in the pipeline's batch size, in
-//! one run. Prints rows/s of each and their ratio (median of 5 passes each).
+//! one run; JSON both through the fixed handbook decoder and through the declared-events decoder
+//! reading the published JSON Schema. Prints rows/s of each and their ratios (median of 5 passes
+//! each, the decoders' passes interleaved).
 //!
 //! `cargo bench --bench decode`; RISKPIPE_DECODE_ROWS (default 200000) sizes it.
 
@@ -8,6 +10,8 @@
 mod support;
 
 use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
@@ -21,23 +25,24 @@ fn median(mut d: Vec<Duration>) -> Duration {
     d[d.len() / 2]
 }
 
-fn time(decoder: &dyn Decoder, payloads: &[Vec<u8>], batch: usize) -> Duration {
-    let schema = riskpipe_schemas::transaction_schema();
-    median(
-        (0..5)
-            .map(|_| {
-                let started = Instant::now();
-                for chunk in payloads.chunks(batch) {
-                    let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-                    let d = decoder
-                        .decode("transactions", &schema, &refs)
-                        .expect("decode");
-                    assert_eq!(d.batch.num_rows(), chunk.len(), "{:?}", d.rejected.first());
-                }
-                started.elapsed()
-            })
-            .collect(),
-    )
+/// The median time of each decoder over its payloads, the decoders' passes interleaved so that
+/// a slower stretch of the machine falls on all of them.
+fn times(runs: &[(&dyn Decoder, &SchemaRef, &[Vec<u8>])], batch: usize) -> Vec<Duration> {
+    let mut passes = vec![Vec::new(); runs.len()];
+    for _ in 0..5 {
+        for (i, (decoder, schema, payloads)) in runs.iter().enumerate() {
+            let started = Instant::now();
+            for chunk in payloads.chunks(batch) {
+                let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+                let d = decoder
+                    .decode("transactions", schema, &refs)
+                    .expect("decode");
+                assert_eq!(d.batch.num_rows(), chunk.len(), "{:?}", d.rejected.first());
+            }
+            passes[i].push(started.elapsed());
+        }
+    }
+    passes.into_iter().map(median).collect()
 }
 
 fn main() {
@@ -116,11 +121,40 @@ fn main() {
     );
     let avro_decoder = AvroDecoder::new(client, usize::MAX).expect("decoder");
     let json_decoder = decoders::json(usize::MAX);
+    let published: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(support::root().join("schemas/json/transaction.schema.json"))
+            .expect("schema"),
+    )
+    .expect("json");
+    let (fields, refuses_unknown) =
+        riskpipe_schemas::declared::fields_from_json_schema(&published).expect("in the subset");
+    let declared = riskpipe_schemas::declared::EventsConfig {
+        fields,
+        id: "TRANSACTION_ID".into(),
+        time: riskpipe_schemas::declared::TimeConfig {
+            field: "TX_DATETIME".into(),
+            format: "rfc3339".into(),
+        },
+        amount: None,
+        entity: None,
+        unknown_fields: if refuses_unknown { "refuse" } else { "ignore" }.into(),
+    }
+    .check()
+    .expect("declaration");
+    let declared_decoder = decoders::DeclaredJsonDecoder::new(declared, usize::MAX);
+    // The declared columns come in the order of their names: the bench decodes against them.
+    let declared_schema = declared_decoder.schema().clone();
     let batch = 1024;
-    let (tj, ta) = (
-        time(json_decoder.as_ref(), &json, batch),
-        time(&avro_decoder, &avro, batch),
+    let published_schema = riskpipe_schemas::transaction_schema();
+    let t = times(
+        &[
+            (json_decoder.as_ref(), &published_schema, &json),
+            (&declared_decoder, &declared_schema, &json),
+            (&avro_decoder, &published_schema, &avro),
+        ],
+        batch,
     );
+    let (tj, td, ta) = (t[0], t[1], t[2]);
     let rate = |d: Duration| json.len() as f64 / d.as_secs_f64();
     let mean = |p: &[Vec<u8>]| p.iter().map(Vec::len).sum::<usize>() as f64 / p.len() as f64;
     println!(
@@ -128,12 +162,17 @@ fn main() {
         json.len()
     );
     println!(
-        "  JSON  {:>10.0} rows/s   {:>6.1} bytes/message",
+        "  JSON (fixed decoder)     {:>10.0} rows/s   {:>6.1} bytes/message",
         rate(tj),
         mean(&json)
     );
     println!(
-        "  Avro  {:>10.0} rows/s   {:>6.1} bytes/message   (Avro / JSON: {:.2})",
+        "  JSON (declared decoder)  {:>10.0} rows/s   (declared / fixed: {:.2})",
+        rate(td),
+        rate(td) / rate(tj)
+    );
+    println!(
+        "  Avro                     {:>10.0} rows/s   {:>6.1} bytes/message   (Avro / fixed JSON: {:.2})",
         rate(ta),
         mean(&avro),
         rate(ta) / rate(tj)
