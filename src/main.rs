@@ -378,7 +378,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             let kafka = cfg.kafka.as_ref().ok_or_else(|| {
                 PipelineError::Config(vec!["no [kafka] section: replay reads from Kafka".into()])
             })?;
-            let decoder = kafka.decoder(cfg.streams())?;
+            let decoder = kafka.decoder(cfg.streams(), &cfg.job.kind().inputs())?;
             let (history, rejected) = backtest::kafka_history(&cfg, decoder.as_ref(), from, to)?;
             if !rejected.is_empty() {
                 eprintln!(

@@ -360,7 +360,9 @@ fn per_topic_formats_decode_and_encode_each_topic_in_its_own_format() {
     cfg.kafka = Some(kafka.clone());
     assert_eq!(cfg.problems(), Vec::<String>::new());
 
-    let decoder = kafka.decoder(cfg.streams()).expect("decoders");
+    let decoder = kafka
+        .decoder(cfg.streams(), &cfg.job.kind().inputs())
+        .expect("decoders");
     let v1_text = published("transaction");
     let v1 = apache_avro::Schema::parse_str(&v1_text).expect("v1");
     let v1_id = registry

@@ -16,7 +16,7 @@ use rdkafka::producer::{BaseRecord, Producer};
 use riskpipe_pipeline::demo::{Feed, Feeder, feed};
 use riskpipe_pipeline::kafka::KafkaConfig;
 use riskpipe_pipeline::sources::kafka_range::Bound;
-use riskpipe_pipeline::{PipelineConfig, backtest, decoders};
+use riskpipe_pipeline::{PipelineConfig, backtest};
 use riskpipe_schemas::Score;
 use support::{
     Broker, MULTI_PARTITION, Pipeline, TOPICS, collect, drain_to_end, kafka_section, producer,
@@ -502,7 +502,13 @@ fn skewed_and_duplicated_events_are_refused_alike_live_and_in_replay_and_change_
 
     // The topic replayed: each partition in offset order, the same policy.
     let run_cfg = PipelineConfig::load(&config).expect("config");
-    let decoder = decoders::json(usize::MAX);
+    // The product's replay decoder: the config's formats, the job's declared events.
+    let decoder = run_cfg
+        .kafka
+        .as_ref()
+        .expect("kafka")
+        .decoder(run_cfg.streams(), &run_cfg.job.kind().inputs())
+        .expect("decoder");
     let (replay_history, undecodable) = riskpipe_pipeline::backtest::kafka_history(
         &run_cfg,
         decoder.as_ref(),
@@ -783,7 +789,13 @@ fn absurd_amounts_are_refused_alike_live_in_replay_and_from_a_file_and_poison_no
 
     // The topic replayed: the same refusals (1e309 does not decode), the same scores.
     let run_cfg = PipelineConfig::load(&config).expect("config");
-    let decoder = decoders::json(usize::MAX);
+    // The product's replay decoder: the config's formats, the job's declared events.
+    let decoder = run_cfg
+        .kafka
+        .as_ref()
+        .expect("kafka")
+        .decoder(run_cfg.streams(), &run_cfg.job.kind().inputs())
+        .expect("decoder");
     let (replay_history, undecodable) = riskpipe_pipeline::backtest::kafka_history(
         &run_cfg,
         decoder.as_ref(),

@@ -611,6 +611,13 @@ fn validate_lists_every_problem_at_once() {
         r#"
 [job]
 kind = "fraud"
+[job.events]
+id = "TRANSACTION_ID"
+time = { field = "TX_DATETIME", format = "epoch_nanos" }
+fields = [
+  { name = "TRANSACTION_ID", type = "integer" },
+  { name = "TX_DATETIME", type = "date" },
+]
 [job.features]
 event_time = "TX_DATETIME"
 [[job.features.windows]]
@@ -635,6 +642,8 @@ threshold = 1.5
     let t = text(&o);
     for expected in [
         "NO_SUCH_KEY",
+        "unknown type \"date\"",
+        "unknown format \"epoch_nanos\"",
         "missing.onnx does not exist",
         "alerts.threshold",
         "batch_rows",

@@ -314,7 +314,7 @@ async fn run_stage(
                 kafka,
                 cfg.streams(),
                 job.inputs.clone(),
-                kafka.decoder(cfg.streams())?,
+                kafka.decoder(cfg.streams(), &job.inputs)?,
                 store.clone(),
                 make,
                 kind.name(),
@@ -360,9 +360,12 @@ async fn run_stage(
         Some(topic) => sink.forwarding_to(topic),
         None => sink,
     };
-    let driver = Driver::new(kafka.decoder(cfg.streams())?, kafka.in_flight_batches)
-        .with_checkpoints(checkpoints)
-        .with_commit_interval(kafka.commit_interval);
+    let driver = Driver::new(
+        kafka.decoder(cfg.streams(), &job.inputs)?,
+        kafka.in_flight_batches,
+    )
+    .with_checkpoints(checkpoints)
+    .with_commit_interval(kafka.commit_interval);
     driver
         .run(source, job, sink, counters.clone(), shutdown)
         .await
@@ -432,7 +435,7 @@ fn restore(
             }
         }
     }
-    let decoder = kafka.decoder(cfg.streams())?;
+    let decoder = kafka.decoder(cfg.streams(), &job.inputs)?;
     let horizon = rebuild_horizon(cfg, state);
     let gap = kafka_restore::gap(
         kafka,

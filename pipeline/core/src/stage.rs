@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
+use riskpipe_schemas::declared::EventSchema;
 
 use crate::model_slot::ModelSlot;
 use crate::records::{Featured, JobInput, JobOutput};
@@ -91,6 +92,9 @@ pub struct Inputs {
     pub events: SchemaRef,
     /// The side input (fraud labels), if the job has one.
     pub side: Option<SchemaRef>,
+    /// The events' declaration, where the job's config declares them: the decoders read the
+    /// events by it (its Arrow schema is `events`).
+    pub declared: Option<Arc<EventSchema>>,
 }
 
 /// A job, ready to run: its inputs and its two stages.

@@ -3,15 +3,17 @@
 //! schema registry client shared by every Avro topic.
 
 use crate::Result;
-use crate::decoders::{self, AvroDecoder, Decoder, Format};
+use crate::decoders::{self, AvroDecoder, Decoder, Format, JsonDecoder};
 use crate::encoders::{self, AvroEncoder, Encoder, JsonEncoder};
+use riskpipe_core::Inputs;
 use riskpipe_core::Streams;
 
 use super::KafkaConfig;
 
 impl KafkaConfig {
-    /// The decoder of this section's formats, for a job reading `streams`.
-    pub fn decoder(&self, streams: Streams) -> Result<Box<dyn Decoder>> {
+    /// The decoder of this section's formats, for a job reading `streams` with `inputs` (JSON
+    /// events by their declaration, where the job declares them).
+    pub fn decoder(&self, streams: Streams, job: &Inputs) -> Result<Box<dyn Decoder>> {
         let kafka = self;
         let inputs = kafka.input_formats(streams);
         // One registry client (and schema cache) for every Avro topic.
@@ -25,7 +27,13 @@ impl KafkaConfig {
                 (Format::Avro, Some(r)) => {
                     Box::new(AvroDecoder::new(r.clone(), kafka.max_message_bytes)?)
                 }
-                _ => decoders::json(kafka.max_message_bytes),
+                _ => {
+                    let json = JsonDecoder::new(kafka.max_message_bytes);
+                    Box::new(match &job.declared {
+                        Some(declared) => json.declaring(declared.as_ref().clone()),
+                        None => json,
+                    })
+                }
             })
         };
         if inputs.iter().all(|(_, f)| *f == kafka.format) {

@@ -1,5 +1,6 @@
-//! JSON payloads (one object per message) to Arrow batches. The published input events
-//! (transactions, fraud labels, ticks) go through their serde types and their JSON Schemas'
+//! JSON payloads (one object per message) to Arrow batches. Declared events go through their
+//! declaration ([`super::DeclaredJsonDecoder`]); the published input events (transactions,
+//! fraud labels, ticks) otherwise through their serde types and their JSON Schemas'
 //! value rules ([`super::events`]); any other schema through arrow-json in strict mode. Either
 //! way unknown fields, wrong types, missing or null required fields and trailing data are
 //! rejections, and valid neighbours of a bad message are kept.
@@ -17,6 +18,8 @@ use riskpipe_core::RejectKind;
 #[derive(Debug, Clone)]
 pub struct JsonDecoder {
     max_bytes: usize,
+    /// Declared events, read by their declaration (before the published schemas).
+    declared: Option<std::sync::Arc<super::DeclaredJsonDecoder>>,
     transaction: SchemaRef,
     label: SchemaRef,
     tick: SchemaRef,
@@ -27,6 +30,7 @@ impl JsonDecoder {
     pub fn new(max_bytes: usize) -> Self {
         Self {
             max_bytes,
+            declared: None,
             transaction: riskpipe_schemas::transaction_schema(),
             label: riskpipe_schemas::fraud_label_schema(),
             tick: riskpipe_schemas::market_tick_schema(),
@@ -34,13 +38,27 @@ impl JsonDecoder {
     }
 }
 
+impl JsonDecoder {
+    /// This decoder reading the events of `declared` by their declaration.
+    pub fn declaring(mut self, declared: riskpipe_schemas::declared::EventSchema) -> Self {
+        self.declared = Some(std::sync::Arc::new(super::DeclaredJsonDecoder::new(
+            declared,
+            self.max_bytes,
+        )));
+        self
+    }
+}
+
 impl Decoder for JsonDecoder {
     fn decode(
         &self,
-        _topic: &str,
+        topic: &str,
         schema: &SchemaRef,
         payloads: &[&[u8]],
     ) -> crate::Result<DecodedPayloads> {
+        if let Some(declared) = self.declared.as_ref().filter(|d| d.schema() == schema) {
+            return declared.decode(topic, schema, payloads);
+        }
         let (candidates, rejected) = precheck(payloads, self.max_bytes);
         Ok(if schema == &self.transaction {
             events::decode::<Transaction>(schema, payloads, candidates, rejected)

@@ -2,6 +2,8 @@
 //! and the backtest's train/delay/test split.
 
 use riskpipe_operators::FeatureConfig;
+use riskpipe_schemas::declared::{EventSchema, EventsConfig};
+use riskpipe_schemas::tx;
 use serde::Deserialize;
 
 use crate::jobs::event_time::EventTimeConfig;
@@ -11,6 +13,9 @@ pub use crate::sources::file::ReplayConfig;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FraudConfig {
+    /// The transactions as they arrive: their fields, types and rules, id and event time. The
+    /// decoders read the events by it.
+    pub events: EventsConfig,
     /// Feature definitions, shared by live scoring, replay and the batch export.
     pub features: FeatureConfig,
     /// How far a transaction may be ahead of or behind the watermark.
@@ -52,17 +57,27 @@ pub struct SplitConfig {
 }
 
 impl FraudConfig {
+    /// The checked declaration of the events (`None` when it has problems, which
+    /// [`FraudConfig::problems`] lists; a config is checked before a job is built).
+    pub fn declared(&self) -> Option<EventSchema> {
+        self.events.check().ok()
+    }
+
     /// Every problem of the job's settings (`job.*`).
     pub fn problems(&self) -> Vec<String> {
-        let mut p: Vec<String> = self
-            .features
-            .validate(
-                &riskpipe_schemas::transaction_schema(),
-                Some(&riskpipe_schemas::fraud_label_schema()),
-            )
-            .into_iter()
-            .map(|e| format!("job.features: {e}"))
-            .collect();
+        let mut p = match self.events.check() {
+            Ok(declared) => handbook_shape(&declared),
+            Err(problems) => problems,
+        };
+        p.extend(
+            self.features
+                .validate(
+                    &riskpipe_schemas::transaction_schema(),
+                    Some(&riskpipe_schemas::fraud_label_schema()),
+                )
+                .into_iter()
+                .map(|e| format!("job.features: {e}")),
+        );
         if self.event_time.max_future_skew.is_zero() {
             p.push(
                 "job.event_time.max_future_skew must be more than 0 (time would stand still)"
@@ -96,4 +111,39 @@ impl FraudConfig {
             .map(|r| r.label_time.clone())
             .unwrap_or_else(|| riskpipe_schemas::label::LABEL_TIME.into())
     }
+}
+
+/// Where a declaration differs from the transactions the fraud job computes its features,
+/// labels and records from (the published transaction schema's columns, id and time): it takes
+/// no other shape yet, and says so rather than misread one.
+fn handbook_shape(declared: &EventSchema) -> Vec<String> {
+    let mut p = Vec::new();
+    let expected = riskpipe_schemas::transaction_schema();
+    let columns = |s: &arrow::datatypes::Schema| -> Vec<String> {
+        s.fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect()
+    };
+    if declared.arrow_schema() != expected {
+        p.push(format!(
+            "job.events: the fraud job reads transactions of the columns {:?} (required, not null) for now; declared: {:?}",
+            columns(&expected),
+            columns(&declared.arrow_schema())
+        ));
+    }
+    let name = |i: Option<usize>| i.map(|i| declared.fields[i].name.as_str());
+    for (role, got, want) in [
+        ("id", name(Some(declared.id)), tx::TRANSACTION_ID),
+        ("time.field", name(Some(declared.time)), tx::TX_DATETIME),
+        ("amount", name(declared.amount), tx::TX_AMOUNT),
+        ("entity", name(declared.entity), tx::CUSTOMER_ID),
+    ] {
+        if got.is_some_and(|g| g != want) {
+            p.push(format!(
+                "job.events.{role}: the fraud job reads {want:?} in this role for now"
+            ));
+        }
+    }
+    p
 }

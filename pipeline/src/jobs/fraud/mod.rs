@@ -46,11 +46,12 @@ pub const STREAMS: Streams = Streams {
     side: Some("fraud-labels"),
 };
 
-/// Transactions, and fraud labels as the side input.
-pub fn inputs() -> Inputs {
+/// Transactions as `cfg` declares them, and fraud labels as the side input.
+pub fn inputs(cfg: &FraudConfig) -> Inputs {
     Inputs {
         events: transaction_schema(),
         side: Some(fraud_label_schema()),
+        declared: cfg.declared().map(std::sync::Arc::new),
     }
 }
 
@@ -127,7 +128,7 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
         kind: "fraud",
         model: pipeline.model_name(),
         members,
-        inputs: inputs(),
+        inputs: inputs(cfg),
         features: feature_stage(cfg)?,
         scoring: Box::new(FraudScoring {
             model: scoring_model(model),
@@ -195,7 +196,7 @@ impl JobKind for FraudConfig {
     }
 
     fn inputs(&self) -> Inputs {
-        inputs()
+        inputs(self)
     }
 
     fn split_stage(

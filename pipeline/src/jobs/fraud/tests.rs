@@ -517,3 +517,62 @@ fn a_re_forwarded_row_counts_once_after_the_repartition() {
         "every row's features as without the copies"
     );
 }
+
+/// The transactions' declaration drives the live decoder: the shipped one refuses an undeclared
+/// member and takes a handbook payload; a config that ignores undeclared members, or narrows a
+/// rule, is read so by the product's decoder (`KafkaConfig::decoder` with the job's inputs).
+/// A declaration of another shape is refused by `validate` naming the difference.
+#[test]
+fn the_declared_transactions_drive_the_json_decoder() {
+    let payload = r#"{"TRANSACTION_ID": 1, "TX_DATETIME": "2018-04-01T00:00:31Z", "CUSTOMER_ID": 5, "TERMINAL_ID": 7, "TX_AMOUNT": 150.5}"#;
+    let extra = payload.replace('}', r#", "CHANNEL": "web"}"#);
+    let decode = |toml: &str, payloads: &[&str]| {
+        let cfg =
+            PipelineConfig::from_toml(toml, &crate::config::handbook_config_dir()).expect("config");
+        assert!(cfg.problems().is_empty(), "{:#?}", cfg.problems());
+        let kafka = crate::kafka::KafkaConfig::for_bootstrap("localhost:9092");
+        let inputs = cfg.job.kind().inputs();
+        assert!(
+            inputs.declared.is_some(),
+            "the fraud job declares its events"
+        );
+        let bytes: Vec<&[u8]> = payloads.iter().map(|p| p.as_bytes()).collect();
+        kafka
+            .decoder(cfg.streams(), &inputs)
+            .expect("decoder")
+            .decode("transactions", &inputs.events, &bytes)
+            .expect("decoded")
+    };
+    let shipped = crate::config::HANDBOOK_CONFIG;
+    let out = decode(shipped, &[payload, &extra]);
+    assert_eq!(out.accepted, vec![0]);
+    assert_eq!(out.rejected[0].reason, "unknown field CHANNEL");
+    let ignoring = shipped.replace("unknown_fields = \"refuse\"", "unknown_fields = \"ignore\"");
+    assert_eq!(decode(&ignoring, &[payload, &extra]).accepted, vec![0, 1]);
+    let narrowed = shipped.replace(
+        "{ name = \"TX_AMOUNT\", type = \"float\", minimum = 0 }",
+        "{ name = \"TX_AMOUNT\", type = \"float\", minimum = 0, maximum = 100 }",
+    );
+    let out = decode(&narrowed, &[payload]);
+    assert_eq!(
+        (out.rejected[0].kind, out.rejected[0].reason.as_str()),
+        (
+            crate::jobs::RejectKind::Invalid,
+            "field TX_AMOUNT: above the maximum 100"
+        )
+    );
+    // Another shape: the fraud job says what it reads instead of misreading it.
+    let other = shipped.replace(
+        "{ name = \"CUSTOMER_ID\", type = \"integer\" }",
+        "{ name = \"CUSTOMER_ID\", type = \"string\" }",
+    );
+    let cfg =
+        PipelineConfig::from_toml(&other, &crate::config::handbook_config_dir()).expect("config");
+    let problems = cfg.problems();
+    assert!(
+        problems.iter().any(|p| p
+            .starts_with("job.events: the fraud job reads transactions of the columns")
+            && p.contains("CUSTOMER_ID Utf8")),
+        "{problems:#?}"
+    );
+}

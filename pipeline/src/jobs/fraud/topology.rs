@@ -23,8 +23,8 @@ pub fn first_stage(cfg: &FraudConfig, by: &str, partitions: i32) -> Result<Job> 
         model: String::new(),
         members: Vec::new(),
         inputs: Inputs {
-            events: transaction_schema(),
             side: None,
+            ..super::inputs(cfg)
         },
         features: Box::new(per_partition(
             cfg,
@@ -66,6 +66,7 @@ pub fn second_stage(
     job.inputs = Inputs {
         events: forwarded_schema(cfg, by)?,
         side: Some(fraud_label_schema()),
+        declared: None,
     };
     job.features = Box::new(per_partition(cfg, after, Part::AfterRepartition, origins)?);
     Ok(job)
