@@ -130,6 +130,8 @@ fn main() {
         riskpipe_schemas::declared::fields_from_json_schema(&published).expect("in the subset");
     let declared = riskpipe_schemas::declared::EventsConfig {
         fields,
+        schema_file: None,
+        schema_file_problems: Vec::new(),
         id: "TRANSACTION_ID".into(),
         time: riskpipe_schemas::declared::TimeConfig {
             field: "TX_DATETIME".into(),
@@ -137,7 +139,7 @@ fn main() {
         },
         amount: None,
         entity: None,
-        unknown_fields: if refuses_unknown { "refuse" } else { "ignore" }.into(),
+        unknown_fields: Some(if refuses_unknown { "refuse" } else { "ignore" }.into()),
     }
     .check()
     .expect("declaration");

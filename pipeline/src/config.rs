@@ -136,6 +136,14 @@ impl JobConfig {
         &*self.0
     }
 
+    /// Resolves the settings' files against the config file's directory (see
+    /// [`JobKind::resolve`]); only a config being loaded holds its settings alone.
+    fn resolve(&mut self, base_dir: &Path) {
+        if let Some(kind) = Arc::get_mut(&mut self.0) {
+            kind.resolve(base_dir);
+        }
+    }
+
     /// The settings, if they are of type `T` (code that needs one kind of job; it says why
     /// otherwise, e.g. `FraudConfig::of`).
     pub fn settings<T: JobKind + 'static>(&self) -> Option<&T> {
@@ -198,6 +206,7 @@ impl PipelineConfig {
     /// Parses a config; relative paths are resolved against `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self> {
         let mut cfg: PipelineConfig = parse_toml(text)?;
+        cfg.job.resolve(base_dir);
         for m in cfg.model.all_mut() {
             resolve(&mut m.path, base_dir);
         }

@@ -24,7 +24,15 @@ pub const TIME_FORMATS: [&str; 4] = ["rfc3339", "epoch_seconds", "epoch_millis",
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
     /// The fields, in the order of the decoded columns.
+    #[serde(default)]
     pub fields: Vec<FieldConfig>,
+    /// A JSON Schema file declaring the fields instead (the subset [`fields_from_json_schema`]
+    /// reads), relative to the config file; read by [`EventsConfig::read_schema_file`].
+    #[serde(default)]
+    pub schema_file: Option<String>,
+    /// What reading `schema_file` found wrong, listed by [`EventsConfig::check`].
+    #[serde(skip)]
+    pub schema_file_problems: Vec<String>,
     /// The field that identifies an event (a string or an integer, never null).
     pub id: String,
     /// The event time.
@@ -35,18 +43,15 @@ pub struct EventsConfig {
     /// The field a backtest report counts by (card precision), if any.
     #[serde(default)]
     pub entity: Option<String>,
-    /// What happens to a member the declaration does not name: `refuse` (a dead letter, the
-    /// default) or `ignore`.
-    #[serde(default = "refuse")]
-    pub unknown_fields: String,
+    /// What happens to a member the declaration does not name: `refuse` (a dead letter) or
+    /// `ignore`. By default refused, unless a schema file allows them (no
+    /// `additionalProperties: false`).
+    #[serde(default)]
+    pub unknown_fields: Option<String>,
 }
 
 fn yes() -> bool {
     true
-}
-
-fn refuse() -> String {
-    "refuse".into()
 }
 
 /// The event time: which field, in which form.
@@ -246,10 +251,52 @@ pub struct EventSchema {
 }
 
 impl EventsConfig {
+    /// Reads `schema_file` (relative to `base_dir`) into `fields`; what it finds wrong is kept
+    /// for [`EventsConfig::check`] to list with every other problem.
+    pub fn read_schema_file(&mut self, base_dir: &std::path::Path) {
+        let Some(file) = &self.schema_file else {
+            return;
+        };
+        let path = base_dir.join(file);
+        let at = format!("job.events.schema_file {}", path.display());
+        if !self.fields.is_empty() {
+            self.schema_file_problems.push(format!(
+                "{at}: fields are declared both here and in the file; keep one"
+            ));
+            return;
+        }
+        let schema = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| format!("{at}: not JSON: {e}")),
+            Err(e) => Err(format!("{at}: {e}")),
+        };
+        match schema.map(|s| fields_from_json_schema(&s)) {
+            Ok(Ok((fields, refuses_unknown))) => {
+                self.fields = fields;
+                match self.unknown_fields.as_deref() {
+                    None => {
+                        let policy = if refuses_unknown { "refuse" } else { "ignore" };
+                        self.unknown_fields = Some(policy.into());
+                    }
+                    Some("ignore") if refuses_unknown => self.schema_file_problems.push(
+                        "job.events.unknown_fields = \"ignore\", but the schema file refuses \
+                         members it does not declare (additionalProperties: false)"
+                            .to_string(),
+                    ),
+                    Some(_) => {}
+                }
+            }
+            Ok(Err(problems)) => self
+                .schema_file_problems
+                .extend(problems.into_iter().map(|p| format!("{at}: {p}"))),
+            Err(problem) => self.schema_file_problems.push(problem),
+        }
+    }
+
     /// The checked declaration, or every problem found (each naming the field and the rule).
     pub fn check(&self) -> Result<EventSchema, Vec<String>> {
-        let mut problems = Vec::new();
-        if self.fields.is_empty() {
+        let mut problems = self.schema_file_problems.clone();
+        if self.fields.is_empty() && problems.is_empty() {
             problems.push("job.events.fields: no field is declared".to_string());
         }
         let mut fields = Vec::with_capacity(self.fields.len());
@@ -387,7 +434,7 @@ impl EventsConfig {
             }
             Some(i)
         });
-        let ignore_unknown = match self.unknown_fields.as_str() {
+        let ignore_unknown = match self.unknown_fields.as_deref().unwrap_or("refuse") {
             "refuse" => false,
             "ignore" => true,
             other => {
@@ -878,6 +925,8 @@ fields = [{ name = "id", type = "integer" }, { name = "at", type = "integer" }]
         assert!(refuses_unknown);
         let config = EventsConfig {
             fields,
+            schema_file: None,
+            schema_file_problems: Vec::new(),
             id: "TRANSACTION_ID".into(),
             time: TimeConfig {
                 field: "TX_DATETIME".into(),
@@ -885,7 +934,7 @@ fields = [{ name = "id", type = "integer" }, { name = "at", type = "integer" }]
             },
             amount: Some("TX_AMOUNT".into()),
             entity: Some("CUSTOMER_ID".into()),
-            unknown_fields: "refuse".into(),
+            unknown_fields: None,
         };
         let declared = config.check().expect("valid");
         let sorted = |s: SchemaRef| {

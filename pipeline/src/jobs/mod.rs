@@ -52,6 +52,9 @@ pub trait JobKind: std::fmt::Debug + Send + Sync + std::any::Any {
     fn name(&self) -> &'static str;
     /// Every problem of the job's settings, and of the shared sections as this job reads them.
     fn problems(&self, pipeline: &PipelineConfig) -> Vec<String>;
+    /// Reads what the settings name relative to the config file's directory `base_dir` (a
+    /// schema file), once, as the config is loaded; what it finds wrong goes to `problems`.
+    fn resolve(&mut self, _base_dir: &Path) {}
     /// Default names of the input topics.
     fn streams(&self) -> Streams;
     /// What the decoders decode.

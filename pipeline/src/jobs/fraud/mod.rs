@@ -169,6 +169,10 @@ impl JobKind for FraudConfig {
         "fraud"
     }
 
+    fn resolve(&mut self, base_dir: &Path) {
+        self.events.read_schema_file(base_dir);
+    }
+
     fn problems(&self, pipeline: &PipelineConfig) -> Vec<String> {
         let mut p = FraudConfig::problems(self);
         match pipeline.alerts.threshold {

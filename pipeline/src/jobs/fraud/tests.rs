@@ -576,3 +576,79 @@ fn the_declared_transactions_drive_the_json_decoder() {
         "{problems:#?}"
     );
 }
+
+/// A declaration may point at a JSON Schema file the user has (relative to the config file):
+/// the published transaction schema declares the same columns as the shipped fields (in the
+/// order of their names) and refuses undeclared members as it says; a missing file and keywords
+/// outside the subset are listed by `validate` with every other problem.
+#[test]
+fn the_declared_fields_may_come_from_a_json_schema_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/json/transaction.schema.json"),
+        dir.path().join("tx.schema.json"),
+    )
+    .expect("copy");
+    let shipped = crate::config::HANDBOOK_CONFIG;
+    let start = shipped.find("fields = [").expect("fields");
+    let end = start + shipped[start..].find("]\n").expect("end") + 2;
+    let with_file = |file: &str| {
+        let text = format!(
+            "{}schema_file = {file:?}\n{}",
+            &shipped[..start],
+            &shipped[end..]
+        )
+        .replace("unknown_fields = \"refuse\"\n", "");
+        let mut cfg = PipelineConfig::from_toml(&text, dir.path()).expect("config");
+        // The model path is the shipped config's.
+        cfg.model = PipelineConfig::handbook().expect("shipped").model;
+        cfg
+    };
+    let cfg = with_file("tx.schema.json");
+    let declared = FraudConfig::of(&cfg)
+        .expect("fraud")
+        .declared()
+        .expect("a valid declaration");
+    let names: Vec<&str> = declared.fields.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "CUSTOMER_ID",
+            "TERMINAL_ID",
+            "TRANSACTION_ID",
+            "TX_AMOUNT",
+            "TX_DATETIME"
+        ]
+    );
+    assert!(!declared.ignore_unknown, "additionalProperties: false");
+    // The fraud job reads the published column order: a schema file's order is refused by name.
+    assert!(
+        cfg.problems()
+            .iter()
+            .any(|p| p.starts_with("job.events: the fraud job reads transactions of the columns")),
+        "{:#?}",
+        cfg.problems()
+    );
+    let missing = with_file("nowhere.json");
+    assert!(
+        missing
+            .problems()
+            .iter()
+            .any(|p| p.starts_with("job.events.schema_file") && p.contains("nowhere.json")),
+        "{:#?}",
+        missing.problems()
+    );
+    std::fs::write(
+        dir.path().join("odd.json"),
+        r#"{"type": "object", "properties": {"TRANSACTION_ID": {"type": "integer", "multipleOf": 2}}}"#,
+    )
+    .expect("write");
+    let odd = with_file("odd.json");
+    assert!(
+        odd.problems()
+            .iter()
+            .any(|p| p.contains("the keyword \"multipleOf\" is not supported")),
+        "{:#?}",
+        odd.problems()
+    );
+}
