@@ -652,3 +652,17 @@ fn the_declared_fields_may_come_from_a_json_schema_file() {
         odd.problems()
     );
 }
+
+/// Checkpoints are restored only into stages of the same feature definitions' fingerprint: the
+/// shipped features' fingerprint is pinned, so a change that means the same (declaring the
+/// events, moving code between crates) keeps a running pipeline's state, and one that changes
+/// it is seen here first (and then needs its release note: state is rebuilt once).
+#[test]
+fn the_shipped_features_keep_their_checkpoint_fingerprint() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let features = &FraudConfig::of(&cfg).expect("fraud").features;
+    assert_eq!(
+        crate::jobs::fingerprint(features),
+        "7c5b947c900cab00b67a88e2"
+    );
+}
