@@ -111,86 +111,274 @@ impl Stage {
     }
 }
 
+/// What a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Set to the latest value.
+    Gauge,
+    /// A distribution (seconds, except [`BATCH_ROWS`]).
+    Histogram,
+}
+
+/// One exported metric: its name, kind, labels and HELP line.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// The name, as Prometheus shows it.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: Kind,
+    /// Its labels' names.
+    pub labels: &'static [&'static str],
+    /// The HELP line.
+    pub help: &'static str,
+}
+
+/// Every metric riskpipe exports: the HELP lines and the reference page
+/// (`docs/reference/metrics.md`, [`reference()`]) come from here.
+pub const METRICS: &[Metric] = &[
+    Metric {
+        name: EVENTS_IN,
+        kind: Kind::Counter,
+        labels: &["topic"],
+        help: "Input messages or rows, per topic",
+    },
+    Metric {
+        name: EVENTS_OUT,
+        kind: Kind::Counter,
+        labels: &["topic"],
+        help: "Output records acknowledged, per output",
+    },
+    Metric {
+        name: BATCH_ROWS,
+        kind: Kind::Histogram,
+        labels: &[],
+        help: "Rows per micro-batch",
+    },
+    Metric {
+        name: STAGE_SECONDS,
+        kind: Kind::Histogram,
+        labels: &["stage"],
+        help: "Seconds per stage and batch",
+    },
+    Metric {
+        name: END_TO_END_SECONDS,
+        kind: Kind::Histogram,
+        labels: &[],
+        help: "Seconds from an input's producer timestamp to its score's acknowledgement",
+    },
+    Metric {
+        name: DEAD_LETTERS,
+        kind: Kind::Counter,
+        labels: &["kind"],
+        help: "Dead letters, per kind",
+    },
+    Metric {
+        name: COMMITS,
+        kind: Kind::Counter,
+        labels: &["result"],
+        help: "Offset commits, per result",
+    },
+    Metric {
+        name: TRANSACTIONS,
+        kind: Kind::Counter,
+        labels: &["result"],
+        help: "Kafka transactions (exactly-once mode), per result",
+    },
+    Metric {
+        name: TRANSACTION_SECONDS,
+        kind: Kind::Histogram,
+        labels: &[],
+        help: "Seconds to commit a transaction: outputs flushed, input offsets sent, committed",
+    },
+    Metric {
+        name: CONSUMER_ERRORS,
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Consumer errors logged and gone past",
+    },
+    Metric {
+        name: REDELIVERY_SKIPPED,
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Re-delivered messages skipped: this process read them already (after a rebalance)",
+    },
+    Metric {
+        name: CONSUMER_LAG,
+        kind: Kind::Gauge,
+        labels: &["topic", "partition"],
+        help: "Messages behind the partition's end",
+    },
+    Metric {
+        name: READY,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "1 while the consumer holds partitions and the pipeline runs",
+    },
+    Metric {
+        name: WATERMARK,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Event-time watermark, seconds since the epoch",
+    },
+    Metric {
+        name: STATE_KEYS,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Keys held in the feature operators' state",
+    },
+    Metric {
+        name: CHECKPOINT_SECONDS,
+        kind: Kind::Histogram,
+        labels: &[],
+        help: "Seconds to write a checkpoint",
+    },
+    Metric {
+        name: CHECKPOINT_BYTES,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Bytes of the last checkpoint's state tables",
+    },
+    Metric {
+        name: CHECKPOINT_TIME,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "When the last checkpoint was written, seconds since the epoch",
+    },
+    Metric {
+        name: CHECKPOINT_FAILURES,
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Checkpoint writes that failed",
+    },
+    Metric {
+        name: RESTORE_SECONDS,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Seconds the last start spent restoring state (checkpoint and silent replay)",
+    },
+    Metric {
+        name: RESTORE_REPLAYED,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Input messages replayed silently into the restored state at the last start",
+    },
+    Metric {
+        name: STATE_ORIGIN,
+        kind: Kind::Gauge,
+        labels: &["origin"],
+        help: "1 for where the state at the last start came from: checkpoint, rebuilt or empty (by choice)",
+    },
+    Metric {
+        name: MODEL_RELOADS,
+        kind: Kind::Counter,
+        labels: &["result"],
+        help: "Model reloads, per result",
+    },
+    Metric {
+        name: MODEL_INFO,
+        kind: Kind::Gauge,
+        labels: &["model"],
+        help: "1 for the model version scoring now",
+    },
+    Metric {
+        name: MODEL_SWAP_SECONDS,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Seconds the last model swap checked the new model on its first batch",
+    },
+    Metric {
+        name: CHALLENGER_ROWS,
+        kind: Kind::Counter,
+        labels: &["agreement"],
+        help: "Rows the challenger scored, by agreement of its alert decision with the champion's",
+    },
+    Metric {
+        name: CHALLENGER_SECONDS,
+        kind: Kind::Histogram,
+        labels: &[],
+        help: "Seconds the challenger took per batch",
+    },
+    Metric {
+        name: DRIFT_PSI,
+        kind: Kind::Gauge,
+        labels: &["column"],
+        help: "PSI of a model input or the score over the drift window against the reference",
+    },
+    Metric {
+        name: DRIFT_CROSSINGS,
+        kind: Kind::Counter,
+        labels: &["column", "direction"],
+        help: "Times a column's PSI crossed the drift threshold, by direction",
+    },
+    Metric {
+        name: REPARTITION_DUPLICATES,
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Rows of a repartition topic taken in already and dropped",
+    },
+    Metric {
+        name: MISROUTED,
+        kind: Kind::Counter,
+        labels: &["input"],
+        help: "Rows read from a partition their key does not belong to, per input",
+    },
+    Metric {
+        name: CHALLENGER_DIFFERENCE,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Mean absolute difference of the champion's and challenger's scores, last batch",
+    },
+];
+
 /// Describes every metric (HELP lines); called once when the exporter is installed.
 pub fn describe() {
-    describe_counter!(EVENTS_IN, "Input messages or rows, per topic");
-    describe_counter!(EVENTS_OUT, "Output records acknowledged, per output");
-    describe_histogram!(BATCH_ROWS, "Rows per micro-batch");
-    describe_histogram!(STAGE_SECONDS, "Seconds per stage and batch");
-    describe_histogram!(
-        END_TO_END_SECONDS,
-        "Seconds from an input's producer timestamp to its score's acknowledgement"
-    );
-    describe_counter!(DEAD_LETTERS, "Dead letters, per kind");
-    describe_counter!(COMMITS, "Offset commits, per result");
-    describe_counter!(
-        TRANSACTIONS,
-        "Kafka transactions (exactly-once mode), per result"
-    );
-    describe_histogram!(
-        TRANSACTION_SECONDS,
-        "Seconds to commit a transaction: outputs flushed, input offsets sent, committed"
-    );
-    describe_counter!(CONSUMER_ERRORS, "Consumer errors logged and gone past");
-    describe_counter!(
-        REDELIVERY_SKIPPED,
-        "Re-delivered messages skipped: this process read them already (after a rebalance)"
-    );
-    describe_gauge!(CONSUMER_LAG, "Messages behind the partition's end");
-    describe_gauge!(
-        READY,
-        "1 while the consumer holds partitions and the pipeline runs"
-    );
-    describe_gauge!(WATERMARK, "Event-time watermark, seconds since the epoch");
-    describe_gauge!(STATE_KEYS, "Keys held in the feature operators' state");
-    describe_histogram!(CHECKPOINT_SECONDS, "Seconds to write a checkpoint");
-    describe_gauge!(
-        CHECKPOINT_BYTES,
-        "Bytes of the last checkpoint's state tables"
-    );
-    describe_gauge!(
-        CHECKPOINT_TIME,
-        "When the last checkpoint was written, seconds since the epoch"
-    );
-    describe_counter!(CHECKPOINT_FAILURES, "Checkpoint writes that failed");
-    describe_gauge!(
-        RESTORE_SECONDS,
-        "Seconds the last start spent restoring state (checkpoint and silent replay)"
-    );
-    describe_gauge!(
-        STATE_ORIGIN,
-        "1 for where the state at the last start came from: checkpoint, rebuilt or empty (by choice)"
-    );
-    describe_gauge!(
-        RESTORE_REPLAYED,
-        "Input messages replayed silently into the restored state at the last start"
-    );
-    describe_counter!(MODEL_RELOADS, "Model reloads, per result");
-    describe_counter!(
-        CHALLENGER_ROWS,
-        "Rows the challenger scored, by agreement of its alert decision with the champion's"
-    );
-    describe_histogram!(CHALLENGER_SECONDS, "Seconds the challenger took per batch");
-    describe_gauge!(
-        CHALLENGER_DIFFERENCE,
-        "Mean absolute difference of the champion's and challenger's scores, last batch"
-    );
-    describe_gauge!(MODEL_INFO, "1 for the model version scoring now");
-    describe_gauge!(
-        DRIFT_PSI,
-        "PSI of a model input or the score over the drift window against the reference"
-    );
-    describe_counter!(
-        DRIFT_CROSSINGS,
-        "Times a column's PSI crossed the drift threshold, by direction"
-    );
-    describe_gauge!(
-        MODEL_SWAP_SECONDS,
-        "Seconds the last model swap checked the new model on its first batch"
-    );
+    for m in METRICS {
+        match m.kind {
+            Kind::Counter => describe_counter!(m.name, m.help),
+            Kind::Gauge => describe_gauge!(m.name, m.help),
+            Kind::Histogram => describe_histogram!(m.name, m.help),
+        }
+    }
     // Series without labels exist from the start, so dashboards and alerts see 0, not nothing.
     counter!(CONSUMER_ERRORS).increment(0);
     gauge!(READY).set(0.0);
+}
+
+/// The metrics reference page (Markdown), generated from [`METRICS`]; a test keeps
+/// `docs/reference/metrics.md` equal to it.
+pub fn reference() -> String {
+    let mut page = String::from(
+        "# Metrics\n\n\
+         Generated from `pipeline/core/src/events.rs` (`riskpipe_core::events::METRICS`); \
+         `RISKPIPE_BLESS=1 cargo test -p riskpipe-core` rewrites this page. Every execution \
+         (live, Kafka replay, backtest) exports them under the same names on \
+         `[observability] listen`'s `/metrics`. Histograms are in seconds, except \
+         `riskpipe_batch_rows` (rows).\n\n\
+         | name | kind | labels | what it counts |\n|---|---|---|---|\n",
+    );
+    for m in METRICS {
+        let labels = match m.labels {
+            [] => "—".to_string(),
+            l => l
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        page.push_str(&format!(
+            "| `{}` | {} | {labels} | {} |\n",
+            m.name,
+            match m.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            },
+            m.help
+        ));
+    }
+    page
 }
 
 /// Readiness changed.
@@ -353,4 +541,31 @@ pub fn state_origin(origin: &'static str) {
 pub fn restored(seconds: f64, messages: usize) {
     gauge!(RESTORE_SECONDS).set(seconds);
     gauge!(RESTORE_REPLAYED).set(messages as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reference page is what [`METRICS`] says (bless with `RISKPIPE_BLESS=1`), and every
+    /// metric is in the table once.
+    #[test]
+    fn the_metrics_reference_page_is_current() {
+        let mut names: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), METRICS.len(), "a metric listed twice");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/reference/metrics.md");
+        let page = reference();
+        if std::env::var_os("RISKPIPE_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().expect("docs/reference")).expect("mkdir");
+            std::fs::write(&path, &page).expect("write");
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == page,
+            "docs/reference/metrics.md is stale: run RISKPIPE_BLESS=1 cargo test -p riskpipe-core"
+        );
+    }
 }
