@@ -502,13 +502,7 @@ fn skewed_and_duplicated_events_are_refused_alike_live_and_in_replay_and_change_
 
     // The topic replayed: each partition in offset order, the same policy.
     let run_cfg = PipelineConfig::load(&config).expect("config");
-    // The product's replay decoder: the config's formats, the job's declared events.
-    let decoder = run_cfg
-        .kafka
-        .as_ref()
-        .expect("kafka")
-        .decoder(run_cfg.streams(), &run_cfg.job.kind().inputs())
-        .expect("decoder");
+    let decoder = replay_decoder(&run_cfg);
     let (replay_history, undecodable) = riskpipe_pipeline::backtest::kafka_history(
         &run_cfg,
         decoder.as_ref(),
@@ -789,13 +783,7 @@ fn absurd_amounts_are_refused_alike_live_in_replay_and_from_a_file_and_poison_no
 
     // The topic replayed: the same refusals (1e309 does not decode), the same scores.
     let run_cfg = PipelineConfig::load(&config).expect("config");
-    // The product's replay decoder: the config's formats, the job's declared events.
-    let decoder = run_cfg
-        .kafka
-        .as_ref()
-        .expect("kafka")
-        .decoder(run_cfg.streams(), &run_cfg.job.kind().inputs())
-        .expect("decoder");
+    let decoder = replay_decoder(&run_cfg);
     let (replay_history, undecodable) = riskpipe_pipeline::backtest::kafka_history(
         &run_cfg,
         decoder.as_ref(),
@@ -871,4 +859,13 @@ fn absurd_amounts_are_refused_alike_live_in_replay_and_from_a_file_and_poison_no
     want.sort();
     assert_eq!(refused, want, "the file backtest refuses them alike");
     assert_eq!(scores_by_id(from_file.scored()), live_by_id);
+}
+
+/// The product's replay decoder: the config's formats, the job's declared events.
+fn replay_decoder(cfg: &PipelineConfig) -> Box<dyn riskpipe_pipeline::decoders::Decoder> {
+    cfg.kafka
+        .as_ref()
+        .expect("kafka")
+        .decoder(cfg.streams(), &cfg.job.kind().inputs())
+        .expect("decoder")
 }

@@ -154,17 +154,18 @@ pub mod json {
                 i64::try_from(v).map_err(|_| E::custom("integer out of range"))
             }
             fn visit_f64<E: Error>(self, v: f64) -> Result<i64, E> {
-                // 2^63 is the first f64 above i64::MAX.
-                if v.fract() == 0.0
-                    && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v)
-                {
-                    Ok(v as i64)
-                } else {
-                    Err(E::custom("not an integer"))
-                }
+                integral(v).ok_or_else(|| E::custom("not an integer"))
             }
         }
         d.deserialize_any(Integer)
+    }
+
+    /// A JSON number as a JSON Schema `integer`: one with no fraction, within i64.
+    pub fn integral(v: f64) -> Option<i64> {
+        // 2^63 is the first f64 above i64::MAX.
+        (v.fract() == 0.0
+            && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v))
+        .then_some(v as i64)
     }
 
     /// An optional JSON Schema `number`: absent is `None`, `null` is refused (the schema says

@@ -20,10 +20,6 @@ use riskpipe_core::StateSnapshot;
 const CHECKPOINTS: &str = "checkpoints";
 const MANIFEST: &str = "manifest.json";
 
-fn failed(op: &'static str) -> impl FnOnce(object_store::Error) -> PipelineError {
-    PipelineError::checkpoint_store(op)
-}
-
 fn unusable(id: u64, reason: impl std::fmt::Display) -> PipelineError {
     PipelineError::Checkpoint {
         id,
@@ -55,13 +51,16 @@ impl CheckpointStore {
                     &url,
                     std::env::vars().filter(|(k, _)| k.starts_with("AWS_")),
                 )
-                .map_err(failed("opening the checkpoint store"))?;
+                .map_err(PipelineError::checkpoint_store(
+                    "opening the checkpoint store",
+                ))?;
                 (Arc::from(store), root, None)
             } else {
                 let dir = cfg.dir.strip_prefix("file://").unwrap_or(&cfg.dir);
                 std::fs::create_dir_all(dir).map_err(PipelineError::io("creating", dir))?;
-                let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                    .map_err(failed("opening the checkpoint directory"))?;
+                let store = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(
+                    PipelineError::checkpoint_store("opening the checkpoint directory"),
+                )?;
                 (Arc::new(store), Path::from(""), Some(dir.into()))
             };
         Ok(Self {
@@ -104,7 +103,7 @@ impl CheckpointStore {
             .store
             .list_with_delimiter(Some(&self.root.clone().join(CHECKPOINTS)))
             .await
-            .map_err(failed("listing checkpoints"))?;
+            .map_err(PipelineError::checkpoint_store("listing checkpoints"))?;
         let mut ids: Vec<u64> = listed
             .common_prefixes
             .iter()
@@ -118,9 +117,12 @@ impl CheckpointStore {
     pub async fn manifest(&self, id: u64) -> Result<Option<Manifest>> {
         let path = self.dir(id).join(MANIFEST);
         let bytes = match self.store.get(&path).await {
-            Ok(got) => got.bytes().await.map_err(failed("reading a manifest"))?,
+            Ok(got) => got
+                .bytes()
+                .await
+                .map_err(PipelineError::checkpoint_store("reading a manifest"))?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(failed("reading a manifest")(e)),
+            Err(e) => return Err(PipelineError::checkpoint_store("reading a manifest")(e)),
         };
         let manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| unusable(id, format!("manifest: {e}")))?;
@@ -183,7 +185,7 @@ impl CheckpointStore {
             self.store
                 .put(&dir.clone().join(file), PutPayload::from(bytes))
                 .await
-                .map_err(failed("writing a state table"))?;
+                .map_err(PipelineError::checkpoint_store("writing a state table"))?;
         }
         let manifest = Manifest {
             version: VERSION,
@@ -199,7 +201,7 @@ impl CheckpointStore {
         self.store
             .put(&dir.clone().join(MANIFEST), PutPayload::from(json))
             .await
-            .map_err(failed("writing a manifest"))?;
+            .map_err(PipelineError::checkpoint_store("writing a manifest"))?;
         events::checkpoint_written(
             started.elapsed().as_secs_f64(),
             manifest.bytes(),
@@ -229,7 +231,7 @@ impl CheckpointStore {
                 .map_ok(|m| m.location)
                 .try_collect()
                 .await
-                .map_err(failed("listing an old checkpoint"))?;
+                .map_err(PipelineError::checkpoint_store("listing an old checkpoint"))?;
             // The manifest first: a half-deleted checkpoint must not look complete.
             let (manifest, tables): (Vec<Path>, Vec<Path>) = files
                 .into_iter()
@@ -238,7 +240,9 @@ impl CheckpointStore {
                 self.store
                     .delete(&p)
                     .await
-                    .map_err(failed("deleting an old checkpoint"))?;
+                    .map_err(PipelineError::checkpoint_store(
+                        "deleting an old checkpoint",
+                    ))?;
             }
             if let Some(local) = &self.local {
                 let _ = std::fs::remove_dir(local.join(CHECKPOINTS).join(format!("{id:020}")));
@@ -256,10 +260,10 @@ impl CheckpointStore {
                 .store
                 .get(&dir.clone().join(t.file.as_str()))
                 .await
-                .map_err(failed("reading a state table"))?
+                .map_err(PipelineError::checkpoint_store("reading a state table"))?
                 .bytes()
                 .await
-                .map_err(failed("reading a state table"))?;
+                .map_err(PipelineError::checkpoint_store("reading a state table"))?;
             if bytes.len() as u64 != t.bytes {
                 return Err(unusable(
                     manifest.id,

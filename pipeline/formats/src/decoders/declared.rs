@@ -16,7 +16,8 @@ use arrow::array::{
 };
 use arrow::datatypes::SchemaRef;
 use riskpipe_core::RejectKind;
-use riskpipe_schemas::declared::{Allowed, DeclaredField, EventSchema, FieldType, Number};
+use riskpipe_schemas::declared::{Allowed, DeclaredField, EventSchema, FieldType};
+use riskpipe_schemas::json::integral;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{DecodedPayloads, Decoder, Rejection, events::date_time, json::precheck};
@@ -27,7 +28,8 @@ pub struct DeclaredJsonDecoder {
     declared: EventSchema,
     schema: SchemaRef,
     root: Node,
-    objects: usize,
+    /// Each object's path, by its number (the event's own: empty).
+    object_paths: Vec<String>,
     max_bytes: usize,
 }
 
@@ -46,7 +48,7 @@ struct Node {
 impl Node {
     /// Field `i` at `path` below this object (member objects made as needed; a checked
     /// declaration never makes a field a parent).
-    fn insert(&mut self, path: &[String], i: usize, objects: &mut usize) {
+    fn insert(&mut self, path: &[String], i: usize, objects: &mut Vec<String>) {
         self.leaves.push(i);
         match path {
             [last] => {
@@ -58,10 +60,10 @@ impl Node {
                     p => format!("{p}.{first}"),
                 };
                 let entry = self.members.entry(first.clone()).or_insert_with(|| {
-                    *objects += 1;
+                    objects.push(path.clone());
                     Member::Object(Node {
                         path,
-                        id: *objects - 1,
+                        id: objects.len() - 1,
                         ..Node::default()
                     })
                 });
@@ -84,15 +86,15 @@ impl DeclaredJsonDecoder {
     /// The decoder of `declared`, refusing payloads over `max_bytes`.
     pub fn new(declared: EventSchema, max_bytes: usize) -> Self {
         let mut root = Node::default();
-        let mut objects = 1;
+        let mut object_paths = vec![String::new()];
         for (i, f) in declared.fields.iter().enumerate() {
-            root.insert(&f.path, i, &mut objects);
+            root.insert(&f.path, i, &mut object_paths);
         }
         Self {
             schema: declared.arrow_schema(),
             declared,
             root,
-            objects,
+            object_paths,
             max_bytes,
         }
     }
@@ -105,7 +107,7 @@ impl DeclaredJsonDecoder {
     /// One payload's values, or why it is refused.
     fn row(&self, payload: &[u8], row: &mut Row) -> Result<(), (RejectKind, String)> {
         super::opens_an_object(payload)?;
-        row.reset(self.declared.fields.len(), self.objects);
+        row.reset(self.declared.fields.len(), self.object_paths.len());
         let mut de = serde_json::Deserializer::from_slice(payload);
         let parsed = ObjectSeed {
             node: &self.root,
@@ -133,7 +135,10 @@ impl DeclaredJsonDecoder {
                                 self.declared.fields[*i].name
                             )
                         }
-                        At::Path(p) => format!("field {p}: number out of range"),
+                        At::Object(ROOT) => "number out of range".into(),
+                        At::Object(id) => {
+                            format!("field {}: number out of range", self.object_paths[*id])
+                        }
                     },
                 ),
                 _ => (RejectKind::Malformed, "malformed JSON".into()),
@@ -176,12 +181,7 @@ impl DeclaredJsonDecoder {
                 Err(_) => return schema_error("integer out of range"),
             },
             // JSON Schema's integer: a number with no fraction (5.0 is 5).
-            (FieldType::Integer, Found::Float(v))
-                if v.fract() == 0.0
-                    && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v) =>
-            {
-                Value::Int(v as i64)
-            }
+            (FieldType::Integer, Found::Float(v)) if let Some(i) = integral(v) => Value::Int(i),
             (FieldType::Float, Found::Int(v)) => Value::Float(v as f64),
             (FieldType::Float, Found::UInt(v)) => Value::Float(v as f64),
             (FieldType::Float, Found::Float(v)) => Value::Float(v),
@@ -207,18 +207,18 @@ impl DeclaredJsonDecoder {
                 if let Some(problem) = riskpipe_schemas::out_of_range(*v) {
                     return invalid(problem);
                 }
-                if let Some(lo) = rules.minimum.filter(|lo| *v < as_f64(*lo)) {
+                if let Some(lo) = rules.minimum.filter(|lo| *v < lo.as_f64()) {
                     return invalid(&format!("below the minimum {lo}"));
                 }
-                if let Some(hi) = rules.maximum.filter(|hi| *v > as_f64(*hi)) {
+                if let Some(hi) = rules.maximum.filter(|hi| *v > hi.as_f64()) {
                     return invalid(&format!("above the maximum {hi}"));
                 }
             }
             Value::Int(v) => {
-                if let Some(lo) = rules.minimum.filter(|lo| below(*v, *lo)) {
+                if let Some(lo) = rules.minimum.filter(|lo| lo.compare(*v).is_lt()) {
                     return invalid(&format!("below the minimum {lo}"));
                 }
-                if let Some(hi) = rules.maximum.filter(|hi| above(*v, *hi)) {
+                if let Some(hi) = rules.maximum.filter(|hi| hi.compare(*v).is_gt()) {
                     return invalid(&format!("above the maximum {hi}"));
                 }
                 if let Some(Allowed::Integers(allowed)) = &rules.allowed
@@ -256,29 +256,6 @@ impl DeclaredJsonDecoder {
             };
         }
         Ok(value)
-    }
-}
-
-fn as_f64(n: Number) -> f64 {
-    match n {
-        Number::Integer(i) => i as f64,
-        Number::Float(f) => f,
-    }
-}
-
-/// `v < bound`, exactly for an integer bound.
-fn below(v: i64, bound: Number) -> bool {
-    match bound {
-        Number::Integer(b) => v < b,
-        Number::Float(b) => (v as f64) < b,
-    }
-}
-
-/// `v > bound`, exactly for an integer bound.
-fn above(v: i64, bound: Number) -> bool {
-    match bound {
-        Number::Integer(b) => v > b,
-        Number::Float(b) => (v as f64) > b,
     }
 }
 
@@ -351,7 +328,8 @@ enum At {
     #[default]
     Event,
     Field(usize),
-    Path(String),
+    /// A member object, by its number.
+    Object(usize),
 }
 
 /// One payload's state while it is read, reused from payload to payload.
@@ -386,7 +364,10 @@ impl Row {
     }
 }
 
-/// Reads one object of the declaration (the event, or a member object).
+/// The event's own object's number.
+const ROOT: usize = 0;
+
+/// Reads one object of the declaration: the event, or a member object (which may be `null`).
 struct ObjectSeed<'a> {
     node: &'a Node,
     decoder: &'a DeclaredJsonDecoder,
@@ -404,7 +385,7 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object")
+        f.write_str("an object (or null for a member object)")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
@@ -428,8 +409,8 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
                     if row.objects_seen[child.id] {
                         row.problem(RejectKind::Schema, format!("duplicate field {}", path()));
                     }
-                    row.at = At::Path(child.path.clone());
-                    map.next_value_seed(MemberObjectSeed {
+                    row.at = At::Object(child.id);
+                    map.next_value_seed(ObjectSeed {
                         node: child,
                         decoder,
                         row: &mut *row,
@@ -439,7 +420,8 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
                     if !decoder.declared.ignore_unknown {
                         row.problem(RejectKind::Schema, format!("unknown field {}", path()));
                     }
-                    row.at = At::Path(path());
+                    // Skipping a value never fails on its numbers: no path is needed.
+                    row.at = At::Object(node.id);
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -450,8 +432,19 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
         self.wrong(seq_ignored(seq))
     }
+    /// A member object given as `null`: every field below it is null (the event itself cannot be).
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.wrong(Ok(()))
+        if self.node.id == ROOT {
+            return self.wrong(Ok(()));
+        }
+        let ObjectSeed { node, row, .. } = self;
+        row.objects_seen[node.id] = true;
+        for &i in &node.leaves {
+            if row.found[i] == Found::Absent {
+                row.found[i] = Found::Null;
+            }
+        }
+        Ok(())
     }
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
         self.wrong(Ok(()))
@@ -483,69 +476,6 @@ impl ObjectSeed<'_> {
             format!("{at}: wrong type, expected an object"),
         );
         Ok(())
-    }
-}
-
-/// A member object: an object, or `null` (every field below it null).
-struct MemberObjectSeed<'a> {
-    node: &'a Node,
-    decoder: &'a DeclaredJsonDecoder,
-    row: &'a mut Row,
-}
-
-impl<'de> DeserializeSeed<'de> for MemberObjectSeed<'_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for MemberObjectSeed<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object or null")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        self.object().visit_map(map)
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.row.objects_seen[self.node.id] = true;
-        for &i in &self.node.leaves {
-            if self.row.found[i] == Found::Absent {
-                self.row.found[i] = Found::Null;
-            }
-        }
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        self.object().visit_seq(seq)
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.object().visit_bool(v)
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.object().visit_i64(v)
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.object().visit_u64(v)
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.object().visit_f64(v)
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.object().visit_str(v)
-    }
-}
-
-impl<'a> MemberObjectSeed<'a> {
-    fn object(self) -> ObjectSeed<'a> {
-        ObjectSeed {
-            node: self.node,
-            decoder: self.decoder,
-            row: self.row,
-        }
     }
 }
 
