@@ -139,6 +139,7 @@ fn main() {
         },
         amount: None,
         entity: None,
+        label: None,
         unknown_fields: Some(if refuses_unknown { "refuse" } else { "ignore" }.into()),
     }
     .check()

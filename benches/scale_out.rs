@@ -31,7 +31,7 @@ fn config(dir: &std::path::Path, bootstrap: &str) -> std::path::PathBuf {
             support::kafka_section(
                 bootstrap,
                 "bench",
-                "[kafka.repartition]\nreplication_factor = 1\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
+                "[kafka.repartition]\nby = \"TERMINAL_ID\"\nreplication_factor = 1\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
             ),
             dir.join("state").display().to_string()
         ),

@@ -422,7 +422,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                         );
                     }
                     let fraud = riskpipe_pipeline::jobs::fraud::FraudConfig::of(&cfg)?;
-                    simulation(seed, 183).history(&fraud.features, &fraud.replay)?
+                    simulation(seed, 183).history(fraud)?
                 }
             };
             let rt = runtime()?;

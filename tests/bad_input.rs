@@ -314,7 +314,7 @@ fn published_ids_can_be_keyed_pseudonyms() {
         &kafka_section(
             &broker.bootstrap,
             "pseudonyms",
-            "[kafka.pseudonyms]\nsecret_env = \"RISKPIPE_TEST_PSEUDONYM_KEY\"",
+            "[kafka.pseudonyms]\nsecret_env = \"RISKPIPE_TEST_PSEUDONYM_KEY\"\ncolumns = [\"CUSTOMER_ID\", \"TERMINAL_ID\"]",
         ),
     );
     let mut pipeline =

@@ -644,6 +644,7 @@ threshold = 1.5
         "NO_SUCH_KEY",
         "unknown type \"date\"",
         "unknown format \"epoch_nanos\"",
+        "[job.labels] is missing",
         "missing.onnx does not exist",
         "alerts.threshold",
         "batch_rows",

@@ -163,7 +163,7 @@ fn shared(
             kafka_section(
                 &broker.bootstrap,
                 "scale",
-                "[kafka.repartition]\nreplication_factor = 1\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
+                "[kafka.repartition]\nby = \"TERMINAL_ID\"\nreplication_factor = 1\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
             ),
             state.display().to_string()
         ),
@@ -409,7 +409,7 @@ fn exactly_once_instances_joining_and_leaving_publish_every_score_once() {
                 &tansu.bootstrap,
                 "scale",
                 // Transactions 5 s long: at a revoke, the open one holds seconds of outputs.
-                "commit_interval = \"5s\"\nprocessing_guarantee = \"exactly-once\"\ntransactional_id = \"riskpipe-scale-${env:RP_TEST_SLOT}\"\n[kafka.repartition]\nreplication_factor = 1\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"3000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
+                "commit_interval = \"5s\"\nprocessing_guarantee = \"exactly-once\"\ntransactional_id = \"riskpipe-scale-${env:RP_TEST_SLOT}\"\n[kafka.repartition]\nby = \"TERMINAL_ID\"\nreplication_factor = 1\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"3000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
             ),
             dir.path().join("state").display().to_string()
         ),

@@ -118,14 +118,37 @@ pub fn i64_values(batch: &RecordBatch, name: &str) -> Result<Int64Array> {
     Ok(cast.as_primitive::<Int64Type>().clone())
 }
 
-/// A key column: integers or strings.
+/// A key or id column: integers or strings.
 #[derive(Debug)]
-pub(crate) enum Keys {
+pub enum Keys {
+    /// Integer keys (any integer type, as i64).
     Int(Int64Array),
+    /// Text keys.
     Str(StringArray),
 }
 
-pub(crate) fn keys(batch: &RecordBatch, name: &str) -> Result<Keys> {
+impl Keys {
+    /// Row `row`'s value as an event id.
+    pub fn id(&self, row: usize) -> EventId {
+        match self {
+            Keys::Int(a) => EventId::Int(a.value(row)),
+            Keys::Str(a) => EventId::Str(a.value(row).into()),
+        }
+    }
+}
+
+/// An event's id, integer or text as declared: what labels name and what tells a re-delivered
+/// event from a new one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventId {
+    /// An integer id.
+    Int(i64),
+    /// A text id.
+    Str(Box<str>),
+}
+
+/// The key (or id) column `name`: integers (any integer type) or strings, never null.
+pub fn keys(batch: &RecordBatch, name: &str) -> Result<Keys> {
     let col = get(batch, name)?;
     non_null(col.as_ref(), name)?;
     let dt = col.data_type();

@@ -13,7 +13,7 @@ use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Ar
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef};
 
-use crate::columns;
+use crate::columns::{self, EventId, Keys};
 use crate::config::{LabelRiskConfig, RiskOutput, ns};
 use crate::state::{Expiring, KeyedState, StateReader, StateTable, Watermark};
 use crate::{Appender, Operator, OperatorError, Result};
@@ -47,22 +47,22 @@ impl Labels {
 #[derive(Debug, Default)]
 struct KeyHistory {
     /// Event times of the key's transactions, sorted, with their ids.
-    times: VecDeque<(i64, i64)>,
+    times: VecDeque<(i64, EventId)>,
     /// Ids of the transactions in `times`.
-    seen: HashSet<i64, ahash::RandomState>,
+    seen: HashSet<EventId, ahash::RandomState>,
     /// Labels by transaction id (also of transactions not seen yet: labels may come first).
-    labels: HashMap<i64, Labels, ahash::RandomState>,
+    labels: HashMap<EventId, Labels, ahash::RandomState>,
 }
 
 impl KeyHistory {
-    fn insert(&mut self, t: i64, id: i64) {
+    fn insert(&mut self, t: i64, id: EventId) {
+        self.seen.insert(id.clone());
         if self.times.back().is_none_or(|&(last, _)| last <= t) {
             self.times.push_back((t, id));
         } else {
             let pos = self.times.partition_point(|&(x, _)| x <= t);
             self.times.insert(pos, (t, id));
         }
-        self.seen.insert(id);
     }
 }
 
@@ -156,10 +156,10 @@ impl Operator for LabelRisk {
 
     fn seen(&self, batch: &RecordBatch) -> Result<Option<Vec<bool>>> {
         let keys = columns::keys(batch, &self.key)?;
-        let ids = columns::i64_values(batch, &self.id)?;
+        let ids = columns::keys(batch, &self.id)?;
         let mut seen = vec![false; batch.num_rows()];
         self.state.for_each_present(&keys, |row, h| {
-            seen[row] = h.seen.contains(&ids.value(row));
+            seen[row] = h.seen.contains(&ids.id(row));
         });
         Ok(Some(seen))
     }
@@ -170,7 +170,7 @@ impl Operator for LabelRisk {
         }
         let keys = columns::keys(labels, &self.key)?;
         let times = columns::event_times(labels, &self.time)?;
-        let ids = columns::i64_values(labels, &self.id)?;
+        let ids = columns::keys(labels, &self.id)?;
         let known = columns::event_times(labels, &self.label_time)?;
         let is_fraud: Vec<bool> = match labels.column_by_name(&self.label) {
             Some(c) if c.data_type() == &DataType::Boolean => {
@@ -189,7 +189,7 @@ impl Operator for LabelRisk {
                 .collect(),
         };
         self.state.for_each_row(&keys, |row, h| {
-            let labels = h.labels.entry(ids.value(row)).or_default();
+            let labels = h.labels.entry(ids.id(row)).or_default();
             labels.time = times[row];
             labels.add(known[row], is_fraud[row]);
         });
@@ -199,7 +199,7 @@ impl Operator for LabelRisk {
     fn process(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
         let keys = columns::keys(&batch, &self.key)?;
         let times = columns::event_times(&batch, &self.time)?;
-        let ids = columns::i64_values(&batch, &self.id)?;
+        let ids = columns::keys(&batch, &self.id)?;
         let n = batch.num_rows();
         let ns = self.spans.len();
         let mut counts = vec![0i64; n * ns];
@@ -222,7 +222,7 @@ impl Operator for LabelRisk {
                     })
                     .count() as i64;
             }
-            h.insert(t, ids.value(row));
+            h.insert(t, ids.id(row));
             h.evict(horizon);
         });
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.fields.len());
@@ -271,14 +271,14 @@ impl Operator for LabelRisk {
         let mut is_label = Vec::with_capacity(rows);
         for (key, h) in self.state.iter() {
             table.key_rows(key, h.times.len());
-            for &(t, id) in &h.times {
+            for (t, id) in &h.times {
                 ids.push(id);
-                times.push(t);
+                times.push(*t);
             }
             known.resize(ids.len(), 0);
             fraud.resize(ids.len(), false);
             is_label.resize(ids.len(), false);
-            for (&id, labels) in &h.labels {
+            for (id, labels) in &h.labels {
                 table.key_rows(key, labels.versions.len());
                 for &(k, f) in &labels.versions {
                     ids.push(id);
@@ -293,12 +293,7 @@ impl Operator for LabelRisk {
         table
             .finish(
                 vec![
-                    (
-                        "transaction_id",
-                        DataType::Int64,
-                        false,
-                        Arc::new(Int64Array::from(ids)),
-                    ),
+                    id_column(&ids)?,
                     (
                         "time",
                         DataType::Int64,
@@ -325,7 +320,13 @@ impl Operator for LabelRisk {
 
     fn restore(&mut self, table: &RecordBatch) -> Result<()> {
         let r = StateReader::new(table)?;
-        let ids = r.primitive::<arrow::datatypes::Int64Type>("transaction_id")?;
+        let ids = match r.column("transaction_id")?.data_type() {
+            DataType::Utf8 => Keys::Str(r.string("transaction_id")?.clone()),
+            _ => Keys::Int(
+                r.primitive::<arrow::datatypes::Int64Type>("transaction_id")?
+                    .clone(),
+            ),
+        };
         let times = r.primitive::<arrow::datatypes::Int64Type>("time")?;
         let known = r.primitive::<arrow::datatypes::Int64Type>("label_time")?;
         let fraud = r.column("fraud")?.as_boolean_opt().ok_or_else(|| {
@@ -334,7 +335,7 @@ impl Operator for LabelRisk {
         let mut state = KeyedState::<KeyHistory>::default();
         for row in 0..r.rows() {
             let h = state.entry(r.key(row)?);
-            let (id, t) = (ids.value(row), times.value(row));
+            let (id, t) = (ids.id(row), times.value(row));
             if known.is_valid(row) {
                 if !fraud.is_valid(row) {
                     return Err(OperatorError::Checkpoint(format!(
@@ -352,4 +353,34 @@ impl Operator for LabelRisk {
         self.state = state;
         Ok(())
     }
+}
+
+/// The checkpoint column of the ids held: Int64 for integer ids, Utf8 for text ids (an
+/// operator's ids are of one kind: its events' declared id).
+fn id_column(ids: &[&EventId]) -> Result<(&'static str, DataType, bool, ArrayRef)> {
+    let ints: Option<Vec<i64>> = ids
+        .iter()
+        .map(|id| match id {
+            EventId::Int(i) => Some(*i),
+            EventId::Str(_) => None,
+        })
+        .collect();
+    let texts = || -> Option<Vec<&str>> {
+        ids.iter()
+            .map(|id| match id {
+                EventId::Str(s) => Some(s.as_ref()),
+                EventId::Int(_) => None,
+            })
+            .collect()
+    };
+    let array: ArrayRef = match (ints, texts()) {
+        (Some(ints), _) => Arc::new(Int64Array::from(ints)),
+        (None, Some(texts)) => Arc::new(arrow::array::StringArray::from(texts)),
+        (None, None) => {
+            return Err(OperatorError::Checkpoint(
+                "label risk holds integer and text ids at once".into(),
+            ));
+        }
+    };
+    Ok(("transaction_id", array.data_type().clone(), false, array))
 }

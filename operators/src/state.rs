@@ -280,6 +280,13 @@ impl<'a> StateReader<'a> {
             .ok_or_else(|| unfit(format!("state table has no column {name:?}")))
     }
 
+    /// The state column `name` as text, checked.
+    pub(crate) fn string(&self, name: &str) -> Result<&'a StringArray> {
+        self.column(name)?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| unfit(format!("state column {name:?} is not Utf8")))
+    }
+
     /// The column `name` as `T`, checked.
     pub(crate) fn primitive<T: arrow::datatypes::ArrowPrimitiveType>(
         &self,

@@ -60,6 +60,10 @@ pub mod avro {
     /// Namespace of every riskpipe Avro record.
     pub const NAMESPACE: &str = "riskpipe";
 
+    /// Arrow schema metadata naming the Avro record of an output whose shape is declared
+    /// (a published event's schema is found by its fields instead).
+    pub const RECORD_NAME: &str = "riskpipe.avro.record";
+
     /// Every published event: (file stem, Avro record name, Arrow schema).
     pub fn events() -> Vec<(&'static str, &'static str, SchemaRef)> {
         vec![

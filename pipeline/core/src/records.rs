@@ -117,7 +117,7 @@ pub struct Records {
     pub keys: ArrayRef,
     /// The column the keys are the text of, if they are one column's (a sink that replaces
     /// that column's values, e.g. with pseudonyms, derives the keys again from it).
-    pub key_column: Option<&'static str>,
+    pub key_column: Option<std::sync::Arc<str>>,
 }
 
 /// What one micro-batch produced.

@@ -92,9 +92,10 @@ pub struct Inputs {
     pub events: SchemaRef,
     /// The side input (fraud labels), if the job has one.
     pub side: Option<SchemaRef>,
-    /// The events' declaration, where the job's config declares them: the decoders read the
-    /// events by it (its Arrow schema is `events`).
-    pub declared: Option<Arc<EventSchema>>,
+    /// The declarations of the events and of the side input, where the job's config declares
+    /// them: the decoders read each by its declaration (whose Arrow schema is `events` or
+    /// `side`).
+    pub declared: Vec<Arc<EventSchema>>,
 }
 
 /// A job, ready to run: its inputs and its two stages.

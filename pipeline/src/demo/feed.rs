@@ -116,7 +116,7 @@ pub fn feed_after(
     let terminal = columns::primitive::<Int64Type>(t, tx::TERMINAL_ID)?;
     let amount = columns::primitive::<Float64Type>(t, tx::TX_AMOUNT)?;
     let time = columns::primitive::<TimestampNanosecondType>(t, &history.event_time)?;
-    let truth = columns::i64_values(t, &fraud.replay.label)?;
+    let truth = columns::i64_values(t, &fraud.truth_column())?;
     let empty = arrow::array::RecordBatch::new_empty(riskpipe_schemas::fraud_label_schema());
     let l = history.side.as_ref().unwrap_or(&empty);
     let l_id = columns::primitive::<Int64Type>(l, tx::TRANSACTION_ID)?;

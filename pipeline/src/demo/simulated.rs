@@ -247,14 +247,13 @@ impl Simulation {
     /// file).
     pub fn history(
         &self,
-        features: &riskpipe_operators::FeatureConfig,
-        replay: &crate::sources::file::ReplayConfig,
+        fraud: &crate::jobs::fraud::FraudConfig,
     ) -> Result<crate::sources::history::History> {
+        let (events, labels) = fraud.declarations()?;
         crate::sources::file::prepare(
             std::path::Path::new("simulated history"),
             self.transactions()?,
-            features,
-            replay,
+            crate::sources::file::Shape::new(&events, &labels, &fraud.features, &fraud.replay)?,
             None,
         )
     }

@@ -233,6 +233,7 @@ mod tests {
             },
             amount: Some("TX_AMOUNT".into()),
             entity: Some("CUSTOMER_ID".into()),
+            label: None,
             unknown_fields: None,
         };
         let declared = config.check().expect("valid");

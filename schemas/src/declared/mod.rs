@@ -47,6 +47,9 @@ pub struct EventsConfig {
     /// The field a backtest report counts by (card precision), if any.
     #[serde(default)]
     pub entity: Option<String>,
+    /// Labels only (`[job.labels]`): the field saying fraud or not (integer 1 / 0, or boolean).
+    #[serde(default)]
+    pub label: Option<String>,
     /// What happens to a member the declaration does not name: `refuse` (a dead letter) or
     /// `ignore`. By default refused, unless a schema file allows them (no
     /// `additionalProperties: false`).
@@ -259,6 +262,8 @@ pub struct EventSchema {
     pub amount: Option<usize>,
     /// The entity field's index, if declared.
     pub entity: Option<usize>,
+    /// The label field's index (labels only).
+    pub label: Option<usize>,
     /// Whether members the declaration does not name are ignored (else refused).
     pub ignore_unknown: bool,
 }
@@ -304,6 +309,45 @@ impl EventsConfig {
                 .extend(problems.into_iter().map(|p| format!("{at}: {p}"))),
             Err(problem) => self.schema_file_problems.push(problem),
         }
+    }
+
+    /// [`EventsConfig::check`] of a declaration under the config section `section` (e.g.
+    /// `job.labels`), which its problems name.
+    pub fn check_as(&self, section: &str) -> Result<EventSchema, Vec<String>> {
+        self.check().map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|p| p.replacen("job.events", section, 1))
+                .collect()
+        })
+    }
+
+    /// The Arrow schema of the declaration as far as it can be read: [`EventSchema::arrow_schema`]
+    /// when it checks, else a column for each field of a known type (so that what reads the
+    /// columns can list its own problems beside the declaration's).
+    pub fn best_effort_schema(&self) -> SchemaRef {
+        if let Ok(declared) = self.check() {
+            return declared.arrow_schema();
+        }
+        Arc::new(Schema::new(
+            self.fields
+                .iter()
+                .filter_map(|f| {
+                    let data_type = match f.kind.as_str() {
+                        _ if f.name == self.time.field => crate::event_time_type(),
+                        "string" => DataType::Utf8,
+                        "integer" => DataType::Int64,
+                        "float" => DataType::Float64,
+                        "boolean" => DataType::Boolean,
+                        "timestamp" => {
+                            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+                        }
+                        _ => return None,
+                    };
+                    Some(Field::new(&f.name, data_type, f.nullable || !f.required))
+                })
+                .collect::<Vec<_>>(),
+        ))
     }
 
     /// The checked declaration, or every problem found (each naming the field and the rule).
@@ -447,6 +491,21 @@ impl EventsConfig {
             }
             Some(i)
         });
+        let label = self.label.as_deref().and_then(|name| {
+            let i = find("label", name, &mut problems)?;
+            let f = &fields[i];
+            if !matches!(f.kind, FieldType::Integer | FieldType::Boolean) {
+                problems.push(format!(
+                    "job.events.label: {name:?} must be an integer (1 fraud, 0 genuine) or a boolean field"
+                ));
+            }
+            if f.nullable || !f.required {
+                problems.push(format!(
+                    "job.events.label: {name:?} must be required and not nullable: every label says fraud or not"
+                ));
+            }
+            Some(i)
+        });
         let ignore_unknown = match self.unknown_fields.as_deref().unwrap_or("refuse") {
             "refuse" => false,
             "ignore" => true,
@@ -465,6 +524,7 @@ impl EventsConfig {
                 time_format,
                 amount,
                 entity,
+                label,
                 ignore_unknown,
             }),
             _ => Err(problems),

@@ -29,10 +29,11 @@ impl KafkaConfig {
                 }
                 _ => {
                     let json = JsonDecoder::new(kafka.max_message_bytes);
-                    Box::new(match &job.declared {
-                        Some(declared) => json.declaring(declared.as_ref().clone()),
-                        None => json,
-                    })
+                    Box::new(
+                        job.declared
+                            .iter()
+                            .fold(json, |json, d| json.declaring(d.as_ref().clone())),
+                    )
                 }
             })
         };

@@ -99,8 +99,7 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepartitionConfig {
-    /// The second key.
-    #[serde(default = "default_repartition_by")]
+    /// The second key: a declared field of the events (the key of the second stage's features).
     pub by: String,
     /// The repartition topic (default `<group_id>-by-<by without _ID, lower case>`); riskpipe
     /// creates it with the partition count of the transactions topic.
@@ -110,10 +109,6 @@ pub struct RepartitionConfig {
     /// `default.replication.factor`).
     #[serde(default)]
     pub replication_factor: Option<i32>,
-}
-
-fn default_repartition_by() -> String {
-    riskpipe_schemas::tx::TERMINAL_ID.into()
 }
 
 impl RepartitionConfig {

@@ -1,14 +1,15 @@
 //! Keyed pseudonyms for published ids: an opt-in for downstream systems that must not see raw
-//! customer or terminal ids. Each configured Int64 column's values become
-//! `HMAC-SHA256(secret, id)` cut to 63 bits (a non-negative Int64, so the published schemas stay
-//! as they are); the same id gets the same pseudonym in every record and every run with the same
+//! ids (cards, customers, terminals, merchants). Each configured integer column's values become
+//! `HMAC-SHA256(secret, id)` cut to 63 bits (a non-negative Int64, so the records' schemas stay
+//! as they are), each text column's the first 16 bytes of `HMAC-SHA256(secret, text)` in hex;
+//! the same id gets the same pseudonym in every record and every run with the same
 //! secret, so records can still be joined, and without the secret they cannot be reversed by
 //! trying ids. Message keys that are a pseudonymised column's text follow it. Dead letters keep
 //! their original bytes: the dead-letter topic needs its own access control.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type};
 use hmac::{Hmac, Mac};
@@ -18,21 +19,13 @@ use sha2::Sha256;
 use crate::{PipelineError, Result};
 use riskpipe_core::Records;
 
-fn default_columns() -> Vec<String> {
-    vec![
-        riskpipe_schemas::tx::CUSTOMER_ID.into(),
-        riskpipe_schemas::tx::TERMINAL_ID.into(),
-    ]
-}
-
 /// `[kafka.pseudonyms]`: which ids to replace and where the secret is.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PseudonymConfig {
     /// Environment variable holding the secret key (never the key itself in the file).
     pub secret_env: String,
-    /// Int64 id columns of the published records to replace.
-    #[serde(default = "default_columns")]
+    /// Id columns of the published records to replace (integer or text; declared field names).
     pub columns: Vec<String>,
 }
 
@@ -103,7 +96,16 @@ impl Pseudonyms {
         (u64::from_be_bytes(first) >> 1) as i64
     }
 
-    /// `records` with the configured columns (those it has, of Int64 type) replaced, and its
+    /// The pseudonym of a text id: the first 16 bytes of HMAC-SHA256(secret, its UTF-8 bytes),
+    /// as 32 lowercase hex digits.
+    pub fn of_text(&self, id: &str) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(id.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// `records` with the configured columns (those it has) replaced, and its
     /// keys derived again when they are one of those columns.
     pub fn apply(&self, records: &Records) -> Result<Records> {
         let schema = records.batch.schema();
@@ -112,17 +114,24 @@ impl Pseudonyms {
             let Ok(index) = schema.index_of(name) else {
                 continue;
             };
-            let Some(ids) = columns[index].as_primitive_opt::<Int64Type>() else {
+            let column = &columns[index];
+            columns[index] = if let Some(ids) = column.as_primitive_opt::<Int64Type>() {
+                Arc::new(ids.unary::<_, Int64Type>(|id| self.of(id)))
+            } else if let Some(ids) = column.as_string_opt::<i32>() {
+                Arc::new(
+                    ids.iter()
+                        .map(|id| id.map(|id| self.of_text(id)))
+                        .collect::<StringArray>(),
+                )
+            } else {
                 return Err(PipelineError::Config(vec![format!(
-                    "kafka.pseudonyms: column {name} is {}, not Int64",
-                    columns[index].data_type()
+                    "kafka.pseudonyms: column {name} is {}, not an integer or text id",
+                    column.data_type()
                 )]));
             };
-            let replaced: Int64Array = ids.unary(|id| self.of(id));
-            columns[index] = Arc::new(replaced);
         }
         let batch = RecordBatch::try_new(schema.clone(), columns)?;
-        let keys = match records.key_column {
+        let keys = match records.key_column.as_deref() {
             Some(c) if self.columns.iter().any(|p| p == c) => {
                 let column = batch.column_by_name(c).ok_or_else(|| {
                     PipelineError::Bug(format!("key column {c} not in its records"))
@@ -134,7 +143,7 @@ impl Pseudonyms {
         Ok(Records {
             batch,
             keys,
-            key_column: records.key_column,
+            key_column: records.key_column.clone(),
         })
     }
 }
@@ -142,6 +151,7 @@ impl Pseudonyms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::Int64Array;
     use arrow::datatypes::{Field, Schema};
 
     fn records() -> Records {
@@ -161,7 +171,7 @@ mod tests {
         Records {
             batch,
             keys,
-            key_column: Some("CUSTOMER_ID"),
+            key_column: Some("CUSTOMER_ID".into()),
         }
     }
 
@@ -186,5 +196,58 @@ mod tests {
         // Another secret, other pseudonyms.
         let q = Pseudonyms::new(b"fedcba9876543210", vec!["CUSTOMER_ID".into()]).expect("q");
         assert_ne!(p.of(7), q.of(7));
+    }
+
+    #[test]
+    fn text_ids_become_keyed_hex_pseudonyms_and_keys_follow() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("payment_id", DataType::Utf8, false),
+            Field::new("card.id", DataType::Utf8, true),
+        ]));
+        let cards = StringArray::from(vec![Some("card-7"), Some("card-8"), None, Some("card-7")]);
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["p1", "p2", "p3", "p4"])),
+                Arc::new(cards.clone()),
+            ],
+        )
+        .expect("batch");
+        let records = Records {
+            batch,
+            keys: Arc::new(cards),
+            key_column: Some("card.id".into()),
+        };
+        let p = Pseudonyms::new(b"0123456789abcdef", vec!["card.id".into()]).expect("p");
+        let out = p.apply(&records).expect("apply");
+        let cards = out.batch.column(1).as_string::<i32>();
+        assert_eq!(
+            cards.value(0),
+            cards.value(3),
+            "the same id, the same pseudonym"
+        );
+        assert_ne!(cards.value(0), cards.value(1));
+        assert_eq!(cards.value(0).len(), 32);
+        assert!(cards.value(0).chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(cards.value(1), p.of_text("card-8"));
+        assert!(cards.is_null(2), "a missing id stays missing");
+        assert_eq!(out.keys.as_string::<i32>().value(1), p.of_text("card-8"));
+        assert_eq!(out.batch.column(0).as_string::<i32>().value(0), "p1");
+        // A column of another type is refused, naming it.
+        let floats = Records {
+            batch: RecordBatch::try_new(
+                Arc::new(Schema::new(vec![Field::new(
+                    "card.id",
+                    DataType::Float64,
+                    false,
+                )])),
+                vec![Arc::new(arrow::array::Float64Array::from(vec![1.0]))],
+            )
+            .expect("batch"),
+            keys: Arc::new(StringArray::from(vec!["1"])),
+            key_column: None,
+        };
+        let e = p.apply(&floats).expect_err("floats are no ids").to_string();
+        assert!(e.contains("card.id") && e.contains("Float64"), "{e}");
     }
 }

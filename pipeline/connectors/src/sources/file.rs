@@ -1,6 +1,6 @@
-//! Fraud history files: read a Parquet or CSV history, check it, conform it to the transaction
-//! schema, order it by event time and derive the fraud-label events a live deployment would have
-//! received.
+//! Fraud history files: read a Parquet or CSV history, check it, conform it to the declared
+//! events, order it by event time and derive the fraud-label events (as declared) a live
+//! deployment would have received.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{
-    Array, ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray, UInt32Array,
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampNanosecondArray, UInt32Array,
 };
 use arrow::compute::{
     SortColumn, cast, concat_batches, filter_record_batch, lexsort_to_indices, sort_to_indices,
@@ -20,8 +20,9 @@ use arrow::csv::ReaderBuilder;
 use arrow::csv::reader::Format;
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use riskpipe_operators::{FeatureConfig, columns};
-use riskpipe_schemas::{label, tx};
+use riskpipe_operators::FeatureConfig;
+use riskpipe_operators::columns::{self, EventId};
+use riskpipe_schemas::declared::EventSchema;
 use serde::Deserialize;
 
 use super::history::History;
@@ -38,9 +39,6 @@ fn default_batch_rows() -> usize {
 fn default_label_delay() -> Duration {
     Duration::from_secs(7 * 86_400)
 }
-fn default_label() -> String {
-    riskpipe_schemas::label::TX_FRAUD.into()
-}
 
 /// How a history file is replayed.
 #[derive(Debug, Clone, Deserialize)]
@@ -52,9 +50,9 @@ pub struct ReplayConfig {
     /// A fraud's label event is emitted this long after its transaction.
     #[serde(default = "default_label_delay", with = "humantime_serde")]
     pub label_delay: Duration,
-    /// Label column of the history (1 = fraud).
-    #[serde(default = "default_label")]
-    pub label: String,
+    /// The history's truth column (1 = fraud; default: the declared label's name).
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 impl Default for ReplayConfig {
@@ -62,15 +60,64 @@ impl Default for ReplayConfig {
         Self {
             batch_rows: default_batch_rows(),
             label_delay: default_label_delay(),
-            label: default_label(),
+            label: None,
         }
     }
 }
 
+/// What a fraud history is read as: the declared events and labels, the features' event time,
+/// tie-break and keys, and the replay settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape<'a> {
+    /// The declared events.
+    pub events: &'a EventSchema,
+    /// The declared labels.
+    pub labels: &'a EventSchema,
+    /// The features.
+    pub features: &'a FeatureConfig,
+    /// How a history is replayed.
+    pub replay: &'a ReplayConfig,
+    label: &'a str,
+}
+
+impl<'a> Shape<'a> {
+    /// The shape of a job's histories; a config error when the labels declare no label field.
+    pub fn new(
+        events: &'a EventSchema,
+        labels: &'a EventSchema,
+        features: &'a FeatureConfig,
+        replay: &'a ReplayConfig,
+    ) -> Result<Self> {
+        let label = labels
+            .label
+            .map(|i| labels.fields[i].name.as_str())
+            .ok_or_else(|| {
+                PipelineError::Config(vec!["job.labels.label: no label field declared".into()])
+            })?;
+        Ok(Self {
+            events,
+            labels,
+            features,
+            replay,
+            label,
+        })
+    }
+
+    /// The history's truth column: `replay.label`, else the declared label's name.
+    pub fn truth(&self) -> &'a str {
+        self.replay.label.as_deref().unwrap_or(self.label)
+    }
+
+    /// The label events' label-time column.
+    pub fn label_time(&self) -> &'a str {
+        &self.labels.fields[self.labels.time].name
+    }
+}
+
 /// Reads, checks and orders a fraud history file for replay.
-pub fn load(features: &FeatureConfig, replay: &ReplayConfig, input: &Path) -> Result<History> {
+pub fn load(shape: Shape<'_>, input: &Path) -> Result<History> {
     let raw = read_file(input)?;
-    prepare(input, raw, features, replay, None)
+    prepare(input, raw, shape, None)
 }
 
 /// Reads every row of a Parquet or CSV file (by extension; `.csv` and `.csv.gz`-less CSV only).
@@ -123,19 +170,21 @@ type Requirement<'a> = (&'a str, fn(&DataType) -> bool, &'a str);
 pub fn prepare(
     path: &Path,
     batch: RecordBatch,
-    features: &FeatureConfig,
-    replay: &ReplayConfig,
+    shape: Shape<'_>,
     partitions: Option<Partitions>,
 ) -> Result<History> {
+    let Shape { features, .. } = shape;
+    let truth = shape.truth();
     let utc = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
     let mut required: Vec<Requirement<'_>> = vec![
         (
             &features.event_time,
             |d| {
-                matches!(
-                    d,
-                    DataType::Timestamp(..) | DataType::Utf8 | DataType::LargeUtf8
-                )
+                d.is_integer()
+                    || matches!(
+                        d,
+                        DataType::Timestamp(..) | DataType::Utf8 | DataType::LargeUtf8
+                    )
             },
             "a timestamp",
         ),
@@ -144,7 +193,11 @@ pub fn prepare(
             |d| d.is_numeric() || matches!(d, DataType::Utf8 | DataType::Timestamp(..)),
             "sortable",
         ),
-        (&replay.label, |d| d.is_integer(), "an integer"),
+        (
+            truth,
+            |d| d.is_integer() || d == &DataType::Boolean,
+            "an integer or a boolean",
+        ),
     ];
     for w in &features.windows {
         required.push((
@@ -183,7 +236,7 @@ pub fn prepare(
     if !problems.is_empty() {
         return Err(bad(path, problems.join("; ")));
     }
-    let batch = conform(path, batch, &features.event_time)?;
+    let batch = conform(path, batch, shape.events)?;
     // Event time as UTC nanoseconds; strings are parsed (RFC 3339 / ISO 8601).
     let time_col = batch
         .column_by_name(&features.event_time)
@@ -253,18 +306,14 @@ pub fn prepare(
         None => None,
     };
     let transactions = take_record_batch(&batch, &indices)?;
-    let labels = derive_labels(&transactions, features, replay)?;
+    let labels = derive_labels(&transactions, shape)?;
     Ok(History {
         partitions,
         source_rows: Some(indices.values().iter().copied().collect()),
         events: transactions,
         event_time: features.event_time.clone(),
         side: Some(labels),
-        side_time: features
-            .label_risk
-            .first()
-            .map(|r| r.label_time.clone())
-            .unwrap_or_else(|| riskpipe_schemas::label::LABEL_TIME.into()),
+        side_time: shape.label_time().to_string(),
     })
 }
 
@@ -299,25 +348,55 @@ fn merge_partitions(sorted: &UInt32Array, partitions: &[i32]) -> UInt32Array {
     UInt32Array::from(out)
 }
 
-/// The transaction schema's columns first, cast to their types (an `Int32` id becomes `Int64`),
-/// then every other column of the file; the event time is left to the caller.
-fn conform(path: &Path, batch: RecordBatch, event_time: &str) -> Result<RecordBatch> {
-    let schema = riskpipe_schemas::transaction_schema();
+/// The declared fields first, cast to their types (an `Int32` id becomes `Int64`; an epoch
+/// event time becomes a UTC timestamp in its declared unit), a field the declaration lets be
+/// absent filled with nulls; then every other column of the file. An RFC 3339 event time is
+/// left to the caller.
+fn conform(path: &Path, batch: RecordBatch, events: &EventSchema) -> Result<RecordBatch> {
+    let schema = events.arrow_schema();
     let mut fields: Vec<Field> = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     let mut problems = Vec::new();
-    for f in schema.fields() {
+    for (index, f) in schema.fields().iter().enumerate() {
         let Some(c) = batch.column_by_name(f.name()) else {
-            problems.push(format!("missing column {:?}", f.name()));
+            if f.is_nullable() {
+                fields.push(f.as_ref().clone());
+                columns.push(arrow::array::new_null_array(
+                    f.data_type(),
+                    batch.num_rows(),
+                ));
+            } else {
+                problems.push(format!("missing column {:?}", f.name()));
+            }
             continue;
         };
-        if f.name() == event_time {
-            fields.push(Field::new(f.name(), c.data_type().clone(), false));
-            columns.push(c.clone());
+        let unit = events.time_format.nanos_per_unit();
+        if index == events.time {
+            match unit {
+                Some(unit) if c.data_type().is_integer() => match epoch_times(c, unit) {
+                    Ok(a) => {
+                        fields.push(f.as_ref().clone());
+                        columns.push(a);
+                    }
+                    Err(row) => problems.push(format!(
+                        "column {:?} is not an epoch time in row {}",
+                        f.name(),
+                        row + 1
+                    )),
+                },
+                None if c.data_type().is_integer() => problems.push(format!(
+                    "column {:?} holds numbers; the declared time format is RFC 3339 text",
+                    f.name()
+                )),
+                _ => {
+                    fields.push(Field::new(f.name(), c.data_type().clone(), false));
+                    columns.push(c.clone());
+                }
+            }
             continue;
         }
         match cast(c, f.data_type()) {
-            Ok(a) if a.null_count() == 0 => {
+            Ok(a) if f.is_nullable() || a.null_count() == 0 => {
                 fields.push(f.as_ref().clone());
                 columns.push(a);
             }
@@ -348,17 +427,37 @@ fn conform(path: &Path, batch: RecordBatch, event_time: &str) -> Result<RecordBa
     )?)
 }
 
-/// The label events of a replay: each fraud's label becomes known `label_delay` after its
-/// transaction. Carries the label-risk keys, the event time, the label time and the label.
-pub fn derive_labels(
-    transactions: &RecordBatch,
-    features: &FeatureConfig,
-    replay: &ReplayConfig,
-) -> Result<RecordBatch> {
+/// Integer epoch times of `unit` nanoseconds each as UTC nanoseconds, or the first row that is
+/// null or out of range.
+fn epoch_times(column: &ArrayRef, unit: i64) -> std::result::Result<ArrayRef, usize> {
+    let ints = cast(column, &DataType::Int64).map_err(|_| 0usize)?;
+    let ints = ints.as_primitive::<Int64Type>();
+    let mut ns = Vec::with_capacity(ints.len());
+    for row in 0..ints.len() {
+        match ints
+            .is_valid(row)
+            .then(|| ints.value(row).checked_mul(unit))
+            .flatten()
+        {
+            Some(t) => ns.push(t),
+            None => return Err(row),
+        }
+    }
+    Ok(Arc::new(
+        TimestampNanosecondArray::from(ns).with_timezone("UTC"),
+    ))
+}
+
+/// The label events of a replay, as the labels are declared: each fraud's label (1, or true)
+/// becomes known `label_delay` after its transaction; every other declared label field is the
+/// transaction's column of that name.
+pub fn derive_labels(transactions: &RecordBatch, shape: Shape<'_>) -> Result<RecordBatch> {
+    let (features, replay) = (shape.features, shape.replay);
+    let truth = shape.truth();
     let label = cast(
-        transactions.column_by_name(&replay.label).ok_or_else(|| {
-            PipelineError::BadInput(format!("missing label column {:?}", replay.label))
-        })?,
+        transactions
+            .column_by_name(truth)
+            .ok_or_else(|| PipelineError::BadInput(format!("missing label column {truth:?}")))?,
         &DataType::Int64,
     )?;
     let frauds = arrow::compute::kernels::cmp::neq(&label, &Int64Array::new_scalar(0))?;
@@ -371,109 +470,80 @@ pub fn derive_labels(
     let label_time: TimestampNanosecondArray = time
         .unary::<_, arrow::datatypes::TimestampNanosecondType>(|t| t.saturating_add(delay))
         .with_timezone("UTC");
-    let mut names: Vec<String> = features.label_risk.iter().map(|r| r.key.clone()).collect();
-    names.extend([features.order_by.clone(), features.event_time.clone()]);
-    // The label event carries the transaction's keys (schemas: fraud label), where present.
-    for key in [
-        riskpipe_schemas::tx::CUSTOMER_ID,
-        riskpipe_schemas::tx::TERMINAL_ID,
-    ] {
-        if frauds_only.column_by_name(key).is_some() {
-            names.push(key.to_string());
-        }
-    }
-    let mut fields = Vec::new();
-    let mut cols: Vec<ArrayRef> = Vec::new();
-    for n in &names {
-        if fields.iter().any(|f: &Field| f.name() == n) {
-            continue;
-        }
-        let c = frauds_only
-            .column_by_name(n)
-            .ok_or_else(|| PipelineError::BadInput(format!("missing column {n:?}")))?;
-        fields.push(Field::new(n, c.data_type().clone(), false));
-        cols.push(c.clone());
-    }
-    let label_time_name = features
-        .label_risk
-        .first()
-        .map(|r| r.label_time.clone())
-        .unwrap_or_else(|| riskpipe_schemas::label::LABEL_TIME.into());
-    let label_name = features
-        .label_risk
-        .first()
-        .map(|r| r.label.clone())
-        .unwrap_or_else(|| replay.label.clone());
-    fields.push(Field::new(
-        &label_time_name,
-        label_time.data_type().clone(),
-        false,
-    ));
-    cols.push(Arc::new(label_time));
-    fields.push(Field::new(&label_name, DataType::Int64, false));
+    let schema = shape.labels.arrow_schema();
     let ones = frauds_only.num_rows();
-    cols.push(Arc::new(Int64Array::from(vec![1i64; ones])));
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for (i, f) in schema.fields().iter().enumerate() {
+        columns.push(if i == shape.labels.time {
+            Arc::new(label_time.clone())
+        } else if Some(i) == shape.labels.label {
+            match f.data_type() {
+                DataType::Boolean => Arc::new(arrow::array::BooleanArray::from(vec![true; ones])),
+                _ => Arc::new(Int64Array::from(vec![1i64; ones])),
+            }
+        } else {
+            let c = frauds_only.column_by_name(f.name()).ok_or_else(|| {
+                PipelineError::BadInput(format!(
+                    "the labels declare {:?}, which the history lacks",
+                    f.name()
+                ))
+            })?;
+            cast(c, f.data_type())?
+        });
+    }
     // Transactions are time-ordered and the delay is constant, so labels already are in
     // label-time order.
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 /// Decoded transactions with the truth column set from the decoded labels, and the labels of
 /// those transactions as label events in label-time order (a Kafka range replay). Each
 /// partition of the transactions keeps its offset order.
 pub fn from_decoded(
-    features: &FeatureConfig,
-    replay: &ReplayConfig,
+    shape: Shape<'_>,
     source: &str,
     transactions: RecordBatch,
     labels: Option<RecordBatch>,
     partitions: Partitions,
 ) -> Result<History> {
-    let labels =
-        labels.unwrap_or_else(|| RecordBatch::new_empty(riskpipe_schemas::fraud_label_schema()));
+    let labels = labels.unwrap_or_else(|| RecordBatch::new_empty(shape.labels.arrow_schema()));
+    let id = &shape.events.fields[shape.events.id].name;
     // Only labels of transactions in the range: others would count frauds whose transactions
     // the windows never saw.
-    let ids: HashSet<i64> = columns::primitive::<Int64Type>(&transactions, tx::TRANSACTION_ID)?
-        .values()
-        .iter()
-        .copied()
+    let event_ids = columns::keys(&transactions, id)?;
+    let ids: HashSet<EventId> = (0..transactions.num_rows())
+        .map(|row| event_ids.id(row))
         .collect();
-    let label_ids = columns::primitive::<Int64Type>(&labels, tx::TRANSACTION_ID)?;
+    let label_ids = columns::keys(&labels, id)?;
     let keep = arrow::array::BooleanArray::from_iter(
-        label_ids.values().iter().map(|id| Some(ids.contains(id))),
+        (0..labels.num_rows()).map(|row| Some(ids.contains(&label_ids.id(row)))),
     );
     let labels = filter_record_batch(&labels, &keep)?;
-    let frauds: HashSet<i64> = {
-        let id = columns::primitive::<Int64Type>(&labels, tx::TRANSACTION_ID)?;
-        let flag = columns::primitive::<Int64Type>(&labels, label::TX_FRAUD)?;
+    let frauds: HashSet<EventId> = {
+        let ids = columns::keys(&labels, id)?;
+        let label = &shape.labels.fields[shape.labels.label.unwrap_or(shape.labels.id)].name;
+        let flag = cast(columns::get(&labels, label)?, &DataType::Int64)?;
+        let flag = flag.as_primitive::<Int64Type>();
         (0..labels.num_rows())
             .filter(|&i| flag.value(i) != 0)
-            .map(|i| id.value(i))
+            .map(|i| ids.id(i))
             .collect()
     };
     // The truth column the backtest report reads, from the labels.
-    let truth: Int64Array = columns::primitive::<Int64Type>(&transactions, tx::TRANSACTION_ID)?
-        .values()
-        .iter()
-        .map(|id| Some(i64::from(frauds.contains(id))))
+    let truth: Int64Array = (0..transactions.num_rows())
+        .map(|row| Some(i64::from(frauds.contains(&event_ids.id(row)))))
         .collect();
     let mut fields: Vec<Arc<Field>> = transactions.schema().fields().iter().cloned().collect();
-    fields.push(Arc::new(Field::new(&replay.label, DataType::Int64, false)));
+    fields.push(Arc::new(Field::new(shape.truth(), DataType::Int64, false)));
     let mut columns_ = transactions.columns().to_vec();
     columns_.push(Arc::new(truth));
     let with_truth = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns_)?;
-    let mut history = prepare(
-        Path::new(source),
-        with_truth,
-        features,
-        replay,
-        Some(partitions),
-    )?;
+    let mut history = prepare(Path::new(source), with_truth, shape, Some(partitions))?;
     // The label events as they were published (their own label times), in label-time order.
-    let label_time = columns::get(&labels, label::LABEL_TIME)?;
+    let label_time = columns::get(&labels, shape.label_time())?;
     let order = sort_to_indices(label_time, None, None)?;
     history.side = Some(take_record_batch(&labels, &order)?);
-    history.side_time = label::LABEL_TIME.into();
+    history.side_time = shape.label_time().to_string();
     Ok(history)
 }
 

@@ -128,7 +128,7 @@ impl ScoreStage for Echo {
             scores: Some(Records {
                 batch: featured.batch,
                 keys,
-                key_column: Some("X"),
+                key_column: Some("X".into()),
             }),
             ..JobOutput::default()
         })
@@ -158,7 +158,7 @@ fn run(batches: usize, bad_input: usize, bug: usize) -> Run {
         inputs: Inputs {
             events: Arc::new(arrow::datatypes::Schema::empty()),
             side: None,
-            declared: None,
+            declared: Vec::new(),
         },
         features: Box::new(Picky { bad_input, bug }),
         scoring: Box::new(Echo),
@@ -294,7 +294,7 @@ fn a_batch_the_features_refuse_dead_letters_its_events_and_side_inputs() {
         inputs: Inputs {
             events: int("X"),
             side: Some(int("Y")),
-            declared: None,
+            declared: Vec::new(),
         },
         features: Box::new(Picky {
             bad_input: 1,
@@ -399,7 +399,7 @@ fn a_panicking_stage_stops_a_quiet_source_instead_of_hanging() {
             inputs: Inputs {
                 events: Arc::new(arrow::datatypes::Schema::empty()),
                 side: None,
-                declared: None,
+                declared: Vec::new(),
             },
             features: Box::new(Picky {
                 bad_input: usize::MAX,
@@ -527,7 +527,7 @@ fn echo_job() -> Job {
         inputs: Inputs {
             events: Arc::new(arrow::datatypes::Schema::empty()),
             side: None,
-            declared: None,
+            declared: Vec::new(),
         },
         features: Box::new(Picky {
             bad_input: usize::MAX,

@@ -18,8 +18,8 @@ use riskpipe_core::RejectKind;
 #[derive(Debug, Clone)]
 pub struct JsonDecoder {
     max_bytes: usize,
-    /// Declared events, read by their declaration (before the published schemas).
-    declared: Option<std::sync::Arc<super::DeclaredJsonDecoder>>,
+    /// Declared events, each read by its declaration (before the published schemas).
+    declared: Vec<std::sync::Arc<super::DeclaredJsonDecoder>>,
     transaction: SchemaRef,
     label: SchemaRef,
     tick: SchemaRef,
@@ -30,7 +30,7 @@ impl JsonDecoder {
     pub fn new(max_bytes: usize) -> Self {
         Self {
             max_bytes,
-            declared: None,
+            declared: Vec::new(),
             transaction: riskpipe_schemas::transaction_schema(),
             label: riskpipe_schemas::fraud_label_schema(),
             tick: riskpipe_schemas::market_tick_schema(),
@@ -39,12 +39,14 @@ impl JsonDecoder {
 }
 
 impl JsonDecoder {
-    /// This decoder reading the events of `declared` by their declaration.
+    /// This decoder reading the events of `declared` by their declaration (as well as those
+    /// declared before).
     pub fn declaring(mut self, declared: riskpipe_schemas::declared::EventSchema) -> Self {
-        self.declared = Some(std::sync::Arc::new(super::DeclaredJsonDecoder::new(
-            declared,
-            self.max_bytes,
-        )));
+        self.declared
+            .push(std::sync::Arc::new(super::DeclaredJsonDecoder::new(
+                declared,
+                self.max_bytes,
+            )));
         self
     }
 }
@@ -56,7 +58,7 @@ impl Decoder for JsonDecoder {
         schema: &SchemaRef,
         payloads: &[&[u8]],
     ) -> crate::Result<DecodedPayloads> {
-        if let Some(declared) = self.declared.as_ref().filter(|d| d.schema() == schema) {
+        if let Some(declared) = self.declared.iter().find(|d| d.schema() == schema) {
             return declared.decode(topic, schema, payloads);
         }
         let (candidates, rejected) = precheck(payloads, self.max_bytes);

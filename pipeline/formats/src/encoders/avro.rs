@@ -43,7 +43,7 @@ impl AvroEncoder {
             return Ok(*id);
         }
         let name = record_name(schema)?;
-        let avro = riskpipe_schemas::avro::schema(name, schema).map_err(PipelineError::Bug)?;
+        let avro = riskpipe_schemas::avro::schema(&name, schema).map_err(PipelineError::Bug)?;
         let subject = self.subjects.subject(
             topic,
             &format!("{}.{name}", riskpipe_schemas::avro::NAMESPACE),
@@ -55,13 +55,20 @@ impl AvroEncoder {
     }
 }
 
-/// The Avro record name of an output schema.
-fn record_name(schema: &SchemaRef) -> Result<&'static str> {
+/// The Avro record name of an output schema: a published event's, found by its fields, or
+/// the name its metadata gives (records whose shape follows a declaration).
+fn record_name(schema: &SchemaRef) -> Result<String> {
     riskpipe_schemas::avro::events()
         .into_iter()
         .find(|(_, _, s)| s.fields() == schema.fields())
-        .map(|(_, name, _)| name)
-        .ok_or_else(|| PipelineError::Bug("an output schema with no published Avro form".into()))
+        .map(|(_, name, _)| name.to_string())
+        .or_else(|| {
+            schema
+                .metadata()
+                .get(riskpipe_schemas::avro::RECORD_NAME)
+                .cloned()
+        })
+        .ok_or_else(|| PipelineError::Bug("an output schema with no Avro record name".into()))
 }
 
 /// Avro's zig-zag variable-length `long`.

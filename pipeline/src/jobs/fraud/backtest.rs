@@ -9,7 +9,7 @@ use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::{Float32Type, TimestampNanosecondType};
 use riskpipe_models::{MemberQuantiles, RankReference};
 use riskpipe_operators::columns;
-use riskpipe_schemas::{score, tx};
+use riskpipe_schemas::score;
 
 use super::FraudConfig;
 use super::metrics::{self, Scored};
@@ -37,6 +37,26 @@ pub struct FraudOutcome {
     pub files: Vec<PathBuf>,
 }
 
+/// Entities (the cards a report counts by) as numbers: an integer entity is its own number,
+/// a text one numbered in order of first appearance.
+#[derive(Default)]
+struct Entities(std::collections::HashMap<String, i64>);
+
+impl Entities {
+    fn of(&mut self, batch: &RecordBatch, column: &str) -> Result<Vec<i64>> {
+        let values = columns::get(batch, column)?;
+        if let Some(text) = arrow::array::AsArray::as_string_opt::<i32>(values) {
+            return Ok((0..text.len())
+                .map(|i| {
+                    let next = self.0.len() as i64;
+                    *self.0.entry(text.value(i).to_string()).or_insert(next)
+                })
+                .collect());
+        }
+        Ok(columns::i64_values(batch, column)?.values().to_vec())
+    }
+}
+
 /// The rows the metrics need, from scored batches.
 pub fn scored_rows(scored: &[RecordBatch], cfg: &FraudConfig) -> Result<Vec<Scored>> {
     scored_rows_of(scored, cfg, score::SCORE)
@@ -49,19 +69,20 @@ pub fn scored_rows_of(
     score_column: &str,
 ) -> Result<Vec<Scored>> {
     let mut rows = Vec::new();
+    let mut entities = Entities::default();
     for b in scored {
         let time = columns::primitive::<TimestampNanosecondType>(b, &cfg.features.event_time)?;
-        let customer = columns::i64_values(b, tx::CUSTOMER_ID)?;
-        let fraud = columns::i64_values(b, &cfg.replay.label)?;
+        let entity = entities.of(b, cfg.entity_column())?;
+        let fraud = columns::i64_values(b, &cfg.truth_column())?;
         let value = columns::primitive::<Float32Type>(b, score_column)?;
-        for i in 0..b.num_rows() {
+        for (i, &entity) in entity.iter().enumerate() {
             // A challenger's null: it answered no probability for the row.
             if value.is_null(i) {
                 continue;
             }
             rows.push(Scored {
                 day: time.value(i).div_euclid(DAY_NS),
-                customer: customer.value(i),
+                entity,
                 fraud: fraud.value(i) != 0,
                 score: f64::from(value.value(i)),
             });
@@ -166,7 +187,7 @@ pub fn evaluate(
         (None, None, Some(live)) => Some(Reference::read(&live.reference)?),
         (None, Some(s), _) => {
             let start = day_of(&s.train_start)?;
-            let mut monitored = vec![tx::TX_AMOUNT.to_string()];
+            let mut monitored: Vec<String> = cfg.events.amount.iter().cloned().collect();
             monitored.extend(cfg.features.feature_names()?);
             monitored.push(score::SCORE.to_string());
             let reference = Reference::of(

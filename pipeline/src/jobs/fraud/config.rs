@@ -3,7 +3,6 @@
 
 use riskpipe_operators::FeatureConfig;
 use riskpipe_schemas::declared::{EventSchema, EventsConfig};
-use riskpipe_schemas::tx;
 use serde::Deserialize;
 
 use crate::jobs::event_time::EventTimeConfig;
@@ -16,6 +15,11 @@ pub struct FraudConfig {
     /// The transactions as they arrive: their fields, types and rules, id and event time. The
     /// decoders read the events by it.
     pub events: EventsConfig,
+    /// The fraud labels as they arrive (`[job.labels]`): which field names the labelled
+    /// event's id, which says fraud or not (`label`), and when the label became known (`time`).
+    /// Required: a config without it is refused, listing it with every other problem.
+    #[serde(default)]
+    pub labels: Option<EventsConfig>,
     /// Feature definitions, shared by live scoring, replay and the batch export.
     pub features: FeatureConfig,
     /// How far a transaction may be ahead of or behind the watermark.
@@ -63,18 +67,73 @@ impl FraudConfig {
         self.events.check().ok()
     }
 
+    /// The checked declaration of the labels (`None` when it has problems).
+    pub fn declared_labels(&self) -> Option<EventSchema> {
+        self.labels_checked().ok()
+    }
+
+    /// The checked labels' declaration, or its problems (one when `[job.labels]` is missing).
+    fn labels_checked(&self) -> Result<EventSchema, Vec<String>> {
+        match &self.labels {
+            Some(labels) => labels.check_as(LABELS),
+            None => Err(vec![format!(
+                "[{LABELS}] is missing: declare the fraud labels (id, label, time, fields)"
+            )]),
+        }
+    }
+
+    /// The checked declarations of the events and the labels, or a config error listing every
+    /// problem of both.
+    pub fn declarations(&self) -> crate::Result<(EventSchema, EventSchema)> {
+        match (self.events.check(), self.labels_checked()) {
+            (Ok(events), Ok(labels)) => Ok((events, labels)),
+            (events, labels) => Err(crate::PipelineError::Config(
+                events
+                    .err()
+                    .into_iter()
+                    .chain(labels.err())
+                    .flatten()
+                    .collect(),
+            )),
+        }
+    }
+
+    /// The truth column of a history (`job.replay.label`, else the declared label's name).
+    pub fn truth_column(&self) -> String {
+        self.replay
+            .label
+            .clone()
+            .or_else(|| self.labels.as_ref().and_then(|l| l.label.clone()))
+            .unwrap_or_default()
+    }
+
     /// Every problem of the job's settings (`job.*`).
     pub fn problems(&self) -> Vec<String> {
-        let mut p = match self.events.check() {
-            Ok(declared) => handbook_shape(&declared),
-            Err(problems) => problems,
-        };
+        let events = self.events.check();
+        let labels = self.labels_checked();
+        let mut p = Vec::new();
+        if let Err(problems) = &events {
+            p.extend(problems.iter().cloned());
+        }
+        if let Err(problems) = &labels {
+            p.extend(problems.iter().cloned());
+        }
+        if self.events.label.is_some() {
+            p.push("job.events.label: a label is declared under [job.labels]".into());
+        }
+        if self.labels.as_ref().is_some_and(|l| l.label.is_none()) {
+            p.push(format!(
+                "{LABELS}.label: name the field that says fraud (1 or true) or genuine"
+            ));
+        }
+        if let (Ok(events), Ok(labels)) = (&events, &labels) {
+            p.extend(agreement(self, events, labels));
+        }
+        // Against the declarations as far as they can be read: every problem at once.
+        let labels = self.labels.as_ref().map(|l| l.best_effort_schema());
         p.extend(
             self.features
-                .validate(
-                    &riskpipe_schemas::transaction_schema(),
-                    Some(&riskpipe_schemas::fraud_label_schema()),
-                )
+                .validate(&self.events.best_effort_schema(), labels.as_deref())
                 .into_iter()
                 .map(|e| format!("job.features: {e}")),
         );
@@ -103,6 +162,11 @@ impl FraudConfig {
         p
     }
 
+    /// The column a report counts cards by: the declared entity, else the event id.
+    pub fn entity_column(&self) -> &str {
+        self.events.entity.as_deref().unwrap_or(&self.events.id)
+    }
+
     /// The label-time column of label events.
     pub fn label_time(&self) -> String {
         self.features
@@ -113,37 +177,54 @@ impl FraudConfig {
     }
 }
 
-/// Where a declaration differs from the transactions the fraud job computes its features,
-/// labels and records from (the published transaction schema's columns, id and time): it takes
-/// no other shape yet, and says so rather than misread one.
-fn handbook_shape(declared: &EventSchema) -> Vec<String> {
+/// The config section declaring the labels.
+const LABELS: &str = "job.labels";
+
+/// Where the features and the declarations disagree on a column's role: the features order
+/// events by the declared event time and id, and read labels by their declared id, label and
+/// known-at time.
+fn agreement(cfg: &FraudConfig, events: &EventSchema, labels: &EventSchema) -> Vec<String> {
+    let name = |d: &EventSchema, i: usize| d.fields[i].name.clone();
     let mut p = Vec::new();
-    let expected = riskpipe_schemas::transaction_schema();
-    let columns = |s: &arrow::datatypes::Schema| -> Vec<String> {
-        s.fields()
-            .iter()
-            .map(|f| format!("{} {}", f.name(), f.data_type()))
-            .collect()
-    };
-    if declared.arrow_schema() != expected {
-        p.push(format!(
-            "job.events: the fraud job reads transactions of the columns {:?} (required, not null) for now; declared: {:?}",
-            columns(&expected),
-            columns(&declared.arrow_schema())
-        ));
-    }
-    let name = |i: Option<usize>| i.map(|i| declared.fields[i].name.as_str());
-    for (role, got, want) in [
-        ("id", name(Some(declared.id)), tx::TRANSACTION_ID),
-        ("time.field", name(Some(declared.time)), tx::TX_DATETIME),
-        ("amount", name(declared.amount), tx::TX_AMOUNT),
-        ("entity", name(declared.entity), tx::CUSTOMER_ID),
-    ] {
-        if got.is_some_and(|g| g != want) {
-            p.push(format!(
-                "job.events.{role}: the fraud job reads {want:?} in this role for now"
-            ));
+    let mut same = |what: &str, got: &str, role: &str, want: String| {
+        if got != want {
+            p.push(format!("{what} {got:?} is not {role} {want:?}"));
         }
+    };
+    let features = &cfg.features;
+    same(
+        "job.features.event_time",
+        &features.event_time,
+        "the declared event time (job.events.time.field)",
+        name(events, events.time),
+    );
+    same(
+        "job.features.order_by",
+        &features.order_by,
+        "the declared event id (job.events.id)",
+        name(events, events.id),
+    );
+    same(
+        "job.labels.id",
+        &name(labels, labels.id),
+        "the events' id field, which labels name the event by",
+        name(events, events.id),
+    );
+    for (i, r) in features.label_risk.iter().enumerate() {
+        if let Some(label) = labels.label {
+            same(
+                &format!("job.features.label_risk[{i}].label"),
+                &r.label,
+                "the declared label (job.labels.label)",
+                name(labels, label),
+            );
+        }
+        same(
+            &format!("job.features.label_risk[{i}].label_time"),
+            &r.label_time,
+            "the declared time a label became known (job.labels.time.field)",
+            name(labels, labels.time),
+        );
     }
     p
 }

@@ -65,10 +65,10 @@ impl FraudFeatures {
         let Some(mut seen) = self.chain.seen(events)? else {
             return Ok(None);
         };
-        let ids = columns::i64_values(events, &self.order_by)?;
+        let ids = columns::keys(events, &self.order_by)?;
         let mut in_batch = std::collections::HashSet::with_capacity(events.num_rows());
         for (row, s) in seen.iter_mut().enumerate() {
-            *s = *s || !in_batch.insert(ids.value(row));
+            *s = *s || !in_batch.insert(ids.id(row));
         }
         Ok(Some(seen))
     }

@@ -8,7 +8,7 @@ pub struct Scored {
     /// UTC day number (days since 1970-01-01).
     pub day: i64,
     /// Customer / card.
-    pub customer: i64,
+    pub entity: i64,
     /// True label.
     pub fraud: bool,
     /// Model score.
@@ -103,11 +103,9 @@ pub fn card_precision_at_k(rows: &[Scored], k: usize) -> (f64, Vec<f64>) {
         let mut cards: HashMap<i64, (f64, bool)> = HashMap::new();
         for r in rows
             .iter()
-            .filter(|r| r.day == day && !detected.contains(&r.customer))
+            .filter(|r| r.day == day && !detected.contains(&r.entity))
         {
-            let e = cards
-                .entry(r.customer)
-                .or_insert((f64::NEG_INFINITY, false));
+            let e = cards.entry(r.entity).or_insert((f64::NEG_INFINITY, false));
             e.0 = e.0.max(r.score);
             e.1 |= r.fraud;
         }
@@ -168,7 +166,7 @@ pub fn handbook_test_set(
     let mut known: HashSet<i64> = rows
         .iter()
         .filter(|r| r.fraud && r.day >= train_start && r.day < train_start + train_days)
-        .map(|r| r.customer)
+        .map(|r| r.entity)
         .collect();
     let mut test = Vec::new();
     for k in 0..test_days {
@@ -177,13 +175,13 @@ pub fn handbook_test_set(
             known.extend(
                 rows.iter()
                     .filter(|r| r.fraud && r.day == delay_day)
-                    .map(|r| r.customer),
+                    .map(|r| r.entity),
             );
         }
         let day = train_start + train_days + delay_days + k;
         test.extend(
             rows.iter()
-                .filter(|r| r.day == day && !known.contains(&r.customer))
+                .filter(|r| r.day == day && !known.contains(&r.entity))
                 .copied(),
         );
     }
@@ -197,7 +195,7 @@ mod tests {
     fn s(day: i64, customer: i64, fraud: bool, score: f64) -> Scored {
         Scored {
             day,
-            customer,
+            entity: customer,
             fraud,
             score,
         }
@@ -271,7 +269,7 @@ mod tests {
             s(3, 3, false, 0.0), // kept
         ];
         let test = handbook_test_set(&rows, 0, 1, 1, 2);
-        let kept: Vec<(i64, i64)> = test.iter().map(|r| (r.day, r.customer)).collect();
+        let kept: Vec<(i64, i64)> = test.iter().map(|r| (r.day, r.entity)).collect();
         assert_eq!(kept, vec![(2, 2), (3, 3)]);
     }
 }

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use riskpipe_models::{Model, Scorer};
-use riskpipe_schemas::{fraud_label_schema, score, transaction_schema};
+use riskpipe_schemas::score;
+use std::sync::Arc;
 
 pub use config::{FraudConfig, ReplayConfig, SplitConfig};
 pub use model::FraudModel;
@@ -46,12 +47,17 @@ pub const STREAMS: Streams = Streams {
     side: Some("fraud-labels"),
 };
 
-/// Transactions as `cfg` declares them, and fraud labels as the side input.
+/// Transactions and fraud labels (the side input) as `cfg` declares them.
 pub fn inputs(cfg: &FraudConfig) -> Inputs {
+    let events = cfg.declared();
+    let labels = cfg.declared_labels();
     Inputs {
-        events: transaction_schema(),
-        side: Some(fraud_label_schema()),
-        declared: cfg.declared().map(std::sync::Arc::new),
+        events: events
+            .as_ref()
+            .map(|d| d.arrow_schema())
+            .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty())),
+        side: labels.as_ref().map(|d| d.arrow_schema()),
+        declared: events.into_iter().chain(labels).map(Arc::new).collect(),
     }
 }
 
@@ -70,6 +76,7 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
     let threshold = pipeline.alerts.threshold.ok_or_else(|| {
         PipelineError::Config(vec!["alerts.threshold is required for a fraud job".into()])
     })?;
+    let declared = cfg.events.check().map_err(PipelineError::Config)?;
     let model = pipeline.load_model()?;
     check_model(cfg, pipeline, &model)?;
     let drift = pipeline
@@ -81,7 +88,7 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
         .transpose()?;
     if let Some(d) = &drift {
         let produced = cfg.features.feature_names()?;
-        let events = transaction_schema();
+        let events = declared.arrow_schema();
         let unknown: Vec<&str> = d
             .columns()
             .filter(|c| {
@@ -132,15 +139,13 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
         features: feature_stage(cfg)?,
         scoring: Box::new(FraudScoring {
             model: scoring_model(model),
-            event_time: cfg.features.event_time.clone(),
             reasons: pipeline.alerts.reasons,
             model_name: Repeated::new(label.clone()),
             label,
             updates: None,
             drift,
             challenger,
-            score_schema: riskpipe_schemas::score_schema(),
-            alert_schema: riskpipe_schemas::alert_schema(),
+            records: records::RecordShapes::of(&declared),
         }),
     })
 }
@@ -148,7 +153,11 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
 /// Every model input must be a transaction column or a configured feature.
 fn check_model(cfg: &FraudConfig, _pipeline: &PipelineConfig, model: &Model) -> Result<()> {
     let produced = cfg.features.feature_names()?;
-    let events = transaction_schema();
+    let events = cfg
+        .events
+        .check()
+        .map_err(PipelineError::Config)?
+        .arrow_schema();
     let missing: Vec<&String> = model
         .features()
         .iter()
@@ -171,6 +180,9 @@ impl JobKind for FraudConfig {
 
     fn resolve(&mut self, base_dir: &Path) {
         self.events.read_schema_file(base_dir);
+        if let Some(labels) = &mut self.labels {
+            labels.read_schema_file(base_dir);
+        }
     }
 
     fn problems(&self, pipeline: &PipelineConfig) -> Vec<String> {
@@ -269,7 +281,11 @@ impl JobKind for FraudConfig {
     }
 
     fn load(&self, input: &Path) -> Result<History> {
-        file::load(&self.features, &self.replay, input)
+        let (events, labels) = self.declarations()?;
+        file::load(
+            file::Shape::new(&events, &labels, &self.features, &self.replay)?,
+            input,
+        )
     }
 
     fn history(
@@ -279,9 +295,9 @@ impl JobKind for FraudConfig {
         side: Option<RecordBatch>,
         partitions: Partitions,
     ) -> Result<History> {
+        let (declared, declared_labels) = self.declarations()?;
         file::from_decoded(
-            &self.features,
-            &self.replay,
+            file::Shape::new(&declared, &declared_labels, &self.features, &self.replay)?,
             source,
             events,
             side,

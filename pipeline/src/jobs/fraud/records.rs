@@ -1,5 +1,6 @@
-//! Scored transaction rows to the score and alert records of `schemas/json/score.schema.json`
-//! and `alert.schema.json`, as Arrow: columnar, one key per record (the customer id).
+//! Scored event rows to score and alert records, as Arrow: columnar, one key per record. Their
+//! shape follows the declared events ([`RecordShapes`]); for the handbook's declaration it is
+//! the published `schemas/json/score.schema.json` and `alert.schema.json`.
 
 use std::sync::Arc;
 
@@ -8,13 +9,86 @@ use arrow::array::{
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::compute::{cast, take};
-use arrow::datatypes::SchemaRef;
-use arrow::datatypes::{DataType, Field, Float32Type};
+use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};
 use riskpipe_operators::columns;
-use riskpipe_schemas::{Reason, reason_fields, score, tx};
+use riskpipe_schemas::declared::EventSchema;
+use riskpipe_schemas::{Reason, reason_fields, score};
 
 use crate::jobs::{Records, Repeated};
 use crate::{PipelineError, Result};
+
+/// What score and alert records carry, from the declared events. A score: the event's id, its
+/// entity (where declared), its time, then `SCORE`, `ALERT`, `MODEL`. An alert: the id, the
+/// entity, every other declared field in declaration order, the time, the amount (where
+/// declared), then `SCORE`, `THRESHOLD`, `MODEL`, `REASONS`. Both are keyed by the entity (the
+/// id where no entity is declared).
+#[derive(Debug, Clone)]
+pub(crate) struct RecordShapes {
+    pub(crate) score: SchemaRef,
+    pub(crate) alert: SchemaRef,
+    key: Arc<str>,
+    /// Event columns of a score record and of an alert record, in order.
+    score_columns: Vec<String>,
+    alert_columns: Vec<String>,
+}
+
+impl RecordShapes {
+    /// The records of `declared`'s events.
+    pub(crate) fn of(declared: &EventSchema) -> Self {
+        let events = declared.arrow_schema();
+        let name = |i: usize| declared.fields[i].name.clone();
+        let (id, time) = (name(declared.id), name(declared.time));
+        let entity = declared.entity.map(name);
+        let amount = declared.amount.map(name);
+        let mut score_columns = vec![id.clone()];
+        score_columns.extend(entity.clone());
+        score_columns.push(time.clone());
+        let mut alert_columns = vec![id.clone()];
+        alert_columns.extend(entity.clone());
+        alert_columns.extend(declared.fields.iter().map(|f| f.name.clone()).filter(|n| {
+            ![Some(&id), Some(&time), entity.as_ref(), amount.as_ref()].contains(&Some(n))
+        }));
+        alert_columns.push(time);
+        alert_columns.extend(amount);
+        let event_fields = |names: &[String]| -> Vec<Field> {
+            names
+                .iter()
+                .filter_map(|n| events.field_with_name(n).ok().cloned())
+                .collect()
+        };
+        let mut score_fields = event_fields(&score_columns);
+        score_fields.extend([
+            Field::new(score::SCORE, DataType::Float64, false),
+            Field::new(score::ALERT, DataType::Boolean, false),
+            Field::new(score::MODEL, DataType::Utf8, false),
+        ]);
+        let mut alert_fields = event_fields(&alert_columns);
+        alert_fields.extend([
+            Field::new(score::SCORE, DataType::Float64, false),
+            Field::new(score::THRESHOLD, DataType::Float64, false),
+            Field::new(score::MODEL, DataType::Utf8, false),
+            Field::new_list(
+                score::REASONS,
+                Field::new_struct("item", reason_fields(), false),
+                false,
+            ),
+        ]);
+        let record = |fields: Vec<Field>, name: &str| -> SchemaRef {
+            let metadata = [(
+                riskpipe_schemas::avro::RECORD_NAME.to_string(),
+                name.to_string(),
+            )];
+            Arc::new(Schema::new(fields).with_metadata(metadata.into_iter().collect()))
+        };
+        Self {
+            score: record(score_fields, "Score"),
+            alert: record(alert_fields, "Alert"),
+            key: entity.unwrap_or(id).into(),
+            score_columns,
+            alert_columns,
+        }
+    }
+}
 
 fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
     Ok(columns::get(batch, name)
@@ -22,45 +96,41 @@ fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
         .clone())
 }
 
-/// One score record per row of `scored` (transactions with `SCORE` and `ALERT`), keyed by
-/// customer. `event_time` names the event-time column.
+/// One score record per row of `scored` (events with `SCORE` and `ALERT`).
 pub(crate) fn scores(
-    schema: &SchemaRef,
+    shapes: &RecordShapes,
     scored: &RecordBatch,
-    event_time: &str,
     model: &mut Repeated,
 ) -> Result<Records> {
     let n = scored.num_rows();
-    let customer = column(scored, tx::CUSTOMER_ID)?;
     let value =
         columns::primitive::<Float32Type>(scored, score::SCORE).map_err(PipelineError::produced)?;
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            column(scored, tx::TRANSACTION_ID)?,
-            customer.clone(),
-            column(scored, event_time)?,
-            Arc::new(Float64Array::from_unary(value, f64::from)),
-            Arc::new(
-                columns::boolean(scored, score::ALERT)
-                    .map_err(PipelineError::produced)?
-                    .clone(),
-            ),
-            model.column(n),
-        ],
-    )?;
+    let mut arrays = shapes
+        .score_columns
+        .iter()
+        .map(|c| column(scored, c))
+        .collect::<Result<Vec<_>>>()?;
+    arrays.extend([
+        Arc::new(Float64Array::from_unary(value, f64::from)) as ArrayRef,
+        Arc::new(
+            columns::boolean(scored, score::ALERT)
+                .map_err(PipelineError::produced)?
+                .clone(),
+        ),
+        model.column(n),
+    ]);
+    let batch = RecordBatch::try_new(shapes.score.clone(), arrays)?;
     Ok(Records {
-        keys: cast(&customer, &DataType::Utf8)?,
+        keys: cast(&column(scored, &shapes.key)?, &DataType::Utf8)?,
         batch,
-        key_column: Some(tx::CUSTOMER_ID),
+        key_column: Some(shapes.key.clone()),
     })
 }
 
 /// One alert record per row of `alerted` (rows of `scored`), with `reasons[k]` for the k-th.
 pub(crate) fn alerts(
-    schema: &SchemaRef,
+    shapes: &RecordShapes,
     scored: &RecordBatch,
-    event_time: &str,
     alerted: &[usize],
     reasons: Vec<Vec<Reason>>,
     threshold: f64,
@@ -75,26 +145,22 @@ pub(crate) fn alerts(
         &rows,
         None,
     )?;
-    let value = cast(&value, &DataType::Float64)?;
-    let customer = pick(tx::CUSTOMER_ID)?;
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            pick(tx::TRANSACTION_ID)?,
-            customer.clone(),
-            pick(tx::TERMINAL_ID)?,
-            pick(event_time)?,
-            pick(tx::TX_AMOUNT)?,
-            value,
-            Arc::new(Float64Array::from(vec![threshold; n])),
-            model.column(n),
-            Arc::new(reason_lists(reasons)?),
-        ],
-    )?;
+    let mut arrays = shapes
+        .alert_columns
+        .iter()
+        .map(|c| pick(c))
+        .collect::<Result<Vec<_>>>()?;
+    arrays.extend([
+        cast(&value, &DataType::Float64)?,
+        Arc::new(Float64Array::from(vec![threshold; n])) as ArrayRef,
+        model.column(n),
+        Arc::new(reason_lists(reasons)?),
+    ]);
+    let batch = RecordBatch::try_new(shapes.alert.clone(), arrays)?;
     Ok(Records {
-        keys: cast(&customer, &DataType::Utf8)?,
+        keys: cast(&pick(&shapes.key)?, &DataType::Utf8)?,
         batch,
-        key_column: Some(tx::CUSTOMER_ID),
+        key_column: Some(shapes.key.clone()),
     })
 }
 

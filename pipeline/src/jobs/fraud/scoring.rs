@@ -17,7 +17,6 @@ use crate::{PipelineError, Result};
 #[derive(Debug)]
 pub(super) struct FraudScoring {
     pub(super) model: FraudModel,
-    pub(super) event_time: String,
     pub(super) reasons: usize,
     /// The `MODEL` of every record: `<file>@<version>` of the model scoring.
     pub(super) model_name: Repeated,
@@ -27,8 +26,8 @@ pub(super) struct FraudScoring {
     /// Live drift of the inputs and the score (`[drift]`).
     pub(super) drift: Option<crate::jobs::drift::Monitor>,
     pub(super) challenger: Option<Challenger>,
-    pub(super) score_schema: arrow::datatypes::SchemaRef,
-    pub(super) alert_schema: arrow::datatypes::SchemaRef,
+    /// The shapes of the score and alert records.
+    pub(super) records: records::RecordShapes,
 }
 
 /// A second model scored on the same rows: its own score records, never alerts.
@@ -47,8 +46,7 @@ impl Challenger {
         &mut self,
         batch: RecordBatch,
         ours: RecordBatch,
-        schema: &arrow::datatypes::SchemaRef,
-        event_time: &str,
+        shapes: &records::RecordShapes,
     ) -> Result<(RecordBatch, crate::jobs::Records)> {
         let started = std::time::Instant::now();
         let (theirs, unfit) = self.model.process(batch)?;
@@ -101,7 +99,7 @@ impl Challenger {
             (rows - agree) as u64,
             difference / rows.max(1) as f64,
         );
-        let records = records::scores(schema, &theirs, event_time, &mut self.name)?;
+        let records = records::scores(shapes, &theirs, &mut self.name)?;
         let input = ours.schema();
         let output = match &self.schemas {
             Some((i, o)) if i == &input => o.clone(),
@@ -347,16 +345,10 @@ impl ScoreStage for FraudScoring {
         }
         let alerted = alert_rows(&scored)?;
         let reasons = self.model.explain(&alerted, self.reasons)?;
-        let scores = records::scores(
-            &self.score_schema,
-            &scored,
-            &self.event_time,
-            &mut self.model_name,
-        )?;
+        let scores = records::scores(&self.records, &scored, &mut self.model_name)?;
         let alerts = records::alerts(
-            &self.alert_schema,
+            &self.records,
             &scored,
-            &self.event_time,
             &alerted,
             reasons,
             self.model.threshold(),
@@ -364,8 +356,7 @@ impl ScoreStage for FraudScoring {
         )?;
         let (scored, challenger) = match (&mut self.challenger, shadow) {
             (Some(c), Some(batch)) => {
-                let (scored, records) =
-                    c.score(batch, scored, &self.score_schema, &self.event_time)?;
+                let (scored, records) = c.score(batch, scored, &self.records)?;
                 (scored, Some(records))
             }
             _ => (scored, None),

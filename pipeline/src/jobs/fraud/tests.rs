@@ -33,7 +33,7 @@ fn history_over(dir: &Path, rows: u32, per_day: u32) -> History {
     let cfg = PipelineConfig::handbook().expect("shipped config");
     {
         let fraud = FraudConfig::of(&cfg).expect("fraud");
-        file::load(&fraud.features, &fraud.replay, &path).expect("history")
+        fraud.load(&path).expect("history")
     }
 }
 
@@ -106,7 +106,7 @@ fn amounts(dir: &Path, amounts: &[&str]) -> History {
     let cfg = PipelineConfig::handbook().expect("shipped config");
     {
         let fraud = FraudConfig::of(&cfg).expect("fraud");
-        file::load(&fraud.features, &fraud.replay, &path).expect("history")
+        fraud.load(&path).expect("history")
     }
 }
 
@@ -521,7 +521,8 @@ fn a_re_forwarded_row_counts_once_after_the_repartition() {
 /// The transactions' declaration drives the live decoder: the shipped one refuses an undeclared
 /// member and takes a handbook payload; a config that ignores undeclared members, or narrows a
 /// rule, is read so by the product's decoder (`KafkaConfig::decoder` with the job's inputs).
-/// A declaration of another shape is refused by `validate` naming the difference.
+/// Another shape (a text customer id) is taken; features that disagree with the declaration
+/// on the event time or the id are refused by `validate`, naming both.
 #[test]
 fn the_declared_transactions_drive_the_json_decoder() {
     let payload = r#"{"TRANSACTION_ID": 1, "TX_DATETIME": "2018-04-01T00:00:31Z", "CUSTOMER_ID": 5, "TERMINAL_ID": 7, "TX_AMOUNT": 150.5}"#;
@@ -532,9 +533,10 @@ fn the_declared_transactions_drive_the_json_decoder() {
         assert!(cfg.problems().is_empty(), "{:#?}", cfg.problems());
         let kafka = crate::kafka::KafkaConfig::for_bootstrap("localhost:9092");
         let inputs = cfg.job.kind().inputs();
-        assert!(
-            inputs.declared.is_some(),
-            "the fraud job declares its events"
+        assert_eq!(
+            inputs.declared.len(),
+            2,
+            "the fraud job declares its events and labels"
         );
         let bytes: Vec<&[u8]> = payloads.iter().map(|p| p.as_bytes()).collect();
         kafka
@@ -561,20 +563,41 @@ fn the_declared_transactions_drive_the_json_decoder() {
             "field TX_AMOUNT: above the maximum 100"
         )
     );
-    // Another shape: the fraud job says what it reads instead of misreading it.
-    let other = shipped.replace(
+    // Another shape: text customer ids key the windows as integers did.
+    let text_ids = shipped.replacen(
         "{ name = \"CUSTOMER_ID\", type = \"integer\" }",
         "{ name = \"CUSTOMER_ID\", type = \"string\" }",
+        1,
     );
-    let cfg =
-        PipelineConfig::from_toml(&other, &crate::config::handbook_config_dir()).expect("config");
+    let out = decode(
+        &text_ids,
+        &[&payload.replace("\"CUSTOMER_ID\": 5", "\"CUSTOMER_ID\": \"card-5\"")],
+    );
+    assert_eq!(out.accepted, vec![0]);
+    assert_eq!(
+        out.batch
+            .column_by_name("CUSTOMER_ID")
+            .map(|c| c.data_type().clone()),
+        Some(arrow::datatypes::DataType::Utf8)
+    );
+    let disagreeing = shipped
+        .replace(
+            "order_by = \"TRANSACTION_ID\"",
+            "order_by = \"TERMINAL_ID\"",
+        )
+        .replace(
+            "event_time = \"TX_DATETIME\"",
+            "event_time = \"LABEL_TIME\"",
+        );
+    let cfg = PipelineConfig::from_toml(&disagreeing, &crate::config::handbook_config_dir())
+        .expect("config");
     let problems = cfg.problems();
-    assert!(
-        problems.iter().any(|p| p
-            .starts_with("job.events: the fraud job reads transactions of the columns")
-            && p.contains("CUSTOMER_ID Utf8")),
-        "{problems:#?}"
-    );
+    for want in [
+        "job.features.order_by \"TERMINAL_ID\" is not the declared event id (job.events.id) \"TRANSACTION_ID\"",
+        "job.features.event_time \"LABEL_TIME\" is not the declared event time (job.events.time.field) \"TX_DATETIME\"",
+    ] {
+        assert!(problems.iter().any(|p| p == want), "{want}: {problems:#?}");
+    }
 }
 
 /// A declaration may point at a JSON Schema file the user has (relative to the config file):
@@ -600,8 +623,10 @@ fn the_declared_fields_may_come_from_a_json_schema_file() {
         )
         .replace("unknown_fields = \"refuse\"\n", "");
         let mut cfg = PipelineConfig::from_toml(&text, dir.path()).expect("config");
-        // The model path is the shipped config's.
-        cfg.model = PipelineConfig::handbook().expect("shipped").model;
+        // The model and drift reference paths are the shipped config's.
+        let shipped = PipelineConfig::handbook().expect("shipped");
+        cfg.model = shipped.model;
+        cfg.drift = shipped.drift;
         cfg
     };
     let cfg = with_file("tx.schema.json");
@@ -621,14 +646,8 @@ fn the_declared_fields_may_come_from_a_json_schema_file() {
         ]
     );
     assert!(!declared.ignore_unknown, "additionalProperties: false");
-    // The fraud job reads the published column order: a schema file's order is refused by name.
-    assert!(
-        cfg.problems()
-            .iter()
-            .any(|p| p.starts_with("job.events: the fraud job reads transactions of the columns")),
-        "{:#?}",
-        cfg.problems()
-    );
+    // The job reads columns by name: the schema file's order serves as well.
+    assert!(cfg.problems().is_empty(), "{:#?}", cfg.problems());
     let missing = with_file("nowhere.json");
     assert!(
         missing

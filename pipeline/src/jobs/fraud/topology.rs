@@ -3,7 +3,7 @@
 //! key; the second computes the rest, scores and alerts.
 
 use riskpipe_operators::columns;
-use riskpipe_schemas::{fraud_label_schema, repartition, transaction_schema};
+use riskpipe_schemas::repartition;
 
 use super::build;
 use super::config::FraudConfig;
@@ -42,7 +42,7 @@ pub fn first_stage(cfg: &FraudConfig, by: &str, partitions: i32) -> Result<Job> 
 pub fn forwarded_schema(cfg: &FraudConfig, by: &str) -> Result<arrow::datatypes::SchemaRef> {
     let (before, _) = cfg.features.split_by(by)?;
     let mut fields: Vec<arrow::datatypes::FieldRef> =
-        transaction_schema().fields().iter().cloned().collect();
+        super::inputs(cfg).events.fields().iter().cloned().collect();
     fields.extend(before.build_chain()?.output_fields());
     fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
         repartition::ORIGIN_PARTITION,
@@ -63,10 +63,11 @@ pub fn second_stage(
 ) -> Result<Job> {
     let (_, after) = cfg.features.split_by(by)?;
     let mut job = build(cfg, pipeline)?;
+    let labels = cfg.declared_labels();
     job.inputs = Inputs {
         events: forwarded_schema(cfg, by)?,
-        side: Some(fraud_label_schema()),
-        declared: None,
+        side: labels.as_ref().map(|l| l.arrow_schema()),
+        declared: labels.into_iter().map(std::sync::Arc::new).collect(),
     };
     job.features = Box::new(per_partition(cfg, after, Part::AfterRepartition, origins)?);
     Ok(job)

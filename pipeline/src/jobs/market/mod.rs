@@ -52,7 +52,7 @@ pub fn inputs() -> Inputs {
     Inputs {
         events: market_tick_schema(),
         side: None,
-        declared: None,
+        declared: Vec::new(),
     }
 }
 

@@ -124,6 +124,6 @@ pub(crate) fn breaches(
     Ok(Records {
         batch,
         keys: names,
-        key_column: Some(market::PORTFOLIO),
+        key_column: Some(market::PORTFOLIO.into()),
     })
 }
