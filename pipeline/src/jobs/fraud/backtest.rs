@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, TimestampNanosecondType};
 use riskpipe_models::{MemberQuantiles, RankReference};
 use riskpipe_operators::columns;
@@ -73,7 +73,12 @@ pub fn scored_rows_of(
     for b in scored {
         let time = columns::primitive::<TimestampNanosecondType>(b, &cfg.features.event_time)?;
         let entity = entities.of(b, cfg.entity_column())?;
-        let fraud = columns::i64_values(b, &cfg.truth_column())?;
+        // The truth: 1 / 0, or true / false.
+        let fraud = arrow::compute::cast(
+            columns::get(b, &cfg.truth_column())?,
+            &arrow::datatypes::DataType::Int64,
+        )?;
+        let fraud = fraud.as_primitive::<arrow::datatypes::Int64Type>();
         let value = columns::primitive::<Float32Type>(b, score_column)?;
         for (i, &entity) in entity.iter().enumerate() {
             // A challenger's null: it answered no probability for the row.
