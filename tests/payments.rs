@@ -15,7 +15,7 @@ use std::time::Duration;
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
 };
-use arrow::datatypes::{DataType, Field, Float32Type, Schema};
+use arrow::datatypes::{Field, Float32Type, Schema};
 use rdkafka::producer::{BaseRecord, Producer};
 use riskpipe_pipeline::{PipelineConfig, backtest};
 use riskpipe_testkit::Broker;
@@ -408,7 +408,9 @@ fn declared_payments_score_live_as_the_file_backtest_and_broken_rules_are_dead_l
             "keyed by the card"
         );
         assert!(
-            v["MODEL"].as_str().is_some_and(|m| m.starts_with("model.onnx@")),
+            v["MODEL"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("model.onnx@")),
             "{}",
             v["MODEL"]
         );

@@ -16,11 +16,12 @@ use crate::{
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureConfig {
-    /// Event-time column of the transactions (a UTC timestamp).
-    #[serde(default = "default_event_time")]
+    /// Event-time column of the events (a UTC timestamp); a job fills it in from its declared
+    /// events when the config leaves it out.
+    #[serde(default)]
     pub event_time: String,
-    /// Column ordering events of equal event time (e.g. the transaction id).
-    #[serde(default = "default_order_by")]
+    /// Column ordering events of equal event time (the event id); filled in like `event_time`.
+    #[serde(default)]
     pub order_by: String,
     /// Calendar flags of the event time.
     #[serde(default)]
@@ -36,20 +37,8 @@ pub struct FeatureConfig {
     pub sql: Vec<SqlFeatureConfig>,
 }
 
-fn default_event_time() -> String {
-    riskpipe_schemas::tx::TX_DATETIME.into()
-}
-fn default_order_by() -> String {
-    riskpipe_schemas::tx::TRANSACTION_ID.into()
-}
 fn default_night_last_hour() -> u32 {
     6
-}
-fn default_label() -> String {
-    riskpipe_schemas::label::TX_FRAUD.into()
-}
-fn default_label_time() -> String {
-    riskpipe_schemas::label::LABEL_TIME.into()
 }
 
 /// Calendar flags (UTC): 1 or 0 per event.
@@ -102,11 +91,12 @@ pub struct LabelRiskConfig {
     pub count: Option<String>,
     /// Output name template for the fraud rate (0 when the window is empty).
     pub risk: Option<String>,
-    /// Label column in label events (and in histories used for batch export).
-    #[serde(default = "default_label")]
+    /// Label column in label events (and in histories used for batch export); a job fills it
+    /// in from its declared labels when the config leaves it out.
+    #[serde(default)]
     pub label: String,
-    /// Column of label events saying when the label became known.
-    #[serde(default = "default_label_time")]
+    /// Column of label events saying when the label became known; filled in like `label`.
+    #[serde(default)]
     pub label_time: String,
 }
 

@@ -65,7 +65,28 @@ fn labels(rows: &[(i64, i64, i64, i64, i64)]) -> RecordBatch {
 }
 
 fn config(text: &str) -> FeatureConfig {
-    toml::from_str(text).expect("config")
+    let mut cfg = toml::from_str(text).expect("config");
+    handbook_columns(&mut cfg);
+    cfg
+}
+
+/// The handbook's columns where the config leaves them out (the fraud job fills them in from
+/// its declared events and labels; these tests have no job).
+fn handbook_columns(cfg: &mut FeatureConfig) {
+    if cfg.event_time.is_empty() {
+        cfg.event_time = "TX_DATETIME".into();
+    }
+    if cfg.order_by.is_empty() {
+        cfg.order_by = "TRANSACTION_ID".into();
+    }
+    for r in &mut cfg.label_risk {
+        if r.label.is_empty() {
+            r.label = "TX_FRAUD".into();
+        }
+        if r.label_time.is_empty() {
+            r.label_time = "LABEL_TIME".into();
+        }
+    }
 }
 
 fn ints(b: &RecordBatch, c: &str) -> Vec<i64> {

@@ -167,13 +167,35 @@ impl FraudConfig {
         self.events.entity.as_deref().unwrap_or(&self.events.id)
     }
 
-    /// The label-time column of label events.
+    /// The label-time column of label events (the declared labels' time field).
     pub fn label_time(&self) -> String {
-        self.features
-            .label_risk
-            .first()
-            .map(|r| r.label_time.clone())
-            .unwrap_or_else(|| riskpipe_schemas::label::LABEL_TIME.into())
+        self.labels
+            .as_ref()
+            .map(|l| l.time.field.clone())
+            .unwrap_or_default()
+    }
+
+    /// Fills in what the features leave to the declarations: the event time and the id that
+    /// orders equal times from `[job.events]`, each label risk's label and label time from
+    /// `[job.labels]`.
+    pub fn fill_from_declarations(&mut self) {
+        let features = &mut self.features;
+        if features.event_time.is_empty() {
+            features.event_time = self.events.time.field.clone();
+        }
+        if features.order_by.is_empty() {
+            features.order_by = self.events.id.clone();
+        }
+        if let Some(labels) = &self.labels {
+            for r in &mut features.label_risk {
+                if r.label.is_empty() {
+                    r.label = labels.label.clone().unwrap_or_default();
+                }
+                if r.label_time.is_empty() {
+                    r.label_time = labels.time.field.clone();
+                }
+            }
+        }
     }
 }
 

@@ -183,6 +183,7 @@ impl JobKind for FraudConfig {
         if let Some(labels) = &mut self.labels {
             labels.read_schema_file(base_dir);
         }
+        self.fill_from_declarations();
     }
 
     fn problems(&self, pipeline: &PipelineConfig) -> Vec<String> {
