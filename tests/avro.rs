@@ -13,24 +13,6 @@ use riskpipe_pipeline::jobs::RejectKind;
 use riskpipe_pipeline::schema_registry::memory::MemoryRegistry;
 use riskpipe_pipeline::schema_registry::{RegistryConfig, SchemaRegistry, SubjectStrategy};
 
-/// Serves `registry` on a free port of its own runtime thread; its URL.
-fn serve(registry: Arc<MemoryRegistry>) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    listener.set_nonblocking(true).expect("nonblocking");
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            registry.serve(listener).await.expect("serve");
-        });
-    });
-    url
-}
-
 fn client(url: &str, credentials: Option<(&str, &str)>) -> Arc<SchemaRegistry> {
     Arc::new(
         SchemaRegistry::new(&RegistryConfig {
@@ -50,17 +32,6 @@ fn published(stem: &str) -> String {
         .expect("published schema")
 }
 
-/// The Confluent frame of `value` written with `schema` (id `id`).
-fn framed(id: u32, schema: &apache_avro::Schema, value: Value) -> Vec<u8> {
-    let mut out = vec![0u8];
-    out.extend_from_slice(&id.to_be_bytes());
-    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
-        .build()
-        .expect("writer");
-    out.extend(writer.write_value_to_vec(value).expect("datum"));
-    out
-}
-
 fn transaction(id: i64, amount: f64) -> Vec<(String, Value)> {
     vec![
         ("TRANSACTION_ID".into(), Value::Long(id)),
@@ -77,7 +48,7 @@ fn transaction(id: i64, amount: f64) -> Vec<(String, Value)> {
 #[test]
 fn every_avro_failure_is_a_dead_letter_and_evolved_writers_are_read() {
     let registry = MemoryRegistry::new(Some(("svc", "s3cret")));
-    let url = serve(registry.clone());
+    let url = support::serve_registry(registry.clone());
     let v1_text = published("transaction");
     let v1 = apache_avro::Schema::parse_str(&v1_text).expect("v1");
     let v1_id = registry
@@ -120,19 +91,19 @@ fn every_avro_failure_is_a_dead_letter_and_evolved_writers_are_read() {
     evolved_row.insert(0, ("CHANNEL".into(), Value::String("pos".into())));
     let mut wrong_row = transaction(3, 0.0);
     wrong_row[4].1 = Value::String("57.16".into());
-    let good = framed(v1_id, &v1, Value::Record(transaction(1, 57.16)));
+    let good = support::framed(v1_id, &v1, Value::Record(transaction(1, 57.16)));
     let mut trailing = good.clone();
     trailing.push(7);
     let payloads: Vec<Vec<u8>> = vec![
         good.clone(),
-        framed(evolved_id, &evolved, Value::Record(evolved_row)),
-        framed(wrong_id, &wrong, Value::Record(wrong_row)),
-        framed(999, &v1, Value::Record(transaction(4, 1.0))),
+        support::framed(evolved_id, &evolved, Value::Record(evolved_row)),
+        support::framed(wrong_id, &wrong, Value::Record(wrong_row)),
+        support::framed(999, &v1, Value::Record(transaction(4, 1.0))),
         br#"{"TRANSACTION_ID": 5}"#.to_vec(),
         vec![0, 0, 0],
         vec![0, 0, 0, 0, v1_id as u8, 0xff],
         trailing,
-        framed(v1_id, &v1, Value::Record(transaction(9, -1.0))),
+        support::framed(v1_id, &v1, Value::Record(transaction(9, -1.0))),
         Vec::new(),
     ];
     let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
@@ -207,7 +178,7 @@ fn every_avro_failure_is_a_dead_letter_and_evolved_writers_are_read() {
 #[test]
 fn labels_and_ticks_decode_with_their_optional_fields() {
     let registry = MemoryRegistry::new(None);
-    let url = serve(registry.clone());
+    let url = support::serve_registry(registry.clone());
     let decoder = AvroDecoder::new(client(&url, None), 1024).expect("decoder");
     let tick_text = published("market_tick");
     let tick = apache_avro::Schema::parse_str(&tick_text).expect("tick");
@@ -221,17 +192,17 @@ fn labels_and_ticks_decode_with_their_optional_fields() {
         ])
     };
     let payloads = [
-        framed(
+        support::framed(
             tick_id,
             &tick,
             row(Value::Union(0, Box::new(Value::Null)), 10.0),
         ),
-        framed(
+        support::framed(
             tick_id,
             &tick,
             row(Value::Union(1, Box::new(Value::Double(5.0))), 11.0),
         ),
-        framed(
+        support::framed(
             tick_id,
             &tick,
             row(Value::Union(0, Box::new(Value::Null)), 0.0),
@@ -271,8 +242,8 @@ fn labels_and_ticks_decode_with_their_optional_fields() {
         ])
     };
     let payloads = [
-        framed(label_id, &label, label_row(1)),
-        framed(label_id, &label, label_row(2)),
+        support::framed(label_id, &label, label_row(1)),
+        support::framed(label_id, &label, label_row(2)),
     ];
     let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
     let d = decoder
@@ -296,7 +267,7 @@ fn labels_and_ticks_decode_with_their_optional_fields() {
 #[test]
 fn a_float_writer_is_promoted_and_a_missing_optional_field_takes_its_default() {
     let registry = MemoryRegistry::new(None);
-    let url = serve(registry.clone());
+    let url = support::serve_registry(registry.clone());
     let decoder = AvroDecoder::new(client(&url, None), 1024).expect("decoder");
     let writer_text = r#"{
       "type": "record", "name": "MarketTick", "namespace": "riskpipe",
@@ -310,7 +281,7 @@ fn a_float_writer_is_promoted_and_a_missing_optional_field_takes_its_default() {
     let id = registry
         .register("ticks-value", writer_text)
         .expect("writer");
-    let payload = framed(
+    let payload = support::framed(
         id,
         &writer,
         Value::Record(vec![
@@ -342,7 +313,7 @@ fn a_float_writer_is_promoted_and_a_missing_optional_field_takes_its_default() {
 fn per_topic_formats_decode_and_encode_each_topic_in_its_own_format() {
     use riskpipe_pipeline::decoders::Format;
     let registry = MemoryRegistry::new(None);
-    let url = serve(registry.clone());
+    let url = support::serve_registry(registry.clone());
     let mut cfg = riskpipe_pipeline::PipelineConfig::handbook().expect("shipped config");
     let mut kafka = riskpipe_pipeline::kafka::KafkaConfig::for_bootstrap("127.0.0.1:9");
     // Avro everywhere but the labels (input) and the alerts (output).
@@ -368,7 +339,7 @@ fn per_topic_formats_decode_and_encode_each_topic_in_its_own_format() {
     let v1_id = registry
         .register("transactions-value", &v1_text)
         .expect("v1");
-    let avro = framed(v1_id, &v1, Value::Record(transaction(1, 57.16)));
+    let avro = support::framed(v1_id, &v1, Value::Record(transaction(1, 57.16)));
     let json_tx = br#"{"TRANSACTION_ID":1,"TX_DATETIME":"2018-04-01T00:00:31Z","CUSTOMER_ID":596,"TERMINAL_ID":3156,"TX_AMOUNT":57.16}"#;
     let txs = riskpipe_schemas::transaction_schema();
     let d = decoder
@@ -504,7 +475,7 @@ fn live_avro_from_confluents_python_client_scores_like_the_backtest() {
     let n = 100_000;
     let feed = riskpipe_pipeline::demo::feed(&history, &cfg, 0, n).expect("feed");
     let registry = MemoryRegistry::new(Some(("svc", "s3cret")));
-    let url = serve(registry.clone());
+    let url = support::serve_registry(registry.clone());
     let broker = support::Broker::start(&support::TOPICS);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = support::write_config(
@@ -689,5 +660,260 @@ fn live_avro_from_confluents_python_client_scores_like_the_backtest() {
         "{n} transactions produced by confluent-kafka's AvroSerializer (evolved writer schema), {} scores and {} alerts read back by its AvroDeserializer, all equal to the backtest",
         scores.len(),
         alerts.len()
+    );
+}
+
+/// The declared events of `config` (a path under the repository), as the fraud job reads them.
+fn declared_events(
+    config: &str,
+) -> (
+    riskpipe_schemas::declared::EventSchema,
+    riskpipe_schemas::declared::EventSchema,
+) {
+    let cfg =
+        riskpipe_pipeline::PipelineConfig::load(&support::root().join(config)).expect("config");
+    riskpipe_pipeline::jobs::fraud::FraudConfig::of(&cfg)
+        .expect("fraud")
+        .declarations()
+        .expect("declarations")
+}
+
+/// The handbook's declaration read from Avro: the payloads of the test above (evolved writers,
+/// an unresolvable one, broken frames, a negative amount) accepted and refused as the fixed
+/// decoder of the published schema accepts and refuses them, with the same kinds and reasons
+/// (the resolution failure names the declared events, the amount's rule is a minimum), and the
+/// same rows.
+#[test]
+fn declared_events_read_from_avro_as_the_published_schema_is() {
+    let registry = MemoryRegistry::new(None);
+    let url = support::serve_registry(registry.clone());
+    let v1_text = published("transaction");
+    let v1 = apache_avro::Schema::parse_str(&v1_text).expect("v1");
+    let v1_id = registry
+        .register("transactions-value", &v1_text)
+        .expect("v1");
+    let evolved_text = v1_text.replacen(
+        r#""fields": ["#,
+        r#""fields": [{"name": "CHANNEL", "type": "string", "default": "web"},"#,
+        1,
+    );
+    let evolved = apache_avro::Schema::parse_str(&evolved_text).expect("evolved");
+    let evolved_id = registry
+        .register("transactions-value", &evolved_text)
+        .expect("evolved");
+    let wrong_text = v1_text.replace(
+        r#""name": "TX_AMOUNT",
+      "type": "double""#,
+        r#""name": "TX_AMOUNT",
+      "type": "string""#,
+    );
+    let wrong = apache_avro::Schema::parse_str(&wrong_text).expect("wrong");
+    let wrong_id = registry
+        .register("transactions-value", &wrong_text)
+        .expect("wrong");
+    let mut evolved_row = transaction(2, 3.5);
+    evolved_row.insert(0, ("CHANNEL".into(), Value::String("pos".into())));
+    let mut wrong_row = transaction(3, 0.0);
+    wrong_row[4].1 = Value::String("57.16".into());
+    let good = support::framed(v1_id, &v1, Value::Record(transaction(1, 57.16)));
+    let mut trailing = good.clone();
+    trailing.push(7);
+    let payloads: Vec<Vec<u8>> = vec![
+        good,
+        support::framed(evolved_id, &evolved, Value::Record(evolved_row)),
+        support::framed(wrong_id, &wrong, Value::Record(wrong_row)),
+        support::framed(999, &v1, Value::Record(transaction(4, 1.0))),
+        br#"{"TRANSACTION_ID": 5}"#.to_vec(),
+        vec![0, 0, 0, 0, v1_id as u8, 0xff],
+        trailing,
+        support::framed(v1_id, &v1, Value::Record(transaction(9, -1.0))),
+        support::framed(v1_id, &v1, Value::Record(transaction(10, f64::MAX))),
+        Vec::new(),
+    ];
+    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    let (events, _) = declared_events("config/fraud-handbook.toml");
+    let schema = events.arrow_schema();
+    assert_eq!(schema, riskpipe_schemas::transaction_schema());
+    let fixed = AvroDecoder::new(client(&url, None), 1024)
+        .expect("decoder")
+        .decode("transactions", &schema, &refs)
+        .expect("fixed");
+    let declared = AvroDecoder::new(client(&url, None), 1024)
+        .expect("decoder")
+        .declaring(events)
+        .decode("transactions", &schema, &refs)
+        .expect("declared");
+    assert_eq!(declared.accepted, vec![0, 1]);
+    assert_eq!(declared.accepted, fixed.accepted);
+    assert_eq!(declared.batch, fixed.batch);
+    let reasons =
+        |d: &riskpipe_pipeline::decoders::DecodedPayloads| -> Vec<(usize, RejectKind, String)> {
+            d.rejected
+                .iter()
+                .map(|r| {
+                    (
+                        r.index,
+                        r.kind,
+                        // The declaration states the published schema's rule as a minimum.
+                        r.reason
+                            .replace("riskpipe.Transaction", "the declared events")
+                            .replace("negative (must be >= 0)", "below the minimum 0"),
+                    )
+                })
+                .collect()
+        };
+    assert_eq!(reasons(&declared), reasons(&fixed));
+    assert_eq!(declared.rejected.len(), 8);
+}
+
+/// A payments writer with nested records named its own way (`Pay`, `CardInfo`), one evolved
+/// with a member riskpipe does not declare and the optional merchant country left out, and one
+/// that cannot resolve: the declared payments read from Avro are the rows JSON gives for the
+/// same events, and a broken rule is the same dead letter with the same reason.
+#[test]
+fn declared_payments_read_from_avro_as_from_json() {
+    let registry = MemoryRegistry::new(None);
+    let url = support::serve_registry(registry.clone());
+    let writer_text = r#"{"type": "record", "name": "Pay", "namespace": "acme", "fields": [
+        {"name": "payment_id", "type": "string"},
+        {"name": "created_at", "type": "long"},
+        {"name": "card", "type": {"type": "record", "name": "CardInfo", "fields": [
+            {"name": "id", "type": "string"}, {"name": "country", "type": "string"}]}},
+        {"name": "merchant", "type": {"type": "record", "name": "Shop", "fields": [
+            {"name": "id", "type": "string"}, {"name": "category", "type": "string"},
+            {"name": "country", "type": ["null", "string"], "default": null}]}},
+        {"name": "channel", "type": "string"},
+        {"name": "amount", "type": {"type": "record", "name": "Money", "fields": [
+            {"name": "value", "type": "double"}, {"name": "currency", "type": "string"}]}}
+    ]}"#;
+    let writer = apache_avro::Schema::parse_str(writer_text).expect("writer");
+    let id = registry
+        .register("payments-value", writer_text)
+        .expect("register");
+    let evolved_text = writer_text
+        .replace(
+            r#"{"name": "country", "type": ["null", "string"], "default": null}"#,
+            r#"{"name": "rating", "type": "int", "default": 3}"#,
+        )
+        .replacen(
+            r#""fields": ["#,
+            r#""fields": [{"name": "device", "type": "string", "default": "?"},"#,
+            1,
+        );
+    let evolved = apache_avro::Schema::parse_str(&evolved_text).expect("evolved");
+    let evolved_id = registry
+        .register("payments-value", &evolved_text)
+        .expect("evolved");
+    let unresolvable_text = writer_text.replace(
+        r#"{"name": "channel", "type": "string"}"#,
+        r#"{"name": "channel", "type": "long"}"#,
+    );
+    let unresolvable = apache_avro::Schema::parse_str(&unresolvable_text).expect("unresolvable");
+    let unresolvable_id = registry
+        .register("payments-value", &unresolvable_text)
+        .expect("unresolvable");
+    let record = |pay: &str, amount: f64, currency: &str, merchant: Vec<(String, Value)>| {
+        Value::Record(vec![
+            ("payment_id".into(), Value::String(pay.into())),
+            ("created_at".into(), Value::Long(1_719_792_000_123)),
+            (
+                "card".into(),
+                Value::Record(vec![
+                    ("id".into(), Value::String("card-0007".into())),
+                    ("country".into(), Value::String("FR".into())),
+                ]),
+            ),
+            ("merchant".into(), Value::Record(merchant)),
+            ("channel".into(), Value::String("online".into())),
+            (
+                "amount".into(),
+                Value::Record(vec![
+                    ("value".into(), Value::Double(amount)),
+                    ("currency".into(), Value::String(currency.into())),
+                ]),
+            ),
+        ])
+    };
+    let shop = |country: Value| {
+        vec![
+            ("id".into(), Value::String("m-001".into())),
+            ("category".into(), Value::String("travel".into())),
+            (
+                "country".into(),
+                Value::Union(u32::from(country != Value::Null), Box::new(country)),
+            ),
+        ]
+    };
+    let mut evolved_record = record(
+        "p-2",
+        -12.5,
+        "EUR",
+        vec![
+            ("id".into(), Value::String("m-002".into())),
+            ("category".into(), Value::String("grocery".into())),
+            ("rating".into(), Value::Int(5)),
+        ],
+    );
+    if let Value::Record(fields) = &mut evolved_record {
+        fields.insert(0, ("device".into(), Value::String("phone".into())));
+    }
+    let mut unresolvable_record = record("p-4", 1.0, "EUR", shop(Value::Null));
+    if let Value::Record(fields) = &mut unresolvable_record {
+        fields[4].1 = Value::Long(7);
+    }
+    let payloads = [
+        support::framed(
+            id,
+            &writer,
+            record("p-1", 99.5, "EUR", shop(Value::String("FR".into()))),
+        ),
+        support::framed(evolved_id, &evolved, evolved_record),
+        support::framed(id, &writer, record("p-3", 10.0, "BTC", shop(Value::Null))),
+        support::framed(unresolvable_id, &unresolvable, unresolvable_record),
+    ];
+    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    let (events, _) = declared_events("examples/payments/payments.toml");
+    let schema = events.arrow_schema();
+    let avro = AvroDecoder::new(client(&url, None), 1024)
+        .expect("decoder")
+        .declaring(events.clone())
+        .decode("payments", &schema, &refs)
+        .expect("avro");
+    assert_eq!(avro.accepted, vec![0, 1], "{:#?}", avro.rejected);
+    let json_payloads = [
+        r#"{"payment_id": "p-1", "created_at": 1719792000123, "card": {"id": "card-0007", "country": "FR"}, "merchant": {"id": "m-001", "category": "travel", "country": "FR"}, "channel": "online", "amount": {"value": 99.5, "currency": "EUR"}}"#,
+        r#"{"payment_id": "p-2", "created_at": 1719792000123, "card": {"id": "card-0007", "country": "FR"}, "merchant": {"id": "m-002", "category": "grocery"}, "channel": "online", "amount": {"value": -12.5, "currency": "EUR"}}"#,
+        r#"{"payment_id": "p-3", "created_at": 1719792000123, "card": {"id": "card-0007", "country": "FR"}, "merchant": {"id": "m-001", "category": "travel", "country": null}, "channel": "online", "amount": {"value": 10.0, "currency": "BTC"}}"#,
+    ];
+    let json_refs: Vec<&[u8]> = json_payloads.iter().map(|p| p.as_bytes()).collect();
+    let json = riskpipe_pipeline::decoders::JsonDecoder::new(1024)
+        .declaring(events)
+        .decode("payments", &schema, &json_refs)
+        .expect("json");
+    assert_eq!(json.accepted, vec![0, 1]);
+    assert_eq!(
+        avro.batch, json.batch,
+        "the same rows from Avro as from JSON"
+    );
+    assert_eq!(
+        (
+            avro.rejected[0].index,
+            avro.rejected[0].kind,
+            &avro.rejected[0].reason
+        ),
+        (2, json.rejected[0].kind, &json.rejected[0].reason),
+    );
+    assert_eq!(
+        avro.rejected[0].reason,
+        "field amount.currency: not one of the allowed values"
+    );
+    assert_eq!(avro.rejected[1].index, 3);
+    assert_eq!(avro.rejected[1].kind, RejectKind::Schema);
+    assert!(
+        avro.rejected[1]
+            .reason
+            .contains("does not resolve to the declared events"),
+        "{}",
+        avro.rejected[1].reason
     );
 }

@@ -1,9 +1,9 @@
 //! A payments stream of another shape than the handbook's, declared by configuration alone
 //! (`examples/payments/`): text ids, nested card / merchant / amount objects, an
 //! epoch-millisecond time, signed amounts, categorical fields and a chargeback feed that reports
-//! frauds only. Live on 4 partitions it scores every valid payment as the backtest of a Parquet
-//! file of the same payments scores it, bit for bit; each declared rule broken once is a dead
-//! letter naming the field and the rule.
+//! frauds only. Live on 4 partitions, in JSON and in Avro, it scores every valid payment as the
+//! backtest of a Parquet file of the same payments scores it, bit for bit; each declared rule
+//! broken once is a dead letter naming the field and the rule.
 
 mod support;
 
@@ -12,14 +12,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use apache_avro::types::Value as AvroValue;
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
 };
 use arrow::datatypes::{Field, Float32Type, Schema};
 use rdkafka::producer::{BaseRecord, Producer};
+use riskpipe_pipeline::schema_registry::memory::MemoryRegistry;
 use riskpipe_pipeline::{PipelineConfig, backtest};
 use riskpipe_testkit::Broker;
-use support::{Pipeline, collect, drain_to_end, producer, reader, root};
+use support::{Got, Pipeline, collect, drain_to_end, producer, reader, root};
 
 /// 2024-07-01T00:00:00Z in milliseconds.
 const START_MS: i64 = 1_719_792_000_000;
@@ -194,8 +196,9 @@ fn write_parquet(payments: &[Payment], path: &Path) {
     writer.close().expect("close");
 }
 
-/// The example's config with its files at absolute paths and `bootstrap` as the broker.
-fn write_config(dir: &Path, bootstrap: &str) -> std::path::PathBuf {
+/// The example's config with its files at absolute paths, `bootstrap` as the broker and
+/// `extra` appended.
+fn write_config(dir: &Path, bootstrap: &str, extra: &str) -> std::path::PathBuf {
     let example = root().join("examples/payments");
     let text = std::fs::read_to_string(example.join("payments.toml"))
         .expect("example config")
@@ -218,7 +221,7 @@ fn write_config(dir: &Path, bootstrap: &str) -> std::path::PathBuf {
             &format!("\"bootstrap.servers\" = {bootstrap:?}"),
         );
     let path = dir.join("payments.toml");
-    std::fs::write(&path, text).expect("config");
+    std::fs::write(&path, text + extra).expect("config");
     path
 }
 
@@ -288,34 +291,12 @@ fn broken(good: &Payment) -> Vec<(serde_json::Value, &'static str, &'static str)
     cases
 }
 
-/// The declared payments live on 4 partitions (keyed by card), with chargebacks on their own
-/// topic, and the backtest of a Parquet file of the same payments: every valid payment scored
-/// once, with the backtest's score bit for bit; each broken rule a dead letter naming the field
-/// and the rule; score records carry the declared id, card and time, keyed by the card.
-#[test]
-fn declared_payments_score_live_as_the_file_backtest_and_broken_rules_are_dead_letters() {
-    let n = 3_000;
-    let payments = payments(n);
-    let frauds = payments.iter().filter(|p| p.fraud).count();
-    assert!(
-        (20..n / 10).contains(&frauds),
-        "{frauds} frauds among {n} payments"
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-
-    // The file backtest.
-    let broker = Broker::start(&[
-        ("payments", 4),
-        ("chargebacks", 2),
-        ("payment-scores", 4),
-        ("payment-alerts", 1),
-        ("payments-dead-letter", 1),
-    ]);
-    let config = write_config(dir.path(), &broker.bootstrap);
-    let cfg = PipelineConfig::load(&config).expect("the example config");
+/// The backtest of a Parquet file of `payments` through `config`: each payment's score.
+fn backtest_scores(config: &Path, payments: &[Payment], dir: &Path) -> HashMap<String, f32> {
+    let cfg = PipelineConfig::load(config).expect("the example config");
     assert!(cfg.problems().is_empty(), "{:#?}", cfg.problems());
-    let file = dir.path().join("payments.parquet");
-    write_parquet(&payments, &file);
+    let file = dir.join("payments.parquet");
+    write_parquet(payments, &file);
     let history = backtest::load(&cfg, &file).expect("history");
     let replayed = backtest::replay(&cfg, Arc::new(history), &indicatif::ProgressBar::hidden())
         .expect("backtest");
@@ -334,54 +315,65 @@ fn declared_payments_score_live_as_the_file_backtest_and_broken_rules_are_dead_l
             expected.insert(ids.value(i).to_string(), scores.value(i));
         }
     }
-    assert_eq!(expected.len(), n, "one backtest score per payment");
+    assert_eq!(
+        expected.len(),
+        payments.len(),
+        "one backtest score per payment"
+    );
     // The features see the declared shape: not every score is the same.
     let distinct: std::collections::BTreeSet<u32> =
         expected.values().map(|s| s.to_bits()).collect();
-    assert!(distinct.len() > n / 2, "{} distinct scores", distinct.len());
+    assert!(
+        distinct.len() > payments.len() / 2,
+        "{} distinct scores",
+        distinct.len()
+    );
+    expected
+}
 
-    // The same payments live, each card's on one partition, the broken ones among them, and
-    // a chargeback per fraud reported 30 days on.
+/// The payments (key, payload) published in order onto `payments`, `bad` after the payment
+/// `bad_after`, and a chargeback per fraud onto `chargebacks`; then `config` run live until
+/// every valid payment is scored and stopped. The score and dead-letter records.
+fn run_live(
+    broker: &Broker,
+    config: &Path,
+    payments: &[(String, Vec<u8>)],
+    bad: &[Vec<u8>],
+    bad_after: usize,
+    reports: &[(String, Vec<u8>)],
+) -> (Vec<Got>, Vec<Got>) {
     let p = producer(&broker.bootstrap);
-    let bad = broken(&payments[n / 2]);
-    let mut sent = 0;
-    for (i, pay) in payments.iter().enumerate() {
-        let body = pay.json().to_string();
-        p.send(BaseRecord::to("payments").key(&pay.card).payload(&body))
+    for (i, (card, body)) in payments.iter().enumerate() {
+        p.send(BaseRecord::to("payments").key(card).payload(body))
             .expect("send");
-        sent += 1;
-        if i == n / 2 {
-            for (v, _, _) in &bad {
-                let body = v.to_string();
-                p.send(BaseRecord::to("payments").key(&pay.card).payload(&body))
+        if i == bad_after {
+            for body in bad {
+                p.send(BaseRecord::to("payments").key(card).payload(body))
                     .expect("send");
             }
         }
-        if pay.fraud {
-            let report = serde_json::json!({
-                "payment_id": pay.id,
-                "reported_at": pay.created_at + 30 * 86_400_000,
-                "fraud": true,
-            })
-            .to_string();
-            p.send(BaseRecord::to("chargebacks").key(&pay.id).payload(&report))
-                .expect("send");
-        }
     }
-    assert_eq!(sent, n);
+    for (id, body) in reports {
+        p.send(BaseRecord::to("chargebacks").key(id).payload(body))
+            .expect("send");
+    }
     p.flush(Duration::from_secs(30)).expect("flush");
-    let mut pipeline = Pipeline::start(&config);
+    let mut pipeline = Pipeline::start(config);
     pipeline.wait_ready();
     let scores_reader = reader(&broker.bootstrap, "payment-scores");
+    let n = payments.len();
     let _ = collect(&scores_reader, Duration::from_secs(300), |r| r.len() >= n);
     let (ok, _) = pipeline.terminate();
     assert!(ok);
     let read_all = |topic: &str| drain_to_end(&reader(&broker.bootstrap, topic), topic);
-    let scores = read_all("payment-scores");
-    let dead = read_all("payments-dead-letter");
+    (read_all("payment-scores"), read_all("payments-dead-letter"))
+}
 
+/// Live score records checked (declared id, card and time, keyed by the card, the example's
+/// model, once each) against the backtest's scores, bit for bit.
+fn check_scores(scores: &[Got], expected: &HashMap<String, f32>) {
     let mut live: BTreeMap<String, f32> = BTreeMap::new();
-    for s in &scores {
+    for s in scores {
         let v: serde_json::Value = serde_json::from_slice(&s.payload).expect("score json");
         let fields: Vec<&str> = v
             .as_object()
@@ -420,7 +412,11 @@ fn declared_payments_score_live_as_the_file_backtest_and_broken_rules_are_dead_l
             "{id} scored twice"
         );
     }
-    assert_eq!(live.len(), n, "every valid payment scored once");
+    assert_eq!(
+        live.len(),
+        expected.len(),
+        "every valid payment scored once"
+    );
     let differ: Vec<(&String, f32, Option<&f32>)> = live
         .iter()
         .filter(|(id, s)| expected.get(*id).map(|e| e.to_bits()) != Some(s.to_bits()))
@@ -431,15 +427,17 @@ fn declared_payments_score_live_as_the_file_backtest_and_broken_rules_are_dead_l
         differ.is_empty(),
         "live differs from the backtest: {differ:?}"
     );
+}
 
-    // Each broken rule: one dead letter, its reason naming the field and the rule.
+/// Each broken payment (its payload, the field, the rule): one dead letter, its reason naming
+/// the field and the rule.
+fn check_dead_letters(dead: &[Got], bad: &[(Vec<u8>, &str, &str)]) {
     assert_eq!(dead.len(), bad.len(), "one dead letter per broken payment");
-    for (v, field, rule) in &bad {
-        let body = v.to_string();
+    for (body, field, rule) in bad {
         let letter = dead
             .iter()
-            .find(|d| d.payload == body.as_bytes())
-            .unwrap_or_else(|| panic!("no dead letter for {body}"));
+            .find(|d| &d.payload == body)
+            .unwrap_or_else(|| panic!("no dead letter for {}", String::from_utf8_lossy(body)));
         let reason = &letter.headers["riskpipe.error"];
         assert!(
             reason.contains(field) && reason.contains(rule),
@@ -448,4 +446,227 @@ fn declared_payments_score_live_as_the_file_backtest_and_broken_rules_are_dead_l
         let kind = &letter.headers["riskpipe.error.kind"];
         assert!(kind == "invalid" || kind == "schema", "{kind}");
     }
+}
+
+const TOPICS: [(&str, i32); 5] = [
+    ("payments", 4),
+    ("chargebacks", 2),
+    ("payment-scores", 4),
+    ("payment-alerts", 1),
+    ("payments-dead-letter", 1),
+];
+
+/// The declared payments live in JSON on 4 partitions (keyed by card), with chargebacks on
+/// their own topic, and the backtest of a Parquet file of the same payments: every valid payment
+/// scored once, with the backtest's score bit for bit; each broken rule a dead letter naming the
+/// field and the rule; score records carry the declared id, card and time, keyed by the card.
+#[test]
+fn declared_payments_score_live_as_the_file_backtest_and_broken_rules_are_dead_letters() {
+    let n = 3_000;
+    let payments = payments(n);
+    let frauds = payments.iter().filter(|p| p.fraud).count();
+    assert!(
+        (20..n / 10).contains(&frauds),
+        "{frauds} frauds among {n} payments"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(&TOPICS);
+    let config = write_config(dir.path(), &broker.bootstrap, "");
+    let expected = backtest_scores(&config, &payments, dir.path());
+    let bad: Vec<(Vec<u8>, &str, &str)> = broken(&payments[n / 2])
+        .into_iter()
+        .map(|(v, field, rule)| (v.to_string().into_bytes(), field, rule))
+        .collect();
+    let reports: Vec<(String, Vec<u8>)> = payments
+        .iter()
+        .filter(|p| p.fraud)
+        .map(|p| {
+            let report = serde_json::json!({
+                "payment_id": p.id,
+                "reported_at": p.created_at + 30 * 86_400_000,
+                "fraud": true,
+            });
+            (p.id.clone(), report.to_string().into_bytes())
+        })
+        .collect();
+    let events: Vec<(String, Vec<u8>)> = payments
+        .iter()
+        .map(|p| (p.card.clone(), p.json().to_string().into_bytes()))
+        .collect();
+    let bodies: Vec<Vec<u8>> = bad.iter().map(|b| b.0.clone()).collect();
+    let (scores, dead) = run_live(&broker, &config, &events, &bodies, n / 2, &reports);
+    check_scores(&scores, &expected);
+    check_dead_letters(&dead, &bad);
+}
+
+/// The payments team's Avro writer schema: its own record names and namespace.
+const PAYMENT_AVRO: &str = r#"{"type": "record", "name": "Payment", "namespace": "com.acme.payments", "fields": [
+    {"name": "payment_id", "type": "string"},
+    {"name": "created_at", "type": "long"},
+    {"name": "card", "type": {"type": "record", "name": "Card", "fields": [
+        {"name": "id", "type": "string"}, {"name": "country", "type": "string"}]}},
+    {"name": "merchant", "type": {"type": "record", "name": "Merchant", "fields": [
+        {"name": "id", "type": "string"}, {"name": "category", "type": "string"},
+        {"name": "country", "type": ["null", "string"], "default": null}]}},
+    {"name": "channel", "type": "string"},
+    {"name": "amount", "type": {"type": "record", "name": "Amount", "fields": [
+        {"name": "value", "type": "double"}, {"name": "currency", "type": "string"}]}}
+]}"#;
+
+const CHARGEBACK_AVRO: &str = r#"{"type": "record", "name": "Chargeback", "namespace": "com.acme.payments", "fields": [
+    {"name": "payment_id", "type": "string"},
+    {"name": "reported_at", "type": "long"},
+    {"name": "fraud", "type": "boolean"}
+]}"#;
+
+/// A payment's JSON as the Avro writer writes it (`None`: the writer schema cannot say it, e.g.
+/// a member it lacks or a text amount).
+fn avro_of(v: &serde_json::Value) -> Option<AvroValue> {
+    let text = |v: &serde_json::Value| v.as_str().map(|s| AvroValue::String(s.to_string()));
+    let known = [
+        "payment_id",
+        "created_at",
+        "card",
+        "merchant",
+        "channel",
+        "amount",
+    ];
+    if v.as_object()?.keys().any(|k| !known.contains(&k.as_str())) {
+        return None;
+    }
+    let country = match &v["merchant"]["country"] {
+        serde_json::Value::Null => AvroValue::Union(0, Box::new(AvroValue::Null)),
+        c => AvroValue::Union(1, Box::new(text(c)?)),
+    };
+    Some(AvroValue::Record(vec![
+        ("payment_id".into(), text(&v["payment_id"])?),
+        (
+            "created_at".into(),
+            AvroValue::Long(v["created_at"].as_i64()?),
+        ),
+        (
+            "card".into(),
+            AvroValue::Record(vec![
+                ("id".into(), text(&v["card"]["id"])?),
+                ("country".into(), text(&v["card"]["country"])?),
+            ]),
+        ),
+        (
+            "merchant".into(),
+            AvroValue::Record(vec![
+                ("id".into(), text(&v["merchant"]["id"])?),
+                ("category".into(), text(&v["merchant"]["category"])?),
+                ("country".into(), country),
+            ]),
+        ),
+        ("channel".into(), text(&v["channel"])?),
+        (
+            "amount".into(),
+            AvroValue::Record(vec![
+                (
+                    "value".into(),
+                    AvroValue::Double(v["amount"]["value"].as_f64()?),
+                ),
+                ("currency".into(), text(&v["amount"]["currency"])?),
+            ]),
+        ),
+    ]))
+}
+
+/// The same payments live in Avro (the team's own writer schemas in a schema registry, read by
+/// the reader riskpipe makes from the declaration), scores published as JSON: every valid
+/// payment scored as the file backtest scores it, bit for bit; each broken rule an Avro writer
+/// can express a dead letter naming the field and the rule, as in JSON. Avro scores are refused
+/// by `validate`: their field names (`card.id`) are no Avro names.
+#[test]
+fn declared_payments_in_avro_score_live_as_the_file_backtest() {
+    let n = 3_000;
+    let payments = payments(n);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(&TOPICS);
+    let registry = MemoryRegistry::new(None);
+    let url = support::serve_registry(registry.clone());
+    let payment_schema = apache_avro::Schema::parse_str(PAYMENT_AVRO).expect("payment schema");
+    let payment_id = registry
+        .register("payments-value", PAYMENT_AVRO)
+        .expect("register");
+    let report_schema = apache_avro::Schema::parse_str(CHARGEBACK_AVRO).expect("chargeback schema");
+    let report_id = registry
+        .register("chargebacks-value", CHARGEBACK_AVRO)
+        .expect("register");
+    let config = write_config(
+        dir.path(),
+        &broker.bootstrap,
+        &format!(
+            "\n[kafka.schema_registry]\nurl = {url:?}\n\n[kafka.formats]\nevents = \"avro\"\nlabels = \"avro\"\n"
+        ),
+    );
+    // Scores in Avro too: their fields (card.id) are no Avro names, and validate says so.
+    let all_avro = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        all_avro.path(),
+        &broker.bootstrap,
+        &format!("\n[kafka.schema_registry]\nurl = {url:?}\n"),
+    );
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(
+        &path,
+        text.replace("format = \"json\"", "format = \"avro\""),
+    )
+    .expect("config");
+    let problems = PipelineConfig::load(&path).expect("config").problems();
+    for topic in ["payment-scores", "payment-alerts"] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(&format!("topic {topic:?} is Avro"))
+                    && p.contains("\"card.id\"")
+                    && p.contains("[kafka.formats]")),
+            "{topic}: {problems:#?}"
+        );
+    }
+    let expected = backtest_scores(&config, &payments, dir.path());
+    let bad: Vec<(Vec<u8>, &str, &str)> = broken(&payments[n / 2])
+        .into_iter()
+        .filter_map(|(v, field, rule)| {
+            Some((
+                support::framed(payment_id, &payment_schema, avro_of(&v)?),
+                field,
+                rule,
+            ))
+        })
+        .collect();
+    assert_eq!(bad.len(), 7, "the rules an Avro writer can break");
+    let reports: Vec<(String, Vec<u8>)> = payments
+        .iter()
+        .filter(|p| p.fraud)
+        .map(|p| {
+            let report = AvroValue::Record(vec![
+                ("payment_id".into(), AvroValue::String(p.id.clone())),
+                (
+                    "reported_at".into(),
+                    AvroValue::Long(p.created_at + 30 * 86_400_000),
+                ),
+                ("fraud".into(), AvroValue::Boolean(true)),
+            ]);
+            (
+                p.id.clone(),
+                support::framed(report_id, &report_schema, report),
+            )
+        })
+        .collect();
+    let events: Vec<(String, Vec<u8>)> = payments
+        .iter()
+        .map(|p| {
+            let v = avro_of(&p.json()).expect("a valid payment");
+            (
+                p.card.clone(),
+                support::framed(payment_id, &payment_schema, v),
+            )
+        })
+        .collect();
+    let bodies: Vec<Vec<u8>> = bad.iter().map(|b| b.0.clone()).collect();
+    let (scores, dead) = run_live(&broker, &config, &events, &bodies, n / 2, &reports);
+    check_scores(&scores, &expected);
+    check_dead_letters(&dead, &bad);
 }

@@ -774,3 +774,38 @@ impl Drop for S3 {
         let _ = self.child.wait();
     }
 }
+
+/// Serves `registry` on a free port of its own runtime thread; its URL.
+pub(crate) fn serve_registry(
+    registry: std::sync::Arc<riskpipe_pipeline::schema_registry::memory::MemoryRegistry>,
+) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            registry.serve(listener).await.expect("serve");
+        });
+    });
+    url
+}
+
+/// The Confluent frame of `value` written with `schema` (id `id`).
+pub(crate) fn framed(
+    id: u32,
+    schema: &apache_avro::Schema,
+    value: apache_avro::types::Value,
+) -> Vec<u8> {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&id.to_be_bytes());
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .expect("writer");
+    out.extend(writer.write_value_to_vec(value).expect("datum"));
+    out
+}

@@ -24,9 +24,10 @@ impl KafkaConfig {
             };
         let of = |format: Format| -> Result<Box<dyn Decoder>> {
             Ok(match (format, &registry) {
-                (Format::Avro, Some(r)) => {
-                    Box::new(AvroDecoder::new(r.clone(), kafka.max_message_bytes)?)
-                }
+                (Format::Avro, Some(r)) => Box::new(job.declared.iter().fold(
+                    AvroDecoder::new(r.clone(), kafka.max_message_bytes)?,
+                    |avro, d| avro.declaring(d.as_ref().clone()),
+                )),
                 _ => {
                     let json = JsonDecoder::new(kafka.max_message_bytes);
                     Box::new(

@@ -176,6 +176,8 @@ pub struct AvroDecoder {
     max_bytes: usize,
     registry: Arc<SchemaRegistry>,
     events: Vec<Readable>,
+    /// Declared events, each read by its declaration (before the published schemas).
+    declared: Vec<super::avro_declared::DeclaredAvro>,
     /// Whether a writer schema id resolves to an event's published schema (why not, if not).
     resolves: Mutex<HashMap<(u32, Event), std::result::Result<(), String>>>,
 }
@@ -215,7 +217,113 @@ impl AvroDecoder {
             max_bytes,
             registry,
             events,
+            declared: Vec::new(),
             resolves: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This decoder reading the events of `declared` by their declaration (as well as those
+    /// declared before).
+    pub fn declaring(mut self, declared: riskpipe_schemas::declared::EventSchema) -> Self {
+        self.declared.push(super::avro_declared::DeclaredAvro::new(
+            declared,
+            self.max_bytes,
+        ));
+        self
+    }
+
+    /// Each payload's frame (index, schema id, datum) and the writer schemas of the ids met;
+    /// what has no frame is refused into `rejected`.
+    #[allow(clippy::type_complexity)]
+    fn frames<'p>(
+        &self,
+        payloads: &[&'p [u8]],
+        rejected: &mut Vec<Rejection>,
+    ) -> Result<(Vec<(usize, u32, &'p [u8])>, HashMap<u32, Arc<WriterSchema>>)> {
+        let mut framed = Vec::with_capacity(payloads.len());
+        let mut writers: HashMap<u32, Arc<WriterSchema>> = HashMap::new();
+        for (index, p) in payloads.iter().enumerate() {
+            match frame(p, self.max_bytes) {
+                Ok((id, datum)) => {
+                    if let std::collections::hash_map::Entry::Vacant(e) = writers.entry(id) {
+                        e.insert(self.registry.schema_by_id(id)?);
+                    }
+                    framed.push((index, id, datum));
+                }
+                Err((kind, reason)) => rejected.push(Rejection {
+                    index,
+                    reason,
+                    kind,
+                }),
+            }
+        }
+        Ok((framed, writers))
+    }
+
+    /// Declared events: each writer resolved to the reader made from the declaration, each
+    /// record checked as the declaration says.
+    fn decode_declared(
+        &self,
+        d: &super::avro_declared::DeclaredAvro,
+        payloads: &[&[u8]],
+    ) -> Result<DecodedPayloads> {
+        let mut rejected = Vec::new();
+        let (framed, writers) = self.frames(payloads, &mut rejected)?;
+        // The reader made for each writer met, then one datum reader per writer.
+        let mut readers: HashMap<u32, std::result::Result<Arc<apache_avro::Schema>, Refused>> =
+            HashMap::new();
+        for &(_, id, _) in &framed {
+            readers.entry(id).or_insert_with(|| {
+                writer_of(&writers, id).and_then(|writer| {
+                    d.reader(id, writer)
+                        .map_err(|why| (RejectKind::Schema, why))
+                })
+            });
+        }
+        let mut datum_readers = HashMap::new();
+        for (&id, reader) in &readers {
+            let built = match (writer_of(&writers, id), reader) {
+                (Ok(writer), Ok(reader)) => {
+                    apache_avro::reader::datum::GenericDatumReader::builder(writer)
+                        .reader_schema(reader.as_ref())
+                        .build()
+                        .map_err(|err| {
+                            let mut why = format!("schema id {id}: {err}");
+                            why.truncate(240);
+                            (RejectKind::Schema, why)
+                        })
+                }
+                (Err(why), _) => Err(why),
+                (_, Err(why)) => Err(why.clone()),
+            };
+            datum_readers.insert(id, built);
+        }
+        let mut rows = Vec::with_capacity(framed.len());
+        let mut accepted = Vec::with_capacity(framed.len());
+        for (index, id, datum) in framed {
+            let read = match datum_readers.get(&id) {
+                Some(Ok(reader)) => read_datum(reader, id, datum)
+                    .and_then(|value| d.decoder.checked(d.found(&value)?)),
+                Some(Err(why)) => Err(why.clone()),
+                None => Err((RejectKind::Schema, format!("schema id {id}: no reader"))),
+            };
+            match read {
+                Ok(row) => {
+                    rows.push(row);
+                    accepted.push(index);
+                }
+                Err((kind, reason)) => rejected.push(Rejection {
+                    index,
+                    reason,
+                    kind,
+                }),
+            }
+        }
+        rejected.sort_by_key(|r| r.index);
+        Ok(DecodedPayloads {
+            batch: d.decoder.batch(rows)?,
+            accepted,
+            rejected,
         })
     }
 
@@ -373,6 +481,49 @@ fn frame(p: &[u8], max_bytes: usize) -> std::result::Result<(u32, &[u8]), Refuse
     }
 }
 
+/// The writer schema of id `id`, or why a payload written with it is refused.
+fn writer_of(
+    writers: &HashMap<u32, Arc<WriterSchema>>,
+    id: u32,
+) -> std::result::Result<&apache_avro::Schema, Refused> {
+    match writers.get(&id).map(Arc::as_ref) {
+        Some(WriterSchema::Avro(w)) => Ok(w),
+        Some(WriterSchema::Unreadable(why)) => {
+            Err((RejectKind::Schema, format!("schema id {id}: {why}")))
+        }
+        Some(WriterSchema::Unknown) | None => Err((
+            RejectKind::Schema,
+            format!("unknown schema id {id} (not in the schema registry)"),
+        )),
+    }
+}
+
+/// One datum of writer schema `id`, read by `reader` (resolved): a record, with no bytes left
+/// over.
+fn read_datum(
+    reader: &apache_avro::reader::datum::GenericDatumReader<'_>,
+    id: u32,
+    datum: &[u8],
+) -> std::result::Result<Value, Refused> {
+    let mut rest = datum;
+    let value = reader.read_value(&mut rest).map_err(|_| {
+        (
+            RejectKind::Malformed,
+            format!("not a readable Avro datum of schema id {id}"),
+        )
+    })?;
+    if !rest.is_empty() {
+        return Err((
+            RejectKind::Malformed,
+            format!("{} bytes after the Avro datum", rest.len()),
+        ));
+    }
+    match value {
+        Value::Record(_) => Ok(value),
+        _ => Err((RejectKind::Schema, "not an Avro record".into())),
+    }
+}
+
 /// Reads one datum of schema `id`, resolved, into an event that meets the value rules.
 fn read_one<T: FromAvro>(
     reader: &apache_avro::reader::datum::GenericDatumReader<'_>,
@@ -409,6 +560,9 @@ impl Decoder for AvroDecoder {
         schema: &SchemaRef,
         payloads: &[&[u8]],
     ) -> Result<DecodedPayloads> {
+        if let Some(d) = self.declared.iter().find(|d| d.decoder.schema() == schema) {
+            return self.decode_declared(d, payloads);
+        }
         let Some(r) = self.events.iter().find(|r| &r.arrow == schema) else {
             return Err(PipelineError::Bug(
                 "the Avro decoder reads transactions, fraud labels and ticks only".into(),

@@ -104,6 +104,38 @@ impl DeclaredJsonDecoder {
         &self.schema
     }
 
+    /// The declaration it reads by.
+    pub fn declared(&self) -> &EventSchema {
+        &self.declared
+    }
+
+    /// The checked values of one event whose fields another format's reader found (Avro), in
+    /// declaration order: the same shape-then-rules checks, and reasons, as JSON's.
+    pub(crate) fn checked(
+        &self,
+        found: Vec<Found>,
+    ) -> Result<Vec<Option<Value>>, (RejectKind, String)> {
+        let mut values = Vec::with_capacity(found.len());
+        for (f, found) in self.declared.fields.iter().zip(found) {
+            values.push(Self::convert(f, found)?);
+        }
+        for (i, f) in self.declared.fields.iter().enumerate() {
+            if let Some(value) = values[i].take() {
+                values[i] = Some(self.check(i, f, value)?);
+            }
+        }
+        Ok(values)
+    }
+
+    /// The batch of checked rows.
+    pub(crate) fn batch(&self, rows: Vec<Vec<Option<Value>>>) -> crate::Result<RecordBatch> {
+        let mut columns = Columns::new(&self.declared, rows.len());
+        for mut row in rows {
+            columns.push(&mut row);
+        }
+        Ok(RecordBatch::try_new(self.schema.clone(), columns.finish())?)
+    }
+
     /// One payload's values, or why it is refused.
     fn row(&self, payload: &[u8], row: &mut Row) -> Result<(), (RejectKind, String)> {
         super::opens_an_object(payload)?;
@@ -174,6 +206,7 @@ impl DeclaredJsonDecoder {
             }
             (_, Found::Null) => return schema_error("null where a value is required"),
             (FieldType::String | FieldType::Timestamp, Found::Text(s)) => Value::Text(s),
+            (FieldType::Timestamp, Found::Time(ns)) => Value::Time(ns),
             (FieldType::Boolean, Found::Bool(b)) => Value::Bool(b),
             (FieldType::Integer, Found::Int(v)) => Value::Int(v),
             (FieldType::Integer, Found::UInt(v)) => match i64::try_from(v) {
@@ -299,7 +332,7 @@ impl Decoder for DeclaredJsonDecoder {
 
 /// What a payload holds in a field's place.
 #[derive(Debug, Clone, PartialEq, Default)]
-enum Found {
+pub(crate) enum Found {
     #[default]
     Absent,
     Null,
@@ -308,13 +341,15 @@ enum Found {
     UInt(u64),
     Float(f64),
     Text(String),
+    /// A time another format carries typed (Avro's timestamps), as nanoseconds.
+    Time(i64),
     /// An array or object where a value was declared.
     Compound,
 }
 
 /// A checked value.
 #[derive(Debug, Clone, PartialEq)]
-enum Value {
+pub(crate) enum Value {
     Text(String),
     Int(i64),
     Float(f64),

@@ -6,6 +6,7 @@
 //! - [`avro`](AvroDecoder): Avro in the schema registry's wire format.
 
 mod avro;
+mod avro_declared;
 mod declared;
 mod events;
 mod json;

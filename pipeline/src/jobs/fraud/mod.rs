@@ -205,6 +205,33 @@ impl JobKind for FraudConfig {
                     .map(|e| format!("kafka.repartition: {e}")),
             );
         }
+        // An Avro output names its fields as the records do: each must be an Avro name.
+        if let (Some(kafka), Some(declared)) = (&pipeline.kafka, self.declared()) {
+            let records = records::RecordShapes::of(&declared);
+            let avro_name = |n: &str| {
+                n.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            };
+            for (topic, format) in kafka.output_formats() {
+                let schema = match topic {
+                    t if t == kafka.topics.alerts => &records.alert,
+                    _ => &records.score,
+                };
+                let bad: Vec<&str> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .filter(|n| !avro_name(n))
+                    .collect();
+                if format == crate::decoders::Format::Avro && !bad.is_empty() {
+                    p.push(format!(
+                        "kafka: topic {topic:?} is Avro, but its records carry fields whose names are no Avro names: {bad:?} (publish it as JSON: [kafka.formats])"
+                    ));
+                }
+            }
+        }
         p
     }
 
