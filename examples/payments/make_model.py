@@ -16,8 +16,9 @@ FEATURES = [
     "card_mean_amount_7days",
     "card_mean_amount_1h",
     "night",
+    "card_merchant_count_7days",
 ]
-WEIGHTS = [0.004, 1.2, 0.1, -0.002, 0.002, 1.0]
+WEIGHTS = [0.004, 1.2, 0.1, -0.002, 0.002, 1.0, -0.3]
 BIAS = -5.0
 
 x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, len(FEATURES)])

@@ -25,6 +25,15 @@ fn q(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// A key's columns, quoted, for `PARTITION BY` (a combined key partitions by each).
+fn key_sql(key: &str) -> String {
+    crate::config::key_parts(key)
+        .into_iter()
+        .map(q)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The SQL computing all features of `cfg` over `table`, ordered by (event time, order_by).
 /// Output columns: the table's own columns listed in `keep`, then the features in the streaming
 /// chain's order.
@@ -53,7 +62,7 @@ pub fn batch_sql(cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<St
     }
     let config_err = |e: String| OperatorError::Config(vec![e]);
     for (i, w) in cfg.windows.iter().enumerate() {
-        let (k, v) = (q(&w.key), format!("CAST({} AS DOUBLE)", q(&w.value)));
+        let (k, v) = (key_sql(&w.key), format!("CAST({} AS DOUBLE)", q(&w.value)));
         let later = format!(
             "OVER (PARTITION BY {k}, \"__t\" ORDER BY {ord} ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING)"
         );
@@ -81,7 +90,7 @@ pub fn batch_sql(cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<St
         }
     }
     for (j, r) in cfg.label_risk.iter().enumerate() {
-        let k = q(&r.key);
+        let k = key_sql(&r.key);
         let d = ns(r.delay);
         for (s, span) in r.spans.iter().enumerate() {
             let frame = format!(

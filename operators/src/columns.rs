@@ -147,8 +147,36 @@ pub enum EventId {
     Str(Box<str>),
 }
 
-/// The key (or id) column `name`: integers (any integer type) or strings, never null.
+/// The key (or id) column `name`: integers (any integer type) or strings, never null. A key
+/// combining several columns ([`crate::config::key_parts`]) is text: each part's text prefixed
+/// by its length and a colon, so that distinct combinations never give the same key.
 pub fn keys(batch: &RecordBatch, name: &str) -> Result<Keys> {
+    if batch.column_by_name(name).is_none() && name.contains(crate::config::KEY_SEPARATOR) {
+        let parts = crate::config::key_parts(name)
+            .into_iter()
+            .map(|part| keys(batch, part))
+            .collect::<Result<Vec<_>>>()?;
+        let mut key = String::new();
+        let mut out = arrow::array::StringBuilder::with_capacity(batch.num_rows(), 0);
+        for row in 0..batch.num_rows() {
+            key.clear();
+            for part in &parts {
+                let text = match part {
+                    Keys::Int(a) => a.value(row).to_string(),
+                    Keys::Str(a) => a.value(row).to_string(),
+                };
+                key.push_str(&text.len().to_string());
+                key.push(':');
+                key.push_str(&text);
+            }
+            out.append_value(&key);
+        }
+        return Ok(Keys::Str(out.finish()));
+    }
+    single_key(batch, name)
+}
+
+fn single_key(batch: &RecordBatch, name: &str) -> Result<Keys> {
     let col = get(batch, name)?;
     non_null(col.as_ref(), name)?;
     let dt = col.data_type();

@@ -59,7 +59,9 @@ pub struct CalendarConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowConfig {
-    /// Key column (integer or string).
+    /// Key column (integer or string), or several combined: `key = ["card.id", "merchant.id"]`
+    /// is held as `"card.id × merchant.id"` ([`key_parts`]).
+    #[serde(deserialize_with = "key_columns")]
     pub key: String,
     /// Numeric column aggregated by `sum` and `mean`.
     pub value: String,
@@ -79,7 +81,8 @@ pub struct WindowConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabelRiskConfig {
-    /// Key column, present in transactions and in label events.
+    /// Key column, present in transactions and in label events; or several, as a window's.
+    #[serde(deserialize_with = "key_columns")]
     pub key: String,
     /// How long after a transaction its label is assumed known (> 0).
     #[serde(with = "humantime_serde")]
@@ -108,6 +111,33 @@ pub struct SqlFeatureConfig {
     pub name: String,
     /// DataFusion SQL expression over the input columns and earlier features (case-sensitive).
     pub expr: String,
+}
+
+/// What joins the columns of a key that combines several (`key = ["a", "b"]` is `"a × b"`).
+pub const KEY_SEPARATOR: &str = " \u{d7} ";
+
+/// The columns of a key: one, or those a combined key joins.
+pub fn key_parts(key: &str) -> Vec<&str> {
+    key.split(KEY_SEPARATOR).collect()
+}
+
+/// A key: one column's name, or a list of at least two, joined by [`KEY_SEPARATOR`].
+fn key_columns<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Key {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Key::deserialize(d)? {
+        Key::One(k) => Ok(k),
+        Key::Many(parts) if parts.len() >= 2 && parts.iter().all(|p| !p.is_empty()) => {
+            Ok(parts.join(KEY_SEPARATOR))
+        }
+        Key::Many(_) => Err(serde::de::Error::custom(
+            "a key of several columns lists at least two names",
+        )),
+    }
 }
 
 fn durations<'de, D: serde::Deserializer<'de>>(
@@ -266,13 +296,15 @@ impl FeatureConfig {
             }
         }
         for (i, w) in self.windows.iter().enumerate() {
-            col(
-                transactions,
-                &w.key,
-                &format!("windows[{i}].key"),
-                is_key,
-                &mut problems,
-            );
+            for part in key_parts(&w.key) {
+                col(
+                    transactions,
+                    part,
+                    &format!("windows[{i}].key"),
+                    is_key,
+                    &mut problems,
+                );
+            }
             col(
                 transactions,
                 &w.value,
@@ -309,22 +341,26 @@ impl FeatureConfig {
             );
         }
         for (i, r) in self.label_risk.iter().enumerate() {
-            col(
-                transactions,
-                &r.key,
-                &format!("label_risk[{i}].key"),
-                is_key,
-                &mut problems,
-            );
+            for part in key_parts(&r.key) {
+                col(
+                    transactions,
+                    part,
+                    &format!("label_risk[{i}].key"),
+                    is_key,
+                    &mut problems,
+                );
+            }
             match labels {
                 Some(l) => {
-                    col(
-                        l,
-                        &r.key,
-                        &format!("label_risk[{i}].key (labels)"),
-                        is_key,
-                        &mut problems,
-                    );
+                    for part in key_parts(&r.key) {
+                        col(
+                            l,
+                            part,
+                            &format!("label_risk[{i}].key (labels)"),
+                            is_key,
+                            &mut problems,
+                        );
+                    }
                     col(
                         l,
                         &self.event_time,

@@ -37,7 +37,10 @@ use arrow::error::ArrowError;
 use riskpipe_schemas::Fault;
 
 pub use calendar::CalendarFlags;
-pub use config::{CalendarConfig, FeatureConfig, LabelRiskConfig, SqlFeatureConfig, WindowConfig};
+pub use config::{
+    CalendarConfig, FeatureConfig, KEY_SEPARATOR, LabelRiskConfig, SqlFeatureConfig, WindowConfig,
+    key_parts,
+};
 pub use label_risk::LabelRisk;
 pub use market::{Ewma, QuantileOf, Rolling, RollingQuantile, SeriesFeatures, SeriesOperator};
 #[cfg(feature = "sql")]

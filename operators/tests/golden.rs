@@ -324,6 +324,42 @@ fn string_keys_work_like_integer_keys() {
     );
 }
 
+/// A key may combine fields: `key = ["CARD", "MERCHANT"]` counts each (card, merchant) pair's
+/// events, text and integer parts alike, and keeps pairs whose joined text would collide apart
+/// ("a1" + "2" and "a" + "12"). A list of one name is refused.
+#[test]
+fn a_key_may_combine_fields() {
+    let cfg = config(
+        "[[windows]]\nkey = [\"CARD\", \"MERCHANT\"]\nvalue = \"TX_AMOUNT\"\nspans = [\"1h\"]\ncount = \"N\"\nsum = \"S\"\n",
+    );
+    assert_eq!(cfg.windows[0].key, "CARD \u{d7} MERCHANT");
+    let mut chain = cfg.build_chain().expect("chain");
+    let schema = Schema::new(vec![
+        Field::new("TX_DATETIME", utc(), false),
+        Field::new("CARD", DataType::Utf8, false),
+        Field::new("MERCHANT", DataType::Int64, false),
+        Field::new("TX_AMOUNT", DataType::Float64, false),
+    ]);
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            ts(vec![0, S, 2 * S, 3 * S, 4 * S, 5 * S]),
+            Arc::new(StringArray::from(vec!["x", "x", "y", "x", "a1", "a"])),
+            Arc::new(Int64Array::from(vec![7, 8, 7, 7, 2, 12])),
+            Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])),
+        ],
+    )
+    .expect("batch");
+    let out = chain.process(batch).expect("process");
+    assert_eq!(ints(&out, "N"), vec![1, 1, 1, 2, 1, 1]);
+    assert_eq!(floats(&out, "S"), vec![1.0, 2.0, 3.0, 5.0, 5.0, 6.0]);
+    let one = toml::from_str::<FeatureConfig>(
+        "[[windows]]\nkey = [\"CARD\"]\nvalue = \"A\"\nspans = [\"1d\"]\ncount = \"N\"\n",
+    )
+    .expect_err("one name");
+    assert!(one.to_string().contains("at least two names"), "{one}");
+}
+
 #[test]
 fn malformed_batches_get_clear_errors() {
     let mut chain = config(CUSTOMER).build_chain().expect("chain");

@@ -26,6 +26,13 @@ count = "C_N_{days}"
 sum = "C_S_{days}"
 mean = "C_M_{days}"
 
+[[windows]]
+key = ["CUSTOMER_ID", "TERMINAL_ID"]
+value = "TX_AMOUNT"
+spans = ["2d"]
+count = "CT_N_{days}"
+sum = "CT_S_{days}"
+
 [[label_risk]]
 key = "TERMINAL_ID"
 delay = "1d"

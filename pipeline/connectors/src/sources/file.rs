@@ -200,19 +200,23 @@ pub fn prepare(
         ),
     ];
     for w in &features.windows {
-        required.push((
-            &w.key,
-            |d| d.is_integer() || matches!(d, DataType::Utf8),
-            "an integer or string key",
-        ));
+        for part in riskpipe_operators::key_parts(&w.key) {
+            required.push((
+                part,
+                |d| d.is_integer() || matches!(d, DataType::Utf8),
+                "an integer or string key",
+            ));
+        }
         required.push((&w.value, |d| d.is_numeric(), "numeric"));
     }
     for r in &features.label_risk {
-        required.push((
-            &r.key,
-            |d| d.is_integer() || matches!(d, DataType::Utf8),
-            "an integer or string key",
-        ));
+        for part in riskpipe_operators::key_parts(&r.key) {
+            required.push((
+                part,
+                |d| d.is_integer() || matches!(d, DataType::Utf8),
+                "an integer or string key",
+            ));
+        }
     }
     let mut problems = Vec::new();
     for (col, ok, what) in &required {

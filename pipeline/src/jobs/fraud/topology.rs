@@ -93,9 +93,11 @@ fn maker(
     let cfg = cfg.clone();
     // Each partition's rows must be all of their key's: the label risk's key after the
     // repartition, the windows' before it.
+    // (Of a key combining several fields, the first: the one the topic is keyed by.)
+    let first = |key: &str| riskpipe_operators::key_parts(key)[0].to_string();
     let by = match part {
-        Part::AfterRepartition => features.label_risk.first().map(|r| r.key.clone()),
-        _ => features.windows.first().map(|w| w.key.clone()),
+        Part::AfterRepartition => features.label_risk.first().map(|r| first(&r.key)),
+        _ => features.windows.first().map(|w| first(&w.key)),
     };
     std::sync::Arc::new(move || {
         let mut stage = FraudFeatures::new(&cfg, &features, part)?;
