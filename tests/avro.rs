@@ -1,6 +1,7 @@
-//! Avro in the schema registry's wire format: every way a message can fail is a dead letter
-//! with its kind and reason; writer schemas that evolved as Avro allows are read; the registry
-//! is asked once per schema id; an unreachable registry fails the batch instead of
+//! Avro in the schema registry's wire format, read by the declared events (the handbook's, the
+//! payments example's) and the published tick schema: every way a message can fail is a dead
+//! letter with its kind and reason; writer schemas that evolved as Avro allows are read; the
+//! registry is asked once per schema id; an unreachable registry fails the batch instead of
 //! dead-lettering it. Against `riskpipe_pipeline::schema_registry::memory`, over HTTP.
 
 mod support;
@@ -107,8 +108,12 @@ fn every_avro_failure_is_a_dead_letter_and_evolved_writers_are_read() {
         Vec::new(),
     ];
     let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-    let schema = riskpipe_schemas::transaction_schema();
-    let decoder = AvroDecoder::new(client(&url, Some(("svc", "s3cret"))), 1024).expect("decoder");
+    let (events, _) = declared_events("config/fraud-handbook.toml");
+    let schema = events.arrow_schema();
+    assert_eq!(schema, riskpipe_schemas::transaction_schema());
+    let decoder = AvroDecoder::new(client(&url, Some(("svc", "s3cret"))), 1024)
+        .expect("decoder")
+        .declaring(events.clone());
     let decoded = decoder
         .decode("transactions", &schema, &refs)
         .expect("the registry answers");
@@ -136,14 +141,18 @@ fn every_avro_failure_is_a_dead_letter_and_evolved_writers_are_read() {
     expect(
         2,
         RejectKind::Schema,
-        "does not resolve to riskpipe.Transaction",
+        "does not resolve to the declared events",
     );
     expect(3, RejectKind::Schema, "unknown schema id 999");
     expect(4, RejectKind::Malformed, "first byte 0x7b");
     expect(5, RejectKind::Malformed, "truncated");
     expect(6, RejectKind::Malformed, "not a readable Avro datum");
     expect(7, RejectKind::Malformed, "1 bytes after the Avro datum");
-    expect(8, RejectKind::Invalid, "field TX_AMOUNT: negative");
+    expect(
+        8,
+        RejectKind::Invalid,
+        "field TX_AMOUNT: below the minimum 0",
+    );
     expect(9, RejectKind::Empty, "empty payload");
     assert_eq!(rejected.len(), 8);
 
@@ -156,7 +165,9 @@ fn every_avro_failure_is_a_dead_letter_and_evolved_writers_are_read() {
     assert_eq!(registry.lookups(), asked, "schemas are cached by id");
 
     // Wrong credentials, or no registry at all: no message's fault, the batch fails.
-    let refused = AvroDecoder::new(client(&url, Some(("svc", "wrong"))), 1024).expect("decoder");
+    let refused = AvroDecoder::new(client(&url, Some(("svc", "wrong"))), 1024)
+        .expect("decoder")
+        .declaring(events.clone());
     let e = refused
         .decode("transactions", &schema, &refs[..1])
         .expect_err("401");
@@ -164,7 +175,9 @@ fn every_avro_failure_is_a_dead_letter_and_evolved_writers_are_read() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port");
-    let down = AvroDecoder::new(client(&format!("http://{closed}"), None), 1024).expect("decoder");
+    let down = AvroDecoder::new(client(&format!("http://{closed}"), None), 1024)
+        .expect("decoder")
+        .declaring(events);
     let e = down
         .decode("transactions", &schema, &refs[..1])
         .expect_err("unreachable");
@@ -179,7 +192,10 @@ fn every_avro_failure_is_a_dead_letter_and_evolved_writers_are_read() {
 fn labels_and_ticks_decode_with_their_optional_fields() {
     let registry = MemoryRegistry::new(None);
     let url = support::serve_registry(registry.clone());
-    let decoder = AvroDecoder::new(client(&url, None), 1024).expect("decoder");
+    let (_, labels) = declared_events("config/fraud-handbook.toml");
+    let decoder = AvroDecoder::new(client(&url, None), 1024)
+        .expect("decoder")
+        .declaring(labels);
     let tick_text = published("market_tick");
     let tick = apache_avro::Schema::parse_str(&tick_text).expect("tick");
     let tick_id = registry.register("ticks-value", &tick_text).expect("tick");
@@ -676,94 +692,6 @@ fn declared_events(
         .expect("fraud")
         .declarations()
         .expect("declarations")
-}
-
-/// The handbook's declaration read from Avro: the payloads of the test above (evolved writers,
-/// an unresolvable one, broken frames, a negative amount) accepted and refused as the fixed
-/// decoder of the published schema accepts and refuses them, with the same kinds and reasons
-/// (the resolution failure names the declared events, the amount's rule is a minimum), and the
-/// same rows.
-#[test]
-fn declared_events_read_from_avro_as_the_published_schema_is() {
-    let registry = MemoryRegistry::new(None);
-    let url = support::serve_registry(registry.clone());
-    let v1_text = published("transaction");
-    let v1 = apache_avro::Schema::parse_str(&v1_text).expect("v1");
-    let v1_id = registry
-        .register("transactions-value", &v1_text)
-        .expect("v1");
-    let evolved_text = v1_text.replacen(
-        r#""fields": ["#,
-        r#""fields": [{"name": "CHANNEL", "type": "string", "default": "web"},"#,
-        1,
-    );
-    let evolved = apache_avro::Schema::parse_str(&evolved_text).expect("evolved");
-    let evolved_id = registry
-        .register("transactions-value", &evolved_text)
-        .expect("evolved");
-    let wrong_text = v1_text.replace(
-        r#""name": "TX_AMOUNT",
-      "type": "double""#,
-        r#""name": "TX_AMOUNT",
-      "type": "string""#,
-    );
-    let wrong = apache_avro::Schema::parse_str(&wrong_text).expect("wrong");
-    let wrong_id = registry
-        .register("transactions-value", &wrong_text)
-        .expect("wrong");
-    let mut evolved_row = transaction(2, 3.5);
-    evolved_row.insert(0, ("CHANNEL".into(), Value::String("pos".into())));
-    let mut wrong_row = transaction(3, 0.0);
-    wrong_row[4].1 = Value::String("57.16".into());
-    let good = support::framed(v1_id, &v1, Value::Record(transaction(1, 57.16)));
-    let mut trailing = good.clone();
-    trailing.push(7);
-    let payloads: Vec<Vec<u8>> = vec![
-        good,
-        support::framed(evolved_id, &evolved, Value::Record(evolved_row)),
-        support::framed(wrong_id, &wrong, Value::Record(wrong_row)),
-        support::framed(999, &v1, Value::Record(transaction(4, 1.0))),
-        br#"{"TRANSACTION_ID": 5}"#.to_vec(),
-        vec![0, 0, 0, 0, v1_id as u8, 0xff],
-        trailing,
-        support::framed(v1_id, &v1, Value::Record(transaction(9, -1.0))),
-        support::framed(v1_id, &v1, Value::Record(transaction(10, f64::MAX))),
-        Vec::new(),
-    ];
-    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-    let (events, _) = declared_events("config/fraud-handbook.toml");
-    let schema = events.arrow_schema();
-    assert_eq!(schema, riskpipe_schemas::transaction_schema());
-    let fixed = AvroDecoder::new(client(&url, None), 1024)
-        .expect("decoder")
-        .decode("transactions", &schema, &refs)
-        .expect("fixed");
-    let declared = AvroDecoder::new(client(&url, None), 1024)
-        .expect("decoder")
-        .declaring(events)
-        .decode("transactions", &schema, &refs)
-        .expect("declared");
-    assert_eq!(declared.accepted, vec![0, 1]);
-    assert_eq!(declared.accepted, fixed.accepted);
-    assert_eq!(declared.batch, fixed.batch);
-    let reasons =
-        |d: &riskpipe_pipeline::decoders::DecodedPayloads| -> Vec<(usize, RejectKind, String)> {
-            d.rejected
-                .iter()
-                .map(|r| {
-                    (
-                        r.index,
-                        r.kind,
-                        // The declaration states the published schema's rule as a minimum.
-                        r.reason
-                            .replace("riskpipe.Transaction", "the declared events")
-                            .replace("negative (must be >= 0)", "below the minimum 0"),
-                    )
-                })
-                .collect()
-        };
-    assert_eq!(reasons(&declared), reasons(&fixed));
-    assert_eq!(declared.rejected.len(), 8);
 }
 
 /// A payments writer with nested records named its own way (`Pay`, `CardInfo`), one evolved

@@ -2,9 +2,9 @@
 //! 1..=4 payloads.
 //!
 //! Input layout: `[selector] payload (0xFF payload){0,3}`.
-//! - selector bits 0-1: the schema: 0 transaction, 1 fraud label, 2 market tick (the three
-//!   published input events, decoded through their serde types), 3 position (no serde type: the
-//!   arrow-json fallback path).
+//! - selector bits 0-1: the schema: 0 transaction, 1 fraud label (as the shipped config
+//!   declares them: the declared-events decoder), 2 market tick (its serde type), 3 position (no
+//!   serde type: the arrow-json fallback path).
 //! - selector bits 2-4: `max_bytes`, from [`MAX_BYTES`] (half the values are small, so the
 //!   oversized path is hit).
 //! - the rest is split on 0xFF (a byte that never occurs in UTF-8, hence never in valid JSON)
@@ -61,9 +61,28 @@ fn setup() -> &'static Setup {
         ],
         decoders: MAX_BYTES
             .iter()
-            .map(|&m| decoders::json(m))
+            .map(|&m| -> Box<dyn Decoder> {
+                let (events, labels) = handbook();
+                Box::new(
+                    decoders::JsonDecoder::new(m)
+                        .declaring(events)
+                        .declaring(labels),
+                )
+            })
             .collect(),
     })
+}
+
+/// The shipped config's declared transactions and labels (what the fraud job decodes by).
+fn handbook() -> (
+    riskpipe_schemas::declared::EventSchema,
+    riskpipe_schemas::declared::EventSchema,
+) {
+    let cfg = riskpipe_pipeline::PipelineConfig::handbook().expect("shipped config");
+    riskpipe_pipeline::jobs::fraud::FraudConfig::of(&cfg)
+        .expect("fraud")
+        .declarations()
+        .expect("declarations")
 }
 
 /// The verdict on one payload: `Ok(row)` or `Err((kind, reason))`.
@@ -159,12 +178,12 @@ fuzz_target!(|data: &[u8]| {
     let (decoder, max_bytes) = (&setup.decoders[choice], MAX_BYTES[choice]);
     let payloads: Vec<&[u8]> = rest.splitn(MAX_PAYLOADS, |&b| b == SEP).collect();
 
-    let together = decoder.decode(schema, &payloads).expect("JSON decoding never fails as a whole");
+    let together = decoder.decode("topic", schema, &payloads).expect("JSON decoding never fails as a whole");
     let verdicts = check(schema, &payloads, max_bytes, &together);
 
     for (i, (p, batch_verdict)) in payloads.iter().zip(verdicts).enumerate() {
         let one = [*p];
-        let alone = decoder.decode(schema, &one).expect("JSON decoding never fails as a whole");
+        let alone = decoder.decode("topic", schema, &one).expect("JSON decoding never fails as a whole");
         let mut alone_verdict = check(schema, &one, max_bytes, &alone);
         let alone_verdict = alone_verdict.pop().expect("one verdict per payload");
         assert_eq!(

@@ -1,6 +1,8 @@
 //! The JSON decoder and the published JSON Schemas agree: payloads generated from each input
 //! event's schema (`schemas/json/*.schema.json`), valid and invalid field by field, are
-//! accepted by the decoder exactly when a JSON Schema validator (formats asserted) accepts them.
+//! accepted by the decoder exactly when a JSON Schema validator (formats asserted) accepts them:
+//! transactions and fraud labels as the shipped config declares them, ticks by their published
+//! schema.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -140,7 +142,23 @@ fn agree(file: &str, arrow: arrow::datatypes::SchemaRef) {
         .should_validate_formats(true)
         .build(&json_schema)
         .expect("a valid JSON Schema");
-    let decoder = JsonDecoder::new(1 << 16);
+    // The shipped fraud job's declarations (ticks: the published schema).
+    let cfg = riskpipe_pipeline::PipelineConfig::handbook().expect("shipped config");
+    let (events, labels) = riskpipe_pipeline::jobs::fraud::FraudConfig::of(&cfg)
+        .expect("fraud")
+        .declarations()
+        .expect("declarations");
+    assert_eq!(
+        events.arrow_schema(),
+        riskpipe_schemas::transaction_schema()
+    );
+    assert_eq!(
+        labels.arrow_schema(),
+        riskpipe_schemas::fraud_label_schema()
+    );
+    let decoder = JsonDecoder::new(1 << 16)
+        .declaring(events)
+        .declaring(labels);
     let (accepted, refused) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
     let mut runner = TestRunner::new(Config {
         cases: 3000,

@@ -27,12 +27,17 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// The same feed with every payload in Avro (schema-registry wire format, the published
-    /// schemas), each schema registered through `kafka.schema_registry`: the JSON payloads go
-    /// through riskpipe's JSON decoder and Avro encoder.
-    pub fn into_avro(mut self, kafka: &KafkaConfig) -> Result<Feed> {
+    /// The same feed with every payload in Avro (schema-registry wire format, the schemas of
+    /// the job's declared `inputs`), each schema registered through `kafka.schema_registry`:
+    /// the JSON payloads go through riskpipe's JSON decoder and Avro encoder.
+    pub fn into_avro(mut self, kafka: &KafkaConfig, inputs: &crate::jobs::Inputs) -> Result<Feed> {
         let streams = crate::jobs::fraud::STREAMS;
-        let json = crate::decoders::json(usize::MAX);
+        let json = inputs
+            .declared
+            .iter()
+            .fold(crate::decoders::JsonDecoder::new(usize::MAX), |json, d| {
+                json.declaring(d.as_ref().clone())
+            });
         let strategy = kafka
             .schema_registry
             .as_ref()
@@ -40,14 +45,10 @@ impl Feed {
             .unwrap_or_default();
         let mut encoder = crate::encoders::AvroEncoder::new(kafka.registry()?, strategy);
         for (labels, schema, topic) in [
-            (
-                false,
-                riskpipe_schemas::transaction_schema(),
-                kafka.events_topic(streams),
-            ),
+            (false, inputs.events.clone(), kafka.events_topic(streams)),
             (
                 true,
-                riskpipe_schemas::fraud_label_schema(),
+                inputs.side.clone().unwrap_or_else(|| inputs.events.clone()),
                 kafka.side_topic(streams).unwrap_or_default(),
             ),
         ] {
@@ -58,8 +59,7 @@ impl Feed {
                 continue;
             }
             let payloads: Vec<&[u8]> = at.iter().map(|&i| self.messages[i].2.as_slice()).collect();
-            let decoded =
-                crate::decoders::Decoder::decode(json.as_ref(), topic, &schema, &payloads)?;
+            let decoded = crate::decoders::Decoder::decode(&json, topic, &schema, &payloads)?;
             if let Some(r) = decoded.rejected.first() {
                 return Err(PipelineError::Bug(format!(
                     "a feed payload riskpipe wrote does not decode: {}",

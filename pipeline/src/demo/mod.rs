@@ -156,7 +156,7 @@ pub fn run_demo(
         _ => feed_after(history, cfg, warm.from, warm.scored_from, opts.transactions)?,
     };
     let feed = match kafka.format {
-        crate::decoders::Format::Avro => feed.into_avro(&kafka)?,
+        crate::decoders::Format::Avro => feed.into_avro(&kafka, &cfg.job.kind().inputs())?,
         crate::decoders::Format::Json => feed,
     };
     let total = feed.transactions as u64;

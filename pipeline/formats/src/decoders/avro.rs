@@ -1,13 +1,14 @@
 //! Avro payloads in the Confluent wire format (byte 0, a 4-byte big-endian schema id, one Avro
 //! binary datum) to Arrow batches. The writer schema comes from the schema registry by id; it is
-//! resolved to riskpipe's published schema (`schemas/avro/`) by Avro's rules, so fields the
-//! writer adds are dropped, fields it lacks take the reader's defaults, and `int`→`long`,
-//! `float`→`double` are promoted. The resolved record then meets the same value rules as JSON
-//! ([`super::events::StrictEvent::rules`]).
+//! resolved by Avro's rules to the reader made from a job's declaration
+//! ([`super::avro_declared`]), or for market ticks to the published schema (`schemas/avro/`), so
+//! fields the writer adds are dropped, fields it lacks take the reader's defaults, and
+//! `int`→`long`, `float`→`double` are promoted. The resolved record then meets the same value
+//! rules as JSON.
 //!
 //! What becomes a dead letter, and of which kind: no frame, a magic byte other than 0, a datum
 //! that does not read or leaves bytes behind (`malformed`); a schema id the registry does not
-//! know, a schema that is not Avro, a writer schema that does not resolve to the published one
+//! know, a schema that is not Avro, a writer schema that does not resolve to the reader
 //! (`schema`); a value the rules refuse or a time beyond the year 2262 (`invalid`). A registry
 //! that cannot be reached is no message's fault: the batch fails and the pipeline stops
 //! without committing.
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use apache_avro::types::Value;
 use arrow::datatypes::SchemaRef;
-use riskpipe_schemas::{FraudLabel, MarketTick, Transaction};
+use riskpipe_schemas::MarketTick;
 
 use super::events::StrictEvent;
 use super::{DecodedPayloads, Decoder, Rejection};
@@ -45,14 +46,6 @@ impl Record<'_> {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v)
             .ok_or_else(|| (RejectKind::Schema, format!("missing field {name}")))
-    }
-
-    fn long(&self, name: &'static str) -> Result<i64, Refused> {
-        match self.get(name)? {
-            Value::Long(v) => Ok(*v),
-            Value::Int(v) => Ok(i64::from(*v)),
-            _ => Err(wrong(name)),
-        }
     }
 
     fn double(&self, name: &'static str) -> Result<f64, Refused> {
@@ -105,39 +98,6 @@ fn wrong(name: &str) -> Refused {
     (RejectKind::Schema, format!("field {name}: wrong type"))
 }
 
-impl FromAvro for Transaction {
-    fn from_avro(r: &Record<'_>) -> Result<(Self, i64), Refused> {
-        let time = r.time("TX_DATETIME")?;
-        Ok((
-            Transaction {
-                transaction_id: r.long("TRANSACTION_ID")?,
-                tx_datetime: String::new(),
-                customer_id: r.long("CUSTOMER_ID")?,
-                terminal_id: r.long("TERMINAL_ID")?,
-                tx_amount: r.double("TX_AMOUNT")?,
-            },
-            time,
-        ))
-    }
-}
-
-impl FromAvro for FraudLabel {
-    fn from_avro(r: &Record<'_>) -> Result<(Self, (i64, i64)), Refused> {
-        let times = (r.time("TX_DATETIME")?, r.time("LABEL_TIME")?);
-        Ok((
-            FraudLabel {
-                transaction_id: r.long("TRANSACTION_ID")?,
-                customer_id: r.long("CUSTOMER_ID")?,
-                terminal_id: r.long("TERMINAL_ID")?,
-                tx_datetime: String::new(),
-                label_time: String::new(),
-                tx_fraud: r.long("TX_FRAUD")?,
-            },
-            times,
-        ))
-    }
-}
-
 impl FromAvro for MarketTick {
     fn from_avro(r: &Record<'_>) -> Result<(Self, i64), Refused> {
         let time = r.time("TIME")?;
@@ -156,8 +116,6 @@ impl FromAvro for MarketTick {
 /// The input events riskpipe reads in Avro.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Event {
-    Transaction,
-    Label,
     Tick,
 }
 
@@ -185,34 +143,17 @@ pub struct AvroDecoder {
 impl AvroDecoder {
     /// A decoder fetching writer schemas from `registry`, refusing payloads over `max_bytes`.
     pub fn new(registry: Arc<SchemaRegistry>, max_bytes: usize) -> Result<Self> {
-        let mut events = Vec::new();
-        for (event, name, arrow) in [
-            (
-                Event::Transaction,
-                "Transaction",
-                riskpipe_schemas::transaction_schema(),
-            ),
-            (
-                Event::Label,
-                "FraudLabel",
-                riskpipe_schemas::fraud_label_schema(),
-            ),
-            (
-                Event::Tick,
-                "MarketTick",
-                riskpipe_schemas::market_tick_schema(),
-            ),
-        ] {
-            let json = riskpipe_schemas::avro::schema(name, &arrow).map_err(PipelineError::Bug)?;
-            let reader = apache_avro::Schema::parse(&json)
-                .map_err(|e| PipelineError::Bug(format!("the published {name} schema: {e}")))?;
-            events.push(Readable {
-                arrow,
-                event,
-                reader,
-                name: format!("{}.{name}", riskpipe_schemas::avro::NAMESPACE),
-            });
-        }
+        // The published tick schema (declared events bring their own readers).
+        let (name, arrow) = ("MarketTick", riskpipe_schemas::market_tick_schema());
+        let json = riskpipe_schemas::avro::schema(name, &arrow).map_err(PipelineError::Bug)?;
+        let reader = apache_avro::Schema::parse(&json)
+            .map_err(|e| PipelineError::Bug(format!("the published {name} schema: {e}")))?;
+        let events = vec![Readable {
+            arrow,
+            event: Event::Tick,
+            reader,
+            name: format!("{}.{name}", riskpipe_schemas::avro::NAMESPACE),
+        }];
         Ok(Self {
             max_bytes,
             registry,
@@ -565,12 +506,10 @@ impl Decoder for AvroDecoder {
         }
         let Some(r) = self.events.iter().find(|r| &r.arrow == schema) else {
             return Err(PipelineError::Bug(
-                "the Avro decoder reads transactions, fraud labels and ticks only".into(),
+                "the Avro decoder reads declared events and ticks only".into(),
             ));
         };
         match r.event {
-            Event::Transaction => self.decode_as::<Transaction>(r, payloads),
-            Event::Label => self.decode_as::<FraudLabel>(r, payloads),
             Event::Tick => self.decode_as::<MarketTick>(r, payloads),
         }
     }

@@ -1,5 +1,5 @@
-//! The published input events (transactions, fraud labels, ticks) decoded strictly: each payload
-//! through its serde type (unknown, missing and mistyped fields refused; `1.5` is no customer id
+//! The published market ticks decoded strictly (events a job declares are read by their
+//! declaration instead, [`super::DeclaredJsonDecoder`]): each payload through its serde type (unknown, missing and mistyped fields refused; `1.5` is no customer id
 //! and `"57"` no amount), then through the value rules its JSON Schema states (`minimum`,
 //! `exclusiveMinimum`, `enum`, `date-time` with an offset). What the schema forbids is a dead
 //! letter: `schema` for the wrong shape or type, `invalid` for a value the rules refuse.
@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use arrow::array::TimestampNanosecondArray;
-use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
-use riskpipe_schemas::{FraudLabel, MarketTick, Transaction};
+use riskpipe_schemas::MarketTick;
 use serde::de::DeserializeOwned;
 
 use super::{DecodedPayloads, Rejection};
@@ -96,79 +96,12 @@ fn date_time_of(field: &'static str, value: &str) -> Result<i64, Broken> {
     date_time(value).ok_or((field, "not an RFC 3339 date-time with an offset"))
 }
 
-fn ints(values: impl Iterator<Item = i64>) -> ArrayRef {
-    Arc::new(Int64Array::from_iter_values(values))
-}
-
 fn floats(values: impl Iterator<Item = f64>) -> ArrayRef {
     Arc::new(Float64Array::from_iter_values(values))
 }
 
 fn build(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch, String> {
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
-}
-
-impl StrictEvent for Transaction {
-    type Times = i64;
-
-    fn times(&self) -> Result<i64, Broken> {
-        date_time_of("TX_DATETIME", &self.tx_datetime)
-    }
-
-    fn rules(&self) -> Result<(), Broken> {
-        if let Some(problem) = riskpipe_schemas::out_of_range(self.tx_amount) {
-            return Err(("TX_AMOUNT", problem));
-        }
-        if self.tx_amount < 0.0 {
-            return Err(("TX_AMOUNT", "negative (must be >= 0)"));
-        }
-        Ok(())
-    }
-
-    fn batch(rows: &[(Self, i64)], schema: &SchemaRef) -> Result<RecordBatch, String> {
-        build(
-            schema,
-            vec![
-                ints(rows.iter().map(|(r, _)| r.transaction_id)),
-                time_column(rows.iter().map(|&(_, t)| t)),
-                ints(rows.iter().map(|(r, _)| r.customer_id)),
-                ints(rows.iter().map(|(r, _)| r.terminal_id)),
-                floats(rows.iter().map(|(r, _)| r.tx_amount)),
-            ],
-        )
-    }
-}
-
-impl StrictEvent for FraudLabel {
-    /// (transaction time, label time)
-    type Times = (i64, i64);
-
-    fn times(&self) -> Result<(i64, i64), Broken> {
-        let tx_time = date_time_of("TX_DATETIME", &self.tx_datetime)?;
-        let label_time = date_time_of("LABEL_TIME", &self.label_time)?;
-        Ok((tx_time, label_time))
-    }
-
-    fn rules(&self) -> Result<(), Broken> {
-        if !matches!(self.tx_fraud, 0 | 1) {
-            return Err(("TX_FRAUD", "not one of 0, 1"));
-        }
-        Ok(())
-    }
-
-    fn batch(rows: &[(Self, (i64, i64))], schema: &SchemaRef) -> Result<RecordBatch, String> {
-        build(
-            schema,
-            vec![
-                ints(rows.iter().map(|(r, _)| r.transaction_id)),
-                ints(rows.iter().map(|(r, _)| r.customer_id)),
-                ints(rows.iter().map(|(r, _)| r.terminal_id)),
-                time_column(rows.iter().map(|&(_, (t, _))| t)),
-                time_column(rows.iter().map(|&(_, (_, l))| l)),
-                ints(rows.iter().map(|(r, _)| r.tx_fraud)),
-            ],
-        )
-    }
 }
 
 impl StrictEvent for MarketTick {

@@ -1,7 +1,7 @@
 //! JSON payloads (one object per message) to Arrow batches. Declared events go through their
-//! declaration ([`super::DeclaredJsonDecoder`]); the published input events (transactions,
-//! fraud labels, ticks) otherwise through their serde types and their JSON Schemas'
-//! value rules ([`super::events`]); any other schema through arrow-json in strict mode. Either
+//! declaration ([`super::DeclaredJsonDecoder`]); the published market ticks through their serde
+//! type and their JSON Schema's value rules ([`super::events`]); any other schema through
+//! arrow-json in strict mode. Either
 //! way unknown fields, wrong types, missing or null required fields and trailing data are
 //! rejections, and valid neighbours of a bad message are kept.
 
@@ -9,7 +9,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::json::ReaderBuilder;
 use arrow::json::reader::Decoder as ArrowJsonDecoder;
-use riskpipe_schemas::{FraudLabel, MarketTick, Transaction};
+use riskpipe_schemas::MarketTick;
 
 use super::{DecodedPayloads, Decoder, Rejection, events};
 use riskpipe_core::RejectKind;
@@ -20,8 +20,6 @@ pub struct JsonDecoder {
     max_bytes: usize,
     /// Declared events, each read by its declaration (before the published schemas).
     declared: Vec<std::sync::Arc<super::DeclaredJsonDecoder>>,
-    transaction: SchemaRef,
-    label: SchemaRef,
     tick: SchemaRef,
 }
 
@@ -31,8 +29,6 @@ impl JsonDecoder {
         Self {
             max_bytes,
             declared: Vec::new(),
-            transaction: riskpipe_schemas::transaction_schema(),
-            label: riskpipe_schemas::fraud_label_schema(),
             tick: riskpipe_schemas::market_tick_schema(),
         }
     }
@@ -62,11 +58,7 @@ impl Decoder for JsonDecoder {
             return declared.decode(topic, schema, payloads);
         }
         let (candidates, rejected) = precheck(payloads, self.max_bytes);
-        Ok(if schema == &self.transaction {
-            events::decode::<Transaction>(schema, payloads, candidates, rejected)
-        } else if schema == &self.label {
-            events::decode::<FraudLabel>(schema, payloads, candidates, rejected)
-        } else if schema == &self.tick {
+        Ok(if schema == &self.tick {
             events::decode::<MarketTick>(schema, payloads, candidates, rejected)
         } else {
             decode_with_arrow(schema, payloads, candidates, rejected)
@@ -293,8 +285,24 @@ mod tests {
             .to_vec()
     }
 
+    /// The shipped config's declared transactions.
+    fn handbook() -> riskpipe_schemas::declared::EventSchema {
+        #[derive(serde::Deserialize)]
+        struct Shipped {
+            job: Job,
+        }
+        #[derive(serde::Deserialize)]
+        struct Job {
+            events: riskpipe_schemas::declared::EventsConfig,
+        }
+        let shipped: Shipped =
+            toml::from_str(include_str!("../../../../config/fraud-handbook.toml")).expect("toml");
+        shipped.job.events.check().expect("declaration")
+    }
+
     fn decode(schema: &SchemaRef, payloads: &[&[u8]], max_bytes: usize) -> DecodedPayloads {
         JsonDecoder::new(max_bytes)
+            .declaring(handbook())
             .decode("transactions", schema, payloads)
             .expect("JSON decoding never fails as a whole")
     }
@@ -359,7 +367,7 @@ mod tests {
             got[1],
             (
                 RejectKind::Schema,
-                "field TX_AMOUNT: wrong type or value, expected f64"
+                "field TX_AMOUNT: wrong type, expected a number"
             )
         );
         assert_eq!(got[2], (RejectKind::Malformed, "malformed JSON"));
@@ -389,7 +397,7 @@ mod tests {
                 "596",
                 "-3",
                 RejectKind::Invalid,
-                "field TX_AMOUNT: negative",
+                "field TX_AMOUNT: below the minimum 0",
             ),
             ("596", "1e999", RejectKind::Schema, "number out of range"),
             (
