@@ -160,6 +160,9 @@ pub struct Handover {
     /// A wanted commit did not come in time: the open transaction holds outputs of partitions
     /// given up and must be aborted.
     tainted: AtomicBool,
+    /// A commit is under way ([`Self::begin_commit`]): a revoke whose time runs out waits for
+    /// it instead of tainting the transaction it is committing. Set and read under `committed`.
+    committing: AtomicBool,
     /// The committing stage is gone: nothing to wait for.
     closed: AtomicBool,
 }
@@ -191,8 +194,9 @@ impl Handover {
     }
 
     /// Partitions are being taken away (called by the consumer's revoke callback, blocking):
-    /// waits up to `within` for a commit of every batch handed on. `false` when it did not come
-    /// (the open transaction is then tainted and its next commit aborts instead).
+    /// waits up to `within` for a commit of every batch handed on, and then for a commit under
+    /// way. `false` when it did not come (the open transaction is then tainted and its next
+    /// commit aborts instead).
     pub fn revoked(&self, within: Duration) -> bool {
         self.revocations.fetch_add(1, Ordering::AcqRel);
         let through = self.issued();
@@ -204,22 +208,59 @@ impl Handover {
         }
         self.wanted.fetch_max(through, Ordering::AcqRel);
         self.wake.notify_one();
+        let closed = || self.closed.load(Ordering::Acquire);
         let wait = move || {
-            self.done
-                .wait_timeout_while(committed, within, |c| {
-                    *c < through && !self.closed.load(Ordering::Acquire)
-                })
-                .is_ok_and(|(c, _)| *c >= through)
+            // (No time at all: decided at once, the lock held since the commit was asked for.)
+            let committed = match within.is_zero() {
+                true => committed,
+                false => match self
+                    .done
+                    .wait_timeout_while(committed, within, |c| *c < through && !closed())
+                {
+                    Ok((committed, _)) => committed,
+                    Err(_) => return false,
+                },
+            };
+            // A commit under way when the time ran out commits before the partitions go: wait
+            // for it. Otherwise the open transaction is tainted, under the same lock a commit
+            // begins under, so a commit either began before (and is waited for) or sees it.
+            let Ok(committed) = self.done.wait_while(committed, |_| {
+                self.committing.load(Ordering::Acquire) && !closed()
+            }) else {
+                return false;
+            };
+            let ok = *committed >= through;
+            if !ok && !closed() {
+                self.tainted.store(true, Ordering::Release);
+            }
+            ok
         };
         // Off the async reactor's worker, so the committing stage's task keeps running.
-        let ok = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
             _ => wait(),
-        };
-        if !ok && !self.closed.load(Ordering::Acquire) {
-            self.tainted.store(true, Ordering::Release);
         }
-        ok
+    }
+
+    /// A transaction is about to commit: `false` when it is tainted (it must be aborted), else
+    /// the commit is under way until [`Self::end_commit`].
+    pub fn begin_commit(&self) -> bool {
+        let Ok(_committed) = self.committed.lock() else {
+            return false;
+        };
+        if self.tainted.load(Ordering::Acquire) {
+            return false;
+        }
+        self.committing.store(true, Ordering::Release);
+        true
+    }
+
+    /// The commit [`Self::begin_commit`] started is over (committed or failed).
+    pub fn end_commit(&self) {
+        if let Ok(_committed) = self.committed.lock() {
+            self.committing.store(false, Ordering::Release);
+        }
+        self.done.notify_all();
     }
 
     /// Through which batch a commit is due now: one is wanted, and every batch it covers has

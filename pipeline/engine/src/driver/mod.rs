@@ -188,7 +188,7 @@ impl<A: Acker> Settle<A> {
         snapshot: Option<StateSnapshot>,
     ) -> Result<()> {
         let handover = self.acker.handover();
-        if handover.as_ref().is_some_and(|h| h.tainted()) {
+        if handover.as_ref().is_some_and(|h| !h.begin_commit()) {
             // It holds outputs of partitions a rebalance gave to another instance before they
             // were committed (see `Handover`): their next owner publishes them from the last
             // commit.
@@ -203,12 +203,16 @@ impl<A: Acker> Settle<A> {
         let through = handover.as_ref().map(|h| h.acked());
         let positions = self.acker.positions();
         let handing_over = handover.as_ref().is_some_and(|h| h.due().is_some());
-        sink.commit(&positions).await?;
+        let committed = sink.commit(&positions).await;
+        if let (Ok(()), Some(h), Some(through)) = (&committed, &handover, through) {
+            h.committed(through);
+        }
+        if let Some(h) = &handover {
+            h.end_commit();
+        }
+        committed?;
         if handing_over {
             tracing::info!(?positions, "exactly-once: committed for a hand-over");
-        }
-        if let (Some(h), Some(through)) = (&handover, through) {
-            h.committed(through);
         }
         if let (Some(snapshot), Some(w)) = (snapshot, self.writer.as_mut()) {
             w.start(snapshot, positions, None);
