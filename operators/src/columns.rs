@@ -156,18 +156,22 @@ pub fn keys(batch: &RecordBatch, name: &str) -> Result<Keys> {
             .into_iter()
             .map(|part| keys(batch, part))
             .collect::<Result<Vec<_>>>()?;
-        let mut key = String::new();
+        use std::fmt::Write;
+        // Reused per row: the key, and an integer part's text.
+        let (mut key, mut int) = (String::new(), String::new());
         let mut out = arrow::array::StringBuilder::with_capacity(batch.num_rows(), 0);
         for row in 0..batch.num_rows() {
             key.clear();
             for part in &parts {
                 let text = match part {
-                    Keys::Int(a) => a.value(row).to_string(),
-                    Keys::Str(a) => a.value(row).to_string(),
+                    Keys::Int(a) => {
+                        int.clear();
+                        let _ = write!(int, "{}", a.value(row));
+                        int.as_str()
+                    }
+                    Keys::Str(a) => a.value(row),
                 };
-                key.push_str(&text.len().to_string());
-                key.push(':');
-                key.push_str(&text);
+                let _ = write!(key, "{}:{text}", text.len());
             }
             out.append_value(&key);
         }

@@ -171,6 +171,30 @@ pub enum FieldType {
 }
 
 impl FieldType {
+    /// The type a config names (one of [`TYPES`]).
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "string" => FieldType::String,
+            "integer" => FieldType::Integer,
+            "float" => FieldType::Float,
+            "boolean" => FieldType::Boolean,
+            "timestamp" => FieldType::Timestamp,
+            _ => return None,
+        })
+    }
+
+    /// The Arrow type of a column of this field (an event time is always a UTC timestamp,
+    /// whatever its declared form: [`crate::event_time_type`]).
+    pub fn data_type(self) -> DataType {
+        match self {
+            FieldType::String => DataType::Utf8,
+            FieldType::Integer => DataType::Int64,
+            FieldType::Float => DataType::Float64,
+            FieldType::Boolean => DataType::Boolean,
+            FieldType::Timestamp => DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+        }
+    }
+
     /// What a payload must hold, in words.
     pub fn expected(self) -> &'static str {
         match self {
@@ -333,16 +357,10 @@ impl EventsConfig {
             self.fields
                 .iter()
                 .filter_map(|f| {
-                    let data_type = match f.kind.as_str() {
-                        _ if f.name == self.time.field => crate::event_time_type(),
-                        "string" => DataType::Utf8,
-                        "integer" => DataType::Int64,
-                        "float" => DataType::Float64,
-                        "boolean" => DataType::Boolean,
-                        "timestamp" => {
-                            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
-                        }
-                        _ => return None,
+                    let kind = FieldType::parse(&f.kind)?;
+                    let data_type = match f.name == self.time.field {
+                        true => crate::event_time_type(),
+                        false => kind.data_type(),
                     };
                     Some(Field::new(&f.name, data_type, f.nullable || !f.required))
                 })
@@ -369,20 +387,14 @@ impl EventsConfig {
             if index.insert(f.name.as_str(), fields.len()).is_some() {
                 problems.push(format!("{at}: declared twice"));
             }
-            let kind = match f.kind.as_str() {
-                "string" => Some(FieldType::String),
-                "integer" => Some(FieldType::Integer),
-                "float" => Some(FieldType::Float),
-                "boolean" => Some(FieldType::Boolean),
-                "timestamp" => Some(FieldType::Timestamp),
-                other => {
-                    problems.push(format!(
-                        "{at}: unknown type {other:?} (one of {})",
-                        TYPES.join(", ")
-                    ));
-                    None
-                }
-            };
+            let kind = FieldType::parse(&f.kind);
+            if kind.is_none() {
+                problems.push(format!(
+                    "{at}: unknown type {:?} (one of {})",
+                    f.kind,
+                    TYPES.join(", ")
+                ));
+            }
             let rules = kind
                 .map(|k| rules(f, k, &at, &mut problems))
                 .unwrap_or_default();
@@ -640,15 +652,9 @@ impl EventSchema {
                 .iter()
                 .enumerate()
                 .map(|(i, f)| {
-                    let data_type = match f.kind {
-                        _ if i == self.time => crate::event_time_type(),
-                        FieldType::String => DataType::Utf8,
-                        FieldType::Integer => DataType::Int64,
-                        FieldType::Float => DataType::Float64,
-                        FieldType::Boolean => DataType::Boolean,
-                        FieldType::Timestamp => {
-                            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
-                        }
+                    let data_type = match i == self.time {
+                        true => crate::event_time_type(),
+                        false => f.kind.data_type(),
                     };
                     Field::new(&f.name, data_type, f.nullable || !f.required)
                 })

@@ -102,7 +102,13 @@ impl Pseudonyms {
         let mut mac = self.mac.clone();
         mac.update(id.as_bytes());
         let digest = mac.finalize().into_bytes();
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(32);
+        for b in &digest[..16] {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        out
     }
 
     /// `records` with the configured columns (those it has) replaced, and its

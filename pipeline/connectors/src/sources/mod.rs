@@ -284,11 +284,6 @@ impl Handover {
         self.done.notify_all();
     }
 
-    /// Whether the open transaction must be aborted (see [`Self::revoked`]).
-    pub fn tainted(&self) -> bool {
-        self.tainted.load(Ordering::Acquire)
-    }
-
     /// The committing stage is gone (its run ended): a revoke has nothing to wait for.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);

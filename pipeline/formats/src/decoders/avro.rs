@@ -306,43 +306,15 @@ impl AvroDecoder {
                 kind,
             });
         };
-        // The frame of each payload; the writer schemas of the ids met.
-        let mut framed: Vec<(usize, u32, &[u8])> = Vec::with_capacity(payloads.len());
-        let mut writers: HashMap<u32, Arc<WriterSchema>> = HashMap::new();
-        for (index, p) in payloads.iter().enumerate() {
-            match frame(p, self.max_bytes) {
-                Ok((id, datum)) => {
-                    if let std::collections::hash_map::Entry::Vacant(e) = writers.entry(id) {
-                        e.insert(self.registry.schema_by_id(id)?);
-                    }
-                    framed.push((index, id, datum));
-                }
-                Err(why) => refuse(&mut rejected, index, why),
-            }
-        }
+        let (framed, writers) = self.frames(payloads, &mut rejected)?;
         let mut datum_readers = HashMap::new();
         let mut rows = Vec::with_capacity(framed.len());
         let mut accepted = Vec::with_capacity(framed.len());
         for (index, id, datum) in framed {
-            let writer = match writers.get(&id).map(Arc::as_ref) {
-                Some(WriterSchema::Avro(w)) => w,
-                Some(WriterSchema::Unreadable(why)) => {
-                    refuse(
-                        &mut rejected,
-                        index,
-                        (RejectKind::Schema, format!("schema id {id}: {why}")),
-                    );
-                    continue;
-                }
-                Some(WriterSchema::Unknown) | None => {
-                    refuse(
-                        &mut rejected,
-                        index,
-                        (
-                            RejectKind::Schema,
-                            format!("unknown schema id {id} (not in the schema registry)"),
-                        ),
-                    );
+            let writer = match writer_of(&writers, id) {
+                Ok(w) => w,
+                Err(why) => {
+                    refuse(&mut rejected, index, why);
                     continue;
                 }
             };
@@ -471,23 +443,10 @@ fn read_one<T: FromAvro>(
     id: u32,
     datum: &[u8],
 ) -> std::result::Result<(T, T::Times), Refused> {
-    let mut rest = datum;
-    let value = reader.read_value(&mut rest).map_err(|_| {
-        (
-            RejectKind::Malformed,
-            format!("not a readable Avro datum of schema id {id}"),
-        )
-    })?;
-    if !rest.is_empty() {
-        return Err((
-            RejectKind::Malformed,
-            format!("{} bytes after the Avro datum", rest.len()),
-        ));
-    }
-    let Value::Record(fields) = &value else {
+    let Value::Record(fields) = read_datum(reader, id, datum)? else {
         return Err((RejectKind::Schema, "not an Avro record".into()));
     };
-    let (event, times) = T::from_avro(&Record(fields))?;
+    let (event, times) = T::from_avro(&Record(&fields))?;
     event
         .rules()
         .map_err(|(field, problem)| (RejectKind::Invalid, format!("field {field}: {problem}")))?;

@@ -125,7 +125,7 @@ pub(crate) fn reader_schema(
         .map(|f| (f.path.as_slice(), f))
         .collect();
     let name = record_name(Some(writer)).unwrap_or_else(|| "Event".to_string());
-    let json = record(&name, &fields, Some(writer), declared)?;
+    let json = record(&name, &fields, Some(writer))?;
     AvroSchema::parse(&json).map_err(|e| format!("the declared events have no Avro form: {e}"))
 }
 
@@ -134,7 +134,6 @@ fn record(
     name: &str,
     fields: &[(&[String], &DeclaredField)],
     writer: Option<&AvroSchema>,
-    declared: &EventSchema,
 ) -> Result<Json, String> {
     let mut members: Vec<Json> = Vec::new();
     let mut done: Vec<&str> = Vec::new();
@@ -147,7 +146,7 @@ fn record(
         }
         done.push(first);
         if rest.is_empty() {
-            let t = leaf_type(f, declared);
+            let t = leaf_type(f);
             members.push(if f.nullable || !f.required {
                 json!({"name": first, "type": ["null", t], "default": null})
             } else {
@@ -162,7 +161,7 @@ fn record(
             .collect();
         let inner_writer = writer.and_then(|w| field_schema(w, first));
         let inner_name = record_name(inner_writer).unwrap_or_else(|| format!("{name}_{first}"));
-        let inner = record(&inner_name, &below, inner_writer, declared)?;
+        let inner = record(&inner_name, &below, inner_writer)?;
         let required = below.iter().any(|(_, f)| f.required);
         members.push(if required {
             json!({"name": first, "type": inner})
@@ -174,7 +173,7 @@ fn record(
 }
 
 /// The Avro type of a declared field (the event time in an epoch form is a `long`).
-fn leaf_type(f: &DeclaredField, _declared: &EventSchema) -> Json {
+fn leaf_type(f: &DeclaredField) -> Json {
     match f.kind {
         FieldType::String => json!("string"),
         FieldType::Integer => json!("long"),

@@ -167,14 +167,6 @@ impl FraudConfig {
         self.events.entity.as_deref().unwrap_or(&self.events.id)
     }
 
-    /// The label-time column of label events (the declared labels' time field).
-    pub fn label_time(&self) -> String {
-        self.labels
-            .as_ref()
-            .map(|l| l.time.field.clone())
-            .unwrap_or_default()
-    }
-
     /// Fills in what the features leave to the declarations: the event time and the id that
     /// orders equal times from `[job.events]`, each label risk's label and label time from
     /// `[job.labels]`.
