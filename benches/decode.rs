@@ -144,6 +144,7 @@ fn main() {
         amount: None,
         entity: None,
         label: None,
+        sensitive: Default::default(),
         unknown_fields: Some(if refuses_unknown { "refuse" } else { "ignore" }.into()),
     }
     .check()

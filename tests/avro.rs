@@ -845,3 +845,131 @@ fn declared_payments_read_from_avro_as_from_json() {
         avro.rejected[1].reason
     );
 }
+
+/// A writer holding the channel and the currency as Avro enums and the amount as a decimal
+/// (bytes, precision 12, scale 2): the declared strings read the enums' symbols and the
+/// declared float the decimal's nearest double, the same rows JSON gives for the same values
+/// (12345.67 and -12.50 to the bit); a symbol or an amount the declared rules refuse is the
+/// same dead letter with the same reason as in JSON.
+#[test]
+fn avro_enums_and_decimals_read_as_the_declared_strings_and_floats() {
+    let registry = MemoryRegistry::new(None);
+    let url = support::serve_registry(registry.clone());
+    let writer_text = r#"{"type": "record", "name": "Pay", "namespace": "acme", "fields": [
+        {"name": "payment_id", "type": "string"},
+        {"name": "created_at", "type": "long"},
+        {"name": "card", "type": {"type": "record", "name": "CardInfo", "fields": [
+            {"name": "id", "type": "string"}, {"name": "country", "type": "string"}]}},
+        {"name": "merchant", "type": {"type": "record", "name": "Shop", "fields": [
+            {"name": "id", "type": "string"}, {"name": "category", "type": "string"}]}},
+        {"name": "channel", "type": {"type": "enum", "name": "Channel", "symbols": ["pos", "online", "atm", "fax"]}},
+        {"name": "amount", "type": {"type": "record", "name": "Money", "fields": [
+            {"name": "value", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}},
+            {"name": "currency", "type": ["null", {"type": "enum", "name": "Currency", "symbols": ["EUR", "USD", "GBP", "BTC"]}], "default": null}]}}
+    ]}"#;
+    let writer = apache_avro::Schema::parse_str(writer_text).expect("writer");
+    let id = registry
+        .register("payments-value", writer_text)
+        .expect("register");
+    let channels = ["pos", "online", "atm", "fax"];
+    let currencies = ["EUR", "USD", "GBP", "BTC"];
+    let record = |pay: &str, channel: usize, cents: i64, currency: usize| {
+        Value::Record(vec![
+            ("payment_id".into(), Value::String(pay.into())),
+            ("created_at".into(), Value::Long(1_719_792_000_123)),
+            (
+                "card".into(),
+                Value::Record(vec![
+                    ("id".into(), Value::String("card-0007".into())),
+                    ("country".into(), Value::String("FR".into())),
+                ]),
+            ),
+            (
+                "merchant".into(),
+                Value::Record(vec![
+                    ("id".into(), Value::String("m-001".into())),
+                    ("category".into(), Value::String("travel".into())),
+                ]),
+            ),
+            (
+                "channel".into(),
+                Value::Enum(channel as u32, channels[channel].into()),
+            ),
+            (
+                "amount".into(),
+                Value::Record(vec![
+                    (
+                        "value".into(),
+                        Value::Decimal(apache_avro::Decimal::from(cents.to_be_bytes().to_vec())),
+                    ),
+                    (
+                        "currency".into(),
+                        Value::Union(
+                            1,
+                            Box::new(Value::Enum(currency as u32, currencies[currency].into())),
+                        ),
+                    ),
+                ]),
+            ),
+        ])
+    };
+    let payloads = [
+        support::framed(id, &writer, record("p-1", 1, 1_234_567, 0)),
+        support::framed(id, &writer, record("p-2", 0, -1_250, 2)),
+        support::framed(id, &writer, record("p-3", 3, 100, 0)),
+        support::framed(id, &writer, record("p-4", 2, 100, 3)),
+        support::framed(id, &writer, record("p-5", 2, 25_000_000, 1)),
+    ];
+    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    let (events, _) = declared_events("examples/payments/payments.toml");
+    let schema = events.arrow_schema();
+    let avro = AvroDecoder::new(client(&url, None), 1024)
+        .expect("decoder")
+        .declaring(events.clone())
+        .decode("payments", &schema, &refs)
+        .expect("avro");
+    let json_payloads: Vec<String> = [
+        ("p-1", "online", "12345.67", "EUR"),
+        ("p-2", "pos", "-12.50", "GBP"),
+        ("p-3", "fax", "1.00", "EUR"),
+        ("p-4", "atm", "1.00", "BTC"),
+        ("p-5", "atm", "250000.00", "USD"),
+    ]
+    .iter()
+    .map(|(pay, channel, value, currency)| {
+        format!(
+            r#"{{"payment_id": "{pay}", "created_at": 1719792000123, "card": {{"id": "card-0007", "country": "FR"}}, "merchant": {{"id": "m-001", "category": "travel"}}, "channel": "{channel}", "amount": {{"value": {value}, "currency": "{currency}"}}}}"#
+        )
+    })
+    .collect();
+    let json_refs: Vec<&[u8]> = json_payloads.iter().map(|p| p.as_bytes()).collect();
+    let json = riskpipe_pipeline::decoders::JsonDecoder::new(1024)
+        .declaring(events)
+        .decode("payments", &schema, &json_refs)
+        .expect("json");
+    assert_eq!(avro.accepted, vec![0, 1], "{:#?}", avro.rejected);
+    assert_eq!(json.accepted, vec![0, 1], "{:#?}", json.rejected);
+    assert_eq!(
+        avro.batch, json.batch,
+        "the same rows from Avro as from JSON"
+    );
+    let reasons =
+        |d: &riskpipe_pipeline::decoders::DecodedPayloads| -> Vec<(usize, RejectKind, String)> {
+            d.rejected
+                .iter()
+                .map(|r| (r.index, r.kind, r.reason.clone()))
+                .collect()
+        };
+    assert_eq!(reasons(&avro), reasons(&json));
+    assert_eq!(
+        reasons(&avro)
+            .iter()
+            .map(|r| r.2.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "field channel: not one of the allowed values",
+            "field amount.currency: not one of the allowed values",
+            "field amount.value: above the maximum 100000",
+        ]
+    );
+}

@@ -57,6 +57,7 @@ fn replay(cfg: &PipelineConfig, ticks: &RecordBatch) -> Replayed {
         side_time: String::new(),
         source_rows: None,
         partitions: None,
+        refused: Vec::new(),
     };
     backtest::replay(cfg, Arc::new(history), &indicatif::ProgressBar::hidden()).expect("replay")
 }

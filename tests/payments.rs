@@ -138,43 +138,63 @@ fn payments(n: usize) -> Vec<Payment> {
     out
 }
 
-/// The payments as a history file: one column per declared field, named by its path, and the
-/// truth column `fraud`.
-fn write_parquet(payments: &[Payment], path: &Path) {
-    let text = |f: &dyn Fn(&Payment) -> Option<String>| -> ArrayRef {
-        Arc::new(payments.iter().map(f).collect::<StringArray>())
+/// Payments as JSON (with their truth) written as a history file: each declared field's column
+/// holds the member at its path (null where there is none).
+fn write_parquet_rows(rows: &[(serde_json::Value, bool)], path: &Path) {
+    let at = |v: &serde_json::Value, field: &str| -> serde_json::Value {
+        v.pointer(&format!("/{}", field.replace('.', "/")))
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let text = |field: &str| -> ArrayRef {
+        Arc::new(
+            rows.iter()
+                .map(|(v, _)| at(v, field).as_str().map(str::to_string))
+                .collect::<StringArray>(),
+        )
     };
     let columns: Vec<(&str, ArrayRef)> = vec![
-        ("payment_id", text(&|p| Some(p.id.clone()))),
+        ("payment_id", text("payment_id")),
         (
             "created_at",
-            Arc::new(Int64Array::from_iter_values(
-                payments.iter().map(|p| p.created_at),
-            )),
-        ),
-        ("card.id", text(&|p| Some(p.card.clone()))),
-        ("card.country", text(&|p| Some(p.card_country.clone()))),
-        ("merchant.id", text(&|p| Some(p.merchant.clone()))),
-        ("merchant.category", text(&|p| Some(p.category.to_string()))),
-        ("merchant.country", text(&|p| p.merchant_country.clone())),
-        ("channel", text(&|p| Some(p.channel.to_string()))),
-        (
-            "amount.value",
-            Arc::new(Float64Array::from_iter_values(
-                payments.iter().map(|p| p.amount),
-            )),
-        ),
-        ("amount.currency", text(&|p| Some(p.currency.to_string()))),
-        (
-            "fraud",
             Arc::new(
-                payments
-                    .iter()
-                    .map(|p| Some(p.fraud))
-                    .collect::<BooleanArray>(),
+                rows.iter()
+                    .map(|(v, _)| at(v, "created_at").as_i64())
+                    .collect::<Int64Array>(),
             ),
         ),
+        ("card.id", text("card.id")),
+        ("card.country", text("card.country")),
+        ("merchant.id", text("merchant.id")),
+        ("merchant.category", text("merchant.category")),
+        ("merchant.country", text("merchant.country")),
+        ("channel", text("channel")),
+        (
+            "amount.value",
+            Arc::new(
+                rows.iter()
+                    .map(|(v, _)| at(v, "amount.value").as_f64())
+                    .collect::<Float64Array>(),
+            ),
+        ),
+        ("amount.currency", text("amount.currency")),
     ];
+    let mut columns = columns;
+    // The Kafka record timestamp as a history holds it, where the rows carry one.
+    if rows.iter().any(|(v, _)| v.get("kafka_time").is_some()) {
+        columns.push((
+            "kafka_time",
+            Arc::new(
+                rows.iter()
+                    .map(|(v, _)| at(v, "kafka_time").as_i64())
+                    .collect::<Int64Array>(),
+            ),
+        ));
+    }
+    columns.extend([(
+        "fraud",
+        Arc::new(rows.iter().map(|(_, f)| Some(*f)).collect::<BooleanArray>()) as ArrayRef,
+    )]);
     let schema = Arc::new(Schema::new(
         columns
             .iter()
@@ -293,10 +313,22 @@ fn broken(good: &Payment) -> Vec<(serde_json::Value, &'static str, &'static str)
 
 /// The backtest of a Parquet file of `payments` through `config`: each payment's score.
 fn backtest_scores(config: &Path, payments: &[Payment], dir: &Path) -> HashMap<String, f32> {
+    let rows: Vec<(serde_json::Value, bool)> =
+        payments.iter().map(|p| (p.json(), p.fraud)).collect();
+    backtest_scores_of(config, &rows, dir)
+}
+
+/// The backtest of a Parquet file of `payments` (as JSON, with their truth) through `config`:
+/// each payment's score.
+fn backtest_scores_of(
+    config: &Path,
+    payments: &[(serde_json::Value, bool)],
+    dir: &Path,
+) -> HashMap<String, f32> {
     let cfg = PipelineConfig::load(config).expect("the example config");
     assert!(cfg.problems().is_empty(), "{:#?}", cfg.problems());
     let file = dir.join("payments.parquet");
-    write_parquet(payments, &file);
+    write_parquet_rows(payments, &file);
     let history = backtest::load(&cfg, &file).expect("history");
     let replayed = backtest::replay(&cfg, Arc::new(history), &indicatif::ProgressBar::hidden())
         .expect("backtest");
@@ -331,6 +363,64 @@ fn backtest_scores(config: &Path, payments: &[Payment], dir: &Path) -> HashMap<S
     expected
 }
 
+/// A Parquet history of the payments with each broken rule a file can hold (a typed column
+/// cannot hold a text amount, a table no undeclared member of one row) among them: the
+/// backtest refuses exactly the broken rows, each with the reason live gives its message (a
+/// missing card id, a null in a file, is named as a null), and scores every other payment as
+/// the clean backtest does, bit for bit.
+#[test]
+fn a_file_history_refuses_the_rows_live_refuses_with_the_same_reasons() {
+    let n = 3_000;
+    let payments = payments(n);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "localhost:9092", "");
+    let expected = backtest_scores(&config, &payments, dir.path());
+    let bad: Vec<(serde_json::Value, &str, &str)> = broken(&payments[n / 2])
+        .into_iter()
+        .filter(|(v, field, _)| *field != "device" && !v["amount"]["value"].is_string())
+        .collect();
+    assert_eq!(bad.len(), 8);
+    let mut rows: Vec<(serde_json::Value, bool)> =
+        payments.iter().map(|p| (p.json(), p.fraud)).collect();
+    let at = n / 2 + 1;
+    rows.splice(at..at, bad.iter().map(|(v, _, _)| (v.clone(), false)));
+    let file = dir.path().join("broken.parquet");
+    write_parquet_rows(&rows, &file);
+    let cfg = PipelineConfig::load(&config).expect("config");
+    let history = backtest::load(&cfg, &file).expect("history");
+    let replayed = backtest::replay(&cfg, Arc::new(history), &indicatif::ProgressBar::hidden())
+        .expect("backtest");
+    let refused = replayed.rejected();
+    assert_eq!(refused.len(), bad.len(), "{refused:#?}");
+    for (d, (_, field, rule)) in refused.iter().zip(&bad) {
+        let rule = if *rule == "missing" {
+            "null where a value is required"
+        } else {
+            rule
+        };
+        assert!(
+            d.reason.starts_with(&format!("field {field}: {rule}")),
+            "{field} / {rule}: {}",
+            d.reason
+        );
+    }
+    let mut got: HashMap<String, f32> = HashMap::new();
+    for b in replayed.scored() {
+        let ids = b
+            .column_by_name("payment_id")
+            .expect("id")
+            .as_string::<i32>();
+        let scores = b
+            .column_by_name("SCORE")
+            .expect("score")
+            .as_primitive::<Float32Type>();
+        for i in 0..b.num_rows() {
+            got.insert(ids.value(i).to_string(), scores.value(i));
+        }
+    }
+    assert_eq!(got, expected);
+}
+
 /// The payments (key, payload) published in order onto `payments`, `bad` after the payment
 /// `bad_after`, and a chargeback per fraud onto `chargebacks`; then `config` run live until
 /// every valid payment is scored and stopped. The score and dead-letter records.
@@ -342,36 +432,114 @@ fn run_live(
     bad_after: usize,
     reports: &[(String, Vec<u8>)],
 ) -> (Vec<Got>, Vec<Got>) {
+    let published = run_live_with(
+        broker,
+        config,
+        &Live {
+            payments,
+            stamps: &[],
+            bad,
+            bad_after,
+            reports,
+            env: &[],
+        },
+    );
+    (published.scores, published.dead)
+}
+
+/// Messages as (key, payload).
+type Messages = Vec<(String, Vec<u8>)>;
+
+/// The payments as the team publishes them, each keyed by its card, and a chargeback per fraud
+/// (reported 30 days later), keyed by the payment.
+fn as_published(payments: &[Payment]) -> (Messages, Messages) {
+    let events = payments
+        .iter()
+        .map(|p| (p.card.clone(), p.json().to_string().into_bytes()))
+        .collect();
+    let reports = payments
+        .iter()
+        .filter(|p| p.fraud)
+        .map(|p| {
+            let report = serde_json::json!({
+                "payment_id": p.id,
+                "reported_at": p.created_at + 30 * 86_400_000,
+                "fraud": true,
+            });
+            (p.id.clone(), report.to_string().into_bytes())
+        })
+        .collect();
+    (events, reports)
+}
+
+/// A live run of the payments example.
+struct Live<'a> {
+    /// The payments (key, payload), published in order onto `payments`.
+    payments: &'a [(String, Vec<u8>)],
+    /// Each payment's Kafka record timestamp (ms; none: the producer's clock).
+    stamps: &'a [i64],
+    /// Broken payments, published after the payment `bad_after`.
+    bad: &'a [Vec<u8>],
+    bad_after: usize,
+    /// The chargebacks (key, payload).
+    reports: &'a [(String, Vec<u8>)],
+    /// The pipeline's extra environment.
+    env: &'a [(&'a str, &'a str)],
+}
+
+/// What a live run published: score, dead-letter and alert records.
+struct Published {
+    scores: Vec<Got>,
+    dead: Vec<Got>,
+    alerts: Vec<Got>,
+}
+
+/// `live` published, then `config` run until every valid payment is scored, and stopped.
+fn run_live_with(broker: &Broker, config: &Path, live: &Live<'_>) -> Published {
     let p = producer(&broker.bootstrap);
-    for (i, (card, body)) in payments.iter().enumerate() {
-        p.send(BaseRecord::to("payments").key(card).payload(body))
-            .expect("send");
-        if i == bad_after {
-            for body in bad {
-                p.send(BaseRecord::to("payments").key(card).payload(body))
-                    .expect("send");
+    let send = |key: &str, body: &[u8], stamp: Option<i64>| {
+        let mut record = BaseRecord::to("payments").key(key).payload(body);
+        if let Some(t) = stamp {
+            record = record.timestamp(t);
+        }
+        p.send(record).expect("send");
+    };
+    for (i, (card, body)) in live.payments.iter().enumerate() {
+        send(card, body, live.stamps.get(i).copied());
+        if i == live.bad_after {
+            for body in live.bad {
+                send(card, body, live.stamps.get(i).copied());
             }
         }
     }
-    for (id, body) in reports {
+    for (id, body) in live.reports {
         p.send(BaseRecord::to("chargebacks").key(id).payload(body))
             .expect("send");
     }
     p.flush(Duration::from_secs(30)).expect("flush");
-    let mut pipeline = Pipeline::start(config);
+    let mut pipeline = Pipeline::start_with_env(config, live.env);
     pipeline.wait_ready();
     let scores_reader = reader(&broker.bootstrap, "payment-scores");
-    let n = payments.len();
+    let n = live.payments.len();
     let _ = collect(&scores_reader, Duration::from_secs(300), |r| r.len() >= n);
     let (ok, _) = pipeline.terminate();
     assert!(ok);
     let read_all = |topic: &str| drain_to_end(&reader(&broker.bootstrap, topic), topic);
-    (read_all("payment-scores"), read_all("payments-dead-letter"))
+    Published {
+        scores: read_all("payment-scores"),
+        dead: read_all("payments-dead-letter"),
+        alerts: read_all("payment-alerts"),
+    }
 }
 
 /// Live score records checked (declared id, card and time, keyed by the card, the example's
 /// model, once each) against the backtest's scores, bit for bit.
 fn check_scores(scores: &[Got], expected: &HashMap<String, f32>) {
+    check_scores_timed(scores, expected, "created_at");
+}
+
+/// [`check_scores`] with the event time declared as `time`.
+fn check_scores_timed(scores: &[Got], expected: &HashMap<String, f32>, time: &str) {
     let mut live: BTreeMap<String, f32> = BTreeMap::new();
     for s in scores {
         let v: serde_json::Value = serde_json::from_slice(&s.payload).expect("score json");
@@ -381,16 +549,10 @@ fn check_scores(scores: &[Got], expected: &HashMap<String, f32>) {
             .keys()
             .map(String::as_str)
             .collect();
+        let mut want = vec!["ALERT", "MODEL", "SCORE", "card.id", time, "payment_id"];
+        want.sort_unstable();
         assert_eq!(
-            fields,
-            [
-                "ALERT",
-                "MODEL",
-                "SCORE",
-                "card.id",
-                "created_at",
-                "payment_id"
-            ],
+            fields, want,
             "a score record carries the declared id, entity and time"
         );
         let id = v["payment_id"].as_str().expect("payment_id").to_string();
@@ -477,26 +639,196 @@ fn declared_payments_score_live_as_the_file_backtest_and_broken_rules_are_dead_l
         .into_iter()
         .map(|(v, field, rule)| (v.to_string().into_bytes(), field, rule))
         .collect();
-    let reports: Vec<(String, Vec<u8>)> = payments
-        .iter()
-        .filter(|p| p.fraud)
-        .map(|p| {
-            let report = serde_json::json!({
-                "payment_id": p.id,
-                "reported_at": p.created_at + 30 * 86_400_000,
-                "fraud": true,
-            });
-            (p.id.clone(), report.to_string().into_bytes())
-        })
-        .collect();
-    let events: Vec<(String, Vec<u8>)> = payments
-        .iter()
-        .map(|p| (p.card.clone(), p.json().to_string().into_bytes()))
-        .collect();
+    let (events, reports) = as_published(&payments);
     let bodies: Vec<Vec<u8>> = bad.iter().map(|b| b.0.clone()).collect();
     let (scores, dead) = run_live(&broker, &config, &events, &bodies, n / 2, &reports);
     check_scores(&scores, &expected);
     check_dead_letters(&dead, &bad);
+}
+
+/// The event time taken from the Kafka record's timestamp (`format = "kafka_timestamp"`), three
+/// hours after each payment's own `created_at` (so the night flag and windows read other times
+/// than the payload's): live on 4 partitions, every payment scores as the backtest of a file
+/// holding those timestamps in epoch milliseconds scores it, bit for bit, and differently from a
+/// backtest by `created_at` for some payments; the score records carry the declared time
+/// column.
+#[test]
+fn the_kafka_record_timestamp_as_the_event_time_scores_live_as_the_file_backtest() {
+    let n = 1_500;
+    let payments = payments(n);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(&TOPICS);
+    let by_payload = write_config(dir.path(), &broker.bootstrap, "");
+    let by_created_at = backtest_scores(&by_payload, &payments, dir.path());
+    let text = std::fs::read_to_string(&by_payload).expect("config");
+    for from in [
+        r#"time = { field = "created_at", format = "epoch_millis" }"#,
+        r#"event_time = "created_at""#,
+    ] {
+        assert!(text.contains(from), "{from}");
+    }
+    let config = dir.path().join("stamped.toml");
+    std::fs::write(
+        &config,
+        text.replace(
+            r#"time = { field = "created_at", format = "epoch_millis" }"#,
+            r#"time = { field = "kafka_time", format = "kafka_timestamp" }"#,
+        )
+        .replace(
+            r#"event_time = "created_at""#,
+            r#"event_time = "kafka_time""#,
+        ),
+    )
+    .expect("config");
+    const LATER_MS: i64 = 3 * 3_600_000;
+    let stamps: Vec<i64> = payments.iter().map(|p| p.created_at + LATER_MS).collect();
+    let rows: Vec<(serde_json::Value, bool)> = payments
+        .iter()
+        .zip(&stamps)
+        .map(|(p, &t)| {
+            let mut v = p.json();
+            v["kafka_time"] = serde_json::json!(t);
+            (v, p.fraud)
+        })
+        .collect();
+    let expected = backtest_scores_of(&config, &rows, dir.path());
+    let moved = expected
+        .iter()
+        .filter(|(id, s)| by_created_at.get(*id).map(|e| e.to_bits()) != Some(s.to_bits()))
+        .count();
+    assert!(moved > n / 20, "{moved} of {n} scores moved with the time");
+    let (events, reports) = as_published(&payments);
+    let published = run_live_with(
+        &broker,
+        &config,
+        &Live {
+            payments: &events,
+            stamps: &stamps,
+            bad: &[],
+            bad_after: 0,
+            reports: &reports,
+            env: &[],
+        },
+    );
+    assert!(
+        published.dead.is_empty(),
+        "{} dead letters",
+        published.dead.len()
+    );
+    check_scores_timed(&published.scores, &expected, "kafka_time");
+}
+
+/// The card number-like fields of a payments stream kept out of what riskpipe publishes:
+/// `card.country` declared sensitive "drop" and `card.id` (the entity, and the topic's key)
+/// "pseudonymize". Live on 4 partitions with each declared rule broken once: every dead letter
+/// carries its payload without the card's country and with the card id's keyed pseudonym
+/// (HMAC-SHA256 under the secret, computed here by hand), keyed by it; alerts carry no
+/// country and the pseudonym; scores are keyed by the pseudonym and equal the backtest's.
+#[test]
+fn sensitive_fields_are_dropped_or_pseudonymized_in_dead_letters_and_alerts() {
+    use hmac::{Hmac, Mac};
+    let secret = "payments-secret-of-sixteen-bytes";
+    let pseudonym = |id: &str| -> String {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+        mac.update(id.as_bytes());
+        mac.finalize().into_bytes()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let n = 1_500;
+    let payments = payments(n);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(&TOPICS);
+    let plain = write_config(dir.path(), &broker.bootstrap, "");
+    let expected = backtest_scores(&plain, &payments, dir.path());
+    let text = std::fs::read_to_string(&plain).expect("config");
+    let entity = "entity = \"card.id\"\n";
+    assert!(text.contains(entity));
+    let text = text.replacen(
+        entity,
+        &format!(
+            "{entity}sensitive = {{ \"card.country\" = \"drop\", \"card.id\" = \"pseudonymize\" }}\n"
+        ),
+        1,
+    );
+    // A pseudonym needs the secret's section: its absence is a problem validate names.
+    let config = dir.path().join("sensitive.toml");
+    std::fs::write(&config, &text).expect("config");
+    let problems = PipelineConfig::load(&config).expect("config").problems();
+    assert!(
+        problems.len() == 1 && problems[0].contains("[kafka.pseudonyms]"),
+        "{problems:?}"
+    );
+    std::fs::write(
+        &config,
+        text + "\n[kafka.pseudonyms]\nsecret_env = \"RISKPIPE_TEST_PAYMENTS_KEY\"\n",
+    )
+    .expect("config");
+    let bad: Vec<(serde_json::Value, &str, &str)> = broken(&payments[n / 2]);
+    let bodies: Vec<Vec<u8>> = bad.iter().map(|b| b.0.to_string().into_bytes()).collect();
+    let events: Vec<(String, Vec<u8>)> = payments
+        .iter()
+        .map(|p| (p.card.clone(), p.json().to_string().into_bytes()))
+        .collect();
+    let published = run_live_with(
+        &broker,
+        &config,
+        &Live {
+            payments: &events,
+            stamps: &[],
+            bad: &bodies,
+            bad_after: n / 2,
+            reports: &[],
+            env: &[("RISKPIPE_TEST_PAYMENTS_KEY", secret)],
+        },
+    );
+    let card = &payments[n / 2].card;
+    assert_eq!(
+        published.dead.len(),
+        bad.len(),
+        "one dead letter per broken payment"
+    );
+    for (original, _, _) in &bad {
+        let mut want = original.clone();
+        if let Some(c) = want["card"].as_object_mut() {
+            c.remove("country");
+            if let Some(id) = c.get("id").and_then(|v| v.as_str()).map(pseudonym) {
+                c.insert("id".into(), serde_json::json!(id));
+            }
+        }
+        let letter = published
+            .dead
+            .iter()
+            .find(|d| {
+                serde_json::from_slice::<serde_json::Value>(&d.payload)
+                    .is_ok_and(|v| v["payment_id"] == original["payment_id"])
+            })
+            .unwrap_or_else(|| panic!("no dead letter for {}", original["payment_id"]));
+        let got: serde_json::Value = serde_json::from_slice(&letter.payload).expect("json");
+        assert_eq!(got, want, "the dead letter's payload");
+        assert_eq!(
+            letter.key,
+            pseudonym(card).as_bytes(),
+            "keyed by the pseudonym"
+        );
+        let raw = String::from_utf8_lossy(&letter.payload);
+        assert!(!raw.contains(card.as_str()), "the card id in {raw}");
+    }
+    check_scores(&published.scores, &expected);
+    let card_of: HashMap<&str, &str> = payments
+        .iter()
+        .map(|p| (p.id.as_str(), p.card.as_str()))
+        .collect();
+    assert!(!published.alerts.is_empty(), "no alerts to look at");
+    for a in &published.alerts {
+        let v: serde_json::Value = serde_json::from_slice(&a.payload).expect("alert json");
+        assert!(v.get("card.country").is_none(), "a dropped field in {v}");
+        let id = v["payment_id"].as_str().expect("id");
+        let want = pseudonym(card_of[id]);
+        assert_eq!(v["card.id"], serde_json::json!(want));
+        assert_eq!(a.key, want.as_bytes());
+    }
 }
 
 /// The payments team's Avro writer schema: its own record names and namespace.

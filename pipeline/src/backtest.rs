@@ -103,13 +103,23 @@ pub fn replay_job(
     let started = Instant::now();
     let model = job.model.clone();
     let members = job.members.clone();
-    let source = HistorySource::new(history, batch_rows)?;
+    let source = HistorySource::new(history.clone(), batch_rows)?;
     let sink = CollectSink::with_progress(progress.clone());
     // Files hold Arrow rows: the decoder is never asked.
     let driver = Driver::new(decoders::json(usize::MAX), 4);
     driver.run_blocking(source, job, sink.clone(), Arc::new(Counters::default()))?;
+    let mut collected = sink.take()?;
+    // Rows of the file refused before replay, as live refuses their messages.
+    collected.dead.splice(
+        0..0,
+        history.refused.iter().map(|r| DeadLetter {
+            origin: Origin::FileRow(r.source_row),
+            kind: r.kind,
+            reason: r.reason.clone(),
+        }),
+    );
     Ok(Replayed {
-        collected: sink.take()?,
+        collected,
         model,
         members,
         replay_time: started.elapsed(),
@@ -210,6 +220,7 @@ pub fn run(
         .take(10)
         .map(|d| match &d.origin {
             Origin::Row(row) => format!("data row {}: {}", history.source_row(*row) + 1, d.reason),
+            Origin::FileRow(row) => format!("data row {}: {}", row + 1, d.reason),
             Origin::Message(m) => {
                 format!("{}[{}]@{}: {}", m.topic, m.partition, m.offset, d.reason)
             }

@@ -356,6 +356,10 @@ async fn run_stage(
         Some(sink) => sink.committing_for(source.membership()),
         None => KafkaSink::new(kafka)?,
     };
+    let sink = sink.redacting(
+        redactor(kafka, cfg, &job.inputs),
+        pseudonymized(&job.inputs),
+    );
     let sink = match &forward_to {
         Some(topic) => sink.forwarding_to(topic),
         None => sink,
@@ -476,4 +480,40 @@ fn restore(
         per_partition: false,
     };
     Ok((job, checkpoints, gap.positions))
+}
+
+/// What the dead letters of the job's input topics may carry: each declared stream's sensitive
+/// fields kept out (a JSON topic's rewritten, an Avro topic's payloads withheld).
+fn redactor(
+    kafka: &crate::kafka::KafkaConfig,
+    cfg: &PipelineConfig,
+    inputs: &jobs::Inputs,
+) -> crate::sinks::redact::Redactor {
+    let formats = kafka.input_formats(cfg.streams());
+    let mut redactor = crate::sinks::redact::Redactor::default();
+    for declared in &inputs.declared {
+        let schema = declared.arrow_schema();
+        let stream = if schema == inputs.events {
+            formats.first()
+        } else if inputs.side.as_ref() == Some(&schema) {
+            formats.get(1)
+        } else {
+            None
+        };
+        if let Some((topic, format)) = stream {
+            redactor = redactor.stream(topic, *format == crate::decoders::Format::Json, declared);
+        }
+    }
+    redactor
+}
+
+/// The declared fields published as their pseudonyms.
+fn pseudonymized(inputs: &jobs::Inputs) -> Vec<String> {
+    inputs
+        .declared
+        .iter()
+        .flat_map(|d| d.fields.iter())
+        .filter(|f| f.sensitive == Some(riskpipe_schemas::declared::Sensitive::Pseudonymize))
+        .map(|f| f.name.clone())
+        .collect()
 }

@@ -110,6 +110,87 @@ fn a_payments_stream_of_another_shape_decodes_by_its_declaration() {
     assert_eq!(channel.values().to_vec(), vec![2, 1]);
 }
 
+/// The event time taken from the Kafka record's timestamp: the declared time field is the
+/// column riskpipe fills with it (no member of the payload: one of that name is an unknown
+/// field); a record without a timestamp is refused, naming the field; a JSON record decoded
+/// without timestamps (`decode`) is refused alike.
+#[test]
+fn the_event_time_may_be_the_kafka_record_timestamp() {
+    let text = r#"
+id = "payment_id"
+time = { field = "kafka_time", format = "kafka_timestamp" }
+fields = [
+  { name = "payment_id", type = "string" },
+  { name = "amount", type = "float" },
+]
+"#;
+    let schema = declared(text);
+    assert_eq!(
+        schema.fields.len(),
+        3,
+        "the time column after the declared fields"
+    );
+    assert_eq!(schema.fields[schema.time].name, "kafka_time");
+    assert!(!schema.in_payload(schema.time));
+    let decoder = DeclaredJsonDecoder::new(schema, 4096);
+    let payloads: Vec<&[u8]> = vec![
+        br#"{"payment_id": "a", "amount": 1.5}"#,
+        br#"{"payment_id": "b", "amount": 2.5}"#,
+        br#"{"payment_id": "c", "amount": 3.5, "kafka_time": 5}"#,
+        br#"{"payment_id": "d", "amount": 4.5}"#,
+    ];
+    let stamps = [Some(1_733_400_000_123), None, Some(7), Some(-1_000)];
+    let out = decoder
+        .decode_records("payments", &decoder.schema().clone(), &payloads, &stamps)
+        .expect("decoded");
+    assert_eq!(out.accepted, vec![0, 3]);
+    let times = out
+        .batch
+        .column_by_name("kafka_time")
+        .expect("time")
+        .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+        .clone();
+    assert_eq!(
+        times.values().to_vec(),
+        vec![1_733_400_000_123_000_000, -1_000_000_000]
+    );
+    let reasons: Vec<(usize, RejectKind, &str)> = out
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.kind, r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (
+                1,
+                RejectKind::Schema,
+                "field kafka_time: the record has no Kafka timestamp, which the declared event time is"
+            ),
+            (2, RejectKind::Schema, "unknown field kafka_time"),
+        ]
+    );
+    let without = decoder
+        .decode("payments", &decoder.schema().clone(), &payloads[..1])
+        .expect("decoded");
+    assert_eq!(without.rejected.len(), 1);
+
+    // Declared as a field too: a problem, named.
+    let problems = toml::from_str::<EventsConfig>(&text.replace(
+        r#"{ name = "amount", type = "float" },"#,
+        r#"{ name = "amount", type = "float" }, { name = "kafka_time", type = "integer" },"#,
+    ))
+    .expect("toml")
+    .check()
+    .expect_err("a declared field cannot be the record's timestamp");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("kafka_timestamp") && p.contains("kafka_time")),
+        "{problems:?}"
+    );
+}
+
 /// `GOOD` with `from` replaced by `to` (once, checked).
 fn with(from: &str, to: &str) -> String {
     assert!(GOOD.contains(from), "{from}");

@@ -234,6 +234,7 @@ mod tests {
             amount: Some("TX_AMOUNT".into()),
             entity: Some("CUSTOMER_ID".into()),
             label: None,
+            sensitive: Default::default(),
             unknown_fields: None,
         };
         let declared = config.check().expect("valid");

@@ -13,15 +13,23 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;
 
+mod avro_schema;
 mod json_schema;
 
+pub use avro_schema::fields_from_avro_schema;
 pub use json_schema::{JSON_SCHEMA_KEYWORDS, fields_from_json_schema};
 
 /// The types a field may declare.
 pub const TYPES: [&str; 5] = ["string", "integer", "float", "boolean", "timestamp"];
 
 /// The forms an event time may take.
-pub const TIME_FORMATS: [&str; 4] = ["rfc3339", "epoch_seconds", "epoch_millis", "epoch_micros"];
+pub const TIME_FORMATS: [&str; 5] = [
+    "rfc3339",
+    "epoch_seconds",
+    "epoch_millis",
+    "epoch_micros",
+    "kafka_timestamp",
+];
 
 /// A declared event stream as a config file states it (`[job.events]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +58,10 @@ pub struct EventsConfig {
     /// Labels only (`[job.labels]`): the field saying fraud or not (integer 1 / 0, or boolean).
     #[serde(default)]
     pub label: Option<String>,
+    /// Fields never published as they are, by path: `"drop"` (left out of alerts and dead
+    /// letters) or `"pseudonymize"` (published as its keyed pseudonym).
+    #[serde(default)]
+    pub sensitive: BTreeMap<String, String>,
     /// What happens to a member the declaration does not name: `refuse` (a dead letter) or
     /// `ignore`. By default refused, unless a schema file allows them (no
     /// `additionalProperties: false`).
@@ -68,7 +80,9 @@ pub struct TimeConfig {
     /// The field.
     pub field: String,
     /// `rfc3339` (a `timestamp` field: text with any UTC offset), or `epoch_seconds`,
-    /// `epoch_millis`, `epoch_micros` (an `integer` field).
+    /// `epoch_millis`, `epoch_micros` (an `integer` field), or `kafka_timestamp` (the Kafka
+    /// record's timestamp; `field` names the column riskpipe fills with it, not a declared
+    /// field).
     #[serde(default = "rfc3339")]
     pub format: String,
 }
@@ -218,6 +232,9 @@ pub enum TimeFormat {
     EpochMillis,
     /// An integer of microseconds since the epoch.
     EpochMicros,
+    /// The Kafka record's timestamp (milliseconds since the epoch), no member of the payload; a
+    /// history file holds it in epoch milliseconds.
+    KafkaTimestamp,
 }
 
 impl TimeFormat {
@@ -228,6 +245,7 @@ impl TimeFormat {
             TimeFormat::EpochSeconds => Some(1_000_000_000),
             TimeFormat::EpochMillis => Some(1_000_000),
             TimeFormat::EpochMicros => Some(1_000),
+            TimeFormat::KafkaTimestamp => Some(1_000_000),
         }
     }
 }
@@ -269,6 +287,17 @@ pub struct DeclaredField {
     pub nullable: bool,
     /// Its value rules.
     pub rules: Rules,
+    /// Whether, and how, it is kept from what riskpipe publishes.
+    pub sensitive: Option<Sensitive>,
+}
+
+/// How a sensitive field is kept from what riskpipe publishes (alerts, dead letters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sensitive {
+    /// Left out.
+    Drop,
+    /// Replaced by its keyed pseudonym (`[kafka.pseudonyms]`'s secret).
+    Pseudonymize,
 }
 
 /// A declared event stream, checked: what decoders decode against.
@@ -307,11 +336,27 @@ impl EventsConfig {
             ));
             return;
         }
-        let schema = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str::<serde_json::Value>(&text)
-                .map_err(|e| format!("{at}: not JSON: {e}")),
-            Err(e) => Err(format!("{at}: {e}")),
-        };
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{at}: {e}"));
+        // An Avro schema (`.avsc`): its record's leaves; members it lacks are refused.
+        if file.to_lowercase().ends_with(".avsc") {
+            match text.map(|t| fields_from_avro_schema(&t)) {
+                Ok(Ok(fields)) => {
+                    self.fields = fields;
+                    if self.unknown_fields.is_none() {
+                        self.unknown_fields = Some("refuse".into());
+                    }
+                }
+                Ok(Err(problems)) => self
+                    .schema_file_problems
+                    .extend(problems.into_iter().map(|p| format!("{at}: {p}"))),
+                Err(problem) => self.schema_file_problems.push(problem),
+            }
+            return;
+        }
+        let schema = text.and_then(|text| {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| format!("{at}: not JSON: {e}"))
+        });
         match schema.map(|s| fields_from_json_schema(&s)) {
             Ok(Ok((fields, refuses_unknown))) => {
                 self.fields = fields;
@@ -364,6 +409,10 @@ impl EventsConfig {
                     };
                     Some(Field::new(&f.name, data_type, f.nullable || !f.required))
                 })
+                .chain(
+                    (self.time.format == "kafka_timestamp")
+                        .then(|| Field::new(&self.time.field, crate::event_time_type(), false)),
+                )
                 .collect::<Vec<_>>(),
         ))
     }
@@ -405,6 +454,7 @@ impl EventsConfig {
                 required: f.required,
                 nullable: f.nullable,
                 rules,
+                sensitive: None,
             });
         }
         // A path is a leaf or an object, not both: `card` and `card.id` cannot both be fields.
@@ -422,6 +472,26 @@ impl EventsConfig {
                     prefix.push('.');
                 }
                 prefix.push_str(member);
+            }
+        }
+        // The record's timestamp fills a column of its own, after the declared fields.
+        if self.time.format == "kafka_timestamp" {
+            if index.contains_key(self.time.field.as_str()) {
+                problems.push(format!(
+                    "job.events.time.field: {:?} is a declared field; with the format \"kafka_timestamp\" it names the column riskpipe fills with the record's timestamp, no member of the payload",
+                    self.time.field
+                ));
+            } else {
+                index.insert(self.time.field.as_str(), fields.len());
+                fields.push(DeclaredField {
+                    name: self.time.field.clone(),
+                    path: vec![self.time.field.clone()],
+                    kind: FieldType::Integer,
+                    required: true,
+                    nullable: false,
+                    rules: Rules::default(),
+                    sensitive: None,
+                });
             }
         }
         let find = |role: &str, name: &str, problems: &mut Vec<String>| -> Option<usize> {
@@ -454,6 +524,7 @@ impl EventsConfig {
             "epoch_seconds" => Some(TimeFormat::EpochSeconds),
             "epoch_millis" => Some(TimeFormat::EpochMillis),
             "epoch_micros" => Some(TimeFormat::EpochMicros),
+            "kafka_timestamp" => Some(TimeFormat::KafkaTimestamp),
             other => {
                 problems.push(format!(
                     "job.events.time.format: unknown format {other:?} (one of {})",
@@ -503,6 +574,39 @@ impl EventsConfig {
             }
             Some(i)
         });
+        for (name, how) in &self.sensitive {
+            let at = format!("job.events.sensitive {name:?}");
+            let Some(&i) = index.get(name.as_str()) else {
+                problems.push(format!("{at}: not a declared field"));
+                continue;
+            };
+            let how = match how.as_str() {
+                "drop" => Sensitive::Drop,
+                "pseudonymize" => Sensitive::Pseudonymize,
+                other => {
+                    problems.push(format!(
+                        "{at}: {other:?} is neither \"drop\" nor \"pseudonymize\""
+                    ));
+                    continue;
+                }
+            };
+            if Some(i) == time {
+                problems.push(format!(
+                    "{at}: the event time is in every record riskpipe publishes and has no pseudonym"
+                ));
+            } else if how == Sensitive::Drop && (Some(i) == id || Some(i) == entity) {
+                problems.push(format!(
+                    "{at}: the id and the entity are in every record riskpipe publishes: declare it \"pseudonymize\""
+                ));
+            } else if how == Sensitive::Pseudonymize
+                && !matches!(fields[i].kind, FieldType::String | FieldType::Integer)
+            {
+                problems.push(format!(
+                    "{at}: only a string or an integer field has a pseudonym; declare it \"drop\""
+                ));
+            }
+            fields[i].sensitive = Some(how);
+        }
         let label = self.label.as_deref().and_then(|name| {
             let i = find("label", name, &mut problems)?;
             let f = &fields[i];
@@ -662,6 +766,12 @@ impl EventSchema {
         ))
     }
 
+    /// Whether field `i` is a member of the payload (the event time filled from the Kafka
+    /// record's timestamp is not).
+    pub fn in_payload(&self, i: usize) -> bool {
+        !(i == self.time && self.time_format == TimeFormat::KafkaTimestamp)
+    }
+
     /// The field named `name`, by index.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.fields.iter().position(|f| f.name == name)
@@ -720,6 +830,49 @@ fields = [
             schema.fields[7].rules.minimum,
             Some(Number::Integer(-1_000_000))
         );
+    }
+
+    #[test]
+    fn sensitive_fields_are_checked_and_kept_on_their_fields() {
+        let text = r#"
+id = "ref"
+time = { field = "at", format = "epoch_millis" }
+entity = "card"
+sensitive = { SENSITIVE }
+fields = [
+  { name = "ref", type = "string" },
+  { name = "at", type = "integer" },
+  { name = "card", type = "string" },
+  { name = "pan", type = "string" },
+  { name = "amount", type = "float" },
+]
+"#;
+        let good = parse(&text.replace("SENSITIVE", r#"pan = "drop", card = "pseudonymize""#))
+            .check()
+            .expect("valid");
+        let how = |name: &str| good.fields[good.index_of(name).expect(name)].sensitive;
+        assert_eq!(how("pan"), Some(Sensitive::Drop));
+        assert_eq!(how("card"), Some(Sensitive::Pseudonymize));
+        assert_eq!(how("amount"), None);
+        let problems = parse(&text.replace(
+            "SENSITIVE",
+            r#"nowhere = "drop", pan = "hide", at = "pseudonymize", ref = "drop", amount = "pseudonymize""#,
+        ))
+        .check()
+        .expect_err("invalid");
+        for expected in [
+            "\"nowhere\": not a declared field",
+            "\"pan\": \"hide\" is neither \"drop\" nor \"pseudonymize\"",
+            "\"at\": the event time is in every record",
+            "\"ref\": the id and the entity are in every record",
+            "\"amount\": only a string or an integer field has a pseudonym",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{expected} not in {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), 5, "{problems:#?}");
     }
 
     #[test]

@@ -8,12 +8,14 @@
 //! - [`kafka`]: scores, alerts and dead letters to their topics (the live pipeline);
 //! - [`collect`]: everything into memory (backtests, exports, tests);
 //! - [`parquet`]: the one Parquet writer, for backtest and export files;
-//! - [`pseudonyms`]: keyed pseudonyms for published ids (opt-in).
+//! - [`pseudonyms`]: keyed pseudonyms for published ids (opt-in);
+//! - [`redact`]: sensitive fields kept out of dead letters.
 
 pub mod collect;
 pub mod kafka;
 pub mod parquet;
 pub mod pseudonyms;
+pub mod redact;
 
 use std::future::Future;
 
@@ -27,8 +29,11 @@ use riskpipe_core::{JobOutput, RejectKind};
 pub enum Origin {
     /// A consumed message (its bytes and coordinates go to the dead-letter topic).
     Message(Message),
-    /// A row of a history file, by index.
+    /// A row of a history, by index.
     Row(usize),
+    /// A row of a history's file refused before replay (as live refuses its message), by its
+    /// row in the file.
+    FileRow(usize),
 }
 
 /// An input that could not be scored, and why.

@@ -5,7 +5,8 @@
 //! the same id gets the same pseudonym in every record and every run with the same
 //! secret, so records can still be joined, and without the secret they cannot be reversed by
 //! trying ids. Message keys that are a pseudonymised column's text follow it. Dead letters keep
-//! their original bytes: the dead-letter topic needs its own access control.
+//! their original bytes, but for the fields a stream declares sensitive ([`super::redact`]):
+//! the dead-letter topic needs its own access control.
 
 use std::sync::Arc;
 
@@ -25,7 +26,9 @@ use riskpipe_core::Records;
 pub struct PseudonymConfig {
     /// Environment variable holding the secret key (never the key itself in the file).
     pub secret_env: String,
-    /// Id columns of the published records to replace (integer or text; declared field names).
+    /// Id columns of the published records to replace (integer or text; declared field names),
+    /// beside the fields declared sensitive `"pseudonymize"`.
+    #[serde(default)]
     pub columns: Vec<String>,
 }
 
@@ -43,9 +46,6 @@ impl PseudonymConfig {
                 "kafka.pseudonyms: environment variable {} is not set",
                 self.secret_env
             )),
-        }
-        if self.columns.is_empty() {
-            p.push("kafka.pseudonyms.columns is empty".into());
         }
         p
     }
@@ -83,6 +83,16 @@ impl Pseudonyms {
         }
         let secret = std::env::var(&cfg.secret_env).unwrap_or_default();
         Self::new(secret.as_bytes(), cfg.columns.clone())
+    }
+
+    /// These pseudonyms for `columns` too (declared sensitive fields).
+    pub fn also(mut self, columns: impl IntoIterator<Item = String>) -> Self {
+        for c in columns {
+            if !self.columns.contains(&c) {
+                self.columns.push(c);
+            }
+        }
+        self
     }
 
     /// The pseudonym of `id`: the first 63 bits of HMAC-SHA256(secret, id as 8 big-endian

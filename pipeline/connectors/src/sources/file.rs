@@ -25,9 +25,10 @@ use riskpipe_operators::columns::{self, EventId};
 use riskpipe_schemas::declared::EventSchema;
 use serde::Deserialize;
 
-use super::history::History;
+use super::history::{History, Refused};
 use crate::{PipelineError, Result};
 use riskpipe_core::Partitions;
+use riskpipe_formats::decoders::DeclaredJsonDecoder;
 
 fn bad(path: &Path, msg: impl std::fmt::Display) -> PipelineError {
     PipelineError::BadInput(format!("{}: {msg}", path.display()))
@@ -132,7 +133,20 @@ pub fn read_file(path: &Path) -> Result<RecordBatch> {
                 Some(10_000),
             )
             .map_err(|e| bad(path, e))?;
-        let schema = Arc::new(schema);
+        // A time in a CSV is text, read by what the job declares (an RFC 3339 event time must
+        // carry its offset, as in a message): never guessed by the inference.
+        let schema = Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| match f.data_type() {
+                    DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
+                        f.as_ref().clone().with_data_type(DataType::Utf8)
+                    }
+                    _ => f.as_ref().clone(),
+                })
+                .collect::<Vec<_>>(),
+        ));
         let reader = ReaderBuilder::new(schema.clone())
             .with_format(format)
             .with_batch_size(65_536)
@@ -174,6 +188,8 @@ pub fn prepare(
     partitions: Option<Partitions>,
 ) -> Result<History> {
     let Shape { features, .. } = shape;
+    let (batch, partitions, kept, refused) = refuse_rows(batch, shape, partitions)?;
+    let batch = conform(path, batch, shape.events)?;
     let truth = shape.truth();
     let utc = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
     let mut required: Vec<Requirement<'_>> = vec![
@@ -240,7 +256,6 @@ pub fn prepare(
     if !problems.is_empty() {
         return Err(bad(path, problems.join("; ")));
     }
-    let batch = conform(path, batch, shape.events)?;
     // Event time as UTC nanoseconds; strings are parsed (RFC 3339 / ISO 8601).
     let time_col = batch
         .column_by_name(&features.event_time)
@@ -311,14 +326,66 @@ pub fn prepare(
     };
     let transactions = take_record_batch(&batch, &indices)?;
     let labels = derive_labels(&transactions, shape)?;
+    let source_rows = indices
+        .values()
+        .iter()
+        .map(|&r| kept.as_ref().map_or(r, |kept| kept[r as usize]))
+        .collect();
     Ok(History {
         partitions,
-        source_rows: Some(indices.values().iter().copied().collect()),
+        refused,
+        source_rows: Some(source_rows),
         events: transactions,
         event_time: features.event_time.clone(),
         side: Some(labels),
         side_time: shape.label_time().to_string(),
     })
+}
+
+/// A history's rows once the refused are taken out: the kept rows and their partitions, which
+/// source row each kept row is (`None`: all kept), and the refused.
+type Kept = (
+    RecordBatch,
+    Option<Partitions>,
+    Option<Vec<u32>>,
+    Vec<Refused>,
+);
+
+/// The rows live would refuse, by the decoder's own checks of the declared events
+/// ([`DeclaredJsonDecoder::refusals`]: the same kinds and reasons), taken out of the history.
+fn refuse_rows(
+    batch: RecordBatch,
+    shape: Shape<'_>,
+    partitions: Option<Partitions>,
+) -> Result<Kept> {
+    let refusals = DeclaredJsonDecoder::new(shape.events.clone(), usize::MAX).refusals(&batch);
+    if refusals.is_empty() {
+        return Ok((batch, partitions, None, Vec::new()));
+    }
+    let mut keep = vec![true; batch.num_rows()];
+    let refused = refusals
+        .into_iter()
+        .map(|r| {
+            keep[r.index] = false;
+            Refused {
+                source_row: r.index,
+                kind: r.kind,
+                reason: r.reason,
+            }
+        })
+        .collect();
+    let kept: Vec<u32> = (0..batch.num_rows() as u32)
+        .filter(|&r| keep[r as usize])
+        .collect();
+    let partitions = partitions.map(|p| Partitions {
+        of_events: kept
+            .iter()
+            .filter_map(|&r| p.of_events.get(r as usize).copied())
+            .collect(),
+        ..p
+    });
+    let batch = take_record_batch(&batch, &UInt32Array::from(kept.clone()))?;
+    Ok((batch, partitions, Some(kept), refused))
 }
 
 /// Rows in `sorted` order of (event time, tie-break), reordered so that the rows of each

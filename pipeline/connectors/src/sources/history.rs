@@ -32,6 +32,20 @@ pub struct History {
     /// The input partition of each event, for a history read from a topic: each partition in
     /// offset order, merged by event time. `None`: one partition in event-time order.
     pub partitions: Option<Partitions>,
+    /// Rows of the source (file) refused before ordering, as live refuses their messages: not
+    /// among `events`.
+    pub refused: Vec<Refused>,
+}
+
+/// A row of a history's source refused as its message would be refused live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Its row in the source (0-based).
+    pub source_row: usize,
+    /// The class of the problem.
+    pub kind: riskpipe_core::RejectKind,
+    /// What is wrong, as a decoder says it.
+    pub reason: String,
 }
 
 impl History {

@@ -41,6 +41,8 @@ pub struct TopicRead {
     pub payloads: Vec<Vec<u8>>,
     /// The partition of each payload.
     pub partitions: Vec<i32>,
+    /// The Kafka timestamp of each payload (ms since the epoch), where it has one.
+    pub stamps: Vec<Option<i64>>,
     /// Every partition of the topic.
     pub all: Vec<i32>,
 }
@@ -53,7 +55,7 @@ impl TopicRead {
         schema: &arrow::datatypes::SchemaRef,
     ) -> Result<(DecodedPayloads, Vec<i32>)> {
         let refs: Vec<&[u8]> = self.payloads.iter().map(Vec::as_slice).collect();
-        let decoded = decoder.decode(&self.topic, schema, &refs)?;
+        let decoded = decoder.decode_records(&self.topic, schema, &refs, &self.stamps)?;
         let partitions = decoded
             .accepted
             .iter()
@@ -236,6 +238,7 @@ pub(crate) fn read_ranges(
 ) -> Result<TopicRead> {
     let mut payloads = Vec::new();
     let mut of_payloads = Vec::new();
+    let mut stamps = Vec::new();
     for &(p, start, end) in ranges {
         if start >= end {
             continue;
@@ -263,6 +266,7 @@ pub(crate) fn read_ranges(
                     next = m.offset() + 1;
                     payloads.push(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
                     of_payloads.push(p);
+                    stamps.push(m.timestamp().to_millis());
                 }
                 Some(Err(e)) => return Err(PipelineError::kafka("reading the range")(e)),
                 // A transaction's commit or abort marker (and, read_committed, an aborted
@@ -288,6 +292,7 @@ pub(crate) fn read_ranges(
         topic: topic.to_string(),
         payloads,
         partitions: of_payloads,
+        stamps,
         all: ranges.iter().map(|r| r.0).collect(),
     })
 }

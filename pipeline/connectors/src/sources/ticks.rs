@@ -70,6 +70,7 @@ pub fn ordered(ticks: RecordBatch, keep_rows: bool) -> Result<History> {
         side_time: String::new(),
         source_rows: keep_rows.then(|| order.into()),
         partitions: None,
+        refused: Vec::new(),
     })
 }
 

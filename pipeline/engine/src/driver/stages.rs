@@ -195,7 +195,8 @@ fn decode_stream(
     // A stream is one topic (the events or the side input).
     let topic = messages.first().map_or("", |m| &m.topic);
     let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
-    let decoded = decoder.decode(topic, schema, &payloads)?;
+    let stamps: Vec<Option<i64>> = messages.iter().map(|m| m.created_ms).collect();
+    let decoded = decoder.decode_records(topic, schema, &payloads, &stamps)?;
     drop(payloads);
     let mut slots: Vec<Option<Message>> = messages.into_iter().map(Some).collect();
     for Rejection {
@@ -444,7 +445,7 @@ pub(super) fn score<A: Send>(
                     "dead letter: {}",
                     d.reason
                 ),
-                Origin::Row(row) => {
+                Origin::Row(row) | Origin::FileRow(row) => {
                     tracing::debug!(row, kind = d.kind.as_str(), "rejected: {}", d.reason);
                 }
             }

@@ -195,7 +195,7 @@ fn bad_input_dead_letters_its_batch_and_the_run_goes_on() {
         .iter()
         .map(|d| match d.origin {
             Origin::Row(row) => (row, d.kind),
-            Origin::Message(_) => panic!("rows come from a row source"),
+            Origin::Message(_) | Origin::FileRow(_) => panic!("rows come from a row source"),
         })
         .collect();
     assert_eq!(
@@ -316,7 +316,9 @@ fn a_batch_the_features_refuse_dead_letters_its_events_and_side_inputs() {
         .iter()
         .map(|d| match &d.origin {
             Origin::Message(m) => (m.topic.to_string(), m.offset, d.kind),
-            Origin::Row(_) => panic!("messages come from a message source"),
+            Origin::Row(_) | Origin::FileRow(_) => {
+                panic!("messages come from a message source")
+            }
         })
         .collect();
     dead.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));

@@ -207,6 +207,7 @@ impl AvroDecoder {
         &self,
         d: &super::avro_declared::DeclaredAvro,
         payloads: &[&[u8]],
+        stamps: &[Option<i64>],
     ) -> Result<DecodedPayloads> {
         let mut rejected = Vec::new();
         let (framed, writers) = self.frames(payloads, &mut rejected)?;
@@ -243,8 +244,16 @@ impl AvroDecoder {
         let mut accepted = Vec::with_capacity(framed.len());
         for (index, id, datum) in framed {
             let read = match datum_readers.get(&id) {
-                Some(Ok(reader)) => read_datum(reader, id, datum)
-                    .and_then(|value| d.decoder.checked(d.found(&value)?)),
+                Some(Ok(reader)) => read_datum(reader, id, datum).and_then(|value| {
+                    let stamp = stamps.get(index).copied().flatten();
+                    let schema = match readers.get(&id) {
+                        Some(Ok(schema)) => schema,
+                        _ => {
+                            return Err((RejectKind::Schema, format!("schema id {id}: no reader")));
+                        }
+                    };
+                    d.decoder.checked(d.found(&value, schema)?, stamp)
+                }),
                 Some(Err(why)) => Err(why.clone()),
                 None => Err((RejectKind::Schema, format!("schema id {id}: no reader"))),
             };
@@ -456,12 +465,22 @@ fn read_one<T: FromAvro>(
 impl Decoder for AvroDecoder {
     fn decode(
         &self,
-        _topic: &str,
+        topic: &str,
         schema: &SchemaRef,
         payloads: &[&[u8]],
     ) -> Result<DecodedPayloads> {
+        self.decode_records(topic, schema, payloads, &[])
+    }
+
+    fn decode_records(
+        &self,
+        _topic: &str,
+        schema: &SchemaRef,
+        payloads: &[&[u8]],
+        stamps: &[Option<i64>],
+    ) -> Result<DecodedPayloads> {
         if let Some(d) = self.declared.iter().find(|d| d.decoder.schema() == schema) {
-            return self.decode_declared(d, payloads);
+            return self.decode_declared(d, payloads, stamps);
         }
         let Some(r) = self.events.iter().find(|r| &r.arrow == schema) else {
             return Err(PipelineError::Bug(

@@ -1,6 +1,7 @@
 //! Declared events read from Avro: the reader schema is made from the declaration (a record per
-//! object path; `long`, `double`, `string`, `boolean`, `timestamp-micros`; optional and nullable
-//! fields as unions with `null`, default `null`), named as each writer names its records, so a
+//! object path; `long`, `double`, `string`, `boolean`, `timestamp-micros`, or the writer's enum
+//! for a declared string and its decimal for a declared float; optional and nullable fields as
+//! unions with `null`, default `null`), named as each writer names its records, so a
 //! writer resolves to it by Avro's rules whatever its record names. The resolved record's fields
 //! then meet the declaration's checks exactly as JSON's do ([`DeclaredJsonDecoder::checked`]):
 //! the same dead letters with the same reasons.
@@ -57,21 +58,92 @@ impl DeclaredAvro {
         made
     }
 
-    /// The declared fields of a resolved record, in declaration order.
-    pub(crate) fn found(&self, record: &AvroValue) -> Result<Vec<Found>, Refused> {
+    /// The declared fields of a resolved record (read by `reader`), in declaration order.
+    pub(crate) fn found(
+        &self,
+        record: &AvroValue,
+        reader: &AvroSchema,
+    ) -> Result<Vec<Found>, Refused> {
         let declared = self.decoder.declared();
         let mut out = Vec::with_capacity(declared.fields.len());
-        for f in &declared.fields {
+        for (i, f) in declared.fields.iter().enumerate() {
+            if !declared.in_payload(i) {
+                out.push(Found::Absent);
+                continue;
+            }
             let mut at = Some(record);
             for member in &f.path {
                 at = at.and_then(|v| member_of(v, member));
             }
             out.push(match at {
                 None => Found::Absent,
+                Some(AvroValue::Decimal(d)) => decimal(f, d, reader)?,
+                Some(AvroValue::Union(_, inner)) if matches!(**inner, AvroValue::Decimal(_)) => {
+                    match &**inner {
+                        AvroValue::Decimal(d) => decimal(f, d, reader)?,
+                        _ => Found::Compound,
+                    }
+                }
                 Some(v) => leaf(f, v)?,
             });
         }
         Ok(out)
+    }
+}
+
+/// A writer's decimal (a declared `float`) as the double nearest its exact value: its
+/// unscaled digits over ten to its scale, which the reader schema at the field's path states.
+fn decimal(
+    f: &DeclaredField,
+    d: &apache_avro::Decimal,
+    reader: &AvroSchema,
+) -> Result<Found, Refused> {
+    let mut at = Some(reader);
+    for member in &f.path {
+        at = at.and_then(|s| field_schema(s, member));
+    }
+    let scale = match at.map(through_null) {
+        Some(AvroSchema::Decimal(d)) => d.scale,
+        _ => return Ok(Found::Compound),
+    };
+    let bytes = <Vec<u8>>::try_from(d).map_err(|_| {
+        (
+            RejectKind::Schema,
+            format!("field {}: an unreadable decimal", f.name),
+        )
+    })?;
+    // Two's complement, big-endian: at most 16 bytes (precision 38) fit an i128.
+    if bytes.len() > 16 {
+        return Err((
+            RejectKind::Invalid,
+            format!("field {}: a decimal of more than 38 digits", f.name),
+        ));
+    }
+    let negative = bytes.first().is_some_and(|b| b & 0x80 != 0);
+    let mut wide = [if negative { 0xFF } else { 0 }; 16];
+    wide[16 - bytes.len()..].copy_from_slice(&bytes);
+    let unscaled = i128::from_be_bytes(wide);
+    // The decimal text parsed once: correctly rounded, as JSON's number text is.
+    format!("{unscaled}e-{scale}")
+        .parse::<f64>()
+        .map(Found::Float)
+        .map_err(|_| {
+            (
+                RejectKind::Schema,
+                format!("field {}: an unreadable decimal", f.name),
+            )
+        })
+}
+
+/// A schema without its `null` branch (an optional field's union).
+fn through_null(schema: &AvroSchema) -> &AvroSchema {
+    match schema {
+        AvroSchema::Union(u) => u
+            .variants()
+            .iter()
+            .find(|v| !matches!(v, AvroSchema::Null))
+            .unwrap_or(schema),
+        other => other,
     }
 }
 
@@ -122,7 +194,9 @@ pub(crate) fn reader_schema(
     let fields: Vec<(&[String], &DeclaredField)> = declared
         .fields
         .iter()
-        .map(|f| (f.path.as_slice(), f))
+        .enumerate()
+        .filter(|&(i, _)| declared.in_payload(i))
+        .map(|(_, f)| (f.path.as_slice(), f))
         .collect();
     let name = record_name(Some(writer)).unwrap_or_else(|| "Event".to_string());
     let json = record(&name, &fields, Some(writer))?;
@@ -146,7 +220,7 @@ fn record(
         }
         done.push(first);
         if rest.is_empty() {
-            let t = leaf_type(f);
+            let t = leaf_type(f, writer.and_then(|w| field_schema(w, first)));
             members.push(if f.nullable || !f.required {
                 json!({"name": first, "type": ["null", t], "default": null})
             } else {
@@ -172,8 +246,20 @@ fn record(
     Ok(json!({"type": "record", "name": name, "fields": members}))
 }
 
-/// The Avro type of a declared field (the event time in an epoch form is a `long`).
-fn leaf_type(f: &DeclaredField) -> Json {
+/// The Avro type of a declared field (the event time in an epoch form is a `long`). Where the
+/// writer holds a declared `string` as an enum, or a declared `float` as a decimal, the reader
+/// takes the writer's own type (Avro resolves neither to a string or a double); its values
+/// then meet the declared rules as text and as the nearest double.
+fn leaf_type(f: &DeclaredField, writer: Option<&AvroSchema>) -> Json {
+    match (f.kind, writer.map(through_null)) {
+        (FieldType::String, Some(w @ AvroSchema::Enum(_)))
+        | (FieldType::Float, Some(w @ AvroSchema::Decimal(_))) => {
+            if let Ok(own) = serde_json::to_value(w) {
+                return own;
+            }
+        }
+        _ => {}
+    }
     match f.kind {
         FieldType::String => json!("string"),
         FieldType::Integer => json!("long"),

@@ -88,7 +88,9 @@ impl DeclaredJsonDecoder {
         let mut root = Node::default();
         let mut object_paths = vec![String::new()];
         for (i, f) in declared.fields.iter().enumerate() {
-            root.insert(&f.path, i, &mut object_paths);
+            if declared.in_payload(i) {
+                root.insert(&f.path, i, &mut object_paths);
+            }
         }
         Self {
             schema: declared.arrow_schema(),
@@ -113,8 +115,10 @@ impl DeclaredJsonDecoder {
     /// declaration order: the same shape-then-rules checks, and reasons, as JSON's.
     pub(crate) fn checked(
         &self,
-        found: Vec<Found>,
+        mut found: Vec<Found>,
+        stamp: Option<i64>,
     ) -> Result<Vec<Option<Value>>, (RejectKind, String)> {
+        self.stamp(&mut found, stamp)?;
         let mut values = Vec::with_capacity(found.len());
         for (f, found) in self.declared.fields.iter().zip(found) {
             values.push(Self::convert(f, found)?);
@@ -136,8 +140,76 @@ impl DeclaredJsonDecoder {
         Ok(RecordBatch::try_new(self.schema.clone(), columns.finish())?)
     }
 
+    /// The event time taken from the Kafka record's timestamp (`stamp`, ms since the epoch),
+    /// where the declaration says so; a record without one is refused.
+    fn stamp(&self, found: &mut [Found], stamp: Option<i64>) -> Result<(), (RejectKind, String)> {
+        let time = self.declared.time;
+        if self.declared.in_payload(time) {
+            return Ok(());
+        }
+        match (stamp, found.get_mut(time)) {
+            (Some(ms), Some(slot)) => {
+                *slot = Found::Int(ms);
+                Ok(())
+            }
+            _ => Err((
+                RejectKind::Schema,
+                format!(
+                    "field {}: the record has no Kafka timestamp, which the declared event time is",
+                    self.declared.fields[time].name
+                ),
+            )),
+        }
+    }
+
+    /// As [`Decoder::decode`], with each record's Kafka timestamp (ms since the epoch; `None`
+    /// where it has none, or the caller has none to give), which the declared event time may
+    /// be.
+    pub fn decode_stamped(
+        &self,
+        topic: &str,
+        schema: &SchemaRef,
+        payloads: &[&[u8]],
+        stamps: &[Option<i64>],
+    ) -> crate::Result<DecodedPayloads> {
+        if schema != &self.schema {
+            return Err(crate::PipelineError::Bug(format!(
+                "the declared decoder of {topic:?} was asked for another schema"
+            )));
+        }
+        let (candidates, mut rejected) = precheck(payloads, self.max_bytes);
+        let mut columns = Columns::new(&self.declared, candidates.len());
+        let mut accepted = Vec::with_capacity(candidates.len());
+        let mut row = Row::default();
+        for index in candidates {
+            let stamp = stamps.get(index).copied().flatten();
+            match self.row(payloads[index], &mut row, stamp) {
+                Ok(()) => {
+                    columns.push(&mut row.values);
+                    accepted.push(index);
+                }
+                Err((kind, reason)) => rejected.push(Rejection {
+                    index,
+                    reason,
+                    kind,
+                }),
+            }
+        }
+        rejected.sort_by_key(|r| r.index);
+        Ok(DecodedPayloads {
+            batch: RecordBatch::try_new(self.schema.clone(), columns.finish())?,
+            accepted,
+            rejected,
+        })
+    }
+
     /// One payload's values, or why it is refused.
-    fn row(&self, payload: &[u8], row: &mut Row) -> Result<(), (RejectKind, String)> {
+    fn row(
+        &self,
+        payload: &[u8],
+        row: &mut Row,
+        stamp: Option<i64>,
+    ) -> Result<(), (RejectKind, String)> {
         super::opens_an_object(payload)?;
         row.reset(self.declared.fields.len(), self.object_paths.len());
         let mut de = serde_json::Deserializer::from_slice(payload);
@@ -179,6 +251,7 @@ impl DeclaredJsonDecoder {
         if let Some(first) = row.first.take() {
             return Err(first);
         }
+        self.stamp(&mut row.found, stamp)?;
         // The payload's shape first (every field present and of its type), then the values'
         // rules, so a payload wrong in both ways is a schema dead letter whatever the field order.
         for (i, f) in self.declared.fields.iter().enumerate() {
@@ -195,7 +268,10 @@ impl DeclaredJsonDecoder {
 
     /// A field's value in its declared type, or why it has none (a `schema` problem: the
     /// payload's shape). A timestamp stays text here: its form is a value rule.
-    fn convert(f: &DeclaredField, found: Found) -> Result<Option<Value>, (RejectKind, String)> {
+    pub(super) fn convert(
+        f: &DeclaredField,
+        found: Found,
+    ) -> Result<Option<Value>, (RejectKind, String)> {
         let name = &f.name;
         let schema_error = |what: &str| Err((RejectKind::Schema, format!("field {name}: {what}")));
         Ok(Some(match (f.kind, found) {
@@ -226,7 +302,7 @@ impl DeclaredJsonDecoder {
 
     /// Field `i`'s value checked against its rules (an `invalid` problem), in the form its
     /// column holds (timestamps and the event time as nanoseconds).
-    fn check(
+    pub(super) fn check(
         &self,
         i: usize,
         f: &DeclaredField,
@@ -299,34 +375,17 @@ impl Decoder for DeclaredJsonDecoder {
         schema: &SchemaRef,
         payloads: &[&[u8]],
     ) -> crate::Result<DecodedPayloads> {
-        if schema != &self.schema {
-            return Err(crate::PipelineError::Bug(format!(
-                "the declared decoder of {topic:?} was asked for another schema"
-            )));
-        }
-        let (candidates, mut rejected) = precheck(payloads, self.max_bytes);
-        let mut columns = Columns::new(&self.declared, candidates.len());
-        let mut accepted = Vec::with_capacity(candidates.len());
-        let mut row = Row::default();
-        for index in candidates {
-            match self.row(payloads[index], &mut row) {
-                Ok(()) => {
-                    columns.push(&mut row.values);
-                    accepted.push(index);
-                }
-                Err((kind, reason)) => rejected.push(Rejection {
-                    index,
-                    reason,
-                    kind,
-                }),
-            }
-        }
-        rejected.sort_by_key(|r| r.index);
-        Ok(DecodedPayloads {
-            batch: RecordBatch::try_new(self.schema.clone(), columns.finish())?,
-            accepted,
-            rejected,
-        })
+        self.decode_stamped(topic, schema, payloads, &[])
+    }
+
+    fn decode_records(
+        &self,
+        topic: &str,
+        schema: &SchemaRef,
+        payloads: &[&[u8]],
+        stamps: &[Option<i64>],
+    ) -> crate::Result<DecodedPayloads> {
+        self.decode_stamped(topic, schema, payloads, stamps)
     }
 }
 

@@ -54,8 +54,18 @@ impl Decoder for JsonDecoder {
         schema: &SchemaRef,
         payloads: &[&[u8]],
     ) -> crate::Result<DecodedPayloads> {
+        self.decode_records(topic, schema, payloads, &[])
+    }
+
+    fn decode_records(
+        &self,
+        topic: &str,
+        schema: &SchemaRef,
+        payloads: &[&[u8]],
+        stamps: &[Option<i64>],
+    ) -> crate::Result<DecodedPayloads> {
         if let Some(declared) = self.declared.iter().find(|d| d.schema() == schema) {
-            return declared.decode(topic, schema, payloads);
+            return declared.decode_stamped(topic, schema, payloads, stamps);
         }
         let (candidates, rejected) = precheck(payloads, self.max_bytes);
         Ok(if schema == &self.tick {

@@ -8,6 +8,7 @@
 mod avro;
 mod avro_declared;
 mod declared;
+mod declared_rows;
 mod events;
 mod json;
 
@@ -90,6 +91,20 @@ pub trait Decoder: Send + Sync + std::fmt::Debug {
         schema: &SchemaRef,
         payloads: &[&[u8]],
     ) -> crate::Result<DecodedPayloads>;
+
+    /// As [`decode`](Decoder::decode), with each record's Kafka timestamp (ms since the
+    /// epoch, `None` where it has none), for events whose declared time is that timestamp
+    /// (`format = "kafka_timestamp"`): a source of Kafka records calls this.
+    fn decode_records(
+        &self,
+        topic: &str,
+        schema: &SchemaRef,
+        payloads: &[&[u8]],
+        stamps: &[Option<i64>],
+    ) -> crate::Result<DecodedPayloads> {
+        let _ = stamps;
+        self.decode(topic, schema, payloads)
+    }
 }
 
 /// Each topic decoded in its own format (`[kafka.formats]`).
@@ -114,6 +129,21 @@ impl Decoder for ByTopic {
             .find(|(t, _)| t == topic)
             .map_or(&self.other, |(_, d)| d);
         decoder.decode(topic, schema, payloads)
+    }
+
+    fn decode_records(
+        &self,
+        topic: &str,
+        schema: &SchemaRef,
+        payloads: &[&[u8]],
+        stamps: &[Option<i64>],
+    ) -> crate::Result<DecodedPayloads> {
+        let decoder = self
+            .topics
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map_or(&self.other, |(_, d)| d);
+        decoder.decode_records(topic, schema, payloads, stamps)
     }
 }
 

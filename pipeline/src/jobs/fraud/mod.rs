@@ -205,6 +205,24 @@ impl JobKind for FraudConfig {
                     .map(|e| format!("kafka.repartition: {e}")),
             );
         }
+        // A pseudonym needs the secret of [kafka.pseudonyms].
+        let pseudonymized: Vec<String> = [self.declared(), self.declared_labels()]
+            .into_iter()
+            .flatten()
+            .flat_map(|d| d.fields)
+            .filter(|f| f.sensitive == Some(riskpipe_schemas::declared::Sensitive::Pseudonymize))
+            .map(|f| f.name)
+            .collect();
+        if !pseudonymized.is_empty()
+            && pipeline
+                .kafka
+                .as_ref()
+                .is_none_or(|k| k.pseudonyms.is_none())
+        {
+            p.push(format!(
+                "sensitive fields {pseudonymized:?} are declared \"pseudonymize\", which needs [kafka.pseudonyms] (its secret_env)"
+            ));
+        }
         // An Avro output names its fields as the records do: each must be an Avro name.
         if let (Some(kafka), Some(declared)) = (&pipeline.kafka, self.declared()) {
             let records = records::RecordShapes::of(&declared);

@@ -12,6 +12,7 @@ use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};
 use riskpipe_operators::columns;
 use riskpipe_schemas::declared::EventSchema;
+use riskpipe_schemas::declared::Sensitive;
 use riskpipe_schemas::{Reason, reason_fields, score};
 
 use crate::jobs::{Records, Repeated};
@@ -50,6 +51,12 @@ impl RecordShapes {
         }));
         alert_columns.push(time);
         alert_columns.extend(amount);
+        // A field declared sensitive "drop" is published nowhere.
+        alert_columns.retain(|n| {
+            declared
+                .index_of(n)
+                .is_none_or(|i| declared.fields[i].sensitive != Some(Sensitive::Drop))
+        });
         let event_fields = |names: &[String]| -> Vec<Field> {
             names
                 .iter()

@@ -181,6 +181,8 @@ type Producer = Arc<ThreadedProducer<Quiet>>;
 pub struct KafkaSink {
     producer: Producer,
     pseudonyms: Option<super::pseudonyms::Pseudonyms>,
+    /// What dead letters may carry of their messages.
+    redactor: super::redact::Redactor,
     encoder: Box<dyn Encoder>,
     scores_topic: String,
     alerts_topic: String,
@@ -240,6 +242,20 @@ impl KafkaSink {
         })
     }
 
+    /// Sensitive fields kept out of dead letters by `redactor`; the fields declared
+    /// `pseudonymize` (`pseudonymized`) published as their pseudonyms in every record too.
+    pub fn redacting(
+        mut self,
+        redactor: super::redact::Redactor,
+        pseudonymized: Vec<String>,
+    ) -> Self {
+        if !pseudonymized.is_empty() {
+            self.pseudonyms = self.pseudonyms.map(|p| p.also(pseudonymized));
+        }
+        self.redactor = redactor.with_pseudonyms(self.pseudonyms.clone());
+        self
+    }
+
     /// Forwarded rows (a stage before a repartition) go to `topic`.
     pub fn forwarding_to(mut self, topic: &str) -> Self {
         self.forward_topic = Some(topic.to_string());
@@ -296,6 +312,7 @@ impl KafkaSink {
                 .as_ref()
                 .map(super::pseudonyms::Pseudonyms::from_config)
                 .transpose()?,
+            redactor: super::redact::Redactor::default(),
             encoder: kafka.encoder()?,
             scores_topic: kafka.topics.scores.clone(),
             alerts_topic: kafka.topics.alerts.clone(),
@@ -364,7 +381,34 @@ impl KafkaSink {
                 "a row of a file reached the Kafka dead-letter topic".into(),
             ));
         };
-        let headers = headers(&m.topic, m.partition, m.offset, d.kind.as_str(), &d.reason);
+        // What the message's sensitive fields leave of it.
+        let (m, withheld) = match self.redactor.redact(m) {
+            super::redact::Redacted::Unchanged => (std::borrow::Cow::Borrowed(m), false),
+            super::redact::Redacted::Rewritten { payload, key } => (
+                std::borrow::Cow::Owned(crate::sources::Message {
+                    payload,
+                    key,
+                    ..m.clone()
+                }),
+                false,
+            ),
+            super::redact::Redacted::Withheld => (
+                std::borrow::Cow::Owned(crate::sources::Message {
+                    payload: Vec::new(),
+                    key: None,
+                    ..m.clone()
+                }),
+                true,
+            ),
+        };
+        let m = m.as_ref();
+        let mut headers = headers(&m.topic, m.partition, m.offset, d.kind.as_str(), &d.reason);
+        if withheld {
+            headers = headers.insert(rdkafka::message::Header {
+                key: "riskpipe.payload",
+                value: Some("withheld: its stream declares sensitive fields riskpipe could not remove from it".as_bytes()),
+            });
+        }
         let topic = &self.dead_letter_topic;
         let failed = |source: KafkaError| PipelineError::Delivery {
             topic: topic.clone(),
