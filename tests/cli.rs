@@ -836,3 +836,50 @@ fn a_stateful_job_without_state_refuses_to_start_naming_the_fix() {
         text(&o)
     );
 }
+
+/// The command-line reference page (`docs/reference/cli.md`) is the binary's own help, command
+/// by command (bless with `RISKPIPE_BLESS=1 cargo test --test cli`): it cannot go stale.
+#[test]
+fn the_cli_reference_page_is_the_binarys_help() {
+    let help = |args: &[&str]| -> String {
+        let o = Command::new(env!("CARGO_BIN_EXE_riskpipe"))
+            .args(args)
+            .env("COLUMNS", "100")
+            .current_dir(repo())
+            .output()
+            .expect("run riskpipe");
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim_end().to_string()
+    };
+    let top = help(&["--help"]);
+    let commands: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 5, "{top}");
+    let mut page = String::from(
+        "# Command-line reference\n\nThe binary's own help, command by command (`riskpipe <command> --help`). \
+         Generated: `tests/cli.rs` fails when this page and the binary differ \
+         (`RISKPIPE_BLESS=1 cargo test --test cli` rewrites it).\n\n## riskpipe\n\n```text\n",
+    );
+    page.push_str(&top);
+    page.push_str("\n```\n");
+    for c in &commands {
+        page.push_str(&format!("\n## riskpipe {c}\n\n```text\n"));
+        page.push_str(&help(&[c.as_str(), "--help"]));
+        page.push_str("\n```\n");
+    }
+    let path = repo().join("docs/reference/cli.md");
+    if std::env::var_os("RISKPIPE_BLESS").is_some() {
+        std::fs::write(&path, &page).expect("write");
+    }
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == page,
+        "docs/reference/cli.md is stale: run RISKPIPE_BLESS=1 cargo test --test cli"
+    );
+}

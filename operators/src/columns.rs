@@ -139,12 +139,23 @@ impl Keys {
 
 /// An event's id, integer or text as declared: what labels name and what tells a re-delivered
 /// event from a new one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum EventId {
     /// An integer id.
     Int(i64),
     /// A text id.
     Str(Box<str>),
+}
+
+/// The value alone (a stream's ids are all of one kind): an integer id hashes as fast as the
+/// integer, which the per-event id sets (duplicates, label risk) do on every event.
+impl std::hash::Hash for EventId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            EventId::Int(i) => i.hash(state),
+            EventId::Str(s) => s.hash(state),
+        }
+    }
 }
 
 /// The key (or id) column `name`: integers (any integer type) or strings, never null. A key

@@ -121,8 +121,11 @@ pub fn key_parts(key: &str) -> Vec<&str> {
     key.split(KEY_SEPARATOR).collect()
 }
 
-/// A key: one column's name, or a list of at least two, joined by [`KEY_SEPARATOR`].
-fn key_columns<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+/// A key: one column's name, or a list of at least two, joined by [`KEY_SEPARATOR`] (a serde
+/// `deserialize_with`, for every config that names a key).
+pub fn key_columns<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Key {

@@ -46,8 +46,11 @@ impl Labels {
 
 #[derive(Debug, Default)]
 struct KeyHistory {
-    /// Event times of the key's transactions, sorted, with their ids.
-    times: VecDeque<(i64, EventId)>,
+    /// Event times of the key's transactions, sorted (apart from their ids: the windows'
+    /// binary searches read times only, densely packed).
+    times: VecDeque<i64>,
+    /// The id of each transaction in `times`, in the same order.
+    ids: VecDeque<EventId>,
     /// Ids of the transactions in `times`.
     seen: HashSet<EventId, ahash::RandomState>,
     /// Labels by transaction id (also of transactions not seen yet: labels may come first).
@@ -57,11 +60,13 @@ struct KeyHistory {
 impl KeyHistory {
     fn insert(&mut self, t: i64, id: EventId) {
         self.seen.insert(id.clone());
-        if self.times.back().is_none_or(|&(last, _)| last <= t) {
-            self.times.push_back((t, id));
+        if self.times.back().is_none_or(|&last| last <= t) {
+            self.times.push_back(t);
+            self.ids.push_back(id);
         } else {
-            let pos = self.times.partition_point(|&(x, _)| x <= t);
-            self.times.insert(pos, (t, id));
+            let pos = self.times.partition_point(|&x| x <= t);
+            self.times.insert(pos, t);
+            self.ids.insert(pos, id);
         }
     }
 }
@@ -69,8 +74,9 @@ impl KeyHistory {
 impl Expiring for KeyHistory {
     /// Drops transactions, and labels of transactions, at or before `horizon`.
     fn evict(&mut self, horizon: i64) {
-        while self.times.front().is_some_and(|&(t, _)| t <= horizon) {
-            if let Some((_, id)) = self.times.pop_front() {
+        while self.times.front().is_some_and(|&t| t <= horizon) {
+            self.times.pop_front();
+            if let Some(id) = self.ids.pop_front() {
                 self.seen.remove(&id);
             }
         }
@@ -209,10 +215,10 @@ impl Operator for LabelRisk {
         self.state.for_each_row(&keys, |row, h| {
             let t = times[row];
             let end = t.saturating_sub(delay);
-            let hi = h.times.partition_point(|&(x, _)| x <= end);
+            let hi = h.times.partition_point(|&x| x <= end);
             for (s, span) in spans.iter().enumerate() {
                 let start = end.saturating_sub(*span);
-                let lo = h.times.partition_point(|&(x, _)| x <= start);
+                let lo = h.times.partition_point(|&x| x <= start);
                 counts[row * ns + s] = (hi - lo) as i64;
                 frauds[row * ns + s] = h
                     .labels
@@ -271,7 +277,7 @@ impl Operator for LabelRisk {
         let mut is_label = Vec::with_capacity(rows);
         for (key, h) in self.state.iter() {
             table.key_rows(key, h.times.len());
-            for (t, id) in &h.times {
+            for (t, id) in h.times.iter().zip(&h.ids) {
                 ids.push(id);
                 times.push(*t);
             }

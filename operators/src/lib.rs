@@ -39,7 +39,7 @@ use riskpipe_schemas::Fault;
 pub use calendar::CalendarFlags;
 pub use config::{
     CalendarConfig, FeatureConfig, KEY_SEPARATOR, LabelRiskConfig, SqlFeatureConfig, WindowConfig,
-    key_parts,
+    key_columns, key_parts,
 };
 pub use label_risk::LabelRisk;
 pub use market::{Ewma, QuantileOf, Rolling, RollingQuantile, SeriesFeatures, SeriesOperator};

@@ -13,8 +13,10 @@
 //! - [`model_slot`] — the hot-reload hand-over between a reloader and a score stage;
 //! - [`health`] — liveness and readiness, from the source to the health endpoint;
 //! - [`error`] — [`PipelineError`], each variant saying whose fault it is;
-//! - [`events`] — every metric name and what it counts.
+//! - [`events`] — every metric name and what it counts;
+//! - [`dead_letters`] — a dead letter's headers and the kinds of problem.
 
+pub mod dead_letters;
 pub mod error;
 pub mod events;
 pub mod health;

@@ -99,7 +99,10 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepartitionConfig {
-    /// The second key: a declared field of the events (the key of the second stage's features).
+    /// The second key: a declared field of the events, or a list of them (the key of the second
+    /// stage's features). Rows are forwarded keyed by its first field: every combination of a
+    /// key of several fields then lands in one partition, and labels keyed by that field too.
+    #[serde(deserialize_with = "riskpipe_operators::key_columns")]
     pub by: String,
     /// The repartition topic (default `<group_id>-by-<by without _ID, lower case>`); riskpipe
     /// creates it with the partition count of the transactions topic.
@@ -116,9 +119,21 @@ impl RepartitionConfig {
     /// the same name.
     pub fn topic(&self, group: &str) -> String {
         self.topic.clone().unwrap_or_else(|| {
-            let name = self.by.to_lowercase();
-            let name = name.strip_suffix("_id").unwrap_or(&name);
-            format!("{group}-by-{}", name.replace('_', "-"))
+            let names: Vec<String> = riskpipe_operators::key_parts(&self.by)
+                .into_iter()
+                .map(|part| {
+                    let part = part.to_lowercase();
+                    let part = part.strip_suffix("_id").unwrap_or(&part);
+                    // A topic name holds letters, digits, '.', '_' and '-' only.
+                    part.chars()
+                        .map(|c| match c {
+                            'a'..='z' | '0'..='9' | '.' => c,
+                            _ => '-',
+                        })
+                        .collect()
+                })
+                .collect();
+            format!("{group}-by-{}", names.join("-x-"))
         })
     }
 }
@@ -254,6 +269,17 @@ mod tests {
 
     use super::*;
     use riskpipe_core::Streams;
+
+    /// A repartition's default topic is named by its key: one field, or each of several.
+    #[test]
+    fn a_repartition_topic_is_named_by_its_key() {
+        let by = |text: &str| -> RepartitionConfig { toml::from_str(text).expect("repartition") };
+        assert_eq!(by(r#"by = "TERMINAL_ID""#).topic("g"), "g-by-terminal");
+        let pair = by(r#"by = ["merchant.id", "merchant_category"]"#);
+        assert_eq!(pair.by, "merchant.id \u{d7} merchant_category");
+        assert_eq!(pair.topic("g"), "g-by-merchant.id-x-merchant-category");
+        assert!(toml::from_str::<RepartitionConfig>(r#"by = ["one"]"#).is_err());
+    }
 
     #[test]
     fn every_problem_is_listed_at_once() {

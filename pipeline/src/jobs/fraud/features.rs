@@ -66,7 +66,10 @@ impl FraudFeatures {
             return Ok(None);
         };
         let ids = columns::keys(events, &self.order_by)?;
-        let mut in_batch = std::collections::HashSet::with_capacity(events.num_rows());
+        let mut in_batch = std::collections::HashSet::with_capacity_and_hasher(
+            events.num_rows(),
+            ahash::RandomState::new(),
+        );
         for (row, s) in seen.iter_mut().enumerate() {
             *s = *s || !in_batch.insert(ids.id(row));
         }

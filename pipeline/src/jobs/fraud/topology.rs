@@ -32,8 +32,9 @@ pub fn first_stage(cfg: &FraudConfig, by: &str, partitions: i32) -> Result<Job> 
             Part::BeforeRepartition,
             partitions,
         )?),
+        // Of a key of several fields, the first: each combination then lands in one partition.
         scoring: Box::new(Forward {
-            key: by.to_string(),
+            key: riskpipe_operators::key_parts(by)[0].to_string(),
         }),
     })
 }

@@ -48,11 +48,11 @@ impl Reference {
             &self.reason,
         )
         .insert(Header {
-            key: "riskpipe.source.size",
+            key: riskpipe_core::dead_letters::SOURCE_SIZE,
             value: Some(self.size.to_string().as_bytes()),
         })
         .insert(Header {
-            key: "riskpipe.source.sha256",
+            key: riskpipe_core::dead_letters::SOURCE_SHA256,
             value: Some(self.sha256.as_bytes()),
         })
     }
@@ -68,23 +68,23 @@ pub(super) fn headers(
 ) -> OwnedHeaders {
     OwnedHeaders::new()
         .insert(Header {
-            key: "riskpipe.source.topic",
+            key: riskpipe_core::dead_letters::SOURCE_TOPIC,
             value: Some(topic.as_bytes()),
         })
         .insert(Header {
-            key: "riskpipe.source.partition",
+            key: riskpipe_core::dead_letters::SOURCE_PARTITION,
             value: Some(partition.to_string().as_bytes()),
         })
         .insert(Header {
-            key: "riskpipe.source.offset",
+            key: riskpipe_core::dead_letters::SOURCE_OFFSET,
             value: Some(offset.to_string().as_bytes()),
         })
         .insert(Header {
-            key: "riskpipe.error.kind",
+            key: riskpipe_core::dead_letters::ERROR_KIND,
             value: Some(kind.as_bytes()),
         })
         .insert(Header {
-            key: "riskpipe.error",
+            key: riskpipe_core::dead_letters::ERROR,
             value: Some(reason.as_bytes()),
         })
 }

@@ -405,8 +405,8 @@ impl KafkaSink {
         let mut headers = headers(&m.topic, m.partition, m.offset, d.kind.as_str(), &d.reason);
         if withheld {
             headers = headers.insert(rdkafka::message::Header {
-                key: "riskpipe.payload",
-                value: Some("withheld: its stream declares sensitive fields riskpipe could not remove from it".as_bytes()),
+                key: riskpipe_core::dead_letters::PAYLOAD,
+                value: Some(b"withheld: its stream declares sensitive fields riskpipe could not remove from it"),
             });
         }
         let topic = &self.dead_letter_topic;
