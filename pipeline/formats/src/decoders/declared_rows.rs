@@ -227,18 +227,21 @@ fields = [
         DeclaredJsonDecoder::new(config.check().expect("declaration"), 1 << 20)
     }
 
+    /// A payment's id, time, card, channel and amount (`None`: null).
+    type Payment<'a> = (
+        Option<&'a str>,
+        Option<i64>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<f64>,
+    );
+
     /// Each row of a batch refused exactly when the same values as a JSON payload are, with
     /// the same kind and reason.
     #[test]
     fn rows_are_refused_as_their_payloads_are() {
         let decoder = payments();
-        let rows: [(
-            Option<&str>,
-            Option<i64>,
-            Option<&str>,
-            Option<&str>,
-            Option<f64>,
-        ); 8] = [
+        let rows: [Payment<'_>; 8] = [
             (Some("a1"), Some(1_000), Some("c1"), Some("web"), Some(5.0)),
             (
                 Some("toolong"),
