@@ -344,7 +344,7 @@ impl std::fmt::Display for DemoSummary {
         )?;
         writeln!(
             f,
-            "  README.md                                                     topics to create, payloads, state and delivery"
+            "  README.md, docs/                                              topics to create, payloads, your data, state and delivery"
         )
     }
 }
