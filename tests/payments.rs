@@ -922,6 +922,74 @@ fn a_repartition_by_a_key_of_two_fields_scores_as_the_single_process_backtest() 
     }
 }
 
+/// Chargebacks name the payment only (its id, when it was reported, fraud): a merchant fraud
+/// rate from them (a label risk keyed by `merchant.id`, in place of the example's card ×
+/// merchant count, which the model reads by its name) scores every payment of a Parquet
+/// backtest as the same label risk fed labels that carry the merchant and the payment's time
+/// does, bit for bit, and otherwise than without it. With `[kafka.repartition]` such labels are
+/// refused by `validate`, naming why.
+#[test]
+fn chargebacks_naming_the_payment_only_feed_label_risk_as_keyed_labels_would() {
+    let n = 3_000;
+    let payments = payments(n);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = write_config(dir.path(), "localhost:9092", "");
+    let without = backtest_scores(&plain, &payments, dir.path());
+    let text = std::fs::read_to_string(&plain).expect("config");
+    let window = "[[job.features.windows]]\nkey = [\"card.id\", \"merchant.id\"]\nvalue = \"amount.value\"\nspans = [\"7d\"]\ncount = \"card_merchant_count_{span}\"\n";
+    let risk = "[[job.features.label_risk]]\nkey = \"merchant.id\"\ndelay = \"1d\"\nspans = [\"7d\"]\nrisk = \"card_merchant_count_{span}\"\n";
+    let delay = "label_delay = \"30d\"";
+    let fraud = "  { name = \"fraud\", type = \"boolean\" },\n]";
+    for part in [window, delay, fraud] {
+        assert!(text.contains(part), "{part}");
+    }
+    // Chargebacks two hours after the payment: the merchants' risk is known within the data.
+    let by_event = text
+        .replace(window, risk)
+        .replace(delay, "label_delay = \"2h\"");
+    let keyed = by_event.replace(
+        fraud,
+        "  { name = \"fraud\", type = \"boolean\" },\n  { name = \"merchant.id\", type = \"string\" },\n  { name = \"created_at\", type = \"timestamp\" },\n]",
+    );
+    let scores = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("config");
+        let cfg = PipelineConfig::load(&path).expect("config");
+        let fraud = riskpipe_pipeline::jobs::fraud::FraudConfig::of(&cfg).expect("fraud");
+        (
+            fraud.labels_name_the_event(),
+            backtest_scores(&path, &payments, dir.path()),
+        )
+    };
+    let (naming, from_ids) = scores("by-event.toml", &by_event);
+    let (naming_keyed, from_keyed) = scores("keyed.toml", &keyed);
+    assert!(naming && !naming_keyed);
+    assert_eq!(from_ids, from_keyed, "the same scores from either labels");
+    let moved = from_ids
+        .iter()
+        .filter(|(id, s)| without[*id].to_bits() != s.to_bits())
+        .count();
+    assert!(
+        moved > n / 20,
+        "{moved} of {n} scores moved with the merchants' risk"
+    );
+
+    let repartitioned = dir.path().join("repartitioned.toml");
+    std::fs::write(
+        &repartitioned,
+        by_event.replace("[state]\nephemeral = true\n", "[state]\ndir = \"state\"\n")
+            + "\n[kafka.repartition]\nby = \"merchant.id\"\n",
+    )
+    .expect("config");
+    let problems = PipelineConfig::load(&repartitioned)
+        .expect("config")
+        .problems();
+    assert!(
+        problems.iter().any(|p| p.contains("name their event only")),
+        "{problems:?}"
+    );
+}
+
 /// The payments team's Avro writer schema: its own record names and namespace.
 const PAYMENT_AVRO: &str = r#"{"type": "record", "name": "Payment", "namespace": "com.acme.payments", "fields": [
     {"name": "payment_id", "type": "string"},

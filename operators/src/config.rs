@@ -339,7 +339,7 @@ impl FeatureConfig {
                 transactions,
                 &self.order_by,
                 "order_by (the transaction id labels name)",
-                |d| d.is_integer(),
+                is_key,
                 &mut problems,
             );
         }
@@ -355,7 +355,11 @@ impl FeatureConfig {
             }
             match labels {
                 Some(l) => {
-                    for part in key_parts(&r.key) {
+                    // Labels may name their transaction only: without the key or the event
+                    // time, riskpipe takes them from the transaction (LabelRisk::naming_events);
+                    // where labels carry them, they must fit.
+                    let carried = |name: &str| l.field_with_name(name).is_ok();
+                    for part in key_parts(&r.key).into_iter().filter(|p| carried(p)) {
                         col(
                             l,
                             part,
@@ -364,13 +368,15 @@ impl FeatureConfig {
                             &mut problems,
                         );
                     }
-                    col(
-                        l,
-                        &self.event_time,
-                        "event_time (labels)",
-                        is_time,
-                        &mut problems,
-                    );
+                    if carried(&self.event_time) {
+                        col(
+                            l,
+                            &self.event_time,
+                            "event_time (labels)",
+                            is_time,
+                            &mut problems,
+                        );
+                    }
                     col(
                         l,
                         &r.label_time,
@@ -382,7 +388,7 @@ impl FeatureConfig {
                         l,
                         &self.order_by,
                         "order_by (labels: the labelled transaction)",
-                        |d| d.is_integer(),
+                        is_key,
                         &mut problems,
                     );
                     col(
@@ -431,6 +437,12 @@ impl FeatureConfig {
 
     /// Builds the streaming operators. Configuration errors are reported all together.
     pub fn build_chain(&self) -> Result<FeatureChain> {
+        self.build_chain_for(false)
+    }
+
+    /// [`FeatureConfig::build_chain`], the label risks taking labels that name their
+    /// transaction only when `labels_name_events` ([`LabelRisk::naming_events`]).
+    pub fn build_chain_for(&self, labels_name_events: bool) -> Result<FeatureChain> {
         let mut problems = Vec::new();
         let mut ops: Vec<Box<dyn Operator>> = Vec::new();
         if let Some(c) = &self.calendar {
@@ -460,12 +472,13 @@ impl FeatureConfig {
         }
         for (i, r) in self.label_risk.iter().enumerate() {
             match Self::risk_outputs(r) {
-                Ok(outs) => ops.push(Box::new(LabelRisk::new(
-                    r,
-                    &self.event_time,
-                    &self.order_by,
-                    outs,
-                ))),
+                Ok(outs) => {
+                    let risk = LabelRisk::new(r, &self.event_time, &self.order_by, outs);
+                    ops.push(Box::new(match labels_name_events {
+                        true => risk.naming_events(),
+                        false => risk,
+                    }));
+                }
                 Err(e) => problems.push(format!("label_risk[{i}]: {e}")),
             }
         }

@@ -14,8 +14,9 @@ use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef};
 
 use crate::columns::{self, EventId, Keys};
+use crate::config::key_parts;
 use crate::config::{LabelRiskConfig, RiskOutput, ns};
-use crate::state::{Expiring, KeyedState, StateReader, StateTable, Watermark};
+use crate::state::{Expiring, Key, KeyedState, StateReader, StateTable, Watermark};
 use crate::{Appender, Operator, OperatorError, Result};
 
 /// The labels of one transaction: its time, and (label time, fraud) in label-time order.
@@ -90,6 +91,51 @@ impl Expiring for KeyHistory {
     }
 }
 
+/// Where each transaction held is, for labels that name the transaction only (no key, no event
+/// time): its key and time by id, in time order for eviction, and the labels that came before
+/// their transaction.
+#[derive(Debug, Default)]
+struct ByEvent {
+    /// Each transaction held: its key (as an id-like value) and event time.
+    index: HashMap<EventId, (EventId, i64), ahash::RandomState>,
+    /// (event time, id) of `index`, in arrival order (mostly time order): evicted from the
+    /// front.
+    order: VecDeque<(i64, EventId)>,
+    /// Labels of transactions not seen (yet): (label time, fraud) versions by id.
+    pending: HashMap<EventId, Vec<(i64, bool)>, ahash::RandomState>,
+}
+
+impl ByEvent {
+    fn hold(&mut self, id: EventId, key: EventId, t: i64) {
+        self.order.push_back((t, id.clone()));
+        self.index.insert(id, (key, t));
+    }
+
+    /// Forgets transactions at or before `horizon`, and labels known by then whose
+    /// transaction never came (it would lie before the horizon too).
+    fn evict(&mut self, horizon: i64) {
+        while self.order.front().is_some_and(|&(t, _)| t <= horizon) {
+            if let Some((t, id)) = self.order.pop_front()
+                && self.index.get(&id).is_some_and(|&(_, held)| held == t)
+            {
+                self.index.remove(&id);
+            }
+        }
+        if !self.pending.is_empty() {
+            self.pending
+                .retain(|_, versions| versions.iter().any(|&(known, _)| known > horizon));
+        }
+    }
+}
+
+/// The state key of a key given as an id-like value.
+fn state_key(key: &EventId) -> Key<'_> {
+    match key {
+        EventId::Int(i) => Key::Int(*i),
+        EventId::Str(s) => Key::Str(s),
+    }
+}
+
 /// Per key: how many of the key's transactions fall in (t - delay - span, t - delay] and which
 /// fraction of them are frauds known by time t (through label events with label time <= t).
 ///
@@ -109,6 +155,8 @@ pub struct LabelRisk {
     outputs: Vec<(usize, bool, bool)>,
     fields: Vec<FieldRef>,
     state: KeyedState<KeyHistory>,
+    /// Set when labels may name their transaction only ([`LabelRisk::naming_events`]).
+    by_event: Option<ByEvent>,
     watermark: Watermark,
     appender: Appender,
 }
@@ -145,9 +193,55 @@ impl LabelRisk {
                 .collect(),
             fields,
             state: KeyedState::default(),
+            by_event: None,
             watermark: Watermark::new(reach),
             appender: Appender::default(),
         }
+    }
+}
+
+impl LabelRisk {
+    /// This operator taking labels that name their transaction only (its id, the label and its
+    /// label time, no key and no event time): each is counted for the key and at the time of
+    /// the transaction it names, as a label carrying them would be; one naming a transaction
+    /// not seen yet waits for it (until its label time falls behind the horizon).
+    pub fn naming_events(mut self) -> Self {
+        self.by_event = Some(ByEvent::default());
+        self
+    }
+
+    /// Labels without the key or the event time: routed by the id of their transaction.
+    fn observe_by_event(&mut self, labels: &RecordBatch, is_fraud: &[bool]) -> Result<bool> {
+        let Some(by_event) = self.by_event.as_mut() else {
+            return Ok(false);
+        };
+        let lacks = |name: &str| labels.column_by_name(name).is_none();
+        if !(key_parts(&self.key).into_iter().any(lacks) || lacks(&self.time)) {
+            return Ok(false);
+        }
+        let ids = columns::keys(labels, &self.id)?;
+        let known = columns::event_times(labels, &self.label_time)?;
+        for (row, &fraud) in is_fraud.iter().enumerate() {
+            let id = ids.id(row);
+            match by_event.index.get(&id) {
+                Some((key, t)) => {
+                    let labels = self
+                        .state
+                        .entry(state_key(key))
+                        .labels
+                        .entry(id)
+                        .or_default();
+                    labels.time = *t;
+                    labels.add(known[row], fraud);
+                }
+                None => by_event
+                    .pending
+                    .entry(id)
+                    .or_default()
+                    .push((known[row], fraud)),
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -174,10 +268,6 @@ impl Operator for LabelRisk {
         if labels.num_rows() == 0 {
             return Ok(());
         }
-        let keys = columns::keys(labels, &self.key)?;
-        let times = columns::event_times(labels, &self.time)?;
-        let ids = columns::keys(labels, &self.id)?;
-        let known = columns::event_times(labels, &self.label_time)?;
         let is_fraud: Vec<bool> = match labels.column_by_name(&self.label) {
             Some(c) if c.data_type() == &DataType::Boolean => {
                 if c.null_count() > 0 {
@@ -194,6 +284,13 @@ impl Operator for LabelRisk {
                 .map(|&v| v != 0)
                 .collect(),
         };
+        if self.observe_by_event(labels, &is_fraud)? {
+            return Ok(());
+        }
+        let keys = columns::keys(labels, &self.key)?;
+        let times = columns::event_times(labels, &self.time)?;
+        let ids = columns::keys(labels, &self.id)?;
+        let known = columns::event_times(labels, &self.label_time)?;
         self.state.for_each_row(&keys, |row, h| {
             let labels = h.labels.entry(ids.id(row)).or_default();
             labels.time = times[row];
@@ -212,6 +309,7 @@ impl Operator for LabelRisk {
         let mut frauds = vec![0i64; n * ns];
         let (spans, delay) = (&self.spans, self.delay);
         let horizon = self.watermark.horizon();
+        let mut by_event = self.by_event.as_mut();
         self.state.for_each_row(&keys, |row, h| {
             let t = times[row];
             let end = t.saturating_sub(delay);
@@ -228,9 +326,24 @@ impl Operator for LabelRisk {
                     })
                     .count() as i64;
             }
-            h.insert(t, ids.id(row));
+            let id = ids.id(row);
+            if let Some(by_event) = by_event.as_deref_mut() {
+                // Labels that came before their transaction count from now on.
+                if let Some(versions) = by_event.pending.remove(&id) {
+                    let labels = h.labels.entry(id.clone()).or_default();
+                    labels.time = t;
+                    for (known, fraud) in versions {
+                        labels.add(known, fraud);
+                    }
+                }
+                by_event.hold(id.clone(), keys.id(row), t);
+            }
+            h.insert(t, id);
             h.evict(horizon);
         });
+        if let Some(by_event) = by_event {
+            by_event.evict(horizon);
+        }
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.fields.len());
         for &(s, count, risk) in &self.outputs {
             if count {
@@ -356,6 +469,29 @@ impl Operator for LabelRisk {
             }
         }
         self.watermark = r.watermark(self.watermark.reach())?;
+        // Where each transaction held is, again (labels pending at the checkpoint are not in
+        // it: a label that came before its transaction, across a restart, counts nowhere).
+        if self.by_event.is_some() {
+            let mut held: Vec<(i64, EventId, EventId)> = Vec::new();
+            for (key, h) in state.iter() {
+                let key = match key {
+                    Key::Int(i) => EventId::Int(i),
+                    Key::Str(s) => EventId::Str(s.into()),
+                };
+                held.extend(
+                    h.times
+                        .iter()
+                        .zip(&h.ids)
+                        .map(|(&t, id)| (t, id.clone(), key.clone())),
+                );
+            }
+            held.sort_by_key(|(t, _, _)| *t);
+            let mut by_event = ByEvent::default();
+            for (t, id, key) in held {
+                by_event.hold(id, key, t);
+            }
+            self.by_event = Some(by_event);
+        }
         self.state = state;
         Ok(())
     }

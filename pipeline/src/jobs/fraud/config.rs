@@ -67,6 +67,22 @@ impl FraudConfig {
         self.events.check().ok()
     }
 
+    /// Whether the declared labels name their event only: they lack the event time or a label
+    /// risk's key, which riskpipe then takes from the event the label names.
+    pub fn labels_name_the_event(&self) -> bool {
+        let Some(labels) = self.declared_labels() else {
+            return false;
+        };
+        let lacks = |name: &str| labels.index_of(name).is_none();
+        !self.features.label_risk.is_empty()
+            && (lacks(&self.features.event_time)
+                || self
+                    .features
+                    .label_risk
+                    .iter()
+                    .any(|r| riskpipe_operators::key_parts(&r.key).into_iter().any(lacks)))
+    }
+
     /// The checked declaration of the labels (`None` when it has problems).
     pub fn declared_labels(&self) -> Option<EventSchema> {
         self.labels_checked().ok()

@@ -48,7 +48,7 @@ impl FraudFeatures {
         part: Part,
     ) -> Result<Self> {
         Ok(Self {
-            chain: features.build_chain()?,
+            chain: features.build_chain_for(cfg.labels_name_the_event())?,
             clock: EventClock::new(cfg.event_time),
             event_time: features.event_time.clone(),
             fingerprint: crate::jobs::fingerprint(features),

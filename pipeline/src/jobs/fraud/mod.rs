@@ -195,6 +195,16 @@ impl JobKind for FraudConfig {
             }
             Some(_) => {}
         }
+        if pipeline
+            .kafka
+            .as_ref()
+            .is_some_and(|k| k.repartition.is_some())
+            && self.labels_name_the_event()
+        {
+            p.push(
+                "job.labels name their event only (no key or event time of a label risk): that needs the single-process topology, which sees every event; with [kafka.repartition] declare the key and the event time in the labels".into(),
+            );
+        }
         if let Some(r) = pipeline.kafka.as_ref().and_then(|k| k.repartition.as_ref())
             && let Err(riskpipe_operators::OperatorError::Config(problems)) =
                 self.features.split_by(&r.by)
