@@ -1,0 +1,204 @@
+//! The documentation's config snippets cannot rot. Every `toml` block in README.md and docs/
+//! names, in an HTML comment on the line before it, the config it extends
+//! (`<!-- extends config/fraud-handbook.toml -->`, optionally `replacing job.events` to drop a
+//! table of it first) or why it is not checked (`<!-- not checked: ... -->`). An extending
+//! snippet is merged into that config (its keys replace the config's, tables merged key by key;
+//! `${env:NAME}` references read as a placeholder value) and must load and validate with no
+//! problem. A snippet that needs an optional build (`needs --features sql`) is validated by the
+//! build that has it and only parsed by the others, which say so.
+
+use std::path::{Path, PathBuf};
+
+use riskpipe_pipeline::PipelineConfig;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fenced `toml` block: where it is, the comment before it, its text.
+struct Snippet {
+    at: String,
+    marker: Option<String>,
+    text: String,
+}
+
+fn snippets(path: &Path) -> Vec<Snippet> {
+    let text = std::fs::read_to_string(path).expect("doc");
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim_start().starts_with("```toml") {
+            let marker = (i > 0)
+                .then(|| lines[i - 1].trim())
+                .filter(|l| l.starts_with("<!--") && l.ends_with("-->"))
+                .map(|l| {
+                    l.trim_start_matches("<!--")
+                        .trim_end_matches("-->")
+                        .trim()
+                        .to_string()
+                });
+            let start = i + 1;
+            let mut end = start;
+            while end < lines.len() && !lines[end].trim_start().starts_with("```") {
+                end += 1;
+            }
+            out.push(Snippet {
+                at: format!(
+                    "{}:{}",
+                    path.strip_prefix(root()).unwrap_or(path).display(),
+                    i + 1
+                ),
+                marker,
+                text: lines[start..end].join("\n"),
+            });
+            i = end;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// `over` merged into `base`: tables key by key, anything else replaced.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// `${env:NAME}` references as a placeholder value (tests cannot set the environment).
+fn without_env(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("${env:") {
+        out.push_str(&rest[..at]);
+        match rest[at..].find('}') {
+            Some(end) => {
+                out.push_str("placeholder");
+                rest = &rest[at + end + 1..];
+            }
+            None => {
+                out.push_str(&rest[at..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether this build has the optional feature `name`.
+fn has_feature(name: &str) -> bool {
+    match name {
+        "sql" => cfg!(feature = "sql"),
+        "s3" => cfg!(feature = "s3"),
+        other => panic!("no optional feature {other:?}"),
+    }
+}
+
+#[test]
+fn every_config_snippet_of_the_docs_extends_a_config_and_validates() {
+    let mut docs = vec![root().join("README.md")];
+    let mut dirs = vec![root().join("docs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("docs") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                docs.push(path);
+            }
+        }
+    }
+    docs.sort();
+    let (mut checked, mut exempt, mut failures) = (0, Vec::new(), Vec::new());
+    for doc in &docs {
+        for s in snippets(doc) {
+            let Some(marker) = &s.marker else {
+                failures.push(format!(
+                    "{}: a toml snippet without `<!-- extends ... -->` or `<!-- not checked: ... -->`",
+                    s.at
+                ));
+                continue;
+            };
+            if let Some(why) = marker.strip_prefix("not checked:") {
+                assert!(!why.trim().is_empty(), "{}: say why", s.at);
+                exempt.push(format!("{}: {}", s.at, why.trim()));
+                continue;
+            }
+            let Some(spec) = marker.strip_prefix("extends ") else {
+                failures.push(format!("{}: unknown marker {marker:?}", s.at));
+                continue;
+            };
+            let mut words = spec.split_whitespace();
+            let base_path = root().join(words.next().expect("a config"));
+            let mut replacing = Vec::new();
+            let mut needs = None;
+            while let Some(w) = words.next() {
+                match w {
+                    "replacing" => replacing.push(words.next().expect("a table").to_string()),
+                    "needs" => {
+                        let _ = words.next(); // --features
+                        needs = words.next().map(str::to_string);
+                    }
+                    other => panic!("{}: unknown word {other:?} in the marker", s.at),
+                }
+            }
+            let mut base: toml::Table =
+                toml::from_str(&std::fs::read_to_string(&base_path).expect("base config"))
+                    .expect("base config");
+            for table in &replacing {
+                let mut parts: Vec<&str> = table.split('.').collect();
+                let last = parts.pop().expect("a name");
+                let mut at = &mut base;
+                for p in parts {
+                    at = at
+                        .get_mut(p)
+                        .and_then(toml::Value::as_table_mut)
+                        .expect("the table replaced");
+                }
+                at.remove(last);
+            }
+            let snippet: toml::Table = match toml::from_str(&without_env(&s.text)) {
+                Ok(t) => t,
+                Err(e) => {
+                    failures.push(format!("{}: not TOML: {e}", s.at));
+                    continue;
+                }
+            };
+            merge(&mut base, snippet);
+            let text = toml::to_string(&base).expect("toml");
+            let dir = base_path.parent().expect("config dir");
+            match PipelineConfig::from_toml(&text, dir) {
+                Err(e) => failures.push(format!("{}: {e}", s.at)),
+                Ok(cfg) => {
+                    let built = needs.as_deref().is_none_or(has_feature);
+                    if !built {
+                        eprintln!(
+                            "{}: parsed only (this build lacks the `{}` feature; the all-features build validates it)",
+                            s.at,
+                            needs.as_deref().unwrap_or_default()
+                        );
+                    } else {
+                        let problems = cfg.problems();
+                        if !problems.is_empty() {
+                            failures.push(format!("{}: {problems:?}", s.at));
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{checked} snippets checked; not checked:");
+    for e in &exempt {
+        eprintln!("  {e}");
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked >= 10, "{checked} snippets checked");
+}
