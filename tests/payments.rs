@@ -311,6 +311,25 @@ fn broken(good: &Payment) -> Vec<(serde_json::Value, &'static str, &'static str)
     cases
 }
 
+/// Each scored payment's score in a replay.
+fn scores_by_payment(replayed: &backtest::Replayed) -> HashMap<String, f32> {
+    let mut scores = HashMap::new();
+    for b in replayed.scored() {
+        let ids = b
+            .column_by_name("payment_id")
+            .expect("id")
+            .as_string::<i32>();
+        let score = b
+            .column_by_name("SCORE")
+            .expect("score")
+            .as_primitive::<Float32Type>();
+        for i in 0..b.num_rows() {
+            scores.insert(ids.value(i).to_string(), score.value(i));
+        }
+    }
+    scores
+}
+
 /// The backtest of a Parquet file of `payments` through `config`: each payment's score.
 fn backtest_scores(config: &Path, payments: &[Payment], dir: &Path) -> HashMap<String, f32> {
     let rows: Vec<(serde_json::Value, bool)> =
@@ -333,20 +352,7 @@ fn backtest_scores_of(
     let replayed = backtest::replay(&cfg, Arc::new(history), &indicatif::ProgressBar::hidden())
         .expect("backtest");
     assert!(replayed.rejected().is_empty(), "{:?}", replayed.rejected());
-    let mut expected: HashMap<String, f32> = HashMap::new();
-    for b in replayed.scored() {
-        let ids = b
-            .column_by_name("payment_id")
-            .expect("id")
-            .as_string::<i32>();
-        let scores = b
-            .column_by_name("SCORE")
-            .expect("score")
-            .as_primitive::<Float32Type>();
-        for i in 0..b.num_rows() {
-            expected.insert(ids.value(i).to_string(), scores.value(i));
-        }
-    }
+    let expected = scores_by_payment(&replayed);
     assert_eq!(
         expected.len(),
         payments.len(),
@@ -404,20 +410,7 @@ fn a_file_history_refuses_the_rows_live_refuses_with_the_same_reasons() {
             d.reason
         );
     }
-    let mut got: HashMap<String, f32> = HashMap::new();
-    for b in replayed.scored() {
-        let ids = b
-            .column_by_name("payment_id")
-            .expect("id")
-            .as_string::<i32>();
-        let scores = b
-            .column_by_name("SCORE")
-            .expect("score")
-            .as_primitive::<Float32Type>();
-        for i in 0..b.num_rows() {
-            got.insert(ids.value(i).to_string(), scores.value(i));
-        }
-    }
+    let got = scores_by_payment(&replayed);
     assert_eq!(got, expected);
 }
 

@@ -162,47 +162,6 @@ impl DeclaredJsonDecoder {
         }
     }
 
-    /// As [`Decoder::decode`], with each record's Kafka timestamp (ms since the epoch; `None`
-    /// where it has none, or the caller has none to give), which the declared event time may
-    /// be.
-    pub fn decode_stamped(
-        &self,
-        topic: &str,
-        schema: &SchemaRef,
-        payloads: &[&[u8]],
-        stamps: &[Option<i64>],
-    ) -> crate::Result<DecodedPayloads> {
-        if schema != &self.schema {
-            return Err(crate::PipelineError::Bug(format!(
-                "the declared decoder of {topic:?} was asked for another schema"
-            )));
-        }
-        let (candidates, mut rejected) = precheck(payloads, self.max_bytes);
-        let mut columns = Columns::new(&self.declared, candidates.len());
-        let mut accepted = Vec::with_capacity(candidates.len());
-        let mut row = Row::default();
-        for index in candidates {
-            let stamp = stamps.get(index).copied().flatten();
-            match self.row(payloads[index], &mut row, stamp) {
-                Ok(()) => {
-                    columns.push(&mut row.values);
-                    accepted.push(index);
-                }
-                Err((kind, reason)) => rejected.push(Rejection {
-                    index,
-                    reason,
-                    kind,
-                }),
-            }
-        }
-        rejected.sort_by_key(|r| r.index);
-        Ok(DecodedPayloads {
-            batch: RecordBatch::try_new(self.schema.clone(), columns.finish())?,
-            accepted,
-            rejected,
-        })
-    }
-
     /// One payload's values, or why it is refused.
     fn row(
         &self,
@@ -375,7 +334,7 @@ impl Decoder for DeclaredJsonDecoder {
         schema: &SchemaRef,
         payloads: &[&[u8]],
     ) -> crate::Result<DecodedPayloads> {
-        self.decode_stamped(topic, schema, payloads, &[])
+        self.decode_records(topic, schema, payloads, &[])
     }
 
     fn decode_records(
@@ -385,7 +344,35 @@ impl Decoder for DeclaredJsonDecoder {
         payloads: &[&[u8]],
         stamps: &[Option<i64>],
     ) -> crate::Result<DecodedPayloads> {
-        self.decode_stamped(topic, schema, payloads, stamps)
+        if schema != &self.schema {
+            return Err(crate::PipelineError::Bug(format!(
+                "the declared decoder of {topic:?} was asked for another schema"
+            )));
+        }
+        let (candidates, mut rejected) = precheck(payloads, self.max_bytes);
+        let mut columns = Columns::new(&self.declared, candidates.len());
+        let mut accepted = Vec::with_capacity(candidates.len());
+        let mut row = Row::default();
+        for index in candidates {
+            let stamp = stamps.get(index).copied().flatten();
+            match self.row(payloads[index], &mut row, stamp) {
+                Ok(()) => {
+                    columns.push(&mut row.values);
+                    accepted.push(index);
+                }
+                Err((kind, reason)) => rejected.push(Rejection {
+                    index,
+                    reason,
+                    kind,
+                }),
+            }
+        }
+        rejected.sort_by_key(|r| r.index);
+        Ok(DecodedPayloads {
+            batch: RecordBatch::try_new(self.schema.clone(), columns.finish())?,
+            accepted,
+            rejected,
+        })
     }
 }
 

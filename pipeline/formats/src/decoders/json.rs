@@ -65,7 +65,7 @@ impl Decoder for JsonDecoder {
         stamps: &[Option<i64>],
     ) -> crate::Result<DecodedPayloads> {
         if let Some(declared) = self.declared.iter().find(|d| d.schema() == schema) {
-            return declared.decode_stamped(topic, schema, payloads, stamps);
+            return declared.decode_records(topic, schema, payloads, stamps);
         }
         let (candidates, rejected) = precheck(payloads, self.max_bytes);
         Ok(if schema == &self.tick {

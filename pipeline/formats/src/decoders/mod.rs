@@ -123,12 +123,7 @@ impl Decoder for ByTopic {
         schema: &SchemaRef,
         payloads: &[&[u8]],
     ) -> crate::Result<DecodedPayloads> {
-        let decoder = self
-            .topics
-            .iter()
-            .find(|(t, _)| t == topic)
-            .map_or(&self.other, |(_, d)| d);
-        decoder.decode(topic, schema, payloads)
+        self.decode_records(topic, schema, payloads, &[])
     }
 
     fn decode_records(
