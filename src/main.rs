@@ -532,7 +532,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                 // Load the model and check its inputs against what the job computes: the same
                 // check `run` and `backtest` make.
                 if let Err(e) = jobs::build(&cfg) {
-                    problems.push(e.to_string());
+                    problems.extend(e.problems());
                 }
             }
             if !problems.is_empty() {

@@ -2,8 +2,8 @@
 //! weighted mean or rank average), so a blend is configuration, not a hand-built ONNX file.
 //!
 //! A [`Model`] is what the score stages hold: one [`Scorer`], or several combined. Its input is
-//! the union of the members' feature columns (in the order they first appear); each member
-//! reads its own columns of that matrix. Every combination works row by row, in `f64`, members
+//! the union of the members' columns (in the order they first appear; a column two members read
+//! as different numbers is read as the wider); each member reads its own columns of it. Every combination works row by row, in `f64`, members
 //! in configuration order, so a score does not depend on how rows are cut into batches:
 //!
 //! - `mean`: `Σ sₘ / n`;
@@ -17,10 +17,10 @@
 
 use std::path::{Path, PathBuf};
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::{ModelConfig, ModelError, Result, Scorer};
+use crate::{InputColumn, Inputs, ModelConfig, ModelError, Result, Scorer};
 
 /// How an ensemble combines its members' scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -207,7 +207,8 @@ impl RankReference {
 struct Member {
     scorer: Scorer,
     weight: f64,
-    /// The member's columns in the ensemble's matrix, when they are not all of it in order.
+    /// The member's columns by their index in the model's, when they are not all of them in
+    /// order and of the same types.
     columns: Option<Vec<usize>>,
     ranks: Option<MemberQuantiles>,
 }
@@ -217,13 +218,10 @@ struct Member {
 pub struct Model {
     members: Vec<Member>,
     combine: Combine,
+    columns: Vec<InputColumn>,
     features: Vec<String>,
     label: String,
     version: String,
-    /// A member's own input matrix, reused across batches.
-    scratch: Vec<f32>,
-    /// [`Model::score`]'s input matrix, reused across batches.
-    scratch_input: Vec<f32>,
 }
 
 impl Model {
@@ -231,6 +229,7 @@ impl Model {
     pub fn single(scorer: Scorer) -> Self {
         Self {
             features: scorer.features().to_vec(),
+            columns: scorer.columns().to_vec(),
             label: scorer.label(),
             version: scorer.version().to_string(),
             members: vec![Member {
@@ -240,8 +239,6 @@ impl Model {
                 ranks: None,
             }],
             combine: Combine::Mean,
-            scratch: Vec::new(),
-            scratch_input: Vec::new(),
         }
     }
 
@@ -301,23 +298,39 @@ impl Model {
             }
             _ => None,
         };
-        let mut features: Vec<String> = Vec::new();
+        let mut columns: Vec<InputColumn> = Vec::new();
+        let mut conflicts = Vec::new();
         for s in &scorers {
-            for f in s.features() {
-                if !features.contains(f) {
-                    features.push(f.clone());
+            for c in s.columns() {
+                match columns.iter_mut().find(|u| u.name == c.name) {
+                    None => columns.push(c.clone()),
+                    Some(u) => match u.element.merge(c.element) {
+                        Some(e) => u.element = e,
+                        None => conflicts.push(format!(
+                            "column {:?} is read as {} by one member and as {} by {}",
+                            c.name,
+                            u.element.name(),
+                            c.element.name(),
+                            s.label()
+                        )),
+                    },
                 }
             }
         }
+        if !conflicts.is_empty() {
+            return Err(conflicts.join("; "));
+        }
+        let features: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
         let mut members = Vec::with_capacity(scorers.len());
         for (scorer, cfg) in scorers.into_iter().zip(configs) {
-            let columns: Vec<usize> = scorer
+            let own: Vec<usize> = scorer
                 .features()
                 .iter()
                 .filter_map(|f| features.iter().position(|u| u == f))
                 .collect();
-            let identity =
-                columns.len() == features.len() && columns.iter().enumerate().all(|(i, &c)| i == c);
+            let identity = own.len() == features.len()
+                && own.iter().enumerate().all(|(i, &c)| i == c)
+                && scorer.columns() == columns.as_slice();
             let ranks = match &reference {
                 Some(r) => Some(r.member(&scorer.label()).cloned().ok_or_else(|| {
                     format!(
@@ -335,7 +348,7 @@ impl Model {
             members.push(Member {
                 scorer,
                 weight: cfg.weight.unwrap_or(1.0),
-                columns: (!identity).then_some(columns),
+                columns: (!identity).then_some(own),
                 ranks,
             });
         }
@@ -356,11 +369,10 @@ impl Model {
         Ok(Self {
             members,
             combine: cfg.combine,
+            columns,
             features,
             label,
             version,
-            scratch: Vec::new(),
-            scratch_input: Vec::new(),
         })
     }
 
@@ -405,22 +417,23 @@ impl Model {
         self.members.iter().map(|m| &m.scorer)
     }
 
-    /// Copies the model's feature columns of `batch` into a row-major f32 matrix.
-    pub fn feature_matrix(&self, batch: &RecordBatch, out: &mut Vec<f32>) -> Result<()> {
-        crate::feature_matrix(&self.features, batch, out)
+    /// Reads the model's columns of `batch` (every member's).
+    pub fn inputs(&self, batch: &RecordBatch) -> Result<Inputs> {
+        Inputs::read(&self.columns, batch)
+    }
+
+    /// The columns the model reads and how it reads each.
+    pub fn columns(&self) -> &[InputColumn] {
+        &self.columns
     }
 
     /// Scores every row of `batch`.
     pub fn score(&mut self, batch: &RecordBatch) -> Result<Vec<f32>> {
-        let mut matrix = std::mem::take(&mut self.scratch_input);
-        let result = self
-            .feature_matrix(batch, &mut matrix)
-            .and_then(|()| self.score_matrix(&matrix, batch.num_rows()));
-        self.scratch_input = matrix;
-        result
+        let inputs = self.inputs(batch)?;
+        self.score_inputs(&inputs)
     }
 
-    /// The name of one model (its `riskpipe.model` metadata or file stem); an ensemble's label.
+    /// The model's name: a single model's, an ensemble's label.
     pub fn name(&self) -> &str {
         match self.members.as_slice() {
             [one] => one.scorer.name(),
@@ -428,21 +441,21 @@ impl Model {
         }
     }
 
-    /// Scores a row-major matrix of `rows` × [`Model::features`].
-    pub fn score_matrix(&mut self, matrix: &[f32], rows: usize) -> Result<Vec<f32>> {
-        self.score_members(matrix, rows, None)
+    /// Scores the rows of `inputs` (read by [`Self::inputs`]).
+    pub fn score_inputs(&mut self, inputs: &Inputs) -> Result<Vec<f32>> {
+        self.score_members(inputs, None)
     }
 
-    /// [`Model::score_matrix`], and each member's own scores into `each` (one list per member).
+    /// [`Self::score_inputs`], also giving each member's scores in `each` (a single model's
+    /// are its own).
     pub fn score_members(
         &mut self,
-        matrix: &[f32],
-        rows: usize,
+        inputs: &Inputs,
         mut each: Option<&mut Vec<Vec<f32>>>,
     ) -> Result<Vec<f32>> {
-        let width = self.features.len();
+        let rows = inputs.rows;
         if let [only] = self.members.as_mut_slice() {
-            let scores = only.scorer.score_matrix(matrix, rows)?;
+            let scores = only.scorer.score_inputs(inputs)?;
             if let Some(each) = each {
                 *each = vec![scores.clone()];
             }
@@ -455,13 +468,25 @@ impl Model {
         }
         for m in &mut self.members {
             let scores = match &m.columns {
-                None => m.scorer.score_matrix(matrix, rows)?,
-                Some(columns) => {
-                    self.scratch.clear();
-                    for row in matrix.chunks_exact(width.max(1)).take(rows) {
-                        self.scratch.extend(columns.iter().map(|&c| row[c]));
+                None => m.scorer.score_inputs(inputs)?,
+                Some(own) => {
+                    // Each of the member's columns, as the member reads it (a column the
+                    // ensemble reads wider is cast back).
+                    let mut cols: Vec<ArrayRef> = Vec::with_capacity(own.len());
+                    for (c, &u) in m.scorer.columns().iter().zip(own) {
+                        let col = inputs.columns.get(u).ok_or_else(|| {
+                            ModelError::BadInput(format!("model column {u} not given"))
+                        })?;
+                        let target = c.element.arrow();
+                        cols.push(if col.data_type() == &target {
+                            col.clone()
+                        } else {
+                            arrow::compute::cast(col, &target)
+                                .map_err(|e| ModelError::BadInput(e.to_string()))?
+                        });
                     }
-                    m.scorer.score_matrix(&self.scratch, rows)?
+                    let refs: Vec<&ArrayRef> = cols.iter().collect();
+                    m.scorer.score_columns(&refs, rows)?
                 }
             };
             let weight = match self.combine {

@@ -3,26 +3,29 @@
 //!
 //! The runtime library is found by [`runtime_library`] (`ORT_DYLIB_PATH`, then a library beside
 //! the executable, then the one the build provisioned) and loaded once per process. A model's
-//! input is one float tensor `[rows, features]`; which columns feed it comes from the config or
-//! from the model's `riskpipe.features` metadata, so a model trained on riskpipe's own feature
-//! export carries its column order with it. Execution providers are tried in the configured
+//! inputs are bound to columns ([`bindings`]): several named float, double, int64 or string
+//! tensors, from the config or from the model's own metadata, so a model trained on riskpipe's
+//! feature export carries its bindings with it. Execution providers are tried in the configured
 //! order and the first that registers is used, announced in one log line.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Float32Type};
+use std::collections::BTreeMap;
+
+use arrow::array::{ArrayRef, RecordBatch};
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
-use ort::session::Session;
 use ort::session::builder::SessionBuilder;
-use ort::value::TensorRef;
+use ort::session::{Session, SessionInputValue};
 use riskpipe_schemas::Fault;
 use serde::Deserialize;
 
+pub mod bindings;
 mod ensemble;
+
+pub use bindings::{BoundColumns, Element, INPUTS_METADATA_KEY, InputColumn, Inputs};
+use bindings::{Naming, OutputPick, TensorBinding};
 
 pub use ensemble::{
     Combine, EnsembleConfig, MemberQuantiles, Model, RANK_QUANTILES, RankReference,
@@ -40,6 +43,14 @@ pub enum ModelError {
     /// The ONNX Runtime library cannot be found or loaded.
     #[error("ONNX Runtime unavailable: {0}")]
     Runtime(String),
+    /// The model's inputs or outputs do not fit its bindings: every problem.
+    #[error("model {path}: {}", problems.join("; "))]
+    Bindings {
+        /// Model path.
+        path: String,
+        /// Each mismatch.
+        problems: Vec<String>,
+    },
     /// The model file or its configuration does not fit.
     #[error("model {path}: {reason}")]
     Model {
@@ -62,7 +73,7 @@ impl ModelError {
         match self {
             ModelError::BadInput(_) => Fault::BadInput,
             ModelError::Runtime(_) | ModelError::Ort(_) => Fault::External,
-            ModelError::Model { .. } => Fault::Bug,
+            ModelError::Model { .. } | ModelError::Bindings { .. } => Fault::Bug,
         }
     }
 }
@@ -98,11 +109,16 @@ fn default_output() -> String {
 pub struct ModelConfig {
     /// Path of the `.onnx` file (relative paths are resolved from the working directory).
     pub path: PathBuf,
-    /// Feature columns for the model's input, in order; default: the model's
-    /// `riskpipe.features` metadata.
+    /// Columns of the model's one input, in order; default: the model's `riskpipe.features`
+    /// metadata.
     #[serde(default)]
     pub features: Option<Vec<String>>,
-    /// Output holding the scores: `[rows, 2]` class probabilities (column 1 is taken) or `[rows]`.
+    /// Each named input's columns (declared fields or features), in order; default: the
+    /// model's `riskpipe.inputs` metadata, else `features`.
+    #[serde(default)]
+    pub inputs: Option<BTreeMap<String, BoundColumns>>,
+    /// Output holding the scores: a float or double tensor `[rows, 2]` of class probabilities
+    /// (column 1 is taken), `[rows, 1]` or `[rows]`.
     #[serde(default = "default_output")]
     pub output: String,
     /// Execution providers in order of preference, e.g. `["tensorrt", "cuda", "cpu"]`.
@@ -122,6 +138,7 @@ impl ModelConfig {
         Self {
             path: path.into(),
             features: None,
+            inputs: None,
             output: default_output(),
             providers: default_providers(),
             threads: default_threads(),
@@ -223,16 +240,15 @@ pub struct Scorer {
     path: PathBuf,
     name: String,
     version: String,
-    input: String,
-    output: String,
-    features: Vec<String>,
+    tensors: Vec<TensorBinding>,
+    columns: Vec<InputColumn>,
+    names: Vec<String>,
+    output: OutputPick,
     provider: Provider,
-    /// Row-major input buffer, reused across batches.
-    buffer: Vec<f32>,
 }
 
 impl Scorer {
-    /// Loads the model, resolves its feature columns and picks an execution provider.
+    /// Loads the model, checks its bindings against its graph and picks an execution provider.
     pub fn load(cfg: &ModelConfig) -> Result<Self> {
         let env = environment()?;
         let path_str = cfg.path.display().to_string();
@@ -273,13 +289,8 @@ impl Scorer {
                 "scoring with execution provider {provider:?}; unavailable: {}", skipped.join("; "));
         }
         let metadata = session.metadata()?;
-        let features = match &cfg.features {
-            Some(f) => f.clone(),
-            None => metadata
-                .custom(FEATURES_METADATA_KEY)
-                .map(|s| s.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect())
-                .ok_or_else(|| model_err(format!("no `features` configured and no `{FEATURES_METADATA_KEY}` metadata in the model")))?,
-        };
+        let meta_inputs = metadata.custom(INPUTS_METADATA_KEY);
+        let meta_features = metadata.custom(FEATURES_METADATA_KEY);
         let name = metadata
             .custom("riskpipe.model")
             .or_else(|| {
@@ -289,53 +300,65 @@ impl Scorer {
             })
             .unwrap_or_default();
         drop(metadata);
-        let [input] = session.inputs() else {
-            return Err(model_err(format!(
-                "expected one input tensor, found {}",
-                session.inputs().len()
-            )));
+        let naming = match (&cfg.inputs, &cfg.features) {
+            (Some(_), Some(_)) => {
+                return Err(model_err(
+                    "`inputs` and `features` both name the model's columns: keep one (`features` is the columns of a model with one input)".into(),
+                ));
+            }
+            (Some(inputs), None) => Naming::Inputs(inputs.clone()),
+            (None, Some(features)) => Naming::Features(features.clone()),
+            (None, None) => match (meta_inputs, meta_features) {
+                (Some(json), _) => Naming::Inputs(serde_json::from_str(&json).map_err(|e| {
+                    model_err(format!(
+                        "its `{INPUTS_METADATA_KEY}` metadata is no JSON object of input name -> columns: {e}"
+                    ))
+                })?),
+                (None, Some(list)) => Naming::Features(
+                    list.split(',')
+                        .map(|c| c.trim().to_string())
+                        .filter(|c| !c.is_empty())
+                        .collect(),
+                ),
+                (None, None) => {
+                    return Err(model_err(format!(
+                        "nothing binds its inputs ({}): configure `inputs` (or `features` for one input), or give the model `{INPUTS_METADATA_KEY}` or `{FEATURES_METADATA_KEY}` metadata",
+                        session
+                            .inputs()
+                            .iter()
+                            .map(bindings::describe)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            },
         };
-        if let Some(dims) = input.dtype().tensor_shape()
-            && let Some(&width) = dims.get(1)
-            && width > 0
-            && width as usize != features.len()
-        {
-            return Err(model_err(format!(
-                "input {:?} takes {width} features but {} are configured: {}",
-                input.name(),
-                features.len(),
-                features.join(", ")
-            )));
-        }
-        let input = input.name().to_string();
-        if !session.outputs().iter().any(|o| o.name() == cfg.output) {
-            let names: Vec<_> = session
-                .outputs()
-                .iter()
-                .map(|o| o.name().to_string())
-                .collect();
-            return Err(model_err(format!(
-                "no output {:?} (outputs: {})",
-                cfg.output,
-                names.join(", ")
-            )));
-        }
+        let resolved = bindings::resolve(session.inputs(), session.outputs(), &naming, &cfg.output)
+            .map_err(|problems| ModelError::Bindings {
+                path: path_str.clone(),
+                problems,
+            })?;
         Ok(Self {
             session,
             path: cfg.path.clone(),
             name,
             version,
-            input,
-            output: cfg.output.clone(),
-            features,
+            names: resolved.columns.iter().map(|c| c.name.clone()).collect(),
+            tensors: resolved.tensors,
+            columns: resolved.columns,
+            output: resolved.output,
             provider,
-            buffer: Vec::new(),
         })
     }
 
-    /// Feature columns the model reads, in order.
+    /// Columns the model reads, in order.
     pub fn features(&self) -> &[String] {
-        &self.features
+        &self.names
+    }
+
+    /// Columns the model reads and how it reads each.
+    pub fn columns(&self) -> &[InputColumn] {
+        &self.columns
     }
 
     /// The model's name (its `riskpipe.model` metadata or file stem).
@@ -363,79 +386,64 @@ impl Scorer {
         self.provider
     }
 
-    /// Copies the model's feature columns of `batch` into a row-major f32 matrix.
-    pub fn feature_matrix(&self, batch: &RecordBatch, out: &mut Vec<f32>) -> Result<()> {
-        feature_matrix(&self.features, batch, out)
+    /// Reads the model's columns of `batch`.
+    pub fn inputs(&self, batch: &RecordBatch) -> Result<Inputs> {
+        Inputs::read(&self.columns, batch)
     }
 
-    /// Scores a row-major matrix of `rows` × features.
-    pub fn score_matrix(&mut self, matrix: &[f32], rows: usize) -> Result<Vec<f32>> {
+    /// Scores `rows` rows of `columns`: the model's columns in order, each of its element type
+    /// (as [`Inputs::read`] makes them).
+    pub fn score_columns(&mut self, columns: &[&ArrayRef], rows: usize) -> Result<Vec<f32>> {
         if rows == 0 {
             return Ok(Vec::new());
         }
-        let tensor = TensorRef::from_array_view(([rows, self.features.len()], matrix))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input.as_str() => tensor])?;
-        let scores = outputs[self.output.as_str()].try_extract_array::<f32>()?;
-        let shape = scores.shape().to_vec();
+        let mut feed: Vec<(String, SessionInputValue<'static>)> =
+            Vec::with_capacity(self.tensors.len());
+        for t in &self.tensors {
+            let cols: Vec<&ArrayRef> =
+                t.columns
+                    .iter()
+                    .map(|&c| {
+                        columns.get(c).copied().ok_or_else(|| {
+                            ModelError::BadInput(format!("model column {c} not given"))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+            feed.push((t.name.clone(), bindings::tensor(t, &cols, rows)?));
+        }
+        let outputs = self.session.run(feed)?;
+        let picked = &outputs[self.output.name.as_str()];
+        let (shape, scores): (Vec<usize>, Vec<f32>) = if self.output.double {
+            let a = picked.try_extract_array::<f64>()?;
+            (a.shape().to_vec(), a.iter().map(|&v| v as f32).collect())
+        } else {
+            let a = picked.try_extract_array::<f32>()?;
+            (a.shape().to_vec(), a.iter().copied().collect())
+        };
         match shape.as_slice() {
-            [r] if *r == rows => Ok(scores.iter().copied().collect()),
-            [r, 1] if *r == rows => Ok(scores.iter().copied().collect()),
-            [r, 2] if *r == rows => Ok(scores.rows().into_iter().map(|row| row[1]).collect()),
+            [r] | [r, 1] if *r == rows => Ok(scores),
+            [r, 2] if *r == rows => Ok(scores.chunks_exact(2).map(|row| row[1]).collect()),
             _ => Err(ModelError::Model {
                 path: self.path.display().to_string(),
                 reason: format!(
                     "output {:?} has shape {shape:?}, expected [{rows}], [{rows}, 1] or [{rows}, 2]",
-                    self.output
+                    self.output.name
                 ),
             }),
         }
     }
 
+    /// Scores the rows of `inputs` (read by [`Self::inputs`]).
+    pub fn score_inputs(&mut self, inputs: &Inputs) -> Result<Vec<f32>> {
+        let cols: Vec<&ArrayRef> = inputs.columns.iter().collect();
+        self.score_columns(&cols, inputs.rows)
+    }
+
     /// Scores every row of `batch`.
     pub fn score(&mut self, batch: &RecordBatch) -> Result<Vec<f32>> {
-        let mut buffer = std::mem::take(&mut self.buffer);
-        let result = self
-            .feature_matrix(batch, &mut buffer)
-            .and_then(|()| self.score_matrix(&buffer, batch.num_rows()));
-        self.buffer = buffer;
-        result
+        let inputs = self.inputs(batch)?;
+        self.score_inputs(&inputs)
     }
-}
-
-/// Copies the `features` columns of `batch` into a row-major f32 matrix.
-fn feature_matrix(features: &[String], batch: &RecordBatch, out: &mut Vec<f32>) -> Result<()> {
-    let (n, f) = (batch.num_rows(), features.len());
-    out.clear();
-    out.resize(n * f, 0.0);
-    for (j, name) in features.iter().enumerate() {
-        let col = batch
-            .column_by_name(name)
-            .ok_or_else(|| ModelError::BadInput(format!("missing feature column {name:?}")))?;
-        if col.null_count() > 0 {
-            return Err(ModelError::BadInput(format!(
-                "feature column {name:?} has nulls"
-            )));
-        }
-        if !col.data_type().is_numeric() {
-            return Err(ModelError::BadInput(format!(
-                "feature column {name:?} is {}, not numeric",
-                col.data_type()
-            )));
-        }
-        let values = cast(col, &DataType::Float32)
-            .map_err(|e| ModelError::BadInput(format!("feature {name:?}: {e}")))?;
-        for (i, v) in values
-            .as_primitive::<Float32Type>()
-            .values()
-            .iter()
-            .enumerate()
-        {
-            out[i * f + j] = *v;
-        }
-    }
-    Ok(())
 }
 
 /// Path of a model shipped in this crate's directory (for tests, benches and defaults).

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use riskpipe_models::{ModelConfig, ModelError, Provider, Scorer};
+use riskpipe_models::{BoundColumns, ModelConfig, ModelError, Provider, Scorer};
 
 fn fixture() -> ModelConfig {
     ModelConfig::new(concat!(
@@ -83,10 +83,10 @@ fn wrong_feature_count_is_a_clear_model_error() {
     let mut cfg = fixture();
     cfg.features = Some(vec!["a".into()]);
     let err = Scorer::load(&cfg).expect_err("must fail");
-    assert!(matches!(err, ModelError::Model { .. }), "{err}");
+    assert!(matches!(err, ModelError::Bindings { .. }), "{err}");
     assert!(
         err.to_string()
-            .contains("takes 2 features but 1 are configured"),
+            .contains("input features (float [N,2]) takes 2 columns, but 1 are bound: a"),
         "{err}"
     );
 }
@@ -101,7 +101,7 @@ fn bad_batches_are_bad_input() {
     .expect("batch");
     let err = scorer.score(&missing).expect_err("missing b");
     assert!(
-        err.to_string().contains("missing feature column \"b\""),
+        err.to_string().contains("missing model input column \"b\""),
         "{err}"
     );
     assert_eq!(err.fault(), riskpipe_schemas::Fault::BadInput);
@@ -121,7 +121,7 @@ fn bad_batches_are_bad_input() {
             .score(&text)
             .expect_err("text")
             .to_string()
-            .contains("not numeric")
+            .contains("is Utf8, the model reads it as float")
     );
 }
 
@@ -129,4 +129,126 @@ fn bad_batches_are_bad_input() {
 fn missing_model_file_is_reported() {
     let err = Scorer::load(&ModelConfig::new("/nonexistent/model.onnx")).expect_err("must fail");
     assert!(err.to_string().contains("file not found"), "{err}");
+}
+
+fn data(file: &str) -> ModelConfig {
+    ModelConfig::new(format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR")))
+}
+
+fn bind(pairs: &[(&str, &[&str])]) -> Option<std::collections::BTreeMap<String, BoundColumns>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(input, cols)| {
+                (
+                    input.to_string(),
+                    BoundColumns::Many(cols.iter().map(|c| c.to_string()).collect()),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Three named inputs of other types (double [N,2], int64 [N,1], string [N,1]) bound by config
+/// to columns of other Arrow types, a double [N] output: each score is the hand-computed one.
+#[test]
+fn named_double_int64_and_string_inputs_are_bound_by_config() {
+    let mut cfg = data("mixed.onnx");
+    cfg.output = "score".into();
+    cfg.inputs = bind(&[("x", &["p", "q"]), ("n", &["count"]), ("kind", &["kind"])]);
+    let mut scorer = Scorer::load(&cfg).expect("load");
+    assert_eq!(scorer.features(), ["p", "q", "count", "kind"]);
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("q", DataType::Float32, false),
+            Field::new("p", DataType::Float64, false),
+            Field::new("count", DataType::Int32, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(vec!["risky", "calm", "risky"])),
+            Arc::new(arrow::array::Float32Array::from(vec![2.0, 4.0, 0.0])),
+            Arc::new(Float64Array::from(vec![1.0, 3.0, 0.0])),
+            Arc::new(arrow::array::Int32Array::from(vec![5, 6, 0])),
+        ],
+    )
+    .expect("batch");
+    let scores = scorer.score(&batch).expect("score");
+    let expected = [0.1 + 0.02 + 0.005 + 0.5, 0.3 + 0.04 + 0.006, 0.5];
+    for (s, e) in scores.iter().zip(expected) {
+        assert_eq!(*s, e as f32, "{scores:?}");
+    }
+    // Text where a number is read, or a number where text is read, is bad input.
+    let swapped = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("kind", DataType::Float64, false),
+            Field::new("q", DataType::Float32, false),
+            Field::new("p", DataType::Float64, false),
+            Field::new("count", DataType::Int32, false),
+        ])),
+        vec![
+            Arc::new(Float64Array::from(vec![1.0])),
+            Arc::new(arrow::array::Float32Array::from(vec![2.0])),
+            Arc::new(Float64Array::from(vec![1.0])),
+            Arc::new(arrow::array::Int32Array::from(vec![5])),
+        ],
+    )
+    .expect("batch");
+    let err = scorer.score(&swapped).expect_err("number for text");
+    assert_eq!(err.fault(), riskpipe_schemas::Fault::BadInput);
+    assert!(
+        err.to_string().contains("the model reads it as string"),
+        "{err}"
+    );
+}
+
+/// Bindings that do not fit the graph: every problem in one error.
+#[test]
+fn every_binding_that_does_not_fit_the_graph_is_listed_at_once() {
+    let mut cfg = data("mixed.onnx");
+    cfg.output = "probabilities".into();
+    cfg.inputs = bind(&[
+        ("x", &["p"]),
+        ("kind", &["kind", "other"]),
+        ("typo", &["t"]),
+    ]);
+    let err = Scorer::load(&cfg).expect_err("must fail");
+    let ModelError::Bindings { problems, .. } = &err else {
+        panic!("{err}");
+    };
+    let want = [
+        "[model.inputs] binds \"typo\", which the model has no input of (its inputs: x (double [N,2]), n (int64 [N,1]), kind (string [N,1]))",
+        "input x (double [N,2]) takes 2 columns, but 1 are bound: p",
+        "input n (int64 [N,1]) is bound to no column: add `n = [...]` under [model.inputs]",
+        "input kind (string [N,1]) takes 1 columns, but 2 are bound: kind, other",
+        "the model has no output \"probabilities\" (its outputs: score (double [N]))",
+    ];
+    for w in want {
+        assert!(
+            problems.iter().any(|p| p.starts_with(w)),
+            "missing {w:?} in {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), want.len(), "{problems:#?}");
+    // A model of several inputs cannot be bound by `features`.
+    let mut cfg = data("mixed.onnx");
+    cfg.output = "score".into();
+    cfg.features = Some(vec!["p".into(), "q".into()]);
+    let err = Scorer::load(&cfg).expect_err("must fail");
+    assert!(err.to_string().contains("the model has 3 inputs"), "{err}");
+}
+
+/// A ZipMap output (skl2onnx's default export) is refused with how to export without it; the
+/// label output (int64) is refused as no probability.
+#[test]
+fn a_zipmap_output_is_refused_with_how_to_export_without_it() {
+    let mut cfg = data("zipmap.onnx");
+    cfg.output = "output_probability".into();
+    let err = Scorer::load(&cfg).expect_err("zipmap");
+    let text = err.to_string();
+    assert!(text.contains("is a ZipMap"), "{text}");
+    assert!(text.contains("\"zipmap\": False"), "{text}");
+    cfg.output = "output_label".into();
+    let err = Scorer::load(&cfg).expect_err("label");
+    assert!(err.to_string().contains("holds int64 values"), "{err}");
 }

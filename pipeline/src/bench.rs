@@ -53,12 +53,10 @@ pub fn replay_vs_scoring(cfg: &PipelineConfig, input: &Path, runs: usize) -> Res
         replay_times.push(started.elapsed());
     }
     let mut scorer = cfg.load_model()?;
-    let mut matrices = Vec::with_capacity(scored.len());
-    for b in &scored {
-        let mut m = Vec::new();
-        scorer.feature_matrix(b, &mut m)?;
-        matrices.push((m, b.num_rows()));
-    }
+    let inputs = scored
+        .iter()
+        .map(|b| scorer.inputs(b))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     // The feature operators alone: the job's feature stage over the loaded history, batch by
     // batch as the replay feeds it, on this thread.
     let history = Arc::new(backtest::load(cfg, input)?);
@@ -77,8 +75,8 @@ pub fn replay_vs_scoring(cfg: &PipelineConfig, input: &Path, runs: usize) -> Res
     let mut score_times = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
-        for (m, n) in &matrices {
-            std::hint::black_box(scorer.score_matrix(m, *n)?);
+        for i in &inputs {
+            std::hint::black_box(scorer.score_inputs(i)?);
         }
         score_times.push(started.elapsed());
     }

@@ -180,15 +180,34 @@ impl Reloader {
         }
         let kind = self.cfg.job.kind();
         kind.check_model(&self.cfg, &model)?;
-        let smoke = model.score_matrix(&vec![0.0; model.features().len()], 1)?;
+        let smoke = model.score_inputs(&typical_row(model.columns()))?;
         kind.check_scores(&smoke).map_err(|why| {
             PipelineError::Config(vec![format!(
-                "model {} on a row of zeros: {why}",
+                "model {} on a row of typical values (0 for a number, \"\" for text): {why}",
                 model.label()
             )])
         })?;
         Ok(Some(model))
     }
+}
+
+/// One row of the model's columns: 0 for a number, the empty text for a text input (a model
+/// that cannot score it, say an encoder refusing unknown categories, is refused here rather
+/// than on a live batch; the live batch is the second check, [`crate::jobs`]' swap).
+fn typical_row(columns: &[riskpipe_models::InputColumn]) -> riskpipe_models::Inputs {
+    use arrow::array::{ArrayRef, new_empty_array};
+    let columns = columns
+        .iter()
+        .map(|c| -> ArrayRef {
+            let target = c.element.arrow();
+            match c.element.is_text() {
+                true => std::sync::Arc::new(arrow::array::StringArray::from(vec![""])),
+                false => arrow::compute::cast(&arrow::array::Int64Array::from(vec![0i64]), &target)
+                    .unwrap_or_else(|_| new_empty_array(&target)),
+            }
+        })
+        .collect();
+    riskpipe_models::Inputs { columns, rows: 1 }
 }
 
 /// Scores must be probabilities: finite, within 0..=1.

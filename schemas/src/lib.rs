@@ -231,6 +231,8 @@ pub mod score {
     pub const REASON_FEATURE: &str = "feature";
     /// A reason's feature value.
     pub const REASON_VALUE: &str = "value";
+    /// A reason's text value (a text input's).
+    pub const REASON_TEXT: &str = "text";
     /// A reason's contribution to the score.
     pub const REASON_CONTRIBUTION: &str = "contribution";
 }
@@ -285,6 +287,17 @@ pub fn reason_fields() -> arrow::datatypes::Fields {
     arrow::datatypes::Fields::from(vec![
         Field::new(score::REASON_FEATURE, DataType::Utf8, false),
         Field::new(score::REASON_VALUE, DataType::Float64, false),
+        Field::new(score::REASON_CONTRIBUTION, DataType::Float64, false),
+    ])
+}
+
+/// The reason fields of a model that reads text: `value` is null for a text input, whose
+/// value is in `text` (null for a number).
+pub fn reason_fields_with_text() -> arrow::datatypes::Fields {
+    arrow::datatypes::Fields::from(vec![
+        Field::new(score::REASON_FEATURE, DataType::Utf8, false),
+        Field::new(score::REASON_VALUE, DataType::Float64, true),
+        Field::new(score::REASON_TEXT, DataType::Utf8, true),
         Field::new(score::REASON_CONTRIBUTION, DataType::Float64, false),
     ])
 }
@@ -380,11 +393,21 @@ pub struct Score {
 pub struct Reason {
     /// Feature column name.
     pub feature: String,
-    /// Its value for this transaction.
+    /// Its value for this transaction (not a number, and absent from the record, for a text
+    /// input).
+    #[serde(default = "not_a_number")]
     pub value: f64,
-    /// How much the score drops when this feature alone is set to its running mean
-    /// (occlusion attribution; positive = the feature pushed the score up).
+    /// A text input's value (a category), absent for a number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// How much the score drops when this feature alone is set to its running mean (a text
+    /// input: its most frequent value); occlusion attribution, positive = the feature pushed
+    /// the score up.
     pub contribution: f64,
+}
+
+fn not_a_number() -> f64 {
+    f64::NAN
 }
 
 /// A real-time fraud alert: a transaction whose score reached the threshold (topic payload).

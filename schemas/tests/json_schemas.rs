@@ -71,6 +71,7 @@ fn serde_payloads_match_their_json_schemas() {
             reasons: vec![Reason {
                 feature: "TERMINAL_ID_RISK_7DAY_WINDOW".into(),
                 value: 0.4,
+                text: None,
                 contribution: 0.21,
             }],
         },

@@ -146,6 +146,21 @@ pub enum PipelineError {
 }
 
 impl PipelineError {
+    /// The problems a user fixes in their config or model, one per line: every listed one of
+    /// a config error or of a model's bindings, else the error itself.
+    pub fn problems(self) -> Vec<String> {
+        match self {
+            PipelineError::Config(each) => each,
+            PipelineError::Model(riskpipe_models::ModelError::Bindings { path, problems }) => {
+                problems
+                    .into_iter()
+                    .map(|p| format!("model {path}: {p}"))
+                    .collect()
+            }
+            other => vec![other.to_string()],
+        }
+    }
+
     /// Whose fault the error is. The driver dead-letters the batch behind a
     /// [`Fault::BadInput`] and goes on; anything else stops the pipeline without committing.
     pub fn fault(&self) -> Fault {

@@ -22,6 +22,7 @@ mod topology;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::DataType;
 use riskpipe_models::{Model, Scorer};
 use riskpipe_schemas::score;
 use std::sync::Arc;
@@ -104,6 +105,7 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
         }
     }
     let label = model.label().to_string();
+    let reads_text = model.columns().iter().any(|c| c.element.is_text());
     let members = match model.is_ensemble() {
         true => model.member_labels(),
         false => Vec::new(),
@@ -145,12 +147,13 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
             updates: None,
             drift,
             challenger,
-            records: records::RecordShapes::of(&declared),
+            records: records::RecordShapes::of(&declared, reads_text),
         }),
     })
 }
 
-/// Every model input must be a transaction column or a configured feature.
+/// Every model input must be a declared field or a configured feature, of the kind the model
+/// reads it as (text for a string input, a number otherwise): every mismatch at once.
 fn check_model(cfg: &FraudConfig, _pipeline: &PipelineConfig, model: &Model) -> Result<()> {
     let produced = cfg.features.feature_names()?;
     let events = cfg
@@ -158,18 +161,51 @@ fn check_model(cfg: &FraudConfig, _pipeline: &PipelineConfig, model: &Model) -> 
         .check()
         .map_err(PipelineError::Config)?
         .arrow_schema();
-    let missing: Vec<&String> = model
-        .features()
-        .iter()
-        .filter(|f| !produced.contains(f) && events.column_with_name(f).is_none())
-        .collect();
-    if !missing.is_empty() {
-        return Err(PipelineError::Config(vec![format!(
-            "model {} reads columns that are neither transaction columns nor configured features: {missing:?}",
-            model.label()
-        )]));
+    let mut problems = Vec::new();
+    for c in model.columns() {
+        let reads = c.element.name();
+        let text = match (
+            produced.contains(&c.name),
+            events.field_with_name(&c.name).ok(),
+        ) {
+            (true, _) => Some(false),
+            (false, Some(f)) => match f.data_type() {
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(true),
+                t if t.is_numeric() => Some(false),
+                _ => None,
+            },
+            (false, None) => {
+                problems.push(format!(
+                    "model {} reads {:?}, which is neither a declared field nor a configured feature",
+                    model.label(),
+                    c.name
+                ));
+                continue;
+            }
+        };
+        match text {
+            Some(true) if !c.element.is_text() => problems.push(format!(
+                "model {} reads {:?} as {reads}, but it is declared as text: bind it to a string input (or encode it in the model)",
+                model.label(),
+                c.name
+            )),
+            Some(false) if c.element.is_text() => problems.push(format!(
+                "model {} reads {:?} as string, but it is a number",
+                model.label(),
+                c.name
+            )),
+            None => problems.push(format!(
+                "model {} reads {:?} as {reads}, but it is neither a number nor text",
+                model.label(),
+                c.name
+            )),
+            _ => {}
+        }
     }
-    Ok(())
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(PipelineError::Config(problems)),
+    }
 }
 
 #[typetag::deserialize(name = "fraud")]
@@ -235,7 +271,7 @@ impl JobKind for FraudConfig {
         }
         // An Avro output names its fields as the records do: each must be an Avro name.
         if let (Some(kafka), Some(declared)) = (&pipeline.kafka, self.declared()) {
-            let records = records::RecordShapes::of(&declared);
+            let records = records::RecordShapes::of(&declared, false);
             let avro_name = |n: &str| {
                 n.chars()
                     .next()

@@ -1,10 +1,16 @@
 //! The fraud model stage: scores feature rows, flags alerts at the threshold and explains them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{BooleanArray, Float32Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
-use riskpipe_models::Model;
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float32Array, Float64Array, Int64Array, RecordBatch,
+    Scalar, StringArray,
+};
+use arrow::datatypes::{
+    DataType, Field, FieldRef, Float32Type, Float64Type, Int64Type, Schema, SchemaRef,
+};
+use riskpipe_models::{Element, InputColumn, Inputs, Model};
 use riskpipe_schemas::{Reason, score};
 
 use crate::{PipelineError, Result};
@@ -16,8 +22,8 @@ pub struct FraudModel {
     model: Model,
     threshold: f32,
     schemas: Option<(SchemaRef, SchemaRef)>,
-    /// The last batch's model inputs (row-major), kept for [`FraudModel::explain`].
-    matrix: Vec<f32>,
+    /// The last batch's model inputs, kept for [`FraudModel::explain`].
+    inputs: Inputs,
     /// An ensemble's member scores of the last batch.
     members: Vec<Vec<f32>>,
     /// The attribution baseline: every model input's sum over all rows scored, exactly
@@ -29,19 +35,28 @@ pub struct FraudModel {
     clamp: Vec<[f64; 2]>,
 }
 
-/// Exact sums of the model inputs over every row scored: each value is rounded once to a
-/// multiple of 2⁻³² and added as an integer, so the sums (and the means the reasons are
-/// measured against) do not depend on how rows were batched or ordered: a restored baseline
-/// plus a replay of the rows after its checkpoint is the baseline of an uninterrupted run.
+/// Exact sums of the numeric model inputs over every row scored, and counts of each text
+/// input's values: each number is rounded once to a multiple of 2⁻³² and added as an integer,
+/// so the sums (and the means the reasons are measured against) do not depend on how rows were
+/// batched or ordered: a restored baseline plus a replay of the rows after its checkpoint is
+/// the baseline of an uninterrupted run. A text input's baseline is its most frequent value
+/// (ties: the first in byte order), the categorical counterpart of the mean: "what this input
+/// usually is".
 #[derive(Debug, Clone, PartialEq)]
 pub struct Baseline {
     /// The model inputs, in order.
     pub features: Vec<String>,
-    /// Each input's sum, in units of 2⁻³².
+    /// Each numeric input's sum, in units of 2⁻³² (0 for a text input).
     pub sums: Vec<i128>,
     /// Rows summed.
     pub rows: u64,
+    /// Each text input's count by value (`None` for a numeric input). At most
+    /// [`MAX_CATEGORIES`] values are counted per input; values first seen after that are not.
+    pub counts: Vec<Option<BTreeMap<String, u64>>>,
 }
+
+/// The most values of one text input the baseline counts (bounded state).
+pub(super) const MAX_CATEGORIES: usize = 10_000;
 
 /// Values are clamped to ±2⁵⁰ before summing (2⁸² units), so 2⁴⁴ rows cannot overflow; to the
 /// reference's range first, where the input has one ([`FraudModel::clamp_baseline`]).
@@ -49,44 +64,108 @@ const BASELINE_LIMIT: f64 = (1u64 << 50) as f64;
 const BASELINE_UNIT: f64 = (1u64 << 32) as f64;
 
 impl Baseline {
-    /// Nothing summed yet over `features`.
-    pub fn new(features: &[String]) -> Self {
+    /// Nothing summed yet over `columns`.
+    pub fn new(columns: &[InputColumn]) -> Self {
         Self {
-            features: features.to_vec(),
-            sums: vec![0; features.len()],
+            features: columns.iter().map(|c| c.name.clone()).collect(),
+            sums: vec![0; columns.len()],
             rows: 0,
+            counts: columns
+                .iter()
+                .map(|c| c.element.is_text().then(BTreeMap::new))
+                .collect(),
         }
     }
 
-    /// Adds the rows of a row-major matrix of the inputs, each value clamped to its input's
+    /// Adds the rows of `inputs` (the model's columns), each number clamped to its input's
     /// `[low, high]` (an empty slice: no clamp but ±2⁵⁰).
-    pub fn add(&mut self, matrix: &[f32], clamp: &[[f64; 2]]) {
-        let width = self.sums.len();
-        if width == 0 {
+    pub fn add(&mut self, inputs: &Inputs, clamp: &[[f64; 2]]) {
+        if self.sums.is_empty() {
             return;
         }
-        for row in matrix.chunks_exact(width) {
-            for (j, (s, &v)) in self.sums.iter_mut().zip(row).enumerate() {
-                let [low, high] = clamp
-                    .get(j)
-                    .copied()
-                    .unwrap_or([-BASELINE_LIMIT, BASELINE_LIMIT]);
-                // NaN (which admission and scoring refuse before this) would count as 0.
-                let units = (f64::from(v).clamp(low, high) * BASELINE_UNIT).round() as i128;
-                *s = s.saturating_add(units);
+        for (j, col) in inputs.columns.iter().enumerate().take(self.sums.len()) {
+            let [low, high] = clamp
+                .get(j)
+                .copied()
+                .unwrap_or([-BASELINE_LIMIT, BASELINE_LIMIT]);
+            // NaN (which admission and scoring refuse before this) would count as 0.
+            let units = |v: f64| (v.clamp(low, high) * BASELINE_UNIT).round() as i128;
+            let s = &mut self.sums[j];
+            match col.data_type() {
+                DataType::Float32 => {
+                    for &v in col.as_primitive::<Float32Type>().values().iter() {
+                        *s = s.saturating_add(units(f64::from(v)));
+                    }
+                }
+                DataType::Float64 => {
+                    for &v in col.as_primitive::<Float64Type>().values().iter() {
+                        *s = s.saturating_add(units(v));
+                    }
+                }
+                DataType::Int64 => {
+                    for &v in col.as_primitive::<Int64Type>().values().iter() {
+                        *s = s.saturating_add(units(v as f64));
+                    }
+                }
+                DataType::Utf8 => {
+                    if let Some(Some(counts)) = self.counts.get_mut(j) {
+                        for v in col.as_string::<i32>().iter().flatten() {
+                            if let Some(n) = counts.get_mut(v) {
+                                *n += 1;
+                            } else if counts.len() < MAX_CATEGORIES {
+                                counts.insert(v.to_string(), 1);
+                            }
+                        }
+                    }
+                }
+                _ => {}
             }
         }
-        self.rows += (matrix.len() / width) as u64;
+        self.rows += inputs.rows as u64;
     }
 
-    /// Each input's mean, `None` before the first row.
-    pub fn means(&self) -> Option<Vec<f32>> {
+    /// Each numeric input's mean (NaN for a text input), `None` before the first row.
+    pub fn means(&self) -> Option<Vec<f64>> {
         (self.rows > 0).then(|| {
             self.sums
                 .iter()
-                .map(|&s| (s as f64 / BASELINE_UNIT / self.rows as f64) as f32)
+                .map(|&s| s as f64 / BASELINE_UNIT / self.rows as f64)
                 .collect()
         })
+    }
+
+    /// Each text input's most frequent value (ties: the first in byte order).
+    fn most_frequent(&self, j: usize) -> Option<&str> {
+        let counts = self.counts.get(j)?.as_ref()?;
+        let mut best: Option<(&str, u64)> = None;
+        for (v, &n) in counts {
+            if best.is_none_or(|(_, b)| n > b) {
+                best = Some((v, n));
+            }
+        }
+        best.map(|(v, _)| v)
+    }
+
+    /// What each input is replaced by when it is occluded, as one value of the type the model
+    /// reads it as: the mean (rounded once to the input's type) or the most frequent value;
+    /// `None` before the first row.
+    pub fn values(&self, columns: &[InputColumn]) -> Option<Vec<ArrayRef>> {
+        let means = self.means()?;
+        columns
+            .iter()
+            .enumerate()
+            .map(|(j, c)| -> Option<ArrayRef> {
+                let mean = means.get(j).copied()?;
+                Some(match c.element {
+                    Element::Float => Arc::new(Float32Array::from(vec![mean as f32])),
+                    Element::Double => Arc::new(Float64Array::from(vec![mean])),
+                    Element::Int64 => Arc::new(Int64Array::from(vec![mean.round() as i64])),
+                    Element::String => Arc::new(StringArray::from(vec![
+                        self.most_frequent(j).unwrap_or_default(),
+                    ])),
+                })
+            })
+            .collect()
     }
 }
 
@@ -144,14 +223,14 @@ fn unfit_rows(scores: &[f32], members: &[Vec<f32>]) -> Vec<(usize, String)> {
 impl FraudModel {
     /// A stage alerting at `threshold`.
     pub fn new(model: Model, threshold: f64) -> Self {
-        let features = model.features().to_vec();
+        let baseline = Baseline::new(model.columns());
         Self {
             model,
             threshold: threshold as f32,
             schemas: None,
-            matrix: Vec::new(),
+            inputs: Inputs::default(),
             members: Vec::new(),
-            baseline: Baseline::new(&features),
+            baseline,
             ranges: Vec::new(),
             clamp: Vec::new(),
         }
@@ -178,8 +257,8 @@ impl FraudModel {
     /// Scores with `model` from the next batch on; the explanation baseline (the running
     /// means of the inputs) carries over when the inputs are the same.
     pub fn replace_model(&mut self, model: Model) {
-        if model.features() != self.model.features() {
-            self.baseline = Baseline::new(model.features());
+        if model.columns() != self.model.columns() {
+            self.baseline = Baseline::new(model.columns());
             self.clamp = clamp_of(model.features(), &self.ranges);
         }
         self.schemas = None;
@@ -191,28 +270,17 @@ impl FraudModel {
     /// left out of the scored batch, of the baseline and of what [`Self::explain`] reads;
     /// they come back by their row in `batch`, with the reason.
     pub fn process(&mut self, batch: RecordBatch) -> Result<(RecordBatch, Vec<(usize, String)>)> {
-        let mut matrix = std::mem::take(&mut self.matrix);
-        self.model.feature_matrix(&batch, &mut matrix)?;
+        let mut inputs = self.model.inputs(&batch)?;
         let ensemble = self.model.is_ensemble();
-        let mut scores = self.model.score_members(
-            &matrix,
-            batch.num_rows(),
-            ensemble.then_some(&mut self.members),
-        )?;
+        let mut scores = self
+            .model
+            .score_members(&inputs, ensemble.then_some(&mut self.members))?;
         let unfit = unfit_rows(&scores, if ensemble { &self.members } else { &[] });
         let batch = if unfit.is_empty() {
             batch
         } else {
             let keep = fit_rows(batch.num_rows(), &unfit);
-            let width = self.model.features().len();
-            matrix = keep
-                .iter()
-                .flat_map(|&r| {
-                    matrix[r as usize * width..(r as usize + 1) * width]
-                        .iter()
-                        .copied()
-                })
-                .collect();
+            inputs = inputs.take(&keep)?;
             scores = keep.iter().map(|&r| scores[r as usize]).collect();
             if ensemble {
                 for m in &mut self.members {
@@ -221,8 +289,8 @@ impl FraudModel {
             }
             arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(keep))?
         };
-        self.baseline.add(&matrix, &self.clamp);
-        self.matrix = matrix;
+        self.baseline.add(&inputs, &self.clamp);
+        self.inputs = inputs;
         let alerts = BooleanArray::from_iter(scores.iter().map(|s| Some(*s >= self.threshold)));
         let input = batch.schema();
         let output = match &self.schemas {
@@ -264,7 +332,12 @@ impl FraudModel {
     /// Takes `baseline` (a checkpoint's) when it is over the model's inputs; false otherwise.
     pub fn restore_baseline(&mut self, baseline: Baseline) -> bool {
         let fits = baseline.features == self.model.features()
-            && baseline.sums.len() == baseline.features.len();
+            && baseline.sums.len() == baseline.features.len()
+            && baseline.counts.iter().map(Option::is_some).eq(self
+                .model
+                .columns()
+                .iter()
+                .map(|c| c.element.is_text()));
         if fits {
             self.baseline = baseline;
         }
@@ -274,48 +347,53 @@ impl FraudModel {
     /// Adds `batch`'s rows to the baseline without scoring them (the silent replay after a
     /// restore, when nothing needs the scores).
     pub fn observe(&mut self, batch: &RecordBatch) -> Result<()> {
-        let mut matrix = std::mem::take(&mut self.matrix);
-        let read = self.model.feature_matrix(batch, &mut matrix);
-        if read.is_ok() {
-            self.baseline.add(&matrix, &self.clamp);
-        }
-        self.matrix = matrix;
-        Ok(read?)
+        let inputs = self.model.inputs(batch)?;
+        self.baseline.add(&inputs, &self.clamp);
+        Ok(())
     }
 
     /// Top `top` reasons for each of `rows` of the batch last given to [`Self::process`]:
     /// occlusion attribution, i.e. for each model input, the score minus the score with that
-    /// input alone replaced by its running mean over everything scored so far. Model-agnostic
-    /// and exact for the model in use; alerts are rare, so the extra inferences are cheap.
+    /// input alone replaced by its baseline over everything scored so far (a number's running
+    /// mean, a text input's most frequent value). Model-agnostic and exact for the model in
+    /// use; alerts are rare, so the extra inferences are cheap.
     pub fn explain(&mut self, rows: &[usize], top: usize) -> Result<Vec<Vec<Reason>>> {
         let width = self.baseline.sums.len();
-        let means = match self.baseline.means() {
-            Some(m) if !rows.is_empty() && width > 0 && top > 0 => m,
+        let baseline = match self.baseline.values(self.model.columns()) {
+            Some(b) if !rows.is_empty() && width > 0 && top > 0 => b,
             _ => return Ok(vec![Vec::new(); rows.len()]),
         };
-        let mut probe = Vec::with_capacity(rows.len() * (width + 1) * width);
-        for &r in rows {
-            let x = self
-                .matrix
-                .get(r * width..(r + 1) * width)
-                .ok_or_else(|| PipelineError::Bug(format!("explain row {r} not in last batch")))?;
-            probe.extend_from_slice(x);
-            for (j, mean) in means.iter().enumerate() {
-                probe.extend_from_slice(x);
-                let at = probe.len() - width + j;
-                probe[at] = *mean;
-            }
+        if let Some(&r) = rows.iter().find(|&&r| r >= self.inputs.rows) {
+            return Err(PipelineError::Bug(format!(
+                "explain row {r} not in last batch"
+            )));
         }
-        let scores = self.model.score_matrix(&probe, rows.len() * (width + 1))?;
+        // Per alert row: the row itself, then one copy per input with that input occluded.
+        let indices: Vec<u32> = rows
+            .iter()
+            .flat_map(|&r| std::iter::repeat_n(r as u32, width + 1))
+            .collect();
+        let mut probe = self.inputs.take(&indices)?;
+        for (j, (column, value)) in probe.columns.iter_mut().zip(&baseline).enumerate() {
+            let occluded =
+                BooleanArray::from_iter((0..indices.len()).map(|i| Some(i % (width + 1) == j + 1)));
+            *column =
+                arrow::compute::kernels::zip::zip(&occluded, &Scalar::new(value.clone()), column)?;
+        }
+        let scores = self.model.score_inputs(&probe)?;
         let names = self.model.features();
         let mut out = Vec::with_capacity(rows.len());
         for (k, &r) in rows.iter().enumerate() {
             let base = &scores[k * (width + 1)..(k + 1) * (width + 1)];
             let mut reasons: Vec<Reason> = (0..width)
-                .map(|j| Reason {
-                    feature: names[j].clone(),
-                    value: f64::from(self.matrix[r * width + j]),
-                    contribution: f64::from(base[0] - base[j + 1]),
+                .map(|j| {
+                    let text = self.inputs.text(j, r).map(str::to_string);
+                    Reason {
+                        feature: names[j].clone(),
+                        value: self.inputs.number(j, r).unwrap_or(f64::NAN),
+                        text,
+                        contribution: f64::from(base[0] - base[j + 1]),
+                    }
                 })
                 .filter(|reason| reason.contribution > 0.0)
                 .collect();

@@ -13,7 +13,7 @@ use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};
 use riskpipe_operators::columns;
 use riskpipe_schemas::declared::EventSchema;
 use riskpipe_schemas::declared::Sensitive;
-use riskpipe_schemas::{Reason, reason_fields, score};
+use riskpipe_schemas::{Reason, reason_fields, reason_fields_with_text, score};
 
 use crate::jobs::{Records, Repeated};
 use crate::{PipelineError, Result};
@@ -28,14 +28,17 @@ pub(crate) struct RecordShapes {
     pub(crate) score: SchemaRef,
     pub(crate) alert: SchemaRef,
     key: Arc<str>,
+    /// Whether reasons carry a `text` value (the model reads text).
+    text_reasons: bool,
     /// Event columns of a score record and of an alert record, in order.
     score_columns: Vec<String>,
     alert_columns: Vec<String>,
 }
 
 impl RecordShapes {
-    /// The records of `declared`'s events.
-    pub(crate) fn of(declared: &EventSchema) -> Self {
+    /// The records of `declared`'s events; `text_reasons` when the model reads text (its
+    /// alerts' reasons then carry a `text` value beside the numeric one).
+    pub(crate) fn of(declared: &EventSchema, text_reasons: bool) -> Self {
         let events = declared.arrow_schema();
         let name = |i: usize| declared.fields[i].name.clone();
         let (id, time) = (name(declared.id), name(declared.time));
@@ -76,7 +79,7 @@ impl RecordShapes {
             Field::new(score::MODEL, DataType::Utf8, false),
             Field::new_list(
                 score::REASONS,
-                Field::new_struct("item", reason_fields(), false),
+                Field::new_struct("item", reasons_of(text_reasons), false),
                 false,
             ),
         ]);
@@ -91,6 +94,7 @@ impl RecordShapes {
             score: record(score_fields, "Score"),
             alert: record(alert_fields, "Alert"),
             key: entity.unwrap_or(id).into(),
+            text_reasons,
             score_columns,
             alert_columns,
         }
@@ -101,6 +105,13 @@ fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
     Ok(columns::get(batch, name)
         .map_err(PipelineError::produced)?
         .clone())
+}
+
+impl RecordShapes {
+    /// Whether alerts' reasons carry text values.
+    pub(crate) fn reads_text(&self) -> bool {
+        self.text_reasons
+    }
 }
 
 /// One score record per row of `scored` (events with `SCORE` and `ALERT`).
@@ -161,7 +172,7 @@ pub(crate) fn alerts(
         cast(&value, &DataType::Float64)?,
         Arc::new(Float64Array::from(vec![threshold; n])) as ArrayRef,
         model.column(n),
-        Arc::new(reason_lists(reasons)?),
+        Arc::new(reason_lists(reasons, shapes.text_reasons)?),
     ]);
     let batch = RecordBatch::try_new(shapes.alert.clone(), arrays)?;
     Ok(Records {
@@ -171,27 +182,47 @@ pub(crate) fn alerts(
     })
 }
 
-/// `REASONS`: a list of `{feature, value, contribution}` structs per alert.
-fn reason_lists(reasons: Vec<Vec<Reason>>) -> Result<ListArray> {
+/// `REASONS`: a list of `{feature, value, contribution}` structs per alert; with
+/// `text_reasons`, `{feature, value, text, contribution}`, `value` null for a text input.
+fn reason_lists(reasons: Vec<Vec<Reason>>, text_reasons: bool) -> Result<ListArray> {
     let lengths: Vec<usize> = reasons.iter().map(Vec::len).collect();
     let all: Vec<Reason> = reasons.into_iter().flatten().collect();
-    let items = StructArray::try_new(
-        reason_fields(),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                all.iter().map(|r| r.feature.as_str()),
-            )),
-            Arc::new(Float64Array::from_iter_values(all.iter().map(|r| r.value))),
-            Arc::new(Float64Array::from_iter_values(
-                all.iter().map(|r| r.contribution),
-            )),
+    let feature: ArrayRef = Arc::new(StringArray::from_iter_values(
+        all.iter().map(|r| r.feature.as_str()),
+    ));
+    let contribution: ArrayRef = Arc::new(Float64Array::from_iter_values(
+        all.iter().map(|r| r.contribution),
+    ));
+    let columns = match text_reasons {
+        false => vec![
+            feature,
+            Arc::new(Float64Array::from_iter_values(all.iter().map(|r| r.value))) as ArrayRef,
+            contribution,
         ],
-        None,
-    )?;
+        true => vec![
+            feature,
+            Arc::new(Float64Array::from_iter(
+                all.iter().map(|r| r.text.is_none().then_some(r.value)),
+            )) as ArrayRef,
+            Arc::new(StringArray::from_iter(
+                all.iter().map(|r| r.text.as_deref()),
+            )),
+            contribution,
+        ],
+    };
+    let fields = reasons_of(text_reasons);
+    let items = StructArray::try_new(fields.clone(), columns, None)?;
     Ok(ListArray::try_new(
-        Arc::new(Field::new_struct("item", reason_fields(), false)),
+        Arc::new(Field::new_struct("item", fields, false)),
         OffsetBuffer::from_lengths(lengths),
         Arc::new(items),
         None,
     )?)
+}
+
+fn reasons_of(text_reasons: bool) -> arrow::datatypes::Fields {
+    match text_reasons {
+        true => reason_fields_with_text(),
+        false => reason_fields(),
+    }
 }

@@ -140,12 +140,15 @@ impl FraudScoring {
     fn swap(&mut self, mut next: Model, batch: &RecordBatch) {
         let started = std::time::Instant::now();
         let label = next.label().to_string();
-        let mut matrix = Vec::new();
-        let check = next
-            .feature_matrix(batch, &mut matrix)
-            .and_then(|()| next.score_matrix(&matrix, batch.num_rows()))
-            .map_err(|e| e.to_string())
-            .and_then(|scores| crate::reload::check_scores(&scores));
+        let reads_text = next.columns().iter().any(|c| c.element.is_text());
+        let check = if reads_text && !self.records.reads_text() {
+            // The alert records' shape (reasons with text values) is fixed at start.
+            Err("it reads text inputs, which the model scoring at start did not: the alerts' reasons would change shape; restart riskpipe to score it".to_string())
+        } else {
+            next.score(batch)
+                .map_err(|e| e.to_string())
+                .and_then(|scores| crate::reload::check_scores(&scores))
+        };
         match check {
             Ok(()) => {
                 let before = std::mem::replace(&mut self.label, label);
@@ -175,6 +178,8 @@ impl FraudScoring {
 
 /// The score stage's tables in a snapshot, and what their layout is.
 pub(super) const BASELINE: &str = "explain_baseline";
+/// The text inputs' value counts (only for a model that reads text).
+pub(super) const CATEGORIES: &str = "explain_categories";
 pub(super) const DRIFT: &str = "drift";
 pub(super) const DRIFT_SINCE: &str = "drift_since";
 pub(super) const SCORE_STATE: &str = "fraud-score-1";
@@ -202,29 +207,89 @@ pub(super) fn baseline_table(b: &model::Baseline) -> Result<RecordBatch> {
     )?)
 }
 
-pub(super) fn baseline_of(t: &RecordBatch) -> Result<model::Baseline> {
+fn categories_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("feature", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, false),
+        Field::new("count", DataType::UInt64, false),
+    ]))
+}
+
+/// The text inputs' counts as a table; `None` when the model reads no text.
+pub(super) fn categories_table(b: &model::Baseline) -> Result<Option<RecordBatch>> {
+    use arrow::array::{StringArray, UInt64Array};
+    if b.counts.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let (mut features, mut values, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+    for (f, c) in b.features.iter().zip(&b.counts) {
+        for (v, n) in c.iter().flatten() {
+            features.push(f.as_str());
+            values.push(v.as_str());
+            counts.push(*n);
+        }
+    }
+    Ok(Some(RecordBatch::try_new(
+        categories_schema(),
+        vec![
+            std::sync::Arc::new(StringArray::from(features)),
+            std::sync::Arc::new(StringArray::from(values)),
+            std::sync::Arc::new(UInt64Array::from(counts)),
+        ],
+    )?))
+}
+
+/// The baseline of a checkpoint's tables: its sums and, for a model that reads text, the
+/// counts (`categories`) of the inputs the counts name.
+pub(super) fn baseline_of(
+    t: &RecordBatch,
+    categories: Option<&RecordBatch>,
+) -> Result<model::Baseline> {
     use arrow::array::AsArray;
     use arrow::datatypes::{Decimal128Type, UInt64Type};
+    let bad = |what: &str| PipelineError::Checkpoint {
+        id: 0,
+        reason: format!("the explanation {what} table has another schema"),
+    };
     if t.schema() != baseline_schema() {
-        return Err(PipelineError::Checkpoint {
-            id: 0,
-            reason: "the explanation baseline table has another schema".into(),
-        });
+        return Err(bad("baseline"));
     }
     let rows = t.column(2).as_primitive::<UInt64Type>();
+    let features: Vec<String> = t
+        .column(0)
+        .as_string::<i32>()
+        .iter()
+        .map(|f| f.unwrap_or_default().to_string())
+        .collect();
+    let mut counts: Vec<Option<std::collections::BTreeMap<String, u64>>> =
+        vec![None; features.len()];
+    if let Some(c) = categories {
+        if c.schema() != categories_schema() {
+            return Err(bad("categories"));
+        }
+        let (f, v, n) = (
+            c.column(0).as_string::<i32>(),
+            c.column(1).as_string::<i32>(),
+            c.column(2).as_primitive::<UInt64Type>(),
+        );
+        for i in 0..c.num_rows() {
+            if let Some(j) = features.iter().position(|x| x == f.value(i)) {
+                counts[j]
+                    .get_or_insert_with(Default::default)
+                    .insert(v.value(i).to_string(), n.value(i));
+            }
+        }
+    }
     Ok(model::Baseline {
-        features: t
-            .column(0)
-            .as_string::<i32>()
-            .iter()
-            .map(|f| f.unwrap_or_default().to_string())
-            .collect(),
+        features,
         sums: t
             .column(1)
             .as_primitive::<Decimal128Type>()
             .values()
             .to_vec(),
         rows: rows.values().first().copied().unwrap_or(0),
+        counts,
     })
 }
 
@@ -236,6 +301,9 @@ impl ScoreStage for FraudScoring {
     /// The explanation baseline and the drift counts.
     fn snapshot(&self) -> Result<StateSnapshot> {
         let mut tables = vec![(BASELINE.to_string(), baseline_table(self.model.baseline())?)];
+        if let Some(t) = categories_table(self.model.baseline())? {
+            tables.push((CATEGORIES.to_string(), t));
+        }
         if let Some(d) = &self.drift {
             tables.push((DRIFT.to_string(), d.snapshot()?));
             tables.push((DRIFT_SINCE.to_string(), d.since_snapshot()?));
@@ -265,7 +333,11 @@ impl ScoreStage for FraudScoring {
         for (name, t) in &state.tables {
             match name.as_str() {
                 BASELINE => {
-                    if !self.model.restore_baseline(baseline_of(t)?) {
+                    let categories = state
+                        .tables
+                        .iter()
+                        .find_map(|(n, t)| (n == CATEGORIES).then_some(t));
+                    if !self.model.restore_baseline(baseline_of(t, categories)?) {
                         tracing::info!(
                             "the checkpoint's explanation baseline is over other model inputs: it starts again"
                         );
@@ -288,6 +360,8 @@ impl ScoreStage for FraudScoring {
                         d.restore_since(t)?;
                     }
                 }
+                // Read with the baseline.
+                CATEGORIES => {}
                 other => {
                     return Err(PipelineError::Checkpoint {
                         id: 0,

@@ -224,7 +224,7 @@ fn an_extreme_admitted_amount_leaves_later_alerts_their_reasons() {
         let mut job = job(&cfg);
         let all = reasons(&mut job, inputs);
         let snapshot = job.scoring.snapshot().expect("snapshot");
-        let means = baseline_of(&snapshot.tables[0].1)
+        let means = baseline_of(&snapshot.tables[0].1, None)
             .expect("baseline")
             .means()
             .expect("means");
