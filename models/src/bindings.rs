@@ -4,7 +4,7 @@
 //! A binding is read from the config (`[model.inputs]`: input name → columns, in order), else
 //! from the model's `riskpipe.inputs` metadata (the same map as JSON); a model with one input
 //! may instead name its columns as `features` (config) or `riskpipe.features` (metadata), the
-//! single float input the handbook's models take. [`resolve`] checks every binding against the
+//! single float input the handbook's models take. Loading a model checks every binding against the
 //! graph and returns every problem at once.
 
 use std::collections::BTreeMap;
@@ -35,7 +35,7 @@ pub enum Element {
 }
 
 impl Element {
-    fn of(t: TensorElementType) -> Option<Self> {
+    fn of(t: &TensorElementType) -> Option<Self> {
         match t {
             TensorElementType::Float32 => Some(Self::Float),
             TensorElementType::Float64 => Some(Self::Double),
@@ -167,7 +167,7 @@ pub(crate) fn describe(outlet: &Outlet) -> String {
 fn type_text(t: &ValueType) -> String {
     match t {
         ValueType::Tensor { ty, shape, .. } => {
-            let ty = Element::of(*ty).map_or_else(|| format!("{ty}"), |e| e.name().to_string());
+            let ty = Element::of(ty).map_or_else(|| format!("{ty}"), |e| e.name().to_string());
             format!("{ty} {}", shape_text(shape))
         }
         ValueType::Sequence(inner) if matches!(inner.as_ref(), ValueType::Map { .. }) => {
@@ -233,7 +233,7 @@ pub(crate) fn resolve(
             ));
             continue;
         };
-        let Some(element) = Element::of(ty.clone()) else {
+        let Some(element) = Element::of(ty) else {
             problems.push(format!(
                 "input {} takes {ty} elements: riskpipe feeds float, double, int64 and string tensors",
                 describe(input)
@@ -346,8 +346,7 @@ fn pick_output(outputs: &[Outlet], name: &str) -> std::result::Result<OutputPick
                     return Err(format!(
                         "output {} holds {} values (class labels?): {accepted}",
                         describe(out),
-                        Element::of(ty.clone())
-                            .map_or_else(|| format!("{ty}"), |e| e.name().into())
+                        Element::of(ty).map_or_else(|| format!("{ty}"), |e| e.name().into())
                     ));
                 }
             };

@@ -397,6 +397,20 @@ impl Scorer {
         if rows == 0 {
             return Ok(Vec::new());
         }
+        // A row's score must not depend on how rows were batched, but some ONNX Runtime
+        // kernels take another path for a single row (LinearClassifier's, as skl2onnx exports
+        // a logistic regression, rounds differently): one row is scored as two copies of it.
+        let doubled: Vec<ArrayRef>;
+        let (columns, batch_rows): (Vec<&ArrayRef>, usize) = if rows == 1 {
+            doubled = columns
+                .iter()
+                .map(|c| arrow::compute::concat(&[c.as_ref(), c.as_ref()]))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| ModelError::BadInput(e.to_string()))?;
+            (doubled.iter().collect(), 2)
+        } else {
+            (columns.to_vec(), rows)
+        };
         let mut feed: Vec<(String, SessionInputValue<'static>)> =
             Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
@@ -409,7 +423,7 @@ impl Scorer {
                         })
                     })
                     .collect::<Result<_>>()?;
-            feed.push((t.name.clone(), bindings::tensor(t, &cols, rows)?));
+            feed.push((t.name.clone(), bindings::tensor(t, &cols, batch_rows)?));
         }
         let outputs = self.session.run(feed)?;
         let picked = &outputs[self.output.name.as_str()];
@@ -420,17 +434,19 @@ impl Scorer {
             let a = picked.try_extract_array::<f32>()?;
             (a.shape().to_vec(), a.iter().copied().collect())
         };
-        match shape.as_slice() {
-            [r] | [r, 1] if *r == rows => Ok(scores),
-            [r, 2] if *r == rows => Ok(scores.chunks_exact(2).map(|row| row[1]).collect()),
+        let mut scores = match shape.as_slice() {
+            [r] | [r, 1] if *r == batch_rows => scores,
+            [r, 2] if *r == batch_rows => scores.chunks_exact(2).map(|row| row[1]).collect(),
             _ => Err(ModelError::Model {
                 path: self.path.display().to_string(),
                 reason: format!(
-                    "output {:?} has shape {shape:?}, expected [{rows}], [{rows}, 1] or [{rows}, 2]",
+                    "output {:?} has shape {shape:?}, expected [{batch_rows}], [{batch_rows}, 1] or [{batch_rows}, 2]",
                     self.output.name
                 ),
-            }),
-        }
+            })?,
+        };
+        scores.truncate(rows);
+        Ok(scores)
     }
 
     /// Scores the rows of `inputs` (read by [`Self::inputs`]).

@@ -252,3 +252,92 @@ fn a_zipmap_output_is_refused_with_how_to_export_without_it() {
     let err = Scorer::load(&cfg).expect_err("label");
     assert!(err.to_string().contains("holds int64 values"), "{err}");
 }
+
+/// A row scores the same alone as within a batch, bit for bit: the example's scikit-learn
+/// pipeline (skl2onnx's LinearClassifier, whose one-row kernel rounds differently) and its
+/// LightGBM model, each row of 64 scored alone, in pairs and all together.
+#[test]
+fn a_row_scores_the_same_alone_as_in_a_batch() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/payments/");
+    let n = 64usize;
+    let mut r = 7u64;
+    let mut next = move |m: u64| {
+        r = r
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (r >> 33) % m
+    };
+    let categories = ["grocery", "travel", "electronics", "restaurants", "gaming"];
+    let channels = ["pos", "online", "atm"];
+    let mut cat = Vec::new();
+    let mut chan = Vec::new();
+    let mut count = Vec::new();
+    let mut numbers: Vec<Vec<f32>> = vec![Vec::new(); 4];
+    for _ in 0..n {
+        cat.push(categories[next(5) as usize]);
+        chan.push(channels[next(3) as usize]);
+        count.push(next(4) as i64);
+        for (k, col) in numbers.iter_mut().enumerate() {
+            col.push(match k {
+                2 => next(2) as f32,
+                _ => next(30_000) as f32 / 100.0,
+            });
+        }
+    }
+    let names = [
+        "amount",
+        "card_mean_amount_7days",
+        "night",
+        "card_merchant_count_7days",
+    ];
+    let mut fields = vec![
+        Field::new("merchant_category", DataType::Utf8, false),
+        Field::new("channel", DataType::Utf8, false),
+        Field::new("card_count_1h", DataType::Int64, false),
+    ];
+    fields.extend(
+        names
+            .iter()
+            .map(|c| Field::new(*c, DataType::Float32, false)),
+    );
+    let mut columns: Vec<arrow::array::ArrayRef> = vec![
+        Arc::new(StringArray::from(cat)),
+        Arc::new(StringArray::from(chan)),
+        Arc::new(Int64Array::from(count)),
+    ];
+    columns.extend(
+        numbers
+            .into_iter()
+            .map(|c| Arc::new(arrow::array::Float32Array::from(c)) as arrow::array::ArrayRef),
+    );
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("batch");
+    for file in ["sklearn_pipeline.onnx", "lightgbm_categorical.onnx"] {
+        let mut cfg = ModelConfig::new(format!("{example}{file}"));
+        cfg.inputs = bind(&[
+            ("merchant_category", &["merchant_category"]),
+            ("channel", &["channel"]),
+            ("card_count_1h", &["card_count_1h"]),
+            ("amount", &["amount"]),
+            ("card_mean_amount_7days", &["card_mean_amount_7days"]),
+            ("night", &["night"]),
+            ("card_merchant_count_7days", &["card_merchant_count_7days"]),
+        ]);
+        let mut scorer = Scorer::load(&cfg).expect("load");
+        let all = scorer.score(&batch).expect("batch");
+        for size in [1, 2] {
+            let parts: Vec<f32> = (0..n)
+                .step_by(size)
+                .flat_map(|i| scorer.score(&batch.slice(i, size)).expect("part"))
+                .collect();
+            let differ = parts
+                .iter()
+                .zip(&all)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(
+                differ, 0,
+                "{file}: {differ} of {n} rows differ scored {size} at a time"
+            );
+        }
+    }
+}

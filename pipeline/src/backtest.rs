@@ -31,6 +31,8 @@ pub struct Replayed {
     pub model: String,
     /// An ensemble's members (`<file>@<version>`), in the order of their scored columns.
     pub members: Vec<String>,
+    /// The columns the model reads.
+    pub model_inputs: Vec<String>,
     /// Wall time of the replay (features and scoring).
     pub replay_time: Duration,
 }
@@ -103,6 +105,7 @@ pub fn replay_job(
     let started = Instant::now();
     let model = job.model.clone();
     let members = job.members.clone();
+    let model_inputs = job.scoring.model_inputs();
     let source = HistorySource::new(history.clone(), batch_rows)?;
     let sink = CollectSink::with_progress(progress.clone());
     // Files hold Arrow rows: the decoder is never asked.
@@ -122,6 +125,7 @@ pub fn replay_job(
         collected,
         model,
         members,
+        model_inputs,
         replay_time: started.elapsed(),
     })
 }

@@ -61,6 +61,11 @@ pub trait ScoreStage: Send + std::fmt::Debug {
         false
     }
 
+    /// The columns its model reads (a backtest monitors their drift); none by default.
+    fn model_inputs(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Brings the stage's state up to `featured` without producing anything (the silent replay
     /// after a restore); returns the rows it refused. By default, [`ScoreStage::process`]
     /// with the output dropped.

@@ -1,6 +1,9 @@
 //! Drift: how far the distribution of each model input and of the score moved away from a
 //! reference period, as the population stability index (PSI) over the reference's deciles.
 //!
+//! A text column (a model's categorical input) is binned by its values instead: the reference's
+//! [`TEXT_BINS`] most frequent values, each a bin, and one bin for every other value.
+//!
 //! `PSI = Σ (aᵢ − eᵢ) · ln(aᵢ / eᵢ)` over the bins, `e` the reference's share of a bin and `a` the
 //! observed one (each floored at 10⁻⁴ so an empty bin stays finite). The usual reading: under
 //! 0.1 stable, 0.1–0.2 some shift, over 0.2 a shift worth acting on.
@@ -25,6 +28,9 @@ pub use report::DriftReport;
 
 /// Bins per column (deciles; ties merge bins).
 pub const BINS: usize = 10;
+/// Values of a text column that get a bin of their own (the reference's most frequent; the
+/// others share one bin).
+pub const TEXT_BINS: usize = 20;
 /// PSI from which a column counts as drifted.
 pub const DRIFTED: f64 = 0.2;
 /// Each day's PSI is over the days up to it, this many: a week, so weekly patterns (the
@@ -48,6 +54,10 @@ pub struct Bins {
     /// reference value would.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<[f64; 2]>,
+    /// A text column's values that have a bin each, in order (the last bin holds every other
+    /// value); empty for a number.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
 }
 
 impl Bins {
@@ -69,11 +79,73 @@ impl Bins {
             shares: vec![0.0; edges.len() + 1],
             edges,
             range: sorted.first().zip(sorted.last()).map(|(&lo, &hi)| [lo, hi]),
+            categories: Vec::new(),
         };
         let counts = bins.counts(sorted.iter().copied());
         let n = sorted.len().max(1) as f64;
         bins.shares = counts.iter().map(|&c| c as f64 / n).collect();
         bins
+    }
+
+    /// The bins of a text column's `values`: the `bins` most frequent (ties: the first in byte
+    /// order) a bin each, in byte order, and one bin for the others.
+    pub fn of_text<'a>(values: impl IntoIterator<Item = &'a str>, bins: usize) -> Bins {
+        let mut counts: std::collections::BTreeMap<&str, u64> = Default::default();
+        let mut n = 0u64;
+        for v in values {
+            *counts.entry(v).or_default() += 1;
+            n += 1;
+        }
+        let mut by_count: Vec<(&str, u64)> = counts.iter().map(|(&v, &c)| (v, c)).collect();
+        by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        by_count.truncate(bins);
+        let mut categories: Vec<String> = by_count.iter().map(|(v, _)| v.to_string()).collect();
+        categories.sort();
+        let mut shares = vec![0.0; categories.len() + 1];
+        for (v, c) in &counts {
+            let i = categories
+                .binary_search_by(|x| x.as_str().cmp(v))
+                .unwrap_or(categories.len());
+            shares[i] += *c as f64 / n.max(1) as f64;
+        }
+        Bins {
+            edges: Vec::new(),
+            shares,
+            range: None,
+            categories,
+        }
+    }
+
+    /// Whether these are a text column's bins.
+    pub fn is_text(&self) -> bool {
+        !self.categories.is_empty()
+    }
+
+    /// Each row's bin in `column` (`None` for a null or a number that is not finite): a text
+    /// column's by its value, any other's as a number.
+    pub fn bins_of(&self, column: &arrow::array::ArrayRef) -> Result<Vec<Option<usize>>> {
+        if self.is_text() {
+            let text = arrow::compute::cast(column, &DataType::Utf8)?;
+            let text = text.as_string::<i32>();
+            return Ok(text
+                .iter()
+                .map(|v| {
+                    v.map(|v| {
+                        self.categories
+                            .binary_search_by(|x| x.as_str().cmp(v))
+                            .unwrap_or(self.categories.len())
+                    })
+                })
+                .collect());
+        }
+        let values = arrow::compute::cast(column, &DataType::Float64)?;
+        let values = values.as_primitive::<Float64Type>();
+        Ok((0..values.len())
+            .map(|i| {
+                (values.is_valid(i) && values.value(i).is_finite())
+                    .then(|| self.bin(values.value(i)))
+            })
+            .collect())
     }
 
     /// The bin of `v`: values up to `edges[i]` (and above `edges[i - 1]`) are in bin `i`.
@@ -132,9 +204,27 @@ impl Reference {
         period: String,
     ) -> Result<Reference> {
         let mut values: Vec<Vec<f64>> = vec![Vec::new(); columns.len()];
+        let mut texts: Vec<Option<Vec<String>>> = vec![None; columns.len()];
         for b in scored {
             let day = days_of(b, time)?;
             for (c, name) in columns.iter().enumerate() {
+                let raw = b.column_by_name(name).ok_or_else(|| {
+                    PipelineError::Bug(format!("drift: no column {name:?} in the scored rows"))
+                })?;
+                if matches!(
+                    raw.data_type(),
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                ) {
+                    let text = arrow::compute::cast(raw, &DataType::Utf8)?;
+                    let text = text.as_string::<i32>();
+                    let into = texts[c].get_or_insert_with(Vec::new);
+                    for (i, d) in day.iter().enumerate() {
+                        if days.contains(d) && text.is_valid(i) {
+                            into.push(text.value(i).to_string());
+                        }
+                    }
+                    continue;
+                }
                 let column = as_f64(b, name)?;
                 let column = column.as_primitive::<Float64Type>();
                 for (i, d) in day.iter().enumerate() {
@@ -149,7 +239,10 @@ impl Reference {
             columns: columns
                 .iter()
                 .cloned()
-                .zip(values.iter().map(|v| Bins::of(v, BINS)))
+                .zip(values.iter().zip(&texts).map(|(v, t)| match t {
+                    Some(t) => Bins::of_text(t.iter().map(String::as_str), TEXT_BINS),
+                    None => Bins::of(v, BINS),
+                }))
                 .collect(),
         })
     }

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use arrow::array::{
     Array, AsArray, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
-use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, TimestampNanosecondType};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampNanosecondType};
 use riskpipe_operators::columns;
 use serde::Deserialize;
 
-use super::{DAY_NS, DRIFTED, Reference, WINDOW_DAYS, as_f64, day_text, days_of};
+use super::{DAY_NS, DRIFTED, Reference, WINDOW_DAYS, day_text, days_of};
 use crate::{PipelineError, Result};
 
 /// Bin counts of every monitored column per event day: what the backtest's report and the live
@@ -49,11 +49,16 @@ impl DayCounts {
     /// of `time`.
     pub fn add(&mut self, scored: &RecordBatch, time: &str) -> Result<()> {
         let day = days_of(scored, time)?;
-        let values = self
+        let binned = self
             .reference
             .columns
             .iter()
-            .map(|(name, _)| as_f64(scored, name))
+            .map(|(name, bins)| {
+                let column = scored.column_by_name(name).ok_or_else(|| {
+                    PipelineError::Bug(format!("drift: no column {name:?} in the scored rows"))
+                })?;
+                bins.bins_of(column)
+            })
             .collect::<Result<Vec<_>>>()?;
         // Rows mostly come in event-time order: one day's slot per run of rows.
         let mut start = 0;
@@ -67,12 +72,9 @@ impl DayCounts {
                 .slots
                 .entry(day[start])
                 .or_insert_with(|| self.empty.clone());
-            for (c, (_, bins)) in self.reference.columns.iter().enumerate() {
-                let column = values[c].as_primitive::<Float64Type>();
-                for i in start..end {
-                    if column.is_valid(i) && column.value(i).is_finite() {
-                        slot[c][bins.bin(column.value(i))] += 1;
-                    }
+            for (c, bins) in binned.iter().enumerate() {
+                for b in bins[start..end].iter().flatten() {
+                    slot[c][*b] += 1;
                 }
             }
             start = end;

@@ -10,6 +10,7 @@ fn psi_golden_values_on_hand_built_distributions() {
         edges: vec![0.0],
         shares: vec![0.5, 0.5],
         range: None,
+        categories: Vec::new(),
     };
     assert_eq!(halves.psi(&[50, 50]), Some(0.0));
     // (0.25 − 0.5)·ln(0.5) + (0.75 − 0.5)·ln(1.5)
@@ -168,4 +169,60 @@ fn bins_are_deciles_with_ties_merged() {
     let tripled: Vec<f64> = values.iter().map(|v| v * 3.0).collect();
     let b = Bins::of(&values, 10);
     assert!(b.psi(&b.counts(tripled)).expect("psi") > DRIFTED);
+}
+
+/// A text column (a model's categorical input) is binned by its values: the most frequent a bin
+/// each, every other value (also one the reference never saw) in the last bin; PSI 0 on the
+/// reference's own values, over the drift line when the mix moves.
+#[test]
+fn text_columns_are_binned_by_their_most_frequent_values() {
+    let mut reference: Vec<&str> = Vec::new();
+    for (v, n) in [
+        ("pos", 50),
+        ("online", 30),
+        ("atm", 15),
+        ("kiosk", 3),
+        ("mail", 2),
+    ] {
+        reference.extend(std::iter::repeat_n(v, n));
+    }
+    let b = Bins::of_text(reference.iter().copied(), 3);
+    assert_eq!(b.categories, ["atm", "online", "pos"]);
+    assert_eq!(b.shares, vec![0.15, 0.3, 0.5, 0.05]);
+    assert!(b.is_text() && b.edges.is_empty() && b.range.is_none());
+    let column: arrow::array::ArrayRef = Arc::new(arrow::array::StringArray::from(vec![
+        Some("pos"),
+        Some("atm"),
+        Some("never-seen"),
+        None,
+        Some("mail"),
+    ]));
+    assert_eq!(
+        b.bins_of(&column).expect("bins"),
+        vec![Some(2), Some(0), Some(3), None, Some(3)]
+    );
+    let same =
+        Arc::new(arrow::array::StringArray::from(reference.clone())) as arrow::array::ArrayRef;
+    let counts = |c: &arrow::array::ArrayRef| {
+        let mut n = vec![0u64; b.shares.len()];
+        for i in b.bins_of(c).expect("bins").into_iter().flatten() {
+            n[i] += 1;
+        }
+        n
+    };
+    assert!(b.psi(&counts(&same)).expect("psi").abs() < 1e-12);
+    let moved: Vec<&str> = reference
+        .iter()
+        .map(|&v| if v == "pos" { "online" } else { v })
+        .collect();
+    let moved = Arc::new(arrow::array::StringArray::from(moved)) as arrow::array::ArrayRef;
+    assert!(b.psi(&counts(&moved)).expect("psi") > DRIFTED);
+    // The reference file keeps the categories; a number's bins write none.
+    let text = serde_json::to_string(&b).expect("json");
+    assert_eq!(serde_json::from_str::<Bins>(&text).expect("read"), b);
+    assert!(
+        !serde_json::to_string(&Bins::of(&[1.0, 2.0], 10))
+            .expect("json")
+            .contains("categories")
+    );
 }

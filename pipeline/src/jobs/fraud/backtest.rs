@@ -194,6 +194,12 @@ pub fn evaluate(
             let start = day_of(&s.train_start)?;
             let mut monitored: Vec<String> = cfg.events.amount.iter().cloned().collect();
             monitored.extend(cfg.features.feature_names()?);
+            // The model's other inputs (declared fields it reads, text ones binned by value).
+            for c in &replayed.model_inputs {
+                if !monitored.contains(c) {
+                    monitored.push(c.clone());
+                }
+            }
             monitored.push(score::SCORE.to_string());
             let reference = Reference::of(
                 &scored,

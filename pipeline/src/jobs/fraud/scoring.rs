@@ -298,6 +298,10 @@ impl ScoreStage for FraudScoring {
         true
     }
 
+    fn model_inputs(&self) -> Vec<String> {
+        self.model.model().features().to_vec()
+    }
+
     /// The explanation baseline and the drift counts.
     fn snapshot(&self) -> Result<StateSnapshot> {
         let mut tables = vec![(BASELINE.to_string(), baseline_table(self.model.baseline())?)];

@@ -276,9 +276,9 @@ fn an_extreme_admitted_amount_leaves_later_alerts_their_reasons() {
             .find(|(c, _)| c == name)
             .and_then(|(_, b)| b.range)
             .expect("range");
-        let moved = f64::from((means[j] - clean_means[j]).abs());
+        let moved = (means[j] - clean_means[j]).abs();
         assert!(
-            moved <= (high + f64::from(clean_means[j]).abs()) / 1_200.0 + 1e-3,
+            moved <= (high + clean_means[j].abs()) / 1_200.0 + 1e-3,
             "{name}: the baseline mean moved by {moved}"
         );
     }
