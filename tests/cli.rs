@@ -883,3 +883,59 @@ fn the_cli_reference_page_is_the_binarys_help() {
         "docs/reference/cli.md is stale: run RISKPIPE_BLESS=1 cargo test --test cli"
     );
 }
+
+/// `validate` on the payments example with an exported model whose bindings do not fit: the
+/// graph's problems (a binding naming no input, an input bound to nothing, a column count the
+/// input's shape refuses) and the bound columns' (text bound to a number input, a number to a
+/// string input, a column that does not exist), every one listed at once.
+#[test]
+fn validate_lists_every_model_binding_that_does_not_fit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = repo().join("examples/payments");
+    let example_text = std::fs::read_to_string(example.join("payments.toml")).expect("example");
+    let from = example_text.find("\n[model]\n").expect("[model]");
+    let to = example_text.find("\n[alerts]\n").expect("[alerts]");
+    let config = format!(
+        r#"{}
+[model]
+path = {:?}
+
+[model.inputs]
+merchant_category = "amount.value"
+channel = ["channel", "merchant.category"]
+amount = "channel"
+card_mean_amount_7days = "no_such_column"
+night = "night"
+card_merchant_count_7days = "card_merchant_count_7days"
+typo = "night"
+{}"#,
+        &example_text[..from],
+        example.join("sklearn_pipeline.onnx").display().to_string(),
+        &example_text[to..]
+    )
+    .replace(
+        "schema_file = \"payment.schema.json\"",
+        &format!(
+            "schema_file = {:?}",
+            example.join("payment.schema.json").display().to_string()
+        ),
+    );
+    let path = dir.path().join("payments.toml");
+    std::fs::write(&path, config).expect("config");
+    let o = riskpipe(
+        &["validate", "--config", path.to_str().expect("utf8")],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    let t = text(&o);
+    for expected in [
+        "binds \"typo\", which the model has no input of",
+        "input card_count_1h (int64 [N,1]) is bound to no column",
+        "input channel (string [N,1]) takes 1 columns, but 2 are bound: channel, merchant.category",
+        "reads \"amount.value\" as string, but it is a number",
+        "reads \"channel\" as float, but it is declared as text",
+        "reads \"no_such_column\", which is neither a declared field nor a configured feature",
+    ] {
+        assert!(t.contains(expected), "missing {expected:?} in {t}");
+    }
+}

@@ -180,13 +180,13 @@ fn type_text(t: &ValueType) -> String {
 }
 
 /// Checks `naming` against the graph's `inputs` and picks `output` among its `outputs`: every
-/// problem at once.
+/// problem at once, with the columns whose bindings did fit (so that they can be checked too).
 pub(crate) fn resolve(
     inputs: &[Outlet],
     outputs: &[Outlet],
     naming: &Naming,
     output: &str,
-) -> std::result::Result<Resolved, Vec<String>> {
+) -> std::result::Result<Resolved, (Vec<String>, Vec<InputColumn>)> {
     let mut problems = Vec::new();
     let all_inputs = || inputs.iter().map(describe).collect::<Vec<_>>().join(", ");
     let bound: BTreeMap<&str, &[String]> = match naming {
@@ -317,7 +317,7 @@ pub(crate) fn resolve(
             columns,
             output,
         }),
-        _ => Err(problems),
+        _ => Err((problems, columns)),
     }
 }
 

@@ -50,6 +50,8 @@ pub enum ModelError {
         path: String,
         /// Each mismatch.
         problems: Vec<String>,
+        /// The columns whose bindings fit the graph, with their element types.
+        columns: Vec<InputColumn>,
     },
     /// The model file or its configuration does not fit.
     #[error("model {path}: {reason}")]
@@ -334,9 +336,10 @@ impl Scorer {
             },
         };
         let resolved = bindings::resolve(session.inputs(), session.outputs(), &naming, &cfg.output)
-            .map_err(|problems| ModelError::Bindings {
+            .map_err(|(problems, columns)| ModelError::Bindings {
                 path: path_str.clone(),
                 problems,
+                columns,
             })?;
         Ok(Self {
             session,

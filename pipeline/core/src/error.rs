@@ -151,12 +151,12 @@ impl PipelineError {
     pub fn problems(self) -> Vec<String> {
         match self {
             PipelineError::Config(each) => each,
-            PipelineError::Model(riskpipe_models::ModelError::Bindings { path, problems }) => {
-                problems
-                    .into_iter()
-                    .map(|p| format!("model {path}: {p}"))
-                    .collect()
-            }
+            PipelineError::Model(riskpipe_models::ModelError::Bindings {
+                path, problems, ..
+            }) => problems
+                .into_iter()
+                .map(|p| format!("model {path}: {p}"))
+                .collect(),
             other => vec![other.to_string()],
         }
     }

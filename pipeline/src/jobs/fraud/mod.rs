@@ -78,7 +78,7 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
         PipelineError::Config(vec!["alerts.threshold is required for a fraud job".into()])
     })?;
     let declared = cfg.events.check().map_err(PipelineError::Config)?;
-    let model = pipeline.load_model()?;
+    let model = load_checked(cfg, pipeline)?;
     check_model(cfg, pipeline, &model)?;
     let drift = pipeline
         .drift
@@ -155,6 +155,19 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
 /// Every model input must be a declared field or a configured feature, of the kind the model
 /// reads it as (text for a string input, a number otherwise): every mismatch at once.
 fn check_model(cfg: &FraudConfig, _pipeline: &PipelineConfig, model: &Model) -> Result<()> {
+    let problems = column_problems(cfg, model.label(), model.columns())?;
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(PipelineError::Config(problems)),
+    }
+}
+
+/// The problems of `columns` (a model's, `label`) against the declared fields and features.
+fn column_problems(
+    cfg: &FraudConfig,
+    label: &str,
+    columns: &[riskpipe_models::InputColumn],
+) -> Result<Vec<String>> {
     let produced = cfg.features.feature_names()?;
     let events = cfg
         .events
@@ -162,7 +175,7 @@ fn check_model(cfg: &FraudConfig, _pipeline: &PipelineConfig, model: &Model) -> 
         .map_err(PipelineError::Config)?
         .arrow_schema();
     let mut problems = Vec::new();
-    for c in model.columns() {
+    for c in columns {
         let reads = c.element.name();
         let text = match (
             produced.contains(&c.name),
@@ -176,8 +189,7 @@ fn check_model(cfg: &FraudConfig, _pipeline: &PipelineConfig, model: &Model) -> 
             },
             (false, None) => {
                 problems.push(format!(
-                    "model {} reads {:?}, which is neither a declared field nor a configured feature",
-                    model.label(),
+                    "model {label} reads {:?}, which is neither a declared field nor a configured feature",
                     c.name
                 ));
                 continue;
@@ -185,26 +197,40 @@ fn check_model(cfg: &FraudConfig, _pipeline: &PipelineConfig, model: &Model) -> 
         };
         match text {
             Some(true) if !c.element.is_text() => problems.push(format!(
-                "model {} reads {:?} as {reads}, but it is declared as text: bind it to a string input (or encode it in the model)",
-                model.label(),
+                "model {label} reads {:?} as {reads}, but it is declared as text: bind it to a string input (or encode it in the model)",
                 c.name
             )),
             Some(false) if c.element.is_text() => problems.push(format!(
-                "model {} reads {:?} as string, but it is a number",
-                model.label(),
+                "model {label} reads {:?} as string, but it is a number",
                 c.name
             )),
             None => problems.push(format!(
-                "model {} reads {:?} as {reads}, but it is neither a number nor text",
-                model.label(),
+                "model {label} reads {:?} as {reads}, but it is neither a number nor text",
                 c.name
             )),
             _ => {}
         }
     }
-    match problems.is_empty() {
-        true => Ok(()),
-        false => Err(PipelineError::Config(problems)),
+    Ok(problems)
+}
+
+/// Loads the model; where its bindings do not fit its graph, every problem of the graph and of
+/// the columns that did bind (against the declared fields and features), at once.
+fn load_checked(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Model> {
+    match pipeline.load_model() {
+        Err(PipelineError::Model(riskpipe_models::ModelError::Bindings {
+            path,
+            problems,
+            columns,
+        })) => {
+            let mut all: Vec<String> = problems
+                .into_iter()
+                .map(|p| format!("model {path}: {p}"))
+                .collect();
+            all.extend(column_problems(cfg, &path, &columns)?);
+            Err(PipelineError::Config(all))
+        }
+        other => other,
     }
 }
 
