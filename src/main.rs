@@ -179,6 +179,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Write the JSON Schema and Avro schema of the records a config publishes (scores and
+    /// alerts, shaped by its declaration), for the tools that read them.
+    Schemas {
+        /// Pipeline config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Directory written: `<record>.schema.json` and `<record>.avsc` per record.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -524,6 +534,27 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             let store = riskpipe_pipeline::state::CheckpointStore::open(&cfg)?;
             let text = runtime()?.block_on(riskpipe_pipeline::state::inspect(&store))?;
             print!("{text}");
+        }
+        Command::Schemas { config, out } => {
+            let cfg = PipelineConfig::load(&config)?;
+            cfg.validate()?;
+            std::fs::create_dir_all(&out).map_err(PipelineError::io("creating", &out))?;
+            for record in cfg.job.kind().record_schemas(&cfg)? {
+                for (file, text) in [
+                    (format!("{}.schema.json", record.file), &record.json_schema),
+                    (format!("{}.avsc", record.file), &record.avro_schema),
+                ] {
+                    let path = out.join(file);
+                    std::fs::write(&path, format!("{text}\n"))
+                        .map_err(PipelineError::io("writing", &path))?;
+                    println!(
+                        "{} ({} on topic {:?})",
+                        path.display(),
+                        record.name,
+                        record.topic
+                    );
+                }
+            }
         }
         Command::Validate { config } => {
             let cfg = PipelineConfig::load(&config)?;

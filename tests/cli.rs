@@ -939,3 +939,46 @@ typo = "night"
         assert!(t.contains(expected), "missing {expected:?} in {t}");
     }
 }
+
+/// `riskpipe schemas` on the handbook's config writes the published records' schemas: its Avro
+/// schemas are the files under schemas/avro, and its JSON Schemas have the members, types and
+/// required members of the files under schemas/json.
+#[test]
+fn schemas_of_the_handbook_are_the_published_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("schemas");
+    let o = riskpipe(
+        &[
+            "schemas",
+            "--config",
+            "config/fraud-handbook.toml",
+            "--out",
+            out.to_str().expect("utf8"),
+        ],
+        &repo(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let read = |path: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json")
+    };
+    for record in ["score", "alert"] {
+        assert_eq!(
+            read(&out.join(format!("{record}.avsc"))),
+            read(&repo().join(format!("schemas/avro/{record}.avsc"))),
+            "{record}.avsc"
+        );
+        let generated = read(&out.join(format!("{record}.schema.json")));
+        let published = read(&repo().join(format!("schemas/json/{record}.schema.json")));
+        assert_eq!(generated["required"], published["required"], "{record}");
+        assert_eq!(generated["additionalProperties"], false);
+        let types = |s: &serde_json::Value| -> Vec<(String, serde_json::Value)> {
+            s["properties"]
+                .as_object()
+                .expect("properties")
+                .iter()
+                .map(|(k, v)| (k.clone(), v["type"].clone()))
+                .collect()
+        };
+        assert_eq!(types(&generated), types(&published), "{record}");
+    }
+}

@@ -1571,3 +1571,166 @@ fn a_model_reading_text_is_hot_reloaded_under_load() {
         "both models scored: {by_new} by the new one"
     );
 }
+
+/// Declared outputs: `[job.outputs]` keys scores and alerts by the channel and lists what each
+/// carries (declared fields and a feature). Live, scores in Avro through a schema registry and
+/// alerts in JSON: each score record holds exactly the id, the listed columns, the time and
+/// riskpipe's own, keyed by the channel, its score the backtest's bit for bit; the Avro schema
+/// riskpipe registered is the one `riskpipe schemas` writes (the registry gives it the same id),
+/// and every alert holds the listed columns and validates against the JSON Schema it writes.
+#[test]
+fn declared_outputs_carry_the_listed_columns_keyed_by_the_declared_field() {
+    let n = 3_000;
+    let payments = payments(n);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outputs = "\n[job.outputs]\nkey = \"channel\"\nscores = [\"channel\", \"card_count_1h\"]\nalerts = [\"merchant.id\", \"merchant.category\", \"channel\", \"amount.value\", \"card_count_1h\"]\n";
+    let plain = write_config(dir.path(), "localhost:9", "");
+    let expected = backtest_scores(&plain, &payments, dir.path());
+    let broker = Broker::start(&TOPICS);
+    let registry = MemoryRegistry::new(None);
+    let url = support::serve_registry(registry.clone());
+    let live_dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        live_dir.path(),
+        &broker.bootstrap,
+        &format!(
+            "{outputs}\n[kafka.schema_registry]\nurl = {url:?}\n\n[kafka.formats]\nscores = \"avro\"\n"
+        ),
+    );
+    let cfg = PipelineConfig::load(&config).expect("config");
+    assert!(cfg.problems().is_empty(), "{:#?}", cfg.problems());
+    let schemas = cfg.job.kind().record_schemas(&cfg).expect("schemas");
+    let (score_schema, alert_schema) = (&schemas[0], &schemas[1]);
+    assert_eq!(
+        (score_schema.topic.as_str(), alert_schema.topic.as_str()),
+        ("payment-scores", "payment-alerts")
+    );
+    let (events, reports) = as_published(&payments);
+    let published = run_live_with(
+        &broker,
+        &config,
+        &Live {
+            payments: &events,
+            stamps: &[],
+            bad: &[],
+            bad_after: 0,
+            reports: &reports,
+            env: &[],
+        },
+    );
+
+    let avro = apache_avro::Schema::parse_str(&score_schema.avro_schema).expect("avro schema");
+    let id = registry
+        .register("payment-scores-value", &score_schema.avro_schema)
+        .expect("register");
+    let reader = apache_avro::reader::datum::GenericDatumReader::builder(&avro)
+        .build()
+        .expect("reader");
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &published.scores {
+        assert_eq!(s.payload[0], 0, "Confluent framing");
+        assert_eq!(
+            u32::from_be_bytes(s.payload[1..5].try_into().expect("id")),
+            id,
+            "the registered schema is the generated one"
+        );
+        let AvroValue::Record(fields) = reader
+            .read_value(&mut &s.payload[5..])
+            .expect("score datum")
+        else {
+            panic!("no record");
+        };
+        let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "payment_id",
+                "channel",
+                "card_count_1h",
+                "created_at",
+                "SCORE",
+                "ALERT",
+                "MODEL"
+            ]
+        );
+        let (AvroValue::String(payment), AvroValue::String(channel), AvroValue::Double(score)) =
+            (&fields[0].1, &fields[1].1, &fields[4].1)
+        else {
+            panic!("{fields:?}");
+        };
+        assert_eq!(s.key, channel.as_bytes(), "keyed by the channel");
+        assert_eq!(
+            (*score as f32).to_bits(),
+            expected[payment].to_bits(),
+            "{payment}"
+        );
+        assert!(seen.insert(payment.clone()), "{payment} scored twice");
+    }
+    assert_eq!(seen.len(), n, "every payment scored once");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&alert_schema.json_schema).expect("json schema");
+    let validator = jsonschema::validator_for(&json).expect("a JSON Schema");
+    assert!(!published.alerts.is_empty());
+    for a in &published.alerts {
+        let v: serde_json::Value = serde_json::from_slice(&a.payload).expect("alert json");
+        let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{v}: {errors:?}");
+        let names: Vec<&str> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want = vec![
+            "payment_id",
+            "merchant.id",
+            "merchant.category",
+            "channel",
+            "amount.value",
+            "card_count_1h",
+            "created_at",
+            "SCORE",
+            "THRESHOLD",
+            "MODEL",
+            "REASONS",
+        ];
+        want.sort_unstable();
+        let mut names = names;
+        names.sort_unstable();
+        assert_eq!(names, want);
+        assert_eq!(a.key, v["channel"].as_str().expect("channel").as_bytes());
+    }
+    // An alert without a listed column is refused by the schema (it can fail).
+    let mut short: serde_json::Value =
+        serde_json::from_slice(&published.alerts[0].payload).expect("alert");
+    short
+        .as_object_mut()
+        .expect("object")
+        .remove("card_count_1h");
+    assert!(!validator.is_valid(&short));
+}
+
+/// `[job.outputs]` problems, every one at once.
+#[test]
+fn declared_outputs_that_do_not_fit_are_refused_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        "localhost:9",
+        "\n[job.outputs]\nkey = \"nope\"\nscores = [\"channel\", \"channel\", \"SCORE\", \"payment_id\"]\nalerts = [\"no_such_feature\"]\n",
+    );
+    let problems = PipelineConfig::load(&config).expect("config").problems();
+    for want in [
+        "job.outputs.key \"nope\" is no declared field",
+        "job.outputs.scores: \"channel\" is listed twice",
+        "job.outputs.scores: \"SCORE\" is a column riskpipe adds itself",
+        "job.outputs.scores: \"payment_id\" is the event's id or time",
+        "job.outputs.alerts: \"no_such_feature\" is neither a declared field nor a feature",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(want)),
+            "missing {want:?} in {problems:#?}"
+        );
+    }
+}

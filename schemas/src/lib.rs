@@ -14,6 +14,7 @@
 //! which in turn decides dead-letter (bad input), retry (outside system) or stop (bug).
 
 pub mod declared;
+pub mod record_schema;
 
 use std::sync::Arc;
 

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use riskpipe_models::Model;
 
 // The engine event clock, number admission and per-partition state, under their old paths.
@@ -41,6 +42,45 @@ use crate::backtest::{Options, Replayed, Report};
 use crate::config::PipelineConfig;
 use crate::sources::history::History;
 use crate::{PipelineError, Result};
+
+/// The schemas of one record a job publishes.
+#[derive(Debug, Clone)]
+pub struct RecordSchema {
+    /// The record's name (`Score`).
+    pub name: String,
+    /// The file stem its schemas are written under (`score`).
+    pub file: String,
+    /// The topic it is published on.
+    pub topic: String,
+    /// Its JSON Schema.
+    pub json_schema: String,
+    /// Its Avro schema.
+    pub avro_schema: String,
+}
+
+impl RecordSchema {
+    /// The schemas of records shaped as `arrow` (an Avro record name in its metadata).
+    pub fn of(file: &str, topic: &str, description: &str, arrow: &SchemaRef) -> Result<Self> {
+        let name = arrow
+            .metadata()
+            .get(riskpipe_schemas::avro::RECORD_NAME)
+            .cloned()
+            .unwrap_or_else(|| file.to_string());
+        let json = riskpipe_schemas::record_schema::json_schema(&name, description, arrow)
+            .map_err(PipelineError::Bug)?;
+        let avro = riskpipe_schemas::avro::schema(&name, arrow).map_err(PipelineError::Bug)?;
+        let pretty = |v: &serde_json::Value| {
+            serde_json::to_string_pretty(v).map_err(|e| PipelineError::Bug(e.to_string()))
+        };
+        Ok(Self {
+            name,
+            file: file.to_string(),
+            topic: topic.to_string(),
+            json_schema: pretty(&json)?,
+            avro_schema: pretty(&avro)?,
+        })
+    }
+}
 
 /// What a job kind gives the engine, implemented by its `[job]` settings type. Its stages know
 /// neither Kafka, files nor formats; this is where a kind names the sources and the report it
@@ -65,6 +105,14 @@ pub trait JobKind: std::fmt::Debug + Send + Sync + std::any::Any {
     /// a reloaded model that fails is refused.
     fn check_scores(&self, scores: &[f32]) -> std::result::Result<(), String> {
         crate::reload::check_scores(scores)
+    }
+    /// The schemas of the records the job publishes, shaped by its declaration (`riskpipe
+    /// schemas`); a job of fixed records says where they are.
+    fn record_schemas(&self, _pipeline: &PipelineConfig) -> Result<Vec<RecordSchema>> {
+        Err(PipelineError::Config(vec![format!(
+            "a {} job publishes the fixed records of schemas/json and schemas/avro",
+            self.name()
+        )]))
     }
     /// Whether `model` can score this job's feature rows (the check of [`JobKind::build`],
     /// also run on a model reloaded live).

@@ -31,6 +31,28 @@ pub struct FraudConfig {
     /// The backtest's train/delay/test split; without it the whole history is evaluated.
     #[serde(default)]
     pub backtest: Option<SplitConfig>,
+    /// What score and alert records carry and what they are keyed by (`[job.outputs]`);
+    /// without it, the records of the declared events (docs/your-data.md).
+    #[serde(default)]
+    pub outputs: Option<OutputsConfig>,
+}
+
+/// `[job.outputs]`: the score and alert records as the user's tools want them. Every record
+/// carries the event's id and time and what riskpipe adds (`SCORE`, `ALERT` or `THRESHOLD`,
+/// `MODEL`, an alert's `REASONS`); between them, the listed declared fields and features, in
+/// order.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputsConfig {
+    /// The declared field both are keyed by (default: the entity, else the id).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// What a score record carries (default: the entity, where declared).
+    #[serde(default)]
+    pub scores: Option<Vec<String>>,
+    /// What an alert record carries (default: every declared field).
+    #[serde(default)]
+    pub alerts: Option<Vec<String>>,
 }
 
 impl FraudConfig {
@@ -162,6 +184,9 @@ impl FraudConfig {
         if self.replay.batch_rows == 0 {
             p.push("job.replay.batch_rows must be at least 1".into());
         }
+        if let (Some(o), Ok(events)) = (&self.outputs, &events) {
+            p.extend(self.output_problems(o, events));
+        }
         if let Some(s) = &self.backtest {
             if chrono::NaiveDate::parse_from_str(&s.train_start, "%Y-%m-%d").is_err() {
                 p.push(format!(
@@ -173,6 +198,63 @@ impl FraudConfig {
                 p.push(
                     "job.backtest.train_days and job.backtest.test_days must be at least 1".into(),
                 );
+            }
+        }
+        p
+    }
+
+    /// Every problem of `[job.outputs]`: a listed column that is neither a declared field nor
+    /// a feature, one listed twice or one riskpipe adds itself, a field declared sensitive
+    /// "drop" (published nowhere), a key that is no declared field.
+    fn output_problems(&self, o: &OutputsConfig, events: &EventSchema) -> Vec<String> {
+        use riskpipe_schemas::declared::Sensitive;
+        use riskpipe_schemas::score;
+        let mut p = Vec::new();
+        let features = self.features.feature_names().unwrap_or_default();
+        let dropped = |n: &str| {
+            events
+                .index_of(n)
+                .is_some_and(|i| events.fields[i].sensitive == Some(Sensitive::Drop))
+        };
+        if let Some(key) = &o.key {
+            if events.index_of(key).is_none() {
+                p.push(format!(
+                    "job.outputs.key {key:?} is no declared field of the events"
+                ));
+            } else if dropped(key) {
+                p.push(format!(
+                    "job.outputs.key {key:?} is declared sensitive \"drop\": it is published nowhere, keys included"
+                ));
+            }
+        }
+        let (id, time) = (&self.events.id, &self.events.time.field);
+        for (list, names) in [("scores", &o.scores), ("alerts", &o.alerts)] {
+            let mut seen = std::collections::BTreeSet::new();
+            for n in names.iter().flatten() {
+                let at = format!("job.outputs.{list}: {n:?}");
+                if !seen.insert(n) {
+                    p.push(format!("{at} is listed twice"));
+                } else if n == id || n == time {
+                    p.push(format!(
+                        "{at} is the event's id or time, which every record carries"
+                    ));
+                } else if [
+                    score::SCORE,
+                    score::ALERT,
+                    score::MODEL,
+                    score::THRESHOLD,
+                    score::REASONS,
+                ]
+                .contains(&n.as_str())
+                {
+                    p.push(format!("{at} is a column riskpipe adds itself"));
+                } else if events.index_of(n).is_none() && !features.contains(n) {
+                    p.push(format!("{at} is neither a declared field nor a feature"));
+                } else if dropped(n) {
+                    p.push(format!(
+                        "{at} is declared sensitive \"drop\": it is published nowhere"
+                    ));
+                }
             }
         }
         p

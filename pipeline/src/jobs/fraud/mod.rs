@@ -27,7 +27,7 @@ use riskpipe_models::{Model, Scorer};
 use riskpipe_schemas::score;
 use std::sync::Arc;
 
-pub use config::{FraudConfig, ReplayConfig, SplitConfig};
+pub use config::{FraudConfig, OutputsConfig, ReplayConfig, SplitConfig};
 pub use model::FraudModel;
 pub use topology::{first_stage, forwarded_schema, partition_maker, second_stage};
 
@@ -147,7 +147,12 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
             updates: None,
             drift,
             challenger,
-            records: records::RecordShapes::of(&declared, reads_text),
+            records: records::RecordShapes::of(
+                &declared,
+                reads_text,
+                cfg.outputs.as_ref(),
+                &cfg.features.build_chain()?.output_fields(),
+            ),
         }),
     })
 }
@@ -297,7 +302,13 @@ impl JobKind for FraudConfig {
         }
         // An Avro output names its fields as the records do: each must be an Avro name.
         if let (Some(kafka), Some(declared)) = (&pipeline.kafka, self.declared()) {
-            let records = records::RecordShapes::of(&declared, false);
+            let features = self
+                .features
+                .build_chain()
+                .map(|c| c.output_fields())
+                .unwrap_or_default();
+            let records =
+                records::RecordShapes::of(&declared, false, self.outputs.as_ref(), &features);
             let avro_name = |n: &str| {
                 n.chars()
                     .next()
@@ -384,6 +395,40 @@ impl JobKind for FraudConfig {
 
     fn check_model(&self, pipeline: &PipelineConfig, model: &Model) -> Result<()> {
         check_model(self, pipeline, model)
+    }
+
+    fn record_schemas(&self, pipeline: &PipelineConfig) -> Result<Vec<super::RecordSchema>> {
+        let (events, _) = self.declarations()?;
+        let model = load_checked(self, pipeline)?;
+        check_model(self, pipeline, &model)?;
+        let reads_text = model.columns().iter().any(|c| c.element.is_text());
+        let shapes = records::RecordShapes::of(
+            &events,
+            reads_text,
+            self.outputs.as_ref(),
+            &self.features.build_chain()?.output_fields(),
+        );
+        let topics = pipeline.kafka.as_ref().map(|k| k.topics.clone());
+        let (scores, alerts) = topics
+            .map(|t| (t.scores, t.alerts))
+            .unwrap_or_else(|| ("scores".into(), "alerts".into()));
+        Ok(vec![
+            super::RecordSchema::of(
+                "score",
+                &scores,
+                &format!("One score per event, keyed by {}", shapes.key()),
+                &shapes.score,
+            )?,
+            super::RecordSchema::of(
+                "alert",
+                &alerts,
+                &format!(
+                    "An event whose score reached the alert threshold, keyed by {}",
+                    shapes.key()
+                ),
+                &shapes.alert,
+            )?,
+        ])
     }
 
     fn feature_stage(&self) -> Result<Box<dyn FeatureStage>> {

@@ -9,12 +9,13 @@ use arrow::array::{
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::compute::{cast, take};
-use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, FieldRef, Float32Type, Schema, SchemaRef};
 use riskpipe_operators::columns;
 use riskpipe_schemas::declared::EventSchema;
 use riskpipe_schemas::declared::Sensitive;
 use riskpipe_schemas::{Reason, reason_fields, reason_fields_with_text, score};
 
+use super::OutputsConfig;
 use crate::jobs::{Records, Repeated};
 use crate::{PipelineError, Result};
 
@@ -37,33 +38,63 @@ pub(crate) struct RecordShapes {
 
 impl RecordShapes {
     /// The records of `declared`'s events; `text_reasons` when the model reads text (its
-    /// alerts' reasons then carry a `text` value beside the numeric one).
-    pub(crate) fn of(declared: &EventSchema, text_reasons: bool) -> Self {
+    /// alerts' reasons then carry a `text` value beside the numeric one). `outputs` lists what
+    /// they carry instead and what they are keyed by; a listed feature's column is among
+    /// `features` (the feature chain's).
+    pub(crate) fn of(
+        declared: &EventSchema,
+        text_reasons: bool,
+        outputs: Option<&OutputsConfig>,
+        features: &[FieldRef],
+    ) -> Self {
         let events = declared.arrow_schema();
         let name = |i: usize| declared.fields[i].name.clone();
         let (id, time) = (name(declared.id), name(declared.time));
         let entity = declared.entity.map(name);
         let amount = declared.amount.map(name);
-        let mut score_columns = vec![id.clone()];
-        score_columns.extend(entity.clone());
-        score_columns.push(time.clone());
-        let mut alert_columns = vec![id.clone()];
-        alert_columns.extend(entity.clone());
-        alert_columns.extend(declared.fields.iter().map(|f| f.name.clone()).filter(|n| {
-            ![Some(&id), Some(&time), entity.as_ref(), amount.as_ref()].contains(&Some(n))
-        }));
-        alert_columns.push(time);
-        alert_columns.extend(amount);
+        let listed = |list: Option<&Vec<String>>| -> Option<Vec<String>> {
+            list.map(|names| {
+                let mut columns = vec![id.clone()];
+                columns.extend(names.iter().cloned());
+                columns.push(time.clone());
+                columns
+            })
+        };
+        let score_columns = listed(outputs.and_then(|o| o.scores.as_ref())).unwrap_or_else(|| {
+            let mut columns = vec![id.clone()];
+            columns.extend(entity.clone());
+            columns.push(time.clone());
+            columns
+        });
+        let mut alert_columns =
+            listed(outputs.and_then(|o| o.alerts.as_ref())).unwrap_or_else(|| {
+                let mut columns = vec![id.clone()];
+                columns.extend(entity.clone());
+                columns.extend(declared.fields.iter().map(|f| f.name.clone()).filter(|n| {
+                    ![Some(&id), Some(&time), entity.as_ref(), amount.as_ref()].contains(&Some(n))
+                }));
+                columns.push(time.clone());
+                columns.extend(amount.clone());
+                columns
+            });
         // A field declared sensitive "drop" is published nowhere.
         alert_columns.retain(|n| {
             declared
                 .index_of(n)
                 .is_none_or(|i| declared.fields[i].sensitive != Some(Sensitive::Drop))
         });
+        let key = outputs.and_then(|o| o.key.clone()).or(entity).unwrap_or(id);
         let event_fields = |names: &[String]| -> Vec<Field> {
             names
                 .iter()
-                .filter_map(|n| events.field_with_name(n).ok().cloned())
+                .filter_map(|n| {
+                    events.field_with_name(n).ok().cloned().or_else(|| {
+                        features
+                            .iter()
+                            .find(|f| f.name() == n)
+                            .map(|f| f.as_ref().clone())
+                    })
+                })
                 .collect()
         };
         let mut score_fields = event_fields(&score_columns);
@@ -93,7 +124,7 @@ impl RecordShapes {
         Self {
             score: record(score_fields, "Score"),
             alert: record(alert_fields, "Alert"),
-            key: entity.unwrap_or(id).into(),
+            key: key.into(),
             text_reasons,
             score_columns,
             alert_columns,
@@ -111,6 +142,11 @@ impl RecordShapes {
     /// Whether alerts' reasons carry text values.
     pub(crate) fn reads_text(&self) -> bool {
         self.text_reasons
+    }
+
+    /// The column both records are keyed by.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
     }
 }
 
