@@ -51,7 +51,8 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Compute every configured feature over a history with DataFusion (training-set export).
+    /// Training-set export: every configured feature over a history, by the operators that
+    /// score live; a fraud job adds LABEL (1 or 0) and LABEL_KNOWN_AT (event time + label_delay).
     Features {
         /// Pipeline config (TOML); default: the shipped handbook fraud pipeline.
         #[arg(long)]

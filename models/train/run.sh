@@ -23,6 +23,6 @@ if [ "$what" = var ]; then
   "$here/.venv/bin/python" "$here/train_var.py" --features "$here/work/market_features.parquet" --out "$root/models" "$@"
 else
   history=${RISKPIPE_HISTORY:-$root/../shared/data/handbook/transactions.parquet}
-  (cd "$root" && cargo run --release --quiet --features sql -- features --input "$history" --output "$here/work/features.parquet")
+  (cd "$root" && cargo run --release --quiet -- features --input "$history" --output "$here/work/features.parquet")
   "$here/.venv/bin/python" "$here/train.py" --features "$here/work/features.parquet" --out "$root/models" "$@"
 fi

@@ -236,6 +236,10 @@ pub mod score {
     pub const REASON_TEXT: &str = "text";
     /// A reason's contribution to the score.
     pub const REASON_CONTRIBUTION: &str = "contribution";
+    /// The training-set export's label: 1 fraud, 0 genuine.
+    pub const LABEL: &str = "LABEL";
+    /// The training-set export's time the label is known from (a chargeback's arrival).
+    pub const LABEL_KNOWN_AT: &str = "LABEL_KNOWN_AT";
 }
 
 fn utc_ns() -> DataType {

@@ -185,18 +185,29 @@ pub trait JobKind: std::fmt::Debug + Send + Sync + std::any::Any {
     ) -> Result<(Box<dyn Report>, Vec<PathBuf>)>;
     /// The training-set export: the feature stage over a whole history, on the driver.
     fn export(&self, pipeline: &PipelineConfig, input: &Path, output: &Path) -> Result<usize> {
-        let history = Arc::new(self.load(input)?);
-        let job = features_only(pipeline)?;
-        let replayed = crate::backtest::replay_job(
-            job,
-            history,
-            self.batch_rows(),
-            &indicatif::ProgressBar::hidden(),
-        )?;
-        let scored = replayed.scored();
-        crate::sinks::parquet::write(output, &scored, None)?;
-        Ok(scored.iter().map(|b| b.num_rows()).sum())
+        let featured = featured_history(pipeline, input)?;
+        crate::sinks::parquet::write(output, &featured, None)?;
+        Ok(featured.iter().map(|b| b.num_rows()).sum())
     }
+}
+
+/// The job's feature stage over the history in `input`, on the driver (the code that scores
+/// live): the events' columns and every feature, in replay order; rows the history refuses are
+/// left out.
+pub(crate) fn featured_history(
+    pipeline: &PipelineConfig,
+    input: &Path,
+) -> Result<Vec<RecordBatch>> {
+    let kind = pipeline.job.kind();
+    let history = Arc::new(kind.load(input)?);
+    let job = features_only(pipeline)?;
+    let replayed = crate::backtest::replay_job(
+        job,
+        history,
+        kind.batch_rows(),
+        &indicatif::ProgressBar::hidden(),
+    )?;
+    Ok(replayed.scored())
 }
 
 /// The registry: builds the configured job (loads its model and checks the model's inputs

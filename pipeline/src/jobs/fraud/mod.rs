@@ -11,6 +11,7 @@
 pub mod backtest;
 mod config;
 
+mod export;
 mod features;
 pub mod metrics;
 mod model;
@@ -492,8 +493,18 @@ impl JobKind for FraudConfig {
     }
 
     /// The DataFusion batch twin (`sql` cargo feature), proven equal to the streaming features.
-    fn export(&self, _pipeline: &PipelineConfig, input: &Path, output: &Path) -> Result<usize> {
-        crate::export::fraud(&self.features, input, output)
+    /// The events' columns, every feature, `LABEL` (the truth, 1 or 0) and `LABEL_KNOWN_AT`
+    /// (when the label is known: `job.replay.label_delay` after the event), computed by the
+    /// feature stage that scores live.
+    fn export(&self, pipeline: &PipelineConfig, input: &Path, output: &Path) -> Result<usize> {
+        let featured = super::featured_history(pipeline, input)?;
+        let delay = i64::try_from(self.replay.label_delay.as_nanos()).unwrap_or(i64::MAX);
+        let labelled = featured
+            .iter()
+            .map(|b| export::with_labels(b, &self.truth_column(), &self.features.event_time, delay))
+            .collect::<Result<Vec<_>>>()?;
+        crate::sinks::parquet::write(output, &labelled, None)?;
+        Ok(labelled.iter().map(|b| b.num_rows()).sum())
     }
 }
 
