@@ -9,15 +9,16 @@ the job's config and the export.
 The export holds each event's declared fields, every feature, LABEL (1 fraud, 0 genuine) and
 LABEL_KNOWN_AT (when the label is known: the config's job.replay.label_delay after the event).
 
-Time split, from the first event's day: training days, validation days, test days. A row's label
-is used only where it is known before the split's end (LABEL_KNOWN_AT): training rows by the end
-of training, for choosing; then training and validation rows by the start of the test days for
-the final fit. Hyperparameters and the alert threshold are chosen on the validation days only;
-the test days are scored once, at the end.
+Time split, from the first event's day (or --start): training days, a gap of the label delay,
+validation days, the gap again, test days. A row's label is used only once known
+(LABEL_KNOWN_AT): training rows known by validation's start, for choosing; training and
+validation rows known by the test's start, for the final fit. Hyperparameters and the alert
+threshold are chosen on the validation days only; the test days are scored once, at the end.
 
 Inputs: every feature, every declared number, and every declared text field with at most
---max-categories distinct values in training (a category, one-hot or native categorical); ids,
-the event time, the truth and the label columns are left out. --inputs names them instead,
+--max-categories distinct values in training (a LightGBM categorical feature); the event id and
+time, the truth, the label columns, numbers the features group by (numeric ids) and text with
+more values (ids) are left out, each named in the metrics file. --inputs names them instead,
 --exclude leaves some out (e.g. merchant identity).
 
 Model: LightGBM in a scikit-learn pipeline (text through an ordinal encoder, as LightGBM
@@ -91,7 +92,18 @@ def load(export: pathlib.Path, time_column: str) -> pd.DataFrame:
     return frame
 
 
-def choose_inputs(frame, train, cols, args):
+def feature_keys(config: dict) -> set:
+    """The declared fields the features group by (window and label-risk keys)."""
+    features = config["job"].get("features", {})
+    keys = set()
+    for section in ("windows", "label_risk"):
+        for f in features.get(section, []):
+            key = f.get("key")
+            keys.update(key if isinstance(key, list) else [key] if key else [])
+    return keys
+
+
+def choose_inputs(frame, train, cols, keys, args):
     reserved = {cols["id"], cols["time"], cols["truth"], LABEL, LABEL_KNOWN_AT}
     if args.inputs:
         names = args.inputs.split(",")
@@ -104,7 +116,10 @@ def choose_inputs(frame, train, cols, args):
             left_out.append((c, "excluded by --exclude"))
             continue
         kind = frame[c].dtype
-        if pd.api.types.is_bool_dtype(kind) or pd.api.types.is_numeric_dtype(kind):
+        numeric = pd.api.types.is_bool_dtype(kind) or pd.api.types.is_numeric_dtype(kind)
+        if numeric and c in keys and not args.inputs:
+            left_out.append((c, "a number the features group by: an identifier"))
+        elif numeric:
             numbers.append(c)
         elif pd.api.types.is_string_dtype(kind) or kind == object:
             distinct = train[c].nunique()
@@ -215,6 +230,7 @@ def main() -> int:
     p.add_argument("--valid-days", type=int, required=True)
     p.add_argument("--test-days", type=int, required=True)
     p.add_argument("--start", help="first training day (YYYY-MM-DD; default: the first event's)")
+    p.add_argument("--gap-days", type=int, help="days between training and validation, and between validation and test (default: the config's label delay)")
     p.add_argument("--inputs", help="comma-separated input columns (default: every feature and declared field but ids)")
     p.add_argument("--exclude", help="comma-separated columns left out of the inputs")
     p.add_argument("--max-categories", type=int, default=100)
@@ -231,19 +247,25 @@ def main() -> int:
         else frame[cols["time"]].min().normalize()
     )
     t = frame[cols["time"]]
-    edges = [day0 + pd.Timedelta(days=d) for d in
-             (0, args.train_days, args.train_days + args.valid_days,
-              args.train_days + args.valid_days + args.test_days)]
+    # Training, a gap of the label delay, validation, the gap again, test: the labels of the
+    # days before a gap are known after it (a row whose label is still unknown is left out).
+    delay = humantime_seconds(config["job"].get("replay", {}).get("label_delay", "7d"))
+    gap = args.gap_days if args.gap_days is not None else int(np.ceil(delay / 86400))
+    offsets = np.cumsum([0, args.train_days, gap, args.valid_days, gap, args.test_days])
+    edges = [day0 + pd.Timedelta(days=int(d)) for d in offsets]
     train_all = frame[(t >= edges[0]) & (t < edges[1])]
-    valid = frame[(t >= edges[1]) & (t < edges[2])]
-    test = frame[(t >= edges[2]) & (t < edges[3])]
-    # Labels as they were known: at the end of training to choose, at the test start to refit.
-    train = train_all[train_all[LABEL_KNOWN_AT] <= edges[1]]
-    refit = frame[(t >= edges[0]) & (t < edges[2]) & (frame[LABEL_KNOWN_AT] <= edges[2])]
+    valid = frame[(t >= edges[2]) & (t < edges[3])]
+    test = frame[(t >= edges[4]) & (t < edges[5])]
+    # Labels as they were known: at validation's start to choose, at the test's start to refit.
+    train = train_all[train_all[LABEL_KNOWN_AT] <= edges[2]]
+    refit = frame[
+        (((t >= edges[0]) & (t < edges[1])) | ((t >= edges[2]) & (t < edges[3])))
+        & (frame[LABEL_KNOWN_AT] <= edges[4])
+    ]
     if min(len(train), len(valid), len(test)) == 0 or train[LABEL].sum() == 0:
         print(f"empty split or no known fraud in training: train {len(train)}, valid {len(valid)}, test {len(test)}", file=sys.stderr)
         return 1
-    numbers, texts, left_out = choose_inputs(frame, train, cols, args)
+    numbers, texts, left_out = choose_inputs(frame, train, cols, feature_keys(config), args)
     x_train, x_valid = frame_for(train, numbers, texts), frame_for(valid, numbers, texts)
     y_train, y_valid = train[LABEL].to_numpy(), valid[LABEL].to_numpy()
 
@@ -281,8 +303,9 @@ def main() -> int:
         "export": str(args.export),
         "split": {
             "train": [str(edges[0].date()), str(edges[1].date())],
-            "validation": [str(edges[1].date()), str(edges[2].date())],
-            "test": [str(edges[2].date()), str(edges[3].date())],
+            "validation": [str(edges[2].date()), str(edges[3].date())],
+            "test": [str(edges[4].date()), str(edges[5].date())],
+            "gap_days": gap,
             "rows": {"train": int(len(train)), "train_labels_unknown": int(len(train_all) - len(train)), "validation": int(len(valid)), "refit": int(len(refit)), "test": int(len(test))},
         },
         "inputs": {"numbers": numbers, "text": texts, "left_out": [{"column": c, "why": w} for c, w in left_out]},

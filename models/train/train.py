@@ -46,7 +46,7 @@ def load(path):
     X = np.column_stack([t[c].to_numpy().astype(np.float32) for c in FEATURES])
     ns = t["TX_DATETIME"].cast("int64").to_numpy()
     day = ns // (86400 * 10**9)
-    return X, t["TX_FRAUD"].to_numpy().astype(np.int64), day, t["CUSTOMER_ID"].to_numpy()
+    return X, t["LABEL"].to_numpy().astype(np.int64), day, t["CUSTOMER_ID"].to_numpy()
 
 
 def split(y, day, customer, start):

@@ -493,15 +493,28 @@ impl JobKind for FraudConfig {
     }
 
     /// The DataFusion batch twin (`sql` cargo feature), proven equal to the streaming features.
-    /// The events' columns, every feature, `LABEL` (the truth, 1 or 0) and `LABEL_KNOWN_AT`
+    /// The declared fields, every feature, `LABEL` (the truth, 1 or 0) and `LABEL_KNOWN_AT`
     /// (when the label is known: `job.replay.label_delay` after the event), computed by the
-    /// feature stage that scores live.
+    /// feature stage that scores live. A history file's other columns (the truth's among them)
+    /// are left out: a live event has none of them.
     fn export(&self, pipeline: &PipelineConfig, input: &Path, output: &Path) -> Result<usize> {
         let featured = super::featured_history(pipeline, input)?;
         let delay = i64::try_from(self.replay.label_delay.as_nanos()).unwrap_or(i64::MAX);
+        let (events, _) = self.declarations()?;
+        let mut keep: Vec<String> = events.fields.iter().map(|f| f.name.clone()).collect();
+        keep.extend(self.features.feature_names()?);
+        keep.extend([score::LABEL.to_string(), score::LABEL_KNOWN_AT.to_string()]);
         let labelled = featured
             .iter()
-            .map(|b| export::with_labels(b, &self.truth_column(), &self.features.event_time, delay))
+            .map(|b| {
+                let b =
+                    export::with_labels(b, &self.truth_column(), &self.features.event_time, delay)?;
+                let indices = keep
+                    .iter()
+                    .map(|c| b.schema().index_of(c).map_err(PipelineError::from))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(b.project(&indices)?)
+            })
             .collect::<Result<Vec<_>>>()?;
         crate::sinks::parquet::write(output, &labelled, None)?;
         Ok(labelled.iter().map(|b| b.num_rows()).sum())
