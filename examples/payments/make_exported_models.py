@@ -12,7 +12,7 @@ example's model bindings (docs/models.md):
 Both are fitted on a simulated sample drawn here with a fixed seed (not on real payments: they
 show bindings end to end; the training loop trains real models). Run with the packages of
 models/train/requirements.txt:
-    models/train/.venv/bin/python examples/payments/make_exported_models.py
+    "$(models/train/venv.sh)" examples/payments/make_exported_models.py
 """
 import pathlib
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains and exports riskpipe's models. Makes its own venv with pinned packages, builds the
+# Trains and exports riskpipe's models. Makes its venv with pinned packages (venv.sh), builds the
 # training set with riskpipe's own feature export (the definitions that score live), trains and
 # writes models/*.onnx and models/*.metrics.json.
 #
@@ -8,10 +8,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-if [ ! -x "$here/.venv/bin/python" ]; then
-  python3 -m venv "$here/.venv"
-fi
-"$here/.venv/bin/pip" install --quiet -r "$here/requirements.txt"
+python=$("$here/venv.sh")
 mkdir -p "$here/work"
 what=fraud
 if [ "${1:-}" = fraud ] || [ "${1:-}" = var ]; then
@@ -20,9 +17,9 @@ if [ "${1:-}" = fraud ] || [ "${1:-}" = var ]; then
 fi
 if [ "$what" = var ]; then
   (cd "$root" && cargo run --release --quiet -- features --config config/market-nasdaq.toml --output "$here/work/market_features.parquet")
-  "$here/.venv/bin/python" "$here/train_var.py" --features "$here/work/market_features.parquet" --out "$root/models" "$@"
+  "$python" "$here/train_var.py" --features "$here/work/market_features.parquet" --out "$root/models" "$@"
 else
   history=${RISKPIPE_HISTORY:-$root/../shared/data/handbook/transactions.parquet}
   (cd "$root" && cargo run --release --quiet -- features --input "$history" --output "$here/work/features.parquet")
-  "$here/.venv/bin/python" "$here/train.py" --features "$here/work/features.parquet" --out "$root/models" "$@"
+  "$python" "$here/train.py" --features "$here/work/features.parquet" --out "$root/models" "$@"
 fi

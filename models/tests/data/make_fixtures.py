@@ -1,4 +1,4 @@
-"""Writes the tiny ONNX fixtures of the models tests (run with models/train/.venv/bin/python).
+"""Writes the tiny ONNX fixtures of the models tests (run with the python models/train/venv.sh prints).
 
 logistic.onnx: one input `features` float[N, 2], output `probabilities` float[N, 2] where
 column 1 = sigmoid(0.5 + 1.0 * a - 2.0 * b); metadata riskpipe.features = "a,b".
