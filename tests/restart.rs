@@ -1005,3 +1005,85 @@ fn exactly_once_on_apache_kafka_hides_the_killed_transaction_from_read_committed
         all.len()
     );
 }
+
+/// Zombie fencing on Apache Kafka: while an exactly-once instance is publishing, a second one
+/// starts with the same transactional id (and a state directory of its own, rebuilt from the
+/// earliest offsets). Initialising its producer fences the first, whose next transaction is
+/// refused: the first stops with an error that says so and publishes nothing more. The second
+/// scores every transaction the first had not committed; a `read_committed` reader sees each
+/// transaction scored once, equal to the backtest, bit for bit.
+#[test]
+fn exactly_once_on_apache_kafka_a_second_instance_fences_the_first() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let n = 6_000;
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let labels = feed.messages.iter().filter(|m| m.0).count();
+    let kafka = riskpipe_testkit::ApacheKafka::start();
+    support::create_topics(&kafka.bootstrap, &MULTI_PARTITION);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_with_state = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).expect("dir");
+        write_config(
+            &d,
+            &format!(
+                "{}\n[state]\ndir = {:?}\ninterval = \"1s\"\n",
+                kafka_section(
+                    &kafka.bootstrap,
+                    "eos-fence",
+                    &exactly_once(6_000)
+                        .replace("commit_interval = \"200ms\"", "commit_interval = \"1s\""),
+                ),
+                d.join("state").display().to_string()
+            ),
+        )
+    };
+    let (first_config, second_config) = (config_with_state("first"), config_with_state("second"));
+    let slot = [("RP_TEST_SLOT", "fence")];
+    publish_all(&kafka.bootstrap, &feed.only(true));
+    let mut first = Pipeline::start_with_env(&first_config, &slot);
+    first.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while first.metric("riskpipe_events_in_total", "topic=\"fraud-labels\"") < labels as f64 {
+        assert!(Instant::now() < deadline, "labels not consumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let feeding = feed_lingering(&kafka.bootstrap, feed.only(false), 500.0, 100);
+    let first_commit = Instant::now() + Duration::from_secs(60);
+    while first.metric("riskpipe_transactions_total", "result=\"committed\"") < 2.0 {
+        assert!(
+            Instant::now() < first_commit,
+            "no transactions committed in 60 s: {:#?}",
+            first.drain_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let committed_before = first.metric("riskpipe_transactions_total", "result=\"committed\"");
+    let mut second = Pipeline::start_with_env(&second_config, &slot);
+    let (ok, log) = support::exit_of(&mut first, Duration::from_secs(120));
+    assert!(!ok, "a fenced instance ends with an error: {log}");
+    assert!(
+        log.contains("kafka transaction") && log.to_lowercase().contains("fenced"),
+        "the error says the instance was fenced: {log}"
+    );
+    second.wait_ready();
+    feeding.join().expect("feeder");
+    let committed = reader(&kafka.bootstrap, "scores");
+    let mut got: Vec<Got> = Vec::new();
+    score_within(
+        &committed,
+        &mut got,
+        n,
+        &mut second,
+        Duration::from_secs(300),
+    );
+    let (ok, _) = second.terminate();
+    assert!(ok, "SIGTERM exits 0");
+    got.extend(drain(&committed, Duration::from_secs(3)));
+    let expected = backtest_scores(&cfg, &history, n);
+    let duplicates = check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
+    assert_eq!(duplicates, 0, "a read_committed reader saw a score twice");
+    assert_eq!(got.len(), n, "one score per transaction");
+    eprintln!("fenced after {committed_before} committed transactions; {n} scores read_committed");
+}
