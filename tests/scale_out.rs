@@ -460,3 +460,125 @@ fn exactly_once_instances_joining_and_leaving_publish_every_score_once() {
         got.len()
     );
 }
+
+/// Exactly-once in the scale-out topology on Apache Kafka, with a SIGKILL: a second instance
+/// joins mid-stream, then the first is killed while its transactions are open. Its open
+/// transactions end by `transaction.timeout.ms` (10 s here; the broker aborts them), its
+/// partitions' new owner restores their state and goes on from the offsets last committed in a
+/// transaction, and a `read_committed` reader sees every transaction scored once, equal to the
+/// backtest, bit for bit; a `read_uncommitted` reader sees the killed instance's aborted records
+/// too, so the test could fail. The repartition topic is created by riskpipe.
+#[test]
+fn exactly_once_scale_out_on_apache_kafka_survives_a_sigkill() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let n = 16_000;
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let expected = support::backtest_scores(&cfg, &history, n);
+    let kafka = riskpipe_testkit::ApacheKafka::start();
+    let topics: Vec<(&str, i32)> = TOPICS
+        .iter()
+        .copied()
+        .filter(|(t, _)| *t != "scale-by-terminal")
+        .collect();
+    support::create_topics(&kafka.bootstrap, &topics);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = support::write_config(
+        dir.path(),
+        &format!(
+            "{}\n[state]\ndir = {:?}\ninterval = \"2s\"\n",
+            kafka_section(
+                &kafka.bootstrap,
+                // The repartition topic is named after the group: scale-by-terminal.
+                "scale",
+                "commit_interval = \"2s\"\nprocessing_guarantee = \"exactly-once\"\ntransactional_id = \"riskpipe-kill-${env:RP_TEST_SLOT}\"\n[kafka.repartition]\nby = \"TERMINAL_ID\"\nreplication_factor = 1\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n[kafka.producer_properties]\n\"transaction.timeout.ms\" = \"10000\"\n",
+            ),
+            dir.path().join("state").display().to_string()
+        ),
+    );
+    support::publish_feed(&feed, &kafka.bootstrap, true, 0.0);
+    let mut first = Pipeline::start_with_env(&config, &[("RP_TEST_SLOT", "0")]);
+    first.wait_ready();
+    let feeding = support::feed_lingering(&kafka.bootstrap, feed.only(false), 1_000.0, 100);
+    let scores = reader(&kafka.bootstrap, "scores");
+    let mut got = Vec::new();
+    poll_until(&scores, &mut got, 4_000, Duration::from_secs(120));
+    let mut second = Pipeline::start_with_env(&config, &[("RP_TEST_SLOT", "1")]);
+    second.wait_ready();
+    poll_until(&scores, &mut got, 8_000, Duration::from_secs(120));
+    // Killed while a transaction holds records: on some partition of the two topics riskpipe
+    // writes, the high watermark (what read_uncommitted readers see) is past the last stable
+    // offset (read_committed's end).
+    let mut uncommitted = KafkaConfig::for_bootstrap(&kafka.bootstrap);
+    uncommitted.group_id = "scale-eos-kill-uncommitted".into();
+    uncommitted
+        .properties
+        .insert("isolation.level".into(), "read_uncommitted".into());
+    let written = ["scores", "scale-by-terminal"];
+    let log_end = {
+        let mut k = uncommitted.clone();
+        k.group_id = "scale-eos-kill-log-end".into();
+        riskpipe_pipeline::demo::reader(&k, &written).expect("reader")
+    };
+    let mut committed_all = KafkaConfig::for_bootstrap(&kafka.bootstrap);
+    committed_all.group_id = "scale-eos-kill-committed".into();
+    let stable = {
+        let mut k = committed_all.clone();
+        k.group_id = "scale-eos-kill-stable".into();
+        riskpipe_pipeline::demo::reader(&k, &written).expect("reader")
+    };
+    let open = |c: &support::BaseConsumer, topic: &str, p: i32| {
+        c.fetch_watermarks(topic, p, Duration::from_secs(5))
+            .expect("watermarks")
+            .1
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !written
+        .iter()
+        .any(|t| (0..4).any(|p| open(&log_end, t, p) > open(&stable, t, p)))
+    {
+        assert!(Instant::now() < deadline, "no open transaction within 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    first.kill();
+    let killed = Instant::now();
+    feeding.join().expect("feed");
+    poll_until(&scores, &mut got, n, Duration::from_secs(300));
+    let done = killed.elapsed();
+    got.extend(drain(&scores, Duration::from_secs(3)));
+    let duplicates = support::check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
+    assert_eq!(duplicates, 0, "a read_committed reader saw a score twice");
+    // Every record of both topics, as each isolation level reads them: the aborted ones only
+    // read_uncommitted.
+    let count = |k: &KafkaConfig| {
+        drain(
+            &riskpipe_pipeline::demo::reader(k, &written).expect("reader"),
+            Duration::from_secs(3),
+        )
+        .len()
+    };
+    let (all, visible) = (count(&uncommitted), count(&committed_all));
+    assert!(
+        all > visible,
+        "read_uncommitted sees the killed transaction's aborted records: {all} vs {visible}"
+    );
+    let metadata = scores
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    let repartition: Vec<(String, usize)> = metadata
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_string(), t.partitions().len()))
+        .collect();
+    assert!(
+        repartition.contains(&("scale-by-terminal".to_string(), 4)),
+        "the repartition topic riskpipe created: {repartition:?}"
+    );
+    let (ok, out) = second.terminate();
+    assert!(ok, "{out}");
+    eprintln!(
+        "{n} transactions: {} scores read_committed; records of both topics {visible} read_committed, {all} read_uncommitted; all scored {:.1} s after the kill",
+        got.len(),
+        done.as_secs_f64()
+    );
+}
