@@ -86,6 +86,22 @@ fn config(dir: &Path, bootstrap: &str) -> PathBuf {
     path
 }
 
+/// `riskpipe features` (the binary) of `history` through `config`, written into `dir`.
+fn export(config: &Path, history: &Path, dir: &Path) -> PathBuf {
+    let export = dir.join("export.parquet");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
+        .args(["features", "--config"])
+        .arg(config)
+        .arg("--input")
+        .arg(history)
+        .arg("--output")
+        .arg(&export)
+        .output()
+        .expect("riskpipe features");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    export
+}
+
 fn read_parquet(path: &Path) -> Vec<RecordBatch> {
     let file = std::fs::File::open(path).expect("open");
     parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
@@ -125,17 +141,7 @@ fn the_export_is_what_riskpipe_scores() {
     let history = history();
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg_path = config(dir.path(), "localhost:9");
-    let export = dir.path().join("export.parquet");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
-        .args(["features", "--config"])
-        .arg(&cfg_path)
-        .arg("--input")
-        .arg(&history)
-        .arg("--output")
-        .arg(&export)
-        .output()
-        .expect("riskpipe features");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let export = export(&cfg_path, &history, dir.path());
     let rows = read_parquet(&export);
     let n: usize = rows.iter().map(RecordBatch::num_rows).sum();
     assert_eq!(n, 102_123, "every transaction exported");
@@ -414,17 +420,7 @@ fn fit_py_trains_a_model_that_riskpipe_binds_and_backtests() {
     let history = history();
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg_path = config(dir.path(), "localhost:9");
-    let export = dir.path().join("export.parquet");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
-        .args(["features", "--config"])
-        .arg(&cfg_path)
-        .arg("--input")
-        .arg(&history)
-        .arg("--output")
-        .arg(&export)
-        .output()
-        .expect("riskpipe features");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let export = export(&cfg_path, &history, dir.path());
     let venv = std::process::Command::new("bash")
         .arg(root().join("models/train/venv.sh"))
         .output()

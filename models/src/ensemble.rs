@@ -427,6 +427,11 @@ impl Model {
         &self.columns
     }
 
+    /// Whether it reads any text input (its alerts' reasons then carry text values).
+    pub fn reads_text(&self) -> bool {
+        self.columns.iter().any(|c| c.element.is_text())
+    }
+
     /// Scores every row of `batch`.
     pub fn score(&mut self, batch: &RecordBatch) -> Result<Vec<f32>> {
         let inputs = self.inputs(batch)?;

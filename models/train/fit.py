@@ -186,7 +186,7 @@ def best_threshold(y, scores):
     return best[1], best[0]
 
 
-def export_onnx(pipe, numbers, texts, x, name):
+def export_onnx(pipe, numbers, texts, name):
     update_registered_converter(
         LGBMClassifier,
         "LightGbmLGBMClassifier",
@@ -285,7 +285,7 @@ def main() -> int:
     final = fit(model(numbers, texts, chosen, args.seed), frame_for(refit, numbers, texts), refit[LABEL].to_numpy(), texts)
     x_test, y_test = frame_for(test, numbers, texts), test[LABEL].to_numpy()
     name = args.name or args.out.stem
-    onx = export_onnx(final, numbers, texts, x_test, name)
+    onx = export_onnx(final, numbers, texts, name)
     native = final.predict_proba(x_test)[:, 1]
     exported = onnx_scores(onx, x_test, numbers, texts)
     test_scores = exported

@@ -195,15 +195,17 @@ impl Reloader {
 /// that cannot score it, say an encoder refusing unknown categories, is refused here rather
 /// than on a live batch; the live batch is the second check, [`crate::jobs`]' swap).
 fn typical_row(columns: &[riskpipe_models::InputColumn]) -> riskpipe_models::Inputs {
-    use arrow::array::{ArrayRef, new_empty_array};
+    use arrow::array::{ArrayRef, Float32Array, Float64Array, Int64Array, StringArray};
+    use riskpipe_models::Element;
+    use std::sync::Arc;
     let columns = columns
         .iter()
         .map(|c| -> ArrayRef {
-            let target = c.element.arrow();
-            match c.element.is_text() {
-                true => std::sync::Arc::new(arrow::array::StringArray::from(vec![""])),
-                false => arrow::compute::cast(&arrow::array::Int64Array::from(vec![0i64]), &target)
-                    .unwrap_or_else(|_| new_empty_array(&target)),
+            match c.element {
+                Element::Float => Arc::new(Float32Array::from(vec![0.0])),
+                Element::Double => Arc::new(Float64Array::from(vec![0.0])),
+                Element::Int64 => Arc::new(Int64Array::from(vec![0])),
+                Element::String => Arc::new(StringArray::from(vec![""])),
             }
         })
         .collect();

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, TimestampNanosecondArray};
-use arrow::datatypes::{DataType, Field, Int8Type, Schema, TimeUnit, TimestampNanosecondType};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit, TimestampNanosecondType};
 use riskpipe_operators::columns;
 use riskpipe_schemas::score;
 
@@ -45,11 +45,6 @@ pub(super) fn with_labels(
         false,
     ));
     let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
-    debug_assert!(
-        label
-            .as_any()
-            .is::<arrow::array::PrimitiveArray<Int8Type>>()
-    );
     arrays.push(label);
     arrays.push(Arc::new(known));
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)

@@ -106,7 +106,7 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
         }
     }
     let label = model.label().to_string();
-    let reads_text = model.columns().iter().any(|c| c.element.is_text());
+    let reads_text = model.reads_text();
     let members = match model.is_ensemble() {
         true => model.member_labels(),
         false => Vec::new(),
@@ -402,7 +402,7 @@ impl JobKind for FraudConfig {
         let (events, _) = self.declarations()?;
         let model = load_checked(self, pipeline)?;
         check_model(self, pipeline, &model)?;
-        let reads_text = model.columns().iter().any(|c| c.element.is_text());
+        let reads_text = model.reads_text();
         let shapes = records::RecordShapes::of(
             &events,
             reads_text,

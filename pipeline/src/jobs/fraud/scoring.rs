@@ -140,8 +140,7 @@ impl FraudScoring {
     fn swap(&mut self, mut next: Model, batch: &RecordBatch) {
         let started = std::time::Instant::now();
         let label = next.label().to_string();
-        let reads_text = next.columns().iter().any(|c| c.element.is_text());
-        let check = if reads_text && !self.records.reads_text() {
+        let check = if next.reads_text() && !self.records.reads_text() {
             // The alert records' shape (reasons with text values) is fixed at start.
             Err("it reads text inputs, which the model scoring at start did not: the alerts' reasons would change shape; restart riskpipe to score it".to_string())
         } else {
