@@ -279,7 +279,16 @@ fn labels_in_the_wrong_partition_are_counted() {
         "topic=\"fraud-labels\"",
         labels as f64,
     );
-    let misrouted = pipeline.metric("riskpipe_misrouted_total", "input=\"labels\"");
+    // The feature stage counts them after the source has read them: wait for it to catch up.
+    let counted = Instant::now() + Duration::from_secs(30);
+    let mut misrouted = 0.0;
+    while Instant::now() < counted {
+        misrouted = pipeline.metric("riskpipe_misrouted_total", "input=\"labels\"");
+        if misrouted > labels as f64 / 2.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // About 3 in 4 land elsewhere than murmur2 would put them.
     assert!(
         misrouted > labels as f64 / 2.0 && misrouted < labels as f64,
