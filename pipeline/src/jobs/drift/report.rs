@@ -6,8 +6,8 @@ use arrow::array::RecordBatch;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use super::{DRIFTED, DayCounts, Reference, day_text};
 use crate::{PipelineError, Result};
+use riskpipe_engine::drift::{DRIFTED, DayCounts, Reference, day_text};
 
 /// PSI of every monitored column on every day of a backtest.
 #[derive(Debug, Clone, Serialize)]
@@ -43,7 +43,7 @@ impl DriftReport {
             counts.add(b, time)?;
         }
         let days = counts.days().map(day_text).collect();
-        let mut psi = vec![Vec::with_capacity(counts.slots.len()); reference.columns.len()];
+        let mut psi = vec![Vec::with_capacity(counts.days().count()); reference.columns.len()];
         for day in counts.days() {
             for (c, (p, _)) in counts.window(day, window_days).into_iter().enumerate() {
                 psi[c].push(p.unwrap_or(0.0));

@@ -32,7 +32,8 @@ pub use config::{FraudConfig, OutputsConfig, ReplayConfig, SplitConfig};
 pub use model::FraudModel;
 pub use topology::{first_stage, forwarded_schema, partition_maker, second_stage};
 
-use features::{FraudFeatures, Part};
+use features::FraudFeatures;
+use riskpipe_engine::repartition::Part;
 use scoring::{Challenger, FraudScoring};
 
 use super::Repeated;

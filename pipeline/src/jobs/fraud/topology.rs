@@ -2,15 +2,14 @@
 //! computes the features keyed like its input and forwards each row keyed by the next stage's
 //! key; the second computes the rest, scores and alerts.
 
-use riskpipe_operators::columns;
-use riskpipe_schemas::repartition;
+use riskpipe_engine::repartition::{Forward, Part, origin_field};
 
 use super::build;
 use super::config::FraudConfig;
-use super::features::{FraudFeatures, Part};
+use super::features::FraudFeatures;
+use crate::Result;
 use crate::config::PipelineConfig;
-use crate::jobs::{FeatureStage, Featured, Inputs, Job, JobOutput, ScoreStage};
-use crate::{PipelineError, Result};
+use crate::jobs::{FeatureStage, Inputs, Job};
 
 /// The first job of the scale-out topology, split at a repartition by `by` (e.g.
 /// `TERMINAL_ID`): it takes the transactions (partitioned by their own key, e.g. the customer),
@@ -45,11 +44,7 @@ pub fn forwarded_schema(cfg: &FraudConfig, by: &str) -> Result<arrow::datatypes:
     let mut fields: Vec<arrow::datatypes::FieldRef> =
         super::inputs(cfg).events.fields().iter().cloned().collect();
     fields.extend(before.build_chain()?.output_fields());
-    fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
-        repartition::ORIGIN_PARTITION,
-        arrow::datatypes::DataType::Int32,
-        false,
-    )));
+    fields.push(origin_field());
     Ok(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)))
 }
 
@@ -98,15 +93,24 @@ fn maker(
     let first = |key: &str| riskpipe_operators::key_parts(key)[0].to_string();
     let by = match part {
         Part::AfterRepartition => features.label_risk.first().map(|r| first(&r.key)),
-        _ => features.windows.first().map(|w| first(&w.key)),
+        _ => features
+            .windows
+            .first()
+            .map(|w| first(&w.key))
+            .or_else(|| features.aggregate.first().map(|a| first(&a.key))),
     };
     std::sync::Arc::new(move || {
         let mut stage = FraudFeatures::new(&cfg, &features, part)?;
         if part == Part::AfterRepartition {
-            stage.clock.hold(&(0..origins).collect::<Vec<_>>());
+            stage
+                .admission
+                .clock
+                .hold(&(0..origins).collect::<Vec<_>>());
         }
-        if origins > 0 {
-            stage.copartition = by.clone().map(|by| (by, origins));
+        if origins > 0
+            && let Some(by) = &by
+        {
+            stage.admission.keyed_by(by.clone(), origins);
         }
         Ok(Box::new(stage) as Box<dyn FeatureStage>)
     })
@@ -126,26 +130,4 @@ pub fn partition_maker(
         false => maker(cfg, before, Part::BeforeRepartition, origins),
         true => maker(cfg, later, Part::AfterRepartition, origins),
     })
-}
-
-/// Rows forwarded to the repartition topic, keyed by the next stage's key.
-#[derive(Debug)]
-struct Forward {
-    key: String,
-}
-
-impl ScoreStage for Forward {
-    fn process(&mut self, featured: Featured) -> Result<JobOutput> {
-        let column = columns::get(&featured.batch, &self.key).map_err(PipelineError::produced)?;
-        let keys = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)?;
-        Ok(JobOutput {
-            forward: Some(crate::jobs::Records {
-                batch: featured.batch,
-                keys,
-                key_column: None,
-            }),
-            rejects: featured.rejects,
-            ..JobOutput::default()
-        })
-    }
 }

@@ -13,7 +13,7 @@ use riskpipe_operators::columns;
 use serde::Deserialize;
 
 use super::{DAY_NS, DRIFTED, Reference, WINDOW_DAYS, day_text, days_of};
-use crate::{PipelineError, Result};
+use riskpipe_core::{PipelineError, Result, events};
 
 /// Bin counts of every monitored column per event day: what the backtest's report and the live
 /// monitor both take their PSIs from (integer counts, so the result does not depend on how the
@@ -232,10 +232,10 @@ impl Monitor {
     pub fn new(cfg: &DriftConfig, time: &str, reach: std::time::Duration) -> Result<Self> {
         let reach = cfg.warm_up.unwrap_or(reach);
         let reference = Reference::read(&cfg.reference)?;
-        crate::events::drift_columns(reference.columns.iter().map(|(c, _)| c.as_str()));
+        events::drift_columns(reference.columns.iter().map(|(c, _)| c.as_str()));
         Ok(Self {
             above: vec![false; reference.columns.len()],
-            fingerprint: super::super::fingerprint(&reference),
+            fingerprint: riskpipe_core::snapshot::fingerprint(&reference),
             counts: DayCounts::new(&reference),
             threshold: cfg.threshold,
             window_days: i64::from(cfg.window_days),
@@ -340,11 +340,11 @@ impl Monitor {
             .collect();
         for (i, (column, p)) in psi.into_iter().enumerate() {
             let Some(p) = p else { continue };
-            crate::events::drift_psi(&column, p);
+            events::drift_psi(&column, p);
             let above = p > self.threshold;
             if above != self.above[i] {
                 self.above[i] = above;
-                crate::events::drift_crossed(&column, above);
+                events::drift_crossed(&column, above);
                 crossed.push((column.clone(), above));
                 match above {
                     true => tracing::warn!(
