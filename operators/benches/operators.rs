@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the streaming operators: events/s through the handbook's
-//! customer windows and terminal label-risk on synthetic, time-ordered events.
+//! customer windows and terminal label-risk on synthetic, time-ordered events; and each
+//! aggregation kind alone, keyed by the customer, over 1 hour and over 30 days.
 
 use std::sync::Arc;
 
@@ -12,6 +13,11 @@ const EVENTS: usize = 100_000;
 const BATCH: usize = 8192;
 
 fn events() -> RecordBatch {
+    events_over(EVENTS)
+}
+
+/// `n` events, ~10k a day (the handbook's density: 5k customers, 10k terminals).
+fn events_over(n: usize) -> RecordBatch {
     let schema = Schema::new(vec![
         Field::new("TRANSACTION_ID", DataType::Int64, false),
         Field::new(
@@ -23,8 +29,7 @@ fn events() -> RecordBatch {
         Field::new("TERMINAL_ID", DataType::Int64, false),
         Field::new("TX_AMOUNT", DataType::Float64, false),
     ]);
-    let n = EVENTS as i64;
-    // ~10k events a day over 10 days, 5k customers, 10k terminals (the handbook's density).
+    let n = n as i64;
     RecordBatch::try_new(
         Arc::new(schema),
         vec![
@@ -85,5 +90,54 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// Events for the kinds: 40 days, so 30-day windows fill (~60 events per customer).
+const KIND_EVENTS: usize = 400_000;
+
+fn kinds(c: &mut Criterion) {
+    let input = events_over(KIND_EVENTS);
+    let mut group = c.benchmark_group("aggregation_kinds");
+    group.throughput(Throughput::Elements(KIND_EVENTS as u64));
+    group.sample_size(10);
+    for kind in riskpipe_operators::aggregate::kinds() {
+        for span in ["1h", "30d"] {
+            let value = match kind.reads_value() {
+                true => "value = \"TX_AMOUNT\"\n",
+                false => "",
+            };
+            let mut cfg: FeatureConfig = toml::from_str(&format!(
+                "[[aggregate]]\nkey = \"CUSTOMER_ID\"\nkind = \"{}\"\n{value}spans = [\"{span}\"]\nname = \"F\"\n",
+                kind.name()
+            ))
+            .expect("config");
+            cfg.event_time = "TX_DATETIME".into();
+            cfg.order_by = "TRANSACTION_ID".into();
+            group.bench_function(format!("{}/{span}", kind.name()), |b| {
+                b.iter(|| {
+                    let mut chain = cfg.build_chain().expect("chain");
+                    let mut start = 0;
+                    while start < KIND_EVENTS {
+                        let len = BATCH.min(KIND_EVENTS - start);
+                        // The watermark follows the events, as the job moves it.
+                        chain.advance_watermark(time_of(&input, start));
+                        std::hint::black_box(
+                            chain.process(input.slice(start, len)).expect("process"),
+                        );
+                        start += len;
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn time_of(batch: &RecordBatch, row: usize) -> i64 {
+    use arrow::array::AsArray;
+    batch
+        .column(1)
+        .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+        .value(row)
+}
+
+criterion_group!(benches, bench, kinds);
 criterion_main!(benches);

@@ -89,6 +89,47 @@ pub fn batch_sql(cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<St
             });
         }
     }
+    for (i, a) in cfg.aggregate.iter().enumerate() {
+        let kind = crate::aggregate::kind(&a.kind)
+            .ok_or_else(|| config_err(format!("aggregate[{i}]: unknown kind {:?}", a.kind)))?;
+        let k = key_sql(&a.key);
+        let value = match a.value.as_deref().filter(|_| kind.reads_value()) {
+            Some(v) => format!("CAST({} AS DOUBLE)", q(v)),
+            None => "1.0".into(),
+        };
+        // Per row: the value of the first event (by id) of its key and time.
+        peers.push(format!(
+            "FIRST_VALUE({value}) OVER (PARTITION BY {k}, \"__t\" ORDER BY {ord} ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS \"__gf{i}\""
+        ));
+        let current = a.current() && kind.takes_current();
+        for (s, span) in a.spans.iter().enumerate() {
+            let span = ns(*span);
+            let twin = crate::aggregate::Twin {
+                value: value.clone(),
+                earlier: format!(
+                    "OVER (PARTITION BY {k} ORDER BY \"__t\" RANGE BETWEEN {} PRECEDING AND 1 PRECEDING)",
+                    span - 1
+                ),
+                peers: format!(
+                    "OVER (PARTITION BY {k}, \"__t\" ORDER BY {ord} ROWS BETWEEN UNBOUNDED PRECEDING AND {})",
+                    if current {
+                        "CURRENT ROW"
+                    } else {
+                        "1 PRECEDING"
+                    }
+                ),
+                ordered: format!("OVER (PARTITION BY {k} ORDER BY \"__t\", {ord})"),
+                group_first: format!("\"__gf{i}\""),
+                time: "\"__t\"".into(),
+                current,
+                span,
+            };
+            raw.push(format!("{} AS \"__a{i}_{s}\"", kind.twin(&twin)));
+        }
+        for (s, name) in a.outputs().map_err(config_err)? {
+            finals.push(format!("\"__a{i}_{s}\" AS {}", q(&name)));
+        }
+    }
     for (j, r) in cfg.label_risk.iter().enumerate() {
         let k = key_sql(&r.key);
         let d = ns(r.delay);

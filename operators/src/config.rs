@@ -6,6 +6,7 @@ use std::time::Duration;
 use arrow::datatypes::{DataType, Schema};
 use serde::Deserialize;
 
+use crate::aggregate::{AggregateConfig, Aggregation};
 use crate::{
     CalendarFlags, FeatureChain, LabelRisk, Operator, OperatorError, Result, WindowAggregate,
     window::Aggregate,
@@ -13,7 +14,7 @@ use crate::{
 
 /// Every feature of a pipeline. Compiled to the streaming [`FeatureChain`] and to the batch
 /// DataFusion query alike.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureConfig {
     /// Event-time column of the events (a UTC timestamp); a job fills it in from its declared
@@ -29,12 +30,34 @@ pub struct FeatureConfig {
     /// Keyed sliding-window aggregates over (t - span, t].
     #[serde(default)]
     pub windows: Vec<WindowConfig>,
+    /// Keyed aggregations of any registered kind over (t - span, t], any span.
+    #[serde(default)]
+    pub aggregate: Vec<AggregateConfig>,
     /// Keyed fraud rates from delayed labels over (t - delay - span, t - delay].
     #[serde(default)]
     pub label_risk: Vec<LabelRiskConfig>,
     /// SQL expressions over the columns (input and earlier features), evaluated with DataFusion.
     #[serde(default)]
     pub sql: Vec<SqlFeatureConfig>,
+}
+
+/// A checkpoint's state is restored only into features whose `Debug` text (their fingerprint)
+/// is the same: `aggregate` is written only where there are some, so configs without them keep
+/// the fingerprint of the checkpoints written before aggregations existed.
+impl std::fmt::Debug for FeatureConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("FeatureConfig");
+        d.field("event_time", &self.event_time)
+            .field("order_by", &self.order_by)
+            .field("calendar", &self.calendar)
+            .field("windows", &self.windows);
+        if !self.aggregate.is_empty() {
+            d.field("aggregate", &self.aggregate);
+        }
+        d.field("label_risk", &self.label_risk)
+            .field("sql", &self.sql)
+            .finish()
+    }
 }
 
 fn default_night_last_hour() -> u32 {
@@ -143,7 +166,7 @@ pub fn key_columns<'de, D: serde::Deserializer<'de>>(
     }
 }
 
-fn durations<'de, D: serde::Deserializer<'de>>(
+pub(crate) fn durations<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Vec<Duration>, D::Error> {
     let raw: Vec<String> = Vec::deserialize(d)?;
@@ -333,6 +356,34 @@ impl FeatureConfig {
                 Err(e) => problems.push(format!("windows[{i}]: {e}")),
             }
         }
+        for (i, a) in self.aggregate.iter().enumerate() {
+            let at = format!("aggregate[{i}]");
+            for part in key_parts(&a.key) {
+                col(
+                    transactions,
+                    part,
+                    &format!("{at}.key"),
+                    is_key,
+                    &mut problems,
+                );
+            }
+            if let Some(v) = &a.value {
+                col(
+                    transactions,
+                    v,
+                    &format!("{at}.value"),
+                    is_num,
+                    &mut problems,
+                );
+            }
+            problems.extend(a.problems(&at));
+            match a.outputs() {
+                Ok(outs) => outs
+                    .into_iter()
+                    .for_each(|(_, n)| add_name(&mut problems, n)),
+                Err(e) => problems.push(format!("{at}: {e}")),
+            }
+        }
         if !self.label_risk.is_empty() {
             // Labels name the transaction they are about by this id.
             col(
@@ -470,6 +521,16 @@ impl FeatureConfig {
                 Err(e) => problems.push(format!("windows[{i}]: {e}")),
             }
         }
+        for (i, a) in self.aggregate.iter().enumerate() {
+            let mut found = a.problems(&format!("aggregate[{i}]"));
+            if found.is_empty() {
+                match Aggregation::new(a, &self.event_time) {
+                    Ok(op) => ops.push(Box::new(op)),
+                    Err(e) => found.push(format!("aggregate[{i}]: {e}")),
+                }
+            }
+            problems.extend(found);
+        }
         for (i, r) in self.label_risk.iter().enumerate() {
             match Self::risk_outputs(r) {
                 Ok(outs) => {
@@ -520,10 +581,15 @@ impl FeatureConfig {
         let mut problems = problems;
         let (after, before): (Vec<WindowConfig>, Vec<WindowConfig>) =
             self.windows.iter().cloned().partition(|w| w.key == key);
+        let (aggregate_after, aggregate_before): (Vec<AggregateConfig>, Vec<AggregateConfig>) =
+            self.aggregate.iter().cloned().partition(|a| a.key == key);
         // The first stage's state is per partition of the transactions: one key, the one
         // producers partition them by.
-        let keys: std::collections::BTreeSet<&str> =
-            before.iter().map(|w| w.key.as_str()).collect();
+        let keys: std::collections::BTreeSet<&str> = before
+            .iter()
+            .map(|w| w.key.as_str())
+            .chain(aggregate_before.iter().map(|a| a.key.as_str()))
+            .collect();
         if keys.len() > 1 {
             problems.push(format!(
                 "windows before the repartition by {key:?} are keyed by {keys:?}: with a repartition they must share one key, the one the transactions topic is partitioned by"
@@ -534,6 +600,7 @@ impl FeatureConfig {
         }
         let first = FeatureConfig {
             windows: before,
+            aggregate: aggregate_before,
             label_risk: Vec::new(),
             sql: Vec::new(),
             ..self.clone()
@@ -541,6 +608,7 @@ impl FeatureConfig {
         let second = FeatureConfig {
             calendar: None,
             windows: after,
+            aggregate: aggregate_after,
             ..self.clone()
         };
         Ok((first, second))
@@ -550,7 +618,11 @@ impl FeatureConfig {
     /// longest label-risk delay plus span. State older than this behind the watermark is freed,
     /// so a rebuild that reads this far back (plus the lateness) ends in the same state.
     pub fn reach(&self) -> Duration {
-        let windows = self.windows.iter().flat_map(|w| w.spans.iter().copied());
+        let windows = self
+            .windows
+            .iter()
+            .flat_map(|w| w.spans.iter().copied())
+            .chain(self.aggregate.iter().flat_map(|a| a.spans.iter().copied()));
         let risks = self.label_risk.iter().map(|r| {
             r.delay
                 .saturating_add(r.spans.iter().copied().max().unwrap_or_default())

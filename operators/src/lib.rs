@@ -4,7 +4,8 @@
 //! definition of every feature. It compiles two ways:
 //! - [`FeatureConfig::build_chain`] builds the streaming [`FeatureChain`] that live scoring and
 //!   replay both run: events ordered by (event time, tie-break column) flow through
-//!   [`CalendarFlags`], [`WindowAggregate`]s, [`LabelRisk`]s and SQL features, each keeping its
+//!   [`CalendarFlags`], [`WindowAggregate`]s, [`Aggregation`]s (any registered [`Kind`] over
+//!   any span), [`LabelRisk`]s and SQL features, each keeping its
 //!   per-key state across batches; fraud-label events reach the stateful operators through
 //!   [`Operator::observe_labels`];
 //! - with the `sql` cargo feature, `batch::batch_features` compiles the same definitions to one
@@ -17,6 +18,7 @@
 //! to come can see is freed, so memory is bounded by the events inside the windows, not by the
 //! keys ever seen.
 
+pub mod aggregate;
 #[cfg(feature = "sql")]
 pub mod batch;
 mod calendar;
@@ -36,6 +38,7 @@ use arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use riskpipe_schemas::Fault;
 
+pub use aggregate::{AggregateConfig, Aggregation, Kind};
 pub use calendar::CalendarFlags;
 pub use config::{
     CalendarConfig, FeatureConfig, KEY_SEPARATOR, LabelRiskConfig, SqlFeatureConfig, WindowConfig,

@@ -27,9 +27,9 @@ pub enum Aggregate {
 /// dropped and made anew in between (live, with several input partitions, evicts at other
 /// moments than a replay does, and must still give the same bits).
 #[derive(Debug, Default)]
-struct Series {
-    times: VecDeque<i64>,
-    values: VecDeque<f64>,
+pub(crate) struct Series {
+    pub(crate) times: VecDeque<i64>,
+    pub(crate) values: VecDeque<f64>,
     /// One id per event, when every event held came with one (boxed: a key without them, as
     /// in an operator that does not remember ids, pays 8 bytes, not a third deque).
     #[allow(
@@ -43,7 +43,7 @@ impl Series {
     /// Inserts an event after every event of equal or earlier time; returns its position.
     /// Ids are all or none: an event without one (from a batch without integer ids) ends the
     /// key's memory of ids until the key holds nothing again.
-    fn insert(&mut self, t: i64, v: f64, id: Option<i64>) -> usize {
+    pub(crate) fn insert(&mut self, t: i64, v: f64, id: Option<i64>) -> usize {
         if self.times.is_empty() {
             self.ids = id.map(|_| Box::default());
         } else if id.is_none() {
@@ -91,6 +91,27 @@ impl Series {
             out[s] = ((pos + 1 - lo) as i64, sum);
         }
     }
+}
+
+/// The `time` and `value` columns of a checkpoint table of series (one row per event held).
+pub(crate) fn series_columns(
+    times: Vec<i64>,
+    values: Vec<f64>,
+) -> Vec<(&'static str, DataType, bool, ArrayRef)> {
+    vec![
+        (
+            "time",
+            DataType::Int64,
+            false,
+            Arc::new(Int64Array::from(times)),
+        ),
+        (
+            "value",
+            DataType::Float64,
+            false,
+            Arc::new(Float64Array::from(values)),
+        ),
+    ]
 }
 
 impl Expiring for Series {
@@ -280,26 +301,9 @@ impl Operator for WindowAggregate {
                 ids.append_nulls(series.times.len());
             }
         }
-        table
-            .finish(
-                vec![
-                    (
-                        "time",
-                        DataType::Int64,
-                        false,
-                        Arc::new(Int64Array::from(times)),
-                    ),
-                    (
-                        "value",
-                        DataType::Float64,
-                        false,
-                        Arc::new(Float64Array::from(values)),
-                    ),
-                    ("id", DataType::Int64, true, Arc::new(ids.finish())),
-                ],
-                Some(&self.watermark),
-            )
-            .map(Some)
+        let mut columns = series_columns(times, values);
+        columns.push(("id", DataType::Int64, true, Arc::new(ids.finish())));
+        table.finish(columns, Some(&self.watermark)).map(Some)
     }
 
     fn restore(&mut self, table: &RecordBatch) -> Result<()> {

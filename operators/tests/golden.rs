@@ -451,3 +451,183 @@ fn unknown_config_keys_are_rejected() {
     .expect_err("typo");
     assert!(err.to_string().contains("unknown field `cuont`"), "{err}");
 }
+
+const MINUTE: i64 = 60 * S;
+
+/// Every built-in aggregation kind over one customer's events, with the current event in its
+/// window and without; spans of 30 minutes, 1 hour and 30 days.
+const AGGREGATIONS: &str = r#"
+[[aggregate]]
+key = "CUSTOMER_ID"
+kind = "count"
+spans = ["30m", "1h"]
+name = "count_{span}"
+
+[[aggregate]]
+key = "CUSTOMER_ID"
+kind = "since_previous"
+spans = ["1h", "30d"]
+name = "since_{span}"
+"#;
+
+/// The value kinds, each twice (`include_current` true and false) over 1 hour.
+fn value_kinds() -> String {
+    let mut text = AGGREGATIONS.to_string();
+    for kind in [
+        "sum", "mean", "min", "max", "variance", "stddev", "first", "last",
+    ] {
+        for (suffix, current) in [("", true), ("_before", false)] {
+            text.push_str(&format!(
+                "\n[[aggregate]]\nkey = \"CUSTOMER_ID\"\nkind = \"{kind}\"\nvalue = \"TX_AMOUNT\"\nspans = [\"1h\"]\nname = \"{kind}{suffix}\"\ninclude_current = {current}\n"
+            ));
+        }
+    }
+    text
+}
+
+/// Derived by hand. Customer 1: 10.0 at 0, 4.0 at 0:30, 6.0 and 2.0 at 1:00 (ids 3 then 4),
+/// 8.0 at 3:20; customer 2: 5.0 at 1:00. At 1:00 the event at 0 lies exactly at t − 1 h and is
+/// out; at 3:20 every earlier event is more than an hour back.
+#[test]
+fn every_aggregation_kind_by_hand() {
+    let cfg = config(&value_kinds());
+    let rows = [
+        (1, 0, 1, 0, 10.0),
+        (2, 30 * MINUTE, 1, 0, 4.0),
+        (3, 60 * MINUTE, 1, 0, 6.0),
+        (4, 60 * MINUTE, 1, 0, 2.0),
+        (6, 60 * MINUTE, 2, 0, 5.0),
+        (5, 200 * MINUTE, 1, 0, 8.0),
+    ];
+    // Batches of one, two and three events: state carries across them.
+    let mut chain = cfg.build_chain().expect("chain");
+    let all = tx(&rows);
+    let outs: Vec<RecordBatch> = [(0, 1), (1, 2), (3, 3)]
+        .iter()
+        .map(|&(at, n)| chain.process(all.slice(at, n)).expect("process"))
+        .collect();
+    let out = arrow::compute::concat_batches(&outs[0].schema(), &outs).expect("concat");
+    // Rows: ids 1, 2, 3, 4, 6 (customer 2), 5.
+    assert_eq!(ints(&out, "count_30m"), [1, 1, 1, 2, 1, 1]);
+    assert_eq!(ints(&out, "count_1h"), [1, 2, 2, 3, 1, 1]);
+    assert_eq!(
+        floats(&out, "since_1h"),
+        [3600.0, 1800.0, 1800.0, 0.0, 3600.0, 3600.0]
+    );
+    assert_eq!(
+        floats(&out, "since_30days"),
+        [2_592_000.0, 1800.0, 1800.0, 0.0, 2_592_000.0, 8400.0]
+    );
+    assert_eq!(floats(&out, "sum"), [10.0, 14.0, 10.0, 12.0, 5.0, 8.0]);
+    assert_eq!(floats(&out, "mean"), [10.0, 7.0, 5.0, 4.0, 5.0, 8.0]);
+    assert_eq!(floats(&out, "min"), [10.0, 4.0, 4.0, 2.0, 5.0, 8.0]);
+    assert_eq!(floats(&out, "max"), [10.0, 10.0, 6.0, 6.0, 5.0, 8.0]);
+    assert_eq!(
+        floats(&out, "variance"),
+        [0.0, 9.0, 1.0, 8.0 / 3.0, 0.0, 0.0]
+    );
+    assert_eq!(
+        floats(&out, "stddev"),
+        [0.0, 3.0, 1.0, (8.0f64 / 3.0).sqrt(), 0.0, 0.0]
+    );
+    assert_eq!(floats(&out, "first"), [10.0, 10.0, 4.0, 4.0, 5.0, 8.0]);
+    assert_eq!(floats(&out, "last"), [10.0, 4.0, 6.0, 2.0, 5.0, 8.0]);
+    // Without the current event: empty windows give 0.
+    assert_eq!(floats(&out, "sum_before"), [0.0, 10.0, 4.0, 10.0, 0.0, 0.0]);
+    assert_eq!(floats(&out, "mean_before"), [0.0, 10.0, 4.0, 5.0, 0.0, 0.0]);
+    assert_eq!(floats(&out, "min_before"), [0.0, 10.0, 4.0, 4.0, 0.0, 0.0]);
+    assert_eq!(floats(&out, "max_before"), [0.0, 10.0, 4.0, 6.0, 0.0, 0.0]);
+    assert_eq!(
+        floats(&out, "variance_before"),
+        [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    );
+    assert_eq!(
+        floats(&out, "stddev_before"),
+        [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    );
+    assert_eq!(
+        floats(&out, "first_before"),
+        [0.0, 10.0, 4.0, 4.0, 0.0, 0.0]
+    );
+    assert_eq!(floats(&out, "last_before"), [0.0, 10.0, 4.0, 6.0, 0.0, 0.0]);
+    // Types: counts are integers, every other kind a float; no column has a null.
+    for f in out.schema().fields().iter().skip(5) {
+        let expected = match f.name().starts_with("count") {
+            true => DataType::Int64,
+            false => DataType::Float64,
+        };
+        assert_eq!(f.data_type(), &expected, "{}", f.name());
+        assert!(!f.is_nullable(), "{}", f.name());
+    }
+}
+
+/// A window of equal values has a variance of exactly 0, however its sum rounds.
+#[test]
+fn equal_values_have_no_variance() {
+    let cfg = config(
+        r#"
+[[aggregate]]
+key = "CUSTOMER_ID"
+kind = "variance"
+value = "TX_AMOUNT"
+spans = ["1d"]
+name = "V"
+"#,
+    );
+    let rows: Vec<(i64, i64, i64, i64, f64)> = (0..7).map(|i| (i, i * HOUR, 1, 0, 0.1)).collect();
+    let out = cfg
+        .build_chain()
+        .expect("chain")
+        .process(tx(&rows))
+        .expect("process");
+    assert_eq!(floats(&out, "V"), [0.0; 7]);
+}
+
+#[test]
+fn every_aggregation_problem_is_listed() {
+    let cfg = config(
+        r#"
+[[aggregate]]
+key = "CUSTOMER_ID"
+kind = "medain"
+value = "TX_AMOUNT"
+spans = ["1h"]
+name = "A"
+
+[[aggregate]]
+key = "CUSTOMER_ID"
+kind = "max"
+spans = []
+name = "B"
+
+[[aggregate]]
+key = "CUSTOMER_ID"
+kind = "count"
+value = "TX_AMOUNT"
+spans = ["0s"]
+name = "C"
+
+[[aggregate]]
+key = "NOPE"
+kind = "since_previous"
+spans = ["1h", "2h"]
+include_current = false
+name = "D"
+"#,
+    );
+    let problems = cfg.validate(&riskpipe_schemas::transaction_schema(), None);
+    let all = problems.join("\n");
+    for expected in [
+        "aggregate[0]: unknown kind \"medain\" (known: count, first, last, max, mean, min, since_previous, stddev, sum, variance",
+        "aggregate[1]: max needs a value field",
+        "aggregate[1]: spans is empty",
+        "aggregate[2]: count reads no value, but value = \"TX_AMOUNT\" is given",
+        "aggregate[2]: a span must be longer than zero",
+        "aggregate[3].key column \"NOPE\" is not in the input",
+        "aggregate[3]: since_previous is defined over the events before the current one; include_current does not apply",
+        "feature \"D\" is defined twice",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+    assert!(cfg.build_chain().is_err());
+}

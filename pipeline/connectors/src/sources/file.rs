@@ -225,6 +225,18 @@ pub fn prepare(
         }
         required.push((&w.value, |d| d.is_numeric(), "numeric"));
     }
+    for a in &features.aggregate {
+        for part in riskpipe_operators::key_parts(&a.key) {
+            required.push((
+                part,
+                |d| d.is_integer() || matches!(d, DataType::Utf8),
+                "an integer or string key",
+            ));
+        }
+        if let Some(v) = &a.value {
+            required.push((v, |d| d.is_numeric(), "numeric"));
+        }
+    }
     for r in &features.label_risk {
         for part in riskpipe_operators::key_parts(&r.key) {
             required.push((

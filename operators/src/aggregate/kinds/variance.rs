@@ -1,0 +1,64 @@
+//! `variance`: the population variance of the window's values, in two passes (the mean, then
+//! the squared deviations from it), which stays exact where a running sum of squares would
+//! cancel.
+
+use crate::aggregate::{Doc, Kind, Twin, Window};
+
+pub(crate) struct Variance;
+
+/// Σ (v − mean)² / n, both sums from the latest event to the earliest; exactly 0 when every
+/// value is the same (and for one event or none).
+pub(crate) fn population_variance(window: &Window<'_>) -> f64 {
+    let n = window.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let mean = window.sum() / n as f64;
+    let (mut lo, mut hi, mut squares) = (f64::INFINITY, f64::NEG_INFINITY, 0.0);
+    for v in window.latest_first() {
+        lo = lo.min(v);
+        hi = hi.max(v);
+        squares += (v - mean) * (v - mean);
+    }
+    if lo == hi { 0.0 } else { squares / n as f64 }
+}
+
+/// The twin: the two frames' population variances combined (Chan, Golub and LeVeque's
+/// pairwise update), so that later events of equal time stay out.
+pub(crate) fn twin_variance(twin: &Twin) -> String {
+    let (na, nb) = twin.parts("COUNT");
+    let (na, nb) = (
+        format!("CAST({na} AS DOUBLE)"),
+        format!("CAST({nb} AS DOUBLE)"),
+    );
+    let (ma, mb) = twin.parts("AVG");
+    let (va, vb) = twin.parts("VAR_POP");
+    format!(
+        "CASE WHEN {na} + {nb} = 0 THEN 0.0 WHEN {na} = 0 THEN {vb} WHEN {nb} = 0 THEN {va} \
+         ELSE ({va} * {na} + {vb} * {nb} + ({ma} - {mb}) * ({ma} - {mb}) * {na} * {nb} / ({na} + {nb})) / ({na} + {nb}) END"
+    )
+}
+
+impl Kind for Variance {
+    fn name(&self) -> &'static str {
+        "variance"
+    }
+
+    fn value(&self, window: &Window<'_>) -> f64 {
+        population_variance(window)
+    }
+
+    fn twin(&self, twin: &Twin) -> String {
+        twin_variance(twin)
+    }
+
+    fn doc(&self) -> Doc {
+        Doc {
+            definition: "population variance Σ (v − m)² / n, m the `mean`; two passes, latest to earliest; exactly 0 when all values are equal",
+            empty: "0 (also for one event)",
+            example: r#"{ key = "card.id", kind = "variance", value = "amount", spans = ["7d"], name = "card_var_{span}" }"#,
+        }
+    }
+}
+
+crate::register_kind!(Variance);

@@ -1,0 +1,525 @@
+//! Keyed aggregations over any span, one registered [`Kind`] each (count, sum, mean, min, max,
+//! variance, standard deviation, first, last, time since the previous event; `kinds/` holds one
+//! file per kind). A kind says how it reads a window of a key's events and how its batch twin
+//! reads the same window in DataFusion's built-in SQL; the operator, its state, its checkpoint
+//! table, config validation and the reference docs are the same for every kind.
+//!
+//! Adding a kind: a file implementing [`Kind`] and one [`register_kind!`](crate::register_kind) line in it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, FieldRef};
+use serde::Deserialize;
+
+use crate::columns;
+use crate::config::{durations, feature_name, key_columns, ns};
+use crate::state::{KeyedState, StateReader, StateTable, Watermark};
+use crate::window::{Series, series_columns};
+use crate::{Appender, Operator, Result};
+
+mod kinds;
+
+#[doc(hidden)]
+pub use inventory;
+
+/// The events of one key that an event's window holds: those with time in (t − span, t], in
+/// (time, id) order, the current event included or not as declared.
+#[derive(Debug)]
+pub struct Window<'a> {
+    times: &'a VecDeque<i64>,
+    values: &'a VecDeque<f64>,
+    /// Positions `lo..hi` of the key's events.
+    lo: usize,
+    hi: usize,
+    /// The current event's time (ns since the epoch).
+    pub now: i64,
+    /// The span (ns).
+    pub span: i64,
+}
+
+impl<'a> Window<'a> {
+    /// A window over `times` and `values` (equal lengths, times ascending) at positions
+    /// `lo..hi`; what the operator hands a kind, and what tests build by hand.
+    pub fn new(
+        times: &'a VecDeque<i64>,
+        values: &'a VecDeque<f64>,
+        lo: usize,
+        hi: usize,
+        now: i64,
+        span: i64,
+    ) -> Self {
+        let hi = hi.min(times.len()).min(values.len());
+        Self {
+            times,
+            values,
+            lo: lo.min(hi),
+            hi,
+            now,
+            span,
+        }
+    }
+
+    /// Events in the window.
+    pub fn len(&self) -> usize {
+        self.hi - self.lo
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hi == self.lo
+    }
+
+    /// The values, from the latest event to the earliest (the order every sum adds them in,
+    /// so a value depends only on which events the window holds).
+    pub fn latest_first(&self) -> impl Iterator<Item = f64> + '_ {
+        self.values.range(self.lo..self.hi).rev().copied()
+    }
+
+    /// The earliest event's (time, value).
+    pub fn earliest(&self) -> Option<(i64, f64)> {
+        (!self.is_empty()).then(|| (self.times[self.lo], self.values[self.lo]))
+    }
+
+    /// The latest event's (time, value).
+    pub fn latest(&self) -> Option<(i64, f64)> {
+        (!self.is_empty()).then(|| (self.times[self.hi - 1], self.values[self.hi - 1]))
+    }
+
+    /// The sum of the values, latest to earliest.
+    pub fn sum(&self) -> f64 {
+        self.latest_first().fold(0.0, |s, v| s + v)
+    }
+}
+
+/// The SQL pieces a kind's batch twin is written with, for one aggregation and span. The twin
+/// reads the same window as the stream as two disjoint frames: the key's events at earlier
+/// times within the span (`earlier`) and its events at the current time up to the current one
+/// by id (`peers`; the current one included or not as declared), since a RANGE frame over time
+/// alone would also hold the later events of equal time.
+#[derive(Debug, Clone)]
+pub struct Twin {
+    /// The value as a DOUBLE expression (`1` for a kind that reads none).
+    pub value: String,
+    /// `OVER (...)`: the key's events with time in [t − span + 1, t − 1] (ns).
+    pub earlier: String,
+    /// `OVER (...)`: the key's events at time t, ordered by id, up to the current one.
+    pub peers: String,
+    /// `OVER (...)`: the key's events ordered by (time, id), for `LAG`.
+    pub ordered: String,
+    /// Per row, the value of the first event by id among the key's events of its time.
+    pub group_first: String,
+    /// The event time as an integer (ns).
+    pub time: String,
+    /// Whether the window holds the current event.
+    pub current: bool,
+    /// The span (ns).
+    pub span: i64,
+}
+
+impl Twin {
+    /// `f(value)` over each of the two frames.
+    pub fn parts(&self, f: &str) -> (String, String) {
+        (
+            format!("{f}({}) {}", self.value, self.earlier),
+            format!("{f}({}) {}", self.value, self.peers),
+        )
+    }
+
+    /// The number of events in the window (BIGINT).
+    pub fn count(&self) -> String {
+        let (a, b) = self.parts("COUNT");
+        format!("({a} + {b})")
+    }
+
+    /// The sum of the values in the window (0 when empty).
+    pub fn sum(&self) -> String {
+        let (a, b) = self.parts("SUM");
+        format!("(COALESCE({a}, 0) + COALESCE({b}, 0))")
+    }
+
+    /// `expr` of the event before the current one in (time, id) order when it lies within the
+    /// span, else `otherwise`.
+    pub fn previous(&self, expr: &str, otherwise: &str) -> String {
+        format!(
+            "CASE WHEN LAG({t}) {o} > {t} - {span} THEN LAG({expr}) {o} ELSE {otherwise} END",
+            t = self.time,
+            o = self.ordered,
+            span = self.span,
+        )
+    }
+}
+
+/// A kind's entry in the reference docs.
+#[derive(Debug, Clone, Copy)]
+pub struct Doc {
+    /// What it computes over the window, exactly (summation order, population or sample).
+    pub definition: &'static str,
+    /// Its value when the window holds no event.
+    pub empty: &'static str,
+    /// A config example.
+    pub example: &'static str,
+}
+
+/// One aggregation kind: how it reads a window, and its batch twin.
+pub trait Kind: Send + Sync + 'static {
+    /// The name `kind = "…"` selects.
+    fn name(&self) -> &'static str;
+    /// Whether it reads the `value` field (count and time since do not).
+    fn reads_value(&self) -> bool {
+        true
+    }
+    /// Its column's type: Int64 or Float64.
+    fn output(&self) -> DataType {
+        DataType::Float64
+    }
+    /// Whether the current event may be in its own window; `false` for a kind defined over
+    /// the events before it (time since the previous event), whose window never holds it.
+    fn takes_current(&self) -> bool {
+        true
+    }
+    /// Its value over `window` (Int64 outputs are whole numbers).
+    fn value(&self, window: &Window<'_>) -> f64;
+    /// The same value in DataFusion's built-in SQL over the frames of `twin`.
+    fn twin(&self, twin: &Twin) -> String;
+    /// Its reference entry.
+    fn doc(&self) -> Doc;
+}
+
+/// A kind's registration (see [`register_kind!`](crate::register_kind)).
+pub struct Registered(pub &'static dyn Kind);
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Registered").field(&self.0.name()).finish()
+    }
+}
+
+inventory::collect!(Registered);
+
+/// Registers a kind: `register_kind!(Max);` beside its definition makes `kind = "max"` valid
+/// in every config, in validation, the batch twin and the reference docs.
+#[macro_export]
+macro_rules! register_kind {
+    ($kind:expr) => {
+        $crate::aggregate::inventory::submit! {
+            $crate::aggregate::Registered(&$kind)
+        }
+    };
+}
+
+/// Every registered kind, by name.
+pub fn kinds() -> Vec<&'static dyn Kind> {
+    let mut all: Vec<&'static dyn Kind> = inventory::iter::<Registered>
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    all.sort_by_key(|k| k.name());
+    all
+}
+
+/// The kind registered as `name`.
+pub fn kind(name: &str) -> Option<&'static dyn Kind> {
+    inventory::iter::<Registered>
+        .into_iter()
+        .map(|r| r.0)
+        .find(|k| k.name() == name)
+}
+
+/// One aggregation: a kind of a value per key, over each of its spans.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Key field (integer or text), or several combined, as a window's.
+    #[serde(deserialize_with = "key_columns")]
+    pub key: String,
+    /// The registered kind (see the feature reference).
+    pub kind: String,
+    /// The numeric field it aggregates (for the kinds that read one).
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Window lengths, any of seconds, minutes, hours and days: `["10m", "1h", "30d"]`.
+    #[serde(deserialize_with = "durations")]
+    pub spans: Vec<Duration>,
+    /// Output name template (`{key}`, `{span}`, `{days}` are replaced); one column per span.
+    pub name: String,
+    /// Whether an event's window holds the event itself (default true).
+    #[serde(default)]
+    pub include_current: Option<bool>,
+}
+
+impl AggregateConfig {
+    /// Output names as (span index, name).
+    pub(crate) fn outputs(&self) -> std::result::Result<Vec<(usize, String)>, String> {
+        self.spans
+            .iter()
+            .enumerate()
+            .map(|(i, span)| Ok((i, feature_name(&self.name, &self.key, *span)?)))
+            .collect()
+    }
+
+    /// Whether windows hold their current event.
+    pub(crate) fn current(&self) -> bool {
+        self.include_current.unwrap_or(true)
+    }
+
+    /// Every problem of this aggregation that needs no schema: the kind, its value, its
+    /// spans, the current event.
+    pub(crate) fn problems(&self, at: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        match kind(&self.kind) {
+            None => problems.push(format!(
+                "{at}: unknown kind {:?} (known: {})",
+                self.kind,
+                kinds()
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Some(k) => {
+                match (&self.value, k.reads_value()) {
+                    (None, true) => {
+                        problems.push(format!("{at}: {} needs a value field", k.name()))
+                    }
+                    (Some(v), false) => problems.push(format!(
+                        "{at}: {} reads no value, but value = {v:?} is given",
+                        k.name()
+                    )),
+                    _ => {}
+                }
+                if !k.takes_current() && self.include_current.is_some() {
+                    problems.push(format!(
+                        "{at}: {} is defined over the events before the current one; include_current does not apply",
+                        k.name()
+                    ));
+                }
+            }
+        }
+        if self.spans.is_empty() {
+            problems.push(format!("{at}: spans is empty"));
+        }
+        if self.spans.iter().any(|s| s.is_zero()) {
+            problems.push(format!("{at}: a span must be longer than zero"));
+        }
+        problems
+    }
+}
+
+/// The streaming operator of one [`AggregateConfig`]: per key, its events within the longest
+/// span (time and value), each event's window read by the kind for every span.
+pub struct Aggregation {
+    name: String,
+    kind: &'static dyn Kind,
+    key: String,
+    value: Option<String>,
+    time: String,
+    current: bool,
+    /// (span in ns, output index) per output.
+    spans: Vec<i64>,
+    fields: Vec<FieldRef>,
+    state: KeyedState<Series>,
+    watermark: Watermark,
+    appender: Appender,
+}
+
+impl std::fmt::Debug for Aggregation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregation")
+            .field("name", &self.name)
+            .field("key", &self.key)
+            .field("spans", &self.spans)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Aggregation {
+    /// The operator of `cfg` over events whose time is the column `time`; `None` with the
+    /// problem when the kind is unknown or a name template does not fill.
+    pub(crate) fn new(cfg: &AggregateConfig, time: &str) -> std::result::Result<Self, String> {
+        let kind = kind(&cfg.kind).ok_or_else(|| format!("unknown kind {:?}", cfg.kind))?;
+        let outputs = cfg.outputs()?;
+        let spans: Vec<i64> = cfg.spans.iter().map(|s| ns(*s)).collect();
+        let fields = outputs
+            .iter()
+            .map(|(_, name)| Arc::new(Field::new(name, kind.output(), false)))
+            .collect();
+        Ok(Self {
+            name: format!("aggregate({}:{})", kind.name(), cfg.key),
+            kind,
+            key: cfg.key.clone(),
+            value: cfg.value.clone().filter(|_| kind.reads_value()),
+            time: time.into(),
+            current: cfg.current() && kind.takes_current(),
+            watermark: Watermark::new(spans.iter().copied().max().unwrap_or(0)),
+            spans,
+            fields,
+            state: KeyedState::default(),
+            appender: Appender::default(),
+        })
+    }
+}
+
+impl Operator for Aggregation {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn output_fields(&self) -> &[FieldRef] {
+        &self.fields
+    }
+
+    fn process(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+        let keys = columns::keys(&batch, &self.key)?;
+        let times = columns::event_times(&batch, &self.time)?;
+        let values = match &self.value {
+            Some(v) => Some(columns::f64_values(&batch, v)?),
+            None => None,
+        };
+        let n = batch.num_rows();
+        let ns = self.spans.len();
+        let mut out = vec![0f64; n * ns];
+        let (spans, kind, current) = (&self.spans, self.kind, self.current);
+        let horizon = self.watermark.horizon();
+        self.state.for_each_row(&keys, |row, series| {
+            let t = times[row];
+            let v = values.as_ref().map_or(0.0, |v| v.value(row));
+            let pos = series.insert(t, v, None);
+            let hi = if current { pos + 1 } else { pos };
+            for (s, &span) in spans.iter().enumerate() {
+                let after = t.saturating_sub(span);
+                let lo = series.times.partition_point(|&x| x <= after).min(hi);
+                let window = Window::new(&series.times, &series.values, lo, hi, t, span);
+                out[row * ns + s] = kind.value(&window);
+            }
+            crate::state::Expiring::evict(series, horizon);
+        });
+        let arrays: Vec<ArrayRef> = (0..ns)
+            .map(|s| -> ArrayRef {
+                let col = (0..n).map(|r| out[r * ns + s]);
+                match kind.output() {
+                    DataType::Int64 => {
+                        Arc::new(Int64Array::from_iter_values(col.map(|x| x as i64)))
+                    }
+                    _ => Arc::new(Float64Array::from_iter_values(col)),
+                }
+            })
+            .collect();
+        self.appender.append(batch, &self.fields, arrays)
+    }
+
+    fn advance_watermark(&mut self, watermark: i64) {
+        self.state.advance(&mut self.watermark, watermark);
+    }
+
+    fn keys(&self) -> usize {
+        self.state.len()
+    }
+
+    /// One row per event held: key, time, value; the watermark in the metadata.
+    fn snapshot(&self) -> Result<Option<RecordBatch>> {
+        let rows = self.state.iter().map(|(_, s)| s.times.len()).sum();
+        let mut table = StateTable::with_capacity(rows);
+        let (mut times, mut values) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+        for (key, series) in self.state.iter() {
+            table.key_rows(key, series.times.len());
+            times.extend(series.times.iter().copied());
+            values.extend(series.values.iter().copied());
+        }
+        table
+            .finish(series_columns(times, values), Some(&self.watermark))
+            .map(Some)
+    }
+
+    fn restore(&mut self, table: &RecordBatch) -> Result<()> {
+        let r = StateReader::new(table)?;
+        let times = r.primitive::<arrow::datatypes::Int64Type>("time")?;
+        let values = r.primitive::<arrow::datatypes::Float64Type>("value")?;
+        let mut state = KeyedState::<Series>::default();
+        for row in 0..r.rows() {
+            state
+                .entry(r.key(row)?)
+                .insert(times.value(row), values.value(row), None);
+        }
+        self.watermark = r.watermark(self.watermark.reach())?;
+        self.state = state;
+        Ok(())
+    }
+}
+
+/// The feature reference's table of kinds, generated from the registry (what
+/// `docs/reference/features.md` holds between its markers).
+pub fn reference_table() -> String {
+    let mut out = String::from(
+        "| kind | reads a value | type | over the window (t − span, t] | empty window | example |\n|---|---|---|---|---|---|\n",
+    );
+    for k in kinds() {
+        let doc = k.doc();
+        let ty = match k.output() {
+            DataType::Int64 => "Int64",
+            _ => "Float64",
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {ty} | {} | {} | `{}` |\n",
+            k.name(),
+            if k.reads_value() { "yes" } else { "no" },
+            doc.definition,
+            doc.empty,
+            doc.example.replace('|', "\\|"),
+        ));
+    }
+    out
+}
+
+/// The page `docs/reference/features.md`: how aggregations are declared and read, and every
+/// registered kind.
+pub fn reference_page() -> String {
+    format!(
+        "# Aggregation kinds\n\n\
+Generated from riskpipe's registry of aggregation kinds (`RISKPIPE_BLESS=1 cargo test -p \
+riskpipe-operators reference` rewrites it); each kind's definition is the code a golden test \
+checks by hand and a property test against its batch twin.\n\n\
+<!-- extends examples/payments/payments.toml -->\n```toml\n[[job.features.aggregate]]\nkey = \"card.id\"          # a field, or several: [\"card.id\", \"merchant.id\"]\n\
+kind = \"max\"             # one of the kinds below\nvalue = \"amount.value\"   # the number it reads (not for count, since_previous)\n\
+spans = [\"10m\", \"1h\", \"30d\"]   # seconds (s), minutes (m), hours (h), days (d)\n\
+name = \"card_max_{{span}}\" # one column per span: {{key}}, {{span}} (10m, 1h, 30days), {{days}}\n\
+include_current = true   # whether an event's window holds the event itself (default true)\n```\n\n\
+An event at time t reads the key's events with time in (t − span, t]: an event exactly at \
+t − span is out. Events of equal time are ordered by the events' id; an event's window holds \
+those before it in that order (and itself, with `include_current`), never those after. A \
+late event (within the allowed lateness) reads the key's events that arrived before it with \
+a time up to its own (those of equal time included whatever their id), as a replay of the same \
+topic reads them too. Sums add from the latest event to the earliest, so \
+a value depends only on which events the window holds, never on how batches were cut or when \
+old events were freed. Models take no nulls: every kind has a value over an empty window (an \
+event whose key has nothing earlier in the span and that is not counted itself).\n\n{}",
+        reference_table()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    /// The reference page is written from the registry, so it cannot go stale.
+    #[test]
+    fn the_reference_page_lists_every_registered_kind() {
+        let page = super::reference_page();
+        for k in super::kinds() {
+            assert!(
+                page.contains(&format!("| `{}` |", k.name())),
+                "{}",
+                k.name()
+            );
+        }
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/reference/features.md");
+        if std::env::var_os("RISKPIPE_BLESS").is_some() {
+            std::fs::write(&path, &page).expect("write");
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == page,
+            "docs/reference/features.md is stale: run RISKPIPE_BLESS=1 cargo test -p riskpipe-operators reference"
+        );
+    }
+}
