@@ -195,3 +195,43 @@ pub async fn batch_features(
     let sql = batch_sql(cfg, table, keep)?;
     Ok(ctx.sql(&sql).await?)
 }
+
+/// Every feature of `cfg` over the history file `path` (Parquet; CSV by its extension) with the
+/// file's own columns, ordered by (event time, `order_by`): the batch twin of a whole history,
+/// which the full-history tests hold the streaming chain equal to.
+pub fn features_of_file(
+    cfg: &FeatureConfig,
+    path: &std::path::Path,
+) -> Result<Vec<arrow::array::RecordBatch>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| OperatorError::BadInput(format!("starting the async runtime: {e}")))?;
+    runtime.block_on(async {
+        let ctx = session();
+        let file = path.to_string_lossy().to_string();
+        if file.to_lowercase().ends_with(".csv") {
+            ctx.register_csv("history", &file, datafusion::prelude::CsvReadOptions::new())
+                .await?;
+        } else {
+            ctx.register_parquet(
+                "history",
+                &file,
+                datafusion::prelude::ParquetReadOptions::default(),
+            )
+            .await?;
+        }
+        let keep: Vec<String> = ctx
+            .table("history")
+            .await?
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        Ok(batch_features(&ctx, cfg, "history", &keep)
+            .await?
+            .collect()
+            .await?)
+    })
+}

@@ -33,8 +33,14 @@ pub(crate) fn twin_variance(twin: &Twin) -> String {
     );
     let (ma, mb) = twin.parts("AVG");
     let (va, vb) = twin.parts("VAR_POP");
+    let (lo_a, lo_b) = twin.parts("MIN");
+    let (hi_a, hi_b) = twin.parts("MAX");
+    // Equal values (one event among them) have no variance: exactly 0, as the stream says,
+    // where a sliding VAR_POP keeps a residue of the values that left its frame.
     format!(
-        "CASE WHEN {na} + {nb} = 0 THEN 0.0 WHEN {na} = 0 THEN {vb} WHEN {nb} = 0 THEN {va} \
+        "CASE WHEN {na} + {nb} = 0 THEN 0.0 \
+         WHEN LEAST({lo_a}, {lo_b}) = GREATEST({hi_a}, {hi_b}) THEN 0.0 \
+         WHEN {na} = 0 THEN {vb} WHEN {nb} = 0 THEN {va} \
          ELSE ({va} * {na} + {vb} * {nb} + ({ma} - {mb}) * ({ma} - {mb}) * {na} * {nb} / ({na} + {nb})) / ({na} + {nb}) END"
     )
 }
