@@ -3,6 +3,10 @@
 //! window; and with 1M new customers after that (memory freed is reused, not grown). Drives the
 //! shipped handbook job's feature stage, as the driver does.
 //!
+//! Then each aggregation kind alone (keyed by the customer over 30 days, 1M customers with one
+//! transaction each), each in a process of its own so that one's freed memory does not hide the
+//! next one's.
+//!
 //! `cargo bench --bench state` (release). RISKPIPE_BENCH_KEYS sets the customers (default 1M).
 
 use std::sync::Arc;
@@ -48,11 +52,59 @@ fn transactions(ids: std::ops::Range<i64>, from: i64, span: i64) -> RecordBatch 
     .expect("batch")
 }
 
+/// Set in the child process measuring one aggregation kind.
+const KIND_ENV: &str = "RISKPIPE_BENCH_KIND";
+
 fn main() {
     let keys: i64 = std::env::var("RISKPIPE_BENCH_KEYS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    if let Ok(kind) = std::env::var(KIND_ENV) {
+        return one_kind(&kind, keys);
+    }
+    handbook(keys);
+    for kind in riskpipe_operators::aggregate::kinds() {
+        let status = std::process::Command::new(std::env::current_exe().expect("this bench"))
+            .env(KIND_ENV, kind.name())
+            .status()
+            .expect("a process per kind");
+        assert!(status.success(), "{}", kind.name());
+    }
+}
+
+/// One aggregation kind alone over 30 days, `keys` customers with one transaction each: the
+/// bytes per key its state holds.
+fn one_kind(kind: &str, keys: i64) {
+    let reads = riskpipe_operators::aggregate::kind(kind)
+        .expect("a registered kind")
+        .reads_value();
+    let features: riskpipe_operators::FeatureConfig = toml::from_str(&format!(
+        "event_time = \"TX_DATETIME\"\norder_by = \"TRANSACTION_ID\"\n[[aggregate]]\nkey = \"CUSTOMER_ID\"\nkind = \"{kind}\"\n{}spans = [\"30d\"]\nname = \"F\"\n",
+        if reads { "value = \"TX_AMOUNT\"\n" } else { "" }
+    ))
+    .expect("config");
+    let mut chain = features.build_chain().expect("chain");
+    let before = rss();
+    for from in (0..keys).step_by(8192) {
+        let to = (from + 8192).min(keys);
+        let batch = transactions(
+            from..to,
+            START + from * (DAY / keys),
+            (to - from) * (DAY / keys),
+        );
+        std::hint::black_box(chain.process(batch).expect("features"));
+    }
+    let loaded = rss();
+    println!(
+        "{kind}: {} keys held over 30 days, {:.0} bytes per key",
+        chain.keys(),
+        loaded.saturating_sub(before) as f64 / keys as f64,
+    );
+}
+
+/// The shipped handbook job's feature stage.
+fn handbook(keys: i64) {
     let cfg = PipelineConfig::handbook().expect("config");
     let mut stage = fraud::feature_stage(
         riskpipe_pipeline::jobs::fraud::FraudConfig::of(&cfg).expect("fraud job"),
