@@ -1736,9 +1736,9 @@ fn declared_outputs_that_do_not_fit_are_refused_together() {
 }
 
 /// Every aggregation kind, keyed by the card over an hour and a day (with the payment in its
-/// window and without), published in each score record (`[job.outputs] scores`): live on 4
-/// partitions with chargebacks, every payment's aggregations equal the file backtest's bit for
-/// bit.
+/// window and without, over every payment and over two filters), and an expression over them,
+/// published in each score record (`[job.outputs] scores`): live on 4 partitions with
+/// chargebacks, every payment's aggregations equal the file backtest's bit for bit.
 #[test]
 fn every_aggregation_kind_live_equals_the_backtest_bit_for_bit() {
     let n = 3_000;
@@ -1770,7 +1770,23 @@ fn every_aggregation_kind_live_equals_the_backtest_bit_for_bit() {
             ));
             names.extend(["1h", "1day"].map(|s| format!("{name}_{s}")));
         }
+        // Online payments alone, and payments at night where the card holder lives (an
+        // expression the filter reads).
+        for (filter, label) in [("channel = 'online'", "online"), ("at_night", "night")] {
+            let name = format!("{kind}_{label}");
+            extra.push_str(&format!(
+                "\n[[job.features.aggregate]]\nkey = \"card.id\"\nkind = \"{kind}\"\n{}spans = [\"1h\", \"1d\"]\nfilter = \"{filter}\"\nname = \"{name}_{{span}}\"\n",
+                if reads { "value = \"amount.value\"\n" } else { "" },
+            ));
+            names.extend(["1h", "1day"].map(|s| format!("{name}_{s}")));
+        }
     }
+    // Expressions: one the aggregations read (declared after them), one reading aggregations.
+    extra.push_str(
+        "\n[[job.features.sql]]\nname = \"z\"\nexpr = \"(\\\"amount.value\\\" - mean_with_1day) / (stddev_with_1day + 1)\"\n\
+         \n[[job.features.sql]]\nname = \"at_night\"\nexpr = \"date_part('hour', created_at AT TIME ZONE 'Europe/Paris') < 6\"\n",
+    );
+    names.push("z".into());
     extra.push_str(&format!("\n[job.outputs]\nscores = {names:?}\n"));
 
     // The backtest's aggregations per payment, as bits.

@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the streaming operators: events/s through the handbook's
 //! customer windows and terminal label-risk on synthetic, time-ordered events; and each
-//! aggregation kind alone, keyed by the customer, over 1 hour and over 30 days.
+//! aggregation kind alone, keyed by the customer, over 1 hour and over 30 days (count also over
+//! a filter); and the cost of evaluating expressions per batch, beside the bare arrow kernel.
 
 use std::sync::Arc;
 
@@ -98,20 +99,29 @@ fn kinds(c: &mut Criterion) {
     let mut group = c.benchmark_group("aggregation_kinds");
     group.throughput(Throughput::Elements(KIND_EVENTS as u64));
     group.sample_size(10);
-    for kind in riskpipe_operators::aggregate::kinds() {
+    let every = riskpipe_operators::aggregate::kinds()
+        .into_iter()
+        .map(|k| (k.name().to_string(), k.reads_value(), ""));
+    // A third of the events selected by a condition.
+    let filtered = std::iter::once((
+        "count_filtered".to_string(),
+        false,
+        "filter = \"TERMINAL_ID % 3 = 1\"\n",
+    ));
+    for (name, reads_value, filter) in every.chain(filtered) {
         for span in ["1h", "30d"] {
-            let value = match kind.reads_value() {
+            let value = match reads_value {
                 true => "value = \"TX_AMOUNT\"\n",
                 false => "",
             };
+            let kind = name.trim_end_matches("_filtered");
             let mut cfg: FeatureConfig = toml::from_str(&format!(
-                "[[aggregate]]\nkey = \"CUSTOMER_ID\"\nkind = \"{}\"\n{value}spans = [\"{span}\"]\nname = \"F\"\n",
-                kind.name()
+                "[[aggregate]]\nkey = \"CUSTOMER_ID\"\nkind = \"{kind}\"\n{value}{filter}spans = [\"{span}\"]\nname = \"F\"\n",
             ))
             .expect("config");
             cfg.event_time = "TX_DATETIME".into();
             cfg.order_by = "TRANSACTION_ID".into();
-            group.bench_function(format!("{}/{span}", kind.name()), |b| {
+            group.bench_function(format!("{name}/{span}"), |b| {
                 b.iter(|| {
                     let mut chain = cfg.build_chain().expect("chain");
                     let mut start = 0;
@@ -131,6 +141,53 @@ fn kinds(c: &mut Criterion) {
     group.finish();
 }
 
+/// Expressions evaluated on one batch of [`BATCH`] events, each planned once (as the operators
+/// plan them once per schema); `bare ln` is the arrow kernel alone, what the `ln` expression
+/// costs without DataFusion around it.
+fn expressions(c: &mut Criterion) {
+    use riskpipe_operators::expr::Expression;
+    let input = events_over(BATCH);
+    let mut group = c.benchmark_group("expressions");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for (name, sql) in [
+        (
+            "arithmetic",
+            "(\"TX_AMOUNT\" - 50.0) / (\"TX_AMOUNT\" + 1.0)",
+        ),
+        ("ln", "ln(\"TX_AMOUNT\" + 1)"),
+        (
+            "case",
+            "CASE WHEN \"TX_AMOUNT\" > 100 THEN 1 WHEN \"TX_AMOUNT\" > 50 THEN 2 ELSE 3 END",
+        ),
+        (
+            "hour_in_zone",
+            "date_part('hour', \"TX_DATETIME\" AT TIME ZONE 'Europe/Paris')",
+        ),
+    ] {
+        let mut e = Expression::new(sql);
+        e.evaluate(&input).expect("plans");
+        group.bench_function(name, |b| {
+            b.iter(|| std::hint::black_box(e.evaluate(&input).expect("evaluate")))
+        });
+    }
+    let mut filter = Expression::new("\"TERMINAL_ID\" % 3 = 1 AND \"TX_AMOUNT\" > 20");
+    group.bench_function("filter", |b| {
+        b.iter(|| std::hint::black_box(filter.matches(&input).expect("matches")))
+    });
+    group.bench_function("bare ln", |b| {
+        b.iter(|| {
+            use arrow::array::AsArray;
+            let amounts = input
+                .column(4)
+                .as_primitive::<arrow::datatypes::Float64Type>();
+            let out: Float64Array =
+                arrow::compute::kernels::arity::unary(amounts, |x| (x + 1.0).ln());
+            std::hint::black_box(out)
+        })
+    });
+    group.finish();
+}
+
 fn time_of(batch: &RecordBatch, row: usize) -> i64 {
     use arrow::array::AsArray;
     batch
@@ -139,5 +196,5 @@ fn time_of(batch: &RecordBatch, row: usize) -> i64 {
         .value(row)
 }
 
-criterion_group!(benches, bench, kinds);
+criterion_group!(benches, bench, kinds, expressions);
 criterion_main!(benches);

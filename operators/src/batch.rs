@@ -43,16 +43,19 @@ pub fn batch_sql(cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<St
     let mut peers = Vec::new(); // level 1
     let mut raw = Vec::new(); // level 2
     let mut finals = Vec::new(); // level 3
+    // Level 0: the events with their time as an integer, calendar flags and the expressions
+    // that read only these (which the keyed features may read).
+    let mut base = vec![format!("CAST({t} AS BIGINT) AS \"__t\"")];
     if let Some(c) = &cfg.calendar {
         if let Some(w) = &c.weekend {
-            raw.push(format!(
+            base.push(format!(
                 "CASE WHEN date_part('dow', {t}) IN (0, 6) THEN 1 ELSE 0 END AS {}",
                 q(w)
             ));
             finals.push(q(w));
         }
         if let Some(n) = &c.night {
-            raw.push(format!(
+            base.push(format!(
                 "CASE WHEN date_part('hour', {t}) <= {} THEN 1 ELSE 0 END AS {}",
                 c.night_last_hour,
                 q(n)
@@ -97,15 +100,25 @@ pub fn batch_sql(cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<St
             Some(v) => format!("CAST({} AS DOUBLE)", q(v)),
             None => "1.0".into(),
         };
-        // Per row: the value of the first event (by id) of its key and time.
+        let value = match &a.filter {
+            Some(f) => format!("CASE WHEN ({f}) THEN {value} END"),
+            None => value,
+        };
+        let skip = if a.filter.is_some() {
+            " IGNORE NULLS"
+        } else {
+            ""
+        };
+        // Per row: the value of the first (selected) event by id of its key and time.
         peers.push(format!(
-            "FIRST_VALUE({value}) OVER (PARTITION BY {k}, \"__t\" ORDER BY {ord} ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS \"__gf{i}\""
+            "FIRST_VALUE({value}){skip} OVER (PARTITION BY {k}, \"__t\" ORDER BY {ord} ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS \"__gf{i}\""
         ));
         let current = a.current() && kind.takes_current();
         for (s, span) in a.spans.iter().enumerate() {
             let span = ns(*span);
             let twin = crate::aggregate::Twin {
                 value: value.clone(),
+                filter: a.filter.clone(),
                 earlier: format!(
                     "OVER (PARTITION BY {k} ORDER BY \"__t\" RANGE BETWEEN {} PRECEDING AND 1 PRECEDING)",
                     span - 1
@@ -161,8 +174,18 @@ pub fn batch_sql(cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<St
             format!(", {}", level.join(", "))
         }
     };
+    let order = crate::sql::order(&cfg.sql, &cfg.keyed_names());
+    if let Some(cycle) = order.cycle {
+        return Err(config_err(cycle));
+    }
+    let mut events = format!("SELECT *, {} FROM {}", base.join(", "), q(table));
+    for &i in &order.early {
+        let f = &cfg.sql[i];
+        events = format!("SELECT *, {} AS {} FROM ({events})", f.expr, q(&f.name));
+        finals.push(q(&f.name));
+    }
     let mut sql = format!(
-        "SELECT {keep}, {finals}, \"__t\" FROM (SELECT *{raw} FROM (SELECT *{peers} FROM (SELECT *, CAST({t} AS BIGINT) AS \"__t\" FROM {table})))",
+        "SELECT {keep}, {finals}, \"__t\" FROM (SELECT *{raw} FROM (SELECT *{peers} FROM ({events})))",
         keep = keep_cols.join(", "),
         finals = if finals.is_empty() {
             "1 AS \"__none\"".into()
@@ -171,10 +194,10 @@ pub fn batch_sql(cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<St
         },
         raw = with_extra(&raw),
         peers = with_extra(&peers),
-        table = q(table),
     );
-    // SQL features see the input and all earlier features, like the streaming chain.
-    for f in &cfg.sql {
+    // The other expressions read the keyed features too, as in the streaming chain.
+    for &i in &order.late {
+        let f = &cfg.sql[i];
         sql = format!("SELECT *, {} AS {} FROM ({sql})", f.expr, q(&f.name));
     }
     let mut out: Vec<String> = keep_cols;

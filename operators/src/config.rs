@@ -1,6 +1,7 @@
 //! The feature configuration: the one place each feature is defined.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::{DataType, Schema};
@@ -36,7 +37,8 @@ pub struct FeatureConfig {
     /// Keyed fraud rates from delayed labels over (t - delay - span, t - delay].
     #[serde(default)]
     pub label_risk: Vec<LabelRiskConfig>,
-    /// SQL expressions over the columns (input and earlier features), evaluated with DataFusion.
+    /// SQL expressions over the event's fields and other features, evaluated with DataFusion's
+    /// expression engine, in the order their dependencies allow.
     #[serde(default)]
     pub sql: Vec<SqlFeatureConfig>,
 }
@@ -126,13 +128,16 @@ pub struct LabelRiskConfig {
     pub label_time: String,
 }
 
-/// A feature computed by a SQL expression, e.g. `ln("TX_AMOUNT" + 1)`.
+/// A feature computed by a SQL expression, e.g. `ln("TX_AMOUNT" + 1)`. One that reads only the
+/// event's fields (and calendar flags and other such expressions) runs before the keyed features,
+/// which may aggregate, key or filter by it; one that reads a keyed feature runs after them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqlFeatureConfig {
     /// Output column.
     pub name: String,
-    /// DataFusion SQL expression over the input columns and earlier features (case-sensitive).
+    /// DataFusion SQL scalar expression over the event's fields and other features (names are
+    /// case-sensitive; quote those that are not plain identifiers: `"card.id"`).
     pub expr: String,
 }
 
@@ -293,6 +298,24 @@ impl FeatureConfig {
             d.is_integer() || matches!(d, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
         };
         let is_num = |d: &DataType| d.is_numeric();
+        // What the keyed features read: the event's fields, calendar flags and the expression
+        // features that run before them.
+        let order = crate::sql::order(&self.sql, &self.keyed_names());
+        problems.extend(order.cycle.clone());
+        let mut read: Vec<arrow::datatypes::FieldRef> =
+            transactions.fields().iter().cloned().collect();
+        if let Some(c) = &self.calendar {
+            read.extend(
+                c.weekend
+                    .iter()
+                    .chain(c.night.iter())
+                    .map(|n| Arc::new(arrow::datatypes::Field::new(n, DataType::Int64, false))),
+            );
+        }
+        let events =
+            crate::sql::plan_over(&Schema::new(read), &self.sql, &order.early, &mut problems);
+        let transactions_only = transactions;
+        let transactions = &events;
         col(
             transactions,
             &self.event_time,
@@ -387,7 +410,7 @@ impl FeatureConfig {
         if !self.label_risk.is_empty() {
             // Labels name the transaction they are about by this id.
             col(
-                transactions,
+                transactions_only,
                 &self.order_by,
                 "order_by (the transaction id labels name)",
                 is_key,
@@ -471,19 +494,68 @@ impl FeatureConfig {
                 Err(e) => problems.push(format!("label_risk[{i}]: {e}")),
             }
         }
+        for (i, a) in self.aggregate.iter().enumerate() {
+            if let Some(f) = &a.filter {
+                match crate::expr::Expression::new(f).field("filter", &Arc::new(events.clone())) {
+                    Ok(field) if field.data_type() == &DataType::Boolean => {}
+                    Ok(field) => problems.push(format!(
+                        "aggregate[{i}].filter {f:?} is {}, not a condition (true or false)",
+                        field.data_type()
+                    )),
+                    Err(e) => problems.push(format!("aggregate[{i}].filter: {e}")),
+                }
+            }
+        }
         for (i, s) in self.sql.iter().enumerate() {
-            #[cfg(feature = "sql")]
-            if let Err(e) = crate::SqlFeature::check_syntax(&s.expr) {
+            if let Err(e) = crate::expr::check_syntax(&s.expr) {
                 problems.push(format!("sql[{i}] ({}): {e}", s.name));
             }
-            #[cfg(not(feature = "sql"))]
-            problems.push(format!(
-                "sql[{i}] ({}): SQL features need riskpipe built with `--features sql`",
-                s.name
-            ));
             add_name(&mut problems, s.name.clone());
         }
+        // The expressions after the keyed features read every column before them.
+        if problems.is_empty() && !order.late.is_empty() {
+            let keyed = FeatureConfig {
+                sql: Vec::new(),
+                calendar: None,
+                ..self.clone()
+            }
+            .build_chain();
+            match keyed {
+                Ok(chain) => {
+                    let mut fields: Vec<arrow::datatypes::FieldRef> =
+                        events.fields().iter().cloned().collect();
+                    fields.extend(chain.output_fields());
+                    crate::sql::plan_over(
+                        &Schema::new(fields),
+                        &self.sql,
+                        &order.late,
+                        &mut problems,
+                    );
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
         problems
+    }
+
+    /// The columns of the keyed features (windows, aggregations, label risks).
+    pub(crate) fn keyed_names(&self) -> HashSet<String> {
+        let windows = self
+            .windows
+            .iter()
+            .flat_map(|w| Self::window_outputs(w).unwrap_or_default())
+            .map(|(_, _, n)| n);
+        let aggregations = self
+            .aggregate
+            .iter()
+            .flat_map(|a| a.outputs().unwrap_or_default())
+            .map(|(_, n)| n);
+        let risks = self
+            .label_risk
+            .iter()
+            .flat_map(|r| Self::risk_outputs(r).unwrap_or_default())
+            .flat_map(|(_, c, k)| c.into_iter().chain(k));
+        windows.chain(aggregations).chain(risks).collect()
     }
 
     /// Builds the streaming operators. Configuration errors are reported all together.
@@ -504,6 +576,13 @@ impl FeatureConfig {
                 c.night_last_hour,
             )));
         }
+        let order = crate::sql::order(&self.sql, &self.keyed_names());
+        problems.extend(order.cycle.clone());
+        let expression = |i: &usize| -> Box<dyn Operator> {
+            let s = &self.sql[*i];
+            Box::new(crate::SqlFeature::new(&s.name, &s.expr))
+        };
+        ops.extend(order.early.iter().map(expression));
         // One operator remembering events by id is enough to refuse a transaction published
         // twice: the label-risk history holds every transaction within its reach; without
         // label risk (the first stage of the repartitioned topology), the windows do.
@@ -543,17 +622,7 @@ impl FeatureConfig {
                 Err(e) => problems.push(format!("label_risk[{i}]: {e}")),
             }
         }
-        #[cfg(feature = "sql")]
-        for s in &self.sql {
-            ops.push(Box::new(crate::SqlFeature::new(&s.name, &s.expr)));
-        }
-        #[cfg(not(feature = "sql"))]
-        for s in &self.sql {
-            problems.push(format!(
-                "sql feature {}: SQL features need riskpipe built with `--features sql`",
-                s.name
-            ));
-        }
+        ops.extend(order.late.iter().map(expression));
         if !problems.is_empty() {
             return Err(OperatorError::Config(problems));
         }
@@ -561,9 +630,9 @@ impl FeatureConfig {
     }
 
     /// The definitions split at a repartition by `key` (scale-out): the first part holds what
-    /// runs before it (calendar flags, windows over other keys), the second what runs after it
-    /// on rows keyed by `key` (windows and label risks over `key`, then SQL features, which may
-    /// read any earlier column). Every label risk must be keyed by `key`, since labels reach
+    /// runs before it (calendar flags, expressions over the events, windows over other keys),
+    /// the second what runs after it on rows keyed by `key` (windows and label risks over `key`,
+    /// then the expressions that read keyed features). Every label risk must be keyed by `key`, since labels reach
     /// only the second part; each problem is listed.
     pub fn split_by(&self, key: &str) -> Result<(FeatureConfig, FeatureConfig)> {
         let problems: Vec<String> = self
@@ -595,20 +664,26 @@ impl FeatureConfig {
                 "windows before the repartition by {key:?} are keyed by {keys:?}: with a repartition they must share one key, the one the transactions topic is partitioned by"
             ));
         }
+        // Expressions that read only the events run in the first part (its keyed features may
+        // read them); the rest after the repartition, beside the features they read.
+        let order = crate::sql::order(&self.sql, &self.keyed_names());
+        problems.extend(order.cycle.clone());
         if !problems.is_empty() {
             return Err(OperatorError::Config(problems));
         }
+        let pick = |which: &[usize]| which.iter().map(|&i| self.sql[i].clone()).collect();
         let first = FeatureConfig {
             windows: before,
             aggregate: aggregate_before,
             label_risk: Vec::new(),
-            sql: Vec::new(),
+            sql: pick(&order.early),
             ..self.clone()
         };
         let second = FeatureConfig {
             calendar: None,
             windows: after,
             aggregate: aggregate_after,
+            sql: pick(&order.late),
             ..self.clone()
         };
         Ok((first, second))

@@ -5,12 +5,13 @@
 //! - [`FeatureConfig::build_chain`] builds the streaming [`FeatureChain`] that live scoring and
 //!   replay both run: events ordered by (event time, tie-break column) flow through
 //!   [`CalendarFlags`], [`WindowAggregate`]s, [`Aggregation`]s (any registered [`Kind`] over
-//!   any span), [`LabelRisk`]s and SQL features, each keeping its
+//!   any span, optionally of the events a condition selects), [`LabelRisk`]s and
+//!   [`SqlFeature`]s (SQL expressions, [`expr`]: the one expression language), each keeping its
 //!   per-key state across batches; fraud-label events reach the stateful operators through
 //!   [`Operator::observe_labels`];
 //! - with the `sql` cargo feature, `batch::batch_features` compiles the same definitions to one
 //!   DataFusion query with window frames over event time, which exports training sets over a
-//!   whole history, and `SqlFeature`s evaluate SQL expressions on each batch.
+//!   whole history.
 //!
 //! Tests prove the two produce the same values, which is what keeps training and serving equal.
 //!
@@ -24,9 +25,9 @@ pub mod batch;
 mod calendar;
 pub mod columns;
 mod config;
+pub mod expr;
 mod label_risk;
 mod market;
-#[cfg(feature = "sql")]
 mod sql;
 mod state;
 mod window;
@@ -46,7 +47,6 @@ pub use config::{
 };
 pub use label_risk::LabelRisk;
 pub use market::{Ewma, QuantileOf, Rolling, RollingQuantile, SeriesFeatures, SeriesOperator};
-#[cfg(feature = "sql")]
 pub use sql::SqlFeature;
 pub use state::state_table_keys;
 pub use window::{Aggregate, WindowAggregate};
@@ -67,6 +67,10 @@ pub enum OperatorError {
     /// Arrow failed on data that had passed the checks: a bug.
     #[error("arrow: {0}")]
     Arrow(#[from] ArrowError),
+    /// An expression (feature or filter, named first) does not plan over its input or failed
+    /// evaluating: riskpipe is misconfigured.
+    #[error("expression {0}: {1}")]
+    Expression(String, expr::ExprError),
     /// DataFusion failed planning or running a feature query.
     #[cfg(feature = "sql")]
     #[error("datafusion: {0}")]
@@ -80,9 +84,10 @@ impl OperatorError {
             OperatorError::BadInput(_) => Fault::BadInput,
             #[cfg(feature = "sql")]
             OperatorError::DataFusion(_) => Fault::Bug,
-            OperatorError::Config(_) | OperatorError::Checkpoint(_) | OperatorError::Arrow(_) => {
-                Fault::Bug
-            }
+            OperatorError::Config(_)
+            | OperatorError::Checkpoint(_)
+            | OperatorError::Expression(..)
+            | OperatorError::Arrow(_) => Fault::Bug,
         }
     }
 }

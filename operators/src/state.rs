@@ -51,6 +51,37 @@ impl<S: Default> KeyedState<S> {
     }
 }
 
+impl<S: Default> KeyedState<S> {
+    /// As [`KeyedState::for_each_row`], except that a row for which `adds(row)` is false only
+    /// reads its key's state (`None` where the key has none): no key is added for it.
+    pub(crate) fn for_each_row_adding(
+        &mut self,
+        keys: &Keys,
+        adds: impl Fn(usize) -> bool,
+        mut f: impl FnMut(usize, Option<&mut S>),
+    ) {
+        match keys {
+            Keys::Int(a) => {
+                for (row, k) in a.values().iter().enumerate() {
+                    match adds(row) {
+                        true => f(row, Some(self.ints.entry(*k).or_default())),
+                        false => f(row, self.ints.get_mut(k)),
+                    }
+                }
+            }
+            Keys::Str(a) => {
+                for row in 0..a.len() {
+                    let k = a.value(row);
+                    if adds(row) && !self.strs.contains_key(k) {
+                        self.strs.insert(k.to_owned(), S::default());
+                    }
+                    f(row, self.strs.get_mut(k));
+                }
+            }
+        }
+    }
+}
+
 impl<S> KeyedState<S> {
     /// Calls `f(row, state)` for every row whose key has state (read only; no key is added).
     pub(crate) fn for_each_present(&self, keys: &Keys, mut f: impl FnMut(usize, &S)) {

@@ -272,17 +272,6 @@ fn calendar_flags_by_hand() {
     assert_eq!(ints(&out, "NI"), vec![1, 1, 0, 0, 1]);
 }
 
-#[cfg(not(feature = "sql"))]
-#[test]
-fn sql_features_without_the_sql_build_are_a_clear_config_error() {
-    let cfg = config(&format!(
-        "{CUSTOMER}\n[[sql]]\nname = \"LOG_AMOUNT\"\nexpr = \"ln(TX_AMOUNT + 1)\"\n"
-    ));
-    let e = cfg.build_chain().expect_err("no DataFusion in this build");
-    assert!(e.to_string().contains("--features sql"), "{e}");
-}
-
-#[cfg(feature = "sql")]
 #[test]
 fn sql_features_see_earlier_features() {
     let cfg = config(&format!(
@@ -296,6 +285,96 @@ fn sql_features_see_earlier_features() {
     let log = floats(&out, "LOG_AMOUNT");
     assert!((log[0] - 11f64.ln()).abs() < 1e-12 && (log[1] - 31f64.ln()).abs() < 1e-12);
     assert_eq!(floats(&out, "RATIO"), vec![1.0, 1.5]);
+}
+
+/// Expressions may be declared in any order: each runs after those it reads, and one that
+/// reads only the event runs before the aggregations, which may aggregate it and filter by it.
+#[test]
+fn expressions_run_in_the_order_their_inputs_allow() {
+    let cfg = config(
+        r#"
+[[sql]]
+name = "Z"
+expr = "(CENTS - CENTS_MEAN) / 100.0"
+
+[[aggregate]]
+key = "CUSTOMER_ID"
+kind = "mean"
+value = "CENTS"
+spans = ["1d"]
+name = "CENTS_MEAN"
+filter = "BIG"
+
+[[sql]]
+name = "BIG"
+expr = "CENTS >= 1000"
+
+[[sql]]
+name = "CENTS"
+expr = "CAST(TX_AMOUNT * 100 AS BIGINT)"
+"#,
+    );
+    let problems = cfg.validate(&riskpipe_schemas::transaction_schema(), None);
+    assert!(problems.is_empty(), "{problems:?}");
+    let mut chain = cfg.build_chain().expect("chain");
+    // The chain appends the event's expressions first (in dependency order), then the
+    // aggregation, then what reads it.
+    assert_eq!(chain.feature_names(), ["CENTS", "BIG", "CENTS_MEAN", "Z"]);
+    let out = chain
+        .process(tx(&[
+            (1, 0, 1, 1, 10.0),
+            (2, S, 1, 1, 30.0),
+            (3, 2 * S, 1, 1, 2.0),
+        ]))
+        .expect("process");
+    assert_eq!(ints(&out, "CENTS"), [1000, 3000, 200]);
+    // The 2.00 payment is not big: the mean stays over 10.00 and 30.00.
+    assert_eq!(floats(&out, "CENTS_MEAN"), [1000.0, 2000.0, 2000.0]);
+    assert_eq!(floats(&out, "Z"), [0.0, 10.0, -18.0]);
+}
+
+/// Every problem of the expressions is listed: a cycle, an unknown column, a filter that is
+/// not a condition, a syntax error.
+#[test]
+fn every_expression_problem_is_listed() {
+    let cfg = config(
+        r#"
+[[sql]]
+name = "A"
+expr = "B + 1"
+
+[[sql]]
+name = "B"
+expr = "A * 2"
+
+[[sql]]
+name = "C"
+expr = "NO_SUCH_FIELD + 1"
+
+[[sql]]
+name = "D"
+expr = "TX_AMOUNT +* 2"
+
+[[aggregate]]
+key = "CUSTOMER_ID"
+kind = "count"
+spans = ["1h"]
+name = "N"
+filter = "TX_AMOUNT * 2"
+"#,
+    );
+    let all = cfg
+        .validate(&riskpipe_schemas::transaction_schema(), None)
+        .join("\n");
+    for expected in [
+        "expression features [\"A\", \"B\"] read each other in a cycle",
+        "sql[2] (C):",
+        "NO_SUCH_FIELD",
+        "sql[3] (D):",
+        "aggregate[0].filter \"TX_AMOUNT * 2\" is Float64, not a condition",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
 }
 
 #[test]
@@ -559,6 +638,100 @@ fn every_aggregation_kind_by_hand() {
         assert_eq!(f.data_type(), &expected, "{}", f.name());
         assert!(!f.is_nullable(), "{}", f.name());
     }
+}
+
+/// Every kind over the events a filter selects (`TX_AMOUNT >= 4`: all but the 2.0 at 1:00),
+/// derived by hand on the rows of `every_aggregation_kind_by_hand`. An event the filter does not
+/// select still gets the value of the window it would have joined, itself left out.
+#[test]
+fn every_aggregation_kind_over_a_filter_by_hand() {
+    let mut text = String::new();
+    for (kind, value) in [
+        ("count", ""),
+        ("since_previous", ""),
+        ("sum", "TX_AMOUNT"),
+        ("mean", "TX_AMOUNT"),
+        ("min", "TX_AMOUNT"),
+        ("max", "TX_AMOUNT"),
+        ("variance", "TX_AMOUNT"),
+        ("first", "TX_AMOUNT"),
+        ("last", "TX_AMOUNT"),
+    ] {
+        let value = match value {
+            "" => String::new(),
+            v => format!("value = \"{v}\"\n"),
+        };
+        for (suffix, current) in [("", true), ("_before", false)] {
+            if kind == "since_previous" && !current {
+                continue;
+            }
+            let current = match kind {
+                "since_previous" => String::new(),
+                _ => format!("include_current = {current}\n"),
+            };
+            for (name, filter) in [("", "TX_AMOUNT >= 4"), ("_none", "TX_AMOUNT < 0")] {
+                text.push_str(&format!(
+                    "\n[[aggregate]]\nkey = \"CUSTOMER_ID\"\nkind = \"{kind}\"\n{value}spans = [\"1h\"]\nname = \"{kind}{suffix}{name}\"\n{current}filter = \"{filter}\"\n"
+                ));
+            }
+        }
+    }
+    let cfg = config(&text);
+    let rows = [
+        (1, 0, 1, 0, 10.0),
+        (2, 30 * MINUTE, 1, 0, 4.0),
+        (3, 60 * MINUTE, 1, 0, 6.0),
+        (4, 60 * MINUTE, 1, 0, 2.0),
+        (6, 60 * MINUTE, 2, 0, 5.0),
+        (5, 200 * MINUTE, 1, 0, 8.0),
+    ];
+    let mut chain = cfg.build_chain().expect("chain");
+    let all = tx(&rows);
+    let outs: Vec<RecordBatch> = [(0, 2), (2, 1), (3, 3)]
+        .iter()
+        .map(|&(at, n)| chain.process(all.slice(at, n)).expect("process"))
+        .collect();
+    let out = arrow::compute::concat_batches(&outs[0].schema(), &outs).expect("concat");
+    // Rows: ids 1, 2, 3, 4 (not selected), 6 (customer 2), 5. At 1:00 the 10.0 at 0 is out.
+    assert_eq!(ints(&out, "count"), [1, 2, 2, 2, 1, 1]);
+    assert_eq!(
+        floats(&out, "since_previous"),
+        [3600.0, 1800.0, 1800.0, 0.0, 3600.0, 3600.0]
+    );
+    assert_eq!(floats(&out, "sum"), [10.0, 14.0, 10.0, 10.0, 5.0, 8.0]);
+    assert_eq!(floats(&out, "mean"), [10.0, 7.0, 5.0, 5.0, 5.0, 8.0]);
+    assert_eq!(floats(&out, "min"), [10.0, 4.0, 4.0, 4.0, 5.0, 8.0]);
+    assert_eq!(floats(&out, "max"), [10.0, 10.0, 6.0, 6.0, 5.0, 8.0]);
+    assert_eq!(floats(&out, "variance"), [0.0, 9.0, 1.0, 1.0, 0.0, 0.0]);
+    assert_eq!(floats(&out, "first"), [10.0, 10.0, 4.0, 4.0, 5.0, 8.0]);
+    assert_eq!(floats(&out, "last"), [10.0, 4.0, 6.0, 6.0, 5.0, 8.0]);
+    assert_eq!(ints(&out, "count_before"), [0, 1, 1, 2, 0, 0]);
+    assert_eq!(floats(&out, "sum_before"), [0.0, 10.0, 4.0, 10.0, 0.0, 0.0]);
+    assert_eq!(floats(&out, "mean_before"), [0.0, 10.0, 4.0, 5.0, 0.0, 0.0]);
+    assert_eq!(floats(&out, "min_before"), [0.0, 10.0, 4.0, 4.0, 0.0, 0.0]);
+    assert_eq!(floats(&out, "max_before"), [0.0, 10.0, 4.0, 6.0, 0.0, 0.0]);
+    assert_eq!(
+        floats(&out, "variance_before"),
+        [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    );
+    assert_eq!(
+        floats(&out, "first_before"),
+        [0.0, 10.0, 4.0, 4.0, 0.0, 0.0]
+    );
+    assert_eq!(floats(&out, "last_before"), [0.0, 10.0, 4.0, 6.0, 0.0, 0.0]);
+    // A filter that selects nothing: every window is empty.
+    assert_eq!(ints(&out, "count_none"), [0; 6]);
+    assert_eq!(floats(&out, "since_previous_none"), [3600.0; 6]);
+    for kind in ["sum", "mean", "min", "max", "variance", "first", "last"] {
+        for suffix in ["", "_before"] {
+            assert_eq!(
+                floats(&out, &format!("{kind}{suffix}_none")),
+                [0.0; 6],
+                "{kind}{suffix}"
+            );
+        }
+    }
+    assert_eq!(ints(&out, "count_before_none"), [0; 6]);
 }
 
 /// A window of equal values has a variance of exactly 0, however its sum rounds.

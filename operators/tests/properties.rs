@@ -306,8 +306,37 @@ fn labels(ev: &[Event]) -> RecordBatch {
     .expect("labels")
 }
 
+/// Every kind again over the events a filter selects: a terminal (a field), or the big
+/// payments (an expression feature that reads only the event, computed before the
+/// aggregations); and an expression reading an aggregation.
+fn filtered() -> String {
+    let mut text = String::from(
+        "\n[[sql]]\nname = \"Z\"\nexpr = \"(TX_AMOUNT - A_mean_6h) / (F_stddev_6h + 1)\"\n\n[[sql]]\nname = \"BIG\"\nexpr = \"TX_AMOUNT >= 60\"\n",
+    );
+    // Every registered kind.
+    for (i, kind) in riskpipe_operators::aggregate::kinds().into_iter().enumerate() {
+        let value = match kind.reads_value() {
+            false => "",
+            true => "value = \"TX_AMOUNT\"\n",
+        };
+        let (takes_current, kind) = (kind.takes_current(), kind.name());
+        // Half of them without the current event (where the kind takes it).
+        let current = match (takes_current, i % 2) {
+            (false, _) | (_, 0) => "",
+            _ => "include_current = false\n",
+        };
+        text.push_str(&format!(
+            "\n[[aggregate]]\nkey = \"CUSTOMER_ID\"\nkind = \"{kind}\"\n{value}spans = [\"6h\", \"1d\"]\n{current}filter = \"TERMINAL_ID = 1\"\nname = \"F_{kind}_{{span}}\"\n"
+        ));
+        text.push_str(&format!(
+            "\n[[aggregate]]\nkey = [\"CUSTOMER_ID\", \"TERMINAL_ID\"]\nkind = \"{kind}\"\n{value}spans = [\"12h\"]\n{current}filter = \"BIG\"\nname = \"G_{kind}_{{span}}\"\n"
+        ));
+    }
+    text
+}
+
 fn config() -> FeatureConfig {
-    let mut cfg = toml::from_str(CONFIG).expect("config");
+    let mut cfg = toml::from_str(&format!("{CONFIG}{}", filtered())).expect("config");
     handbook_columns(&mut cfg);
     cfg
 }
@@ -477,6 +506,7 @@ proptest! {
             let mut c = config();
             c.label_risk.clear();
             c.sql.clear();
+            c.aggregate.clear();
             c.build_chain().expect("chain")
         };
         let mut chain = windows_only();

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::columns;
 use crate::config::{durations, feature_name, key_columns, ns};
+use crate::expr::Expression;
 use crate::state::{KeyedState, StateReader, StateTable, Watermark};
 use crate::window::{Series, series_columns};
 use crate::{Appender, Operator, Result};
@@ -100,8 +101,11 @@ impl<'a> Window<'a> {
 /// alone would also hold the later events of equal time.
 #[derive(Debug, Clone)]
 pub struct Twin {
-    /// The value as a DOUBLE expression (`1` for a kind that reads none).
+    /// The value as a DOUBLE expression (`1` for a kind that reads none); NULL for an event the
+    /// filter does not select, which every aggregate function then skips.
     pub value: String,
+    /// The aggregation's condition, if any (SQL).
+    pub filter: Option<String>,
     /// `OVER (...)`: the key's events with time in [t − span + 1, t − 1] (ns).
     pub earlier: String,
     /// `OVER (...)`: the key's events at time t, ordered by id, up to the current one.
@@ -139,13 +143,42 @@ impl Twin {
         format!("(COALESCE({a}, 0) + COALESCE({b}, 0))")
     }
 
-    /// `expr` of the event before the current one in (time, id) order when it lies within the
-    /// span, else `otherwise`.
+    /// `expr`, NULL where the filter does not select the event.
+    pub fn selected(&self, expr: &str) -> String {
+        match &self.filter {
+            Some(f) => format!("CASE WHEN ({f}) THEN {expr} END"),
+            None => expr.to_string(),
+        }
+    }
+
+    /// What follows a value function (`FIRST_VALUE`, `LAG`) so that it skips the events the
+    /// filter does not select.
+    pub fn skip_unselected(&self) -> &'static str {
+        match self.filter {
+            Some(_) => " IGNORE NULLS",
+            None => "",
+        }
+    }
+
+    /// `f(expr)` of the selected event before the current one in (time, id) order, e.g.
+    /// `LAG(x)`.
+    pub fn before(&self, f: &str, expr: &str) -> String {
+        format!(
+            "{f}({}){} {}",
+            self.selected(expr),
+            self.skip_unselected(),
+            self.ordered
+        )
+    }
+
+    /// `expr` of the selected event before the current one in (time, id) order when it lies
+    /// within the span, else `otherwise`.
     pub fn previous(&self, expr: &str, otherwise: &str) -> String {
         format!(
-            "CASE WHEN LAG({t}) {o} > {t} - {span} THEN LAG({expr}) {o} ELSE {otherwise} END",
+            "CASE WHEN {lag_t} > {t} - {span} THEN {lag} ELSE {otherwise} END",
+            lag_t = self.before("LAG", &self.time),
             t = self.time,
-            o = self.ordered,
+            lag = self.before("LAG", expr),
             span = self.span,
         )
     }
@@ -247,6 +280,10 @@ pub struct AggregateConfig {
     /// Whether an event's window holds the event itself (default true).
     #[serde(default)]
     pub include_current: Option<bool>,
+    /// A condition on the event (a SQL predicate, e.g. `channel = 'online'`): the windows hold
+    /// only the key's events it is true for (NULL is not true); every event still gets a value.
+    #[serde(default)]
+    pub filter: Option<String>,
 }
 
 impl AggregateConfig {
@@ -297,6 +334,11 @@ impl AggregateConfig {
                 }
             }
         }
+        if let Some(f) = &self.filter
+            && let Err(e) = crate::expr::check_syntax(f)
+        {
+            problems.push(format!("{at}.filter: {e}"));
+        }
         if self.spans.is_empty() {
             problems.push(format!("{at}: spans is empty"));
         }
@@ -314,6 +356,7 @@ pub struct Aggregation {
     kind: &'static dyn Kind,
     key: String,
     value: Option<String>,
+    filter: Option<Expression>,
     time: String,
     current: bool,
     /// (span in ns, output index) per output.
@@ -350,6 +393,7 @@ impl Aggregation {
             kind,
             key: cfg.key.clone(),
             value: cfg.value.clone().filter(|_| kind.reads_value()),
+            filter: cfg.filter.as_deref().map(Expression::new),
             time: time.into(),
             current: cfg.current() && kind.takes_current(),
             watermark: Watermark::new(spans.iter().copied().max().unwrap_or(0)),
@@ -377,24 +421,55 @@ impl Operator for Aggregation {
             Some(v) => Some(columns::f64_values(&batch, v)?),
             None => None,
         };
+        let selected = match &mut self.filter {
+            Some(f) => Some(f.matches(&batch).map_err(|e| {
+                crate::OperatorError::Expression(format!("{} filter", self.name), e)
+            })?),
+            None => None,
+        };
         let n = batch.num_rows();
         let ns = self.spans.len();
         let mut out = vec![0f64; n * ns];
         let (spans, kind, current) = (&self.spans, self.kind, self.current);
         let horizon = self.watermark.horizon();
-        self.state.for_each_row(&keys, |row, series| {
-            let t = times[row];
-            let v = values.as_ref().map_or(0.0, |v| v.value(row));
-            let pos = series.insert(t, v, None);
-            let hi = if current { pos + 1 } else { pos };
-            for (s, &span) in spans.iter().enumerate() {
-                let after = t.saturating_sub(span);
-                let lo = series.times.partition_point(|&x| x <= after).min(hi);
-                let window = Window::new(&series.times, &series.values, lo, hi, t, span);
-                out[row * ns + s] = kind.value(&window);
-            }
-            crate::state::Expiring::evict(series, horizon);
-        });
+        let selects = |row: usize| selected.as_ref().is_none_or(|s| s.value(row));
+        // An unselected event whose key holds nothing reads empty windows and adds no key.
+        let nothing = Series::default();
+        self.state
+            .for_each_row_adding(&keys, selects, |row, series| {
+                let t = times[row];
+                let (series, hi, added) = match series {
+                    Some(series) if selects(row) => {
+                        let v = values.as_ref().map_or(0.0, |v| v.value(row));
+                        let pos = series.insert(t, v, None);
+                        (series, pos + usize::from(current), true)
+                    }
+                    // The window the event would have joined, itself left out.
+                    Some(series) => {
+                        let hi = series.times.partition_point(|&x| x <= t);
+                        (series, hi, false)
+                    }
+                    None => {
+                        for (s, &span) in spans.iter().enumerate() {
+                            let window =
+                                Window::new(&nothing.times, &nothing.values, 0, 0, t, span);
+                            out[row * ns + s] = kind.value(&window);
+                        }
+                        return;
+                    }
+                };
+                for (s, &span) in spans.iter().enumerate() {
+                    let after = t.saturating_sub(span);
+                    let lo = series.times.partition_point(|&x| x <= after).min(hi);
+                    let window = Window::new(&series.times, &series.values, lo, hi, t, span);
+                    out[row * ns + s] = kind.value(&window);
+                }
+                // Only a key that gained an event sheds old ones here (the others at the
+                // watermark's sweeps), so no key is left empty between sweeps.
+                if added {
+                    crate::state::Expiring::evict(series, horizon);
+                }
+            });
         let arrays: Vec<ArrayRef> = (0..ns)
             .map(|s| -> ArrayRef {
                 let col = (0..n).map(|r| out[r * ns + s]);
@@ -484,7 +559,8 @@ checks by hand and a property test against its batch twin.\n\n\
 kind = \"max\"             # one of the kinds below\nvalue = \"amount.value\"   # the number it reads (not for count, since_previous)\n\
 spans = [\"10m\", \"1h\", \"30d\"]   # seconds (s), minutes (m), hours (h), days (d)\n\
 name = \"card_max_{{span}}\" # one column per span: {{key}}, {{span}} (10m, 1h, 30days), {{days}}\n\
-include_current = true   # whether an event's window holds the event itself (default true)\n```\n\n\
+include_current = true   # whether an event's window holds the event itself (default true)\n\
+filter = \"channel = 'online'\"   # optional: only the events this SQL condition is true for\n```\n\n\
 An event at time t reads the key's events with time in (t − span, t]: an event exactly at \
 t − span is out. Events of equal time are ordered by the events' id; an event's window holds \
 those before it in that order (and itself, with `include_current`), never those after. A \
@@ -493,7 +569,9 @@ a time up to its own (those of equal time included whatever their id), as a repl
 topic reads them too. Sums add from the latest event to the earliest, so \
 a value depends only on which events the window holds, never on how batches were cut or when \
 old events were freed. Models take no nulls: every kind has a value over an empty window (an \
-event whose key has nothing earlier in the span and that is not counted itself).\n\n{}",
+event whose key has nothing earlier in the span and that is not counted itself). With a \
+`filter`, the windows hold only the events it selects (NULL does not select); an event it does \
+not select still gets a value, over the window it would have joined, itself left out.\n\n{}",
         reference_table()
     )
 }

@@ -17,7 +17,8 @@ impl Kind for First {
         // Every event of the earliest time in the earlier frame carries its time's first value.
         let (n, _) = twin.parts("COUNT");
         format!(
-            "CASE WHEN {n} > 0 THEN FIRST_VALUE({g}) {e} ELSE COALESCE(FIRST_VALUE({v}) {p}, 0.0) END",
+            "CASE WHEN {n} > 0 THEN FIRST_VALUE({g}){skip} {e} ELSE COALESCE(FIRST_VALUE({v}){skip} {p}, 0.0) END",
+            skip = twin.skip_unselected(),
             g = twin.group_first,
             e = twin.earlier,
             v = twin.value,

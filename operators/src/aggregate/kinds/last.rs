@@ -14,9 +14,15 @@ impl Kind for Last {
     }
 
     fn twin(&self, twin: &Twin) -> String {
-        match twin.current {
-            true => twin.value.clone(),
-            false => twin.previous(&twin.value, "0.0"),
+        match (twin.current, &twin.filter) {
+            (true, None) => twin.value.clone(),
+            // The current event when the filter selects it, else the previous selected one.
+            (true, Some(f)) => format!(
+                "CASE WHEN ({f}) THEN {} ELSE {} END",
+                twin.value,
+                twin.previous(&twin.value, "0.0")
+            ),
+            (false, _) => twin.previous(&twin.value, "0.0"),
         }
     }
 

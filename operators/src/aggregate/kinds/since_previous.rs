@@ -26,9 +26,9 @@ impl Kind for SincePrevious {
 
     fn twin(&self, twin: &Twin) -> String {
         format!(
-            "CAST(CASE WHEN LAG({t}) {o} > {t} - {span} THEN {t} - LAG({t}) {o} ELSE {span} END AS DOUBLE) / 1000000000.0",
+            "CAST(CASE WHEN {lag} > {t} - {span} THEN {t} - {lag} ELSE {span} END AS DOUBLE) / 1000000000.0",
+            lag = twin.before("LAG", &twin.time),
             t = twin.time,
-            o = twin.ordered,
             span = twin.span,
         )
     }
