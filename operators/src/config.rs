@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::datatypes::{DataType, Schema};
+use arrow::datatypes::{DataType, FieldRef, Schema};
 use serde::Deserialize;
 
 use crate::aggregate::{AggregateConfig, Aggregation};
@@ -708,5 +708,21 @@ impl FeatureConfig {
     /// Names of every feature column, in the order the chain appends them.
     pub fn feature_names(&self) -> Result<Vec<String>> {
         Ok(self.build_chain()?.feature_names())
+    }
+
+    /// The columns the chain appends to events of the schema `events`, with their types: an
+    /// expression's type is its own over those columns, which only planning it tells. Where
+    /// the events do not fit the features (a problem [`FeatureConfig::validate`] lists), the
+    /// chain's declared fields (an expression's as a nullable Float64).
+    pub fn output_fields(&self, events: &arrow::datatypes::SchemaRef) -> Result<Vec<FieldRef>> {
+        let mut chain = self.build_chain()?;
+        let declared = chain.output_fields();
+        // An empty batch plans every expression and changes no state.
+        Ok(
+            match chain.process(arrow::array::RecordBatch::new_empty(events.clone())) {
+                Ok(out) => out.schema().fields()[events.fields().len()..].to_vec(),
+                Err(_) => declared,
+            },
+        )
     }
 }

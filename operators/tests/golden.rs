@@ -320,6 +320,22 @@ expr = "CAST(TX_AMOUNT * 100 AS BIGINT)"
     // The chain appends the event's expressions first (in dependency order), then the
     // aggregation, then what reads it.
     assert_eq!(chain.feature_names(), ["CENTS", "BIG", "CENTS_MEAN", "Z"]);
+    // Their types, as the published record schemas take them, before any event.
+    let types: Vec<DataType> = cfg
+        .output_fields(&tx(&[]).schema())
+        .expect("fields")
+        .iter()
+        .map(|f| f.data_type().clone())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            DataType::Int64,
+            DataType::Boolean,
+            DataType::Float64,
+            DataType::Float64
+        ]
+    );
     let out = chain
         .process(tx(&[
             (1, 0, 1, 1, 10.0),

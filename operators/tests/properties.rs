@@ -314,7 +314,10 @@ fn filtered() -> String {
         "\n[[sql]]\nname = \"Z\"\nexpr = \"(TX_AMOUNT - A_mean_6h) / (F_stddev_6h + 1)\"\n\n[[sql]]\nname = \"BIG\"\nexpr = \"TX_AMOUNT >= 60\"\n",
     );
     // Every registered kind.
-    for (i, kind) in riskpipe_operators::aggregate::kinds().into_iter().enumerate() {
+    for (i, kind) in riskpipe_operators::aggregate::kinds()
+        .into_iter()
+        .enumerate()
+    {
         let value = match kind.reads_value() {
             false => "",
             true => "value = \"TX_AMOUNT\"\n",

@@ -153,7 +153,7 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
                 &declared,
                 reads_text,
                 cfg.outputs.as_ref(),
-                &cfg.features.build_chain()?.output_fields(),
+                &cfg.features.output_fields(&inputs(cfg).events)?,
             ),
         }),
     })
@@ -306,8 +306,7 @@ impl JobKind for FraudConfig {
         if let (Some(kafka), Some(declared)) = (&pipeline.kafka, self.declared()) {
             let features = self
                 .features
-                .build_chain()
-                .map(|c| c.output_fields())
+                .output_fields(&inputs(self).events)
                 .unwrap_or_default();
             let records =
                 records::RecordShapes::of(&declared, false, self.outputs.as_ref(), &features);
@@ -408,7 +407,7 @@ impl JobKind for FraudConfig {
             &events,
             reads_text,
             self.outputs.as_ref(),
-            &self.features.build_chain()?.output_fields(),
+            &self.features.output_fields(&inputs(self).events)?,
         );
         let topics = pipeline.kafka.as_ref().map(|k| k.topics.clone());
         let (scores, alerts) = topics

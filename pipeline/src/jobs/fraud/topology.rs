@@ -41,9 +41,9 @@ pub fn first_stage(cfg: &FraudConfig, by: &str, partitions: i32) -> Result<Job> 
 /// The rows [`first_stage`] forwards: the transaction, its first features, its partition.
 pub fn forwarded_schema(cfg: &FraudConfig, by: &str) -> Result<arrow::datatypes::SchemaRef> {
     let (before, _) = cfg.features.split_by(by)?;
-    let mut fields: Vec<arrow::datatypes::FieldRef> =
-        super::inputs(cfg).events.fields().iter().cloned().collect();
-    fields.extend(before.build_chain()?.output_fields());
+    let events = super::inputs(cfg).events;
+    let mut fields: Vec<arrow::datatypes::FieldRef> = events.fields().iter().cloned().collect();
+    fields.extend(before.output_fields(&events)?);
     fields.push(origin_field());
     Ok(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)))
 }
