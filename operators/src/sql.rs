@@ -21,6 +21,8 @@ pub struct SqlFeature {
     name: String,
     expr: Expression,
     fields: Vec<FieldRef>,
+    /// The input schema `fields` were typed for.
+    typed_for: Option<SchemaRef>,
     appender: Appender,
 }
 
@@ -32,6 +34,7 @@ impl SqlFeature {
             expr: Expression::new(expr),
             // The type is the expression's, known once the first batch's schema is.
             fields: vec![Arc::new(Field::new(name, DataType::Float64, true))],
+            typed_for: None,
             appender: Appender::default(),
         }
     }
@@ -47,12 +50,15 @@ impl Operator for SqlFeature {
     }
 
     fn process(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
-        let field = self
-            .expr
-            .field(&self.name, &batch.schema())
-            .map_err(|e| OperatorError::Expression(self.name.clone(), e))?;
-        if self.fields[0] != field {
+        // The type is planned once per input schema, not per batch.
+        let schema = batch.schema();
+        if self.typed_for.as_ref() != Some(&schema) {
+            let field = self
+                .expr
+                .field(&self.name, &schema)
+                .map_err(|e| OperatorError::Expression(self.name.clone(), e))?;
             self.fields = vec![field];
+            self.typed_for = Some(schema);
         }
         let values = self
             .expr
