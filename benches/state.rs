@@ -76,12 +76,13 @@ fn main() {
 /// One aggregation kind alone over 30 days, `keys` customers with one transaction each: the
 /// bytes per key its state holds.
 fn one_kind(kind: &str, keys: i64) {
-    let reads = riskpipe_operators::aggregate::kind(kind)
-        .expect("a registered kind")
-        .reads_value();
+    let registered = riskpipe_operators::aggregate::kind(kind).expect("a registered kind");
+    let params = riskpipe_operators::aggregate::example_parameters(registered);
+    // One column per value for a kind that writes several.
+    let columns = if params.contains("k =") { "{i}" } else { "" };
     let features: riskpipe_operators::FeatureConfig = toml::from_str(&format!(
-        "event_time = \"TX_DATETIME\"\norder_by = \"TRANSACTION_ID\"\n[[aggregate]]\nkey = \"CUSTOMER_ID\"\nkind = \"{kind}\"\n{}spans = [\"30d\"]\nname = \"F\"\n",
-        if reads { "value = \"TX_AMOUNT\"\n" } else { "" }
+        "event_time = \"TX_DATETIME\"\norder_by = \"TRANSACTION_ID\"\n[[aggregate]]\nkey = \"CUSTOMER_ID\"\nkind = \"{kind}\"\n{}{params}spans = [\"30d\"]\nname = \"F{columns}\"\n",
+        if registered.reads_value() { "value = \"TX_AMOUNT\"\n" } else { "" }
     ))
     .expect("config");
     let mut chain = features.build_chain().expect("chain");

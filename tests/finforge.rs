@@ -520,22 +520,31 @@ fn every_aggregation_kind_equals_its_batch_twin_on_finforge() {
     // Every registered kind.
     let kinds = riskpipe_operators::aggregate::kinds();
     for kind in &kinds {
-        let value = match kind.reads_value() {
-            false => "",
-            true => "value = \"amount\"\n",
+        // A kind that reads text counts the merchants (by user) and the users' categories (by
+        // user × merchant); the others read the amount.
+        let (value, by_merchant) = match (kind.reads_value(), kind.reads_text()) {
+            (false, _) => (String::new(), String::new()),
+            (true, false) => ("value = \"amount\"\n".into(), "value = \"amount\"\n".into()),
+            (true, true) => (
+                "value = \"merchant\"\n".into(),
+                "value = \"category\"\n".into(),
+            ),
         };
+        let params = riskpipe_operators::aggregate::example_parameters(*kind);
+        // One column per value for a kind that writes several.
+        let columns = if params.contains("k =") { "_{i}" } else { "" };
         let (takes_current, kind) = (kind.takes_current(), kind.name());
         text.push_str(&format!(
-            "[[aggregate]]\nkey = \"user_id\"\nkind = \"{kind}\"\n{value}spans = [\"1h\", \"7d\"]\nname = \"U_{kind}_{{span}}\"\n\n"
+            "[[aggregate]]\nkey = \"user_id\"\nkind = \"{kind}\"\n{value}{params}spans = [\"1h\", \"7d\"]\nname = \"U_{kind}{columns}_{{span}}\"\n\n"
         ));
         if takes_current {
             text.push_str(&format!(
-                "[[aggregate]]\nkey = [\"user_id\", \"merchant\"]\nkind = \"{kind}\"\n{value}spans = [\"30d\"]\ninclude_current = false\nname = \"UM_{kind}_{{span}}\"\n\n"
+                "[[aggregate]]\nkey = [\"user_id\", \"merchant\"]\nkind = \"{kind}\"\n{by_merchant}{params}spans = [\"30d\"]\ninclude_current = false\nname = \"UM_{kind}{columns}_{{span}}\"\n\n"
             ));
         }
         // The user's debits alone (credits are salaries and refunds).
         text.push_str(&format!(
-            "[[aggregate]]\nkey = \"user_id\"\nkind = \"{kind}\"\n{value}spans = [\"7d\"]\nfilter = \"transaction_type = 'debit'\"\nname = \"D_{kind}_{{span}}\"\n\n"
+            "[[aggregate]]\nkey = \"user_id\"\nkind = \"{kind}\"\n{value}{params}spans = [\"7d\"]\nfilter = \"transaction_type = 'debit'\"\nname = \"D_{kind}{columns}_{{span}}\"\n\n"
         ));
     }
     let declared: riskpipe_operators::FeatureConfig = toml::from_str(&text).expect("aggregations");
@@ -590,8 +599,11 @@ fn every_aggregation_kind_equals_its_batch_twin_on_finforge() {
         .collect();
     let order: Vec<usize> = ids(&stream).iter().map(|id| twin_row[id]).collect();
     let names = features.feature_names().expect("names");
-    assert_eq!(kinds.len(), 10);
-    assert_eq!(names.len(), 10 * 2 + 9 + 10);
+    // Each kind: two spans by user, one by user × merchant (those that take the current event),
+    // one over debits; last_k's k = 3 columns each.
+    assert_eq!(kinds.len(), 15);
+    let takes_current = kinds.iter().filter(|k| k.takes_current()).count();
+    assert_eq!(names.len(), (15 * 2 + takes_current + 15) + 2 * (2 + 1 + 1));
     for name in &names {
         let as_f64 = |b: &RecordBatch| -> Vec<f64> {
             let c = arrow::compute::cast(
@@ -603,14 +615,30 @@ fn every_aggregation_kind_equals_its_batch_twin_on_finforge() {
         };
         let (s, t) = (as_f64(&stream), as_f64(&twin));
         let distinct: std::collections::BTreeSet<u64> = s.iter().map(|v| v.to_bits()).collect();
+        // Flags (first_seen) and a merchant's categories have two values; the rest more.
+        let least = match name.contains("first_seen") || name.starts_with("UM_distinct") {
+            true => 2,
+            false => 3,
+        };
         assert!(
-            distinct.len() > 2,
+            distinct.len() >= least,
             "{name}: {} distinct values",
             distinct.len()
         );
-        let exact = ["count", "min", "max", "first", "last", "since_previous"]
-            .iter()
-            .any(|k| name.contains(&format!("_{k}_")));
+        let exact = [
+            "count",
+            "min",
+            "max",
+            "first",
+            "last",
+            "since_previous",
+            "distinct",
+            "first_seen",
+            "last_k",
+        ]
+        .iter()
+        .any(|k| name.contains(&format!("_{k}_")))
+            && !name.contains("_decayed_");
         let spread = name.contains("_variance_") || name.contains("_stddev_");
         for (row, &x) in s.iter().enumerate() {
             let y = t[order[row]];

@@ -112,6 +112,62 @@ mod batch_twin {
         agree_on_the_full_history(&cfg, 2 + 6 + 6 + 20 + 5);
     }
 
+    /// The kinds of novelty and spread (distinct terminals a day, a terminal new to the customer
+    /// in 30 days, the customer's last three amounts before this one, amounts and transactions
+    /// decayed by an hour's and ten minutes' half-life): the stream equals DataFusion's built-in
+    /// SQL on all 1,754,155 transactions, distinct, first-seen and last-k bit for bit.
+    #[test]
+    fn novelty_and_decay_kinds_agree_with_their_batch_twin_on_the_full_history() {
+        let mut text = std::fs::read_to_string(
+            riskpipe_pipeline::config::handbook_config_dir().join("fraud-handbook.toml"),
+        )
+        .expect("handbook config");
+        text.push_str(
+            r#"
+[[job.features.aggregate]]
+key = "CUSTOMER_ID"
+kind = "distinct"
+value = "TERMINAL_ID"
+spans = ["1d"]
+name = "C_distinct_terminals_{span}"
+
+[[job.features.aggregate]]
+key = ["CUSTOMER_ID", "TERMINAL_ID"]
+kind = "first_seen"
+spans = ["30d"]
+name = "CT_first_seen_{span}"
+
+[[job.features.aggregate]]
+key = "CUSTOMER_ID"
+kind = "last_k"
+value = "TX_AMOUNT"
+k = 3
+spans = ["7d"]
+include_current = false
+name = "C_last_k_{i}_{span}"
+
+[[job.features.aggregate]]
+key = "CUSTOMER_ID"
+kind = "decayed_sum"
+value = "TX_AMOUNT"
+half_life = "1h"
+spans = ["1d"]
+name = "C_decayed_sum_{span}"
+
+[[job.features.aggregate]]
+key = "TERMINAL_ID"
+kind = "decayed_count"
+half_life = "10m"
+spans = ["6h"]
+name = "T_decayed_count_{span}"
+"#,
+        );
+        let cfg =
+            PipelineConfig::from_toml(&text, &riskpipe_pipeline::config::handbook_config_dir())
+                .expect("config with the novelty kinds");
+        agree_on_the_full_history(&cfg, 2 + 6 + 6 + 1 + 1 + 3 + 1 + 1);
+    }
+
     /// The streaming features of `cfg` (`features` columns) equal its batch twin's on every
     /// row: integers bit for bit, floats within 1e-9 relative.
     fn agree_on_the_full_history(cfg: &PipelineConfig, features: usize) {
@@ -160,7 +216,7 @@ mod batch_twin {
                         b.as_primitive::<Float64Type>().values(),
                     );
                     // Kinds that pick a value or subtract times: bit for bit.
-                    let exact = ["min", "max", "first", "last", "since_previous"]
+                    let exact = ["min", "max", "first", "last", "last_k", "since_previous"]
                         .iter()
                         .any(|k| name.contains(&format!("_{k}_")));
                     if exact {

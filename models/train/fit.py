@@ -236,6 +236,7 @@ def main() -> int:
     p.add_argument("--max-categories", type=int, default=100)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--name", help="the model's name (default: the output file's stem)")
+    p.add_argument("--validation-only", action="store_true", help="stop after the validation days: write OUT with the suffix .validation.json (inputs, search, validation metrics) and neither fit on nor score the test days; for comparing feature sets before one is tested once")
     args = p.parse_args()
 
     config = tomllib.loads(args.config.read_text())
@@ -281,6 +282,24 @@ def main() -> int:
     chooser = fit(model(numbers, texts, chosen, args.seed), x_train, y_train, texts)
     valid_scores = chooser.predict_proba(x_valid)[:, 1]
     threshold, f1 = best_threshold(y_valid, valid_scores)
+    if args.validation_only:
+        report = {
+            "model": args.name or args.out.stem,
+            "export": str(args.export),
+            "split": {"train": [str(edges[0].date()), str(edges[1].date())], "validation": [str(edges[2].date()), str(edges[3].date())], "gap_days": gap},
+            "inputs": {"numbers": numbers, "text": texts, "left_out": [{"column": c, "why": w} for c, w in left_out]},
+            "search": tried,
+            "chosen": chosen,
+            "threshold": {"value": threshold, "validation_f1": f1},
+            "validation": metrics(y_valid, valid_scores, threshold),
+            "seconds": round(time.time() - started, 1),
+        }
+        path = args.out.with_suffix(".validation.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        v = report["validation"]
+        print(f"wrote {path}: validation AUC {v.get('auc_roc', float('nan')):.4f}, AP {v.get('average_precision', float('nan')):.4f} (test days untouched)")
+        return 0
 
     final = fit(model(numbers, texts, chosen, args.seed), frame_for(refit, numbers, texts), refit[LABEL].to_numpy(), texts)
     x_test, y_test = frame_for(test, numbers, texts), test[LABEL].to_numpy()

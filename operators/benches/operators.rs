@@ -115,8 +115,13 @@ fn kinds(c: &mut Criterion) {
                 false => "",
             };
             let kind = name.trim_end_matches("_filtered");
+            let params = riskpipe_operators::aggregate::kind(kind)
+                .map(riskpipe_operators::aggregate::example_parameters)
+                .unwrap_or_default();
+            // One column per value for a kind that writes several.
+            let columns = if params.contains("k =") { "{i}" } else { "" };
             let mut cfg: FeatureConfig = toml::from_str(&format!(
-                "[[aggregate]]\nkey = \"CUSTOMER_ID\"\nkind = \"{kind}\"\n{value}{filter}spans = [\"{span}\"]\nname = \"F\"\n",
+                "[[aggregate]]\nkey = \"CUSTOMER_ID\"\nkind = \"{kind}\"\n{value}{filter}{params}spans = [\"{span}\"]\nname = \"F{columns}\"\n",
             ))
             .expect("config");
             cfg.event_time = "TX_DATETIME".into();

@@ -96,13 +96,24 @@ pub fn batch_sql(cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<St
         let kind = crate::aggregate::kind(&a.kind)
             .ok_or_else(|| config_err(format!("aggregate[{i}]: unknown kind {:?}", a.kind)))?;
         let k = key_sql(&a.key);
-        let value = match a.value.as_deref().filter(|_| kind.reads_value()) {
+        let value = match a
+            .value
+            .as_deref()
+            .filter(|_| kind.reads_value() && !kind.reads_text())
+        {
             Some(v) => format!("CAST({} AS DOUBLE)", q(v)),
             None => "1.0".into(),
         };
-        let value = match &a.filter {
-            Some(f) => format!("CASE WHEN ({f}) THEN {value} END"),
-            None => value,
+        let text = match a.value.as_deref().filter(|_| kind.reads_text()) {
+            Some(v) => format!("CAST({} AS VARCHAR)", q(v)),
+            None => "NULL".into(),
+        };
+        let (value, text) = match &a.filter {
+            Some(f) => (
+                format!("CASE WHEN ({f}) THEN {value} END"),
+                format!("CASE WHEN ({f}) THEN {text} END"),
+            ),
+            None => (value, text),
         };
         let skip = if a.filter.is_some() {
             " IGNORE NULLS"
@@ -118,6 +129,9 @@ pub fn batch_sql(cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<St
             let span = ns(*span);
             let twin = crate::aggregate::Twin {
                 value: value.clone(),
+                text: text.clone(),
+                partition: k.clone(),
+                params: a.params(),
                 filter: a.filter.clone(),
                 earlier: format!(
                     "OVER (PARTITION BY {k} ORDER BY \"__t\" RANGE BETWEEN {} PRECEDING AND 1 PRECEDING)",
@@ -137,10 +151,12 @@ pub fn batch_sql(cfg: &FeatureConfig, table: &str, keep: &[String]) -> Result<St
                 current,
                 span,
             };
-            raw.push(format!("{} AS \"__a{i}_{s}\"", kind.twin(&twin)));
+            for (c, sql) in kind.twins(&twin).into_iter().enumerate() {
+                raw.push(format!("{sql} AS \"__a{i}_{s}_{c}\""));
+            }
         }
-        for (s, name) in a.outputs().map_err(config_err)? {
-            finals.push(format!("\"__a{i}_{s}\" AS {}", q(&name)));
+        for (s, c, name) in a.outputs().map_err(config_err)? {
+            finals.push(format!("\"__a{i}_{s}_{c}\" AS {}", q(&name)));
         }
     }
     for (j, r) in cfg.label_risk.iter().enumerate() {

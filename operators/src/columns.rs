@@ -104,6 +104,14 @@ pub fn f64_values(batch: &RecordBatch, name: &str) -> Result<Float64Array> {
     Ok(cast.as_primitive::<Float64Type>().clone())
 }
 
+/// Any column's values as text (Arrow's cast to Utf8: integers exactly, floats as the shortest
+/// text that reads back the same number); a null stays null.
+pub fn texts(batch: &RecordBatch, name: &str) -> Result<arrow::array::StringArray> {
+    let col = get(batch, name)?;
+    let cast = cast(col, &DataType::Utf8).map_err(|e| bad(format!("column {name:?}: {e}")))?;
+    Ok(cast.as_string::<i32>().clone())
+}
+
 /// An integer column as i64 values.
 pub fn i64_values(batch: &RecordBatch, name: &str) -> Result<Int64Array> {
     let col = get(batch, name)?;

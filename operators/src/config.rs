@@ -391,11 +391,13 @@ impl FeatureConfig {
                 );
             }
             if let Some(v) = &a.value {
+                // A kind that reads text reads any field; the others a number.
+                let text = crate::aggregate::kind(&a.kind).is_some_and(|k| k.reads_text());
                 col(
                     transactions,
                     v,
                     &format!("{at}.value"),
-                    is_num,
+                    if text { |_: &DataType| true } else { is_num },
                     &mut problems,
                 );
             }
@@ -403,7 +405,7 @@ impl FeatureConfig {
             match a.outputs() {
                 Ok(outs) => outs
                     .into_iter()
-                    .for_each(|(_, n)| add_name(&mut problems, n)),
+                    .for_each(|(_, _, n)| add_name(&mut problems, n)),
                 Err(e) => problems.push(format!("{at}: {e}")),
             }
         }
@@ -549,7 +551,7 @@ impl FeatureConfig {
             .aggregate
             .iter()
             .flat_map(|a| a.outputs().unwrap_or_default())
-            .map(|(_, n)| n);
+            .map(|(_, _, n)| n);
         let risks = self
             .label_risk
             .iter()

@@ -656,6 +656,105 @@ fn every_aggregation_kind_by_hand() {
     }
 }
 
+/// The kinds of novelty and spread, derived by hand on the rows of
+/// `every_aggregation_kind_by_hand`, with terminals: customer 1 pays terminal 7 at 0, 8 at
+/// 0:30, 7 and 7 at 1:00 (ids 3 then 4), 8 at 3:20; customer 2 pays 7 at 1:00.
+#[test]
+fn distinct_first_seen_last_k_and_decayed_kinds_by_hand() {
+    let mut text = String::new();
+    for (kind, extra, name) in [
+        (
+            "distinct",
+            "value = \"TERMINAL_ID\"\nspans = [\"1h\"]",
+            "distinct",
+        ),
+        (
+            "distinct",
+            "value = \"TERMINAL_ID\"\nspans = [\"1h\"]\ninclude_current = false",
+            "distinct_before",
+        ),
+        (
+            "last_k",
+            "value = \"TX_AMOUNT\"\nk = 2\nspans = [\"1h\"]",
+            "last{i}",
+        ),
+        (
+            "last_k",
+            "value = \"TX_AMOUNT\"\nk = 2\nspans = [\"1h\"]\ninclude_current = false",
+            "last{i}_before",
+        ),
+        (
+            "decayed_sum",
+            "value = \"TX_AMOUNT\"\nhalf_life = \"30m\"\nspans = [\"1h\", \"12h\"]",
+            "decayed_sum_{span}",
+        ),
+        (
+            "decayed_count",
+            "half_life = \"30m\"\nspans = [\"1h\"]",
+            "decayed_count",
+        ),
+    ] {
+        text.push_str(&format!(
+            "\n[[aggregate]]\nkey = \"CUSTOMER_ID\"\nkind = \"{kind}\"\n{extra}\nname = \"{name}\"\n"
+        ));
+    }
+    text.push_str(
+        "\n[[aggregate]]\nkey = [\"CUSTOMER_ID\", \"TERMINAL_ID\"]\nkind = \"first_seen\"\nspans = [\"1h\", \"30d\"]\nname = \"new_terminal_{span}\"\n",
+    );
+    let cfg = config(&text);
+    let rows = [
+        (1, 0, 1, 7, 10.0),
+        (2, 30 * MINUTE, 1, 8, 4.0),
+        (3, 60 * MINUTE, 1, 7, 6.0),
+        (4, 60 * MINUTE, 1, 7, 2.0),
+        (6, 60 * MINUTE, 2, 7, 5.0),
+        (5, 200 * MINUTE, 1, 8, 8.0),
+    ];
+    let mut chain = cfg.build_chain().expect("chain");
+    let all = tx(&rows);
+    let outs: Vec<RecordBatch> = [(0, 2), (2, 1), (3, 3)]
+        .iter()
+        .map(|&(at, n)| chain.process(all.slice(at, n)).expect("process"))
+        .collect();
+    let out = arrow::compute::concat_batches(&outs[0].schema(), &outs).expect("concat");
+    // Rows: ids 1, 2, 3, 4, 6 (customer 2), 5. At 1:00 the event at 0 is out of the hour.
+    assert_eq!(ints(&out, "distinct"), [1, 2, 2, 2, 1, 1]);
+    assert_eq!(ints(&out, "distinct_before"), [0, 1, 1, 2, 0, 0]);
+    // The latest first; 0 where the window has no such event.
+    assert_eq!(floats(&out, "last1"), [10.0, 4.0, 6.0, 2.0, 5.0, 8.0]);
+    assert_eq!(floats(&out, "last2"), [0.0, 10.0, 4.0, 6.0, 0.0, 0.0]);
+    assert_eq!(
+        floats(&out, "last1_before"),
+        [0.0, 10.0, 4.0, 6.0, 0.0, 0.0]
+    );
+    assert_eq!(floats(&out, "last2_before"), [0.0, 0.0, 0.0, 4.0, 0.0, 0.0]);
+    // Half-life 30 minutes: an event half an hour old weighs 1/2, an hour old 1/4.
+    assert_eq!(
+        floats(&out, "decayed_sum_1h"),
+        [10.0, 4.0 + 5.0, 6.0 + 2.0, 2.0 + 6.0 + 2.0, 5.0, 8.0]
+    );
+    let w = |minutes: f64| (-minutes / 30.0).exp2();
+    assert_eq!(
+        floats(&out, "decayed_sum_12h"),
+        [
+            10.0,
+            4.0 + 5.0,
+            6.0 + 2.0 + 2.5,
+            2.0 + 6.0 + 2.0 + 2.5,
+            5.0,
+            8.0 + 2.0 * w(140.0) + 6.0 * w(140.0) + 4.0 * w(170.0) + 10.0 * w(200.0),
+        ]
+    );
+    assert_eq!(
+        floats(&out, "decayed_count"),
+        [1.0, 1.5, 1.5, 2.5, 1.0, 1.0]
+    );
+    // Customer × terminal: (1, 7) at 1:00 is new within the hour (0:00 is exactly an hour
+    // back), not within 30 days; the second (1, 7) at 1:00 follows the first.
+    assert_eq!(ints(&out, "new_terminal_1h"), [1, 1, 1, 0, 1, 1]);
+    assert_eq!(ints(&out, "new_terminal_30days"), [1, 1, 0, 0, 1, 0]);
+}
+
 /// Every kind over the events a filter selects (`TX_AMOUNT >= 4`: all but the 2.0 at 1:00),
 /// derived by hand on the rows of `every_aggregation_kind_by_hand`. An event the filter does not
 /// select still gets the value of the window it would have joined, itself left out.
@@ -802,12 +901,42 @@ kind = "since_previous"
 spans = ["1h", "2h"]
 include_current = false
 name = "D"
+
+[[aggregate]]
+key = "CUSTOMER_ID"
+kind = "last_k"
+value = "TX_AMOUNT"
+spans = ["1h"]
+name = "E"
+
+[[aggregate]]
+key = "CUSTOMER_ID"
+kind = "last_k"
+value = "TX_AMOUNT"
+k = 2
+spans = ["1h"]
+name = "F"
+
+[[aggregate]]
+key = "CUSTOMER_ID"
+kind = "decayed_sum"
+value = "TX_AMOUNT"
+spans = ["1h"]
+name = "G"
+
+[[aggregate]]
+key = "CUSTOMER_ID"
+kind = "decayed_count"
+half_life = "1m"
+spans = ["30d"]
+k = 2
+name = "H"
 "#,
     );
     let problems = cfg.validate(&riskpipe_schemas::transaction_schema(), None);
     let all = problems.join("\n");
     for expected in [
-        "aggregate[0]: unknown kind \"medain\" (known: count, first, last, max, mean, min, since_previous, stddev, sum, variance",
+        "aggregate[0]: unknown kind \"medain\" (known: count, decayed_count, decayed_sum, distinct, first, first_seen, last, last_k, max, mean, min, since_previous, stddev, sum, variance",
         "aggregate[1]: max needs a value field",
         "aggregate[1]: spans is empty",
         "aggregate[2]: count reads no value, but value = \"TX_AMOUNT\" is given",
@@ -815,6 +944,11 @@ name = "D"
         "aggregate[3].key column \"NOPE\" is not in the input",
         "aggregate[3]: since_previous is defined over the events before the current one; include_current does not apply",
         "feature \"D\" is defined twice",
+        "aggregate[4]: last_k needs k",
+        "aggregate[5]: last_k writes 2 columns per span: the name template needs {i} (1 to 2)",
+        "aggregate[6]: decayed_sum needs half_life",
+        "aggregate[7]: decayed_count takes no k",
+        "aggregate[7]: span 30days is more than 1000 half-lives (1m)",
     ] {
         assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
     }

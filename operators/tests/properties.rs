@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{AsArray, Float64Array, Int64Array, RecordBatch, TimestampNanosecondArray};
+use arrow::array::{
+    AsArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray,
+};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, TimeUnit};
 use proptest::prelude::*;
@@ -196,6 +198,14 @@ struct Event {
     fraud: i64,
 }
 
+impl Event {
+    /// The merchant's name: one of a few, from the amount; none for one amount in seven.
+    fn merchant(&self) -> Option<String> {
+        let cents = (self.amount * 4.0) as i64;
+        (cents % 7 != 0).then(|| format!("m{}", cents % 5))
+    }
+}
+
 /// Events on a 6-hour grid over 5 days: many ties and many events exactly on window edges.
 fn events() -> impl Strategy<Value = Vec<Event>> {
     prop::collection::vec(
@@ -255,6 +265,7 @@ fn batch(ev: &[Event]) -> RecordBatch {
         Field::new("TERMINAL_ID", DataType::Int64, false),
         Field::new("TX_AMOUNT", DataType::Float64, false),
         Field::new("TX_FRAUD", DataType::Int64, false),
+        Field::new("MERCHANT", DataType::Utf8, true),
     ]);
     RecordBatch::try_new(
         Arc::new(schema),
@@ -268,6 +279,7 @@ fn batch(ev: &[Event]) -> RecordBatch {
             Arc::new(Int64Array::from_iter_values(ev.iter().map(|e| e.terminal))),
             Arc::new(Float64Array::from_iter_values(ev.iter().map(|e| e.amount))),
             Arc::new(Int64Array::from_iter_values(ev.iter().map(|e| e.fraud))),
+            Arc::new(StringArray::from_iter(ev.iter().map(|e| e.merchant()))),
         ],
     )
     .expect("batch")
@@ -318,10 +330,16 @@ fn filtered() -> String {
         .into_iter()
         .enumerate()
     {
-        let value = match kind.reads_value() {
-            false => "",
-            true => "value = \"TX_AMOUNT\"\n",
+        // A kind that reads text reads the merchant (text; null for some events).
+        let value = match (kind.reads_value(), kind.reads_text()) {
+            (false, _) => "",
+            (true, false) => "value = \"TX_AMOUNT\"\n",
+            (true, true) => "value = \"MERCHANT\"\n",
         };
+        let params = riskpipe_operators::aggregate::example_parameters(kind);
+        let value = format!("{value}{params}");
+        // One column per value for a kind that writes several.
+        let columns = if params.contains("k =") { "_{i}" } else { "" };
         let (takes_current, kind) = (kind.takes_current(), kind.name());
         // Half of them without the current event (where the kind takes it).
         let current = match (takes_current, i % 2) {
@@ -329,10 +347,10 @@ fn filtered() -> String {
             _ => "include_current = false\n",
         };
         text.push_str(&format!(
-            "\n[[aggregate]]\nkey = \"CUSTOMER_ID\"\nkind = \"{kind}\"\n{value}spans = [\"6h\", \"1d\"]\n{current}filter = \"TERMINAL_ID = 1\"\nname = \"F_{kind}_{{span}}\"\n"
+            "\n[[aggregate]]\nkey = \"CUSTOMER_ID\"\nkind = \"{kind}\"\n{value}spans = [\"6h\", \"1d\"]\n{current}filter = \"TERMINAL_ID = 1\"\nname = \"F_{kind}{columns}_{{span}}\"\n"
         ));
         text.push_str(&format!(
-            "\n[[aggregate]]\nkey = [\"CUSTOMER_ID\", \"TERMINAL_ID\"]\nkind = \"{kind}\"\n{value}spans = [\"12h\"]\n{current}filter = \"BIG\"\nname = \"G_{kind}_{{span}}\"\n"
+            "\n[[aggregate]]\nkey = [\"CUSTOMER_ID\", \"TERMINAL_ID\"]\nkind = \"{kind}\"\n{value}spans = [\"12h\"]\n{current}filter = \"BIG\"\nname = \"G_{kind}{columns}_{{span}}\"\n"
         ));
     }
     text
@@ -577,7 +595,7 @@ proptest! {
                 DataType::Float64 => {
                     let (x, y) = (sc.as_primitive::<Float64Type>(), bc.as_primitive::<Float64Type>());
                     // Kinds that pick a value or subtract times: bit for bit.
-                    if ["min", "max", "first", "last", "since_previous"].iter().any(|k| name.contains(&format!("_{k}_"))) {
+                    if ["min", "max", "first", "last", "last_k", "since_previous"].iter().any(|k| name.contains(&format!("_{k}_"))) {
                         for i in 0..x.len() {
                             prop_assert_eq!(x.value(i).to_bits(), y.value(i).to_bits(), "{} row {}: stream {} batch {}", name, i, x.value(i), y.value(i));
                         }

@@ -1,6 +1,6 @@
 //! Keyed aggregations over any span, one registered [`Kind`] each (count, sum, mean, min, max,
-//! variance, standard deviation, first, last, time since the previous event; `kinds/` holds one
-//! file per kind). A kind says how it reads a window of a key's events and how its batch twin
+//! variance, standard deviation, first, last, time since the previous event, distinct count,
+//! first-seen, the last k values, decayed sum and count; `kinds/` holds one file per kind). A kind says how it reads a window of a key's events and how its batch twin
 //! reads the same window in DataFusion's built-in SQL; the operator, its state, its checkpoint
 //! table, config validation and the reference docs are the same for every kind.
 //!
@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, FieldRef};
 use serde::Deserialize;
 
@@ -32,6 +32,8 @@ pub use inventory;
 pub struct Window<'a> {
     times: &'a VecDeque<i64>,
     values: &'a VecDeque<f64>,
+    /// The values as text, for a kind that reads text (see [`Kind::reads_text`]).
+    texts: Option<&'a VecDeque<Option<Box<str>>>>,
     /// Positions `lo..hi` of the key's events.
     lo: usize,
     hi: usize,
@@ -39,6 +41,8 @@ pub struct Window<'a> {
     pub now: i64,
     /// The span (ns).
     pub span: i64,
+    /// The aggregation's parameters.
+    pub params: Params,
 }
 
 impl<'a> Window<'a> {
@@ -56,11 +60,46 @@ impl<'a> Window<'a> {
         Self {
             times,
             values,
+            texts: None,
             lo: lo.min(hi),
             hi,
             now,
             span,
+            params: Params::default(),
         }
+    }
+
+    /// The same window with the aggregation's parameters.
+    pub fn with_params(self, params: Params) -> Self {
+        Self { params, ..self }
+    }
+
+    /// The same window over the events' values as text (as long as `times`).
+    pub fn with_texts(self, texts: &'a VecDeque<Option<Box<str>>>) -> Self {
+        let hi = self.hi.min(texts.len());
+        Self {
+            texts: Some(texts),
+            hi,
+            lo: self.lo.min(hi),
+            ..self
+        }
+    }
+
+    /// The values as text, from the latest event to the earliest (`None` for a null value);
+    /// empty for a kind that does not read text.
+    pub fn texts_latest_first(&self) -> impl Iterator<Item = Option<&str>> + '_ {
+        self.texts
+            .into_iter()
+            .flat_map(move |t| t.range(self.lo..self.hi).rev().map(|v| v.as_deref()))
+    }
+
+    /// (time, value) of each event, from the latest to the earliest.
+    pub fn events_latest_first(&self) -> impl Iterator<Item = (i64, f64)> + '_ {
+        self.times
+            .range(self.lo..self.hi)
+            .rev()
+            .copied()
+            .zip(self.values.range(self.lo..self.hi).rev().copied())
     }
 
     /// Events in the window.
@@ -104,6 +143,11 @@ pub struct Twin {
     /// The value as a DOUBLE expression (`1` for a kind that reads none); NULL for an event the
     /// filter does not select, which every aggregate function then skips.
     pub value: String,
+    /// The value as text (`CAST(… AS VARCHAR)`), NULL where the filter does not select the
+    /// event, for a kind that reads text.
+    pub text: String,
+    /// `PARTITION BY` of the key's columns.
+    pub partition: String,
     /// The aggregation's condition, if any (SQL).
     pub filter: Option<String>,
     /// `OVER (...)`: the key's events with time in [t − span + 1, t − 1] (ns).
@@ -120,6 +164,8 @@ pub struct Twin {
     pub current: bool,
     /// The span (ns).
     pub span: i64,
+    /// The aggregation's parameters.
+    pub params: Params,
 }
 
 impl Twin {
@@ -128,6 +174,14 @@ impl Twin {
         (
             format!("{f}({}) {}", self.value, self.earlier),
             format!("{f}({}) {}", self.value, self.peers),
+        )
+    }
+
+    /// `f(expr)` over each of the two frames.
+    pub fn parts_of(&self, f: &str, expr: &str) -> (String, String) {
+        (
+            format!("{f}({expr}) {}", self.earlier),
+            format!("{f}({expr}) {}", self.peers),
         )
     }
 
@@ -174,14 +228,73 @@ impl Twin {
     /// `expr` of the selected event before the current one in (time, id) order when it lies
     /// within the span, else `otherwise`.
     pub fn previous(&self, expr: &str, otherwise: &str) -> String {
+        self.nth_previous(1, expr, otherwise)
+    }
+
+    /// `expr` of the `n`-th selected event before the current one in (time, id) order when it
+    /// lies within the span, else `otherwise`.
+    pub fn nth_previous(&self, n: usize, expr: &str, otherwise: &str) -> String {
+        let lag = |e: &str| {
+            format!(
+                "LAG({}, {n}){} {}",
+                self.selected(e),
+                self.skip_unselected(),
+                self.ordered
+            )
+        };
         format!(
             "CASE WHEN {lag_t} > {t} - {span} THEN {lag} ELSE {otherwise} END",
-            lag_t = self.before("LAG", &self.time),
+            lag_t = lag(&self.time),
             t = self.time,
-            lag = self.before("LAG", expr),
+            lag = lag(expr),
             span = self.span,
         )
     }
+}
+
+/// A parameter some kinds take besides the value and the spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parameter {
+    /// `half_life`: a duration (see [`AggregateConfig::half_life`]).
+    HalfLife,
+    /// `k`: a count of values (see [`AggregateConfig::k`]).
+    K,
+}
+
+impl Parameter {
+    /// Its name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Parameter::HalfLife => "half_life",
+            Parameter::K => "k",
+        }
+    }
+
+    /// A config line giving it (what tests and benches use).
+    pub fn example(self) -> &'static str {
+        match self {
+            Parameter::HalfLife => "half_life = \"3h\"",
+            Parameter::K => "k = 3",
+        }
+    }
+}
+
+/// The config lines giving every parameter `kind` takes (for tests and benches that declare
+/// every registered kind).
+pub fn example_parameters(kind: &dyn Kind) -> String {
+    kind.parameters()
+        .iter()
+        .map(|p| format!("{}\n", p.example()))
+        .collect()
+}
+
+/// The parameters of one aggregation, as its kind reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Params {
+    /// The half-life (ns); 0 when not given.
+    pub half_life: i64,
+    /// The number of values; 0 when not given.
+    pub k: usize,
 }
 
 /// A kind's entry in the reference docs.
@@ -203,6 +316,23 @@ pub trait Kind: Send + Sync + 'static {
     fn reads_value(&self) -> bool {
         true
     }
+    /// Whether it reads the value as text (any field's type, by Arrow's cast to text) rather
+    /// than as a number.
+    fn reads_text(&self) -> bool {
+        false
+    }
+    /// The parameters it requires (none by default).
+    fn parameters(&self) -> &'static [Parameter] {
+        &[]
+    }
+    /// A problem with the parameters for a span, if any (e.g. a span too long for a half-life).
+    fn check(&self, _params: &Params, _span: std::time::Duration) -> Option<String> {
+        None
+    }
+    /// How many columns it writes per span (one by default).
+    fn width(&self, _params: &Params) -> usize {
+        1
+    }
     /// Its column's type: Int64 or Float64.
     fn output(&self) -> DataType {
         DataType::Float64
@@ -214,8 +344,19 @@ pub trait Kind: Send + Sync + 'static {
     }
     /// Its value over `window` (Int64 outputs are whole numbers).
     fn value(&self, window: &Window<'_>) -> f64;
+    /// Its values over `window`, one per column (`out` is [`Kind::width`] long); by default
+    /// the one [`Kind::value`].
+    fn values(&self, window: &Window<'_>, out: &mut [f64]) {
+        if let Some(first) = out.first_mut() {
+            *first = self.value(window);
+        }
+    }
     /// The same value in DataFusion's built-in SQL over the frames of `twin`.
     fn twin(&self, twin: &Twin) -> String;
+    /// The same values, one per column; by default the one [`Kind::twin`].
+    fn twins(&self, twin: &Twin) -> Vec<String> {
+        vec![self.twin(twin)]
+    }
     /// Its reference entry.
     fn doc(&self) -> Doc;
 }
@@ -269,7 +410,8 @@ pub struct AggregateConfig {
     pub key: String,
     /// The registered kind (see the feature reference).
     pub kind: String,
-    /// The numeric field it aggregates (for the kinds that read one).
+    /// The field it aggregates: a number, or any field for the kinds that read text
+    /// (`distinct`).
     #[serde(default)]
     pub value: Option<String>,
     /// Window lengths, any of seconds, minutes, hours and days: `["10m", "1h", "30d"]`.
@@ -284,16 +426,51 @@ pub struct AggregateConfig {
     /// only the key's events it is true for (NULL is not true); every event still gets a value.
     #[serde(default)]
     pub filter: Option<String>,
+    /// The half-life of a decayed kind (`decayed_sum`, `decayed_count`): an event's weight
+    /// halves with each half-life of age.
+    #[serde(default, deserialize_with = "duration")]
+    pub half_life: Option<Duration>,
+    /// How many values a `last_k` aggregation keeps (one column each).
+    #[serde(default)]
+    pub k: Option<usize>,
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    let raw = String::deserialize(d)?;
+    humantime::parse_duration(&raw)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{raw:?}: {e}")))
 }
 
 impl AggregateConfig {
-    /// Output names as (span index, name).
-    pub(crate) fn outputs(&self) -> std::result::Result<Vec<(usize, String)>, String> {
-        self.spans
-            .iter()
-            .enumerate()
-            .map(|(i, span)| Ok((i, feature_name(&self.name, &self.key, *span)?)))
-            .collect()
+    /// Output names as (span index, column index, name): one column per span, or with a kind
+    /// that writes several, one per span and column (the template's `{i}`: 1, 2, …).
+    pub(crate) fn outputs(&self) -> std::result::Result<Vec<(usize, usize, String)>, String> {
+        let width = kind(&self.kind).map_or(1, |k| k.width(&self.params()));
+        if width > 1 && !self.name.contains("{i}") {
+            return Err(format!(
+                "{} writes {width} columns per span: the name template needs {{i}} (1 to {width})",
+                self.kind
+            ));
+        }
+        let mut out = Vec::new();
+        for (s, span) in self.spans.iter().enumerate() {
+            for c in 0..width {
+                let template = self.name.replace("{i}", &(c + 1).to_string());
+                out.push((s, c, feature_name(&template, &self.key, *span)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The parameters as the kind reads them.
+    pub fn params(&self) -> Params {
+        Params {
+            half_life: self.half_life.map_or(0, ns),
+            k: self.k.unwrap_or(0),
+        }
     }
 
     /// Whether windows hold their current event.
@@ -326,6 +503,41 @@ impl AggregateConfig {
                     )),
                     _ => {}
                 }
+                let takes = k.parameters();
+                let given = [
+                    (Parameter::HalfLife, self.half_life.is_some()),
+                    (Parameter::K, self.k.is_some()),
+                ];
+                for (p, is_given) in given {
+                    match (takes.contains(&p), is_given) {
+                        (true, false) => {
+                            problems.push(format!("{at}: {} needs {}", k.name(), p.name()))
+                        }
+                        (false, true) => {
+                            problems.push(format!("{at}: {} takes no {}", k.name(), p.name()))
+                        }
+                        _ => {}
+                    }
+                }
+                if self.half_life.is_some_and(|h| h.is_zero()) {
+                    problems.push(format!("{at}: half_life must be longer than zero"));
+                }
+                if self.k == Some(0) {
+                    problems.push(format!("{at}: k must be at least 1"));
+                }
+                if takes
+                    .iter()
+                    .all(|p| given.iter().any(|(g, is)| g == p && *is))
+                {
+                    let params = self.params();
+                    problems.extend(
+                        self.spans
+                            .iter()
+                            .filter(|s| !s.is_zero())
+                            .filter_map(|s| k.check(&params, *s))
+                            .map(|p| format!("{at}: {p}")),
+                    );
+                }
                 if !k.takes_current() && self.include_current.is_some() {
                     problems.push(format!(
                         "{at}: {} is defined over the events before the current one; include_current does not apply",
@@ -349,6 +561,43 @@ impl AggregateConfig {
     }
 }
 
+/// One key's events: times and values, and for a kind that reads text, the values as text.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    series: Series,
+    /// One per event, for a kind that reads text (boxed: the other kinds pay 8 bytes a key).
+    #[allow(
+        clippy::box_collection,
+        reason = "a deque inline would add 24 bytes to every key of every kind"
+    )]
+    texts: Option<Box<VecDeque<Option<Box<str>>>>>,
+}
+
+impl Held {
+    /// Inserts an event (its text too, for a kind that reads text); returns its position.
+    fn insert(&mut self, t: i64, v: f64, text: Option<Option<Box<str>>>) -> usize {
+        let pos = self.series.insert(t, v, None);
+        if let Some(text) = text {
+            self.texts.get_or_insert_default().insert(pos, text);
+        }
+        pos
+    }
+}
+
+impl crate::state::Expiring for Held {
+    fn evict(&mut self, horizon: i64) {
+        let before = self.series.times.len();
+        crate::state::Expiring::evict(&mut self.series, horizon);
+        if let Some(texts) = &mut self.texts {
+            texts.drain(..before - self.series.times.len());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.series.times.is_empty()
+    }
+}
+
 /// The streaming operator of one [`AggregateConfig`]: per key, its events within the longest
 /// span (time and value), each event's window read by the kind for every span.
 pub struct Aggregation {
@@ -359,10 +608,13 @@ pub struct Aggregation {
     filter: Option<Expression>,
     time: String,
     current: bool,
-    /// (span in ns, output index) per output.
+    params: Params,
+    /// Columns per span.
+    width: usize,
+    /// Span (ns) per span index.
     spans: Vec<i64>,
     fields: Vec<FieldRef>,
-    state: KeyedState<Series>,
+    state: KeyedState<Held>,
     watermark: Watermark,
     appender: Appender,
 }
@@ -386,8 +638,9 @@ impl Aggregation {
         let spans: Vec<i64> = cfg.spans.iter().map(|s| ns(*s)).collect();
         let fields = outputs
             .iter()
-            .map(|(_, name)| Arc::new(Field::new(name, kind.output(), false)))
+            .map(|(_, _, name)| Arc::new(Field::new(name, kind.output(), false)))
             .collect();
+        let params = cfg.params();
         Ok(Self {
             name: format!("aggregate({}:{})", kind.name(), cfg.key),
             kind,
@@ -396,6 +649,8 @@ impl Aggregation {
             filter: cfg.filter.as_deref().map(Expression::new),
             time: time.into(),
             current: cfg.current() && kind.takes_current(),
+            width: kind.width(&params),
+            params,
             watermark: Watermark::new(spans.iter().copied().max().unwrap_or(0)),
             spans,
             fields,
@@ -417,9 +672,10 @@ impl Operator for Aggregation {
     fn process(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
         let keys = columns::keys(&batch, &self.key)?;
         let times = columns::event_times(&batch, &self.time)?;
-        let values = match &self.value {
-            Some(v) => Some(columns::f64_values(&batch, v)?),
-            None => None,
+        let (values, texts) = match (&self.value, self.kind.reads_text()) {
+            (Some(v), true) => (None, Some(columns::texts(&batch, v)?)),
+            (Some(v), false) => (Some(columns::f64_values(&batch, v)?), None),
+            (None, _) => (None, None),
         };
         let selected = match &mut self.filter {
             Some(f) => Some(f.matches(&batch).map_err(|e| {
@@ -428,51 +684,65 @@ impl Operator for Aggregation {
             None => None,
         };
         let n = batch.num_rows();
-        let ns = self.spans.len();
-        let mut out = vec![0f64; n * ns];
-        let (spans, kind, current) = (&self.spans, self.kind, self.current);
+        // Columns per row: every span's `width` columns.
+        let per_row = self.spans.len() * self.width;
+        let mut out = vec![0f64; n * per_row];
+        let (spans, kind, current, params, width) = (
+            &self.spans,
+            self.kind,
+            self.current,
+            self.params,
+            self.width,
+        );
         let horizon = self.watermark.horizon();
         let selects = |row: usize| selected.as_ref().is_none_or(|s| s.value(row));
+        let text_of = |row: usize| -> Option<Option<Box<str>>> {
+            texts
+                .as_ref()
+                .map(|t: &StringArray| t.is_valid(row).then(|| t.value(row).into()))
+        };
         // An unselected event whose key holds nothing reads empty windows and adds no key.
-        let nothing = Series::default();
-        self.state
-            .for_each_row_adding(&keys, selects, |row, series| {
-                let t = times[row];
-                let (series, hi, added) = match series {
-                    Some(series) if selects(row) => {
-                        let v = values.as_ref().map_or(0.0, |v| v.value(row));
-                        let pos = series.insert(t, v, None);
-                        (series, pos + usize::from(current), true)
-                    }
-                    // The window the event would have joined, itself left out.
-                    Some(series) => {
-                        let hi = series.times.partition_point(|&x| x <= t);
-                        (series, hi, false)
-                    }
-                    None => {
-                        for (s, &span) in spans.iter().enumerate() {
-                            let window =
-                                Window::new(&nothing.times, &nothing.values, 0, 0, t, span);
-                            out[row * ns + s] = kind.value(&window);
-                        }
-                        return;
-                    }
-                };
-                for (s, &span) in spans.iter().enumerate() {
-                    let after = t.saturating_sub(span);
-                    let lo = series.times.partition_point(|&x| x <= after).min(hi);
-                    let window = Window::new(&series.times, &series.values, lo, hi, t, span);
-                    out[row * ns + s] = kind.value(&window);
+        let nothing = Held {
+            texts: texts.as_ref().map(|_| Box::default()),
+            ..Held::default()
+        };
+        self.state.for_each_row_adding(&keys, selects, |row, held| {
+            let t = times[row];
+            let row_out = &mut out[row * per_row..(row + 1) * per_row];
+            let (held, hi, added) = match held {
+                Some(held) if selects(row) => {
+                    let v = values.as_ref().map_or(0.0, |v| v.value(row));
+                    let pos = held.insert(t, v, text_of(row));
+                    (Some(held), pos + usize::from(current), true)
                 }
-                // Only a key that gained an event sheds old ones here (the others at the
-                // watermark's sweeps), so no key is left empty between sweeps.
-                if added {
-                    crate::state::Expiring::evict(series, horizon);
+                // The window the event would have joined, itself left out.
+                Some(held) => {
+                    let hi = held.series.times.partition_point(|&x| x <= t);
+                    (Some(held), hi, false)
                 }
-            });
-        let arrays: Vec<ArrayRef> = (0..ns)
-            .map(|s| -> ArrayRef {
-                let col = (0..n).map(|r| out[r * ns + s]);
+                None => (None, 0, false),
+            };
+            let view: &Held = held.as_deref().unwrap_or(&nothing);
+            let series = &view.series;
+            for (s, &span) in spans.iter().enumerate() {
+                let after = t.saturating_sub(span);
+                let lo = series.times.partition_point(|&x| x <= after).min(hi);
+                let mut window =
+                    Window::new(&series.times, &series.values, lo, hi, t, span).with_params(params);
+                if let Some(texts) = &view.texts {
+                    window = window.with_texts(texts);
+                }
+                kind.values(&window, &mut row_out[s * width..(s + 1) * width]);
+            }
+            // Only a key that gained an event sheds old ones here (the others at the
+            // watermark's sweeps), so no key is left empty between sweeps.
+            if let (Some(held), true) = (held, added) {
+                crate::state::Expiring::evict(held, horizon);
+            }
+        });
+        let arrays: Vec<ArrayRef> = (0..per_row)
+            .map(|c| -> ArrayRef {
+                let col = (0..n).map(|r| out[r * per_row + c]);
                 match kind.output() {
                     DataType::Int64 => {
                         Arc::new(Int64Array::from_iter_values(col.map(|x| x as i64)))
@@ -494,28 +764,45 @@ impl Operator for Aggregation {
 
     /// One row per event held: key, time, value; the watermark in the metadata.
     fn snapshot(&self) -> Result<Option<RecordBatch>> {
-        let rows = self.state.iter().map(|(_, s)| s.times.len()).sum();
+        let rows = self.state.iter().map(|(_, h)| h.series.times.len()).sum();
         let mut table = StateTable::with_capacity(rows);
         let (mut times, mut values) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
-        for (key, series) in self.state.iter() {
-            table.key_rows(key, series.times.len());
-            times.extend(series.times.iter().copied());
-            values.extend(series.values.iter().copied());
+        let mut texts = self
+            .kind
+            .reads_text()
+            .then(|| arrow::array::StringBuilder::with_capacity(rows, rows * 8));
+        for (key, held) in self.state.iter() {
+            table.key_rows(key, held.series.times.len());
+            times.extend(held.series.times.iter().copied());
+            values.extend(held.series.values.iter().copied());
+            if let Some(builder) = &mut texts {
+                match &held.texts {
+                    Some(t) => t.iter().for_each(|v| builder.append_option(v.as_deref())),
+                    None => (0..held.series.times.len()).for_each(|_| builder.append_null()),
+                }
+            }
         }
-        table
-            .finish(series_columns(times, values), Some(&self.watermark))
-            .map(Some)
+        let mut columns = series_columns(times, values);
+        if let Some(mut builder) = texts {
+            columns.push(("text", DataType::Utf8, true, Arc::new(builder.finish())));
+        }
+        table.finish(columns, Some(&self.watermark)).map(Some)
     }
 
     fn restore(&mut self, table: &RecordBatch) -> Result<()> {
         let r = StateReader::new(table)?;
         let times = r.primitive::<arrow::datatypes::Int64Type>("time")?;
         let values = r.primitive::<arrow::datatypes::Float64Type>("value")?;
-        let mut state = KeyedState::<Series>::default();
+        let texts = match self.kind.reads_text() {
+            true => Some(r.string("text")?),
+            false => None,
+        };
+        let mut state = KeyedState::<Held>::default();
         for row in 0..r.rows() {
+            let text = texts.map(|t| t.is_valid(row).then(|| t.value(row).into()));
             state
                 .entry(r.key(row)?)
-                .insert(times.value(row), values.value(row), None);
+                .insert(times.value(row), values.value(row), text);
         }
         self.watermark = r.watermark(self.watermark.reach())?;
         self.state = state;
@@ -527,7 +814,7 @@ impl Operator for Aggregation {
 /// `docs/reference/features.md` holds between its markers).
 pub fn reference_table() -> String {
     let mut out = String::from(
-        "| kind | reads a value | type | over the window (t − span, t] | empty window | example |\n|---|---|---|---|---|---|\n",
+        "| kind | reads | parameters | type | over the window (t − span, t] | empty window | example |\n|---|---|---|---|---|---|---|\n",
     );
     for k in kinds() {
         let doc = k.doc();
@@ -535,10 +822,22 @@ pub fn reference_table() -> String {
             DataType::Int64 => "Int64",
             _ => "Float64",
         };
+        let reads = match (k.reads_value(), k.reads_text()) {
+            (false, _) => "no value",
+            (true, false) => "a number",
+            (true, true) => "any field, as text",
+        };
+        let params = match k.parameters() {
+            [] => "—".to_string(),
+            ps => ps
+                .iter()
+                .map(|p| format!("`{}`", p.name()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
         out.push_str(&format!(
-            "| `{}` | {} | {ty} | {} | {} | `{}` |\n",
+            "| `{}` | {reads} | {params} | {ty} | {} | {} | `{}` |\n",
             k.name(),
-            if k.reads_value() { "yes" } else { "no" },
             doc.definition,
             doc.empty,
             doc.example.replace('|', "\\|"),
@@ -561,6 +860,8 @@ spans = [\"10m\", \"1h\", \"30d\"]   # seconds (s), minutes (m), hours (h), days
 name = \"card_max_{{span}}\" # one column per span: {{key}}, {{span}} (10m, 1h, 30days), {{days}}\n\
 include_current = true   # whether an event's window holds the event itself (default true)\n\
 filter = \"channel = 'online'\"   # optional: only the events this SQL condition is true for\n```\n\n\
+Some kinds take a parameter: `half_life = \"1h\"` (the decayed kinds), `k = 3` (`last_k`, whose \
+name template then needs `{{i}}`: one column per value, 1 the latest).\n\n\
 An event at time t reads the key's events with time in (t − span, t]: an event exactly at \
 t − span is out. Events of equal time are ordered by the events' id; an event's window holds \
 those before it in that order (and itself, with `include_current`), never those after. A \

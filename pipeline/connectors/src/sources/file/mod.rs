@@ -237,7 +237,9 @@ pub fn prepare(
                 "an integer or string key",
             ));
         }
-        if let Some(v) = &a.value {
+        // A kind that reads text (distinct) reads any field; the others a number.
+        let text = riskpipe_operators::aggregate::kind(&a.kind).is_some_and(|k| k.reads_text());
+        if let (Some(v), false) = (&a.value, text) {
             required.push((v, |d| d.is_numeric(), "numeric"));
         }
     }
