@@ -231,7 +231,7 @@ fn the_export_is_what_riskpipe_scores() {
         "{differ} transactions score otherwise than their export"
     );
     // The scores separate: frauds score high on the whole.
-    let alerts = served.values().filter(|s| **s >= 0.86).count();
+    let alerts = served.values().filter(|s| **s >= 0.40).count();
     assert!((1_000..3_000).contains(&alerts), "{alerts} alerts");
 }
 

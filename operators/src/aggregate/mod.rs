@@ -93,6 +93,16 @@ impl<'a> Window<'a> {
             .flat_map(move |t| t.range(self.lo..self.hi).rev().map(|v| v.as_deref()))
     }
 
+    /// Each event's text with its [`text_hash`], from the latest to the earliest (`None` for a
+    /// null value); empty for a kind that does not read text.
+    pub fn hashed_texts_latest_first(&self) -> impl Iterator<Item = (u64, Option<&str>)> + '_ {
+        self.values
+            .range(self.lo..self.hi)
+            .rev()
+            .map(|v| v.to_bits())
+            .zip(self.texts_latest_first())
+    }
+
     /// (time, value) of each event, from the latest to the earliest.
     pub fn events_latest_first(&self) -> impl Iterator<Item = (i64, f64)> + '_ {
         self.times
@@ -561,6 +571,24 @@ impl AggregateConfig {
     }
 }
 
+/// The hash a kind that reads text keeps per event in place of a number (as the bits of its
+/// value), so that comparing values compares integers first: fixed seeds, the same in every
+/// process (a restore recomputes it from the text all the same).
+pub fn text_hash(text: &str) -> u64 {
+    const SEEDS: (u64, u64, u64, u64) = (
+        0x5269_736b_7069_7065,
+        0x2064_6973_7469_6e63,
+        0x7420_7465_7874_2068,
+        0x6173_6820_7365_6564,
+    );
+    ahash::RandomState::with_seeds(SEEDS.0, SEEDS.1, SEEDS.2, SEEDS.3).hash_one(text)
+}
+
+/// A text's value slot: its hash's bits, 0 for a null.
+fn text_value(text: Option<&str>) -> f64 {
+    text.map_or(0.0, |t| f64::from_bits(text_hash(t)))
+}
+
 /// One key's events: times and values, and for a kind that reads text, the values as text.
 #[derive(Debug, Default)]
 pub(crate) struct Held {
@@ -711,8 +739,13 @@ impl Operator for Aggregation {
             let row_out = &mut out[row * per_row..(row + 1) * per_row];
             let (held, hi, added) = match held {
                 Some(held) if selects(row) => {
-                    let v = values.as_ref().map_or(0.0, |v| v.value(row));
-                    let pos = held.insert(t, v, text_of(row));
+                    let text = text_of(row);
+                    let v = match (&values, &text) {
+                        (Some(v), _) => v.value(row),
+                        (None, Some(text)) => text_value(text.as_deref()),
+                        (None, None) => 0.0,
+                    };
+                    let pos = held.insert(t, v, text);
                     (Some(held), pos + usize::from(current), true)
                 }
                 // The window the event would have joined, itself left out.
@@ -799,10 +832,14 @@ impl Operator for Aggregation {
         };
         let mut state = KeyedState::<Held>::default();
         for row in 0..r.rows() {
-            let text = texts.map(|t| t.is_valid(row).then(|| t.value(row).into()));
-            state
-                .entry(r.key(row)?)
-                .insert(times.value(row), values.value(row), text);
+            let text: Option<Option<Box<str>>> =
+                texts.map(|t| t.is_valid(row).then(|| t.value(row).into()));
+            // A text's hash from the text itself, not from the table.
+            let v = match &text {
+                Some(text) => text_value(text.as_deref()),
+                None => values.value(row),
+            };
+            state.entry(r.key(row)?).insert(times.value(row), v, text);
         }
         self.watermark = r.watermark(self.watermark.reach())?;
         self.state = state;

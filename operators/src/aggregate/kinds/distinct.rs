@@ -24,11 +24,27 @@ impl Kind for Distinct {
     }
 
     fn value(&self, window: &Window<'_>) -> f64 {
-        // Windows are short lists: sorting references beats hashing owned text.
-        let mut seen: Vec<&str> = window.texts_latest_first().flatten().collect();
-        seen.sort_unstable();
-        seen.dedup();
-        seen.len() as f64
+        // Sorted by hash, equal values lie together; texts are compared only within a run of
+        // equal hashes, so a collision never merges two values.
+        let mut held: Vec<(u64, &str)> = window
+            .hashed_texts_latest_first()
+            .filter_map(|(h, t)| Some((h, t?)))
+            .collect();
+        held.sort_unstable_by_key(|&(h, _)| h);
+        let mut distinct = 0;
+        for run in held.chunk_by(|a, b| a.0 == b.0) {
+            distinct += match run {
+                [_] => 1,
+                [(_, first), rest @ ..] if rest.iter().all(|(_, t)| t == first) => 1,
+                _ => {
+                    let mut texts: Vec<&str> = run.iter().map(|&(_, t)| t).collect();
+                    texts.sort_unstable();
+                    texts.dedup();
+                    texts.len()
+                }
+            };
+        }
+        distinct as f64
     }
 
     fn twin(&self, twin: &Twin) -> String {
@@ -49,3 +65,27 @@ impl Kind for Distinct {
 }
 
 crate::register_kind!(Distinct);
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::Distinct;
+    use crate::aggregate::{Kind, Window};
+
+    /// Two different values whose hashes collide still count as two; equal ones as one; a null
+    /// as none.
+    #[test]
+    fn a_hash_collision_never_merges_two_values() {
+        let times: VecDeque<i64> = (0..5).collect();
+        let same = f64::from_bits(42);
+        let values: VecDeque<f64> = [same, same, same, 0.0, f64::from_bits(7)].into();
+        let texts: VecDeque<Option<Box<str>>> = [Some("a"), Some("b"), Some("a"), None, Some("c")]
+            .map(|t| t.map(Box::from))
+            .into();
+        let window = Window::new(&times, &values, 0, 5, 4, 10).with_texts(&texts);
+        assert_eq!(Distinct.value(&window), 3.0);
+        let window = Window::new(&times, &values, 2, 4, 4, 10).with_texts(&texts);
+        assert_eq!(Distinct.value(&window), 1.0);
+    }
+}
