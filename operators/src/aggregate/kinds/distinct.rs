@@ -24,27 +24,29 @@ impl Kind for Distinct {
     }
 
     fn value(&self, window: &Window<'_>) -> f64 {
-        // Sorted by hash, equal values lie together; texts are compared only within a run of
-        // equal hashes, so a collision never merges two values.
-        let mut held: Vec<(u64, &str)> = window
-            .hashed_texts_latest_first()
-            .filter_map(|(h, t)| Some((h, t?)))
-            .collect();
-        held.sort_unstable_by_key(|&(h, _)| h);
-        let mut distinct = 0;
-        for run in held.chunk_by(|a, b| a.0 == b.0) {
-            distinct += match run {
-                [_] => 1,
-                [(_, first), rest @ ..] if rest.iter().all(|(_, t)| t == first) => 1,
-                _ => {
-                    let mut texts: Vec<&str> = run.iter().map(|&(_, t)| t).collect();
-                    texts.sort_unstable();
-                    texts.dedup();
-                    texts.len()
+        // An open-addressing set of the window's (hash, text), at most half full: a probe that
+        // meets an equal hash compares the texts, so a collision never merges two values.
+        let slots = (2 * window.len()).next_power_of_two().max(8);
+        let mask = slots - 1;
+        let mut set: Vec<Option<(u64, &str)>> = vec![None; slots];
+        let mut distinct = 0u32;
+        for (hash, text) in window.hashed_texts_latest_first() {
+            let Some(text) = text else { continue };
+            // Hashes are ahash output: any bits will do as the slot.
+            let mut slot = hash as usize & mask;
+            loop {
+                match set[slot] {
+                    None => {
+                        set[slot] = Some((hash, text));
+                        distinct += 1;
+                        break;
+                    }
+                    Some((h, t)) if h == hash && t == text => break,
+                    Some(_) => slot = (slot + 1) & mask,
                 }
-            };
+            }
         }
-        distinct as f64
+        f64::from(distinct)
     }
 
     fn twin(&self, twin: &Twin) -> String {
