@@ -6,6 +6,10 @@
 //! `${env:NAME}` references read as a placeholder value) and must load and validate with no
 //! problem. A snippet that needs an optional build (`needs --features sql`) is validated by the
 //! build that has it and only parsed by the others, which say so.
+//!
+//! Every shell command of the docs is checked too: a `riskpipe` command's subcommand and
+//! options against the binary's help, the repository files it names, and any other command is
+//! listed with why it is not run here (and who runs it, where someone does).
 
 use std::path::{Path, PathBuf};
 
@@ -103,19 +107,7 @@ fn has_feature(name: &str) -> bool {
 
 #[test]
 fn every_config_snippet_of_the_docs_extends_a_config_and_validates() {
-    let mut docs = vec![root().join("README.md")];
-    let mut dirs = vec![root().join("docs")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("docs") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "md") {
-                docs.push(path);
-            }
-        }
-    }
-    docs.sort();
+    let docs = doc_files();
     let (mut checked, mut exempt, mut failures) = (0, Vec::new(), Vec::new());
     for doc in &docs {
         for s in snippets(doc) {
@@ -201,4 +193,190 @@ fn every_config_snippet_of_the_docs_extends_a_config_and_validates() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(checked >= 10, "{checked} snippets checked");
+}
+
+/// Every markdown file of the documentation: README.md and docs/ (recursively), in order.
+fn doc_files() -> Vec<PathBuf> {
+    let mut docs = vec![root().join("README.md")];
+    let mut dirs = vec![root().join("docs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("docs") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                docs.push(path);
+            }
+        }
+    }
+    docs.sort();
+    docs
+}
+
+/// The commands of the `sh` blocks of `path`: (where, the command with its continuation lines
+/// joined and its comment left out).
+fn commands(path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).expect("doc");
+    let mut out = Vec::new();
+    let mut in_block = false;
+    let mut pending: Option<(String, String)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("```") {
+            in_block = !in_block && ["```sh", "```bash", "```console"].contains(&trimmed);
+            continue;
+        }
+        if !in_block {
+            continue;
+        }
+        // A comment starts at ` #` (`${t##*:}` is not one).
+        let code = match line.find(" #") {
+            Some(at) => &line[..at],
+            None => line,
+        };
+        let at = format!(
+            "{}:{}",
+            path.strip_prefix(root()).unwrap_or(path).display(),
+            i + 1
+        );
+        let (at, mut joined) = pending.take().unwrap_or((at, String::new()));
+        joined.push_str(code.trim().trim_end_matches('\\'));
+        joined.push(' ');
+        if code.trim_end().ends_with('\\') {
+            pending = Some((at, joined));
+        } else if !joined.trim().is_empty() {
+            out.push((at, joined.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// The commands the docs show that this test does not run, each with why; what they name in the
+/// repository must still exist.
+const NOT_RUN: &[(&str, &str)] = &[
+    (
+        "cargo nextest run",
+        "the README's test command: .ci/run runs it",
+    ),
+    (
+        "for t in",
+        "creates topics with Kafka's own CLI on a broker of yours",
+    ),
+    ("kafka-topics.sh", "Kafka's own CLI on a broker of yours"),
+    ("done", "the end of the loop above"),
+    (
+        "bash examples/finforge/generate.sh",
+        ".ci/run runs it (the finforge data set)",
+    ),
+    (
+        "$(models/train/venv.sh) models/train/fit.py",
+        "tests/finforge.rs runs fit.py with these options; its options are checked below",
+    ),
+    (
+        "docker compose -f deploy/compose.yaml",
+        "needs Docker; .ci/run validates deploy/compose.yaml against the Compose Specification",
+    ),
+    (
+        "models/train/run.sh",
+        "retrains the shipped models (minutes); tests train with fit.py instead",
+    ),
+];
+
+/// Placeholders the docs use for a user's own files.
+fn placeholder(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with("my")
+        || name.starts_with("out")
+        || [
+            "history.csv",
+            "sim.parquet",
+            "features.parquet",
+            "export.parquet",
+            "model.onnx",
+        ]
+        .contains(&name)
+        || path.starts_with("/var/")
+        || path.starts_with("~")
+        || path.starts_with("state/")
+        || path.starts_with("out/")
+}
+
+/// Every command of the docs' `sh` blocks is checked: a `riskpipe` command (or `cargo run --
+/// …`) names a command the binary has and options its help lists, and the repository files it
+/// names exist; `fit.py`'s options are its own; any other command is listed in [`NOT_RUN`] with
+/// why, and the files it names exist too.
+#[test]
+fn every_shell_command_of_the_docs_names_what_exists() {
+    let help = |args: &[&str]| -> String {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
+            .args(args)
+            .output()
+            .expect("run riskpipe");
+        assert!(o.status.success(), "riskpipe {args:?} --help failed");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let fit = std::fs::read_to_string(root().join("models/train/fit.py")).expect("fit.py");
+    let (mut checked, mut failures) = (0, Vec::new());
+    for doc in doc_files() {
+        for (at, command) in commands(&doc) {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            // The repository files it names.
+            for w in &words {
+                let path = w.trim_matches(['"', '\'', '(', ')', '$']);
+                let in_repo = [
+                    "config/",
+                    "examples/",
+                    "models/",
+                    "deploy/",
+                    "schemas/",
+                    "../shared/",
+                ]
+                .iter()
+                .any(|p| path.starts_with(p));
+                if in_repo && !placeholder(path) && !root().join(path).exists() {
+                    failures.push(format!("{at}: {path} does not exist"));
+                }
+            }
+            let riskpipe_args: Option<&[&str]> = match words.as_slice() {
+                ["riskpipe", rest @ ..] => Some(rest),
+                ["cargo", "run", "--release", "--", rest @ ..] => Some(rest),
+                _ => None,
+            };
+            if let Some(args) = riskpipe_args {
+                let Some(sub) = args.first() else {
+                    failures.push(format!("{at}: riskpipe without a command"));
+                    continue;
+                };
+                let text = help(&[sub, "--help"]);
+                for flag in args.iter().filter(|a| a.starts_with("--")) {
+                    let flag = flag.split('=').next().unwrap_or(flag);
+                    if !text.contains(&format!("{flag} "))
+                        && !text.contains(&format!("{flag}\n"))
+                        && !text.contains(&format!("{flag}="))
+                    {
+                        failures.push(format!("{at}: riskpipe {sub} has no option {flag}"));
+                    }
+                }
+                checked += 1;
+                continue;
+            }
+            let Some((_, why)) = NOT_RUN.iter().find(|(start, _)| command.starts_with(start))
+            else {
+                failures.push(format!(
+                    "{at}: `{command}` is neither a riskpipe command nor listed as not run"
+                ));
+                continue;
+            };
+            if command.contains("fit.py") {
+                for flag in words.iter().filter(|a| a.starts_with("--")) {
+                    if !fit.contains(&format!("add_argument(\"{flag}\"")) {
+                        failures.push(format!("{at}: fit.py has no option {flag}"));
+                    }
+                }
+            }
+            eprintln!("{at}: not run: {why}");
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked >= 10, "{checked} riskpipe commands checked");
 }
