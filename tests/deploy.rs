@@ -169,3 +169,61 @@ fn kubernetes_config_map_is_a_valid_pipeline_config_with_the_shipped_job() {
     };
     assert_eq!(drift(&cfg), drift(&shipped), "the shipped drift reference");
 }
+
+/// docs/operations/monitoring.md keeps up with deploy/: it has a row for every panel of the
+/// dashboard and for every alert rule, with the rule's severity, and no row for a rule that
+/// does not exist.
+#[test]
+fn the_monitoring_page_lists_every_panel_and_alert_rule() {
+    let page = std::fs::read_to_string(root().join("docs/operations/monitoring.md")).expect("page");
+    let rows: Vec<Vec<&str>> = page
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+        .collect();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/grafana/dashboards/riskpipe.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard json");
+    let mut missing = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().expect("title");
+        if !rows.iter().any(|r| r[0] == title) {
+            missing.push(format!("panel {title:?}"));
+        }
+    }
+    // Each rule's name and the severity label after it.
+    let rules =
+        std::fs::read_to_string(root().join("deploy/prometheus/alerts.yml")).expect("rules");
+    let mut alerts: Vec<(String, String)> = Vec::new();
+    for line in rules.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- alert:") {
+            alerts.push((name.trim().to_string(), String::new()));
+        } else if let (Some(severity), Some(last)) =
+            (line.strip_prefix("severity:"), alerts.last_mut())
+        {
+            last.1 = severity.trim().to_string();
+        }
+    }
+    assert!(alerts.len() >= 8, "{alerts:?}");
+    for (name, severity) in &alerts {
+        let cell = format!("`{name}`");
+        match rows.iter().find(|r| r[0] == cell) {
+            None => missing.push(format!("alert {name}")),
+            Some(row) if row.get(2) != Some(&severity.as_str()) => missing.push(format!(
+                "alert {name}: severity {severity}, the page says {row:?}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for row in rows.iter().filter(|r| r[0].starts_with("`Riskpipe")) {
+        if !alerts.iter().any(|(name, _)| row[0] == format!("`{name}`")) {
+            missing.push(format!("{} is no rule of alerts.yml", row[0]));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/operations/monitoring.md: {missing:?}"
+    );
+}

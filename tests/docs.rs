@@ -380,3 +380,83 @@ fn every_shell_command_of_the_docs_names_what_exists() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(checked >= 10, "{checked} riskpipe commands checked");
 }
+
+/// A heading's anchor as the repository host makes it: lower case, punctuation other than `-`
+/// and `_` dropped, spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a markdown file's headings (outside code blocks).
+fn anchors(path: &Path) -> Vec<String> {
+    let mut fenced = false;
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            if l.trim_start().starts_with("```") {
+                fenced = !fenced;
+            }
+            !fenced && l.starts_with('#')
+        })
+        .map(|l| anchor(l.trim_start_matches('#')))
+        .collect()
+}
+
+/// Every relative link of README.md and docs/ leads to a file of the repository, and a link to a
+/// heading (`page.md#heading`) to a heading that page has: moving or renaming a page or a
+/// section fails here rather than leaving a reader at a dead end.
+#[test]
+fn every_link_of_the_docs_leads_somewhere() {
+    let (mut checked, mut broken) = (0, Vec::new());
+    for doc in doc_files() {
+        let text = std::fs::read_to_string(&doc).expect("doc");
+        let mut fenced = false;
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("```") {
+                fenced = !fenced;
+            }
+            if fenced {
+                continue;
+            }
+            let mut rest = line;
+            while let Some(at) = rest.find("](") {
+                let tail = &rest[at + 2..];
+                let Some(end) = tail.find(')') else { break };
+                let target = &tail[..end];
+                rest = &tail[end..];
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                checked += 1;
+                let (file, heading) = target.split_once('#').unwrap_or((target, ""));
+                let path = if file.is_empty() {
+                    doc.clone()
+                } else {
+                    doc.parent().expect("dir").join(file)
+                };
+                let at = format!(
+                    "{}:{}",
+                    doc.strip_prefix(root()).unwrap_or(&doc).display(),
+                    n + 1
+                );
+                if !path.exists() {
+                    broken.push(format!("{at}: {target} (no such file)"));
+                } else if !heading.is_empty()
+                    && path.extension().is_some_and(|e| e == "md")
+                    && !anchors(&path).contains(&heading.to_string())
+                {
+                    broken.push(format!("{at}: {target} (no such heading)"));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+    assert!(checked >= 50, "{checked} links checked");
+}

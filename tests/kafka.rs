@@ -262,7 +262,7 @@ fn a_model_reloaded_mid_stream_scores_each_transaction_once_by_the_model_it_name
     ) + "\n[observability]\nadmin = true\n";
     assert!(text.contains("model.onnx"), "{text}");
     std::fs::write(&config, text).expect("config");
-    // Replaced by a rename, as docs/models.md advises.
+    // Replaced by a rename, as docs/guides/models.md advises.
     let replace = |from: &std::path::Path| {
         let next = dir.path().join("next.onnx");
         std::fs::copy(from, &next).expect("copy");

@@ -1528,7 +1528,7 @@ fn a_model_reading_text_is_hot_reloaded_under_load() {
     });
     let scores = reader(&broker.bootstrap, "payment-scores");
     let mut got = collect(&scores, Duration::from_secs(120), |r| r.len() >= n / 4);
-    // Replaced by a rename, as docs/models.md advises.
+    // Replaced by a rename, as docs/guides/models.md advises.
     let next = dir.path().join("next.onnx");
     std::fs::copy(&gbm, &next).expect("copy");
     std::fs::rename(&next, &model).expect("rename");

@@ -374,7 +374,7 @@ fn restore_falls_back_rebuilds_and_refuses_as_documented() {
             kafka_section(
                 &broker.bootstrap,
                 "fallbacks",
-                // A stopped member's next start waits out its session here (see docs/delivery.md).
+                // A stopped member's next start waits out its session here (see docs/concepts/delivery.md).
                 "[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\""
             )
         ),

@@ -1,5 +1,5 @@
 """Writes two models as teams export them, with their preprocessing inside, for the payments
-example's model bindings (docs/models.md):
+example's model bindings (docs/guides/models.md):
 
 - sklearn_pipeline.onnx: a scikit-learn Pipeline (one-hot encoder over the raw merchant category
   and channel strings, a scaler over the numbers, a logistic regression), exported with skl2onnx

@@ -85,7 +85,7 @@ pub struct KafkaConfig {
     /// instead of after `transaction.timeout.ms`.
     #[serde(default)]
     pub transactional_id: Option<String>,
-    /// The scale-out topology (`[kafka.repartition]`, docs/scale-out.md): the features keyed
+    /// The scale-out topology (`[kafka.repartition]`, docs/concepts/scale-out.md): the features keyed
     /// by `by` run after a repartition topic, so any number of instances can share the work.
     #[serde(default)]
     pub repartition: Option<RepartitionConfig>,

@@ -32,7 +32,7 @@ pub struct FraudConfig {
     #[serde(default)]
     pub backtest: Option<SplitConfig>,
     /// What score and alert records carry and what they are keyed by (`[job.outputs]`);
-    /// without it, the records of the declared events (docs/your-data.md).
+    /// without it, the records of the declared events (docs/getting-started/your-data.md).
     #[serde(default)]
     pub outputs: Option<OutputsConfig>,
 }
