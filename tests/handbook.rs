@@ -530,8 +530,8 @@ fn partitions_read_days_apart_score_as_the_ordered_backtest() {
 /// (what offsets-for-times returns from a broker whose producers stamp messages at their event
 /// time): the transactions scored after it get the scores of a run over the whole history, bit
 /// for bit. A rebuild two days short of the features' reach changes scores, so the horizon is
-/// what makes them equal. (No broker here looks offsets up by time: librdkafka's mock answers
-/// none, tansu the first offset; against them the rebuild falls back to the earliest offsets.)
+/// what makes them equal. (The seek by time itself, against Apache Kafka:
+/// `tests/restart.rs::a_rebuild_from_the_horizon_on_apache_kafka_seeks_by_time`.)
 #[test]
 fn a_rebuild_from_the_horizon_scores_as_the_whole_history() {
     use arrow::array::{AsArray, BooleanArray};

@@ -438,7 +438,7 @@ fn restarts_lose_nothing_and_duplicate_only_the_uncommitted_tail() {
     let (cfg, history) = handbook();
     let n = 24_000;
     let feed = feed(history, cfg, 200_000, n).expect("feed");
-    let broker = Broker::start(&TOPICS);
+    let broker = support::apache_kafka(&TOPICS);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
         dir.path(),

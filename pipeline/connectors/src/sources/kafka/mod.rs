@@ -373,7 +373,7 @@ impl KafkaSource {
     /// partition's read position goes back to where the state stands (the positions just
     /// committed). The partitions' next owner (this process again, for those it keeps) reads
     /// them from the committed offsets; should a broker answer older committed offsets than
-    /// the hand-over's (tansu did, once, in a rebalance after a member died), what this process
+    /// the hand-over's (a test broker did, once, in a rebalance after a member died), what this process
     /// has taken in already is skipped as re-delivered, not refused as duplicates.
     fn after_revocation(&mut self, batch: &mut Vec<Message>) {
         let context = self.consumer.context();
