@@ -1,4 +1,5 @@
-//! End-to-end benchmark of the live path against the broker process (`riskpipe-test-broker`).
+//! End-to-end benchmark of the live path against a broker process: `riskpipe-test-broker`
+//! (librdkafka's mock cluster), or Apache Kafka with `RISKPIPE_BENCH_BROKER=apache`.
 //!
 //! In one run, on the same handbook messages:
 //! 1. ceiling A: a bare rdkafka consume loop (no work) over the transactions topic;
@@ -337,13 +338,13 @@ fn main() {
     // The mock cluster has no CreateTopics: the repartition topic is made here.
     all_topics.push(("bench-rep-by-terminal".into(), 1));
     let specs: Vec<(&str, i32)> = all_topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-    let broker = support::Broker::start(&specs);
+    let broker = support::BenchBroker::from_env(&specs);
     let mut cfg = PipelineConfig::handbook().expect("config");
     // Runs without [state] start empty by choice (each is one uninterrupted run).
     cfg.ephemeral_state = true;
     let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
     let feed_all = feed(&history, &cfg, skip, n).expect("feed");
-    let kafka = kafka_for(&broker.bootstrap, "tp-", "bench-throughput");
+    let kafka = kafka_for(broker.bootstrap(), "tp-", "bench-throughput");
     let producer = feed_producer(&kafka).expect("producer");
     Feeder::new(&feed_all, Instant::now())
         .publish(&producer, &kafka, &feed_all, 0.0, &AtomicBool::new(false))
@@ -352,7 +353,7 @@ fn main() {
 
     // Ceiling A: consume the same messages, doing nothing.
     let consume = bare_consume(
-        &broker.bootstrap,
+        broker.bootstrap(),
         kafka.topics.events.as_deref().expect("set above"),
         n,
     );
@@ -371,7 +372,7 @@ fn main() {
     let (first, _) = throughput(&rt, &cfg, n);
     let plain = |group: &str| {
         let mut c = cfg.clone();
-        c.kafka = Some(kafka_for(&broker.bootstrap, "tp-", group));
+        c.kafka = Some(kafka_for(broker.bootstrap(), "tp-", group));
         throughput(&rt, &c, n)
     };
     let (plain_a, tp_batches) = plain("bench-throughput-a");
@@ -379,7 +380,7 @@ fn main() {
     let state_dir = tempfile::tempdir().expect("tempdir");
     let mut with_state = cfg.clone();
     with_state.kafka = Some(kafka_for(
-        &broker.bootstrap,
+        broker.bootstrap(),
         "tp-",
         "bench-throughput-state",
     ));
@@ -399,7 +400,7 @@ fn main() {
     // Exactly-once: transactions every 100 ms; state is required, but no checkpoint falls due.
     let eos_state = tempfile::tempdir().expect("tempdir");
     let mut eos = cfg.clone();
-    let mut eos_kafka = kafka_for(&broker.bootstrap, "tp-", "bench-throughput-eos");
+    let mut eos_kafka = kafka_for(broker.bootstrap(), "tp-", "bench-throughput-eos");
     eos_kafka.processing_guarantee = riskpipe_pipeline::kafka::Guarantee::ExactlyOnce;
     eos_kafka.transactional_id = Some("bench-eos-0".into());
     eos_kafka.commit_interval = Duration::from_millis(100);
@@ -431,12 +432,12 @@ fn main() {
     let wanted = ((rate * latency_secs) as usize).max(1000);
     let feed_lat: Feed = feed(&history, &cfg, skip + n, wanted).expect("feed");
     let m = feed_lat.transactions;
-    cfg.kafka = Some(kafka_for(&broker.bootstrap, "lat-", "bench-latency"));
+    cfg.kafka = Some(kafka_for(broker.bootstrap(), "lat-", "bench-latency"));
     let watcher = pipeline_latency(&rt, &cfg, &feed_lat, rate);
     // The same load through the scale-out topology (two stages and the repartition topic, in
     // one process): what the extra hop adds.
     let mut repartitioned = cfg.clone();
-    let mut rep_kafka = kafka_for(&broker.bootstrap, "rep-", "bench-rep");
+    let mut rep_kafka = kafka_for(broker.bootstrap(), "rep-", "bench-rep");
     rep_kafka.repartition = Some(riskpipe_pipeline::kafka::RepartitionConfig {
         by: riskpipe_schemas::tx::TERMINAL_ID.into(),
         topic: None,
@@ -465,15 +466,16 @@ fn main() {
     .expect("feed");
     let single_hop = (hop_rate < rate).then(|| {
         let mut c = cfg.clone();
-        c.kafka = Some(kafka_for(&broker.bootstrap, "hop-", "bench-hop"));
+        c.kafka = Some(kafka_for(broker.bootstrap(), "hop-", "bench-hop"));
         pipeline_latency(&rt, &c, &feed_hop, hop_rate)
     });
     let rep_watcher = pipeline_latency(&rt, &repartitioned, &feed_hop, hop_rate);
     // The floor: the same load through a bare relay, on topics of its own.
-    let relay = relay_latency(&broker.bootstrap, &history, &cfg, skip + n, m, rate);
+    let relay = relay_latency(broker.bootstrap(), &history, &cfg, skip + n, m, rate);
 
     println!(
-        "end-to-end benchmark ({n} handbook transactions via riskpipe-test-broker, 2 cores shared)"
+        "end-to-end benchmark ({n} handbook transactions via {}, 2 cores shared)",
+        broker.name()
     );
     println!(
         "  bare consume loop (ceiling A)      {ca:>10.0} msg/s   {:>7.3} s",

@@ -11,7 +11,8 @@
 //!    transaction's score) before the kill, at its peak after it, and how long after the kill
 //!    the survivor is back to the lag it had before.
 //!
-//! `cargo bench --bench scale_out`; RISKPIPE_SCALE_TRANSACTIONS (default 60000) sizes it,
+//! `cargo bench --bench scale_out` (`RISKPIPE_BENCH_BROKER=apache`: against Apache Kafka rather
+//! than the mock cluster); RISKPIPE_SCALE_TRANSACTIONS (default 60000) sizes it,
 //! RISKPIPE_SCALE_REPS (default 3) repeats 1 and 2 (alternated; medians compared).
 
 #[path = "../tests/support/mod.rs"]
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use riskpipe_pipeline::demo::feed;
 use riskpipe_pipeline::{PipelineConfig, backtest};
-use support::{Broker, Pipeline};
+use support::Pipeline;
 
 fn config(dir: &std::path::Path, bootstrap: &str) -> std::path::PathBuf {
     support::write_config(
@@ -104,10 +105,10 @@ struct Recovery {
 
 /// Scores per second of `instances` processes over a backlog of the feed's transactions.
 fn throughput(feed: &riskpipe_pipeline::demo::Feed, instances: usize) -> f64 {
-    let broker = Broker::start(&TOPICS);
+    let broker = support::BenchBroker::from_env(&TOPICS);
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = config(dir.path(), &broker.bootstrap);
-    support::publish_feed(feed, &broker.bootstrap, true, 0.0);
+    let config = config(dir.path(), broker.bootstrap());
+    support::publish_feed(feed, broker.bootstrap(), true, 0.0);
     let mut running: Vec<Pipeline> = (0..instances).map(|_| Pipeline::start(&config)).collect();
     for p in &mut running {
         p.wait_ready();
@@ -122,8 +123,8 @@ fn throughput(feed: &riskpipe_pipeline::demo::Feed, instances: usize) -> f64 {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(2));
-    let scores = support::reader(&broker.bootstrap, "scores");
-    support::publish_feed(feed, &broker.bootstrap, false, 0.0);
+    let scores = support::reader(broker.bootstrap(), "scores");
+    support::publish_feed(feed, broker.bootstrap(), false, 0.0);
     let at = produced_at(&scores, feed.transactions, Duration::from_secs(600));
     assert_eq!(at.len(), feed.transactions, "every transaction scored");
     for p in running {
@@ -138,18 +139,18 @@ fn throughput(feed: &riskpipe_pipeline::demo::Feed, instances: usize) -> f64 {
 /// With two instances at `rate` transactions/s, one killed halfway: the gap in scores and the
 /// lag around the kill.
 fn recovery(feed: &riskpipe_pipeline::demo::Feed, rate: f64) -> Recovery {
-    let broker = Broker::start(&TOPICS);
+    let broker = support::BenchBroker::from_env(&TOPICS);
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = config(dir.path(), &broker.bootstrap);
-    support::publish_feed(feed, &broker.bootstrap, true, 0.0);
+    let config = config(dir.path(), broker.bootstrap());
+    support::publish_feed(feed, broker.bootstrap(), true, 0.0);
     let mut first = Pipeline::start(&config);
     let mut second = Pipeline::start(&config);
     first.wait_ready();
     second.wait_ready();
-    let scores = support::reader(&broker.bootstrap, "scores");
+    let scores = support::reader(broker.bootstrap(), "scores");
     let mut seen = std::collections::HashSet::new();
     let feeding_since = Instant::now();
-    let feeding = support::feed_in_background(&broker.bootstrap, feed.only(false), rate);
+    let feeding = support::feed_in_background(broker.bootstrap(), feed.only(false), rate);
     let half = feed.transactions / 2;
     let before = distinct_arrivals(&scores, &mut seen, half, Duration::from_secs(300));
     first.signal("KILL");
@@ -249,7 +250,10 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("scale-out (repartitioned topology, 4 + 4 partitions, {n} handbook transactions):");
+    println!(
+        "scale-out (repartitioned topology, 4 + 4 partitions, {n} handbook transactions, broker: {}):",
+        std::env::var("RISKPIPE_BENCH_BROKER").unwrap_or_else(|_| "mock".into())
+    );
     println!("  1 instance : runs {} scores/s", shown(&ones));
     println!("  2 instances: runs {} scores/s", shown(&twos));
     let (one, two) = (median(&mut ones), median(&mut twos));

@@ -1094,58 +1094,44 @@ fn exactly_once_on_apache_kafka_a_second_instance_fences_the_first() {
     eprintln!("fenced after {committed_before} committed transactions; {n} scores read_committed");
 }
 
-/// A broker restart under load on Apache Kafka, exactly-once: while transactions arrive, the
-/// broker is killed (SIGKILL: no controlled shutdown, its coordinators and open transactions
-/// lost with it) while a transaction of riskpipe holds scores in the log, and started again on
-/// the same storage 5 s later. riskpipe rides the outage out, or, where it stops on an error it
-/// cannot retry, is started again as an orchestrator would (counted and printed): either way a
-/// `read_committed` reader sees every transaction scored exactly once, equal to the backtest
-/// bit for bit.
-#[test]
-fn exactly_once_on_apache_kafka_through_a_broker_restart_scores_every_transaction_once() {
-    let cfg = PipelineConfig::handbook().expect("shipped config");
-    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
-    let n = 10_000;
-    let feed = feed(&history, &cfg, 0, n).expect("feed");
+/// A running exactly-once pipeline of `config` on `bootstrap`, under load, caught in the middle
+/// of a transaction: started once the labels of `feed` are published and consumed, fed its
+/// transactions at 1,000 tx/s, past its first three committed transactions, then held until a
+/// transaction of it holds scores in the log (some partition's high watermark, what
+/// `read_uncommitted` readers see, past its last stable offset, `read_committed`'s end). The
+/// pipeline, the feeder and a `read_committed` reader of the scores.
+fn mid_transaction(
+    bootstrap: &str,
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+    feed: &Feed,
+) -> (Pipeline, std::thread::JoinHandle<()>, support::BaseConsumer) {
     let labels = feed.messages.iter().filter(|m| m.0).count();
-    let mut kafka = support::apache_kafka(&MULTI_PARTITION);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "{}\n[state]\ndir = {:?}\ninterval = \"1s\"\n",
-            kafka_section(&kafka.bootstrap, "eos-broker-restart", &exactly_once(6_000)),
-            dir.path().join("state").display().to_string()
-        ),
-    );
-    let slot = [("RP_TEST_SLOT", "broker-restart")];
-    publish_all(&kafka.bootstrap, &feed.only(true));
-    let mut running = Pipeline::start_with_env(&config, &slot);
+    publish_all(bootstrap, &feed.only(true));
+    let mut running = Pipeline::start_with_env(config, env);
     running.wait_ready();
     let deadline = Instant::now() + Duration::from_secs(120);
     while running.metric("riskpipe_events_in_total", "topic=\"fraud-labels\"") < labels as f64 {
         assert!(Instant::now() < deadline, "labels not consumed");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let feeding = feed_lingering(&kafka.bootstrap, feed.only(false), 1_000.0, 100);
-    let first_commit = Instant::now() + Duration::from_secs(60);
+    let feeding = feed_lingering(bootstrap, feed.only(false), 1_000.0, 100);
+    let first_commits = Instant::now() + Duration::from_secs(60);
     while running.metric("riskpipe_transactions_total", "result=\"committed\"") < 3.0 {
         assert!(
-            Instant::now() < first_commit,
+            Instant::now() < first_commits,
             "no transactions committed in 60 s: {:#?}",
             running.drain_log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Killed while a transaction holds scores in the log (a partition's high watermark past
-    // its last stable offset), so that the restart has an open transaction to end.
-    let mut uncommitted = KafkaConfig::for_bootstrap(&kafka.bootstrap);
-    uncommitted.group_id = "eos-restart-log-end".into();
+    let mut uncommitted = KafkaConfig::for_bootstrap(bootstrap);
+    uncommitted.group_id = "log-end".into();
     uncommitted
         .properties
         .insert("isolation.level".into(), "read_uncommitted".into());
     let log_end = riskpipe_pipeline::demo::reader(&uncommitted, &["scores"]).expect("reader");
-    let committed = reader(&kafka.bootstrap, "scores");
+    let committed = reader(bootstrap, "scores");
     let open_transaction = Instant::now() + Duration::from_secs(60);
     while !(0..4).any(|p| {
         let end = |c: &support::BaseConsumer| {
@@ -1161,12 +1147,21 @@ fn exactly_once_on_apache_kafka_through_a_broker_restart_scores_every_transactio
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let committed_before = running.metric("riskpipe_transactions_total", "result=\"committed\"");
-    kafka.kill();
-    std::thread::sleep(Duration::from_secs(5));
-    kafka.restart();
-    eprintln!("broker restarted after {committed_before} committed transactions");
+    (running, feeding, committed)
+}
 
+/// Reads `committed` (a `read_committed` reader of the scores) until `n` transactions are
+/// scored, starting `running` again whenever it stops (as an orchestrator would; at most three
+/// times) and riding out the reader's own transport errors while a broker is away; then stops
+/// it with SIGTERM. The records read and how often riskpipe was started again.
+fn score_through_stops(
+    committed: &support::BaseConsumer,
+    n: usize,
+    mut running: Pipeline,
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+    after: &str,
+) -> (Vec<Got>, usize) {
     let mut got: Vec<Got> = Vec::new();
     let mut seen = BTreeSet::new();
     let mut restarts = 0;
@@ -1174,7 +1169,7 @@ fn exactly_once_on_apache_kafka_through_a_broker_restart_scores_every_transactio
     while seen.len() < n {
         assert!(
             Instant::now() < deadline,
-            "{} of {n} transactions scored within 300 s of the broker's restart: {:#?}",
+            "{} of {n} transactions scored within 300 s of {after}: {:#?}",
             seen.len(),
             running.drain_log()
         );
@@ -1186,11 +1181,9 @@ fn exactly_once_on_apache_kafka_through_a_broker_restart_scores_every_transactio
             );
             assert!(restarts < 3, "stopped {restarts} times: {log:#?}");
             restarts += 1;
-            running = Pipeline::start_with_env(&config, &slot);
+            running = Pipeline::start_with_env(config, env);
             running.wait_ready();
         }
-        // The reader rides the outage out too: a transport error while the broker is away is
-        // the client's news, not the test's.
         match committed.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let record = Got::of(&m);
@@ -1205,9 +1198,53 @@ fn exactly_once_on_apache_kafka_through_a_broker_restart_scores_every_transactio
             None => {}
         }
     }
-    feeding.join().expect("feeder");
     let (ok, _) = running.terminate();
     assert!(ok, "SIGTERM exits 0");
+    (got, restarts)
+}
+
+/// A broker restart under load on Apache Kafka, exactly-once: while transactions arrive, the
+/// broker is killed (SIGKILL: no controlled shutdown, its coordinators and open transactions
+/// lost with it) while a transaction of riskpipe holds scores in the log, and started again on
+/// the same storage 5 s later. riskpipe rides the outage out, or, where it stops on an error it
+/// cannot retry, is started again as an orchestrator would (counted and printed): either way a
+/// `read_committed` reader sees every transaction scored exactly once, equal to the backtest
+/// bit for bit.
+#[test]
+fn exactly_once_on_apache_kafka_through_a_broker_restart_scores_every_transaction_once() {
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let n = 10_000;
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let mut kafka = support::apache_kafka(&MULTI_PARTITION);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}\n[state]\ndir = {:?}\ninterval = \"1s\"\n",
+            kafka_section(&kafka.bootstrap, "eos-broker-restart", &exactly_once(6_000)),
+            dir.path().join("state").display().to_string()
+        ),
+    );
+    let slot = [("RP_TEST_SLOT", "broker-restart")];
+    // Killed while a transaction holds scores in the log, so that the restart has an open
+    // transaction to end.
+    let (running, feeding, committed) = mid_transaction(&kafka.bootstrap, &config, &slot, &feed);
+    let committed_before = running.metric("riskpipe_transactions_total", "result=\"committed\"");
+    kafka.kill();
+    std::thread::sleep(Duration::from_secs(5));
+    kafka.restart();
+    eprintln!("broker restarted after {committed_before} committed transactions");
+
+    let (mut got, restarts) = score_through_stops(
+        &committed,
+        n,
+        running,
+        &config,
+        &slot,
+        "the broker's restart",
+    );
+    feeding.join().expect("feeder");
     got.extend(drain(&committed, Duration::from_secs(3)));
     let expected = backtest_scores(&cfg, &history, n);
     let duplicates = check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
@@ -1377,5 +1414,70 @@ fn a_rebuild_from_the_horizon_on_apache_kafka_seeks_by_time() {
     eprintln!(
         "rebuilt from {stamped_from}: {replayed} messages replayed ({since} transactions of {committed}); {} scored as the backtest",
         n - committed
+    );
+}
+
+/// The loss of a broker under load on three Apache Kafka nodes, exactly-once: every partition
+/// is on all three (two in sync required, the internal topics too). While transactions arrive,
+/// the node leading the scores topic's partition 0 is killed (SIGKILL) while a transaction of
+/// riskpipe holds scores in the log, and is not started again. Its partitions' leadership moves
+/// to the other two; riskpipe rides it out, or stops and is started again as an orchestrator
+/// would (counted and printed); a `read_committed` reader sees every transaction scored once,
+/// equal to the backtest bit for bit.
+#[test]
+fn exactly_once_on_three_apache_kafka_brokers_survives_the_loss_of_one() {
+    use support::Consumer;
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let n = 10_000;
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let mut cluster = support::apache_kafka_cluster(&MULTI_PARTITION);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}\n[state]\ndir = {:?}\ninterval = \"1s\"\n",
+            kafka_section(&cluster.bootstrap, "eos-broker-loss", &exactly_once(6_000)),
+            dir.path().join("state").display().to_string()
+        ),
+    );
+    let slot = [("RP_TEST_SLOT", "broker-loss")];
+    let (running, feeding, committed) = mid_transaction(&cluster.bootstrap, &config, &slot, &feed);
+    let metadata = committed
+        .fetch_metadata(Some("scores"), Duration::from_secs(10))
+        .expect("metadata");
+    let leader = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .find(|p| p.id() == 0)
+        .expect("partition 0")
+        .leader();
+    let node = usize::try_from(leader - 1).expect("a node id");
+    cluster.nodes[node].kill();
+    eprintln!("killed node {leader}, the leader of scores[0]");
+
+    let (mut got, restarts) =
+        score_through_stops(&committed, n, running, &config, &slot, "the broker's loss");
+    feeding.join().expect("feeder");
+    got.extend(drain(&committed, Duration::from_secs(3)));
+    let expected = backtest_scores(&cfg, &history, n);
+    let duplicates = check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
+    assert_eq!(duplicates, 0, "a read_committed reader saw a score twice");
+    assert_eq!(got.len(), n, "one score per transaction");
+    let after = committed
+        .fetch_metadata(Some("scores"), Duration::from_secs(10))
+        .expect("metadata");
+    let moved = after.topics()[0]
+        .partitions()
+        .iter()
+        .find(|p| p.id() == 0)
+        .expect("partition 0")
+        .leader();
+    assert_ne!(
+        moved, leader,
+        "scores[0] is led by another node after the loss"
+    );
+    eprintln!(
+        "{n} transactions scored once through the loss of node {leader} of 3 (scores[0] now led by {moved}); riskpipe started again {restarts} times"
     );
 }

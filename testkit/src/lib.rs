@@ -212,73 +212,110 @@ pub struct ApacheKafka {
 impl ApacheKafka {
     /// Starts the broker and waits until it accepts connections.
     pub fn start() -> ApacheKafka {
+        let mut nodes = Self::nodes(1);
+        nodes.pop().expect("one node")
+    }
+
+    /// `n` nodes of one KRaft cluster, each a broker and a controller, started and listening.
+    /// Internal topics are replicated to min(n, 3) nodes and need two in sync from 3 nodes on,
+    /// as production clusters set them.
+    fn nodes(n: usize) -> Vec<ApacheKafka> {
         let libs = apache_kafka_libs();
-        let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
-        let (a, b) = (free(), free());
-        let port = a.local_addr().expect("port").port();
-        let controller = b.local_addr().expect("port").port();
-        drop((a, b));
-        let dir =
-            std::env::temp_dir().join(format!("riskpipe-kafka-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("the broker's directory");
-        let properties = dir.join("server.properties");
-        std::fs::write(
-            &properties,
-            format!(
-                "process.roles=broker,controller\n\
-                 node.id=1\n\
-                 controller.quorum.voters=1@127.0.0.1:{controller}\n\
-                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
-                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
-                 controller.listener.names=CONTROLLER\n\
-                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
-                 log.dirs={}\n\
-                 offsets.topic.replication.factor=1\n\
-                 offsets.topic.num.partitions=4\n\
-                 transaction.state.log.replication.factor=1\n\
-                 transaction.state.log.min.isr=1\n\
-                 transaction.state.log.num.partitions=4\n\
-                 group.initial.rebalance.delay.ms=0\n\
-                 group.min.session.timeout.ms=1000\n\
-                 log.retention.ms=-1\n\
-                 auto.create.topics.enable=false\n",
-                dir.join("data").display()
-            ),
-        )
-        .expect("server.properties");
         let classpath = format!("{}/*", libs.display());
-        let status = java(&classpath, "kafka.tools.StorageTool")
-            .args([
-                "format",
-                "--ignore-formatted",
-                "-t",
-                "4L6g3nShT-eMCtK--X86sw",
-                "-c",
-            ])
-            .arg(&properties)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("java must run Kafka's StorageTool");
-        assert!(
-            status.success(),
-            "formatting the broker's storage exited with {status}"
-        );
-        let bootstrap = format!("127.0.0.1:{port}");
-        let mut kafka = ApacheKafka {
-            child: None,
-            dir,
-            properties,
-            classpath,
-            bootstrap,
-        };
-        kafka.launch();
-        kafka
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        // Every port bound at once (then released), so that no two are the same.
+        let listeners: Vec<_> = (0..2 * n).map(|_| free()).collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("port").port())
+            .collect();
+        drop(listeners);
+        let voters: Vec<String> = (0..n)
+            .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[2 * i + 1]))
+            .collect();
+        let replicas = n.min(3);
+        let in_sync = if n >= 3 { 2 } else { 1 };
+        let mut nodes: Vec<ApacheKafka> = (0..n)
+            .map(|i| {
+                let (port, controller) = (ports[2 * i], ports[2 * i + 1]);
+                let dir = std::env::temp_dir()
+                    .join(format!("riskpipe-kafka-{}-{port}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir).expect("the broker's directory");
+                let properties = dir.join("server.properties");
+                // No retention: tests stamp records at event times years back.
+                std::fs::write(
+                    &properties,
+                    format!(
+                        "process.roles=broker,controller\n\
+                         node.id={id}\n\
+                         controller.quorum.voters={voters}\n\
+                         listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+                         advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                         controller.listener.names=CONTROLLER\n\
+                         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                         log.dirs={data}\n\
+                         offsets.topic.replication.factor={replicas}\n\
+                         offsets.topic.num.partitions=4\n\
+                         transaction.state.log.replication.factor={replicas}\n\
+                         transaction.state.log.min.isr={in_sync}\n\
+                         transaction.state.log.num.partitions=4\n\
+                         default.replication.factor={replicas}\n\
+                         min.insync.replicas={in_sync}\n\
+                         group.initial.rebalance.delay.ms=0\n\
+                         group.min.session.timeout.ms=1000\n\
+                         log.retention.ms=-1\n\
+                         auto.create.topics.enable=false\n",
+                        id = i + 1,
+                        voters = voters.join(","),
+                        data = dir.join("data").display()
+                    ),
+                )
+                .expect("server.properties");
+                let status = java(&classpath, "kafka.tools.StorageTool")
+                    .args([
+                        "format",
+                        "--ignore-formatted",
+                        "-t",
+                        "4L6g3nShT-eMCtK--X86sw",
+                        "-c",
+                    ])
+                    .arg(&properties)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .expect("java must run Kafka's StorageTool");
+                assert!(
+                    status.success(),
+                    "formatting the broker's storage exited with {status}"
+                );
+                ApacheKafka {
+                    child: None,
+                    dir,
+                    properties,
+                    classpath: classpath.clone(),
+                    bootstrap: format!("127.0.0.1:{port}"),
+                }
+            })
+            .collect();
+        // All started before any is waited for: a node of several opens its listener only once
+        // a quorum of controllers runs.
+        for node in &mut nodes {
+            node.spawn();
+        }
+        for node in &mut nodes {
+            node.wait_listening();
+        }
+        nodes
     }
 
     /// Starts the broker process on the formatted storage and waits until it listens.
     fn launch(&mut self) {
+        self.spawn();
+        self.wait_listening();
+    }
+
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -291,10 +328,13 @@ impl ApacheKafka {
             .stderr(log)
             .spawn()
             .expect("java must start the Kafka broker");
-        let child = self.child.insert(child);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        self.child = Some(child);
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         while std::net::TcpStream::connect(&self.bootstrap).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!(
                     "the Kafka broker exited with {status}: {}",
                     std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
@@ -338,6 +378,30 @@ fn java(classpath: &str, class: &str) -> Command {
     .arg(classpath)
     .arg(class);
     c
+}
+
+/// Several Apache Kafka nodes in one KRaft cluster (each a broker and a controller; internal
+/// topics replicated to three, two in sync): for the tests that need replication or the loss
+/// of a broker. Each node is stopped when the cluster is dropped.
+#[derive(Debug)]
+pub struct ApacheKafkaCluster {
+    /// The nodes, node id `i + 1` at index `i`.
+    pub nodes: Vec<ApacheKafka>,
+    /// `bootstrap.servers` of every node.
+    pub bootstrap: String,
+}
+
+impl ApacheKafkaCluster {
+    /// Starts `n` nodes and waits until each listens.
+    pub fn start(n: usize) -> ApacheKafkaCluster {
+        let nodes = ApacheKafka::nodes(n);
+        let bootstrap = nodes
+            .iter()
+            .map(|k| k.bootstrap.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        ApacheKafkaCluster { nodes, bootstrap }
+    }
 }
 
 impl Drop for ApacheKafka {

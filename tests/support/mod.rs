@@ -540,9 +540,54 @@ pub(crate) fn apache_kafka(topics: &[(&str, i32)]) -> riskpipe_testkit::ApacheKa
     kafka
 }
 
+/// The broker a bench runs against: Apache Kafka with `RISKPIPE_BENCH_BROKER=apache`, else the
+/// mock cluster (`riskpipe-test-broker`), each with `topics` created.
+pub(crate) enum BenchBroker {
+    Mock(Broker),
+    Apache(riskpipe_testkit::ApacheKafka),
+}
+
+impl BenchBroker {
+    pub(crate) fn from_env(topics: &[(&str, i32)]) -> BenchBroker {
+        match std::env::var("RISKPIPE_BENCH_BROKER").as_deref() {
+            Ok("apache") => BenchBroker::Apache(apache_kafka(topics)),
+            Ok("mock") | Err(_) => BenchBroker::Mock(Broker::start(topics)),
+            Ok(other) => panic!("RISKPIPE_BENCH_BROKER={other}: apache or mock"),
+        }
+    }
+
+    pub(crate) fn bootstrap(&self) -> &str {
+        match self {
+            BenchBroker::Mock(b) => &b.bootstrap,
+            BenchBroker::Apache(k) => &k.bootstrap,
+        }
+    }
+
+    /// For the report.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            BenchBroker::Mock(_) => "riskpipe-test-broker (librdkafka's mock cluster)",
+            BenchBroker::Apache(_) => "Apache Kafka 4.1 (one KRaft node)",
+        }
+    }
+}
+
+/// Apache Kafka on three nodes (`riskpipe_testkit::ApacheKafkaCluster`) with `topics` created,
+/// each partition on all three, two in sync required: the tests of a broker's loss.
+pub(crate) fn apache_kafka_cluster(topics: &[(&str, i32)]) -> riskpipe_testkit::ApacheKafkaCluster {
+    let cluster = riskpipe_testkit::ApacheKafkaCluster::start(3);
+    create_replicated_topics(&cluster.bootstrap, topics, 3);
+    cluster
+}
+
 /// Creates `topics` (name, partitions) on a broker that does not create them itself (Apache
 /// Kafka as the tests run it), and waits until its metadata lists every partition.
 pub(crate) fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    create_replicated_topics(bootstrap, topics, 1);
+}
+
+/// [`create_topics`] with each partition on `replicas` brokers.
+pub(crate) fn create_replicated_topics(bootstrap: &str, topics: &[(&str, i32)], replicas: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
@@ -551,7 +596,7 @@ pub(crate) fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
         .expect("admin client");
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(replicas)))
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
