@@ -15,6 +15,9 @@
 //!
 //! Tests prove the two produce the same values, which is what keeps training and serving equal.
 //!
+//! [`decisions`] turns scored rows into decisions: rules (SQL predicates of the same expression
+//! language) each naming an outcome, the most severe matching outcome deciding.
+//!
 //! State is keyed by the key column and follows the watermark the job hands over: what no event still
 //! to come can see is freed, so memory is bounded by the events inside the windows, not by the
 //! keys ever seen.
@@ -25,6 +28,7 @@ pub mod batch;
 mod calendar;
 pub mod columns;
 mod config;
+pub mod decisions;
 pub mod expr;
 mod label_risk;
 mod market;

@@ -1,0 +1,427 @@
+//! Decisions: rules over a scored event's fields, features and scores, each naming an outcome.
+//! An event's decision is the most severe outcome among the rules it matches (outcomes are
+//! declared least severe first; the first is the decision when none matches); every matching
+//! rule is reported, shadow rules too, which never decide. A rule's condition is an SQL
+//! predicate of the one expression language ([`crate::expr`]): NULL does not match, and an
+//! evaluation error is an error, never a silent default.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, ListBuilder, RecordBatch, StringArray, StringBuilder};
+use arrow::datatypes::{DataType, SchemaRef};
+use serde::Deserialize;
+
+use crate::expr::{ExprError, Expression};
+
+/// The decision rules of a job, as a config (or a rules file) states them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionsConfig {
+    /// The outcomes in order of severity, least severe first (e.g. `["allow", "review",
+    /// "block"]`); the first is the decision of an event no deciding rule matches.
+    pub outcomes: Vec<String>,
+    /// The rules, each a name, a condition and an outcome.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// One rule.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Its name, unique among the rules: what decisions, reports and metrics call it.
+    pub name: String,
+    /// When it matches: an SQL predicate over the event's fields, its features and the
+    /// models' scores (e.g. `"SCORE" >= 0.8 AND amount > 500`); NULL does not match.
+    pub when: String,
+    /// The outcome it decides, one of `outcomes`.
+    pub outcome: String,
+    /// Evaluated and reported, never deciding: a rule on trial.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+impl DecisionsConfig {
+    /// Every problem the rules have on their own, all at once: no outcomes, an outcome twice, a
+    /// rule without a name or with another's, an outcome not declared, a condition that is not
+    /// SQL.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.outcomes.is_empty() {
+            problems.push("decisions.outcomes is empty: list at least the default outcome".into());
+        }
+        let mut seen = HashSet::new();
+        for o in &self.outcomes {
+            if !seen.insert(o.as_str()) {
+                problems.push(format!("decisions.outcomes lists {o:?} twice"));
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let at = if r.name.is_empty() {
+                format!("decisions.rules[{i}]")
+            } else {
+                format!("rule {:?}", r.name)
+            };
+            if r.name.is_empty() {
+                problems.push(format!("{at} has no name"));
+            } else if !names.insert(r.name.as_str()) {
+                problems.push(format!("{at} is named twice"));
+            }
+            if !self.outcomes.contains(&r.outcome) {
+                problems.push(format!(
+                    "{at}: outcome {:?} is not one of decisions.outcomes {:?}",
+                    r.outcome, self.outcomes
+                ));
+            }
+            if let Err(e) = crate::expr::check_syntax(&r.when) {
+                problems.push(format!("{at}: condition {:?} is not SQL: {e}", r.when));
+            }
+        }
+        problems
+    }
+
+    /// [`Self::problems`] and those of planning each condition over `schema` (the scored
+    /// events: a field it lacks, an unknown function, a condition that is not true or false).
+    pub fn validate(&self, schema: &SchemaRef) -> Vec<String> {
+        let mut problems = self.problems();
+        for r in &self.rules {
+            match crate::expr::plan(&r.when, schema) {
+                Ok(e) => match e.data_type(schema) {
+                    Ok(DataType::Boolean) => {}
+                    Ok(other) => problems.push(format!(
+                        "rule {:?}: condition {:?} is {other}, not a condition (true or false)",
+                        r.name, r.when
+                    )),
+                    Err(e) => problems.push(format!("rule {:?}: {e}", r.name)),
+                },
+                Err(e) => problems.push(format!("rule {:?}: {e}", r.name)),
+            }
+        }
+        problems
+    }
+
+    /// The rules' version: the first 12 hex digits of the SHA-256 of their canonical text
+    /// (outcomes, then each rule's name, condition, outcome and shadow flag, in order), so two
+    /// configs with the same rules have the same version whatever their layout or comments.
+    pub fn version(&self) -> String {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        for o in &self.outcomes {
+            hash.update(o.as_bytes());
+            hash.update([0x1f]);
+        }
+        hash.update([0x1e]);
+        for r in &self.rules {
+            for part in [&r.name, &r.when, &r.outcome] {
+                hash.update(part.as_bytes());
+                hash.update([0x1f]);
+            }
+            hash.update([u8::from(r.shadow), 0x1e]);
+        }
+        hash.finalize()
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The decider of these rules; `Err` with every problem of [`Self::problems`].
+    pub fn build(&self) -> Result<Decider, Vec<String>> {
+        let problems = self.problems();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let rank = |o: &str| self.outcomes.iter().position(|x| x == o).unwrap_or(0);
+        Ok(Decider {
+            outcomes: self.outcomes.clone(),
+            rules: self
+                .rules
+                .iter()
+                .map(|r| Rule {
+                    name: r.name.clone(),
+                    when: Expression::new(&r.when),
+                    rank: rank(&r.outcome),
+                    shadow: r.shadow,
+                })
+                .collect(),
+            version: self.version(),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    when: Expression,
+    rank: usize,
+    shadow: bool,
+}
+
+/// Decides scored batches by the rules it was built from.
+#[derive(Debug)]
+pub struct Decider {
+    outcomes: Vec<String>,
+    rules: Vec<Rule>,
+    version: String,
+}
+
+/// The decisions of one batch, row by row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decisions {
+    /// Each row's outcome, as its index in the declared outcomes.
+    pub outcome: Vec<usize>,
+    /// Each row's matching rules (shadow rules too), as their indices in the rules, in order.
+    pub matched: Vec<Vec<usize>>,
+}
+
+impl Decider {
+    /// The outcomes, least severe first.
+    pub fn outcomes(&self) -> &[String] {
+        &self.outcomes
+    }
+
+    /// The rules' names, in order.
+    pub fn rule_names(&self) -> Vec<&str> {
+        self.rules.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    /// Whether rule `i` is a shadow rule.
+    pub fn is_shadow(&self, i: usize) -> bool {
+        self.rules.get(i).is_some_and(|r| r.shadow)
+    }
+
+    /// The version of the rules ([`DecisionsConfig::version`]).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Every row of `batch` decided. An error evaluating any rule fails the whole batch: a
+    /// decision is never made without every rule.
+    pub fn decide(&mut self, batch: &RecordBatch) -> Result<Decisions, ExprError> {
+        let rows = batch.num_rows();
+        let mut outcome = vec![0; rows];
+        let mut matched = vec![Vec::new(); rows];
+        for (i, rule) in self.rules.iter_mut().enumerate() {
+            let hits = rule.when.matches(batch)?;
+            for row in hits.values().set_indices() {
+                matched[row].push(i);
+                if !rule.shadow {
+                    outcome[row] = outcome[row].max(rule.rank);
+                }
+            }
+        }
+        Ok(Decisions { outcome, matched })
+    }
+
+    /// `decisions` as two columns: each row's outcome and the names of its matching rules.
+    pub fn columns(&self, decisions: &Decisions) -> (ArrayRef, ArrayRef) {
+        let outcome: StringArray = decisions
+            .outcome
+            .iter()
+            .map(|&o| Some(self.outcomes[o].as_str()))
+            .collect();
+        let mut rules = ListBuilder::new(StringBuilder::new());
+        for row in &decisions.matched {
+            for &i in row {
+                rules.values().append_value(&self.rules[i].name);
+            }
+            rules.append(true);
+        }
+        (Arc::new(outcome), Arc::new(rules.finish()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, AsArray, Float64Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn config(text: &str) -> DecisionsConfig {
+        toml::from_str(text).expect("decisions config")
+    }
+
+    const RULES: &str = r#"
+outcomes = ["allow", "review", "block"]
+
+[[rules]]
+name = "large"
+when = "amount > 500"
+outcome = "block"
+
+[[rules]]
+name = "risky"
+when = "\"SCORE\" >= 0.8 OR country = 'XX'"
+outcome = "review"
+
+[[rules]]
+name = "night_trial"
+when = "amount > 100"
+outcome = "block"
+shadow = true
+"#;
+
+    fn batch() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("amount", DataType::Float64, true),
+            Field::new("SCORE", DataType::Float64, false),
+            Field::new("country", DataType::Utf8, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Float64Array::from(vec![
+                    Some(10.0),
+                    Some(600.0),
+                    Some(150.0),
+                    None,
+                    Some(700.0),
+                ])),
+                Arc::new(Float64Array::from(vec![0.1, 0.1, 0.9, 0.95, 0.99])),
+                Arc::new(StringArray::from(vec![
+                    Some("FR"),
+                    Some("FR"),
+                    None,
+                    Some("FR"),
+                    Some("XX"),
+                ])),
+            ],
+        )
+        .expect("batch")
+    }
+
+    #[test]
+    fn the_most_severe_matching_outcome_decides_and_every_match_is_reported() {
+        let mut decider = config(RULES).build().expect("rules");
+        let d = decider.decide(&batch()).expect("decide");
+        // Row 0 matches nothing: the default. Row 1: large (block) and the shadow rule. Row 2:
+        // risky (review) and the shadow rule, which does not decide. Row 3: a NULL amount
+        // matches neither amount rule; risky by its score. Row 4: all three; block wins.
+        assert_eq!(d.outcome, vec![0, 2, 1, 1, 2]);
+        assert_eq!(
+            d.matched,
+            vec![vec![], vec![0, 2], vec![1, 2], vec![1], vec![0, 1, 2]]
+        );
+        let (outcome, rules) = decider.columns(&d);
+        let outcome = outcome.as_string::<i32>();
+        assert_eq!(
+            (0..5).map(|i| outcome.value(i)).collect::<Vec<_>>(),
+            vec!["allow", "block", "review", "review", "block"]
+        );
+        let rules = rules.as_list::<i32>();
+        let names = rules.value(4);
+        let names = names.as_string::<i32>();
+        assert_eq!(
+            (0..names.len()).map(|i| names.value(i)).collect::<Vec<_>>(),
+            vec!["large", "risky", "night_trial"]
+        );
+        assert!(decider.is_shadow(2) && !decider.is_shadow(0));
+    }
+
+    #[test]
+    fn a_shadow_rule_alone_never_decides() {
+        let mut decider = config(
+            r#"
+outcomes = ["allow", "block"]
+[[rules]]
+name = "trial"
+when = "amount > 0"
+outcome = "block"
+shadow = true
+"#,
+        )
+        .build()
+        .expect("rules");
+        let d = decider.decide(&batch()).expect("decide");
+        assert_eq!(d.outcome, vec![0; 5]);
+        assert_eq!(d.matched[1], vec![0]);
+        assert!(d.matched[3].is_empty(), "NULL does not match");
+    }
+
+    #[test]
+    fn every_problem_of_the_rules_is_listed_at_once() {
+        let c = config(
+            r#"
+outcomes = ["allow", "block", "allow"]
+[[rules]]
+name = "a"
+when = "amount >"
+outcome = "deny"
+[[rules]]
+name = "a"
+when = "nope > 1"
+outcome = "block"
+[[rules]]
+name = ""
+when = "amount + 1"
+outcome = "block"
+"#,
+        );
+        let problems = c.validate(&batch().schema());
+        let text = problems.join("\n");
+        for needle in [
+            "\"allow\" twice",
+            "outcome \"deny\" is not one of",
+            "is not SQL",
+            "rule \"a\" is named twice",
+            "decisions.rules[2] has no name",
+            "nope",
+            "not a condition",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+        assert!(c.build().is_err());
+        let empty = config("outcomes = []");
+        assert!(empty.problems()[0].contains("outcomes is empty"));
+    }
+
+    #[test]
+    fn the_version_follows_the_rules_not_their_layout() {
+        let a = config(RULES);
+        let reformatted = config(&RULES.replace("\n\n", "\n# a comment\n"));
+        assert_eq!(a.version(), reformatted.version());
+        assert_eq!(a.version().len(), 12);
+        let mut changed = a.clone();
+        changed.rules[0].when = "amount > 501".into();
+        assert_ne!(a.version(), changed.version());
+        let mut shadowed = a.clone();
+        shadowed.rules[0].shadow = true;
+        assert_ne!(a.version(), shadowed.version());
+    }
+
+    #[test]
+    fn an_evaluation_error_fails_the_batch_rather_than_allowing() {
+        let mut decider = config(
+            r#"
+outcomes = ["allow", "block"]
+[[rules]]
+name = "ratio"
+when = "n / d > 1"
+outcome = "block"
+"#,
+        )
+        .build()
+        .expect("rules");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("d", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![4, 1])),
+                Arc::new(Int64Array::from(vec![2, 0])),
+            ],
+        )
+        .expect("batch");
+        assert!(
+            decider.decide(&batch).is_err(),
+            "division by zero decides nothing"
+        );
+    }
+}
