@@ -233,6 +233,173 @@ impl Decider {
     }
 }
 
+/// The labelled events a backtest decided: per row whether it was a fraud, its amount, its
+/// entity (card, customer) and its event time (ns), aligned with a [`Decisions`].
+#[derive(Debug, Clone, Copy)]
+pub struct Labelled<'a> {
+    /// Whether each event was a fraud.
+    pub fraud: &'a [bool],
+    /// Each event's amount (the declared amount field).
+    pub amount: &'a [f64],
+    /// Each event's entity.
+    pub entity: &'a [&'a str],
+    /// Each event's time, ns.
+    pub time_ns: &'a [i64],
+}
+
+impl Labelled<'_> {
+    /// Days of event time the events span (at least one).
+    fn days(&self) -> f64 {
+        let (lo, hi) = (
+            self.time_ns.iter().min().copied().unwrap_or(0),
+            self.time_ns.iter().max().copied().unwrap_or(0),
+        );
+        ((hi - lo) as f64 / 86_400e9).max(1.0)
+    }
+}
+
+/// What one rule did over a backtest's events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleReport {
+    /// The rule.
+    pub name: String,
+    /// Whether it is a shadow rule (it decided nothing).
+    pub shadow: bool,
+    /// Events it matched.
+    pub hits: u64,
+    /// Hits per day of event time.
+    pub hits_per_day: f64,
+    /// Frauds among its hits, over its hits (0 without hits).
+    pub precision: f64,
+    /// Frauds it hit, over all frauds (0 without frauds).
+    pub recall: f64,
+    /// The amount of the frauds it hit.
+    pub fraud_amount: f64,
+    /// For each outcome above the default: of the events decided so, the share it matched.
+    pub share: Vec<(String, f64)>,
+}
+
+/// Per rule, in the rules' order, what it did over `labelled` as `decisions` decided it; and
+/// the overlap: `overlap[i][j]` events matched by both rule `i` and rule `j` (`[i][i]` its hits).
+pub fn rule_reports(
+    decider: &Decider,
+    decisions: &Decisions,
+    labelled: &Labelled<'_>,
+) -> (Vec<RuleReport>, Vec<Vec<u64>>) {
+    let rules = decider.rules.len();
+    let days = labelled.days();
+    let frauds = labelled.fraud.iter().filter(|f| **f).count() as f64;
+    let mut decided = vec![0u64; decider.outcomes.len()];
+    for &o in &decisions.outcome {
+        decided[o] += 1;
+    }
+    let mut overlap = vec![vec![0u64; rules]; rules];
+    let mut hits = vec![0u64; rules];
+    let mut fraud_hits = vec![0u64; rules];
+    let mut fraud_amount = vec![0f64; rules];
+    let mut by_outcome = vec![vec![0u64; decider.outcomes.len()]; rules];
+    for (row, matched) in decisions.matched.iter().enumerate() {
+        for &i in matched {
+            hits[i] += 1;
+            by_outcome[i][decisions.outcome[row]] += 1;
+            if labelled.fraud[row] {
+                fraud_hits[i] += 1;
+                fraud_amount[i] += labelled.amount[row];
+            }
+            for &j in matched {
+                overlap[i][j] += 1;
+            }
+        }
+    }
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let reports = (0..rules)
+        .map(|i| RuleReport {
+            name: decider.rules[i].name.clone(),
+            shadow: decider.rules[i].shadow,
+            hits: hits[i],
+            hits_per_day: hits[i] as f64 / days,
+            precision: ratio(fraud_hits[i] as f64, hits[i] as f64),
+            recall: ratio(fraud_hits[i] as f64, frauds),
+            fraud_amount: fraud_amount[i],
+            share: (1..decider.outcomes.len())
+                .map(|o| {
+                    (
+                        decider.outcomes[o].clone(),
+                        ratio(by_outcome[i][o] as f64, decided[o] as f64),
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    (reports, overlap)
+}
+
+/// How a candidate set of rules decides the same events against the current set.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DecisionDiff {
+    /// Events whose decision changes, by (current outcome, candidate outcome).
+    pub changed: std::collections::BTreeMap<(String, String), u64>,
+    /// Frauds decided above the default outcome: current, candidate.
+    pub frauds_caught: (u64, u64),
+    /// Their amount: current, candidate.
+    pub fraud_amount_caught: (f64, f64),
+    /// For each outcome above the default, the distinct entities decided so at least once:
+    /// current, candidate.
+    pub entities: Vec<(String, u64, u64)>,
+}
+
+/// The difference between `current` and `candidate` decisions of the same `labelled` events.
+/// Both deciders must declare the same outcomes (a candidate that renames them is compared by
+/// name: an outcome the current rules lack counts as the default there).
+pub fn diff(
+    current: (&Decider, &Decisions),
+    candidate: (&Decider, &Decisions),
+    labelled: &Labelled<'_>,
+) -> DecisionDiff {
+    let name = |d: &Decider, o: usize| d.outcomes[o].clone();
+    let mut out = DecisionDiff::default();
+    let mut entities: Vec<(HashSet<&str>, HashSet<&str>)> =
+        vec![Default::default(); current.0.outcomes.len()];
+    for row in 0..labelled.fraud.len() {
+        let (a, b) = (current.1.outcome[row], candidate.1.outcome[row]);
+        let (a_name, b_name) = (name(current.0, a), name(candidate.0, b));
+        if a_name != b_name {
+            *out.changed.entry((a_name, b_name.clone())).or_default() += 1;
+        }
+        if labelled.fraud[row] {
+            if a > 0 {
+                out.frauds_caught.0 += 1;
+                out.fraud_amount_caught.0 += labelled.amount[row];
+            }
+            if b > 0 {
+                out.frauds_caught.1 += 1;
+                out.fraud_amount_caught.1 += labelled.amount[row];
+            }
+        }
+        if a > 0 {
+            entities[a].0.insert(labelled.entity[row]);
+        }
+        if let Some(o) = current.0.outcomes.iter().position(|x| *x == b_name)
+            && o > 0
+        {
+            entities[o].1.insert(labelled.entity[row]);
+        }
+    }
+    out.entities = entities
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(o, (a, b))| {
+            (
+                current.0.outcomes[o].clone(),
+                a.len() as u64,
+                b.len() as u64,
+            )
+        })
+        .collect();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -422,6 +589,63 @@ outcome = "block"
         assert!(
             decider.decide(&batch).is_err(),
             "division by zero decides nothing"
+        );
+    }
+
+    #[test]
+    fn rule_reports_and_the_diff_equal_a_count_by_hand() {
+        let mut decider = config(RULES).build().expect("rules");
+        let d = decider.decide(&batch()).expect("decide");
+        // Rows: 0 allow, 1 block (large + trial), 2 review (risky + trial), 3 review (risky),
+        // 4 block (all three). Frauds: rows 1 and 4; amounts 600 and 700; two days of time.
+        let labelled = Labelled {
+            fraud: &[false, true, false, false, true],
+            amount: &[10.0, 600.0, 150.0, 0.0, 700.0],
+            entity: &["a", "b", "a", "c", "b"],
+            time_ns: &[0, 86_400_000_000_000, 2 * 86_400_000_000_000, 0, 0],
+        };
+        let (reports, overlap) = rule_reports(&decider, &d, &labelled);
+        let large = &reports[0];
+        assert_eq!((large.hits, large.hits_per_day), (2, 1.0));
+        assert_eq!((large.precision, large.recall), (1.0, 1.0));
+        assert_eq!(large.fraud_amount, 1300.0);
+        // Reviews: rows 2, 3 (none large); blocks: rows 1, 4 (both large).
+        assert_eq!(
+            large.share,
+            vec![("review".to_string(), 0.0), ("block".to_string(), 1.0)]
+        );
+        let risky = &reports[1];
+        assert_eq!(risky.hits, 3);
+        assert_eq!((risky.precision, risky.recall), (1.0 / 3.0, 0.5));
+        assert_eq!(
+            risky.share,
+            vec![("review".to_string(), 1.0), ("block".to_string(), 0.5)]
+        );
+        assert!(reports[2].shadow);
+        assert_eq!(overlap[0], vec![2, 1, 2]);
+        assert_eq!(overlap[1], vec![1, 3, 2]);
+        assert_eq!(overlap[2][2], 3);
+
+        // A candidate without the large-amount rule: rows 1 (trial is shadow) and 4 change.
+        let mut candidate_rules = config(RULES);
+        candidate_rules.rules.remove(0);
+        let mut candidate = candidate_rules.build().expect("candidate");
+        let c = candidate.decide(&batch()).expect("decide");
+        let diff = diff((&decider, &d), (&candidate, &c), &labelled);
+        let changed: Vec<_> = diff.changed.iter().collect();
+        assert_eq!(
+            changed,
+            vec![
+                (&("block".to_string(), "allow".to_string()), &1),
+                (&("block".to_string(), "review".to_string()), &1)
+            ]
+        );
+        assert_eq!(diff.frauds_caught, (2, 1));
+        assert_eq!(diff.fraud_amount_caught, (1300.0, 700.0));
+        // Reviewed: a, c now; a, b, c then. Blocked: b now; nobody then.
+        assert_eq!(
+            diff.entities,
+            vec![("review".to_string(), 2, 3), ("block".to_string(), 1, 0)]
         );
     }
 }
