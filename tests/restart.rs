@@ -955,21 +955,7 @@ fn exactly_once_on_apache_kafka_hides_the_killed_transaction_from_read_committed
     };
     // The default isolation of librdkafka's consumers: read_committed.
     let committed = reader(&kafka.bootstrap, "scores");
-    let open_transaction = Instant::now() + Duration::from_secs(60);
-    while !(0..4).any(|p| {
-        let end = |c: &support::BaseConsumer| {
-            support::Consumer::fetch_watermarks(c, "scores", p, Duration::from_secs(5))
-                .expect("watermarks")
-                .1
-        };
-        end(&log_end) > end(&committed)
-    }) {
-        assert!(
-            Instant::now() < open_transaction,
-            "no open transaction holding scores within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    until_a_transaction_is_open(&log_end, &committed);
     running.kill();
     running = Pipeline::start_with_env(&config, &slot);
     running.wait_ready();
@@ -1094,6 +1080,27 @@ fn exactly_once_on_apache_kafka_a_second_instance_fences_the_first() {
     eprintln!("fenced after {committed_before} committed transactions; {n} scores read_committed");
 }
 
+/// Waits (at most 60 s) until a transaction holds scores in the log: some partition's high
+/// watermark, what the `read_uncommitted` reader `log_end` sees, past its last stable offset,
+/// the end for the `read_committed` reader `committed`.
+fn until_a_transaction_is_open(log_end: &support::BaseConsumer, committed: &support::BaseConsumer) {
+    let open_transaction = Instant::now() + Duration::from_secs(60);
+    while !(0..4).any(|p| {
+        let end = |c: &support::BaseConsumer| {
+            support::Consumer::fetch_watermarks(c, "scores", p, Duration::from_secs(5))
+                .expect("watermarks")
+                .1
+        };
+        end(log_end) > end(committed)
+    }) {
+        assert!(
+            Instant::now() < open_transaction,
+            "no open transaction holding scores within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A running exactly-once pipeline of `config` on `bootstrap`, under load, caught in the middle
 /// of a transaction: started once the labels of `feed` are published and consumed, fed its
 /// transactions at 1,000 tx/s, past its first three committed transactions, then held until a
@@ -1132,21 +1139,7 @@ fn mid_transaction(
         .insert("isolation.level".into(), "read_uncommitted".into());
     let log_end = riskpipe_pipeline::demo::reader(&uncommitted, &["scores"]).expect("reader");
     let committed = reader(bootstrap, "scores");
-    let open_transaction = Instant::now() + Duration::from_secs(60);
-    while !(0..4).any(|p| {
-        let end = |c: &support::BaseConsumer| {
-            support::Consumer::fetch_watermarks(c, "scores", p, Duration::from_secs(5))
-                .expect("watermarks")
-                .1
-        };
-        end(&log_end) > end(&committed)
-    }) {
-        assert!(
-            Instant::now() < open_transaction,
-            "no open transaction holding scores within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    until_a_transaction_is_open(&log_end, &committed);
     (running, feeding, committed)
 }
 
