@@ -1409,3 +1409,68 @@ fn a_rebuild_from_the_horizon_on_apache_kafka_seeks_by_time() {
         n - committed
     );
 }
+
+/// The loss of a broker under load on three Apache Kafka nodes, exactly-once: every partition
+/// is on all three (two in sync required, the internal topics too). While transactions arrive,
+/// the node leading the scores topic's partition 0 is killed (SIGKILL) while a transaction of
+/// riskpipe holds scores in the log, and is not started again. Its partitions' leadership moves
+/// to the other two; riskpipe rides it out, or stops and is started again as an orchestrator
+/// would (counted and printed); a `read_committed` reader sees every transaction scored once,
+/// equal to the backtest bit for bit.
+#[test]
+fn exactly_once_on_three_apache_kafka_brokers_survives_the_loss_of_one() {
+    use support::Consumer;
+    let cfg = PipelineConfig::handbook().expect("shipped config");
+    let history = backtest::load(&cfg, &support::handbook_data()).expect("history");
+    let n = 10_000;
+    let feed = feed(&history, &cfg, 0, n).expect("feed");
+    let mut cluster = support::apache_kafka_cluster(&MULTI_PARTITION);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}\n[state]\ndir = {:?}\ninterval = \"1s\"\n",
+            kafka_section(&cluster.bootstrap, "eos-broker-loss", &exactly_once(6_000)),
+            dir.path().join("state").display().to_string()
+        ),
+    );
+    let slot = [("RP_TEST_SLOT", "broker-loss")];
+    let (running, feeding, committed) = mid_transaction(&cluster.bootstrap, &config, &slot, &feed);
+    let metadata = committed
+        .fetch_metadata(Some("scores"), Duration::from_secs(10))
+        .expect("metadata");
+    let leader = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .find(|p| p.id() == 0)
+        .expect("partition 0")
+        .leader();
+    let node = usize::try_from(leader - 1).expect("a node id");
+    cluster.nodes[node].kill();
+    eprintln!("killed node {leader}, the leader of scores[0]");
+
+    let (mut got, restarts) =
+        score_through_stops(&committed, n, running, &config, &slot, "the broker's loss");
+    feeding.join().expect("feeder");
+    got.extend(drain(&committed, Duration::from_secs(3)));
+    let expected = backtest_scores(&cfg, &history, n);
+    let duplicates = check_scores(&got, &feed.ids, |id| expected.get(&id).copied());
+    assert_eq!(duplicates, 0, "a read_committed reader saw a score twice");
+    assert_eq!(got.len(), n, "one score per transaction");
+    let after = committed
+        .fetch_metadata(Some("scores"), Duration::from_secs(10))
+        .expect("metadata");
+    let moved = after.topics()[0]
+        .partitions()
+        .iter()
+        .find(|p| p.id() == 0)
+        .expect("partition 0")
+        .leader();
+    assert_ne!(
+        moved, leader,
+        "scores[0] is led by another node after the loss"
+    );
+    eprintln!(
+        "{n} transactions scored once through the loss of node {leader} of 3 (scores[0] now led by {moved}); riskpipe started again {restarts} times"
+    );
+}

@@ -268,6 +268,12 @@ pub(crate) fn read_ranges(
                     of_payloads.push(p);
                     stamps.push(m.timestamp().to_millis());
                 }
+                // A lost broker, a leader moving to another: librdkafka reconnects and fetches
+                // from the new leader by itself, so the read waits (bounded by the idle
+                // deadline) instead of failing a restore over one broker of several.
+                Some(Err(e)) if is_transient(&e) => {
+                    tracing::warn!("{topic}[{p}]: {e} at offset {next}; waiting for the broker");
+                }
                 Some(Err(e)) => return Err(PipelineError::kafka("reading the range")(e)),
                 // A transaction's commit or abort marker (and, read_committed, an aborted
                 // record) is never handed to the application, but the position moves past it:
@@ -295,6 +301,35 @@ pub(crate) fn read_ranges(
         stamps,
         all: ranges.iter().map(|r| r.0).collect(),
     })
+}
+
+/// Whether a consume error is one librdkafka recovers from by itself (a connection, a leader
+/// election, a timeout) rather than one about the request (an unknown topic, an offset out of
+/// range, no authorisation).
+fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::BrokerTransportFailure
+                | Code::AllBrokersDown
+                | Code::Resolve
+                | Code::OperationTimedOut
+                | Code::RequestTimedOut
+                | Code::LeaderNotAvailable
+                | Code::NotLeaderForPartition
+                | Code::NotCoordinator
+                | Code::CoordinatorNotAvailable
+                | Code::NetworkException
+                | Code::BrokerNotAvailable
+                | Code::ReplicaNotAvailable
+                | Code::NotEnoughReplicas
+                | Code::FencedLeaderEpoch
+                | Code::UnknownLeaderEpoch
+                | Code::OffsetNotAvailable
+                | Code::PartitionEOF
+        )
+    )
 }
 
 /// The consumer's position in `partition` of `topic` (the offset it reads next), if it has one.
@@ -360,4 +395,32 @@ pub fn read(
         },
         rejected,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode as Code;
+
+    /// A lost broker or a moved leader is waited out; a request the broker refuses is not.
+    #[test]
+    fn a_lost_broker_is_waited_out_and_a_refused_request_is_not() {
+        let consume = |code| KafkaError::MessageConsumption(code);
+        for code in [
+            Code::BrokerTransportFailure,
+            Code::AllBrokersDown,
+            Code::NotLeaderForPartition,
+            Code::LeaderNotAvailable,
+        ] {
+            assert!(super::is_transient(&consume(code)), "{code:?}");
+        }
+        for code in [
+            Code::UnknownTopicOrPartition,
+            Code::OffsetOutOfRange,
+            Code::TopicAuthorizationFailed,
+            Code::MessageSizeTooLarge,
+        ] {
+            assert!(!super::is_transient(&consume(code)), "{code:?}");
+        }
+    }
 }
