@@ -33,7 +33,7 @@ pub struct RuleConfig {
     /// Its name, unique among the rules: what decisions, reports and metrics call it.
     pub name: String,
     /// When it matches: an SQL predicate over the event's fields, its features and the
-    /// models' scores (e.g. `"SCORE" >= 0.8 AND amount > 500`); NULL does not match.
+    /// models' scores (e.g. `SCORE >= 0.8 AND amount > 500`; names as declared, case and all); NULL does not match.
     pub when: String,
     /// The outcome it decides, one of `outcomes`.
     pub outcome: String,
@@ -185,6 +185,13 @@ impl Decider {
     /// The rules' names, in order.
     pub fn rule_names(&self) -> Vec<&str> {
         self.rules.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    /// The outcome rule `i` names.
+    pub fn rule_outcome(&self, i: usize) -> &str {
+        self.rules
+            .get(i)
+            .map_or("", |r| self.outcomes[r.rank].as_str())
     }
 
     /// Whether rule `i` is a shadow rule.

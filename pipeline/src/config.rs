@@ -41,6 +41,10 @@ pub struct PipelineConfig {
     /// Alerting.
     #[serde(default)]
     pub alerts: AlertConfig,
+    /// Decision rules over the scored events (fraud jobs): outcomes, rules, which outcomes
+    /// are alerts; without it an event is an alert when its score reaches `[alerts] threshold`.
+    #[serde(default)]
+    pub decisions: Option<crate::jobs::fraud::DecisionsSection>,
     /// Live drift monitoring of the model inputs and the score (fraud jobs).
     #[serde(default)]
     pub drift: Option<crate::jobs::drift::DriftConfig>,

@@ -236,6 +236,18 @@ pub mod score {
     pub const REASON_TEXT: &str = "text";
     /// A reason's contribution to the score.
     pub const REASON_CONTRIBUTION: &str = "contribution";
+    /// A decision's outcome (`[decisions]`: one of the declared outcomes).
+    pub const DECISION: &str = "DECISION";
+    /// A decision's matching rules, shadow rules too: `{rule, outcome, shadow}` each.
+    pub const RULES: &str = "RULES";
+    /// The version of the rules that decided (a content hash).
+    pub const RULES_VERSION: &str = "RULES_VERSION";
+    /// A matching rule's name.
+    pub const RULE_NAME: &str = "rule";
+    /// A matching rule's outcome.
+    pub const RULE_OUTCOME: &str = "outcome";
+    /// Whether a matching rule is a shadow rule (reported, never deciding).
+    pub const RULE_SHADOW: &str = "shadow";
     /// The training-set export's label: 1 fraud, 0 genuine.
     pub const LABEL: &str = "LABEL";
     /// The training-set export's time the label is known from (a chargeback's arrival).
@@ -293,6 +305,15 @@ pub fn reason_fields() -> arrow::datatypes::Fields {
         Field::new(score::REASON_FEATURE, DataType::Utf8, false),
         Field::new(score::REASON_VALUE, DataType::Float64, false),
         Field::new(score::REASON_CONTRIBUTION, DataType::Float64, false),
+    ])
+}
+
+/// The fields of one matching rule of a decision.
+pub fn rule_fields() -> arrow::datatypes::Fields {
+    arrow::datatypes::Fields::from(vec![
+        Field::new(score::RULE_NAME, DataType::Utf8, false),
+        Field::new(score::RULE_OUTCOME, DataType::Utf8, false),
+        Field::new(score::RULE_SHADOW, DataType::Boolean, false),
     ])
 }
 

@@ -59,6 +59,11 @@ pub const MODEL_SWAP_SECONDS: &str = "riskpipe_model_swap_seconds";
 /// Rows the challenger scored, by whether its alert decision `agree`s with the champion's
 /// (`unfit`: it answered no probability for the row).
 pub const CHALLENGER_ROWS: &str = "riskpipe_challenger_rows_total";
+/// Events a decision rule matched (`rule`; `shadow`: `true` for a rule on trial, which never
+/// decides).
+pub const RULE_HITS: &str = "riskpipe_rule_hits_total";
+/// Events decided, by `outcome`.
+pub const DECISIONS: &str = "riskpipe_decisions_total";
 /// Seconds the challenger took per batch (beside `riskpipe_stage_seconds{stage="score"}`).
 pub const CHALLENGER_SECONDS: &str = "riskpipe_challenger_seconds";
 /// Population stability index of a model input or the score (`column`) over the drift window
@@ -295,6 +300,18 @@ pub const METRICS: &[Metric] = &[
         help: "Rows the challenger scored, by agreement of its alert decision with the champion's",
     },
     Metric {
+        name: RULE_HITS,
+        kind: Kind::Counter,
+        labels: &["rule", "shadow"],
+        help: "Events a decision rule matched (shadow rules too)",
+    },
+    Metric {
+        name: DECISIONS,
+        kind: Kind::Counter,
+        labels: &["outcome"],
+        help: "Events decided, by outcome",
+    },
+    Metric {
         name: CHALLENGER_SECONDS,
         kind: Kind::Histogram,
         labels: &[],
@@ -443,6 +460,17 @@ pub fn challenger_scored(seconds: f64, agree: u64, disagree: u64, difference: f6
     counter!(CHALLENGER_ROWS, "agreement" => "agree").increment(agree);
     counter!(CHALLENGER_ROWS, "agreement" => "disagree").increment(disagree);
     gauge!(CHALLENGER_DIFFERENCE).set(difference);
+}
+
+/// Rule `rule` matched `n` events of a batch.
+pub fn rule_hits(rule: &str, shadow: bool, n: u64) {
+    counter!(RULE_HITS, "rule" => rule.to_string(), "shadow" => if shadow { "true" } else { "false" })
+        .increment(n);
+}
+
+/// `n` events of a batch were decided `outcome`.
+pub fn decisions(outcome: &str, n: u64) {
+    counter!(DECISIONS, "outcome" => outcome.to_string()).increment(n);
 }
 
 /// The challenger answered `rows` rows with no probability (no record published for them).

@@ -131,6 +131,8 @@ pub struct JobOutput {
     pub alerts: Option<Records>,
     /// The challenger's score records (shadow scoring; never alerts).
     pub challenger: Option<Records>,
+    /// Decision records (`[decisions]`): one per scored event, its outcome and matching rules.
+    pub decisions: Option<Records>,
     /// Rows for the next stage of a repartitioned topology (scale-out), keyed by its key.
     pub forward: Option<Records>,
     /// Events refused while scoring.

@@ -168,7 +168,7 @@ impl Watcher {
     ) -> Result<()> {
         let base = feed.ids.first().copied().unwrap_or(0);
         let mut seen = vec![false; feed.transactions];
-        let [(_, scores_format), (_, alerts_format), _] = kafka.output_formats();
+        let [(_, scores_format), (_, alerts_format), ..] = kafka.output_formats();
         while !done.load(Ordering::Relaxed) {
             let Some(m) = consumer.poll(Duration::from_millis(50)) else {
                 continue;

@@ -144,6 +144,7 @@ impl KafkaConfig {
             ("alerts", &t.alerts),
             ("dead_letter", &t.dead_letter),
             ("challenger", &t.challenger),
+            ("decisions", &t.decisions),
         ] {
             if value.is_empty() {
                 p.push(format!("kafka.topics.{name} is empty"));
@@ -155,6 +156,7 @@ impl KafkaConfig {
             ("alerts", &t.alerts),
             ("dead_letter", &t.dead_letter),
             ("challenger", &t.challenger),
+            ("decisions", &t.decisions),
         ] {
             if inputs.contains(&out.as_str()) {
                 p.push(format!(
@@ -272,14 +274,16 @@ impl KafkaConfig {
     }
 
     /// The payload format of each output topic (scores, alerts, the challenger's scores in
-    /// the scores' format), by topic name.
-    pub fn output_formats(&self) -> [(&str, Format); 3] {
+    /// the scores' format, decisions in the alerts'), by topic name.
+    pub fn output_formats(&self) -> [(&str, Format); 4] {
         let f = &self.formats;
         let scores = f.scores.unwrap_or(self.format);
+        let alerts = f.alerts.unwrap_or(self.format);
         [
             (self.topics.scores.as_str(), scores),
-            (self.topics.alerts.as_str(), f.alerts.unwrap_or(self.format)),
+            (self.topics.alerts.as_str(), alerts),
             (self.topics.challenger.as_str(), scores),
+            (self.topics.decisions.as_str(), alerts),
         ]
     }
 

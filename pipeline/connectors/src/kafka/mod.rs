@@ -193,6 +193,10 @@ pub struct TopicsConfig {
     /// The challenger's scores (with `[challenger]`), in the scores' schema and format.
     #[serde(default = "default_challenger")]
     pub challenger: String,
+    /// Decisions (with `[decisions]`): one per scored event, its outcome, every matching rule
+    /// and the rules' version, in the alerts' format.
+    #[serde(default = "default_decisions")]
+    pub decisions: String,
 }
 
 /// When a micro-batch is handed to the operators.
@@ -229,6 +233,9 @@ fn default_alerts() -> String {
 fn default_challenger() -> String {
     "scores-challenger".into()
 }
+fn default_decisions() -> String {
+    "decisions".into()
+}
 fn default_dead_letter() -> String {
     "riskpipe-dead-letter".into()
 }
@@ -251,6 +258,7 @@ impl Default for TopicsConfig {
             alerts: default_alerts(),
             dead_letter: default_dead_letter(),
             challenger: default_challenger(),
+            decisions: default_decisions(),
         }
     }
 }
@@ -430,7 +438,8 @@ mod tests {
             [
                 ("scores", Format::Avro),
                 ("alerts", Format::Json),
-                ("scores-challenger", Format::Avro)
+                ("scores-challenger", Format::Avro),
+                ("decisions", Format::Json)
             ]
         );
         let p = k.problems(fraud);

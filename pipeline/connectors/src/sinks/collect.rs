@@ -56,6 +56,7 @@ impl Sink for CollectSink {
             scores: rows(batch.output.scores.as_ref()),
             alerts: rows(batch.output.alerts.as_ref()),
             challenger: rows(batch.output.challenger.as_ref()),
+            decisions: rows(batch.output.decisions.as_ref()),
             forwarded: rows(batch.output.forward.as_ref()),
             dead_letters: batch.dead.len() as u64,
         };

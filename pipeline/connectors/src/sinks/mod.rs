@@ -65,6 +65,8 @@ pub struct Delivered {
     pub alerts: u64,
     /// The challenger's score records.
     pub challenger: u64,
+    /// Decision records.
+    pub decisions: u64,
     /// Rows forwarded to the next stage of a repartitioned topology.
     pub forwarded: u64,
     /// Dead letters.

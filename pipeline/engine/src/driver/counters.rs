@@ -94,6 +94,7 @@ impl Counters {
             ("scores", d.scores),
             ("alerts", d.alerts),
             ("challenger", d.challenger),
+            ("decisions", d.decisions),
             ("repartition", d.forwarded),
             ("dead_letter", d.dead_letters),
         ] {

@@ -10,6 +10,7 @@
 
 pub mod backtest;
 mod config;
+mod decide;
 
 mod export;
 mod features;
@@ -29,6 +30,7 @@ use riskpipe_schemas::score;
 use std::sync::Arc;
 
 pub use config::{FraudConfig, OutputsConfig, ReplayConfig, SplitConfig};
+pub use decide::DecisionsSection;
 pub use model::FraudModel;
 pub use topology::{first_stage, forwarded_schema, partition_maker, second_stage};
 
@@ -106,6 +108,13 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
             )]));
         }
     }
+    if let Some(d) = &pipeline.decisions {
+        let problems = d.problems(&pipeline.base_dir, &scored_schema(cfg, members_of(&model))?);
+        if !problems.is_empty() {
+            return Err(PipelineError::Config(problems));
+        }
+    }
+    let decide = decide::Decide::new(pipeline.decisions.as_ref(), &pipeline.base_dir)?;
     let label = model.label().to_string();
     let reads_text = model.reads_text();
     let members = match model.is_ensemble() {
@@ -155,8 +164,38 @@ pub fn build(cfg: &FraudConfig, pipeline: &PipelineConfig) -> Result<Job> {
                 cfg.outputs.as_ref(),
                 &cfg.features.output_fields(&inputs(cfg).events)?,
             ),
+            decide,
         }),
     })
+}
+
+/// How many member scores a scored row of `model` carries (none for a single model).
+fn members_of(model: &Model) -> usize {
+    match model.is_ensemble() {
+        true => model.member_labels().len(),
+        false => 0,
+    }
+}
+
+/// The columns of a scored row a decision rule reads: the declared fields, the features, the
+/// score and its threshold flag, and an ensemble's `members` scores.
+fn scored_schema(cfg: &FraudConfig, members: usize) -> Result<arrow::datatypes::SchemaRef> {
+    let events = inputs(cfg).events;
+    let mut fields: Vec<arrow::datatypes::FieldRef> = events.fields().iter().cloned().collect();
+    for f in cfg.features.output_fields(&events)? {
+        if !fields.iter().any(|e| e.name() == f.name()) {
+            fields.push(f);
+        }
+    }
+    fields.extend(decide::scored_fields().map(Arc::new));
+    fields.extend((0..members).map(|i| {
+        Arc::new(arrow::datatypes::Field::new(
+            score::member(i),
+            DataType::Float32,
+            false,
+        ))
+    }));
+    Ok(Arc::new(arrow::datatypes::Schema::new(fields)))
 }
 
 /// Every model input must be a declared field or a configured feature, of the kind the model
@@ -257,6 +296,14 @@ impl JobKind for FraudConfig {
 
     fn problems(&self, pipeline: &PipelineConfig) -> Vec<String> {
         let mut p = FraudConfig::problems(self);
+        if let Some(d) = &pipeline.decisions {
+            // An ensemble's member scores are checked when the models are loaded.
+            let models = pipeline.model.all().len();
+            match scored_schema(self, if models > 1 { models } else { 0 }) {
+                Ok(schema) => p.extend(d.problems(&pipeline.base_dir, &schema)),
+                Err(e) => p.push(format!("decisions: {e}")),
+            }
+        }
         match pipeline.alerts.threshold {
             None => p.push("alerts.threshold is required for a fraud job (0..=1)".into()),
             Some(t) if !(0.0..=1.0).contains(&t) => {

@@ -28,6 +28,9 @@ use crate::{PipelineError, Result};
 pub(crate) struct RecordShapes {
     pub(crate) score: SchemaRef,
     pub(crate) alert: SchemaRef,
+    /// A decision (`[decisions]`): the score's event columns, then `SCORE`, `DECISION`,
+    /// `RULES`, `RULES_VERSION`, `MODEL`, `REASONS` (empty for the default outcome).
+    pub(crate) decision: SchemaRef,
     key: Arc<str>,
     /// Whether reasons carry a `text` value (the model reads text).
     text_reasons: bool,
@@ -114,6 +117,23 @@ impl RecordShapes {
                 false,
             ),
         ]);
+        let mut decision_fields = event_fields(&score_columns);
+        decision_fields.extend([
+            Field::new(score::SCORE, DataType::Float64, false),
+            Field::new(score::DECISION, DataType::Utf8, false),
+            Field::new_list(
+                score::RULES,
+                Field::new_struct("item", riskpipe_schemas::rule_fields(), false),
+                false,
+            ),
+            Field::new(score::RULES_VERSION, DataType::Utf8, false),
+            Field::new(score::MODEL, DataType::Utf8, false),
+            Field::new_list(
+                score::REASONS,
+                Field::new_struct("item", reasons_of(text_reasons), false),
+                false,
+            ),
+        ]);
         let record = |fields: Vec<Field>, name: &str| -> SchemaRef {
             let metadata = [(
                 riskpipe_schemas::avro::RECORD_NAME.to_string(),
@@ -124,6 +144,7 @@ impl RecordShapes {
         Self {
             score: record(score_fields, "Score"),
             alert: record(alert_fields, "Alert"),
+            decision: record(decision_fields, "Decision"),
             key: key.into(),
             text_reasons,
             score_columns,
@@ -213,6 +234,56 @@ pub(crate) fn alerts(
     let batch = RecordBatch::try_new(shapes.alert.clone(), arrays)?;
     Ok(Records {
         keys: cast(&pick(&shapes.key)?, &DataType::Utf8)?,
+        batch,
+        key_column: Some(shapes.key.clone()),
+    })
+}
+
+/// What the decision records of one batch carry beside the scored rows.
+pub(crate) struct Decided<'a> {
+    /// Each row's outcome.
+    pub(crate) outcome: ArrayRef,
+    /// Each row's matching rules (`{rule, outcome, shadow}`).
+    pub(crate) rules: ArrayRef,
+    /// The rules' version.
+    pub(crate) version: &'a mut Repeated,
+    /// The rows explained, each with its reasons (rows of the default outcome have none).
+    pub(crate) explained: &'a [usize],
+    pub(crate) reasons: &'a [Vec<Reason>],
+}
+
+/// One decision record per row of `scored`.
+pub(crate) fn decisions(
+    shapes: &RecordShapes,
+    scored: &RecordBatch,
+    decided: Decided<'_>,
+    model: &mut Repeated,
+) -> Result<Records> {
+    let n = scored.num_rows();
+    let value =
+        columns::primitive::<Float32Type>(scored, score::SCORE).map_err(PipelineError::produced)?;
+    let mut arrays = shapes
+        .score_columns
+        .iter()
+        .map(|c| column(scored, c))
+        .collect::<Result<Vec<_>>>()?;
+    let mut reasons = vec![Vec::new(); n];
+    for (&row, r) in decided.explained.iter().zip(decided.reasons) {
+        if let Some(slot) = reasons.get_mut(row) {
+            slot.clone_from(r);
+        }
+    }
+    arrays.extend([
+        Arc::new(Float64Array::from_unary(value, f64::from)) as ArrayRef,
+        decided.outcome,
+        decided.rules,
+        decided.version.column(n),
+        model.column(n),
+        Arc::new(reason_lists(reasons, shapes.text_reasons)?),
+    ]);
+    let batch = RecordBatch::try_new(shapes.decision.clone(), arrays)?;
+    Ok(Records {
+        keys: cast(&column(scored, &shapes.key)?, &DataType::Utf8)?,
         batch,
         key_column: Some(shapes.key.clone()),
     })

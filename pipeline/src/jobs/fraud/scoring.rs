@@ -28,6 +28,8 @@ pub(super) struct FraudScoring {
     pub(super) challenger: Option<Challenger>,
     /// The shapes of the score and alert records.
     pub(super) records: records::RecordShapes,
+    /// The decisions: which rows are alerts, and with `[decisions]` the decision records.
+    pub(super) decide: super::decide::Decide,
 }
 
 /// A second model scored on the same rows: its own score records, never alerts.
@@ -420,17 +422,43 @@ impl ScoreStage for FraudScoring {
             d.observe(&scored)?;
             d.report();
         }
-        let alerted = alert_rows(&scored)?;
-        let reasons = self.model.explain(&alerted, self.reasons)?;
-        let scores = records::scores(&self.records, &scored, &mut self.model_name)?;
+        let decided = self.decide.decide(&scored)?;
+        let reasons = self.model.explain(&decided.explained, self.reasons)?;
+        let alert_reasons = reasons_of(&decided.explained, &reasons, &decided.alerted);
+        // With [decisions], `ALERT` says whether the event's decision is an alert; without,
+        // the shipped rule makes it exactly the model's threshold flag.
+        let columns = self
+            .decide
+            .declared
+            .then(|| self.decide.columns(&decided.decisions));
+        let published = match &columns {
+            Some(_) => with_alert(&scored, &decided.alerted)?,
+            None => scored.clone(),
+        };
+        let scores = records::scores(&self.records, &published, &mut self.model_name)?;
         let alerts = records::alerts(
             &self.records,
-            &scored,
-            &alerted,
-            reasons,
+            &published,
+            &decided.alerted,
+            alert_reasons,
             self.model.threshold(),
             &mut self.model_name,
         )?;
+        let decisions = match &columns {
+            Some((outcome, rules)) => Some(records::decisions(
+                &self.records,
+                &published,
+                records::Decided {
+                    outcome: outcome.clone(),
+                    rules: rules.clone(),
+                    version: &mut self.decide.version,
+                    explained: &decided.explained,
+                    reasons: &reasons,
+                },
+                &mut self.model_name,
+            )?),
+            None => None,
+        };
         let (scored, challenger) = match (&mut self.challenger, shadow) {
             (Some(c), Some(batch)) => {
                 let (scored, records) = c.score(batch, scored, &self.records)?;
@@ -438,19 +466,82 @@ impl ScoreStage for FraudScoring {
             }
             _ => (scored, None),
         };
+        let scored = match columns {
+            Some((outcome, rules)) => {
+                let scored = with_alert(&scored, &decided.alerted)?;
+                append(
+                    &scored,
+                    [(score::DECISION, outcome), (score::RULES, rules)],
+                    self.decide.version.column(scored.num_rows()),
+                )?
+            }
+            None => scored,
+        };
         Ok(JobOutput {
             scored: Some(scored),
             scores: Some(scores),
             alerts: Some(alerts),
             challenger,
+            decisions,
             forward: None,
             rejects,
         })
     }
 }
 
-/// Rows of a scored batch whose alert flag is set.
-pub(super) fn alert_rows(scored: &RecordBatch) -> Result<Vec<usize>> {
-    let alert = columns::boolean(scored, score::ALERT).map_err(PipelineError::produced)?;
-    Ok((0..scored.num_rows()).filter(|&i| alert.value(i)).collect())
+/// The reasons of `rows` (a subset of `explained`, both ascending), from `reasons` (those of
+/// `explained`, in order).
+fn reasons_of(
+    explained: &[usize],
+    reasons: &[Vec<riskpipe_schemas::Reason>],
+    rows: &[usize],
+) -> Vec<Vec<riskpipe_schemas::Reason>> {
+    let mut at = 0;
+    rows.iter()
+        .map(|row| {
+            while explained.get(at).is_some_and(|e| e < row) {
+                at += 1;
+            }
+            reasons.get(at).cloned().unwrap_or_default()
+        })
+        .collect()
+}
+
+/// `batch` with its `ALERT` column set exactly on `alerted` rows.
+fn with_alert(batch: &RecordBatch, alerted: &[usize]) -> Result<RecordBatch> {
+    let index = batch
+        .schema()
+        .index_of(score::ALERT)
+        .map_err(|e| PipelineError::Bug(format!("a scored batch without ALERT: {e}")))?;
+    let mut flags = vec![false; batch.num_rows()];
+    for &row in alerted {
+        flags[row] = true;
+    }
+    let mut columns = batch.columns().to_vec();
+    columns[index] = std::sync::Arc::new(arrow::array::BooleanArray::from(flags));
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+/// `batch` with `DECISION`, `RULES` and `RULES_VERSION` appended.
+fn append(
+    batch: &RecordBatch,
+    columns: [(&str, arrow::array::ArrayRef); 2],
+    version: arrow::array::ArrayRef,
+) -> Result<RecordBatch> {
+    use arrow::datatypes::{Field, Schema};
+    let mut fields: Vec<arrow::datatypes::FieldRef> =
+        batch.schema().fields().iter().cloned().collect();
+    let mut arrays = batch.columns().to_vec();
+    for (name, array) in columns.into_iter().chain([(score::RULES_VERSION, version)]) {
+        fields.push(std::sync::Arc::new(Field::new(
+            name,
+            array.data_type().clone(),
+            false,
+        )));
+        arrays.push(array);
+    }
+    Ok(RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(fields)),
+        arrays,
+    )?)
 }

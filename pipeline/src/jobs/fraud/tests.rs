@@ -685,3 +685,239 @@ fn the_shipped_features_keep_their_checkpoint_fingerprint() {
         "7c5b947c900cab00b67a88e2"
     );
 }
+
+/// The rules of the decisions tests: a block rule on the amount, a review rule on velocity and
+/// score, a shadow rule.
+fn rules() -> DecisionsSection {
+    toml::from_str(
+        r#"
+        outcomes = ["allow", "review", "block"]
+        [[rules]]
+        name = "large"
+        when = "TX_AMOUNT > 180"
+        outcome = "block"
+        [[rules]]
+        name = "busy_and_risky"
+        when = "CUSTOMER_ID_NB_TX_1DAY_WINDOW >= 3 AND SCORE >= 0.05"
+        outcome = "review"
+        [[rules]]
+        name = "trial"
+        when = "TX_AMOUNT > 100"
+        outcome = "block"
+        shadow = true
+        "#,
+    )
+    .expect("rules")
+}
+
+fn replayed(cfg: &PipelineConfig, h: &History) -> crate::backtest::Replayed {
+    crate::backtest::replay(
+        cfg,
+        std::sync::Arc::new(h.clone()),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .expect("replay")
+}
+
+/// Without `[decisions]` the shipped rule (`ALERT` → review, an alert) leaves the alerts as
+/// the threshold made them; declared, every scored event gets one decision record whose
+/// outcome and rules follow the rules row by row (counted here from the scored columns), the
+/// score records' `ALERT` is "the decision is an alert", and the alerts are exactly the
+/// review and block decisions.
+#[test]
+fn decisions_follow_the_rules_and_without_them_the_threshold_decides_the_alerts() {
+    use arrow::array::AsArray;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = history(dir.path());
+    let mut cfg = PipelineConfig::handbook().expect("shipped config");
+    cfg.alerts.threshold = Some(0.05);
+    let plain = replayed(&cfg, &h);
+    let (plain_scores, plain_alerts) = plain.records().expect("records");
+    assert!(!plain_alerts.is_empty(), "some alerts at 0.05");
+    assert!(
+        plain
+            .collected
+            .outputs
+            .iter()
+            .all(|o| o.decisions.is_none())
+    );
+
+    // The shipped rule, declared: the same alerts, byte for byte.
+    cfg.decisions = Some(
+        toml::from_str(
+            r#"
+            outcomes = ["allow", "review"]
+            [[rules]]
+            name = "threshold"
+            when = "ALERT"
+            outcome = "review"
+            "#,
+        )
+        .expect("rules"),
+    );
+    let shipped = replayed(&cfg, &h);
+    let bytes = |r: &crate::backtest::Replayed, alerts: bool| -> Vec<Vec<u8>> {
+        r.payloads(alerts)
+            .expect("payloads")
+            .iter()
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    assert_eq!(bytes(&shipped, true), bytes(&plain, true));
+    assert_eq!(bytes(&shipped, false), bytes(&plain, false));
+
+    cfg.decisions = Some(rules());
+    let decided = replayed(&cfg, &h);
+    let (scores, alerts) = decided.records().expect("records");
+    assert_eq!(scores.len(), plain_scores.len());
+    let (mut want, mut rows) = (Vec::new(), 0);
+    for b in decided.scored() {
+        let amount = b.column_by_name("TX_AMOUNT").expect("amount");
+        let amount =
+            arrow::compute::cast(amount, &arrow::datatypes::DataType::Float64).expect("cast");
+        let amount = amount.as_primitive::<arrow::datatypes::Float64Type>();
+        let busy = arrow::compute::cast(
+            b.column_by_name("CUSTOMER_ID_NB_TX_1DAY_WINDOW")
+                .expect("count"),
+            &arrow::datatypes::DataType::Float64,
+        )
+        .expect("cast");
+        let busy = busy.as_primitive::<arrow::datatypes::Float64Type>();
+        let s = b.column_by_name(score::SCORE).expect("score");
+        let s = s.as_primitive::<arrow::datatypes::Float32Type>();
+        let decision = b
+            .column_by_name(score::DECISION)
+            .expect("decision")
+            .as_string::<i32>()
+            .clone();
+        for i in 0..b.num_rows() {
+            let (large, risky, trial) = (
+                amount.value(i) > 180.0,
+                busy.value(i) >= 3.0 && s.value(i) >= 0.05,
+                amount.value(i) > 100.0,
+            );
+            let outcome = match (large, risky) {
+                (true, _) => "block",
+                (false, true) => "review",
+                _ => "allow",
+            };
+            let mut matched = Vec::new();
+            for (hit, name) in [
+                (large, "large"),
+                (risky, "busy_and_risky"),
+                (trial, "trial"),
+            ] {
+                if hit {
+                    matched.push(name);
+                }
+            }
+            assert_eq!(decision.value(i), outcome, "row {rows}");
+            want.push((outcome, matched));
+            rows += 1;
+        }
+    }
+    let records: Vec<serde_json::Value> = decided
+        .collected
+        .outputs
+        .iter()
+        .filter_map(|o| o.decisions.as_ref())
+        .flat_map(|r| {
+            let mut p = crate::encoders::Payloads::default();
+            crate::encoders::Encoder::encode(
+                &mut crate::encoders::JsonEncoder,
+                "d",
+                &r.batch,
+                &mut p,
+            )
+            .expect("encode");
+            p.iter()
+                .map(|x| serde_json::from_slice(x).expect("json"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(records.len(), rows, "one decision per scored event");
+    let version = records[0][score::RULES_VERSION]
+        .as_str()
+        .expect("version")
+        .to_string();
+    assert_eq!(
+        version,
+        rules().rules(Path::new(".")).expect("rules").version()
+    );
+    for (r, (outcome, matched)) in records.iter().zip(&want) {
+        assert_eq!(r[score::DECISION], *outcome);
+        let names: Vec<&str> = r[score::RULES]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .map(|m| m["rule"].as_str().expect("name"))
+            .collect();
+        assert_eq!(&names, matched);
+        assert_eq!(
+            r[score::REASONS].as_array().expect("reasons").is_empty(),
+            *outcome == "allow"
+        );
+    }
+    let decided_alerts = want.iter().filter(|(o, _)| *o != "allow").count();
+    assert_eq!(
+        alerts.len(),
+        decided_alerts,
+        "alerts are the review and block decisions"
+    );
+    assert!(
+        want.iter().any(|(o, _)| *o == "block") && want.iter().any(|(o, _)| *o == "review"),
+        "both outcomes occur"
+    );
+    assert!(
+        want.iter()
+            .any(|(o, m)| *o == "allow" && m.contains(&"trial")),
+        "a shadow rule's match does not decide"
+    );
+    let flagged = scores.iter().filter(|s| s[score::ALERT] == true).count();
+    assert_eq!(flagged, decided_alerts);
+}
+
+/// A rules file with every kind of mistake is refused listing each; a file and inline rules
+/// together are refused.
+#[test]
+fn a_bad_rules_file_is_refused_with_every_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        r#"
+        outcomes = ["allow", "block"]
+        [[rules]]
+        name = "a"
+        when = "NO_SUCH_FIELD > 1"
+        outcome = "block"
+        [[rules]]
+        name = "a"
+        when = "TX_AMOUNT"
+        outcome = "deny"
+        "#,
+    )
+    .expect("write");
+    let mut cfg = PipelineConfig::handbook().expect("shipped config");
+    cfg.base_dir = dir.path().to_path_buf();
+    cfg.decisions = Some(DecisionsSection {
+        file: Some("rules.toml".into()),
+        alert: Some(vec!["review".into()]),
+        ..DecisionsSection::default()
+    });
+    let problems = cfg.job.kind().problems(&cfg);
+    let text = problems.join("\n");
+    for expected in [
+        "named twice",
+        "deny",
+        "NO_SUCH_FIELD",
+        "decisions.alert names \"review\"",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in {problems:#?}");
+    }
+    cfg.decisions = Some(DecisionsSection {
+        file: Some("rules.toml".into()),
+        ..rules()
+    });
+    let problems = cfg.job.kind().problems(&cfg).join("\n");
+    assert!(problems.contains("not both"), "{problems}");
+}

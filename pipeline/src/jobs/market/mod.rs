@@ -357,6 +357,7 @@ impl ScoreStage for MarketScoring {
             scores: Some(scores),
             alerts: Some(breaches),
             challenger: None,
+            decisions: None,
             forward: None,
             rejects: featured.rejects,
         })
@@ -397,6 +398,12 @@ impl JobKind for MarketConfig {
         }
         if pipeline.challenger.is_some() {
             p.push("[challenger] is for fraud jobs (not built for the market job)".into());
+        }
+        if pipeline.decisions.is_some() {
+            p.push(
+                "[decisions] is for fraud jobs; a market job alerts on its portfolios' limits"
+                    .into(),
+            );
         }
         if pipeline
             .kafka

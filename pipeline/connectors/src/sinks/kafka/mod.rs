@@ -52,6 +52,7 @@ enum Output {
     Score,
     Alert,
     Challenger,
+    Decision,
     /// A row for the next stage of a repartitioned topology.
     Forward,
     /// A dead letter, with the reference to send should its bytes turn out too large.
@@ -73,6 +74,7 @@ impl Output {
             Output::Challenger => 2,
             Output::Forward => 3,
             Output::DeadLetter(_) => 4,
+            Output::Decision => 5,
         }
     }
 }
@@ -85,7 +87,7 @@ struct Acks {
     /// Records handed to librdkafka and not acknowledged yet.
     pending: AtomicUsize,
     /// Records delivered, per [`Output::slot`].
-    delivered: [AtomicUsize; 5],
+    delivered: [AtomicUsize; 6],
     /// Records the broker or the client refused for good.
     failures: Mutex<Vec<Failure>>,
     /// Signalled when `pending` falls to zero.
@@ -117,6 +119,7 @@ impl Acks {
             challenger: n(2),
             forwarded: n(3),
             dead_letters: n(4),
+            decisions: n(5),
         }
     }
 
@@ -187,6 +190,7 @@ pub struct KafkaSink {
     scores_topic: String,
     alerts_topic: String,
     challenger_topic: String,
+    decisions_topic: String,
     /// The repartition topic the forwarded rows go to (always JSON: riskpipe's own format).
     forward_topic: Option<String>,
     dead_letter_topic: String,
@@ -317,6 +321,7 @@ impl KafkaSink {
             scores_topic: kafka.topics.scores.clone(),
             alerts_topic: kafka.topics.alerts.clone(),
             challenger_topic: kafka.topics.challenger.clone(),
+            decisions_topic: kafka.topics.decisions.clone(),
             forward_topic: None,
             dead_letter_topic: kafka.topics.dead_letter.clone(),
             payloads: Payloads::default(),
@@ -336,6 +341,7 @@ impl KafkaSink {
         let name = match (&topic, &self.forward_topic) {
             (Output::Alert, _) => &self.alerts_topic,
             (Output::Challenger, _) => &self.challenger_topic,
+            (Output::Decision, _) => &self.decisions_topic,
             (Output::Forward, Some(t)) => t,
             (Output::Forward, None) => {
                 return Err(PipelineError::Bug(
@@ -552,6 +558,9 @@ impl Sink for KafkaSink {
         }
         if let Some(r) = &batch.output.challenger {
             self.publish(r, Output::Challenger, &acks).await?;
+        }
+        if let Some(r) = &batch.output.decisions {
+            self.publish(r, Output::Decision, &acks).await?;
         }
         if let Some(r) = &batch.output.forward {
             self.publish(r, Output::Forward, &acks).await?;

@@ -1,0 +1,249 @@
+//! The fraud job's decisions: `[decisions]` (rules inline or in a rules file) over the scored
+//! rows, or, without it, the one shipped rule `[alerts] threshold` stands for; which decisions
+//! are alerts; the decision columns of the scored rows.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, ListBuilder, RecordBatch, StringArray, StringBuilder, StructBuilder,
+};
+use arrow::datatypes::{DataType, Field, SchemaRef};
+use riskpipe_operators::decisions::{Decider, Decisions, DecisionsConfig, RuleConfig};
+use riskpipe_schemas::score;
+use serde::Deserialize;
+
+use crate::jobs::Repeated;
+use crate::{PipelineError, Result};
+
+/// `[decisions]`: the rules that turn a scored event into a decision, and which decisions are
+/// alerts. Without it, an event is an alert when its score reaches `[alerts] threshold` (the
+/// shipped rule `threshold`: `ALERT` → `review`) and no decision records are published.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionsSection {
+    /// The outcomes in order of severity, least severe first (e.g. `["allow", "review",
+    /// "block"]`); the first is the decision of an event no deciding rule matches. Not with
+    /// `file`.
+    #[serde(default)]
+    pub outcomes: Vec<String>,
+    /// The rules (`[[decisions.rules]]`: `name`, `when`, `outcome`, `shadow`): an event's
+    /// decision is the most severe outcome of the non-shadow rules it matches. Not with `file`.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// A rules file (TOML: `outcomes` and `[[rules]]`), relative to this config: what the
+    /// decisions use instead of `outcomes` and `rules` here.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// The outcomes published as alerts too (default: every outcome but the first).
+    #[serde(default)]
+    pub alert: Option<Vec<String>>,
+}
+
+impl DecisionsSection {
+    /// The rules this section declares (read from `file`, relative to `base_dir`, where
+    /// given); every problem of reading them at once.
+    pub fn rules(&self, base_dir: &Path) -> std::result::Result<DecisionsConfig, Vec<String>> {
+        let Some(file) = &self.file else {
+            return Ok(DecisionsConfig {
+                outcomes: self.outcomes.clone(),
+                rules: self.rules.clone(),
+            });
+        };
+        let mut problems = Vec::new();
+        if !self.outcomes.is_empty() || !self.rules.is_empty() {
+            problems.push(
+                "decisions: outcomes and rules come from decisions.file or from [decisions], not both"
+                    .to_string(),
+            );
+        }
+        let path = base_dir.join(file);
+        let read = std::fs::read_to_string(&path)
+            .map_err(|e| format!("decisions.file {}: {e}", path.display()))
+            .and_then(|text| {
+                toml::from_str::<DecisionsConfig>(&text)
+                    .map_err(|e| format!("decisions.file {}: {e}", path.display()))
+            });
+        match read {
+            Ok(rules) if problems.is_empty() => Ok(rules),
+            Ok(_) => Err(problems),
+            Err(e) => {
+                problems.push(e);
+                Err(problems)
+            }
+        }
+    }
+
+    /// Every problem of the section against the scored rows' `schema`, at once.
+    pub fn problems(&self, base_dir: &Path, schema: &SchemaRef) -> Vec<String> {
+        let rules = match self.rules(base_dir) {
+            Ok(r) => r,
+            Err(p) => return p,
+        };
+        let mut p: Vec<String> = rules
+            .validate(schema)
+            .into_iter()
+            .map(|e| format!("decisions: {e}"))
+            .collect();
+        for o in self.alert.iter().flatten() {
+            if !rules.outcomes.contains(o) {
+                p.push(format!(
+                    "decisions.alert names {o:?}, which is not among the outcomes {:?}",
+                    rules.outcomes
+                ));
+            }
+        }
+        p
+    }
+}
+
+/// The rules `[alerts] threshold` stands for without `[decisions]`: `threshold` (the model's
+/// `ALERT` flag, its score at or over the threshold) decides `review`, which is an alert.
+pub(super) fn shipped() -> DecisionsConfig {
+    DecisionsConfig {
+        outcomes: vec!["allow".into(), "review".into()],
+        rules: vec![RuleConfig {
+            name: "threshold".into(),
+            when: score::ALERT.into(),
+            outcome: "review".into(),
+            shadow: false,
+        }],
+    }
+}
+
+/// The scored rows' columns a rule may read besides the events' and the features': the
+/// model's score and its alert flag.
+pub(super) fn scored_fields() -> [Field; 2] {
+    [
+        Field::new(score::SCORE, DataType::Float32, false),
+        Field::new(score::ALERT, DataType::Boolean, false),
+    ]
+}
+
+/// The decisions of the score stage.
+#[derive(Debug)]
+pub(super) struct Decide {
+    decider: Decider,
+    /// Per outcome, whether it is an alert.
+    alert: Vec<bool>,
+    /// `[decisions]` declared: decision columns and records are published.
+    pub(super) declared: bool,
+    pub(super) version: Repeated,
+}
+
+/// One batch decided.
+pub(super) struct Decided {
+    pub(super) decisions: Decisions,
+    /// Rows that are alerts.
+    pub(super) alerted: Vec<usize>,
+    /// Rows explained: every row not of the default outcome, and every alert.
+    pub(super) explained: Vec<usize>,
+}
+
+impl Decide {
+    /// The decisions of `section` (`None`: the shipped threshold rule).
+    pub(super) fn new(section: Option<&DecisionsSection>, base_dir: &Path) -> Result<Self> {
+        let (rules, declared) = match section {
+            Some(s) => (s.rules(base_dir).map_err(PipelineError::Config)?, true),
+            None => (shipped(), false),
+        };
+        let decider = rules.build().map_err(|problems| {
+            PipelineError::Config(
+                problems
+                    .into_iter()
+                    .map(|e| format!("decisions: {e}"))
+                    .collect(),
+            )
+        })?;
+        let alert = match section.and_then(|s| s.alert.as_ref()) {
+            Some(names) => rules.outcomes.iter().map(|o| names.contains(o)).collect(),
+            None => (0..rules.outcomes.len()).map(|i| i > 0).collect(),
+        };
+        let version = Repeated::new(decider.version());
+        Ok(Self {
+            decider,
+            alert,
+            declared,
+            version,
+        })
+    }
+
+    /// Decides every row of `scored`; a rule that fails to evaluate stops the pipeline (the
+    /// batch uncommitted): a decision is never made without every rule.
+    pub(super) fn decide(&mut self, scored: &RecordBatch) -> Result<Decided> {
+        let decisions = self
+            .decider
+            .decide(scored)
+            .map_err(|e| PipelineError::Bug(format!("a decision rule failed to evaluate: {e}")))?;
+        let alerted = (0..decisions.outcome.len())
+            .filter(|&i| self.alert[decisions.outcome[i]])
+            .collect();
+        let explained = (0..decisions.outcome.len())
+            .filter(|&i| decisions.outcome[i] > 0 || self.alert[decisions.outcome[i]])
+            .collect();
+        self.count(&decisions);
+        Ok(Decided {
+            decisions,
+            alerted,
+            explained,
+        })
+    }
+
+    fn count(&self, decisions: &Decisions) {
+        let names = self.decider.rule_names();
+        let mut hits = vec![0u64; names.len()];
+        for row in &decisions.matched {
+            for &r in row {
+                hits[r] += 1;
+            }
+        }
+        for (i, (name, n)) in names.iter().zip(hits).enumerate() {
+            crate::events::rule_hits(name, self.decider.is_shadow(i), n);
+        }
+        let mut by_outcome = vec![0u64; self.decider.outcomes().len()];
+        for &o in &decisions.outcome {
+            by_outcome[o] += 1;
+        }
+        for (outcome, n) in self.decider.outcomes().iter().zip(by_outcome) {
+            crate::events::decisions(outcome, n);
+        }
+    }
+
+    /// `DECISION` and `RULES` (`{rule, outcome, shadow}` per matching rule) of `decided`.
+    pub(super) fn columns(&self, decided: &Decisions) -> (ArrayRef, ArrayRef) {
+        let outcomes = self.decider.outcomes();
+        let outcome: StringArray = decided
+            .outcome
+            .iter()
+            .map(|&o| Some(outcomes[o].as_str()))
+            .collect();
+        let fields = riskpipe_schemas::rule_fields();
+        let mut rules = ListBuilder::new(StructBuilder::new(
+            fields.clone(),
+            vec![
+                Box::new(StringBuilder::new()),
+                Box::new(StringBuilder::new()),
+                Box::new(BooleanBuilder::new()),
+            ],
+        ))
+        .with_field(Arc::new(Field::new_struct("item", fields, false)));
+        let names = self.decider.rule_names();
+        for row in &decided.matched {
+            let items = rules.values();
+            for &r in row {
+                if let Some(b) = items.field_builder::<StringBuilder>(0) {
+                    b.append_value(names[r]);
+                }
+                if let Some(b) = items.field_builder::<StringBuilder>(1) {
+                    b.append_value(self.decider.rule_outcome(r));
+                }
+                if let Some(b) = items.field_builder::<BooleanBuilder>(2) {
+                    b.append_value(self.decider.is_shadow(r));
+                }
+                items.append(true);
+            }
+            rules.append(true);
+        }
+        (Arc::new(outcome), Arc::new(rules.finish()))
+    }
+}
