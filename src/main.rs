@@ -44,6 +44,10 @@ enum Command {
         /// drift_reference.json an earlier backtest wrote); default: the split's training days.
         #[arg(long)]
         drift_reference: Option<PathBuf>,
+        /// Fraud pipelines with [decisions]: a rules file (TOML: outcomes and [[rules]]) whose
+        /// decisions of the same events are compared with the config's, in rules.json.
+        #[arg(long)]
+        rules_candidate: Option<PathBuf>,
         /// Directory for scores.parquet, report.json and curves.png / var.png.
         #[arg(long, default_value = "out/backtest")]
         output: PathBuf,
@@ -401,6 +405,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                 show_progress: !quiet,
                 instrument: None,
                 drift_reference: None,
+                rules_candidate: None,
             };
             let outcome = backtest::run(&cfg, Arc::new(history), started, &output, &opts)?;
             print_outcome(&outcome, "from Kafka ");
@@ -481,6 +486,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             input,
             instrument,
             drift_reference,
+            rules_candidate,
             output,
             quiet,
         } => {
@@ -492,6 +498,7 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
                 show_progress: !quiet,
                 instrument,
                 drift_reference,
+                rules_candidate,
             };
             let outcome = backtest::run(&cfg, Arc::new(history), started, &output, &opts)?;
             print_outcome(&outcome, "");

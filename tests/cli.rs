@@ -982,3 +982,226 @@ fn schemas_of_the_handbook_are_the_published_ones() {
         assert_eq!(types(&generated), types(&published), "{record}");
     }
 }
+
+/// The first `n` handbook transactions as a Parquet file in `dir`.
+fn handbook_slice(dir: &Path, n: usize) -> PathBuf {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(support::handbook_data()).expect("handbook");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .with_batch_size(n)
+        .build()
+        .expect("reader");
+    let first = reader.into_iter().next().expect("a batch").expect("batch");
+    let path = dir.join("slice.parquet");
+    let out = std::fs::File::create(&path).expect("create");
+    let mut w = parquet::arrow::ArrowWriter::try_new(out, first.schema(), None).expect("writer");
+    w.write(&first.slice(0, n.min(first.num_rows())))
+        .expect("write");
+    w.close().expect("close");
+    path
+}
+
+/// A column of `batches` as f64 values.
+fn f64s(batches: &[arrow::array::RecordBatch], name: &str) -> Vec<f64> {
+    use arrow::array::AsArray;
+    batches
+        .iter()
+        .flat_map(|b| {
+            let c = arrow::compute::cast(
+                b.column_by_name(name).expect(name),
+                &arrow::datatypes::DataType::Float64,
+            )
+            .expect("cast");
+            c.as_primitive::<arrow::datatypes::Float64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+fn parquet_batches(path: &Path) -> Vec<arrow::array::RecordBatch> {
+    let file = std::fs::File::open(path).expect("open");
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .build()
+        .expect("reader")
+        .map(|b| b.expect("batch"))
+        .collect()
+}
+
+/// Rules over 40,000 handbook transactions (a block rule on the amount, a review rule on
+/// velocity and score, a shadow rule): `riskpipe backtest` writes rules.json and rules.csv
+/// whose per-rule hits, precision, recall and fraud amount equal a count made here from
+/// scores.parquet and the input; a candidate rules file (the amount rule at 300) changes
+/// exactly the decisions counted here.
+#[test]
+fn a_rules_backtest_equals_a_hand_count_and_a_candidate_changes_what_it_should() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = handbook_slice(dir.path(), 40_000);
+    let config = support::write_config(
+        dir.path(),
+        r#"
+[decisions]
+outcomes = ["allow", "review", "block"]
+[[decisions.rules]]
+name = "large"
+when = "TX_AMOUNT > 200"
+outcome = "block"
+[[decisions.rules]]
+name = "busy_and_risky"
+when = "CUSTOMER_ID_NB_TX_1DAY_WINDOW >= 4 AND SCORE >= 0.2"
+outcome = "review"
+[[decisions.rules]]
+name = "watch"
+when = "SCORE >= 0.5"
+outcome = "block"
+shadow = true
+"#,
+    );
+    let candidate = dir.path().join("candidate.toml");
+    std::fs::write(
+        &candidate,
+        r#"
+outcomes = ["allow", "review", "block"]
+[[rules]]
+name = "large"
+when = "TX_AMOUNT > 300"
+outcome = "block"
+[[rules]]
+name = "busy_and_risky"
+when = "CUSTOMER_ID_NB_TX_1DAY_WINDOW >= 4 AND SCORE >= 0.2"
+outcome = "review"
+"#,
+    )
+    .expect("candidate");
+    let out = dir.path().join("out");
+    backtest(
+        Some(&config),
+        &input,
+        &out,
+        &["--rules-candidate", candidate.to_str().expect("utf8")],
+    );
+    let rules: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("rules.json")).expect("json"))
+            .expect("parse");
+    assert!(out.join("rules.csv").is_file());
+
+    // By hand: scores.parquet (id, features, score) joined with the input by id.
+    let scored = parquet_batches(&out.join("scores.parquet"));
+    let given = parquet_batches(&input);
+    let ids = f64s(&given, "TRANSACTION_ID");
+    let (amounts, frauds) = (f64s(&given, "TX_AMOUNT"), f64s(&given, "TX_FRAUD"));
+    let row: std::collections::HashMap<i64, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id as i64, i))
+        .collect();
+    let (sid, busy, score) = (
+        f64s(&scored, "TRANSACTION_ID"),
+        f64s(&scored, "CUSTOMER_ID_NB_TX_1DAY_WINDOW"),
+        f64s(&scored, "SCORE"),
+    );
+    assert_eq!(sid.len(), 40_000, "every transaction scored");
+    let rule = |i: usize, r: usize, cut: f64| -> bool {
+        let at = row[&(sid[i] as i64)];
+        match r {
+            0 => amounts[at] > cut,
+            1 => busy[i] >= 4.0 && score[i] as f32 >= 0.2,
+            _ => score[i] as f32 >= 0.5,
+        }
+    };
+    let all_frauds = frauds.iter().filter(|&&f| f != 0.0).count() as f64;
+    for (r, name) in ["large", "busy_and_risky", "watch"].into_iter().enumerate() {
+        let hits: Vec<usize> = (0..sid.len()).filter(|&i| rule(i, r, 200.0)).collect();
+        let fraud_hits: Vec<usize> = hits
+            .iter()
+            .copied()
+            .filter(|&i| frauds[row[&(sid[i] as i64)]] != 0.0)
+            .collect();
+        let amount: f64 = fraud_hits
+            .iter()
+            .map(|&i| amounts[row[&(sid[i] as i64)]])
+            .sum();
+        let got = &rules["rules"][r];
+        assert_eq!(got["name"], name);
+        assert_eq!(got["hits"].as_u64(), Some(hits.len() as u64), "{name}");
+        assert!(!hits.is_empty(), "{name} matches some events");
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+        let precision = fraud_hits.len() as f64 / hits.len() as f64;
+        assert!(
+            close(got["precision"].as_f64().expect("p"), precision),
+            "{name}: {got}"
+        );
+        let recall = fraud_hits.len() as f64 / all_frauds;
+        assert!(
+            close(got["recall"].as_f64().expect("r"), recall),
+            "{name}: {got}"
+        );
+        assert!(
+            close(got["fraud_amount"].as_f64().expect("a"), amount),
+            "{name}: {got}"
+        );
+    }
+    assert_eq!(rules["rules"][2]["shadow"], true);
+    // The candidate: blocks only above 300; below, the velocity rule may still review.
+    let (mut to_review, mut to_allow) = (0u64, 0u64);
+    for i in 0..sid.len() {
+        if rule(i, 0, 200.0) && !rule(i, 0, 300.0) {
+            if rule(i, 1, 0.0) {
+                to_review += 1;
+            } else {
+                to_allow += 1;
+            }
+        }
+    }
+    let changed = &rules["candidate"]["changed"];
+    assert_eq!(changed["block -> allow"].as_u64().unwrap_or(0), to_allow);
+    assert_eq!(changed["block -> review"].as_u64().unwrap_or(0), to_review);
+    assert!(to_allow > 0, "the candidate changes some decisions");
+    assert_eq!(
+        changed.as_object().expect("changed").len(),
+        usize::from(to_allow > 0) + usize::from(to_review > 0),
+        "nothing else changes: {changed}"
+    );
+}
+
+/// With `[decisions]`, `riskpipe schemas` writes the decision record's schemas too: its
+/// outcome, matching rules and the rules' version, required.
+#[test]
+fn schemas_with_decisions_include_the_decision_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = support::write_config(
+        dir.path(),
+        "[decisions]\noutcomes = [\"allow\", \"block\"]\n[[decisions.rules]]\nname = \"large\"\nwhen = \"TX_AMOUNT > 200\"\noutcome = \"block\"\n",
+    );
+    let out = dir.path().join("schemas");
+    let o = riskpipe(
+        &[
+            "schemas",
+            "--config",
+            config.to_str().expect("utf8"),
+            "--out",
+            out.to_str().expect("utf8"),
+        ],
+        &repo(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("decision.schema.json")).expect("json schema"),
+    )
+    .expect("json");
+    let required: Vec<&str> = json["required"]
+        .as_array()
+        .expect("required")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for field in ["DECISION", "RULES", "RULES_VERSION", "SCORE", "REASONS"] {
+        assert!(required.contains(&field), "{field} in {required:?}");
+    }
+    let avro: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("decision.avsc")).expect("avsc"))
+            .expect("avro");
+    assert_eq!(avro["name"], "Decision", "{avro}");
+}

@@ -266,7 +266,7 @@ impl Labelled<'_> {
 }
 
 /// What one rule did over a backtest's events.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RuleReport {
     /// The rule.
     pub name: String,

@@ -203,6 +203,9 @@ pub struct Options {
     /// Fraud jobs: the drift reference each day is compared with (default: the split's
     /// training days).
     pub drift_reference: Option<std::path::PathBuf>,
+    /// Fraud jobs with `[decisions]`: a rules file whose decisions of the same events are
+    /// compared with the config's (`rules.json`).
+    pub rules_candidate: Option<std::path::PathBuf>,
 }
 
 /// Replays `history` (read since `started`) and writes the job's backtest files into `out_dir`.

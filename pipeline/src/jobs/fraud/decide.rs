@@ -247,3 +247,197 @@ impl Decide {
         (Arc::new(outcome), Arc::new(rules.finish()))
     }
 }
+
+/// What the rules did over a backtest, and what a candidate would change: `rules.json`.
+#[derive(Debug, serde::Serialize)]
+pub struct RulesBacktest {
+    /// The rules' version.
+    pub version: String,
+    /// Events decided.
+    pub events: usize,
+    /// Per rule: hits, hits per day, precision, recall, fraud amount, share of each outcome.
+    pub rules: Vec<riskpipe_operators::decisions::RuleReport>,
+    /// `overlap[i][j]`: events matched by rules `i` and `j` (`[i][i]`: its hits).
+    pub overlap: Vec<Vec<u64>>,
+    /// With a candidate rules file: its version and how its decisions differ.
+    pub candidate: Option<CandidateDiff>,
+}
+
+/// A candidate's decisions against the current rules' over the same events and model.
+#[derive(Debug, serde::Serialize)]
+pub struct CandidateDiff {
+    /// The candidate's version.
+    pub version: String,
+    /// `"from -> to"` → events whose decision changes so.
+    pub changed: std::collections::BTreeMap<String, u64>,
+    /// Frauds decided above the default: current, candidate.
+    pub frauds_caught: (u64, u64),
+    /// Their amount: current, candidate.
+    pub fraud_amount_caught: (f64, f64),
+    /// Per outcome above the default: distinct entities decided so, current and candidate.
+    pub entities: Vec<(String, u64, u64)>,
+}
+
+/// The rules backtest over `scored` (the replay's scored rows, decided): per rule figures
+/// against the labels, from the decisions the replay made (its `DECISION` and `RULES`); with
+/// `candidate`, that rules file decided over the same rows and compared. Writes `rules.json`
+/// and `rules.csv` into `out_dir`; returns the files.
+pub(super) fn backtest(
+    cfg: &super::FraudConfig,
+    section: &DecisionsSection,
+    base_dir: &Path,
+    scored: &[RecordBatch],
+    candidate: Option<&Path>,
+    out_dir: &Path,
+) -> Result<(RulesBacktest, Vec<PathBuf>)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampNanosecondType};
+    use riskpipe_operators::columns;
+    use riskpipe_operators::decisions::{Labelled, diff, rule_reports};
+    let rules = section.rules(base_dir).map_err(PipelineError::Config)?;
+    let decider = rules.build().map_err(PipelineError::Config)?;
+    let names = decider.rule_names();
+    let (mut fraud, mut amount, mut entity, mut time) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut decided = Decisions {
+        outcome: Vec::new(),
+        matched: Vec::new(),
+    };
+    let bug = |what: String| PipelineError::Bug(format!("a decided row: {what}"));
+    for b in scored {
+        let truth = arrow::compute::cast(columns::get(b, &cfg.truth_column())?, &DataType::Int64)?;
+        fraud.extend(
+            truth
+                .as_primitive::<Int64Type>()
+                .values()
+                .iter()
+                .map(|&f| f != 0),
+        );
+        match &cfg.events.amount {
+            Some(a) => {
+                let v = arrow::compute::cast(columns::get(b, a)?, &DataType::Float64)?;
+                let v = v.as_primitive::<Float64Type>();
+                amount.extend((0..v.len()).map(|i| if v.is_null(i) { 0.0 } else { v.value(i) }));
+            }
+            None => amount.extend(std::iter::repeat_n(0.0, b.num_rows())),
+        }
+        let e = arrow::compute::cast(columns::get(b, cfg.entity_column())?, &DataType::Utf8)?;
+        let e = e.as_string::<i32>();
+        entity.extend((0..e.len()).map(|i| e.value(i).to_string()));
+        time.extend_from_slice(
+            columns::primitive::<TimestampNanosecondType>(b, &cfg.features.event_time)?.values(),
+        );
+        let outcome = columns::get(b, score::DECISION)?.as_string::<i32>();
+        for o in outcome.iter() {
+            let o = o.unwrap_or_default();
+            let at = decider
+                .outcomes()
+                .iter()
+                .position(|x| x == o)
+                .ok_or_else(|| bug(format!("outcome {o:?} is not among the rules'")))?;
+            decided.outcome.push(at);
+        }
+        let matched = columns::get(b, score::RULES)?.as_list::<i32>();
+        for row in matched.iter() {
+            let mut hits = Vec::new();
+            if let Some(items) = row {
+                let items = items.as_struct();
+                let rule = items.column(0).as_string::<i32>();
+                for r in rule.iter().flatten() {
+                    hits.push(
+                        names
+                            .iter()
+                            .position(|n| *n == r)
+                            .ok_or_else(|| bug(format!("rule {r:?} is not among the rules'")))?,
+                    );
+                }
+            }
+            decided.matched.push(hits);
+        }
+    }
+    let entities: Vec<&str> = entity.iter().map(String::as_str).collect();
+    let labelled = Labelled {
+        fraud: &fraud,
+        amount: &amount,
+        entity: &entities,
+        time_ns: &time,
+    };
+    let (reports, overlap) = rule_reports(&decider, &decided, &labelled);
+    let candidate = match candidate {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(PipelineError::io("reading", path))?;
+            let rules: DecisionsConfig = toml::from_str(&text).map_err(|e| {
+                PipelineError::Config(vec![format!("--rules-candidate {}: {e}", path.display())])
+            })?;
+            let schema = scored
+                .first()
+                .map(RecordBatch::schema)
+                .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
+            let problems = rules.validate(&schema);
+            if !problems.is_empty() {
+                return Err(PipelineError::Config(
+                    problems
+                        .into_iter()
+                        .map(|e| format!("--rules-candidate {}: {e}", path.display()))
+                        .collect(),
+                ));
+            }
+            let mut theirs = rules.build().map_err(PipelineError::Config)?;
+            let mut decisions = Decisions {
+                outcome: Vec::new(),
+                matched: Vec::new(),
+            };
+            for b in scored {
+                let d = theirs
+                    .decide(b)
+                    .map_err(|e| bug(format!("a candidate rule failed to evaluate: {e}")))?;
+                decisions.outcome.extend(d.outcome);
+                decisions.matched.extend(d.matched);
+            }
+            let d = diff((&decider, &decided), (&theirs, &decisions), &labelled);
+            Some(CandidateDiff {
+                version: theirs.version().to_string(),
+                changed: d
+                    .changed
+                    .into_iter()
+                    .map(|((a, b), n)| (format!("{a} -> {b}"), n))
+                    .collect(),
+                frauds_caught: d.frauds_caught,
+                fraud_amount_caught: d.fraud_amount_caught,
+                entities: d.entities,
+            })
+        }
+        None => None,
+    };
+    let report = RulesBacktest {
+        version: decider.version().to_string(),
+        events: fraud.len(),
+        rules: reports,
+        overlap,
+        candidate,
+    };
+    let json_path = out_dir.join("rules.json");
+    let json = serde_json::to_vec_pretty(&report)
+        .map_err(|e| PipelineError::Bug(format!("rules.json: {e}")))?;
+    std::fs::write(&json_path, json).map_err(PipelineError::io("writing", &json_path))?;
+    let csv_path = out_dir.join("rules.csv");
+    let outcomes = &decider.outcomes()[1..];
+    let mut csv = String::from("rule,shadow,hits,hits_per_day,precision,recall,fraud_amount");
+    for o in outcomes {
+        csv.push_str(&format!(",share_of_{o}"));
+    }
+    csv.push('\n');
+    for r in &report.rules {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{}",
+            r.name, r.shadow, r.hits, r.hits_per_day, r.precision, r.recall, r.fraud_amount
+        ));
+        for o in outcomes {
+            let share = r.share.iter().find(|(n, _)| n == o).map_or(0.0, |s| s.1);
+            csv.push_str(&format!(",{share}"));
+        }
+        csv.push('\n');
+    }
+    std::fs::write(&csv_path, csv).map_err(PipelineError::io("writing", &csv_path))?;
+    Ok((report, vec![json_path, csv_path]))
+}

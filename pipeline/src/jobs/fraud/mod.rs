@@ -30,7 +30,7 @@ use riskpipe_schemas::score;
 use std::sync::Arc;
 
 pub use config::{FraudConfig, OutputsConfig, ReplayConfig, SplitConfig};
-pub use decide::DecisionsSection;
+pub use decide::{CandidateDiff, DecisionsSection, RulesBacktest};
 pub use model::FraudModel;
 pub use topology::{first_stage, forwarded_schema, partition_maker, second_stage};
 
@@ -366,6 +366,7 @@ impl JobKind for FraudConfig {
             for (topic, format) in kafka.output_formats() {
                 let schema = match topic {
                     t if t == kafka.topics.alerts => &records.alert,
+                    t if t == kafka.topics.decisions => &records.decision,
                     _ => &records.score,
                 };
                 let bad: Vec<&str> = schema
@@ -457,10 +458,10 @@ impl JobKind for FraudConfig {
             &self.features.output_fields(&inputs(self).events)?,
         );
         let topics = pipeline.kafka.as_ref().map(|k| k.topics.clone());
-        let (scores, alerts) = topics
-            .map(|t| (t.scores, t.alerts))
-            .unwrap_or_else(|| ("scores".into(), "alerts".into()));
-        Ok(vec![
+        let (scores, alerts, decisions) = topics
+            .map(|t| (t.scores, t.alerts, t.decisions))
+            .unwrap_or_else(|| ("scores".into(), "alerts".into(), "decisions".into()));
+        let mut schemas = vec![
             super::RecordSchema::of(
                 "score",
                 &scores,
@@ -476,7 +477,19 @@ impl JobKind for FraudConfig {
                 ),
                 &shapes.alert,
             )?,
-        ])
+        ];
+        if pipeline.decisions.is_some() {
+            schemas.push(super::RecordSchema::of(
+                "decision",
+                &decisions,
+                &format!(
+                    "One decision per event: its outcome, every matching rule and the rules' version, keyed by {}",
+                    shapes.key()
+                ),
+                &shapes.decision,
+            )?);
+        }
+        Ok(schemas)
     }
 
     fn feature_stage(&self) -> Result<Box<dyn FeatureStage>> {
@@ -536,7 +549,30 @@ impl JobKind for FraudConfig {
             replayed,
             out_dir,
         )?;
-        Ok((Box::new(outcome.report), outcome.files))
+        let mut files = outcome.files;
+        if let Some(section) = &pipeline.decisions {
+            let (rules, written) = decide::backtest(
+                self,
+                section,
+                &pipeline.base_dir,
+                &replayed.scored(),
+                opts.rules_candidate.as_deref(),
+                out_dir,
+            )?;
+            tracing::info!(
+                "rules {}: {} rules over {} events (rules.csv, rules.json)",
+                rules.version,
+                rules.rules.len(),
+                rules.events
+            );
+            files.extend(written);
+        } else if opts.rules_candidate.is_some() {
+            return Err(PipelineError::Config(vec![
+                "--rules-candidate compares with the [decisions] of the config, which has none"
+                    .into(),
+            ]));
+        }
+        Ok((Box::new(outcome.report), files))
     }
 
     /// The DataFusion batch twin (`sql` cargo feature), proven equal to the streaming features.
