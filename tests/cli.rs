@@ -1031,7 +1031,8 @@ fn parquet_batches(path: &Path) -> Vec<arrow::array::RecordBatch> {
 }
 
 /// Rules over 40,000 handbook transactions (a block rule on the amount, a review rule on
-/// velocity and score, a shadow rule): `riskpipe backtest` writes rules.json and rules.csv
+/// velocity and score, a shadow rule, a block list of customers in a file): `riskpipe
+/// backtest` writes rules.json and rules.csv
 /// whose per-rule hits, precision, recall and fraud amount equal a count made here from
 /// scores.parquet and the input; a candidate rules file (the amount rule at 300) changes
 /// exactly the decisions counted here.
@@ -1039,6 +1040,23 @@ fn parquet_batches(path: &Path) -> Vec<arrow::array::RecordBatch> {
 fn a_rules_backtest_equals_a_hand_count_and_a_candidate_changes_what_it_should() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = handbook_slice(dir.path(), 40_000);
+    let given = parquet_batches(&input);
+    let ids = f64s(&given, "TRANSACTION_ID");
+    let (amounts, frauds) = (f64s(&given, "TX_AMOUNT"), f64s(&given, "TX_FRAUD"));
+    let customers = f64s(&given, "CUSTOMER_ID");
+    // The block list: the customers of the first ten frauds, and one that never pays.
+    let mut blocked: Vec<i64> = (0..ids.len())
+        .filter(|&i| frauds[i] != 0.0)
+        .map(|i| customers[i] as i64)
+        .take(10)
+        .collect();
+    blocked.push(999_999_999);
+    let list: String = blocked.iter().map(|c| format!("{c}\n")).collect();
+    std::fs::write(
+        dir.path().join("blocked.txt"),
+        format!("# blocked customers\n{list}"),
+    )
+    .expect("list");
     let config = support::write_config(
         dir.path(),
         r#"
@@ -1057,6 +1075,13 @@ name = "watch"
 when = "SCORE >= 0.5"
 outcome = "block"
 shadow = true
+[[decisions.rules]]
+name = "blocked"
+when = "in_list('blocked_customers', CUSTOMER_ID)"
+outcome = "block"
+[[decisions.lists]]
+name = "blocked_customers"
+file = "blocked.txt"
 "#,
     );
     let candidate = dir.path().join("candidate.toml");
@@ -1072,6 +1097,13 @@ outcome = "block"
 name = "busy_and_risky"
 when = "CUSTOMER_ID_NB_TX_1DAY_WINDOW >= 4 AND SCORE >= 0.2"
 outcome = "review"
+[[rules]]
+name = "blocked"
+when = "in_list('blocked_customers', CUSTOMER_ID)"
+outcome = "block"
+[[lists]]
+name = "blocked_customers"
+file = "blocked.txt"
 "#,
     )
     .expect("candidate");
@@ -1089,9 +1121,6 @@ outcome = "review"
 
     // By hand: scores.parquet (id, features, score) joined with the input by id.
     let scored = parquet_batches(&out.join("scores.parquet"));
-    let given = parquet_batches(&input);
-    let ids = f64s(&given, "TRANSACTION_ID");
-    let (amounts, frauds) = (f64s(&given, "TX_AMOUNT"), f64s(&given, "TX_FRAUD"));
     let row: std::collections::HashMap<i64, usize> = ids
         .iter()
         .enumerate()
@@ -1108,11 +1137,15 @@ outcome = "review"
         match r {
             0 => amounts[at] > cut,
             1 => busy[i] >= 4.0 && score[i] as f32 >= 0.2,
-            _ => score[i] as f32 >= 0.5,
+            2 => score[i] as f32 >= 0.5,
+            _ => blocked.contains(&(customers[at] as i64)),
         }
     };
     let all_frauds = frauds.iter().filter(|&&f| f != 0.0).count() as f64;
-    for (r, name) in ["large", "busy_and_risky", "watch"].into_iter().enumerate() {
+    for (r, name) in ["large", "busy_and_risky", "watch", "blocked"]
+        .into_iter()
+        .enumerate()
+    {
         let hits: Vec<usize> = (0..sid.len()).filter(|&i| rule(i, r, 200.0)).collect();
         let fraud_hits: Vec<usize> = hits
             .iter()
@@ -1147,7 +1180,7 @@ outcome = "review"
     // The candidate: blocks only above 300; below, the velocity rule may still review.
     let (mut to_review, mut to_allow) = (0u64, 0u64);
     for i in 0..sid.len() {
-        if rule(i, 0, 200.0) && !rule(i, 0, 300.0) {
+        if rule(i, 0, 200.0) && !rule(i, 0, 300.0) && !rule(i, 3, 0.0) {
             if rule(i, 1, 0.0) {
                 to_review += 1;
             } else {

@@ -24,6 +24,25 @@ pub struct DecisionsConfig {
     /// The rules, each a name, a condition and an outcome.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// Reference lists the rules test membership in (`in_list('name', value)`).
+    #[serde(default)]
+    pub lists: Vec<ListConfig>,
+}
+
+/// One reference list (`[[decisions.lists]]`): a block list, an allow list.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListConfig {
+    /// Its name, as rules call it: `in_list('blocked_cards', card_id)`.
+    pub name: String,
+    /// A file of values, one per line (blank lines and lines starting with `#` aside),
+    /// relative to the file that declares the list; read at start and at every reload.
+    #[serde(default)]
+    pub file: Option<std::path::PathBuf>,
+    /// Values given inline (beside the file's). Values are compared as text: an integer id
+    /// as its decimal digits.
+    #[serde(default)]
+    pub values: Vec<String>,
 }
 
 /// One rule.
@@ -40,6 +59,10 @@ pub struct RuleConfig {
     /// Evaluated and reported, never deciding: a rule on trial.
     #[serde(default)]
     pub shadow: bool,
+    /// When it matches, its outcome is the decision whatever more severe rules match (an allow
+    /// list over a block); of several overriding rules that match, the most severe decides.
+    #[serde(default)]
+    pub overrides: bool,
 }
 
 impl DecisionsConfig {
@@ -79,15 +102,39 @@ impl DecisionsConfig {
                 problems.push(format!("{at}: condition {:?} is not SQL: {e}", r.when));
             }
         }
+        let mut lists = HashSet::new();
+        for (i, l) in self.lists.iter().enumerate() {
+            if l.name.is_empty() {
+                problems.push(format!("decisions.lists[{i}] has no name"));
+            } else if !lists.insert(l.name.as_str()) {
+                problems.push(format!("list {:?} is declared twice", l.name));
+            }
+            if let Some(file) = &l.file {
+                problems.push(format!(
+                    "list {:?}: its file {} was not read",
+                    l.name,
+                    file.display()
+                ));
+            }
+        }
         problems
+    }
+
+    /// The lists as sets of values.
+    fn sets(&self) -> std::collections::HashMap<String, HashSet<String>> {
+        self.lists
+            .iter()
+            .map(|l| (l.name.clone(), l.values.iter().cloned().collect()))
+            .collect()
     }
 
     /// [`Self::problems`] and those of planning each condition over `schema` (the scored
     /// events: a field it lacks, an unknown function, a condition that is not true or false).
     pub fn validate(&self, schema: &SchemaRef) -> Vec<String> {
         let mut problems = self.problems();
+        let functions = [crate::lists::Lists::new(self.sets()).function()];
         for r in &self.rules {
-            match crate::expr::plan(&r.when, schema) {
+            match crate::expr::plan_with(&r.when, schema, &functions) {
                 Ok(e) => match e.data_type(schema) {
                     Ok(DataType::Boolean) => {}
                     Ok(other) => problems.push(format!(
@@ -118,7 +165,28 @@ impl DecisionsConfig {
                 hash.update(part.as_bytes());
                 hash.update([0x1f]);
             }
-            hash.update([u8::from(r.shadow), 0x1e]);
+            hash.update([u8::from(r.shadow), u8::from(r.overrides), 0x1e]);
+        }
+        // The lists' contents decide too: a version names exactly what decided.
+        let mut lists: Vec<(&str, Vec<&str>)> = self
+            .lists
+            .iter()
+            .map(|l| {
+                let mut values: Vec<&str> = l.values.iter().map(String::as_str).collect();
+                values.sort_unstable();
+                values.dedup();
+                (l.name.as_str(), values)
+            })
+            .collect();
+        lists.sort();
+        for (name, values) in lists {
+            hash.update(name.as_bytes());
+            hash.update([0x1d]);
+            for v in values {
+                hash.update(v.as_bytes());
+                hash.update([0x1f]);
+            }
+            hash.update([0x1e]);
         }
         hash.finalize()
             .iter()
@@ -134,6 +202,8 @@ impl DecisionsConfig {
             return Err(problems);
         }
         let rank = |o: &str| self.outcomes.iter().position(|x| x == o).unwrap_or(0);
+        let lists = crate::lists::Lists::new(self.sets());
+        let function = lists.function();
         Ok(Decider {
             outcomes: self.outcomes.clone(),
             rules: self
@@ -141,12 +211,14 @@ impl DecisionsConfig {
                 .iter()
                 .map(|r| Rule {
                     name: r.name.clone(),
-                    when: Expression::new(&r.when),
+                    when: Expression::with_functions(&r.when, vec![function.clone()]),
                     rank: rank(&r.outcome),
                     shadow: r.shadow,
+                    overrides: r.overrides,
                 })
                 .collect(),
             version: self.version(),
+            lists,
         })
     }
 }
@@ -157,6 +229,7 @@ struct Rule {
     when: Expression,
     rank: usize,
     shadow: bool,
+    overrides: bool,
 }
 
 /// Decides scored batches by the rules it was built from.
@@ -165,6 +238,7 @@ pub struct Decider {
     outcomes: Vec<String>,
     rules: Vec<Rule>,
     version: String,
+    lists: crate::lists::Lists,
 }
 
 /// The decisions of one batch, row by row.
@@ -199,6 +273,11 @@ impl Decider {
         self.rules.get(i).is_some_and(|r| r.shadow)
     }
 
+    /// The reference lists the rules read (replace them to update every rule at once).
+    pub fn lists(&self) -> &crate::lists::Lists {
+        &self.lists
+    }
+
     /// The version of the rules ([`DecisionsConfig::version`]).
     pub fn version(&self) -> &str {
         &self.version
@@ -209,14 +288,25 @@ impl Decider {
     pub fn decide(&mut self, batch: &RecordBatch) -> Result<Decisions, ExprError> {
         let rows = batch.num_rows();
         let mut outcome = vec![0; rows];
+        // An overriding rule's outcome, where one matched (the most severe of them).
+        let mut forced: Vec<Option<usize>> = vec![None; rows];
         let mut matched = vec![Vec::new(); rows];
         for (i, rule) in self.rules.iter_mut().enumerate() {
             let hits = rule.when.matches(batch)?;
             for row in hits.values().set_indices() {
                 matched[row].push(i);
-                if !rule.shadow {
-                    outcome[row] = outcome[row].max(rule.rank);
+                match (rule.shadow, rule.overrides) {
+                    (true, _) => {}
+                    (false, false) => outcome[row] = outcome[row].max(rule.rank),
+                    (false, true) => {
+                        forced[row] = Some(forced[row].map_or(rule.rank, |f| f.max(rule.rank)));
+                    }
                 }
+            }
+        }
+        for (o, f) in outcome.iter_mut().zip(forced) {
+            if let Some(f) = f {
+                *o = f;
             }
         }
         Ok(Decisions { outcome, matched })
@@ -654,5 +744,76 @@ outcome = "block"
             diff.entities,
             vec![("review".to_string(), 2, 3), ("block".to_string(), 1, 0)]
         );
+    }
+
+    /// Block and allow lists: `in_list` tests membership (an integer card as its digits; a
+    /// NULL card matches no rule), an overriding allow rule wins over a block and a review,
+    /// a list that is not declared is refused when planned, and replacing the lists changes
+    /// the next batch's decisions; the lists' contents change the version.
+    #[test]
+    fn lists_decide_membership_and_an_overriding_allow_wins() {
+        let text = r#"
+outcomes = ["allow", "review", "block"]
+
+[[lists]]
+name = "blocked_cards"
+values = ["7", "9"]
+
+[[lists]]
+name = "trusted_cards"
+values = ["9"]
+
+[[rules]]
+name = "blocked"
+when = "in_list('blocked_cards', card)"
+outcome = "block"
+
+[[rules]]
+name = "trusted"
+when = "in_list('trusted_cards', card)"
+outcome = "allow"
+overrides = true
+
+[[rules]]
+name = "large"
+when = "amount > 100"
+outcome = "review"
+"#;
+        let rules = config(text);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("card", DataType::Int64, true),
+            Field::new("amount", DataType::Float64, false),
+        ]));
+        assert_eq!(rules.validate(&schema), Vec::<String>::new());
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![Some(7), Some(9), Some(3), None])),
+                Arc::new(Float64Array::from(vec![10.0, 500.0, 500.0, 500.0])),
+            ],
+        )
+        .expect("batch");
+        let mut decider = rules.build().expect("decider");
+        let d = decider.decide(&batch).expect("decide");
+        assert_eq!(d.outcome, vec![2, 0, 1, 1]);
+        assert_eq!(d.matched, vec![vec![0], vec![0, 1, 2], vec![2], vec![2]]);
+
+        decider.lists().replace(
+            [
+                ("blocked_cards".to_string(), ["3".to_string()].into()),
+                ("trusted_cards".to_string(), HashSet::new()),
+            ]
+            .into(),
+        );
+        let d = decider.decide(&batch).expect("decide");
+        assert_eq!(d.outcome, vec![0, 1, 2, 1]);
+
+        let unknown = config(&text.replace("in_list('trusted_cards'", "in_list('nope'"));
+        let problems = unknown.validate(&schema).join("\n");
+        assert!(problems.contains("no list \"nope\""), "{problems}");
+        let other = config(&text.replace("\"7\", \"9\"", "\"7\""));
+        assert_ne!(other.version(), rules.version());
+        let reordered = config(&text.replace("\"7\", \"9\"", "\"9\", \"7\""));
+        assert_eq!(reordered.version(), rules.version());
     }
 }

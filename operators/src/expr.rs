@@ -109,6 +109,72 @@ impl ContextProvider for Functions {
     }
 }
 
+/// The functions every expression may call and, first, a few more of one caller's own (a
+/// decision rule's `in_list`).
+struct WithExtra<'a> {
+    base: &'a Functions,
+    extra: &'a [Arc<ScalarUDF>],
+}
+
+impl ContextProvider for WithExtra<'_> {
+    fn get_table_source(
+        &self,
+        name: TableReference,
+    ) -> datafusion_common::Result<Arc<dyn TableSource>> {
+        self.base.get_table_source(name)
+    }
+
+    fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {
+        self.base.get_expr_planners()
+    }
+
+    fn get_function_meta(&self, name: &str) -> Option<Arc<ScalarUDF>> {
+        self.extra
+            .iter()
+            .find(|f| f.name() == name)
+            .cloned()
+            .or_else(|| self.base.get_function_meta(name))
+    }
+
+    fn get_higher_order_meta(&self, name: &str) -> Option<Arc<HigherOrderUDF>> {
+        self.base.get_higher_order_meta(name)
+    }
+
+    fn get_aggregate_meta(&self, name: &str) -> Option<Arc<AggregateUDF>> {
+        self.base.get_aggregate_meta(name)
+    }
+
+    fn get_window_meta(&self, name: &str) -> Option<Arc<WindowUDF>> {
+        self.base.get_window_meta(name)
+    }
+
+    fn get_variable_type(&self, variable_names: &[String]) -> Option<DataType> {
+        self.base.get_variable_type(variable_names)
+    }
+
+    fn options(&self) -> &ConfigOptions {
+        self.base.options()
+    }
+
+    fn udf_names(&self) -> Vec<String> {
+        let mut names = self.base.udf_names();
+        names.extend(self.extra.iter().map(|f| f.name().to_string()));
+        names
+    }
+
+    fn higher_order_function_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn udaf_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn udwf_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 /// Why an expression cannot be planned or evaluated.
 #[derive(Debug, thiserror::Error)]
 pub enum ExprError {
@@ -138,11 +204,23 @@ fn parse(sql: &str) -> datafusion_common::Result<datafusion_sql::sqlparser::ast:
 /// `sql` planned over `schema` into a physical expression, types coerced as DataFusion's own
 /// queries coerce them.
 pub fn plan(sql: &str, schema: &SchemaRef) -> Result<Arc<dyn PhysicalExpr>, ExprError> {
+    plan_with(sql, schema, &[])
+}
+
+/// [`plan`], the expression also calling `extra` functions.
+pub fn plan_with(
+    sql: &str,
+    schema: &SchemaRef,
+    extra: &[Arc<ScalarUDF>],
+) -> Result<Arc<dyn PhysicalExpr>, ExprError> {
     let plan_error = |e: DataFusionError| ExprError::Plan(e.strip_backtrace());
     let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(plan_error)?;
     let parsed = parse(sql).map_err(plan_error)?;
-    let functions: &Functions = &FUNCTIONS;
-    let logical: Expr = SqlToRel::new(functions)
+    let functions = WithExtra {
+        base: &FUNCTIONS,
+        extra,
+    };
+    let logical: Expr = SqlToRel::new(&functions)
         .sql_to_expr_with_alias(parsed, &df_schema, &mut PlannerContext::new())
         .map_err(plan_error)?;
     let df_schema = Arc::new(df_schema);
@@ -166,14 +244,21 @@ pub fn plan(sql: &str, schema: &SchemaRef) -> Result<Arc<dyn PhysicalExpr>, Expr
 pub struct Expression {
     sql: String,
     planned: Option<(SchemaRef, Arc<dyn PhysicalExpr>)>,
+    extra: Vec<Arc<ScalarUDF>>,
 }
 
 impl Expression {
     /// The expression `sql` (planned on the first batch).
     pub fn new(sql: &str) -> Self {
+        Self::with_functions(sql, Vec::new())
+    }
+
+    /// The expression `sql`, which may also call `extra` functions.
+    pub fn with_functions(sql: &str, extra: Vec<Arc<ScalarUDF>>) -> Self {
         Self {
             sql: sql.into(),
             planned: None,
+            extra,
         }
     }
 
@@ -187,7 +272,7 @@ impl Expression {
         match &self.planned {
             Some((s, e)) if s == schema => Ok(e.clone()),
             _ => {
-                let e = plan(&self.sql, schema)?;
+                let e = plan_with(&self.sql, schema, &self.extra)?;
                 self.planned = Some((schema.clone(), e.clone()));
                 Ok(e)
             }

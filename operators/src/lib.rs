@@ -31,6 +31,7 @@ mod config;
 pub mod decisions;
 pub mod expr;
 mod label_risk;
+pub mod lists;
 mod market;
 mod sql;
 mod state;

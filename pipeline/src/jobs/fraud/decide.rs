@@ -9,7 +9,7 @@ use arrow::array::{
     ArrayRef, BooleanBuilder, ListBuilder, RecordBatch, StringArray, StringBuilder, StructBuilder,
 };
 use arrow::datatypes::{DataType, Field, SchemaRef};
-use riskpipe_operators::decisions::{Decider, Decisions, DecisionsConfig, RuleConfig};
+use riskpipe_operators::decisions::{Decider, Decisions, DecisionsConfig, ListConfig, RuleConfig};
 use riskpipe_schemas::score;
 use serde::Deserialize;
 
@@ -31,6 +31,10 @@ pub struct DecisionsSection {
     /// decision is the most severe outcome of the non-shadow rules it matches. Not with `file`.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// Reference lists (`[[decisions.lists]]`: `name`, `file` and/or `values`) the rules test
+    /// membership in with `in_list('name', value)`. Not with `file`.
+    #[serde(default)]
+    pub lists: Vec<ListConfig>,
     /// A rules file (TOML: `outcomes` and `[[rules]]`), relative to this config: what the
     /// decisions use instead of `outcomes` and `rules` here.
     #[serde(default)]
@@ -43,32 +47,38 @@ pub struct DecisionsSection {
 impl DecisionsSection {
     /// The rules this section declares (read from `file`, relative to `base_dir`, where
     /// given); every problem of reading them at once.
+    /// Every list's file is read (relative to the file that declares it).
     pub fn rules(&self, base_dir: &Path) -> std::result::Result<DecisionsConfig, Vec<String>> {
         let Some(file) = &self.file else {
-            return Ok(DecisionsConfig {
-                outcomes: self.outcomes.clone(),
-                rules: self.rules.clone(),
-            });
+            return read_lists(
+                DecisionsConfig {
+                    outcomes: self.outcomes.clone(),
+                    rules: self.rules.clone(),
+                    lists: self.lists.clone(),
+                },
+                base_dir,
+            );
         };
         let mut problems = Vec::new();
-        if !self.outcomes.is_empty() || !self.rules.is_empty() {
+        if !self.outcomes.is_empty() || !self.rules.is_empty() || !self.lists.is_empty() {
             problems.push(
-                "decisions: outcomes and rules come from decisions.file or from [decisions], not both"
+                "decisions: outcomes, rules and lists come from decisions.file or from [decisions], not both"
                     .to_string(),
             );
         }
         let path = base_dir.join(file);
         let read = std::fs::read_to_string(&path)
-            .map_err(|e| format!("decisions.file {}: {e}", path.display()))
+            .map_err(|e| vec![format!("decisions.file {}: {e}", path.display())])
             .and_then(|text| {
                 toml::from_str::<DecisionsConfig>(&text)
-                    .map_err(|e| format!("decisions.file {}: {e}", path.display()))
-            });
+                    .map_err(|e| vec![format!("decisions.file {}: {e}", path.display())])
+            })
+            .and_then(|rules| read_lists(rules, path.parent().unwrap_or(base_dir)));
         match read {
             Ok(rules) if problems.is_empty() => Ok(rules),
             Ok(_) => Err(problems),
             Err(e) => {
-                problems.push(e);
+                problems.extend(e);
                 Err(problems)
             }
         }
@@ -97,6 +107,34 @@ impl DecisionsSection {
     }
 }
 
+/// `rules` with each list's file read into its values (relative to `dir`): one value per line,
+/// blank lines and lines starting with `#` aside.
+fn read_lists(
+    mut rules: DecisionsConfig,
+    dir: &Path,
+) -> std::result::Result<DecisionsConfig, Vec<String>> {
+    let mut problems = Vec::new();
+    for list in &mut rules.lists {
+        let Some(file) = list.file.take() else {
+            continue;
+        };
+        let path = dir.join(&file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => list.values.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            ),
+            Err(e) => problems.push(format!("list {:?}: {}: {e}", list.name, path.display())),
+        }
+    }
+    match problems.is_empty() {
+        true => Ok(rules),
+        false => Err(problems),
+    }
+}
+
 /// The rules `[alerts] threshold` stands for without `[decisions]`: `threshold` (the model's
 /// `ALERT` flag, its score at or over the threshold) decides `review`, which is an alert.
 pub(super) fn shipped() -> DecisionsConfig {
@@ -107,7 +145,9 @@ pub(super) fn shipped() -> DecisionsConfig {
             when: score::ALERT.into(),
             outcome: "review".into(),
             shadow: false,
+            overrides: false,
         }],
+        lists: Vec::new(),
     }
 }
 
@@ -365,9 +405,18 @@ pub(super) fn backtest(
     let (reports, overlap) = rule_reports(&decider, &decided, &labelled);
     let candidate = match candidate {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(PipelineError::io("reading", path))?;
-            let rules: DecisionsConfig = toml::from_str(&text).map_err(|e| {
-                PipelineError::Config(vec![format!("--rules-candidate {}: {e}", path.display())])
+            let rules = DecisionsSection {
+                file: Some(path.to_path_buf()),
+                ..DecisionsSection::default()
+            }
+            .rules(Path::new("."))
+            .map_err(|problems| {
+                PipelineError::Config(
+                    problems
+                        .into_iter()
+                        .map(|e| format!("--rules-candidate: {e}"))
+                        .collect(),
+                )
             })?;
             let schema = scored
                 .first()
