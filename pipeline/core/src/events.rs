@@ -64,6 +64,9 @@ pub const CHALLENGER_ROWS: &str = "riskpipe_challenger_rows_total";
 pub const RULE_HITS: &str = "riskpipe_rule_hits_total";
 /// Events decided, by `outcome`.
 pub const DECISIONS: &str = "riskpipe_decisions_total";
+/// `[decisions] jump_factor`, per `rule`: the alert `RiskpipeRuleHitRateJump` fires when the
+/// rule's hit rate over the last hour exceeds this many times its rate over the last day.
+pub const RULE_JUMP_FACTOR: &str = "riskpipe_rule_jump_factor";
 /// Seconds the challenger took per batch (beside `riskpipe_stage_seconds{stage="score"}`).
 pub const CHALLENGER_SECONDS: &str = "riskpipe_challenger_seconds";
 /// Population stability index of a model input or the score (`column`) over the drift window
@@ -312,6 +315,12 @@ pub const METRICS: &[Metric] = &[
         help: "Events decided, by outcome",
     },
     Metric {
+        name: RULE_JUMP_FACTOR,
+        kind: Kind::Gauge,
+        labels: &["rule"],
+        help: "How many times its daily hit rate a rule's hourly rate may reach before RiskpipeRuleHitRateJump fires",
+    },
+    Metric {
         name: CHALLENGER_SECONDS,
         kind: Kind::Histogram,
         labels: &[],
@@ -466,6 +475,11 @@ pub fn challenger_scored(seconds: f64, agree: u64, disagree: u64, difference: f6
 pub fn rule_hits(rule: &str, shadow: bool, n: u64) {
     counter!(RULE_HITS, "rule" => rule.to_string(), "shadow" => if shadow { "true" } else { "false" })
         .increment(n);
+}
+
+/// Rule `rule` alerts when its hourly hit rate exceeds `factor` times its daily one.
+pub fn rule_jump_factor(rule: &str, factor: f64) {
+    gauge!(RULE_JUMP_FACTOR, "rule" => rule.to_string()).set(factor);
 }
 
 /// `n` events of a batch were decided `outcome`.

@@ -19,7 +19,7 @@ use crate::{PipelineError, Result};
 /// `[decisions]`: the rules that turn a scored event into a decision, and which decisions are
 /// alerts. Without it, an event is an alert when its score reaches `[alerts] threshold` (the
 /// shipped rule `threshold`: `ALERT` → `review`) and no decision records are published.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionsSection {
     /// The outcomes in order of severity, least severe first (e.g. `["allow", "review",
@@ -42,6 +42,28 @@ pub struct DecisionsSection {
     /// The outcomes published as alerts too (default: every outcome but the first).
     #[serde(default)]
     pub alert: Option<Vec<String>>,
+    /// The alert `RiskpipeRuleHitRateJump` fires for a rule whose hit rate over the last hour
+    /// exceeds this many times its rate over the last day (exported per rule as
+    /// `riskpipe_rule_jump_factor`).
+    #[serde(default = "default_jump_factor")]
+    pub jump_factor: f64,
+}
+
+fn default_jump_factor() -> f64 {
+    3.0
+}
+
+impl Default for DecisionsSection {
+    fn default() -> Self {
+        Self {
+            outcomes: Vec::new(),
+            rules: Vec::new(),
+            lists: Vec::new(),
+            file: None,
+            alert: None,
+            jump_factor: default_jump_factor(),
+        }
+    }
 }
 
 impl DecisionsSection {
@@ -95,6 +117,12 @@ impl DecisionsSection {
             .into_iter()
             .map(|e| format!("decisions: {e}"))
             .collect();
+        if !(self.jump_factor.is_finite() && self.jump_factor > 1.0) {
+            p.push(format!(
+                "decisions.jump_factor must be a number over 1, not {}",
+                self.jump_factor
+            ));
+        }
         for o in self.alert.iter().flatten() {
             if !rules.outcomes.contains(o) {
                 p.push(format!(
@@ -199,6 +227,10 @@ impl Decide {
             Some(names) => rules.outcomes.iter().map(|o| names.contains(o)).collect(),
             None => (0..rules.outcomes.len()).map(|i| i > 0).collect(),
         };
+        let factor = section.map_or_else(default_jump_factor, |s| s.jump_factor);
+        for name in decider.rule_names() {
+            crate::events::rule_jump_factor(name, factor);
+        }
         let version = Repeated::new(decider.version());
         Ok(Self {
             decider,
