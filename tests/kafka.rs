@@ -661,3 +661,154 @@ fn replay_of_a_topic_range_writes_the_backtest_outputs_with_the_same_scores() {
     }
     assert_eq!(expected.len(), n - 10_000);
 }
+
+/// Decisions live equal the backtest of the rules version they name: 30,000 handbook
+/// transactions on four partitions through a block rule on the amount, a review rule on
+/// velocity and score, a shadow rule and a block list. Every transaction gets one decision
+/// record naming the rules' version, and its outcome, matching rules and score equal the
+/// backtest's decision of it (the same config replayed by the product's driver); the alerts
+/// are the review and block decisions. (The reasons are not compared: they are measured
+/// against a baseline of the rows scored so far, which depends on batch boundaries.)
+#[test]
+fn live_decisions_equal_the_backtest_of_the_rules_version_they_name() {
+    let (cfg, history) = handbook();
+    let n = 30_000;
+    let feed = feed(history, cfg, 0, n).expect("feed");
+    let mut topics = MULTI_PARTITION.to_vec();
+    topics.push(("decisions", 4));
+    let broker = Broker::start(&topics);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocked: Vec<i64> = (0..40).map(|i| i * 97).collect();
+    std::fs::write(
+        dir.path().join("blocked.txt"),
+        blocked.iter().map(|c| format!("{c}\n")).collect::<String>(),
+    )
+    .expect("list");
+    let rules = r#"
+[decisions]
+outcomes = ["allow", "review", "block"]
+[[decisions.rules]]
+name = "large"
+when = "TX_AMOUNT > 220"
+outcome = "block"
+[[decisions.rules]]
+name = "busy_and_risky"
+when = "CUSTOMER_ID_NB_TX_1DAY_WINDOW >= 3 AND SCORE >= 0.1"
+outcome = "review"
+[[decisions.rules]]
+name = "watch"
+when = "SCORE >= 0.5"
+outcome = "block"
+shadow = true
+[[decisions.rules]]
+name = "blocked"
+when = "in_list('blocked_customers', CUSTOMER_ID)"
+outcome = "block"
+[[decisions.lists]]
+name = "blocked_customers"
+file = "blocked.txt"
+"#;
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{rules}{}",
+            kafka_section(&broker.bootstrap, "live-decisions", "")
+        ),
+    );
+    let mut pipeline = start_after_labels(&config, &feed, &broker.bootstrap);
+    publish(
+        &feed,
+        &producer(&broker.bootstrap),
+        &broker.bootstrap,
+        false,
+        10_000.0,
+    );
+    let decisions = reader(&broker.bootstrap, "decisions");
+    let got = collect(&decisions, Duration::from_secs(300), |r| r.len() >= n);
+    let extra = drain(&decisions, Duration::from_secs(1));
+    assert!(
+        extra.is_empty(),
+        "{} decisions beyond one per transaction",
+        extra.len()
+    );
+
+    let live_cfg = PipelineConfig::load(&config).expect("config");
+    let replayed = backtest::replay(
+        &live_cfg,
+        Arc::new(history.head(n)),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .expect("replay");
+    // What a decision is, reasons aside.
+    let key = |v: &serde_json::Value| -> (i64, String) {
+        let mut v = v.clone();
+        let id = v["TRANSACTION_ID"].as_i64().expect("id");
+        if let Some(o) = v.as_object_mut() {
+            o.remove("REASONS");
+        }
+        (id, v.to_string())
+    };
+    let mut expected = HashMap::new();
+    for o in &replayed.collected.outputs {
+        let Some(r) = &o.decisions else { continue };
+        let mut payloads = riskpipe_pipeline::encoders::Payloads::default();
+        riskpipe_pipeline::encoders::Encoder::encode(
+            &mut riskpipe_pipeline::encoders::JsonEncoder,
+            "decisions",
+            &r.batch,
+            &mut payloads,
+        )
+        .expect("encode");
+        for p in payloads.iter() {
+            let (id, text) = key(&serde_json::from_slice(p).expect("json"));
+            expected.insert(id, text);
+        }
+    }
+    assert_eq!(expected.len(), n, "the backtest decides every transaction");
+    let (mut seen, mut outcomes) = (BTreeSet::new(), HashMap::<String, usize>::new());
+    let version = riskpipe_pipeline::jobs::fraud::DecisionsSection::rules(
+        live_cfg.decisions.as_ref().expect("decisions"),
+        dir.path(),
+    )
+    .expect("rules")
+    .version();
+    for g in &got {
+        let v: serde_json::Value = serde_json::from_slice(&g.payload).expect("decision");
+        assert_eq!(v["RULES_VERSION"], version.as_str());
+        *outcomes
+            .entry(v["DECISION"].as_str().expect("decision").to_string())
+            .or_default() += 1;
+        let (id, text) = key(&v);
+        assert!(seen.insert(id), "two decisions of {id}");
+        assert_eq!(Some(&text), expected.get(&id), "decision of {id}");
+    }
+    assert_eq!(seen.len(), n);
+    for o in ["allow", "review", "block"] {
+        assert!(
+            outcomes.get(o).copied().unwrap_or(0) > 0,
+            "no {o}: {outcomes:?}"
+        );
+    }
+    let alerts = outcomes["review"] + outcomes["block"];
+    let got_alerts = collect(
+        &reader(&broker.bootstrap, "alerts"),
+        Duration::from_secs(60),
+        |r| r.len() >= alerts,
+    );
+    assert_eq!(
+        got_alerts.len(),
+        alerts,
+        "alerts are the review and block decisions"
+    );
+    assert!(
+        pipeline.metric("riskpipe_rule_hits_total", "rule=\"blocked\"") > 0.0,
+        "the block list matched"
+    );
+    assert_eq!(
+        pipeline.metric("riskpipe_decisions_total", ""),
+        n as f64,
+        "one decision counted per transaction"
+    );
+    let (ok, _) = pipeline.terminate();
+    assert!(ok, "SIGTERM exits 0");
+}
