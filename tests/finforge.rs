@@ -750,3 +750,57 @@ fn exact_spreads(events: &RecordBatch, name: &str) -> Vec<f64> {
     }
     out
 }
+
+/// The example's rules (`examples/finforge/rules.toml`: one rule per injected scenario, the
+/// model's score, a shadow rule) backtested over the whole data set: every rule matches, the
+/// model's rules catch every fraud without a false alarm (the model is saturated on this
+/// simulator), and each scenario rule holds a third of its hits fraud or more.
+#[test]
+fn the_example_rules_backtest_on_finforge() {
+    let history = history();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg_path = config(dir.path(), "localhost:9");
+    let rules = root().join("examples/finforge/rules.toml");
+    let text = std::fs::read_to_string(&cfg_path).expect("config")
+        + &format!("\n[decisions]\nfile = {:?}\n", rules.display().to_string());
+    std::fs::write(&cfg_path, text).expect("config");
+    let out = dir.path().join("backtest");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_riskpipe"))
+        .args(["backtest", "--quiet", "--config"])
+        .arg(&cfg_path)
+        .arg("--input")
+        .arg(&history)
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .expect("riskpipe backtest");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("rules.json")).expect("rules"))
+            .expect("json");
+    let rules: HashMap<&str, &serde_json::Value> = report["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| (r["name"].as_str().expect("name"), r))
+        .collect();
+    let f = |rule: &str, field: &str| rules[rule][field].as_f64().expect(field);
+    for (rule, r) in &rules {
+        assert!(
+            r["hits"].as_u64().expect("hits") > 0,
+            "{rule} matches nothing"
+        );
+        assert!(f(rule, "precision") >= 0.33, "{rule}: {r}");
+    }
+    for rule in ["model_confident", "model_alert"] {
+        assert!(
+            f(rule, "precision") >= 0.99 && f(rule, "recall") >= 0.99,
+            "{rule}"
+        );
+    }
+    assert_eq!(rules["merchant_hopping"]["shadow"], true);
+    eprintln!(
+        "{}",
+        std::fs::read_to_string(out.join("rules.csv")).expect("csv")
+    );
+}

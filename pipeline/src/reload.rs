@@ -2,6 +2,10 @@
 //! the score stage between two batches, so no message is lost or scored twice and the only
 //! pause is the check of the first batch the new model scores.
 //!
+//! Decision rules (`[decisions]`: the rules file, the lists' files) reload on the same
+//! triggers: read and checked as `riskpipe validate` checks them, refused with every problem
+//! listed (the running rules stay), else swapped in by the score stage from one batch on.
+//!
 //! Triggers: the model file changed (`[reload] watch`, polled; a file must be the same on two
 //! checks in a row, so a copy in progress is not loaded), SIGHUP, `POST /admin/reload`
 //! (`observability.admin`). A model that fails a check (it does not load, reads columns the job
@@ -102,13 +106,16 @@ impl Reloader {
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let watch = &self.cfg.reload;
-        let paths: Vec<_> = self
+        let mut paths: Vec<_> = self
             .cfg
             .model
             .all()
             .iter()
             .map(|m| m.path.clone())
             .collect();
+        if let Some(d) = &self.cfg.decisions {
+            paths.extend(d.files(&self.cfg.base_dir));
+        }
         let stamps = || paths.iter().map(|p| stamp(p)).collect::<Option<Vec<_>>>();
         let mut loaded = stamps();
         let mut last = loaded.clone();
@@ -168,7 +175,62 @@ impl Reloader {
             Reloaded::Unchanged(_) => "unchanged",
             Reloaded::Refused(_) => "refused",
         });
+        if self.cfg.decisions.is_some() {
+            let me = self.clone();
+            let rules = tokio::task::spawn_blocking(move || me.load_rules())
+                .await
+                .unwrap_or_else(|e| Err(PipelineError::Bug(format!("rules load task: {e}"))));
+            let result = match rules {
+                Ok(Some(rules)) => {
+                    tracing::info!(
+                        trigger,
+                        version = rules.version(),
+                        "decision rules read and checked; swapped in at the next batch"
+                    );
+                    self.slot.offer_rules(rules, trigger);
+                    "offered"
+                }
+                Ok(None) => {
+                    tracing::info!(trigger, "decision rules unchanged: nothing to reload");
+                    "unchanged"
+                }
+                Err(e) => {
+                    tracing::error!(
+                        trigger,
+                        "decision rules refused, the running rules keep deciding: {e}"
+                    );
+                    "refused"
+                }
+            };
+            events::rules_reload(result);
+        }
         reloaded
+    }
+
+    /// Reads the decision rules and checks them as `riskpipe validate` does (every problem at
+    /// once); `None` when they are the version deciding already.
+    fn load_rules(&self) -> Result<Option<riskpipe_operators::decisions::DecisionsConfig>> {
+        let Some(section) = &self.cfg.decisions else {
+            return Ok(None);
+        };
+        let rules = section
+            .rules(&self.cfg.base_dir)
+            .map_err(PipelineError::Config)?;
+        if self.slot.has_rules(&rules.version()) {
+            return Ok(None);
+        }
+        let problems: Vec<String> = self
+            .cfg
+            .job
+            .kind()
+            .problems(&self.cfg)
+            .into_iter()
+            .filter(|p| p.starts_with("decisions"))
+            .collect();
+        match problems.is_empty() {
+            true => Ok(Some(rules)),
+            false => Err(PipelineError::Config(problems)),
+        }
     }
 
     /// Loads and checks the model files (every member of an ensemble); `None` when they hold

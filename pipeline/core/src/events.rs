@@ -64,6 +64,9 @@ pub const CHALLENGER_ROWS: &str = "riskpipe_challenger_rows_total";
 pub const RULE_HITS: &str = "riskpipe_rule_hits_total";
 /// Events decided, by `outcome`.
 pub const DECISIONS: &str = "riskpipe_decisions_total";
+/// Reloads of the decision rules by `result`: `offered` (checked, waiting for the next
+/// batch), `unchanged`, `refused` (the running rules stay), `swapped` (deciding from a batch on).
+pub const RULES_RELOADS: &str = "riskpipe_rules_reloads_total";
 /// `[decisions] jump_factor`, per `rule`: the alert `RiskpipeRuleHitRateJump` fires when the
 /// rule's hit rate over the last hour exceeds this many times its rate over the last day.
 pub const RULE_JUMP_FACTOR: &str = "riskpipe_rule_jump_factor";
@@ -315,6 +318,12 @@ pub const METRICS: &[Metric] = &[
         help: "Events decided, by outcome",
     },
     Metric {
+        name: RULES_RELOADS,
+        kind: Kind::Counter,
+        labels: &["result"],
+        help: "Reloads of the decision rules by result (offered, unchanged, refused, swapped)",
+    },
+    Metric {
         name: RULE_JUMP_FACTOR,
         kind: Kind::Gauge,
         labels: &["rule"],
@@ -475,6 +484,11 @@ pub fn challenger_scored(seconds: f64, agree: u64, disagree: u64, difference: f6
 pub fn rule_hits(rule: &str, shadow: bool, n: u64) {
     counter!(RULE_HITS, "rule" => rule.to_string(), "shadow" => if shadow { "true" } else { "false" })
         .increment(n);
+}
+
+/// A reload of the decision rules ended with `result`.
+pub fn rules_reload(result: &'static str) {
+    counter!(RULES_RELOADS, "result" => result).increment(1);
 }
 
 /// Rule `rule` alerts when its hourly hit rate exceeds `factor` times its daily one.

@@ -42,6 +42,11 @@ pub struct DecisionsSection {
     /// The outcomes published as alerts too (default: every outcome but the first).
     #[serde(default)]
     pub alert: Option<Vec<String>>,
+    /// A file every change of the rules is appended to, one JSON line each: when it took
+    /// effect, what asked for it (`request`: SIGHUP or `POST /admin/reload`; `file`: a watched
+    /// file changed), the version before and after.
+    #[serde(default)]
+    pub changes: Option<PathBuf>,
     /// The alert `RiskpipeRuleHitRateJump` fires for a rule whose hit rate over the last hour
     /// exceeds this many times its rate over the last day (exported per rule as
     /// `riskpipe_rule_jump_factor`).
@@ -61,6 +66,7 @@ impl Default for DecisionsSection {
             lists: Vec::new(),
             file: None,
             alert: None,
+            changes: None,
             jump_factor: default_jump_factor(),
         }
     }
@@ -104,6 +110,32 @@ impl DecisionsSection {
                 Err(problems)
             }
         }
+    }
+
+    /// The files the rules come from (the rules file, the lists' files): a reload watches them.
+    pub fn files(&self, base_dir: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let (lists, dir) = match &self.file {
+            Some(f) => {
+                let path = base_dir.join(f);
+                let lists = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| toml::from_str::<DecisionsConfig>(&t).ok())
+                    .map(|r| r.lists)
+                    .unwrap_or_default();
+                let dir = path.parent().unwrap_or(base_dir).to_path_buf();
+                files.push(path);
+                (lists, dir)
+            }
+            None => (self.lists.clone(), base_dir.to_path_buf()),
+        };
+        files.extend(
+            lists
+                .iter()
+                .filter_map(|l| l.file.as_ref())
+                .map(|f| dir.join(f)),
+        );
+        files
     }
 
     /// Every problem of the section against the scored rows' `schema`, at once.
@@ -194,9 +226,22 @@ pub(super) struct Decide {
     decider: Decider,
     /// Per outcome, whether it is an alert.
     alert: Vec<bool>,
+    /// The outcomes `[decisions] alert` names (`None`: all but the first).
+    alert_names: Option<Vec<String>>,
+    jump_factor: f64,
+    /// Where rule changes are logged (`[decisions] changes`), resolved.
+    changes: Option<PathBuf>,
     /// `[decisions]` declared: decision columns and records are published.
     pub(super) declared: bool,
     pub(super) version: Repeated,
+}
+
+/// Per outcome, whether it is an alert: those `names` lists, or every outcome but the first.
+fn alert_of(names: Option<&[String]>, outcomes: &[String]) -> Vec<bool> {
+    match names {
+        Some(names) => outcomes.iter().map(|o| names.contains(o)).collect(),
+        None => (0..outcomes.len()).map(|i| i > 0).collect(),
+    }
 }
 
 /// One batch decided.
@@ -223,21 +268,77 @@ impl Decide {
                     .collect(),
             )
         })?;
-        let alert = match section.and_then(|s| s.alert.as_ref()) {
-            Some(names) => rules.outcomes.iter().map(|o| names.contains(o)).collect(),
-            None => (0..rules.outcomes.len()).map(|i| i > 0).collect(),
-        };
-        let factor = section.map_or_else(default_jump_factor, |s| s.jump_factor);
+        let alert_names = section.and_then(|s| s.alert.clone());
+        let jump_factor = section.map_or_else(default_jump_factor, |s| s.jump_factor);
         for name in decider.rule_names() {
-            crate::events::rule_jump_factor(name, factor);
+            crate::events::rule_jump_factor(name, jump_factor);
         }
         let version = Repeated::new(decider.version());
         Ok(Self {
+            alert: alert_of(alert_names.as_deref(), decider.outcomes()),
             decider,
-            alert,
+            alert_names,
+            jump_factor,
+            changes: section
+                .and_then(|s| s.changes.as_ref())
+                .map(|c| base_dir.join(c)),
             declared,
             version,
         })
+    }
+
+    /// The version of the rules deciding.
+    pub(super) fn version(&self) -> &str {
+        self.decider.version()
+    }
+
+    /// Decides with `rules` (checked by the reloader, asked for by `trigger`) from the next
+    /// batch on; the change is logged, and appended to `[decisions] changes`.
+    pub(super) fn swap(&mut self, rules: &DecisionsConfig, trigger: &str) {
+        let decider = match rules.build() {
+            Ok(d) => d,
+            Err(problems) => {
+                crate::events::rules_reload("refused");
+                tracing::error!(
+                    "decision rules {} refused, {} keeps deciding: {problems:?}",
+                    rules.version(),
+                    self.decider.version()
+                );
+                return;
+            }
+        };
+        let before = self.decider.version().to_string();
+        for name in decider.rule_names() {
+            crate::events::rule_jump_factor(name, self.jump_factor);
+        }
+        self.alert = alert_of(self.alert_names.as_deref(), decider.outcomes());
+        self.version = Repeated::new(decider.version());
+        self.decider = decider;
+        crate::events::rules_reload("swapped");
+        let after = self.decider.version();
+        tracing::info!(
+            trigger,
+            "decision rules swapped: {before} -> {after} from this batch on"
+        );
+        if let Some(path) = &self.changes {
+            let line = serde_json::json!({
+                "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "trigger": trigger,
+                "from": before,
+                "to": after,
+            });
+            let appended = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| {
+                    use std::io::Write;
+                    writeln!(f, "{line}")
+                });
+            if let Err(e) = appended {
+                tracing::warn!("decisions.changes {}: {e}", path.display());
+            }
+        }
     }
 
     /// Decides every row of `scored`; a rule that fails to evaluate stops the pipeline (the
@@ -389,7 +490,10 @@ pub(super) fn backtest(
             Some(a) => {
                 let v = arrow::compute::cast(columns::get(b, a)?, &DataType::Float64)?;
                 let v = v.as_primitive::<Float64Type>();
-                amount.extend((0..v.len()).map(|i| if v.is_null(i) { 0.0 } else { v.value(i) }));
+                // Money moved either way: a signed amount counts by its size.
+                amount.extend(
+                    (0..v.len()).map(|i| if v.is_null(i) { 0.0 } else { v.value(i).abs() }),
+                );
             }
             None => amount.extend(std::iter::repeat_n(0.0, b.num_rows())),
         }

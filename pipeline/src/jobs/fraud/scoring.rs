@@ -393,6 +393,7 @@ impl ScoreStage for FraudScoring {
 
     fn follow_models(&mut self, slot: std::sync::Arc<crate::reload::ModelSlot>) -> bool {
         slot.scoring(self.model.model().version());
+        slot.deciding(self.decide.version());
         crate::events::model_scoring(&self.label, None, 0.0);
         self.updates = Some(slot);
         true
@@ -401,6 +402,12 @@ impl ScoreStage for FraudScoring {
     fn process(&mut self, featured: Featured) -> Result<JobOutput> {
         if let Some(next) = self.updates.as_ref().and_then(|s| s.take()) {
             self.swap(next, &featured.batch);
+        }
+        if let Some((rules, trigger)) = self.updates.as_ref().and_then(|s| s.take_rules()) {
+            self.decide.swap(&rules, trigger);
+            if let Some(slot) = &self.updates {
+                slot.deciding(self.decide.version());
+            }
         }
         let shadow = self.challenger.as_ref().map(|_| featured.batch.clone());
         let (scored, unfit) = self.model.process(featured.batch)?;
