@@ -68,7 +68,8 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
-    /// Measure a full replay against scoring the same rows alone (median of --runs).
+    /// Measure a full replay against scoring the same rows alone (median of --runs); with
+    /// --rules, the replay with those decision rules against it without any, interleaved.
     Bench {
         /// Pipeline config (TOML); default: the shipped handbook fraud pipeline.
         #[arg(long)]
@@ -79,6 +80,10 @@ enum Command {
         /// Repetitions.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Fraud pipelines: a rules file (TOML: outcomes, [[rules]], [[lists]]); each run
+        /// replays the history without [decisions] and with these rules, in alternating order.
+        #[arg(long)]
+        rules: Option<PathBuf>,
     },
     /// The main job: consume transactions and labels from Kafka, publish scores, alerts and
     /// dead letters (at-least-once); stops cleanly on SIGTERM / SIGINT.
@@ -519,10 +524,17 @@ fn run(cli: Cli) -> Result<(), PipelineError> {
             config,
             input,
             runs,
+            rules,
         } => {
             let cfg = load_config(config.as_deref())?;
             cfg.validate()?;
-            println!("{}", bench::replay_vs_scoring(&cfg, &input, runs)?);
+            match rules {
+                Some(rules) => println!(
+                    "{}",
+                    bench::with_and_without_rules(&cfg, &input, &rules, runs)?
+                ),
+                None => println!("{}", bench::replay_vs_scoring(&cfg, &input, runs)?),
+            }
         }
         Command::State {
             action: StateCommand::Inspect { dir },

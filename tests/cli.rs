@@ -1238,3 +1238,55 @@ fn schemas_with_decisions_include_the_decision_record() {
             .expect("avro");
     assert_eq!(avro["name"], "Decision", "{avro}");
 }
+
+/// `riskpipe bench --rules` replays a history with and without a rules file, interleaved, and
+/// says how many events each explained; a rules file with a problem is refused.
+#[test]
+fn bench_with_rules_compares_the_replay_with_and_without_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = small_csv(dir.path());
+    let config = support::write_config(dir.path(), "");
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "outcomes = [\"allow\", \"review\"]\n[[rules]]\nname = \"any\"\nwhen = \"TX_AMOUNT >= 0\"\noutcome = \"review\"\n",
+    )
+    .expect("rules");
+    let bench = |rules: &Path| {
+        riskpipe(
+            &[
+                "bench",
+                "--config",
+                config.to_str().expect("utf8"),
+                "--input",
+                input.to_str().expect("utf8"),
+                "--rules",
+                rules.to_str().expect("utf8"),
+                "--runs",
+                "2",
+            ],
+            &repo(),
+        )
+    };
+    let o = bench(&rules);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("300 events, median of 2 interleaved runs"),
+        "{t}"
+    );
+    // Every event is reviewed, so every one is explained with the rules.
+    assert!(
+        t.contains(" with the rules") && t.contains(", 300 with the rules"),
+        "{t}"
+    );
+    assert!(t.contains("throughput with / without:"), "{t}");
+    std::fs::write(&rules, "outcomes = []\n").expect("rules");
+    let o = bench(&rules);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("decisions.outcomes is empty"),
+        "{}",
+        text(&o)
+    );
+}

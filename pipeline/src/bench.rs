@@ -2,7 +2,8 @@
 //! history, and — in the same run, on the same rows — the model scoring the precomputed feature
 //! rows alone with the same threads, and the feature operators alone (no model) over the loaded
 //! history: the engine's own ceiling beside the model's. Used by `benches/replay.rs` and
-//! `riskpipe bench`.
+//! `riskpipe bench`. And what decision rules cost: the same replay with and without them,
+//! interleaved (`riskpipe bench --rules`).
 
 use std::fmt;
 use std::path::Path;
@@ -145,6 +146,136 @@ impl fmt::Display for ReplayBench {
         write!(
             f,
             "  ratio replay / scoring alone: {:.3} (target <= 1.30)",
+            self.ratio()
+        )
+    }
+}
+
+/// The replay of one history with decision rules and without, interleaved run by run.
+#[derive(Debug, Clone)]
+pub struct RulesBench {
+    /// Events replayed.
+    pub rows: usize,
+    /// Runs of each (the median is reported).
+    pub runs: usize,
+    /// The rules: file, version, how many.
+    pub rules: String,
+    /// Median replay time without `[decisions]`.
+    pub without: Duration,
+    /// Median replay time with the rules.
+    pub with: Duration,
+    /// Events explained (alerts; with the rules, every decision but the default) without the
+    /// rules and with them: each costs one model evaluation per model input.
+    pub explained: (usize, usize),
+}
+
+/// Replays `input` `runs` times without `[decisions]` and `runs` times with the rules of
+/// `rules`, alternating which goes first; the history is loaded once, outside the timings.
+pub fn with_and_without_rules(
+    cfg: &PipelineConfig,
+    input: &Path,
+    rules: &Path,
+    runs: usize,
+) -> Result<RulesBench> {
+    let runs = runs.max(1);
+    let history = Arc::new(backtest::load(cfg, input)?);
+    let mut without = cfg.clone();
+    without.decisions = None;
+    let mut with = cfg.clone();
+    let section = crate::jobs::fraud::DecisionsSection {
+        file: Some(std::path::absolute(rules).map_err(crate::PipelineError::io("reading", rules))?),
+        ..Default::default()
+    };
+    let declared = section
+        .rules(&cfg.base_dir)
+        .map_err(crate::PipelineError::Config)?;
+    with.decisions = Some(section);
+    with.validate()?;
+    let (mut a, mut b, mut rows) = (Vec::new(), Vec::new(), 0);
+    let mut explained = (0, 0);
+    let alerts = |scored: &[arrow::array::RecordBatch]| -> usize {
+        scored
+            .iter()
+            .filter_map(|b| {
+                riskpipe_operators::columns::boolean(b, riskpipe_schemas::score::ALERT).ok()
+            })
+            .map(|a| a.true_count())
+            .sum()
+    };
+    for run in 0..runs {
+        let order = match run % 2 {
+            0 => [(&without, false), (&with, true)],
+            _ => [(&with, true), (&without, false)],
+        };
+        for (c, decided) in order {
+            let started = Instant::now();
+            let scored = backtest::replay(c, history.clone(), &progress_bar(0, false))?.scored();
+            let took = started.elapsed();
+            rows = scored.iter().map(|b| b.num_rows()).sum();
+            match decided {
+                true => {
+                    explained.1 = alerts(&scored);
+                    b.push(took);
+                }
+                false => {
+                    explained.0 = alerts(&scored);
+                    a.push(took);
+                }
+            }
+        }
+    }
+    Ok(RulesBench {
+        rows,
+        runs,
+        rules: format!(
+            "{} (version {}, {} rules, {} lists)",
+            rules.display(),
+            declared.version(),
+            declared.rules.len(),
+            declared.lists.len()
+        ),
+        without: median(a),
+        with: median(b),
+        explained,
+    })
+}
+
+impl RulesBench {
+    /// Throughput with the rules over throughput without (1 = free).
+    pub fn ratio(&self) -> f64 {
+        self.without.as_secs_f64() / self.with.as_secs_f64()
+    }
+}
+
+impl fmt::Display for RulesBench {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rate = |d: Duration| self.rows as f64 / d.as_secs_f64();
+        writeln!(
+            f,
+            "rules benchmark: {} events, median of {} interleaved runs each",
+            self.rows, self.runs
+        )?;
+        writeln!(f, "  rules: {}", self.rules)?;
+        writeln!(
+            f,
+            "  events explained (an occlusion per model input each): {} without, {} with the rules",
+            self.explained.0, self.explained.1
+        )?;
+        writeln!(
+            f,
+            "  replay without [decisions]: {:>7.2} s {:>10.0} events/s",
+            self.without.as_secs_f64(),
+            rate(self.without)
+        )?;
+        writeln!(
+            f,
+            "  replay with the rules:      {:>7.2} s {:>10.0} events/s",
+            self.with.as_secs_f64(),
+            rate(self.with)
+        )?;
+        write!(
+            f,
+            "  throughput with / without: {:.3} (target >= 0.95)",
             self.ratio()
         )
     }
