@@ -1118,6 +1118,7 @@ file = "blocked.txt"
         serde_json::from_str(&std::fs::read_to_string(out.join("rules.json")).expect("json"))
             .expect("parse");
     assert!(out.join("rules.csv").is_file());
+    assert!(out.join("rules.png").is_file());
 
     // By hand: scores.parquet (id, features, score) joined with the input by id.
     let scored = parquet_batches(&out.join("scores.parquet"));

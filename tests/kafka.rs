@@ -733,37 +733,7 @@ file = "blocked.txt"
     );
 
     let live_cfg = PipelineConfig::load(&config).expect("config");
-    let replayed = backtest::replay(
-        &live_cfg,
-        Arc::new(history.head(n)),
-        &indicatif::ProgressBar::hidden(),
-    )
-    .expect("replay");
-    // What a decision is, reasons aside.
-    let key = |v: &serde_json::Value| -> (i64, String) {
-        let mut v = v.clone();
-        let id = v["TRANSACTION_ID"].as_i64().expect("id");
-        if let Some(o) = v.as_object_mut() {
-            o.remove("REASONS");
-        }
-        (id, v.to_string())
-    };
-    let mut expected = HashMap::new();
-    for o in &replayed.collected.outputs {
-        let Some(r) = &o.decisions else { continue };
-        let mut payloads = riskpipe_pipeline::encoders::Payloads::default();
-        riskpipe_pipeline::encoders::Encoder::encode(
-            &mut riskpipe_pipeline::encoders::JsonEncoder,
-            "decisions",
-            &r.batch,
-            &mut payloads,
-        )
-        .expect("encode");
-        for p in payloads.iter() {
-            let (id, text) = key(&serde_json::from_slice(p).expect("json"));
-            expected.insert(id, text);
-        }
-    }
+    let expected = backtest_decisions(&live_cfg, None, history.head(n));
     assert_eq!(expected.len(), n, "the backtest decides every transaction");
     let (mut seen, mut outcomes) = (BTreeSet::new(), HashMap::<String, usize>::new());
     let version = riskpipe_pipeline::jobs::fraud::DecisionsSection::rules(
@@ -778,7 +748,7 @@ file = "blocked.txt"
         *outcomes
             .entry(v["DECISION"].as_str().expect("decision").to_string())
             .or_default() += 1;
-        let (id, text) = key(&v);
+        let (id, text) = decision_key(&v);
         assert!(seen.insert(id), "two decisions of {id}");
         assert_eq!(Some(&text), expected.get(&id), "decision of {id}");
     }
@@ -813,16 +783,16 @@ file = "blocked.txt"
     assert!(ok, "SIGTERM exits 0");
 }
 
-/// The decisions of the backtest of `cfg` with the rules of `rules_file`, by transaction id,
-/// as their JSON text without the reasons.
+/// The decisions of the backtest of `cfg` (with the rules of `rules_file`, where given), by
+/// transaction id, as their JSON text without the reasons.
 fn backtest_decisions(
     cfg: &PipelineConfig,
-    rules_file: &std::path::Path,
+    rules_file: Option<&std::path::Path>,
     history: History,
 ) -> HashMap<i64, String> {
     let mut cfg = cfg.clone();
-    if let Some(d) = cfg.decisions.as_mut() {
-        d.file = Some(rules_file.to_path_buf());
+    if let (Some(d), Some(file)) = (cfg.decisions.as_mut(), rules_file) {
+        d.file = Some(file.to_path_buf());
     }
     let replayed = backtest::replay(&cfg, Arc::new(history), &indicatif::ProgressBar::hidden())
         .expect("replay");
@@ -965,8 +935,8 @@ file = "{list}"
     };
     let (v1, v2) = (version("v1.toml"), version("v2.toml"));
     assert_ne!(v1, v2);
-    let expected_v1 = backtest_decisions(&live_cfg, &path("v1.toml"), history.head(n));
-    let expected_v2 = backtest_decisions(&live_cfg, &path("v2.toml"), history.head(n));
+    let expected_v1 = backtest_decisions(&live_cfg, Some(&path("v1.toml")), history.head(n));
+    let expected_v2 = backtest_decisions(&live_cfg, Some(&path("v2.toml")), history.head(n));
     let mut seen = BTreeSet::new();
     let (mut last_v1, mut first_v2, mut by_v2) = (i64::MIN, i64::MAX, 0);
     for g in &got {

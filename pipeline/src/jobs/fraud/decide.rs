@@ -624,5 +624,76 @@ pub(super) fn backtest(
         csv.push('\n');
     }
     std::fs::write(&csv_path, csv).map_err(PipelineError::io("writing", &csv_path))?;
-    Ok((report, vec![json_path, csv_path]))
+    let png_path = out_dir.join("rules.png");
+    plot(&report, &png_path)?;
+    Ok((report, vec![json_path, csv_path, png_path]))
+}
+
+/// `rules.png`: per rule, its hits split into frauds (red) and genuine events (grey); a shadow
+/// rule's name says so.
+fn plot(report: &RulesBacktest, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    crate::backtest::ensure_font();
+    let plot_err = |e: &dyn std::fmt::Display| PipelineError::Plot {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let rows = report.rules.len().max(1);
+    let names: Vec<String> = report
+        .rules
+        .iter()
+        .map(|r| match r.shadow {
+            true => format!("{} (shadow)", r.name),
+            false => r.name.clone(),
+        })
+        .collect();
+    let most = report
+        .rules
+        .iter()
+        .map(|r| r.hits)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let root = BitMapBackend::new(path, (1200, 120 + 36 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "Hits per rule over {} events (rules {}): frauds red, genuine grey",
+                report.events, report.version
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(260)
+        .build_cartesian_2d(0f64..most * 1.05, -0.5f64..rows as f64 - 0.5)
+        .map_err(|e| plot_err(&e))?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(rows)
+        .y_label_formatter(&|y| {
+            names
+                .get(y.round().max(0.0) as usize)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .x_desc("events matched")
+        .draw()
+        .map_err(|e| plot_err(&e))?;
+    let bars = report.rules.iter().enumerate().flat_map(|(i, r)| {
+        let y = i as f64;
+        let frauds = (r.precision * r.hits as f64).round();
+        [
+            Rectangle::new([(0.0, y - 0.35), (frauds, y + 0.35)], RED.mix(0.8).filled()),
+            Rectangle::new(
+                [(frauds, y - 0.35), (r.hits as f64, y + 0.35)],
+                RGBColor(160, 160, 160).filled(),
+            ),
+        ]
+    });
+    chart.draw_series(bars).map_err(|e| plot_err(&e))?;
+    root.present().map_err(|e| plot_err(&e))?;
+    Ok(())
 }
