@@ -44,7 +44,7 @@ enum Command {
         /// drift_reference.json an earlier backtest wrote); default: the split's training days.
         #[arg(long)]
         drift_reference: Option<PathBuf>,
-        /// Fraud pipelines with [decisions]: a rules file (TOML: outcomes and [[rules]]) whose
+        /// Fraud pipelines with `[decisions]`: a rules file (TOML: outcomes and `[[rules]]`) whose
         /// decisions of the same events are compared with the config's, in rules.json.
         #[arg(long)]
         rules_candidate: Option<PathBuf>,
@@ -80,8 +80,8 @@ enum Command {
         /// Repetitions.
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// Fraud pipelines: a rules file (TOML: outcomes, [[rules]], [[lists]]); each run
-        /// replays the history without [decisions] and with these rules, in alternating order.
+        /// Fraud pipelines: a rules file (TOML: outcomes, `[[rules]]`, `[[lists]]`); each run
+        /// replays the history without `[decisions]` and with these rules, in alternating order.
         #[arg(long)]
         rules: Option<PathBuf>,
     },
