@@ -8,8 +8,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, ListBuilder, RecordBatch, StringArray, StringBuilder};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::{
+    ArrayRef, BooleanBuilder, ListBuilder, RecordBatch, StringArray, StringBuilder, StructBuilder,
+};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use serde::Deserialize;
 
 use crate::expr::{ExprError, Expression};
@@ -261,13 +263,6 @@ impl Decider {
         self.rules.iter().map(|r| r.name.as_str()).collect()
     }
 
-    /// The outcome rule `i` names.
-    pub fn rule_outcome(&self, i: usize) -> &str {
-        self.rules
-            .get(i)
-            .map_or("", |r| self.outcomes[r.rank].as_str())
-    }
-
     /// Whether rule `i` is a shadow rule.
     pub fn is_shadow(&self, i: usize) -> bool {
         self.rules.get(i).is_some_and(|r| r.shadow)
@@ -312,17 +307,38 @@ impl Decider {
         Ok(Decisions { outcome, matched })
     }
 
-    /// `decisions` as two columns: each row's outcome and the names of its matching rules.
+    /// `decisions` as two columns: each row's outcome and its matching rules, each as
+    /// `{rule, outcome, shadow}` ([`riskpipe_schemas::rule_fields`]).
     pub fn columns(&self, decisions: &Decisions) -> (ArrayRef, ArrayRef) {
         let outcome: StringArray = decisions
             .outcome
             .iter()
             .map(|&o| Some(self.outcomes[o].as_str()))
             .collect();
-        let mut rules = ListBuilder::new(StringBuilder::new());
+        let fields = riskpipe_schemas::rule_fields();
+        let mut rules = ListBuilder::new(StructBuilder::new(
+            fields.clone(),
+            vec![
+                Box::new(StringBuilder::new()),
+                Box::new(StringBuilder::new()),
+                Box::new(BooleanBuilder::new()),
+            ],
+        ))
+        .with_field(Arc::new(Field::new_struct("item", fields, false)));
         for row in &decisions.matched {
+            let items = rules.values();
             for &i in row {
-                rules.values().append_value(&self.rules[i].name);
+                let rule = &self.rules[i];
+                if let Some(b) = items.field_builder::<StringBuilder>(0) {
+                    b.append_value(&rule.name);
+                }
+                if let Some(b) = items.field_builder::<StringBuilder>(1) {
+                    b.append_value(&self.outcomes[rule.rank]);
+                }
+                if let Some(b) = items.field_builder::<BooleanBuilder>(2) {
+                    b.append_value(rule.shadow);
+                }
+                items.append(true);
             }
             rules.append(true);
         }
@@ -578,8 +594,8 @@ shadow = true
             vec!["allow", "block", "review", "review", "block"]
         );
         let rules = rules.as_list::<i32>();
-        let names = rules.value(4);
-        let names = names.as_string::<i32>();
+        let matched = rules.value(4);
+        let names = matched.as_struct().column(0).as_string::<i32>();
         assert_eq!(
             (0..names.len()).map(|i| names.value(i)).collect::<Vec<_>>(),
             vec!["large", "risky", "night_trial"]

@@ -5,9 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BooleanBuilder, ListBuilder, RecordBatch, StringArray, StringBuilder, StructBuilder,
-};
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, SchemaRef};
 use riskpipe_operators::decisions::{Decider, Decisions, DecisionsConfig, ListConfig, RuleConfig};
 use riskpipe_schemas::score;
@@ -384,40 +382,7 @@ impl Decide {
 
     /// `DECISION` and `RULES` (`{rule, outcome, shadow}` per matching rule) of `decided`.
     pub(super) fn columns(&self, decided: &Decisions) -> (ArrayRef, ArrayRef) {
-        let outcomes = self.decider.outcomes();
-        let outcome: StringArray = decided
-            .outcome
-            .iter()
-            .map(|&o| Some(outcomes[o].as_str()))
-            .collect();
-        let fields = riskpipe_schemas::rule_fields();
-        let mut rules = ListBuilder::new(StructBuilder::new(
-            fields.clone(),
-            vec![
-                Box::new(StringBuilder::new()),
-                Box::new(StringBuilder::new()),
-                Box::new(BooleanBuilder::new()),
-            ],
-        ))
-        .with_field(Arc::new(Field::new_struct("item", fields, false)));
-        let names = self.decider.rule_names();
-        for row in &decided.matched {
-            let items = rules.values();
-            for &r in row {
-                if let Some(b) = items.field_builder::<StringBuilder>(0) {
-                    b.append_value(names[r]);
-                }
-                if let Some(b) = items.field_builder::<StringBuilder>(1) {
-                    b.append_value(self.decider.rule_outcome(r));
-                }
-                if let Some(b) = items.field_builder::<BooleanBuilder>(2) {
-                    b.append_value(self.decider.is_shadow(r));
-                }
-                items.append(true);
-            }
-            rules.append(true);
-        }
-        (Arc::new(outcome), Arc::new(rules.finish()))
+        self.decider.columns(decided)
     }
 }
 

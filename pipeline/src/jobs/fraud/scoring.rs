@@ -434,12 +434,16 @@ impl ScoreStage for FraudScoring {
         let alert_reasons = reasons_of(&decided.explained, &reasons, &decided.alerted);
         // With [decisions], `ALERT` says whether the event's decision is an alert; without,
         // the shipped rule makes it exactly the model's threshold flag.
-        let columns = self
-            .decide
-            .declared
-            .then(|| self.decide.columns(&decided.decisions));
+        let columns = self.decide.declared.then(|| {
+            let (outcome, rules) = self.decide.columns(&decided.decisions);
+            (
+                outcome,
+                rules,
+                alert_flags(scored.num_rows(), &decided.alerted),
+            )
+        });
         let published = match &columns {
-            Some(_) => with_alert(&scored, &decided.alerted)?,
+            Some((_, _, flags)) => with_alert(&scored, flags.clone())?,
             None => scored.clone(),
         };
         let scores = records::scores(&self.records, &published, &mut self.model_name)?;
@@ -452,7 +456,7 @@ impl ScoreStage for FraudScoring {
             &mut self.model_name,
         )?;
         let decisions = match &columns {
-            Some((outcome, rules)) => Some(records::decisions(
+            Some((outcome, rules, _)) => Some(records::decisions(
                 &self.records,
                 &published,
                 records::Decided {
@@ -474,8 +478,8 @@ impl ScoreStage for FraudScoring {
             _ => (scored, None),
         };
         let scored = match columns {
-            Some((outcome, rules)) => {
-                let scored = with_alert(&scored, &decided.alerted)?;
+            Some((outcome, rules, flags)) => {
+                let scored = with_alert(&scored, flags)?;
                 append(
                     &scored,
                     [(score::DECISION, outcome), (score::RULES, rules)],
@@ -514,18 +518,23 @@ fn reasons_of(
         .collect()
 }
 
-/// `batch` with its `ALERT` column set exactly on `alerted` rows.
-fn with_alert(batch: &RecordBatch, alerted: &[usize]) -> Result<RecordBatch> {
+/// An `ALERT` column of `rows` rows, set exactly on `alerted`.
+fn alert_flags(rows: usize, alerted: &[usize]) -> arrow::array::ArrayRef {
+    let mut flags = vec![false; rows];
+    for &row in alerted {
+        flags[row] = true;
+    }
+    std::sync::Arc::new(arrow::array::BooleanArray::from(flags))
+}
+
+/// `batch` with `flags` as its `ALERT` column.
+fn with_alert(batch: &RecordBatch, flags: arrow::array::ArrayRef) -> Result<RecordBatch> {
     let index = batch
         .schema()
         .index_of(score::ALERT)
         .map_err(|e| PipelineError::Bug(format!("a scored batch without ALERT: {e}")))?;
-    let mut flags = vec![false; batch.num_rows()];
-    for &row in alerted {
-        flags[row] = true;
-    }
     let mut columns = batch.columns().to_vec();
-    columns[index] = std::sync::Arc::new(arrow::array::BooleanArray::from(flags));
+    columns[index] = flags;
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
