@@ -1162,8 +1162,9 @@ fn score_through_stops(
     while seen.len() < n {
         assert!(
             Instant::now() < deadline,
-            "{} of {n} transactions scored within 300 s of {after}: {:#?}",
+            "{} of {n} transactions scored within 300 s of {after}; riskpipe's counters: {:#?}; its log: {:#?}",
             seen.len(),
+            running.counters(),
             running.drain_log()
         );
         if let Ok(Some(status)) = running.child.try_wait() {
@@ -1191,6 +1192,15 @@ fn score_through_stops(
             None => {}
         }
     }
+    let runs_again = running
+        .drain_log()
+        .into_iter()
+        .filter(|l| l.contains("restarting from the last committed transaction"))
+        .collect::<Vec<_>>();
+    eprintln!(
+        "riskpipe started its run again {} times in the last process: {runs_again:#?}",
+        runs_again.len()
+    );
     let (ok, _) = running.terminate();
     assert!(ok, "SIGTERM exits 0");
     (got, restarts)

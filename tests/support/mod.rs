@@ -114,8 +114,8 @@ impl Pipeline {
             .args(["run", "--config"])
             .arg(config)
             .args(["--metrics-addr", "127.0.0.1:0"])
-            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -211,6 +211,26 @@ impl Pipeline {
             .filter(|l| l.starts_with(name) && l.contains(labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// The counters and gauges that say where a stalled pipeline stands (events in and out,
+    /// commits, transactions, consumer errors, re-deliveries skipped, lag), for failure messages.
+    pub(crate) fn counters(&self) -> Vec<String> {
+        const WHERE: [&str; 8] = [
+            "riskpipe_events_in_total",
+            "riskpipe_events_out_total",
+            "riskpipe_commits_total",
+            "riskpipe_transactions_total",
+            "riskpipe_consumer_errors_total",
+            "riskpipe_redelivered_skipped_total",
+            "riskpipe_consumer_lag",
+            "riskpipe_ready",
+        ];
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .filter(|l| WHERE.iter().any(|w| l.starts_with(w)))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Collected stderr lines.
@@ -370,14 +390,26 @@ pub(crate) fn collect(
     out
 }
 
-/// Drains whatever arrives within `quiet` of the last record.
+/// Drains whatever arrives within `quiet` of the last record. librdkafka's notices of a broker
+/// gone away (a test that kills one) are printed and ridden out, as the reader's client
+/// reconnects or follows the new leaders; any other consume error fails the test.
 pub(crate) fn drain(consumer: &BaseConsumer, quiet: Duration) -> Vec<Got> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     let mut out = Vec::new();
     let mut last = Instant::now();
     while last.elapsed() < quiet {
-        if let Some(m) = consumer.poll(Duration::from_millis(50)) {
-            out.push(Got::of(&m.expect("consume")));
-            last = Instant::now();
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => {
+                out.push(Got::of(&m));
+                last = Instant::now();
+            }
+            Some(Err(
+                e @ KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+                ),
+            )) => eprintln!("reader: {e}"),
+            Some(Err(e)) => panic!("consume: {e:?}"),
+            None => {}
         }
     }
     out

@@ -43,7 +43,7 @@ use crate::{PipelineError, Result};
 use dead_letter::{Reference, headers, too_large};
 use riskpipe_core::Records;
 use transactions::{
-    TRANSACTION_TIMEOUT, commit_transaction, transaction_error, transaction_timeout,
+    TRANSACTION_TIMEOUT, abort, commit_transaction, transaction_error, transaction_timeout,
 };
 
 /// Which output a record belongs to.
@@ -538,12 +538,9 @@ impl Sink for KafkaSink {
             return;
         }
         let producer = self.producer.clone();
-        let aborted =
-            tokio::task::spawn_blocking(move || producer.abort_transaction(TRANSACTION_TIMEOUT))
-                .await;
-        match aborted {
-            Ok(Ok(())) => events::transaction_aborted(),
-            Ok(Err(e)) => tracing::warn!("kafka transaction: aborting on the way out: {e}"),
+        match tokio::task::spawn_blocking(move || abort(&producer, "on the way out")).await {
+            Ok(true) => events::transaction_aborted(),
+            Ok(false) => {}
             Err(e) => tracing::warn!("kafka transaction: abort task: {e}"),
         }
     }
@@ -618,6 +615,48 @@ impl Sink for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transaction_call_that_never_returns_is_given_up_and_its_transaction_abandoned() {
+        let sink = KafkaSink::new(&KafkaConfig::for_bootstrap("127.0.0.1:1")).expect("producer");
+        let patience = Duration::from_millis(200);
+        let started = Instant::now();
+        let stuck = transactions::transaction_call_within(
+            &sink.producer,
+            "sending the input offsets",
+            patience,
+            |_| {
+                // As librdkafka's call waiting on a coordinator that left the cluster.
+                std::thread::sleep(Duration::from_secs(5));
+                Ok(())
+            },
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "given up after its patience, not after the call: {:?}",
+            started.elapsed()
+        );
+        match stuck {
+            Err(PipelineError::Transaction {
+                op,
+                aborted,
+                source,
+            }) => {
+                assert_eq!(op, "sending the input offsets");
+                assert!(aborted, "the run starts again from the last commit");
+                assert!(
+                    source.to_string().contains("did not return within 200ms"),
+                    "{source}"
+                );
+            }
+            other => panic!("expected a given-up transaction, got {other:?}"),
+        }
+        let answered =
+            transactions::transaction_call_within(&sink.producer, "committing", patience, |_| {
+                Ok(())
+            });
+        assert!(answered.is_ok(), "{answered:?}");
+    }
 
     #[test]
     fn a_crashed_instances_transaction_ends_within_ten_seconds_or_three_commit_intervals() {
