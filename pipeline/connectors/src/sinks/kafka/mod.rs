@@ -43,7 +43,8 @@ use crate::{PipelineError, Result};
 use dead_letter::{Reference, headers, too_large};
 use riskpipe_core::Records;
 use transactions::{
-    TRANSACTION_TIMEOUT, abort, commit_transaction, transaction_error, transaction_timeout,
+    GIVEN_UP_AFTER, TRANSACTION_TIMEOUT, abort, commit_transaction, transaction_error,
+    transaction_timeout, within,
 };
 
 /// Which output a record belongs to.
@@ -226,16 +227,24 @@ impl KafkaSink {
         })?;
         let sink = Self::build(kafka, Some(id))?;
         let producer = sink.producer.clone();
-        tokio::task::spawn_blocking(move || {
-            producer
-                .init_transactions(TRANSACTION_TIMEOUT)
-                .map_err(|source| transaction_error("initialising transactions", source, false))?;
-            producer
-                .begin_transaction()
-                .map_err(|source| transaction_error("beginning a transaction", source, false))
+        const OP: &str = "initialising transactions";
+        let initialised = tokio::task::spawn_blocking(move || {
+            // Bounded as every transaction call is (see `GIVEN_UP_AFTER`).
+            within(OP, GIVEN_UP_AFTER, move || {
+                producer
+                    .init_transactions(TRANSACTION_TIMEOUT)
+                    .map_err(|source| transaction_error(OP, source, false))?;
+                producer
+                    .begin_transaction()
+                    .map_err(|source| transaction_error("beginning a transaction", source, false))
+            })
         })
         .await
         .map_err(|e| PipelineError::Bug(format!("transaction task: {e}")))??;
+        initialised.ok_or_else(|| PipelineError::Kafka {
+            op: OP,
+            source: format!("librdkafka did not return within {GIVEN_UP_AFTER:?}").into(),
+        })??;
         tracing::info!(
             transactional_id = id,
             "exactly-once: transactions initialised"
