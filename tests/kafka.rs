@@ -662,6 +662,21 @@ fn replay_of_a_topic_range_writes_the_backtest_outputs_with_the_same_scores() {
     assert_eq!(expected.len(), n - 10_000);
 }
 
+/// The outcomes and the two deciding rules of the live decision tests: a block rule on amount
+/// and a review rule on velocity and score.
+const BLOCK_LARGE_REVIEW_BUSY: &str = r#"
+[decisions]
+outcomes = ["allow", "review", "block"]
+[[decisions.rules]]
+name = "large"
+when = "TX_AMOUNT > 220"
+outcome = "block"
+[[decisions.rules]]
+name = "busy_and_risky"
+when = "CUSTOMER_ID_NB_TX_1DAY_WINDOW >= 3 AND SCORE >= 0.1"
+outcome = "review"
+"#;
+
 /// Decisions live equal the backtest of the rules version they name: 30,000 handbook
 /// transactions on four partitions through a block rule on the amount, a review rule on
 /// velocity and score, a shadow rule and a block list. Every transaction gets one decision
@@ -684,18 +699,8 @@ fn live_decisions_equal_the_backtest_of_the_rules_version_they_name() {
         blocked.iter().map(|c| format!("{c}\n")).collect::<String>(),
     )
     .expect("list");
-    let rules = r#"
-[decisions]
-outcomes = ["allow", "review", "block"]
-[[decisions.rules]]
-name = "large"
-when = "TX_AMOUNT > 220"
-outcome = "block"
-[[decisions.rules]]
-name = "busy_and_risky"
-when = "CUSTOMER_ID_NB_TX_1DAY_WINDOW >= 3 AND SCORE >= 0.1"
-outcome = "review"
-[[decisions.rules]]
+    let rules = format!(
+        r#"{BLOCK_LARGE_REVIEW_BUSY}[[decisions.rules]]
 name = "watch"
 when = "SCORE >= 0.5"
 outcome = "block"
@@ -707,7 +712,8 @@ outcome = "block"
 [[decisions.lists]]
 name = "blocked_customers"
 file = "blocked.txt"
-"#;
+"#
+    );
     let config = write_config(
         dir.path(),
         &format!(
@@ -997,18 +1003,7 @@ fn decisions_after_a_sigkill_repeat_only_the_same_decisions() {
     topics.push(("decisions", 1));
     let broker = support::apache_kafka(&topics);
     let dir = tempfile::tempdir().expect("tempdir");
-    let rules = r#"
-[decisions]
-outcomes = ["allow", "review", "block"]
-[[decisions.rules]]
-name = "large"
-when = "TX_AMOUNT > 220"
-outcome = "block"
-[[decisions.rules]]
-name = "busy_and_risky"
-when = "CUSTOMER_ID_NB_TX_1DAY_WINDOW >= 3 AND SCORE >= 0.1"
-outcome = "review"
-"#;
+    let rules = BLOCK_LARGE_REVIEW_BUSY;
     let config = write_config(
         dir.path(),
         &format!(

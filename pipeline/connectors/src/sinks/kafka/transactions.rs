@@ -48,7 +48,7 @@ pub(super) fn within<T: Send + 'static>(
 /// starts again from the last committed one, its producer initialised anew with the same
 /// `transactional.id`, which aborts the abandoned transaction and fences the stuck producer.
 fn given_up(op: &'static str, waited: Duration) -> PipelineError {
-    transaction_error_from(
+    counted_abort(
         op,
         format!(
             "librdkafka did not return within {waited:?} (a coordinator whose broker left the cluster can hold a call for good); the transaction is abandoned and the next run's producer aborts it"
@@ -70,8 +70,9 @@ pub(super) fn transaction_error(
     }
 }
 
-/// An error of `op` whose transaction is aborted, or abandoned to the next run's producer.
-fn transaction_error_from(op: &'static str, source: SourceError) -> PipelineError {
+/// Counts an aborted transaction (or one abandoned to the next run's producer) and returns
+/// the error of `op` that ends its run.
+fn counted_abort(op: &'static str, source: SourceError) -> PipelineError {
     events::transaction_aborted();
     PipelineError::Transaction {
         op,
@@ -84,25 +85,18 @@ fn transaction_error_from(op: &'static str, source: SourceError) -> PipelineErro
 /// initialisation (same `transactional.id`) ends whatever is left open.
 pub(super) fn abort(producer: &Producer, why: &str) -> bool {
     let p = producer.clone();
-    match within("aborting a transaction", GIVEN_UP_AFTER, move || {
+    let failed = match within("aborting a transaction", GIVEN_UP_AFTER, move || {
         p.abort_transaction(TRANSACTION_TIMEOUT)
     }) {
-        Ok(Some(Ok(()))) => true,
-        Ok(Some(Err(e))) => {
-            tracing::warn!("kafka transaction: aborting {why}: {e}");
-            false
-        }
+        Ok(Some(Ok(()))) => return true,
+        Ok(Some(Err(e))) => e.to_string(),
         Ok(None) => {
-            tracing::warn!(
-                "kafka transaction: aborting {why}: no answer within {GIVEN_UP_AFTER:?}; the next run's producer aborts it"
-            );
-            false
+            format!("no answer within {GIVEN_UP_AFTER:?}; the next run's producer aborts it")
         }
-        Err(e) => {
-            tracing::warn!("kafka transaction: aborting {why}: {e}");
-            false
-        }
-    }
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!("kafka transaction: aborting {why}: {failed}");
+    false
 }
 
 /// What librdkafka says may be done after a failed transaction call.
@@ -156,7 +150,7 @@ pub(super) fn transaction_call_within(
             Next::Retry | Next::Abort => {
                 // Should the abort fail too, the next run's initialisation ends the transaction.
                 abort(producer, &format!("after {op} failed"));
-                return Err(transaction_error_from(op, Box::new(e)));
+                return Err(counted_abort(op, Box::new(e)));
             }
             Next::Stop => return Err(transaction_error(op, e, false)),
         }
